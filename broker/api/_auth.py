@@ -1,0 +1,46 @@
+"""Authenticating a request: API keys for backends, client secrets for browsers."""
+
+from __future__ import annotations
+
+from aiohttp import hdrs, web
+
+from broker import keys
+from broker.auth import (
+    ADMIN_KEY_ID,
+    ALL_SCOPES,
+    ApiPrincipal,
+    BrowserPrincipal,
+    bearer_token,
+    hash_api_key,
+    is_admin_key,
+    verify_client_secret,
+)
+from broker.db import queries
+from broker.errors import UnauthorizedError
+
+API_PRINCIPAL = web.RequestKey("api_principal", ApiPrincipal)
+
+
+async def api_principal(request: web.Request) -> ApiPrincipal:
+    """The API key's principal.
+
+    Raises:
+        UnauthorizedError: ``missing_credentials``, ``invalid_api_key`` (unknown or revoked).
+    """
+    token = bearer_token(request.headers.get(hdrs.AUTHORIZATION))
+    settings = request.app[keys.SETTINGS]
+    if is_admin_key(token, settings.admin_key):
+        return ApiPrincipal(key_id=ADMIN_KEY_ID, name="admin", scopes=frozenset(ALL_SCOPES))
+    async with request.app[keys.SESSIONMAKER]() as s:
+        row = await queries.get_api_key_by_hash(s, hash_api_key(token))
+    if row is None or row.revoked_at is not None:
+        raise UnauthorizedError("invalid_api_key", "the API key is not valid")
+    principal = ApiPrincipal(key_id=row.id, name=row.name, scopes=frozenset(row.scopes))
+    request[API_PRINCIPAL] = principal
+    return principal
+
+
+def browser_principal(request: web.Request, session_id: str) -> BrowserPrincipal:
+    """The client secret's principal, bound to ``session_id``."""
+    token = bearer_token(request.headers.get(hdrs.AUTHORIZATION))
+    return verify_client_secret(token, request.app[keys.SETTINGS].signing_key, session_id)

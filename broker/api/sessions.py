@@ -1,0 +1,116 @@
+"""Session endpoints: create, realtime offer, bridge tool call, detail."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from broker import keys
+from broker.api._auth import api_principal, browser_principal
+from broker.api._bodies import read_body, read_json, require_content_type
+from broker.db.models import SessionRow, ToolCall
+from broker.errors import BadRequestError
+from broker.sdp import MAX_SDP_BYTES
+from broker.sessions import BridgeCallRequest, CreateSessionRequest
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _session_json(row: SessionRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "state": row.state,
+        "model": row.model,
+        "voice": row.voice,
+        "tools": row.tools,
+        "call_id": row.call_id,
+        "sideband": {"enabled": row.sideband_enabled, "state": row.sideband_state},
+        "metadata": row.metadata_,
+        "end_reason": row.end_reason,
+        "created_at": _iso(row.created_at),
+        "live_at": _iso(row.live_at),
+        "ended_at": _iso(row.ended_at),
+    }
+
+
+def _tool_call_json(call: ToolCall) -> dict[str, Any]:
+    return {
+        "call_id": call.call_id,
+        "tool": call.tool,
+        "arguments": call.arguments,
+        "status": call.status,
+        "decision": call.decision,
+        "path": call.path,
+        "output": call.output,
+        "error": call.error,
+        "created_at": _iso(call.created_at),
+        "finished_at": _iso(call.finished_at),
+        "injected_at": _iso(call.injected_at),
+    }
+
+
+async def create_session(request: web.Request) -> web.Response:
+    principal = await api_principal(request)
+    body = await read_json(request, CreateSessionRequest)
+    created = await request.app[keys.SESSIONS].create(principal, body)
+    row = created.row
+    return web.json_response(
+        {
+            "id": row.id,
+            "state": row.state,
+            "model": row.model,
+            "tools": row.tools,
+            "sideband": row.sideband_enabled,
+            "client_secret": {"value": created.client_secret, "expires_at": created.expires_at},
+        },
+        status=201,
+    )
+
+
+async def realtime_offer(request: web.Request) -> web.Response:
+    session_id = request.match_info["session_id"]
+    browser = browser_principal(request, session_id)
+    require_content_type(request, "application/sdp")
+    raw = await read_body(request, MAX_SDP_BYTES)
+    try:
+        sdp = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequestError("invalid_sdp", "the SDP offer is not UTF-8 text") from None
+    answer = await request.app[keys.SESSIONS].offer(browser, sdp)
+    return web.Response(status=201, text=answer, content_type="application/sdp")
+
+
+async def bridge_tool_call(request: web.Request) -> web.Response:
+    session_id = request.match_info["session_id"]
+    browser = browser_principal(request, session_id)
+    body = await read_json(request, BridgeCallRequest)
+    outcome = await request.app[keys.SESSIONS].bridge_call(
+        browser, request.match_info["tool"], body
+    )
+    return web.json_response(
+        {
+            "call_id": outcome.call_id,
+            "status": outcome.status.value,
+            "output": outcome.output,
+            "handled_by": outcome.handled_by.value if outcome.handled_by else None,
+        },
+        # 202: recorded and owned by the sideband, but not finished within the wait.
+        status=200 if outcome.status.settled else 202,
+    )
+
+
+async def get_session(request: web.Request) -> web.Response:
+    principal = await api_principal(request)
+    row, calls = await request.app[keys.SESSIONS].detail(
+        principal, request.match_info["session_id"]
+    )
+    return web.json_response({**_session_json(row), "tool_calls": _tool_calls(calls)})
+
+
+def _tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
+    return [_tool_call_json(call) for call in calls]

@@ -1,0 +1,119 @@
+"""The application factory: routes, middleware, typed state and resource lifetimes."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+import aiohttp
+import httpx
+from aiohttp import web
+
+from broker import keys
+from broker.db.engine import create_engine, make_sessionmaker
+from broker.errors import problem_middleware
+from broker.routes import setup_routes
+from broker.sessions import SessionService
+from broker.settings import Settings
+from broker.sidebands import SidebandSupervisor
+from broker.tools.dispatch import ToolDispatcher
+from broker.tools.registry import load_registry
+from emulator import EmulatorSettings
+from emulator import create_app as create_emulator_app
+from sideband import OpenAICompatibleProvider
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the broker. Resources open in ``cleanup_ctx`` order and close in reverse."""
+    app = web.Application(middlewares=[problem_middleware])
+    app[keys.SETTINGS] = settings
+    # Order matters: the supervisor (services_ctx) uses the DB, the provider and the tools,
+    # so it is registered last and therefore stopped first.
+    app.cleanup_ctx.append(db_ctx)
+    app.cleanup_ctx.append(provider_ctx)
+    app.cleanup_ctx.append(tools_ctx)
+    app.cleanup_ctx.append(services_ctx)
+    setup_routes(app)
+    return app
+
+
+async def db_ctx(app: web.Application) -> AsyncIterator[None]:
+    engine = create_engine(app[keys.SETTINGS].database_url)
+    app[keys.ENGINE] = engine
+    app[keys.SESSIONMAKER] = make_sessionmaker(engine)
+    yield
+    await engine.dispose()
+
+
+async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The provider HTTP client, and the built-in emulator when no provider key is set."""
+    settings = app[keys.SETTINGS]
+    http = aiohttp.ClientSession()
+    app[keys.PROVIDER_HTTP] = http
+    runner: web.AppRunner | None = None
+    try:
+        if settings.uses_builtin_provider:
+            # A random key per start: the emulator is only reachable through this broker's
+            # own provider client, never configured by hand.
+            key = "sk-emulator-" + secrets.token_urlsafe(24)
+            runner = web.AppRunner(create_emulator_app(EmulatorSettings(api_key=key)))
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", settings.emulator_port)
+            await site.start()
+            port = runner.addresses[0][1]
+            base_url = f"http://127.0.0.1:{port}/v1"
+            app[keys.EMULATOR_RUNNER] = runner
+            provider = OpenAICompatibleProvider(
+                base_url, key, http, timeout=settings.provider_timeout, name="emulator"
+            )
+            logger.info("no provider key configured: built-in emulator serving at %s", base_url)
+        else:
+            assert settings.provider_base_url and settings.provider_api_key
+            provider = OpenAICompatibleProvider(
+                settings.provider_base_url,
+                settings.provider_api_key.reveal(),
+                http,
+                timeout=settings.provider_timeout,
+            )
+            logger.info("provider %s at %s", provider.name, provider.base_url)
+        app[keys.PROVIDER] = provider
+        yield
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await http.close()
+
+
+async def tools_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0)) as http:
+        app[keys.TOOL_HTTP] = http
+        registry = load_registry(app[keys.SETTINGS].tools_config, http)
+        app[keys.TOOLS] = registry
+        app[keys.DISPATCHER] = ToolDispatcher(app[keys.SESSIONMAKER], registry)
+        logger.info("tools loaded: %s", ", ".join(sorted(registry)) or "(none)")
+        yield
+
+
+async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    supervisor = SidebandSupervisor(
+        app[keys.SESSIONMAKER],
+        app[keys.PROVIDER],
+        app[keys.PROVIDER_HTTP],
+        app[keys.DISPATCHER],
+        attach_timeout=settings.sideband_attach_timeout,
+    )
+    app[keys.SUPERVISOR] = supervisor
+    app[keys.SESSIONS] = SessionService(
+        settings,
+        app[keys.SESSIONMAKER],
+        app[keys.PROVIDER],
+        app[keys.TOOLS],
+        app[keys.DISPATCHER],
+        supervisor,
+    )
+    yield
+    await supervisor.close()

@@ -1,0 +1,140 @@
+"""``broker serve | migrate | keys create | emulator``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+
+from aiohttp import web
+from sqlalchemy.engine import make_url
+
+from broker import keys
+from broker.apikeys import UnknownScopeError, create_api_key
+from broker.app import create_app
+from broker.auth import Scope
+from broker.db.engine import create_engine, make_sessionmaker
+from broker.logs import configure_logging
+from broker.migrate import upgrade_database
+from broker.settings import Settings, SettingsError
+from emulator import EmulatorSettings
+from emulator import create_app as create_emulator_app
+
+logger = logging.getLogger("broker")
+
+DEV_KEY_SCOPES = (Scope.SESSIONS_CREATE, Scope.MONITOR_READ)
+
+
+def _out(line: str = "") -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def _new_key(database_url: str, name: str, scopes: Sequence[str]) -> tuple[str, str]:
+    engine = create_engine(database_url)
+    try:
+        row, key = await create_api_key(make_sessionmaker(engine), name, scopes)
+    finally:
+        await engine.dispose()
+    return row.id, key
+
+
+def _serve(settings: Settings, dev: bool) -> None:
+    if make_url(settings.database_url).get_backend_name() == "sqlite":
+        # A local SQLite file is ours to bring up to date; a shared server database is
+        # migrated deliberately with `broker migrate`.
+        upgrade_database(settings.database_url)
+    dev_key = None
+    if dev:
+        _, dev_key = asyncio.run(_new_key(settings.database_url, "development", DEV_KEY_SCOPES))
+    app = create_app(settings)
+
+    async def banner(app: web.Application) -> None:
+        base = f"http://{settings.host}:{settings.port}"
+        _out()
+        _out(f"  broker      {base}")
+        _out(f"  health      {base}/healthz")
+        _out(f"  sessions    POST {base}/api/v1/sessions")
+        if keys.EMULATOR_RUNNER in app:
+            _out(f"  provider    built-in emulator ({app[keys.PROVIDER].base_url})")
+        else:
+            _out(f"  provider    {app[keys.PROVIDER].base_url}")
+        if dev_key is not None:
+            _out(
+                f"  API key     {dev_key}   (development key, scopes: sessions:create monitor:read)"
+            )
+            _out()
+            _out("  try:")
+            _out(
+                f"    curl -s -X POST {base}/api/v1/sessions -H 'Authorization: Bearer {dev_key}'"
+                " -H 'Content-Type: application/json' -d '{\"tools\": [\"lookup_order\"]}'"
+            )
+        _out()
+
+    app.on_startup.append(banner)
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+
+
+def _emulator(host: str, port: int, api_key: str) -> None:
+    app = create_emulator_app(EmulatorSettings(api_key=api_key))
+    _out(f"emulator: OpenAI-compatible realtime API at http://{host}:{port}/v1")
+    web.run_app(app, host=host, port=port, print=None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="broker", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the broker (and the built-in provider if no key)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--dev", action="store_true", help="create and print a development key")
+    sub.add_parser("migrate", help="bring the database schema up to date")
+    keys_cmd = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys_cmd.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scopes", required=True, help="comma-separated, e.g. sessions:create")
+    emu = sub.add_parser("emulator", help="run the local OpenAI-compatible provider alone")
+    emu.add_argument("--host", default="127.0.0.1")
+    emu.add_argument("--port", type=int, default=8090)
+    emu.add_argument("--api-key", required=True)
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        sys.stderr.write(f"broker: configuration error: {exc}\n")
+        return 2
+    configure_logging(
+        args.log_level, [settings.admin_key, settings.provider_api_key, settings.signing_key]
+    )
+    if args.command == "serve":
+        settings = replace(
+            settings,
+            host=args.host or settings.host,
+            port=args.port if args.port is not None else settings.port,
+        )
+        _serve(settings, args.dev)
+    elif args.command == "migrate":
+        upgrade_database(settings.database_url)
+        _out("database is up to date")
+    elif args.command == "keys":
+        scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+        try:
+            key_id, key = asyncio.run(_new_key(settings.database_url, args.name, scopes))
+        except UnknownScopeError as exc:
+            sys.stderr.write(f"broker: {exc}\n")
+            return 2
+        _out(f"created {key_id} ({args.name}); the key is shown only once:")
+        _out(key)
+    elif args.command == "emulator":
+        _emulator(args.host, args.port, args.api_key)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""SQLAlchemy 2.0 typed models. Every schema change is an Alembic revision in ``migrations/``."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.ext.asyncio import AsyncAttrs
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class SessionState(enum.StrEnum):
+    """``created → offered → live → ended | failed``.
+
+    ``offered``: the broker accepted the browser's offer and is (or was) creating the call.
+    ``live``: the call exists at the provider and the broker controls it (sideband attached, or
+    a bridge-only session whose call was created).
+    """
+
+    CREATED = "created"
+    OFFERED = "offered"
+    LIVE = "live"
+    ENDED = "ended"
+    FAILED = "failed"
+
+
+class SidebandState(enum.StrEnum):
+    DISABLED = "disabled"
+    """Bridge-only session."""
+    PENDING = "pending"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class ToolCallStatus(enum.StrEnum):
+    """``pending → running → succeeded | failed``; ``denied`` and ``cancelled`` never ran."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DENIED = "denied"
+    CANCELLED = "cancelled"
+
+    @property
+    def settled(self) -> bool:
+        return self not in (ToolCallStatus.PENDING, ToolCallStatus.RUNNING)
+
+
+class ToolPath(enum.StrEnum):
+    SIDEBAND = "sideband"
+    BRIDGE = "bridge"
+
+
+def _tz() -> DateTime:
+    return DateTime(timezone=True)
+
+
+class Base(AsyncAttrs, DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, datetime: _tz()}
+
+
+class ApiKey(Base):
+    """An app backend's credential; only the SHA-256 of the key is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class SessionRow(Base):
+    """One brokered realtime session (and, once offered, its provider call)."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_key_id: Mapped[str] = mapped_column(String(40))
+    state: Mapped[str] = mapped_column(String(16), default=SessionState.CREATED)
+    provider: Mapped[str] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(100))
+    instructions: Mapped[str] = mapped_column(Text)
+    voice: Mapped[str] = mapped_column(String(40))
+    tools: Mapped[list[str]]
+    sideband_enabled: Mapped[bool]
+    sideband_state: Mapped[str] = mapped_column(String(16))
+    call_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata")
+    end_reason: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    offered_at: Mapped[datetime | None]
+    live_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_sessions_state_created_at", "state", "created_at"),)
+
+
+class ToolCall(Base):
+    """One function call of one session; ``(session_id, call_id)`` is unique, so it runs once."""
+
+    __tablename__ = "tool_calls"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    call_id: Mapped[str] = mapped_column(String(128))
+    tool: Mapped[str] = mapped_column(String(100))
+    arguments: Mapped[str] = mapped_column(Text)
+    decision: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=ToolCallStatus.PENDING)
+    path: Mapped[str | None] = mapped_column(String(16))
+    """Which path executed (or decided) the call: ``sideband`` or ``bridge``."""
+    seen_by: Mapped[str] = mapped_column(String(16))
+    """Which path reported the call first."""
+    output: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    response_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    injected_at: Mapped[datetime | None]
+
+    __table_args__ = (UniqueConstraint("session_id", "call_id", name="uq_tool_calls_session_call"),)
+
+
+class SessionEvent(Base):
+    """One event of a session's sideband traffic (payload redacted), in order."""
+
+    __tablename__ = "session_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    seq: Mapped[int]
+    direction: Mapped[str] = mapped_column(String(8))
+    """``in`` (provider → broker), ``out`` (broker → provider) or ``broker`` (a decision)."""
+    type: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[dict[str, Any]]
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("session_id", "seq", name="uq_session_events_session_seq"),)

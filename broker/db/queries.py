@@ -1,0 +1,149 @@
+"""Queries as functions over an ``AsyncSession``; callers own the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CursorResult, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Result
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from broker.db.models import (
+    ApiKey,
+    SessionEvent,
+    SessionRow,
+    SessionState,
+    ToolCall,
+    ToolCallStatus,
+    utcnow,
+)
+
+
+def _changed(result: Result[Any]) -> bool:
+    assert isinstance(result, CursorResult)
+    return bool(result.rowcount)
+
+
+async def get_api_key_by_hash(s: AsyncSession, key_hash: str) -> ApiKey | None:
+    return await s.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
+
+
+async def get_session_row(s: AsyncSession, session_id: str) -> SessionRow | None:
+    return await s.get(SessionRow, session_id)
+
+
+async def transition_session(
+    s: AsyncSession,
+    session_id: str,
+    from_states: Sequence[SessionState],
+    to_state: SessionState,
+    **values: Any,
+) -> bool:
+    """Move a session to ``to_state`` only if it is in one of ``from_states``; atomic."""
+    stamp = {
+        SessionState.OFFERED: "offered_at",
+        SessionState.LIVE: "live_at",
+        SessionState.ENDED: "ended_at",
+        SessionState.FAILED: "ended_at",
+    }.get(to_state)
+    if stamp is not None:
+        values.setdefault(stamp, utcnow())
+    result = await s.execute(
+        update(SessionRow)
+        .where(SessionRow.id == session_id, SessionRow.state.in_([str(x) for x in from_states]))
+        .values(state=str(to_state), **values)
+    )
+    return _changed(result)
+
+
+async def set_session_fields(s: AsyncSession, session_id: str, **values: Any) -> None:
+    await s.execute(update(SessionRow).where(SessionRow.id == session_id).values(**values))
+
+
+async def get_tool_call(s: AsyncSession, session_id: str, call_id: str) -> ToolCall | None:
+    return await s.scalar(
+        select(ToolCall).where(ToolCall.session_id == session_id, ToolCall.call_id == call_id)
+    )
+
+
+async def list_tool_calls(s: AsyncSession, session_id: str) -> Sequence[ToolCall]:
+    result = await s.scalars(
+        select(ToolCall).where(ToolCall.session_id == session_id).order_by(ToolCall.id)
+    )
+    return result.all()
+
+
+async def insert_tool_call_if_absent(s: AsyncSession, **values: Any) -> bool:
+    """Insert a tool call unless ``(session_id, call_id)`` exists; ``True`` if inserted.
+
+    ON CONFLICT DO NOTHING keeps the two paths (sideband, bridge) from racing into an
+    IntegrityError that would abort the surrounding transaction.
+    """
+    dialect = s.get_bind().dialect.name
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        dialect_insert(ToolCall)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["session_id", "call_id"])
+    )
+    result = await s.execute(stmt)
+    return _changed(result)
+
+
+async def claim_tool_call(s: AsyncSession, session_id: str, call_id: str, path: str) -> bool:
+    """``pending → running`` for exactly one claimant; ``True`` if this caller won."""
+    result = await s.execute(
+        update(ToolCall)
+        .where(
+            ToolCall.session_id == session_id,
+            ToolCall.call_id == call_id,
+            ToolCall.status == ToolCallStatus.PENDING,
+        )
+        .values(status=ToolCallStatus.RUNNING, path=path, started_at=utcnow())
+    )
+    return _changed(result)
+
+
+async def settle_tool_call(
+    s: AsyncSession,
+    session_id: str,
+    call_id: str,
+    *,
+    status: ToolCallStatus,
+    from_statuses: Sequence[ToolCallStatus],
+    **values: Any,
+) -> bool:
+    """Record a terminal status; only from the expected statuses, so a settled call stays so."""
+    result = await s.execute(
+        update(ToolCall)
+        .where(
+            ToolCall.session_id == session_id,
+            ToolCall.call_id == call_id,
+            ToolCall.status.in_([str(x) for x in from_statuses]),
+        )
+        .values(status=status, finished_at=utcnow(), **values)
+    )
+    return _changed(result)
+
+
+async def mark_injected(s: AsyncSession, session_id: str, call_id: str, at: datetime) -> None:
+    await s.execute(
+        update(ToolCall)
+        .where(ToolCall.session_id == session_id, ToolCall.call_id == call_id)
+        .values(injected_at=at)
+    )
+
+
+async def next_event_seq(s: AsyncSession, session_id: str) -> int:
+    current = await s.scalar(
+        select(func.max(SessionEvent.seq)).where(SessionEvent.session_id == session_id)
+    )
+    return (current or 0) + 1
+
+
+async def add_events(s: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await s.execute(insert(SessionEvent), list(rows))

@@ -1,0 +1,153 @@
+"""Broker errors and their one rendering: RFC 9457 ``application/problem+json``.
+
+The tree (each class carries a stable ``code`` and an HTTP ``status``)::
+
+    BrokerError
+    ├── BadRequestError          400  malformed input (bad JSON, not an SDP offer, …)
+    ├── UnauthorizedError        401  missing / bad / expired credentials
+    ├── ForbiddenError           403  valid credentials, wrong scope or wrong session
+    ├── NotFoundError            404  unknown session, tool call, …
+    ├── ConflictError            409  the resource is not in a state that allows this
+    ├── PayloadTooLargeError     413
+    ├── UnsupportedMediaError    415
+    ├── ValidationFailedError    422  well-formed but not acceptable (unknown tool, …)
+    └── UpstreamError            502 / 504  the provider failed or timed out
+
+Nothing below ``broker/api`` raises ``web.HTTP*``; handlers and services raise these, and
+:func:`problem_middleware` renders them (and turns anything unexpected into a logged 500).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, ClassVar
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+class BrokerError(Exception):
+    """Root of every error the broker reports to a client.
+
+    Args:
+        code: stable, machine-readable error code (documented in the README).
+        detail: a human sentence for this occurrence; must not contain secrets.
+    """
+
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, code: str, detail: str, **extensions: Any) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.extensions = extensions
+
+
+class BadRequestError(BrokerError):
+    status = 400
+    title = "Bad request"
+
+
+class UnauthorizedError(BrokerError):
+    status = 401
+    title = "Unauthorized"
+
+
+class ForbiddenError(BrokerError):
+    status = 403
+    title = "Forbidden"
+
+
+class NotFoundError(BrokerError):
+    status = 404
+    title = "Not found"
+
+
+class ConflictError(BrokerError):
+    status = 409
+    title = "Conflict"
+
+
+class PayloadTooLargeError(BrokerError):
+    status = 413
+    title = "Payload too large"
+
+
+class UnsupportedMediaError(BrokerError):
+    status = 415
+    title = "Unsupported media type"
+
+
+class ValidationFailedError(BrokerError):
+    status = 422
+    title = "Unprocessable content"
+
+
+class UpstreamError(BrokerError):
+    """The provider failed (502) or timed out (504)."""
+
+    title = "Provider failure"
+
+    def __init__(self, code: str, detail: str, *, timeout: bool = False, **extensions: Any) -> None:
+        super().__init__(code, detail, **extensions)
+        self.timeout = timeout
+
+    @property
+    def http_status(self) -> int:
+        return 504 if self.timeout else 502
+
+
+def problem_response(
+    status: int, code: str, title: str, detail: str, **extensions: Any
+) -> web.Response:
+    """A problem+json response; ``type`` is a stable URN built from the code."""
+    body = {
+        "type": f"urn:broker:error:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extensions,
+    }
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return web.Response(
+        status=status,
+        text=json.dumps(body),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+_HTTP_CODES: dict[int, str] = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every error as problem+json, in one place."""
+    try:
+        return await handler(request)
+    except BrokerError as exc:
+        status = exc.http_status if isinstance(exc, UpstreamError) else exc.status
+        if status >= 500:
+            logger.warning("request failed path=%s code=%s: %s", request.path, exc.code, exc)
+        return problem_response(status, exc.code, exc.title, exc.detail, **exc.extensions)
+    except web.HTTPException as exc:
+        # aiohttp's own (unmatched route, wrong method, client_max_size): same contract.
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, f"http_{exc.status}")
+        return problem_response(exc.status, code, exc.reason, exc.text or exc.reason)
+    except Exception:
+        logger.exception("unhandled error path=%s", request.path)
+        return problem_response(500, "internal_error", "Internal error", "unexpected server error")

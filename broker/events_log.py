@@ -1,0 +1,82 @@
+"""A session's event log: redacted sideband traffic and broker decisions, written in order.
+
+The sideband reader must never wait on the database, so :meth:`EventRecorder.record` only
+appends to a buffer; one writer task per session flushes it in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Final
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from broker.db import queries
+from broker.db.models import utcnow
+
+logger = logging.getLogger(__name__)
+
+# Fields that carry base64 audio: stored as their size only.
+_AUDIO_FIELDS: Final = {
+    "input_audio_buffer.append": "audio",
+    "response.output_audio.delta": "delta",
+}
+MAX_BATCH: Final = 500
+
+
+def redact_event(event: dict[str, Any]) -> dict[str, Any]:
+    """The event as stored and streamed: audio payloads replaced by their length."""
+    field = _AUDIO_FIELDS.get(str(event.get("type")))
+    if field is None or not isinstance(event.get(field), str):
+        return event
+    return {**event, field: {"redacted": "audio", "base64_chars": len(event[field])}}
+
+
+class EventRecorder:
+    """Buffers one session's events and writes them with consecutive ``seq`` numbers."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], session_id: str) -> None:
+        self._sessionmaker = sessionmaker
+        self.session_id = session_id
+        self._buffer: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+        self._stopped = False
+        self._seq = 0
+
+    async def start(self) -> None:
+        """Continue numbering after what is already stored (a re-attached session)."""
+        async with self._sessionmaker() as s:
+            self._seq = await queries.next_event_seq(s, self.session_id) - 1
+
+    def record(self, direction: str, event: dict[str, Any]) -> None:
+        """Queue one event; never blocks."""
+        self._seq += 1
+        self._buffer.append(
+            {
+                "session_id": self.session_id,
+                "seq": self._seq,
+                "direction": direction,
+                "type": str(event.get("type", "unknown"))[:100],
+                "payload": redact_event(event),
+                "at": utcnow(),
+            }
+        )
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to flush what is buffered and return."""
+        self._stopped = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Write batches until stopped and drained."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._buffer:
+                batch, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
+                async with self._sessionmaker.begin() as s:
+                    await queries.add_events(s, batch)
+            if self._stopped:
+                return

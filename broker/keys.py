@@ -1,0 +1,28 @@
+"""Every piece of shared app state, behind a typed key (no string keys, no module globals)."""
+
+from __future__ import annotations
+
+import aiohttp
+import httpx
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from broker.sessions import SessionService
+from broker.settings import Settings
+from broker.sidebands import SidebandSupervisor
+from broker.tools.dispatch import ToolDispatcher
+from broker.tools.registry import ToolRegistry
+from sideband import OpenAICompatibleProvider
+
+SETTINGS = web.AppKey("settings", Settings)
+ENGINE = web.AppKey("engine", AsyncEngine)
+SESSIONMAKER = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
+PROVIDER_HTTP = web.AppKey("provider_http", aiohttp.ClientSession)
+PROVIDER = web.AppKey("provider", OpenAICompatibleProvider)
+TOOL_HTTP = web.AppKey("tool_http", httpx.AsyncClient)
+TOOLS = web.AppKey("tools", ToolRegistry)
+DISPATCHER = web.AppKey("dispatcher", ToolDispatcher)
+SUPERVISOR = web.AppKey("supervisor", SidebandSupervisor)
+SESSIONS = web.AppKey("sessions", SessionService)
+EMULATOR_RUNNER = web.AppKey("emulator_runner", web.AppRunner)
+"""The built-in provider's runner, present only when no provider key is configured."""

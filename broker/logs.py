@@ -1,0 +1,48 @@
+"""Logging setup, with the one filter that keeps secrets out of every log line."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from broker.settings import Secret
+
+REDACTED = "[REDACTED]"
+
+
+class SecretRedactingFilter(logging.Filter):
+    """Replaces the text of known secrets anywhere in a record's final message.
+
+    A last line of defence: code should never log a secret in the first place.
+    """
+
+    def __init__(self, secrets: Iterable[Secret | None]) -> None:
+        super().__init__()
+        self._values = [s.reveal() for s in secrets if s is not None and len(s.reveal()) >= 8]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._values:
+            return True
+        message = record.getMessage()
+        redacted = message
+        for value in self._values:
+            redacted = redacted.replace(value, REDACTED)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def configure_logging(level: str, secrets: Iterable[Secret | None]) -> None:
+    """Readable console logs for ``broker serve`` (the handler, not each logger, filters)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    handler.addFilter(SecretRedactingFilter(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aioice/aiortc log every candidate pair at INFO; useful only when debugging ICE.
+    for noisy in ("aioice", "aiortc"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,306 @@
+"""Session lifecycle: create, offer (SDP proxy + sideband start), bridge tool calls, detail."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from broker.auth import ApiPrincipal, BrowserPrincipal, Scope, mint_client_secret
+from broker.db import queries
+from broker.db.models import SessionRow, SessionState, SidebandState, ToolCall, ToolPath
+from broker.errors import (
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    UpstreamError,
+    ValidationFailedError,
+)
+from broker.sdp import check_offer
+from broker.settings import Settings
+from broker.sidebands import SidebandSupervisor
+from broker.tools.dispatch import CallOutcome, ToolDispatcher, arguments_equal
+from broker.tools.registry import ToolRegistry
+from sideband import (
+    Provider,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnreachableError,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_TOOLS_PER_SESSION: Final = 64
+MAX_METADATA_KEYS: Final = 32
+
+
+class CreateSessionRequest(BaseModel):
+    """Body of ``POST /api/v1/sessions``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(default=None, min_length=1, max_length=100)
+    instructions: str | None = Field(default=None, max_length=32_000)
+    voice: str | None = Field(default=None, min_length=1, max_length=40)
+    tools: list[str] = Field(default_factory=list, max_length=MAX_TOOLS_PER_SESSION)
+    sideband: bool = True
+    metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("tools")
+    @classmethod
+    def _unique(cls, tools: list[str]) -> list[str]:
+        return list(dict.fromkeys(tools))
+
+    @field_validator("metadata")
+    @classmethod
+    def _small(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        if len(metadata) > MAX_METADATA_KEYS:
+            raise ValueError(f"at most {MAX_METADATA_KEYS} metadata keys")
+        if any(len(k) > 64 or (isinstance(v, str) and len(v) > 512) for k, v in metadata.items()):
+            raise ValueError("metadata keys are at most 64 and string values 512 characters")
+        return metadata
+
+
+class BridgeCallRequest(BaseModel):
+    """Body of ``POST /api/v1/sessions/{id}/tools/{tool}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    call_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
+    arguments: str | dict[str, Any] = "{}"
+    """The JSON text the model produced (or the parsed object)."""
+
+
+@dataclass(frozen=True)
+class CreatedSession:
+    row: SessionRow
+    client_secret: str
+    expires_at: int
+
+
+def new_session_id() -> str:
+    return "sess_" + secrets.token_hex(12)
+
+
+class SessionService:
+    """Everything that changes a session; handlers only parse, authorize and render."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        provider: Provider,
+        registry: ToolRegistry,
+        dispatcher: ToolDispatcher,
+        supervisor: SidebandSupervisor,
+    ) -> None:
+        self._settings = settings
+        self._sessionmaker = sessionmaker
+        self._provider = provider
+        self._registry = registry
+        self._dispatcher = dispatcher
+        self._supervisor = supervisor
+
+    async def create(
+        self, principal: ApiPrincipal, request: CreateSessionRequest
+    ) -> CreatedSession:
+        """Store a new session and mint its client secret.
+
+        Raises:
+            ForbiddenError: the key lacks ``sessions:create``.
+            ValidationFailedError: ``unknown_tool``.
+        """
+        principal.require(Scope.SESSIONS_CREATE)
+        unknown = [name for name in request.tools if name not in self._registry]
+        if unknown:
+            raise ValidationFailedError(
+                "unknown_tool", f"unknown tool(s): {', '.join(sorted(unknown))}", tools=unknown
+            )
+        row = SessionRow(
+            id=new_session_id(),
+            owner_key_id=principal.key_id,
+            state=SessionState.CREATED,
+            provider=self._provider.name,
+            model=request.model or self._settings.default_model,
+            instructions=(
+                request.instructions
+                if request.instructions is not None
+                else self._settings.default_instructions
+            ),
+            voice=request.voice or self._settings.default_voice,
+            tools=request.tools,
+            sideband_enabled=request.sideband,
+            sideband_state=SidebandState.PENDING if request.sideband else SidebandState.DISABLED,
+            metadata_=request.metadata,
+        )
+        async with self._sessionmaker.begin() as s:
+            s.add(row)
+        token, expires_at = mint_client_secret(
+            row.id, self._settings.signing_key, self._settings.client_secret_ttl
+        )
+        logger.info(
+            "session created session_id=%s key_id=%s tools=%s sideband=%s",
+            row.id,
+            principal.key_id,
+            ",".join(row.tools),
+            row.sideband_enabled,
+        )
+        return CreatedSession(row=row, client_secret=token, expires_at=expires_at)
+
+    def provider_session_config(self, row: SessionRow) -> dict[str, Any]:
+        """The server-owned session config: the browser never chooses any of it."""
+        return {
+            "type": "realtime",
+            "model": row.model,
+            "instructions": row.instructions,
+            "audio": {"output": {"voice": row.voice}},
+            "tools": [self._registry[name].provider_definition() for name in row.tools],
+            "tool_choice": "auto",
+        }
+
+    async def get_row(self, session_id: str) -> SessionRow:
+        async with self._sessionmaker() as s:
+            row = await queries.get_session_row(s, session_id)
+        if row is None:
+            raise NotFoundError("session_not_found", "no such session")
+        return row
+
+    async def offer(self, browser: BrowserPrincipal, sdp: str) -> str:
+        """Create the provider call for the browser's offer; returns the SDP answer.
+
+        The sideband is started before returning but not awaited: the browser must apply the
+        answer before the call is fully up, so nothing here may wait for it.
+
+        Raises:
+            NotFoundError, ConflictError (``session_already_offered``), BadRequestError
+            (``invalid_sdp``), UpstreamError (``provider_error`` 502 / ``provider_timeout`` 504).
+        """
+        check_offer(sdp)
+        session_id = browser.session_id
+        row = await self.get_row(session_id)
+        async with self._sessionmaker.begin() as s:
+            claimed = await queries.transition_session(
+                s, session_id, [SessionState.CREATED], SessionState.OFFERED
+            )
+        if not claimed:
+            raise ConflictError(
+                "session_already_offered", f"the session is already {row.state}", state=row.state
+            )
+        try:
+            answer = await self._provider.create_call(sdp, self.provider_session_config(row))
+        except (ProviderError, ProviderTimeoutError, ProviderUnreachableError) as exc:
+            await self._fail(session_id, f"offer: {exc}")
+            raise _upstream(exc) from exc
+        async with self._sessionmaker.begin() as s:
+            await queries.transition_session(
+                s, session_id, [SessionState.OFFERED], SessionState.LIVE, call_id=answer.call_id
+            )
+        logger.info("call created session_id=%s call_id=%s", session_id, answer.call_id)
+        if row.sideband_enabled:
+            self._supervisor.start(session_id, answer.call_id, row.tools)
+        return answer.sdp
+
+    async def _fail(self, session_id: str, reason: str) -> None:
+        async with self._sessionmaker.begin() as s:
+            await queries.transition_session(
+                s,
+                session_id,
+                [SessionState.CREATED, SessionState.OFFERED, SessionState.LIVE],
+                SessionState.FAILED,
+                end_reason=reason[:200],
+            )
+
+    async def bridge_call(
+        self, browser: BrowserPrincipal, tool: str, request: BridgeCallRequest
+    ) -> CallOutcome:
+        """A tool call relayed by the browser (the fallback path).
+
+        While the session's sideband is connected, the sideband is the only executor: the bridge
+        waits (bounded) for its result and returns it, so a browser cannot run a call the model
+        did not make. Otherwise the bridge runs the call through the same once-only pipeline.
+
+        Raises:
+            NotFoundError (``session_not_found``), ConflictError (``session_not_live``,
+            ``call_arguments_mismatch``).
+        """
+        row = await self.get_row(browser.session_id)
+        if row.state != SessionState.LIVE:
+            raise ConflictError(
+                "session_not_live", f"the session is {row.state}, not live", state=row.state
+            )
+        arguments = (
+            request.arguments
+            if isinstance(request.arguments, str)
+            else _compact_json(request.arguments)
+        )
+        existing = await self._dispatcher.get(row.id, request.call_id)
+        if existing is not None:
+            stored = await self._stored_call(row.id, request.call_id)
+            if stored.tool != tool or not arguments_equal(stored.arguments, arguments):
+                raise ConflictError(
+                    "call_arguments_mismatch",
+                    "this call_id was recorded with another tool or other arguments",
+                )
+        if row.sideband_enabled and row.sideband_state == SidebandState.CONNECTED:
+            outcome = await self._dispatcher.wait_settled(
+                row.id, request.call_id, within=self._settings.bridge_wait_timeout
+            )
+            if outcome is None:
+                raise NotFoundError(
+                    "call_not_found",
+                    "the sideband has not seen this call from the model",
+                )
+            return outcome
+        return await self._dispatcher.run(
+            row.id, row.tools, request.call_id, tool, arguments, ToolPath.BRIDGE
+        )
+
+    async def _stored_call(self, session_id: str, call_id: str) -> ToolCall:
+        async with self._sessionmaker() as s:
+            call = await queries.get_tool_call(s, session_id, call_id)
+        assert call is not None
+        return call
+
+    async def detail(
+        self, principal: ApiPrincipal, session_id: str
+    ) -> tuple[SessionRow, Sequence[ToolCall]]:
+        """The session and its tool calls; for the owning key or ``monitor:read``.
+
+        Raises:
+            NotFoundError: unknown, or owned by another key without monitor scope (no oracle).
+        """
+        row = await self.get_row(session_id)
+        if row.owner_key_id != principal.key_id:
+            try:
+                principal.require(Scope.MONITOR_READ)
+            except ForbiddenError:
+                raise NotFoundError("session_not_found", "no such session") from None
+        async with self._sessionmaker() as s:
+            calls = await queries.list_tool_calls(s, session_id)
+        return row, calls
+
+
+def _compact_json(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _upstream(exc: Exception) -> UpstreamError:
+    if isinstance(exc, ProviderTimeoutError):
+        return UpstreamError(
+            "provider_timeout", f"the provider did not answer in {exc.timeout:g}s", timeout=True
+        )
+    if isinstance(exc, ProviderUnreachableError):
+        return UpstreamError("provider_unreachable", "the provider could not be reached")
+    assert isinstance(exc, ProviderError)
+    return UpstreamError(
+        "provider_error",
+        f"the provider rejected the call (HTTP {exc.status})",
+        provider_status=exc.status,
+        provider_code=exc.code,
+    )

@@ -1,0 +1,171 @@
+"""Every setting, read from the environment (``BROKER_*``) once at start, typed and validated."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+DEFAULT_DATABASE_URL: Final = "sqlite+aiosqlite:///./broker.db"
+DEFAULT_TOOLS_CONFIG: Final = Path(__file__).parent / "tools" / "demo_tools.toml"
+MIN_SECRET_TTL: Final = 30
+MAX_SECRET_TTL: Final = 3600
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable, never its value."""
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str`` or a traceback's locals."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The real value: only for the one place that must send or compare it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and secrets.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The broker's configuration. Build with :meth:`from_env`; tests construct it directly."""
+
+    signing_key: Secret
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str = DEFAULT_DATABASE_URL
+    admin_key: Secret | None = None
+    provider_base_url: str | None = None
+    """``…/v1`` of an OpenAI-compatible provider; ``None`` runs the built-in emulator."""
+    provider_api_key: Secret | None = None
+    provider_timeout: float = 10.0
+    tools_config: Path = DEFAULT_TOOLS_CONFIG
+    client_secret_ttl: int = 300
+    sideband_attach_timeout: float = 10.0
+    """How long a 404 (or refused connection) on sideband attach is retried after call creation."""
+    bridge_wait_timeout: float = 5.0
+    """How long a bridge request waits for the sideband to finish a call it owns."""
+    default_model: str = "gpt-realtime"
+    default_voice: str = "marin"
+    default_instructions: str = "You are a helpful voice assistant."
+    emulator_port: int = 0
+    """Port of the built-in emulator when no provider is configured (0: any free port)."""
+
+    @property
+    def uses_builtin_provider(self) -> bool:
+        return self.provider_api_key is None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the environment.
+
+        Raises:
+            SettingsError: a value is malformed (the message names the variable only).
+        """
+        env = os.environ if env is None else env
+        provider_key = env.get("BROKER_PROVIDER_API_KEY") or env.get("OPENAI_API_KEY")
+        base_url = env.get("BROKER_PROVIDER_BASE_URL")
+        if provider_key and not base_url:
+            base_url = "https://api.openai.com/v1"
+        if base_url and not provider_key:
+            raise SettingsError(
+                "BROKER_PROVIDER_BASE_URL is set but no BROKER_PROVIDER_API_KEY / OPENAI_API_KEY"
+            )
+        database_url = env.get("BROKER_DATABASE_URL", DEFAULT_DATABASE_URL)
+        ttl = _int(env, "BROKER_CLIENT_SECRET_TTL", 300)
+        if not MIN_SECRET_TTL <= ttl <= MAX_SECRET_TTL:
+            raise SettingsError(
+                f"BROKER_CLIENT_SECRET_TTL must be between {MIN_SECRET_TTL} and {MAX_SECRET_TTL}"
+            )
+        admin = env.get("BROKER_ADMIN_KEY")
+        if admin is not None and len(admin) < 16:
+            raise SettingsError("BROKER_ADMIN_KEY must be at least 16 characters")
+        return cls(
+            host=env.get("BROKER_HOST", "127.0.0.1"),
+            port=_int(env, "BROKER_PORT", 8080),
+            database_url=database_url,
+            admin_key=Secret(admin) if admin else None,
+            provider_base_url=base_url,
+            provider_api_key=Secret(provider_key) if provider_key else None,
+            provider_timeout=_float(env, "BROKER_PROVIDER_TIMEOUT", 10.0),
+            tools_config=Path(env.get("BROKER_CONFIG", str(DEFAULT_TOOLS_CONFIG))),
+            client_secret_ttl=ttl,
+            sideband_attach_timeout=_float(env, "BROKER_SIDEBAND_ATTACH_TIMEOUT", 10.0),
+            bridge_wait_timeout=_float(env, "BROKER_BRIDGE_WAIT_TIMEOUT", 5.0),
+            signing_key=_signing_key(env),
+            emulator_port=_int(env, "BROKER_EMULATOR_PORT", 0),
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer") from None
+    if value < 0:
+        raise SettingsError(f"{name} must not be negative")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number") from None
+    if not value > 0:
+        raise SettingsError(f"{name} must be positive")
+    return value
+
+
+def _signing_key(env: Mapping[str, str]) -> Secret:
+    """The client-secret signing key: from the environment, else a persisted development key.
+
+    The development key lives in ``BROKER_SIGNING_KEY_FILE`` (default ``.broker/signing.key``),
+    created with mode 0600 on first start, so tokens survive a restart.
+    """
+    explicit = env.get("BROKER_SIGNING_KEY")
+    if explicit:
+        if len(explicit) < 32:
+            raise SettingsError("BROKER_SIGNING_KEY must be at least 32 characters")
+        return Secret(explicit)
+    path = Path(env.get("BROKER_SIGNING_KEY_FILE", ".broker/signing.key"))
+    return Secret(load_or_create_key_file(path))
+
+
+def load_or_create_key_file(path: Path) -> str:
+    """Read a key file, creating it (0600, random 256 bits) if it does not exist."""
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        value = ""
+    if len(value) >= 32:
+        return value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value

@@ -1,0 +1,220 @@
+"""The sideband supervisor: one owned task per live call, wiring ``sideband`` to the broker.
+
+Each call runs in a task named ``sideband:{session_id}`` that owns an event writer and the
+:class:`sideband.CallController`; its outcome is recorded on the session row. ``close()`` cancels
+and awaits them all (app cleanup). The call itself is not hung up on shutdown: it belongs to the
+browser and the provider, and a restarted broker can attach again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection
+
+import aiohttp
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from broker.db import queries
+from broker.db.models import SessionState, SidebandState, ToolCallStatus, ToolPath
+from broker.events_log import EventRecorder
+from broker.tools.dispatch import ToolDispatcher
+from sideband import (
+    CallController,
+    CallNotFoundError,
+    Direction,
+    FunctionCall,
+    Provider,
+    SidebandConnection,
+    SidebandError,
+    ToolResult,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class SessionToolHandler:
+    """The broker's :class:`sideband.ToolCallHandler` for one session."""
+
+    def __init__(
+        self,
+        dispatcher: ToolDispatcher,
+        session_id: str,
+        allowed_tools: Collection[str],
+        recorder: EventRecorder,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._session_id = session_id
+        self._allowed = frozenset(allowed_tools)
+        self._recorder = recorder
+
+    async def call_seen(self, call: FunctionCall) -> None:
+        await self._dispatcher.record(
+            self._session_id,
+            call.call_id,
+            call.name,
+            call.arguments,
+            ToolPath.SIDEBAND,
+            call.response_id,
+        )
+
+    async def call_abandoned(self, call: FunctionCall, response_status: str) -> None:
+        await self._dispatcher.abandon(self._session_id, call.call_id, response_status)
+
+    async def execute(self, call: FunctionCall) -> ToolResult:
+        outcome = await self._dispatcher.run(
+            self._session_id,
+            self._allowed,
+            call.call_id,
+            call.name,
+            call.arguments,
+            ToolPath.SIDEBAND,
+            call.response_id,
+        )
+        self._recorder.record(
+            "broker",
+            {
+                "type": "broker.tool_call",
+                "call_id": call.call_id,
+                "tool": outcome.tool,
+                "status": outcome.status.value,
+                "handled_by": outcome.handled_by.value if outcome.handled_by else None,
+            },
+        )
+        # Only the path that ran the call answers the model; a bridge winner's browser did.
+        mine = outcome.handled_by is ToolPath.SIDEBAND and outcome.status.settled
+        if outcome.status is ToolCallStatus.CANCELLED:
+            mine = False
+        return ToolResult(output=outcome.output or "", inject=mine)
+
+    async def output_sent(self, call: FunctionCall) -> None:
+        await self._dispatcher.mark_injected(self._session_id, call.call_id)
+
+
+class _Observer:
+    def __init__(self, supervisor: SidebandSupervisor, session_id: str, recorder: EventRecorder):
+        self._supervisor = supervisor
+        self._session_id = session_id
+        self._recorder = recorder
+
+    def record(self, direction: Direction, event: dict[str, object]) -> None:
+        self._recorder.record(direction, event)
+
+    async def attached(self) -> None:
+        await self._supervisor.set_sideband_state(self._session_id, SidebandState.CONNECTED)
+        self._recorder.record("broker", {"type": "broker.sideband_attached"})
+
+
+class SidebandSupervisor:
+    """Starts, tracks and stops the sideband of every live call in this process."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        provider: Provider,
+        http: aiohttp.ClientSession,
+        dispatcher: ToolDispatcher,
+        attach_timeout: float,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._provider = provider
+        self._http = http
+        self._dispatcher = dispatcher
+        self._attach_timeout = attach_timeout
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, session_id: str, call_id: str, allowed_tools: Collection[str]) -> None:
+        """Start supervising ``call_id``; returns at once (the SDP answer must not wait)."""
+        if session_id in self._tasks:
+            return
+        task = asyncio.create_task(
+            self._supervise(session_id, call_id, allowed_tools), name=f"sideband:{session_id}"
+        )
+        self._tasks[session_id] = task
+        task.add_done_callback(lambda t: self._finished(session_id, t))
+
+    def _finished(self, session_id: str, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(session_id, None)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("sideband supervisor crashed session_id=%s", session_id, exc_info=exc)
+
+    def running(self, session_id: str) -> bool:
+        return session_id in self._tasks
+
+    async def close(self) -> None:
+        """Cancel every sideband task and wait for them to finish."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def set_sideband_state(self, session_id: str, state: SidebandState) -> None:
+        async with self._sessionmaker.begin() as s:
+            await queries.set_session_fields(s, session_id, sideband_state=state)
+
+    async def _supervise(
+        self, session_id: str, call_id: str, allowed_tools: Collection[str]
+    ) -> None:
+        recorder = EventRecorder(self._sessionmaker, session_id)
+        await recorder.start()
+        await self.set_sideband_state(session_id, SidebandState.CONNECTING)
+        target = self._provider.sideband_target(call_id)
+
+        async def connect() -> SidebandConnection:
+            return await SidebandConnection.attach(
+                self._http, target, call_id, attach_timeout=self._attach_timeout
+            )
+
+        controller = CallController(
+            call_id,
+            connect,
+            SessionToolHandler(self._dispatcher, session_id, allowed_tools, recorder),
+            _Observer(self, session_id, recorder),
+        )
+        close_code: int | None = None
+        failure: BaseException | None = None
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(recorder.run(), name=f"sideband-recorder:{session_id}")
+            try:
+                close_code = await controller.run()
+            except (SidebandError, ExceptionGroup) as exc:
+                failure = exc
+            finally:
+                recorder.stop()
+        await self._record_end(session_id, call_id, close_code, failure)
+
+    async def _record_end(
+        self, session_id: str, call_id: str, close_code: int | None, failure: BaseException | None
+    ) -> None:
+        if failure is None and close_code in (1000, 1001):
+            # The provider closed cleanly: the call is over (hangup, browser left, time limit).
+            logger.info(
+                "sideband closed session_id=%s call_id=%s code=%s", session_id, call_id, close_code
+            )
+            async with self._sessionmaker.begin() as s:
+                await queries.set_session_fields(s, session_id, sideband_state=SidebandState.CLOSED)
+                await queries.transition_session(
+                    s,
+                    session_id,
+                    [SessionState.LIVE],
+                    SessionState.ENDED,
+                    end_reason=f"provider_closed:{close_code}",
+                )
+            return
+        if isinstance(failure, CallNotFoundError):
+            reason = "call not found at the provider"
+        elif failure is not None:
+            reason = f"{type(failure).__name__}: {failure}"
+        else:
+            reason = f"closed with code {close_code}"
+        if isinstance(failure, ExceptionGroup):
+            logger.error(
+                "sideband failed session_id=%s call_id=%s", session_id, call_id, exc_info=failure
+            )
+        else:
+            logger.warning(
+                "sideband lost session_id=%s call_id=%s: %s", session_id, call_id, reason
+            )
+        # Without the sideband the broker no longer controls the call's tools; the bridge
+        # fallback takes over (it runs calls itself when the sideband is not connected).
+        await self.set_sideband_state(session_id, SidebandState.FAILED)

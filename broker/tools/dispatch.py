@@ -1,0 +1,250 @@
+"""The one pipeline every function call goes through, whichever path reports it.
+
+``(session_id, call_id)`` is unique in ``tool_calls``; a call runs only after a conditional
+``pending → running`` update that exactly one caller can win. Whoever loses (the sideband after
+the bridge, or the reverse) waits for the winner's result and returns it, so a tool never runs
+twice and the model never gets two outputs for one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Final
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from broker.db import queries
+from broker.db.models import ToolCall, ToolCallStatus, ToolPath, utcnow
+from broker.tools.executors import ToolContext, ToolExecutionError
+from broker.tools.policy import decide, error_output
+from broker.tools.registry import MAX_TIMEOUT, ToolRegistry
+
+logger = logging.getLogger(__name__)
+
+_POLL_INTERVAL: Final = 0.2
+"""Waiters re-read the row this often, so a winner in another process is seen too."""
+_LOSER_WAIT: Final = MAX_TIMEOUT + 30.0
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """A settled (or still running) call as either path reports it.
+
+    Attributes:
+        handled_by: the path that ran (or denied) the call; ``None`` while nobody has.
+    """
+
+    call_id: str
+    tool: str
+    status: ToolCallStatus
+    output: str | None
+    handled_by: ToolPath | None
+
+    @classmethod
+    def from_row(cls, row: ToolCall) -> CallOutcome:
+        return cls(
+            call_id=row.call_id,
+            tool=row.tool,
+            status=ToolCallStatus(row.status),
+            output=row.output,
+            handled_by=ToolPath(row.path) if row.path else None,
+        )
+
+
+class ToolDispatcher:
+    """Records, authorizes and runs function calls exactly once."""
+
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], registry: ToolRegistry
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._registry = registry
+        self._settled: dict[tuple[str, str], asyncio.Event] = {}
+
+    @property
+    def registry(self) -> ToolRegistry:
+        return self._registry
+
+    async def record(
+        self,
+        session_id: str,
+        call_id: str,
+        tool: str,
+        arguments: str,
+        seen_by: ToolPath,
+        response_id: str | None = None,
+    ) -> ToolCall:
+        """Make sure the call has a row (first reporter's tool and arguments win); return it."""
+        async with self._sessionmaker.begin() as s:
+            await queries.insert_tool_call_if_absent(
+                s,
+                session_id=session_id,
+                call_id=call_id,
+                tool=tool,
+                arguments=arguments,
+                status=ToolCallStatus.PENDING,
+                seen_by=seen_by,
+                response_id=response_id,
+            )
+            row = await queries.get_tool_call(s, session_id, call_id)
+        assert row is not None
+        return row
+
+    async def abandon(self, session_id: str, call_id: str, response_status: str) -> None:
+        """The model's response did not complete: a still-pending call will never run."""
+        async with self._sessionmaker.begin() as s:
+            changed = await queries.settle_tool_call(
+                s,
+                session_id,
+                call_id,
+                status=ToolCallStatus.CANCELLED,
+                from_statuses=[ToolCallStatus.PENDING],
+                error=f"response {response_status}",
+            )
+        if changed:
+            logger.info(
+                "tool call abandoned session_id=%s call_id=%s response_status=%s",
+                session_id,
+                call_id,
+                response_status,
+            )
+            self._notify(session_id, call_id)
+
+    async def run(
+        self,
+        session_id: str,
+        allowed_tools: Collection[str],
+        call_id: str,
+        tool: str,
+        arguments: str,
+        path: ToolPath,
+        response_id: str | None = None,
+    ) -> CallOutcome:
+        """Run the call if nobody has; otherwise wait for and return the other path's result.
+
+        Never raises for a tool's failure or a denial: both are outcomes with an output.
+        """
+        row = await self.record(session_id, call_id, tool, arguments, path, response_id)
+        async with self._sessionmaker.begin() as s:
+            won = await queries.claim_tool_call(s, session_id, call_id, path)
+        if not won:
+            # The other path runs it; its tool timeout bounds how long this can take.
+            settled = await self.wait_settled(session_id, call_id, within=_LOSER_WAIT)
+            assert settled is not None
+            return settled
+        # The recorded tool and arguments are the ones that run: a later reporter cannot swap them.
+        outcome = await self._execute(
+            session_id, allowed_tools, row.call_id, row.tool, row.arguments
+        )
+        status, output, error, decision = outcome
+        async with self._sessionmaker.begin() as s:
+            await queries.settle_tool_call(
+                s,
+                session_id,
+                call_id,
+                status=status,
+                from_statuses=[ToolCallStatus.RUNNING],
+                output=output,
+                error=error,
+                decision=decision,
+            )
+        self._notify(session_id, call_id)
+        return CallOutcome(call_id, row.tool, status, output, path)
+
+    async def _execute(
+        self,
+        session_id: str,
+        allowed_tools: Collection[str],
+        call_id: str,
+        tool: str,
+        arguments: str,
+    ) -> tuple[ToolCallStatus, str, str | None, str]:
+        decision = decide(self._registry, allowed_tools, tool, arguments)
+        log_extra = f"session_id={session_id} call_id={call_id} tool={tool}"
+        if not decision.allowed:
+            assert decision.code is not None and decision.message is not None
+            logger.warning("tool call denied %s code=%s", log_extra, decision.code)
+            return (
+                ToolCallStatus.DENIED,
+                error_output(decision.code, decision.message),
+                decision.code,
+                "denied",
+            )
+        assert decision.tool is not None and decision.arguments is not None
+        spec, args = decision.tool, decision.arguments
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(spec.timeout):
+                output = await spec.executor(args, ToolContext(session_id, call_id, tool))
+        except TimeoutError:
+            failure: tuple[str, str] = (
+                "tool_timeout",
+                f"the tool did not finish in {spec.timeout:g}s",
+            )
+        except ToolExecutionError as exc:
+            failure = (exc.code, exc.message)
+        except Exception as exc:
+            # A bug in a tool must cost one call, not the session: the model is told it failed.
+            logger.exception("tool raised %s", log_extra)
+            failure = ("tool_error", f"the tool failed ({type(exc).__name__})")
+        else:
+            logger.info(
+                "tool call succeeded %s ms=%.1f", log_extra, (time.perf_counter() - started) * 1000
+            )
+            return ToolCallStatus.SUCCEEDED, output, None, "allowed"
+        logger.warning("tool call failed %s code=%s", log_extra, failure[0])
+        return ToolCallStatus.FAILED, error_output(*failure), failure[0], "allowed"
+
+    async def mark_injected(self, session_id: str, call_id: str) -> None:
+        async with self._sessionmaker.begin() as s:
+            await queries.mark_injected(s, session_id, call_id, utcnow())
+
+    async def get(self, session_id: str, call_id: str) -> CallOutcome | None:
+        async with self._sessionmaker() as s:
+            row = await queries.get_tool_call(s, session_id, call_id)
+        return CallOutcome.from_row(row) if row is not None else None
+
+    async def wait_settled(
+        self, session_id: str, call_id: str, within: float | None
+    ) -> CallOutcome | None:
+        """The call's outcome once settled; the latest (unsettled or ``None``) on timeout."""
+        key = (session_id, call_id)
+        event = self._settled.setdefault(key, asyncio.Event())
+        loop = asyncio.get_running_loop()
+        deadline = None if within is None else loop.time() + within
+        try:
+            while True:
+                outcome = await self.get(session_id, call_id)
+                if outcome is not None and outcome.status.settled:
+                    return outcome
+                wait = _POLL_INTERVAL
+                if deadline is not None:
+                    wait = min(wait, deadline - loop.time())
+                    if wait <= 0:
+                        return outcome
+                try:
+                    async with asyncio.timeout(wait):
+                        await event.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            if self._settled.get(key) is event and not event.is_set():
+                del self._settled[key]
+
+    def _notify(self, session_id: str, call_id: str) -> None:
+        event = self._settled.pop((session_id, call_id), None)
+        if event is not None:
+            event.set()
+
+
+def arguments_equal(a: str, b: str) -> bool:
+    """Same JSON value (key order and whitespace do not matter)."""
+    try:
+        return bool(json.loads(a or "{}") == json.loads(b or "{}"))
+    except ValueError:
+        return a == b

@@ -1,0 +1,167 @@
+"""One sideband WebSocket: attach with bounded retry, a single reader, one send path, close."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Final
+
+import aiohttp
+
+from sideband.errors import (
+    CallNotFoundError,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnreachableError,
+    SidebandClosedError,
+)
+from sideband.events import decode_frame
+from sideband.provider import SidebandTarget
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT: Final = 20.0
+"""Seconds between pings; a peer that stops answering is detected within about twice this."""
+MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+HANDSHAKE_TIMEOUT: Final = 10.0
+FIRST_RETRY_DELAY: Final = 0.1
+MAX_RETRY_DELAY: Final = 2.0
+
+
+def backoff_delays(first: float, cap: float) -> Iterator[float]:
+    """Exponential delays with jitter in [0.75, 1.0] of the nominal value, capped (never ends)."""
+    delay = first
+    while True:
+        yield delay * random.uniform(0.75, 1.0)
+        delay = min(delay * 2, cap)
+
+
+class SidebandConnection:
+    """A live sideband WebSocket to one call.
+
+    Exactly one task may iterate :meth:`frames`; any number may :meth:`send`.
+    """
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, call_id: str) -> None:
+        self._ws = ws
+        self._send_lock = asyncio.Lock()
+        self.call_id = call_id
+
+    @classmethod
+    async def attach(
+        cls,
+        http: aiohttp.ClientSession,
+        target: SidebandTarget,
+        call_id: str,
+        *,
+        attach_timeout: float,
+    ) -> SidebandConnection:
+        """Open the sideband, retrying while the provider does not know the call yet.
+
+        A 404 right after call creation is a known race (PROTOCOL.md §2.5), and so is a refused
+        connection during a provider restart: both are retried with jittered exponential backoff
+        until ``attach_timeout`` seconds have passed. Auth and other HTTP errors are not retried:
+        repeating them cannot help.
+
+        Raises:
+            CallNotFoundError: still 404 when the time ran out.
+            ProviderError: any other handshake status.
+            ProviderTimeoutError / ProviderUnreachableError: the last attempt's transport failure.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + attach_timeout
+        delays = backoff_delays(FIRST_RETRY_DELAY, MAX_RETRY_DELAY)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                ws = await http.ws_connect(
+                    target.url,
+                    headers=dict(target.headers),
+                    heartbeat=HEARTBEAT,
+                    max_msg_size=MAX_MESSAGE_BYTES,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                    autoping=True,
+                )
+                logger.info("sideband attached call_id=%s attempt=%d", call_id, attempt)
+                return cls(ws, call_id)
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status != 404:
+                    raise ProviderError(exc.status, None, "sideband_attach") from exc
+                error: Exception = CallNotFoundError(404, "call_id_not_found", "sideband_attach")
+            except TimeoutError:
+                error = ProviderTimeoutError("sideband_attach", HANDSHAKE_TIMEOUT)
+            except aiohttp.ClientConnectionError as exc:
+                error = ProviderUnreachableError("sideband_attach", type(exc).__name__)
+            delay = next(delays)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise error
+            delay = min(delay, remaining)
+            logger.info(
+                "sideband attach retry call_id=%s attempt=%d error=%s delay=%.2fs",
+                call_id,
+                attempt,
+                type(error).__name__,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    @property
+    def closed(self) -> bool:
+        return self._ws.closed
+
+    @property
+    def close_code(self) -> int | None:
+        return self._ws.close_code
+
+    async def frames(self) -> AsyncIterator[dict[str, Any]]:
+        """Yield every decoded server event until the socket closes.
+
+        Ends quietly on a close frame (the code is then in :attr:`close_code`). Frames that are
+        not JSON events are logged and skipped: one bad frame must not cost the call.
+
+        Raises:
+            SidebandClosedError: the transport failed (``WSMsgType.ERROR``).
+        """
+        while True:
+            msg = await self._ws.receive()
+            if msg.type is aiohttp.WSMsgType.TEXT or msg.type is aiohttp.WSMsgType.BINARY:
+                try:
+                    yield decode_frame(msg.data)
+                except ValueError as exc:
+                    logger.warning("sideband dropped frame call_id=%s: %s", self.call_id, exc)
+            elif msg.type is aiohttp.WSMsgType.ERROR:
+                raise SidebandClosedError(None, str(self._ws.exception() or "transport error"))
+            elif msg.type in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.CLOSED,
+            ):
+                return
+            else:  # PING/PONG are answered by aiohttp itself (autoping).
+                continue
+
+    async def send(self, event: dict[str, Any]) -> None:
+        """Send one client event.
+
+        Raises:
+            SidebandClosedError: the socket is closed. Not retried here: the caller decides,
+                because a lost output must be re-sent on a new connection, not this one.
+        """
+        data = json.dumps(event, separators=(",", ":"))
+        async with self._send_lock:
+            if self._ws.closed:
+                raise SidebandClosedError(self._ws.close_code, "send on a closed sideband")
+            try:
+                await self._ws.send_str(data)
+            except (ConnectionError, aiohttp.ClientError) as exc:
+                raise SidebandClosedError(self._ws.close_code, type(exc).__name__) from exc
+
+    async def close(self) -> None:
+        """Close the socket (idempotent). The call itself goes on: only hangup ends it."""
+        if not self._ws.closed:
+            await self._ws.close()

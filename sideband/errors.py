@@ -1,0 +1,74 @@
+"""Errors raised by the sideband package.
+
+The tree::
+
+    SidebandError
+    ├── ProviderError              the provider answered an HTTP request with a non-success status
+    │   └── CallNotFoundError      404: the call is unknown to (or invisible for) this key
+    ├── ProviderTimeoutError       the provider did not answer in time
+    ├── ProviderUnreachableError   the provider could not be reached at all
+    ├── SidebandClosedError        the sideband WebSocket closed while the controller needed it
+    └── MalformedEventError        a provider frame was not a JSON event
+"""
+
+from __future__ import annotations
+
+
+class SidebandError(Exception):
+    """Root of every error the sideband package raises."""
+
+
+class ProviderError(SidebandError):
+    """The provider answered with a non-success HTTP status.
+
+    Attributes:
+        status: the HTTP status the provider answered with.
+        code: the provider's own error code (``error.code`` of its JSON envelope), if any.
+    """
+
+    def __init__(self, status: int, code: str | None, operation: str) -> None:
+        self.status = status
+        self.code = code
+        self.operation = operation
+        # Only the status and the provider's short code: the body may echo request data.
+        super().__init__(f"provider {operation} failed with HTTP {status} ({code or 'no code'})")
+
+
+class CallNotFoundError(ProviderError):
+    """The provider does not know the call (``404 call_id_not_found``)."""
+
+
+class ProviderTimeoutError(SidebandError):
+    """The provider did not answer within the configured time."""
+
+    def __init__(self, operation: str, timeout: float) -> None:
+        self.operation = operation
+        self.timeout = timeout
+        super().__init__(f"provider {operation} timed out after {timeout:g}s")
+
+
+class ProviderUnreachableError(SidebandError):
+    """The provider could not be reached (connection refused, DNS, TLS)."""
+
+    def __init__(self, operation: str, reason: str) -> None:
+        self.operation = operation
+        self.reason = reason
+        super().__init__(f"provider {operation} unreachable: {reason}")
+
+
+class SidebandClosedError(SidebandError):
+    """The sideband WebSocket closed.
+
+    Attributes:
+        code: the WebSocket close code (``None`` when the transport failed without one).
+        reason: the close reason or the transport error text.
+    """
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"sideband closed (code={code}, reason={reason!r})")
+
+
+class MalformedEventError(SidebandError):
+    """A frame from the provider was not a JSON object with a string ``type``."""

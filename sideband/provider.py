@@ -1,0 +1,197 @@
+"""The provider boundary: creating calls, hanging up, and where the sideband connects.
+
+The broker only ever sees the :class:`Provider` protocol, so OpenAI, Azure-style endpoints and the
+local emulator are interchangeable. :class:`OpenAICompatibleProvider` speaks the unified interface
+(``POST {base}/realtime/calls`` multipart with a standard key, PROTOCOL.md §1.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import aiohttp
+from yarl import URL
+
+from sideband.errors import (
+    CallNotFoundError,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnreachableError,
+)
+
+logger = logging.getLogger(__name__)
+
+# Call ids are opaque (`rtc_…` at OpenAI, UUIDs elsewhere); this only rules out values that
+# could change the meaning of a URL we build from them.
+_CALL_ID_RE: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+_MAX_ERROR_BODY: Final = 16 * 1024
+
+
+@dataclass(frozen=True)
+class CallAnswer:
+    """The provider's answer to a new call.
+
+    Attributes:
+        call_id: last path segment of the ``Location`` header.
+        sdp: the SDP answer, verbatim.
+        location: the ``Location`` header as received.
+    """
+
+    call_id: str
+    sdp: str
+    location: str
+
+
+@dataclass(frozen=True)
+class SidebandTarget:
+    """Where and how to open a sideband WebSocket.
+
+    ``headers`` hold the provider key: never log them.
+    """
+
+    url: URL
+    headers: Mapping[str, str] = field(repr=False)
+
+
+class Provider(Protocol):
+    """A realtime provider reachable over WebRTC with a server-side sideband."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def create_call(self, offer_sdp: str, session: Mapping[str, Any]) -> CallAnswer:
+        """Create a WebRTC call from a browser's offer and the server-owned session config.
+
+        Raises:
+            ProviderError: non-2xx answer, or a 2xx without a usable ``Location``.
+            ProviderTimeoutError: no answer in time.
+            ProviderUnreachableError: the provider could not be reached.
+        """
+        ...
+
+    async def hangup(self, call_id: str) -> None:
+        """End the call at the provider.
+
+        Raises:
+            CallNotFoundError: the call is already gone.
+            ProviderError, ProviderTimeoutError, ProviderUnreachableError: as for create_call.
+        """
+        ...
+
+    def sideband_target(self, call_id: str) -> SidebandTarget:
+        """The WebSocket URL and headers that attach a sideband to ``call_id``."""
+        ...
+
+
+def call_id_from_location(location: str) -> str | None:
+    """The call id in a ``Location`` header (relative or absolute), or ``None`` if it has none."""
+    segment = URL(location).path.rstrip("/").rsplit("/", 1)[-1]
+    return segment if _CALL_ID_RE.match(segment) else None
+
+
+async def _error_code(resp: aiohttp.ClientResponse) -> str | None:
+    """The provider's ``error.code``; the rest of the body is never surfaced."""
+    try:
+        body = await resp.content.read(_MAX_ERROR_BODY)
+        data = json.loads(body)
+    except (ValueError, aiohttp.ClientError):
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) and len(code) <= 100 else None
+
+
+@contextmanager
+def _provider_errors(operation: str, timeout: float) -> Iterator[None]:
+    """Translate transport failures into sideband errors, keeping the cause chained."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise ProviderTimeoutError(operation, timeout) from exc
+    except aiohttp.ClientConnectionError as exc:
+        raise ProviderUnreachableError(operation, type(exc).__name__) from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise ProviderUnreachableError(operation, "payload error") from exc
+
+
+class OpenAICompatibleProvider:
+    """OpenAI Realtime (GA) over the unified interface, or anything that speaks it.
+
+    Args:
+        base_url: the API base including the version, e.g. ``https://api.openai.com/v1``.
+        api_key: the standard key; used for ``/calls``, hangup and the sideband alike
+            (ephemeral keys on the sideband are a known 404 source, PROTOCOL.md §2.5).
+        http: a shared client session, owned by the caller.
+        timeout: seconds allowed for each HTTP request.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        http: aiohttp.ClientSession,
+        timeout: float = 10.0,
+        name: str = "openai",
+    ) -> None:
+        self._base = URL(base_url.rstrip("/"))
+        self._api_key = api_key
+        self._http = http
+        self._timeout = timeout
+        self._name = name
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatibleProvider(name={self._name!r}, base_url={str(self._base)!r})"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def base_url(self) -> str:
+        return str(self._base)
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"}
+
+    async def create_call(self, offer_sdp: str, session: Mapping[str, Any]) -> CallAnswer:
+        form = aiohttp.FormData()
+        form.add_field("sdp", offer_sdp, content_type="application/sdp")
+        form.add_field(
+            "session", json.dumps(session, separators=(",", ":")), content_type="application/json"
+        )
+        headers = {**self._auth(), "Accept": "application/sdp"}
+        with _provider_errors("create_call", self._timeout):
+            async with asyncio.timeout(self._timeout):
+                async with self._http.post(
+                    self._base / "realtime" / "calls", data=form, headers=headers
+                ) as resp:
+                    if resp.status not in (200, 201):
+                        raise ProviderError(resp.status, await _error_code(resp), "create_call")
+                    answer = await resp.text()
+                    location = resp.headers.get("Location", "")
+        call_id = call_id_from_location(location)
+        if call_id is None:
+            raise ProviderError(resp.status, "missing_location", "create_call")
+        return CallAnswer(call_id=call_id, sdp=answer, location=location)
+
+    async def hangup(self, call_id: str) -> None:
+        url = self._base / "realtime" / "calls" / call_id / "hangup"
+        with _provider_errors("hangup", self._timeout):
+            async with asyncio.timeout(self._timeout):
+                async with self._http.post(url, headers=self._auth()) as resp:
+                    if resp.status == 404:
+                        raise CallNotFoundError(404, await _error_code(resp), "hangup")
+                    if resp.status >= 300:
+                        raise ProviderError(resp.status, await _error_code(resp), "hangup")
+
+    def sideband_target(self, call_id: str) -> SidebandTarget:
+        scheme = {"http": "ws", "https": "wss"}.get(self._base.scheme, self._base.scheme)
+        url = (self._base / "realtime").with_scheme(scheme).with_query(call_id=call_id)
+        return SidebandTarget(url=url, headers=self._auth())
