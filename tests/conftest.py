@@ -1,0 +1,101 @@
+"""Fixtures that bring up the real stack: emulator, tool backend, database, broker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker import Secret, Settings
+from broker.migrate import upgrade_database
+from emulator import EmulatorSettings
+from tests.support.broker_server import ADMIN_KEY, PROVIDER_KEY, RunningBroker, start_broker
+from tests.support.servers import RunningEmulator, start_emulator
+from tests.support.tool_backend import ToolBackend
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip on a laptop without the dependency; fail in CI, where it must be present."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true turns this skip into a failure)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite file; each test gets a copy (migrating per test is slow)."""
+    path = tmp_path_factory.mktemp("db") / "template.db"
+    upgrade_database(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def db_url(template_db: Path, tmp_path: Path) -> str:
+    path = tmp_path / "broker.db"
+    shutil.copy(template_db, path)
+    return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[RunningEmulator]:
+    running = await start_emulator(EmulatorSettings(api_key=PROVIDER_KEY))
+    yield running
+    await running.close()
+
+
+@pytest.fixture
+async def tool_backend() -> AsyncIterator[ToolBackend]:
+    backend = ToolBackend()
+    await backend.start()
+    yield backend
+    await backend.close()
+
+
+@pytest.fixture
+def broker_settings(
+    db_url: str, emulator: RunningEmulator, tool_backend: ToolBackend, tmp_path: Path
+) -> Settings:
+    tools = tmp_path / "tools.toml"
+    tools.write_text(tool_backend.config_toml())
+    return Settings(
+        signing_key=Secret("test-signing-key-" + "x" * 32),
+        database_url=db_url,
+        admin_key=Secret(ADMIN_KEY),
+        provider_base_url=emulator.base_url,
+        provider_api_key=Secret(PROVIDER_KEY),
+        provider_timeout=5.0,
+        tools_config=tools,
+        sideband_attach_timeout=5.0,
+        bridge_wait_timeout=3.0,
+    )
+
+
+BrokerFactory = Callable[..., Awaitable[RunningBroker]]
+
+
+@pytest.fixture
+async def make_broker(broker_settings: Settings) -> AsyncIterator[BrokerFactory]:
+    """Start brokers with settings overrides; all are closed after the test."""
+    started: list[RunningBroker] = []
+
+    async def factory(**overrides: Any) -> RunningBroker:
+        running = await start_broker(replace(broker_settings, **overrides))
+        started.append(running)
+        return running
+
+    yield factory
+    for running in reversed(started):
+        await running.http.close()
+        await running.close()
+
+
+@pytest.fixture
+async def broker(make_broker: BrokerFactory) -> RunningBroker:
+    return await make_broker()

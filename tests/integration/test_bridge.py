@@ -1,0 +1,150 @@
+"""The browser-bridge fallback, and that no call ever runs twice whichever path comes first."""
+
+from __future__ import annotations
+
+from tests.support.broker_server import RunningBroker
+from tests.support.flow import (
+    ask,
+    compact,
+    connect_browser,
+    outputs_received,
+    says,
+)
+from tests.support.servers import RunningEmulator
+from tests.support.tool_backend import ToolBackend
+
+EXPECTED_OUTPUT = compact({"order_id": "42", "status": "shipped"})
+
+
+async def test_bridge_runs_the_tool_when_the_sideband_is_off(
+    broker: RunningBroker, emulator: RunningEmulator, tool_backend: ToolBackend
+) -> None:
+    """A bridge-only session: the browser relays the call, the broker runs it once."""
+    session = await broker.create_session(tools=["lookup_order"], sideband=False)
+    assert session["sideband"] is False
+    browser = await connect_browser(broker, session)
+    try:
+        ask(browser, "lookup_order 42")
+        call = await browser.wait_for("response.function_call_arguments.done")
+        reply = await broker.bridge(session, call["name"], call["call_id"], call["arguments"])
+        assert reply.status == 200, reply.text
+        assert reply.json() == {
+            "call_id": call["call_id"],
+            "status": "succeeded",
+            "output": EXPECTED_OUTPUT,
+            "handled_by": "bridge",
+        }
+        # The page injects the output itself on this path, as a bridge client does.
+        browser.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "function_call_output",
+                    "call_id": call["call_id"],
+                    "output": reply.json()["output"],
+                },
+            }
+        )
+        browser.send({"type": "response.create"})
+        await browser.wait_for("response.done", says(EXPECTED_OUTPUT))
+
+        [request] = tool_backend.calls_to("lookup_order")
+        assert request.headers["X-Session-ID"] == session["id"]
+        detail = await broker.get_session(session["id"])
+        assert detail["sideband"] == {"enabled": False, "state": "disabled"}
+        [row] = detail["tool_calls"]
+        assert (row["status"], row["path"], row["output"]) == ("succeeded", "bridge", EXPECTED_OUTPUT)
+        emu_call = emulator.registry.get(detail["call_id"])
+        assert emu_call is not None and emu_call.sideband_attaches == []
+        assert [source for source, _ in outputs_received(emu_call)] == ["datachannel"]
+
+        again = await broker.bridge(session, call["name"], call["call_id"], call["arguments"])
+        assert again.json()["handled_by"] == "bridge"
+        assert len(tool_backend.calls_to("lookup_order")) == 1
+    finally:
+        await browser.close()
+
+
+async def test_bridge_after_the_sideband_returns_the_stored_result(
+    broker: RunningBroker, emulator: RunningEmulator, tool_backend: ToolBackend
+) -> None:
+    """The sideband ran the call; a later bridge POST gets that result and runs nothing."""
+    session = await broker.create_session(tools=["lookup_order"])
+    browser = await connect_browser(broker, session)
+    try:
+        ask(browser, "lookup_order 42")
+        call = await browser.wait_for("response.function_call_arguments.done")
+        await browser.wait_for("response.done", says(EXPECTED_OUTPUT))
+
+        reply = await broker.bridge(session, "lookup_order", call["call_id"], call["arguments"])
+        assert reply.status == 200, reply.text
+        assert reply.json() == {
+            "call_id": call["call_id"],
+            "status": "succeeded",
+            "output": EXPECTED_OUTPUT,
+            "handled_by": "sideband",
+        }
+        assert len(tool_backend.calls_to("lookup_order")) == 1
+        emu_call = emulator.registry.get((await broker.get_session(session["id"]))["call_id"])
+        assert emu_call is not None
+        assert [source for source, _ in outputs_received(emu_call)] == ["sideband"]
+    finally:
+        await browser.close()
+
+
+async def test_bridge_racing_the_sideband_waits_for_it(
+    broker: RunningBroker, emulator: RunningEmulator, tool_backend: ToolBackend
+) -> None:
+    """A bridge POST sent the moment the browser sees the call (before response.done).
+
+    While the sideband is connected it is the only executor: the bridge waits and returns the
+    sideband's result. The tool runs once and the model gets exactly one output.
+    """
+    tool_backend.delay = 0.3
+    session = await broker.create_session(tools=["lookup_order"])
+    browser = await connect_browser(broker, session)
+    try:
+        ask(browser, "lookup_order 42")
+        call = await browser.wait_for("response.function_call_arguments.done")
+        reply = await broker.bridge(session, "lookup_order", call["call_id"], call["arguments"])
+        assert reply.status == 200, reply.text
+        assert reply.json()["handled_by"] == "sideband"
+        assert reply.json()["output"] == EXPECTED_OUTPUT
+        await browser.wait_for("response.done", says(EXPECTED_OUTPUT))
+        assert len(tool_backend.calls_to("lookup_order")) == 1
+        emu_call = emulator.registry.get((await broker.get_session(session["id"]))["call_id"])
+        assert emu_call is not None
+        assert len(outputs_received(emu_call)) == 1
+    finally:
+        await browser.close()
+
+
+async def test_bridge_cannot_invent_a_call_while_the_sideband_is_connected(
+    broker: RunningBroker, tool_backend: ToolBackend
+) -> None:
+    """A forged call_id the model never emitted runs nothing: 404 call_not_found."""
+    session = await broker.create_session(tools=["lookup_order"])
+    browser = await connect_browser(broker, session)
+    try:
+        reply = await broker.bridge(session, "lookup_order", "call_forged", {"order_id": "1"})
+        assert (reply.status, reply.code) == (404, "call_not_found")
+        assert tool_backend.calls_to("lookup_order") == []
+    finally:
+        await browser.close()
+
+
+async def test_bridge_with_other_arguments_for_a_recorded_call_is_refused(
+    broker: RunningBroker, tool_backend: ToolBackend
+) -> None:
+    """The recorded tool and arguments are the ones that count; a swap is a 409."""
+    session = await broker.create_session(tools=["lookup_order"])
+    browser = await connect_browser(broker, session)
+    try:
+        ask(browser, "lookup_order 42")
+        call = await browser.wait_for("response.function_call_arguments.done")
+        await browser.wait_for("response.done", says(EXPECTED_OUTPUT))
+        reply = await broker.bridge(session, "lookup_order", call["call_id"], {"order_id": "7"})
+        assert (reply.status, reply.code) == (409, "call_arguments_mismatch")
+        assert len(tool_backend.calls_to("lookup_order")) == 1
+    finally:
+        await browser.close()

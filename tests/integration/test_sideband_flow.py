@@ -1,0 +1,149 @@
+"""The whole path: session → SDP through the broker → call_id → sideband → tool → injected result."""
+
+from __future__ import annotations
+
+from emulator import EmulatorSettings
+from tests.conftest import BrokerFactory
+from tests.support.broker_server import PROVIDER_KEY, RunningBroker
+from tests.support.flow import (
+    ask,
+    compact,
+    connect_browser,
+    outputs_received,
+    says,
+    wait_sideband,
+)
+from tests.support.servers import RunningEmulator, start_emulator
+from tests.support.tool_backend import ToolBackend
+
+EXPECTED_OUTPUT = compact({"order_id": "42", "status": "shipped"})
+
+
+async def test_tool_call_runs_on_the_sideband_and_the_answer_reaches_the_browser(
+    broker: RunningBroker, emulator: RunningEmulator, tool_backend: ToolBackend
+) -> None:
+    """The browser sends only text; the broker runs the tool server-side and injects the result.
+
+    Invariants: the function_call_output comes from the sideband connection, never the data
+    channel; the tool sees X-Session-ID = the session id; the row says succeeded/sideband.
+    """
+    session = await broker.create_session(tools=["lookup_order"])
+    browser = await connect_browser(broker, session)
+    try:
+        ask(browser, 'lookup_order {"order_id": "42"}')
+        call_event = await browser.wait_for("response.function_call_arguments.done")
+        final = await browser.wait_for("response.done", says(EXPECTED_OUTPUT))
+        assert final["response"]["status"] == "completed"
+
+        detail = await broker.get_session(session["id"])
+        assert detail["state"] == "live"
+        assert detail["sideband"] == {"enabled": True, "state": "connected"}
+        call = emulator.registry.get(detail["call_id"])
+        assert call is not None
+
+        # The function call's output came from the sideband, exactly once; the browser sent
+        # only its text and response.create.
+        assert outputs_received(call) == [
+            ("sideband", {"type": "function_call_output", "call_id": call_event["call_id"],
+                          "output": EXPECTED_OUTPUT})
+        ]
+        browser_types = [r.event["type"] for r in call.received if r.source == "datachannel"]
+        assert browser_types == ["conversation.item.create", "response.create"]
+        sideband_types = [r.event["type"] for r in call.received if r.source == "sideband"]
+        assert sideband_types == ["conversation.item.create", "response.create"]
+
+        [request] = tool_backend.calls_to("lookup_order")
+        assert request.headers["X-Session-ID"] == session["id"]
+        assert request.headers["X-Call-ID"] == call_event["call_id"]
+        assert request.arguments == {"order_id": "42"}
+
+        [row] = detail["tool_calls"]
+        assert row["call_id"] == call_event["call_id"]
+        assert row["tool"] == "lookup_order"
+        assert row["status"] == "succeeded"
+        assert row["path"] == "sideband"
+        assert row["output"] == EXPECTED_OUTPUT
+        assert row["injected_at"] is not None
+    finally:
+        await browser.close()
+
+
+async def test_stored_call_id_matches_location_and_sideband(
+    broker: RunningBroker, emulator: RunningEmulator
+) -> None:
+    """One call id everywhere: the broker's row, the emulator's Location, the sideband's query."""
+    session = await broker.create_session()
+    browser = await connect_browser(broker, session)
+    try:
+        await wait_sideband(broker, session["id"])
+        detail = await broker.get_session(session["id"])
+        call_id = detail["call_id"]
+        assert call_id and call_id.startswith("rtc_")
+        [call] = emulator.registry.calls.values()
+        assert call.call_id == call_id
+        assert call.location == f"/v1/realtime/calls/{call_id}"
+        assert call.sideband_attaches == [call_id]
+    finally:
+        await browser.close()
+
+
+async def test_sideband_404_right_after_call_creation_is_retried(
+    make_broker: BrokerFactory, tool_backend: ToolBackend
+) -> None:
+    """The provider may not know a new call for a moment; the broker retries the attach."""
+    slow = await start_emulator(EmulatorSettings(api_key=PROVIDER_KEY, sideband_ready_delay=0.6))
+    try:
+        broker = await make_broker(provider_base_url=slow.base_url)
+        session = await broker.create_session()
+        browser = await connect_browser(broker, session)
+        try:
+            await wait_sideband(broker, session["id"])
+            ask(browser, "please lookup_order 42")
+            await browser.wait_for("response.done", says(EXPECTED_OUTPUT))
+            [call] = slow.registry.calls.values()
+            assert [source for source, _ in outputs_received(call)] == ["sideband"]
+            assert len(tool_backend.calls_to("lookup_order")) == 1
+        finally:
+            await browser.close()
+    finally:
+        await slow.close()
+
+
+async def test_call_to_a_tool_outside_the_allowlist_is_denied_not_run(
+    broker: RunningBroker, emulator: RunningEmulator, tool_backend: ToolBackend
+) -> None:
+    """A browser that adds a tool with session.update still cannot make the broker run it.
+
+    The model calls delete_account (the browser put it in the provider session); the broker
+    records a denied call, never contacts the tool, and gives the model an error output.
+    """
+    session = await broker.create_session(tools=["lookup_order"])
+    browser = await connect_browser(broker, session)
+    try:
+        browser.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "tools": [
+                        {"type": "function", "name": "delete_account", "description": "x",
+                         "parameters": {"type": "object", "properties": {}}}
+                    ],
+                },
+            }
+        )
+        await browser.wait_for("session.updated")
+        ask(browser, "delete_account")
+        await browser.wait_for("response.done", says("tool_not_allowed"))
+        assert tool_backend.calls_to("delete_account") == []
+        detail = await broker.get_session(session["id"])
+        [row] = detail["tool_calls"]
+        assert (row["tool"], row["status"], row["decision"], row["path"]) == (
+            "delete_account", "denied", "denied", "sideband",
+        )
+        call = emulator.registry.get(detail["call_id"])
+        assert call is not None
+        [(source, item)] = outputs_received(call)
+        assert source == "sideband" and "tool_not_allowed" in item["output"]
+    finally:
+        await browser.close()

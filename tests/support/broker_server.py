@@ -1,0 +1,124 @@
+"""Start the broker (the real app factory) on a free loopback port, and a checked HTTP client."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from broker import Settings, create_app
+from broker import keys as broker_keys
+
+ADMIN_KEY = "admin-key-for-tests-0123456789"
+PROVIDER_KEY = "sk-test-provider-key-5f3a9c1e7b2d4086"
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    text: str
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+    @property
+    def code(self) -> str | None:
+        return self.json().get("code")
+
+
+@dataclass
+class RunningBroker:
+    base_url: str
+    app: web.Application
+    settings: Settings
+    http: aiohttp.ClientSession
+    _runner: web.AppRunner = field(repr=False)
+    replies: list[Reply] = field(default_factory=list)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = ADMIN_KEY,
+        json_body: Any = None,
+        data: str | bytes | None = None,
+        content_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        """One request; every reply is checked for the provider key before it is returned."""
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        if json_body is not None:
+            data = json.dumps(json_body)
+            content_type = content_type or "application/json"
+        if content_type is not None:
+            all_headers["Content-Type"] = content_type
+        async with self.http.request(
+            method, self.base_url + path, data=data, headers=all_headers
+        ) as resp:
+            reply = Reply(resp.status, dict(resp.headers), await resp.text())
+        assert_no_provider_key(reply)
+        self.replies.append(reply)
+        return reply
+
+    async def create_session(self, **body: Any) -> dict[str, Any]:
+        body.setdefault("tools", ["lookup_order"])
+        reply = await self.request("POST", "/api/v1/sessions", json_body=body)
+        assert reply.status == 201, reply.text
+        return reply.json()
+
+    async def offer(self, session: dict[str, Any], sdp: str) -> Reply:
+        return await self.request(
+            "POST",
+            f"/api/v1/sessions/{session['id']}/realtime-offer",
+            token=session["client_secret"]["value"],
+            data=sdp,
+            content_type="application/sdp",
+        )
+
+    async def bridge(
+        self, session: dict[str, Any], tool: str, call_id: str, arguments: Any
+    ) -> Reply:
+        return await self.request(
+            "POST",
+            f"/api/v1/sessions/{session['id']}/tools/{tool}",
+            token=session["client_secret"]["value"],
+            json_body={"call_id": call_id, "arguments": arguments},
+        )
+
+    async def get_session(self, session_id: str) -> dict[str, Any]:
+        reply = await self.request("GET", f"/api/v1/sessions/{session_id}")
+        assert reply.status == 200, reply.text
+        return reply.json()
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+
+
+def assert_no_provider_key(reply: Reply) -> None:
+    assert PROVIDER_KEY not in reply.text, "provider key leaked in a response body"
+    for name, value in reply.headers.items():
+        assert PROVIDER_KEY not in value, f"provider key leaked in header {name}"
+
+
+async def start_broker(settings: Settings) -> RunningBroker:
+    runner = web.AppRunner(create_app(settings), shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    app = runner.app
+    assert broker_keys.SESSIONS in app
+    return RunningBroker(
+        base_url=f"http://127.0.0.1:{port}",
+        app=app,
+        settings=settings,
+        http=aiohttp.ClientSession(),
+        _runner=runner,
+    )

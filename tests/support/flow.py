@@ -1,0 +1,72 @@
+"""Steps shared by the tests that drive a whole call."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from emulator import Call
+from tests.support.broker_server import RunningBroker
+from tests.support.browser import FakeBrowser
+
+
+async def connect_browser(broker: RunningBroker, session: dict[str, Any]) -> FakeBrowser:
+    """A FakeBrowser whose offer went through the broker and whose channel is open."""
+    browser = FakeBrowser()
+    try:
+        reply = await broker.offer(session, await browser.create_offer())
+        assert reply.status == 201, reply.text
+        assert reply.headers["Content-Type"].startswith("application/sdp")
+        await browser.accept_answer(reply.text)
+        await browser.wait_open()
+        if session.get("sideband", True):
+            # The model can answer before the sideband attaches; tests start from a controlled
+            # call (catching up on a late attach is the reconnect issue's work).
+            await wait_sideband(broker, session["id"])
+    except BaseException:
+        await browser.close()
+        raise
+    return browser
+
+
+async def wait_sideband(broker: RunningBroker, session_id: str, state: str = "connected") -> None:
+    """Poll the session until its sideband reaches ``state`` (bounded)."""
+    async with asyncio.timeout(10):
+        while (await broker.get_session(session_id))["sideband"]["state"] != state:
+            await asyncio.sleep(0.02)
+
+
+def ask(browser: FakeBrowser, text: str) -> None:
+    """What a page does for a typed message: a user item, then response.create."""
+    browser.send_user_text(text)
+    browser.send({"type": "response.create"})
+
+
+def assistant_text(event: dict[str, Any]) -> str:
+    """The assistant's words in a ``response.done`` (transcript or text parts)."""
+    parts = []
+    for item in event["response"].get("output", []):
+        if item.get("type") == "message":
+            for part in item.get("content", []):
+                parts.append(part.get("transcript") or part.get("text") or "")
+    return " ".join(parts)
+
+
+def says(fragment: str) -> Any:
+    """Predicate: a response.done whose assistant text contains ``fragment``."""
+    return lambda event: fragment in assistant_text(event)
+
+
+def outputs_received(call: Call) -> list[tuple[str, dict[str, Any]]]:
+    """Every function_call_output the emulator got for ``call``, with the sending connection."""
+    return [
+        (r.source, r.event["item"])
+        for r in call.received
+        if r.event.get("type") == "conversation.item.create"
+        and r.event.get("item", {}).get("type") == "function_call_output"
+    ]
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
