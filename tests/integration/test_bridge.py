@@ -53,7 +53,11 @@ async def test_bridge_runs_the_tool_when_the_sideband_is_off(
         detail = await broker.get_session(session["id"])
         assert detail["sideband"] == {"enabled": False, "state": "disabled"}
         [row] = detail["tool_calls"]
-        assert (row["status"], row["path"], row["output"]) == ("succeeded", "bridge", EXPECTED_OUTPUT)
+        assert (row["status"], row["path"], row["output"]) == (
+            "succeeded",
+            "bridge",
+            EXPECTED_OUTPUT,
+        )
         emu_call = emulator.registry.get(detail["call_id"])
         assert emu_call is not None and emu_call.sideband_attaches == []
         assert [source for source, _ in outputs_received(emu_call)] == ["datachannel"]

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from sqlalchemy import select
+
+from broker import keys as broker_keys
+from broker.db.models import SessionEvent
 from emulator import EmulatorSettings
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import PROVIDER_KEY, RunningBroker
@@ -44,8 +50,14 @@ async def test_tool_call_runs_on_the_sideband_and_the_answer_reaches_the_browser
         # The function call's output came from the sideband, exactly once; the browser sent
         # only its text and response.create.
         assert outputs_received(call) == [
-            ("sideband", {"type": "function_call_output", "call_id": call_event["call_id"],
-                          "output": EXPECTED_OUTPUT})
+            (
+                "sideband",
+                {
+                    "type": "function_call_output",
+                    "call_id": call_event["call_id"],
+                    "output": EXPECTED_OUTPUT,
+                },
+            )
         ]
         browser_types = [r.event["type"] for r in call.received if r.source == "datachannel"]
         assert browser_types == ["conversation.item.create", "response.create"]
@@ -66,6 +78,33 @@ async def test_tool_call_runs_on_the_sideband_and_the_answer_reaches_the_browser
         assert row["injected_at"] is not None
     finally:
         await browser.close()
+
+    # Everything the sideband saw and sent is in the session's event log, in order. The log is
+    # written in batches off the reader's path, so poll (bounded) until the flow is there.
+    wanted = [
+        ("broker", "broker.sideband_attached"),
+        ("in", "response.function_call_arguments.done"),
+        ("broker", "broker.tool_call"),
+        ("out", "conversation.item.create"),
+        ("out", "response.create"),
+    ]
+    kinds = {kind for _, kind in wanted}
+    async with asyncio.timeout(5):
+        while True:
+            async with broker.app[broker_keys.SESSIONMAKER]() as s:
+                events = (
+                    await s.scalars(
+                        select(SessionEvent)
+                        .where(SessionEvent.session_id == session["id"])
+                        .order_by(SessionEvent.seq)
+                    )
+                ).all()
+            flow = [(e.direction, e.type) for e in events if e.type in kinds]
+            if len(flow) >= len(wanted):
+                break
+            await asyncio.sleep(0.05)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert flow == wanted
 
 
 async def test_stored_call_id_matches_location_and_sideband(
@@ -126,8 +165,12 @@ async def test_call_to_a_tool_outside_the_allowlist_is_denied_not_run(
                 "session": {
                     "type": "realtime",
                     "tools": [
-                        {"type": "function", "name": "delete_account", "description": "x",
-                         "parameters": {"type": "object", "properties": {}}}
+                        {
+                            "type": "function",
+                            "name": "delete_account",
+                            "description": "x",
+                            "parameters": {"type": "object", "properties": {}},
+                        }
                     ],
                 },
             }
@@ -139,7 +182,10 @@ async def test_call_to_a_tool_outside_the_allowlist_is_denied_not_run(
         detail = await broker.get_session(session["id"])
         [row] = detail["tool_calls"]
         assert (row["tool"], row["status"], row["decision"], row["path"]) == (
-            "delete_account", "denied", "denied", "sideband",
+            "delete_account",
+            "denied",
+            "denied",
+            "sideband",
         )
         call = emulator.registry.get(detail["call_id"])
         assert call is not None

@@ -1,0 +1,216 @@
+"""CallController rules, driven through an in-memory connection (asyncio.Queue pair)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sideband import CallController, FunctionCall, ToolResult
+
+
+class QueueConnection:
+    """Stands in for SidebandConnection: frames come from a queue, sends go to a list."""
+
+    def __init__(self) -> None:
+        self.inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.sent: list[dict[str, Any]] = []
+        self.sent_event = asyncio.Event()
+        self.close_code: int | None = None
+
+    async def frames(self) -> AsyncIterator[dict[str, Any]]:
+        while (frame := await self.inbox.get()) is not None:
+            yield frame
+        self.close_code = 1000
+
+    async def send(self, event: dict[str, Any]) -> None:
+        self.sent.append(event)
+        self.sent_event.set()
+
+    async def close(self) -> None:
+        pass
+
+    async def wait_sent(self, count: int) -> None:
+        async with asyncio.timeout(5):
+            while len(self.sent) < count:
+                self.sent_event.clear()
+                await self.sent_event.wait()
+
+
+class RecordingTools:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.abandoned: list[tuple[str, str]] = []
+        self.executed: list[str] = []
+        self.injected: list[str] = []
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def call_seen(self, call: FunctionCall) -> None:
+        self.seen.append(call.call_id)
+
+    async def call_abandoned(self, call: FunctionCall, response_status: str) -> None:
+        self.abandoned.append((call.call_id, response_status))
+
+    async def execute(self, call: FunctionCall) -> ToolResult:
+        self.executed.append(call.call_id)
+        await self.release.wait()
+        return ToolResult(output=f'{{"ran":"{call.call_id}"}}')
+
+    async def output_sent(self, call: FunctionCall) -> None:
+        self.injected.append(call.call_id)
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str]] = []
+
+    def record(self, direction: str, event: dict[str, Any]) -> None:
+        self.records.append((direction, event["type"]))
+
+    async def attached(self) -> None:
+        pass
+
+
+def fc_item(call_id: str, name: str = "lookup_order") -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "call_id": call_id,
+        "name": name,
+        "arguments": "{}",
+        "id": f"item_{call_id}",
+        "status": "completed",
+    }
+
+
+def args_done(response_id: str, call_id: str) -> dict[str, Any]:
+    return {
+        "type": "response.function_call_arguments.done",
+        "response_id": response_id,
+        "item_id": f"item_{call_id}",
+        "call_id": call_id,
+        "name": "lookup_order",
+        "arguments": "{}",
+        "output_index": 0,
+    }
+
+
+def created(response_id: str) -> dict[str, Any]:
+    return {"type": "response.created", "response": {"id": response_id, "status": "in_progress"}}
+
+
+def done(response_id: str, status: str, *items: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "response.done",
+        "response": {"id": response_id, "status": status, "output": list(items)},
+    }
+
+
+async def run_controller(conn: QueueConnection, tools: RecordingTools) -> asyncio.Task[int | None]:
+    async def connect() -> Any:
+        return conn
+
+    controller = CallController("rtc_test", connect, tools, Observer())
+    return asyncio.create_task(controller.run())
+
+
+async def test_cancelled_response_never_executes_its_calls() -> None:
+    """arguments.done also fires for cancelled responses; only completed ones run."""
+    conn, tools = QueueConnection(), RecordingTools()
+    task = await run_controller(conn, tools)
+    for frame in (created("r1"), args_done("r1", "c1"), done("r1", "cancelled", fc_item("c1"))):
+        conn.inbox.put_nowait(frame)
+    conn.inbox.put_nowait(None)
+    assert await asyncio.wait_for(task, 5) == 1000
+    assert tools.seen == ["c1"]
+    assert tools.abandoned == [("c1", "cancelled")]
+    assert tools.executed == [] and conn.sent == []
+
+
+async def test_all_outputs_then_one_response_create() -> None:
+    """Two calls in one response: two outputs, in order, then a single response.create."""
+    conn, tools = QueueConnection(), RecordingTools()
+    task = await run_controller(conn, tools)
+    for frame in (
+        created("r1"),
+        args_done("r1", "c1"),
+        args_done("r1", "c2"),
+        done("r1", "completed", fc_item("c1"), fc_item("c2")),
+    ):
+        conn.inbox.put_nowait(frame)
+    await conn.wait_sent(3)
+    assert [e["type"] for e in conn.sent] == [
+        "conversation.item.create",
+        "conversation.item.create",
+        "response.create",
+    ]
+    assert [e["item"]["call_id"] for e in conn.sent[:2]] == ["c1", "c2"]
+    assert conn.sent[0]["item"]["output"] == '{"ran":"c1"}'
+    assert tools.injected == ["c1", "c2"]
+    conn.inbox.put_nowait(None)
+    await asyncio.wait_for(task, 5)
+
+
+async def test_response_create_waits_for_the_active_response_to_end() -> None:
+    """If another response started while the tool ran, response.create waits for its done."""
+    conn, tools = QueueConnection(), RecordingTools()
+    tools.release.clear()
+    task = await run_controller(conn, tools)
+    for frame in (
+        created("r1"),
+        args_done("r1", "c1"),
+        done("r1", "completed", fc_item("c1")),
+        created("r2"),
+    ):
+        conn.inbox.put_nowait(frame)
+    await asyncio.sleep(0.05)
+    tools.release.set()
+    await conn.wait_sent(1)
+    await asyncio.sleep(0.05)
+    assert [e["type"] for e in conn.sent] == ["conversation.item.create"]
+    conn.inbox.put_nowait(done("r2", "completed"))
+    await conn.wait_sent(2)
+    assert conn.sent[1]["type"] == "response.create"
+    conn.inbox.put_nowait(None)
+    await asyncio.wait_for(task, 5)
+
+
+async def test_rejected_response_create_is_retried_after_the_next_done() -> None:
+    """conversation_already_has_active_response for our event: ask again after response.done."""
+    conn, tools = QueueConnection(), RecordingTools()
+    task = await run_controller(conn, tools)
+    for frame in (created("r1"), args_done("r1", "c1"), done("r1", "completed", fc_item("c1"))):
+        conn.inbox.put_nowait(frame)
+    await conn.wait_sent(2)
+    first = conn.sent[1]
+    conn.inbox.put_nowait(
+        {
+            "type": "error",
+            "error": {
+                "type": "invalid_request_error",
+                "code": "conversation_already_has_active_response",
+                "message": "active",
+                "event_id": first["event_id"],
+            },
+        }
+    )
+    conn.inbox.put_nowait(created("r_vad"))
+    conn.inbox.put_nowait(done("r_vad", "completed"))
+    await conn.wait_sent(3)
+    assert conn.sent[2]["type"] == "response.create"
+    assert conn.sent[2]["event_id"] != first["event_id"]
+    conn.inbox.put_nowait(None)
+    await asyncio.wait_for(task, 5)
+
+
+async def test_malformed_frames_are_skipped_not_fatal() -> None:
+    """A known event type with missing fields is logged and skipped; the reader goes on."""
+    conn, tools = QueueConnection(), RecordingTools()
+    task = await run_controller(conn, tools)
+    conn.inbox.put_nowait({"type": "response.done"})  # no response object
+    for frame in (created("r1"), args_done("r1", "c1"), done("r1", "completed", fc_item("c1"))):
+        conn.inbox.put_nowait(frame)
+    await conn.wait_sent(2)
+    assert tools.executed == ["c1"]
+    conn.inbox.put_nowait(None)
+    await asyncio.wait_for(task, 5)
