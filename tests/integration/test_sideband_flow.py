@@ -1,4 +1,4 @@
-"""The whole path: session → SDP through the broker → call_id → sideband → tool → injected result."""
+"""The whole path: session, SDP via the broker, call_id, sideband, tool, injected result."""
 
 from __future__ import annotations
 
@@ -193,3 +193,21 @@ async def test_call_to_a_tool_outside_the_allowlist_is_denied_not_run(
         assert source == "sideband" and "tool_not_allowed" in item["output"]
     finally:
         await browser.close()
+
+
+async def test_session_ends_when_the_browser_leaves(
+    broker: RunningBroker, emulator: RunningEmulator
+) -> None:
+    """The browser closes its peer; the provider ends the call and closes the sideband (1000);
+    the session is recorded as ended, not failed, and the sideband as closed."""
+    session = await broker.create_session()
+    browser = await connect_browser(broker, session)
+    await browser.close()
+    async with asyncio.timeout(15):
+        while (detail := await broker.get_session(session["id"]))["state"] == "live":  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    assert detail["state"] == "ended"
+    assert detail["end_reason"] == "provider_closed:1000"
+    assert detail["sideband"]["state"] == "closed"
+    call = emulator.registry.get(detail["call_id"])
+    assert call is not None and call.ended
