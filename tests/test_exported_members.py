@@ -1,4 +1,4 @@
-"""Each package's public surface is an explicit, sorted ``__all__``; sideband never imports broker."""
+"""Each package has an explicit, sorted ``__all__``; sideband never imports broker."""
 
 from __future__ import annotations
 

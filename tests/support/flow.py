@@ -33,7 +33,8 @@ async def connect_browser(broker: RunningBroker, session: dict[str, Any]) -> Fak
 async def wait_sideband(broker: RunningBroker, session_id: str, state: str = "connected") -> None:
     """Poll the session until its sideband reaches ``state`` (bounded)."""
     async with asyncio.timeout(10):
-        while (await broker.get_session(session_id))["sideband"]["state"] != state:
+        # Polling the public API on purpose: it is what an app backend would watch.
+        while (await broker.get_session(session_id))["sideband"]["state"] != state:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
 

@@ -13,7 +13,9 @@ from aiohttp import web
 def _json(value: Any, status: int = 200) -> web.Response:
     # Compact, so tests can compare the output the model gets byte for byte.
     return web.Response(
-        text=json.dumps(value, separators=(",", ":")), status=status, content_type="application/json"
+        text=json.dumps(value, separators=(",", ":")),
+        status=status,
+        content_type="application/json",
     )
 
 

@@ -1,0 +1,45 @@
+"""Run the emulator standalone: ``EMULATOR_API_KEY=sk-… python -m emulator --port 8090``.
+
+The key comes from the environment only, so it never shows in a process listing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from aiohttp import web
+
+from .app import create_app
+from .settings import EmulatorSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m emulator", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--sideband-ready-delay", type=float, default=0.0)
+    parser.add_argument("--token-interval", type=float, default=0.002)
+    parser.add_argument("--replay-session-created-to-sideband", action="store_true")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    api_key = os.environ.get("EMULATOR_API_KEY", "")
+    if not api_key:
+        parser.error("set EMULATOR_API_KEY to the Bearer key the emulator should accept")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    settings = EmulatorSettings(
+        api_key=api_key,
+        sideband_ready_delay=args.sideband_ready_delay,
+        token_interval=args.token_interval,
+        replay_session_created_to_sideband=args.replay_session_created_to_sideband,
+    )
+    web.run_app(create_app(settings), host=args.host, port=args.port, shutdown_timeout=5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

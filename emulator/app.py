@@ -1,0 +1,91 @@
+"""The emulator's app factory: routes, error middleware, state keys and cleanup."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from ._auth import require_api_key
+from ._keys import CALL_REGISTRY, SETTINGS
+from .calls import CallRegistry
+from .errors import ApiError, error_envelope
+from .settings import EmulatorSettings
+from .sideband import sideband_handler
+from .signaling import create_call, hangup_call
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every failure as the OpenAI error envelope (PROTOCOL.md §1.1 "Errors")."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.to_response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = "not_found" if exc.status == 404 else f"http_{exc.status}"
+        # Keep only Allow (405); the exception's own Content-Type would clash with JSON.
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return web.json_response(error_envelope(exc.reason, code), status=exc.status, headers=allow)
+    except Exception:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response(
+            error_envelope(
+                "The server had an error processing your request.",
+                "server_error",
+                type_="server_error",
+            ),
+            status=500,
+        )
+
+
+async def inspect_call(request: web.Request) -> web.Response:
+    """``GET /_emulator/calls/{call_id}``: the recorder's view of one call (not an OpenAI route).
+
+    Raises:
+        ApiError: 401 for a bad key, 404 ``call_id_not_found`` for an unknown call.
+    """
+    require_api_key(request)
+    call = request.app[CALL_REGISTRY].get(request.match_info["call_id"])
+    if call is None:
+        raise ApiError(404, "call_id_not_found", "No such call.")
+    return web.json_response(call.snapshot())
+
+
+async def _call_registry_ctx(app: web.Application) -> AsyncIterator[None]:
+    registry = app[CALL_REGISTRY]
+    yield
+    # Runs after on_shutdown closed the sockets: ends peers and every call task.
+    await registry.close()
+
+
+async def _close_sidebands(app: web.Application) -> None:
+    # Sideband handlers are long-lived; close them (1001 going away) so the server's
+    # graceful shutdown does not wait for them until its timeout.
+    app[CALL_REGISTRY].close_sidebands(1001)
+
+
+def create_app(settings: EmulatorSettings) -> web.Application:
+    """Build the emulator app for ``settings``.
+
+    Routes: ``POST /v1/realtime/calls``, ``POST /v1/realtime/calls/{call_id}/hangup``,
+    ``GET /v1/realtime`` (sideband WebSocket) and ``GET /_emulator/calls/{call_id}``.
+    The app's cleanup ends every call (peers, sockets, tasks).
+    """
+    app = web.Application(middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    app[CALL_REGISTRY] = CallRegistry(settings)
+    app.router.add_post("/v1/realtime/calls", create_call)
+    app.router.add_post("/v1/realtime/calls/{call_id}/hangup", hangup_call)
+    app.router.add_get("/v1/realtime", sideband_handler)
+    app.router.add_get("/_emulator/calls/{call_id}", inspect_call)
+    app.cleanup_ctx.append(_call_registry_ctx)
+    app.on_shutdown.append(_close_sidebands)
+    return app

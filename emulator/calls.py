@@ -1,0 +1,399 @@
+"""Calls: per-call state, client-event processing, fan-out and the recorder.
+
+A :class:`Call` owns one :class:`~emulator.peer.Peer`, the attached sidebands, a worker
+task that processes client events one at a time, and at most one running response. Every
+server event goes, in one synchronous step, to the data channel and to every sideband's
+outbound queue, so all connections see the same order (PROTOCOL.md §2.3). ``error`` events
+are the exception: they go only to the connection that caused them (§2.2, [inferred]).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final, Literal
+
+from ._conversation import delete_item, insert_item
+from ._events import error_event, item_event, server_event, session_event
+from ._ids import new_call_id, new_connection_id, new_conversation_id
+from ._items import normalize_client_item
+from ._links import SidebandLink
+from ._response import ResponseRun
+from ._session import check_session_fields, merge_session
+from .errors import ClientEventError
+from .model import plan_response
+from .peer import Peer
+from .settings import EmulatorSettings
+
+logger = logging.getLogger(__name__)
+
+Source = Literal["datachannel", "sideband"]
+SIDEBAND_CLOSE_WAIT_S: Final = 2.0  # bound on waiting for sidebands to finish closing
+
+
+@dataclass(frozen=True)
+class ReceivedClientEvent:
+    """One client event as it arrived, before any validation.
+
+    Attributes:
+        source: ``"datachannel"`` (the browser) or ``"sideband"``.
+        connection_id: emulator-local id of the connection (``dc_…`` / ``sb_…``).
+        event: the parsed JSON object.
+        at: arrival time, ``time.time()`` seconds.
+    """
+
+    source: Source
+    connection_id: str
+    event: dict[str, Any]
+    at: float
+
+
+class Call:
+    """One WebRTC call and its session.
+
+    Public attributes are for inspection by tests: ``call_id``, ``location`` (the exact
+    ``Location`` header sent), ``session`` (effective config), ``received`` (every client
+    event from every connection, in arrival order), ``sideband_attaches`` (the ``call_id``
+    query value of each accepted sideband), ``ended``/``end_reason`` and ``conversation``.
+    """
+
+    def __init__(self, call_id: str, session: dict[str, Any], settings: EmulatorSettings) -> None:
+        self.call_id = call_id
+        self.location = f"/v1/realtime/calls/{call_id}"
+        self.session = session
+        self.received: list[ReceivedClientEvent] = []
+        self.sideband_attaches: list[str] = []
+        self.ended = False
+        self.end_reason: str | None = None
+        self.conversation: list[dict[str, Any]] = []
+        self.conversation_id = new_conversation_id()
+        self.created_at = time.monotonic()
+        self._settings = settings
+        self._dc_connection_id = new_connection_id("datachannel")
+        self._peer = Peer(
+            call_id, on_channel_open=self._on_channel_open, on_channel_message=self._on_dc_message
+        )
+        self._sidebands: dict[str, SidebandLink] = {}
+        self._inbox: asyncio.Queue[tuple[Source, str, dict[str, Any] | None]] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._active: tuple[ResponseRun, asyncio.Task[None]] | None = None
+        self._end_done = asyncio.Event()
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self, offer_sdp: str) -> str:
+        """Answer the offer and start the call's tasks; returns the answer SDP.
+
+        Raises:
+            InvalidSdpError: the offer is unusable (the caller must then :meth:`end` the call).
+        """
+        answer = await self._peer.answer(offer_sdp)
+        self._spawn(self._work(), f"call-worker:{self.call_id}")
+        self._spawn(self._watch_peer(), f"call-peer-watch:{self.call_id}")
+        return answer
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "call %s: task %s crashed", self.call_id, task.get_name(), exc_info=task.exception()
+            )
+
+    async def _watch_peer(self) -> None:
+        await self._peer.wait_ended()
+        await self.end("peer_closed")
+
+    async def end(self, reason: str) -> None:
+        """End the call: close sidebands (code 1000), the peer and every task; idempotent.
+
+        A second caller waits for the first to finish. Safe to call from one of the call's
+        own tasks (that task is not cancelled).
+        """
+        if self.ended:
+            if asyncio.current_task() not in self._tasks:
+                await self._end_done.wait()
+            return
+        self.ended = True
+        self.end_reason = reason
+        logger.info("call %s ended reason=%s", self.call_id, reason)
+        try:
+            links = list(self._sidebands.values())
+            for link in links:
+                link.request_close(1000)
+            if links:
+                try:
+                    async with asyncio.timeout(SIDEBAND_CLOSE_WAIT_S):
+                        for link in links:
+                            await link.detached.wait()
+                except TimeoutError:
+                    logger.warning("call %s: sidebands slow to close", self.call_id)
+            await self._peer.close()
+            current = asyncio.current_task()
+            tasks = [t for t in self._tasks if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._active = None
+        finally:
+            self._end_done.set()
+
+    def sideband_ready(self) -> bool:
+        """Whether a sideband may attach now (``sideband_ready_delay`` has passed)."""
+        elapsed = time.monotonic() - self.created_at
+        return not self.ended and elapsed >= self._settings.sideband_ready_delay
+
+    def attach_sideband(self, call_id_query: str) -> SidebandLink:
+        """Register an upgraded sideband socket; it receives every later server event."""
+        link = SidebandLink(call_id_query)
+        self._sidebands[link.connection_id] = link
+        self.sideband_attaches.append(call_id_query)
+        logger.info("call %s: sideband %s attached", self.call_id, link.connection_id)
+        if self._settings.replay_session_created_to_sideband:
+            link.deliver(json.dumps(session_event("session.created", self.session)))
+        return link
+
+    def detach_sideband(self, link: SidebandLink) -> None:
+        self._sidebands.pop(link.connection_id, None)
+        link.detached.set()
+        logger.info("call %s: sideband %s detached", self.call_id, link.connection_id)
+
+    def close_sidebands(self, code: int) -> None:
+        """Ask every attached sideband to close with ``code`` (used at app shutdown)."""
+        for link in self._sidebands.values():
+            link.request_close(code)
+
+    # ---- fan-out ---------------------------------------------------------------------
+
+    def broadcast(self, event: dict[str, Any]) -> None:
+        """Send a server event to the data channel and every sideband, in that order."""
+        if self.ended:
+            return
+        text = json.dumps(event)
+        self._peer.send(text)
+        for link in self._sidebands.values():
+            link.deliver(text)
+
+    def _reply(self, source: Source, connection_id: str, event: dict[str, Any]) -> None:
+        text = json.dumps(event)
+        if source == "datachannel":
+            self._peer.send(text)
+        elif (link := self._sidebands.get(connection_id)) is not None:
+            link.deliver(text)
+
+    def _on_channel_open(self) -> None:
+        # session.created is the first event of a new connection; sidebands only get it
+        # when replay_session_created_to_sideband is set (PROTOCOL.md §7 item 1).
+        self._peer.send(json.dumps(session_event("session.created", self.session)))
+
+    # ---- client events ---------------------------------------------------------------
+
+    def _on_dc_message(self, raw: str) -> None:
+        self.submit("datachannel", self._dc_connection_id, raw)
+
+    def submit(self, source: Source, connection_id: str, raw: str) -> None:
+        """Record a client event and queue it for the call's worker.
+
+        Text that is not a JSON object is not recorded (it is no event); it is answered
+        with an ``invalid_json`` error to the sender.
+        """
+        if self.ended:
+            return
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            event = None
+        if isinstance(event, dict):
+            self.received.append(ReceivedClientEvent(source, connection_id, event, time.time()))
+            self._inbox.put_nowait((source, connection_id, event))
+        else:
+            self._inbox.put_nowait((source, connection_id, None))
+
+    async def _work(self) -> None:
+        while True:
+            source, connection_id, event = await self._inbox.get()
+            try:
+                self._process(event)
+            except ClientEventError as exc:
+                client_event_id = event.get("event_id") if event else None
+                if not isinstance(client_event_id, str):
+                    client_event_id = None
+                self._reply(source, connection_id, error_event(exc, client_event_id))
+            except Exception:
+                # A bug in the emulator: report it to the sender and keep serving the call.
+                logger.exception("call %s: failed to process a client event", self.call_id)
+                failure = ClientEventError("server_error", "Internal error.", type_="server_error")
+                self._reply(source, connection_id, error_event(failure, None))
+
+    def _process(self, event: dict[str, Any] | None) -> None:
+        if event is None:
+            raise ClientEventError("invalid_json", "The message is not a JSON object.")
+        match event.get("type"):
+            case "session.update":
+                self._session_update(event)
+            case "conversation.item.create":
+                self._item_create(event)
+            case "conversation.item.delete":
+                self._item_delete(event)
+            case "response.create":
+                self._response_create(event)
+            case "response.cancel":
+                self._response_cancel(event)
+            case None:
+                raise ClientEventError(
+                    "missing_required_parameter",
+                    "Missing required parameter: 'type'.",
+                    param="type",
+                )
+            case other:
+                raise ClientEventError(
+                    "unknown_event", f"Unsupported event type: {other!r}.", param="type"
+                )
+
+    def _session_update(self, event: dict[str, Any]) -> None:
+        if "session" not in event:
+            raise ClientEventError(
+                "missing_required_parameter",
+                "Missing required parameter: 'session'.",
+                param="session",
+            )
+        update = check_session_fields(event["session"])
+        merge_session(self.session, update)
+        self.broadcast(session_event("session.updated", self.session))
+
+    def _item_create(self, event: dict[str, Any]) -> None:
+        item = normalize_client_item(event.get("item"))
+        previous_id = insert_item(self.conversation, item, event.get("previous_item_id"))
+        self.broadcast(item_event("conversation.item.added", item, previous_id))
+        self.broadcast(item_event("conversation.item.done", item, previous_id))
+
+    def _item_delete(self, event: dict[str, Any]) -> None:
+        item_id = delete_item(self.conversation, event.get("item_id"))
+        self.broadcast(server_event("conversation.item.deleted", item_id=item_id))
+
+    def append_item(self, item: dict[str, Any]) -> str | None:
+        """Append a model-generated item; return the id of the item before it."""
+        previous = self.conversation[-1]["id"] if self.conversation else None
+        self.conversation.append(item)
+        return previous
+
+    def _response_create(self, event: dict[str, Any]) -> None:
+        if self._active is not None:
+            active_id = self._active[0].response_id
+            raise ClientEventError(
+                "conversation_already_has_active_response",
+                f"Conversation already has an active response in progress: {active_id}. "
+                "Wait until the response is finished before creating a new one.",
+            )
+        params = event.get("response") or {}
+        if not isinstance(params, dict):
+            raise ClientEventError("invalid_type", "Invalid type for 'response'.", param="response")
+        tools = params.get("tools", self.session.get("tools") or [])
+        tool_choice = params.get("tool_choice", self.session.get("tool_choice", "auto"))
+        modalities = params.get("output_modalities", self.session.get("output_modalities"))
+        metadata = params.get("metadata")
+        audio_output = self.session.get("audio", {}).get("output", {})
+        run = ResponseRun(
+            self,
+            plans=plan_response(self.conversation, tools, tool_choice),
+            output_modalities=modalities or ["audio"],
+            audio_output=audio_output,
+            conversation_id=self.conversation_id,
+            metadata=metadata if isinstance(metadata, dict) else None,
+            input_tokens=self._estimate_input_tokens(),
+            token_interval=self._settings.token_interval,
+        )
+        # response.created goes out now, in client-event order; deltas follow from the task.
+        run.start()
+        task = self._spawn(run.stream(), f"response:{self.call_id}:{run.response_id}")
+        self._active = (run, task)
+
+    def _response_cancel(self, event: dict[str, Any]) -> None:
+        requested = event.get("response_id")
+        if self._active is None or (requested and requested != self._active[0].response_id):
+            raise ClientEventError(
+                "response_cancel_not_active",
+                "Cancellation failed: no active response found.",
+                param="response_id" if requested else None,
+            )
+        run, task = self._active
+        run.cancel()  # emits the final events and clears _active via response_finished
+        task.cancel()
+
+    def response_finished(self, run: ResponseRun) -> None:
+        if self._active is not None and self._active[0] is run:
+            self._active = None
+
+    def _estimate_input_tokens(self) -> int:
+        # Roughly four characters per token, as the provider's docs suggest.
+        size = len(str(self.session.get("instructions", ""))) + len(json.dumps(self.conversation))
+        return max(1, size // 4)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The JSON served by ``GET /_emulator/calls/{call_id}``."""
+        return {
+            "call_id": self.call_id,
+            "location": self.location,
+            "ended": self.ended,
+            "end_reason": self.end_reason,
+            "session": self.session,
+            "sideband_attaches": list(self.sideband_attaches),
+            "received": [
+                {"source": r.source, "connection_id": r.connection_id, "event": r.event}
+                for r in self.received
+            ],
+            "conversation": self.conversation,
+        }
+
+
+class CallRegistry:
+    """Every call the app created, ended ones included, keyed by call id."""
+
+    def __init__(self, settings: EmulatorSettings) -> None:
+        self._settings = settings
+        self._calls: dict[str, Call] = {}
+
+    def get(self, call_id: str) -> Call | None:
+        return self._calls.get(call_id)
+
+    @property
+    def calls(self) -> Mapping[str, Call]:
+        """A read-only view of all calls ever created, in creation order."""
+        return MappingProxyType(self._calls)
+
+    async def create_call(self, offer_sdp: str, session: dict[str, Any]) -> tuple[Call, str]:
+        """Negotiate a new call; return it with the answer SDP.
+
+        A call whose offer is rejected is closed and never registered.
+
+        Raises:
+            InvalidSdpError: the offer is unusable.
+        """
+        call = Call(new_call_id(), session, self._settings)
+        try:
+            answer = await call.start(offer_sdp)
+        except BaseException:
+            await call.end("setup_failed")
+            raise
+        self._calls[call.call_id] = call
+        logger.info("call %s created model=%s", call.call_id, session.get("model"))
+        return call, answer
+
+    def close_sidebands(self, code: int) -> None:
+        """Ask every sideband of every call to close with ``code``."""
+        for call in self._calls.values():
+            call.close_sidebands(code)
+
+    async def close(self) -> None:
+        """End every live call (reason ``shutdown``); idempotent."""
+        await asyncio.gather(*(call.end("shutdown") for call in self._calls.values()))

@@ -1,0 +1,107 @@
+"""The sideband WebSocket: ``GET /v1/realtime?call_id=…`` (PROTOCOL.md §2).
+
+Each accepted socket gets exactly one reader (this handler's loop) and one writer task that
+drains the call's per-connection queue, so fan-out never waits on a slow socket and the
+order of server events is the call's order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final
+
+from aiohttp import WSMsgType, web
+
+from ._auth import require_api_key
+from ._keys import CALL_REGISTRY
+from ._links import CloseRequest, SidebandLink
+from .calls import Call
+from .errors import EmulatorError, call_not_found
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_S: Final = 20.0
+CLOSE_TIMEOUT_S: Final = 5.0
+MAX_MSG_BYTES: Final = 16 * 1024 * 1024  # audio appends may be large (base64 PCM)
+
+
+class SidebandSocketError(EmulatorError):
+    """The sideband socket failed at the transport level."""
+
+    def __init__(self, cause: BaseException | None) -> None:
+        super().__init__(f"sideband socket error: {cause!r}")
+        self.cause = cause
+
+
+async def sideband_handler(request: web.Request) -> web.StreamResponse:
+    """Attach a sideband to a live call.
+
+    Refused before the upgrade with 401 ``invalid_api_key`` for a bad key, and with 404
+    ``call_id_not_found`` for an unknown or ended call or one younger than
+    ``sideband_ready_delay``. Returns when either side closes the socket; ending the call
+    closes it with code 1000.
+    """
+    require_api_key(request)
+    call_id = request.query.get("call_id", "")
+    call = request.app[CALL_REGISTRY].get(call_id) if call_id else None
+    if call is None or not call.sideband_ready():
+        raise call_not_found(call_id)
+    ws = web.WebSocketResponse(
+        timeout=CLOSE_TIMEOUT_S,
+        receive_timeout=None,  # sidebands may sit idle for the whole call
+        heartbeat=HEARTBEAT_S,
+        max_msg_size=MAX_MSG_BYTES,
+    )
+    await ws.prepare(request)
+    link = call.attach_sideband(call_id)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            writer = tasks.create_task(
+                _write_loop(ws, link), name=f"sideband-writer:{link.connection_id}"
+            )
+            try:
+                await _read_loop(ws, call, link)
+            except SidebandSocketError as exc:
+                logger.info(
+                    "call %s: sideband %s failed: %s", call.call_id, link.connection_id, exc
+                )
+            # Let the writer flush and finish the close handshake rather than cancelling it.
+            link.request_close(1000)
+            await writer
+    finally:
+        call.detach_sideband(link)
+    return ws
+
+
+async def _read_loop(ws: web.WebSocketResponse, call: Call, link: SidebandLink) -> None:
+    while True:
+        msg = await ws.receive()
+        match msg.type:
+            case WSMsgType.TEXT:
+                call.submit("sideband", link.connection_id, msg.data)
+            case WSMsgType.BINARY:
+                call.submit("sideband", link.connection_id, msg.data.decode("utf-8", "replace"))
+            case WSMsgType.PING | WSMsgType.PONG | WSMsgType.CONTINUATION:
+                continue  # autoping answers pings; aiohttp reassembles continuations
+            case WSMsgType.CLOSE | WSMsgType.CLOSING | WSMsgType.CLOSED:
+                return
+            case WSMsgType.ERROR:
+                raise SidebandSocketError(ws.exception())
+            case _:
+                # Unreachable: every WSMsgType is listed. mypy cannot prove it (the enum's
+                # lowercase aliases count as members), hence no assert_never.
+                logger.warning("sideband %s: unexpected frame %r", link.connection_id, msg.type)
+
+
+async def _write_loop(ws: web.WebSocketResponse, link: SidebandLink) -> None:
+    while True:
+        item = await link.outbox.get()
+        if isinstance(item, CloseRequest):
+            await ws.close(code=item.code)
+            return
+        try:
+            await ws.send_str(item)
+        except ConnectionResetError:
+            # The client went away; the reader sees the close and ends the handler.
+            return

@@ -1,0 +1,1 @@
+"""Test helpers shared by the emulator's and the broker's suites."""
