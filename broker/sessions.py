@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 MAX_TOOLS_PER_SESSION: Final = 64
 MAX_METADATA_KEYS: Final = 32
+_SIDEBAND_OWNS_CALLS: Final = frozenset(
+    {SidebandState.PENDING, SidebandState.CONNECTING, SidebandState.CONNECTED}
+)
 
 
 class CreateSessionRequest(BaseModel):
@@ -221,9 +224,10 @@ class SessionService:
     ) -> CallOutcome:
         """A tool call relayed by the browser (the fallback path).
 
-        While the session's sideband is connected, the sideband is the only executor: the bridge
-        waits (bounded) for its result and returns it, so a browser cannot run a call the model
-        did not make. Otherwise the bridge runs the call through the same once-only pipeline.
+        While a session's sideband is starting or connected, the sideband is the only executor:
+        the bridge waits (bounded) for its result and returns it, so a browser cannot run a call
+        the model did not make. Only a bridge-only session, or one whose sideband failed or
+        closed, has the bridge run the call, through the same once-only pipeline.
 
         Raises:
             NotFoundError (``session_not_found``), ConflictError (``session_not_live``,
@@ -239,15 +243,15 @@ class SessionService:
             if isinstance(request.arguments, str)
             else _compact_json(request.arguments)
         )
-        existing = await self._dispatcher.get(row.id, request.call_id)
-        if existing is not None:
-            stored = await self._stored_call(row.id, request.call_id)
-            if stored.tool != tool or not arguments_equal(stored.arguments, arguments):
-                raise ConflictError(
-                    "call_arguments_mismatch",
-                    "this call_id was recorded with another tool or other arguments",
-                )
-        if row.sideband_enabled and row.sideband_state == SidebandState.CONNECTED:
+        stored = await self._dispatcher.get_record(row.id, request.call_id)
+        if stored is not None and (
+            stored.tool != tool or not arguments_equal(stored.arguments, arguments)
+        ):
+            raise ConflictError(
+                "call_arguments_mismatch",
+                "this call_id was recorded with another tool or other arguments",
+            )
+        if row.sideband_enabled and row.sideband_state in _SIDEBAND_OWNS_CALLS:
             outcome = await self._dispatcher.wait_settled(
                 row.id, request.call_id, within=self._settings.bridge_wait_timeout
             )
@@ -260,12 +264,6 @@ class SessionService:
         return await self._dispatcher.run(
             row.id, row.tools, request.call_id, tool, arguments, ToolPath.BRIDGE
         )
-
-    async def _stored_call(self, session_id: str, call_id: str) -> ToolCall:
-        async with self._sessionmaker() as s:
-            call = await queries.get_tool_call(s, session_id, call_id)
-        assert call is not None
-        return call
 
     async def detail(
         self, principal: ApiPrincipal, session_id: str

@@ -16,7 +16,7 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
-from broker.db.models import SessionState, SidebandState, ToolCallStatus, ToolPath
+from broker.db.models import SessionState, SidebandState, ToolPath
 from broker.events_log import EventRecorder
 from broker.tools.dispatch import ToolDispatcher
 from sideband import (
@@ -83,8 +83,6 @@ class SessionToolHandler:
         )
         # Only the path that ran the call answers the model; a bridge winner's browser did.
         mine = outcome.handled_by is ToolPath.SIDEBAND and outcome.status.settled
-        if outcome.status is ToolCallStatus.CANCELLED:
-            mine = False
         return ToolResult(output=outcome.output or "", inject=mine)
 
     async def output_sent(self, call: FunctionCall) -> None:

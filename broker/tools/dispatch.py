@@ -204,9 +204,12 @@ class ToolDispatcher:
         async with self._sessionmaker.begin() as s:
             await queries.mark_injected(s, session_id, call_id, utcnow())
 
-    async def get(self, session_id: str, call_id: str) -> CallOutcome | None:
+    async def get_record(self, session_id: str, call_id: str) -> ToolCall | None:
         async with self._sessionmaker() as s:
-            row = await queries.get_tool_call(s, session_id, call_id)
+            return await queries.get_tool_call(s, session_id, call_id)
+
+    async def get(self, session_id: str, call_id: str) -> CallOutcome | None:
+        row = await self.get_record(session_id, call_id)
         return CallOutcome.from_row(row) if row is not None else None
 
     async def wait_settled(

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from tests.support.broker_server import RunningBroker
+from emulator import EmulatorSettings
+from tests.conftest import BrokerFactory
+from tests.support.broker_server import PROVIDER_KEY, RunningBroker
+from tests.support.browser import FakeBrowser
 from tests.support.flow import (
     ask,
     compact,
     connect_browser,
     outputs_received,
     says,
+    wait_sideband,
 )
-from tests.support.servers import RunningEmulator
+from tests.support.servers import RunningEmulator, start_emulator
 from tests.support.tool_backend import ToolBackend
 
 EXPECTED_OUTPUT = compact({"order_id": "42", "status": "shipped"})
@@ -152,3 +156,55 @@ async def test_bridge_with_other_arguments_for_a_recorded_call_is_refused(
         assert len(tool_backend.calls_to("lookup_order")) == 1
     finally:
         await browser.close()
+
+
+async def test_bridge_cannot_run_calls_while_the_sideband_is_still_connecting(
+    make_broker: BrokerFactory, tool_backend: ToolBackend
+) -> None:
+    """The window before the sideband attaches is not a loophole: the bridge only waits."""
+    late = await start_emulator(EmulatorSettings(api_key=PROVIDER_KEY, sideband_ready_delay=30))
+    try:
+        broker = await make_broker(provider_base_url=late.base_url, bridge_wait_timeout=0.3)
+        session = await broker.create_session(tools=["lookup_order"])
+        browser = FakeBrowser()
+        try:
+            reply = await broker.offer(session, await browser.create_offer())
+            assert reply.status == 201
+            await wait_sideband(broker, session["id"], "connecting")
+            forged = await broker.bridge(session, "lookup_order", "call_x", {"order_id": "1"})
+            assert (forged.status, forged.code) == (404, "call_not_found")
+            assert tool_backend.calls_to("lookup_order") == []
+        finally:
+            await browser.close()
+    finally:
+        await late.close()
+
+
+async def test_bridge_takes_over_when_the_sideband_never_attaches(
+    make_broker: BrokerFactory, tool_backend: ToolBackend
+) -> None:
+    """Sideband attach gives up (bounded); the session stays live and the bridge runs calls."""
+    late = await start_emulator(EmulatorSettings(api_key=PROVIDER_KEY, sideband_ready_delay=30))
+    try:
+        broker = await make_broker(provider_base_url=late.base_url, sideband_attach_timeout=0.3)
+        session = await broker.create_session(tools=["lookup_order"])
+        browser = FakeBrowser()
+        try:
+            reply = await broker.offer(session, await browser.create_offer())
+            await browser.accept_answer(reply.text)
+            await browser.wait_open()
+            await wait_sideband(broker, session["id"], "failed")
+            ask(browser, "lookup_order 42")
+            call = await browser.wait_for("response.function_call_arguments.done")
+            bridged = await broker.bridge(
+                session, "lookup_order", call["call_id"], call["arguments"]
+            )
+            assert bridged.status == 200, bridged.text
+            assert bridged.json()["handled_by"] == "bridge"
+            assert bridged.json()["output"] == EXPECTED_OUTPUT
+            assert len(tool_backend.calls_to("lookup_order")) == 1
+            assert (await broker.get_session(session["id"]))["state"] == "live"
+        finally:
+            await browser.close()
+    finally:
+        await late.close()
