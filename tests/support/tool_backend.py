@@ -62,7 +62,7 @@ class ToolBackend:
             await self._runner.cleanup()
 
     def config_toml(self) -> str:
-        """A tools file: lookup_order and delete_account over HTTP, get_time in-process."""
+        """A tools file: lookup_order, delete_account, explode over HTTP; get_time in-process."""
         return f"""
 [tools.lookup_order]
 description = "Look up an order."
@@ -78,6 +78,13 @@ properties.order_id = {{ type = "string" }}
 description = "Delete the user's account."
 http = "{self.base_url}/tools/delete_account"
 [tools.delete_account.parameters]
+type = "object"
+properties = {{}}
+
+[tools.explode]
+description = "A tool whose backend always fails."
+http = "{self.base_url}/tools/explode"
+[tools.explode.parameters]
 type = "object"
 properties = {{}}
 
