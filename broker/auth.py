@@ -129,7 +129,14 @@ def verify_client_secret(token: str, signing_key: Secret, session_id: str) -> Br
             algorithms=[_ALGORITHM],
             audience=CLIENT_SECRET_AUDIENCE,
             issuer=CLIENT_SECRET_ISSUER,
-            options={"require_exp": True, "require_sub": True, "require_jti": True},
+            # python-jose skips the audience check for a token with no `aud` at all.
+            options={
+                "require_exp": True,
+                "require_sub": True,
+                "require_jti": True,
+                "require_aud": True,
+                "require_iss": True,
+            },
         )
     except ExpiredSignatureError:
         raise UnauthorizedError("token_expired", "the client secret has expired") from None

@@ -110,7 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"broker: configuration error: {exc}\n")
         return 2
     configure_logging(
-        args.log_level, [settings.admin_key, settings.provider_api_key, settings.signing_key]
+        args.log_level,
+        [
+            settings.admin_key,
+            settings.provider_api_key,
+            settings.signing_key,
+            settings.database_password,
+        ],
     )
     if args.command == "serve":
         settings = replace(

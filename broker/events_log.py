@@ -10,6 +10,7 @@ import asyncio
 import logging
 from typing import Any, Final
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
@@ -23,6 +24,7 @@ _AUDIO_FIELDS: Final = {
     "response.output_audio.delta": "delta",
 }
 MAX_BATCH: Final = 500
+WRITE_ATTEMPTS: Final = 3
 
 
 def redact_event(event: dict[str, Any]) -> dict[str, Any]:
@@ -70,13 +72,36 @@ class EventRecorder:
         self._wake.set()
 
     async def run(self) -> None:
-        """Write batches until stopped and drained."""
+        """Write batches until stopped and drained; a failed write is retried, then dropped."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._buffer:
-                batch, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
-                async with self._sessionmaker.begin() as s:
-                    await queries.add_events(s, batch)
+            await self.flush()
             if self._stopped:
                 return
+
+    async def flush(self) -> None:
+        """Write everything buffered. Never raises: the call matters more than its log."""
+        failures = 0
+        while self._buffer:
+            batch = self._buffer[:MAX_BATCH]
+            try:
+                async with self._sessionmaker.begin() as s:
+                    await queries.add_events(s, batch)
+            except SQLAlchemyError:
+                failures += 1
+                if failures < WRITE_ATTEMPTS:
+                    logger.warning(
+                        "event log write failed session_id=%s attempt=%d",
+                        self.session_id,
+                        failures,
+                        exc_info=True,
+                    )
+                    await asyncio.sleep(0.2 * failures)
+                    continue
+                logger.error(
+                    "event log dropped %d events session_id=%s", len(batch), self.session_id
+                )
+            # Removed only now: a batch is never lost between being taken and being written.
+            del self._buffer[: len(batch)]
+            failures = 0

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from broker.settings import Secret
 
 REDACTED = "[REDACTED]"
+_FORMATTER = logging.Formatter()
 
 
 class SecretRedactingFilter(logging.Filter):
@@ -20,15 +21,25 @@ class SecretRedactingFilter(logging.Filter):
         super().__init__()
         self._values = [s.reveal() for s in secrets if s is not None and len(s.reveal()) >= 8]
 
+    def _redact(self, text: str) -> str:
+        for value in self._values:
+            text = text.replace(value, REDACTED)
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._values:
             return True
         message = record.getMessage()
-        redacted = message
-        for value in self._values:
-            redacted = redacted.replace(value, REDACTED)
+        redacted = self._redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
+        # Formatters reuse a cached exc_text (another handler may have set it already), so
+        # the cached traceback text is what gets redacted.
+        text = record.exc_text
+        if not text and record.exc_info:
+            text = _FORMATTER.formatException(record.exc_info)
+        if text:
+            record.exc_text = self._redact(text)
         return True
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -25,7 +26,7 @@ from broker.errors import (
 from broker.sdp import check_offer
 from broker.settings import Settings
 from broker.sidebands import SidebandSupervisor
-from broker.tools.dispatch import CallOutcome, ToolDispatcher, arguments_equal
+from broker.tools.dispatch import CallOutcome, CallRejectedError, ToolDispatcher, arguments_equal
 from broker.tools.registry import ToolRegistry
 from sideband import (
     Provider,
@@ -46,7 +47,7 @@ _SIDEBAND_OWNS_CALLS: Final = frozenset(
 class CreateSessionRequest(BaseModel):
     """Body of ``POST /api/v1/sessions``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str | None = Field(default=None, min_length=1, max_length=100)
     instructions: str | None = Field(default=None, max_length=32_000)
@@ -198,16 +199,40 @@ class SessionService:
         try:
             answer = await self._provider.create_call(sdp, self.provider_session_config(row))
         except (ProviderError, ProviderTimeoutError, ProviderUnreachableError) as exc:
-            await self._fail(session_id, f"offer: {exc}")
+            await asyncio.shield(self._fail(session_id, f"offer: {exc}"))
             raise _upstream(exc) from exc
-        async with self._sessionmaker.begin() as s:
-            await queries.transition_session(
-                s, session_id, [SessionState.OFFERED], SessionState.LIVE, call_id=answer.call_id
+        except BaseException as exc:
+            # Never leave a session stuck in `offered`.
+            await asyncio.shield(self._fail(session_id, f"offer: {type(exc).__name__}"))
+            raise
+        try:
+            async with self._sessionmaker.begin() as s:
+                live = await queries.transition_session(
+                    s, session_id, [SessionState.OFFERED], SessionState.LIVE, call_id=answer.call_id
+                )
+            if not live:
+                raise ConflictError("session_not_offered", "the session changed during the offer")
+        except BaseException as exc:
+            # The provider has a call nobody controls: end it rather than leave it running.
+            logger.warning(
+                "offer could not be recorded session_id=%s call_id=%s: %s",
+                session_id,
+                answer.call_id,
+                type(exc).__name__,
             )
+            await asyncio.shield(self._abort_call(session_id, answer.call_id))
+            raise
         logger.info("call created session_id=%s call_id=%s", session_id, answer.call_id)
         if row.sideband_enabled:
             self._supervisor.start(session_id, answer.call_id, row.tools)
         return answer.sdp
+
+    async def _abort_call(self, session_id: str, call_id: str) -> None:
+        await self._fail(session_id, "offer: could not record the call")
+        try:
+            await self._provider.hangup(call_id)
+        except (ProviderError, ProviderTimeoutError, ProviderUnreachableError) as exc:
+            logger.warning("hangup of unrecorded call failed call_id=%s: %s", call_id, exc)
 
     async def _fail(self, session_id: str, reason: str) -> None:
         async with self._sessionmaker.begin() as s:
@@ -261,9 +286,18 @@ class SessionService:
                     "the sideband has not seen this call from the model",
                 )
             return outcome
-        return await self._dispatcher.run(
-            row.id, row.tools, request.call_id, tool, arguments, ToolPath.BRIDGE
-        )
+        try:
+            return await self._dispatcher.run(
+                row.id,
+                row.tools,
+                request.call_id,
+                tool,
+                arguments,
+                ToolPath.BRIDGE,
+                loser_wait=self._settings.bridge_wait_timeout,
+            )
+        except CallRejectedError as exc:
+            raise ValidationFailedError(exc.code, exc.message) from None
 
     async def detail(
         self, principal: ApiPrincipal, session_id: str

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+
+from sqlalchemy.engine import make_url
 
 DEFAULT_DATABASE_URL: Final = "sqlite+aiosqlite:///./broker.db"
 DEFAULT_TOOLS_CONFIG: Final = Path(__file__).parent / "tools" / "demo_tools.toml"
@@ -50,7 +52,8 @@ class Settings:
     signing_key: Secret
     host: str = "127.0.0.1"
     port: int = 8080
-    database_url: str = DEFAULT_DATABASE_URL
+    database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
+    """May hold a password: kept out of ``repr``; see :meth:`database_password`."""
     admin_key: Secret | None = None
     provider_base_url: str | None = None
     """``…/v1`` of an OpenAI-compatible provider; ``None`` runs the built-in emulator."""
@@ -67,6 +70,12 @@ class Settings:
     default_instructions: str = "You are a helpful voice assistant."
     emulator_port: int = 0
     """Port of the built-in emulator when no provider is configured (0: any free port)."""
+
+    @property
+    def database_password(self) -> Secret | None:
+        """The database URL's password, for the log redaction filter."""
+        password = make_url(self.database_url).password
+        return Secret(str(password)) if password else None
 
     @property
     def uses_builtin_provider(self) -> bool:

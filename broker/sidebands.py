@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker.db import queries
 from broker.db.models import SessionState, SidebandState, ToolPath
 from broker.events_log import EventRecorder
-from broker.tools.dispatch import ToolDispatcher
+from broker.tools.dispatch import MAX_CALL_ID, CallRejectedError, ToolDispatcher
+from broker.tools.policy import error_output
 from sideband import (
     CallController,
     CallNotFoundError,
@@ -49,28 +50,60 @@ class SessionToolHandler:
         self._recorder = recorder
 
     async def call_seen(self, call: FunctionCall) -> None:
-        await self._dispatcher.record(
-            self._session_id,
-            call.call_id,
-            call.name,
-            call.arguments,
-            ToolPath.SIDEBAND,
-            call.response_id,
-        )
+        # Recording early only lets the bridge find the call sooner; execute() records it
+        # again if this failed, so a failure here is logged, not fatal.
+        try:
+            await self._dispatcher.record(
+                self._session_id,
+                call.call_id,
+                call.name,
+                call.arguments,
+                ToolPath.SIDEBAND,
+                call.response_id,
+            )
+        except Exception:
+            logger.exception(
+                "could not record function call session_id=%s call_id=%s",
+                self._session_id,
+                call.call_id[:MAX_CALL_ID],
+            )
 
     async def call_abandoned(self, call: FunctionCall, response_status: str) -> None:
-        await self._dispatcher.abandon(self._session_id, call.call_id, response_status)
+        try:
+            await self._dispatcher.abandon(self._session_id, call.call_id, response_status)
+        except Exception:
+            logger.exception("could not record abandoned call session_id=%s", self._session_id)
 
     async def execute(self, call: FunctionCall) -> ToolResult:
-        outcome = await self._dispatcher.run(
-            self._session_id,
-            self._allowed,
-            call.call_id,
-            call.name,
-            call.arguments,
-            ToolPath.SIDEBAND,
-            call.response_id,
-        )
+        """Run through the once-only pipeline; every failure becomes one output for the model.
+
+        One bad call (absurd ids, a database error) must cost that call, not the sideband and
+        the other calls of the response.
+        """
+        try:
+            outcome = await self._dispatcher.run(
+                self._session_id,
+                self._allowed,
+                call.call_id,
+                call.name,
+                call.arguments,
+                ToolPath.SIDEBAND,
+                call.response_id,
+            )
+        except CallRejectedError as exc:
+            logger.warning(
+                "function call rejected session_id=%s code=%s", self._session_id, exc.code
+            )
+            return ToolResult(output=error_output(exc.code, exc.message))
+        except Exception:
+            logger.exception(
+                "function call failed in the broker session_id=%s call_id=%s",
+                self._session_id,
+                call.call_id,
+            )
+            return ToolResult(
+                output=error_output("broker_error", "the broker could not complete this call")
+            )
         self._recorder.record(
             "broker",
             {
@@ -81,12 +114,15 @@ class SessionToolHandler:
                 "handled_by": outcome.handled_by.value if outcome.handled_by else None,
             },
         )
-        # Only the path that ran the call answers the model; a bridge winner's browser did.
-        mine = outcome.handled_by is ToolPath.SIDEBAND and outcome.status.settled
-        return ToolResult(output=outcome.output or "", inject=mine)
+        # Only the request that ran the call answers the model: not a bridge winner (its
+        # browser answers) and not a duplicate report of a call this sideband already ran.
+        return ToolResult(output=outcome.output or "", inject=outcome.executed_now)
 
     async def output_sent(self, call: FunctionCall) -> None:
-        await self._dispatcher.mark_injected(self._session_id, call.call_id)
+        try:
+            await self._dispatcher.mark_injected(self._session_id, call.call_id)
+        except Exception:
+            logger.exception("could not mark output sent session_id=%s", self._session_id)
 
 
 class _Observer:
@@ -154,32 +190,57 @@ class SidebandSupervisor:
         self, session_id: str, call_id: str, allowed_tools: Collection[str]
     ) -> None:
         recorder = EventRecorder(self._sessionmaker, session_id)
-        await recorder.start()
-        await self.set_sideband_state(session_id, SidebandState.CONNECTING)
-        target = self._provider.sideband_target(call_id)
-
-        async def connect() -> SidebandConnection:
-            return await SidebandConnection.attach(
-                self._http, target, call_id, attach_timeout=self._attach_timeout
-            )
-
-        controller = CallController(
-            call_id,
-            connect,
-            SessionToolHandler(self._dispatcher, session_id, allowed_tools, recorder),
-            _Observer(self, session_id, recorder),
-        )
         close_code: int | None = None
         failure: BaseException | None = None
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(recorder.run(), name=f"sideband-recorder:{session_id}")
-            try:
-                close_code = await controller.run()
-            except (SidebandError, ExceptionGroup) as exc:
-                failure = exc
-            finally:
-                recorder.stop()
-        await self._record_end(session_id, call_id, close_code, failure)
+        try:
+            await recorder.start()
+            await self.set_sideband_state(session_id, SidebandState.CONNECTING)
+            target = self._provider.sideband_target(call_id)
+
+            async def connect() -> SidebandConnection:
+                return await SidebandConnection.attach(
+                    self._http, target, call_id, attach_timeout=self._attach_timeout
+                )
+
+            controller = CallController(
+                call_id,
+                connect,
+                SessionToolHandler(self._dispatcher, session_id, allowed_tools, recorder),
+                _Observer(self, session_id, recorder),
+            )
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(recorder.run(), name=f"sideband-recorder:{session_id}")
+                try:
+                    close_code = await controller.run()
+                except (SidebandError, ExceptionGroup) as exc:
+                    failure = exc
+                finally:
+                    recorder.stop()
+        except asyncio.CancelledError as exc:
+            failure = exc
+            raise
+        except Exception as exc:
+            failure = exc
+            logger.exception("sideband supervisor failed session_id=%s", session_id)
+        finally:
+            # Whatever happened, the row must say how the sideband ended (the bridge decides
+            # by it) and the buffered events must reach the database: shielded, so a
+            # shutdown's cancellation cannot skip it.
+            await asyncio.shield(self._finish(session_id, call_id, close_code, failure, recorder))
+
+    async def _finish(
+        self,
+        session_id: str,
+        call_id: str,
+        close_code: int | None,
+        failure: BaseException | None,
+        recorder: EventRecorder,
+    ) -> None:
+        try:
+            await recorder.flush()
+            await self._record_end(session_id, call_id, close_code, failure)
+        except Exception:
+            logger.exception("could not record sideband end session_id=%s", session_id)
 
     async def _record_end(
         self, session_id: str, call_id: str, close_code: int | None, failure: BaseException | None
@@ -199,20 +260,33 @@ class SidebandSupervisor:
                     end_reason=f"provider_closed:{close_code}",
                 )
             return
+        if isinstance(failure, asyncio.CancelledError):
+            # This broker is stopping; the call goes on at the provider.
+            logger.info("sideband stopped session_id=%s call_id=%s", session_id, call_id)
+            await self.set_sideband_state(session_id, SidebandState.CLOSED)
+            return
         if isinstance(failure, CallNotFoundError):
-            reason = "call not found at the provider"
-        elif failure is not None:
-            reason = f"{type(failure).__name__}: {failure}"
-        else:
-            reason = f"closed with code {close_code}"
-        if isinstance(failure, ExceptionGroup):
-            logger.error(
-                "sideband failed session_id=%s call_id=%s", session_id, call_id, exc_info=failure
-            )
-        else:
+            # The provider does not know the call for our key (gone, or another project's):
+            # nothing here can control it, so the session fails closed and the bridge refuses.
             logger.warning(
-                "sideband lost session_id=%s call_id=%s: %s", session_id, call_id, reason
+                "sideband attach: call not found session_id=%s call_id=%s", session_id, call_id
             )
+            async with self._sessionmaker.begin() as s:
+                await queries.set_session_fields(s, session_id, sideband_state=SidebandState.FAILED)
+                await queries.transition_session(
+                    s,
+                    session_id,
+                    [SessionState.LIVE],
+                    SessionState.FAILED,
+                    end_reason="sideband: call not found at the provider",
+                )
+            return
+        reason = (
+            f"{type(failure).__name__}: {failure}"
+            if failure is not None
+            else f"closed with code {close_code}"
+        )
+        logger.warning("sideband lost session_id=%s call_id=%s: %s", session_id, call_id, reason)
         # Without the sideband the broker no longer controls the call's tools; the bridge
-        # fallback takes over (it runs calls itself when the sideband is not connected).
+        # fallback takes over (it runs calls itself when the sideband has failed).
         await self.set_sideband_state(session_id, SidebandState.FAILED)

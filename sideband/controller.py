@@ -119,6 +119,7 @@ class CallController:
         self._conn: SidebandConnection | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._seen: dict[str, asyncio.Task[None]] = {}
+        self._answering: set[str] = set()
         self._active_response: str | None = None
         self._response_create_wanted = False
         self._response_create_event_id: str | None = None
@@ -173,7 +174,10 @@ class CallController:
             calls = [
                 self._call_from_item(item, event.response.id) for item in event.response.output
             ]
-            finals = [call for call in calls if call is not None]
+            # A call is answered once per connection even if its response.done is repeated.
+            finals = [c for c in calls if c is not None and c.call_id not in self._answering]
+            if event.response.status == "completed":
+                self._answering.update(call.call_id for call in finals)
             if finals and event.response.status == "completed":
                 self._spawn(self._answer(finals), f"tool-answer:{event.response.id}")
             elif finals:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Final, TypeVar
 
 from aiohttp import web
@@ -14,6 +13,7 @@ from broker.errors import (
     UnsupportedMediaError,
     ValidationFailedError,
 )
+from broker.tools.policy import strict_json_loads
 
 MAX_JSON_BYTES: Final = 256 * 1024
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -51,8 +51,8 @@ async def read_json(request: web.Request, model: type[_Model]) -> _Model:
     require_content_type(request, "application/json")
     raw = await read_body(request, MAX_JSON_BYTES)
     try:
-        data = json.loads(raw)
-    except ValueError:
+        data = strict_json_loads(raw)
+    except (ValueError, RecursionError):
         raise BadRequestError("invalid_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequestError("invalid_json", "the body must be a JSON object")

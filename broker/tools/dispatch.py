@@ -9,7 +9,6 @@ twice and the model never gets two outputs for one call.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Collection
@@ -21,14 +20,24 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker.db import queries
 from broker.db.models import ToolCall, ToolCallStatus, ToolPath, utcnow
 from broker.tools.executors import ToolContext, ToolExecutionError
-from broker.tools.policy import decide, error_output
-from broker.tools.registry import MAX_TIMEOUT, ToolRegistry
+from broker.tools.policy import decide, error_output, strict_json_loads
+from broker.tools.registry import ToolRegistry
 
 logger = logging.getLogger(__name__)
 
 _POLL_INTERVAL: Final = 0.2
 """Waiters re-read the row this often, so a winner in another process is seen too."""
-_LOSER_WAIT: Final = MAX_TIMEOUT + 30.0
+MAX_CALL_ID: Final = 128
+MAX_TOOL_NAME: Final = 100
+
+
+class CallRejectedError(Exception):
+    """A reported call cannot be recorded (e.g. an absurd call id); nothing runs."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,8 @@ class CallOutcome:
 
     Attributes:
         handled_by: the path that ran (or denied) the call; ``None`` while nobody has.
+        executed_now: this very request ran (or denied) it; only then may its caller answer
+            the model, so a duplicate report of the same call never produces a second output.
     """
 
     call_id: str
@@ -44,6 +55,7 @@ class CallOutcome:
     status: ToolCallStatus
     output: str | None
     handled_by: ToolPath | None
+    executed_now: bool = False
 
     @classmethod
     def from_row(cls, row: ToolCall) -> CallOutcome:
@@ -79,7 +91,16 @@ class ToolDispatcher:
         seen_by: ToolPath,
         response_id: str | None = None,
     ) -> ToolCall:
-        """Make sure the call has a row (first reporter's tool and arguments win); return it."""
+        """Make sure the call has a row (first reporter's tool and arguments win); return it.
+
+        Raises:
+            CallRejectedError: the call id is too long to record (the model gets an error).
+        """
+        if not call_id or len(call_id) > MAX_CALL_ID:
+            raise CallRejectedError("call_id_invalid", f"call ids are 1-{MAX_CALL_ID} characters")
+        # A tool name longer than any registered one is kept (truncated) for the record; the
+        # policy decision uses the full name and denies it.
+        tool = tool[:MAX_TOOL_NAME]
         async with self._sessionmaker.begin() as s:
             await queries.insert_tool_call_if_absent(
                 s,
@@ -124,24 +145,50 @@ class ToolDispatcher:
         arguments: str,
         path: ToolPath,
         response_id: str | None = None,
+        *,
+        loser_wait: float = 0.0,
     ) -> CallOutcome:
-        """Run the call if nobody has; otherwise wait for and return the other path's result.
+        """Run the call if nobody has; otherwise return the other claimant's result.
 
-        Never raises for a tool's failure or a denial: both are outcomes with an output.
+        If another request owns the call, this waits up to ``loser_wait`` seconds for its
+        result (0: return the current state at once). A tool's failure or a denial is an
+        outcome with an output, never an exception.
+
+        Raises:
+            CallRejectedError: the call cannot be recorded at all.
         """
         row = await self.record(session_id, call_id, tool, arguments, path, response_id)
         async with self._sessionmaker.begin() as s:
             won = await queries.claim_tool_call(s, session_id, call_id, path)
         if not won:
-            # The other path runs it; its tool timeout bounds how long this can take.
-            settled = await self.wait_settled(session_id, call_id, within=_LOSER_WAIT)
+            settled = await self.wait_settled(session_id, call_id, within=loser_wait)
             assert settled is not None
             return settled
-        # The recorded tool and arguments are the ones that run: a later reporter cannot swap them.
-        outcome = await self._execute(
-            session_id, allowed_tools, row.call_id, row.tool, row.arguments
-        )
-        status, output, error, decision = outcome
+        status, output, error, decision = ToolCallStatus.FAILED, None, None, "allowed"
+        try:
+            # The recorded tool and arguments run: a later reporter cannot swap them.
+            status, output, error, decision = await self._execute(
+                session_id, allowed_tools, row.call_id, row.tool, row.arguments
+            )
+        finally:
+            if output is None:
+                # Cancelled or crashed mid-run: the tool may or may not have acted, and it
+                # must not run again, so the call settles as failed with that said.
+                error = "outcome_unknown"
+                output = error_output(error, "the broker stopped while running this tool")
+            # Shielded: a cancelled request must still leave the row settled, never running.
+            await asyncio.shield(self._settle(session_id, call_id, status, output, error, decision))
+        return CallOutcome(call_id, row.tool, status, output, path, executed_now=True)
+
+    async def _settle(
+        self,
+        session_id: str,
+        call_id: str,
+        status: ToolCallStatus,
+        output: str,
+        error: str | None,
+        decision: str,
+    ) -> None:
         async with self._sessionmaker.begin() as s:
             await queries.settle_tool_call(
                 s,
@@ -154,7 +201,6 @@ class ToolDispatcher:
                 decision=decision,
             )
         self._notify(session_id, call_id)
-        return CallOutcome(call_id, row.tool, status, output, path)
 
     async def _execute(
         self,
@@ -248,6 +294,6 @@ class ToolDispatcher:
 def arguments_equal(a: str, b: str) -> bool:
     """Same JSON value (key order and whitespace do not matter)."""
     try:
-        return bool(json.loads(a or "{}") == json.loads(b or "{}"))
-    except ValueError:
+        return bool(strict_json_loads(a or "{}") == strict_json_loads(b or "{}"))
+    except (ValueError, RecursionError):
         return a == b

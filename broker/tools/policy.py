@@ -44,8 +44,8 @@ def decide(
     if len(arguments.encode()) > MAX_ARGUMENT_BYTES:
         return _deny("arguments_too_large", f"arguments exceed {MAX_ARGUMENT_BYTES} bytes")
     try:
-        parsed = json.loads(arguments) if arguments.strip() else {}
-    except ValueError:
+        parsed = strict_json_loads(arguments) if arguments.strip() else {}
+    except (ValueError, RecursionError):
         return _deny("arguments_not_json", "the arguments are not valid JSON")
     if not isinstance(parsed, dict):
         return _deny("arguments_not_object", "the arguments must be a JSON object")
@@ -54,6 +54,19 @@ def decide(
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         return _deny("arguments_invalid", f"arguments fail the schema at {where}: {error.message}")
     return Decision(allowed=True, tool=tool, arguments=parsed)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json_loads(text: str | bytes) -> Any:
+    """``json.loads`` without the NaN/Infinity extensions (databases and tools reject them).
+
+    Raises:
+        ValueError: not strict JSON. RecursionError: nested too deeply (callers catch both).
+    """
+    return json.loads(text, parse_constant=_reject_constant)
 
 
 def error_output(code: str, message: str) -> str:

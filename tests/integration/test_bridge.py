@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+from aiohttp import web
+
 from emulator import EmulatorSettings
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import PROVIDER_KEY, RunningBroker
@@ -180,10 +186,11 @@ async def test_bridge_cannot_run_calls_while_the_sideband_is_still_connecting(
         await late.close()
 
 
-async def test_bridge_takes_over_when_the_sideband_never_attaches(
+async def test_call_unknown_to_the_sideband_fails_the_session_closed(
     make_broker: BrokerFactory, tool_backend: ToolBackend
 ) -> None:
-    """Sideband attach gives up (bounded); the session stays live and the bridge runs calls."""
+    """A sideband that keeps getting 404 means the provider does not know the call for our
+    key: the session fails and the bridge refuses, instead of letting the browser drive tools."""
     late = await start_emulator(EmulatorSettings(api_key=PROVIDER_KEY, sideband_ready_delay=30))
     try:
         broker = await make_broker(provider_base_url=late.base_url, sideband_attach_timeout=0.3)
@@ -191,6 +198,70 @@ async def test_bridge_takes_over_when_the_sideband_never_attaches(
         browser = FakeBrowser()
         try:
             reply = await broker.offer(session, await browser.create_offer())
+            assert reply.status == 201
+            await wait_sideband(broker, session["id"], "failed")
+            detail = await broker.get_session(session["id"])
+            assert detail["state"] == "failed"
+            assert "call not found" in detail["end_reason"]
+            bridged = await broker.bridge(session, "lookup_order", "call_1", {"order_id": "1"})
+            assert (bridged.status, bridged.code) == (409, "session_not_live")
+            assert tool_backend.calls_to("lookup_order") == []
+        finally:
+            await browser.close()
+    finally:
+        await late.close()
+
+
+@asynccontextmanager
+async def sideband_down_proxy(emulator: RunningEmulator) -> AsyncIterator[str]:
+    """A provider whose call endpoint works but whose sideband endpoint answers 503."""
+    http = aiohttp.ClientSession()
+
+    async def calls(request: web.Request) -> web.Response:
+        async with http.post(
+            emulator.base_url + "/realtime/calls",
+            data=await request.read(),
+            headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+        ) as upstream:
+            return web.Response(
+                status=upstream.status,
+                body=await upstream.read(),
+                headers={
+                    k: v
+                    for k, v in upstream.headers.items()
+                    if k.lower() in ("content-type", "location")
+                },
+            )
+
+    async def sideband(request: web.Request) -> web.Response:
+        return web.Response(status=503, text="upstream unavailable")
+
+    app = web.Application()
+    app.router.add_post("/v1/realtime/calls", calls)
+    app.router.add_get("/v1/realtime", sideband)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    finally:
+        await runner.cleanup()
+        await http.close()
+
+
+async def test_bridge_takes_over_when_the_sideband_endpoint_is_down(
+    make_broker: BrokerFactory, emulator: RunningEmulator, tool_backend: ToolBackend
+) -> None:
+    """The sideband cannot attach (provider 503); the session stays live, degraded to the
+    bridge, which runs the call once."""
+    async with sideband_down_proxy(emulator) as base_url:
+        broker = await make_broker(provider_base_url=base_url)
+        session = await broker.create_session(tools=["lookup_order"])
+        browser = FakeBrowser()
+        try:
+            reply = await broker.offer(session, await browser.create_offer())
+            assert reply.status == 201, reply.text
             await browser.accept_answer(reply.text)
             await browser.wait_open()
             await wait_sideband(broker, session["id"], "failed")
@@ -206,5 +277,3 @@ async def test_bridge_takes_over_when_the_sideband_never_attaches(
             assert (await broker.get_session(session["id"]))["state"] == "live"
         finally:
             await browser.close()
-    finally:
-        await late.close()

@@ -7,7 +7,8 @@ import asyncio
 from sqlalchemy import select
 
 from broker import keys as broker_keys
-from broker.db.models import SessionEvent
+from broker.db.engine import create_engine, make_sessionmaker
+from broker.db.models import SessionEvent, SessionRow
 from emulator import EmulatorSettings
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import PROVIDER_KEY, RunningBroker
@@ -211,3 +212,33 @@ async def test_session_ends_when_the_browser_leaves(
     assert detail["sideband"]["state"] == "closed"
     call = emulator.registry.get(detail["call_id"])
     assert call is not None and call.ended
+
+
+async def test_broker_shutdown_records_the_sideband_end_and_keeps_the_events(
+    make_broker: BrokerFactory, emulator: RunningEmulator
+) -> None:
+    """Stopping the broker mid-call: the row says the sideband closed, the session is still
+    live (the call goes on at the provider), and the buffered events are written."""
+    broker = await make_broker()
+    session = await broker.create_session()
+    browser = await connect_browser(broker, session)
+    try:
+        ask(browser, "hello there")
+        await browser.wait_for("response.done", says("You said: hello there"))
+        await broker.close()
+        engine = create_engine(broker.settings.database_url)
+        try:
+            async with make_sessionmaker(engine)() as s:
+                row = await s.get(SessionRow, session["id"])
+                types = (
+                    await s.scalars(
+                        select(SessionEvent.type).where(SessionEvent.session_id == session["id"])
+                    )
+                ).all()
+        finally:
+            await engine.dispose()
+        assert row is not None
+        assert (row.state, row.sideband_state) == ("live", "closed")
+        assert "broker.sideband_attached" in types and "response.done" in types
+    finally:
+        await browser.close()

@@ -305,3 +305,45 @@ async def test_bridge_body_is_validated(broker: RunningBroker) -> None:
 async def test_get_unknown_session_is_404(broker: RunningBroker) -> None:
     reply = await broker.request("GET", "/api/v1/sessions/sess_nope")
     assert (reply.status, reply.code) == (404, "session_not_found")
+
+
+# --- hostile JSON ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"tools": [], "metadata": {"x": NaN}}',
+        '{"tools": [], "metadata": {"x": Infinity}}',
+        "[" * 5000 + "]" * 5000,
+        '{"a":' * 3000 + "1" + "}" * 3000,
+    ],
+)
+async def test_non_standard_or_deeply_nested_json_is_400(broker: RunningBroker, body: str) -> None:
+    reply = await broker.request(
+        "POST", "/api/v1/sessions", data=body, content_type="application/json"
+    )
+    assert (reply.status, reply.code) == (400, "invalid_json")
+
+
+async def test_hostile_bridge_arguments_are_denied_cleanly(
+    broker: RunningBroker, tool_backend: Any
+) -> None:
+    """Arguments that would crash a naive parser are a denied call, recorded, not a 500."""
+    session = await broker.create_session(tools=["lookup_order"], sideband=False)
+    browser = await connect_browser(broker, session)
+    try:
+        for call_id, arguments, code in [
+            ("call_deep", "[" * 3000, "arguments_not_json"),
+            ("call_nan", '{"order_id": NaN}', "arguments_not_json"),
+        ]:
+            reply = await broker.bridge(session, "lookup_order", call_id, arguments)
+            assert reply.status == 200, reply.text
+            assert reply.json()["status"] == "denied" and code in reply.json()["output"]
+        long_tool = "t" * 300
+        reply = await broker.bridge(session, long_tool, "call_long", "{}")
+        assert reply.status == 200 and reply.json()["status"] == "denied"
+        assert "tool_not_allowed" in reply.json()["output"]
+        assert tool_backend.requests == []
+    finally:
+        await browser.close()

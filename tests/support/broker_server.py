@@ -38,6 +38,7 @@ class RunningBroker:
     http: aiohttp.ClientSession
     _runner: web.AppRunner = field(repr=False)
     replies: list[Reply] = field(default_factory=list)
+    _closed: bool = False
 
     async def request(
         self,
@@ -98,7 +99,10 @@ class RunningBroker:
         return reply.json()
 
     async def close(self) -> None:
-        await self._runner.cleanup()
+        """Stop the broker (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            await self._runner.cleanup()
 
 
 def assert_no_provider_key(reply: Reply) -> None:

@@ -115,3 +115,13 @@ def test_admin_scope_implies_all_and_missing_scope_is_403() -> None:
     with pytest.raises(ForbiddenError) as err:
         ApiPrincipal("k", "n", frozenset({"monitor:read"})).require(Scope.SESSIONS_CREATE)
     assert err.value.code == "insufficient_scope"
+
+
+def test_token_without_audience_is_refused() -> None:
+    """python-jose skips the audience check when `aud` is absent; we require it."""
+    now = int(time.time())
+    claims = {"iss": "sideband-broker", "sub": "sess_1", "iat": now, "exp": now + 60, "jti": "x"}
+    token = jwt.encode(claims, KEY.reveal(), algorithm="HS256")
+    with pytest.raises(UnauthorizedError) as err:
+        verify_client_secret(token, KEY, "sess_1")
+    assert err.value.code in ("token_wrong_audience", "token_invalid")

@@ -67,3 +67,22 @@ def test_audio_payloads_are_summarised() -> None:
     assert redact_event(event)["audio"] == {"redacted": "audio", "base64_chars": 400}
     other = {"type": "response.done", "response": {}}
     assert redact_event(other) is other
+
+
+def test_log_filter_redacts_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    secret = Secret("sk-in-a-traceback-123")
+    caplog.handler.addFilter(SecretRedactingFilter([secret]))
+    try:
+        raise RuntimeError("failed with sk-in-a-traceback-123")
+    except RuntimeError:
+        logging.getLogger("test.redaction").exception("boom")
+    assert "sk-in-a-traceback-123" not in caplog.text
+    assert "failed with [REDACTED]" in caplog.text
+
+
+def test_database_password_is_not_in_repr(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        _env(tmp_path, BROKER_DATABASE_URL="postgresql+asyncpg://u:hunter2pass@db/x")
+    )
+    assert "hunter2pass" not in repr(settings)
+    assert settings.database_password == Secret("hunter2pass")

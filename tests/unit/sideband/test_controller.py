@@ -214,3 +214,17 @@ async def test_malformed_frames_are_skipped_not_fatal() -> None:
     assert tools.executed == ["c1"]
     conn.inbox.put_nowait(None)
     await asyncio.wait_for(task, 5)
+
+
+async def test_a_repeated_response_done_is_answered_once() -> None:
+    """The same completed response reported twice must not produce a second output."""
+    conn, tools = QueueConnection(), RecordingTools()
+    task = await run_controller(conn, tools)
+    final = done("r1", "completed", fc_item("c1"))
+    for frame in (created("r1"), args_done("r1", "c1"), final, final):
+        conn.inbox.put_nowait(frame)
+    await conn.wait_sent(2)
+    conn.inbox.put_nowait(None)
+    await asyncio.wait_for(task, 5)
+    assert tools.executed == ["c1"]
+    assert [e["type"] for e in conn.sent] == ["conversation.item.create", "response.create"]
