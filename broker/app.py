@@ -95,6 +95,7 @@ async def tools_ctx(app: web.Application) -> AsyncIterator[None]:
         app[keys.DISPATCHER] = ToolDispatcher(app[keys.SESSIONMAKER], registry)
         logger.info("tools loaded: %s", ", ".join(sorted(registry)) or "(none)")
         yield
+        await app[keys.DISPATCHER].drain()
 
 
 async def services_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker.db import queries
 from broker.db.models import SessionState, SidebandState, ToolPath
 from broker.events_log import EventRecorder
+from broker.shielded import ShieldedWrites
 from broker.tools.dispatch import MAX_CALL_ID, CallRejectedError, ToolDispatcher
 from broker.tools.policy import error_output
 from sideband import (
@@ -156,6 +157,9 @@ class SidebandSupervisor:
         self._dispatcher = dispatcher
         self._attach_timeout = attach_timeout
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._controllers: dict[str, CallController] = {}
+        self._stopping = False
+        self._writes = ShieldedWrites()
 
     def start(self, session_id: str, call_id: str, allowed_tools: Collection[str]) -> None:
         """Start supervising ``call_id``; returns at once (the SDP answer must not wait)."""
@@ -175,12 +179,29 @@ class SidebandSupervisor:
     def running(self, session_id: str) -> bool:
         return session_id in self._tasks
 
-    async def close(self) -> None:
-        """Cancel every sideband task and wait for them to finish."""
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop every sideband, recording how each ended.
+
+        Closes the sockets, lets running tools finish for up to ``grace`` seconds, then
+        cancels whatever is still running.
+        """
+        self._stopping = True
         tasks = list(self._tasks.values())
-        for task in tasks:
+        if not tasks:
+            return
+        for session_id, task in list(self._tasks.items()):
+            controller = self._controllers.get(session_id)
+            if controller is None:
+                continue  # setting up (sees _stopping) or finishing: ends by itself
+            if controller.attached:
+                await controller.stop()
+            else:
+                task.cancel()  # still attaching: nothing to drain
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._writes.drain()
 
     async def set_sideband_state(self, session_id: str, state: SidebandState) -> None:
         async with self._sessionmaker.begin() as s:
@@ -208,6 +229,9 @@ class SidebandSupervisor:
                 SessionToolHandler(self._dispatcher, session_id, allowed_tools, recorder),
                 _Observer(self, session_id, recorder),
             )
+            if self._stopping:
+                return  # the broker began stopping while this sideband was being set up
+            self._controllers[session_id] = controller
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(recorder.run(), name=f"sideband-recorder:{session_id}")
                 try:
@@ -223,10 +247,14 @@ class SidebandSupervisor:
             failure = exc
             logger.exception("sideband supervisor failed session_id=%s", session_id)
         finally:
+            self._controllers.pop(session_id, None)
             # Whatever happened, the row must say how the sideband ended (the bridge decides
             # by it) and the buffered events must reach the database: shielded, so a
             # shutdown's cancellation cannot skip it.
-            await asyncio.shield(self._finish(session_id, call_id, close_code, failure, recorder))
+            await self._writes.run(
+                self._finish(session_id, call_id, close_code, failure, recorder),
+                name=f"sideband-finish:{session_id}",
+            )
 
     async def _finish(
         self,
@@ -245,6 +273,11 @@ class SidebandSupervisor:
     async def _record_end(
         self, session_id: str, call_id: str, close_code: int | None, failure: BaseException | None
     ) -> None:
+        if self._stopping and (failure is None or isinstance(failure, asyncio.CancelledError)):
+            # This broker is stopping; the call goes on at the provider.
+            logger.info("sideband stopped session_id=%s call_id=%s", session_id, call_id)
+            await self.set_sideband_state(session_id, SidebandState.CLOSED)
+            return
         if failure is None and close_code in (1000, 1001):
             # The provider closed cleanly: the call is over (hangup, browser left, time limit).
             logger.info(
@@ -259,11 +292,6 @@ class SidebandSupervisor:
                     SessionState.ENDED,
                     end_reason=f"provider_closed:{close_code}",
                 )
-            return
-        if isinstance(failure, asyncio.CancelledError):
-            # This broker is stopping; the call goes on at the provider.
-            logger.info("sideband stopped session_id=%s call_id=%s", session_id, call_id)
-            await self.set_sideband_state(session_id, SidebandState.CLOSED)
             return
         if isinstance(failure, CallNotFoundError):
             # The provider does not know the call for our key (gone, or another project's):

@@ -120,6 +120,7 @@ class CallController:
         self._tasks: asyncio.TaskGroup | None = None
         self._seen: dict[str, asyncio.Task[None]] = {}
         self._answering: set[str] = set()
+        self._stopping = False
         self._active_response: str | None = None
         self._response_create_wanted = False
         self._response_create_event_id: str | None = None
@@ -135,6 +136,8 @@ class CallController:
         """
         conn = await self._connect()
         self._conn = conn
+        if self._stopping:
+            await conn.close()
         try:
             await self._observer.attached()
             async with asyncio.TaskGroup() as tasks:
@@ -151,6 +154,20 @@ class CallController:
             self._tasks = None
             await conn.close()
         return conn.close_code
+
+    @property
+    def attached(self) -> bool:
+        return self._conn is not None
+
+    async def stop(self) -> None:
+        """Close the sideband so :meth:`run` returns once in-flight tool work has finished.
+
+        The call itself goes on at the provider. Outputs of tools still running when the
+        socket closes stay recorded by the handler; they are not sent.
+        """
+        self._stopping = True
+        if self._conn is not None:
+            await self._conn.close()
 
     async def _on_event(self, event: ServerEvent) -> None:
         # Runs on the reader: anything slow is handed to a task so events keep flowing.

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
 from broker.db.models import ToolCall, ToolCallStatus, ToolPath, utcnow
+from broker.shielded import ShieldedWrites
 from broker.tools.executors import ToolContext, ToolExecutionError
 from broker.tools.policy import decide, error_output, strict_json_loads
 from broker.tools.registry import ToolRegistry
@@ -77,6 +78,11 @@ class ToolDispatcher:
         self._sessionmaker = sessionmaker
         self._registry = registry
         self._settled: dict[tuple[str, str], asyncio.Event] = {}
+        self._writes = ShieldedWrites()
+
+    async def drain(self) -> None:
+        """Wait for settle writes still running (call before the database closes)."""
+        await self._writes.drain()
 
     @property
     def registry(self) -> ToolRegistry:

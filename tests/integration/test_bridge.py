@@ -134,9 +134,10 @@ async def test_bridge_racing_the_sideband_waits_for_it(
 
 
 async def test_bridge_cannot_invent_a_call_while_the_sideband_is_connected(
-    broker: RunningBroker, tool_backend: ToolBackend
+    make_broker: BrokerFactory, tool_backend: ToolBackend
 ) -> None:
     """A forged call_id the model never emitted runs nothing: 404 call_not_found."""
+    broker = await make_broker(bridge_wait_timeout=0.3)
     session = await broker.create_session(tools=["lookup_order"])
     browser = await connect_browser(broker, session)
     try:
