@@ -270,6 +270,15 @@ class SidebandSupervisor:
         except Exception:
             logger.exception("could not record sideband end session_id=%s", session_id)
 
+    async def _end_session(
+        self, session_id: str, sideband: SidebandState, state: SessionState, reason: str
+    ) -> None:
+        async with self._sessionmaker.begin() as s:
+            await queries.set_session_fields(s, session_id, sideband_state=sideband)
+            await queries.transition_session(
+                s, session_id, [SessionState.LIVE], state, end_reason=reason
+            )
+
     async def _record_end(
         self, session_id: str, call_id: str, close_code: int | None, failure: BaseException | None
     ) -> None:
@@ -283,15 +292,12 @@ class SidebandSupervisor:
             logger.info(
                 "sideband closed session_id=%s call_id=%s code=%s", session_id, call_id, close_code
             )
-            async with self._sessionmaker.begin() as s:
-                await queries.set_session_fields(s, session_id, sideband_state=SidebandState.CLOSED)
-                await queries.transition_session(
-                    s,
-                    session_id,
-                    [SessionState.LIVE],
-                    SessionState.ENDED,
-                    end_reason=f"provider_closed:{close_code}",
-                )
+            await self._end_session(
+                session_id,
+                SidebandState.CLOSED,
+                SessionState.ENDED,
+                f"provider_closed:{close_code}",
+            )
             return
         if isinstance(failure, CallNotFoundError):
             # The provider does not know the call for our key (gone, or another project's):
@@ -299,15 +305,12 @@ class SidebandSupervisor:
             logger.warning(
                 "sideband attach: call not found session_id=%s call_id=%s", session_id, call_id
             )
-            async with self._sessionmaker.begin() as s:
-                await queries.set_session_fields(s, session_id, sideband_state=SidebandState.FAILED)
-                await queries.transition_session(
-                    s,
-                    session_id,
-                    [SessionState.LIVE],
-                    SessionState.FAILED,
-                    end_reason="sideband: call not found at the provider",
-                )
+            await self._end_session(
+                session_id,
+                SidebandState.FAILED,
+                SessionState.FAILED,
+                "sideband: call not found at the provider",
+            )
             return
         reason = (
             f"{type(failure).__name__}: {failure}"

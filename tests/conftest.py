@@ -9,12 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from broker import Secret, Settings
 from broker.migrate import upgrade_database
 from emulator import EmulatorSettings
 from tests.support.broker_server import ADMIN_KEY, PROVIDER_KEY, RunningBroker, start_broker
+from tests.support.browser import FakeBrowser
 from tests.support.servers import RunningEmulator, start_emulator
 from tests.support.tool_backend import ToolBackend
 
@@ -51,11 +53,32 @@ async def emulator() -> AsyncIterator[RunningEmulator]:
 
 
 @pytest.fixture
+async def late_emulator() -> AsyncIterator[RunningEmulator]:
+    """An emulator whose sideband answers 404 call_id_not_found for 30 s after each call."""
+    running = await start_emulator(EmulatorSettings(api_key=PROVIDER_KEY, sideband_ready_delay=30))
+    yield running
+    await running.close()
+
+
+@pytest.fixture
 async def tool_backend() -> AsyncIterator[ToolBackend]:
     backend = ToolBackend()
     await backend.start()
     yield backend
     await backend.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[FakeBrowser]:
+    fake = FakeBrowser()
+    yield fake
+    await fake.close()
 
 
 @pytest.fixture

@@ -8,22 +8,21 @@ from contextlib import asynccontextmanager
 import aiohttp
 from aiohttp import web
 
-from emulator import EmulatorSettings
 from tests.conftest import BrokerFactory
-from tests.support.broker_server import PROVIDER_KEY, RunningBroker
+from tests.support.broker_server import RunningBroker
 from tests.support.browser import FakeBrowser
 from tests.support.flow import (
+    LOOKUP_42_OUTPUT,
     ask,
-    compact,
     connect_browser,
     outputs_received,
     says,
     wait_sideband,
 )
-from tests.support.servers import RunningEmulator, start_emulator
+from tests.support.servers import RunningEmulator
 from tests.support.tool_backend import ToolBackend
 
-EXPECTED_OUTPUT = compact({"order_id": "42", "status": "shipped"})
+EXPECTED_OUTPUT = LOOKUP_42_OUTPUT
 
 
 async def test_bridge_runs_the_tool_when_the_sideband_is_off(
@@ -166,51 +165,45 @@ async def test_bridge_with_other_arguments_for_a_recorded_call_is_refused(
 
 
 async def test_bridge_cannot_run_calls_while_the_sideband_is_still_connecting(
-    make_broker: BrokerFactory, tool_backend: ToolBackend
+    make_broker: BrokerFactory, late_emulator: RunningEmulator, tool_backend: ToolBackend
 ) -> None:
     """The window before the sideband attaches is not a loophole: the bridge only waits."""
-    late = await start_emulator(EmulatorSettings(api_key=PROVIDER_KEY, sideband_ready_delay=30))
+    broker = await make_broker(provider_base_url=late_emulator.base_url, bridge_wait_timeout=0.3)
+    session = await broker.create_session(tools=["lookup_order"])
+    browser = FakeBrowser()
     try:
-        broker = await make_broker(provider_base_url=late.base_url, bridge_wait_timeout=0.3)
-        session = await broker.create_session(tools=["lookup_order"])
-        browser = FakeBrowser()
-        try:
-            reply = await broker.offer(session, await browser.create_offer())
-            assert reply.status == 201
-            await wait_sideband(broker, session["id"], "connecting")
-            forged = await broker.bridge(session, "lookup_order", "call_x", {"order_id": "1"})
-            assert (forged.status, forged.code) == (404, "call_not_found")
-            assert tool_backend.calls_to("lookup_order") == []
-        finally:
-            await browser.close()
+        reply = await broker.offer(session, await browser.create_offer())
+        assert reply.status == 201
+        await wait_sideband(broker, session["id"], "connecting")
+        forged = await broker.bridge(session, "lookup_order", "call_x", {"order_id": "1"})
+        assert (forged.status, forged.code) == (404, "call_not_found")
+        assert tool_backend.calls_to("lookup_order") == []
     finally:
-        await late.close()
+        await browser.close()
 
 
 async def test_call_unknown_to_the_sideband_fails_the_session_closed(
-    make_broker: BrokerFactory, tool_backend: ToolBackend
+    make_broker: BrokerFactory, late_emulator: RunningEmulator, tool_backend: ToolBackend
 ) -> None:
     """A sideband that keeps getting 404 means the provider does not know the call for our
     key: the session fails and the bridge refuses, instead of letting the browser drive tools."""
-    late = await start_emulator(EmulatorSettings(api_key=PROVIDER_KEY, sideband_ready_delay=30))
+    broker = await make_broker(
+        provider_base_url=late_emulator.base_url, sideband_attach_timeout=0.3
+    )
+    session = await broker.create_session(tools=["lookup_order"])
+    browser = FakeBrowser()
     try:
-        broker = await make_broker(provider_base_url=late.base_url, sideband_attach_timeout=0.3)
-        session = await broker.create_session(tools=["lookup_order"])
-        browser = FakeBrowser()
-        try:
-            reply = await broker.offer(session, await browser.create_offer())
-            assert reply.status == 201
-            await wait_sideband(broker, session["id"], "failed")
-            detail = await broker.get_session(session["id"])
-            assert detail["state"] == "failed"
-            assert "call not found" in detail["end_reason"]
-            bridged = await broker.bridge(session, "lookup_order", "call_1", {"order_id": "1"})
-            assert (bridged.status, bridged.code) == (409, "session_not_live")
-            assert tool_backend.calls_to("lookup_order") == []
-        finally:
-            await browser.close()
+        reply = await broker.offer(session, await browser.create_offer())
+        assert reply.status == 201
+        await wait_sideband(broker, session["id"], "failed")
+        detail = await broker.get_session(session["id"])
+        assert detail["state"] == "failed"
+        assert "call not found" in detail["end_reason"]
+        bridged = await broker.bridge(session, "lookup_order", "call_1", {"order_id": "1"})
+        assert (bridged.status, bridged.code) == (409, "session_not_live")
+        assert tool_backend.calls_to("lookup_order") == []
     finally:
-        await late.close()
+        await browser.close()
 
 
 @asynccontextmanager

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
 from emulator import EmulatorSettings
+from tests.support.broker_server import PROVIDER_KEY
 from tests.support.browser import FakeBrowser
 from tests.support.servers import (
     RunningEmulator,
@@ -22,7 +22,7 @@ from tests.support.servers import (
     validate_server_event,
 )
 
-KEY = "sk-emulator-errors-key"
+KEY = PROVIDER_KEY  # the shared `emulator` fixture (tests/conftest.py) uses it
 SESSION = {
     "type": "realtime",
     "tools": [
@@ -45,26 +45,6 @@ CALL_NOT_FOUND = {
         "param": "",
     }
 }
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[RunningEmulator]:
-    emu = await start_emulator(EmulatorSettings(api_key=KEY))
-    yield emu
-    await emu.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[FakeBrowser]:
-    fake = FakeBrowser()
-    yield fake
-    await fake.close()
 
 
 async def post_calls(

@@ -13,41 +13,17 @@ from openai import AsyncOpenAI
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
 from websockets.exceptions import InvalidStatus
 
-from emulator import EmulatorSettings
+from tests.support.broker_server import PROVIDER_KEY
 from tests.support.browser import FakeBrowser
-from tests.support.servers import RunningEmulator, start_emulator, validate_server_event
+from tests.support.servers import LOOKUP_ORDER, RunningEmulator, validate_server_event
 
-KEY = "sk-emulator-sdk-key"
-LOOKUP_ORDER = {
-    "type": "function",
-    "name": "lookup_order",
-    "description": "Look up an order by id.",
-    "parameters": {
-        "type": "object",
-        "properties": {"order_id": {"type": "string"}},
-        "required": ["order_id"],
-    },
-}
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[RunningEmulator]:
-    emu = await start_emulator(EmulatorSettings(api_key=KEY))
-    yield emu
-    await emu.close()
+KEY = PROVIDER_KEY  # the shared `emulator` fixture (tests/conftest.py) uses it
 
 
 @pytest.fixture
 async def client(emulator: RunningEmulator) -> AsyncIterator[AsyncOpenAI]:
     async with AsyncOpenAI(api_key=KEY, base_url=emulator.base_url, max_retries=0) as sdk:
         yield sdk
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[FakeBrowser]:
-    fake = FakeBrowser()
-    yield fake
-    await fake.close()
 
 
 async def recv_until(conn: AsyncRealtimeConnection, type_: str) -> list[dict[str, Any]]:

@@ -12,8 +12,10 @@ import aiohttp
 import pytest
 
 from emulator import EmulatorSettings
+from tests.support.broker_server import PROVIDER_KEY
 from tests.support.browser import FakeBrowser
 from tests.support.servers import (
+    LOOKUP_ORDER,
     RunningEmulator,
     SidebandProbe,
     offer_form,
@@ -22,17 +24,7 @@ from tests.support.servers import (
     validate_server_event,
 )
 
-KEY = "sk-emulator-test-key"
-LOOKUP_ORDER = {
-    "type": "function",
-    "name": "lookup_order",
-    "description": "Look up an order by id.",
-    "parameters": {
-        "type": "object",
-        "properties": {"order_id": {"type": "string"}},
-        "required": ["order_id"],
-    },
-}
+KEY = PROVIDER_KEY  # the shared `emulator` fixture (tests/conftest.py) uses it
 SESSION = {"type": "realtime", "model": "gpt-realtime", "tools": [LOOKUP_ORDER]}
 ORDER_OUTPUT = json.dumps({"order_id": "42", "status": "shipped"}, separators=(",", ":"))
 
@@ -82,19 +74,6 @@ async def emulator() -> AsyncIterator[RunningEmulator]:
     emu = await _emulator()
     yield emu
     await emu.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[FakeBrowser]:
-    fake = FakeBrowser()
-    yield fake
-    await fake.close()
 
 
 async def test_offer_answer_and_session_created(

@@ -13,8 +13,8 @@ from emulator import EmulatorSettings
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import PROVIDER_KEY, RunningBroker
 from tests.support.flow import (
+    LOOKUP_42_OUTPUT,
     ask,
-    compact,
     connect_browser,
     outputs_received,
     says,
@@ -23,7 +23,7 @@ from tests.support.flow import (
 from tests.support.servers import RunningEmulator, start_emulator
 from tests.support.tool_backend import ToolBackend
 
-EXPECTED_OUTPUT = compact({"order_id": "42", "status": "shipped"})
+EXPECTED_OUTPUT = LOOKUP_42_OUTPUT
 
 
 async def test_tool_call_runs_on_the_sideband_and_the_answer_reaches_the_browser(

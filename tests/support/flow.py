@@ -71,3 +71,7 @@ def outputs_received(call: Call) -> list[tuple[str, dict[str, Any]]]:
 
 def compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+LOOKUP_42_OUTPUT = compact({"order_id": "42", "status": "shipped"})
+"""What the test tool backend's lookup_order answers for order 42, byte for byte."""

@@ -19,6 +19,18 @@ from .browser import FakeBrowser
 
 SHUTDOWN_TIMEOUT_S = 5.0
 
+# The tool definition the emulator tests put in a session (the broker builds its own).
+LOOKUP_ORDER = {
+    "type": "function",
+    "name": "lookup_order",
+    "description": "Look up an order by id.",
+    "parameters": {
+        "type": "object",
+        "properties": {"order_id": {"type": "string"}},
+        "required": ["order_id"],
+    },
+}
+
 # Strict server-event validation (PROTOCOL.md §5.5): the SDK's own parser does not validate.
 SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(
     Annotated[Union[RealtimeServerEvent,], Field(discriminator="type")]  # noqa: UP007
