@@ -118,3 +118,4 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await supervisor.close()
+    await app[keys.SESSIONS].drain()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -25,6 +24,7 @@ from broker.errors import (
 )
 from broker.sdp import check_offer
 from broker.settings import Settings
+from broker.shielded import ShieldedWrites
 from broker.sidebands import SidebandSupervisor
 from broker.tools.dispatch import CallOutcome, CallRejectedError, ToolDispatcher, arguments_equal
 from broker.tools.registry import ToolRegistry
@@ -110,6 +110,11 @@ class SessionService:
         self._registry = registry
         self._dispatcher = dispatcher
         self._supervisor = supervisor
+        self._writes = ShieldedWrites()
+
+    async def drain(self) -> None:
+        """Wait for cleanup writes of interrupted offers (call before the database closes)."""
+        await self._writes.drain()
 
     async def create(
         self, principal: ApiPrincipal, request: CreateSessionRequest
@@ -199,11 +204,13 @@ class SessionService:
         try:
             answer = await self._provider.create_call(sdp, self.provider_session_config(row))
         except (ProviderError, ProviderTimeoutError, ProviderUnreachableError) as exc:
-            await asyncio.shield(self._fail(session_id, f"offer: {exc}"))
+            await self._writes.run(self._fail(session_id, f"offer: {exc}"), "offer-fail")
             raise _upstream(exc) from exc
         except BaseException as exc:
             # Never leave a session stuck in `offered`.
-            await asyncio.shield(self._fail(session_id, f"offer: {type(exc).__name__}"))
+            await self._writes.run(
+                self._fail(session_id, f"offer: {type(exc).__name__}"), "offer-fail"
+            )
             raise
         try:
             async with self._sessionmaker.begin() as s:
@@ -220,7 +227,7 @@ class SessionService:
                 answer.call_id,
                 type(exc).__name__,
             )
-            await asyncio.shield(self._abort_call(session_id, answer.call_id))
+            await self._writes.run(self._abort_call(session_id, answer.call_id), "offer-abort")
             raise
         logger.info("call created session_id=%s call_id=%s", session_id, answer.call_id)
         if row.sideband_enabled:

@@ -100,7 +100,7 @@ class SessionToolHandler:
             logger.exception(
                 "function call failed in the broker session_id=%s call_id=%s",
                 self._session_id,
-                call.call_id,
+                call.call_id[:MAX_CALL_ID],
             )
             return ToolResult(
                 output=error_output("broker_error", "the broker could not complete this call")

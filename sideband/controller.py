@@ -193,9 +193,8 @@ class CallController:
             ]
             # A call is answered once per connection even if its response.done is repeated.
             finals = [c for c in calls if c is not None and c.call_id not in self._answering]
-            if event.response.status == "completed":
-                self._answering.update(call.call_id for call in finals)
             if finals and event.response.status == "completed":
+                self._answering.update(call.call_id for call in finals)
                 self._spawn(self._answer(finals), f"tool-answer:{event.response.id}")
             elif finals:
                 self._spawn(

@@ -183,7 +183,10 @@ class ToolDispatcher:
                 error = "outcome_unknown"
                 output = error_output(error, "the broker stopped while running this tool")
             # Shielded: a cancelled request must still leave the row settled, never running.
-            await asyncio.shield(self._settle(session_id, call_id, status, output, error, decision))
+            await self._writes.run(
+                self._settle(session_id, call_id, status, output, error, decision),
+                name=f"tool-settle:{call_id}",
+            )
         return CallOutcome(call_id, row.tool, status, output, path, executed_now=True)
 
     async def _settle(
