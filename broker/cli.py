@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from aiohttp import web
@@ -19,7 +20,7 @@ from broker.auth import Scope
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.logs import configure_logging
 from broker.migrate import upgrade_database
-from broker.settings import Settings, SettingsError
+from broker.settings import Secret, Settings, SettingsError
 from emulator import EmulatorSettings
 from emulator import create_app as create_emulator_app
 
@@ -78,6 +79,11 @@ def _serve(settings: Settings, dev: bool) -> None:
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
 
 
+def _emulator_key(cli_key: str | None, environ: Mapping[str, str]) -> str | None:
+    # The environment is preferred in the docs: a command-line key shows in `ps`.
+    return cli_key or environ.get("EMULATOR_API_KEY") or None
+
+
 def _emulator(host: str, port: int, api_key: str) -> None:
     app = create_emulator_app(EmulatorSettings(api_key=api_key))
     _out(f"emulator: OpenAI-compatible realtime API at http://{host}:{port}/v1")
@@ -101,8 +107,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     emu = sub.add_parser("emulator", help="run the local OpenAI-compatible provider alone")
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument("--port", type=int, default=8090)
-    emu.add_argument("--api-key", required=True)
+    emu.add_argument(
+        "--api-key",
+        help="the standard Bearer key the emulator accepts (default: $EMULATOR_API_KEY; "
+        "prefer the variable: a key given here is visible in process listings such as ps)",
+    )
     args = parser.parse_args(argv)
+    emulator_key = None
+    if args.command == "emulator":
+        emulator_key = _emulator_key(args.api_key, os.environ)
+        if emulator_key is None:
+            emu.error("set EMULATOR_API_KEY or pass --api-key")
 
     try:
         settings = Settings.from_env()
@@ -116,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.provider_api_key,
             settings.signing_key,
             settings.database_password,
+            Secret(emulator_key) if emulator_key else None,
         ],
     )
     if args.command == "serve":
@@ -137,8 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         _out(f"created {key_id} ({args.name}); the key is shown only once:")
         _out(key)
-    elif args.command == "emulator":
-        _emulator(args.host, args.port, args.api_key)
+    elif args.command == "emulator" and emulator_key is not None:
+        _emulator(args.host, args.port, emulator_key)
     return 0
 
 

@@ -3,16 +3,25 @@
 See ``emulator/README.md`` for what is emulated and every [inferred] choice.
 """
 
-from ._keys import CALL_REGISTRY
+from ._keys import CALL_REGISTRY, CLIENT_SECRETS, FAULTS
 from .app import create_app
 from .calls import Call, CallRegistry, ReceivedClientEvent
+from .faults import CallErrorFault, FaultConfig, Faults
+from .secrets import ClientSecret, ClientSecretStore
 from .settings import EmulatorSettings
 
 __all__ = [
     "CALL_REGISTRY",
+    "CLIENT_SECRETS",
     "Call",
+    "CallErrorFault",
     "CallRegistry",
+    "ClientSecret",
+    "ClientSecretStore",
     "EmulatorSettings",
+    "FAULTS",
+    "FaultConfig",
+    "Faults",
     "ReceivedClientEvent",
     "create_app",
 ]

@@ -1,6 +1,7 @@
 """Run the emulator standalone: ``EMULATOR_API_KEY=sk-… python -m emulator --port 8090``.
 
-The key comes from the environment only, so it never shows in a process listing.
+The standard key comes from ``EMULATOR_API_KEY`` or ``--api-key``; prefer the environment,
+since a command-line argument shows in process listings (``ps``).
 """
 
 from __future__ import annotations
@@ -24,10 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-interval", type=float, default=0.002)
     parser.add_argument("--replay-session-created-to-sideband", action="store_true")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--api-key",
+        help="the standard Bearer key to accept (default: $EMULATOR_API_KEY; a key given "
+        "here is visible to other users in process listings such as ps)",
+    )
     args = parser.parse_args(argv)
-    api_key = os.environ.get("EMULATOR_API_KEY", "")
+    api_key = args.api_key or os.environ.get("EMULATOR_API_KEY", "")
     if not api_key:
-        parser.error("set EMULATOR_API_KEY to the Bearer key the emulator should accept")
+        parser.error("set EMULATOR_API_KEY (or --api-key) to the Bearer key to accept")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

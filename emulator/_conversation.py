@@ -1,4 +1,4 @@
-"""Ordered conversation edits for client ``conversation.item.create``/``delete``."""
+"""Ordered conversation edits and lookups for the client ``conversation.item.*`` events."""
 
 from __future__ import annotations
 
@@ -61,3 +61,17 @@ def delete_item(conversation: list[dict[str, Any]], item_id: Any) -> str:
         )
     del conversation[index]
     return item_id
+
+
+def find_item(conversation: list[dict[str, Any]], item_id: Any) -> dict[str, Any]:
+    """Return the item with ``item_id`` (the stored dict itself, for in-place edits).
+
+    Raises:
+        ClientEventError: ``item_not_found``.
+    """
+    index = _index_of(conversation, item_id) if isinstance(item_id, str) else None
+    if index is None:
+        raise ClientEventError(
+            "item_not_found", f"Item with id '{item_id}' not found.", param="item_id"
+        )
+    return conversation[index]

@@ -38,8 +38,12 @@ def session_event(type_: str, session: dict[str, Any]) -> dict[str, Any]:
     return server_event(type_, session=copy.deepcopy(session))
 
 
-def item_event(type_: str, item: dict[str, Any], previous_item_id: str | None) -> dict[str, Any]:
-    """``conversation.item.added`` / ``conversation.item.done`` with an item snapshot."""
+def item_event(
+    type_: str, item: dict[str, Any], previous_item_id: str | None, *, previous: bool = True
+) -> dict[str, Any]:
+    """``conversation.item.added``/``.done`` (``previous=False``: ``.retrieved``), item copied."""
+    if not previous:
+        return server_event(type_, item=copy.deepcopy(item))
     return server_event(type_, previous_item_id=previous_item_id, item=copy.deepcopy(item))
 
 

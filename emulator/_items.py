@@ -110,3 +110,19 @@ def _message_fields(raw: dict[str, Any]) -> dict[str, Any]:
             allowed = ", ".join(sorted(PART_TYPES[role]))
             raise _invalid(param, f"a {role} message accepts {allowed}")
     return {"role": role, "content": copy.deepcopy(content)}
+
+
+def user_audio_item(item_id: str) -> dict[str, Any]:
+    """The user message a committed input audio buffer becomes.
+
+    Over WebRTC no audio bytes are echoed, and with no transcription model the transcript
+    is ``None``, as the service sends it when input transcription is off.
+    """
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "role": "user",
+        "status": "completed",
+        "content": [{"type": "input_audio", "transcript": None}],
+    }

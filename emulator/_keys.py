@@ -5,7 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from .calls import CallRegistry
+from .faults import Faults
+from .secrets import ClientSecretStore
 from .settings import EmulatorSettings
 
 SETTINGS = web.AppKey("emulator_settings", EmulatorSettings)
 CALL_REGISTRY = web.AppKey("emulator_call_registry", CallRegistry)
+FAULTS = web.AppKey("emulator_faults", Faults)
+CLIENT_SECRETS = web.AppKey("emulator_client_secrets", ClientSecretStore)

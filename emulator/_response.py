@@ -40,6 +40,10 @@ class ResponseHost(Protocol):
 
     def response_finished(self, run: ResponseRun) -> None: ...
 
+    async def speak(self, response_id: str, item_id: str, text: str) -> None:
+        """Start playing ``text`` as audio; return once it plays (or cannot)."""
+        ...
+
 
 @dataclass
 class _InProgress:
@@ -89,6 +93,13 @@ class ResponseRun:
         self._output: list[dict[str, Any]] = []
         self._current: _InProgress | None = None
         self._output_tokens = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Tokens this response used so far (input plus output, as ``usage`` reports them)."""
+        usage = usage_object(self._input_tokens, self._output_tokens, audio=self._audio)
+        total: int = usage["total_tokens"]
+        return total
 
     @property
     def _audio(self) -> bool:
@@ -205,6 +216,9 @@ class ResponseRun:
         current.part = part
         fields = {**self._item_fields(current), "content_index": 0}
         self._emit("response.content_part.added", **fields, part=self._part_event(current))
+        if self._audio:
+            # The service streams the transcript alongside audio that is already playing.
+            await self._host.speak(self.response_id, current.item["id"], plan.text)
         delta_type = (
             "response.output_audio_transcript.delta"
             if self._audio

@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from ._auth import require_api_key
-from ._keys import CALL_REGISTRY, SETTINGS
+from ._keys import CALL_REGISTRY, CLIENT_SECRETS, FAULTS, SETTINGS
+from .admin import add_admin_routes
 from .calls import CallRegistry
 from .errors import ApiError, error_envelope
+from .faults import Faults
+from .secrets import ClientSecretStore
 from .settings import EmulatorSettings
 from .sideband import sideband_handler
-from .signaling import create_call, hangup_call
+from .signaling import create_call, create_client_secret, hangup_call
 
 logger = logging.getLogger(__name__)
 
@@ -46,19 +48,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
-async def inspect_call(request: web.Request) -> web.Response:
-    """``GET /_emulator/calls/{call_id}``: the recorder's view of one call (not an OpenAI route).
-
-    Raises:
-        ApiError: 401 for a bad key, 404 ``call_id_not_found`` for an unknown call.
-    """
-    require_api_key(request)
-    call = request.app[CALL_REGISTRY].get(request.match_info["call_id"])
-    if call is None:
-        raise ApiError(404, "call_id_not_found", "No such call.")
-    return web.json_response(call.snapshot())
-
-
 async def _call_registry_ctx(app: web.Application) -> AsyncIterator[None]:
     registry = app[CALL_REGISTRY]
     yield
@@ -75,17 +64,21 @@ async def _close_sidebands(app: web.Application) -> None:
 def create_app(settings: EmulatorSettings) -> web.Application:
     """Build the emulator app for ``settings``.
 
-    Routes: ``POST /v1/realtime/calls``, ``POST /v1/realtime/calls/{call_id}/hangup``,
-    ``GET /v1/realtime`` (sideband WebSocket) and ``GET /_emulator/calls/{call_id}``.
-    The app's cleanup ends every call (peers, sockets, tasks).
+    Routes: ``POST /v1/realtime/client_secrets``, ``POST /v1/realtime/calls``,
+    ``POST /v1/realtime/calls/{call_id}/hangup``, ``GET /v1/realtime`` (sideband WebSocket)
+    and the ``/_emulator/…`` admin routes (see :mod:`emulator.admin`). The app's cleanup
+    ends every call (peers, sockets, tasks).
     """
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
     app[CALL_REGISTRY] = CallRegistry(settings)
+    app[FAULTS] = Faults(settings.faults)
+    app[CLIENT_SECRETS] = ClientSecretStore()
+    app.router.add_post("/v1/realtime/client_secrets", create_client_secret)
     app.router.add_post("/v1/realtime/calls", create_call)
     app.router.add_post("/v1/realtime/calls/{call_id}/hangup", hangup_call)
     app.router.add_get("/v1/realtime", sideband_handler)
-    app.router.add_get("/_emulator/calls/{call_id}", inspect_call)
+    add_admin_routes(app.router)
     app.cleanup_ctx.append(_call_registry_ctx)
     app.on_shutdown.append(_close_sidebands)
     return app

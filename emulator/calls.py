@@ -13,19 +13,28 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
-from ._conversation import delete_item, insert_item
+import numpy as np
+from numpy.typing import NDArray
+
+from ._conversation import delete_item, find_item, insert_item
 from ._events import error_event, item_event, server_event, session_event
-from ._ids import new_call_id, new_connection_id, new_conversation_id
-from ._items import normalize_client_item
+from ._ids import new_call_id, new_connection_id, new_conversation_id, new_item_id
+from ._input_audio import MIN_COMMIT_MS, InputAudio, decode_appended_audio
+from ._items import normalize_client_item, user_audio_item
 from ._links import SidebandLink
+from ._rate_limits import RateLimits
 from ._response import ResponseRun
 from ._session import check_session_fields, merge_session
+from ._speaker import Speaker
+from .audio import SpeechStarted, SpeechStopped, VadEvent
 from .errors import ClientEventError
+from .faults import Faults
 from .model import plan_response
 from .peer import Peer
 from .settings import EmulatorSettings
@@ -34,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 Source = Literal["datachannel", "sideband"]
 SIDEBAND_CLOSE_WAIT_S: Final = 2.0  # bound on waiting for sidebands to finish closing
+MAX_SENT_RECORDED: Final = 50_000  # the recorder keeps the newest server events of a call
 
 
 @dataclass(frozen=True)
@@ -58,8 +68,10 @@ class Call:
 
     Public attributes are for inspection by tests: ``call_id``, ``location`` (the exact
     ``Location`` header sent), ``session`` (effective config), ``received`` (every client
-    event from every connection, in arrival order), ``sideband_attaches`` (the ``call_id``
-    query value of each accepted sideband), ``ended``/``end_reason`` and ``conversation``.
+    event from every connection, in arrival order), ``sent`` (every server event the call
+    produced, in order, each once however many connections got it), ``sideband_attaches``
+    (the ``call_id`` query value of each accepted sideband), ``ended``/``end_reason`` and
+    ``conversation``.
     """
 
     def __init__(self, call_id: str, session: dict[str, Any], settings: EmulatorSettings) -> None:
@@ -67,6 +79,7 @@ class Call:
         self.location = f"/v1/realtime/calls/{call_id}"
         self.session = session
         self.received: list[ReceivedClientEvent] = []
+        self.sent: deque[dict[str, Any]] = deque(maxlen=MAX_SENT_RECORDED)
         self.sideband_attaches: list[str] = []
         self.ended = False
         self.end_reason: str | None = None
@@ -76,8 +89,15 @@ class Call:
         self._settings = settings
         self._dc_connection_id = new_connection_id("datachannel")
         self._peer = Peer(
-            call_id, on_channel_open=self._on_channel_open, on_channel_message=self._on_dc_message
+            call_id,
+            on_channel_open=self._on_channel_open,
+            on_channel_message=self._on_dc_message,
+            on_audio=self._on_audio,
         )
+        self._input = InputAudio(_turn_detection(session))
+        self._speech_item_id: str | None = None
+        self._speaker = Speaker(self._peer, self.broadcast, settings.speech)
+        self._rate_limits = RateLimits()
         self._sidebands: dict[str, SidebandLink] = {}
         self._inbox: asyncio.Queue[tuple[Source, str, dict[str, Any] | None]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -114,8 +134,8 @@ class Call:
         await self._peer.wait_ended()
         await self.end("peer_closed")
 
-    async def end(self, reason: str) -> None:
-        """End the call: close sidebands (code 1000), the peer and every task; idempotent.
+    async def end(self, reason: str, *, close_code: int = 1000) -> None:
+        """End the call: close sidebands (``close_code``), the peer and every task; idempotent.
 
         A second caller waits for the first to finish. Safe to call from one of the call's
         own tasks (that task is not cancelled).
@@ -130,7 +150,7 @@ class Call:
         try:
             links = list(self._sidebands.values())
             for link in links:
-                link.request_close(1000)
+                link.request_close(close_code)
             if links:
                 try:
                     async with asyncio.timeout(SIDEBAND_CLOSE_WAIT_S):
@@ -153,20 +173,30 @@ class Call:
         elapsed = time.monotonic() - self.created_at
         return not self.ended and elapsed >= self._settings.sideband_ready_delay
 
-    def attach_sideband(self, call_id_query: str) -> SidebandLink:
-        """Register an upgraded sideband socket; it receives every later server event."""
-        link = SidebandLink(call_id_query)
+    def attach_sideband(self, call_id_query: str, *, faults: Faults | None = None) -> SidebandLink:
+        """Register an upgraded sideband socket; it receives every later server event.
+
+        ``faults`` (the app's fault switches) lets the link drop, delay or filter events.
+        """
+        link = SidebandLink(call_id_query, faults=faults)
         self._sidebands[link.connection_id] = link
         self.sideband_attaches.append(call_id_query)
         logger.info("call %s: sideband %s attached", self.call_id, link.connection_id)
         if self._settings.replay_session_created_to_sideband:
-            link.deliver(json.dumps(session_event("session.created", self.session)))
+            event = session_event("session.created", self.session)
+            self.sent.append(event)
+            link.deliver(json.dumps(event), event_type="session.created")
         return link
 
     def detach_sideband(self, link: SidebandLink) -> None:
         self._sidebands.pop(link.connection_id, None)
         link.detached.set()
         logger.info("call %s: sideband %s detached", self.call_id, link.connection_id)
+
+    @property
+    def sidebands(self) -> list[SidebandLink]:
+        """The sidebands attached now, in attach order."""
+        return list(self._sidebands.values())
 
     def close_sidebands(self, code: int) -> None:
         """Ask every attached sideband to close with ``code`` (used at app shutdown)."""
@@ -179,22 +209,26 @@ class Call:
         """Send a server event to the data channel and every sideband, in that order."""
         if self.ended:
             return
+        self.sent.append(event)
         text = json.dumps(event)
         self._peer.send(text)
         for link in self._sidebands.values():
-            link.deliver(text)
+            link.deliver(text, event_type=event["type"])
 
     def _reply(self, source: Source, connection_id: str, event: dict[str, Any]) -> None:
+        self.sent.append(event)
         text = json.dumps(event)
         if source == "datachannel":
             self._peer.send(text)
         elif (link := self._sidebands.get(connection_id)) is not None:
-            link.deliver(text)
+            link.deliver(text, event_type=event["type"])
 
     def _on_channel_open(self) -> None:
         # session.created is the first event of a new connection; sidebands only get it
         # when replay_session_created_to_sideband is set (PROTOCOL.md §7 item 1).
-        self._peer.send(json.dumps(session_event("session.created", self.session)))
+        event = session_event("session.created", self.session)
+        self.sent.append(event)
+        self._peer.send(json.dumps(event))
 
     # ---- client events ---------------------------------------------------------------
 
@@ -245,6 +279,20 @@ class Call:
                 self._item_create(event)
             case "conversation.item.delete":
                 self._item_delete(event)
+            case "conversation.item.retrieve":
+                self._item_retrieve(event)
+            case "conversation.item.truncate":
+                self._item_truncate(event)
+            case "input_audio_buffer.append":
+                self._input_append(event)
+            case "input_audio_buffer.commit":
+                self._input_commit()
+            case "input_audio_buffer.clear":
+                self._input.clear()
+                self._speech_item_id = None
+                self.broadcast(server_event("input_audio_buffer.cleared"))
+            case "output_audio_buffer.clear":
+                self._speaker.clear()
             case "response.create":
                 self._response_create(event)
             case "response.cancel":
@@ -269,6 +317,7 @@ class Call:
             )
         update = check_session_fields(event["session"])
         merge_session(self.session, update)
+        self._input.configure(_turn_detection(self.session))
         self.broadcast(session_event("session.updated", self.session))
 
     def _item_create(self, event: dict[str, Any]) -> None:
@@ -298,14 +347,20 @@ class Call:
         params = event.get("response") or {}
         if not isinstance(params, dict):
             raise ClientEventError("invalid_type", "Invalid type for 'response'.", param="response")
+        self._start_response(params)
+
+    def _start_response(self, params: dict[str, Any]) -> None:
         tools = params.get("tools", self.session.get("tools") or [])
         tool_choice = params.get("tool_choice", self.session.get("tool_choice", "auto"))
+        parallel = self.session.get("parallel_tool_calls", True) is not False
         modalities = params.get("output_modalities", self.session.get("output_modalities"))
         metadata = params.get("metadata")
         audio_output = self.session.get("audio", {}).get("output", {})
         run = ResponseRun(
             self,
-            plans=plan_response(self.conversation, tools, tool_choice),
+            plans=plan_response(
+                self.conversation, tools, tool_choice, parallel_tool_calls=parallel
+            ),
             output_modalities=modalities or ["audio"],
             audio_output=audio_output,
             conversation_id=self.conversation_id,
@@ -333,6 +388,130 @@ class Call:
     def response_finished(self, run: ResponseRun) -> None:
         if self._active is not None and self._active[0] is run:
             self._active = None
+        # The real service reports the updated limits right after each response.done.
+        limits = self._rate_limits.record(run.total_tokens)
+        self.broadcast(server_event("rate_limits.updated", rate_limits=limits))
+
+    async def speak(self, response_id: str, item_id: str, text: str) -> None:
+        """Play ``text`` as the model's voice; returns once it started (or cannot)."""
+        speed = self.session.get("audio", {}).get("output", {}).get("speed", 1.0)
+        await self._speaker.speak(
+            response_id, item_id, text, speed if isinstance(speed, int | float) else 1.0
+        )
+
+    # ---- audio in ----------------------------------------------------------------------
+
+    def _on_audio(self, samples: NDArray[np.int16], sample_rate: int) -> None:
+        if not self.ended:
+            self._on_vad(self._input.feed(samples, sample_rate))
+
+    def _on_vad(self, events: list[VadEvent]) -> None:
+        for vad_event in events:
+            match vad_event:
+                case SpeechStarted(audio_start_ms=start_ms):
+                    self._speech_started(start_ms)
+                case SpeechStopped(audio_end_ms=end_ms):
+                    self._speech_stopped(end_ms)
+
+    def _speech_started(self, audio_start_ms: int) -> None:
+        self._speech_item_id = new_item_id()
+        self.broadcast(
+            server_event(
+                "input_audio_buffer.speech_started",
+                audio_start_ms=audio_start_ms,
+                item_id=self._speech_item_id,
+            )
+        )
+        if self._input.interrupt_response:
+            # Barge-in: the user talking over the model stops the response and its audio.
+            if self._active is not None:
+                run, task = self._active
+                run.cancel("turn_detected")
+                task.cancel()
+            self._speaker.clear()
+
+    def _speech_stopped(self, audio_end_ms: int) -> None:
+        item_id = self._speech_item_id or new_item_id()
+        self._speech_item_id = None
+        self.broadcast(
+            server_event(
+                "input_audio_buffer.speech_stopped", audio_end_ms=audio_end_ms, item_id=item_id
+            )
+        )
+        self._commit_input(item_id)
+        if self._input.create_response and self._active is None:
+            self._start_response({})
+
+    def _commit_input(self, item_id: str) -> None:
+        self._input.take()
+        item = user_audio_item(item_id)
+        previous = self.append_item(item)
+        self.broadcast(
+            server_event("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
+        )
+        self.broadcast(item_event("conversation.item.added", item, previous))
+        self.broadcast(item_event("conversation.item.done", item, previous))
+
+    def _input_append(self, event: dict[str, Any]) -> None:
+        audio_format = self.session.get("audio", {}).get("input", {}).get("format")
+        samples, rate = decode_appended_audio(event.get("audio"), audio_format)
+        self._on_vad(self._input.feed(samples, rate))
+
+    def _input_commit(self) -> None:
+        held = self._input.buffered_ms
+        if held < MIN_COMMIT_MS:
+            raise ClientEventError(
+                "input_audio_buffer_commit_empty",
+                "Error committing input audio buffer: buffer too small. Expected at least "
+                f"{MIN_COMMIT_MS:.0f}ms of audio, but buffer only has {held:.2f}ms of audio.",
+            )
+        item_id = self._speech_item_id or new_item_id()
+        self._speech_item_id = None
+        self._commit_input(item_id)
+
+    # ---- conversation reads and edits ---------------------------------------------------
+
+    def _item_retrieve(self, event: dict[str, Any]) -> None:
+        item = find_item(self.conversation, event.get("item_id"))
+        self.broadcast(item_event("conversation.item.retrieved", item, None, previous=False))
+
+    def _item_truncate(self, event: dict[str, Any]) -> None:
+        item = find_item(self.conversation, event.get("item_id"))
+        content_index = event.get("content_index")
+        audio_end_ms = event.get("audio_end_ms")
+        content = item.get("content") or []
+        if item.get("role") != "assistant" or not isinstance(content_index, int):
+            raise ClientEventError(
+                "invalid_value",
+                "Only assistant message items with audio can be truncated.",
+                param="item_id" if item.get("role") != "assistant" else "content_index",
+            )
+        if not 0 <= content_index < len(content) or content[content_index].get("type") != (
+            "output_audio"
+        ):
+            raise ClientEventError(
+                "invalid_value",
+                f"Content part {content_index} of the item is not audio.",
+                param="content_index",
+            )
+        played = self._speaker.audio_ms.get(item["id"], 0)
+        if not isinstance(audio_end_ms, int) or not 0 <= audio_end_ms <= played:
+            raise ClientEventError(
+                "invalid_value",
+                f"audio_end_ms must be between 0 and the audio's duration ({played} ms).",
+                param="audio_end_ms",
+            )
+        # Like the service: the transcript goes, so the model's context holds only what
+        # the user heard (the emulator keeps no audio to cut).
+        content[content_index]["transcript"] = ""
+        self.broadcast(
+            server_event(
+                "conversation.item.truncated",
+                item_id=item["id"],
+                content_index=content_index,
+                audio_end_ms=audio_end_ms,
+            )
+        )
 
     def _estimate_input_tokens(self) -> int:
         # Roughly four characters per token, as the provider's docs suggest.
@@ -354,6 +533,12 @@ class Call:
             ],
             "conversation": self.conversation,
         }
+
+
+def _turn_detection(session: Mapping[str, Any]) -> Any:
+    audio = session.get("audio")
+    audio_input = audio.get("input") if isinstance(audio, Mapping) else None
+    return audio_input.get("turn_detection") if isinstance(audio_input, Mapping) else None
 
 
 class CallRegistry:

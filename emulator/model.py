@@ -1,7 +1,7 @@
 """The scripted model: a deterministic stand-in for the LLM behind the emulator.
 
-On ``response.create`` the emulator calls :func:`plan_response` with the conversation and
-the tools in effect. The rules, in order:
+On ``response.create`` (or a server-VAD turn) the emulator calls :func:`plan_response`
+with the conversation and the tools in effect. The rules, in order:
 
 1. **Tool results.** If the items after the most recent ``function_call`` item(s) include
    ``function_call_output`` items and no user message follows them, answer with one
@@ -9,21 +9,29 @@ the tools in effect. The rules, in order:
    ``lookup_order returned: {"order_id":"42","status":"shipped"}`` (the tool name comes from
    the matching ``function_call``; an output whose ``call_id`` matches none is attributed
    to its ``call_id``).
-2. **Tool call.** Otherwise take the text of the last user message (its ``input_text``
-   parts, joined by a space). If a whole word equals the name of a function tool, call the
-   tool named earliest in the text (unless ``tool_choice`` is ``"none"``). Its arguments:
+2. **Tool calls.** Otherwise look at the *last* user message. Its text is its
+   ``input_text`` parts and the ``transcript`` of its ``input_audio`` parts, joined by a
+   space. Every *mention* in the text becomes one function call, in text order:
 
-   - the JSON object right after the name, if there is one
-     (``lookup_order {"order_id": "42"}``);
-   - else the remaining words mapped onto the schema's ``required`` properties in order;
-     a single required property takes the whole remainder, with several the last one
-     takes what is left; values are coerced to ``integer``/``number``/``boolean`` when the
-     schema says so and the word parses (``please lookup_order 42`` →
-     ``{"order_id":"42"}`` for a string ``order_id``);
-   - ``{}`` when nothing follows the name.
+   - a whole word equal to the name of a function tool in effect (session ``tools``, or
+     ``response.tools`` if given);
+   - ``tool:<name>`` for *any* name, in the session or not: the model "hallucinates" a
+     call, so tests can prove the broker refuses tools it never offered.
 
-   Arguments are serialised as compact JSON.
-3. **Echo.** Otherwise answer ``You said: <text>``; with no user text at all,
+   A mention's arguments: the JSON object right after it, if there is one
+   (``lookup_order {"order_id": "42"}``); else the words up to the next mention, mapped
+   onto the tool schema's ``required`` properties in order (one property takes them all;
+   with several each takes one word and the last takes the rest), coerced to
+   ``integer``/``number``/``boolean`` when the schema says so and the word parses;
+   ``{}`` when nothing follows or the tool has no schema. Arguments are compact JSON.
+
+   ``tool_choice`` is honoured: ``"none"`` disables this rule; ``"required"`` with no
+   mention calls the first tool with the whole text as arguments; ``{"type": "function",
+   "name": X}`` keeps only calls to X (or makes one from the whole text).
+   ``parallel_tool_calls: false`` keeps only the first call.
+3. **Heard audio.** A last user message with audio but no text (server VAD committed it;
+   the emulator does no speech recognition) gets ``I heard you.``.
+4. **Echo.** Otherwise ``You said: <text>``; with no user message at all,
    ``Hello! How can I help you today?``.
 
 Everything here is pure: no I/O, no clock, no randomness.
@@ -38,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 GREETING: Final = "Hello! How can I help you today?"
+HEARD_AUDIO: Final = "I heard you."
 
 
 @dataclass(frozen=True)
@@ -66,28 +75,32 @@ def plan_response(
     conversation: Sequence[Mapping[str, Any]],
     tools: Sequence[Any],
     tool_choice: Any = "auto",
+    *,
+    parallel_tool_calls: bool = True,
 ) -> list[Plan]:
     """Decide what the next response says, following the module's rules.
 
     Args:
         conversation: conversation items in order (item dicts as stored by the emulator).
         tools: the tools in effect (session tools or the response's override).
-        tool_choice: the tool choice in effect; ``"none"`` disables rule 2.
+        tool_choice: the tool choice in effect (see rule 2).
+        parallel_tool_calls: ``False`` keeps only the first function call.
 
     Returns:
-        The output items to stream, in order (currently always exactly one).
+        The output items to stream, in order: one message, or one or more function calls.
     """
     quoted = _quote_tool_outputs(conversation)
     if quoted is not None:
         return [MessagePlan(quoted)]
-    text = last_user_text(conversation)
-    if text is None:
+    turn = last_user_turn(conversation)
+    if turn is None:
         return [MessagePlan(GREETING)]
-    if tool_choice != "none":
-        call = match_tool_call(text, tools)
-        if call is not None:
-            return [call]
-    return [MessagePlan(f"You said: {text}")]
+    if turn.text is None:
+        return [MessagePlan(HEARD_AUDIO if turn.has_audio else GREETING)]
+    calls = plan_tool_calls(turn.text, tools, tool_choice)
+    if calls:
+        return list(calls if parallel_tool_calls else calls[:1])
+    return [MessagePlan(f"You said: {turn.text}")]
 
 
 def _quote_tool_outputs(conversation: Sequence[Mapping[str, Any]]) -> str | None:
@@ -118,20 +131,38 @@ def _is_user_message(item: Mapping[str, Any]) -> bool:
     return item.get("type") == "message" and item.get("role") == "user"
 
 
-def last_user_text(conversation: Sequence[Mapping[str, Any]]) -> str | None:
-    """Return the ``input_text`` of the last user message that has any, else ``None``."""
+@dataclass(frozen=True)
+class UserTurn:
+    """The last user message as the model reads it."""
+
+    text: str | None
+    has_audio: bool
+
+
+def last_user_turn(conversation: Sequence[Mapping[str, Any]]) -> UserTurn | None:
+    """Return the last user message's text (typed parts and audio transcripts), if any."""
     for item in reversed(conversation):
         if not _is_user_message(item):
             continue
-        parts = [
-            part.get("text", "")
-            for part in item.get("content") or []
-            if isinstance(part, Mapping) and part.get("type") == "input_text"
-        ]
-        text = " ".join(p for p in parts if isinstance(p, str) and p).strip()
-        if text:
-            return text
+        texts: list[str] = []
+        has_audio = False
+        for part in item.get("content") or []:
+            if not isinstance(part, Mapping):
+                continue
+            if part.get("type") == "input_text":
+                texts.append(part.get("text") or "")
+            elif part.get("type") == "input_audio":
+                has_audio = True
+                texts.append(part.get("transcript") or "")
+        text = " ".join(t for t in texts if isinstance(t, str) and t).strip()
+        return UserTurn(text or None, has_audio)
     return None
+
+
+def last_user_text(conversation: Sequence[Mapping[str, Any]]) -> str | None:
+    """Return the text of the last user message, or ``None``."""
+    turn = last_user_turn(conversation)
+    return turn.text if turn is not None else None
 
 
 def _function_tools(tools: Sequence[Any]) -> dict[str, Mapping[str, Any]]:
@@ -144,20 +175,85 @@ def _function_tools(tools: Sequence[Any]) -> dict[str, Mapping[str, Any]]:
     return found
 
 
+@dataclass(frozen=True)
+class _Mention:
+    start: int
+    end: int
+    name: str
+
+
+# Tool names may contain "-", which \b does not treat as a word character.
+_FORCED_MENTION: Final = re.compile(r"(?<![\w-])tool:([A-Za-z0-9_-]{1,64})(?![\w-])")
+
+
+def _mentions(text: str, tools: Mapping[str, Mapping[str, Any]]) -> list[_Mention]:
+    found = [_Mention(m.start(), m.end(), m.group(1)) for m in _FORCED_MENTION.finditer(text)]
+    for name in tools:
+        pattern = rf"(?<![\w:-]){re.escape(name)}(?![\w-])"
+        found.extend(_Mention(m.start(), m.end(), name) for m in re.finditer(pattern, text))
+    return sorted(found, key=lambda mention: mention.start)
+
+
+def plan_tool_calls(
+    text: str, tools: Sequence[Any], tool_choice: Any = "auto"
+) -> list[FunctionCallPlan]:
+    """Return the calls rule 2 makes for ``text`` (empty when no tool is mentioned)."""
+    if tool_choice == "none":
+        return []
+    by_name = _function_tools(tools)
+    mentions = _mentions(text, by_name)
+    calls: list[FunctionCallPlan] = []
+    position = 0
+    for index, mention in enumerate(mentions):
+        if mention.start < position:
+            continue  # inside the JSON arguments of an earlier mention
+        following = next((m.start for m in mentions[index + 1 :] if m.start >= mention.end), None)
+        arguments, position = _arguments_after(
+            text, mention.end, following, by_name.get(mention.name, {})
+        )
+        calls.append(FunctionCallPlan(mention.name, compact_json(arguments)))
+    forced = _forced_name(tool_choice)
+    if forced is not None:
+        calls = [c for c in calls if c.name == forced]
+        if not calls and forced in by_name:
+            calls = [
+                FunctionCallPlan(forced, compact_json(extract_arguments(text, by_name[forced])))
+            ]
+    elif tool_choice == "required" and not calls and by_name:
+        name, tool = next(iter(by_name.items()))
+        calls = [FunctionCallPlan(name, compact_json(extract_arguments(text, tool)))]
+    return calls
+
+
+def _forced_name(tool_choice: Any) -> str | None:
+    if isinstance(tool_choice, Mapping) and tool_choice.get("type") == "function":
+        name = tool_choice.get("name")
+        return name if isinstance(name, str) else None
+    return None
+
+
+def _arguments_after(
+    text: str, start: int, following: int | None, tool: Mapping[str, Any]
+) -> tuple[dict[str, Any], int]:
+    """Arguments for the mention ending at ``start``, and where scanning resumes."""
+    rest = text[start:]
+    stripped = rest.lstrip()
+    if stripped.startswith("{"):
+        offset = start + len(rest) - len(stripped)
+        try:
+            value, end = json.JSONDecoder().raw_decode(stripped)
+        except json.JSONDecodeError:
+            value = None
+        if isinstance(value, dict):
+            return value, offset + end
+    stop = following if following is not None else len(text)
+    return extract_arguments(text[start:stop], tool), stop
+
+
 def match_tool_call(text: str, tools: Sequence[Any]) -> FunctionCallPlan | None:
-    """Return the call rule 2 makes for ``text``, or ``None`` when no tool is named."""
-    best: tuple[int, str, re.Match[str]] | None = None
-    for name in _function_tools(tools):
-        # Tool names may contain "-" which \b does not treat as a word character.
-        match = re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text)
-        if match and (best is None or match.start() < best[0]):
-            best = (match.start(), name, match)
-    if best is None:
-        return None
-    _, name, match = best
-    remainder = text[match.end() :].strip()
-    arguments = extract_arguments(remainder, _function_tools(tools)[name])
-    return FunctionCallPlan(name=name, arguments=compact_json(arguments))
+    """Return the first call rule 2 makes for ``text``, or ``None`` when no tool is named."""
+    calls = plan_tool_calls(text, tools)
+    return calls[0] if calls else None
 
 
 def extract_arguments(remainder: str, tool: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """One emulator-side ``RTCPeerConnection``, wrapped with typed callbacks and an idempotent close.
 
 aiortc reports everything through pyee events; this wrapper turns the few the emulator
-needs into plain callbacks, owns the tasks that drain inbound audio, and validates the offer
-text first because aiortc accepts almost any string as SDP.
+needs into plain callbacks, owns the tasks that drain inbound audio (handing each frame to
+``on_audio`` as mono int16), plays model speech on the outbound track, and validates the
+offer text first because aiortc accepts almost any string as SDP.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import re
 from collections.abc import Callable
 from typing import Any, Final
 
+import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+from aiortc.mediastreams import MediaStreamError
+from numpy.typing import NDArray
 
+from .audio import Clip, ModelAudioTrack, frame_to_mono
 from .errors import InvalidSdpError
 
 logger = logging.getLogger(__name__)
@@ -59,8 +63,11 @@ class Peer:
         name: label for logs (the call id).
         on_channel_open: called once the browser's ``oai-events`` channel is usable.
         on_channel_message: called with each text message on that channel.
+        on_audio: called with each inbound audio frame as mono int16 samples and their
+            sample rate (48000 from aiortc's Opus decoder); ``None`` drops the audio.
 
-    Callbacks run synchronously inside aiortc's event dispatch and must not block.
+    Callbacks run synchronously inside aiortc's event dispatch or the drain task and must
+    not block. An exception from ``on_audio`` is logged (once per peer) and the frame dropped.
     """
 
     def __init__(
@@ -69,12 +76,16 @@ class Peer:
         *,
         on_channel_open: Callable[[], None],
         on_channel_message: Callable[[str], None],
+        on_audio: Callable[[NDArray[np.int16], int], None] | None = None,
     ) -> None:
         self._name = name
         self._on_open = on_channel_open
         self._on_message = on_channel_message
+        self._on_audio = on_audio
+        self._audio_error_logged = False
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self._outbound = AudioStreamTrack()  # silence; a later issue adds speech
+        self._outbound = ModelAudioTrack()
+        self._sending_audio = False  # the answer has an audio sender (the offer had audio)
         self._channel: Any = None
         self._drains: set[asyncio.Task[None]] = set()
         self._ended = asyncio.Event()
@@ -96,6 +107,7 @@ class Peer:
             if any(t.kind == "audio" for t in self._pc.getTransceivers()):
                 # addTrack reuses the offered audio transceiver, making the answer sendrecv.
                 self._pc.addTrack(self._outbound)
+                self._sending_audio = True
             await self._pc.setLocalDescription(await self._pc.createAnswer())
         except InvalidSdpError:
             raise
@@ -118,6 +130,34 @@ class Peer:
             return False
         self._channel.send(text)
         return True
+
+    @property
+    def has_audio(self) -> bool:
+        """Whether the answer sends audio (the offer had an audio section)."""
+        return self._sending_audio
+
+    def speak(
+        self, clip: Clip, *, on_start: Callable[[], None], on_stop: Callable[[bool], None]
+    ) -> bool:
+        """Play ``clip`` to the browser, replacing any clip playing now.
+
+        The callbacks follow :class:`~emulator.audio.ModelAudioTrack`'s contract. Returns
+        False, and never calls them, when there is no audio sender (the offer had no audio
+        section) or the peer is closed.
+        """
+        if self._closed or not self._sending_audio:
+            return False
+        self._outbound.play(clip, on_start=on_start, on_stop=on_stop)
+        return True
+
+    def stop_speaking(self) -> bool:
+        """Cut the current clip short (its ``on_stop(True)``); return whether there was one."""
+        return self._outbound.clear()
+
+    @property
+    def speaking(self) -> bool:
+        """Whether a clip is queued or playing."""
+        return self._outbound.playing
 
     async def wait_ended(self) -> None:
         """Return once the connection is closed or failed (for any reason)."""
@@ -152,7 +192,7 @@ class Peer:
     def _on_track(self, track: Any) -> None:
         if track.kind != "audio":
             return
-        # Drain the microphone so aiortc's jitter buffer never fills; frames are dropped.
+        # Drain the microphone so aiortc's jitter buffer never fills.
         task = asyncio.create_task(self._drain(track), name=f"peer-drain:{self._name}")
         self._drains.add(task)
         task.add_done_callback(self._drains.discard)
@@ -160,9 +200,22 @@ class Peer:
     async def _drain(self, track: Any) -> None:
         try:
             while True:
-                await track.recv()
+                frame = await track.recv()
+                if self._on_audio is not None:
+                    self._deliver_audio(frame)
         except MediaStreamError:
             return
+
+    def _deliver_audio(self, frame: Any) -> None:
+        assert self._on_audio is not None
+        try:
+            self._on_audio(frame_to_mono(frame), int(frame.sample_rate))
+        except Exception:
+            # Keep draining: a stalled drain would fill aiortc's buffers. Once per peer,
+            # since a broken callback would otherwise log fifty times a second.
+            if not self._audio_error_logged:
+                self._audio_error_logged = True
+                logger.exception("peer %s: on_audio failed; dropping frames", self._name)
 
     async def close(self) -> None:
         """Close the connection, stop the drains and drop listeners; idempotent."""
@@ -174,6 +227,6 @@ class Peer:
         for task in list(self._drains):
             task.cancel()
         await asyncio.gather(*self._drains, return_exceptions=True)
-        self._outbound.stop()
+        self._outbound.stop()  # drops a playing clip without its callbacks
         await self._pc.close()  # also removes the pc's own listeners
         self._ended.set()

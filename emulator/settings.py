@@ -1,6 +1,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+from .faults import FaultConfig
+
+SpeechEngine = Literal["auto", "espeak-ng", "tone", "off"]
 
 
 @dataclass(frozen=True)
@@ -12,13 +17,21 @@ class EmulatorSettings:
             route. Excluded from ``repr`` so it never lands in logs.
         sideband_ready_delay: seconds after call creation during which a sideband handshake
             gets ``404 call_id_not_found``, emulating the race right after ``/calls``
-            (PROTOCOL.md §2.5 item 6).
+            (PROTOCOL.md §2.5 item 6). The ``sideband_unavailable_ms`` fault does the same
+            at runtime; the longer of the two applies.
         token_interval: pause between streamed deltas of a response, in seconds.
         replay_session_created_to_sideband: send ``session.created`` to a sideband when it
             attaches (PROTOCOL.md §7 uncertainty 1; the real behaviour is undocumented).
+        speech: how responses are voiced on the outbound track: ``"auto"`` (espeak-ng when
+            installed, else a speech-like tone), ``"espeak-ng"``, ``"tone"``, or ``"off"``
+            (silence, and no ``output_audio_buffer`` events).
+        faults: the fault switches the app starts with (all off by default); the
+            ``/_emulator/faults`` routes change them at runtime and ``DELETE`` restores these.
     """
 
     api_key: str = field(repr=False)
     sideband_ready_delay: float = 0.0
     token_interval: float = 0.002
     replay_session_created_to_sideband: bool = False
+    speech: SpeechEngine = "auto"
+    faults: FaultConfig = field(default_factory=FaultConfig)

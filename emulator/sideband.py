@@ -8,14 +8,16 @@ order of server events is the call's order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from typing import Final
 
 from aiohttp import WSMsgType, web
 
 from ._auth import require_api_key
-from ._keys import CALL_REGISTRY
-from ._links import CloseRequest, SidebandLink
+from ._keys import CALL_REGISTRY, FAULTS
+from ._links import AbortRequest, CloseRequest, Outgoing, SidebandLink
 from .calls import Call
 from .errors import EmulatorError, call_not_found
 
@@ -37,15 +39,21 @@ class SidebandSocketError(EmulatorError):
 async def sideband_handler(request: web.Request) -> web.StreamResponse:
     """Attach a sideband to a live call.
 
-    Refused before the upgrade with 401 ``invalid_api_key`` for a bad key, and with 404
-    ``call_id_not_found`` for an unknown or ended call or one younger than
-    ``sideband_ready_delay``. Returns when either side closes the socket; ending the call
-    closes it with code 1000.
+    Refused before the upgrade with 401 ``invalid_api_key`` for a bad key (client secrets
+    included), and with 404 ``call_id_not_found`` for an unknown or ended call or one younger
+    than ``sideband_ready_delay`` or the ``sideband_unavailable_ms`` fault. Returns when
+    either side closes the socket, or when a fault aborts it; ending the call closes it with
+    the call's close code.
     """
     require_api_key(request)
+    faults = request.app[FAULTS]
     call_id = request.query.get("call_id", "")
     call = request.app[CALL_REGISTRY].get(call_id) if call_id else None
-    if call is None or not call.sideband_ready():
+    if (
+        call is None
+        or not call.sideband_ready()
+        or faults.sideband_unavailable(time.monotonic() - call.created_at)
+    ):
         raise call_not_found(call_id)
     ws = web.WebSocketResponse(
         timeout=CLOSE_TIMEOUT_S,
@@ -54,11 +62,12 @@ async def sideband_handler(request: web.Request) -> web.StreamResponse:
         max_msg_size=MAX_MSG_BYTES,
     )
     await ws.prepare(request)
-    link = call.attach_sideband(call_id)
+    link = call.attach_sideband(call_id, faults=faults)
     try:
         async with asyncio.TaskGroup() as tasks:
             writer = tasks.create_task(
-                _write_loop(ws, link), name=f"sideband-writer:{link.connection_id}"
+                _write_loop(ws, link, request.transport),
+                name=f"sideband-writer:{link.connection_id}",
             )
             try:
                 await _read_loop(ws, call, link)
@@ -94,14 +103,50 @@ async def _read_loop(ws: web.WebSocketResponse, call: Call, link: SidebandLink) 
                 logger.warning("sideband %s: unexpected frame %r", link.connection_id, msg.type)
 
 
-async def _write_loop(ws: web.WebSocketResponse, link: SidebandLink) -> None:
+async def _write_loop(
+    ws: web.WebSocketResponse, link: SidebandLink, transport: asyncio.Transport | None
+) -> None:
+    """Drain ``link.outbox`` into the socket, applying the link's fault switches."""
+    if link.drop_after_events == 0:
+        _abort(link, transport)
+        return
     while True:
         item = await link.outbox.get()
+        if link.abort_requested.is_set() or isinstance(item, AbortRequest):
+            _abort(link, transport)
+            return
         if isinstance(item, CloseRequest):
             await ws.close(code=item.code)
             return
+        if not await _hold(link, item):
+            _abort(link, transport)
+            return
         try:
-            await ws.send_str(item)
+            await ws.send_str(item.text)
         except ConnectionResetError:
             # The client went away; the reader sees the close and ends the handler.
             return
+        link.sent += 1
+        if link.drop_after_events is not None and link.sent >= link.drop_after_events:
+            _abort(link, transport)
+            return
+
+
+async def _hold(link: SidebandLink, item: Outgoing) -> bool:
+    """Wait out the event delay fault; ``False`` if an abort was requested meanwhile."""
+    wait = item.queued_at + link.event_delay_s - time.monotonic()
+    if wait > 0:
+        # Sleeping on the abort event (not asyncio.sleep) lets a drop cut the delay short.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await link.abort_requested.wait()
+    return not link.abort_requested.is_set()
+
+
+def _abort(link: SidebandLink, transport: asyncio.Transport | None) -> None:
+    # Closing the TCP transport without a close frame is what a dropped connection looks
+    # like to the client: aiohttp and websockets both report code 1006. The reader then
+    # sees the socket closed and ends the handler.
+    logger.info("sideband %s: transport aborted (fault injection)", link.connection_id)
+    if transport is not None:
+        transport.abort()

@@ -1,15 +1,20 @@
-"""HTTP control plane: ``POST /v1/realtime/calls`` and ``…/{call_id}/hangup`` (PROTOCOL.md §1)."""
+"""HTTP control plane (PROTOCOL.md §1): client secrets, call creation and hangup.
+
+``POST /v1/realtime/client_secrets``, ``POST /v1/realtime/calls`` and
+``POST /v1/realtime/calls/{call_id}/hangup``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any, Final
 
 from aiohttp import BodyPartReader, web
 
-from ._auth import require_api_key
-from ._keys import CALL_REGISTRY
+from ._auth import authorize_call_creation, require_api_key
+from ._keys import CALL_REGISTRY, CLIENT_SECRETS, FAULTS
 from ._session import check_session_fields, initial_session
 from .errors import ApiError, ClientEventError, InvalidSdpError, call_not_found
 from .peer import MAX_SDP_BYTES
@@ -17,10 +22,106 @@ from .peer import MAX_SDP_BYTES
 logger = logging.getLogger(__name__)
 
 MAX_SESSION_BYTES: Final = 256 * 1024
+MAX_JSON_BYTES: Final = 256 * 1024
+SECRET_TTL_DEFAULT_S: Final = 600
+SECRET_TTL_MIN_S: Final = 10
+SECRET_TTL_MAX_S: Final = 7200
 
 
 def _invalid_session(message: str, param: str | None = "session") -> ApiError:
     return ApiError(400, "invalid_session", message, param=param)
+
+
+def _unknown_parameter(param: str) -> ApiError:
+    return ApiError(400, "unknown_parameter", f"Unknown parameter: '{param}'.", param=param)
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """Read the request body as one JSON object; an empty body counts as ``{}``.
+
+    Raises:
+        ApiError: 400 ``invalid_json`` when the body is too large, not JSON, or not an object.
+    """
+    body = await request.read()
+    if len(body) > MAX_JSON_BYTES:
+        raise ApiError(400, "invalid_json", "The request body is too large.")
+    if not body.strip():
+        return {}
+    try:
+        parsed = json.loads(body)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from exc
+    if not isinstance(parsed, dict):
+        raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+    return parsed
+
+
+def _posted_session(session: Any) -> dict[str, Any]:
+    try:
+        return check_session_fields(session)
+    except ClientEventError as exc:
+        raise ApiError(400, exc.code, exc.message, param=exc.param) from exc
+
+
+def _secret_ttl(expires_after: Any) -> int:
+    param = "expires_after"
+    if not isinstance(expires_after, dict):
+        raise ApiError(
+            400, "invalid_type", f"Invalid type for '{param}': expected an object.", param=param
+        )
+    for key in expires_after:
+        if key not in {"anchor", "seconds"}:
+            raise _unknown_parameter(f"{param}.{key}")
+    if expires_after.get("anchor", "created_at") != "created_at":
+        raise ApiError(
+            400,
+            "invalid_value",
+            f"Invalid value for '{param}.anchor': only 'created_at' is supported.",
+            param=f"{param}.anchor",
+        )
+    seconds = expires_after.get("seconds", SECRET_TTL_DEFAULT_S)
+    if isinstance(seconds, bool) or not isinstance(seconds, int):
+        raise ApiError(
+            400,
+            "invalid_type",
+            f"Invalid type for '{param}.seconds': expected an integer.",
+            param=f"{param}.seconds",
+        )
+    if not SECRET_TTL_MIN_S <= seconds <= SECRET_TTL_MAX_S:
+        raise ApiError(
+            400,
+            "invalid_value",
+            f"Invalid value for '{param}.seconds': expected between {SECRET_TTL_MIN_S} and "
+            f"{SECRET_TTL_MAX_S}.",
+            param=f"{param}.seconds",
+        )
+    return seconds
+
+
+async def create_client_secret(request: web.Request) -> web.Response:
+    """Issue an ephemeral client secret (``ek_…``) for a realtime session (§1.2).
+
+    Body (JSON, both fields optional): ``expires_after`` ``{"anchor": "created_at",
+    "seconds": 10..7200}`` (default 600 s) and ``session`` (a realtime session, validated
+    like the ``session`` part of ``/calls``). Answers ``200 {"value", "expires_at",
+    "session"}``, the session being the effective one, built as for a call.
+
+    Raises:
+        ApiError: 401 ``invalid_api_key`` (standard key only); 400 ``invalid_json``,
+            ``unknown_parameter``, ``invalid_type``, ``invalid_value`` (also for a
+            ``"transcription"`` session, which is not emulated), ``missing_required_parameter``.
+    """
+    require_api_key(request)
+    body = await read_json_object(request)
+    for key in body:
+        if key not in {"expires_after", "session"}:
+            raise _unknown_parameter(key)
+    ttl = _secret_ttl(body["expires_after"]) if "expires_after" in body else SECRET_TTL_DEFAULT_S
+    posted = _posted_session(body["session"]) if "session" in body else None
+    session = initial_session(posted, None)
+    value, secret = request.app[CLIENT_SECRETS].issue(session, ttl)
+    logger.info("client secret issued model=%s ttl=%ss", session.get("model"), ttl)
+    return web.json_response({"value": value, "expires_at": secret.expires_at, "session": session})
 
 
 async def _read_multipart(request: web.Request) -> tuple[str | None, dict[str, Any] | None]:
@@ -54,25 +155,44 @@ async def _read_multipart(request: web.Request) -> tuple[str | None, dict[str, A
         raise _invalid_session(
             "Missing or invalid 'session.type': expected 'realtime'.", param="session.type"
         )
-    try:
-        check_session_fields(session)
-    except ClientEventError as exc:
-        raise ApiError(400, exc.code, exc.message, param=exc.param) from exc
-    return sdp, session
+    return sdp, _posted_session(session)
+
+
+async def _apply_create_call_faults(request: web.Request) -> None:
+    faults = request.app[FAULTS]
+    delay_ms = faults.current.create_call_delay_ms
+    if delay_ms:
+        await asyncio.sleep(delay_ms / 1000)
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            # The client gave up during the delay; do not leave a call nobody can answer.
+            raise ApiError(408, "request_timeout", "The client went away before the answer.")
+    failure = faults.take_create_call_error()
+    if failure is not None:
+        raise ApiError(
+            failure.status,
+            "server_error",
+            "The server had an error while processing your request. (emulator fault injection)",
+            type_="server_error",
+        )
 
 
 async def create_call(request: web.Request) -> web.Response:
     """Create a WebRTC call from an SDP offer; answer ``201`` with the SDP answer.
 
     Accepts ``multipart/form-data`` (parts ``sdp`` and optional ``session``, with or without
-    part content types) or a raw ``application/sdp`` body (default session). The answer has
+    part content types) or a raw ``application/sdp`` body. The session is, with the standard
+    key, the posted one over the defaults (``?model=`` is the fallback model); with a client
+    secret, the secret's session with the posted one merged in. The answer has
     ``Content-Type: application/sdp`` and ``Location: /v1/realtime/calls/<call_id>``.
+    The ``create_call_delay_ms``/``create_call_error`` faults apply after validation.
 
     Raises:
-        ApiError: 401 ``invalid_api_key``; 400 ``invalid_session``/``unknown_parameter``/
-            ``invalid_type``; 400 ``invalid_sdp``; 415 ``unsupported_content_type``.
+        ApiError: 401 ``invalid_api_key`` (also an unknown or expired client secret); 400
+            ``invalid_session``/``unknown_parameter``/``invalid_type``; 400 ``invalid_sdp``;
+            415 ``unsupported_content_type``; an injected 5xx ``server_error``.
     """
-    require_api_key(request)
+    secret = authorize_call_creation(request)
     content_type = request.content_type
     session: dict[str, Any] | None = None
     if content_type == "multipart/form-data":
@@ -90,7 +210,11 @@ async def create_call(request: web.Request) -> web.Response:
         )
     if not sdp or not sdp.strip():
         raise InvalidSdpError("Missing SDP offer.")
-    effective = initial_session(session, request.query.get("model"))
+    if secret is None:
+        effective = initial_session(session, request.query.get("model"))
+    else:
+        effective = secret.session_for_call(session)
+    await _apply_create_call_faults(request)
     registry = request.app[CALL_REGISTRY]
     call, answer = await registry.create_call(sdp, effective)
     return web.Response(
@@ -105,14 +229,17 @@ async def hangup_call(request: web.Request) -> web.Response:
     """End a call; ``200`` with an empty JSON object once it is ended.
 
     The SDK sends an empty body with ``Content-Type: application/json``; the body is ignored.
+    Hanging up again after a hangup is a no-op (200); a call that ended any other way (the
+    browser left, the provider ended it) is gone, so it gets the 404.
 
     Raises:
-        ApiError: 401 ``invalid_api_key``; 404 ``call_id_not_found`` for an unknown call.
+        ApiError: 401 ``invalid_api_key``; 404 ``call_id_not_found`` for an unknown call or
+            one ended otherwise than by hangup.
     """
     require_api_key(request)
     call_id = request.match_info["call_id"]
     call = request.app[CALL_REGISTRY].get(call_id)
-    if call is None:
+    if call is None or (call.ended and call.end_reason != "hangup"):
         raise call_not_found(call_id)
     await call.end("hangup")
     return web.json_response({})

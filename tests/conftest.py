@@ -17,6 +17,7 @@ from broker.migrate import upgrade_database
 from emulator import EmulatorSettings
 from tests.support.broker_server import ADMIN_KEY, PROVIDER_KEY, RunningBroker, start_broker
 from tests.support.browser import FakeBrowser
+from tests.support.conformance import server_event_failures, sideband_client_event_failures
 from tests.support.servers import RunningEmulator, start_emulator
 from tests.support.tool_backend import ToolBackend
 
@@ -45,11 +46,19 @@ def db_url(template_db: Path, tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
+def assert_conformant(emulator: RunningEmulator) -> None:
+    """Fail the test if the emulator sent a server event the SDK's own types reject."""
+    failures = server_event_failures(emulator.registry)
+    assert not failures, "non-conformant server events:\n" + "\n".join(failures[:5])
+
+
 @pytest.fixture
 async def emulator() -> AsyncIterator[RunningEmulator]:
+    """An emulator on loopback; every server event it sent is validated at teardown."""
     running = await start_emulator(EmulatorSettings(api_key=PROVIDER_KEY))
     yield running
     await running.close()
+    assert_conformant(running)
 
 
 @pytest.fixture
@@ -58,6 +67,7 @@ async def late_emulator() -> AsyncIterator[RunningEmulator]:
     running = await start_emulator(EmulatorSettings(api_key=PROVIDER_KEY, sideband_ready_delay=30))
     yield running
     await running.close()
+    assert_conformant(running)
 
 
 @pytest.fixture
@@ -104,8 +114,14 @@ BrokerFactory = Callable[..., Awaitable[RunningBroker]]
 
 
 @pytest.fixture
-async def make_broker(broker_settings: Settings) -> AsyncIterator[BrokerFactory]:
-    """Start brokers with settings overrides; all are closed after the test."""
+async def make_broker(
+    broker_settings: Settings, emulator: RunningEmulator
+) -> AsyncIterator[BrokerFactory]:
+    """Start brokers with settings overrides; all are closed after the test.
+
+    At teardown every client event a broker sent on a sideband is validated against the
+    SDK's ``RealtimeClientEvent`` types (the browser's data-channel events are not ours).
+    """
     started: list[RunningBroker] = []
 
     async def factory(**overrides: Any) -> RunningBroker:
@@ -117,6 +133,8 @@ async def make_broker(broker_settings: Settings) -> AsyncIterator[BrokerFactory]
     for running in reversed(started):
         await running.http.close()
         await running.close()
+    failures = sideband_client_event_failures(emulator.registry)
+    assert not failures, "non-conformant broker client events:\n" + "\n".join(failures[:5])
 
 
 @pytest.fixture

@@ -93,6 +93,10 @@ async def test_sdk_create_connect_tool_round_trip_and_hangup(
         message = parsed.response.output[0]
         assert message.type == "message"
         assert message.content[0].transcript == 'lookup_order returned: {"status":"shipped"}'
+        async with asyncio.timeout(5):
+            # rate_limits.updated follows every response.done.
+            while (await conn.recv()).type != "rate_limits.updated":
+                pass
 
         await browser.wait_for(
             "response.done", lambda e: e["response"]["id"] == parsed.response.id, timeout=5

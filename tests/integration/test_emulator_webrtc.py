@@ -37,18 +37,21 @@ FUNCTION_CALL_SEQUENCE = [
     "conversation.item.done",
     "response.output_item.done",
     "response.done",
+    "rate_limits.updated",
 ]
 MESSAGE_SEQUENCE = [
     "response.created",
     "response.output_item.added",
     "conversation.item.added",
     "response.content_part.added",
+    "output_audio_buffer.started",
     "response.output_audio_transcript.delta",
     "response.output_audio_transcript.done",
     "response.content_part.done",
     "conversation.item.done",
     "response.output_item.done",
     "response.done",
+    "rate_limits.updated",
 ]
 
 
@@ -63,6 +66,15 @@ def collapse(types: list[str]) -> list[str]:
 
 def types_of(events: list[dict[str, Any]]) -> list[str]:
     return [e["type"] for e in events]
+
+
+def count(events: list[dict[str, Any]], type_: str = "rate_limits.updated") -> int:
+    return sum(1 for e in events if e["type"] == type_)
+
+
+def settled(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop ``output_audio_buffer.stopped``: it comes when the audio has played, any time later."""
+    return [e for e in events if e["type"] != "output_audio_buffer.stopped"]
 
 
 async def _emulator(**overrides: Any) -> RunningEmulator:
@@ -130,8 +142,9 @@ async def test_function_call_round_trip_fans_out_to_sidebands(
         browser.send_user_text('lookup_order {"order_id": "42"}')
         browser.send({"type": "response.create"})
         done = await browser.wait_for("response.done", timeout=5)
-        await first.wait_for("response.done")
-        await second.wait_for("response.done")
+        await browser.wait_for("rate_limits.updated", timeout=5)
+        await first.wait_for("rate_limits.updated")
+        await second.wait_for("rate_limits.updated")
 
         from_browser = browser.events[1:]  # after session.created, which only the browser gets
         assert first.events == from_browser
@@ -183,13 +196,14 @@ async def test_function_call_round_trip_fans_out_to_sidebands(
         final = await browser.wait_for(
             "response.done", lambda e: e["response"]["id"] != response_id, timeout=5
         )
-        await first.wait_for("response.done", lambda e: e["response"]["id"] != response_id)
-        await second.wait_for("response.done", lambda e: e["response"]["id"] != response_id)
-        assert first.events == browser.events[1:] == second.events
+        for probe in (browser, first, second):
+            # The second response's rate_limits.updated ends it on every connection.
+            await probe.wait_for("rate_limits.updated", lambda _, p=probe: count(p.events) == 2)
+        assert settled(first.events) == settled(browser.events[1:]) == settled(second.events)
         for event in browser.events:
             validate_server_event(event)
 
-        second_part = browser.events[len(from_browser) + 1 :]
+        second_part = settled(browser.events[len(from_browser) + 1 :])
         assert collapse(types_of(second_part)) == [
             "conversation.item.added",
             "conversation.item.done",
@@ -308,7 +322,8 @@ async def test_cancel_ends_function_call_incomplete(
         browser.send({"type": "response.cancel", "response_id": first_delta["response_id"]})
         done = await browser.wait_for("response.done", timeout=5)
         await asyncio.sleep(0.2)  # long enough for several more deltas had it not stopped
-        assert browser.events[-1] is done
+        assert browser.events[-2] is done
+        assert browser.events[-1]["type"] == "rate_limits.updated"
         assert done["response"]["status"] == "cancelled"
         assert done["response"]["status_details"] == {
             "type": "cancelled",

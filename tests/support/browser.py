@@ -1,7 +1,8 @@
 """A Python stand-in for a browser: an aiortc peer with a microphone and ``oai-events``.
 
 Used by the emulator's tests and the broker's: it does what a page running OpenAI's
-WebRTC quickstart does (mic track, data channel created before the offer, JSON events).
+WebRTC quickstart does (mic track, data channel created before the offer, JSON events),
+and it records the level of the audio it hears.
 """
 
 from __future__ import annotations
@@ -9,13 +10,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
+
+from emulator.audio import frame_to_mono
+from tests.support.audio import rms_dbfs
 
 logger = logging.getLogger(__name__)
+
+INBOUND_AUDIO_KEEP = 10 * 60 * 50  # ten minutes of 20 ms frames
 
 
 class FakeBrowser:
@@ -24,19 +32,28 @@ class FakeBrowser:
     Methods taking ``timeout`` keep the signature the broker's tests rely on, hence the
     ``noqa: ASYNC109`` markers.
 
+    Args:
+        mic: the microphone track to send (stopped by :meth:`close`); default: silence
+            (``AudioStreamTrack``).
+
     Attributes:
         events: every server event received on the data channel, in order (parsed JSON).
+        arrived_at: ``time.monotonic()`` at which each of ``events`` arrived (same index).
         connection_states: every ``connectionState`` the peer went through, in order.
+        inbound_audio: ``(time.monotonic() at arrival, RMS dBFS)`` of each received audio
+            frame, oldest first; the last ten minutes are kept.
         pc: the underlying ``RTCPeerConnection`` (for tests that need more).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, mic: MediaStreamTrack | None = None) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self._mic = AudioStreamTrack()  # silence is enough: the emulator drops mic audio
+        self._mic = mic if mic is not None else AudioStreamTrack()
         self.pc.addTrack(self._mic)
         self.channel = self.pc.createDataChannel("oai-events")
         self.events: list[dict[str, Any]] = []
+        self.arrived_at: list[float] = []
         self.connection_states: list[str] = []
+        self.inbound_audio: deque[tuple[float, float]] = deque(maxlen=INBOUND_AUDIO_KEEP)
         self._opened = asyncio.Event()
         self._arrived = asyncio.Event()
         self._state_changed = asyncio.Event()
@@ -126,6 +143,7 @@ class FakeBrowser:
         if isinstance(message, bytes):
             message = message.decode()
         self.events.append(json.loads(message))
+        self.arrived_at.append(time.monotonic())
         self._arrived.set()
 
     def _on_state(self) -> None:
@@ -139,6 +157,14 @@ class FakeBrowser:
                 self._state_changed.clear()
                 await self._state_changed.wait()
 
+    def arrival_of(self, event: dict[str, Any]) -> float:
+        """When ``event`` (an object from :attr:`events`) arrived, ``time.monotonic()``."""
+        return next(at for e, at in zip(self.events, self.arrived_at, strict=True) if e is event)
+
+    def inbound_levels_between(self, t0: float, t1: float) -> list[float]:
+        """Levels (dBFS) of the audio frames that arrived with ``t0 <= time.monotonic() <= t1``."""
+        return [level for at, level in self.inbound_audio if t0 <= at <= t1]
+
     def _on_track(self, track: Any) -> None:
         task = asyncio.create_task(self._drain(track), name="fake-browser-drain")
         self._drains.add(task)
@@ -147,7 +173,9 @@ class FakeBrowser:
     async def _drain(self, track: Any) -> None:
         try:
             while True:
-                await track.recv()
+                frame = await track.recv()
+                if track.kind == "audio":
+                    self.inbound_audio.append((time.monotonic(), rms_dbfs(frame_to_mono(frame))))
         except MediaStreamError:
             return
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Union
@@ -13,7 +14,16 @@ from aiohttp import web
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import Field, TypeAdapter
 
-from emulator import CALL_REGISTRY, CallRegistry, EmulatorSettings, create_app
+from emulator import (
+    CALL_REGISTRY,
+    CLIENT_SECRETS,
+    FAULTS,
+    CallRegistry,
+    ClientSecretStore,
+    EmulatorSettings,
+    Faults,
+    create_app,
+)
 
 from .browser import FakeBrowser
 
@@ -65,6 +75,16 @@ class RunningEmulator:
 
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.settings.api_key}"}
+
+    @property
+    def faults(self) -> Faults:
+        """The live fault switches (the admin routes change the same object)."""
+        return self.app[FAULTS]
+
+    @property
+    def client_secrets(self) -> ClientSecretStore:
+        """The client-secret store; replace its ``clock`` to move time (see FakeClock)."""
+        return self.app[CLIENT_SECRETS]
 
     async def close(self) -> None:
         """Stop the server and end every call; idempotent."""
@@ -192,3 +212,101 @@ class SidebandProbe:
     async def close(self) -> None:
         async with asyncio.timeout(5):
             await self.ws.close()
+
+
+class FakeClock:
+    """A unix-seconds clock that moves only when told; install with ``store.clock = clock``."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def request_json(
+    http: aiohttp.ClientSession,
+    emulator: RunningEmulator,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    """Send ``body`` as JSON to ``root_url + path``; return the status and the parsed reply.
+
+    ``headers`` replaces the default standard-key ``Authorization`` header.
+    """
+    async with asyncio.timeout(10):
+        async with http.request(
+            method,
+            f"{emulator.root_url}{path}",
+            json=body,
+            headers=emulator.auth() if headers is None else headers,
+        ) as response:
+            return response.status, await response.json()
+
+
+async def set_faults(
+    http: aiohttp.ClientSession, emulator: RunningEmulator, **switches: Any
+) -> dict[str, Any]:
+    """``POST /_emulator/faults`` with ``switches``; return the new state (asserts 200)."""
+    status, body = await request_json(http, emulator, "POST", "/_emulator/faults", switches)
+    if status != 200:
+        raise AssertionError(f"/_emulator/faults answered {status}: {body}")
+    return dict(body)
+
+
+async def create_client_secret(
+    http: aiohttp.ClientSession, emulator: RunningEmulator, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``POST /v1/realtime/client_secrets`` with the standard key; return the JSON (asserts 200)."""
+    status, reply = await request_json(
+        http, emulator, "POST", "/v1/realtime/client_secrets", {} if body is None else body
+    )
+    if status != 200:
+        raise AssertionError(f"/client_secrets answered {status}: {reply}")
+    return dict(reply)
+
+
+async def post_offer(
+    http: aiohttp.ClientSession,
+    emulator: RunningEmulator,
+    offer: str,
+    *,
+    bearer: str | None = None,
+    session: dict[str, Any] | None = None,
+    raw: bool = False,
+    params: dict[str, str] | None = None,
+) -> tuple[int, str, str | None]:
+    """``POST /v1/realtime/calls``; return (status, body text, Location header).
+
+    ``raw`` sends the offer as ``application/sdp`` (then ``session`` must be ``None``);
+    otherwise multipart via :func:`offer_form`. ``bearer`` defaults to the standard key.
+    """
+    headers = {"Authorization": f"Bearer {bearer or emulator.settings.api_key}"}
+    data: Any
+    if raw:
+        assert session is None, "the raw application/sdp form carries no session"
+        headers["Content-Type"] = "application/sdp"
+        data = offer
+    else:
+        data = offer_form(offer, session)
+    async with asyncio.timeout(10):
+        async with http.post(
+            f"{emulator.base_url}/realtime/calls", data=data, headers=headers, params=params
+        ) as response:
+            return response.status, await response.text(), response.headers.get("Location")
+
+
+async def connect_call(
+    browser: FakeBrowser,
+    answer: str,
+    timeout: float = 10,  # noqa: ASYNC109 - same convention as FakeBrowser.wait_for
+) -> dict[str, Any]:
+    """Apply ``answer``; wait for the data channel and return its ``session.created``."""
+    await browser.accept_answer(answer)
+    await browser.wait_open(timeout)
+    return await browser.wait_for("session.created", timeout=timeout)

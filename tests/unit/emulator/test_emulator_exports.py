@@ -14,9 +14,16 @@ def test_all_is_sorted_and_exact() -> None:
     assert emulator.__all__ == sorted(emulator.__all__)
     assert set(emulator.__all__) == {
         "CALL_REGISTRY",
+        "CLIENT_SECRETS",
         "Call",
+        "CallErrorFault",
         "CallRegistry",
+        "ClientSecret",
+        "ClientSecretStore",
         "EmulatorSettings",
+        "FAULTS",
+        "FaultConfig",
+        "Faults",
         "ReceivedClientEvent",
         "create_app",
     }
@@ -30,6 +37,7 @@ def test_settings_defaults_and_secret_repr() -> None:
     assert settings.sideband_ready_delay == 0.0
     assert settings.token_interval == 0.002
     assert settings.replay_session_created_to_sideband is False
+    assert settings.speech == "auto"
     assert "sk-secret-value" not in repr(settings)
     assert dataclasses.is_dataclass(settings)
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
 from emulator.model import (
     GREETING,
+    HEARD_AUDIO,
     FunctionCallPlan,
     MessagePlan,
     chunk_arguments,
@@ -17,6 +17,7 @@ from emulator.model import (
     extract_arguments,
     match_tool_call,
     plan_response,
+    plan_tool_calls,
 )
 
 
@@ -104,12 +105,68 @@ def test_tool_named_by_whole_word_only() -> None:
     assert plan == FunctionCallPlan("lookup_order", '{"order_id":"42"}')
 
 
-def test_earliest_named_tool_wins() -> None:
-    """With two tool names in the text, the one named first is called."""
-    plan = match_tool_call("add 1 2 then lookup_order 9", [LOOKUP, ADD])
-    assert plan is not None
-    assert plan.name == "add"
-    assert json.loads(plan.arguments) == {"a": 1, "b": "2 then lookup_order 9"}
+def test_each_mention_is_a_call_in_text_order() -> None:
+    """Several tools named in one message give several calls; words up to the next mention."""
+    plans = plan_tool_calls("add 1 2 then lookup_order 9", [LOOKUP, ADD])
+    assert plans == [
+        FunctionCallPlan("add", '{"a":1,"b":"2 then"}'),
+        FunctionCallPlan("lookup_order", '{"order_id":"9"}'),
+    ]
+    assert plan_response([user("lookup_order 1 lookup_order 2")], [LOOKUP]) == [
+        FunctionCallPlan("lookup_order", '{"order_id":"1"}'),
+        FunctionCallPlan("lookup_order", '{"order_id":"2"}'),
+    ]
+
+
+def test_json_arguments_may_contain_a_tool_name() -> None:
+    """A mention inside an earlier mention's JSON arguments is part of those arguments."""
+    plans = plan_tool_calls('save_note {"title": "add", "body": "x"} add 1 2', [NOTE, ADD])
+    assert plans == [
+        FunctionCallPlan("save_note", '{"title":"add","body":"x"}'),
+        FunctionCallPlan("add", '{"a":1,"b":2}'),
+    ]
+
+
+def test_forced_mention_calls_a_tool_outside_the_session() -> None:
+    """``tool:<name>`` makes the model call a tool it was never given."""
+    plans = plan_response([user('please tool:delete_account {"user": "u1"}')], [LOOKUP])
+    assert plans == [FunctionCallPlan("delete_account", '{"user":"u1"}')]
+    assert plan_tool_calls("tool:wipe now", []) == [FunctionCallPlan("wipe", "{}")]
+    # A known tool named with the prefix still gets its schema's argument mapping.
+    assert plan_tool_calls("tool:lookup_order 42", [LOOKUP]) == [
+        FunctionCallPlan("lookup_order", '{"order_id":"42"}')
+    ]
+
+
+def test_tool_choice_forms() -> None:
+    """required, a named function, and parallel_tool_calls false shape the calls."""
+    assert plan_tool_calls("where is 42", [LOOKUP, ADD], "required") == [
+        FunctionCallPlan("lookup_order", '{"order_id":"where is 42"}')
+    ]
+    named = {"type": "function", "name": "add"}
+    assert plan_tool_calls("lookup_order 1 add 2 3", [LOOKUP, ADD], named) == [
+        FunctionCallPlan("add", '{"a":2,"b":3}')
+    ]
+    assert plan_tool_calls("5 6", [LOOKUP, ADD], named) == [
+        FunctionCallPlan("add", '{"a":5,"b":6}')
+    ]
+    assert plan_response([user("add 1 2 add 3 4")], [ADD], parallel_tool_calls=False) == [
+        FunctionCallPlan("add", '{"a":1,"b":2}')
+    ]
+
+
+def test_audio_turns() -> None:
+    """Audio with a transcript reads like text; audio without one is acknowledged."""
+    heard = {"type": "message", "role": "user", "content": [{"type": "input_audio"}]}
+    assert plan_response([user("lookup_order 1"), heard], [LOOKUP]) == [MessagePlan(HEARD_AUDIO)]
+    spoken = {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_audio", "transcript": "lookup_order 7"}],
+    }
+    assert plan_response([spoken], [LOOKUP]) == [
+        FunctionCallPlan("lookup_order", '{"order_id":"7"}')
+    ]
 
 
 def test_arguments_are_compact_json() -> None:

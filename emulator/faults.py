@@ -1,0 +1,281 @@
+"""Fault injection: switches that make the emulator misbehave the way a real provider can.
+
+:class:`FaultConfig` is a frozen set of switch values (the app's initial ones come from
+``EmulatorSettings.faults``); :class:`Faults` is the app's live state, changed at runtime
+through the ``/_emulator/faults`` admin routes and consulted by ``/calls`` (delay, 5xx) and by
+the sideband layer (404 window, drops, delay, type filter). Every switch is off by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+MAX_DELAY_MS: Final = 600_000  # ten minutes: longer only hides a typo until a test times out
+
+
+class FaultValueError(ValueError):
+    """A fault switch has an invalid name, type or value.
+
+    Attributes:
+        code: the provider-style error code (``unknown_parameter``, ``invalid_type``,
+            ``invalid_value``).
+        param: the offending switch, e.g. ``create_call_error.status``.
+    """
+
+    def __init__(self, code: str, message: str, param: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+def _int(value: object, param: str, *, low: int, high: int | None = None) -> int:
+    # bool is an int subclass, but JSON `true` is never a count or a delay.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FaultValueError(
+            "invalid_type", f"Invalid type for '{param}': expected an integer.", param
+        )
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise FaultValueError("invalid_value", f"'{param}' must be {bounds}.", param)
+    return value
+
+
+def _optional_int(value: object, param: str, *, low: int) -> int | None:
+    return None if value is None else _int(value, param, low=low)
+
+
+@dataclass(frozen=True)
+class CallErrorFault:
+    """Answer the next ``count`` ``POST /v1/realtime/calls`` requests with HTTP ``status``.
+
+    Attributes:
+        status: a 5xx status (500–599).
+        count: how many requests still fail (at least 1).
+
+    Raises:
+        FaultValueError: a value is out of range.
+    """
+
+    status: int
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        _int(self.status, "create_call_error.status", low=500, high=599)
+        _int(self.count, "create_call_error.count", low=1)
+
+    @classmethod
+    def from_json(cls, raw: object) -> CallErrorFault:
+        """Parse ``{"status": 503, "count": 2}`` (``count`` defaults to 1).
+
+        Raises:
+            FaultValueError: not an object, an unknown key, or a bad value.
+        """
+        param = "create_call_error"
+        if not isinstance(raw, dict):
+            raise FaultValueError(
+                "invalid_type", f"Invalid type for '{param}': expected an object or null.", param
+            )
+        for key in raw:
+            if key not in {"status", "count"}:
+                raise FaultValueError(
+                    "unknown_parameter", f"Unknown parameter: '{param}.{key}'.", f"{param}.{key}"
+                )
+        if "status" not in raw:
+            raise FaultValueError(
+                "missing_required_parameter",
+                f"Missing required parameter: '{param}.status'.",
+                f"{param}.status",
+            )
+        return cls(status=raw["status"], count=raw.get("count", 1))
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """One set of fault switch values; the default is every switch off.
+
+    Attributes:
+        create_call_delay_ms: wait this long before answering a valid ``/calls`` request.
+        create_call_error: the next requests to ``/calls`` fail with a 5xx, or ``None``.
+        sideband_unavailable_ms: a sideband handshake within this long of the call's
+            creation gets ``404 call_id_not_found`` (like ``sideband_ready_delay``).
+        sideband_drop_after_events: each sideband attached while this is set has its TCP
+            transport aborted (the client sees 1006) once it has been sent this many server
+            events; ``None`` is off, ``0`` drops it right after the upgrade.
+        sideband_event_delay_ms: each server event reaches a sideband this much later than
+            the call produced it; order is kept.
+        sideband_drop_event_types: server events of these types are not delivered to
+            sidebands (the data channel still gets them); empty is off.
+        sideband_drop_event_count: how many more sideband deliveries the type filter drops
+            before it switches itself off; ``None`` is unlimited.
+
+    Raises:
+        FaultValueError: a value has the wrong type or is out of range.
+    """
+
+    create_call_delay_ms: int = 0
+    create_call_error: CallErrorFault | None = None
+    sideband_unavailable_ms: int = 0
+    sideband_drop_after_events: int | None = None
+    sideband_event_delay_ms: int = 0
+    sideband_drop_event_types: tuple[str, ...] = ()
+    sideband_drop_event_count: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("create_call_delay_ms", "sideband_unavailable_ms", "sideband_event_delay_ms"):
+            _int(getattr(self, name), name, low=0, high=MAX_DELAY_MS)
+        if self.create_call_error is not None and not isinstance(
+            self.create_call_error, CallErrorFault
+        ):
+            raise FaultValueError(
+                "invalid_type",
+                "Invalid type for 'create_call_error': expected a CallErrorFault or None.",
+                "create_call_error",
+            )
+        _optional_int(self.sideband_drop_after_events, "sideband_drop_after_events", low=0)
+        _optional_int(self.sideband_drop_event_count, "sideband_drop_event_count", low=1)
+        types = self.sideband_drop_event_types
+        param = "sideband_drop_event_types"
+        if isinstance(types, str) or not isinstance(types, tuple | list):
+            raise FaultValueError(
+                "invalid_type", f"Invalid type for '{param}': expected a list of strings.", param
+            )
+        for index, type_ in enumerate(types):
+            if not isinstance(type_, str) or not type_:
+                raise FaultValueError(
+                    "invalid_type",
+                    f"Invalid type for '{param}[{index}]': expected a non-empty string.",
+                    f"{param}[{index}]",
+                )
+        # A list given by a caller becomes a tuple so the config stays immutable and hashable.
+        object.__setattr__(self, "sideband_drop_event_types", tuple(types))
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON served by ``GET /_emulator/faults``."""
+        error = self.create_call_error
+        return {
+            "create_call_delay_ms": self.create_call_delay_ms,
+            "create_call_error": (
+                None if error is None else {"status": error.status, "count": error.count}
+            ),
+            "sideband_unavailable_ms": self.sideband_unavailable_ms,
+            "sideband_drop_after_events": self.sideband_drop_after_events,
+            "sideband_event_delay_ms": self.sideband_event_delay_ms,
+            "sideband_drop_event_types": list(self.sideband_drop_event_types),
+            "sideband_drop_event_count": self.sideband_drop_event_count,
+        }
+
+    def merged(self, changes: Mapping[str, Any]) -> FaultConfig:
+        """Return a copy with the switches in ``changes`` (parsed JSON) replaced.
+
+        ``null`` turns an optional switch off; ``sideband_drop_event_types: null`` means ``[]``.
+
+        Raises:
+            FaultValueError: an unknown switch or a bad value; nothing is changed.
+        """
+        known = {f.name for f in dataclasses.fields(self)}
+        values: dict[str, Any] = {}
+        for name, raw in changes.items():
+            if name not in known:
+                raise FaultValueError("unknown_parameter", f"Unknown parameter: '{name}'.", name)
+            if name == "create_call_error":
+                values[name] = None if raw is None else CallErrorFault.from_json(raw)
+            elif name == "sideband_drop_event_types":
+                if raw is not None and not isinstance(raw, list):
+                    raise FaultValueError(
+                        "invalid_type",
+                        f"Invalid type for '{name}': expected a list of strings or null.",
+                        name,
+                    )
+                values[name] = tuple(raw or ())
+            else:
+                values[name] = raw
+        return dataclasses.replace(self, **values)
+
+
+@dataclass
+class Faults:
+    """The app's live fault switches: :attr:`current` changes at runtime, :attr:`initial` not.
+
+    All methods run on the event loop thread and never await, so a check-and-consume (a
+    count going down) is atomic.
+
+    Attributes:
+        initial: the values the app started with (``EmulatorSettings.faults``).
+        current: the values in force now.
+    """
+
+    initial: FaultConfig
+    current: FaultConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.current = self.initial
+
+    def update(self, changes: Mapping[str, Any]) -> FaultConfig:
+        """Merge ``changes`` (parsed JSON) into the current switches; return the result.
+
+        Raises:
+            FaultValueError: an unknown switch or a bad value; nothing is changed.
+        """
+        self.current = self.current.merged(changes)
+        return self.current
+
+    def reset(self) -> FaultConfig:
+        """Go back to the initial switches; return them."""
+        self.current = self.initial
+        return self.current
+
+    def take_create_call_error(self) -> CallErrorFault | None:
+        """Consume one injected ``/calls`` failure; ``None`` when the switch is off."""
+        error = self.current.create_call_error
+        if error is None:
+            return None
+        remaining = None if error.count <= 1 else dataclasses.replace(error, count=error.count - 1)
+        self.current = dataclasses.replace(self.current, create_call_error=remaining)
+        return error
+
+    def sideband_unavailable(self, call_age_s: float) -> bool:
+        """Whether a sideband handshake for a call this old gets the 404."""
+        return call_age_s * 1000 < self.current.sideband_unavailable_ms
+
+    @property
+    def sideband_event_delay_s(self) -> float:
+        """The delay added to each server event on its way to a sideband, in seconds."""
+        return self.current.sideband_event_delay_ms / 1000
+
+    def drops_sideband_event(self, text: str, event_type: str | None) -> bool:
+        """Whether the type filter swallows this server event for one sideband.
+
+        Consumes one unit of ``sideband_drop_event_count`` per dropped delivery (each
+        sideband's copy counts). ``event_type`` ``None`` means unknown: the type is then
+        read from ``text``, which costs a parse only while the filter is on.
+        """
+        config = self.current
+        if not config.sideband_drop_event_types:
+            return False
+        if event_type is None:
+            event_type = _event_type(text)
+        if event_type not in config.sideband_drop_event_types:
+            return False
+        count = config.sideband_drop_event_count
+        if count is not None:
+            if count <= 1:
+                self.current = dataclasses.replace(
+                    config, sideband_drop_event_types=(), sideband_drop_event_count=None
+                )
+            else:
+                self.current = dataclasses.replace(config, sideband_drop_event_count=count - 1)
+        return True
+
+
+def _event_type(text: str) -> str | None:
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return None
+    type_ = event.get("type") if isinstance(event, dict) else None
+    return type_ if isinstance(type_, str) else None
