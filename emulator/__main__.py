@@ -24,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sideband-ready-delay", type=float, default=0.0)
     parser.add_argument("--token-interval", type=float, default=0.002)
     parser.add_argument("--replay-session-created-to-sideband", action="store_true")
+    parser.add_argument(
+        "--speech",
+        choices=["auto", "espeak-ng", "tone", "off"],
+        default="auto",
+        help="how responses are voiced (auto: espeak-ng when installed, else a tone)",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument(
         "--api-key",
@@ -42,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         sideband_ready_delay=args.sideband_ready_delay,
         token_interval=args.token_interval,
         replay_session_created_to_sideband=args.replay_session_created_to_sideband,
+        speech=args.speech,
     )
     web.run_app(create_app(settings), host=args.host, port=args.port, shutdown_timeout=5)
     return 0
