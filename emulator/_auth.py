@@ -37,6 +37,12 @@ def _invalid_key(message: str) -> ApiError:
     return ApiError(401, "invalid_api_key", message)
 
 
+def bearer_is_client_secret(request: web.Request) -> bool:
+    """Whether the request authenticates with an ephemeral client secret (``ek_…``)."""
+    token = _bearer_token(request)
+    return token is not None and token.startswith(EPHEMERAL_PREFIX)
+
+
 def require_api_key(request: web.Request) -> None:
     """Check ``Authorization: Bearer <key>`` against the configured standard key.
 

@@ -38,7 +38,9 @@ class InputAudio:
         self._turn = turn_detection if isinstance(turn_detection, Mapping) else None
         self._config = VadConfig.from_turn_detection(self._turn)
         self._vad.reconfigure(self._config or VadConfig())
-        if was_on and self._config is None:
+        if was_on != (self._config is not None):
+            # Switching either way starts from silence: an utterance the detector followed
+            # while its events were ignored must not end in a speech_stopped nobody started.
             self._vad.reset()
 
     @property
@@ -67,11 +69,18 @@ class InputAudio:
         events = self._vad.feed(samples, sample_rate)
         return events if self.server_vad else []
 
-    def take(self) -> float:
-        """Empty the buffer for a commit; return how many milliseconds it held."""
+    def take(self, *, reset_detector: bool) -> float:
+        """Empty the buffer for a commit; return how many milliseconds it held.
+
+        Args:
+            reset_detector: drop an utterance in progress (a client's commit). A commit the
+                VAD itself made leaves the detector alone: it has just ended that utterance
+                and may already follow the next one in the same chunk of audio.
+        """
         held = self.buffered_ms
         self.buffered_ms = 0.0
-        self._vad.reset()
+        if reset_detector:
+            self._vad.reset()
         return held
 
     def clear(self) -> None:

@@ -45,6 +45,8 @@ class SidebandLink:
             link attached (the fault applies to sidebands attached while it is set).
         sent: server events written to the socket so far (the writer counts them).
         abort_requested: set by :meth:`request_abort`; the writer stops waiting and aborts.
+        hurry: set by :meth:`request_close` and :meth:`request_abort`: events still held
+            back by the delay fault go out at once, so closing never waits on the fault.
     """
 
     def __init__(self, call_id_query: str, *, faults: Faults | None = None) -> None:
@@ -58,6 +60,7 @@ class SidebandLink:
         # Unbounded on purpose: fan-out is synchronous and must never drop or reorder.
         self.outbox: asyncio.Queue[LinkRequest] = asyncio.Queue()
         self.abort_requested = asyncio.Event()
+        self.hurry = asyncio.Event()
         self.detached = asyncio.Event()
 
     def deliver(self, text: str, event_type: str | None = None) -> None:
@@ -77,9 +80,11 @@ class SidebandLink:
 
     def request_close(self, code: int) -> None:
         """Ask the writer to flush what is queued, then close the socket with ``code``."""
+        self.hurry.set()
         self.outbox.put_nowait(CloseRequest(code))
 
     def request_abort(self) -> None:
         """Ask the writer to abort the transport now, skipping whatever is still queued."""
         self.abort_requested.set()
+        self.hurry.set()
         self.outbox.put_nowait(AbortRequest())  # wakes a writer idle on the queue

@@ -131,12 +131,27 @@ class ResponseRun:
         Cancellation-safe: cancelled only after :meth:`cancel` finalised the response or when
         the call ends, in which case nothing more is sent.
         """
-        for plan in self._plans:
-            match plan:
-                case FunctionCallPlan():
-                    await self._stream_function_call(plan)
-                case MessagePlan():
-                    await self._stream_message(plan)
+        try:
+            for plan in self._plans:
+                match plan:
+                    case FunctionCallPlan():
+                        await self._stream_function_call(plan)
+                    case MessagePlan():
+                        await self._stream_message(plan)
+        except Exception:
+            # An emulator bug must not leave the call with an active response forever:
+            # end it as the service ends a response that failed on its side.
+            logger.exception("response %s failed", self.response_id)
+            if not self.finished:
+                self._close_item("incomplete")
+                self._finish(
+                    "failed",
+                    {
+                        "type": "failed",
+                        "error": {"type": "server_error", "code": "server_error"},
+                    },
+                )
+            return
         self._finish("completed", None)
 
     def _open_item(self, item: dict[str, Any]) -> _InProgress:

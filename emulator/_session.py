@@ -125,7 +125,36 @@ def check_session_fields(session: Any, *, param: str = "session") -> dict[str, A
             raise ClientEventError(
                 "invalid_type", f"Invalid type for '{param}.{key}'.", param=f"{param}.{key}"
             )
+    _check_turn_detection(session.get("audio"), f"{param}.audio.input.turn_detection")
     return session
+
+
+TURN_DETECTION_TYPES: Final = ("server_vad", "semantic_vad")
+
+
+def _check_turn_detection(audio: Any, param: str) -> None:
+    # turn_detection replaces as a whole (it is not merged key by key), so an object
+    # without its type would silently switch detection off; the API refuses it instead.
+    audio_input = audio.get("input") if isinstance(audio, dict) else None
+    if not isinstance(audio_input, dict) or "turn_detection" not in audio_input:
+        return
+    turn = audio_input["turn_detection"]
+    if turn is None:
+        return
+    if not isinstance(turn, dict):
+        raise ClientEventError("invalid_type", f"Invalid type for '{param}'.", param=param)
+    if "type" not in turn:
+        raise ClientEventError(
+            "missing_required_parameter",
+            f"Missing required parameter: '{param}.type'.",
+            param=f"{param}.type",
+        )
+    if turn["type"] not in TURN_DETECTION_TYPES:
+        raise ClientEventError(
+            "invalid_value",
+            f"Invalid value for '{param}.type': expected 'server_vad' or 'semantic_vad'.",
+            param=f"{param}.type",
+        )
 
 
 def merge_session(effective: dict[str, Any], update: Mapping[str, Any]) -> None:

@@ -40,6 +40,8 @@ class Speaker:
         self._engine = engine
         self._playing: str | None = None
         self._clearing = False
+        self._generating: set[str] = set()  # responses whose response.done is not out yet
+        self._held_stop: str | None = None
         self.audio_ms: dict[str, int] = {}  # item id -> duration of the audio it spoke
 
     @property
@@ -53,6 +55,7 @@ class Speaker:
         """
         if self._engine == "off" or not self._peer.has_audio:
             return
+        self._generating.add(response_id)
         clip = await synthesize(text, speed=speed, engine=self._engine)
         started = asyncio.Event()
 
@@ -66,10 +69,19 @@ class Speaker:
             if was_playing:
                 self._playing = None
             started.set()
-            if was_playing:  # a clip cut off before its first frame never "started"
-                kind = "cleared" if interrupted and self._clearing else "stopped"
+            if not was_playing:  # a clip cut off before its first frame never "started"
+                return
+            if interrupted and self._clearing:
                 self._broadcast(
-                    server_event(f"output_audio_buffer.{kind}", response_id=response_id)
+                    server_event("output_audio_buffer.cleared", response_id=response_id)
+                )
+            elif response_id in self._generating:
+                # Audio that played out faster than the response finished: like the service,
+                # report the buffer stopped only after response.done.
+                self._held_stop = response_id
+            else:
+                self._broadcast(
+                    server_event("output_audio_buffer.stopped", response_id=response_id)
                 )
 
         if not self._peer.speak(clip, on_start=on_start, on_stop=on_stop):
@@ -80,6 +92,13 @@ class Speaker:
                 await started.wait()
         except TimeoutError:
             logger.debug("response %s: audio did not start within %ss", response_id, START_WAIT_S)
+
+    def response_done(self, response_id: str) -> None:
+        """Note that ``response.done`` went out; release a held ``stopped``."""
+        self._generating.discard(response_id)
+        if self._held_stop == response_id:
+            self._held_stop = None
+            self._broadcast(server_event("output_audio_buffer.stopped", response_id=response_id))
 
     def clear(self) -> bool:
         """Cut off the audio now (``output_audio_buffer.cleared``); False if none played."""

@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 Source = Literal["datachannel", "sideband"]
 SIDEBAND_CLOSE_WAIT_S: Final = 2.0  # bound on waiting for sidebands to finish closing
 MAX_SENT_RECORDED: Final = 50_000  # the recorder keeps the newest server events of a call
+MAX_RECEIVED_RECORDED: Final = 50_000  # ... and the newest client events
+MAX_ENDED_CALLS: Final = 1_000  # a long-running emulator forgets the oldest ended calls
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class Call:
         self.call_id = call_id
         self.location = f"/v1/realtime/calls/{call_id}"
         self.session = session
-        self.received: list[ReceivedClientEvent] = []
+        self.received: deque[ReceivedClientEvent] = deque(maxlen=MAX_RECEIVED_RECORDED)
         self.sent: deque[dict[str, Any]] = deque(maxlen=MAX_SENT_RECORDED)
         self.sideband_attaches: list[str] = []
         self.ended = False
@@ -103,6 +105,7 @@ class Call:
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: tuple[ResponseRun, asyncio.Task[None]] | None = None
         self._end_done = asyncio.Event()
+        self._close_code = 1000
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -146,6 +149,7 @@ class Call:
             return
         self.ended = True
         self.end_reason = reason
+        self._close_code = close_code
         logger.info("call %s ended reason=%s", self.call_id, reason)
         try:
             links = list(self._sidebands.values())
@@ -179,6 +183,10 @@ class Call:
         ``faults`` (the app's fault switches) lets the link drop, delay or filter events.
         """
         link = SidebandLink(call_id_query, faults=faults)
+        if self.ended:
+            # The call ended while the handshake was upgrading: close as the others were.
+            link.request_close(self._close_code)
+            return link
         self._sidebands[link.connection_id] = link
         self.sideband_attaches.append(call_id_query)
         logger.info("call %s: sideband %s attached", self.call_id, link.connection_id)
@@ -216,6 +224,8 @@ class Call:
             link.deliver(text, event_type=event["type"])
 
     def _reply(self, source: Source, connection_id: str, event: dict[str, Any]) -> None:
+        if self.ended:
+            return
         self.sent.append(event)
         text = json.dumps(event)
         if source == "datachannel":
@@ -248,7 +258,9 @@ class Call:
         except ValueError:
             event = None
         if isinstance(event, dict):
-            self.received.append(ReceivedClientEvent(source, connection_id, event, time.time()))
+            self.received.append(
+                ReceivedClientEvent(source, connection_id, _recorded(event), time.time())
+            )
             self._inbox.put_nowait((source, connection_id, event))
         else:
             self._inbox.put_nowait((source, connection_id, None))
@@ -256,6 +268,8 @@ class Call:
     async def _work(self) -> None:
         while True:
             source, connection_id, event = await self._inbox.get()
+            if self.ended:
+                continue  # end() is closing everything; late events change nothing
             try:
                 self._process(event)
             except ClientEventError as exc:
@@ -355,7 +369,7 @@ class Call:
         parallel = self.session.get("parallel_tool_calls", True) is not False
         modalities = params.get("output_modalities", self.session.get("output_modalities"))
         metadata = params.get("metadata")
-        audio_output = self.session.get("audio", {}).get("output", {})
+        audio_output = _audio_side(self.session, "output")
         run = ResponseRun(
             self,
             plans=plan_response(
@@ -391,10 +405,11 @@ class Call:
         # The real service reports the updated limits right after each response.done.
         limits = self._rate_limits.record(run.total_tokens)
         self.broadcast(server_event("rate_limits.updated", rate_limits=limits))
+        self._speaker.response_done(run.response_id)
 
     async def speak(self, response_id: str, item_id: str, text: str) -> None:
         """Play ``text`` as the model's voice; returns once it started (or cannot)."""
-        speed = self.session.get("audio", {}).get("output", {}).get("speed", 1.0)
+        speed = _audio_side(self.session, "output").get("speed", 1.0)
         await self._speaker.speak(
             response_id, item_id, text, speed if isinstance(speed, int | float) else 1.0
         )
@@ -438,12 +453,12 @@ class Call:
                 "input_audio_buffer.speech_stopped", audio_end_ms=audio_end_ms, item_id=item_id
             )
         )
-        self._commit_input(item_id)
+        self._commit_input(item_id, by_client=False)
         if self._input.create_response and self._active is None:
             self._start_response({})
 
-    def _commit_input(self, item_id: str) -> None:
-        self._input.take()
+    def _commit_input(self, item_id: str, *, by_client: bool) -> None:
+        self._input.take(reset_detector=by_client)
         item = user_audio_item(item_id)
         previous = self.append_item(item)
         self.broadcast(
@@ -453,7 +468,7 @@ class Call:
         self.broadcast(item_event("conversation.item.done", item, previous))
 
     def _input_append(self, event: dict[str, Any]) -> None:
-        audio_format = self.session.get("audio", {}).get("input", {}).get("format")
+        audio_format = _audio_side(self.session, "input").get("format")
         samples, rate = decode_appended_audio(event.get("audio"), audio_format)
         self._on_vad(self._input.feed(samples, rate))
 
@@ -467,7 +482,7 @@ class Call:
             )
         item_id = self._speech_item_id or new_item_id()
         self._speech_item_id = None
-        self._commit_input(item_id)
+        self._commit_input(item_id, by_client=True)
 
     # ---- conversation reads and edits ---------------------------------------------------
 
@@ -535,14 +550,31 @@ class Call:
         }
 
 
-def _turn_detection(session: Mapping[str, Any]) -> Any:
+def _recorded(event: dict[str, Any]) -> dict[str, Any]:
+    # Appended audio can be megabytes per event; the recorder keeps its size, not its bytes.
+    audio = event.get("audio")
+    if event.get("type") == "input_audio_buffer.append" and isinstance(audio, str):
+        return {**event, "audio": f"<{len(audio)} base64 characters>"}
+    return event
+
+
+def _audio_side(session: Mapping[str, Any], side: str) -> dict[str, Any]:
+    # A client may set audio or one of its sides to null; treat that as "defaults".
     audio = session.get("audio")
-    audio_input = audio.get("input") if isinstance(audio, Mapping) else None
-    return audio_input.get("turn_detection") if isinstance(audio_input, Mapping) else None
+    found = audio.get(side) if isinstance(audio, Mapping) else None
+    return found if isinstance(found, dict) else {}
+
+
+def _turn_detection(session: Mapping[str, Any]) -> Any:
+    return _audio_side(session, "input").get("turn_detection")
 
 
 class CallRegistry:
-    """Every call the app created, ended ones included, keyed by call id."""
+    """Every call the app created, keyed by call id.
+
+    Live calls, and the newest ``MAX_ENDED_CALLS`` ended ones (so tests can inspect a
+    call after it ended).
+    """
 
     def __init__(self, settings: EmulatorSettings) -> None:
         self._settings = settings
@@ -571,8 +603,14 @@ class CallRegistry:
             await call.end("setup_failed")
             raise
         self._calls[call.call_id] = call
+        self._forget_old_calls()
         logger.info("call %s created model=%s", call.call_id, session.get("model"))
         return call, answer
+
+    def _forget_old_calls(self) -> None:
+        ended = [call_id for call_id, call in self._calls.items() if call.ended]
+        for call_id in ended[: max(0, len(ended) - MAX_ENDED_CALLS)]:
+            del self._calls[call_id]
 
     def close_sidebands(self, code: int) -> None:
         """Ask every sideband of every call to close with ``code``."""

@@ -15,7 +15,7 @@ from typing import Final
 
 from aiohttp import WSMsgType, web
 
-from ._auth import require_api_key
+from ._auth import bearer_is_client_secret, require_api_key
 from ._keys import CALL_REGISTRY, FAULTS
 from ._links import AbortRequest, CloseRequest, Outgoing, SidebandLink
 from .calls import Call
@@ -39,15 +39,19 @@ class SidebandSocketError(EmulatorError):
 async def sideband_handler(request: web.Request) -> web.StreamResponse:
     """Attach a sideband to a live call.
 
-    Refused before the upgrade with 401 ``invalid_api_key`` for a bad key (client secrets
-    included), and with 404 ``call_id_not_found`` for an unknown or ended call or one younger
+    Refused before the upgrade with 401 ``invalid_api_key`` for a bad key, and with 404
+    ``call_id_not_found`` for a client secret, an unknown or ended call, or one younger
     than ``sideband_ready_delay`` or the ``sideband_unavailable_ms`` fault. Returns when
     either side closes the socket, or when a fault aborts it; ending the call closes it with
     the call's close code.
     """
+    call_id = request.query.get("call_id", "")
+    if bearer_is_client_secret(request):
+        # What the real service was seen answering an ephemeral-key sideband (PROTOCOL.md
+        # §2.5 item 1): the call "does not exist" for that credential.
+        raise call_not_found(call_id)
     require_api_key(request)
     faults = request.app[FAULTS]
-    call_id = request.query.get("call_id", "")
     call = request.app[CALL_REGISTRY].get(call_id) if call_id else None
     if (
         call is None
@@ -136,10 +140,10 @@ async def _hold(link: SidebandLink, item: Outgoing) -> bool:
     """Wait out the event delay fault; ``False`` if an abort was requested meanwhile."""
     wait = item.queued_at + link.event_delay_s - time.monotonic()
     if wait > 0:
-        # Sleeping on the abort event (not asyncio.sleep) lets a drop cut the delay short.
+        # Sleeping on an event (not asyncio.sleep) lets a close or a drop cut it short.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
-                await link.abort_requested.wait()
+                await link.hurry.wait()
     return not link.abort_requested.is_set()
 
 

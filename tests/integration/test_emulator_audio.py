@@ -117,11 +117,14 @@ async def test_without_turn_detection_the_client_commits(
 ) -> None:
     """``turn_detection: null`` turns the VAD off: speech makes no events until the client
     commits the buffer, and no response starts by itself."""
-    browser = await speaking_browser(0.3, 0.6)
+    mic = ScriptedMicTrack([silence(0.3), speech_like_signal(0.6), silence(0.5)])
+    browser = FakeBrowser(mic=mic)
     try:
         session = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
         await open_call(http, emulator, browser, session)
-        await asyncio.sleep(1.5)  # the utterance has played
+        async with asyncio.timeout(10):
+            await mic.finished.wait()
+        await asyncio.sleep(0.3)  # the last frames cross the loopback
         types = {e["type"] for e in browser.events}
         assert not types & {"input_audio_buffer.speech_started", "response.created"}
         browser.send({"type": "input_audio_buffer.commit"})

@@ -241,8 +241,9 @@ async def test_secret_session_is_overridden_by_posted_session(
 async def test_client_secret_is_refused_beyond_calls(
     emulator: RunningEmulator, http: aiohttp.ClientSession, browser: FakeBrowser
 ) -> None:
-    """A client secret creates calls and nothing else: sideband, hangup and admin routes get
-    401 invalid_api_key, without echoing it; the call is unaffected."""
+    """A client secret creates calls and nothing else: its sideband gets the 404
+    call_id_not_found the real service was seen answering; hangup and admin routes get 401
+    invalid_api_key, without echoing it; the call is unaffected."""
     value = (await create_client_secret(http, emulator))["value"]
     status, answer, location = await post_offer(
         http, emulator, await browser.create_offer(), bearer=value, raw=True
@@ -255,9 +256,12 @@ async def test_client_secret_is_refused_beyond_calls(
     async with asyncio.timeout(5):
         with pytest.raises(aiohttp.WSServerHandshakeError) as info:
             await http.ws_connect(f"{emulator.ws_url}?call_id={call_id}", headers=ephemeral)
-    assert info.value.status == 401
+    assert info.value.status == 404
+    status, body = await request_json(
+        http, emulator, "GET", f"/v1/realtime?call_id={call_id}", {}, headers=ephemeral
+    )
+    assert (status, body["error"]["code"]) == (404, "call_id_not_found")
     for method, path in (
-        ("GET", f"/v1/realtime?call_id={call_id}"),
         ("POST", f"/v1/realtime/calls/{call_id}/hangup"),
         ("GET", f"/_emulator/calls/{call_id}"),
         ("GET", "/_emulator/faults"),
@@ -358,7 +362,8 @@ async def test_sdk_client_secret_and_ephemeral_call(
             with pytest.raises(InvalidStatus) as refused:
                 async with asyncio.timeout(5):
                     await ephemeral.realtime.connect(call_id=location.rsplit("/", 1)[-1]).enter()
-            assert refused.value.response.status_code == 401
+            # As the real service was seen answering (PROTOCOL.md §2.5 item 1).
+            assert refused.value.response.status_code == 404
 
             clock.advance(61)
             with pytest.raises(openai.AuthenticationError) as expired:

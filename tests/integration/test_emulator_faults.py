@@ -372,6 +372,36 @@ async def test_event_delay_delays_each_event_and_keeps_order(
     assert time.monotonic() - start < 0.3
 
 
+async def test_a_held_back_event_does_not_hold_up_hangup(
+    emulator: RunningEmulator,
+    http: aiohttp.ClientSession,
+    browser: FakeBrowser,
+    sideband_factory: SidebandFactory,
+) -> None:
+    """Closing cuts the delay short: hangup returns at once, the delayed events still reach
+    the sideband before its close frame, and no sideband outlives the call."""
+    call_id = await open_call(http, emulator, browser)
+    sideband = await sideband_factory(call_id)
+    await set_faults(http, emulator, sideband_event_delay_ms=8000)
+    browser.send_user_text("held back")
+    await browser.wait_for("conversation.item.done", timeout=5)
+    start = time.monotonic()
+    status, _ = await request_json(
+        http, emulator, "POST", f"/v1/realtime/calls/{call_id}/hangup", None
+    )
+    assert status == 200
+    assert time.monotonic() - start < 1.5
+    closed = await sideband.wait_closed(timeout=2)
+    assert closed.type is aiohttp.WSMsgType.CLOSE
+    assert [e["type"] for e in sideband.events] == [
+        "conversation.item.added",
+        "conversation.item.done",
+    ]
+    call = emulator.registry.get(call_id)
+    assert call is not None
+    assert call.ended and call.sidebands == []
+
+
 async def test_dropped_event_types_skip_sidebands_only(
     emulator: RunningEmulator,
     http: aiohttp.ClientSession,

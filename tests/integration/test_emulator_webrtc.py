@@ -443,3 +443,18 @@ async def test_sideband_gets_nothing_on_attach_unless_replay(
         finally:
             await browser.close()
             await emulator.close()
+
+
+async def test_a_sideband_upgraded_as_the_call_ends_is_closed(
+    emulator: RunningEmulator, http: aiohttp.ClientSession, browser: FakeBrowser
+) -> None:
+    """A handshake that passed the checks just before the call ended is closed with the
+    call's close code instead of lingering on an ended call."""
+    call_id = await open_call(http, emulator, browser, SESSION)
+    call = emulator.registry.get(call_id)
+    assert call is not None
+    await call.end("provider_ended", close_code=1001)
+    link = call.attach_sideband(call_id)  # what the handler does right after the upgrade
+    request = link.outbox.get_nowait()
+    assert getattr(request, "code", None) == 1001
+    assert call.sidebands == [] and call.sideband_attaches == []
