@@ -6,13 +6,14 @@ and :class:`ModelAudioTrack` plays clips to the browser.
 """
 
 from .speech import SAMPLE_RATE, Clip, espeak_available, synthesize, tone_clip
-from .track import ModelAudioTrack, frame_to_mono
+from .track import ModelAudioTrack, PacedAudioTrack, frame_to_mono
 from .vad import EnergyVad, SpeechStarted, SpeechStopped, VadConfig, VadEvent, level_dbfs
 
 __all__ = [
     "Clip",
     "EnergyVad",
     "ModelAudioTrack",
+    "PacedAudioTrack",
     "SAMPLE_RATE",
     "SpeechStarted",
     "SpeechStopped",

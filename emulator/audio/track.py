@@ -61,7 +61,46 @@ class _Playback:
     position: int = 0
 
 
-class ModelAudioTrack(MediaStreamTrack):
+class PacedAudioTrack(MediaStreamTrack):
+    """An audio track of 20 ms s16 mono 48 kHz frames, paced in real time.
+
+    Pacing is aiortc's ``AudioStreamTrack``'s (each frame is due at start + pts); a
+    subclass supplies each frame's samples with :meth:`_next_samples`.
+    """
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start: float | None = None
+        self._timestamp = 0
+
+    async def recv(self) -> av.AudioFrame:
+        """The next 20 ms frame, due ``pts`` after the first one.
+
+        Raises:
+            MediaStreamError: the track has been stopped.
+        """
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._timestamp += FRAME_SAMPLES
+            await asyncio.sleep(self._start + self._timestamp / SAMPLE_RATE - time.monotonic())
+        samples = self._next_samples()
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.pts = self._timestamp
+        frame.sample_rate = SAMPLE_RATE
+        frame.time_base = TIME_BASE
+        return frame
+
+    def _next_samples(self) -> NDArray[np.int16]:
+        """The ``FRAME_SAMPLES`` samples of the frame being produced now."""
+        raise NotImplementedError
+
+
+class ModelAudioTrack(PacedAudioTrack):
     """Model speech for the browser: 20 ms s16 mono 48 kHz frames, silence when idle.
 
     Callback contract, for each :meth:`play`: ``on_stop`` is called exactly once (unless
@@ -78,12 +117,8 @@ class ModelAudioTrack(MediaStreamTrack):
     while nobody pulls frames, e.g. before the connection is up.
     """
 
-    kind = "audio"
-
     def __init__(self) -> None:
         super().__init__()
-        self._start: float | None = None
-        self._timestamp = 0
         self._playback: _Playback | None = None
 
     @property
@@ -117,26 +152,6 @@ class ModelAudioTrack(MediaStreamTrack):
         """End the track; a current clip is dropped without any callback (the call is over)."""
         self._playback = None
         super().stop()
-
-    async def recv(self) -> av.AudioFrame:
-        """The next 20 ms frame, paced in real time like ``aiortc``'s ``AudioStreamTrack``.
-
-        Raises:
-            MediaStreamError: the track has been stopped.
-        """
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._timestamp += FRAME_SAMPLES
-            await asyncio.sleep(self._start + self._timestamp / SAMPLE_RATE - time.monotonic())
-        samples = self._next_samples()
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.pts = self._timestamp
-        frame.sample_rate = SAMPLE_RATE
-        frame.time_base = TIME_BASE
-        return frame
 
     def _next_samples(self) -> NDArray[np.int16]:
         # Re-read self._playback after each callback: a callback may call play() or clear().

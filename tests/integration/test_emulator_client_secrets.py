@@ -28,6 +28,7 @@ from emulator import EmulatorSettings
 from emulator import __main__ as emulator_main
 from tests.support.broker_server import PROVIDER_KEY
 from tests.support.browser import FakeBrowser
+from tests.support.conformance import validate_server_event
 from tests.support.servers import (
     LOOKUP_ORDER,
     FakeClock,
@@ -37,7 +38,6 @@ from tests.support.servers import (
     create_client_secret,
     post_offer,
     request_json,
-    validate_server_event,
 )
 
 KEY = PROVIDER_KEY  # the shared `emulator` fixture (tests/conftest.py) uses it

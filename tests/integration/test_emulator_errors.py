@@ -13,13 +13,14 @@ import pytest
 from emulator import EmulatorSettings
 from tests.support.broker_server import PROVIDER_KEY
 from tests.support.browser import FakeBrowser
+from tests.support.conformance import validate_server_event
 from tests.support.servers import (
+    CALL_NOT_FOUND,
     RunningEmulator,
     SidebandProbe,
     offer_form,
     open_call,
     start_emulator,
-    validate_server_event,
 )
 
 KEY = PROVIDER_KEY  # the shared `emulator` fixture (tests/conftest.py) uses it
@@ -36,14 +37,6 @@ SESSION = {
             },
         }
     ],
-}
-CALL_NOT_FOUND = {
-    "error": {
-        "message": "No session found for the provided call_id",
-        "type": "invalid_request_error",
-        "code": "call_id_not_found",
-        "param": "",
-    }
 }
 
 

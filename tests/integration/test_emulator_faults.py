@@ -21,6 +21,7 @@ from emulator import CallErrorFault, EmulatorSettings, FaultConfig
 from tests.support.broker_server import PROVIDER_KEY
 from tests.support.browser import FakeBrowser
 from tests.support.servers import (
+    CALL_NOT_FOUND,
     RunningEmulator,
     SidebandProbe,
     connect_call,
@@ -40,14 +41,6 @@ FAULTS_OFF: dict[str, Any] = {
     "sideband_event_delay_ms": 0,
     "sideband_drop_event_types": [],
     "sideband_drop_event_count": None,
-}
-CALL_NOT_FOUND = {
-    "error": {
-        "message": "No session found for the provided call_id",
-        "type": "invalid_request_error",
-        "code": "call_id_not_found",
-        "param": "",
-    }
 }
 
 

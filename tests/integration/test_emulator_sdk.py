@@ -15,7 +15,8 @@ from websockets.exceptions import InvalidStatus
 
 from tests.support.broker_server import PROVIDER_KEY
 from tests.support.browser import FakeBrowser
-from tests.support.servers import LOOKUP_ORDER, RunningEmulator, validate_server_event
+from tests.support.conformance import validate_server_event
+from tests.support.servers import LOOKUP_ORDER, RunningEmulator
 
 KEY = PROVIDER_KEY  # the shared `emulator` fixture (tests/conftest.py) uses it
 

@@ -38,6 +38,15 @@ async def sideband_call(
     return call_id, await SidebandProbe.connect(http, emulator, call_id)
 
 
+async def set_turn_detection(probe: SidebandProbe, turn_detection: Any) -> None:
+    await probe.send(
+        {
+            "type": "session.update",
+            "session": {"type": "realtime", "audio": {"input": {"turn_detection": turn_detection}}},
+        }
+    )
+
+
 def of_type(events: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:
     return [e for e in events if e["type"] == type_]
 
@@ -120,15 +129,7 @@ async def test_turning_detection_on_mid_speech_starts_from_silence(
         await sideband.send(
             {"type": "input_audio_buffer.append", "audio": pcm24k(speech_like_signal(0.5))}
         )
-        await sideband.send(
-            {
-                "type": "session.update",
-                "session": {
-                    "type": "realtime",
-                    "audio": {"input": {"turn_detection": NO_AUTO_RESPONSE}},
-                },
-            }
-        )
+        await set_turn_detection(sideband, NO_AUTO_RESPONSE)
         await sideband.send({"type": "input_audio_buffer.append", "audio": pcm24k(silence(0.6))})
         await settle(sideband)
         types = {e["type"] for e in sideband.events}
@@ -147,15 +148,7 @@ async def test_turn_detection_without_a_type_is_refused(
     """A partial turn_detection would silently switch detection off; it is an error instead."""
     call_id, sideband = await sideband_call(http, emulator, browser, NO_AUTO_RESPONSE)
     try:
-        await sideband.send(
-            {
-                "type": "session.update",
-                "session": {
-                    "type": "realtime",
-                    "audio": {"input": {"turn_detection": {"silence_duration_ms": 800}}},
-                },
-            }
-        )
+        await set_turn_detection(sideband, {"silence_duration_ms": 800})
         error = await sideband.wait_for("error")
         assert error["error"]["code"] == "missing_required_parameter"
         assert error["error"]["param"] == "session.audio.input.turn_detection.type"

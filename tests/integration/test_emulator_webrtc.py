@@ -14,6 +14,7 @@ import pytest
 from emulator import EmulatorSettings
 from tests.support.broker_server import PROVIDER_KEY
 from tests.support.browser import FakeBrowser
+from tests.support.conformance import validate_server_event
 from tests.support.servers import (
     LOOKUP_ORDER,
     RunningEmulator,
@@ -21,7 +22,6 @@ from tests.support.servers import (
     offer_form,
     open_call,
     start_emulator,
-    validate_server_event,
 )
 
 KEY = PROVIDER_KEY  # the shared `emulator` fixture (tests/conftest.py) uses it

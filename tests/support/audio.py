@@ -7,18 +7,17 @@ test does not pass just because the VAD and the synthesiser share a bug.
 from __future__ import annotations
 
 import asyncio
-import fractions
 import math
 import time
 from collections.abc import Sequence
 
-import av
 import numpy as np
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from numpy.typing import NDArray
 
+from emulator.audio import PacedAudioTrack
+from emulator.audio.track import FRAME_SAMPLES
+
 RATE = 48000
-FRAME_SAMPLES = RATE // 50  # 20 ms
 SILENT_DBFS = -120.0
 
 
@@ -53,16 +52,14 @@ def speech_like_signal(
     return np.clip(np.round(scaled), -32768, 32767).astype(np.int16)
 
 
-class ScriptedMicTrack(MediaStreamTrack):
+class ScriptedMicTrack(PacedAudioTrack):
     """A microphone that plays ``segments`` (48 kHz mono int16) once, then silence forever.
 
-    Frames are 20 ms s16 mono at 48 kHz, paced in real time like aiortc's
-    ``AudioStreamTrack``. ``segment_started[i]`` is the ``time.monotonic()`` at which
-    segment ``i``'s first frame was handed out (``None`` until then); ``finished`` is set
-    when the last segment's final frame has been handed out.
+    Frames are paced like the emulator's own track (the same base class).
+    ``segment_started[i]`` is the ``time.monotonic()`` at which segment ``i``'s first
+    frame was handed out (``None`` until then); ``finished`` is set when the last
+    segment's final frame has been handed out.
     """
-
-    kind = "audio"
 
     def __init__(self, segments: Sequence[NDArray[np.int16]]) -> None:
         super().__init__()
@@ -71,17 +68,8 @@ class ScriptedMicTrack(MediaStreamTrack):
         self.segment_started: list[float | None] = [None] * len(segments)
         self.finished = asyncio.Event()
         self._position = 0
-        self._start: float | None = None
-        self._timestamp = 0
 
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._timestamp += FRAME_SAMPLES
-            await asyncio.sleep(self._start + self._timestamp / RATE - time.monotonic())
+    def _next_samples(self) -> NDArray[np.int16]:
         now = time.monotonic()
         begin, end = self._position, self._position + FRAME_SAMPLES
         for index, offset in enumerate(self._offsets):
@@ -93,8 +81,4 @@ class ScriptedMicTrack(MediaStreamTrack):
         self._position = end
         if end >= self._script.size:
             self.finished.set()
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.pts = self._timestamp
-        frame.sample_rate = RATE
-        frame.time_base = fractions.Fraction(1, RATE)
-        return frame
+        return samples

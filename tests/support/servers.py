@@ -7,12 +7,10 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Union
+from typing import Any
 
 import aiohttp
 from aiohttp import web
-from openai.types.realtime import RealtimeServerEvent
-from pydantic import Field, TypeAdapter
 
 from emulator import (
     CALL_REGISTRY,
@@ -41,15 +39,15 @@ LOOKUP_ORDER = {
     },
 }
 
-# Strict server-event validation (PROTOCOL.md §5.5): the SDK's own parser does not validate.
-SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(
-    Annotated[Union[RealtimeServerEvent,], Field(discriminator="type")]  # noqa: UP007
-)
-
-
-def validate_server_event(event: dict[str, Any]) -> None:
-    """Raise ``pydantic.ValidationError`` unless ``event`` matches the GA SDK model for its type."""
-    SERVER_EVENT.validate_python(event)
+# The exact 404 the sideband handshake answers for an unknown, ended or not-yet-ready call.
+CALL_NOT_FOUND = {
+    "error": {
+        "message": "No session found for the provided call_id",
+        "type": "invalid_request_error",
+        "code": "call_id_not_found",
+        "param": "",
+    }
+}
 
 
 @dataclass
