@@ -22,6 +22,7 @@ from broker.errors import (
     UpstreamError,
     ValidationFailedError,
 )
+from broker.limits import LimitsRequest, SessionLimits
 from broker.sdp import check_offer
 from broker.settings import Settings
 from broker.shielded import ShieldedWrites
@@ -55,6 +56,7 @@ class CreateSessionRequest(BaseModel):
     tools: list[str] = Field(default_factory=list, max_length=MAX_TOOLS_PER_SESSION)
     sideband: bool = True
     metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    limits: LimitsRequest = Field(default_factory=LimitsRequest)
 
     @field_validator("tools")
     @classmethod
@@ -148,6 +150,13 @@ class SessionService:
             sideband_state=SidebandState.PENDING if request.sideband else SidebandState.DISABLED,
             metadata_=request.metadata,
         )
+        limits = self._resolve_limits(request.limits)
+        row.max_duration_s = limits.max_duration_s
+        row.idle_timeout_s = limits.idle_timeout_s
+        row.max_tool_calls = limits.max_tool_calls
+        row.max_concurrent_tools = limits.max_concurrent_tools
+        row.max_argument_bytes = limits.max_argument_bytes
+        row.tamper_policy = limits.tamper_policy
         async with self._sessionmaker.begin() as s:
             s.add(row)
         token, expires_at = mint_client_secret(
@@ -161,6 +170,37 @@ class SessionService:
             row.sideband_enabled,
         )
         return CreatedSession(row=row, client_secret=token, expires_at=expires_at)
+
+    def _resolve_limits(self, requested: LimitsRequest) -> SessionLimits:
+        """The session's limits: requested values, never above the settings' ceilings.
+
+        Raises:
+            ValidationFailedError: ``limit_exceeds_ceiling`` naming each offending limit.
+        """
+        ceilings = {
+            "max_duration_s": self._settings.call_max_duration_s,
+            "idle_timeout_s": self._settings.call_idle_timeout_s,
+            "max_tool_calls": self._settings.session_max_tool_calls,
+            "max_concurrent_tools": self._settings.session_max_concurrent_tools,
+            "max_argument_bytes": self._settings.tool_max_argument_bytes,
+        }
+        chosen: dict[str, int] = {}
+        over: dict[str, int] = {}
+        for name, ceiling in ceilings.items():
+            value = getattr(requested, name)
+            chosen[name] = ceiling if value is None else value
+            if value is not None and value > ceiling:
+                over[name] = ceiling
+        if over:
+            detail = ", ".join(f"{name} <= {ceiling}" for name, ceiling in over.items())
+            raise ValidationFailedError(
+                "limit_exceeds_ceiling",
+                f"limits above this broker's ceiling: {detail}",
+                limits=over,
+            )
+        return SessionLimits(
+            **chosen, tamper_policy=requested.on_tamper or self._settings.tamper_policy
+        )
 
     def provider_session_config(self, row: SessionRow) -> dict[str, Any]:
         """The server-owned session config: the browser never chooses any of it."""

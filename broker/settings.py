@@ -11,6 +11,8 @@ from typing import Final
 
 from sqlalchemy.engine import make_url
 
+from broker.limits import TamperPolicy
+
 DEFAULT_DATABASE_URL: Final = "sqlite+aiosqlite:///./broker.db"
 DEFAULT_TOOLS_CONFIG: Final = Path(__file__).parent / "tools" / "demo_tools.toml"
 MIN_SECRET_TTL: Final = 30
@@ -68,6 +70,15 @@ class Settings:
     default_model: str = "gpt-realtime"
     default_voice: str = "marin"
     default_instructions: str = "You are a helpful voice assistant."
+    call_max_duration_s: int = 1800
+    """Default and ceiling of a session's call duration; the leash hangs up past it."""
+    call_idle_timeout_s: int = 300
+    """Default and ceiling of the time with no user speech or text before hangup."""
+    session_max_tool_calls: int = 50
+    session_max_concurrent_tools: int = 4
+    tool_max_argument_bytes: int = 32 * 1024
+    tamper_policy: TamperPolicy = TamperPolicy.REVERT
+    """Default reaction to a browser rewriting the session config (sessions may choose)."""
     emulator_port: int = 0
     """Port of the built-in emulator when no provider is configured (0: any free port)."""
 
@@ -120,7 +131,33 @@ class Settings:
             bridge_wait_timeout=_float(env, "BROKER_BRIDGE_WAIT_TIMEOUT", 5.0),
             signing_key=_signing_key(env),
             emulator_port=_int(env, "BROKER_EMULATOR_PORT", 0),
+            call_max_duration_s=_bounded(env, "BROKER_CALL_MAX_DURATION", 1800, 10, 3600),
+            call_idle_timeout_s=_bounded(env, "BROKER_CALL_IDLE_TIMEOUT", 300, 5, 3600),
+            session_max_tool_calls=_bounded(env, "BROKER_SESSION_MAX_TOOL_CALLS", 50, 0, 10_000),
+            session_max_concurrent_tools=_bounded(
+                env, "BROKER_SESSION_MAX_CONCURRENT_TOOLS", 4, 1, 64
+            ),
+            tool_max_argument_bytes=_bounded(
+                env, "BROKER_TOOL_MAX_ARGUMENT_BYTES", 32 * 1024, 2, 1024 * 1024
+            ),
+            tamper_policy=_tamper_policy(env),
         )
+
+
+def _bounded(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    value = _int(env, name, default)
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}")
+    return value
+
+
+def _tamper_policy(env: Mapping[str, str]) -> TamperPolicy:
+    raw = env.get("BROKER_TAMPER_POLICY") or TamperPolicy.REVERT.value
+    try:
+        return TamperPolicy(raw)
+    except ValueError:
+        choices = ", ".join(p.value for p in TamperPolicy)
+        raise SettingsError(f"BROKER_TAMPER_POLICY must be one of: {choices}") from None
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -118,12 +118,33 @@ class SessionRow(Base):
     call_id: Mapped[str | None] = mapped_column(String(128), unique=True)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata")
     end_reason: Mapped[str | None] = mapped_column(String(200))
+    max_duration_s: Mapped[int]
+    idle_timeout_s: Mapped[int]
+    max_tool_calls: Mapped[int]
+    max_concurrent_tools: Mapped[int]
+    max_argument_bytes: Mapped[int]
+    tamper_policy: Mapped[str] = mapped_column(String(16))
+    offer_jti: Mapped[str | None] = mapped_column(String(64))
+    """The ``jti`` of the client secret that made the offer: it stays valid for this
+    session's bridge while the call is live, and for nothing else."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     offered_at: Mapped[datetime | None]
     live_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_sessions_state_created_at", "state", "created_at"),)
+
+
+class UsedClientSecret(Base):
+    """A client secret spent on an offer; a second use is a replay (``token_replayed``)."""
+
+    __tablename__ = "used_client_secrets"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    used_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    """After this the token is refused as expired anyway; the row may be pruned."""
 
 
 class ToolCall(Base):
