@@ -1,14 +1,21 @@
-"""Creating API keys (the key is shown once; only its hash is stored)."""
+"""Managing API keys: create (the key is shown once; only its hash is stored), list, revoke.
+
+Shared by the ``broker keys`` CLI and the admin HTTP endpoints, so both behave the same.
+"""
 
 from __future__ import annotations
 
+import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.auth import ALL_SCOPES, hash_api_key, new_api_key
-from broker.db.models import ApiKey
+from broker.db.models import ApiKey, utcnow
+
+logger = logging.getLogger(__name__)
 
 
 class UnknownScopeError(ValueError):
@@ -18,7 +25,11 @@ class UnknownScopeError(ValueError):
 async def create_api_key(
     sessionmaker: async_sessionmaker[AsyncSession], name: str, scopes: Iterable[str]
 ) -> tuple[ApiKey, str]:
-    """Store a new key; returns the row and the key itself (never retrievable again)."""
+    """Store a new key; returns the row and the key itself (never retrievable again).
+
+    Raises:
+        UnknownScopeError: a scope is not one of :data:`broker.auth.ALL_SCOPES`.
+    """
     scope_list = sorted(set(scopes))
     unknown = [s for s in scope_list if s not in ALL_SCOPES]
     if unknown:
@@ -29,4 +40,27 @@ async def create_api_key(
     )
     async with sessionmaker.begin() as s:
         s.add(row)
+    logger.info("api key created key_id=%s scopes=%s", row.id, ",".join(scope_list))
     return row, key
+
+
+async def list_api_keys(sessionmaker: async_sessionmaker[AsyncSession]) -> Sequence[ApiKey]:
+    """Every stored key, oldest first, revoked ones included (callers never show the hash)."""
+    async with sessionmaker() as s:
+        result = await s.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id))
+        return result.all()
+
+
+async def revoke_api_key(
+    sessionmaker: async_sessionmaker[AsyncSession], key_id: str
+) -> ApiKey | None:
+    """Revoke a key; the next request with it is refused. ``None`` if no such key.
+
+    Idempotent: revoking a revoked key keeps its first ``revoked_at``.
+    """
+    async with sessionmaker.begin() as s:
+        row = await s.get(ApiKey, key_id, with_for_update=True)
+        if row is not None and row.revoked_at is None:
+            row.revoked_at = utcnow()
+            logger.info("api key revoked key_id=%s", key_id)
+    return row

@@ -11,6 +11,8 @@ import httpx
 from aiohttp import web
 
 from broker import keys
+from broker.api._bodies import MAX_REQUEST_BYTES
+from broker.cors import cors_middleware
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.errors import problem_middleware
 from broker.routes import setup_routes
@@ -28,7 +30,11 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: Settings) -> web.Application:
     """Build the broker. Resources open in ``cleanup_ctx`` order and close in reverse."""
-    app = web.Application(middlewares=[problem_middleware])
+    # CORS sits outside the problem middleware so that rendered errors get its headers too.
+    # client_max_size backs up the per-route limits for any read that bypasses read_body.
+    app = web.Application(
+        middlewares=[cors_middleware, problem_middleware], client_max_size=MAX_REQUEST_BYTES
+    )
     app[keys.SETTINGS] = settings
     # Order matters: the supervisor (services_ctx) uses the DB, the provider and the tools,
     # so it is registered last and therefore stopped first.

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from jose import jwt
-from jose.exceptions import ExpiredSignatureError, JWTClaimsError, JWTError
+from jose.exceptions import ExpiredSignatureError, JWTError
 
 from broker.errors import ForbiddenError, UnauthorizedError
 from broker.settings import Secret
@@ -24,6 +24,8 @@ from broker.settings import Secret
 CLIENT_SECRET_AUDIENCE: Final = "browser"
 CLIENT_SECRET_ISSUER: Final = "sideband-broker"
 _ALGORITHM: Final = "HS256"
+_MAX_JTI_CHARS: Final = 64  # the width of used_client_secrets.jti and sessions.offer_jti
+_REQUIRED_CLAIMS: Final = frozenset({"iss", "aud", "sub", "jti", "exp"})
 API_KEY_PREFIX: Final = "bk_"
 ADMIN_KEY_ID: Final = "admin"
 
@@ -59,7 +61,12 @@ class BrowserPrincipal:
 
     session_id: str
     token_id: str
+    """The token's ``jti``: spent by the offer, then the key to the bridge while live."""
     expires_at: int
+
+    def expired(self, now: float | None = None) -> bool:
+        """Whether ``exp`` has passed (python-jose's rule: expired once ``now > exp``)."""
+        return int(now if now is not None else time.time()) > self.expires_at
 
 
 def new_api_key() -> str:
@@ -112,14 +119,26 @@ def mint_client_secret(
     return token, expires_at
 
 
-def verify_client_secret(token: str, signing_key: Secret, session_id: str) -> BrowserPrincipal:
+def verify_client_secret(
+    token: str, signing_key: Secret, session_id: str, *, check_expiry: bool = True
+) -> BrowserPrincipal:
     """Check a client secret for ``session_id``.
 
     Only HS256 is accepted, so ``alg: none`` and algorithm-confusion tokens fail the signature.
+    ``iss``, ``aud``, ``sub``, ``jti`` and ``exp`` must all be present.
+
+    Args:
+        token: the bearer token.
+        signing_key: the broker's client-secret key.
+        session_id: the session the request is for.
+        check_expiry: ``False`` only for the bridge, which still accepts the offer's token
+            after ``exp`` while that call is live; the caller must then decide on
+            :attr:`BrowserPrincipal.expires_at` itself (see ``SessionService.bridge_call``).
 
     Raises:
         UnauthorizedError: ``token_expired``, ``token_invalid`` (bad signature, malformed,
-            wrong algorithm) or ``token_wrong_audience``.
+            wrong algorithm, a required claim missing or mistyped, not yet valid) or
+            ``token_wrong_audience`` (audience or issuer is not this broker's browser secret).
         ForbiddenError: ``token_session_mismatch``: valid, but for another session.
     """
     try:
@@ -127,27 +146,25 @@ def verify_client_secret(token: str, signing_key: Secret, session_id: str) -> Br
             token,
             signing_key.reveal(),
             algorithms=[_ALGORITHM],
-            audience=CLIENT_SECRET_AUDIENCE,
-            issuer=CLIENT_SECRET_ISSUER,
-            # python-jose skips the audience check for a token with no `aud` at all.
-            options={
-                "require_exp": True,
-                "require_sub": True,
-                "require_jti": True,
-                "require_aud": True,
-                "require_iss": True,
-            },
+            # Audience, issuer and presence are checked below: python-jose reports a wrong
+            # audience like an early `nbf`, and its `require_exp` would force `verify_exp`.
+            options={"verify_aud": False, "verify_iss": False, "verify_exp": check_expiry},
         )
     except ExpiredSignatureError:
         raise UnauthorizedError("token_expired", "the client secret has expired") from None
-    except JWTClaimsError:
-        raise UnauthorizedError(
-            "token_wrong_audience", "the token is not a browser client secret"
-        ) from None
     except JWTError:
+        # JWTClaimsError included: a mistyped claim or a token not valid yet.
         raise UnauthorizedError("token_invalid", "the client secret is not valid") from None
-    if claims.get("sub") != session_id:
+    if not _REQUIRED_CLAIMS <= claims.keys():
+        raise UnauthorizedError("token_invalid", "the client secret is not valid")
+    if claims["aud"] != CLIENT_SECRET_AUDIENCE or claims["iss"] != CLIENT_SECRET_ISSUER:
+        raise UnauthorizedError(
+            "token_wrong_audience", "the token is not a browser client secret of this broker"
+        )
+    jti, exp = claims["jti"], claims["exp"]
+    # python-jose checks `exp` only when it verifies it, and `jti` only for being a string.
+    if not isinstance(exp, int) or isinstance(exp, bool) or not 0 < len(jti) <= _MAX_JTI_CHARS:
+        raise UnauthorizedError("token_invalid", "the client secret is not valid")
+    if claims["sub"] != session_id:
         raise ForbiddenError("token_session_mismatch", "the client secret is for another session")
-    return BrowserPrincipal(
-        session_id=session_id, token_id=str(claims["jti"]), expires_at=int(claims["exp"])
-    )
+    return BrowserPrincipal(session_id=session_id, token_id=jti, expires_at=exp)

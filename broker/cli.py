@@ -1,4 +1,4 @@
-"""``broker serve | migrate | keys create | emulator``."""
+"""``broker serve | migrate | keys create|list|revoke | emulator``."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from datetime import datetime
 
 from aiohttp import web
 from sqlalchemy.engine import make_url
 
 from broker import keys
-from broker.apikeys import UnknownScopeError, create_api_key
+from broker.apikeys import UnknownScopeError, create_api_key, list_api_keys, revoke_api_key
 from broker.app import create_app
 from broker.auth import Scope
 from broker.db.engine import create_engine, make_sessionmaker
+from broker.db.models import ApiKey
 from broker.logs import configure_logging
 from broker.migrate import upgrade_database
 from broker.settings import Secret, Settings, SettingsError
@@ -41,6 +43,59 @@ async def _new_key(database_url: str, name: str, scopes: Sequence[str]) -> tuple
     finally:
         await engine.dispose()
     return row.id, key
+
+
+async def _list_keys(database_url: str) -> Sequence[ApiKey]:
+    engine = create_engine(database_url)
+    try:
+        return await list_api_keys(make_sessionmaker(engine))
+    finally:
+        await engine.dispose()
+
+
+async def _revoke_key(database_url: str, key_id: str) -> ApiKey | None:
+    engine = create_engine(database_url)
+    try:
+        return await revoke_api_key(make_sessionmaker(engine), key_id)
+    finally:
+        await engine.dispose()
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def _keys_command(command: str, args: argparse.Namespace, settings: Settings) -> int:
+    """``broker keys create|list|revoke``; never prints a stored hash, only a new key once."""
+    if command == "create":
+        scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+        try:
+            key_id, key = asyncio.run(_new_key(settings.database_url, args.name, scopes))
+        except UnknownScopeError as exc:
+            sys.stderr.write(f"broker: {exc}\n")
+            return 2
+        _out(f"created {key_id} ({args.name}); the key is shown only once:")
+        _out(key)
+    elif command == "list":
+        rows = asyncio.run(_list_keys(settings.database_url))
+        table = [("ID", "NAME", "SCOPES", "CREATED", "REVOKED")] + [
+            (r.id, r.name, ",".join(r.scopes), _when(r.created_at), _when(r.revoked_at))
+            for r in rows
+        ]
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row in table:
+            _out(
+                "  ".join(
+                    cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+                ).rstrip()
+            )
+    elif command == "revoke":
+        revoked = asyncio.run(_revoke_key(settings.database_url, args.key_id))
+        if revoked is None:
+            sys.stderr.write(f"broker: no API key with id {args.key_id!r}\n")
+            return 2
+        _out(f"revoked {revoked.id} ({revoked.name}) at {_when(revoked.revoked_at)}")
+    return 0
 
 
 def _serve(settings: Settings, dev: bool) -> None:
@@ -104,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     create = keys_sub.add_parser("create", help="create a key and print it once")
     create.add_argument("--name", required=True)
     create.add_argument("--scopes", required=True, help="comma-separated, e.g. sessions:create")
+    keys_sub.add_parser("list", help="list keys: id, name, scopes, created, revoked (no secrets)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key: refused from its next request")
+    revoke.add_argument("key_id", metavar="KEY_ID")
     emu = sub.add_parser("emulator", help="run the local OpenAI-compatible provider alone")
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument("--port", type=int, default=8090)
@@ -145,14 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         upgrade_database(settings.database_url)
         _out("database is up to date")
     elif args.command == "keys":
-        scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
-        try:
-            key_id, key = asyncio.run(_new_key(settings.database_url, args.name, scopes))
-        except UnknownScopeError as exc:
-            sys.stderr.write(f"broker: {exc}\n")
-            return 2
-        _out(f"created {key_id} ({args.name}); the key is shown only once:")
-        _out(key)
+        return _keys_command(args.keys_command, args, settings)
     elif args.command == "emulator" and emulator_key is not None:
         _emulator(args.host, args.port, emulator_key)
     return 0

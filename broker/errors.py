@@ -11,6 +11,7 @@ The tree (each class carries a stable ``code`` and an HTTP ``status``)::
     ├── PayloadTooLargeError     413
     ├── UnsupportedMediaError    415
     ├── ValidationFailedError    422  well-formed but not acceptable (unknown tool, …)
+    ├── RateLimitedError         429  too many requests for this key (with ``Retry-After``)
     └── UpstreamError            502 / 504  the provider failed or timed out
 
 Nothing below ``broker/api`` raises ``web.HTTP*``; handlers and services raise these, and
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from aiohttp import web
@@ -47,6 +50,11 @@ class BrokerError(Exception):
         self.code = code
         self.detail = detail
         self.extensions = extensions
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Extra response headers this error needs (none by default)."""
+        return {}
 
 
 class BadRequestError(BrokerError):
@@ -89,6 +97,22 @@ class ValidationFailedError(BrokerError):
     title = "Unprocessable content"
 
 
+class RateLimitedError(BrokerError):
+    """Too many requests; the client may retry after ``retry_after`` seconds."""
+
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, code: str, detail: str, *, retry_after: float, **extensions: Any) -> None:
+        # Retry-After takes whole seconds; rounding down would invite a retry that fails again.
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(code, detail, retry_after=self.retry_after, **extensions)
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class UpstreamError(BrokerError):
     """The provider failed (502) or timed out (504)."""
 
@@ -104,7 +128,13 @@ class UpstreamError(BrokerError):
 
 
 def problem_response(
-    status: int, code: str, title: str, detail: str, **extensions: Any
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extensions: Any,
 ) -> web.Response:
     """A problem+json response; ``type`` is a stable URN built from the code."""
     body = {
@@ -115,12 +145,14 @@ def problem_response(
         "code": code,
         **extensions,
     }
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    all_headers = dict(headers or {})
+    if status == 401:
+        all_headers["WWW-Authenticate"] = "Bearer"
     return web.Response(
         status=status,
         text=json.dumps(body),
         content_type=PROBLEM_CONTENT_TYPE,
-        headers=headers,
+        headers=all_headers or None,
     )
 
 
@@ -141,7 +173,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = exc.http_status if isinstance(exc, UpstreamError) else exc.status
         if status >= 500:
             logger.warning("request failed path=%s code=%s: %s", request.path, exc.code, exc)
-        return problem_response(status, exc.code, exc.title, exc.detail, **exc.extensions)
+        return problem_response(
+            status, exc.code, exc.title, exc.detail, headers=exc.headers, **exc.extensions
+        )
     except web.HTTPException as exc:
         # aiohttp's own (unmatched route, wrong method, client_max_size): same contract.
         if exc.status < 400:

@@ -41,8 +41,8 @@ class LimitsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_duration_s: int | None = Field(default=None, ge=10, le=PROVIDER_MAX_CALL_S)
-    idle_timeout_s: int | None = Field(default=None, ge=5, le=PROVIDER_MAX_CALL_S)
+    max_duration_s: int | None = Field(default=None, ge=1, le=PROVIDER_MAX_CALL_S)
+    idle_timeout_s: int | None = Field(default=None, ge=1, le=PROVIDER_MAX_CALL_S)
     max_tool_calls: int | None = Field(default=None, ge=0, le=10_000)
     max_concurrent_tools: int | None = Field(default=None, ge=1, le=64)
     max_argument_bytes: int | None = Field(default=None, ge=2, le=1024 * 1024)

@@ -1,15 +1,62 @@
-"""The URL map."""
+"""The URL map: every route with the body it may carry (checked before the handler runs)."""
 
 from __future__ import annotations
 
-from aiohttp import web
+from dataclasses import dataclass
+from typing import Final
 
-from broker.api import health, sessions
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+
+from broker import cors
+from broker.api import api_keys, health, sessions
+from broker.api._bodies import MAX_JSON_BYTES, NO_BODY, bounded
+from broker.sdp import MAX_SDP_BYTES
+
+
+@dataclass(frozen=True)
+class Route:
+    """One endpoint; ``max_body`` is its declared body limit (``NO_BODY``: none accepted)."""
+
+    method: str
+    path: str
+    handler: Handler
+    max_body: int
+    name: str | None = None
+    """The resource name; the CORS middleware recognises browser endpoints by it."""
+
+
+ROUTES: Final = (
+    Route(hdrs.METH_GET, "/healthz", health.healthz, NO_BODY),
+    Route(hdrs.METH_POST, "/api/v1/sessions", sessions.create_session, MAX_JSON_BYTES),
+    Route(hdrs.METH_GET, "/api/v1/sessions/{session_id}", sessions.get_session, NO_BODY),
+    Route(
+        hdrs.METH_POST,
+        "/api/v1/sessions/{session_id}/realtime-offer",
+        sessions.realtime_offer,
+        MAX_SDP_BYTES,
+        name=cors.OFFER_RESOURCE,
+    ),
+    Route(
+        hdrs.METH_POST,
+        "/api/v1/sessions/{session_id}/tools/{tool}",
+        sessions.bridge_tool_call,
+        MAX_JSON_BYTES,
+        name=cors.BRIDGE_RESOURCE,
+    ),
+    Route(hdrs.METH_GET, "/api/v1/keys", api_keys.list_keys, NO_BODY),
+    Route(hdrs.METH_POST, "/api/v1/keys", api_keys.create_key, MAX_JSON_BYTES),
+    Route(hdrs.METH_DELETE, "/api/v1/keys/{key_id}", api_keys.revoke_key, NO_BODY),
+)
 
 
 def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", health.healthz)
-    app.router.add_post("/api/v1/sessions", sessions.create_session)
-    app.router.add_get("/api/v1/sessions/{session_id}", sessions.get_session)
-    app.router.add_post("/api/v1/sessions/{session_id}/realtime-offer", sessions.realtime_offer)
-    app.router.add_post("/api/v1/sessions/{session_id}/tools/{tool}", sessions.bridge_tool_call)
+    """Register :data:`ROUTES`, and the CORS preflight of each browser endpoint."""
+    for route in ROUTES:
+        resource = app.router.add_resource(route.path, name=route.name)
+        handler = bounded(route.handler, route.max_body)
+        resource.add_route(route.method, handler)
+        if route.method == hdrs.METH_GET:
+            resource.add_route(hdrs.METH_HEAD, handler)
+        if route.name in cors.BROWSER_RESOURCES:
+            resource.add_route(hdrs.METH_OPTIONS, bounded(cors.preflight, NO_BODY))

@@ -7,22 +7,36 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import CursorResult, delete
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.auth import ApiPrincipal, BrowserPrincipal, Scope, mint_client_secret
 from broker.db import queries
-from broker.db.models import SessionRow, SessionState, SidebandState, ToolCall, ToolPath
+from broker.db.models import (
+    SessionRow,
+    SessionState,
+    SidebandState,
+    ToolCall,
+    ToolPath,
+    UsedClientSecret,
+    utcnow,
+)
 from broker.errors import (
     ConflictError,
     ForbiddenError,
     NotFoundError,
+    RateLimitedError,
+    UnauthorizedError,
     UpstreamError,
     ValidationFailedError,
 )
 from broker.limits import LimitsRequest, SessionLimits
+from broker.ratelimit import TokenBucketLimiter
 from broker.sdp import check_offer
 from broker.settings import Settings
 from broker.shielded import ShieldedWrites
@@ -39,6 +53,9 @@ from sideband import (
 logger = logging.getLogger(__name__)
 
 MAX_TOOLS_PER_SESSION: Final = 64
+_SPENT_SECRET_GRACE: Final = timedelta(minutes=1)
+"""How long a spent secret is kept past ``exp``: python-jose accepts a token during the second
+after ``exp``, and replicas' clocks drift; pruning at ``exp`` would reopen a replay window."""
 MAX_METADATA_KEYS: Final = 32
 _SIDEBAND_OWNS_CALLS: Final = frozenset(
     {SidebandState.PENDING, SidebandState.CONNECTING, SidebandState.CONNECTED}
@@ -94,6 +111,38 @@ def new_session_id() -> str:
     return "sess_" + secrets.token_hex(12)
 
 
+async def _secret_spent(s: AsyncSession, jti: str) -> bool:
+    return await s.get(UsedClientSecret, jti) is not None
+
+
+async def _spend_secret(s: AsyncSession, browser: BrowserPrincipal) -> bool:
+    """Record the offer's client secret as used; ``False`` if it already was (a replay).
+
+    ON CONFLICT DO NOTHING: two offers racing with one token must not turn into an
+    IntegrityError; the loser sees no row inserted. Spent secrets well past their ``exp``
+    are pruned here: verification refuses them as expired before this table is consulted.
+    """
+    dialect_insert = (
+        postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+    )
+    now = utcnow()
+    result = await s.execute(
+        dialect_insert(UsedClientSecret)
+        .values(
+            jti=browser.token_id,
+            session_id=browser.session_id,
+            used_at=now,
+            expires_at=datetime.fromtimestamp(browser.expires_at, UTC),
+        )
+        .on_conflict_do_nothing(index_elements=["jti"])
+    )
+    await s.execute(
+        delete(UsedClientSecret).where(UsedClientSecret.expires_at < now - _SPENT_SECRET_GRACE)
+    )
+    assert isinstance(result, CursorResult)
+    return bool(result.rowcount)
+
+
 class SessionService:
     """Everything that changes a session; handlers only parse, authorize and render."""
 
@@ -113,6 +162,9 @@ class SessionService:
         self._dispatcher = dispatcher
         self._supervisor = supervisor
         self._writes = ShieldedWrites()
+        self._create_limiter = TokenBucketLimiter(
+            settings.session_create_rate, settings.session_create_burst
+        )
 
     async def drain(self) -> None:
         """Wait for cleanup writes of interrupted offers (call before the database closes)."""
@@ -125,9 +177,18 @@ class SessionService:
 
         Raises:
             ForbiddenError: the key lacks ``sessions:create``.
+            RateLimitedError: ``rate_limited``: this key created too many sessions just now.
             ValidationFailedError: ``unknown_tool``.
         """
         principal.require(Scope.SESSIONS_CREATE)
+        retry_after = self._create_limiter.take(principal.key_id)
+        if retry_after is not None:
+            logger.warning("session create rate limited key_id=%s", principal.key_id)
+            raise RateLimitedError(
+                "rate_limited",
+                "this API key is creating sessions too fast; retry later",
+                retry_after=retry_after,
+            )
         unknown = [name for name in request.tools if name not in self._registry]
         if unknown:
             raise ValidationFailedError(
@@ -226,21 +287,39 @@ class SessionService:
         The sideband is started before returning but not awaited: the browser must apply the
         answer before the call is fully up, so nothing here may wait for it.
 
+        The client secret is spent in the same transaction that claims the session
+        (``created → offered``), and remembered as the session's ``offer_jti``. A refused SDP or
+        an unknown session spends nothing.
+
         Raises:
+            UnauthorizedError (``token_replayed``: checked first, whatever the session's state),
             NotFoundError, ConflictError (``session_already_offered``), BadRequestError
             (``invalid_sdp``), UpstreamError (``provider_error`` 502 / ``provider_timeout`` 504).
         """
-        check_offer(sdp)
         session_id = browser.session_id
+        async with self._sessionmaker() as s:
+            replayed = await _secret_spent(s, browser.token_id)
+        if replayed:
+            raise _replayed(session_id)
+        check_offer(sdp)
         row = await self.get_row(session_id)
         async with self._sessionmaker.begin() as s:
+            # Raising inside the block rolls the spend back with the failed claim.
+            if not await _spend_secret(s, browser):
+                raise _replayed(session_id)
             claimed = await queries.transition_session(
-                s, session_id, [SessionState.CREATED], SessionState.OFFERED
+                s,
+                session_id,
+                [SessionState.CREATED],
+                SessionState.OFFERED,
+                offer_jti=browser.token_id,
             )
-        if not claimed:
-            raise ConflictError(
-                "session_already_offered", f"the session is already {row.state}", state=row.state
-            )
+            if not claimed:
+                raise ConflictError(
+                    "session_already_offered",
+                    f"the session is already {row.state}",
+                    state=row.state,
+                )
         try:
             answer = await self._provider.create_call(sdp, self.provider_session_config(row))
         except (ProviderError, ProviderTimeoutError, ProviderUnreachableError) as exc:
@@ -271,7 +350,9 @@ class SessionService:
             raise
         logger.info("call created session_id=%s call_id=%s", session_id, answer.call_id)
         if row.sideband_enabled:
-            self._supervisor.start(session_id, answer.call_id, row.tools)
+            self._supervisor.start(
+                session_id, answer.call_id, row.tools, self.provider_session_config(row)
+            )
         return answer.sdp
 
     async def _abort_call(self, session_id: str, call_id: str) -> None:
@@ -301,15 +382,34 @@ class SessionService:
         the model did not make. Only a bridge-only session, or one whose sideband failed or
         closed, has the bridge run the call, through the same once-only pipeline.
 
+        ``browser`` comes unchecked for expiry: the token that made the offer stays good here
+        while its call is live (a call outlives a client secret's few minutes); any other
+        token, or that one once the call is over, must be unexpired.
+
         Raises:
-            NotFoundError (``session_not_found``), ConflictError (``session_not_live``,
-            ``call_arguments_mismatch``).
+            UnauthorizedError (``token_expired``), NotFoundError (``session_not_found``),
+            ConflictError (``session_not_live``, ``call_arguments_mismatch``),
+            ForbiddenError (``tool_not_allowed``: not in the session's allowlist).
         """
         row = await self.get_row(browser.session_id)
+        offer_token_of_live_call = (
+            row.state == SessionState.LIVE and row.offer_jti == browser.token_id
+        )
+        if browser.expired() and not offer_token_of_live_call:
+            raise UnauthorizedError("token_expired", "the client secret has expired")
         if row.state != SessionState.LIVE:
             raise ConflictError(
                 "session_not_live", f"the session is {row.state}, not live", state=row.state
             )
+        if tool not in row.tools:
+            # The browser, not the model, asked for a tool the session was never given:
+            # refused outright (the model's own out-of-allowlist calls get a denied record).
+            logger.warning(
+                "bridge refused a tool outside the allowlist session_id=%s tool=%.100s",
+                row.id,
+                tool,
+            )
+            raise ForbiddenError("tool_not_allowed", "this session may not use that tool")
         arguments = (
             request.arguments
             if isinstance(request.arguments, str)
@@ -363,6 +463,11 @@ class SessionService:
         async with self._sessionmaker() as s:
             calls = await queries.list_tool_calls(s, session_id)
         return row, calls
+
+
+def _replayed(session_id: str) -> UnauthorizedError:
+    logger.warning("client secret replayed on offer session_id=%s", session_id)
+    return UnauthorizedError("token_replayed", "this client secret was already used for an offer")
 
 
 def _compact_json(value: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
@@ -81,6 +82,12 @@ class Settings:
     """Default reaction to a browser rewriting the session config (sessions may choose)."""
     emulator_port: int = 0
     """Port of the built-in emulator when no provider is configured (0: any free port)."""
+    session_create_rate: int = 60
+    """Sessions each API key may create per minute, on average (0: no limit)."""
+    session_create_burst: int = 20
+    """How many sessions a key may create at once before the rate applies."""
+    cors_origins: frozenset[str] = frozenset()
+    """Exact origins (``https://app.example``) whose pages may call the browser endpoints."""
 
     @property
     def database_password(self) -> Secret | None:
@@ -141,6 +148,9 @@ class Settings:
                 env, "BROKER_TOOL_MAX_ARGUMENT_BYTES", 32 * 1024, 2, 1024 * 1024
             ),
             tamper_policy=_tamper_policy(env),
+            session_create_rate=_bounded(env, "BROKER_SESSION_CREATE_RATE", 60, 0, 100_000),
+            session_create_burst=_bounded(env, "BROKER_SESSION_CREATE_BURST", 20, 1, 100_000),
+            cors_origins=_origins(env, "BROKER_CORS_ORIGINS"),
         )
 
 
@@ -149,6 +159,33 @@ def _bounded(env: Mapping[str, str], name: str, default: int, low: int, high: in
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high}")
     return value
+
+
+def _origins(env: Mapping[str, str], name: str) -> frozenset[str]:
+    """Comma-separated exact origins; no wildcard: an allowlist of ``*`` is no allowlist."""
+    origins = set()
+    for raw in (env.get(name) or "").split(","):
+        if not raw.strip():
+            continue
+        origin = raw.strip().lower()
+        parsed = urlsplit(origin)
+        try:
+            parsed.port  # noqa: B018 - a malformed port raises here
+        except ValueError:
+            raise SettingsError(f"{name} has a malformed port") from None
+        if (
+            parsed.scheme not in ("http", "https")
+            or not parsed.hostname
+            or "*" in origin
+            or parsed.username is not None
+            or f"{parsed.scheme}://{parsed.netloc}" != origin
+        ):
+            raise SettingsError(
+                f"{name} must list exact origins like https://app.example.com "
+                "(scheme, host and optional port; no path, no wildcard)"
+            )
+        origins.add(origin)
+    return frozenset(origins)
 
 
 def _tamper_policy(env: Mapping[str, str]) -> TamperPolicy:

@@ -1,16 +1,19 @@
 """The sideband supervisor: one owned task per live call, wiring ``sideband`` to the broker.
 
-Each call runs in a task named ``sideband:{session_id}`` that owns an event writer and the
-:class:`sideband.CallController`; its outcome is recorded on the session row. ``close()`` cancels
-and awaits them all (app cleanup). The call itself is not hung up on shutdown: it belongs to the
-browser and the provider, and a restarted broker can attach again.
+Each call runs in a task named ``sideband:{session_id}`` that owns an event writer, the
+call's :class:`broker.leash.Leash` and the :class:`sideband.CallController`; its outcome is
+recorded on the session row. ``close()`` cancels and awaits them all (app cleanup). The call
+itself is not hung up on shutdown: it belongs to the browser and the provider, and a restarted
+broker can attach again. The broker does hang up when it decides the call must end (a leash
+limit, or a tamper policy of ``hangup``); the session's end reason then says why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Final
 
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -18,7 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker.db import queries
 from broker.db.models import SessionState, SidebandState, ToolPath
 from broker.events_log import EventRecorder
+from broker.leash import Leash, LeashTerms
+from broker.limits import TamperPolicy
 from broker.shielded import ShieldedWrites
+from broker.tamper import TamperResponder
 from broker.tools.dispatch import MAX_CALL_ID, CallRejectedError, ToolDispatcher
 from broker.tools.policy import error_output
 from sideband import (
@@ -26,7 +32,11 @@ from sideband import (
     CallNotFoundError,
     Direction,
     FunctionCall,
+    OwnedSession,
     Provider,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnreachableError,
     SidebandConnection,
     SidebandError,
     ToolResult,
@@ -34,9 +44,16 @@ from sideband import (
 
 logger = logging.getLogger(__name__)
 
+HANGUP_ATTEMPTS: Final = 3
+HANGUP_RETRY_DELAY: Final = 0.5
+
 
 class SessionToolHandler:
-    """The broker's :class:`sideband.ToolCallHandler` for one session."""
+    """The broker's :class:`sideband.ToolCallHandler` for one session.
+
+    ``on_settled`` is told after each call the dispatcher decided (the leash re-counts the
+    session's tool budget then).
+    """
 
     def __init__(
         self,
@@ -44,11 +61,13 @@ class SessionToolHandler:
         session_id: str,
         allowed_tools: Collection[str],
         recorder: EventRecorder,
+        on_settled: Callable[[], None] | None = None,
     ) -> None:
         self._dispatcher = dispatcher
         self._session_id = session_id
         self._allowed = frozenset(allowed_tools)
         self._recorder = recorder
+        self._on_settled = on_settled
 
     async def call_seen(self, call: FunctionCall) -> None:
         # Recording early only lets the bridge find the call sooner; execute() records it
@@ -115,6 +134,8 @@ class SessionToolHandler:
                 "handled_by": outcome.handled_by.value if outcome.handled_by else None,
             },
         )
+        if self._on_settled is not None:
+            self._on_settled()
         # Only the request that ran the call answers the model: not a bridge winner (its
         # browser answers) and not a duplicate report of a call this sideband already ran.
         return ToolResult(output=outcome.output or "", inject=outcome.executed_now)
@@ -127,17 +148,27 @@ class SessionToolHandler:
 
 
 class _Observer:
-    def __init__(self, supervisor: SidebandSupervisor, session_id: str, recorder: EventRecorder):
+    def __init__(
+        self,
+        supervisor: SidebandSupervisor,
+        session_id: str,
+        recorder: EventRecorder,
+        leash: Leash,
+    ):
         self._supervisor = supervisor
         self._session_id = session_id
         self._recorder = recorder
+        self._leash = leash
 
-    def record(self, direction: Direction, event: dict[str, object]) -> None:
+    def record(self, direction: Direction, event: dict[str, Any]) -> None:
         self._recorder.record(direction, event)
+        if direction == "in":
+            self._leash.saw(event)
 
     async def attached(self) -> None:
         await self._supervisor.set_sideband_state(self._session_id, SidebandState.CONNECTED)
         self._recorder.record("broker", {"type": "broker.sideband_attached"})
+        self._leash.sideband_attached()
 
 
 class SidebandSupervisor:
@@ -158,15 +189,34 @@ class SidebandSupervisor:
         self._attach_timeout = attach_timeout
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._controllers: dict[str, CallController] = {}
+        self._ending: dict[str, str] = {}
+        """Calls the broker is ending, with the end reason to record (leash, tamper)."""
         self._stopping = False
         self._writes = ShieldedWrites()
 
-    def start(self, session_id: str, call_id: str, allowed_tools: Collection[str]) -> None:
-        """Start supervising ``call_id``; returns at once (the SDP answer must not wait)."""
+    def start(
+        self,
+        session_id: str,
+        call_id: str,
+        allowed_tools: Collection[str],
+        session_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Start supervising ``call_id``; returns at once (the SDP answer must not wait).
+
+        Args:
+            session_id: the broker's session.
+            call_id: the provider's call.
+            allowed_tools: the session's tool allowlist.
+            session_config: the server-owned session the call was created with; the
+                browser's changes to its instructions, tools or tool choice are reverted.
+                ``None`` turns that check off.
+        """
         if session_id in self._tasks:
             return
+        owned = OwnedSession.from_config(session_config) if session_config is not None else None
         task = asyncio.create_task(
-            self._supervise(session_id, call_id, allowed_tools), name=f"sideband:{session_id}"
+            self._supervise(session_id, call_id, allowed_tools, owned),
+            name=f"sideband:{session_id}",
         )
         self._tasks[session_id] = task
         task.add_done_callback(lambda t: self._finished(session_id, t))
@@ -208,13 +258,21 @@ class SidebandSupervisor:
             await queries.set_session_fields(s, session_id, sideband_state=state)
 
     async def _supervise(
-        self, session_id: str, call_id: str, allowed_tools: Collection[str]
+        self,
+        session_id: str,
+        call_id: str,
+        allowed_tools: Collection[str],
+        owned: OwnedSession | None,
     ) -> None:
         recorder = EventRecorder(self._sessionmaker, session_id)
         close_code: int | None = None
         failure: BaseException | None = None
         try:
             await recorder.start()
+            async with self._sessionmaker() as s:
+                row = await queries.get_session_row(s, session_id)
+            if row is None:
+                raise LookupError(f"session {session_id} vanished before its sideband started")
             await self.set_sideband_state(session_id, SidebandState.CONNECTING)
             target = self._provider.sideband_target(call_id)
 
@@ -223,22 +281,42 @@ class SidebandSupervisor:
                     self._http, target, call_id, attach_timeout=self._attach_timeout
                 )
 
+            async def end_call(reason: str) -> None:
+                await self._end_call(session_id, call_id, reason)
+
+            leash = Leash(
+                session_id, LeashTerms.from_row(row), self._sessionmaker, recorder, end_call
+            )
             controller = CallController(
                 call_id,
                 connect,
-                SessionToolHandler(self._dispatcher, session_id, allowed_tools, recorder),
-                _Observer(self, session_id, recorder),
+                SessionToolHandler(
+                    self._dispatcher,
+                    session_id,
+                    allowed_tools,
+                    recorder,
+                    on_settled=leash.tool_call_settled,
+                ),
+                _Observer(self, session_id, recorder, leash),
+                owned_session=owned,
+                tamper=TamperResponder(
+                    session_id, TamperPolicy(row.tamper_policy), recorder, end_call
+                ),
             )
             if self._stopping:
                 return  # the broker began stopping while this sideband was being set up
             self._controllers[session_id] = controller
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(recorder.run(), name=f"sideband-recorder:{session_id}")
+                # The leash lives exactly as long as the sideband: a call that ended for
+                # any other reason needs no timers.
+                leash_task = tasks.create_task(leash.run(), name=f"sideband-leash:{session_id}")
                 try:
                     close_code = await controller.run()
                 except (SidebandError, ExceptionGroup) as exc:
                     failure = exc
                 finally:
+                    leash_task.cancel()
                     recorder.stop()
         except asyncio.CancelledError as exc:
             failure = exc
@@ -255,6 +333,51 @@ class SidebandSupervisor:
                 self._finish(session_id, call_id, close_code, failure, recorder),
                 name=f"sideband-finish:{session_id}",
             )
+
+    async def _end_call(self, session_id: str, call_id: str, reason: str) -> None:
+        """End the call for a broker decision (leash limit, tamper policy); idempotent.
+
+        The reason is noted first, so however the sideband then ends (the provider closes it
+        on hangup, or we close it here) the session records this reason. The hangup is
+        shielded: the leash task that asks for it is cancelled as soon as the sideband
+        closes, which on the emulator happens before the hangup request is even answered.
+        """
+        if session_id in self._ending:
+            return
+        self._ending[session_id] = reason
+        logger.warning(
+            "ending call session_id=%s call_id=%s reason=%s", session_id, call_id, reason
+        )
+        await self._writes.run(self._hangup(call_id), name=f"hangup:{session_id}")
+        controller = self._controllers.get(session_id)
+        if controller is not None:
+            # The provider may not close the sideband on hangup (PROTOCOL.md §2.4): close it.
+            await controller.stop()
+
+    async def _hangup(self, call_id: str) -> None:
+        """Hang up at the provider; transient failures are retried a few times, then logged."""
+        for attempt in range(1, HANGUP_ATTEMPTS + 1):
+            try:
+                await self._provider.hangup(call_id)
+            except CallNotFoundError:
+                logger.info("hangup: call already gone call_id=%s", call_id)
+                return
+            except (ProviderError, ProviderTimeoutError, ProviderUnreachableError) as exc:
+                transient = not isinstance(exc, ProviderError) or exc.status >= 500
+                if not transient or attempt == HANGUP_ATTEMPTS:
+                    logger.error("hangup failed call_id=%s attempt=%d: %s", call_id, attempt, exc)
+                    return
+                logger.warning(
+                    "hangup retry call_id=%s attempt=%d/%d: %s",
+                    call_id,
+                    attempt,
+                    HANGUP_ATTEMPTS,
+                    exc,
+                )
+                await asyncio.sleep(HANGUP_RETRY_DELAY * attempt)
+            else:
+                logger.info("call hung up call_id=%s", call_id)
+                return
 
     async def _finish(
         self,
@@ -282,6 +405,12 @@ class SidebandSupervisor:
     async def _record_end(
         self, session_id: str, call_id: str, close_code: int | None, failure: BaseException | None
     ) -> None:
+        reason = self._ending.pop(session_id, None)
+        if reason is not None:
+            # The broker ended this call itself; how the sideband closed is a consequence.
+            logger.info("call ended by the broker session_id=%s reason=%s", session_id, reason)
+            await self._end_session(session_id, SidebandState.CLOSED, SessionState.ENDED, reason)
+            return
         if self._stopping and (failure is None or isinstance(failure, asyncio.CancelledError)):
             # This broker is stopping; the call goes on at the provider.
             logger.info("sideband stopped session_id=%s call_id=%s", session_id, call_id)

@@ -21,7 +21,16 @@ from sideband.errors import (
     SidebandClosedError,
     SidebandError,
 )
+from sideband.events import is_user_activity
 from sideband.provider import CallAnswer, OpenAICompatibleProvider, Provider, SidebandTarget
+from sideband.tamper import (
+    ForgedOutput,
+    OwnedSession,
+    SessionDrift,
+    TaintedResponse,
+    Tamper,
+    TamperHandler,
+)
 
 __all__ = [
     "CallAnswer",
@@ -29,17 +38,24 @@ __all__ = [
     "CallNotFoundError",
     "CallObserver",
     "Direction",
+    "ForgedOutput",
     "FunctionCall",
     "MalformedEventError",
     "OpenAICompatibleProvider",
+    "OwnedSession",
     "Provider",
     "ProviderError",
     "ProviderTimeoutError",
     "ProviderUnreachableError",
+    "SessionDrift",
     "SidebandClosedError",
     "SidebandConnection",
     "SidebandError",
     "SidebandTarget",
+    "TaintedResponse",
+    "Tamper",
+    "TamperHandler",
     "ToolCallHandler",
     "ToolResult",
+    "is_user_activity",
 ]

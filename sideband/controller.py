@@ -12,6 +12,11 @@ Rules it keeps (PROTOCOL.md §3):
   ``response.create`` is sent, never while another response is active (the provider rejects it
   with ``conversation_already_has_active_response``; if it does anyway, we retry after the next
   ``response.done``).
+
+Tamper checks (PROTOCOL.md §4, :mod:`sideband.tamper`): a ``session.updated`` whose owned
+fields drift from the server's config is answered by re-sending that config; a
+``function_call_output`` the broker did not send is deleted, and a response started while it
+was in the conversation is cancelled. Each is reported to the injected :class:`TamperHandler`.
 """
 
 from __future__ import annotations
@@ -19,21 +24,39 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 from sideband.connection import SidebandConnection
 from sideband.errors import MalformedEventError, SidebandClosedError
 from sideband.events import (
+    ConversationItemAdded,
+    ConversationItemDeleted,
+    ConversationItemDone,
     ErrorEvent,
     FunctionCallArgumentsDone,
     Item,
     ResponseCreated,
     ResponseDone,
     ServerEvent,
+    SessionCreated,
+    SessionUpdated,
     function_call_output,
+    item_delete,
     parse_server_event,
+    response_cancel,
     response_create,
+    session_update,
+)
+from sideband.tamper import (
+    ForgedOutput,
+    OutputLedger,
+    OwnedSession,
+    TaintedResponse,
+    Tamper,
+    TamperHandler,
+    Verdict,
+    session_drift,
 )
 
 logger = logging.getLogger(__name__)
@@ -103,6 +126,9 @@ class CallController:
         connect: opens the sideband (with its own bounded retry).
         tools: the broker's handler for function calls.
         observer: sees every event in and out.
+        owned_session: the server-owned session config; ``None`` turns the session-drift
+            check off (forged outputs are still removed).
+        tamper: told about every tamper detection; ``None``: act on the wire, report nothing.
     """
 
     def __init__(
@@ -111,11 +137,19 @@ class CallController:
         connect: Callable[[], Awaitable[SidebandConnection]],
         tools: ToolCallHandler,
         observer: CallObserver,
+        *,
+        owned_session: OwnedSession | None = None,
+        tamper: TamperHandler | None = None,
     ) -> None:
         self.call_id = call_id
         self._connect = connect
         self._tools = tools
         self._observer = observer
+        self._owned = owned_session
+        self._tamper = tamper
+        self._ledger = OutputLedger()
+        self._reapplies_in_flight = 0
+        self._own_response_requested = False
         self._conn: SidebandConnection | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._seen: dict[str, asyncio.Task[None]] = {}
@@ -172,7 +206,15 @@ class CallController:
     async def _on_event(self, event: ServerEvent) -> None:
         # Runs on the reader: anything slow is handed to a task so events keep flowing.
         if isinstance(event, ResponseCreated):
-            self._active_response = event.response.id
+            await self._on_response_created(event)
+        elif isinstance(event, SessionCreated | SessionUpdated):
+            await self._check_session(event)
+        elif isinstance(event, ConversationItemAdded | ConversationItemDone):
+            if event.item.type == "function_call_output":
+                await self._check_output(event.item)
+        elif isinstance(event, ConversationItemDeleted):
+            if self._ledger.removed(event.item_id):
+                await self._maybe_response_create()
         elif isinstance(event, FunctionCallArgumentsDone):
             call = FunctionCall(
                 call_id=event.call_id,
@@ -201,8 +243,7 @@ class CallController:
                     self._abandon(finals, event.response.status),
                     f"tool-abandon:{event.response.id}",
                 )
-            if self._response_create_wanted and self._active_response is None:
-                await self._send_response_create()
+            await self._maybe_response_create()
         elif isinstance(event, ErrorEvent):
             error = event.error
             if (
@@ -211,6 +252,7 @@ class CallController:
                 and error.event_id == self._response_create_event_id
             ):
                 # Someone (VAD, the browser) started a response first; ask again after it ends.
+                self._own_response_requested = False
                 self._response_create_wanted = True
             else:
                 logger.warning(
@@ -219,6 +261,77 @@ class CallController:
                     error.code,
                     error.event_id,
                 )
+
+    async def _on_response_created(self, event: ResponseCreated) -> None:
+        response_id = event.response.id
+        self._active_response = response_id
+        # Heuristic, as the provider does not echo which client event started a response:
+        # the first response.created after our response.create is taken to be ours.
+        ours = self._own_response_requested
+        self._own_response_requested = False
+        if not self._ledger.tainted:
+            return
+        # A response created now reads the forged output: the model must not answer from
+        # it. Ours is asked for again once the forged item is gone.
+        cancelled = await self._send(response_cancel(response_id))
+        if ours:
+            self._response_create_wanted = True
+        self._report(
+            TaintedResponse(
+                response_id=response_id,
+                forged_item_ids=self._ledger.forged_item_ids,
+                cancelled=cancelled,
+            )
+        )
+
+    async def _check_session(self, event: SessionCreated | SessionUpdated) -> None:
+        if self._owned is None:
+            return
+        # Our own re-apply comes back as a session.updated too. If that echo still differs
+        # (the provider normalises something we did not foresee), re-applying again would
+        # loop forever, so the update right after a re-apply never triggers another one.
+        echo = isinstance(event, SessionUpdated) and self._reapplies_in_flight > 0
+        if echo:
+            self._reapplies_in_flight -= 1
+        drift = session_drift(self._owned, event.session)
+        if drift is None:
+            return
+        if echo:
+            logger.warning(
+                "session still differs after re-applying the config call_id=%s fields=%s",
+                self.call_id,
+                ",".join(drift.fields),
+            )
+            return
+        reapplied = await self._send(session_update(self._owned.as_update()))
+        if reapplied:
+            self._reapplies_in_flight += 1
+        self._report(replace(drift, reapplied=reapplied))
+
+    async def _check_output(self, item: Item) -> None:
+        if self._ledger.classify(item) is not Verdict.FORGED:
+            return
+        deleted = item.id is not None and await self._send(item_delete(item.id))
+        self._report(
+            ForgedOutput(
+                item_id=item.id,
+                call_id=item.call_id[:128] if item.call_id else None,
+                deleted=deleted,
+            )
+        )
+
+    def _report(self, tamper: Tamper) -> None:
+        if self._tamper is not None:
+            self._spawn(self._tamper.tampered(tamper), f"tamper:{tamper.kind}")
+
+    async def _maybe_response_create(self) -> None:
+        """Send a wanted response.create once nothing is active and no forgery remains."""
+        if (
+            self._response_create_wanted
+            and self._active_response is None
+            and not self._ledger.tainted
+        ):
+            await self._send_response_create()
 
     @staticmethod
     def _call_from_item(item: Item, response_id: str) -> FunctionCall | None:
@@ -261,6 +374,9 @@ class CallController:
         injected = False
         for call, run in zip(calls, runs, strict=True):
             result = run.result()
+            # Registered before sending: the provider's echo may arrive before send returns.
+            # A call another path answered is expected from that path, with the same output.
+            self._ledger.expect(call.call_id, result.output)
             if not result.inject:
                 continue
             if not await self._send(function_call_output(call.call_id, result.output)):
@@ -268,15 +384,14 @@ class CallController:
             await self._tools.output_sent(call)
             injected = True
         if injected:
-            if self._active_response is None:
-                await self._send_response_create()
-            else:
-                self._response_create_wanted = True
+            self._response_create_wanted = True
+            await self._maybe_response_create()
 
     async def _send_response_create(self) -> None:
         self._response_create_wanted = False
         event = response_create()
         self._response_create_event_id = event["event_id"]
+        self._own_response_requested = True
         await self._send(event)
 
     async def _send(self, event: dict[str, Any]) -> bool:

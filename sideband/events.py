@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -107,6 +108,13 @@ class ConversationItemDone(_ServerEvent):
     previous_item_id: str | None = None
 
 
+class ConversationItemDeleted(_ServerEvent):
+    """An item left the conversation (someone sent ``conversation.item.delete``)."""
+
+    type: Literal["conversation.item.deleted"]
+    item_id: str
+
+
 class ErrorEvent(_ServerEvent):
     type: Literal["error"]
     error: ErrorDetail
@@ -126,6 +134,7 @@ KnownServerEvent = Annotated[
     | FunctionCallArgumentsDone
     | ConversationItemAdded
     | ConversationItemDone
+    | ConversationItemDeleted
     | ErrorEvent,
     Field(discriminator="type"),
 ]
@@ -140,6 +149,7 @@ _KNOWN_TYPES = frozenset(
         "response.function_call_arguments.done",
         "conversation.item.added",
         "conversation.item.done",
+        "conversation.item.deleted",
         "error",
     }
 )
@@ -200,3 +210,56 @@ def function_call_output(call_id: str, output: str, event_id: str | None = None)
 def response_create(event_id: str | None = None) -> dict[str, Any]:
     """A bare ``response.create``: the model continues with the conversation as it is."""
     return {"type": "response.create", "event_id": event_id or new_event_id()}
+
+
+def session_update(session: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
+    """``session.update`` for the given fields; adds the required ``"type": "realtime"``.
+
+    Without ``session.type`` the GA service rejects the update (PROTOCOL.md §2.5 item 4).
+    """
+    return {
+        "type": "session.update",
+        "event_id": event_id or new_event_id(),
+        "session": {"type": "realtime", **session},
+    }
+
+
+def item_delete(item_id: str, event_id: str | None = None) -> dict[str, Any]:
+    """``conversation.item.delete``: remove one item from the conversation."""
+    return {
+        "type": "conversation.item.delete",
+        "event_id": event_id or new_event_id(),
+        "item_id": item_id,
+    }
+
+
+def response_cancel(response_id: str, event_id: str | None = None) -> dict[str, Any]:
+    """``response.cancel`` for one response (naming it, so a newer one is never hit)."""
+    return {
+        "type": "response.cancel",
+        "event_id": event_id or new_event_id(),
+        "response_id": response_id,
+    }
+
+
+_USER_ACTIVITY: Final = frozenset(
+    {"input_audio_buffer.speech_started", "input_audio_buffer.committed"}
+)
+
+
+def is_user_activity(event: Mapping[str, Any]) -> bool:
+    """Whether a raw server event shows the user speaking or typing.
+
+    Speech (server VAD's ``speech_started``/``committed``) and a user message entering the
+    conversation count; anything the model produces does not, so a call where only the
+    model talks is idle.
+    """
+    kind = event.get("type")
+    if kind in _USER_ACTIVITY:
+        return True
+    if kind in ("conversation.item.added", "conversation.item.created"):
+        item = event.get("item")
+        return (
+            isinstance(item, dict) and item.get("type") == "message" and item.get("role") == "user"
+        )
+    return False

@@ -30,17 +30,34 @@ async def api_principal(request: web.Request) -> ApiPrincipal:
     token = bearer_token(request.headers.get(hdrs.AUTHORIZATION))
     settings = request.app[keys.SETTINGS]
     if is_admin_key(token, settings.admin_key):
-        return ApiPrincipal(key_id=ADMIN_KEY_ID, name="admin", scopes=frozenset(ALL_SCOPES))
-    async with request.app[keys.SESSIONMAKER]() as s:
-        row = await queries.get_api_key_by_hash(s, hash_api_key(token))
-    if row is None or row.revoked_at is not None:
-        raise UnauthorizedError("invalid_api_key", "the API key is not valid")
-    principal = ApiPrincipal(key_id=row.id, name=row.name, scopes=frozenset(row.scopes))
+        principal = ApiPrincipal(key_id=ADMIN_KEY_ID, name="admin", scopes=frozenset(ALL_SCOPES))
+    else:
+        # Looked up on every request, so a revoked key fails from its next request on.
+        async with request.app[keys.SESSIONMAKER]() as s:
+            row = await queries.get_api_key_by_hash(s, hash_api_key(token))
+        if row is None or row.revoked_at is not None:
+            # One code for unknown and revoked: the client's fix is the same (a new key).
+            raise UnauthorizedError("invalid_api_key", "the API key is not valid")
+        principal = ApiPrincipal(key_id=row.id, name=row.name, scopes=frozenset(row.scopes))
     request[API_PRINCIPAL] = principal
     return principal
 
 
-def browser_principal(request: web.Request, session_id: str) -> BrowserPrincipal:
-    """The client secret's principal, bound to ``session_id``."""
+def browser_principal(
+    request: web.Request, session_id: str, *, check_expiry: bool = True
+) -> BrowserPrincipal:
+    """The client secret's principal, bound to ``session_id``.
+
+    Args:
+        request: the request carrying ``Authorization: Bearer <client secret>``.
+        session_id: the session in the URL.
+        check_expiry: ``False`` only for the bridge, whose service decides on expiry (the
+            token that made the offer stays good while its call is live).
+
+    Raises:
+        UnauthorizedError, ForbiddenError: see :func:`broker.auth.verify_client_secret`.
+    """
     token = bearer_token(request.headers.get(hdrs.AUTHORIZATION))
-    return verify_client_secret(token, request.app[keys.SETTINGS].signing_key, session_id)
+    return verify_client_secret(
+        token, request.app[keys.SETTINGS].signing_key, session_id, check_expiry=check_expiry
+    )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Final, TypeVar
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ValidationError
 
 from broker.errors import (
@@ -13,9 +15,14 @@ from broker.errors import (
     UnsupportedMediaError,
     ValidationFailedError,
 )
+from broker.sdp import MAX_SDP_BYTES
 from broker.tools.policy import strict_json_loads
 
+NO_BODY: Final = 0
+"""The declared body limit of an endpoint that takes no body at all."""
 MAX_JSON_BYTES: Final = 256 * 1024
+MAX_REQUEST_BYTES: Final = max(MAX_JSON_BYTES, MAX_SDP_BYTES)
+"""aiohttp's own ``client_max_size``: a backstop for any read that bypasses :func:`read_body`."""
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
@@ -27,16 +34,48 @@ def require_content_type(request: web.Request, expected: str) -> None:
         )
 
 
+def _too_large(limit: int) -> PayloadTooLargeError:
+    if limit == NO_BODY:
+        return PayloadTooLargeError("payload_too_large", "this endpoint takes no body")
+    return PayloadTooLargeError("payload_too_large", f"the body exceeds {limit} bytes")
+
+
+def check_declared_size(request: web.Request, limit: int) -> None:
+    """Refuse (413) a body whose declared size is over ``limit``, before reading any of it.
+
+    A chunked body declares no size; :func:`read_body` counts it as it arrives.
+    """
+    if limit == NO_BODY:
+        if request.body_exists:
+            raise _too_large(limit)
+    elif request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+
+
+def bounded(handler: Handler, limit: int) -> Handler:
+    """``handler`` behind a declared body limit (``NO_BODY`` for an endpoint that reads none).
+
+    Every route is registered through this (``broker/routes.py``), so no endpoint accepts a
+    body it did not declare; handlers that read one still go through :func:`read_body`.
+    """
+
+    @functools.wraps(handler)
+    async def checked(request: web.Request) -> web.StreamResponse:
+        check_declared_size(request, limit)
+        return await handler(request)
+
+    return checked
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body, refusing (413) as soon as it passes ``limit`` bytes."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLargeError("payload_too_large", f"the body exceeds {limit} bytes")
+    check_declared_size(request, limit)
     chunks: list[bytes] = []
     size = 0
     while chunk := await request.content.read(64 * 1024):
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLargeError("payload_too_large", f"the body exceeds {limit} bytes")
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -77,6 +77,8 @@ async def create_session(request: web.Request) -> web.Response:
             "client_secret": {"value": created.client_secret, "expires_at": created.expires_at},
         },
         status=201,
+        # The reply carries a live credential: no cache may keep a copy.
+        headers={"Cache-Control": "no-store"},
     )
 
 
@@ -95,7 +97,8 @@ async def realtime_offer(request: web.Request) -> web.Response:
 
 async def bridge_tool_call(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
-    browser = browser_principal(request, session_id)
+    # Expiry is the service's call: the token that made the offer outlives `exp` while live.
+    browser = browser_principal(request, session_id, check_expiry=False)
     body = await read_json(request, BridgeCallRequest)
     outcome = await request.app[keys.SESSIONS].bridge_call(
         browser, request.match_info["tool"], body

@@ -4,6 +4,13 @@
 ``pending → running`` update that exactly one caller can win. Whoever loses (the sideband after
 the bridge, or the reverse) waits for the winner's result and returns it, so a tool never runs
 twice and the model never gets two outputs for one call.
+
+Before a call runs, in this order: the session's allowlist, the tool's existence, the
+session's ``max_argument_bytes``, strict JSON, the tool's JSON Schema (all in
+:mod:`broker.tools.policy`), then the session's budget and concurrency (atomically, in
+:mod:`broker.tools.budget`). The limits come from the session row, so both paths apply the
+same ones without their callers passing them. A denial settles the call ``denied`` with the
+code in ``error`` and an :func:`~broker.tools.policy.error_output` for the model.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker.db import queries
 from broker.db.models import ToolCall, ToolCallStatus, ToolPath, utcnow
 from broker.shielded import ShieldedWrites
+from broker.tools.budget import ALLOWED, DENIED, ToolLimits, grant
+from broker.tools.codes import ToolErrorCode
 from broker.tools.executors import ToolContext, ToolExecutionError
 from broker.tools.policy import decide, error_output, strict_json_loads
 from broker.tools.registry import ToolRegistry
@@ -160,6 +169,9 @@ class ToolDispatcher:
         result (0: return the current state at once). A tool's failure or a denial is an
         outcome with an output, never an exception.
 
+        ``allowed_tools`` is the caller's allowlist; a tool must also be in the session row's
+        list (the two agree unless a caller is wrong, and then the narrower one wins).
+
         Raises:
             CallRejectedError: the call cannot be recorded at all.
         """
@@ -170,7 +182,11 @@ class ToolDispatcher:
             settled = await self.wait_settled(session_id, call_id, within=loser_wait)
             assert settled is not None
             return settled
-        status, output, error, decision = ToolCallStatus.FAILED, None, None, "allowed"
+        status: ToolCallStatus = ToolCallStatus.FAILED
+        output: str | None = None
+        error: str | None = None
+        # None keeps what the row says: "allowed" once the budget granted the call.
+        decision: str | None = None
         try:
             # The recorded tool and arguments run: a later reporter cannot swap them.
             status, output, error, decision = await self._execute(
@@ -180,7 +196,7 @@ class ToolDispatcher:
             if output is None:
                 # Cancelled or crashed mid-run: the tool may or may not have acted, and it
                 # must not run again, so the call settles as failed with that said.
-                error = "outcome_unknown"
+                error = ToolErrorCode.OUTCOME_UNKNOWN
                 output = error_output(error, "the broker stopped while running this tool")
             # Shielded: a cancelled request must still leave the row settled, never running.
             await self._writes.run(
@@ -196,8 +212,12 @@ class ToolDispatcher:
         status: ToolCallStatus,
         output: str,
         error: str | None,
-        decision: str,
+        decision: str | None,
     ) -> None:
+        # Plain strings for the driver (a code is a StrEnum).
+        values = {"output": output, "error": None if error is None else str(error)}
+        if decision is not None:
+            values["decision"] = decision
         async with self._sessionmaker.begin() as s:
             await queries.settle_tool_call(
                 s,
@@ -205,11 +225,14 @@ class ToolDispatcher:
                 call_id,
                 status=status,
                 from_statuses=[ToolCallStatus.RUNNING],
-                output=output,
-                error=error,
-                decision=decision,
+                **values,
             )
         self._notify(session_id, call_id)
+
+    async def _limits(self, session_id: str) -> tuple[ToolLimits, frozenset[str]] | None:
+        async with self._sessionmaker() as s:
+            row = await queries.get_session_row(s, session_id)
+        return None if row is None else (ToolLimits.from_row(row), frozenset(row.tools))
 
     async def _execute(
         self,
@@ -219,26 +242,47 @@ class ToolDispatcher:
         tool: str,
         arguments: str,
     ) -> tuple[ToolCallStatus, str, str | None, str]:
-        decision = decide(self._registry, allowed_tools, tool, arguments)
+        """Policy, then the budget, then the tool; returns ``(status, output, error, decision)``."""
         log_extra = f"session_id={session_id} call_id={call_id} tool={tool}"
+        session = await self._limits(session_id)
+        if session is None:
+            return _denied(log_extra, ToolErrorCode.SESSION_NOT_FOUND, "the session is gone")
+        limits, session_tools = session
+        decision = decide(
+            self._registry,
+            session_tools.intersection(allowed_tools),
+            tool,
+            arguments,
+            max_argument_bytes=limits.max_argument_bytes,
+        )
         if not decision.allowed:
             assert decision.code is not None and decision.message is not None
-            logger.warning("tool call denied %s code=%s", log_extra, decision.code)
-            return (
-                ToolCallStatus.DENIED,
-                error_output(decision.code, decision.message),
-                decision.code,
-                "denied",
+            return _denied(log_extra, decision.code, decision.message)
+        async with self._sessionmaker.begin() as s:
+            refused = await grant(s, session_id, call_id, limits)
+        if refused is ToolErrorCode.TOOL_BUDGET_EXHAUSTED:
+            return _denied(
+                log_extra,
+                refused,
+                f"this session has used all {limits.max_tool_calls} of its tool calls",
+            )
+        if refused is not None:
+            return _denied(
+                log_extra,
+                refused,
+                f"this session already runs {limits.max_concurrent_tools} tool call(s) at once;"
+                " try again when one has finished",
             )
         assert decision.tool is not None and decision.arguments is not None
         spec, args = decision.tool, decision.arguments
         started = time.perf_counter()
         try:
+            # One deadline for every executor kind (httpx only backs it up).
             async with asyncio.timeout(spec.timeout):
                 output = await spec.executor(args, ToolContext(session_id, call_id, tool))
         except TimeoutError:
-            failure: tuple[str, str] = (
-                "tool_timeout",
+            failure: tuple[ToolErrorCode, str] = (
+                ToolErrorCode.TOOL_TIMEOUT,
                 f"the tool did not finish in {spec.timeout:g}s",
             )
         except ToolExecutionError as exc:
@@ -246,14 +290,14 @@ class ToolDispatcher:
         except Exception as exc:
             # A bug in a tool must cost one call, not the session: the model is told it failed.
             logger.exception("tool raised %s", log_extra)
-            failure = ("tool_error", f"the tool failed ({type(exc).__name__})")
+            failure = (ToolErrorCode.TOOL_ERROR, f"the tool failed ({type(exc).__name__})")
         else:
             logger.info(
                 "tool call succeeded %s ms=%.1f", log_extra, (time.perf_counter() - started) * 1000
             )
-            return ToolCallStatus.SUCCEEDED, output, None, "allowed"
+            return ToolCallStatus.SUCCEEDED, output, None, ALLOWED
         logger.warning("tool call failed %s code=%s", log_extra, failure[0])
-        return ToolCallStatus.FAILED, error_output(*failure), failure[0], "allowed"
+        return ToolCallStatus.FAILED, error_output(*failure), failure[0], ALLOWED
 
     async def mark_injected(self, session_id: str, call_id: str) -> None:
         async with self._sessionmaker.begin() as s:
@@ -298,6 +342,13 @@ class ToolDispatcher:
         event = self._settled.pop((session_id, call_id), None)
         if event is not None:
             event.set()
+
+
+def _denied(
+    log_extra: str, code: ToolErrorCode, message: str
+) -> tuple[ToolCallStatus, str, str | None, str]:
+    logger.warning("tool call denied %s code=%s", log_extra, code)
+    return ToolCallStatus.DENIED, error_output(code, message), code, DENIED
 
 
 def arguments_equal(a: str, b: str) -> bool:

@@ -1,7 +1,8 @@
-"""How a tool runs: an in-process async function, or an HTTP POST to a tool backend.
+"""How a tool runs: an in-process async function, or a signed HTTP POST to a tool backend.
 
 Every executor gets the arguments object and a :class:`ToolContext`; it returns the output string
 the model will read, or raises :class:`ToolExecutionError` with a message safe to show the model.
+Timeouts are the dispatcher's job (one ``asyncio.timeout`` per call, whatever the executor).
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from typing import Any, Final, Protocol
 
 import httpx
 
+from broker.settings import Secret
+from broker.tools.codes import ToolErrorCode
+from broker.tools.signing import signature_headers
+
 MAX_OUTPUT_BYTES: Final = 64 * 1024
+"""The most a tool may return (a Python tool's encoded result, an HTTP tool's body)."""
+_HTTPX_GRACE_S: Final = 1.0
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,7 @@ class ToolContext:
 class ToolExecutionError(Exception):
     """The tool failed; ``code`` is stable, the message is safe to give the model."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ToolErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -44,15 +51,19 @@ PythonTool = Callable[[dict[str, Any], ToolContext], Awaitable[Any]]
 def encode_output(result: Any) -> str:
     """A tool's result as the output string: strings pass through, anything else is JSON once."""
     text = result if isinstance(result, str) else json.dumps(result, separators=(",", ":"))
-    if len(text.encode()) > MAX_OUTPUT_BYTES:
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_OUTPUT_BYTES:
         raise ToolExecutionError(
-            "output_too_large", f"tool output exceeds {MAX_OUTPUT_BYTES} bytes"
+            ToolErrorCode.OUTPUT_TOO_LARGE, f"tool output exceeds {MAX_OUTPUT_BYTES} bytes"
         )
     return text
 
 
 class PythonExecutor:
-    """Calls ``async def tool(arguments, context) -> Any`` in the broker process."""
+    """Calls ``async def tool(arguments, context) -> Any`` in the broker process.
+
+    Cancellation (the per-call timeout) only lands at the tool's ``await`` points: a tool that
+    blocks the event loop cannot be timed out, so in-process tools must not block.
+    """
 
     def __init__(self, func: PythonTool) -> None:
         self._func = func
@@ -65,33 +76,111 @@ class PythonExecutor:
 
 
 class HttpExecutor:
-    """POSTs the arguments object as JSON to a tool backend.
+    """POSTs the arguments object as JSON to a tool backend, signed, never following redirects.
 
-    Headers ``X-Session-ID``, ``X-Call-ID`` and ``X-Tool-Name`` say who is asking. A 2xx body is
-    the output (verbatim if it is text); anything else is a failure the model is told about.
+    Headers: ``X-Session-ID``, ``X-Call-ID`` and ``X-Tool-Name`` say who is asking;
+    ``X-Broker-Timestamp`` and ``X-Broker-Signature`` prove the broker sent it (unless the
+    tool is configured ``unsigned``). A 2xx body of at most :data:`MAX_OUTPUT_BYTES` is the
+    output (verbatim if it is text); anything else is a failure the model is told about.
+
+    Args:
+        secret: the per-tool HMAC key; ``None`` only for a tool configured ``unsigned = true``.
+        timeout: the tool's timeout; httpx gets it (plus a second) for each request.
     """
 
-    def __init__(self, url: str, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self, url: str, http: httpx.AsyncClient, secret: Secret | None, timeout: float
+    ) -> None:
         self.url = url
         self._http = http
+        self._secret = secret
+        # The dispatcher's deadline is the one that counts (same for every executor, same
+        # message); httpx gets a little more so it only replaces the client's default (which
+        # may be shorter than a long tool's timeout) and never races the deadline.
+        self._timeout = httpx.Timeout(timeout + _HTTPX_GRACE_S)
+
+    @property
+    def signed(self) -> bool:
+        return self._secret is not None
 
     def __repr__(self) -> str:
-        return f"HttpExecutor({self.url!r})"
+        # Never the secret; only whether there is one.
+        return f"HttpExecutor({self.url!r}, signed={self.signed})"
 
     async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> str:
+        # Serialized here (not by httpx) so the signature covers exactly the bytes sent, and
+        # re-serialized from the validated object so the backend reads what policy checked.
+        body = json.dumps(arguments, separators=(",", ":")).encode("ascii")
         headers = {
+            "Content-Type": "application/json",
+            # Counting compressed bytes would let a small body inflate past the cap.
+            "Accept-Encoding": "identity",
             "X-Session-ID": context.session_id,
             "X-Call-ID": context.call_id,
             "X-Tool-Name": context.tool,
         }
+        if self._secret is not None:
+            headers.update(signature_headers(self._secret, body))
         try:
-            resp = await self._http.post(self.url, json=arguments, headers=headers)
+            async with self._http.stream(
+                "POST",
+                self.url,
+                content=body,
+                headers=headers,
+                timeout=self._timeout,
+                # A redirect could send the signed call (and the user's data) anywhere.
+                follow_redirects=False,
+            ) as resp:
+                return await _read_output(resp)
         except httpx.TimeoutException as exc:
-            raise ToolExecutionError("tool_timeout", "the tool backend did not answer") from exc
-        except httpx.HTTPError as exc:
-            raise ToolExecutionError("tool_unreachable", "the tool backend is unreachable") from exc
-        if not resp.is_success:
             raise ToolExecutionError(
-                "tool_http_error", f"the tool backend answered {resp.status_code}"
-            )
-        return encode_output(resp.text)
+                ToolErrorCode.TOOL_TIMEOUT, "the tool backend did not answer in time"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise ToolExecutionError(
+                ToolErrorCode.TOOL_UNREACHABLE, "the tool backend is unreachable"
+            ) from exc
+
+
+async def _read_output(resp: httpx.Response) -> str:
+    """The body of a successful answer, read incrementally and never past the cap.
+
+    Raises:
+        ToolExecutionError: a redirect, a non-2xx status, a compressed or oversized body.
+    """
+    if resp.is_redirect or 300 <= resp.status_code < 400:
+        raise ToolExecutionError(
+            ToolErrorCode.TOOL_REDIRECT_REFUSED,
+            f"the tool backend answered a redirect ({resp.status_code}), which is not followed",
+        )
+    if not resp.is_success:
+        raise ToolExecutionError(
+            ToolErrorCode.TOOL_HTTP_ERROR, f"the tool backend answered {resp.status_code}"
+        )
+    if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
+        raise ToolExecutionError(
+            ToolErrorCode.TOOL_HTTP_ERROR, "the tool backend answered with a compressed body"
+        )
+    too_large = ToolExecutionError(
+        ToolErrorCode.TOOL_RESPONSE_TOO_LARGE,
+        f"the tool backend's answer exceeds {MAX_OUTPUT_BYTES} bytes",
+    )
+    declared = resp.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_OUTPUT_BYTES:
+        raise too_large
+    received = bytearray()
+    # Counted as they arrive (no encoding was accepted above, so these are the bytes on the
+    # wire): the body is abandoned the moment it passes the cap, so an endless or huge
+    # answer costs at most one network chunk more than the cap.
+    async for chunk in resp.aiter_bytes():
+        received += chunk
+        if len(received) > MAX_OUTPUT_BYTES:
+            raise too_large
+    return encode_output(_decode(bytes(received), resp.charset_encoding))
+
+
+def _decode(body: bytes, charset: str | None) -> str:
+    try:
+        return body.decode(charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return body.decode("utf-8", errors="replace")

@@ -5,17 +5,25 @@ Format (``BROKER_CONFIG``)::
     [tools.lookup_order]
     description = "Look up an order by its id."
     timeout = 5.0                                  # seconds, default 10
-    python = "broker.tools.demo:lookup_order"      # or: http = "https://tools.internal/lookup"
-    [tools.lookup_order.parameters]                # JSON Schema of the arguments object
+    http = "https://tools.internal/lookup"         # or: python = "broker.tools.demo:lookup_order"
+    secret_env = "LOOKUP_ORDER_SECRET"             # HTTP tools: the HMAC key's variable ...
+    # secret = "..."                               # ... or inline (development only)
+    # unsigned = true                              # ... or an explicit choice not to sign
+    [tools.lookup_order.parameters]                # JSON Schema (2020-12) of the arguments
     type = "object"
     required = ["order_id"]
     properties.order_id = { type = "string" }
+
+Every problem is reported at load, before the broker serves: an unknown key (a typo must not
+silently drop a setting), an HTTP tool with no signing decision, a missing or short secret, a
+schema that is invalid, names another draft, or has a ``$ref`` that leaves the schema.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -24,18 +32,30 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import SchemaError
 
+from broker.settings import Secret
 from broker.tools.executors import Executor, HttpExecutor, PythonExecutor, PythonTool
+from broker.tools.signing import MIN_SECRET_CHARS
 
 _NAME_RE: Final = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_ENV_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_TIMEOUT: Final = 10.0
 MAX_TIMEOUT: Final = 300.0
+SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
+_KEYS: Final = frozenset(
+    {"description", "parameters", "timeout", "python", "http", "secret", "secret_env", "unsigned"}
+)
+CHECKED_FORMATS: Final = ("date", "email", "idn-email", "ipv4", "ipv6", "uuid")
+"""``format`` values that are enforced. jsonschema checks some formats only when optional
+packages happen to be installed; this fixed list needs none, so a schema means the same on
+every install. Any other ``format`` is an annotation, as JSON Schema 2020-12 specifies."""
+FORMAT_CHECKER: Final = FormatChecker(CHECKED_FORMATS)
 
 
 class ToolConfigError(ValueError):
-    """The tools file is invalid; the message names the file and the tool."""
+    """The tools file is invalid; the message names the file and the tool, never a secret."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +64,8 @@ class ToolSpec:
 
     Attributes:
         parameters: JSON Schema of the arguments object (sent to the provider as-is).
-        validator: compiled from ``parameters`` once, at load.
+        validator: compiled from ``parameters`` once, at load (Draft 2020-12, with
+            :data:`CHECKED_FORMATS` enforced).
     """
 
     name: str
@@ -80,12 +101,20 @@ class ToolRegistry(Mapping[str, ToolSpec]):
         return len(self._tools)
 
 
-def load_registry(path: Path, http: httpx.AsyncClient) -> ToolRegistry:
+def load_registry(
+    path: Path, http: httpx.AsyncClient, env: Mapping[str, str] | None = None
+) -> ToolRegistry:
     """Load and validate a tools file; every problem is reported before the broker starts.
+
+    Args:
+        path: the TOML file (``BROKER_CONFIG``).
+        http: the client HTTP tools send with (owned by the caller).
+        env: where ``secret_env`` names are looked up (default: the process environment).
 
     Raises:
         ToolConfigError: unreadable file, bad TOML, or an invalid tool entry.
     """
+    env = os.environ if env is None else env
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -93,46 +122,90 @@ def load_registry(path: Path, http: httpx.AsyncClient) -> ToolRegistry:
     tools = data.get("tools", {})
     if not isinstance(tools, dict):
         raise ToolConfigError(f"{path}: [tools] must be a table")
-    return ToolRegistry({name: _tool(path, name, entry, http) for name, entry in tools.items()})
+    return ToolRegistry(
+        {name: _tool(path, name, entry, http, env) for name, entry in tools.items()}
+    )
 
 
-def _tool(path: Path, name: str, entry: Any, http: httpx.AsyncClient) -> ToolSpec:
+def _tool(
+    path: Path, name: str, entry: Any, http: httpx.AsyncClient, env: Mapping[str, str]
+) -> ToolSpec:
     where = f"{path}: tool {name!r}"
     if not _NAME_RE.match(name):
         raise ToolConfigError(f"{where}: names are 1-64 of [a-zA-Z0-9_-]")
     if not isinstance(entry, dict):
         raise ToolConfigError(f"{where}: must be a table")
+    unknown = sorted(set(entry) - _KEYS)
+    if unknown:
+        raise ToolConfigError(f"{where}: unknown key(s): {', '.join(unknown)}")
     description = entry.get("description", "")
     parameters = entry.get("parameters", {"type": "object", "properties": {}})
     timeout = entry.get("timeout", DEFAULT_TIMEOUT)
     if not isinstance(description, str):
         raise ToolConfigError(f"{where}: description must be a string")
-    if not isinstance(parameters, dict) or parameters.get("type") != "object":
-        raise ToolConfigError(f"{where}: parameters must be a JSON Schema with type 'object'")
-    try:
-        Draft202012Validator.check_schema(parameters)
-    except SchemaError as exc:
-        raise ToolConfigError(f"{where}: invalid parameters schema: {exc.message}") from exc
     if not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT:
         raise ToolConfigError(f"{where}: timeout must be in (0, {MAX_TIMEOUT:g}] seconds")
+    validator = _validator(where, parameters)
     return ToolSpec(
         name=name,
         description=description,
         parameters=parameters,
         timeout=float(timeout),
-        executor=_executor(where, entry, http),
-        validator=Draft202012Validator(parameters),
+        executor=_executor(where, entry, http, float(timeout), env),
+        validator=validator,
     )
 
 
-def _executor(where: str, entry: dict[str, Any], http: httpx.AsyncClient) -> Executor:
+def _validator(where: str, parameters: Any) -> Draft202012Validator:
+    if not isinstance(parameters, dict) or parameters.get("type") != "object":
+        raise ToolConfigError(f"{where}: parameters must be a JSON Schema with type 'object'")
+    dialect = parameters.get("$schema", SCHEMA_DIALECT)
+    if not isinstance(dialect, str) or dialect.rstrip("#") != SCHEMA_DIALECT:
+        # The validator is 2020-12 whatever the schema says; another draft would be
+        # silently read with the wrong rules.
+        raise ToolConfigError(f"{where}: parameters must be JSON Schema 2020-12 ($schema)")
+    try:
+        # The metaschema check keeps its full format checker: it is what refuses a
+        # ``pattern`` that is not a valid regex, which would otherwise fail on every call.
+        Draft202012Validator.check_schema(parameters)
+    except SchemaError as exc:
+        raise ToolConfigError(f"{where}: invalid parameters schema: {exc.message}") from exc
+    for ref in _refs(parameters):
+        if not ref.startswith("#"):
+            # Nothing is fetched at run time: a remote $ref would fail on every call.
+            raise ToolConfigError(f"{where}: parameters may only $ref inside themselves")
+    return Draft202012Validator(parameters, format_checker=FORMAT_CHECKER)
+
+
+def _refs(schema: Any) -> Iterator[str]:
+    """Every ``$ref``/``$dynamicRef`` string anywhere in the schema."""
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key in ("$ref", "$dynamicRef") and isinstance(value, str):
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            yield from _refs(value)
+
+
+def _executor(
+    where: str,
+    entry: dict[str, Any],
+    http: httpx.AsyncClient,
+    timeout: float,
+    env: Mapping[str, str],
+) -> Executor:
     target, url = entry.get("python"), entry.get("http")
     if (target is None) == (url is None):
         raise ToolConfigError(f"{where}: set exactly one of 'python' or 'http'")
     if url is not None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ToolConfigError(f"{where}: http must be an http(s) URL")
-        return HttpExecutor(url, http)
+        return HttpExecutor(url, http, _secret(where, entry, env), timeout)
+    if any(key in entry for key in ("secret", "secret_env", "unsigned")):
+        raise ToolConfigError(f"{where}: secret, secret_env and unsigned are for http tools")
     if not isinstance(target, str) or ":" not in target:
         raise ToolConfigError(f"{where}: python must be 'module:function'")
     module_name, _, attr = target.partition(":")
@@ -144,3 +217,35 @@ def _executor(where: str, entry: dict[str, Any], http: httpx.AsyncClient) -> Exe
         raise ToolConfigError(f"{where}: {target} must be an async function")
     tool: PythonTool = func
     return PythonExecutor(tool)
+
+
+def _secret(where: str, entry: dict[str, Any], env: Mapping[str, str]) -> Secret | None:
+    """The HTTP tool's signing key, or ``None`` when ``unsigned = true`` says so explicitly.
+
+    Messages name the key or the variable, never a value.
+    """
+    # Wrapped at once so the value never sits in a plain local that a traceback could show.
+    inline = Secret(entry["secret"]) if isinstance(entry.get("secret"), str) else None
+    if "secret" in entry and inline is None:
+        raise ToolConfigError(f"{where}: secret must be a string")
+    variable, unsigned = entry.get("secret_env"), entry.get("unsigned", False)
+    if not isinstance(unsigned, bool):
+        raise ToolConfigError(f"{where}: unsigned must be true or false")
+    chosen = sum((inline is not None, variable is not None, unsigned))
+    if chosen != 1:
+        raise ToolConfigError(
+            f"{where}: http tools set exactly one of secret_env, secret, or unsigned = true"
+        )
+    if unsigned:
+        return None
+    if variable is not None:
+        if not isinstance(variable, str) or not _ENV_NAME_RE.match(variable):
+            raise ToolConfigError(f"{where}: secret_env must name an environment variable")
+        value = env.get(variable)
+        if not value:
+            raise ToolConfigError(f"{where}: environment variable {variable} is not set")
+        inline = Secret(value)
+    assert inline is not None
+    if len(inline.reveal()) < MIN_SECRET_CHARS:
+        raise ToolConfigError(f"{where}: the secret must be at least {MIN_SECRET_CHARS} characters")
+    return inline

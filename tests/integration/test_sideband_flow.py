@@ -154,8 +154,9 @@ async def test_call_to_a_tool_outside_the_allowlist_is_denied_not_run(
 ) -> None:
     """A browser that adds a tool with session.update still cannot make the broker run it.
 
-    The model calls delete_account (the browser put it in the provider session); the broker
-    records a denied call, never contacts the tool, and gives the model an error output.
+    The broker reverts the browser's tools at once (tests/security/test_malicious_browser.py),
+    so the model is made to call delete_account anyway (``tool:``); the broker records a
+    denied call, never contacts the tool, and gives the model an error output.
     """
     session = await broker.create_session(tools=["lookup_order"])
     browser = await connect_browser(broker, session)
@@ -177,7 +178,7 @@ async def test_call_to_a_tool_outside_the_allowlist_is_denied_not_run(
             }
         )
         await browser.wait_for("session.updated")
-        ask(browser, "delete_account")
+        ask(browser, "tool:delete_account")
         await browser.wait_for("response.done", says("tool_not_allowed"))
         assert tool_backend.calls_to("delete_account") == []
         detail = await broker.get_session(session["id"])

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import select
+
+from broker import keys as broker_keys
+from broker.db.models import SessionEvent
 from emulator import Call
 from tests.support.broker_server import RunningBroker
 from tests.support.browser import FakeBrowser
@@ -75,3 +80,55 @@ def compact(value: Any) -> str:
 
 LOOKUP_42_OUTPUT = compact({"order_id": "42", "status": "shipped"})
 """What the test tool backend's lookup_order answers for order 42, byte for byte."""
+
+
+async def session_events(
+    broker: RunningBroker, session_id: str, type_: str | None = None
+) -> list[dict[str, Any]]:
+    """The session's stored events (``direction``, ``type``, ``payload``), in order."""
+    query = select(SessionEvent).where(SessionEvent.session_id == session_id)
+    if type_ is not None:
+        query = query.where(SessionEvent.type == type_)
+    async with broker.app[broker_keys.SESSIONMAKER]() as s:
+        rows = (await s.scalars(query.order_by(SessionEvent.seq))).all()
+    return [{"direction": r.direction, "type": r.type, "payload": r.payload} for r in rows]
+
+
+async def wait_events(
+    broker: RunningBroker,
+    session_id: str,
+    type_: str,
+    predicate: Callable[[dict[str, Any]], bool] | None = None,
+    count: int = 1,
+    timeout: float = 5,  # noqa: ASYNC109
+) -> list[dict[str, Any]]:
+    """Poll the event log (written in batches) until ``count`` matching events are stored."""
+    async with asyncio.timeout(timeout):
+        while True:
+            events = [
+                e
+                for e in await session_events(broker, session_id, type_)
+                if predicate is None or predicate(e["payload"])
+            ]
+            if len(events) >= count:
+                return events
+            await asyncio.sleep(0.05)
+
+
+async def wait_session_ended(
+    broker: RunningBroker,
+    session_id: str,
+    timeout: float = 5,  # noqa: ASYNC109
+) -> dict[str, Any]:
+    """Poll the session until it is no longer live; returns its detail."""
+    async with asyncio.timeout(timeout):
+        while (detail := await broker.get_session(session_id))["state"] == "live":  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    return detail
+
+
+async def wait_call_ended(call: Call, timeout: float = 5) -> None:  # noqa: ASYNC109
+    """Poll the emulator's call (in-process) until it ended."""
+    async with asyncio.timeout(timeout):
+        while not call.ended:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)

@@ -1,13 +1,50 @@
-"""A real HTTP tool backend that records every request it gets."""
+"""A real HTTP tool backend that records every request it gets and checks its signature.
+
+It verifies ``X-Broker-Signature`` exactly as ``docs/tool-webhooks.md`` tells a tool backend
+to (written out again here, not imported from the broker, so the tests check the documented
+algorithm rather than the broker against itself). Unverified requests are refused 401 unless
+their tool is in ``accept_unsigned``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+TOOL_SECRET = "test-tool-secret-0123456789abcdef-0123456789"
+"""The signing secret of every HTTP tool in :meth:`ToolBackend.config_toml`."""
+TOLERANCE_S = 300
+HUGE_LIMIT = 64 * 1024 * 1024
+"""The endless ``huge`` answer stops here if nobody hung up (a broken cap fails, not hangs)."""
+
+
+def verify_signature(
+    secret: bytes, headers: Mapping[str, str], body: bytes, now: float | None = None
+) -> bool:
+    """The verifier from docs/tool-webhooks.md: constant-time compare, 5-minute window."""
+    timestamp = headers.get("X-Broker-Timestamp", "")
+    signature = headers.get("X-Broker-Signature", "")
+    if not (timestamp.isascii() and timestamp.isdigit()):
+        return False
+    if abs((time.time() if now is None else now) - int(timestamp)) > TOLERANCE_S:
+        return False  # stale (or from the future): a replay, or a clock far off
+    message = timestamp.encode() + b"." + body
+    expected = "v1=" + hmac.new(secret, message, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), signature.encode())
+
+
+async def sleepy(arguments: dict[str, Any], context: Any) -> dict[str, Any]:
+    """An in-process tool that outlives its timeout (the timeout must cancel it)."""
+    await asyncio.sleep(5)
+    return {"slept": True}
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
@@ -24,6 +61,8 @@ class ToolRequest:
     tool: str
     headers: dict[str, str]
     arguments: Any
+    body: bytes = b""
+    verified: bool = False
 
 
 @dataclass
@@ -31,22 +70,56 @@ class ToolBackend:
     base_url: str = ""
     requests: list[ToolRequest] = field(default_factory=list)
     delay: float = 0.0
+    secret: str = TOOL_SECRET
+    accept_unsigned: set[str] = field(default_factory=set)
+    huge_bytes_sent: int = 0
+    """How much of the endless ``huge`` answer went out before the client hung up."""
+    _release: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
 
     def calls_to(self, tool: str) -> list[ToolRequest]:
         return [r for r in self.requests if r.tool == tool]
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         tool = request.match_info["tool"]
-        arguments = await request.json()
-        self.requests.append(ToolRequest(tool, dict(request.headers), arguments))
+        body = await request.read()
+        verified = verify_signature(self.secret.encode(), request.headers, body)
+        try:
+            arguments = json.loads(body)
+        except ValueError:
+            arguments = None
+        self.requests.append(ToolRequest(tool, dict(request.headers), arguments, body, verified))
+        if not verified and tool not in self.accept_unsigned:
+            return _json({"error": "bad signature"}, status=401)
         if self.delay:
             await asyncio.sleep(self.delay)
         if tool == "lookup_order":
             return _json({"order_id": arguments["order_id"], "status": "shipped"})
         if tool == "explode":
             return _json({"error": "boom"}, status=500)
+        if tool == "redirect":
+            # Where a followed redirect would land: lookup_order must never see it.
+            raise web.HTTPFound(f"{self.base_url}/tools/lookup_order")
+        if tool == "huge":
+            return await self._endless(request)
+        if tool == "slow":
+            # Holds the answer until the test ends (bounded), well past the tool's timeout.
+            async with asyncio.timeout(5):
+                await self._release.wait()
         return _json({"ok": True, "tool": tool})
+
+    async def _endless(self, request: web.Request) -> web.StreamResponse:
+        """An answer with no Content-Length that never ends by itself (chunked)."""
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(request)
+        chunk = b"x" * 16384
+        try:
+            while self.huge_bytes_sent < HUGE_LIMIT:
+                await response.write(chunk)
+                self.huge_bytes_sent += len(chunk)
+        except ConnectionError:
+            pass  # the broker stopped reading and closed the connection: the point
+        return response
 
     async def start(self) -> None:
         app = web.Application()
@@ -58,16 +131,24 @@ class ToolBackend:
         self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
 
     async def close(self) -> None:
+        self._release.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
     def config_toml(self) -> str:
-        """A tools file: lookup_order, delete_account, explode over HTTP; get_time in-process."""
+        """A tools file: HTTP tools signed with :data:`TOOL_SECRET`; get_time in-process.
+
+        lookup_order, delete_account and explode as before; redirect (answers 302), huge (an
+        endless body), slow (answers after its 0.5 s timeout) and the in-process sleepy (after
+        its 0.3 s timeout) for the failure tests.
+        """
+        signed = f'secret = "{self.secret}"'
         return f"""
 [tools.lookup_order]
 description = "Look up an order."
 timeout = 5
 http = "{self.base_url}/tools/lookup_order"
+{signed}
 [tools.lookup_order.parameters]
 type = "object"
 required = ["order_id"]
@@ -77,6 +158,7 @@ properties.order_id = {{ type = "string" }}
 [tools.delete_account]
 description = "Delete the user's account."
 http = "{self.base_url}/tools/delete_account"
+{signed}
 [tools.delete_account.parameters]
 type = "object"
 properties = {{}}
@@ -84,9 +166,32 @@ properties = {{}}
 [tools.explode]
 description = "A tool whose backend always fails."
 http = "{self.base_url}/tools/explode"
+{signed}
 [tools.explode.parameters]
 type = "object"
 properties = {{}}
+
+[tools.redirect]
+description = "A tool whose backend answers with a redirect."
+http = "{self.base_url}/tools/redirect"
+{signed}
+
+[tools.huge]
+description = "A tool whose backend answers without end."
+timeout = 5
+http = "{self.base_url}/tools/huge"
+{signed}
+
+[tools.slow]
+description = "A tool that answers after its timeout."
+timeout = 0.5
+http = "{self.base_url}/tools/slow"
+{signed}
+
+[tools.sleepy]
+description = "An in-process tool that answers after its timeout."
+timeout = 0.3
+python = "tests.support.tool_backend:sleepy"
 
 [tools.get_time]
 description = "Current time."

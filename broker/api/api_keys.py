@@ -1,0 +1,75 @@
+"""API key administration (``admin`` scope): list, create (the key is shown once), revoke."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from broker import keys
+from broker.api._auth import api_principal
+from broker.api._bodies import read_json
+from broker.apikeys import UnknownScopeError, create_api_key, list_api_keys, revoke_api_key
+from broker.auth import ALL_SCOPES, Scope
+from broker.db.models import ApiKey
+from broker.errors import NotFoundError, ValidationFailedError
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+class CreateKeyRequest(BaseModel):
+    """Body of ``POST /api/v1/keys``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    scopes: list[str] = Field(min_length=1, max_length=len(ALL_SCOPES))
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    # SQLite hands timestamps back without their zone; every stored time is UTC.
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
+def key_json(row: ApiKey) -> dict[str, Any]:
+    """A key's public record: never the key, never its hash."""
+    return {
+        "id": row.id,
+        "name": row.name,
+        "scopes": row.scopes,
+        "created_at": _iso(row.created_at),
+        "revoked_at": _iso(row.revoked_at),
+    }
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    (await api_principal(request)).require(Scope.ADMIN)
+    rows = await list_api_keys(request.app[keys.SESSIONMAKER])
+    return web.json_response({"keys": [key_json(row) for row in rows]})
+
+
+async def create_key(request: web.Request) -> web.Response:
+    (await api_principal(request)).require(Scope.ADMIN)
+    body = await read_json(request, CreateKeyRequest)
+    try:
+        row, key = await create_api_key(request.app[keys.SESSIONMAKER], body.name, body.scopes)
+    except UnknownScopeError:
+        # The known scopes, not the unknown ones: input is never echoed (it could be a secret).
+        known = sorted(str(s) for s in ALL_SCOPES)
+        raise ValidationFailedError(
+            "unknown_scope", f"scopes must be among: {', '.join(known)}", scopes=known
+        ) from None
+    return web.json_response({**key_json(row), "key": key}, status=201, headers=NO_STORE)
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    (await api_principal(request)).require(Scope.ADMIN)
+    row = await revoke_api_key(request.app[keys.SESSIONMAKER], request.match_info["key_id"])
+    if row is None:
+        # The BROKER_ADMIN_KEY bootstrap key is configuration, not a row: it is not found here.
+        raise NotFoundError("key_not_found", "no such API key")
+    return web.json_response(key_json(row))

@@ -1,0 +1,239 @@
+"""The server-side leash: a live call ends when it runs too long, idles, or spends its budget.
+
+One :class:`Leash` runs per live sideband, as a task of that sideband's task group (so it is
+cancelled when the call ends). It waits on one deadline, the nearer of:
+
+* ``max_duration_s`` after the session went live (``live_at``);
+* ``idle_timeout_s`` after the last sign of the user: speech (``speech_started``,
+  ``committed``) or a user message entering the conversation. Model output is not activity.
+
+and wakes early only when something moves a deadline or a tool call settles.
+
+**Tool budget.** The dispatcher owns the budget (:mod:`broker.tools.budget`): it counts the
+calls it *started* (``decision = allowed``) and denies the next one ``tool_budget_exhausted``.
+The leash reads the same ``tool_calls`` rows after every settled call and ends the call once
+a call was denied for budget, i.e. when the model asks for call ``max_tool_calls + 1``. (It
+also ends it if more calls than the budget were ever started, which the dispatcher's atomic
+grant should make impossible: a second line, not a second rule.) The denial is an output the
+model explains, so the leash first lets that answer finish: it hangs up after the
+``response.done`` of the first response created after the denial settled, or after
+:data:`BUDGET_GRACE_S`, whichever comes first.
+
+Reaching a limit records a ``broker.leash`` session event and ends the call through the
+provider's hangup; the session's end reason is the limit's name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import case, func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from broker.db.models import SessionRow, ToolCall, utcnow
+from broker.events_log import EventRecorder
+from broker.tools.budget import ALLOWED
+from broker.tools.codes import ToolErrorCode
+from sideband import is_user_activity
+
+logger = logging.getLogger(__name__)
+
+LEASH_EVENT: Final = "broker.leash"
+BUDGET_GRACE_S: Final = 10.0
+"""How long the model may take to tell the user the budget is spent before the hangup."""
+
+
+class LeashLimit(enum.StrEnum):
+    """Which limit ended the call; also the session's ``end_reason``."""
+
+    MAX_DURATION = "max_duration"
+    IDLE_TIMEOUT = "idle_timeout"
+    TOOL_BUDGET = "tool_budget"
+
+
+@dataclass(frozen=True)
+class LeashTerms:
+    """The limits of one session, from its row."""
+
+    max_duration_s: int
+    idle_timeout_s: int
+    max_tool_calls: int
+    live_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: SessionRow) -> LeashTerms:
+        return cls(
+            max_duration_s=row.max_duration_s,
+            idle_timeout_s=row.idle_timeout_s,
+            max_tool_calls=row.max_tool_calls,
+            live_at=row.live_at,
+        )
+
+    def seconds_live(self) -> float:
+        """How long the call has been live (0 if unknown or in the future)."""
+        if self.live_at is None:
+            return 0.0
+        # SQLite returns naive datetimes; every timestamp is stored in UTC.
+        live_at = self.live_at if self.live_at.tzinfo else self.live_at.replace(tzinfo=UTC)
+        return max((utcnow() - live_at).total_seconds(), 0.0)
+
+
+async def tool_budget_spent(s: AsyncSession, session_id: str, max_tool_calls: int) -> bool:
+    """A call was denied for budget, or more calls were started than the budget allows."""
+    started, denied = (
+        await s.execute(
+            select(
+                func.coalesce(func.sum(case((ToolCall.decision == ALLOWED, 1), else_=0)), 0),
+                func.coalesce(
+                    func.sum(
+                        case((ToolCall.error == ToolErrorCode.TOOL_BUDGET_EXHAUSTED, 1), else_=0)
+                    ),
+                    0,
+                ),
+            ).where(ToolCall.session_id == session_id)
+        )
+    ).one()
+    return int(started) > max_tool_calls or int(denied) > 0
+
+
+class Leash:
+    """Ends one call when a limit is reached.
+
+    Args:
+        session_id: the session (for logs and the tool-call count).
+        terms: its limits.
+        sessionmaker: to count the session's tool calls.
+        recorder: the session's event log.
+        end_call: ends the call with a reason (provider hangup); idempotent.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        terms: LeashTerms,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        recorder: EventRecorder,
+        end_call: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self._session_id = session_id
+        self._terms = terms
+        self._sessionmaker = sessionmaker
+        self._recorder = recorder
+        self._end_call = end_call
+        self._wake = asyncio.Event()
+        self._check_budget = False
+        self._duration_at = 0.0
+        self._idle_at = 0.0
+        self._watch_reply = False
+        self._reply_id: str | None = None
+        self._reply_done = asyncio.Event()
+
+    def saw(self, event: Mapping[str, Any]) -> None:
+        """A server event arrived on the sideband; user activity pushes the idle deadline.
+
+        Runs on the sideband reader: never blocks.
+        """
+        if is_user_activity(event):
+            self._bump_idle()
+        elif self._watch_reply:
+            # The model's reply to the latest settled call: the response started after it.
+            response = event.get("response")
+            response_id = response.get("id") if isinstance(response, dict) else None
+            if event.get("type") == "response.created" and self._reply_id is None:
+                self._reply_id = response_id
+            elif event.get("type") == "response.done" and response_id == self._reply_id:
+                self._reply_done.set()
+
+    def sideband_attached(self) -> None:
+        """Restart the idle clock once the sideband is attached.
+
+        Activity before the attach could not be seen, so it must not be held against the call.
+        """
+        self._bump_idle()
+
+    def _bump_idle(self) -> None:
+        self._idle_at = asyncio.get_running_loop().time() + self._terms.idle_timeout_s
+        self._wake.set()
+
+    def tool_call_settled(self) -> None:
+        """A tool call of this session was decided; re-count against the budget.
+
+        Called before the call's output is sent, so the model's reply to it is the next
+        response to start.
+        """
+        self._check_budget = True
+        self._watch_reply = True
+        self._reply_id = None
+        self._reply_done.clear()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Wait for a limit, then record it and end the call.
+
+        Cancellation-safe: cancelled when the sideband ends for any other reason.
+        """
+        limit = await self._wait()
+        if limit is LeashLimit.TOOL_BUDGET:
+            try:
+                async with asyncio.timeout(BUDGET_GRACE_S):
+                    await self._reply_done.wait()
+            except TimeoutError:
+                logger.info("leash: no reply to the budget denial session_id=%s", self._session_id)
+        logger.warning(
+            "leash: %s reached session_id=%s, ending the call", limit.value, self._session_id
+        )
+        self._recorder.record("broker", self._event(limit))
+        await self._end_call(limit.value)
+
+    def _event(self, limit: LeashLimit) -> dict[str, Any]:
+        value = {
+            LeashLimit.MAX_DURATION: self._terms.max_duration_s,
+            LeashLimit.IDLE_TIMEOUT: self._terms.idle_timeout_s,
+            LeashLimit.TOOL_BUDGET: self._terms.max_tool_calls,
+        }[limit]
+        return {"type": LEASH_EVENT, "limit": limit.value, "value": value}
+
+    def _deadline(self) -> float:
+        return min(self._duration_at, self._idle_at)
+
+    async def _wait(self) -> LeashLimit:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._duration_at = now + self._terms.max_duration_s - self._terms.seconds_live()
+        self._idle_at = max(self._idle_at, now + self._terms.idle_timeout_s)
+        try:
+            async with asyncio.timeout_at(self._deadline()) as timer:
+                while True:
+                    await self._wake.wait()
+                    self._wake.clear()
+                    if self._check_budget:
+                        self._check_budget = False
+                        if await self._budget_spent():
+                            return LeashLimit.TOOL_BUDGET
+                    timer.reschedule(self._deadline())
+        except TimeoutError:
+            if not timer.expired():
+                raise
+        # The timer fired at the nearer deadline; the nearer one is the limit reached.
+        if self._duration_at <= self._idle_at:
+            return LeashLimit.MAX_DURATION
+        return LeashLimit.IDLE_TIMEOUT
+
+    async def _budget_spent(self) -> bool:
+        try:
+            async with self._sessionmaker() as s:
+                return await tool_budget_spent(s, self._session_id, self._terms.max_tool_calls)
+        except SQLAlchemyError:
+            # One failed count must not cost the call its sideband; the next settled call
+            # counts again.
+            logger.warning(
+                "leash: could not count tool calls session_id=%s", self._session_id, exc_info=True
+            )
+            return False

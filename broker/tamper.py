@@ -1,0 +1,94 @@
+"""The broker's answer to a tampering browser: record it, log it, apply the session's policy.
+
+The sideband controller has already acted on the wire when this runs (config re-applied,
+forged output deleted, tainted response cancelled, see :mod:`sideband.tamper`). What is left
+is the broker's part: one ``broker.tamper`` session event, one warning line, and with the
+``hangup`` policy the end of the call (end reason ``tamper``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from broker.events_log import EventRecorder
+from broker.limits import TamperPolicy
+from sideband import ForgedOutput, SessionDrift, TaintedResponse, Tamper
+
+logger = logging.getLogger(__name__)
+
+TAMPER_EVENT: Final = "broker.tamper"
+END_REASON_TAMPER: Final = "tamper"
+
+
+def tamper_event(tamper: Tamper, policy: TamperPolicy) -> dict[str, Any]:
+    """The session event for one detection: what changed, never the browser's content.
+
+    Instructions and tool schemas are left out on purpose: the browser chose them, they may
+    be large, and they may be exactly what an attacker wants written into our logs.
+    """
+    event: dict[str, Any] = {"type": TAMPER_EVENT, "kind": tamper.kind, "policy": policy.value}
+    if isinstance(tamper, SessionDrift):
+        event.update(
+            fields=list(tamper.fields),
+            tools_added=list(tamper.tools_added),
+            tools_removed=list(tamper.tools_removed),
+            tools_changed=list(tamper.tools_changed),
+            reapplied=tamper.reapplied,
+        )
+    elif isinstance(tamper, ForgedOutput):
+        event.update(item_id=tamper.item_id, call_id=tamper.call_id, deleted=tamper.deleted)
+    else:
+        event.update(
+            response_id=tamper.response_id,
+            forged_item_ids=list(tamper.forged_item_ids),
+            cancelled=tamper.cancelled,
+        )
+    return event
+
+
+class TamperResponder:
+    """The broker's :class:`sideband.TamperHandler` for one session.
+
+    Args:
+        session_id: the session, for the log line.
+        policy: the session's ``tamper_policy``.
+        recorder: the session's event log.
+        end_call: ends the call with a reason (provider hangup); idempotent.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        policy: TamperPolicy,
+        recorder: EventRecorder,
+        end_call: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self._session_id = session_id
+        self._policy = policy
+        self._recorder = recorder
+        self._end_call = end_call
+
+    async def tampered(self, tamper: Tamper) -> None:
+        event = tamper_event(tamper, self._policy)
+        self._recorder.record("broker", event)
+        logger.warning(
+            "browser tampered with the session session_id=%s kind=%s detail=%s policy=%s",
+            self._session_id,
+            tamper.kind,
+            _summary(tamper),
+            self._policy.value,
+        )
+        # A tainted response is the consequence of a forged output, which already applied
+        # the policy; it is recorded, not punished twice.
+        if self._policy is TamperPolicy.HANGUP and not isinstance(tamper, TaintedResponse):
+            await self._end_call(END_REASON_TAMPER)
+
+
+def _summary(tamper: Tamper) -> str:
+    if isinstance(tamper, SessionDrift):
+        return "fields=" + ",".join(tamper.fields)
+    if isinstance(tamper, ForgedOutput):
+        return f"item_id={tamper.item_id} deleted={tamper.deleted}"
+    return f"response_id={tamper.response_id} cancelled={tamper.cancelled}"

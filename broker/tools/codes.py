@@ -1,0 +1,44 @@
+"""The stable codes a denied or failed tool call carries (in its output and its ``error``).
+
+They are part of the contract with the model's instructions, dashboards and tool backends:
+add codes, never rename them. ``StrEnum`` so a code is also the plain string stored and sent.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ToolErrorCode(enum.StrEnum):
+    """Why a call was denied (never ran) or failed (ran, or may have, and did not succeed)."""
+
+    # Denied by policy: nothing was executed.
+    TOOL_NOT_ALLOWED = "tool_not_allowed"
+    """The tool is not in the session's allowlist (whether or not the broker knows it)."""
+    TOOL_UNKNOWN = "tool_unknown"
+    ARGUMENTS_TOO_LARGE = "arguments_too_large"
+    """Over the session's ``max_argument_bytes`` (UTF-8 bytes of the arguments text)."""
+    ARGUMENTS_NOT_JSON = "arguments_not_json"
+    ARGUMENTS_NOT_OBJECT = "arguments_not_object"
+    ARGUMENTS_INVALID = "arguments_invalid"
+    """Valid JSON that fails the tool's JSON Schema."""
+    TOOL_BUDGET_EXHAUSTED = "tool_budget_exhausted"
+    """The session already started ``max_tool_calls`` calls."""
+    TOO_MANY_CONCURRENT_TOOLS = "too_many_concurrent_tools"
+    """``max_concurrent_tools`` calls of the session are running right now."""
+    SESSION_NOT_FOUND = "session_not_found"
+
+    # Failed while (or after) running.
+    TOOL_TIMEOUT = "tool_timeout"
+    TOOL_UNREACHABLE = "tool_unreachable"
+    TOOL_HTTP_ERROR = "tool_http_error"
+    TOOL_REDIRECT_REFUSED = "tool_redirect_refused"
+    TOOL_RESPONSE_TOO_LARGE = "tool_response_too_large"
+    OUTPUT_TOO_LARGE = "output_too_large"
+    """An in-process tool returned more than the output limit."""
+    TOOL_MISCONFIGURED = "tool_misconfigured"
+    """The tool's own schema could not be applied (e.g. a ``$ref`` that resolves nowhere)."""
+    TOOL_ERROR = "tool_error"
+    """An in-process tool raised."""
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    """The broker stopped mid-run: the tool may have acted; it is never run again."""
