@@ -5,40 +5,21 @@ Skips without a server on 127.0.0.1:5432, except in CI (CI=true), where it fails
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 from collections.abc import AsyncIterator
 
 import pytest
 
-from broker.migrate import upgrade_database
-from tests.conftest import BrokerFactory, skip_or_fail
+from tests.conftest import BrokerFactory
 from tests.support.flow import ask, compact, connect_browser, says
+from tests.support.postgres import fresh_pg_database
 from tests.support.tool_backend import ToolBackend
-
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
     """A fresh, migrated database, dropped afterwards."""
-    try:
-        import asyncpg
-    except ImportError:
-        skip_or_fail("asyncpg is not installed (the postgres extra)")
-    try:
-        admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        skip_or_fail(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
-    name = f"broker_test_{secrets.token_hex(6)}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    try:
-        await asyncio.to_thread(upgrade_database, url)
+    async with fresh_pg_database() as url:
         yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.mark.postgres

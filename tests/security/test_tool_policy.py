@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -21,12 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.db.models import SessionRow, ToolCall, ToolCallStatus, utcnow
-from broker.migrate import upgrade_database
 from broker.tools.budget import STALE_RUNNING_AFTER, ToolLimits, grant
-from tests.conftest import skip_or_fail
-from tests.integration.test_postgres import ADMIN_DSN
 from tests.support.broker_server import RunningBroker
 from tests.support.flow import ask, connect_browser, outputs_received, says
+from tests.support.postgres import fresh_pg_database
 from tests.support.servers import RunningEmulator
 from tests.support.tool_backend import HUGE_LIMIT, ToolBackend
 
@@ -269,35 +266,13 @@ async def test_tools_that_outlive_their_timeout_fail_tool_timeout(
 # --- the budget check is atomic ------------------------------------------------------------
 
 
-@asynccontextmanager
-async def _pg_database() -> AsyncIterator[str]:
-    """A fresh, migrated PostgreSQL database, dropped afterwards (as in test_postgres.py)."""
-    try:
-        import asyncpg
-    except ImportError:
-        skip_or_fail("asyncpg is not installed (the postgres extra)")
-    try:
-        admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        skip_or_fail(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
-    name = f"broker_test_{secrets.token_hex(6)}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    try:
-        await asyncio.to_thread(upgrade_database, url)
-        yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def any_db_url(request: pytest.FixtureRequest, db_url: str) -> AsyncIterator[str]:
     """The per-test SQLite database, then a PostgreSQL one."""
     if request.param == "sqlite":
         yield db_url
         return
-    async with _pg_database() as url:
+    async with fresh_pg_database() as url:
         yield url
 
 
