@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import aiohttp
 import httpx
@@ -93,8 +94,22 @@ async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
         await http.close()
 
 
+class NoCookies(CookieJar):
+    """A cookie jar that refuses every cookie."""
+
+    def __init__(self) -> None:
+        super().__init__(policy=DefaultCookiePolicy(allowed_domains=[]))
+
+
 async def tools_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0)) as http:
+    # Tool backends are not trusted with state: no cookie is ever kept (one backend could
+    # otherwise plant cookies sent to others), and no proxy or netrc comes from the
+    # environment.
+    async with httpx.AsyncClient(
+        timeout=httpx.Timeout(30.0, connect=5.0),
+        cookies=NoCookies(),
+        trust_env=False,
+    ) as http:
         app[keys.TOOL_HTTP] = http
         registry = load_registry(app[keys.SETTINGS].tools_config, http)
         app[keys.TOOLS] = registry

@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.auth import ApiPrincipal, BrowserPrincipal, Scope, mint_client_secret
+from broker.call_deadline import CallDeadlines
 from broker.db import queries
 from broker.db.models import (
     SessionRow,
@@ -162,12 +163,14 @@ class SessionService:
         self._dispatcher = dispatcher
         self._supervisor = supervisor
         self._writes = ShieldedWrites()
+        self._deadlines = CallDeadlines(sessionmaker, provider)
         self._create_limiter = TokenBucketLimiter(
             settings.session_create_rate, settings.session_create_burst
         )
 
     async def drain(self) -> None:
-        """Wait for cleanup writes of interrupted offers (call before the database closes)."""
+        """Stop the call deadlines; wait for cleanup writes (call before the database closes)."""
+        await self._deadlines.close()
         await self._writes.drain()
 
     async def create(
@@ -349,6 +352,7 @@ class SessionService:
             await self._writes.run(self._abort_call(session_id, answer.call_id), "offer-abort")
             raise
         logger.info("call created session_id=%s call_id=%s", session_id, answer.call_id)
+        self._deadlines.watch(session_id, answer.call_id, row.max_duration_s)
         if row.sideband_enabled:
             self._supervisor.start(
                 session_id, answer.call_id, row.tools, self.provider_session_config(row)

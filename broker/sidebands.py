@@ -348,8 +348,11 @@ class SidebandSupervisor:
         logger.warning(
             "ending call session_id=%s call_id=%s reason=%s", session_id, call_id, reason
         )
-        await self._writes.run(self._hangup(call_id), name=f"hangup:{session_id}")
         controller = self._controllers.get(session_id)
+        if controller is not None:
+            # Decided now: a call the model makes while the hangup is in flight never runs.
+            controller.condemn()
+        await self._writes.run(self._hangup(call_id), name=f"hangup:{session_id}")
         if controller is not None:
             # The provider may not close the sideband on hangup (PROTOCOL.md §2.4): close it.
             await controller.stop()

@@ -174,6 +174,11 @@ class CallController:
             await conn.close()
         try:
             await self._observer.attached()
+            if self._owned is not None and not self._stopping:
+                # A browser may change the session before we attach, and no session.created
+                # reaches a sideband to show it: assert the server-owned config first.
+                if await self._send(session_update(self._owned.as_update())):
+                    self._reapplies_in_flight += 1
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
                 async for data in conn.frames():
@@ -192,6 +197,10 @@ class CallController:
     @property
     def attached(self) -> bool:
         return self._conn is not None
+
+    def condemn(self) -> None:
+        """The call is being ended: from now on no tool call is executed (it is abandoned)."""
+        self._stopping = True
 
     async def stop(self) -> None:
         """Close the sideband so :meth:`run` returns once in-flight tool work has finished.
@@ -235,12 +244,14 @@ class CallController:
             ]
             # A call is answered once per connection even if its response.done is repeated.
             finals = [c for c in calls if c is not None and c.call_id not in self._answering]
-            if finals and event.response.status == "completed":
+            if finals and event.response.status == "completed" and not self._stopping:
                 self._answering.update(call.call_id for call in finals)
                 self._spawn(self._answer(finals), f"tool-answer:{event.response.id}")
             elif finals:
                 self._spawn(
-                    self._abandon(finals, event.response.status),
+                    self._abandon(
+                        finals, "call_ending" if self._stopping else event.response.status
+                    ),
                     f"tool-abandon:{event.response.id}",
                 )
             await self._maybe_response_create()

@@ -266,7 +266,11 @@ async def test_the_brokers_sideband_events_validate(
         await browser.close()
     calls: list[Call] = list(emulator.registry.calls.values())
     from_broker = [r.event for c in calls for r in c.received if r.source == "sideband"]
-    assert [e["type"] for e in from_broker] == ["conversation.item.create", "response.create"]
+    assert [e["type"] for e in from_broker] == [
+        "session.update",
+        "conversation.item.create",
+        "response.create",
+    ]
     assert sideband_client_event_failures(emulator.registry) == []
     assert server_event_failures(emulator.registry) == []
 

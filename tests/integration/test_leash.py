@@ -10,6 +10,8 @@ import asyncio
 import time
 from typing import Any
 
+import aiohttp
+
 from emulator import Call
 from tests.support.broker_server import RunningBroker
 from tests.support.browser import FakeBrowser
@@ -22,8 +24,9 @@ from tests.support.flow import (
     wait_call_ended,
     wait_events,
     wait_session_ended,
+    wait_sideband,
 )
-from tests.support.servers import RunningEmulator
+from tests.support.servers import RunningEmulator, request_json
 from tests.support.tool_backend import ToolBackend
 
 
@@ -128,3 +131,49 @@ async def test_a_call_within_its_limits_is_left_alone(
     assert call.end_reason == "peer_closed"
     await asyncio.sleep(0.2)
     assert await session_events(broker, session["id"], "broker.leash") == []
+
+
+async def test_a_bridge_only_call_ends_at_its_max_duration(
+    broker: RunningBroker, emulator: RunningEmulator
+) -> None:
+    """No sideband, no leash: the deadline backstop still hangs up at the limit, and the
+    offer's client secret stops working on the bridge with it."""
+    session = await broker.create_session(
+        tools=["lookup_order"], sideband=False, limits={"max_duration_s": 1}
+    )
+    browser = await connect_browser(broker, session)
+    try:
+        call = emulator.registry.get((await broker.get_session(session["id"]))["call_id"])
+        assert call is not None
+        await wait_call_ended(call, timeout=5)
+        assert call.end_reason == "hangup"
+        detail = await wait_session_ended(broker, session["id"])
+        assert (detail["state"], detail["end_reason"]) == ("ended", "max_duration")
+        [event] = await wait_events(broker, session["id"], "broker.leash")
+        assert event["payload"]["enforced_by"] == "deadline"
+        reply = await broker.bridge(session, "lookup_order", "call_late", {"order_id": "1"})
+        assert reply.status in (401, 409), reply.text
+    finally:
+        await browser.close()
+
+
+async def test_a_call_whose_sideband_was_lost_still_ends_at_its_max_duration(
+    broker: RunningBroker, emulator: RunningEmulator, http: aiohttp.ClientSession
+) -> None:
+    """Losing the sideband (the transport dropped) must not free the call from its limit."""
+    session, browser, call = await live_call(broker, emulator, {"max_duration_s": 2})
+    try:
+        status, _ = await request_json(
+            http,
+            emulator,
+            "POST",
+            f"/_emulator/calls/{call.call_id}/drop-sidebands",
+            {"mode": "abort"},
+        )
+        assert status == 200
+        await wait_sideband(broker, session["id"], "failed")
+        await wait_call_ended(call, timeout=5)
+        detail = await wait_session_ended(broker, session["id"])
+        assert (detail["state"], detail["end_reason"]) == ("ended", "max_duration")
+    finally:
+        await browser.close()

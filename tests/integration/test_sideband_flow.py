@@ -63,7 +63,8 @@ async def test_tool_call_runs_on_the_sideband_and_the_answer_reaches_the_browser
         browser_types = [r.event["type"] for r in call.received if r.source == "datachannel"]
         assert browser_types == ["conversation.item.create", "response.create"]
         sideband_types = [r.event["type"] for r in call.received if r.source == "sideband"]
-        assert sideband_types == ["conversation.item.create", "response.create"]
+        # On attach the broker asserts its own config; then the output and response.create.
+        assert sideband_types == ["session.update", "conversation.item.create", "response.create"]
 
         [request] = tool_backend.calls_to("lookup_order")
         assert request.headers["X-Session-ID"] == session["id"]

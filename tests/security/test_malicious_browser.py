@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
+
 from emulator import Call
 from tests.support.broker_server import RunningBroker
 from tests.support.browser import FakeBrowser
@@ -26,8 +28,9 @@ from tests.support.flow import (
     wait_call_ended,
     wait_events,
     wait_session_ended,
+    wait_sideband,
 )
-from tests.support.servers import RunningEmulator
+from tests.support.servers import RunningEmulator, set_faults
 from tests.support.tool_backend import ToolBackend
 
 SERVER_INSTRUCTIONS = "You are the order desk. Only look up orders."
@@ -141,10 +144,12 @@ async def test_session_update_from_the_browser_is_reverted_and_recorded(
             "tools_changed": [],
             "reapplied": True,
         }
-        # The re-apply is the sideband's only session.update, with the owned fields only.
+        # Besides the one asserting the config on attach, the re-apply is the sideband's only
+        # session.update, with the owned fields only.
         await seen(browser, "session.updated", lambda e: e["session"]["tool_choice"] == "auto")
         await asyncio.sleep(0.3)  # room for a loop to show itself
-        [reapply] = sideband_sent(call, "session.update")
+        [on_attach, reapply] = sideband_sent(call, "session.update")
+        assert on_attach["session"] == reapply["session"]
         assert set(reapply["session"]) == {"type", "instructions", "tools", "tool_choice"}
         assert reapply["session"]["type"] == "realtime"
         assert len(await session_events(broker, session["id"], "broker.tamper")) == 1
@@ -287,5 +292,31 @@ async def test_forged_output_with_hangup_policy_ends_the_call(
             and e["response"]["status"] == "completed"
             and "forged" in assistant_text(e)
         ]
+    finally:
+        await browser.close()
+
+
+async def test_a_rewrite_before_the_sideband_attaches_is_undone_on_attach(
+    broker: RunningBroker, emulator: RunningEmulator, http: aiohttp.ClientSession
+) -> None:
+    """The provider shows a sideband no session.created, so a rewrite made before it
+    attaches would go unseen: the broker asserts its own config as soon as it attaches."""
+    await set_faults(http, emulator, sideband_unavailable_ms=1500)  # the attach is retried
+    session = await broker.create_session(instructions=SERVER_INSTRUCTIONS, tools=["lookup_order"])
+    browser = FakeBrowser()
+    try:
+        reply = await broker.offer(session, await browser.create_offer())
+        assert reply.status == 201, reply.text
+        await browser.accept_answer(reply.text)
+        await browser.wait_open()
+        rewrite_session(browser)
+        await seen(browser, "session.updated", lambda e: e["session"]["tool_choice"] == "required")
+        assert (await broker.get_session(session["id"]))["sideband"]["state"] != "connected"
+        await wait_sideband(broker, session["id"])
+        call = emulator.registry.get((await broker.get_session(session["id"]))["call_id"])
+        assert call is not None
+        await wait_reverted(call)
+        [on_attach] = sideband_sent(call, "session.update")
+        assert on_attach["session"]["instructions"] == SERVER_INSTRUCTIONS
     finally:
         await browser.close()

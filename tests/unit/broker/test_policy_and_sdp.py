@@ -394,3 +394,24 @@ def test_not_offers(sdp: str) -> None:
     with pytest.raises(BadRequestError) as err:
         check_offer(sdp)
     assert err.value.code == "invalid_sdp"
+
+
+async def test_the_tool_http_client_keeps_no_cookies() -> None:
+    """A tool backend's Set-Cookie is never sent back, to it or to any other backend."""
+    import httpx
+
+    from broker.app import NoCookies
+
+    seen: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("cookie"))
+        return httpx.Response(200, headers={"Set-Cookie": "planted=1; Path=/"}, json={})
+
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(answer), cookies=NoCookies()
+    ) as client:
+        await client.get("http://tools.local/a")
+        await client.get("http://tools.local/b")
+        assert len(client.cookies.jar) == 0
+    assert seen == [None, None]

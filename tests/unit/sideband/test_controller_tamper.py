@@ -44,7 +44,14 @@ async def start(
         owned_session=OwnedSession.from_config(CONFIG),
         tamper=reports,
     )
-    return asyncio.create_task(controller.run()), reports
+    task = asyncio.create_task(controller.run())
+    # On attach the controller asserts the owned config once; the provider echoes it.
+    await conn.wait_sent(1)
+    [attach_update] = conn.sent
+    assert (attach_update["type"], attach_update["session"]) == ("session.update", CONFIG)
+    conn.sent.clear()
+    conn.inbox.put_nowait(updated())
+    return task, reports
 
 
 async def finish(conn: QueueConnection, task: asyncio.Task[int | None]) -> None:

@@ -1,0 +1,106 @@
+"""The backstop on every live call's duration, whatever its sideband does.
+
+The sideband's leash normally ends a call at its limit (and also watches idleness and the
+tool budget). A call with no sideband (a bridge-only session), or whose sideband was lost,
+has no leash; this ends it anyway, shortly after the same deadline, through the provider's
+hangup: a browser holding a WebRTC connection gains nothing past the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Final
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from broker.db import queries
+from broker.db.models import SessionState
+from sideband import Provider
+from sideband.errors import (
+    CallNotFoundError,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnreachableError,
+)
+
+logger = logging.getLogger(__name__)
+
+GRACE_S: Final = 2.0  # the sideband's leash, when there is one, acts first
+END_REASON: Final = "max_duration"
+EVENT_TYPE: Final = "broker.leash"
+
+
+class CallDeadlines:
+    """One timer per live call; each ends its call at the session's max duration."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], provider: Provider) -> None:
+        self._sessionmaker = sessionmaker
+        self._provider = provider
+        self._timers: dict[str, asyncio.Task[None]] = {}
+
+    def watch(self, session_id: str, call_id: str, max_duration_s: int) -> None:
+        """End ``call_id`` once ``max_duration_s`` (plus a grace) has passed, if still live."""
+        task = asyncio.create_task(
+            self._expire(session_id, call_id, max_duration_s), name=f"deadline:{session_id}"
+        )
+        self._timers[session_id] = task
+        task.add_done_callback(lambda _: self._timers.pop(session_id, None))
+
+    async def close(self) -> None:
+        """Stop every timer (the broker is stopping; the calls are not ended for this)."""
+        timers = list(self._timers.values())
+        for task in timers:
+            task.cancel()
+        await asyncio.gather(*timers, return_exceptions=True)
+
+    async def _expire(self, session_id: str, call_id: str, max_duration_s: int) -> None:
+        await asyncio.sleep(max_duration_s + GRACE_S)
+        try:
+            async with self._sessionmaker.begin() as s:
+                ended = await queries.transition_session(
+                    s, session_id, [SessionState.LIVE], SessionState.ENDED, end_reason=END_REASON
+                )
+            if not ended:
+                return  # ended some other way already (the leash, the browser, the provider)
+            logger.warning(
+                "call past its max duration, ending it session_id=%s call_id=%s limit=%ds",
+                session_id,
+                call_id,
+                max_duration_s,
+            )
+            await self._hangup(call_id)
+            await self._record(session_id, max_duration_s)
+        except Exception:
+            logger.exception("could not end an overdue call session_id=%s", session_id)
+
+    async def _hangup(self, call_id: str) -> None:
+        try:
+            await self._provider.hangup(call_id)
+        except CallNotFoundError:
+            return
+        except (ProviderError, ProviderTimeoutError, ProviderUnreachableError) as exc:
+            logger.error("hangup of an overdue call failed call_id=%s: %s", call_id, exc)
+
+    async def _record(self, session_id: str, max_duration_s: int) -> None:
+        async with self._sessionmaker.begin() as s:
+            seq = await queries.next_event_seq(s, session_id)
+            await queries.add_events(
+                s,
+                [
+                    {
+                        "session_id": session_id,
+                        "seq": seq,
+                        "direction": "broker",
+                        "type": EVENT_TYPE,
+                        "payload": {
+                            "type": EVENT_TYPE,
+                            "limit": END_REASON,
+                            "value": max_duration_s,
+                            "enforced_by": "deadline",
+                        },
+                        "at": datetime.now(UTC),
+                    }
+                ],
+            )
