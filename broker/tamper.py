@@ -20,6 +20,11 @@ logger = logging.getLogger(__name__)
 
 TAMPER_EVENT: Final = "broker.tamper"
 END_REASON_TAMPER: Final = "tamper"
+END_REASON_REPEATED: Final = "tamper_repeated"
+MAX_TAMPERS_REVERTED: Final = 5
+"""Even under ``revert``, a browser that keeps tampering is cut off: each attempt costs the
+broker a re-apply, an event and a log line, so an endless stream of them is a denial of
+service, and no honest page rewrites its session five times."""
 
 
 def tamper_event(tamper: Tamper, policy: TamperPolicy) -> dict[str, Any]:
@@ -69,8 +74,15 @@ class TamperResponder:
         self._policy = policy
         self._recorder = recorder
         self._end_call = end_call
+        self._count = 0
 
     async def tampered(self, tamper: Tamper) -> None:
+        if not isinstance(tamper, TaintedResponse):
+            self._count += 1
+        if self._count > MAX_TAMPERS_REVERTED:
+            # Already recorded MAX_TAMPERS_REVERTED times and on its way out: stay quiet.
+            await self._end_call(END_REASON_REPEATED)
+            return
         event = tamper_event(tamper, self._policy)
         self._recorder.record("broker", event)
         logger.warning(
@@ -84,6 +96,8 @@ class TamperResponder:
         # the policy; it is recorded, not punished twice.
         if self._policy is TamperPolicy.HANGUP and not isinstance(tamper, TaintedResponse):
             await self._end_call(END_REASON_TAMPER)
+        elif self._count == MAX_TAMPERS_REVERTED:
+            await self._end_call(END_REASON_REPEATED)
 
 
 def _summary(tamper: Tamper) -> str:

@@ -320,3 +320,23 @@ async def test_a_rewrite_before_the_sideband_attaches_is_undone_on_attach(
         assert on_attach["session"]["instructions"] == SERVER_INSTRUCTIONS
     finally:
         await browser.close()
+
+
+async def test_a_browser_that_keeps_tampering_is_cut_off(
+    broker: RunningBroker, emulator: RunningEmulator
+) -> None:
+    """Under ``revert`` each rewrite is undone, but the fifth ends the call: an endless
+    stream of them would cost the broker a re-apply, an event and a log line each."""
+    session, browser, call = await live_call(broker, emulator, tools=["lookup_order"])
+    try:
+        for attempt in range(1, 6):
+            rewrite_session(browser)
+            await wait_events(broker, session["id"], "broker.tamper", count=attempt)
+            if attempt < 5:
+                await wait_reverted(call)
+        await wait_call_ended(call)
+        detail = await wait_session_ended(broker, session["id"])
+        assert detail["end_reason"] == "tamper_repeated"
+        assert len(await session_events(broker, session["id"], "broker.tamper")) == 5
+    finally:
+        await browser.close()
