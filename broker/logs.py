@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
+from typing import Final
 
 from broker.settings import Secret
 
 REDACTED = "[REDACTED]"
 _FORMATTER = logging.Formatter()
+# Secrets minted at run time cannot be listed up front, so their shapes are redacted too:
+# client secrets (JWTs: three base64url parts, the first a JSON header), API keys (``bk_``)
+# and the provider's ephemeral keys (``ek_``).
+_SHAPES: Final = re.compile(
+    r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"
+    r"|\bbk_[A-Za-z0-9_-]{16,}"
+    r"|\bek_[A-Za-z0-9_-]{16,}"
+)
 
 
 class SecretRedactingFilter(logging.Filter):
-    """Replaces the text of known secrets anywhere in a record's final message.
+    """Replaces known secrets, and anything shaped like a token or key, in every record.
 
     A last line of defence: code should never log a secret in the first place.
     """
@@ -24,11 +34,9 @@ class SecretRedactingFilter(logging.Filter):
     def _redact(self, text: str) -> str:
         for value in self._values:
             text = text.replace(value, REDACTED)
-        return text
+        return _SHAPES.sub(REDACTED, text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._values:
-            return True
         message = record.getMessage()
         redacted = self._redact(message)
         if redacted != message:

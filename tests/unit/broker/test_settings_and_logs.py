@@ -86,3 +86,18 @@ def test_database_password_is_not_in_repr(tmp_path: Path) -> None:
     )
     assert "hunter2pass" not in repr(settings)
     assert settings.database_password == Secret("hunter2pass")
+
+
+def test_log_filter_redacts_minted_secrets_by_shape(caplog: pytest.LogCaptureFixture) -> None:
+    """Client secrets and API keys are minted at run time; the filter knows their shapes."""
+    from broker.auth import mint_client_secret, new_api_key
+
+    token, _ = mint_client_secret("sess_1", Secret("k" * 32), 300)
+    api_key = new_api_key()
+    caplog.handler.addFilter(SecretRedactingFilter([]))
+    logging.getLogger("test.redaction").warning(
+        "token=%s key=%s ek=%s session=%s", token, api_key, "ek_" + "a1" * 16, "sess_1"
+    )
+    assert token not in caplog.text and api_key not in caplog.text and "ek_a1a1" not in caplog.text
+    assert caplog.text.count("[REDACTED]") == 3
+    assert "session=sess_1" in caplog.text
