@@ -69,6 +69,13 @@ async def get_tool_call(s: AsyncSession, session_id: str, call_id: str) -> ToolC
     )
 
 
+async def count_tool_calls(s: AsyncSession, session_id: str) -> int:
+    count = await s.scalar(
+        select(func.count()).select_from(ToolCall).where(ToolCall.session_id == session_id)
+    )
+    return int(count or 0)
+
+
 async def list_tool_calls(s: AsyncSession, session_id: str) -> Sequence[ToolCall]:
     result = await s.scalars(
         select(ToolCall).where(ToolCall.session_id == session_id).order_by(ToolCall.id)

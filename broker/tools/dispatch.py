@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 _POLL_INTERVAL: Final = 0.2
 """Waiters re-read the row this often, so a winner in another process is seen too."""
 MAX_CALL_ID: Final = 128
+MAX_RECORDED_CALLS: Final = 1000  # per session, denied ones included
 MAX_TOOL_NAME: Final = 100
 
 
@@ -109,7 +110,8 @@ class ToolDispatcher:
         """Make sure the call has a row (first reporter's tool and arguments win); return it.
 
         Raises:
-            CallRejectedError: the call id is too long to record (the model gets an error).
+            CallRejectedError: the call id is too long to record, or the session already has
+                ``MAX_RECORDED_CALLS`` (the model gets an error; the bridge a 422).
         """
         if not call_id or len(call_id) > MAX_CALL_ID:
             raise CallRejectedError("call_id_invalid", f"call ids are 1-{MAX_CALL_ID} characters")
@@ -117,6 +119,16 @@ class ToolDispatcher:
         # policy decision uses the full name and denies it.
         tool = tool[:MAX_TOOL_NAME]
         async with self._sessionmaker.begin() as s:
+            if (
+                await queries.get_tool_call(s, session_id, call_id) is None
+                and await queries.count_tool_calls(s, session_id) >= MAX_RECORDED_CALLS
+            ):
+                # Denied calls cost no budget, so without this a browser on the bridge
+                # could make a session store rows (each with its arguments) without end.
+                raise CallRejectedError(
+                    "too_many_tool_calls",
+                    f"a session records at most {MAX_RECORDED_CALLS} tool calls",
+                )
             await queries.insert_tool_call_if_absent(
                 s,
                 session_id=session_id,

@@ -367,3 +367,24 @@ async def test_concurrency_counts_granted_running_calls_and_forgets_debris(db_ur
             await s.execute(update(ToolCall).values(started_at=utcnow() - STALE_RUNNING_AFTER * 2))
         async with sessionmaker.begin() as s:
             assert await grant(s, session_id, call_ids[-1], limits) is None
+
+
+async def test_a_session_records_a_bounded_number_of_calls(
+    broker: RunningBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Denied calls cost no budget, so the number of recorded calls is capped on its own:
+    a browser on the bridge cannot make a session store rows without end."""
+    monkeypatch.setattr("broker.tools.dispatch.MAX_RECORDED_CALLS", 3)
+    session = await broker.create_session(tools=["lookup_order"], sideband=False)
+    browser = await connect_browser(broker, session)
+    try:
+        for index in range(3):
+            reply = await broker.bridge(session, "lookup_order", f"call_{index}", {"order_id": 1})
+            assert (reply.status, reply.json()["status"]) == (200, "denied")
+        again = await broker.bridge(session, "lookup_order", "call_0", {"order_id": 1})
+        assert again.status == 200  # an existing call id is still answered
+        refused = await broker.bridge(session, "lookup_order", "call_3", {"order_id": 1})
+        assert (refused.status, refused.code) == (422, "too_many_tool_calls")
+        assert len((await broker.get_session(session["id"]))["tool_calls"]) == 3
+    finally:
+        await browser.close()
