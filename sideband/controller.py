@@ -52,6 +52,7 @@ from sideband.tamper import (
     ForgedOutput,
     OutputLedger,
     OwnedSession,
+    SessionDrift,
     TaintedResponse,
     Tamper,
     TamperHandler,
@@ -149,6 +150,8 @@ class CallController:
         self._tamper = tamper
         self._ledger = OutputLedger()
         self._reapplies_in_flight = 0
+        self._reapply_event_ids: set[str] = set()
+        self._last_reapplied: SessionDrift | None = None
         self._own_response_requested = False
         self._conn: SidebandConnection | None = None
         self._tasks: asyncio.TaskGroup | None = None
@@ -177,8 +180,10 @@ class CallController:
             if self._owned is not None and not self._stopping:
                 # A browser may change the session before we attach, and no session.created
                 # reaches a sideband to show it: assert the server-owned config first.
-                if await self._send(session_update(self._owned.as_update())):
+                update = session_update(self._owned.as_update())
+                if await self._send(update):
                     self._reapplies_in_flight += 1
+                    self._reapply_event_ids.add(update["event_id"])
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
                 async for data in conn.frames():
@@ -257,7 +262,16 @@ class CallController:
             await self._maybe_response_create()
         elif isinstance(event, ErrorEvent):
             error = event.error
-            if (
+            if error.event_id is not None and error.event_id in self._reapply_event_ids:
+                # The provider refused our re-apply: no echo will come for it.
+                self._reapply_event_ids.discard(error.event_id)
+                self._reapplies_in_flight = max(0, self._reapplies_in_flight - 1)
+                logger.warning(
+                    "provider refused the config re-apply call_id=%s code=%s",
+                    self.call_id,
+                    error.code,
+                )
+            elif (
                 error.code == "conversation_already_has_active_response"
                 and error.event_id is not None
                 and error.event_id == self._response_create_event_id
@@ -299,24 +313,28 @@ class CallController:
         if self._owned is None:
             return
         # Our own re-apply comes back as a session.updated too. If that echo still differs
-        # (the provider normalises something we did not foresee), re-applying again would
-        # loop forever, so the update right after a re-apply never triggers another one.
+        # the same way (the provider normalises something we did not foresee), re-applying
+        # again would loop forever, so it does not trigger another one. An update that
+        # differs in another way is a new change (the browser again) and is acted on.
         echo = isinstance(event, SessionUpdated) and self._reapplies_in_flight > 0
         if echo:
             self._reapplies_in_flight -= 1
         drift = session_drift(self._owned, event.session)
         if drift is None:
             return
-        if echo:
+        if echo and _same_drift(drift, self._last_reapplied):
             logger.warning(
                 "session still differs after re-applying the config call_id=%s fields=%s",
                 self.call_id,
                 ",".join(drift.fields),
             )
             return
-        reapplied = await self._send(session_update(self._owned.as_update()))
+        update = session_update(self._owned.as_update())
+        reapplied = await self._send(update)
         if reapplied:
             self._reapplies_in_flight += 1
+            self._reapply_event_ids.add(update["event_id"])
+            self._last_reapplied = drift
         self._report(replace(drift, reapplied=reapplied))
 
     async def _check_output(self, item: Item) -> None:
@@ -417,3 +435,7 @@ class CallController:
             return False
         self._observer.record("out", event)
         return True
+
+
+def _same_drift(drift: SessionDrift, other: SessionDrift | None) -> bool:
+    return other is not None and replace(drift, reapplied=False) == replace(other, reapplied=False)
