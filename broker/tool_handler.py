@@ -1,0 +1,117 @@
+"""The broker's :class:`sideband.ToolCallHandler` for the sideband's tool calls.
+
+Each call goes through the dispatcher (record once, policy, execute, settle), with each
+call's faults isolated from the others and from the sideband.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection
+
+from broker.db.models import ToolPath
+from broker.events_log import EventRecorder
+from broker.tools.dispatch import MAX_CALL_ID, CallRejectedError, ToolDispatcher
+from broker.tools.policy import error_output
+from sideband import FunctionCall, ToolResult
+
+logger = logging.getLogger(__name__)
+
+
+class SessionToolHandler:
+    """The broker's :class:`sideband.ToolCallHandler` for one session.
+
+    ``on_settled`` is told after each call the dispatcher decided (the leash re-counts the
+    session's tool budget then).
+    """
+
+    def __init__(
+        self,
+        dispatcher: ToolDispatcher,
+        session_id: str,
+        allowed_tools: Collection[str],
+        recorder: EventRecorder,
+        on_settled: Callable[[], None] | None = None,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._session_id = session_id
+        self._allowed = frozenset(allowed_tools)
+        self._recorder = recorder
+        self._on_settled = on_settled
+
+    async def call_seen(self, call: FunctionCall) -> None:
+        # Recording early only lets the bridge find the call sooner; execute() records it
+        # again if this failed, so a failure here is logged, not fatal.
+        try:
+            await self._dispatcher.record(
+                self._session_id,
+                call.call_id,
+                call.name,
+                call.arguments,
+                ToolPath.SIDEBAND,
+                call.response_id,
+            )
+        except Exception:
+            logger.exception(
+                "could not record function call session_id=%s call_id=%s",
+                self._session_id,
+                call.call_id[:MAX_CALL_ID],
+            )
+
+    async def call_abandoned(self, call: FunctionCall, response_status: str) -> None:
+        try:
+            await self._dispatcher.abandon(self._session_id, call.call_id, response_status)
+        except Exception:
+            logger.exception("could not record abandoned call session_id=%s", self._session_id)
+
+    async def execute(self, call: FunctionCall) -> ToolResult:
+        """Run through the once-only pipeline; every failure becomes one output for the model.
+
+        One bad call (absurd ids, a database error) must cost that call, not the sideband and
+        the other calls of the response.
+        """
+        try:
+            outcome = await self._dispatcher.run(
+                self._session_id,
+                self._allowed,
+                call.call_id,
+                call.name,
+                call.arguments,
+                ToolPath.SIDEBAND,
+                call.response_id,
+            )
+        except CallRejectedError as exc:
+            logger.warning(
+                "function call rejected session_id=%s code=%s", self._session_id, exc.code
+            )
+            return ToolResult(output=error_output(exc.code, exc.message))
+        except Exception:
+            logger.exception(
+                "function call failed in the broker session_id=%s call_id=%s",
+                self._session_id,
+                call.call_id[:MAX_CALL_ID],
+            )
+            return ToolResult(
+                output=error_output("broker_error", "the broker could not complete this call")
+            )
+        self._recorder.record(
+            "broker",
+            {
+                "type": "broker.tool_call",
+                "call_id": call.call_id,
+                "tool": outcome.tool,
+                "status": outcome.status.value,
+                "handled_by": outcome.handled_by.value if outcome.handled_by else None,
+            },
+        )
+        if self._on_settled is not None:
+            self._on_settled()
+        # Only the request that ran the call answers the model: not a bridge winner (its
+        # browser answers) and not a duplicate report of a call this sideband already ran.
+        return ToolResult(output=outcome.output or "", inject=outcome.executed_now)
+
+    async def output_sent(self, call: FunctionCall) -> None:
+        try:
+            await self._dispatcher.mark_injected(self._session_id, call.call_id)
+        except Exception:
+            logger.exception("could not mark output sent session_id=%s", self._session_id)
