@@ -28,6 +28,7 @@ from sideband.errors import (
 logger = logging.getLogger(__name__)
 
 GRACE_S: Final = 2.0  # the sideband's leash, when there is one, acts first
+RETRY_DELAYS_S: Final = (5.0, 30.0, 60.0, 120.0)  # a hangup that failed is tried again
 END_REASON: Final = "max_duration"
 EVENT_TYPE: Final = "broker.leash"
 
@@ -57,31 +58,48 @@ class CallDeadlines:
 
     async def _expire(self, session_id: str, call_id: str, max_duration_s: int) -> None:
         await asyncio.sleep(max_duration_s + GRACE_S)
-        try:
-            async with self._sessionmaker.begin() as s:
-                ended = await queries.transition_session(
-                    s, session_id, [SessionState.LIVE], SessionState.ENDED, end_reason=END_REASON
-                )
-            if not ended:
-                return  # ended some other way already (the leash, the browser, the provider)
-            logger.warning(
-                "call past its max duration, ending it session_id=%s call_id=%s limit=%ds",
-                session_id,
-                call_id,
-                max_duration_s,
-            )
-            await self._hangup(call_id)
-            await self._record(session_id, max_duration_s)
-        except Exception:
-            logger.exception("could not end an overdue call session_id=%s", session_id)
+        for retry_delay in (*RETRY_DELAYS_S, None):
+            try:
+                if await self._end_if_live(session_id, call_id, max_duration_s):
+                    return
+            except Exception:
+                logger.exception("could not end an overdue call session_id=%s", session_id)
+            if retry_delay is None:
+                logger.error("giving up on ending an overdue call session_id=%s", session_id)
+                return
+            await asyncio.sleep(retry_delay)
 
-    async def _hangup(self, call_id: str) -> None:
+    async def _end_if_live(self, session_id: str, call_id: str, max_duration_s: int) -> bool:
+        """Hang up a still-live call and record why; ``False`` if the hangup failed."""
+        async with self._sessionmaker() as s:
+            row = await queries.get_session_row(s, session_id)
+        if row is None or row.state != SessionState.LIVE:
+            return True  # ended some other way already (the leash, the browser, the provider)
+        logger.warning(
+            "call past its max duration, ending it session_id=%s call_id=%s limit=%ds",
+            session_id,
+            call_id,
+            max_duration_s,
+        )
+        if not await self._hangup(call_id):
+            return False  # the call goes on; the session stays live and this tries again
+        async with self._sessionmaker.begin() as s:
+            ended = await queries.transition_session(
+                s, session_id, [SessionState.LIVE], SessionState.ENDED, end_reason=END_REASON
+            )
+        if ended:
+            await self._record(session_id, max_duration_s)
+        return True
+
+    async def _hangup(self, call_id: str) -> bool:
         try:
             await self._provider.hangup(call_id)
         except CallNotFoundError:
-            return
+            return True
         except (ProviderError, ProviderTimeoutError, ProviderUnreachableError) as exc:
             logger.error("hangup of an overdue call failed call_id=%s: %s", call_id, exc)
+            return False
+        return True
 
     async def _record(self, session_id: str, max_duration_s: int) -> None:
         async with self._sessionmaker.begin() as s:

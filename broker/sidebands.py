@@ -251,24 +251,34 @@ class SidebandSupervisor:
         if controller is not None:
             # Decided now: a call the model makes while the hangup is in flight never runs.
             controller.condemn()
-        await self._writes.run(self._hangup(call_id), name=f"hangup:{session_id}")
+        hung_up = await self._writes.run(self._hangup(call_id), name=f"hangup:{session_id}")
+        if not hung_up:
+            # The call goes on at the provider: keep watching it (tools stay refused) rather
+            # than record an end that did not happen. The duration backstop tries again.
+            self._ending.pop(session_id, None)
+            logger.error(
+                "call could not be ended; it stays monitored session_id=%s reason=%s",
+                session_id,
+                reason,
+            )
+            return
         if controller is not None:
             # The provider may not close the sideband on hangup (PROTOCOL.md §2.4): close it.
             await controller.stop()
 
-    async def _hangup(self, call_id: str) -> None:
-        """Hang up at the provider; transient failures are retried a few times, then logged."""
+    async def _hangup(self, call_id: str) -> bool:
+        """Hang up at the provider; whether the call is gone (transient failures retried)."""
         for attempt in range(1, HANGUP_ATTEMPTS + 1):
             try:
                 await self._provider.hangup(call_id)
             except CallNotFoundError:
                 logger.info("hangup: call already gone call_id=%s", call_id)
-                return
+                return True
             except (ProviderError, ProviderTimeoutError, ProviderUnreachableError) as exc:
                 transient = not isinstance(exc, ProviderError) or exc.status >= 500
                 if not transient or attempt == HANGUP_ATTEMPTS:
                     logger.error("hangup failed call_id=%s attempt=%d: %s", call_id, attempt, exc)
-                    return
+                    return False
                 logger.warning(
                     "hangup retry call_id=%s attempt=%d/%d: %s",
                     call_id,
@@ -279,7 +289,8 @@ class SidebandSupervisor:
                 await asyncio.sleep(HANGUP_RETRY_DELAY * attempt)
             else:
                 logger.info("call hung up call_id=%s", call_id)
-                return
+                return True
+        return False
 
     async def _finish(
         self,

@@ -51,7 +51,7 @@ def _optional_int(value: object, param: str, *, low: int) -> int | None:
 
 @dataclass(frozen=True)
 class CallErrorFault:
-    """Answer the next ``count`` ``POST /v1/realtime/calls`` requests with HTTP ``status``.
+    """Answer the next ``count`` requests (``/calls``, or hangups) with HTTP ``status``.
 
     Attributes:
         status: a 5xx status (500–599).
@@ -69,13 +69,12 @@ class CallErrorFault:
         _int(self.count, "create_call_error.count", low=1)
 
     @classmethod
-    def from_json(cls, raw: object) -> CallErrorFault:
-        """Parse ``{"status": 503, "count": 2}`` (``count`` defaults to 1).
+    def from_json(cls, raw: object, param: str = "create_call_error") -> CallErrorFault:
+        """Parse ``{"status": 503, "count": 2}`` (``count`` defaults to 1) for switch ``param``.
 
         Raises:
             FaultValueError: not an object, an unknown key, or a bad value.
         """
-        param = "create_call_error"
         if not isinstance(raw, dict):
             raise FaultValueError(
                 "invalid_type", f"Invalid type for '{param}': expected an object or null.", param
@@ -91,6 +90,8 @@ class CallErrorFault:
                 f"Missing required parameter: '{param}.status'.",
                 f"{param}.status",
             )
+        _int(raw["status"], f"{param}.status", low=500, high=599)
+        _int(raw.get("count", 1), f"{param}.count", low=1)
         return cls(status=raw["status"], count=raw.get("count", 1))
 
 
@@ -101,6 +102,7 @@ class FaultConfig:
     Attributes:
         create_call_delay_ms: wait this long before answering a valid ``/calls`` request.
         create_call_error: the next requests to ``/calls`` fail with a 5xx, or ``None``.
+        hangup_error: the next hangup requests fail with a 5xx (the call goes on), or ``None``.
         sideband_unavailable_ms: a sideband handshake within this long of the call's
             creation gets ``404 call_id_not_found`` (like ``sideband_ready_delay``).
         sideband_drop_after_events: each sideband attached while this is set has its TCP
@@ -119,6 +121,7 @@ class FaultConfig:
 
     create_call_delay_ms: int = 0
     create_call_error: CallErrorFault | None = None
+    hangup_error: CallErrorFault | None = None
     sideband_unavailable_ms: int = 0
     sideband_drop_after_events: int | None = None
     sideband_event_delay_ms: int = 0
@@ -128,14 +131,14 @@ class FaultConfig:
     def __post_init__(self) -> None:
         for name in ("create_call_delay_ms", "sideband_unavailable_ms", "sideband_event_delay_ms"):
             _int(getattr(self, name), name, low=0, high=MAX_DELAY_MS)
-        if self.create_call_error is not None and not isinstance(
-            self.create_call_error, CallErrorFault
-        ):
-            raise FaultValueError(
-                "invalid_type",
-                "Invalid type for 'create_call_error': expected a CallErrorFault or None.",
-                "create_call_error",
-            )
+        for name in ("create_call_error", "hangup_error"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, CallErrorFault):
+                raise FaultValueError(
+                    "invalid_type",
+                    f"Invalid type for '{name}': expected a CallErrorFault or None.",
+                    name,
+                )
         _optional_int(self.sideband_drop_after_events, "sideband_drop_after_events", low=0)
         _optional_int(self.sideband_drop_event_count, "sideband_drop_event_count", low=1)
         types = self.sideband_drop_event_types
@@ -156,12 +159,14 @@ class FaultConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON served by ``GET /_emulator/faults``."""
-        error = self.create_call_error
+
+        def error_json(error: CallErrorFault | None) -> dict[str, int] | None:
+            return None if error is None else {"status": error.status, "count": error.count}
+
         return {
             "create_call_delay_ms": self.create_call_delay_ms,
-            "create_call_error": (
-                None if error is None else {"status": error.status, "count": error.count}
-            ),
+            "create_call_error": error_json(self.create_call_error),
+            "hangup_error": error_json(self.hangup_error),
             "sideband_unavailable_ms": self.sideband_unavailable_ms,
             "sideband_drop_after_events": self.sideband_drop_after_events,
             "sideband_event_delay_ms": self.sideband_event_delay_ms,
@@ -182,8 +187,8 @@ class FaultConfig:
         for name, raw in changes.items():
             if name not in known:
                 raise FaultValueError("unknown_parameter", f"Unknown parameter: '{name}'.", name)
-            if name == "create_call_error":
-                values[name] = None if raw is None else CallErrorFault.from_json(raw)
+            if name in ("create_call_error", "hangup_error"):
+                values[name] = None if raw is None else CallErrorFault.from_json(raw, name)
             elif name == "sideband_drop_event_types":
                 if raw is not None and not isinstance(raw, list):
                     raise FaultValueError(
@@ -231,11 +236,19 @@ class Faults:
 
     def take_create_call_error(self) -> CallErrorFault | None:
         """Consume one injected ``/calls`` failure; ``None`` when the switch is off."""
-        error = self.current.create_call_error
+        return self._take_error("create_call_error")
+
+    def take_hangup_error(self) -> CallErrorFault | None:
+        """Consume one injected hangup failure; ``None`` when the switch is off."""
+        return self._take_error("hangup_error")
+
+    def _take_error(self, name: str) -> CallErrorFault | None:
+        error: CallErrorFault | None = getattr(self.current, name)
         if error is None:
             return None
         remaining = None if error.count <= 1 else dataclasses.replace(error, count=error.count - 1)
-        self.current = dataclasses.replace(self.current, create_call_error=remaining)
+        changes: dict[str, Any] = {name: remaining}
+        self.current = dataclasses.replace(self.current, **changes)
         return error
 
     def sideband_unavailable(self, call_age_s: float) -> bool:

@@ -241,5 +241,13 @@ async def hangup_call(request: web.Request) -> web.Response:
     call = request.app[CALL_REGISTRY].get(call_id)
     if call is None or (call.ended and call.end_reason != "hangup"):
         raise call_not_found(call_id)
+    failure = request.app[FAULTS].take_hangup_error()
+    if failure is not None:
+        raise ApiError(
+            failure.status,
+            "server_error",
+            "The server had an error while processing your request. (emulator fault injection)",
+            type_="server_error",
+        )
     await call.end("hangup")
     return web.json_response({})

@@ -36,6 +36,7 @@ KEY = PROVIDER_KEY  # the shared `emulator` fixture (tests/conftest.py) uses it
 FAULTS_OFF: dict[str, Any] = {
     "create_call_delay_ms": 0,
     "create_call_error": None,
+    "hangup_error": None,
     "sideband_unavailable_ms": 0,
     "sideband_drop_after_events": None,
     "sideband_event_delay_ms": 0,
@@ -547,3 +548,22 @@ async def test_end_call_like_the_provider(
     assert (status, again["end_reason"]) == (200, "max_duration")  # ending twice: no change
     status, reply = await request_json(http, emulator, "POST", "/_emulator/calls/rtc_u1_x/end", {})
     assert (status, reply["error"]["code"]) == (404, "call_id_not_found")
+
+
+async def test_hangup_error_fails_n_hangups_then_the_call_ends(
+    emulator: RunningEmulator, http: aiohttp.ClientSession, browser: FakeBrowser
+) -> None:
+    """hangup_error: the next N hangups answer that 5xx and the call goes on; then it ends."""
+    call_id = await open_call(http, emulator, browser)
+    await set_faults(http, emulator, hangup_error={"status": 503, "count": 2})
+    path = f"/v1/realtime/calls/{call_id}/hangup"
+    for _ in range(2):
+        status, body = await request_json(http, emulator, "POST", path, None)
+        assert (status, body["error"]["type"]) == (503, "server_error")
+        call = emulator.registry.get(call_id)
+        assert call is not None and not call.ended
+    status, _ = await request_json(http, emulator, "POST", path, None)
+    assert status == 200
+    assert call.ended and call.end_reason == "hangup"
+    state = await set_faults(http, emulator)
+    assert state["hangup_error"] is None

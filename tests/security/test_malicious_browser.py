@@ -340,3 +340,40 @@ async def test_a_browser_that_keeps_tampering_is_cut_off(
         assert len(await session_events(broker, session["id"], "broker.tamper")) == 5
     finally:
         await browser.close()
+
+
+async def test_a_hangup_the_provider_refuses_leaves_the_call_watched_not_ended(
+    broker: RunningBroker,
+    emulator: RunningEmulator,
+    http: aiohttp.ClientSession,
+    tool_backend: ToolBackend,
+) -> None:
+    """If the provider will not hang up, the session is not recorded as ended while the
+    call goes on: it stays live with its sideband, and no tool runs in the condemned call."""
+    await set_faults(http, emulator, hangup_error={"status": 503, "count": 10})
+    session, browser, call = await live_call(
+        broker, emulator, tools=["lookup_order"], limits={"on_tamper": "hangup"}
+    )
+    try:
+        rewrite_session(browser)
+        await wait_events(broker, session["id"], "broker.tamper")
+        await wait_reverted(call)
+        await asyncio.sleep(2.0)  # three hangup attempts, 0.5 s and 1 s apart
+        faults = await set_faults(http, emulator)
+        assert faults["hangup_error"]["count"] == 7  # all three were refused
+        detail = await broker.get_session(session["id"])
+        assert (detail["state"], detail["sideband"]["state"]) == ("live", "connected")
+        assert not call.ended
+        ask(browser, 'lookup_order {"order_id": "42"}')
+        called = await seen(browser, "response.function_call_arguments.done")
+        async with asyncio.timeout(5):
+            # Polling the public API on purpose: it is what an app backend would watch.
+            while not (rows := (await broker.get_session(session["id"]))["tool_calls"]) or (  # noqa: ASYNC110
+                rows[0]["status"] == "pending"
+            ):
+                await asyncio.sleep(0.05)
+        [row] = rows
+        assert (row["call_id"], row["status"]) == (called["call_id"], "cancelled")
+        assert tool_backend.calls_to("lookup_order") == []
+    finally:
+        await browser.close()
