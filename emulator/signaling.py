@@ -17,6 +17,7 @@ from ._auth import authorize_call_creation, require_api_key
 from ._keys import CALL_REGISTRY, CLIENT_SECRETS, FAULTS
 from ._session import check_session_fields, initial_session
 from .errors import ApiError, ClientEventError, InvalidSdpError, call_not_found
+from .faults import CallErrorFault
 from .peer import MAX_SDP_BYTES
 
 logger = logging.getLogger(__name__)
@@ -158,6 +159,16 @@ async def _read_multipart(request: web.Request) -> tuple[str | None, dict[str, A
     return sdp, _posted_session(session)
 
 
+def injected_failure(fault: CallErrorFault) -> ApiError:
+    """The 5xx a fault switch injects, in the provider's ``server_error`` shape."""
+    return ApiError(
+        fault.status,
+        "server_error",
+        "The server had an error while processing your request. (emulator fault injection)",
+        type_="server_error",
+    )
+
+
 async def _apply_create_call_faults(request: web.Request) -> None:
     faults = request.app[FAULTS]
     delay_ms = faults.current.create_call_delay_ms
@@ -169,12 +180,7 @@ async def _apply_create_call_faults(request: web.Request) -> None:
             raise ApiError(408, "request_timeout", "The client went away before the answer.")
     failure = faults.take_create_call_error()
     if failure is not None:
-        raise ApiError(
-            failure.status,
-            "server_error",
-            "The server had an error while processing your request. (emulator fault injection)",
-            type_="server_error",
-        )
+        raise injected_failure(failure)
 
 
 async def create_call(request: web.Request) -> web.Response:
@@ -243,11 +249,6 @@ async def hangup_call(request: web.Request) -> web.Response:
         raise call_not_found(call_id)
     failure = request.app[FAULTS].take_hangup_error()
     if failure is not None:
-        raise ApiError(
-            failure.status,
-            "server_error",
-            "The server had an error while processing your request. (emulator fault injection)",
-            type_="server_error",
-        )
+        raise injected_failure(failure)
     await call.end("hangup")
     return web.json_response({})
