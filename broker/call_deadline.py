@@ -17,20 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
 from broker.db.models import SessionState
+from broker.hangup import hang_up
+from broker.leash import LEASH_EVENT, LeashLimit
 from sideband import Provider
-from sideband.errors import (
-    CallNotFoundError,
-    ProviderError,
-    ProviderTimeoutError,
-    ProviderUnreachableError,
-)
 
 logger = logging.getLogger(__name__)
 
 GRACE_S: Final = 2.0  # the sideband's leash, when there is one, acts first
 RETRY_DELAYS_S: Final = (5.0, 30.0, 60.0, 120.0)  # a hangup that failed is tried again
-END_REASON: Final = "max_duration"
-EVENT_TYPE: Final = "broker.leash"
+END_REASON: Final = LeashLimit.MAX_DURATION.value
 
 
 class CallDeadlines:
@@ -81,7 +76,8 @@ class CallDeadlines:
             call_id,
             max_duration_s,
         )
-        if not await self._hangup(call_id):
+        # One attempt each time: this timer's own schedule is the retry.
+        if not await hang_up(self._provider, call_id, attempts=1):
             return False  # the call goes on; the session stays live and this tries again
         async with self._sessionmaker.begin() as s:
             ended = await queries.transition_session(
@@ -89,16 +85,6 @@ class CallDeadlines:
             )
         if ended:
             await self._record(session_id, max_duration_s)
-        return True
-
-    async def _hangup(self, call_id: str) -> bool:
-        try:
-            await self._provider.hangup(call_id)
-        except CallNotFoundError:
-            return True
-        except (ProviderError, ProviderTimeoutError, ProviderUnreachableError) as exc:
-            logger.error("hangup of an overdue call failed call_id=%s: %s", call_id, exc)
-            return False
         return True
 
     async def _record(self, session_id: str, max_duration_s: int) -> None:
@@ -111,9 +97,9 @@ class CallDeadlines:
                         "session_id": session_id,
                         "seq": seq,
                         "direction": "broker",
-                        "type": EVENT_TYPE,
+                        "type": LEASH_EVENT,
                         "payload": {
-                            "type": EVENT_TYPE,
+                            "type": LEASH_EVENT,
                             "limit": END_REASON,
                             "value": max_duration_s,
                             "enforced_by": "deadline",

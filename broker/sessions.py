@@ -36,6 +36,7 @@ from broker.errors import (
     UpstreamError,
     ValidationFailedError,
 )
+from broker.hangup import hang_up
 from broker.limits import LimitsRequest, SessionLimits
 from broker.ratelimit import TokenBucketLimiter
 from broker.sdp import check_offer
@@ -361,10 +362,7 @@ class SessionService:
 
     async def _abort_call(self, session_id: str, call_id: str) -> None:
         await self._fail(session_id, "offer: could not record the call")
-        try:
-            await self._provider.hangup(call_id)
-        except (ProviderError, ProviderTimeoutError, ProviderUnreachableError) as exc:
-            logger.warning("hangup of unrecorded call failed call_id=%s: %s", call_id, exc)
+        await hang_up(self._provider, call_id, attempts=1)
 
     async def _fail(self, session_id: str, reason: str) -> None:
         async with self._sessionmaker.begin() as s:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Collection, Mapping
-from typing import Any, Final
+from typing import Any
 
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker.db import queries
 from broker.db.models import SessionState, SidebandState
 from broker.events_log import EventRecorder
+from broker.hangup import hang_up
 from broker.leash import Leash, LeashTerms
 from broker.limits import TamperPolicy
 from broker.shielded import ShieldedWrites
@@ -33,17 +34,11 @@ from sideband import (
     Direction,
     OwnedSession,
     Provider,
-    ProviderError,
-    ProviderTimeoutError,
-    ProviderUnreachableError,
     SidebandConnection,
     SidebandError,
 )
 
 logger = logging.getLogger(__name__)
-
-HANGUP_ATTEMPTS: Final = 3
-HANGUP_RETRY_DELAY: Final = 0.5
 
 
 class _Observer:
@@ -251,7 +246,9 @@ class SidebandSupervisor:
         if controller is not None:
             # Decided now: a call the model makes while the hangup is in flight never runs.
             controller.condemn()
-        hung_up = await self._writes.run(self._hangup(call_id), name=f"hangup:{session_id}")
+        hung_up = await self._writes.run(
+            hang_up(self._provider, call_id), name=f"hangup:{session_id}"
+        )
         if not hung_up:
             # The call goes on at the provider: keep watching it (tools stay refused) rather
             # than record an end that did not happen. The duration backstop tries again.
@@ -265,32 +262,6 @@ class SidebandSupervisor:
         if controller is not None:
             # The provider may not close the sideband on hangup (PROTOCOL.md §2.4): close it.
             await controller.stop()
-
-    async def _hangup(self, call_id: str) -> bool:
-        """Hang up at the provider; whether the call is gone (transient failures retried)."""
-        for attempt in range(1, HANGUP_ATTEMPTS + 1):
-            try:
-                await self._provider.hangup(call_id)
-            except CallNotFoundError:
-                logger.info("hangup: call already gone call_id=%s", call_id)
-                return True
-            except (ProviderError, ProviderTimeoutError, ProviderUnreachableError) as exc:
-                transient = not isinstance(exc, ProviderError) or exc.status >= 500
-                if not transient or attempt == HANGUP_ATTEMPTS:
-                    logger.error("hangup failed call_id=%s attempt=%d: %s", call_id, attempt, exc)
-                    return False
-                logger.warning(
-                    "hangup retry call_id=%s attempt=%d/%d: %s",
-                    call_id,
-                    attempt,
-                    HANGUP_ATTEMPTS,
-                    exc,
-                )
-                await asyncio.sleep(HANGUP_RETRY_DELAY * attempt)
-            else:
-                logger.info("call hung up call_id=%s", call_id)
-                return True
-        return False
 
     async def _finish(
         self,

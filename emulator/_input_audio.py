@@ -55,10 +55,6 @@ class InputAudio:
     def interrupt_response(self) -> bool:
         return bool(self._turn is not None and self._turn.get("interrupt_response", True))
 
-    @property
-    def in_speech(self) -> bool:
-        return self.server_vad and self._vad.in_speech
-
     def feed(self, samples: NDArray[np.int16], sample_rate: int) -> list[VadEvent]:
         """Add audio to the buffer; return the VAD's transitions (none when VAD is off)."""
         if sample_rate <= 0 or samples.size == 0:

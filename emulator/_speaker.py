@@ -44,10 +44,6 @@ class Speaker:
         self._held_stop: str | None = None
         self.audio_ms: dict[str, int] = {}  # item id -> duration of the audio it spoke
 
-    @property
-    def playing_response_id(self) -> str | None:
-        return self._playing
-
     async def speak(self, response_id: str, item_id: str, text: str, speed: float) -> None:
         """Synthesise ``text`` and start playing it; return once it plays (bounded wait).
 

@@ -56,8 +56,3 @@ def sideband_client_event_failures(registry: CallRegistry) -> list[str]:
         if received.source == "sideband"
     )
     return _failures(events, CLIENT_EVENT)
-
-
-def sent_types(registry: CallRegistry) -> set[str]:
-    """The ``type`` of every server event the registry's calls sent."""
-    return {str(e.get("type")) for call in registry.calls.values() for e in call.sent}
