@@ -16,10 +16,12 @@ from broker.api._bodies import MAX_REQUEST_BYTES
 from broker.cors import cors_middleware
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.errors import problem_middleware
+from broker.metrics import BrokerMetrics
 from broker.routes import setup_routes
 from broker.sessions import SessionService
 from broker.settings import Settings
 from broker.sidebands import SidebandSupervisor
+from broker.tools.breaker import CircuitBreakers
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.registry import load_registry
 from emulator import EmulatorSettings
@@ -37,6 +39,9 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[cors_middleware, problem_middleware], client_max_size=MAX_REQUEST_BYTES
     )
     app[keys.SETTINGS] = settings
+    # Metrics hold no resource, so they need no cleanup_ctx; created first, every context
+    # below may count.
+    app[keys.METRICS] = BrokerMetrics()
     # Order matters: the supervisor (services_ctx) uses the DB, the provider and the tools,
     # so it is registered last and therefore stopped first.
     app.cleanup_ctx.append(db_ctx)
@@ -113,7 +118,10 @@ async def tools_ctx(app: web.Application) -> AsyncIterator[None]:
         app[keys.TOOL_HTTP] = http
         registry = load_registry(app[keys.SETTINGS].tools_config, http)
         app[keys.TOOLS] = registry
-        app[keys.DISPATCHER] = ToolDispatcher(app[keys.SESSIONMAKER], registry)
+        app[keys.METRICS].set_tools(registry)
+        settings = app[keys.SETTINGS]
+        breakers = CircuitBreakers(settings.tool_breaker_failures, settings.tool_breaker_cooldown_s)
+        app[keys.DISPATCHER] = ToolDispatcher(app[keys.SESSIONMAKER], registry, breakers)
         logger.info("tools loaded: %s", ", ".join(sorted(registry)) or "(none)")
         yield
         await app[keys.DISPATCHER].drain()
@@ -127,6 +135,8 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         app[keys.PROVIDER_HTTP],
         app[keys.DISPATCHER],
         attach_timeout=settings.sideband_attach_timeout,
+        reconnect_timeout=settings.sideband_reconnect_timeout,
+        metrics=app[keys.METRICS],
     )
     app[keys.SUPERVISOR] = supervisor
     app[keys.SESSIONS] = SessionService(
@@ -136,7 +146,13 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         app[keys.TOOLS],
         app[keys.DISPATCHER],
         supervisor,
+        app[keys.METRICS],
     )
+    app[keys.METRICS].track_live_sessions(lambda: supervisor.live_count)
+    # Calls an earlier process controlled (a crash, a deploy) are taken up again.
+    resumed = await app[keys.SESSIONS].resume()
+    if resumed:
+        logger.info("resumed the sidebands of %d live session(s)", resumed)
     yield
-    await supervisor.close()
+    await supervisor.close(grace=settings.shutdown_grace_s)
     await app[keys.SESSIONS].drain()

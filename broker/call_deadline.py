@@ -16,7 +16,7 @@ from typing import Final
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
-from broker.db.models import SessionState
+from broker.db.models import CALL_RUNNING_STATES, SessionState
 from broker.hangup import hang_up
 from broker.leash import LEASH_EVENT, LeashLimit
 from sideband import Provider
@@ -36,10 +36,27 @@ class CallDeadlines:
         self._provider = provider
         self._timers: dict[str, asyncio.Task[None]] = {}
 
-    def watch(self, session_id: str, call_id: str, max_duration_s: int) -> None:
-        """End ``call_id`` once ``max_duration_s`` (plus a grace) has passed, if still live."""
+    def watch(
+        self,
+        session_id: str,
+        call_id: str,
+        max_duration_s: int,
+        live_at: datetime | None = None,
+    ) -> None:
+        """End ``call_id`` once ``max_duration_s`` (plus a grace) has passed, if still live.
+
+        ``live_at`` (when the call started; default now) lets a restarted broker keep the
+        original deadline.
+        """
+        if session_id in self._timers:
+            return
+        remaining = float(max_duration_s)
+        if live_at is not None:
+            started = live_at if live_at.tzinfo else live_at.replace(tzinfo=UTC)
+            remaining -= (datetime.now(UTC) - started).total_seconds()
         task = asyncio.create_task(
-            self._expire(session_id, call_id, max_duration_s), name=f"deadline:{session_id}"
+            self._expire(session_id, call_id, max_duration_s, max(0.0, remaining)),
+            name=f"deadline:{session_id}",
         )
         self._timers[session_id] = task
         task.add_done_callback(lambda _: self._timers.pop(session_id, None))
@@ -51,8 +68,10 @@ class CallDeadlines:
             task.cancel()
         await asyncio.gather(*timers, return_exceptions=True)
 
-    async def _expire(self, session_id: str, call_id: str, max_duration_s: int) -> None:
-        await asyncio.sleep(max_duration_s + GRACE_S)
+    async def _expire(
+        self, session_id: str, call_id: str, max_duration_s: int, remaining_s: float
+    ) -> None:
+        await asyncio.sleep(remaining_s + GRACE_S)
         for retry_delay in (*RETRY_DELAYS_S, None):
             try:
                 if await self._end_if_live(session_id, call_id, max_duration_s):
@@ -68,7 +87,7 @@ class CallDeadlines:
         """Hang up a still-live call and record why; ``False`` if the hangup failed."""
         async with self._sessionmaker() as s:
             row = await queries.get_session_row(s, session_id)
-        if row is None or row.state != SessionState.LIVE:
+        if row is None or row.state not in CALL_RUNNING_STATES:
             return True  # ended some other way already (the leash, the browser, the provider)
         logger.warning(
             "call past its max duration, ending it session_id=%s call_id=%s limit=%ds",
@@ -81,7 +100,7 @@ class CallDeadlines:
             return False  # the call goes on; the session stays live and this tries again
         async with self._sessionmaker.begin() as s:
             ended = await queries.transition_session(
-                s, session_id, [SessionState.LIVE], SessionState.ENDED, end_reason=END_REASON
+                s, session_id, CALL_RUNNING_STATES, SessionState.ENDED, end_reason=END_REASON
             )
         if ended:
             await self._record(session_id, max_duration_s)

@@ -12,7 +12,8 @@ The tree (each class carries a stable ``code`` and an HTTP ``status``)::
     ├── UnsupportedMediaError    415
     ├── ValidationFailedError    422  well-formed but not acceptable (unknown tool, …)
     ├── RateLimitedError         429  too many requests for this key (with ``Retry-After``)
-    └── UpstreamError            502 / 504  the provider failed or timed out
+    ├── UpstreamError            502 / 504  the provider failed or timed out
+    └── UnavailableError         503  this broker process is shutting down (retry elsewhere)
 
 Nothing below ``broker/api`` raises ``web.HTTP*``; handlers and services raise these, and
 :func:`problem_middleware` renders them (and turns anything unexpected into a logged 500).
@@ -125,6 +126,17 @@ class UpstreamError(BrokerError):
     @property
     def http_status(self) -> int:
         return 504 if self.timeout else 502
+
+
+class UnavailableError(BrokerError):
+    """This process cannot take the request now (it is draining); another one can."""
+
+    status = 503
+    title = "Service unavailable"
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": "1"}
 
 
 def problem_response(

@@ -7,6 +7,7 @@ import httpx
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from broker.metrics import BrokerMetrics
 from broker.sessions import SessionService
 from broker.settings import Settings
 from broker.sidebands import SidebandSupervisor
@@ -15,6 +16,7 @@ from broker.tools.registry import ToolRegistry
 from sideband import OpenAICompatibleProvider
 
 SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", BrokerMetrics)
 ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONMAKER = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
 PROVIDER_HTTP = web.AppKey("provider_http", aiohttp.ClientSession)

@@ -9,7 +9,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from broker import cors
-from broker.api import api_keys, health, sessions
+from broker.api import api_keys, health, metrics, sessions
 from broker.api._bodies import MAX_JSON_BYTES, NO_BODY, bounded
 from broker.sdp import MAX_SDP_BYTES
 
@@ -28,6 +28,7 @@ class Route:
 
 ROUTES: Final = (
     Route(hdrs.METH_GET, "/healthz", health.healthz, NO_BODY),
+    Route(hdrs.METH_GET, "/metrics", metrics.metrics, NO_BODY),
     Route(hdrs.METH_POST, "/api/v1/sessions", sessions.create_session, MAX_JSON_BYTES),
     Route(hdrs.METH_GET, "/api/v1/sessions/{session_id}", sessions.get_session, NO_BODY),
     Route(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from broker.auth import ApiPrincipal, BrowserPrincipal, Scope, mint_client_secre
 from broker.call_deadline import CallDeadlines
 from broker.db import queries
 from broker.db.models import (
+    CALL_RUNNING_STATES,
     SessionRow,
     SessionState,
     SidebandState,
@@ -33,11 +35,13 @@ from broker.errors import (
     NotFoundError,
     RateLimitedError,
     UnauthorizedError,
-    UpstreamError,
+    UnavailableError,
     ValidationFailedError,
 )
 from broker.hangup import hang_up
 from broker.limits import LimitsRequest, SessionLimits
+from broker.metrics import BrokerMetrics
+from broker.offer_failure import OfferFailure, add_offer_failed_event, offer_outcome
 from broker.ratelimit import TokenBucketLimiter
 from broker.sdp import check_offer
 from broker.settings import Settings
@@ -60,7 +64,13 @@ _SPENT_SECRET_GRACE: Final = timedelta(minutes=1)
 after ``exp``, and replicas' clocks drift; pruning at ``exp`` would reopen a replay window."""
 MAX_METADATA_KEYS: Final = 32
 _SIDEBAND_OWNS_CALLS: Final = frozenset(
-    {SidebandState.PENDING, SidebandState.CONNECTING, SidebandState.CONNECTED}
+    {
+        SidebandState.PENDING,
+        SidebandState.CONNECTING,
+        SidebandState.CONNECTED,
+        # Reconnecting, the sideband still owns the calls: its resync finds what it missed.
+        SidebandState.RECONNECTING,
+    }
 )
 
 
@@ -156,6 +166,7 @@ class SessionService:
         registry: ToolRegistry,
         dispatcher: ToolDispatcher,
         supervisor: SidebandSupervisor,
+        metrics: BrokerMetrics,
     ) -> None:
         self._settings = settings
         self._sessionmaker = sessionmaker
@@ -163,11 +174,32 @@ class SessionService:
         self._registry = registry
         self._dispatcher = dispatcher
         self._supervisor = supervisor
+        self._metrics = metrics
         self._writes = ShieldedWrites()
         self._deadlines = CallDeadlines(sessionmaker, provider)
         self._create_limiter = TokenBucketLimiter(
             settings.session_create_rate, settings.session_create_burst
         )
+
+    async def resume(self) -> int:
+        """Take up the calls an earlier broker process left running; returns how many sidebands.
+
+        Every running call gets its duration backstop again (from its original start); each
+        live one with a sideband is attached again with ``resume``.
+        """
+        async with self._sessionmaker() as s:
+            rows = await queries.sessions_with_running_calls(s)
+        resumed = 0
+        for row in rows:
+            assert row.call_id is not None
+            self._deadlines.watch(row.id, row.call_id, row.max_duration_s, row.live_at)
+            if row.state == SessionState.LIVE and row.sideband_enabled:
+                logger.info("resuming sideband session_id=%s call_id=%s", row.id, row.call_id)
+                self._supervisor.start(
+                    row.id, row.call_id, row.tools, self.provider_session_config(row), resume=True
+                )
+                resumed += 1
+        return resumed
 
     async def drain(self) -> None:
         """Stop the call deadlines; wait for cleanup writes (call before the database closes)."""
@@ -224,6 +256,7 @@ class SessionService:
         row.tamper_policy = limits.tamper_policy
         async with self._sessionmaker.begin() as s:
             s.add(row)
+        self._metrics.session_created()
         token, expires_at = mint_client_secret(
             row.id, self._settings.signing_key, self._settings.client_secret_ttl
         )
@@ -298,8 +331,27 @@ class SessionService:
         Raises:
             UnauthorizedError (``token_replayed``: checked first, whatever the session's state),
             NotFoundError, ConflictError (``session_already_offered``), BadRequestError
-            (``invalid_sdp``), UpstreamError (``provider_error`` 502 / ``provider_timeout`` 504).
+            (``invalid_sdp``), UpstreamError (``provider_error`` / ``provider_unreachable`` 502,
+            ``provider_timeout`` 504). A provider failure also fails the session, with a
+            readable ``end_reason`` and a ``broker.offer_failed`` event. Every offer is
+            counted by outcome and timed in the metrics.
         """
+        started = time.perf_counter()
+        failure: BaseException | None = None
+        try:
+            return await self._offer(browser, sdp)
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            self._metrics.offer_finished(offer_outcome(failure), time.perf_counter() - started)
+
+    async def _offer(self, browser: BrowserPrincipal, sdp: str) -> str:
+        """The offer itself; :meth:`offer` wraps it with the metrics."""
+        if self._supervisor.stopping:
+            # Draining: a call made now would lose its sideband at once; another process
+            # (or this one, restarted) takes it.
+            raise UnavailableError("shutting_down", "this broker is shutting down; retry")
         session_id = browser.session_id
         async with self._sessionmaker() as s:
             replayed = await _secret_spent(s, browser.token_id)
@@ -327,12 +379,20 @@ class SessionService:
         try:
             answer = await self._provider.create_call(sdp, self.provider_session_config(row))
         except (ProviderError, ProviderTimeoutError, ProviderUnreachableError) as exc:
-            await self._writes.run(self._fail(session_id, f"offer: {exc}"), "offer-fail")
-            raise _upstream(exc) from exc
+            self._metrics.provider_failed(exc)
+            failure = OfferFailure.from_provider(exc)
+            logger.warning(
+                "offer failed at the provider session_id=%s code=%s provider_status=%s",
+                session_id,
+                failure.code,
+                failure.provider_status,
+            )
+            await self._writes.run(self._fail(session_id, failure), "offer-fail")
+            raise failure.error() from exc
         except BaseException as exc:
             # Never leave a session stuck in `offered`.
             await self._writes.run(
-                self._fail(session_id, f"offer: {type(exc).__name__}"), "offer-fail"
+                self._fail(session_id, OfferFailure.unexpected(exc)), "offer-fail"
             )
             raise
         try:
@@ -361,18 +421,26 @@ class SessionService:
         return answer.sdp
 
     async def _abort_call(self, session_id: str, call_id: str) -> None:
-        await self._fail(session_id, "offer: could not record the call")
+        await self._fail(
+            session_id, OfferFailure("call_not_recorded", "offer: could not record the call")
+        )
         await hang_up(self._provider, call_id, attempts=1)
 
-    async def _fail(self, session_id: str, reason: str) -> None:
+    async def _fail(self, session_id: str, failure: OfferFailure) -> None:
+        """Fail the session and record why, in one transaction (no sideband writes yet)."""
+        reason = failure.end_reason[:200]
         async with self._sessionmaker.begin() as s:
-            await queries.transition_session(
+            failed = await queries.transition_session(
                 s,
                 session_id,
-                [SessionState.CREATED, SessionState.OFFERED, SessionState.LIVE],
+                [SessionState.CREATED, SessionState.OFFERED, *CALL_RUNNING_STATES],
                 SessionState.FAILED,
-                end_reason=reason[:200],
+                end_reason=reason,
             )
+            if failed:
+                await add_offer_failed_event(s, session_id, failure)
+        if failed:
+            self._metrics.session_ended(reason)
 
     async def bridge_call(
         self, browser: BrowserPrincipal, tool: str, request: BridgeCallRequest
@@ -394,12 +462,11 @@ class SessionService:
             ForbiddenError (``tool_not_allowed``: not in the session's allowlist).
         """
         row = await self.get_row(browser.session_id)
-        offer_token_of_live_call = (
-            row.state == SessionState.LIVE and row.offer_jti == browser.token_id
-        )
+        call_running = row.state in CALL_RUNNING_STATES
+        offer_token_of_live_call = call_running and row.offer_jti == browser.token_id
         if browser.expired() and not offer_token_of_live_call:
             raise UnauthorizedError("token_expired", "the client secret has expired")
-        if row.state != SessionState.LIVE:
+        if not call_running:
             raise ConflictError(
                 "session_not_live", f"the session is {row.state}, not live", state=row.state
             )
@@ -474,19 +541,3 @@ def _replayed(session_id: str) -> UnauthorizedError:
 
 def _compact_json(value: dict[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"))
-
-
-def _upstream(exc: Exception) -> UpstreamError:
-    if isinstance(exc, ProviderTimeoutError):
-        return UpstreamError(
-            "provider_timeout", f"the provider did not answer in {exc.timeout:g}s", timeout=True
-        )
-    if isinstance(exc, ProviderUnreachableError):
-        return UpstreamError("provider_unreachable", "the provider could not be reached")
-    assert isinstance(exc, ProviderError)
-    return UpstreamError(
-        "provider_error",
-        f"the provider rejected the call (HTTP {exc.status})",
-        provider_status=exc.status,
-        provider_code=exc.code,
-    )

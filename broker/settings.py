@@ -18,6 +18,7 @@ DEFAULT_DATABASE_URL: Final = "sqlite+aiosqlite:///./broker.db"
 DEFAULT_TOOLS_CONFIG: Final = Path(__file__).parent / "tools" / "demo_tools.toml"
 MIN_SECRET_TTL: Final = 30
 MAX_SECRET_TTL: Final = 3600
+MAX_BREAKER_COOLDOWN_S: Final = 3600.0
 
 
 class SettingsError(ValueError):
@@ -66,6 +67,12 @@ class Settings:
     client_secret_ttl: int = 300
     sideband_attach_timeout: float = 10.0
     """How long a 404 (or refused connection) on sideband attach is retried after call creation."""
+    sideband_reconnect_timeout: float = 30.0
+    """How long a lost sideband is re-attached (jittered backoff) before the session is
+    ``degraded`` and the bridge takes over."""
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM: how long running tool calls may finish and be delivered before the rest
+    is left recorded for the next broker process."""
     bridge_wait_timeout: float = 5.0
     """How long a bridge request waits for the sideband to finish a call it owns."""
     default_model: str = "gpt-realtime"
@@ -78,6 +85,10 @@ class Settings:
     session_max_tool_calls: int = 50
     session_max_concurrent_tools: int = 4
     tool_max_argument_bytes: int = 32 * 1024
+    tool_breaker_failures: int = 5
+    """Consecutive failures of one tool that pause it (its circuit opens); 0: never."""
+    tool_breaker_cooldown_s: float = 30.0
+    """How long a paused tool's calls are refused before one trial call may run."""
     tamper_policy: TamperPolicy = TamperPolicy.REVERT
     """Default reaction to a browser rewriting the session config (sessions may choose)."""
     emulator_port: int = 0
@@ -135,6 +146,10 @@ class Settings:
             tools_config=Path(env.get("BROKER_CONFIG", str(DEFAULT_TOOLS_CONFIG))),
             client_secret_ttl=ttl,
             sideband_attach_timeout=_float(env, "BROKER_SIDEBAND_ATTACH_TIMEOUT", 10.0),
+            sideband_reconnect_timeout=_bounded_float(
+                env, "BROKER_SIDEBAND_RECONNECT_TIMEOUT", 30.0, 3600.0
+            ),
+            shutdown_grace_s=_bounded_float(env, "BROKER_SHUTDOWN_GRACE_S", 10.0, 600.0),
             bridge_wait_timeout=_float(env, "BROKER_BRIDGE_WAIT_TIMEOUT", 5.0),
             signing_key=_signing_key(env),
             emulator_port=_int(env, "BROKER_EMULATOR_PORT", 0),
@@ -147,6 +162,10 @@ class Settings:
             tool_max_argument_bytes=_bounded(
                 env, "BROKER_TOOL_MAX_ARGUMENT_BYTES", 32 * 1024, 2, 1024 * 1024
             ),
+            tool_breaker_failures=_bounded(env, "BROKER_TOOL_BREAKER_FAILURES", 5, 0, 1000),
+            tool_breaker_cooldown_s=_bounded_float(
+                env, "BROKER_TOOL_BREAKER_COOLDOWN_S", 30.0, MAX_BREAKER_COOLDOWN_S
+            ),
             tamper_policy=_tamper_policy(env),
             session_create_rate=_bounded(env, "BROKER_SESSION_CREATE_RATE", 60, 0, 100_000),
             session_create_burst=_bounded(env, "BROKER_SESSION_CREATE_BURST", 20, 1, 100_000),
@@ -158,6 +177,13 @@ def _bounded(env: Mapping[str, str], name: str, default: int, low: int, high: in
     value = _int(env, name, default)
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high}")
+    return value
+
+
+def _bounded_float(env: Mapping[str, str], name: str, default: float, high: float) -> float:
+    value = _float(env, name, default)
+    if value > high:
+        raise SettingsError(f"{name} must be at most {high:g}")
     return value
 
 

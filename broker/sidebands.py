@@ -2,10 +2,19 @@
 
 Each call runs in a task named ``sideband:{session_id}`` that owns an event writer, the
 call's :class:`broker.leash.Leash` and the :class:`sideband.CallController`; its outcome is
-recorded on the session row. ``close()`` cancels and awaits them all (app cleanup). The call
-itself is not hung up on shutdown: it belongs to the browser and the provider, and a restarted
-broker can attach again. The broker does hang up when it decides the call must end (a leash
-limit, or a tamper policy of ``hangup``); the session's end reason then says why.
+recorded on the session row. A lost sideband is re-attached by the controller (bounded by
+``sideband_reconnect_timeout``); one that cannot be attached (or re-attached) in time leaves
+the session ``degraded`` (the bridge takes over), and a call the provider no longer knows
+is ``ended``.
+
+On start, the broker attaches again (``start(…, resume=True)``) to every call a previous
+broker process controlled: calls a crash left ``running`` are settled by the idempotency
+rule, and the controller's resync finishes the rest. :meth:`SidebandSupervisor.close` drains: no new
+call is taken up, calls under way finish and are delivered within the grace, the sockets
+close, and anything left stays recorded for the next process. The call itself is never hung
+up on shutdown: it belongs to the browser and the provider. The broker does hang up when it
+decides the call must end (a leash limit, or a tamper policy of ``hangup``); the session's
+end reason then says why.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -24,21 +33,33 @@ from broker.events_log import EventRecorder
 from broker.hangup import hang_up
 from broker.leash import Leash, LeashTerms
 from broker.limits import TamperPolicy
+from broker.metrics import BrokerMetrics, SidebandFailure, SidebandKind
 from broker.shielded import ShieldedWrites
 from broker.tamper import TamperResponder
 from broker.tool_handler import SessionToolHandler
 from broker.tools.dispatch import ToolDispatcher
 from sideband import (
+    AttachKind,
     CallController,
+    CallEndedError,
     CallNotFoundError,
     Direction,
     OwnedSession,
     Provider,
+    ProviderError,
+    ProviderTimeoutError,
     SidebandConnection,
     SidebandError,
 )
 
 logger = logging.getLogger(__name__)
+
+REATTACH_NOT_FOUND_GRACE: Final = 1.0
+"""After an abnormal close, how long a 404 on re-attach is retried before the call counts as
+ended (after a clean close, the first 404 is conclusive)."""
+RECONNECT_SPREAD: Final = 0.05
+"""Upper bound of the random wait before re-attaching, so that many sidebands dropped at once
+(a provider restart) do not all come back in one burst."""
 
 
 class _Observer:
@@ -59,10 +80,21 @@ class _Observer:
         if direction == "in":
             self._leash.saw(event)
 
-    async def attached(self) -> None:
+    async def attached(self, kind: AttachKind) -> None:
         await self._supervisor.set_sideband_state(self._session_id, SidebandState.CONNECTED)
-        self._recorder.record("broker", {"type": "broker.sideband_attached"})
-        self._leash.sideband_attached()
+        self._recorder.record("broker", {"type": "broker.sideband_attached", "kind": kind})
+        self._supervisor.metrics.sideband_connected(SidebandKind(kind))
+        if kind != "reconnect":
+            # A reconnect does not reset the idle clock: a flapping socket is not activity.
+            self._leash.sideband_attached()
+
+    async def detached(self, close_code: int | None) -> None:
+        logger.warning(
+            "sideband lost session_id=%s close_code=%s; reconnecting", self._session_id, close_code
+        )
+        self._recorder.record("broker", {"type": "broker.sideband_lost", "close_code": close_code})
+        self._supervisor.metrics.sideband_failed(SidebandFailure.LOST)
+        await self._supervisor.set_sideband_state(self._session_id, SidebandState.RECONNECTING)
 
 
 class SidebandSupervisor:
@@ -75,12 +107,16 @@ class SidebandSupervisor:
         http: aiohttp.ClientSession,
         dispatcher: ToolDispatcher,
         attach_timeout: float,
+        reconnect_timeout: float = 30.0,
+        metrics: BrokerMetrics | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._provider = provider
         self._http = http
         self._dispatcher = dispatcher
         self._attach_timeout = attach_timeout
+        self._reconnect_timeout = reconnect_timeout
+        self.metrics = metrics if metrics is not None else BrokerMetrics()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._controllers: dict[str, CallController] = {}
         self._ending: dict[str, str] = {}
@@ -94,6 +130,8 @@ class SidebandSupervisor:
         call_id: str,
         allowed_tools: Collection[str],
         session_config: Mapping[str, Any] | None = None,
+        *,
+        resume: bool = False,
     ) -> None:
         """Start supervising ``call_id``; returns at once (the SDP answer must not wait).
 
@@ -104,12 +142,15 @@ class SidebandSupervisor:
             session_config: the server-owned session the call was created with; the
                 browser's changes to its instructions, tools or tool choice are reverted.
                 ``None`` turns that check off.
+            resume: an earlier broker process controlled this call: a 404 now means it ended
+                while no broker watched, calls a crash left ``running`` are settled first,
+                and the controller resyncs right after attaching.
         """
-        if session_id in self._tasks:
+        if session_id in self._tasks or self._stopping:
             return
         owned = OwnedSession.from_config(session_config) if session_config is not None else None
         task = asyncio.create_task(
-            self._supervise(session_id, call_id, allowed_tools, owned),
+            self._supervise(session_id, call_id, allowed_tools, owned, resume),
             name=f"sideband:{session_id}",
         )
         self._tasks[session_id] = task
@@ -123,25 +164,40 @@ class SidebandSupervisor:
     def running(self, session_id: str) -> bool:
         return session_id in self._tasks
 
-    async def close(self, grace: float = 5.0) -> None:
-        """Stop every sideband, recording how each ended.
+    @property
+    def live_count(self) -> int:
+        return len(self._tasks)
 
-        Closes the sockets, lets running tools finish for up to ``grace`` seconds, then
-        cancels whatever is still running.
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop every sideband, recording how each ended: a drain, bounded by ``grace``.
+
+        No new call is taken up; calls under way finish and are delivered; then the sockets
+        close. Whatever is still running after ``grace`` seconds is cancelled (a cancelled
+        tool settles as ``outcome_unknown``); calls not taken up stay recorded, unrun, for
+        the next broker process to find.
         """
         self._stopping = True
         tasks = list(self._tasks.values())
         if not tasks:
+            await self._writes.drain()
             return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        drains = []
         for session_id, task in list(self._tasks.items()):
             controller = self._controllers.get(session_id)
             if controller is None:
                 continue  # setting up (sees _stopping) or finishing: ends by itself
             if controller.attached:
-                await controller.stop()
+                drains.append(controller.drain(grace))
             else:
                 task.cancel()  # still attaching: nothing to drain
-        _, pending = await asyncio.wait(tasks, timeout=grace)
+        await asyncio.gather(*drains, return_exceptions=True)
+        _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()) + 1.0)
         for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -157,10 +213,12 @@ class SidebandSupervisor:
         call_id: str,
         allowed_tools: Collection[str],
         owned: OwnedSession | None,
+        resume: bool,
     ) -> None:
         recorder = EventRecorder(self._sessionmaker, session_id)
         close_code: int | None = None
         failure: BaseException | None = None
+        controller: CallController | None = None
         try:
             await recorder.start()
             async with self._sessionmaker() as s:
@@ -168,11 +226,35 @@ class SidebandSupervisor:
             if row is None:
                 raise LookupError(f"session {session_id} vanished before its sideband started")
             await self.set_sideband_state(session_id, SidebandState.CONNECTING)
+            if resume:
+                for call_id_, status in await self._dispatcher.recover_interrupted(session_id):
+                    recorder.record(
+                        "broker",
+                        {
+                            "type": "broker.tool_call_recovered",
+                            "call_id": call_id_,
+                            "status": status.value,
+                        },
+                    )
             target = self._provider.sideband_target(call_id)
 
             async def connect() -> SidebandConnection:
+                if resume:
+                    # The call may have ended while no broker watched: a 404 now is the answer.
+                    return await reconnect(None)
                 return await SidebandConnection.attach(
                     self._http, target, call_id, attach_timeout=self._attach_timeout
+                )
+
+            async def reconnect(close_code: int | None) -> SidebandConnection:
+                clean = close_code in (1000, 1001)
+                return await SidebandConnection.attach(
+                    self._http,
+                    target,
+                    call_id,
+                    attach_timeout=self._reconnect_timeout,
+                    not_found_for=0.0 if clean else REATTACH_NOT_FOUND_GRACE,
+                    first_delay=0.0 if clean else RECONNECT_SPREAD,
                 )
 
             async def end_call(reason: str) -> None:
@@ -196,6 +278,8 @@ class SidebandSupervisor:
                 tamper=TamperResponder(
                     session_id, TamperPolicy(row.tamper_policy), recorder, end_call
                 ),
+                reconnect=reconnect,
+                resume=resume,
             )
             if self._stopping:
                 return  # the broker began stopping while this sideband was being set up
@@ -223,8 +307,9 @@ class SidebandSupervisor:
             # Whatever happened, the row must say how the sideband ended (the bridge decides
             # by it) and the buffered events must reach the database: shielded, so a
             # shutdown's cancellation cannot skip it.
+            last_code = controller.last_close_code if controller is not None else close_code
             await self._writes.run(
-                self._finish(session_id, call_id, close_code, failure, recorder),
+                self._finish(session_id, call_id, last_code, failure, recorder),
                 name=f"sideband-finish:{session_id}",
             )
 
@@ -272,22 +357,36 @@ class SidebandSupervisor:
         recorder: EventRecorder,
     ) -> None:
         try:
-            await recorder.flush()
-            await self._record_end(session_id, call_id, close_code, failure)
+            await self._record_end(session_id, call_id, close_code, failure, recorder)
         except Exception:
             logger.exception("could not record sideband end session_id=%s", session_id)
+        try:
+            await recorder.flush()
+        except Exception:
+            logger.exception("could not write sideband events session_id=%s", session_id)
 
     async def _end_session(
         self, session_id: str, sideband: SidebandState, state: SessionState, reason: str
     ) -> None:
         async with self._sessionmaker.begin() as s:
             await queries.set_session_fields(s, session_id, sideband_state=sideband)
-            await queries.transition_session(
-                s, session_id, [SessionState.LIVE], state, end_reason=reason
+            ended = await queries.transition_session(
+                s,
+                session_id,
+                [SessionState.LIVE, SessionState.DEGRADED],
+                state,
+                end_reason=reason,
             )
+        if ended:
+            self.metrics.session_ended(reason)
 
     async def _record_end(
-        self, session_id: str, call_id: str, close_code: int | None, failure: BaseException | None
+        self,
+        session_id: str,
+        call_id: str,
+        close_code: int | None,
+        failure: BaseException | None,
+        recorder: EventRecorder,
     ) -> None:
         reason = self._ending.pop(session_id, None)
         if reason is not None:
@@ -298,39 +397,58 @@ class SidebandSupervisor:
         if self._stopping and (failure is None or isinstance(failure, asyncio.CancelledError)):
             # This broker is stopping; the call goes on at the provider.
             logger.info("sideband stopped session_id=%s call_id=%s", session_id, call_id)
+            recorder.record("broker", {"type": "broker.sideband_released"})
             await self.set_sideband_state(session_id, SidebandState.CLOSED)
             return
-        if failure is None and close_code in (1000, 1001):
-            # The provider closed cleanly: the call is over (hangup, browser left, time limit).
+        if isinstance(failure, CallEndedError) or (failure is None and close_code in (1000, 1001)):
+            # The provider no longer knows a call we had attached: it is over (hangup, the
+            # browser left, a time limit), whether or not a close frame said so first.
+            ended_reason = (
+                f"provider_closed:{close_code}" if close_code in (1000, 1001) else "call_gone"
+            )
             logger.info(
-                "sideband closed session_id=%s call_id=%s code=%s", session_id, call_id, close_code
+                "call ended session_id=%s call_id=%s reason=%s", session_id, call_id, ended_reason
             )
+            recorder.record("broker", {"type": "broker.call_ended", "reason": ended_reason})
+            if isinstance(failure, CallEndedError):
+                # Belt and braces: a 404 for a call that in fact goes on (PROTOCOL.md §2.5
+                # item 3) must not leave a call no broker watches. A gone call answers 404.
+                await hang_up(self._provider, call_id, attempts=1)
             await self._end_session(
-                session_id,
-                SidebandState.CLOSED,
-                SessionState.ENDED,
-                f"provider_closed:{close_code}",
+                session_id, SidebandState.CLOSED, SessionState.ENDED, ended_reason
             )
             return
-        if isinstance(failure, CallNotFoundError):
-            # The provider does not know the call for our key (gone, or another project's):
-            # nothing here can control it, so the session fails closed and the bridge refuses.
-            logger.warning(
-                "sideband attach: call not found session_id=%s call_id=%s", session_id, call_id
-            )
-            await self._end_session(
-                session_id,
-                SidebandState.FAILED,
-                SessionState.FAILED,
-                "sideband: call not found at the provider",
-            )
-            return
-        reason = (
-            f"{type(failure).__name__}: {failure}"
-            if failure is not None
-            else f"closed with code {close_code}"
+        why, label = _failure_reason(failure, close_code)
+        # The call goes on, but without a sideband the broker neither sees its tool calls
+        # nor watches it for tampering: the bridge fallback takes over, and ops are told.
+        logger.warning(
+            "session degraded: no sideband session_id=%s call_id=%s: %s", session_id, call_id, why
         )
-        logger.warning("sideband lost session_id=%s call_id=%s: %s", session_id, call_id, reason)
-        # Without the sideband the broker no longer controls the call's tools; the bridge
-        # fallback takes over (it runs calls itself when the sideband has failed).
-        await self.set_sideband_state(session_id, SidebandState.FAILED)
+        recorder.record("broker", {"type": "broker.degraded", "reason": why})
+        self.metrics.sideband_failed(label)
+        async with self._sessionmaker.begin() as s:
+            await queries.set_session_fields(s, session_id, sideband_state=SidebandState.FAILED)
+            degraded = await queries.transition_session(
+                s, session_id, [SessionState.LIVE], SessionState.DEGRADED
+            )
+        if degraded:
+            self.metrics.session_degraded()
+
+
+def _failure_reason(
+    failure: BaseException | None, close_code: int | None
+) -> tuple[str, SidebandFailure]:
+    """A log- and event-safe description (no provider body) and its metric label."""
+    if failure is None:
+        return f"closed with code {close_code}", SidebandFailure.LOST
+    if isinstance(failure, CallNotFoundError):
+        return "the provider did not know the call (404) within the attach bound", (
+            SidebandFailure.CALL_NOT_FOUND
+        )
+    if isinstance(failure, ProviderTimeoutError):
+        return str(failure), SidebandFailure.ATTACH_TIMEOUT
+    if isinstance(failure, ProviderError):
+        return str(failure), SidebandFailure.PROVIDER_ERROR
+    if isinstance(failure, SidebandError):
+        return str(failure), SidebandFailure.LOST
+    return type(failure).__name__, SidebandFailure.OTHER

@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection
 
-from broker.db.models import ToolPath
+from broker.db.models import ToolCall, ToolPath
 from broker.events_log import EventRecorder
 from broker.tools.dispatch import MAX_CALL_ID, CallRejectedError, ToolDispatcher
 from broker.tools.policy import error_output
-from sideband import FunctionCall, ToolResult
+from sideband import Backlog, FunctionCall, ToolResult, Undelivered
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ class SessionToolHandler:
                 call.name,
                 call.arguments,
                 ToolPath.SIDEBAND,
-                call.response_id,
+                call.response_id or None,
+                call.item_id,
             )
         except Exception:
             logger.exception(
@@ -78,7 +79,8 @@ class SessionToolHandler:
                 call.name,
                 call.arguments,
                 ToolPath.SIDEBAND,
-                call.response_id,
+                call.response_id or None,
+                item_id=call.item_id,
             )
         except CallRejectedError as exc:
             logger.warning(
@@ -108,10 +110,35 @@ class SessionToolHandler:
             self._on_settled()
         # Only the request that ran the call answers the model: not a bridge winner (its
         # browser answers) and not a duplicate report of a call this sideband already ran.
-        return ToolResult(output=outcome.output or "", inject=outcome.executed_now)
+        return ToolResult(
+            output=outcome.output or "",
+            inject=outcome.executed_now,
+            item_id=outcome.output_item_id,
+        )
+
+    async def backlog(self) -> Backlog:
+        seen, undelivered = await self._dispatcher.unfinished(self._session_id)
+        return Backlog(
+            seen=[_call(row) for row in seen],
+            undelivered=[
+                Undelivered(_call(row), row.output or "", row.output_item_id)
+                for row in undelivered
+                if row.output_item_id is not None
+            ],
+        )
 
     async def output_sent(self, call: FunctionCall) -> None:
         try:
             await self._dispatcher.mark_injected(self._session_id, call.call_id)
         except Exception:
             logger.exception("could not mark output sent session_id=%s", self._session_id)
+
+
+def _call(row: ToolCall) -> FunctionCall:
+    return FunctionCall(
+        call_id=row.call_id,
+        name=row.tool,
+        arguments=row.arguments,
+        response_id=row.response_id or "",
+        item_id=row.item_id,
+    )

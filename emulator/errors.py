@@ -14,9 +14,12 @@ Both render the OpenAI envelope ``{"error": {"message", "type", "code", "param"}
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from .faults import CallErrorFault
 
 INVALID_REQUEST = "invalid_request_error"
 
@@ -102,3 +105,13 @@ def call_not_found(call_id: str | None) -> ApiError:
     """The exact 404 the real sideband handshake returns (PROTOCOL.md §2.1)."""
     del call_id  # the real message does not echo the id
     return ApiError(404, "call_id_not_found", "No session found for the provided call_id", param="")
+
+
+def injected_failure(fault: CallErrorFault) -> ApiError:
+    """The 5xx a fault switch injects, in the provider's ``server_error`` shape."""
+    return ApiError(
+        fault.status,
+        "server_error",
+        "The server had an error while processing your request. (emulator fault injection)",
+        type_="server_error",
+    )

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+_ERROR_SWITCHES: Final = ("create_call_error", "hangup_error", "sideband_attach_error")
 MAX_DELAY_MS: Final = 600_000  # ten minutes: longer only hides a typo until a test times out
 
 
@@ -103,6 +104,8 @@ class FaultConfig:
         create_call_delay_ms: wait this long before answering a valid ``/calls`` request.
         create_call_error: the next requests to ``/calls`` fail with a 5xx, or ``None``.
         hangup_error: the next hangup requests fail with a 5xx (the call goes on), or ``None``.
+        sideband_attach_error: the next sideband handshakes fail with a 5xx (the call goes
+            on), or ``None``.
         sideband_unavailable_ms: a sideband handshake within this long of the call's
             creation gets ``404 call_id_not_found`` (like ``sideband_ready_delay``).
         sideband_drop_after_events: each sideband attached while this is set has its TCP
@@ -122,6 +125,7 @@ class FaultConfig:
     create_call_delay_ms: int = 0
     create_call_error: CallErrorFault | None = None
     hangup_error: CallErrorFault | None = None
+    sideband_attach_error: CallErrorFault | None = None
     sideband_unavailable_ms: int = 0
     sideband_drop_after_events: int | None = None
     sideband_event_delay_ms: int = 0
@@ -131,7 +135,7 @@ class FaultConfig:
     def __post_init__(self) -> None:
         for name in ("create_call_delay_ms", "sideband_unavailable_ms", "sideband_event_delay_ms"):
             _int(getattr(self, name), name, low=0, high=MAX_DELAY_MS)
-        for name in ("create_call_error", "hangup_error"):
+        for name in _ERROR_SWITCHES:
             value = getattr(self, name)
             if value is not None and not isinstance(value, CallErrorFault):
                 raise FaultValueError(
@@ -167,6 +171,7 @@ class FaultConfig:
             "create_call_delay_ms": self.create_call_delay_ms,
             "create_call_error": error_json(self.create_call_error),
             "hangup_error": error_json(self.hangup_error),
+            "sideband_attach_error": error_json(self.sideband_attach_error),
             "sideband_unavailable_ms": self.sideband_unavailable_ms,
             "sideband_drop_after_events": self.sideband_drop_after_events,
             "sideband_event_delay_ms": self.sideband_event_delay_ms,
@@ -187,7 +192,7 @@ class FaultConfig:
         for name, raw in changes.items():
             if name not in known:
                 raise FaultValueError("unknown_parameter", f"Unknown parameter: '{name}'.", name)
-            if name in ("create_call_error", "hangup_error"):
+            if name in _ERROR_SWITCHES:
                 values[name] = None if raw is None else CallErrorFault.from_json(raw, name)
             elif name == "sideband_drop_event_types":
                 if raw is not None and not isinstance(raw, list):
@@ -241,6 +246,10 @@ class Faults:
     def take_hangup_error(self) -> CallErrorFault | None:
         """Consume one injected hangup failure; ``None`` when the switch is off."""
         return self._take_error("hangup_error")
+
+    def take_sideband_attach_error(self) -> CallErrorFault | None:
+        """Consume one injected sideband handshake failure; ``None`` when the switch is off."""
+        return self._take_error("sideband_attach_error")
 
     def _take_error(self, name: str) -> CallErrorFault | None:
         error: CallErrorFault | None = getattr(self.current, name)

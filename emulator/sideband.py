@@ -19,7 +19,7 @@ from ._auth import bearer_is_client_secret, require_api_key
 from ._keys import CALL_REGISTRY, FAULTS
 from ._links import AbortRequest, CloseRequest, Outgoing, SidebandLink
 from .calls import Call
-from .errors import EmulatorError, call_not_found
+from .errors import EmulatorError, call_not_found, injected_failure
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,9 @@ async def sideband_handler(request: web.Request) -> web.StreamResponse:
         raise call_not_found(call_id)
     require_api_key(request)
     faults = request.app[FAULTS]
+    failure = faults.take_sideband_attach_error()
+    if failure is not None:
+        raise injected_failure(failure)
     call = request.app[CALL_REGISTRY].get(call_id) if call_id else None
     if (
         call is None

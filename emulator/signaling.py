@@ -16,8 +16,7 @@ from aiohttp import BodyPartReader, web
 from ._auth import authorize_call_creation, require_api_key
 from ._keys import CALL_REGISTRY, CLIENT_SECRETS, FAULTS
 from ._session import check_session_fields, initial_session
-from .errors import ApiError, ClientEventError, InvalidSdpError, call_not_found
-from .faults import CallErrorFault
+from .errors import ApiError, ClientEventError, InvalidSdpError, call_not_found, injected_failure
 from .peer import MAX_SDP_BYTES
 
 logger = logging.getLogger(__name__)
@@ -157,16 +156,6 @@ async def _read_multipart(request: web.Request) -> tuple[str | None, dict[str, A
             "Missing or invalid 'session.type': expected 'realtime'.", param="session.type"
         )
     return sdp, _posted_session(session)
-
-
-def injected_failure(fault: CallErrorFault) -> ApiError:
-    """The 5xx a fault switch injects, in the provider's ``server_error`` shape."""
-    return ApiError(
-        fault.status,
-        "server_error",
-        "The server had an error while processing your request. (emulator fault injection)",
-        type_="server_error",
-    )
 
 
 async def _apply_create_call_faults(request: web.Request) -> None:

@@ -5,14 +5,18 @@ Never imports ``broker``: the broker injects what the controller needs.
 
 from sideband.connection import SidebandConnection
 from sideband.controller import (
+    AttachKind,
+    Backlog,
     CallController,
     CallObserver,
     Direction,
     FunctionCall,
     ToolCallHandler,
     ToolResult,
+    Undelivered,
 )
 from sideband.errors import (
+    CallEndedError,
     CallNotFoundError,
     MalformedEventError,
     ProviderError,
@@ -33,8 +37,11 @@ from sideband.tamper import (
 )
 
 __all__ = [
+    "AttachKind",
+    "Backlog",
     "CallAnswer",
     "CallController",
+    "CallEndedError",
     "CallNotFoundError",
     "CallObserver",
     "Direction",
@@ -57,5 +64,6 @@ __all__ = [
     "TamperHandler",
     "ToolCallHandler",
     "ToolResult",
+    "Undelivered",
     "is_user_activity",
 ]

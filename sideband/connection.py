@@ -12,6 +12,7 @@ from typing import Any, Final
 import aiohttp
 
 from sideband.errors import (
+    CallEndedError,
     CallNotFoundError,
     ProviderError,
     ProviderTimeoutError,
@@ -58,23 +59,40 @@ class SidebandConnection:
         call_id: str,
         *,
         attach_timeout: float,
+        not_found_for: float | None = None,
+        first_delay: float = 0.0,
     ) -> SidebandConnection:
         """Open the sideband, retrying while the provider does not know the call yet.
 
-        A 404 right after call creation is a known race (PROTOCOL.md §2.5), and so is a refused
-        connection during a provider restart: both are retried with jittered exponential backoff
-        until ``attach_timeout`` seconds have passed. Auth and other HTTP errors are not retried:
-        repeating them cannot help.
+        A 404 right after call creation is a known race (PROTOCOL.md §2.5), and so are a
+        refused connection and a 5xx during a provider restart: all are retried with jittered
+        exponential backoff until ``attach_timeout`` seconds have passed. Auth and other 4xx
+        errors are not retried: repeating them cannot help.
+
+        Args:
+            http: the provider's HTTP client session.
+            target: the sideband URL and headers.
+            call_id: the call (for log lines).
+            attach_timeout: the bound on the whole attempt, in seconds.
+            not_found_for: retry 404s only this long (``None``: the whole ``attach_timeout``).
+                A re-attach to a call that was attached before passes a short grace: there a
+                404 means the call ended, and is raised as :class:`CallEndedError`.
+            first_delay: wait up to this long (jittered) before the first attempt, so the
+                sidebands of many calls dropped at once do not all come back in one burst.
 
         Raises:
-            CallNotFoundError: still 404 when the time ran out.
+            CallNotFoundError: still 404 when the time ran out (``CallEndedError`` when
+                ``not_found_for`` was given).
             ProviderError: any other handshake status.
             ProviderTimeoutError / ProviderUnreachableError: the last attempt's transport failure.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + attach_timeout
+        started = loop.time()
+        deadline = started + attach_timeout
         delays = backoff_delays(FIRST_RETRY_DELAY, MAX_RETRY_DELAY)
         attempt = 0
+        if first_delay > 0:
+            await asyncio.sleep(random.uniform(0, first_delay))
         while True:
             attempt += 1
             try:
@@ -89,9 +107,16 @@ class SidebandConnection:
                 logger.info("sideband attached call_id=%s attempt=%d", call_id, attempt)
                 return cls(ws, call_id)
             except aiohttp.WSServerHandshakeError as exc:
-                if exc.status != 404:
+                if exc.status == 404 and not_found_for is not None:
+                    if loop.time() - started >= not_found_for:
+                        raise CallEndedError(404, "call_id_not_found", "sideband_attach") from exc
+                    error: Exception = CallEndedError(404, "call_id_not_found", "sideband_attach")
+                elif exc.status == 404:
+                    error = CallNotFoundError(404, "call_id_not_found", "sideband_attach")
+                elif exc.status >= 500:
+                    error = ProviderError(exc.status, None, "sideband_attach")
+                else:
                     raise ProviderError(exc.status, None, "sideband_attach") from exc
-                error: Exception = CallNotFoundError(404, "call_id_not_found", "sideband_attach")
             except TimeoutError:
                 error = ProviderTimeoutError("sideband_attach", HANDSHAKE_TIMEOUT)
             except aiohttp.ClientConnectionError as exc:

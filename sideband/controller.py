@@ -13,6 +13,15 @@ Rules it keeps (PROTOCOL.md §3):
   with ``conversation_already_has_active_response``; if it does anyway, we retry after the next
   ``response.done``).
 
+Reconnects: when a ``reconnect`` is given, a sideband that closes or breaks while the
+controller is not stopping is re-attached (bounded, with backoff, by the caller's
+``reconnect``), and then *resynced*: the provider's conversation is compared with what the
+broker knows (its records, read through :meth:`ToolCallHandler.backlog`, and the items this
+controller saw), with ``conversation.item.retrieve`` for every function call that may have
+finished unseen, and one appended-then-deleted probe item that names the conversation's tail
+(the protocol has no way to list items). Outputs decided while the sideband was away are
+looked up by their client-chosen item id and sent only if the provider does not have them.
+
 Tamper checks (PROTOCOL.md §4, :mod:`sideband.tamper`): a ``session.updated`` whose owned
 fields drift from the server's config is answered by re-sending that config; a
 ``function_call_output`` the broker did not send is deleted, and a response started while it
@@ -23,16 +32,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Literal, Protocol
 
 from sideband.connection import SidebandConnection
-from sideband.errors import MalformedEventError, SidebandClosedError
+from sideband.errors import MalformedEventError, SidebandClosedError, SidebandError
 from sideband.events import (
     ConversationItemAdded,
     ConversationItemDeleted,
     ConversationItemDone,
+    ConversationItemRetrieved,
     ErrorEvent,
     FunctionCallArgumentsDone,
     Item,
@@ -43,7 +53,10 @@ from sideband.events import (
     SessionUpdated,
     function_call_output,
     item_delete,
+    item_retrieve,
+    new_item_id,
     parse_server_event,
+    probe_item_create,
     response_cancel,
     response_create,
     session_update,
@@ -63,6 +76,12 @@ from sideband.tamper import (
 logger = logging.getLogger(__name__)
 
 Direction = Literal["in", "out"]
+AttachKind = Literal["attach", "reconnect", "resume"]
+"""``attach``: the call's first sideband; ``reconnect``: after this controller lost one;
+``resume``: the first sideband of a restarted broker to a call it controlled before."""
+
+LOOKUP_TIMEOUT: Final = 5.0
+"""Seconds to wait for the provider's answer to a retrieve or a probe during a resync."""
 
 
 @dataclass(frozen=True)
@@ -84,10 +103,40 @@ class ToolResult:
         output: the ``function_call_output`` text, sent verbatim.
         inject: ``False`` when another path (the browser bridge) already answered this call, so
             a second output must not be sent.
+        item_id: the id the output item gets at the provider, chosen (and recorded) before it
+            is sent, so a resync can tell whether it arrived; ``None``: the controller picks one.
     """
 
     output: str
     inject: bool = True
+    item_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Undelivered:
+    """An output decided for a call whose delivery to the provider is not confirmed."""
+
+    call: FunctionCall
+    output: str
+    item_id: str
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What the broker's records say is unfinished on this call.
+
+    Attributes:
+        seen: calls recorded but never run; ``item_id`` is how the provider is asked whether
+            each one finished (a call without one is left to the paths that can report it).
+        undelivered: outputs decided but not known to have reached the provider.
+    """
+
+    seen: Sequence[FunctionCall] = ()
+    undelivered: Sequence[Undelivered] = field(default_factory=tuple)
+
+
+class _LookupFailed(Exception):
+    """The provider did not answer a resync question (the sideband went away, or timeout)."""
 
 
 class ToolCallHandler(Protocol):
@@ -107,7 +156,10 @@ class ToolCallHandler(Protocol):
         """
 
     async def output_sent(self, call: FunctionCall) -> None:
-        """The call's output went out on the sideband."""
+        """The call's output went out on the sideband (or was found at the provider)."""
+
+    async def backlog(self) -> Backlog:
+        """Calls recorded as unfinished; read at every resync, so it must be cheap."""
 
 
 class CallObserver(Protocol):
@@ -115,8 +167,11 @@ class CallObserver(Protocol):
 
     def record(self, direction: Direction, event: dict[str, Any]) -> None: ...
 
-    async def attached(self) -> None:
+    async def attached(self, kind: AttachKind) -> None:
         """The sideband is connected and the reader is about to start."""
+
+    async def detached(self, close_code: int | None) -> None:
+        """The sideband was lost while the call goes on; a reconnect starts now."""
 
 
 class CallController:
@@ -130,6 +185,11 @@ class CallController:
         owned_session: the server-owned session config; ``None`` turns the session-drift
             check off (forged outputs are still removed).
         tamper: told about every tamper detection; ``None``: act on the wire, report nothing.
+        reconnect: re-attaches after a loss, given the lost socket's close code (its own
+            bounded retry; a call that is gone raises :class:`~sideband.errors.CallEndedError`);
+            ``None``: a closed sideband ends :meth:`run`.
+        resume: this call was controlled by an earlier broker process: resync right after
+            the first attach, as after a reconnect.
     """
 
     def __init__(
@@ -141,9 +201,16 @@ class CallController:
         *,
         owned_session: OwnedSession | None = None,
         tamper: TamperHandler | None = None,
+        reconnect: Callable[[int | None], Awaitable[SidebandConnection]] | None = None,
+        resume: bool = False,
     ) -> None:
         self.call_id = call_id
+        self.last_close_code: int | None = None
+        """The close code of the latest sideband socket to close (``None``: none has, or it
+        broke without one)."""
         self._connect = connect
+        self._reconnect = reconnect
+        self._resume = resume
         self._tools = tools
         self._observer = observer
         self._owned = owned_session
@@ -156,48 +223,148 @@ class CallController:
         self._conn: SidebandConnection | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._seen: dict[str, asyncio.Task[None]] = {}
-        self._answering: set[str] = set()
+        self._handled: set[str] = set()
+        """Calls this controller answered, is answering or abandoned: never taken up again."""
         self._stopping = False
+        self._draining = False
+        self._stop_requested = asyncio.Event()
+        self._answers_in_flight = 0
+        self._answers_idle = asyncio.Event()
+        self._answers_idle.set()
         self._active_response: str | None = None
         self._response_create_wanted = False
         self._response_create_event_id: str | None = None
+        # Resync state: what this controller saw, and its questions to the provider.
+        self._known_items: set[str] = set()
+        self._call_items: dict[str, FunctionCall] = {}
+        """Function-call items seen, by item id (arguments may still be streaming)."""
+        self._output_item_ids: set[str] = set()
+        self._undelivered: dict[str, Undelivered] = {}
+        self._lookups: dict[str, asyncio.Future[Item | None]] = {}
+        """Pending retrieves by item id; a probe waits here under its own id."""
+        self._lookup_events: dict[str, str] = {}
+        """The ``event_id`` of each pending retrieve or probe, to match the provider's error."""
+        self._probe_ids: set[str] = set()
 
     async def run(self) -> int | None:
-        """Attach, then handle events until the sideband closes; returns the close code.
+        """Attach, then handle events until the sideband closes for good; returns its code.
 
+        With a ``reconnect``, a lost sideband is re-attached and resynced until the
+        controller is stopped or the reconnect gives up. Tool work in flight is not
+        interrupted by a loss: its output is delivered on the next connection.
         Cancellation-safe: cancelling closes the socket and cancels in-flight tool work.
 
         Raises:
-            SidebandError: attach failed, or the transport broke.
+            SidebandError: attach failed, the transport broke (no ``reconnect``), or the
+                reconnect gave up (``CallEndedError``: the call is gone).
             ExceptionGroup: a handler fault in a tool task.
         """
         conn = await self._connect()
         self._conn = conn
+        kind: AttachKind = "resume" if self._resume else "attach"
+        close_code: int | None = None
+        gave_up: SidebandError | None = None
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                while True:
+                    close_code, broken = await self._serve(conn, kind)
+                    self.last_close_code = close_code
+                    if self._stopping:
+                        break
+                    if self._reconnect is None:
+                        if broken is not None:
+                            raise broken
+                        break
+                    self._connection_lost()
+                    logger.warning(
+                        "sideband lost call_id=%s code=%s; reconnecting", self.call_id, close_code
+                    )
+                    await self._observer.detached(close_code)
+                    try:
+                        reattached = await self._reattach(close_code)
+                    except SidebandError as exc:
+                        # Not raised here: that would cancel tools still running; they
+                        # finish (and stay recorded) first.
+                        gave_up = exc
+                        self._stopping = True
+                        break
+                    if reattached is None:
+                        break
+                    conn = self._conn = reattached
+                    kind = "reconnect"
+        finally:
+            self._tasks = None
+            self._fail_lookups()
+            if self._conn is not None:
+                await self._conn.close()
+        if gave_up is not None:
+            raise gave_up
+        return close_code
+
+    async def _serve(
+        self, conn: SidebandConnection, kind: AttachKind
+    ) -> tuple[int | None, SidebandClosedError | None]:
+        """One connection: announce it, assert the config, resync, read until it ends."""
         if self._stopping:
             await conn.close()
-        try:
-            await self._observer.attached()
-            if self._owned is not None and not self._stopping:
-                # A browser may change the session before we attach, and no session.created
-                # reaches a sideband to show it: assert the server-owned config first.
+        await self._observer.attached(kind)
+        if not self._stopping:
+            if self._owned is not None:
+                # A browser may change the session while no sideband watches, and no
+                # session.created reaches a sideband to show it: assert the config first.
                 update = session_update(self._owned.as_update())
                 if await self._send(update):
                     self._reapplies_in_flight += 1
                     self._reapply_event_ids.add(update["event_id"])
-            async with asyncio.TaskGroup() as tasks:
-                self._tasks = tasks
-                async for data in conn.frames():
-                    self._observer.record("in", data)
-                    try:
-                        event = parse_server_event(data)
-                    except MalformedEventError as exc:
-                        logger.warning("sideband event skipped call_id=%s: %s", self.call_id, exc)
-                        continue
-                    await self._on_event(event)
-        finally:
-            self._tasks = None
+            if kind != "attach":
+                self._spawn(self._resync(), "resync")
+        try:
+            async for data in conn.frames():
+                self._observer.record("in", data)
+                try:
+                    event = parse_server_event(data)
+                except MalformedEventError as exc:
+                    logger.warning("sideband event skipped call_id=%s: %s", self.call_id, exc)
+                    continue
+                await self._on_event(event)
+        except SidebandClosedError as exc:
             await conn.close()
-        return conn.close_code
+            return conn.close_code, exc
+        await conn.close()
+        return conn.close_code, None
+
+    async def _reattach(self, close_code: int | None) -> SidebandConnection | None:
+        """The next connection, or ``None`` if the controller was stopped meanwhile."""
+        assert self._reconnect is not None
+        attempt = asyncio.ensure_future(self._reconnect(close_code))
+        stopped = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            await asyncio.wait({attempt, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (attempt, stopped):
+                if not waiter.done():
+                    waiter.cancel()
+            await asyncio.gather(attempt, stopped, return_exceptions=True)
+        if attempt.cancelled():
+            return None
+        conn = attempt.result()  # raises what the reconnect raised
+        if self._stopping:
+            await conn.close()
+            return None
+        return conn
+
+    def _connection_lost(self) -> None:
+        # What was in flight on the old connection will never be answered on it.
+        self._fail_lookups()
+        self._reapplies_in_flight = 0
+        self._reapply_event_ids.clear()
+        self._last_reapplied = None
+        self._own_response_requested = False
+        self._response_create_event_id = None
+        # Unknown now; a response.create refused as "already active" is retried after the
+        # next response.done, so assuming none is safe.
+        self._active_response = None
 
     @property
     def attached(self) -> bool:
@@ -214,8 +381,25 @@ class CallController:
         socket closes stay recorded by the handler; they are not sent.
         """
         self._stopping = True
+        self._stop_requested.set()
         if self._conn is not None:
             await self._conn.close()
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking up new calls, deliver the ones under way (up to ``grace`` s), then stop.
+
+        Calls the model finishes from now on are left recorded and unrun (not abandoned), so
+        the next broker process to attach finds and runs them.
+        """
+        self._draining = True
+        try:
+            async with asyncio.timeout(grace):
+                await self._answers_idle.wait()
+        except TimeoutError:
+            logger.warning(
+                "drain: tool calls still running after %.1fs call_id=%s", grace, self.call_id
+            )
+        await self.stop()
 
     async def _on_event(self, event: ServerEvent) -> None:
         # Runs on the reader: anything slow is handed to a task so events keep flowing.
@@ -224,8 +408,17 @@ class CallController:
         elif isinstance(event, SessionCreated | SessionUpdated):
             await self._check_session(event)
         elif isinstance(event, ConversationItemAdded | ConversationItemDone):
+            self._saw_item(event.item)
+            if isinstance(event, ConversationItemAdded) and event.item.id in self._probe_ids:
+                # Our probe: the item before it is the conversation's tail.
+                tail = Item(id=event.previous_item_id, type="") if event.previous_item_id else None
+                self._resolve_lookup(event.item.id, tail)
             if event.item.type == "function_call_output":
                 await self._check_output(event.item)
+        elif isinstance(event, ConversationItemRetrieved):
+            self._saw_item(event.item)
+            if event.item.id is not None:
+                self._resolve_lookup(event.item.id, event.item)
         elif isinstance(event, ConversationItemDeleted):
             if self._ledger.removed(event.item_id):
                 await self._maybe_response_create()
@@ -237,6 +430,8 @@ class CallController:
                 response_id=event.response_id,
                 item_id=event.item_id,
             )
+            self._known_items.add(event.item_id)
+            self._call_items[event.item_id] = call
             if event.call_id not in self._seen:
                 self._seen[event.call_id] = self._spawn(
                     self._tools.call_seen(call), f"tool-seen:{event.call_id}"
@@ -247,12 +442,19 @@ class CallController:
             calls = [
                 self._call_from_item(item, event.response.id) for item in event.response.output
             ]
-            # A call is answered once per connection even if its response.done is repeated.
-            finals = [c for c in calls if c is not None and c.call_id not in self._answering]
-            if finals and event.response.status == "completed" and not self._stopping:
-                self._answering.update(call.call_id for call in finals)
-                self._spawn(self._answer(finals), f"tool-answer:{event.response.id}")
+            # A call is answered once even if its response.done is repeated.
+            finals = [c for c in calls if c is not None and c.call_id not in self._handled]
+            if finals and self._draining and not self._stopping:
+                # Left recorded and unrun: the next broker process picks them up.
+                logger.info(
+                    "draining: %d call(s) left for the next broker call_id=%s",
+                    len(finals),
+                    self.call_id,
+                )
+            elif finals and event.response.status == "completed" and not self._stopping:
+                self._take_up(finals)
             elif finals:
+                self._handled.update(call.call_id for call in finals)
                 self._spawn(
                     self._abandon(
                         finals, "call_ending" if self._stopping else event.response.status
@@ -262,7 +464,13 @@ class CallController:
             await self._maybe_response_create()
         elif isinstance(event, ErrorEvent):
             error = event.error
-            if error.event_id is not None and error.event_id in self._reapply_event_ids:
+            if error.event_id is not None and error.event_id in self._lookup_events:
+                item_id = self._lookup_events[error.event_id]
+                if error.code == "item_not_found":
+                    self._resolve_lookup(item_id, None)
+                else:
+                    self._fail_lookup(item_id)
+            elif error.event_id is not None and error.event_id in self._reapply_event_ids:
                 # The provider refused our re-apply: no echo will come for it.
                 self._reapply_event_ids.discard(error.event_id)
                 self._reapplies_in_flight = max(0, self._reapplies_in_flight - 1)
@@ -392,36 +600,227 @@ class CallController:
             await self._await_seen(call)
             await self._tools.call_abandoned(call, status)
 
+    def _take_up(self, calls: list[FunctionCall]) -> None:
+        """Run and answer final calls, in one task (their outputs go out together)."""
+        self._handled.update(call.call_id for call in calls)
+        self._answers_in_flight += 1
+        self._answers_idle.clear()
+        self._spawn(self._answer(calls), f"tool-answer:{calls[0].response_id}")
+
     async def _answer(self, calls: list[FunctionCall]) -> None:
-        for call in calls:
-            await self._await_seen(call)
-        async with asyncio.TaskGroup() as group:
-            runs = [
-                group.create_task(self._tools.execute(call), name=f"tool:{call.call_id}")
-                for call in calls
-            ]
-        injected = False
-        for call, run in zip(calls, runs, strict=True):
-            result = run.result()
-            # Registered before sending: the provider's echo may arrive before send returns.
-            # A call another path answered is expected from that path, with the same output.
-            self._ledger.expect(call.call_id, result.output)
-            if not result.inject:
+        try:
+            for call in calls:
+                await self._await_seen(call)
+            async with asyncio.TaskGroup() as group:
+                runs = [
+                    group.create_task(self._tools.execute(call), name=f"tool:{call.call_id}")
+                    for call in calls
+                ]
+            due: list[Undelivered] = []
+            for call, run in zip(calls, runs, strict=True):
+                result = run.result()
+                # Registered before sending: the provider's echo may arrive before send
+                # returns. A call another path answered is expected from that path, with the
+                # same output.
+                self._ledger.expect(call.call_id, result.output)
+                if result.inject:
+                    due.append(Undelivered(call, result.output, result.item_id or new_item_id()))
+            delivered = [await self._deliver(output) for output in due]
+            if any(delivered):
+                self._response_create_wanted = True
+                await self._maybe_response_create()
+        finally:
+            self._answers_in_flight -= 1
+            if self._answers_in_flight == 0:
+                self._answers_idle.set()
+
+    async def _deliver(self, output: Undelivered) -> bool:
+        """Send one output; one that cannot be sent waits for the next connection's resync."""
+        self._output_item_ids.add(output.item_id)
+        event = function_call_output(output.call.call_id, output.output, item_id=output.item_id)
+        if not await self._send(event):
+            self._undelivered[output.call.call_id] = output
+            return False
+        self._undelivered.pop(output.call.call_id, None)
+        await self._tools.output_sent(output.call)
+        return True
+
+    async def _resync(self) -> None:
+        """After a (re)attach: finish what the sideband may have missed while it was away.
+
+        1. Outputs whose delivery is unconfirmed are looked up by item id and sent only if
+           the provider lacks them.
+        2. Function calls that may have finished unseen (recorded or seen as started, and
+           the item that is now the conversation's tail if this controller never saw it)
+           are retrieved; a completed one is run and answered, an incomplete one abandoned.
+        A question the provider does not answer leaves its call for the next resync.
+        """
+        backlog = await self._tools.backlog()
+        outputs = {
+            u.call.call_id: u for u in backlog.undelivered if u.call.call_id not in self._handled
+        }
+        outputs.update(self._undelivered)
+        self._handled.update(outputs)
+        found_delivered = False
+        resent = False
+        for output in outputs.values():
+            self._ledger.expect(output.call.call_id, output.output)
+            try:
+                existing = await self._lookup(output.item_id)
+            except _LookupFailed:
+                self._undelivered[output.call.call_id] = output
                 continue
-            if not await self._send(function_call_output(call.call_id, result.output)):
-                return
-            await self._tools.output_sent(call)
-            injected = True
-        if injected:
+            if existing is None:
+                resent = await self._deliver(output) or resent
+            else:
+                # It arrived before the sideband dropped; only the confirmation was lost.
+                self._undelivered.pop(output.call.call_id, None)
+                self._output_item_ids.add(output.item_id)
+                await self._tools.output_sent(output.call)
+                found_delivered = True
+        candidates = {
+            call.item_id: call
+            for call in backlog.seen
+            if call.item_id is not None and call.call_id not in self._handled
+        }
+        candidates.update(
+            (item_id, call)
+            for item_id, call in self._call_items.items()
+            if call.call_id not in self._handled
+        )
+        tail: str | None = None
+        try:
+            tail = await self._probe_tail()
+        except _LookupFailed:
+            logger.warning("resync: the conversation's tail is unknown call_id=%s", self.call_id)
+        finals: list[FunctionCall] = []
+        abandoned: list[FunctionCall] = []
+        lookups = list(candidates)
+        if tail is not None and tail not in self._known_items and tail not in candidates:
+            lookups.append(tail)
+        for item_id in lookups:
+            try:
+                item = await self._lookup(item_id)
+            except _LookupFailed:
+                continue
+            known = candidates.get(item_id)
+            if item is None:
+                if known is not None:
+                    abandoned.append(known)  # deleted from the conversation: never final
+                continue
+            if item.type == "function_call_output":
+                await self._check_output(item)  # forged while nobody watched?
+                continue
+            call = self._call_from_item(item, known.response_id if known else "")
+            if call is None or call.call_id in self._handled:
+                continue
+            if item.status == "completed":
+                finals.append(call)
+            elif item.status == "incomplete":
+                abandoned.append(call)
+        if abandoned:
+            self._handled.update(call.call_id for call in abandoned)
+            await self._abandon(abandoned, "incomplete")
+        if finals:
+            logger.info(
+                "resync: %d call(s) finished while the sideband was away call_id=%s",
+                len(finals),
+                self.call_id,
+            )
+            self._take_up(finals)
+        if resent or (found_delivered and tail in self._output_item_ids):
+            # The model waits on outputs that were just sent, or that arrived while nothing
+            # after them did (our response.create was lost with the connection).
             self._response_create_wanted = True
-            await self._maybe_response_create()
+        await self._maybe_response_create()
+
+    async def _lookup(self, item_id: str) -> Item | None:
+        """``conversation.item.retrieve``; ``None`` if the provider has no such item.
+
+        Raises:
+            _LookupFailed: no answer (the sideband went away, or the time ran out).
+        """
+        event = item_retrieve(item_id)
+        return await self._ask(item_id, event)
+
+    async def _probe_tail(self) -> str | None:
+        """The id of the conversation's last item (``None``: the conversation is empty).
+
+        Raises:
+            _LookupFailed: no answer.
+        """
+        probe_id = new_item_id("item_bkp")
+        self._known_items.add(probe_id)
+        self._probe_ids.add(probe_id)
+        try:
+            answer = await self._ask(probe_id, probe_item_create(probe_id))
+        finally:
+            # Also when unanswered: the note may have been added all the same.
+            self._probe_ids.discard(probe_id)
+            await self._send(item_delete(probe_id))
+        return answer.id if answer is not None else None
+
+    async def _ask(self, key: str, event: dict[str, Any]) -> Item | None:
+        future = self._lookups.get(key)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._lookups[key] = future
+            self._lookup_events[event["event_id"]] = key
+            if not await self._send(event):
+                self._fail_lookup(key)
+        try:
+            async with asyncio.timeout(LOOKUP_TIMEOUT):
+                return await asyncio.shield(future)
+        except (TimeoutError, _LookupFailed) as exc:
+            self._fail_lookup(key)
+            raise _LookupFailed(key) from exc
+
+    def _resolve_lookup(self, key: str, item: Item | None) -> None:
+        future = self._lookups.pop(key, None)
+        self._forget_lookup_events(key)
+        if future is not None and not future.done():
+            future.set_result(item)
+
+    def _fail_lookup(self, key: str) -> None:
+        future = self._lookups.pop(key, None)
+        self._forget_lookup_events(key)
+        if future is not None and not future.done():
+            future.set_exception(_LookupFailed(key))
+            future.exception()  # retrieved here: nobody else may be waiting
+
+    def _forget_lookup_events(self, key: str) -> None:
+        for event_id in [e for e, k in self._lookup_events.items() if k == key]:
+            del self._lookup_events[event_id]
+
+    def _fail_lookups(self) -> None:
+        for key in list(self._lookups):
+            self._fail_lookup(key)
+
+    def _saw_item(self, item: Item) -> None:
+        if item.id is None:
+            return
+        self._known_items.add(item.id)
+        if item.type == "function_call" and item.call_id and item.name is not None:
+            self._call_items.setdefault(
+                item.id,
+                FunctionCall(
+                    call_id=item.call_id,
+                    name=item.name,
+                    arguments=item.arguments or "",
+                    response_id="",
+                    item_id=item.id,
+                ),
+            )
 
     async def _send_response_create(self) -> None:
         self._response_create_wanted = False
         event = response_create()
         self._response_create_event_id = event["event_id"]
         self._own_response_requested = True
-        await self._send(event)
+        if not await self._send(event):
+            # Lost with the connection: asked again once a new one is up.
+            self._own_response_requested = False
+            self._response_create_wanted = True
 
     async def _send(self, event: dict[str, Any]) -> bool:
         """Send and record; ``False`` if the sideband is gone (the result stays recorded)."""

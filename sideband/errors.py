@@ -5,6 +5,7 @@ The tree::
     SidebandError
     ├── ProviderError              the provider answered an HTTP request with a non-success status
     │   └── CallNotFoundError      404: the call is unknown to (or invisible for) this key
+    │       └── CallEndedError     404 on re-attaching to a call that was attached before: it ended
     ├── ProviderTimeoutError       the provider did not answer in time
     ├── ProviderUnreachableError   the provider could not be reached at all
     ├── SidebandClosedError        the sideband WebSocket closed while the controller needed it
@@ -36,6 +37,14 @@ class ProviderError(SidebandError):
 
 class CallNotFoundError(ProviderError):
     """The provider does not know the call (``404 call_id_not_found``)."""
+
+
+class CallEndedError(CallNotFoundError):
+    """A call this broker controlled is gone: re-attaching to it answers 404.
+
+    Raised on a reconnect (or a restarted broker's re-attach), where a 404 means the call
+    ended, unlike the first attach, where it is the known race right after creation.
+    """
 
 
 class ProviderTimeoutError(SidebandError):

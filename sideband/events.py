@@ -115,6 +115,13 @@ class ConversationItemDeleted(_ServerEvent):
     item_id: str
 
 
+class ConversationItemRetrieved(_ServerEvent):
+    """The answer to ``conversation.item.retrieve`` (sent to every connection of the call)."""
+
+    type: Literal["conversation.item.retrieved"]
+    item: Item
+
+
 class ErrorEvent(_ServerEvent):
     type: Literal["error"]
     error: ErrorDetail
@@ -135,6 +142,7 @@ KnownServerEvent = Annotated[
     | ConversationItemAdded
     | ConversationItemDone
     | ConversationItemDeleted
+    | ConversationItemRetrieved
     | ErrorEvent,
     Field(discriminator="type"),
 ]
@@ -150,6 +158,7 @@ _KNOWN_TYPES = frozenset(
         "conversation.item.added",
         "conversation.item.done",
         "conversation.item.deleted",
+        "conversation.item.retrieved",
         "error",
     }
 )
@@ -194,16 +203,54 @@ def new_event_id() -> str:
     return f"evt_sb_{secrets.token_hex(10)}"
 
 
-def function_call_output(call_id: str, output: str, event_id: str | None = None) -> dict[str, Any]:
+def function_call_output(
+    call_id: str, output: str, item_id: str | None = None, event_id: str | None = None
+) -> dict[str, Any]:
     """``conversation.item.create`` carrying a tool result.
 
     ``output`` goes on the wire as-is: it is already the string the model reads (no second
-    JSON encoding).
+    JSON encoding). ``item_id`` names the item (the API lets clients choose item ids): a
+    broker that lost its sideband mid-send looks that id up before sending again.
+    """
+    item: dict[str, Any] = {"type": "function_call_output", "call_id": call_id, "output": output}
+    if item_id is not None:
+        item = {"id": item_id, **item}
+    return {
+        "type": "conversation.item.create",
+        "event_id": event_id or new_event_id(),
+        "item": item,
+    }
+
+
+def new_item_id(prefix: str = "item_bk") -> str:
+    """A client-chosen item id: short (27 characters) and unguessable."""
+    return f"{prefix}{secrets.token_hex(10)}"
+
+
+def item_retrieve(item_id: str, event_id: str | None = None) -> dict[str, Any]:
+    """``conversation.item.retrieve``: the provider answers ``conversation.item.retrieved``."""
+    return {
+        "type": "conversation.item.retrieve",
+        "event_id": event_id or new_event_id(),
+        "item_id": item_id,
+    }
+
+
+def probe_item_create(item_id: str, event_id: str | None = None) -> dict[str, Any]:
+    """Append an empty-looking system note whose ``conversation.item.added`` names the tail.
+
+    The protocol has no way to list a conversation; appending an item is the one way to learn
+    which item is last (its ``previous_item_id``). The note is deleted right after.
     """
     return {
         "type": "conversation.item.create",
         "event_id": event_id or new_event_id(),
-        "item": {"type": "function_call_output", "call_id": call_id, "output": output},
+        "item": {
+            "id": item_id,
+            "type": "message",
+            "role": "system",
+            "content": [{"type": "input_text", "text": "(sideband resync; ignore)"}],
+        },
     }
 
 

@@ -106,6 +106,8 @@ def broker_settings(
         provider_timeout=5.0,
         tools_config=tools,
         sideband_attach_timeout=5.0,
+        sideband_reconnect_timeout=2.0,
+        shutdown_grace_s=2.0,
         bridge_wait_timeout=3.0,
     )
 

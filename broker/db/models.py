@@ -26,18 +26,25 @@ def utcnow() -> datetime:
 
 
 class SessionState(enum.StrEnum):
-    """``created → offered → live → ended | failed``.
+    """``created → offered → live (→ degraded) → ended | failed``.
 
     ``offered``: the broker accepted the browser's offer and is (or was) creating the call.
-    ``live``: the call exists at the provider and the broker controls it (sideband attached, or
-    a bridge-only session whose call was created).
+    ``live``: the call exists at the provider and the broker controls it (sideband attached or
+    reconnecting, or a bridge-only session whose call was created).
+    ``degraded``: the call goes on but its sideband could not be attached (or re-attached)
+    within its bound: only the browser bridge runs tools now, and no tamper check watches.
     """
 
     CREATED = "created"
     OFFERED = "offered"
     LIVE = "live"
+    DEGRADED = "degraded"
     ENDED = "ended"
     FAILED = "failed"
+
+
+CALL_RUNNING_STATES = (SessionState.LIVE, SessionState.DEGRADED)
+"""The provider call exists and has not been seen to end."""
 
 
 class SidebandState(enum.StrEnum):
@@ -46,12 +53,19 @@ class SidebandState(enum.StrEnum):
     PENDING = "pending"
     CONNECTING = "connecting"
     CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
     CLOSED = "closed"
     FAILED = "failed"
 
 
 class ToolCallStatus(enum.StrEnum):
-    """``pending → running → succeeded | failed``; ``denied`` and ``cancelled`` never ran."""
+    """``pending → running → succeeded | failed``; ``denied`` and ``cancelled`` never ran.
+
+    The last step, ``→ injected``, is ``ToolCall.injected_at``: set once the output is at the
+    provider, so the outcome stays readable in ``status``. Each step is written before the
+    side effect that follows it (running before the tool runs, the outcome and the output's
+    item id before it is sent), which is what makes a crash at any point recoverable.
+    """
 
     PENDING = "pending"
     RUNNING = "running"
@@ -132,7 +146,10 @@ class SessionRow(Base):
     live_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
 
-    __table_args__ = (Index("ix_sessions_state_created_at", "state", "created_at"),)
+    __table_args__ = (
+        Index("ix_sessions_state_created_at", "state", "created_at"),
+        Index("ix_sessions_state_sideband", "state", "sideband_enabled"),
+    )
 
 
 class UsedClientSecret(Base):
@@ -166,12 +183,20 @@ class ToolCall(Base):
     output: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     response_id: Mapped[str | None] = mapped_column(String(128))
+    item_id: Mapped[str | None] = mapped_column(String(128))
+    """The provider's ``function_call`` item, to ask after a crash whether it finished."""
+    output_item_id: Mapped[str | None] = mapped_column(String(64))
+    """The id our ``function_call_output`` item is created with, chosen when the outcome is
+    recorded: after a crash the provider is asked whether it has it before sending again."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     injected_at: Mapped[datetime | None]
 
-    __table_args__ = (UniqueConstraint("session_id", "call_id", name="uq_tool_calls_session_call"),)
+    __table_args__ = (
+        UniqueConstraint("session_id", "call_id", name="uq_tool_calls_session_call"),
+        Index("ix_tool_calls_session_status", "session_id", "status"),
+    )
 
 
 class SessionEvent(Base):

@@ -12,12 +12,14 @@ from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.models import (
+    CALL_RUNNING_STATES,
     ApiKey,
     SessionEvent,
     SessionRow,
     SessionState,
     ToolCall,
     ToolCallStatus,
+    ToolPath,
     utcnow,
 )
 
@@ -136,12 +138,83 @@ async def settle_tool_call(
     return _changed(result)
 
 
+async def reset_tool_call(s: AsyncSession, session_id: str, call_id: str) -> bool:
+    """``running → pending`` (an idempotent call a crash interrupted runs again)."""
+    result = await s.execute(
+        update(ToolCall)
+        .where(
+            ToolCall.session_id == session_id,
+            ToolCall.call_id == call_id,
+            ToolCall.status == ToolCallStatus.RUNNING,
+        )
+        .values(status=ToolCallStatus.PENDING, path=None, started_at=None)
+    )
+    return _changed(result)
+
+
 async def mark_injected(s: AsyncSession, session_id: str, call_id: str, at: datetime) -> None:
     await s.execute(
         update(ToolCall)
         .where(ToolCall.session_id == session_id, ToolCall.call_id == call_id)
         .values(injected_at=at)
     )
+
+
+_OUTCOMES_TO_DELIVER = (ToolCallStatus.SUCCEEDED, ToolCallStatus.FAILED, ToolCallStatus.DENIED)
+
+
+async def unfinished_tool_calls(
+    s: AsyncSession, session_id: str
+) -> tuple[Sequence[ToolCall], Sequence[ToolCall]]:
+    """``(seen, undelivered)`` sideband calls of a session.
+
+    ``seen``: recorded with the provider's item id, never run. ``undelivered``: decided by
+    the sideband path with an output item id, not yet known to be at the provider (the
+    bridge's own calls are answered by its browser).
+    """
+    seen = await s.scalars(
+        select(ToolCall)
+        .where(
+            ToolCall.session_id == session_id,
+            ToolCall.status == ToolCallStatus.PENDING,
+            ToolCall.item_id.is_not(None),
+        )
+        .order_by(ToolCall.id)
+    )
+    undelivered = await s.scalars(
+        select(ToolCall)
+        .where(
+            ToolCall.session_id == session_id,
+            ToolCall.status.in_([str(x) for x in _OUTCOMES_TO_DELIVER]),
+            ToolCall.path == ToolPath.SIDEBAND,
+            ToolCall.output_item_id.is_not(None),
+            ToolCall.injected_at.is_(None),
+        )
+        .order_by(ToolCall.id)
+    )
+    return seen.all(), undelivered.all()
+
+
+async def running_tool_calls(s: AsyncSession, session_id: str) -> Sequence[ToolCall]:
+    result = await s.scalars(
+        select(ToolCall).where(
+            ToolCall.session_id == session_id, ToolCall.status == ToolCallStatus.RUNNING
+        )
+    )
+    return result.all()
+
+
+async def sessions_with_running_calls(s: AsyncSession) -> Sequence[SessionRow]:
+    """Sessions whose provider call exists as far as the broker knows (live or degraded)."""
+    result = await s.scalars(
+        select(SessionRow)
+        .where(
+            SessionRow.state.in_([str(x) for x in CALL_RUNNING_STATES]),
+            SessionRow.call_id.is_not(None),
+        )
+        .order_by(SessionRow.live_at)
+    )
+    return result.all()
 
 
 async def next_event_seq(s: AsyncSession, session_id: str) -> int:

@@ -27,6 +27,9 @@ class ToolErrorCode(enum.StrEnum):
     TOO_MANY_CONCURRENT_TOOLS = "too_many_concurrent_tools"
     """``max_concurrent_tools`` calls of the session are running right now."""
     SESSION_NOT_FOUND = "session_not_found"
+    TOOL_CIRCUIT_OPEN = "tool_circuit_open"
+    """The tool failed repeatedly and is paused (:mod:`broker.tools.breaker`); the message
+    says when it will be tried again."""
 
     # Failed while (or after) running.
     TOOL_TIMEOUT = "tool_timeout"
@@ -34,6 +37,9 @@ class ToolErrorCode(enum.StrEnum):
     TOOL_HTTP_ERROR = "tool_http_error"
     TOOL_REDIRECT_REFUSED = "tool_redirect_refused"
     TOOL_RESPONSE_TOO_LARGE = "tool_response_too_large"
+    TOOL_BAD_RESPONSE = "tool_bad_response"
+    """A 2xx whose body breaks the webhook contract: empty, not text in its charset, or
+    declared JSON (``Content-Type``) and not JSON."""
     OUTPUT_TOO_LARGE = "output_too_large"
     """An in-process tool returned more than the output limit."""
     TOOL_MISCONFIGURED = "tool_misconfigured"

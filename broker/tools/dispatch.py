@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -27,11 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker.db import queries
 from broker.db.models import ToolCall, ToolCallStatus, ToolPath, utcnow
 from broker.shielded import ShieldedWrites
+from broker.tools.breaker import CircuitBreakers, Refusal, counts_as_failure
 from broker.tools.budget import ALLOWED, DENIED, ToolLimits, grant
 from broker.tools.codes import ToolErrorCode
 from broker.tools.executors import ToolContext, ToolExecutionError
 from broker.tools.policy import decide, error_output, strict_json_loads
 from broker.tools.registry import ToolRegistry
+from sideband.events import new_item_id
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ class CallOutcome:
     output: str | None
     handled_by: ToolPath | None
     executed_now: bool = False
+    output_item_id: str | None = None
+    """The item id the output is to be created with at the provider (sideband path)."""
 
     @classmethod
     def from_row(cls, row: ToolCall) -> CallOutcome:
@@ -76,6 +80,7 @@ class CallOutcome:
             status=ToolCallStatus(row.status),
             output=row.output,
             handled_by=ToolPath(row.path) if row.path else None,
+            output_item_id=row.output_item_id,
         )
 
 
@@ -83,10 +88,15 @@ class ToolDispatcher:
     """Records, authorizes and runs function calls exactly once."""
 
     def __init__(
-        self, sessionmaker: async_sessionmaker[AsyncSession], registry: ToolRegistry
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        registry: ToolRegistry,
+        breakers: CircuitBreakers | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._registry = registry
+        # Per process: each broker process pauses a failing tool on its own evidence.
+        self._breakers = CircuitBreakers() if breakers is None else breakers
         self._settled: dict[tuple[str, str], asyncio.Event] = {}
         self._writes = ShieldedWrites()
 
@@ -106,8 +116,12 @@ class ToolDispatcher:
         arguments: str,
         seen_by: ToolPath,
         response_id: str | None = None,
+        item_id: str | None = None,
     ) -> ToolCall:
         """Make sure the call has a row (first reporter's tool and arguments win); return it.
+
+        ``item_id`` (the provider's item, known to the sideband) lets a restarted broker ask
+        the provider whether the call finished.
 
         Raises:
             CallRejectedError: the call id is too long to record, or the session already has
@@ -138,6 +152,7 @@ class ToolDispatcher:
                 status=ToolCallStatus.PENDING,
                 seen_by=seen_by,
                 response_id=response_id,
+                item_id=item_id[:MAX_CALL_ID] if item_id else None,
             )
             row = await queries.get_tool_call(s, session_id, call_id)
         assert row is not None
@@ -173,6 +188,7 @@ class ToolDispatcher:
         path: ToolPath,
         response_id: str | None = None,
         *,
+        item_id: str | None = None,
         loser_wait: float = 0.0,
     ) -> CallOutcome:
         """Run the call if nobody has; otherwise return the other claimant's result.
@@ -187,7 +203,7 @@ class ToolDispatcher:
         Raises:
             CallRejectedError: the call cannot be recorded at all.
         """
-        row = await self.record(session_id, call_id, tool, arguments, path, response_id)
+        row = await self.record(session_id, call_id, tool, arguments, path, response_id, item_id)
         async with self._sessionmaker.begin() as s:
             won = await queries.claim_tool_call(s, session_id, call_id, path)
         if not won:
@@ -197,6 +213,9 @@ class ToolDispatcher:
         status: ToolCallStatus = ToolCallStatus.FAILED
         output: str | None = None
         error: str | None = None
+        # Chosen now and stored with the outcome, before anything is sent: whoever delivers
+        # the output later (this process or a restarted one) can ask the provider for it.
+        output_item_id = new_item_id() if path is ToolPath.SIDEBAND else None
         # None keeps what the row says: "allowed" once the budget granted the call.
         decision: str | None = None
         try:
@@ -212,10 +231,18 @@ class ToolDispatcher:
                 output = error_output(error, "the broker stopped while running this tool")
             # Shielded: a cancelled request must still leave the row settled, never running.
             await self._writes.run(
-                self._settle(session_id, call_id, status, output, error, decision),
+                self._settle(session_id, call_id, status, output, error, decision, output_item_id),
                 name=f"tool-settle:{call_id}",
             )
-        return CallOutcome(call_id, row.tool, status, output, path, executed_now=True)
+        return CallOutcome(
+            call_id,
+            row.tool,
+            status,
+            output,
+            path,
+            executed_now=True,
+            output_item_id=output_item_id,
+        )
 
     async def _settle(
         self,
@@ -225,11 +252,14 @@ class ToolDispatcher:
         output: str,
         error: str | None,
         decision: str | None,
+        output_item_id: str | None = None,
     ) -> None:
         # Plain strings for the driver (a code is a StrEnum).
         values = {"output": output, "error": None if error is None else str(error)}
         if decision is not None:
             values["decision"] = decision
+        if output_item_id is not None:
+            values["output_item_id"] = output_item_id
         async with self._sessionmaker.begin() as s:
             await queries.settle_tool_call(
                 s,
@@ -254,7 +284,10 @@ class ToolDispatcher:
         tool: str,
         arguments: str,
     ) -> tuple[ToolCallStatus, str, str | None, str]:
-        """Policy, then the budget, then the tool; returns ``(status, output, error, decision)``."""
+        """Policy, the tool's breaker, the budget, then the tool.
+
+        Returns ``(status, output, error, decision)``.
+        """
         log_extra = f"session_id={session_id} call_id={call_id} tool={tool}"
         session = await self._limits(session_id)
         if session is None:
@@ -270,8 +303,20 @@ class ToolDispatcher:
         if not decision.allowed:
             assert decision.code is not None and decision.message is not None
             return _denied(log_extra, decision.code, decision.message)
-        async with self._sessionmaker.begin() as s:
-            refused = await grant(s, session_id, call_id, limits)
+        # After policy (a refused call says nothing about the tool's health) and before the
+        # budget, so a call the breaker refuses costs none of it. Every path below reports
+        # to the permit: a half-open breaker waits for its one trial call's verdict.
+        permit = self._breakers.admit(tool)
+        if isinstance(permit, Refusal):
+            return _denied(log_extra, ToolErrorCode.TOOL_CIRCUIT_OPEN, permit.message)
+        try:
+            async with self._sessionmaker.begin() as s:
+                refused = await grant(s, session_id, call_id, limits)
+        except BaseException:
+            permit.release()  # the tool never ran: no verdict
+            raise
+        if refused is not None:
+            permit.release()
         if refused is ToolErrorCode.TOOL_BUDGET_EXHAUSTED:
             return _denied(
                 log_extra,
@@ -288,6 +333,7 @@ class ToolDispatcher:
         assert decision.tool is not None and decision.arguments is not None
         spec, args = decision.tool, decision.arguments
         started = time.perf_counter()
+        http_status: int | None = None
         try:
             # One deadline for every executor kind (httpx only backs it up).
             async with asyncio.timeout(spec.timeout):
@@ -299,17 +345,72 @@ class ToolDispatcher:
             )
         except ToolExecutionError as exc:
             failure = (exc.code, exc.message)
+            http_status = exc.http_status
         except Exception as exc:
             # A bug in a tool must cost one call, not the session: the model is told it failed.
             logger.exception("tool raised %s", log_extra)
             failure = (ToolErrorCode.TOOL_ERROR, f"the tool failed ({type(exc).__name__})")
+        except BaseException:
+            # Cut off mid-run (the call settles outcome_unknown): no news counts as bad news.
+            permit.failed()
+            raise
         else:
+            permit.succeeded()
             logger.info(
                 "tool call succeeded %s ms=%.1f", log_extra, (time.perf_counter() - started) * 1000
             )
             return ToolCallStatus.SUCCEEDED, output, None, ALLOWED
+        if counts_as_failure(failure[0], http_status):
+            permit.failed()
+        else:
+            permit.succeeded()  # a 4xx: the call failed, but the backend works
         logger.warning("tool call failed %s code=%s", log_extra, failure[0])
         return ToolCallStatus.FAILED, error_output(*failure), failure[0], ALLOWED
+
+    async def unfinished(self, session_id: str) -> tuple[Sequence[ToolCall], Sequence[ToolCall]]:
+        """``(seen, undelivered)``: see :func:`broker.db.queries.unfinished_tool_calls`."""
+        async with self._sessionmaker() as s:
+            return await queries.unfinished_tool_calls(s, session_id)
+
+    async def recover_interrupted(self, session_id: str) -> list[tuple[str, ToolCallStatus]]:
+        """Settle calls left ``running`` by a broker that died; run once at resume.
+
+        An idempotent tool's call goes back to ``pending`` (it runs again, with the same
+        ``Idempotency-Key``); any other is ``failed`` with ``outcome_unknown``: it may have
+        acted, so it never runs a second time, and the model is told exactly that.
+        Returns each call id with the status it was given.
+        """
+        recovered: list[tuple[str, ToolCallStatus]] = []
+        async with self._sessionmaker.begin() as s:
+            for row in await queries.running_tool_calls(s, session_id):
+                spec = self._registry.get(row.tool)
+                if spec is not None and spec.idempotent:
+                    await queries.reset_tool_call(s, session_id, row.call_id)
+                    recovered.append((row.call_id, ToolCallStatus.PENDING))
+                    continue
+                await queries.settle_tool_call(
+                    s,
+                    session_id,
+                    row.call_id,
+                    status=ToolCallStatus.FAILED,
+                    from_statuses=[ToolCallStatus.RUNNING],
+                    error=str(ToolErrorCode.OUTCOME_UNKNOWN),
+                    output=error_output(
+                        ToolErrorCode.OUTCOME_UNKNOWN,
+                        "the broker restarted while this tool was running; it may or may not"
+                        " have completed, and it will not be run again",
+                    ),
+                    output_item_id=new_item_id() if row.path == ToolPath.SIDEBAND else None,
+                )
+                recovered.append((row.call_id, ToolCallStatus.FAILED))
+        for call_id, status in recovered:
+            logger.warning(
+                "tool call interrupted by a restart session_id=%s call_id=%s now=%s",
+                session_id,
+                call_id,
+                status,
+            )
+        return recovered
 
     async def mark_injected(self, session_id: str, call_id: str) -> None:
         async with self._sessionmaker.begin() as s:

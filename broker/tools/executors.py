@@ -33,12 +33,20 @@ class ToolContext:
 
 
 class ToolExecutionError(Exception):
-    """The tool failed; ``code`` is stable, the message is safe to give the model."""
+    """The tool failed; ``code`` is stable, the message is safe to give the model.
 
-    def __init__(self, code: ToolErrorCode, message: str) -> None:
+    Attributes:
+        http_status: the tool backend's status when it answered one that is not a success
+            (the circuit breaker tells a 5xx from a 4xx by it); ``None`` otherwise.
+    """
+
+    def __init__(
+        self, code: ToolErrorCode, message: str, *, http_status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.http_status = http_status
 
 
 class Executor(Protocol):
@@ -79,9 +87,11 @@ class HttpExecutor:
     """POSTs the arguments object as JSON to a tool backend, signed, never following redirects.
 
     Headers: ``X-Session-ID``, ``X-Call-ID`` and ``X-Tool-Name`` say who is asking;
+    ``Idempotency-Key: <session_id>:<call_id>`` names the call for a backend that dedupes;
     ``X-Broker-Timestamp`` and ``X-Broker-Signature`` prove the broker sent it (unless the
     tool is configured ``unsigned``). A 2xx body of at most :data:`MAX_OUTPUT_BYTES` is the
-    output (verbatim if it is text); anything else is a failure the model is told about.
+    output, verbatim, if it is non-blank text in its charset (and JSON when its
+    ``Content-Type`` says JSON); anything else is a failure the model is told about.
 
     Args:
         secret: the per-tool HMAC key; ``None`` only for a tool configured ``unsigned = true``.
@@ -118,6 +128,9 @@ class HttpExecutor:
             "X-Session-ID": context.session_id,
             "X-Call-ID": context.call_id,
             "X-Tool-Name": context.tool,
+            # The call's identity, under the name backends' dedupe middleware looks for. Not
+            # signed (only the timestamp and body are): see docs/tool-webhooks.md.
+            "Idempotency-Key": f"{context.session_id}:{context.call_id}",
         }
         if self._secret is not None:
             headers.update(signature_headers(self._secret, body))
@@ -146,7 +159,8 @@ async def _read_output(resp: httpx.Response) -> str:
     """The body of a successful answer, read incrementally and never past the cap.
 
     Raises:
-        ToolExecutionError: a redirect, a non-2xx status, a compressed or oversized body.
+        ToolExecutionError: a redirect, a non-2xx status, a compressed or oversized body, or
+            one that breaks the contract (:func:`_checked_text`).
     """
     if resp.is_redirect or 300 <= resp.status_code < 400:
         raise ToolExecutionError(
@@ -155,7 +169,9 @@ async def _read_output(resp: httpx.Response) -> str:
         )
     if not resp.is_success:
         raise ToolExecutionError(
-            ToolErrorCode.TOOL_HTTP_ERROR, f"the tool backend answered {resp.status_code}"
+            ToolErrorCode.TOOL_HTTP_ERROR,
+            f"the tool backend answered {resp.status_code}",
+            http_status=resp.status_code,
         )
     if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
         raise ToolExecutionError(
@@ -176,11 +192,49 @@ async def _read_output(resp: httpx.Response) -> str:
         received += chunk
         if len(received) > MAX_OUTPUT_BYTES:
             raise too_large
-    return encode_output(_decode(bytes(received), resp.charset_encoding))
+    media_type = resp.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    return encode_output(_checked_text(bytes(received), media_type, resp.charset_encoding))
 
 
-def _decode(body: bytes, charset: str | None) -> str:
+def _bad_response(message: str) -> ToolExecutionError:
+    return ToolExecutionError(ToolErrorCode.TOOL_BAD_RESPONSE, message)
+
+
+def _checked_text(body: bytes, media_type: str, charset: str | None) -> str:
+    """The body as the output, if it keeps the webhook contract (docs/tool-webhooks.md).
+
+    A 2xx is the backend saying "done, here is the result": an answer the model cannot read
+    (empty, bytes that are not text, JSON announced and not delivered) is a broken backend,
+    and passing it on would have the model improvise a result that never came.
+
+    Raises:
+        ToolExecutionError: ``tool_bad_response``; the message names the rule, never the body.
+    """
+    is_json = media_type == "application/json" or media_type.endswith("+json")
     try:
-        return body.decode(charset or "utf-8", errors="replace")
-    except LookupError:  # a charset Python does not know
-        return body.decode("utf-8", errors="replace")
+        # JSON is UTF-8 (RFC 8259) whatever the header claims; a BOM before it is tolerated.
+        text = _decode(body, "utf-8-sig" if is_json else charset or "utf-8")
+    except UnicodeDecodeError:
+        raise _bad_response("the tool backend's answer is not valid text in its charset") from None
+    if not text.strip():
+        raise _bad_response("the tool backend answered with an empty body")
+    if is_json:
+        try:
+            json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            raise _bad_response(
+                "the tool backend's answer is not valid JSON, though its Content-Type says JSON"
+            ) from None
+    return text
+
+
+def _decode(body: bytes, charset: str) -> str:
+    try:
+        return body.decode(charset)
+    except LookupError:  # a charset Python does not know: then it must be UTF-8
+        return body.decode("utf-8")
+
+
+def _reject_constant(name: str) -> object:
+    # NaN and Infinity are Python's extension, not JSON: a strict reader downstream chokes.
+    raise ValueError(f"{name} is not JSON")

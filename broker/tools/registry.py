@@ -5,6 +5,7 @@ Format (``BROKER_CONFIG``)::
     [tools.lookup_order]
     description = "Look up an order by its id."
     timeout = 5.0                                  # seconds, default 10
+    idempotent = false                             # safe to run twice? default false
     http = "https://tools.internal/lookup"         # or: python = "broker.tools.demo:lookup_order"
     secret_env = "LOOKUP_ORDER_SECRET"             # HTTP tools: the HMAC key's variable ...
     # secret = "..."                               # ... or inline (development only)
@@ -13,6 +14,11 @@ Format (``BROKER_CONFIG``)::
     type = "object"
     required = ["order_id"]
     properties.order_id = { type = "string" }
+
+``idempotent = true`` declares that running a call twice does no more than running it once
+(a lookup, or a backend that dedupes on ``Idempotency-Key``). Only such a tool may be run
+again after a broker crash interrupted it; a non-idempotent one that was running then is
+never re-run. HTTP tools get the ``Idempotency-Key`` header either way.
 
 Every problem is reported at load, before the broker serves: an unknown key (a typo must not
 silently drop a setting), an HTTP tool with no signing decision, a missing or short secret, a
@@ -45,7 +51,17 @@ DEFAULT_TIMEOUT: Final = 10.0
 MAX_TIMEOUT: Final = 300.0
 SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 _KEYS: Final = frozenset(
-    {"description", "parameters", "timeout", "python", "http", "secret", "secret_env", "unsigned"}
+    {
+        "description",
+        "parameters",
+        "timeout",
+        "idempotent",
+        "python",
+        "http",
+        "secret",
+        "secret_env",
+        "unsigned",
+    }
 )
 CHECKED_FORMATS: Final = ("date", "email", "idn-email", "ipv4", "ipv6", "uuid")
 """``format`` values that are enforced. jsonschema checks some formats only when optional
@@ -66,6 +82,8 @@ class ToolSpec:
         parameters: JSON Schema of the arguments object (sent to the provider as-is).
         validator: compiled from ``parameters`` once, at load (Draft 2020-12, with
             :data:`CHECKED_FORMATS` enforced).
+        idempotent: running a call again does no harm (see the module docstring); only
+            then may crash recovery re-run a call that was interrupted.
     """
 
     name: str
@@ -74,6 +92,7 @@ class ToolSpec:
     timeout: float
     executor: Executor
     validator: Draft202012Validator = field(repr=False, compare=False)
+    idempotent: bool = False
 
     def provider_definition(self) -> dict[str, Any]:
         """The ``tools[]`` entry of a realtime session config."""
@@ -145,6 +164,9 @@ def _tool(
         raise ToolConfigError(f"{where}: description must be a string")
     if not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT:
         raise ToolConfigError(f"{where}: timeout must be in (0, {MAX_TIMEOUT:g}] seconds")
+    idempotent = entry.get("idempotent", False)
+    if not isinstance(idempotent, bool):
+        raise ToolConfigError(f"{where}: idempotent must be true or false")
     validator = _validator(where, parameters)
     return ToolSpec(
         name=name,
@@ -153,6 +175,7 @@ def _tool(
         timeout=float(timeout),
         executor=_executor(where, entry, http, float(timeout), env),
         validator=validator,
+        idempotent=idempotent,
     )
 
 

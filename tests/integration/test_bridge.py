@@ -17,6 +17,7 @@ from tests.support.flow import (
     connect_browser,
     outputs_received,
     says,
+    wait_events,
     wait_sideband,
 )
 from tests.support.servers import RunningEmulator
@@ -182,11 +183,12 @@ async def test_bridge_cannot_run_calls_while_the_sideband_is_still_connecting(
         await browser.close()
 
 
-async def test_call_unknown_to_the_sideband_fails_the_session_closed(
+async def test_call_unknown_to_the_sideband_degrades_the_session_to_the_bridge(
     make_broker: BrokerFactory, late_emulator: RunningEmulator, tool_backend: ToolBackend
 ) -> None:
-    """A sideband that keeps getting 404 means the provider does not know the call for our
-    key: the session fails and the bridge refuses, instead of letting the browser drive tools."""
+    """A sideband that keeps getting 404 for its whole attach bound never attaches: the call
+    goes on, the session is ``degraded`` (recorded as an event), and the bridge runs tools,
+    with the same allowlist, schema and once-only rules as a bridge-only session."""
     broker = await make_broker(
         provider_base_url=late_emulator.base_url, sideband_attach_timeout=0.3
     )
@@ -197,11 +199,16 @@ async def test_call_unknown_to_the_sideband_fails_the_session_closed(
         assert reply.status == 201
         await wait_sideband(broker, session["id"], "failed")
         detail = await broker.get_session(session["id"])
-        assert detail["state"] == "failed"
-        assert "call not found" in detail["end_reason"]
+        assert detail["state"] == "degraded"
+        assert detail["end_reason"] is None
+        [degraded] = await wait_events(broker, session["id"], "broker.degraded")
+        assert "404" in degraded["payload"]["reason"]
         bridged = await broker.bridge(session, "lookup_order", "call_1", {"order_id": "1"})
-        assert (bridged.status, bridged.code) == (409, "session_not_live")
-        assert tool_backend.calls_to("lookup_order") == []
+        assert bridged.status == 200, bridged.text
+        assert bridged.json()["handled_by"] == "bridge"
+        assert len(tool_backend.calls_to("lookup_order")) == 1
+        refused = await broker.bridge(session, "delete_account", "call_2", {})
+        assert (refused.status, refused.code) == (403, "tool_not_allowed")
     finally:
         await browser.close()
 
@@ -247,10 +254,10 @@ async def sideband_down_proxy(emulator: RunningEmulator) -> AsyncIterator[str]:
 async def test_bridge_takes_over_when_the_sideband_endpoint_is_down(
     make_broker: BrokerFactory, emulator: RunningEmulator, tool_backend: ToolBackend
 ) -> None:
-    """The sideband cannot attach (provider 503); the session stays live, degraded to the
-    bridge, which runs the call once."""
+    """The sideband cannot attach (provider 503, retried for the attach bound); the call goes
+    on, the session is degraded to the bridge, which runs the call once."""
     async with sideband_down_proxy(emulator) as base_url:
-        broker = await make_broker(provider_base_url=base_url)
+        broker = await make_broker(provider_base_url=base_url, sideband_attach_timeout=0.5)
         session = await broker.create_session(tools=["lookup_order"])
         browser = FakeBrowser()
         try:
@@ -268,6 +275,6 @@ async def test_bridge_takes_over_when_the_sideband_endpoint_is_down(
             assert bridged.json()["handled_by"] == "bridge"
             assert bridged.json()["output"] == EXPECTED_OUTPUT
             assert len(tool_backend.calls_to("lookup_order")) == 1
-            assert (await broker.get_session(session["id"]))["state"] == "live"
+            assert (await broker.get_session(session["id"]))["state"] == "degraded"
         finally:
             await browser.close()

@@ -37,6 +37,7 @@ FAULTS_OFF: dict[str, Any] = {
     "create_call_delay_ms": 0,
     "create_call_error": None,
     "hangup_error": None,
+    "sideband_attach_error": None,
     "sideband_unavailable_ms": 0,
     "sideband_drop_after_events": None,
     "sideband_event_delay_ms": 0,
@@ -296,6 +297,31 @@ async def test_sideband_unavailable_window(
     assert call.sideband_attaches == []
     assert time.monotonic() - call.created_at < 0.7
     await asyncio.sleep(max(0.0, call.created_at + 0.75 - time.monotonic()))
+    sideband = await SidebandProbe.connect(http, emulator, call_id)
+    assert call.sideband_attaches == [call_id]
+    await sideband.close()
+
+
+async def test_sideband_attach_error_fails_n_handshakes_then_recovers(
+    emulator: RunningEmulator, http: aiohttp.ClientSession, browser: FakeBrowser
+) -> None:
+    """sideband_attach_error: the next N handshakes answer that 5xx (server_error envelope)
+    without upgrading; the call goes on, and the next handshake attaches."""
+    call_id = await open_call(http, emulator, browser)
+    call = emulator.registry.get(call_id)
+    assert call is not None
+    await set_faults(http, emulator, sideband_attach_error={"status": 503, "count": 2})
+    async with asyncio.timeout(5):
+        response = await http.get(
+            f"{emulator.base_url}/realtime", params={"call_id": call_id}, headers=emulator.auth()
+        )
+        assert response.status == 503
+        assert (await response.json())["error"]["code"] == "server_error"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await http.ws_connect(f"{emulator.ws_url}?call_id={call_id}", headers=emulator.auth())
+    assert info.value.status == 503
+    assert call.sideband_attaches == [] and call.end_reason is None
+    assert (await get_faults(http, emulator))["sideband_attach_error"] is None
     sideband = await SidebandProbe.connect(http, emulator, call_id)
     assert call.sideband_attaches == [call_id]
     await sideband.close()

@@ -160,9 +160,12 @@ async def test_a_bridge_only_call_ends_at_its_max_duration(
 async def test_a_call_whose_sideband_was_lost_still_ends_at_its_max_duration(
     broker: RunningBroker, emulator: RunningEmulator, http: aiohttp.ClientSession
 ) -> None:
-    """Losing the sideband (the transport dropped) must not free the call from its limit."""
-    session, browser, call = await live_call(broker, emulator, {"max_duration_s": 2})
+    """Losing the sideband for good (dropped, and every re-attach refused until the session
+    degrades) must not free the call from its limit: the duration backstop ends it."""
+    # Longer than the reconnect bound (2 s in tests), so the sideband degrades first.
+    session, browser, call = await live_call(broker, emulator, {"max_duration_s": 4})
     try:
+        emulator.faults.update({"sideband_attach_error": {"status": 503, "count": 1000}})
         status, _ = await request_json(
             http,
             emulator,
@@ -172,7 +175,8 @@ async def test_a_call_whose_sideband_was_lost_still_ends_at_its_max_duration(
         )
         assert status == 200
         await wait_sideband(broker, session["id"], "failed")
-        await wait_call_ended(call, timeout=5)
+        assert (await broker.get_session(session["id"]))["state"] == "degraded"
+        await wait_call_ended(call, timeout=8)
         detail = await wait_session_ended(broker, session["id"])
         assert (detail["state"], detail["end_reason"]) == ("ended", "max_duration")
     finally:

@@ -65,9 +65,13 @@ def says(fragment: str) -> Any:
 
 
 def outputs_received(call: Call) -> list[tuple[str, dict[str, Any]]]:
-    """Every function_call_output the emulator got for ``call``, with the sending connection."""
+    """Every function_call_output the emulator got for ``call``, with the sending connection.
+
+    The item's ``id`` (the broker picks one so it can look the output up after a lost
+    sideband) is left out.
+    """
     return [
-        (r.source, r.event["item"])
+        (r.source, {k: v for k, v in r.event["item"].items() if k != "id"})
         for r in call.received
         if r.event.get("type") == "conversation.item.create"
         and r.event.get("item", {}).get("type") == "function_call_output"

@@ -47,6 +47,15 @@ async def sleepy(arguments: dict[str, Any], context: Any) -> dict[str, Any]:
     return {"slept": True}
 
 
+BROKEN_DETAIL = "connect to db://admin:hunter2@internal failed"
+"""What :func:`broken` raises with: internal detail that must never reach the model."""
+
+
+async def broken(arguments: dict[str, Any], context: Any) -> dict[str, Any]:
+    """An in-process tool with a bug: it raises."""
+    raise RuntimeError(BROKEN_DETAIL)
+
+
 def _json(value: Any, status: int = 200) -> web.Response:
     # Compact, so tests can compare the output the model gets byte for byte.
     return web.Response(
@@ -74,6 +83,8 @@ class ToolBackend:
     accept_unsigned: set[str] = field(default_factory=set)
     huge_bytes_sent: int = 0
     """How much of the endless ``huge`` answer went out before the client hung up."""
+    flaky_failures: int = 0
+    """How many more times ``flaky`` answers 503 before it answers 200 (tests set it)."""
     _release: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
 
@@ -97,6 +108,16 @@ class ToolBackend:
             return _json({"order_id": arguments["order_id"], "status": "shipped"})
         if tool == "explode":
             return _json({"error": "boom"}, status=500)
+        if tool == "flaky":
+            if self.flaky_failures > 0:
+                self.flaky_failures -= 1
+                return _json({"error": "overloaded"}, status=503)
+            return _json({"ok": True, "tool": tool})
+        if tool == "malformed":
+            # Says JSON, sends a cut-off object: a backend that broke mid-answer.
+            return web.Response(text='{"order_id":"42","status":', content_type="application/json")
+        if tool == "empty":
+            return web.Response(status=200)
         if tool == "redirect":
             # Where a followed redirect would land: lookup_order must never see it.
             raise web.HTTPFound(f"{self.base_url}/tools/lookup_order")
@@ -140,7 +161,9 @@ class ToolBackend:
 
         lookup_order, delete_account and explode as before; redirect (answers 302), huge (an
         endless body), slow (answers after its 0.5 s timeout) and the in-process sleepy (after
-        its 0.3 s timeout) for the failure tests.
+        its 0.3 s timeout) for the failure tests; flaky (503 while :attr:`flaky_failures`
+        lasts, then 200), malformed (200, cut-off JSON), empty (200, no body) and the
+        in-process broken (raises) for the failure and circuit-breaker tests.
         """
         signed = f'secret = "{self.secret}"'
         return f"""
@@ -192,6 +215,26 @@ http = "{self.base_url}/tools/slow"
 description = "An in-process tool that answers after its timeout."
 timeout = 0.3
 python = "tests.support.tool_backend:sleepy"
+
+[tools.broken]
+description = "An in-process tool that raises."
+python = "tests.support.tool_backend:broken"
+
+[tools.flaky]
+description = "A tool whose backend fails for a while, then recovers."
+idempotent = true
+http = "{self.base_url}/tools/flaky"
+{signed}
+
+[tools.malformed]
+description = "A tool whose backend answers 200 with broken JSON."
+http = "{self.base_url}/tools/malformed"
+{signed}
+
+[tools.empty]
+description = "A tool whose backend answers 200 with no body."
+http = "{self.base_url}/tools/empty"
+{signed}
 
 [tools.get_time]
 description = "Current time."

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sideband import CallController, FunctionCall, ToolResult
+from sideband import Backlog, CallController, FunctionCall, ToolResult
 
 
 class QueueConnection:
@@ -45,6 +45,7 @@ class RecordingTools:
         self.injected: list[str] = []
         self.release = asyncio.Event()
         self.release.set()
+        self.recorded_backlog = Backlog()
 
     async def call_seen(self, call: FunctionCall) -> None:
         self.seen.append(call.call_id)
@@ -60,6 +61,9 @@ class RecordingTools:
     async def output_sent(self, call: FunctionCall) -> None:
         self.injected.append(call.call_id)
 
+    async def backlog(self) -> Backlog:
+        return self.recorded_backlog
+
 
 class Observer:
     def __init__(self) -> None:
@@ -68,8 +72,11 @@ class Observer:
     def record(self, direction: str, event: dict[str, Any]) -> None:
         self.records.append((direction, event["type"]))
 
-    async def attached(self) -> None:
-        pass
+    async def attached(self, kind: str) -> None:
+        self.records.append(("attached", kind))
+
+    async def detached(self, close_code: int | None) -> None:
+        self.records.append(("detached", str(close_code)))
 
 
 def fc_item(call_id: str, name: str = "lookup_order") -> dict[str, Any]:

@@ -1,0 +1,346 @@
+"""Prometheus metrics: one :class:`BrokerMetrics` per app, with its own registry.
+
+Callers never build label values: each method takes a typed value (an enum, a tool name, a
+provider exception) and maps it onto a small, fixed label set, so no label can grow without
+bound and no free text (which could carry a secret or a user's words) reaches a label. A tool
+name outside the registry is reported as ``other``; a session end reason is reduced to
+:class:`EndReason`.
+
+There is no module-level registry: several apps run in one test process, and each must count
+only its own traffic. ``GET /metrics`` (``monitor:read``) serves :meth:`BrokerMetrics.render`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from sideband import ProviderError, ProviderTimeoutError, ProviderUnreachableError
+
+NAMESPACE: Final = "broker"
+OTHER: Final = "other"
+"""The label value for anything outside a label's known set."""
+
+OFFER_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+"""Seconds; the provider's ``/calls`` usually answers in well under a second, and the
+default ``BROKER_PROVIDER_TIMEOUT`` is 10 s."""
+TOOL_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+"""Seconds; up to the registry's longest allowed tool timeout (300 s)."""
+
+
+class OfferOutcome(enum.StrEnum):
+    """How an offer ended (label ``outcome`` of ``broker_offers_total``)."""
+
+    ANSWERED = "answered"
+    REFUSED = "refused"
+    """The broker refused it before the provider: bad token, bad SDP, wrong state."""
+    PROVIDER_ERROR = "provider_error"
+    PROVIDER_TIMEOUT = "provider_timeout"
+    PROVIDER_UNREACHABLE = "provider_unreachable"
+    ERROR = "error"
+    """Anything unexpected (a database failure, the broker stopping)."""
+
+
+class ProviderOperation(enum.StrEnum):
+    """The provider request that failed (label ``operation``)."""
+
+    CREATE_CALL = "create_call"
+    HANGUP = "hangup"
+    SIDEBAND_ATTACH = "sideband_attach"
+    OTHER = OTHER
+
+
+class EndReason(enum.StrEnum):
+    """Why a session ended or failed, reduced from its free-text ``end_reason``."""
+
+    MAX_DURATION = "max_duration"
+    IDLE_TIMEOUT = "idle_timeout"
+    TOOL_BUDGET = "tool_budget"
+    TAMPER = "tamper"
+    PROVIDER_CLOSED = "provider_closed"
+    HANGUP = "hangup"
+    CALL_GONE = "call_gone"
+    OFFER_FAILED = "offer_failed"
+    FAILED = "failed"
+    OTHER = OTHER
+
+
+_END_REASONS: Final = frozenset(reason.value for reason in EndReason)
+
+
+class SidebandKind(enum.StrEnum):
+    """How a sideband attached (the controller's ``AttachKind``)."""
+
+    ATTACH = "attach"
+    """The first sideband of a new call."""
+    RECONNECT = "reconnect"
+    """Again, after this process lost it."""
+    RESUME = "resume"
+    """The first sideband of a restarted broker to a call it controlled before."""
+
+
+class SidebandFailure(enum.StrEnum):
+    """Why a sideband failed (label ``reason`` of ``broker_sideband_failures_total``)."""
+
+    ATTACH_TIMEOUT = "attach_timeout"
+    CALL_NOT_FOUND = "call_not_found"
+    PROVIDER_ERROR = "provider_error"
+    LOST = "lost"
+    OTHER = OTHER
+
+
+CIRCUIT_READINGS: Final = {"closed": 0, "half_open": 1, "open": 2}
+"""``broker_tool_circuit_state`` for each circuit breaker state (``BreakerState`` values)."""
+
+
+TOOL_OUTCOMES: Final = frozenset({"succeeded", "failed", "denied", "cancelled"})
+"""The settled statuses of a tool call (``ToolCallStatus``), the ``outcome`` label's values."""
+
+
+def end_reason_label(reason: str | None) -> EndReason:
+    """Map a session's free-text ``end_reason`` onto :class:`EndReason`.
+
+    The stored reasons are either one of the enum's values (the leash's limits, ``hangup``)
+    or carry detail after a known prefix (``provider_closed:1000``, ``offer: …``,
+    ``sideband: …``); everything else is ``other``.
+    """
+    if not reason:
+        return EndReason.OTHER
+    if reason in _END_REASONS:
+        return EndReason(reason)
+    if reason.startswith("tamper"):
+        return EndReason.TAMPER  # tamper, tamper_repeated
+    if reason.startswith("provider_closed"):
+        return EndReason.PROVIDER_CLOSED
+    if reason.startswith("offer:"):
+        return EndReason.OFFER_FAILED
+    if reason.startswith("sideband:"):
+        return EndReason.CALL_GONE if "not found" in reason else EndReason.FAILED
+    return EndReason.OTHER
+
+
+def _status_label(status: int) -> str:
+    # A status is a three-digit HTTP code; anything else would be a malformed answer.
+    return str(status) if 100 <= status <= 599 else OTHER
+
+
+class BrokerMetrics:
+    """Every metric the broker exports, registered in a registry of its own.
+
+    Methods are cheap and synchronous, and a value outside a label's known set becomes
+    ``other`` rather than an error: instrumentation must not be able to fail a request.
+    """
+
+    def __init__(self) -> None:
+        self._registry = CollectorRegistry(auto_describe=True)
+        self._tools: frozenset[str] = frozenset()
+        registry = self._registry
+        self._offers = Counter(
+            "offers_total",
+            "Realtime offers by outcome.",
+            ["outcome"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._offer_seconds = Histogram(
+            "offer_seconds",
+            "Offer round-trip through the broker, for offers that reached the provider.",
+            namespace=NAMESPACE,
+            registry=registry,
+            buckets=OFFER_BUCKETS,
+        )
+        self._provider_errors = Counter(
+            "provider_errors_total",
+            "Failed provider requests by operation and HTTP status (or timeout, unreachable).",
+            ["operation", "status"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._sessions_created = Counter(
+            "sessions_created_total",
+            "Sessions created.",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._sessions_ended = Counter(
+            "sessions_ended_total",
+            "Sessions that ended or failed, by reason.",
+            ["reason"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._sideband_connects = Counter(
+            "sideband_connects_total",
+            "Sideband WebSockets attached, first time or after a loss.",
+            ["kind"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._sideband_failures = Counter(
+            "sideband_failures_total",
+            "Sidebands that could not attach or were lost, by reason.",
+            ["reason"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._sessions_degraded = Counter(
+            "sessions_degraded_total",
+            "Live sessions left without a sideband (the bridge runs their tools).",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._live_sessions = Gauge(
+            "live_sessions",
+            "Calls this process is supervising now.",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._tool_calls = Counter(
+            "tool_calls_total",
+            "Settled tool calls by tool and outcome.",
+            ["tool", "outcome"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._tool_seconds = Histogram(
+            "tool_seconds",
+            "Time a tool ran, for calls that ran.",
+            ["tool"],
+            namespace=NAMESPACE,
+            registry=registry,
+            buckets=TOOL_BUCKETS,
+        )
+        self._tool_circuit = Gauge(
+            "tool_circuit_state",
+            "Each tool's circuit breaker: 0 closed, 1 half-open, 2 open.",
+            ["tool"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        # Known label values start at zero, so a rate() over them works from the first event.
+        for outcome in OfferOutcome:
+            self._offers.labels(outcome.value)
+        for reason in EndReason:
+            self._sessions_ended.labels(reason.value)
+        for kind in SidebandKind:
+            self._sideband_connects.labels(kind.value)
+        for failure in SidebandFailure:
+            self._sideband_failures.labels(failure.value)
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """This app's registry (tests may read samples from it directly)."""
+        return self._registry
+
+    def set_tools(self, names: Iterable[str]) -> None:
+        """Declare the tool registry's names: the only values the ``tool`` label takes."""
+        self._tools = frozenset(names)
+        for tool in sorted(self._tools):
+            self._tool_circuit.labels(tool).set(CIRCUIT_READINGS["closed"])
+            for outcome in sorted(TOOL_OUTCOMES):
+                self._tool_calls.labels(tool, outcome)
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition of every metric, and its content type."""
+        return generate_latest(self._registry), CONTENT_TYPE_LATEST
+
+    # ---- offers and the provider ----------------------------------------------------------
+
+    def offer_finished(self, outcome: OfferOutcome, seconds: float) -> None:
+        """Count one offer; time it unless the broker refused it before the provider."""
+        self._offers.labels(outcome.value).inc()
+        if outcome is not OfferOutcome.REFUSED:
+            self._offer_seconds.observe(seconds)
+
+    def provider_error(self, operation: ProviderOperation, status: int | str) -> None:
+        """Count one failed provider request.
+
+        Args:
+            operation: which request failed.
+            status: the provider's HTTP status, or ``"timeout"`` / ``"unreachable"``.
+        """
+        if isinstance(status, int):
+            label = _status_label(status)
+        else:
+            label = status if status in ("timeout", "unreachable") else OTHER
+        self._provider_errors.labels(operation.value, label).inc()
+
+    def provider_failed(
+        self, exc: ProviderError | ProviderTimeoutError | ProviderUnreachableError
+    ) -> None:
+        """Count the failed provider request ``exc`` reports (its operation and status)."""
+        try:
+            operation = ProviderOperation(exc.operation)
+        except ValueError:
+            operation = ProviderOperation.OTHER
+        if isinstance(exc, ProviderTimeoutError):
+            self.provider_error(operation, "timeout")
+        elif isinstance(exc, ProviderUnreachableError):
+            self.provider_error(operation, "unreachable")
+        else:
+            self.provider_error(operation, exc.status)
+
+    # ---- sessions ---------------------------------------------------------------------------
+
+    def session_created(self) -> None:
+        self._sessions_created.inc()
+
+    def session_ended(self, reason: str | None) -> None:
+        """Count a session reaching ``ended`` or ``failed``; ``reason`` is its ``end_reason``."""
+        self._sessions_ended.labels(end_reason_label(reason).value).inc()
+
+    def track_live_sessions(self, count: Callable[[], int]) -> None:
+        """Read ``live_sessions`` from ``count`` at each scrape (e.g. the supervisor's)."""
+        self._live_sessions.set_function(count)
+
+    # ---- sidebands --------------------------------------------------------------------------
+
+    def sideband_connected(self, kind: SidebandKind) -> None:
+        self._sideband_connects.labels(kind.value).inc()
+
+    def sideband_failed(self, reason: SidebandFailure) -> None:
+        self._sideband_failures.labels(reason.value).inc()
+
+    def session_degraded(self) -> None:
+        """Count a live session that lost its sideband and fell back to the bridge."""
+        self._sessions_degraded.inc()
+
+    # ---- tools ------------------------------------------------------------------------------
+
+    def _tool(self, name: str) -> str:
+        return name if name in self._tools else OTHER
+
+    def tool_finished(self, tool: str, outcome: str, seconds: float | None = None) -> None:
+        """Count one settled tool call.
+
+        Args:
+            tool: the tool's name (outside the registry: counted as ``other``).
+            outcome: its settled status: ``succeeded``, ``failed``, ``denied``, ``cancelled``.
+            seconds: how long it ran; ``None`` for a call that never ran (denied).
+        """
+        label = self._tool(tool)
+        self._tool_calls.labels(label, outcome if outcome in TOOL_OUTCOMES else OTHER).inc()
+        if seconds is not None:
+            self._tool_seconds.labels(label).observe(seconds)
+
+    def circuit_changed(self, tool: str, state: str) -> None:
+        """Record that ``tool``'s circuit breaker moved to ``state``.
+
+        Args:
+            tool: the tool's name (outside the registry: reported as ``other``).
+            state: ``closed``, ``half_open`` or ``open`` (a ``BreakerState``).
+
+        Raises:
+            KeyError: another state (a programming error, never input).
+        """
+        self._tool_circuit.labels(self._tool(tool)).set(CIRCUIT_READINGS[state])
