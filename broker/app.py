@@ -63,7 +63,9 @@ async def db_ctx(app: web.Application) -> AsyncIterator[None]:
 async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
     """The provider HTTP client, and the built-in emulator when no provider key is set."""
     settings = app[keys.SETTINGS]
-    http = aiohttp.ClientSession()
+    # No connection limit: every live sideband holds one connection for its whole call, and
+    # aiohttp's default pool (100) would make the 101st attach wait for a free slot forever.
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     app[keys.PROVIDER_HTTP] = http
     runner: web.AppRunner | None = None
     try:
@@ -120,8 +122,21 @@ async def tools_ctx(app: web.Application) -> AsyncIterator[None]:
         app[keys.TOOLS] = registry
         app[keys.METRICS].set_tools(registry)
         settings = app[keys.SETTINGS]
-        breakers = CircuitBreakers(settings.tool_breaker_failures, settings.tool_breaker_cooldown_s)
-        app[keys.DISPATCHER] = ToolDispatcher(app[keys.SESSIONMAKER], registry, breakers)
+        metrics = app[keys.METRICS]
+        breakers = CircuitBreakers(
+            settings.tool_breaker_failures,
+            settings.tool_breaker_cooldown_s,
+            on_change=lambda tool, _old, new: metrics.circuit_changed(tool, new.value),
+        )
+        app[keys.DISPATCHER] = ToolDispatcher(
+            app[keys.SESSIONMAKER],
+            registry,
+            breakers,
+            # Denied calls never ran: counted, not timed.
+            on_finished=lambda tool, status, seconds: metrics.tool_finished(
+                tool, status, None if status == "denied" else seconds
+            ),
+        )
         logger.info("tools loaded: %s", ", ".join(sorted(registry)) or "(none)")
         yield
         await app[keys.DISPATCHER].drain()

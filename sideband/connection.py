@@ -96,14 +96,19 @@ class SidebandConnection:
         while True:
             attempt += 1
             try:
-                ws = await http.ws_connect(
-                    target.url,
-                    headers=dict(target.headers),
-                    heartbeat=HEARTBEAT,
-                    max_msg_size=MAX_MESSAGE_BYTES,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-                    autoping=True,
-                )
+                # Bounded per attempt: a handshake the provider never answers must not hold
+                # the whole attach (the client session's own timeout is minutes).
+                async with asyncio.timeout(
+                    max(0.1, min(HANDSHAKE_TIMEOUT, deadline - loop.time()))
+                ):
+                    ws = await http.ws_connect(
+                        target.url,
+                        headers=dict(target.headers),
+                        heartbeat=HEARTBEAT,
+                        max_msg_size=MAX_MESSAGE_BYTES,
+                        timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                        autoping=True,
+                    )
                 logger.info("sideband attached call_id=%s attempt=%d", call_id, attempt)
                 return cls(ws, call_id)
             except aiohttp.WSServerHandshakeError as exc:

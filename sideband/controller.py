@@ -80,6 +80,8 @@ AttachKind = Literal["attach", "reconnect", "resume"]
 """``attach``: the call's first sideband; ``reconnect``: after this controller lost one;
 ``resume``: the first sideband of a restarted broker to a call it controlled before."""
 
+RESEND_GRACE: Final = 0.3
+"""Seconds between the two lookups that must both miss before an output is sent again."""
 LOOKUP_TIMEOUT: Final = 5.0
 """Seconds to wait for the provider's answer to a retrieve or a probe during a resync."""
 
@@ -240,6 +242,15 @@ class CallController:
         """Function-call items seen, by item id (arguments may still be streaming)."""
         self._output_item_ids: set[str] = set()
         self._undelivered: dict[str, Undelivered] = {}
+        """Outputs to look up and (re)send on the next connection, by call id."""
+        self._unconfirmed: dict[str, Undelivered] = {}
+        """Outputs sent on this connection whose echo has not come back yet, by call id: a
+        send that succeeded locally may still be lost with a dying socket."""
+        self._output_calls: dict[str, str] = {}
+        """Our output items' ids → their call ids, to recognise the provider's echo."""
+        self._response_request_lost = False
+        self._confirmed = asyncio.Event()
+        """Set whenever an output is confirmed (a drain waits on it)."""
         self._lookups: dict[str, asyncio.Future[Item | None]] = {}
         """Pending retrieves by item id; a probe waits here under its own id."""
         self._lookup_events: dict[str, str] = {}
@@ -357,6 +368,11 @@ class CallController:
     def _connection_lost(self) -> None:
         # What was in flight on the old connection will never be answered on it.
         self._fail_lookups()
+        # Sent but never echoed: maybe delivered, maybe lost with the socket; the resync asks.
+        self._undelivered.update(self._unconfirmed)
+        self._unconfirmed.clear()
+        if self._own_response_requested:
+            self._response_request_lost = True
         self._reapplies_in_flight = 0
         self._reapply_event_ids.clear()
         self._last_reapplied = None
@@ -395,6 +411,10 @@ class CallController:
         try:
             async with asyncio.timeout(grace):
                 await self._answers_idle.wait()
+                # Sent is not yet delivered: wait for the provider's echo of each output too.
+                while self._unconfirmed and not self._stopping:
+                    self._confirmed.clear()
+                    await self._confirmed.wait()
         except TimeoutError:
             logger.warning(
                 "drain: tool calls still running after %.1fs call_id=%s", grace, self.call_id
@@ -409,6 +429,8 @@ class CallController:
             await self._check_session(event)
         elif isinstance(event, ConversationItemAdded | ConversationItemDone):
             self._saw_item(event.item)
+            if event.item.id in self._output_calls:
+                self._confirm(self._output_calls[event.item.id])
             if isinstance(event, ConversationItemAdded) and event.item.id in self._probe_ids:
                 # Our probe: the item before it is the conversation's tail.
                 tail = Item(id=event.previous_item_id, type="") if event.previous_item_id else None
@@ -635,15 +657,28 @@ class CallController:
                 self._answers_idle.set()
 
     async def _deliver(self, output: Undelivered) -> bool:
-        """Send one output; one that cannot be sent waits for the next connection's resync."""
+        """Send one output; ``True`` if it went out (it counts once the provider echoes it).
+
+        One that cannot be sent, or whose echo never comes, is looked up (and sent again if
+        missing) by the next connection's resync.
+        """
         self._output_item_ids.add(output.item_id)
+        self._output_calls[output.item_id] = output.call.call_id
         event = function_call_output(output.call.call_id, output.output, item_id=output.item_id)
+        self._unconfirmed[output.call.call_id] = output
+        self._undelivered.pop(output.call.call_id, None)
         if not await self._send(event):
+            self._unconfirmed.pop(output.call.call_id, None)
             self._undelivered[output.call.call_id] = output
             return False
-        self._undelivered.pop(output.call.call_id, None)
-        await self._tools.output_sent(output.call)
         return True
+
+    def _confirm(self, call_id: str) -> None:
+        """The provider has our output for ``call_id``: record it as injected, once."""
+        output = self._unconfirmed.pop(call_id, None) or self._undelivered.pop(call_id, None)
+        self._confirmed.set()
+        if output is not None:
+            self._spawn(self._tools.output_sent(output.call), f"output-sent:{call_id}")
 
     async def _resync(self) -> None:
         """After a (re)attach: finish what the sideband may have missed while it was away.
@@ -667,6 +702,11 @@ class CallController:
             self._ledger.expect(output.call.call_id, output.output)
             try:
                 existing = await self._lookup(output.item_id)
+                if existing is None:
+                    # A create sent just before the old socket died may still be in the
+                    # provider's queue for it: look once more before sending a second one.
+                    await asyncio.sleep(RESEND_GRACE)
+                    existing = await self._lookup(output.item_id)
             except _LookupFailed:
                 self._undelivered[output.call.call_id] = output
                 continue
@@ -674,9 +714,9 @@ class CallController:
                 resent = await self._deliver(output) or resent
             else:
                 # It arrived before the sideband dropped; only the confirmation was lost.
-                self._undelivered.pop(output.call.call_id, None)
                 self._output_item_ids.add(output.item_id)
-                await self._tools.output_sent(output.call)
+                self._undelivered[output.call.call_id] = output
+                self._confirm(output.call.call_id)
                 found_delivered = True
         candidates = {
             call.item_id: call
@@ -728,9 +768,21 @@ class CallController:
                 self.call_id,
             )
             self._take_up(finals)
-        if resent or (found_delivered and tail in self._output_item_ids):
-            # The model waits on outputs that were just sent, or that arrived while nothing
-            # after them did (our response.create was lost with the connection).
+        logger.info(
+            "resync call_id=%s outputs=%d resent=%s candidates=%d tail=%s finals=%d abandoned=%d",
+            self.call_id,
+            len(outputs),
+            resent,
+            len(lookups),
+            tail,
+            len(finals),
+            len(abandoned),
+        )
+        request_lost, self._response_request_lost = self._response_request_lost, False
+        nothing_after_ours = tail is None or tail in self._output_item_ids
+        if resent or ((found_delivered or request_lost) and nothing_after_ours):
+            # The model waits on outputs that were just sent, or on ones that are the last
+            # thing in the conversation: our response.create was lost with the connection.
             self._response_create_wanted = True
         await self._maybe_response_create()
 

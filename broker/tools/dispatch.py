@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -92,9 +92,13 @@ class ToolDispatcher:
         sessionmaker: async_sessionmaker[AsyncSession],
         registry: ToolRegistry,
         breakers: CircuitBreakers | None = None,
+        on_finished: Callable[[str, str, float], None] | None = None,
     ) -> None:
+        # on_finished(tool, status, seconds) hears of every call this process settled (ran,
+        # denied or cut off), e.g. for metrics; it must not block.
         self._sessionmaker = sessionmaker
         self._registry = registry
+        self._on_finished = on_finished
         # Per process: each broker process pauses a failing tool on its own evidence.
         self._breakers = CircuitBreakers() if breakers is None else breakers
         self._settled: dict[tuple[str, str], asyncio.Event] = {}
@@ -210,6 +214,7 @@ class ToolDispatcher:
             settled = await self.wait_settled(session_id, call_id, within=loser_wait)
             assert settled is not None
             return settled
+        claimed_at = time.perf_counter()
         status: ToolCallStatus = ToolCallStatus.FAILED
         output: str | None = None
         error: str | None = None
@@ -234,6 +239,8 @@ class ToolDispatcher:
                 self._settle(session_id, call_id, status, output, error, decision, output_item_id),
                 name=f"tool-settle:{call_id}",
             )
+            if self._on_finished is not None:
+                self._on_finished(row.tool, status.value, time.perf_counter() - claimed_at)
         return CallOutcome(
             call_id,
             row.tool,

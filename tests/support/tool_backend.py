@@ -24,6 +24,10 @@ TOOL_SECRET = "test-tool-secret-0123456789abcdef-0123456789"
 TOLERANCE_S = 300
 HUGE_LIMIT = 64 * 1024 * 1024
 """The endless ``huge`` answer stops here if nobody hung up (a broken cap fails, not hangs)."""
+HOLD_TOOLS = frozenset({"hold", "hold_idempotent"})
+"""Tools whose backend holds each request (see :attr:`ToolBackend.hold_seconds`)."""
+HOLD_MAX_S = 30.0
+"""The longest a hold tool holds (a test that forgets to release it fails, not hangs)."""
 
 
 def verify_signature(
@@ -85,11 +89,34 @@ class ToolBackend:
     """How much of the endless ``huge`` answer went out before the client hung up."""
     flaky_failures: int = 0
     """How many more times ``flaky`` answers 503 before it answers 200 (tests set it)."""
+    hold_seconds: float = HOLD_MAX_S
+    """How long a hold tool (:data:`HOLD_TOOLS`) keeps its answer unless released first."""
     _release: asyncio.Event = field(default_factory=asyncio.Event)
+    _hold_release: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
 
     def calls_to(self, tool: str) -> list[ToolRequest]:
         return [r for r in self.requests if r.tool == tool]
+
+    def calls_for(self, call_id: str) -> list[ToolRequest]:
+        """The requests that named function call ``call_id`` (``X-Call-ID``), in order."""
+        return [r for r in self.requests if r.headers.get("X-Call-ID") == call_id]
+
+    async def wait_calls_to(
+        self,
+        tool: str,
+        count: int = 1,
+        timeout: float = 10,  # noqa: ASYNC109 - same convention as FakeBrowser.wait_for
+    ) -> list[ToolRequest]:
+        """Wait until ``tool`` has received ``count`` requests (recorded on arrival)."""
+        async with asyncio.timeout(timeout):
+            while len(self.calls_to(tool)) < count:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        return self.calls_to(tool)
+
+    def release_holds(self) -> None:
+        """Let every hold tool's request answer now, and later ones at once."""
+        self._hold_release.set()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         tool = request.match_info["tool"]
@@ -123,6 +150,15 @@ class ToolBackend:
             raise web.HTTPFound(f"{self.base_url}/tools/lookup_order")
         if tool == "huge":
             return await self._endless(request)
+        if tool in HOLD_TOOLS:
+            # A long-running tool: it answers when the test releases it or hold_seconds pass
+            # (a request whose broker died meanwhile simply answers nobody).
+            try:
+                async with asyncio.timeout(self.hold_seconds):
+                    await self._hold_release.wait()
+            except TimeoutError:
+                pass
+            return _json({"ok": True, "tool": tool})
         if tool == "slow":
             # Holds the answer until the test ends (bounded), well past the tool's timeout.
             async with asyncio.timeout(5):
@@ -153,6 +189,7 @@ class ToolBackend:
 
     async def close(self) -> None:
         self._release.set()
+        self._hold_release.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -243,3 +280,27 @@ python = "broker.tools.demo:get_time"
 type = "object"
 properties = {{}}
 """
+
+    def hold_tools_toml(self) -> str:
+        """The hold tools, to append to :meth:`config_toml`: long-running HTTP tools.
+
+        ``hold`` is not idempotent (a crash while it runs leaves its outcome unknown);
+        ``hold_idempotent`` is declared ``idempotent = true`` (safe to run again). Both answer
+        ``{"ok":true,"tool":…}`` once released (:meth:`release_holds`) or after
+        :attr:`hold_seconds`; their timeout (40 s) is longer than any hold.
+        """
+        signed = f'secret = "{self.secret}"'
+        return "".join(
+            f"""
+[tools.{name}]
+description = "A long-running tool."
+timeout = 40
+idempotent = {"true" if name == "hold_idempotent" else "false"}
+http = "{self.base_url}/tools/{name}"
+{signed}
+[tools.{name}.parameters]
+type = "object"
+properties = {{}}
+"""
+            for name in sorted(HOLD_TOOLS)
+        )
