@@ -28,7 +28,7 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
-from broker.db.models import SessionState, SidebandState
+from broker.db.models import CALL_RUNNING_STATES, SessionState, SidebandState
 from broker.events_log import EventRecorder
 from broker.hangup import hang_up
 from broker.leash import Leash, LeashTerms
@@ -373,7 +373,7 @@ class SidebandSupervisor:
             ended = await queries.transition_session(
                 s,
                 session_id,
-                [SessionState.LIVE, SessionState.DEGRADED],
+                CALL_RUNNING_STATES,
                 state,
                 end_reason=reason,
             )

@@ -18,6 +18,7 @@ from emulator import EmulatorSettings
 from tests.support.broker_server import ADMIN_KEY, PROVIDER_KEY, RunningBroker, start_broker
 from tests.support.browser import FakeBrowser
 from tests.support.conformance import server_event_failures, sideband_client_event_failures
+from tests.support.postgres import fresh_pg_database
 from tests.support.servers import RunningEmulator, start_emulator
 from tests.support.tool_backend import ToolBackend
 
@@ -68,6 +69,13 @@ async def late_emulator() -> AsyncIterator[RunningEmulator]:
     yield running
     await running.close()
     assert_conformant(running)
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh, migrated PostgreSQL database, dropped afterwards (skips, or fails in CI)."""
+    async with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -5,21 +5,11 @@ Skips without a server on 127.0.0.1:5432, except in CI (CI=true), where it fails
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from tests.conftest import BrokerFactory
 from tests.support.flow import ask, compact, connect_browser, says
-from tests.support.postgres import fresh_pg_database
 from tests.support.tool_backend import ToolBackend
-
-
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    """A fresh, migrated database, dropped afterwards."""
-    async with fresh_pg_database() as url:
-        yield url
 
 
 @pytest.mark.postgres

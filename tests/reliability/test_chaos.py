@@ -27,7 +27,6 @@ from tests.conftest import BrokerFactory, assert_conformant
 from tests.support.broker_server import PROVIDER_KEY, RunningBroker
 from tests.support.browser import FakeBrowser
 from tests.support.flow import ask, connect_browser, outputs_received, says
-from tests.support.postgres import fresh_pg_database
 from tests.support.servers import RunningEmulator, request_json, start_emulator
 from tests.support.tool_backend import ToolBackend
 
@@ -46,13 +45,6 @@ async def quiet_emulator() -> AsyncIterator[RunningEmulator]:
     yield running
     await running.close()
     assert_conformant(running)
-
-
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    """A fresh, migrated PostgreSQL database (see the module docstring for why)."""
-    async with fresh_pg_database() as url:
-        yield url
 
 
 def output_for(order_id: str) -> str:
