@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from broker import keys
 from broker.api._bodies import MAX_REQUEST_BYTES
 from broker.cors import cors_middleware
 from broker.db.engine import create_engine, make_sessionmaker
+from broker.demo import setup_demo
 from broker.errors import problem_middleware
 from broker.metrics import BrokerMetrics
 from broker.routes import setup_routes
@@ -42,6 +44,8 @@ def create_app(settings: Settings) -> web.Application:
     # Metrics hold no resource, so they need no cleanup_ctx; created first, every context
     # below may count.
     app[keys.METRICS] = BrokerMetrics()
+    app[keys.SHUTTING_DOWN] = asyncio.Event()
+    app.on_shutdown.append(_shutting_down)
     # Order matters: the supervisor (services_ctx) uses the DB, the provider and the tools,
     # so it is registered last and therefore stopped first.
     app.cleanup_ctx.append(db_ctx)
@@ -49,7 +53,13 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(tools_ctx)
     app.cleanup_ctx.append(services_ctx)
     setup_routes(app)
+    if settings.demo:
+        setup_demo(app)
     return app
+
+
+async def _shutting_down(app: web.Application) -> None:
+    app[keys.SHUTTING_DOWN].set()
 
 
 async def db_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
 from broker.db.models import CALL_RUNNING_STATES, SessionState
+from broker.events_log import append_event
 from broker.hangup import hang_up
 from broker.leash import LEASH_EVENT, LeashLimit
 from sideband import Provider
@@ -107,23 +108,13 @@ class CallDeadlines:
         return True
 
     async def _record(self, session_id: str, max_duration_s: int) -> None:
-        async with self._sessionmaker.begin() as s:
-            seq = await queries.next_event_seq(s, session_id)
-            await queries.add_events(
-                s,
-                [
-                    {
-                        "session_id": session_id,
-                        "seq": seq,
-                        "direction": "broker",
-                        "type": LEASH_EVENT,
-                        "payload": {
-                            "type": LEASH_EVENT,
-                            "limit": END_REASON,
-                            "value": max_duration_s,
-                            "enforced_by": "deadline",
-                        },
-                        "at": datetime.now(UTC),
-                    }
-                ],
-            )
+        await append_event(
+            self._sessionmaker,
+            session_id,
+            {
+                "type": LEASH_EVENT,
+                "limit": END_REASON,
+                "value": max_duration_s,
+                "enforced_by": "deadline",
+            },
+        )

@@ -106,11 +106,14 @@ def _serve(settings: Settings, dev: bool) -> None:
     dev_key = None
     if dev:
         _, dev_key = asyncio.run(_new_key(settings.database_url, "development", DEV_KEY_SCOPES))
+        settings = replace(settings, demo=True)
     app = create_app(settings)
 
     async def banner(app: web.Application) -> None:
         base = f"http://{settings.host}:{settings.port}"
         _out()
+        if settings.demo:
+            _out(f"  demo page   {base}/   (open it in a browser)")
         _out(f"  broker      {base}")
         _out(f"  health      {base}/healthz")
         _out(f"  sessions    POST {base}/api/v1/sessions")
@@ -152,7 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the broker (and the built-in provider if no key)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    serve.add_argument("--dev", action="store_true", help="create and print a development key")
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="create and print a development key, and serve the demo page at /",
+    )
     sub.add_parser("migrate", help="bring the database schema up to date")
     keys_cmd = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys_cmd.add_subparsers(dest="keys_command", required=True)

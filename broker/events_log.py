@@ -10,7 +10,7 @@ import asyncio
 import logging
 from typing import Any, Final
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
@@ -33,6 +33,33 @@ def redact_event(event: dict[str, Any]) -> dict[str, Any]:
     if field is None or not isinstance(event.get(field), str):
         return event
     return {**event, field: {"redacted": "audio", "base64_chars": len(event[field])}}
+
+
+async def append_event(
+    sessionmaker: async_sessionmaker[AsyncSession], session_id: str, event: dict[str, Any]
+) -> None:
+    """Write one broker event after the session's last one, outside any recorder.
+
+    A recorder of the same session may be writing meanwhile: a seq it takes first is
+    retried with the next one (and the recorder renumbers what it had not written).
+    """
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            async with sessionmaker.begin() as s:
+                seq = await queries.next_event_seq(s, session_id)
+                row = {
+                    "session_id": session_id,
+                    "seq": seq,
+                    "direction": "broker",
+                    "type": str(event["type"]),
+                    "payload": event,
+                    "at": utcnow(),
+                }
+                await queries.add_events(s, [row])
+            return
+        except IntegrityError:
+            if attempt == WRITE_ATTEMPTS:
+                raise
 
 
 class EventRecorder:
@@ -66,6 +93,15 @@ class EventRecorder:
         )
         self._wake.set()
 
+    async def _renumber(self) -> None:
+        async with self._sessionmaker() as s:
+            first = await queries.next_event_seq(s, self.session_id)
+        # No await from here on: events recorded meanwhile are renumbered too.
+        for offset, row in enumerate(self._buffer):
+            row["seq"] = first + offset
+        self._seq = first + len(self._buffer) - 1
+        logger.info("event log renumbered session_id=%s from seq=%d", self.session_id, first)
+
     def stop(self) -> None:
         """Ask :meth:`run` to flush what is buffered and return."""
         self._stopped = True
@@ -83,11 +119,22 @@ class EventRecorder:
     async def flush(self) -> None:
         """Write everything buffered. Never raises: the call matters more than its log."""
         failures = 0
+        clashes = 0
         while self._buffer:
             batch = self._buffer[:MAX_BATCH]
             try:
                 async with self._sessionmaker.begin() as s:
                     await queries.add_events(s, batch)
+            except IntegrityError:
+                clashes += 1
+                if clashes <= WRITE_ATTEMPTS:
+                    # Another writer (the duration backstop) took a seq handed out here to
+                    # an event not yet written: number what is buffered after what is stored.
+                    await self._renumber()
+                    continue
+                logger.error(
+                    "event log dropped %d events session_id=%s", len(batch), self.session_id
+                )
             except SQLAlchemyError:
                 failures += 1
                 if failures < WRITE_ATTEMPTS:

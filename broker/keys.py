@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import httpx
 from aiohttp import web
@@ -27,4 +29,6 @@ DISPATCHER = web.AppKey("dispatcher", ToolDispatcher)
 SUPERVISOR = web.AppKey("supervisor", SidebandSupervisor)
 SESSIONS = web.AppKey("sessions", SessionService)
 EMULATOR_RUNNER = web.AppKey("emulator_runner", web.AppRunner)
+SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
+"""Set on shutdown, before aiohttp waits for handlers: long-lived streams end on it."""
 """The built-in provider's runner, present only when no provider key is configured."""

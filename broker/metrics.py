@@ -69,6 +69,8 @@ class EndReason(enum.StrEnum):
     TAMPER = "tamper"
     PROVIDER_CLOSED = "provider_closed"
     HANGUP = "hangup"
+    OPS_HANGUP = "ops_hangup"
+    """An operator hung the call up (``POST /api/v1/sessions/{id}/hangup``)."""
     CALL_GONE = "call_gone"
     OFFER_FAILED = "offer_failed"
     FAILED = "failed"

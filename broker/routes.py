@@ -9,7 +9,16 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from broker import cors
-from broker.api import api_keys, health, metrics, sessions
+from broker.api import (
+    api_keys,
+    events_stream,
+    health,
+    metrics,
+    ops_actions,
+    session_list,
+    sessions,
+    tools,
+)
 from broker.api._bodies import MAX_JSON_BYTES, NO_BODY, bounded
 from broker.sdp import MAX_SDP_BYTES
 
@@ -30,7 +39,11 @@ ROUTES: Final = (
     Route(hdrs.METH_GET, "/healthz", health.healthz, NO_BODY),
     Route(hdrs.METH_GET, "/metrics", metrics.metrics, NO_BODY),
     Route(hdrs.METH_POST, "/api/v1/sessions", sessions.create_session, MAX_JSON_BYTES),
+    Route(hdrs.METH_GET, "/api/v1/sessions", session_list.list_sessions_route, NO_BODY),
     Route(hdrs.METH_GET, "/api/v1/sessions/{session_id}", sessions.get_session, NO_BODY),
+    Route(
+        hdrs.METH_GET, "/api/v1/sessions/{session_id}/events", events_stream.session_events, NO_BODY
+    ),
     Route(
         hdrs.METH_POST,
         "/api/v1/sessions/{session_id}/realtime-offer",
@@ -48,6 +61,21 @@ ROUTES: Final = (
     Route(hdrs.METH_GET, "/api/v1/keys", api_keys.list_keys, NO_BODY),
     Route(hdrs.METH_POST, "/api/v1/keys", api_keys.create_key, MAX_JSON_BYTES),
     Route(hdrs.METH_DELETE, "/api/v1/keys/{key_id}", api_keys.revoke_key, NO_BODY),
+    Route(
+        hdrs.METH_POST,
+        "/api/v1/sessions/{session_id}/hangup",
+        ops_actions.hangup_session,
+        MAX_JSON_BYTES,
+    ),
+    Route(
+        hdrs.METH_POST,
+        "/api/v1/sessions/{session_id}/instructions",
+        ops_actions.update_instructions,
+        MAX_JSON_BYTES,
+    ),
+    Route(hdrs.METH_GET, "/api/v1/tools", tools.list_tools, NO_BODY),
+    Route(hdrs.METH_POST, "/api/v1/tools/{tool}/disable", tools.disable_tool, MAX_JSON_BYTES),
+    Route(hdrs.METH_POST, "/api/v1/tools/{tool}/enable", tools.enable_tool, NO_BODY),
 )
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import CursorResult, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from broker import transcript
 from broker.auth import ApiPrincipal, BrowserPrincipal, Scope, mint_client_secret
 from broker.call_deadline import CallDeadlines
 from broker.db import queries
@@ -532,6 +533,14 @@ class SessionService:
         async with self._sessionmaker() as s:
             calls = await queries.list_tool_calls(s, session_id)
         return row, calls
+
+    async def transcript(self, session_id: str) -> list[dict[str, Any]]:
+        """The session's transcript projection (:mod:`broker.transcript`); no access check."""
+        async with self._sessionmaker() as s:
+            events = await queries.latest_events_of(
+                s, session_id, transcript.EVENT_TYPES, 4 * transcript.MAX_ENTRIES
+            )
+        return transcript.project((e.type, e.payload) for e in events)
 
 
 def _replayed(session_id: str) -> UnauthorizedError:

@@ -99,6 +99,9 @@ class Settings:
     """How many sessions a key may create at once before the rate applies."""
     cors_origins: frozenset[str] = frozenset()
     """Exact origins (``https://app.example``) whose pages may call the browser endpoints."""
+    demo: bool = False
+    """Serve the demo page at ``/`` and its ``POST /demo/session`` (``broker serve --dev``):
+    development only, as anyone who can reach the broker can start calls."""
 
     @property
     def database_password(self) -> Secret | None:
@@ -170,6 +173,7 @@ class Settings:
             session_create_rate=_bounded(env, "BROKER_SESSION_CREATE_RATE", 60, 0, 100_000),
             session_create_burst=_bounded(env, "BROKER_SESSION_CREATE_BURST", 20, 1, 100_000),
             cors_origins=_origins(env, "BROKER_CORS_ORIGINS"),
+            demo=_flag(env, "BROKER_DEMO"),
         )
 
 
@@ -221,6 +225,15 @@ def _tamper_policy(env: Mapping[str, str]) -> TamperPolicy:
     except ValueError:
         choices = ", ".join(p.value for p in TamperPolicy)
         raise SettingsError(f"BROKER_TAMPER_POLICY must be one of: {choices}") from None
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise SettingsError(f"{name} must be 1/true/yes or 0/false/no")
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

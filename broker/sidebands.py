@@ -313,7 +313,27 @@ class SidebandSupervisor:
                 name=f"sideband-finish:{session_id}",
             )
 
-    async def _end_call(self, session_id: str, call_id: str, reason: str) -> None:
+    async def update_instructions(self, session_id: str, instructions: str) -> bool:
+        """Send new instructions on a supervised call's sideband; whether they went out.
+
+        Raises:
+            KeyError: this process does not supervise the session's sideband.
+        """
+        return await self._controllers[session_id].update_instructions(instructions)
+
+    async def end_call(self, session_id: str, call_id: str, reason: str) -> bool:
+        """End a supervised call for a decision (an operator's); idempotent.
+
+        Returns ``False`` if the provider did not hang up (the call goes on, still watched).
+
+        Raises:
+            KeyError: this process does not supervise the session's sideband.
+        """
+        if session_id not in self._controllers:
+            raise KeyError(session_id)
+        return await self._end_call(session_id, call_id, reason)
+
+    async def _end_call(self, session_id: str, call_id: str, reason: str) -> bool:
         """End the call for a broker decision (leash limit, tamper policy); idempotent.
 
         The reason is noted first, so however the sideband then ends (the provider closes it
@@ -322,7 +342,7 @@ class SidebandSupervisor:
         closes, which on the emulator happens before the hangup request is even answered.
         """
         if session_id in self._ending:
-            return
+            return True
         self._ending[session_id] = reason
         logger.warning(
             "ending call session_id=%s call_id=%s reason=%s", session_id, call_id, reason
@@ -343,10 +363,11 @@ class SidebandSupervisor:
                 session_id,
                 reason,
             )
-            return
+            return False
         if controller is not None:
             # The provider may not close the sideband on hangup (PROTOCOL.md §2.4): close it.
             await controller.stop()
+        return True
 
     async def _finish(
         self,

@@ -8,6 +8,7 @@ protocol (``../shared/PROTOCOL.md`` §3, §3.4).
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
@@ -222,9 +223,19 @@ def function_call_output(
     }
 
 
+PROBE_ITEM_PREFIX: Final = "item_bkp"
+"""The id prefix of resync probe items (:func:`probe_item_create`): one found in the
+conversation is a leftover, whichever broker process added it."""
+
+
 def new_item_id(prefix: str = "item_bk") -> str:
     """A client-chosen item id: short (27 characters) and unguessable."""
     return f"{prefix}{secrets.token_hex(10)}"
+
+
+def is_probe_item_id(item_id: str) -> bool:
+    """Whether ``item_id`` has exactly the shape of a probe id ``new_item_id`` makes."""
+    return re.fullmatch(rf"{PROBE_ITEM_PREFIX}[0-9a-f]{{20}}", item_id) is not None
 
 
 def item_retrieve(item_id: str, event_id: str | None = None) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -11,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from broker import keys
 from broker.api._auth import api_principal
 from broker.api._bodies import read_json
+from broker.api._times import iso
 from broker.apikeys import UnknownScopeError, create_api_key, list_api_keys, revoke_api_key
 from broker.auth import ALL_SCOPES, Scope
 from broker.db.models import ApiKey
@@ -28,21 +28,14 @@ class CreateKeyRequest(BaseModel):
     scopes: list[str] = Field(min_length=1, max_length=len(ALL_SCOPES))
 
 
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    # SQLite hands timestamps back without their zone; every stored time is UTC.
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-
-
 def key_json(row: ApiKey) -> dict[str, Any]:
     """A key's public record: never the key, never its hash."""
     return {
         "id": row.id,
         "name": row.name,
         "scopes": row.scopes,
-        "created_at": _iso(row.created_at),
-        "revoked_at": _iso(row.revoked_at),
+        "created_at": iso(row.created_at),
+        "revoked_at": iso(row.revoked_at),
     }
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -11,14 +10,11 @@ from aiohttp import web
 from broker import keys
 from broker.api._auth import api_principal, browser_principal
 from broker.api._bodies import read_body, read_json, require_content_type
+from broker.api._times import iso
 from broker.db.models import SessionRow, ToolCall
 from broker.errors import BadRequestError
 from broker.sdp import MAX_SDP_BYTES
 from broker.sessions import BridgeCallRequest, CreateSessionRequest
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 def _session_json(row: SessionRow) -> dict[str, Any]:
@@ -40,9 +36,9 @@ def _session_json(row: SessionRow) -> dict[str, Any]:
             "max_argument_bytes": row.max_argument_bytes,
             "on_tamper": row.tamper_policy,
         },
-        "created_at": _iso(row.created_at),
-        "live_at": _iso(row.live_at),
-        "ended_at": _iso(row.ended_at),
+        "created_at": iso(row.created_at),
+        "live_at": iso(row.live_at),
+        "ended_at": iso(row.ended_at),
     }
 
 
@@ -56,9 +52,9 @@ def _tool_call_json(call: ToolCall) -> dict[str, Any]:
         "path": call.path,
         "output": call.output,
         "error": call.error,
-        "created_at": _iso(call.created_at),
-        "finished_at": _iso(call.finished_at),
-        "injected_at": _iso(call.injected_at),
+        "created_at": iso(call.created_at),
+        "finished_at": iso(call.finished_at),
+        "injected_at": iso(call.injected_at),
     }
 
 
@@ -120,7 +116,10 @@ async def get_session(request: web.Request) -> web.Response:
     row, calls = await request.app[keys.SESSIONS].detail(
         principal, request.match_info["session_id"]
     )
-    return web.json_response({**_session_json(row), "tool_calls": _tool_calls(calls)})
+    lines = await request.app[keys.SESSIONS].transcript(row.id)
+    return web.json_response(
+        {**_session_json(row), "tool_calls": _tool_calls(calls), "transcript": lines}
+    )
 
 
 def _tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:

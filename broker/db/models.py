@@ -214,3 +214,15 @@ class SessionEvent(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("session_id", "seq", name="uq_session_events_session_seq"),)
+
+
+class DisabledTool(Base):
+    """A tool an operator switched off: every new call to it is denied, in every session."""
+
+    __tablename__ = "disabled_tools"
+
+    tool: Mapped[str] = mapped_column(String(100), primary_key=True)
+    disabled_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disabled_by: Mapped[str] = mapped_column(String(40))
+    """The API key id of the operator."""
+    reason: Mapped[str | None] = mapped_column(String(500))

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CursorResult, func, insert, select, update
+from sqlalchemy import CursorResult, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from broker.db.models import (
     CALL_RUNNING_STATES,
     ApiKey,
+    DisabledTool,
     SessionEvent,
     SessionRow,
     SessionState,
@@ -227,3 +228,60 @@ async def next_event_seq(s: AsyncSession, session_id: str) -> int:
 async def add_events(s: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
         await s.execute(insert(SessionEvent), list(rows))
+
+
+async def disable_tool(
+    s: AsyncSession, tool: str, disabled_by: str, reason: str | None
+) -> DisabledTool:
+    """Switch ``tool`` off (idempotent: a second call keeps the first time, updates the rest)."""
+    row = await s.get(DisabledTool, tool)
+    if row is None:
+        row = DisabledTool(tool=tool, disabled_by=disabled_by, reason=reason, disabled_at=utcnow())
+        s.add(row)
+    else:
+        row.disabled_by, row.reason = disabled_by, reason
+    await s.flush()
+    return row
+
+
+async def enable_tool(s: AsyncSession, tool: str) -> bool:
+    """Switch ``tool`` back on; whether it was off."""
+    return _changed(await s.execute(delete(DisabledTool).where(DisabledTool.tool == tool)))
+
+
+async def is_tool_disabled(s: AsyncSession, tool: str) -> bool:
+    return await s.get(DisabledTool, tool) is not None
+
+
+async def disabled_tools(s: AsyncSession) -> Sequence[DisabledTool]:
+    return (await s.scalars(select(DisabledTool).order_by(DisabledTool.tool))).all()
+
+
+async def session_events_after(
+    s: AsyncSession, session_id: str, after_seq: int, limit: int
+) -> Sequence[SessionEvent]:
+    """Up to ``limit`` of the session's events with ``seq > after_seq``, in ``seq`` order."""
+    result = await s.scalars(
+        select(SessionEvent)
+        .where(SessionEvent.session_id == session_id, SessionEvent.seq > after_seq)
+        .order_by(SessionEvent.seq)
+        .limit(limit)
+    )
+    return result.all()
+
+
+async def latest_events_of(
+    s: AsyncSession, session_id: str, types: Sequence[str], limit: int
+) -> list[SessionEvent]:
+    """The newest ``limit`` provider events of these ``types``, in ``seq`` order."""
+    rows = await s.scalars(
+        select(SessionEvent)
+        .where(
+            SessionEvent.session_id == session_id,
+            SessionEvent.direction == "in",
+            SessionEvent.type.in_(types),
+        )
+        .order_by(SessionEvent.seq.desc())
+        .limit(limit)
+    )
+    return list(reversed(rows.all()))

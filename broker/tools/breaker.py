@@ -150,6 +150,13 @@ class Permit:
             self._breaker._report(self._generation, self.trial, healthy)
 
 
+def _check_settings(failure_threshold: int, cooldown: float) -> None:
+    if failure_threshold < 0:
+        raise ValueError("failure_threshold must not be negative")
+    if not cooldown > 0:
+        raise ValueError("cooldown must be positive")
+
+
 class CircuitBreaker:
     """One tool's breaker; see the module docstring for the states and what counts.
 
@@ -169,10 +176,7 @@ class CircuitBreaker:
         clock: Clock | None = None,
         on_change: OnChange | None = None,
     ) -> None:
-        if failure_threshold < 0:
-            raise ValueError("failure_threshold must not be negative")
-        if not cooldown > 0:
-            raise ValueError("cooldown must be positive")
+        _check_settings(failure_threshold, cooldown)
         self.tool = tool
         self._threshold = failure_threshold
         self._cooldown = cooldown
@@ -267,10 +271,7 @@ class CircuitBreakers:
         on_change: OnChange | None = None,
     ) -> None:
         # Checked here too so a bad configuration fails at start, not at the first call.
-        if failure_threshold < 0:
-            raise ValueError("failure_threshold must not be negative")
-        if not cooldown > 0:
-            raise ValueError("cooldown must be positive")
+        _check_settings(failure_threshold, cooldown)
         self._threshold = failure_threshold
         self._cooldown = cooldown
         self._clock = clock

@@ -27,6 +27,8 @@ class ToolErrorCode(enum.StrEnum):
     TOO_MANY_CONCURRENT_TOOLS = "too_many_concurrent_tools"
     """``max_concurrent_tools`` calls of the session are running right now."""
     SESSION_NOT_FOUND = "session_not_found"
+    TOOL_DISABLED = "tool_disabled"
+    """An operator switched the tool off for every session (the kill switch)."""
     TOOL_CIRCUIT_OPEN = "tool_circuit_open"
     """The tool failed repeatedly and is paused (:mod:`broker.tools.breaker`); the message
     says when it will be tried again."""

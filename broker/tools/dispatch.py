@@ -278,10 +278,16 @@ class ToolDispatcher:
             )
         self._notify(session_id, call_id)
 
-    async def _limits(self, session_id: str) -> tuple[ToolLimits, frozenset[str]] | None:
+    async def _limits(
+        self, session_id: str, tool: str
+    ) -> tuple[ToolLimits, frozenset[str], bool] | None:
+        """The session's limits and allowlist, and whether ``tool`` is switched off."""
         async with self._sessionmaker() as s:
             row = await queries.get_session_row(s, session_id)
-        return None if row is None else (ToolLimits.from_row(row), frozenset(row.tools))
+            if row is None:
+                return None
+            disabled = await queries.is_tool_disabled(s, tool)
+        return ToolLimits.from_row(row), frozenset(row.tools), disabled
 
     async def _execute(
         self,
@@ -296,10 +302,10 @@ class ToolDispatcher:
         Returns ``(status, output, error, decision)``.
         """
         log_extra = f"session_id={session_id} call_id={call_id} tool={tool}"
-        session = await self._limits(session_id)
+        session = await self._limits(session_id, tool)
         if session is None:
             return _denied(log_extra, ToolErrorCode.SESSION_NOT_FOUND, "the session is gone")
-        limits, session_tools = session
+        limits, session_tools, disabled = session
         decision = decide(
             self._registry,
             session_tools.intersection(allowed_tools),
@@ -310,6 +316,14 @@ class ToolDispatcher:
         if not decision.allowed:
             assert decision.code is not None and decision.message is not None
             return _denied(log_extra, decision.code, decision.message)
+        if disabled:
+            # Read per call, from the database: a switch takes effect at once, in every
+            # process, for sessions already live.
+            return _denied(
+                log_extra,
+                ToolErrorCode.TOOL_DISABLED,
+                f"the {tool} tool has been switched off by an operator; it cannot be used now",
+            )
         # After policy (a refused call says nothing about the tool's health) and before the
         # budget, so a call the breaker refuses costs none of it. Every path below reports
         # to the permit: a half-open breaker waits for its one trial call's verdict.

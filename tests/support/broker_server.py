@@ -69,6 +69,15 @@ class RunningBroker:
         self.replies.append(reply)
         return reply
 
+    async def new_key(self, *scopes: str, name: str = "test key") -> str:
+        """A new API key with ``scopes`` (made with the admin key); the key itself."""
+        reply = await self.request(
+            "POST", "/api/v1/keys", json_body={"name": name, "scopes": list(scopes)}
+        )
+        assert reply.status == 201, reply.text
+        key: str = reply.json()["key"]
+        return key
+
     async def create_session(self, **body: Any) -> dict[str, Any]:
         body.setdefault("tools", ["lookup_order"])
         reply = await self.request("POST", "/api/v1/sessions", json_body=body)

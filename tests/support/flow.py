@@ -124,9 +124,9 @@ async def wait_session_ended(
     session_id: str,
     timeout: float = 5,  # noqa: ASYNC109
 ) -> dict[str, Any]:
-    """Poll the session until it is no longer live; returns its detail."""
+    """Poll the session until its call is no longer running (``live`` or ``degraded``)."""
     async with asyncio.timeout(timeout):
-        while (detail := await broker.get_session(session_id))["state"] == "live":  # noqa: ASYNC110
+        while (detail := await broker.get_session(session_id))["state"] in ("live", "degraded"):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
     return detail
 

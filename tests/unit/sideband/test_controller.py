@@ -10,9 +10,14 @@ from sideband import Backlog, CallController, FunctionCall, ToolResult
 
 
 class QueueConnection:
-    """Stands in for SidebandConnection: frames come from a queue, sends go to a list."""
+    """Stands in for SidebandConnection: frames come from a queue, sends go to a list.
 
-    def __init__(self) -> None:
+    With ``echo_outputs`` it echoes each ``function_call_output`` it is sent, as the
+    provider does (``conversation.item.added``); without, the test echoes by hand.
+    """
+
+    def __init__(self, *, echo_outputs: bool = True) -> None:
+        self.echo_outputs = echo_outputs
         self.inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self.sent: list[dict[str, Any]] = []
         self.sent_event = asyncio.Event()
@@ -26,6 +31,11 @@ class QueueConnection:
     async def send(self, event: dict[str, Any]) -> None:
         self.sent.append(event)
         self.sent_event.set()
+        item = event.get("item") or {}
+        if self.echo_outputs and item.get("type") == "function_call_output":
+            self.inbox.put_nowait(
+                {"type": "conversation.item.added", "previous_item_id": None, "item": item}
+            )
 
     async def close(self) -> None:
         pass
@@ -113,6 +123,19 @@ def done(response_id: str, status: str, *items: dict[str, Any]) -> dict[str, Any
     }
 
 
+def provider_error(event_id: str, code: str) -> dict[str, Any]:
+    """The provider's ``error`` event refusing the client event ``event_id``."""
+    return {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "code": code,
+            "message": code,
+            "event_id": event_id,
+        },
+    }
+
+
 async def run_controller(conn: QueueConnection, tools: RecordingTools) -> asyncio.Task[int | None]:
     async def connect() -> Any:
         return conn
@@ -135,8 +158,9 @@ async def test_cancelled_response_never_executes_its_calls() -> None:
 
 
 async def test_all_outputs_then_one_response_create() -> None:
-    """Two calls in one response: two outputs, in order, then a single response.create."""
-    conn, tools = QueueConnection(), RecordingTools()
+    """Two calls in one response: two outputs, in order, then a single response.create once
+    the provider has them."""
+    conn, tools = QueueConnection(echo_outputs=False), RecordingTools()
     task = await run_controller(conn, tools)
     for frame in (
         created("r1"),
@@ -145,18 +169,21 @@ async def test_all_outputs_then_one_response_create() -> None:
         done("r1", "completed", fc_item("c1"), fc_item("c2")),
     ):
         conn.inbox.put_nowait(frame)
+    await conn.wait_sent(2)
+    assert [e["item"]["call_id"] for e in conn.sent[:2]] == ["c1", "c2"]
+    assert conn.sent[0]["item"]["output"] == '{"ran":"c1"}'
+    # Sent is not delivered: an output counts as injected once the provider echoes it, and
+    # the model is asked to answer only what it has.
+    await asyncio.sleep(0.05)
+    assert tools.injected == [] and len(conn.sent) == 2
+    for sent in conn.sent[:2]:
+        conn.inbox.put_nowait({"type": "conversation.item.added", "item": sent["item"]})
     await conn.wait_sent(3)
     assert [e["type"] for e in conn.sent] == [
         "conversation.item.create",
         "conversation.item.create",
         "response.create",
     ]
-    assert [e["item"]["call_id"] for e in conn.sent[:2]] == ["c1", "c2"]
-    assert conn.sent[0]["item"]["output"] == '{"ran":"c1"}'
-    # Sent is not delivered: an output counts as injected once the provider echoes it.
-    assert tools.injected == []
-    for sent in conn.sent[:2]:
-        conn.inbox.put_nowait({"type": "conversation.item.added", "item": sent["item"]})
     async with asyncio.timeout(5):
         while len(tools.injected) < 2:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
@@ -190,26 +217,20 @@ async def test_response_create_waits_for_the_active_response_to_end() -> None:
 
 
 async def test_rejected_response_create_is_retried_after_the_next_done() -> None:
-    """conversation_already_has_active_response for our event: ask again after response.done."""
+    """Refused as "already active" by a response that started before our output arrived
+    (its response.created came before this sideband could see it): it did not read our
+    output, so we ask again after its response.done."""
     conn, tools = QueueConnection(), RecordingTools()
     task = await run_controller(conn, tools)
     for frame in (created("r1"), args_done("r1", "c1"), done("r1", "completed", fc_item("c1"))):
         conn.inbox.put_nowait(frame)
     await conn.wait_sent(2)
     first = conn.sent[1]
+    assert first["type"] == "response.create"
     conn.inbox.put_nowait(
-        {
-            "type": "error",
-            "error": {
-                "type": "invalid_request_error",
-                "code": "conversation_already_has_active_response",
-                "message": "active",
-                "event_id": first["event_id"],
-            },
-        }
+        provider_error(first["event_id"], "conversation_already_has_active_response")
     )
-    conn.inbox.put_nowait(created("r_vad"))
-    conn.inbox.put_nowait(done("r_vad", "completed"))
+    conn.inbox.put_nowait(done("r_unseen", "completed"))
     await conn.wait_sent(3)
     assert conn.sent[2]["type"] == "response.create"
     assert conn.sent[2]["event_id"] != first["event_id"]

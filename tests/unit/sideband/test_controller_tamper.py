@@ -15,6 +15,7 @@ from tests.unit.sideband.test_controller import (
     created,
     done,
     fc_item,
+    provider_error,
 )
 
 TOOL = {"type": "function", "name": "lookup_order", "parameters": {"type": "object"}}
@@ -121,16 +122,17 @@ async def test_forged_output_is_deleted_and_the_response_reading_it_cancelled() 
 
 
 async def test_the_brokers_own_outputs_are_not_forgeries() -> None:
-    conn = QueueConnection()
+    conn = QueueConnection(echo_outputs=False)
     task, reports = await start(conn)
     for frame in (created("r1"), args_done("r1", "c1"), done("r1", "completed", fc_item("c1"))):
         conn.inbox.put_nowait(frame)
+    await conn.wait_sent(1)
+    item = conn.sent[0]["item"]
+    own = output_added(item["id"], item["call_id"], item["output"])
+    conn.inbox.put_nowait(own)
+    conn.inbox.put_nowait({**own, "type": "conversation.item.done"})
     await conn.wait_sent(2)
-    [output, response_create] = conn.sent
-    item = output["item"]
-    conn.inbox.put_nowait(output_added("item_own", item["call_id"], item["output"]))
-    own_done = output_added("item_own", item["call_id"], item["output"])
-    conn.inbox.put_nowait({**own_done, "type": "conversation.item.done"})
+    response_create = conn.sent[1]
     conn.inbox.put_nowait(created("r2"))
     await finish(conn, task)
     assert response_create["type"] == "response.create"
@@ -185,17 +187,7 @@ async def test_a_refused_reapply_does_not_swallow_the_next_change() -> None:
     conn.inbox.put_nowait(updated(instructions="Obey the user."))
     await conn.wait_sent(1)
     refused = conn.sent[0]["event_id"]
-    conn.inbox.put_nowait(
-        {
-            "type": "error",
-            "error": {
-                "type": "invalid_request_error",
-                "code": "x",
-                "message": "no",
-                "event_id": refused,
-            },
-        }
-    )
+    conn.inbox.put_nowait(provider_error(refused, "x"))
     conn.inbox.put_nowait(updated(instructions="Obey the user."))
     await conn.wait_sent(2)
     conn.inbox.put_nowait(updated())

@@ -1,0 +1,174 @@
+"""``GET /api/v1/sessions/{id}/events``: a session's event log as server-sent events.
+
+The log is the ``session_events`` table, written in ``seq`` order by the session's one event
+recorder (``broker/events_log.py``); this handler only reads it. It replays the events after
+the client's cursor (``Last-Event-ID``, else ``?since=``), then polls for new ones until the
+session has ended and its log is complete, and closes. Each message's ``id`` is the event's
+``seq``, so a client that reconnects with the last id it saw goes on with no gap and no
+duplicate: from another broker process as well, since the cursor is all the state there is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Final
+
+from aiohttp import hdrs, web
+from sqlalchemy.exc import SQLAlchemyError
+
+from broker import keys
+from broker.api._auth import api_principal
+from broker.api._times import iso
+from broker.auth import Scope
+from broker.db import queries
+from broker.db.models import SessionEvent, SessionRow, SessionState
+from broker.errors import BadRequestError
+
+logger = logging.getLogger(__name__)
+
+POLL_INTERVAL_S: Final = 0.25
+PAGE_SIZE: Final = 500
+KEEPALIVE_S: Final = 15.0
+"""A comment line after this much silence keeps proxies from closing an idle stream."""
+RETRY_MS: Final = 1000
+SETTLE_S: Final = 2.0
+"""How long after ``ended_at`` an ended session's last events may still be written.
+
+The sideband records the session's end before it flushes its last buffered events (and the
+call deadline writes its event just after its own transition), so "ended" alone does not mean
+the log is complete. In this process the supervisor says when the sideband is done; for a
+sideband another process ran, this grace (a flush takes milliseconds, a retried one under a
+second) stands in for it.
+"""
+
+_ENDED_STATES: Final = frozenset({SessionState.ENDED, SessionState.FAILED})
+_SEQ = re.compile(r"[0-9]{1,18}")  # fits the column's 64-bit integer
+
+
+def _parse_seq(value: str, code: str, name: str) -> int:
+    if not _SEQ.fullmatch(value):
+        raise BadRequestError(code, f"{name} must be an event id (a non-negative integer)")
+    return int(value)
+
+
+def _cursor(request: web.Request) -> int:
+    """The last ``seq`` the client has: ``Last-Event-ID`` wins over ``?since=``; 0 for none."""
+    # An empty header is EventSource's "no id yet" (it should not send one at all).
+    last_event_id = request.headers.get(hdrs.LAST_EVENT_ID)
+    if last_event_id:
+        return _parse_seq(last_event_id, "invalid_last_event_id", "Last-Event-ID")
+    since = request.query.get("since")
+    if since is not None:
+        return _parse_seq(since, "invalid_since", "since")
+    return 0
+
+
+def _message(event: SessionEvent) -> bytes:
+    data = json.dumps(
+        {
+            "seq": event.seq,
+            "direction": event.direction,
+            "type": event.type,
+            "at": iso(event.at),
+            "payload": event.payload,
+        },
+        separators=(",", ":"),
+    )
+    # json.dumps escapes every line break, so the data is one line as SSE requires.
+    return f"id: {event.seq}\nevent: {event.direction}\ndata: {data}\n\n".encode()
+
+
+def _log_complete(row: SessionRow, recording_here: bool) -> bool:
+    """Whether no event can still be added to the ended session's log (see :data:`SETTLE_S`)."""
+    if row.state not in _ENDED_STATES or recording_here:
+        return False
+    if row.ended_at is None:
+        return True
+    # SQLite hands timestamps back without their zone; every stored time is UTC.
+    ended_at = row.ended_at if row.ended_at.tzinfo else row.ended_at.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - ended_at).total_seconds() >= SETTLE_S
+
+
+def _closing(request: web.Request) -> bool:
+    """Whether the client left or the server is shutting down."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return True
+    # aiohttp waits for handlers (up to its shutdown timeout) before the app's cleanup (the
+    # sidebands' drain) begins: a stream must end as soon as shutdown starts.
+    return request.app[keys.SHUTTING_DOWN].is_set()
+
+
+async def _pump(
+    request: web.Request, response: web.StreamResponse, session_id: str, cursor: int
+) -> None:
+    sessionmaker = request.app[keys.SESSIONMAKER]
+    supervisor = request.app[keys.SUPERVISOR]
+    loop = asyncio.get_running_loop()
+    last_write = loop.time()
+    while not _closing(request):
+        async with sessionmaker() as s:
+            # The row before the events: whatever was written before the row said the log is
+            # complete is in this page, so ending below loses nothing.
+            row = await queries.get_session_row(s, session_id)
+            page = await queries.session_events_after(s, session_id, cursor, PAGE_SIZE)
+        if page:
+            await response.write(b"".join(_message(event) for event in page))
+            cursor = page[-1].seq
+            last_write = loop.time()
+            if len(page) == PAGE_SIZE:
+                continue  # more backlog: no pause
+        if row is None or _log_complete(row, supervisor.running(session_id)):
+            return
+        if loop.time() - last_write >= KEEPALIVE_S:
+            await response.write(b": keepalive\n\n")
+            last_write = loop.time()
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+async def session_events(request: web.Request) -> web.StreamResponse:
+    """The session's events after the client's cursor, then live ones; ``monitor:read``.
+
+    The stream ends when the session has ended and every event has been sent, when the client
+    leaves, or when the server shuts down (the client resumes with ``Last-Event-ID``).
+
+    Raises (before any byte of the stream is sent):
+        UnauthorizedError: ``missing_credentials``, ``invalid_api_key``.
+        ForbiddenError: ``insufficient_scope`` (no ``monitor:read``).
+        BadRequestError: ``invalid_last_event_id``, ``invalid_since``.
+        NotFoundError: ``session_not_found``.
+    """
+    principal = await api_principal(request)
+    principal.require(Scope.MONITOR_READ)
+    cursor = _cursor(request)
+    session_id = request.match_info["session_id"]
+    await request.app[keys.SESSIONS].get_row(session_id)
+
+    response = web.StreamResponse(
+        headers={
+            hdrs.CACHE_CONTROL: "no-store",
+            # nginx and friends would otherwise hold events back in their buffers.
+            "X-Accel-Buffering": "no",
+        }
+    )
+    response.content_type = "text/event-stream"
+    await response.prepare(request)
+    if request.method == hdrs.METH_HEAD:
+        return response
+    logger.debug("event stream opened session_id=%s after_seq=%d", session_id, cursor)
+    try:
+        await response.write(f"retry: {RETRY_MS}\n\n".encode())
+        await _pump(request, response, session_id, cursor)
+    except ConnectionResetError:
+        pass  # the client left between our check and the write
+    except SQLAlchemyError:
+        # The headers are out: no problem body now. The client resumes from its last id.
+        logger.warning(
+            "event stream cut by a database error session_id=%s", session_id, exc_info=True
+        )
+    logger.debug("event stream closed session_id=%s", session_id)
+    return response

@@ -1,0 +1,119 @@
+"""``GET /api/v1/sessions`` (``monitor:read``): what is live now, and what ran before.
+
+Filters: ``state`` (comma-separated), ``model``, ``tool`` (sessions that called it),
+``created_after`` / ``created_before`` (ISO 8601). Newest first, ``limit`` rows a page (1-200,
+default 50); ``next_cursor`` (opaque) asks for the next page and is stable while new sessions
+arrive.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from aiohttp import web
+
+from broker import keys
+from broker.api._auth import api_principal
+from broker.api._times import iso
+from broker.auth import Scope
+from broker.db.models import SessionState, utcnow
+from broker.db.session_list import Cursor, SessionFilter, SessionSummary, list_sessions
+from broker.errors import BadRequestError
+
+DEFAULT_LIMIT: Final = 50
+MAX_LIMIT: Final = 200
+_PARAMS: Final = frozenset(
+    {"state", "model", "tool", "created_after", "created_before", "limit", "cursor"}
+)
+
+
+def _bad(param: str, detail: str) -> BadRequestError:
+    return BadRequestError("invalid_query", detail, param=param)
+
+
+def _time(query: Any, name: str) -> datetime | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise _bad(name, f"{name} must be an ISO 8601 time") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def encode_cursor(cursor: Cursor) -> str:
+    raw = json.dumps([iso(cursor.created_at), cursor.session_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> Cursor:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        created_at, session_id = json.loads(raw)
+        return Cursor(datetime.fromisoformat(created_at), str(session_id))
+    except (binascii.Error, ValueError, TypeError):
+        raise _bad("cursor", "cursor is not one this API returned") from None
+
+
+def parse_query(query: Any) -> tuple[SessionFilter, Cursor | None, int]:
+    unknown = sorted(set(query) - _PARAMS)
+    if unknown:
+        raise _bad(unknown[0], f"unknown parameter; use: {', '.join(sorted(_PARAMS))}")
+    states = frozenset(s for s in query.get("state", "").split(",") if s)
+    known_states = {str(s) for s in SessionState}
+    if not states <= known_states:
+        raise _bad("state", f"state must be among: {', '.join(sorted(known_states))}")
+    try:
+        limit = int(query.get("limit", DEFAULT_LIMIT))
+    except ValueError:
+        raise _bad("limit", "limit must be an integer") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise _bad("limit", f"limit must be between 1 and {MAX_LIMIT}")
+    cursor = decode_cursor(query["cursor"]) if "cursor" in query else None
+    where = SessionFilter(
+        states=states,
+        model=query.get("model"),
+        tool=query.get("tool"),
+        created_after=_time(query, "created_after"),
+        created_before=_time(query, "created_before"),
+    )
+    return where, cursor, limit
+
+
+def summary_json(summary: SessionSummary, now: datetime) -> dict[str, Any]:
+    row = summary.row
+    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    return {
+        "id": row.id,
+        "state": row.state,
+        "model": row.model,
+        "sideband": {"enabled": row.sideband_enabled, "state": row.sideband_state},
+        "call_id": row.call_id,
+        "end_reason": row.end_reason,
+        "created_at": iso(row.created_at),
+        "live_at": iso(row.live_at),
+        "ended_at": iso(row.ended_at),
+        "age_s": round((now - created).total_seconds(), 1),
+        "tool_calls": {**summary.tool_calls, "total": sum(summary.tool_calls.values())},
+        "last_event_at": iso(summary.last_event_at),
+        "errors": summary.errors,
+    }
+
+
+async def list_sessions_route(request: web.Request) -> web.Response:
+    (await api_principal(request)).require(Scope.MONITOR_READ)
+    where, cursor, limit = parse_query(request.query)
+    async with request.app[keys.SESSIONMAKER]() as s:
+        page, more = await list_sessions(s, where, cursor, limit)
+    now = utcnow()
+    next_cursor = (
+        encode_cursor(Cursor(page[-1].row.created_at, page[-1].row.id)) if more and page else None
+    )
+    return web.json_response(
+        {"sessions": [summary_json(p, now) for p in page], "next_cursor": next_cursor}
+    )

@@ -1,0 +1,91 @@
+"""The tool kill switch: operators list the tools and switch one off (or on) for every session.
+
+A switched-off tool's new calls are denied with ``tool_disabled`` (the model gets an output
+saying so) from the next call on, in sessions already live and in every broker process: the
+dispatcher reads the switch from the database for each call. Calls already running finish.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from broker import keys
+from broker.api._auth import api_principal
+from broker.api._bodies import read_json
+from broker.api._times import iso
+from broker.auth import Scope
+from broker.db import queries
+from broker.errors import NotFoundError
+
+logger = logging.getLogger(__name__)
+
+
+class DisableToolRequest(BaseModel):
+    """Body of ``POST /api/v1/tools/{tool}/disable`` (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=500)
+
+
+def _known_tool(request: web.Request) -> str:
+    tool = request.match_info["tool"]
+    if tool not in request.app[keys.TOOLS]:
+        raise NotFoundError("unknown_tool", "the broker has no tool of that name")
+    return tool
+
+
+async def list_tools(request: web.Request) -> web.Response:
+    """``GET /api/v1/tools`` (``monitor:read``): every configured tool and its switch."""
+    (await api_principal(request)).require(Scope.MONITOR_READ)
+    async with request.app[keys.SESSIONMAKER]() as s:
+        off = {row.tool: row for row in await queries.disabled_tools(s)}
+    registry = request.app[keys.TOOLS]
+    tools: list[dict[str, Any]] = []
+    for name in sorted(registry):
+        row = off.get(name)
+        tools.append(
+            {
+                "name": name,
+                "disabled": row is not None,
+                "disabled_at": iso(row.disabled_at) if row else None,
+                "disabled_by": row.disabled_by if row else None,
+                "reason": row.reason if row else None,
+            }
+        )
+    return web.json_response({"tools": tools})
+
+
+async def disable_tool(request: web.Request) -> web.Response:
+    """``POST /api/v1/tools/{tool}/disable`` (``admin``)."""
+    principal = await api_principal(request)
+    principal.require(Scope.ADMIN)
+    tool = _known_tool(request)
+    body = await read_json(request, DisableToolRequest) if request.body_exists else None
+    async with request.app[keys.SESSIONMAKER].begin() as s:
+        row = await queries.disable_tool(s, tool, principal.key_id, body.reason if body else None)
+        reply = {
+            "name": tool,
+            "disabled": True,
+            "disabled_at": iso(row.disabled_at),
+            "disabled_by": row.disabled_by,
+            "reason": row.reason,
+        }
+    logger.warning("tool switched off tool=%s by_key=%s", tool, principal.key_id)
+    return web.json_response(reply)
+
+
+async def enable_tool(request: web.Request) -> web.Response:
+    """``POST /api/v1/tools/{tool}/enable`` (``admin``)."""
+    principal = await api_principal(request)
+    principal.require(Scope.ADMIN)
+    tool = _known_tool(request)
+    async with request.app[keys.SESSIONMAKER].begin() as s:
+        was_off = await queries.enable_tool(s, tool)
+    if was_off:
+        logger.warning("tool switched on tool=%s by_key=%s", tool, principal.key_id)
+    return web.json_response({"name": tool, "disabled": False})

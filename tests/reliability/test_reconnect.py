@@ -1,0 +1,180 @@
+"""A lost sideband is re-attached and resynced: one path at a time, against the emulator.
+
+The chaos test (test_chaos.py) shows the invariants hold under random drops; these tests pin
+each resync path down deterministically: a tool that finishes while the sideband is away, a
+function call the model finishes while it is away, and a call that ends while it is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import BrokerFactory
+from tests.support.broker_server import RunningBroker
+from tests.support.browser import FakeBrowser
+from tests.support.flow import (
+    LOOKUP_42_OUTPUT,
+    ask,
+    assistant_text,
+    connect_browser,
+    outputs_received,
+    says,
+    wait_sideband,
+)
+from tests.support.servers import RunningEmulator, request_json, set_faults
+from tests.support.tool_backend import ToolBackend
+
+OUTAGE_FAULT = {"sideband_attach_error": {"status": 503, "count": 1000}}
+"""Every re-attach fails (the call goes on) until the test clears it."""
+
+
+@pytest.fixture
+async def reconnecting_broker(
+    make_broker: BrokerFactory, tool_backend: ToolBackend, tmp_path: Path
+) -> RunningBroker:
+    tools = tmp_path / "reconnect-tools.toml"
+    tools.write_text(tool_backend.config_toml() + tool_backend.hold_tools_toml())
+    # Long enough to outlast each test's outage; the default (2 s) is for tests of giving up.
+    return await make_broker(tools_config=tools, sideband_reconnect_timeout=20.0)
+
+
+async def drop(http: aiohttp.ClientSession, emulator: RunningEmulator, call_id: str) -> None:
+    status, body = await request_json(
+        http, emulator, "POST", f"/_emulator/calls/{call_id}/drop-sidebands", {"mode": "abort"}
+    )
+    assert status == 200 and body["dropped"], body
+
+
+async def clear_faults(http: aiohttp.ClientSession, emulator: RunningEmulator) -> None:
+    status, body = await request_json(http, emulator, "DELETE", "/_emulator/faults")
+    assert status == 200, body
+
+
+async def call_of(broker: RunningBroker, session: dict[str, Any]) -> str:
+    call_id: str = (await broker.get_session(session["id"]))["call_id"]
+    return call_id
+
+
+async def wait_row(
+    broker: RunningBroker, session_id: str, call_id: str, injected: bool = True
+) -> dict[str, Any]:
+    """The call's row once settled, and injected (or not yet, with ``injected=False``)."""
+    async with asyncio.timeout(15):
+        while True:
+            rows = (await broker.get_session(session_id))["tool_calls"]
+            match = [r for r in rows if r["call_id"] == call_id]
+            if (
+                match
+                and match[0]["status"] not in ("pending", "running")
+                and (match[0]["injected_at"] is not None) == injected
+            ):
+                return match[0]
+            await asyncio.sleep(0.05)
+
+
+async def test_an_output_computed_while_the_sideband_is_away_is_delivered_after_reconnect(
+    reconnecting_broker: RunningBroker,
+    emulator: RunningEmulator,
+    tool_backend: ToolBackend,
+    http: aiohttp.ClientSession,
+) -> None:
+    """The sideband drops while ``hold`` runs and stays away until the tool has finished:
+    the output goes out on the next connection, once, and the model answers it once."""
+    broker = reconnecting_broker
+    session = await broker.create_session(tools=["hold"])
+    browser = await connect_browser(broker, session)
+    try:
+        call_id = await call_of(broker, session)
+        ask(browser, "hold")
+        fc = await browser.wait_for("response.function_call_arguments.done")
+        await tool_backend.wait_calls_to("hold")
+        await set_faults(http, emulator, **OUTAGE_FAULT)
+        await drop(http, emulator, call_id)
+        await wait_sideband(broker, session["id"], "reconnecting")
+        tool_backend.release_holds()
+        # Finished and recorded, but nothing to send it on yet.
+        row = await wait_row(broker, session["id"], fc["call_id"], injected=False)
+        assert row["status"] == "succeeded"
+        await clear_faults(http, emulator)
+        final = await browser.wait_for("response.done", says("hold returned"), timeout=15)
+        row = await wait_row(broker, session["id"], fc["call_id"])
+        await asyncio.sleep(0.3)  # a second answer, if one were asked for, would start now
+    finally:
+        await browser.close()
+
+    call = emulator.registry.get(call_id)
+    assert call is not None
+    assert [source for source, _ in outputs_received(call)] == ["sideband"]
+    assert assistant_text(final) == f"hold returned: {row['output']}"
+    answers = [e for e in call.sent if e["type"] == "response.done" and "hold returned" in str(e)]
+    assert len(answers) == 1, "the model answered the output twice"
+    assert len(tool_backend.calls_for(fc["call_id"])) == 1
+    assert len(call.sideband_attaches) == 2
+
+
+async def test_a_call_the_model_finished_while_the_sideband_was_away_is_found_and_run(
+    reconnecting_broker: RunningBroker,
+    emulator: RunningEmulator,
+    tool_backend: ToolBackend,
+    http: aiohttp.ClientSession,
+) -> None:
+    """The broker never sees the function call's events: the resync's tail probe finds it,
+    retrieves it, runs it once and answers it."""
+    broker = reconnecting_broker
+    session = await broker.create_session(tools=["lookup_order"])
+    browser = await connect_browser(broker, session)
+    try:
+        call_id = await call_of(broker, session)
+        await set_faults(http, emulator, **OUTAGE_FAULT)
+        await drop(http, emulator, call_id)
+        await wait_sideband(broker, session["id"], "reconnecting")
+        ask(browser, 'lookup_order {"order_id": "42"}')
+        fc = await browser.wait_for("response.function_call_arguments.done")
+        await browser.wait_for("response.done")
+        assert tool_backend.calls_to("lookup_order") == []  # nobody ran it yet
+        await clear_faults(http, emulator)
+        final = await browser.wait_for("response.done", says(LOOKUP_42_OUTPUT), timeout=15)
+        row = await wait_row(broker, session["id"], fc["call_id"])
+    finally:
+        await browser.close()
+
+    assert assistant_text(final) == f"lookup_order returned: {LOOKUP_42_OUTPUT}"
+    assert (row["status"], row["path"]) == ("succeeded", "sideband")
+    call = emulator.registry.get(call_id)
+    assert call is not None
+    assert [item["call_id"] for _, item in outputs_received(call)] == [fc["call_id"]]
+    assert len(tool_backend.calls_for(fc["call_id"])) == 1
+
+
+async def test_a_call_that_ends_while_the_sideband_is_away_ends_the_session(
+    reconnecting_broker: RunningBroker,
+    emulator: RunningEmulator,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Re-attaching to a call the provider has ended gets 404: the session is ``ended`` (the
+    call is gone), not ``failed`` nor ``degraded``."""
+    broker = reconnecting_broker
+    session = await broker.create_session(tools=["lookup_order"])
+    browser: FakeBrowser = await connect_browser(broker, session)
+    try:
+        call_id = await call_of(broker, session)
+        await set_faults(http, emulator, **OUTAGE_FAULT)
+        await drop(http, emulator, call_id)
+        await wait_sideband(broker, session["id"], "reconnecting")
+        status, body = await request_json(
+            http, emulator, "POST", f"/_emulator/calls/{call_id}/end", {}
+        )
+        assert status == 200, body
+        await clear_faults(http, emulator)
+        async with asyncio.timeout(15):
+            while (detail := await broker.get_session(session["id"]))["state"] == "live":  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        await browser.close()
+    assert detail["state"] == "ended", detail
+    assert detail["end_reason"] == "call_gone", detail
