@@ -19,6 +19,7 @@ from broker.db.engine import create_engine, make_sessionmaker
 from broker.demo import setup_demo
 from broker.errors import problem_middleware
 from broker.metrics import BrokerMetrics
+from broker.request_context import log_context_middleware
 from broker.routes import setup_routes
 from broker.sessions import SessionService
 from broker.settings import Settings
@@ -38,7 +39,8 @@ def create_app(settings: Settings) -> web.Application:
     # CORS sits outside the problem middleware so that rendered errors get its headers too.
     # client_max_size backs up the per-route limits for any read that bypasses read_body.
     app = web.Application(
-        middlewares=[cors_middleware, problem_middleware], client_max_size=MAX_REQUEST_BYTES
+        middlewares=[log_context_middleware, cors_middleware, problem_middleware],
+        client_max_size=MAX_REQUEST_BYTES,
     )
     app[keys.SETTINGS] = settings
     # Metrics hold no resource, so they need no cleanup_ctx; created first, every context

@@ -20,7 +20,7 @@ from broker.app import create_app
 from broker.auth import Scope
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.db.models import ApiKey
-from broker.logs import configure_logging
+from broker.logs import LogFormat, configure_logging
 from broker.migrate import upgrade_database
 from broker.settings import Secret, Settings, SettingsError
 from emulator import EmulatorSettings
@@ -29,6 +29,8 @@ from emulator import create_app as create_emulator_app
 logger = logging.getLogger("broker")
 
 DEV_KEY_SCOPES = (Scope.SESSIONS_CREATE, Scope.MONITOR_READ)
+DEV_OPS_KEY_SCOPES = (Scope.MONITOR_READ, Scope.ADMIN)
+"""The dashboard's key in ``--dev``: watch, hang up, disable tools (never create)."""
 
 
 def _out(line: str = "") -> None:
@@ -98,16 +100,28 @@ def _keys_command(command: str, args: argparse.Namespace, settings: Settings) ->
     return 0
 
 
-def _serve(settings: Settings, dev: bool) -> None:
+def _serve(settings: Settings, dev: bool, log_format: LogFormat) -> None:
     if make_url(settings.database_url).get_backend_name() == "sqlite":
         # A local SQLite file is ours to bring up to date; a shared server database is
         # migrated deliberately with `broker migrate`.
         upgrade_database(settings.database_url)
-    dev_key = None
+    dev_key = ops_key = None
     if dev:
         _, dev_key = asyncio.run(_new_key(settings.database_url, "development", DEV_KEY_SCOPES))
+        _, ops_key = asyncio.run(
+            _new_key(settings.database_url, "development ops", DEV_OPS_KEY_SCOPES)
+        )
         settings = replace(settings, demo=True)
     app = create_app(settings)
+
+    async def listening(app: web.Application) -> None:
+        # A log pipeline reads JSON lines only: one record instead of the banner.
+        logger.info(
+            "broker listening url=http://%s:%s provider=%s",
+            settings.host,
+            settings.port,
+            app[keys.PROVIDER].base_url,
+        )
 
     async def banner(app: web.Application) -> None:
         base = f"http://{settings.host}:{settings.port}"
@@ -117,6 +131,7 @@ def _serve(settings: Settings, dev: bool) -> None:
         _out(f"  broker      {base}")
         _out(f"  health      {base}/healthz")
         _out(f"  sessions    POST {base}/api/v1/sessions")
+        _out(f"  ops         {base}/ops/   (dashboard: paste an ops key)")
         if keys.EMULATOR_RUNNER in app:
             _out(f"  provider    built-in emulator ({app[keys.PROVIDER].base_url})")
         else:
@@ -125,6 +140,9 @@ def _serve(settings: Settings, dev: bool) -> None:
             _out(
                 f"  API key     {dev_key}   (development key, scopes: sessions:create monitor:read)"
             )
+        if ops_key is not None:
+            _out(f"  ops key     {ops_key}   (development key, scopes: monitor:read admin)")
+        if dev_key is not None:
             _out()
             _out("  try:")
             _out(
@@ -133,7 +151,7 @@ def _serve(settings: Settings, dev: bool) -> None:
             )
         _out()
 
-    app.on_startup.append(banner)
+    app.on_startup.append(listening if log_format is LogFormat.JSON else banner)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
 
 
@@ -148,9 +166,25 @@ def _emulator(host: str, port: int, api_key: str) -> None:
     web.run_app(app, host=host, port=port, print=None)
 
 
+def _log_format(args: argparse.Namespace) -> LogFormat:
+    """JSON for a server (log pipelines read it); text for a developer's terminal."""
+    if args.log_format:
+        return LogFormat(args.log_format)
+    if args.command == "serve" and not args.dev:
+        return LogFormat.JSON
+    return LogFormat.CONSOLE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="broker", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-format",
+        choices=[f.value for f in LogFormat],
+        default=os.environ.get("BROKER_LOG_FORMAT") or None,
+        help="json (one object per line; the default) or console (the default with --dev);"
+        " env BROKER_LOG_FORMAT",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the broker (and the built-in provider if no key)")
     serve.add_argument("--host")
@@ -185,6 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             emu.error("set EMULATOR_API_KEY or pass --api-key")
 
     try:
+        log_format = _log_format(args)
+    except ValueError:
+        sys.stderr.write("broker: configuration error: BROKER_LOG_FORMAT must be json or console\n")
+        return 2
+    try:
         settings = Settings.from_env()
     except SettingsError as exc:
         sys.stderr.write(f"broker: configuration error: {exc}\n")
@@ -198,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.database_password,
             Secret(emulator_key) if emulator_key else None,
         ],
+        fmt=log_format,
     )
     if args.command == "serve":
         settings = replace(
@@ -205,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=args.host or settings.host,
             port=args.port if args.port is not None else settings.port,
         )
-        _serve(settings, args.dev)
+        _serve(settings, args.dev, log_format)
     elif args.command == "migrate":
         upgrade_database(settings.database_url)
         _out("database is up to date")

@@ -1,11 +1,22 @@
-"""Logging setup, with the one filter that keeps secrets out of every log line."""
+"""Logging setup: JSON lines or console text, secrets redacted, call context attached.
+
+Every record gets ``session_id`` and ``call_id`` from the context it was logged in: a
+supervised call's task (and every task it starts, tools included) binds both, and a request
+to a session's route binds its ``session_id``. ``broker serve`` writes one JSON object per
+line (for log pipelines); ``broker serve --dev`` writes readable text.
+"""
 
 from __future__ import annotations
 
+import contextvars
+import enum
+import json
 import logging
 import re
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Final
 
 from broker.settings import Secret
 
@@ -51,13 +62,105 @@ class SecretRedactingFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str, secrets: Iterable[Secret | None]) -> None:
-    """Readable console logs for ``broker serve`` (the handler, not each logger, filters)."""
+_SESSION_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "broker_log_session_id", default=None
+)
+_CALL_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "broker_log_call_id", default=None
+)
+CONTEXT_FIELDS: Final = ("session_id", "call_id")
+
+
+def bind_call(session_id: str, call_id: str | None = None) -> None:
+    """Tag every later record of the current task, and of tasks it starts, with the call.
+
+    For a task that belongs to one call for its whole life (a supervised sideband); a
+    request handler uses :func:`bound` so a kept-alive connection's next request is clean.
+    """
+    _SESSION_ID.set(session_id)
+    _CALL_ID.set(call_id)
+
+
+@contextmanager
+def bound(session_id: str | None) -> Iterator[None]:
+    """Tag records logged inside the block with ``session_id``."""
+    token = _SESSION_ID.set(session_id)
+    try:
+        yield
+    finally:
+        _SESSION_ID.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Adds ``session_id`` / ``call_id`` from the logging context (``extra`` wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "session_id", None) is None:
+            record.session_id = _SESSION_ID.get()
+        if getattr(record, "call_id", None) is None:
+            record.call_id = _CALL_ID.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line.
+
+    Fields: ``ts`` (UTC, ISO 8601, milliseconds), ``level``, ``logger``, ``message``,
+    ``session_id`` and ``call_id`` when known, ``exc`` (the traceback) when there is one.
+    The message is the already-redacted text (the redacting filter runs first).
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                line[name] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exc"] = record.exc_text
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """``12:00:01 INFO    broker.sidebands: message [session_id=… call_id=…]``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        context = [
+            f"{name}={value}"
+            for name in CONTEXT_FIELDS
+            if (value := getattr(record, name, None)) is not None
+            and f"{name}=" not in record.getMessage()  # already in the message
+        ]
+        if not context:
+            return text
+        first, newline, rest = text.partition("\n")
+        return f"{first} [{' '.join(context)}]{newline}{rest}"
+
+
+class LogFormat(enum.StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+
+
+def configure_logging(
+    level: str, secrets: Iterable[Secret | None], fmt: LogFormat = LogFormat.CONSOLE
+) -> None:
+    """Route every logger to stderr in ``fmt`` (the handler, not each logger, filters)."""
     handler = logging.StreamHandler()
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
-    )
+    handler.setFormatter(JsonFormatter() if fmt is LogFormat.JSON else ConsoleFormatter())
     handler.addFilter(SecretRedactingFilter(secrets))
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

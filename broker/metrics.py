@@ -105,6 +105,31 @@ CIRCUIT_READINGS: Final = {"closed": 0, "half_open": 1, "open": 2}
 """``broker_tool_circuit_state`` for each circuit breaker state (``BreakerState`` values)."""
 
 
+class TamperKind(enum.StrEnum):
+    """What a tamper event was (label ``kind`` of ``broker_tamper_events_total``)."""
+
+    SESSION_CONFIG = "session_config"
+    """The call's session drifted from the broker's config (a browser ``session.update``)."""
+    FORGED_OUTPUT = "forged_output"
+    """A ``function_call_output`` the broker did not send (the browser forged one)."""
+    TAINTED_RESPONSE = "tainted_response"
+    """A response that read a forged output (cancelled)."""
+    OTHER = OTHER
+
+
+_TAMPER_KINDS: Final = frozenset(kind.value for kind in TamperKind)
+
+TOKEN_LABELS: Final = (
+    ("input", "text"),
+    ("input", "audio"),
+    ("input", "cached"),
+    ("output", "text"),
+    ("output", "audio"),
+)
+"""``(direction, modality)`` of ``broker_tokens_total``; ``cached`` input tokens are also
+counted in their modality, as the provider reports them."""
+
+
 TOOL_OUTCOMES: Final = frozenset({"succeeded", "failed", "denied", "cancelled"})
 """The settled statuses of a tool call (``ToolCallStatus``), the ``outcome`` label's values."""
 
@@ -229,7 +254,39 @@ class BrokerMetrics:
             namespace=NAMESPACE,
             registry=registry,
         )
+        self._dispatch_seconds = Histogram(
+            "dispatch_seconds",
+            "From a function call seen on the sideband to its output sent to the provider.",
+            ["tool"],
+            namespace=NAMESPACE,
+            registry=registry,
+            buckets=TOOL_BUCKETS,
+        )
+        self._tamper_events = Counter(
+            "tamper_events_total",
+            "Forged or unexpected client events seen on a call, by kind.",
+            ["kind"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._tokens = Counter(
+            "tokens_total",
+            "Tokens the provider reported in response.done usage, by direction and modality.",
+            ["direction", "modality"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._responses = Counter(
+            "responses_total",
+            "Model responses completed (response.done) on supervised calls.",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         # Known label values start at zero, so a rate() over them works from the first event.
+        for tamper in TamperKind:
+            self._tamper_events.labels(tamper.value)
+        for direction, modality in TOKEN_LABELS:
+            self._tokens.labels(direction, modality)
         for outcome in OfferOutcome:
             self._offers.labels(outcome.value)
         for reason in EndReason:
@@ -346,3 +403,26 @@ class BrokerMetrics:
             KeyError: another state (a programming error, never input).
         """
         self._tool_circuit.labels(self._tool(tool)).set(CIRCUIT_READINGS[state])
+
+    def dispatch_finished(self, tool: str, seconds: float) -> None:
+        """Time one function call from the sideband seeing it to its output going out."""
+        self._dispatch_seconds.labels(self._tool(tool)).observe(seconds)
+
+    # ---- tamper and usage -------------------------------------------------------------------
+
+    def tamper_seen(self, kind: str) -> None:
+        """Count one tamper detection; ``kind`` is a ``sideband.Tamper`` kind."""
+        label = kind if kind in _TAMPER_KINDS else OTHER
+        self._tamper_events.labels(label).inc()
+
+    def usage_reported(self, tokens: dict[tuple[str, str], int]) -> None:
+        """Count one ``response.done`` and its token usage.
+
+        Args:
+            tokens: counts keyed by ``(direction, modality)`` from :data:`TOKEN_LABELS`;
+                other keys and negative counts are ignored (usage is provider input).
+        """
+        self._responses.inc()
+        for key, count in tokens.items():
+            if key in TOKEN_LABELS and count > 0:
+                self._tokens.labels(*key).inc(count)

@@ -29,10 +29,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
 from broker.db.models import CALL_RUNNING_STATES, SessionState, SidebandState
+from broker.dispatch_clock import DispatchClock
 from broker.events_log import EventRecorder
 from broker.hangup import hang_up
 from broker.leash import Leash, LeashTerms
 from broker.limits import TamperPolicy
+from broker.logs import bind_call
 from broker.metrics import BrokerMetrics, SidebandFailure, SidebandKind
 from broker.shielded import ShieldedWrites
 from broker.tamper import TamperResponder
@@ -74,11 +76,15 @@ class _Observer:
         self._session_id = session_id
         self._recorder = recorder
         self._leash = leash
+        self._dispatch = DispatchClock()
 
     def record(self, direction: Direction, event: dict[str, Any]) -> None:
         self._recorder.record(direction, event)
         if direction == "in":
             self._leash.saw(event)
+            self._dispatch.saw(event)
+        elif direction == "out" and (timed := self._dispatch.sent(event)) is not None:
+            self._supervisor.metrics.dispatch_finished(*timed)
 
     async def attached(self, kind: AttachKind) -> None:
         await self._supervisor.set_sideband_state(self._session_id, SidebandState.CONNECTED)
@@ -89,11 +95,22 @@ class _Observer:
             self._leash.sideband_attached()
 
     async def detached(self, close_code: int | None) -> None:
-        logger.warning(
-            "sideband lost session_id=%s close_code=%s; reconnecting", self._session_id, close_code
-        )
         self._recorder.record("broker", {"type": "broker.sideband_lost", "close_code": close_code})
-        self._supervisor.metrics.sideband_failed(SidebandFailure.LOST)
+        if close_code in (1000, 1001):
+            # A clean close is how the provider says a call ended; the reconnect attempt
+            # confirms it (404) in the common case, so this is neither a warning nor a failure.
+            logger.info(
+                "sideband closed by the provider session_id=%s close_code=%s; checking the call",
+                self._session_id,
+                close_code,
+            )
+        else:
+            logger.warning(
+                "sideband lost session_id=%s close_code=%s; reconnecting",
+                self._session_id,
+                close_code,
+            )
+            self._supervisor.metrics.sideband_failed(SidebandFailure.LOST)
         await self._supervisor.set_sideband_state(self._session_id, SidebandState.RECONNECTING)
 
 
@@ -215,6 +232,7 @@ class SidebandSupervisor:
         owned: OwnedSession | None,
         resume: bool,
     ) -> None:
+        bind_call(session_id, call_id)  # this task's, and its children's, log records
         recorder = EventRecorder(self._sessionmaker, session_id)
         close_code: int | None = None
         failure: BaseException | None = None
@@ -276,7 +294,11 @@ class SidebandSupervisor:
                 _Observer(self, session_id, recorder, leash),
                 owned_session=owned,
                 tamper=TamperResponder(
-                    session_id, TamperPolicy(row.tamper_policy), recorder, end_call
+                    session_id,
+                    TamperPolicy(row.tamper_policy),
+                    recorder,
+                    end_call,
+                    self.metrics.tamper_seen,
                 ),
                 reconnect=reconnect,
                 resume=resume,

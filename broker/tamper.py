@@ -61,6 +61,7 @@ class TamperResponder:
         policy: the session's ``tamper_policy``.
         recorder: the session's event log.
         end_call: ends the call with a reason (provider hangup); idempotent.
+        count: told each detection's kind (the tamper metric); never raises.
     """
 
     def __init__(
@@ -69,14 +70,17 @@ class TamperResponder:
         policy: TamperPolicy,
         recorder: EventRecorder,
         end_call: Callable[[str], Awaitable[None]],
+        count: Callable[[str], None] = lambda kind: None,
     ) -> None:
         self._session_id = session_id
         self._policy = policy
         self._recorder = recorder
         self._end_call = end_call
+        self._count_kind = count
         self._count = 0
 
     async def tampered(self, tamper: Tamper) -> None:
+        self._count_kind(tamper.kind)
         if not isinstance(tamper, TaintedResponse):
             self._count += 1
         if self._count > MAX_TAMPERS_REVERTED:

@@ -312,8 +312,13 @@ class CallController:
                             raise broken
                         break
                     self._connection_lost()
-                    logger.warning(
-                        "sideband lost call_id=%s code=%s; reconnecting", self.call_id, close_code
+                    # A clean close (1000/1001) usually means the call ended; reattaching
+                    # tells the two apart, so only an unclean loss is worth a warning.
+                    logger.log(
+                        logging.INFO if close_code in (1000, 1001) else logging.WARNING,
+                        "sideband closed call_id=%s code=%s; reattaching",
+                        self.call_id,
+                        close_code,
                     )
                     await self._observer.detached(close_code)
                     try:

@@ -398,7 +398,7 @@ def test_broker_emulator_key_from_environment_or_flag(
     started: list[tuple[str, int, str]] = []
     redacted: list[list[str]] = []
 
-    def fake_logging(level: str, secrets: list[Secret | None]) -> None:
+    def fake_logging(level: str, secrets: list[Secret | None], **_: object) -> None:
         redacted.append([s.reveal() for s in secrets if s is not None])
 
     monkeypatch.setattr(broker.cli, "_emulator", lambda *args: started.append(args))

@@ -14,37 +14,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import BrokerFactory
-from tests.support.broker_server import ADMIN_KEY, PROVIDER_KEY, RunningBroker
+from tests.support.broker_server import PROVIDER_KEY, RunningBroker
 from tests.support.browser import FakeBrowser
 from tests.support.flow import session_events
+from tests.support.metrics import parse_metrics, scrape, value
 from tests.support.servers import RunningEmulator, set_faults
 
 EMULATOR_FAULT_MESSAGE = "emulator fault injection"
 """In the emulator's 5xx ``error.message``: the provider's text, which must go nowhere."""
-
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse_metrics(text: str) -> Samples:
-    """Every sample of a Prometheus exposition, keyed by (sample name, labels)."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """One sample's value; 0 when absent (a label set not yet seen)."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-async def scrape(broker: RunningBroker, token: str = ADMIN_KEY) -> Samples:
-    reply = await broker.request("GET", "/metrics", token=token)
-    assert reply.status == 200, reply.text
-    assert reply.headers["Content-Type"].startswith("text/plain")
-    return parse_metrics(reply.text)
 
 
 async def create_key(broker: RunningBroker, *scopes: str) -> str:
@@ -242,6 +219,10 @@ async def test_metrics_route_requires_monitor_scope_and_parses(
         "broker_tool_calls",
         "broker_tool_seconds",
         "broker_tool_circuit_state",
+        "broker_dispatch_seconds",
+        "broker_tamper_events",
+        "broker_tokens",
+        "broker_responses",
     ):
         assert name in families, name
     samples = parse_metrics(reply.text)

@@ -123,7 +123,7 @@ def cli_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     for name in ("BROKER_ADMIN_KEY", "BROKER_PROVIDER_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     # `main` installs its own root handler; the test's log capture and leak watch must stay.
-    monkeypatch.setattr(broker_cli, "configure_logging", lambda level, secrets: None)
+    monkeypatch.setattr(broker_cli, "configure_logging", lambda level, secrets, **_: None)
 
 
 async def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
