@@ -27,6 +27,7 @@ from broker.sidebands import SidebandSupervisor
 from broker.tools.breaker import CircuitBreakers
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.registry import load_registry
+from broker.webhooks import WebhookConfig, WebhookSender
 from emulator import EmulatorSettings
 from emulator import create_app as create_emulator_app
 from sideband import OpenAICompatibleProvider
@@ -51,6 +52,9 @@ def create_app(settings: Settings) -> web.Application:
     # Order matters: the supervisor (services_ctx) uses the DB, the provider and the tools,
     # so it is registered last and therefore stopped first.
     app.cleanup_ctx.append(db_ctx)
+    # Webhooks need only the database; registered next to it, the sender stops after the
+    # supervisor has drained (an end recorded meanwhile may still go out, or waits, queued).
+    app.cleanup_ctx.append(webhooks_ctx)
     app.cleanup_ctx.append(provider_ctx)
     app.cleanup_ctx.append(tools_ctx)
     app.cleanup_ctx.append(services_ctx)
@@ -70,6 +74,25 @@ async def db_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.SESSIONMAKER] = make_sessionmaker(engine)
     yield
     await engine.dispose()
+
+
+async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The ``session.ended`` sender, when a webhook URL is configured (else nothing)."""
+    config = WebhookConfig.from_settings(app[keys.SETTINGS])
+    if config is None:
+        yield
+        return
+    # Its own client: no cookies kept between deliveries, no proxy from the environment.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), trust_env=False) as http:
+        sender = WebhookSender(
+            app[keys.SESSIONMAKER], http, config, on_attempt=app[keys.METRICS].webhook_attempt
+        )
+        app[keys.WEBHOOKS] = sender
+        sender.start()
+        try:
+            yield
+        finally:
+            await sender.close()
 
 
 async def provider_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -235,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.provider_api_key,
             settings.signing_key,
             settings.database_password,
+            settings.webhook_secret,
             Secret(emulator_key) if emulator_key else None,
         ],
         fmt=log_format,

@@ -15,6 +15,7 @@ from broker.settings import Settings
 from broker.sidebands import SidebandSupervisor
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.registry import ToolRegistry
+from broker.webhooks import WebhookSender
 from sideband import OpenAICompatibleProvider
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -29,6 +30,8 @@ DISPATCHER = web.AppKey("dispatcher", ToolDispatcher)
 SUPERVISOR = web.AppKey("supervisor", SidebandSupervisor)
 SESSIONS = web.AppKey("sessions", SessionService)
 EMULATOR_RUNNER = web.AppKey("emulator_runner", web.AppRunner)
+WEBHOOKS = web.AppKey("webhooks", WebhookSender)
+"""The ``session.ended`` sender, present only when ``BROKER_WEBHOOK_URL`` is set."""
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 """Set on shutdown, before aiohttp waits for handlers: long-lived streams end on it."""
 """The built-in provider's runner, present only when no provider key is configured."""

@@ -119,6 +119,9 @@ class TamperKind(enum.StrEnum):
 
 _TAMPER_KINDS: Final = frozenset(kind.value for kind in TamperKind)
 
+WEBHOOK_OUTCOMES: Final = ("delivered", "retry", "failed")
+"""``outcome`` of ``broker_webhook_attempts_total`` (``broker.webhooks.AttemptOutcome``)."""
+
 TOKEN_LABELS: Final = (
     ("input", "text"),
     ("input", "audio"),
@@ -276,6 +279,14 @@ class BrokerMetrics:
             namespace=NAMESPACE,
             registry=registry,
         )
+        self._webhook_attempts = Counter(
+            "webhook_attempts_total",
+            "Webhook delivery attempts by outcome: delivered, retry (backing off), failed"
+            " (given up).",
+            ["outcome"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self._responses = Counter(
             "responses_total",
             "Model responses completed (response.done) on supervised calls.",
@@ -285,6 +296,8 @@ class BrokerMetrics:
         # Known label values start at zero, so a rate() over them works from the first event.
         for tamper in TamperKind:
             self._tamper_events.labels(tamper.value)
+        for outcome in WEBHOOK_OUTCOMES:
+            self._webhook_attempts.labels(outcome)
         for direction, modality in TOKEN_LABELS:
             self._tokens.labels(direction, modality)
         for outcome in OfferOutcome:
@@ -426,3 +439,7 @@ class BrokerMetrics:
         for key, count in tokens.items():
             if key in TOKEN_LABELS and count > 0:
                 self._tokens.labels(*key).inc(count)
+
+    def webhook_attempt(self, outcome: str) -> None:
+        """Count one webhook delivery attempt (``delivered``, ``retry`` or ``failed``)."""
+        self._webhook_attempts.labels(outcome if outcome in WEBHOOK_OUTCOMES else OTHER).inc()

@@ -247,6 +247,8 @@ class SessionService:
             sideband_enabled=request.sideband,
             sideband_state=SidebandState.PENDING if request.sideband else SidebandState.DISABLED,
             metadata_=request.metadata,
+            # Decided now, so the end is announced whichever broker process records it.
+            notify_ended=self._settings.webhook_url is not None,
         )
         limits = self._resolve_limits(request.limits)
         row.max_duration_s = limits.max_duration_s

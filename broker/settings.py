@@ -7,18 +7,22 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
 from broker.limits import TamperPolicy
+from broker.webhook_signature import SECRET_PREFIX, signing_key
 
 DEFAULT_DATABASE_URL: Final = "sqlite+aiosqlite:///./broker.db"
 DEFAULT_TOOLS_CONFIG: Final = Path(__file__).parent / "tools" / "demo_tools.toml"
 MIN_SECRET_TTL: Final = 30
 MAX_SECRET_TTL: Final = 3600
 MAX_BREAKER_COOLDOWN_S: Final = 3600.0
+MIN_WEBHOOK_SECRET_CHARS: Final = 32
+MIN_WEBHOOK_KEY_BYTES: Final = 24
+"""A ``whsec_`` secret's key, base64-decoded (the Standard Webhooks minimum)."""
 
 
 class SettingsError(ValueError):
@@ -102,6 +106,22 @@ class Settings:
     demo: bool = False
     """Serve the demo page at ``/`` and its ``POST /demo/session`` (``broker serve --dev``):
     development only, as anyone who can reach the broker can start calls."""
+    webhook_url: str | None = None
+    """Where ``session.ended`` webhooks are posted; ``None``: no webhooks."""
+    webhook_secret: Secret | None = None
+    """The key webhooks are signed with (:mod:`broker.webhook_signature`); required with a URL."""
+    webhook_timeout_s: float = 10.0
+    """How long one delivery attempt may take."""
+    webhook_max_attempts: int = 8
+    """Attempts per delivery before it is marked ``failed``."""
+    webhook_backoff_s: float = 30.0
+    """The wait before the first retry; it doubles each time (with jitter)."""
+    webhook_backoff_max_s: float = 3600.0
+    """The longest wait between attempts (also the most a ``Retry-After`` is honoured)."""
+
+    def __post_init__(self) -> None:
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise SettingsError("BROKER_WEBHOOK_URL is set but BROKER_WEBHOOK_SECRET is not")
 
     @property
     def database_password(self) -> Secret | None:
@@ -174,6 +194,60 @@ class Settings:
             session_create_burst=_bounded(env, "BROKER_SESSION_CREATE_BURST", 20, 1, 100_000),
             cors_origins=_origins(env, "BROKER_CORS_ORIGINS"),
             demo=_flag(env, "BROKER_DEMO"),
+            **_webhook_settings(env),
+        )
+
+
+def _webhook_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The ``webhook_*`` fields: the URL and secret go together, both or neither."""
+    url = env.get("BROKER_WEBHOOK_URL") or None
+    raw_secret = env.get("BROKER_WEBHOOK_SECRET") or None
+    if url is None:
+        if raw_secret is not None:
+            raise SettingsError("BROKER_WEBHOOK_SECRET is set but BROKER_WEBHOOK_URL is not")
+        return {}
+    parsed = urlsplit(url)
+    try:
+        parsed.port  # noqa: B018 - a malformed port raises here
+    except ValueError:
+        raise SettingsError("BROKER_WEBHOOK_URL has a malformed port") from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise SettingsError("BROKER_WEBHOOK_URL must be an http:// or https:// URL")
+    if parsed.username is not None or parsed.password is not None:
+        # The URL is logged (its host); credentials belong in the signature's secret.
+        raise SettingsError("BROKER_WEBHOOK_URL must not carry credentials")
+    if raw_secret is None:
+        raise SettingsError("BROKER_WEBHOOK_URL is set but BROKER_WEBHOOK_SECRET is not")
+    _check_webhook_secret(raw_secret)
+    backoff = _bounded_float(env, "BROKER_WEBHOOK_BACKOFF_S", 30.0, 86_400.0)
+    backoff_max = _bounded_float(env, "BROKER_WEBHOOK_BACKOFF_MAX_S", 3600.0, 86_400.0)
+    if backoff_max < backoff:
+        raise SettingsError(
+            "BROKER_WEBHOOK_BACKOFF_MAX_S must be at least BROKER_WEBHOOK_BACKOFF_S"
+        )
+    return {
+        "webhook_url": url,
+        "webhook_secret": Secret(raw_secret),
+        "webhook_timeout_s": _bounded_float(env, "BROKER_WEBHOOK_TIMEOUT", 10.0, 120.0),
+        "webhook_max_attempts": _bounded(env, "BROKER_WEBHOOK_MAX_ATTEMPTS", 8, 1, 50),
+        "webhook_backoff_s": backoff,
+        "webhook_backoff_max_s": backoff_max,
+    }
+
+
+def _check_webhook_secret(secret: str) -> None:
+    if secret.startswith(SECRET_PREFIX):
+        try:
+            key = signing_key(secret)
+        except ValueError:
+            raise SettingsError("BROKER_WEBHOOK_SECRET is whsec_ but not base64 after it") from None
+        if len(key) < MIN_WEBHOOK_KEY_BYTES:
+            raise SettingsError(
+                f"BROKER_WEBHOOK_SECRET (whsec_) must hold at least {MIN_WEBHOOK_KEY_BYTES} bytes"
+            )
+    elif len(secret) < MIN_WEBHOOK_SECRET_CHARS:
+        raise SettingsError(
+            f"BROKER_WEBHOOK_SECRET must be at least {MIN_WEBHOOK_SECRET_CHARS} characters"
         )
 
 

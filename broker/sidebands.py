@@ -40,6 +40,7 @@ from broker.shielded import ShieldedWrites
 from broker.tamper import TamperResponder
 from broker.tool_handler import SessionToolHandler
 from broker.tools.dispatch import ToolDispatcher
+from broker.usage import Usage
 from sideband import (
     AttachKind,
     CallController,
@@ -83,6 +84,9 @@ class _Observer:
         if direction == "in":
             self._leash.saw(event)
             self._dispatch.saw(event)
+            # Counted here; the session's totals are folded in as the recorder stores it.
+            if (usage := Usage.from_response_done(event)) is not None:
+                self._supervisor.metrics.usage_reported(usage.metric_tokens())
         elif direction == "out" and (timed := self._dispatch.sent(event)) is not None:
             self._supervisor.metrics.dispatch_finished(*timed)
 
@@ -399,6 +403,12 @@ class SidebandSupervisor:
         failure: BaseException | None,
         recorder: EventRecorder,
     ) -> None:
+        # The session's usage rides on its event log: store what is still buffered before
+        # the end is recorded, so the end (and its webhook) sees every response.done.
+        try:
+            await recorder.flush()
+        except Exception:
+            logger.exception("could not write sideband events session_id=%s", session_id)
         try:
             await self._record_end(session_id, call_id, close_code, failure, recorder)
         except Exception:

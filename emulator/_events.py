@@ -103,23 +103,3 @@ def response_object(
         "usage": usage,
         "metadata": metadata,
     }
-
-
-def usage_object(input_text_tokens: int, output_tokens: int, *, audio: bool) -> dict[str, Any]:
-    """A plausible ``usage`` block: audio responses bill most output as audio tokens."""
-    output_audio = output_tokens * 3 if audio else 0
-    output_text = output_tokens
-    total_output = output_text + output_audio
-    return {
-        "total_tokens": input_text_tokens + total_output,
-        "input_tokens": input_text_tokens,
-        "output_tokens": total_output,
-        "input_token_details": {
-            "text_tokens": input_text_tokens,
-            "audio_tokens": 0,
-            "image_tokens": 0,
-            "cached_tokens": 0,
-            "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0},
-        },
-        "output_token_details": {"text_tokens": output_text, "audio_tokens": output_audio},
-    }

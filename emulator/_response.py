@@ -21,9 +21,9 @@ from ._events import (
     item_event,
     response_object,
     server_event,
-    usage_object,
 )
 from ._ids import new_function_call_id, new_item_id, new_response_id
+from ._usage import InputTokens, usage_object
 from .model import FunctionCallPlan, MessagePlan, Plan, chunk_arguments, chunk_text
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class ResponseRun:
         audio_output: the session's ``audio.output`` (format and voice are echoed).
         conversation_id: the call's conversation id.
         metadata: ``response.metadata`` from the request, echoed back.
-        input_tokens: estimated input size, for ``usage``.
+        input_tokens: what the response reads, for ``usage`` (:mod:`emulator._usage`).
         token_interval: pause before each delta, in seconds.
     """
 
@@ -77,7 +77,7 @@ class ResponseRun:
         audio_output: dict[str, Any],
         conversation_id: str | None,
         metadata: dict[str, str] | None,
-        input_tokens: int,
+        input_tokens: InputTokens,
         token_interval: float,
     ) -> None:
         self.response_id = new_response_id()
@@ -92,14 +92,21 @@ class ResponseRun:
         self._interval = token_interval
         self._output: list[dict[str, Any]] = []
         self._current: _InProgress | None = None
-        self._output_tokens = 0
+        self._text_chars = 0
+        """Output text so far: message text or transcript, function names and arguments."""
+        self._spoken_chars = 0
+        """Transcript spoken so far (audio output only)."""
 
     @property
     def total_tokens(self) -> int:
         """Tokens this response used so far (input plus output, as ``usage`` reports them)."""
-        usage = usage_object(self._input_tokens, self._output_tokens, audio=self._audio)
-        total: int = usage["total_tokens"]
+        total: int = self._usage()["total_tokens"]
         return total
+
+    def _usage(self) -> dict[str, Any]:
+        return usage_object(
+            self._input_tokens, self._text_chars, self._spoken_chars, audio=self._audio
+        )
 
     @property
     def _audio(self) -> bool:
@@ -204,10 +211,11 @@ class ResponseRun:
     async def _stream_function_call(self, plan: FunctionCallPlan) -> None:
         item = function_call_item(new_item_id(), new_function_call_id(), plan.name)
         current = self._open_item(item)
+        self._text_chars += len(plan.name)
         for delta in chunk_arguments(plan.arguments):
             await asyncio.sleep(self._interval)
             item["arguments"] += delta
-            self._output_tokens += 1
+            self._text_chars += len(delta)
             self._emit(
                 "response.function_call_arguments.delta",
                 **self._item_fields(current),
@@ -242,7 +250,9 @@ class ResponseRun:
         for delta in chunk_text(plan.text):
             await asyncio.sleep(self._interval)
             part[key] += delta
-            self._output_tokens += 1
+            self._text_chars += len(delta)
+            if self._audio:
+                self._spoken_chars += len(delta)
             self._emit(delta_type, **fields, delta=delta)
         done_type = delta_type.removesuffix(".delta") + ".done"
         self._emit(done_type, **fields, **{key: part[key]})
@@ -268,10 +278,9 @@ class ResponseRun:
 
     def _finish(self, status: str, status_details: dict[str, Any] | None) -> None:
         self.finished = True
-        usage = usage_object(self._input_tokens, self._output_tokens, audio=self._audio)
         self._emit(
             "response.done",
-            response=self._response(status, usage=usage, status_details=status_details),
+            response=self._response(status, usage=self._usage(), status_details=status_details),
         )
         logger.debug("response %s finished status=%s", self.response_id, status)
         self._host.response_finished(self)

@@ -32,6 +32,7 @@ from ._rate_limits import RateLimits
 from ._response import ResponseRun
 from ._session import check_session_fields, merge_session
 from ._speaker import Speaker
+from ._usage import InputTokens, input_tokens
 from .audio import SpeechStarted, SpeechStopped, VadEvent
 from .errors import ClientEventError
 from .faults import Faults
@@ -100,6 +101,8 @@ class Call:
         self._speech_item_id: str | None = None
         self._speaker = Speaker(self._peer, self.broadcast, settings.speech)
         self._rate_limits = RateLimits()
+        self._input_audio_ms: dict[str, float] = {}  # user audio item id -> committed length
+        self._previous_input_tokens = 0  # the last response's input: the cached prefix
         self._sidebands: dict[str, SidebandLink] = {}
         self._inbox: asyncio.Queue[tuple[Source, str, dict[str, Any] | None]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -379,7 +382,7 @@ class Call:
             audio_output=audio_output,
             conversation_id=self.conversation_id,
             metadata=metadata if isinstance(metadata, dict) else None,
-            input_tokens=self._estimate_input_tokens(),
+            input_tokens=self._input_tokens(tools),
             token_interval=self._settings.token_interval,
         )
         # response.created goes out now, in client-event order; deltas follow from the task.
@@ -458,7 +461,7 @@ class Call:
             self._start_response({})
 
     def _commit_input(self, item_id: str, *, by_client: bool) -> None:
-        self._input.take(reset_detector=by_client)
+        self._input_audio_ms[item_id] = self._input.take(reset_detector=by_client)
         item = user_audio_item(item_id)
         previous = self.append_item(item)
         self.broadcast(
@@ -528,10 +531,12 @@ class Call:
             )
         )
 
-    def _estimate_input_tokens(self) -> int:
-        # Roughly four characters per token, as the provider's docs suggest.
-        size = len(str(self.session.get("instructions", ""))) + len(json.dumps(self.conversation))
-        return max(1, size // 4)
+    def _input_tokens(self, tools: Any) -> InputTokens:
+        """What the next response reads; the previous response's input counts as cached."""
+        instructions = str(self.session.get("instructions", ""))
+        inputs = input_tokens(instructions, tools, self.conversation, self._input_audio_ms)
+        previous, self._previous_input_tokens = self._previous_input_tokens, inputs.total
+        return inputs.with_cache(previous)
 
     def snapshot(self) -> dict[str, Any]:
         """The JSON served by ``GET /_emulator/calls/{call_id}``."""

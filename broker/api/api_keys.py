@@ -1,4 +1,4 @@
-"""API key administration (``admin`` scope): list, create (the key is shown once), revoke."""
+"""API key administration (``admin`` scope): list (usage on request), create, revoke."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from broker.api._bodies import read_json
 from broker.api._times import iso
 from broker.apikeys import UnknownScopeError, create_api_key, list_api_keys, revoke_api_key
 from broker.auth import ALL_SCOPES, Scope
+from broker.db import queries
 from broker.db.models import ApiKey
-from broker.errors import NotFoundError, ValidationFailedError
+from broker.errors import BadRequestError, NotFoundError, ValidationFailedError
+from broker.usage import Usage
 
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -40,9 +42,27 @@ def key_json(row: ApiKey) -> dict[str, Any]:
 
 
 async def list_keys(request: web.Request) -> web.Response:
+    """Every key; with ``?include=usage`` each also gets its token ``usage``.
+
+    A key's usage is the sum over its sessions, live ones included. It is asked for
+    explicitly because it is an aggregate over every session, not a read of the key rows.
+
+    Raises:
+        BadRequestError: ``invalid_query``: another ``include`` than ``usage``.
+    """
     (await api_principal(request)).require(Scope.ADMIN)
-    rows = await list_api_keys(request.app[keys.SESSIONMAKER])
-    return web.json_response({"keys": [key_json(row) for row in rows]})
+    include = request.query.get("include")
+    if include not in (None, "usage"):
+        raise BadRequestError("invalid_query", "include may only be 'usage'", param="include")
+    sessionmaker = request.app[keys.SESSIONMAKER]
+    rows = await list_api_keys(sessionmaker)
+    if include is None:
+        return web.json_response({"keys": [key_json(row) for row in rows]})
+    async with sessionmaker() as s:
+        usage = await queries.usage_by_key(s)
+    return web.json_response(
+        {"keys": [{**key_json(row), "usage": usage.get(row.id, Usage()).as_json()} for row in rows]}
+    )
 
 
 async def create_key(request: web.Request) -> web.Response:

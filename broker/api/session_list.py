@@ -3,7 +3,7 @@
 Filters: ``state`` (comma-separated), ``model``, ``tool`` (sessions that called it),
 ``created_after`` / ``created_before`` (ISO 8601). Newest first, ``limit`` rows a page (1-200,
 default 50); ``next_cursor`` (opaque) asks for the next page and is stable while new sessions
-arrive.
+arrive. Each row carries the session's token ``usage`` so far (:mod:`broker.usage`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from broker.auth import Scope
 from broker.db.models import SessionState, utcnow
 from broker.db.session_list import Cursor, SessionFilter, SessionSummary, list_sessions
 from broker.errors import BadRequestError
+from broker.usage import Usage
 
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 200
@@ -102,6 +103,7 @@ def summary_json(summary: SessionSummary, now: datetime) -> dict[str, Any]:
         "tool_calls": {**summary.tool_calls, "total": sum(summary.tool_calls.values())},
         "last_event_at": iso(summary.last_event_at),
         "errors": summary.errors,
+        "usage": Usage.from_columns(row).as_json(),
     }
 
 

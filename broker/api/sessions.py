@@ -15,6 +15,7 @@ from broker.db.models import SessionRow, ToolCall
 from broker.errors import BadRequestError
 from broker.sdp import MAX_SDP_BYTES
 from broker.sessions import BridgeCallRequest, CreateSessionRequest
+from broker.usage import Usage
 
 
 def _session_json(row: SessionRow) -> dict[str, Any]:
@@ -39,6 +40,7 @@ def _session_json(row: SessionRow) -> dict[str, Any]:
         "created_at": iso(row.created_at),
         "live_at": iso(row.live_at),
         "ended_at": iso(row.ended_at),
+        "usage": Usage.from_columns(row).as_json(),
     }
 
 

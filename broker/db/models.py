@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -45,6 +47,8 @@ class SessionState(enum.StrEnum):
 
 CALL_RUNNING_STATES = (SessionState.LIVE, SessionState.DEGRADED)
 """The provider call exists and has not been seen to end."""
+TERMINAL_STATES = (SessionState.ENDED, SessionState.FAILED)
+"""A session never leaves these: the one transition into them is its end."""
 
 
 class SidebandState(enum.StrEnum):
@@ -86,6 +90,11 @@ class ToolPath(enum.StrEnum):
 
 def _tz() -> DateTime:
     return DateTime(timezone=True)
+
+
+def _usage_count() -> Mapped[int]:
+    # BigInteger: an API key's sum over many sessions is taken with SUM() over these.
+    return mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Base(AsyncAttrs, DeclarativeBase):
@@ -145,10 +154,26 @@ class SessionRow(Base):
     offered_at: Mapped[datetime | None]
     live_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
+    notify_ended: Mapped[bool] = mapped_column(default=False, server_default=false())
+    """Announce the session's end with a ``session.ended`` webhook: webhooks were configured
+    when it was created. The end's transaction queues it (:mod:`broker.webhooks`)."""
+    # Token usage summed over the call's response.done events (broker.usage): folded in by
+    # the transaction that stores those events in the event log.
+    usage_responses: Mapped[int] = _usage_count()
+    usage_input_tokens: Mapped[int] = _usage_count()
+    usage_output_tokens: Mapped[int] = _usage_count()
+    usage_total_tokens: Mapped[int] = _usage_count()
+    usage_input_text_tokens: Mapped[int] = _usage_count()
+    usage_input_audio_tokens: Mapped[int] = _usage_count()
+    usage_input_cached_tokens: Mapped[int] = _usage_count()
+    usage_output_text_tokens: Mapped[int] = _usage_count()
+    usage_output_audio_tokens: Mapped[int] = _usage_count()
 
     __table_args__ = (
         Index("ix_sessions_state_created_at", "state", "created_at"),
         Index("ix_sessions_state_sideband", "state", "sideband_enabled"),
+        # Usage per API key sums the key's sessions.
+        Index("ix_sessions_owner_key_id", "owner_key_id"),
     )
 
 
@@ -226,3 +251,46 @@ class DisabledTool(Base):
     disabled_by: Mapped[str] = mapped_column(String(40))
     """The API key id of the operator."""
     reason: Mapped[str | None] = mapped_column(String(500))
+
+
+class WebhookStatus(enum.StrEnum):
+    """``pending → delivered | failed``; a pending row may be retried many times."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    """Out of attempts, or refused for good (a 4xx other than 408 and 429)."""
+
+
+class WebhookDelivery(Base):
+    """One webhook event to deliver: a row of the outbox.
+
+    Queued in the transaction that made the event happen, posted by
+    :class:`broker.webhooks.WebhookSender` until delivered or failed. ``(session_id, type)``
+    is unique: a session's end is announced once.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    """Sent as ``Webhook-Id`` and the payload's ``id``: the same on every attempt, so a
+    receiver can drop a repeat."""
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(16), default=WebhookStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    """Attempts started (counted when claimed, so a crash mid-attempt still counts)."""
+    next_attempt_at: Mapped[datetime]
+    """When the row may be claimed next; while an attempt runs, the end of its lease."""
+    payload: Mapped[str | None] = mapped_column(Text)
+    """The JSON body, rendered at the first attempt and sent byte for byte on every retry."""
+    last_status: Mapped[int | None]
+    """The receiver's HTTP status on the last attempt (``None``: no answer)."""
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("session_id", "type", name="uq_webhook_deliveries_session_type"),
+        Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
+    )

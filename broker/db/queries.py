@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import secrets
+from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Final
 
 from sqlalchemy import CursorResult, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -13,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.models import (
     CALL_RUNNING_STATES,
+    TERMINAL_STATES,
     ApiKey,
     DisabledTool,
     SessionEvent,
@@ -21,8 +24,14 @@ from broker.db.models import (
     ToolCall,
     ToolCallStatus,
     ToolPath,
+    WebhookDelivery,
+    WebhookStatus,
     utcnow,
 )
+from broker.usage import USAGE_FIELDS, Usage, column, usage_of_events
+
+SESSION_ENDED: Final = "session.ended"
+"""The webhook event type queued when a session ends (or fails)."""
 
 
 def _changed(result: Result[Any]) -> bool:
@@ -45,7 +54,13 @@ async def transition_session(
     to_state: SessionState,
     **values: Any,
 ) -> bool:
-    """Move a session to ``to_state`` only if it is in one of ``from_states``; atomic."""
+    """Move a session to ``to_state`` only if it is in one of ``from_states``; atomic.
+
+    The move into ``ended`` or ``failed`` is the session's end, whichever path makes it (the
+    supervisor, the duration backstop, an operator, a failed offer): the same transaction
+    queues its ``session.ended`` webhook (when the session asked for one), so an end is
+    announced exactly once and never without being recorded.
+    """
     stamp = {
         SessionState.OFFERED: "offered_at",
         SessionState.LIVE: "live_at",
@@ -59,7 +74,34 @@ async def transition_session(
         .where(SessionRow.id == session_id, SessionRow.state.in_([str(x) for x in from_states]))
         .values(state=str(to_state), **values)
     )
-    return _changed(result)
+    changed = _changed(result)
+    if changed and to_state in TERMINAL_STATES:
+        await _queue_session_ended(s, session_id)
+    return changed
+
+
+async def _queue_session_ended(s: AsyncSession, session_id: str) -> None:
+    if not await s.scalar(select(SessionRow.notify_ended).where(SessionRow.id == session_id)):
+        return
+    now = utcnow()
+    dialect_insert = (
+        postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+    )
+    # DO NOTHING on the (session_id, type) key: a second end cannot happen (the transition
+    # above succeeds once), but if it ever did, it must not roll the end back.
+    await s.execute(
+        dialect_insert(WebhookDelivery)
+        .values(
+            id="wh_" + secrets.token_hex(12),
+            session_id=session_id,
+            type=SESSION_ENDED,
+            status=WebhookStatus.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["session_id", "type"])
+    )
 
 
 async def set_session_fields(s: AsyncSession, session_id: str, **values: Any) -> None:
@@ -226,8 +268,44 @@ async def next_event_seq(s: AsyncSession, session_id: str) -> int:
 
 
 async def add_events(s: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        await s.execute(insert(SessionEvent), list(rows))
+    """Store event-log rows and fold their usage into their sessions' totals.
+
+    The usage of the provider's ``response.done`` events among ``rows`` is added to their
+    sessions' ``usage_*`` columns in the caller's transaction. Usage rides on the event
+    log's batched writes: no write of its own per event, and the totals always equal the sum
+    over the stored events (a batch that is rolled back and retried is folded in once).
+    """
+    if not rows:
+        return
+    by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_session[row["session_id"]].append(row)
+    for session_id, session_rows in by_session.items():
+        usage = usage_of_events(session_rows)
+        if not usage.empty:
+            await add_session_usage(s, session_id, usage)
+    await s.execute(insert(SessionEvent), list(rows))
+
+
+async def add_session_usage(s: AsyncSession, session_id: str, usage: Usage) -> None:
+    """Add ``usage`` to the session's totals (an increment: concurrent writers add up)."""
+    increments = {
+        column(name): getattr(SessionRow, column(name)) + getattr(usage, name)
+        for name in USAGE_FIELDS
+    }
+    await s.execute(update(SessionRow).where(SessionRow.id == session_id).values(**increments))
+
+
+async def usage_by_key(s: AsyncSession) -> dict[str, Usage]:
+    """Every API key's usage: the sum over its sessions, live ones included."""
+    sums = [func.coalesce(func.sum(getattr(SessionRow, column(n))), 0) for n in USAGE_FIELDS]
+    result = await s.execute(
+        select(SessionRow.owner_key_id, *sums).group_by(SessionRow.owner_key_id)
+    )
+    return {
+        key_id: Usage(**dict(zip(USAGE_FIELDS, (int(v) for v in values), strict=True)))
+        for key_id, *values in result
+    }
 
 
 async def disable_tool(
@@ -285,3 +363,69 @@ async def latest_events_of(
         .limit(limit)
     )
     return list(reversed(rows.all()))
+
+
+async def tool_call_counts(s: AsyncSession, session_id: str) -> dict[str, int]:
+    """The session's tool calls by status (statuses with none are absent)."""
+    result = await s.execute(
+        select(ToolCall.status, func.count())
+        .where(ToolCall.session_id == session_id)
+        .group_by(ToolCall.status)
+    )
+    return {str(status): int(count) for status, count in result}
+
+
+# ---- the webhook outbox ---------------------------------------------------------------------
+
+
+async def due_webhooks(s: AsyncSession, now: datetime, limit: int) -> list[str]:
+    """Ids of pending deliveries whose next attempt is due, soonest first."""
+    result = await s.scalars(
+        select(WebhookDelivery.id)
+        .where(
+            WebhookDelivery.status == WebhookStatus.PENDING,
+            WebhookDelivery.next_attempt_at <= now,
+        )
+        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+        .limit(limit)
+    )
+    return list(result.all())
+
+
+async def next_webhook_due(s: AsyncSession) -> datetime | None:
+    """When the soonest pending delivery is due (``None``: nothing pending)."""
+    return await s.scalar(
+        select(func.min(WebhookDelivery.next_attempt_at)).where(
+            WebhookDelivery.status == WebhookStatus.PENDING
+        )
+    )
+
+
+async def claim_webhook(
+    s: AsyncSession, delivery_id: str, now: datetime, lease: timedelta
+) -> WebhookDelivery | None:
+    """Take one due delivery for an attempt; ``None`` if another sender took it first.
+
+    The attempt is counted now and the row leased (``next_attempt_at`` pushed past the
+    attempt's timeout): a sender that dies mid-attempt leaves a row any sender retries once
+    the lease runs out.
+    """
+    result = await s.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.status == WebhookStatus.PENDING,
+            WebhookDelivery.next_attempt_at <= now,
+        )
+        .values(attempts=WebhookDelivery.attempts + 1, next_attempt_at=now + lease)
+    )
+    if not _changed(result):
+        return None
+    return await s.get(WebhookDelivery, delivery_id, populate_existing=True)
+
+
+async def finish_webhook_attempt(s: AsyncSession, delivery_id: str, **values: Any) -> None:
+    """Record an attempt's outcome (status, next attempt, last status and error)."""
+    await s.execute(
+        update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(**values)
+    )

@@ -50,6 +50,9 @@ async def test_counters_move_as_a_scripted_session_runs(
             live, answered, "broker_tool_seconds_sum", **tool
         )
 
+        # The call's response and the answer's; the emulator reports usage in each.
+        assert moved(live, answered, "broker_responses_total") == 2
+        assert moved(live, answered, "broker_tokens_total", direction="input", modality="text") > 0
         forge_output(browser, "call_forged_metrics", with_call=True)
         await browser.wait_for("conversation.item.added", lambda e: is_forged(e["item"]), timeout=5)
         await wait_events(

@@ -1,0 +1,151 @@
+"""Token usage: what the provider reports in each ``response.done``, parsed and summed.
+
+``response.done`` carries ``response.usage`` (OpenAI Realtime GA, PROTOCOL.md §3):
+``{total_tokens, input_tokens, output_tokens, input_token_details: {text_tokens,
+audio_tokens, cached_tokens, …}, output_token_details: {text_tokens, audio_tokens}}``.
+It is provider input, so it is never trusted: a count that is not a JSON integer (a string,
+a float, ``true``) or is negative counts as 0, and one above :data:`MAX_RESPONSE_TOKENS`
+is capped there, so one absurd event cannot overflow a session's or a key's totals.
+
+A session's usage is the sum over every ``response.done`` its sideband saw: the event log
+stores each one, and :func:`broker.db.queries.add_events` folds their usage into the
+session row in the same transaction that stores them (see there). A bridge-only session has
+no sideband, so the broker never sees its usage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Final
+
+RESPONSE_DONE: Final = "response.done"
+MAX_RESPONSE_TOKENS: Final = 1_000_000
+"""The most tokens one response may report per count; more is capped (a realtime model's
+context is far smaller, so a larger number is a provider bug or a hostile upstream)."""
+
+
+def _count(container: Any, key: str) -> int:
+    """``container[key]`` as a token count: 0 unless a non-negative int, capped."""
+    value = container.get(key) if isinstance(container, Mapping) else None
+    # bool is an int subclass; JSON ``true`` is not a count.
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return 0
+    return min(value, MAX_RESPONSE_TOKENS)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts summed over some responses (one, a session's, an API key's).
+
+    ``input_cached_tokens`` are also counted in their modality, as the provider reports them.
+    """
+
+    responses: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    input_text_tokens: int = 0
+    input_audio_tokens: int = 0
+    input_cached_tokens: int = 0
+    output_text_tokens: int = 0
+    output_audio_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )
+
+    @property
+    def empty(self) -> bool:
+        return self == Usage()
+
+    @classmethod
+    def from_response_done(cls, event: Mapping[str, Any]) -> Usage | None:
+        """The usage of one ``response.done`` (``responses`` = 1); ``None`` for other events.
+
+        A ``response.done`` without a usage block (or with a malformed one) still counts as
+        one response with no tokens.
+        """
+        if event.get("type") != RESPONSE_DONE:
+            return None
+        response = event.get("response")
+        usage = response.get("usage") if isinstance(response, Mapping) else None
+        if not isinstance(usage, Mapping):
+            return cls(responses=1)
+        inputs = usage.get("input_token_details")
+        outputs = usage.get("output_token_details")
+        input_tokens = _count(usage, "input_tokens")
+        output_tokens = _count(usage, "output_tokens")
+        total = _count(usage, "total_tokens")
+        return cls(
+            responses=1,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            # The provider's own total when it gave a usable one, else the sum it stands for.
+            total_tokens=total or input_tokens + output_tokens,
+            input_text_tokens=_count(inputs, "text_tokens"),
+            input_audio_tokens=_count(inputs, "audio_tokens"),
+            input_cached_tokens=_count(inputs, "cached_tokens"),
+            output_text_tokens=_count(outputs, "text_tokens"),
+            output_audio_tokens=_count(outputs, "audio_tokens"),
+        )
+
+    @classmethod
+    def from_columns(cls, row: Any) -> Usage:
+        """Read the ``usage_*`` attributes of a session row (or a query result row)."""
+        return cls(**{f.name: int(getattr(row, column(f.name)) or 0) for f in fields(cls)})
+
+    def metric_tokens(self) -> dict[tuple[str, str], int]:
+        """The counts by ``(direction, modality)``: ``BrokerMetrics.usage_reported``'s input."""
+        return {
+            ("input", "text"): self.input_text_tokens,
+            ("input", "audio"): self.input_audio_tokens,
+            ("input", "cached"): self.input_cached_tokens,
+            ("output", "text"): self.output_text_tokens,
+            ("output", "audio"): self.output_audio_tokens,
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        """The API's and the webhook's ``usage``: the provider's shape, plus ``responses``."""
+        return {
+            "responses": self.responses,
+            "total_tokens": self.total_tokens,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "input_token_details": {
+                "text_tokens": self.input_text_tokens,
+                "audio_tokens": self.input_audio_tokens,
+                "cached_tokens": self.input_cached_tokens,
+            },
+            "output_token_details": {
+                "text_tokens": self.output_text_tokens,
+                "audio_tokens": self.output_audio_tokens,
+            },
+        }
+
+
+USAGE_FIELDS: Final = tuple(f.name for f in fields(Usage))
+
+
+def column(name: str) -> str:
+    """The session column of one :class:`Usage` field."""
+    return f"usage_{name}"
+
+
+def usage_of_events(events: Iterable[Mapping[str, Any]]) -> Usage:
+    """The summed usage of the provider's ``response.done`` events among ``events``.
+
+    Args:
+        events: event-log rows as :meth:`broker.events_log.EventRecorder.record` builds
+            them (``direction``, ``payload``); only ``direction == "in"`` counts: a
+            ``response.done`` the broker itself sent or logged is not provider usage.
+    """
+    total = Usage()
+    for row in events:
+        if row.get("direction") != "in":
+            continue
+        payload = row.get("payload")
+        if isinstance(payload, Mapping) and (usage := Usage.from_response_done(payload)):
+            total += usage
+    return total
