@@ -8,7 +8,7 @@ from typing import Final
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from broker import cors
+from broker import cors, ops_dashboard
 from broker.api import (
     api_keys,
     events_stream,
@@ -76,6 +76,9 @@ ROUTES: Final = (
     Route(hdrs.METH_GET, "/api/v1/tools", tools.list_tools, NO_BODY),
     Route(hdrs.METH_POST, "/api/v1/tools/{tool}/disable", tools.disable_tool, MAX_JSON_BYTES),
     Route(hdrs.METH_POST, "/api/v1/tools/{tool}/enable", tools.enable_tool, NO_BODY),
+    Route(hdrs.METH_GET, "/ops", ops_dashboard.redirect, NO_BODY),
+    Route(hdrs.METH_GET, "/ops/", ops_dashboard.page, NO_BODY),
+    Route(hdrs.METH_GET, "/ops/{name}", ops_dashboard.asset, NO_BODY),
 )
 
 

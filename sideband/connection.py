@@ -46,10 +46,21 @@ class SidebandConnection:
     Exactly one task may iterate :meth:`frames`; any number may :meth:`send`.
     """
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, call_id: str) -> None:
+    def __init__(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        call_id: str,
+        *,
+        attempts: int = 1,
+        attach_seconds: float = 0.0,
+    ) -> None:
         self._ws = ws
         self._send_lock = asyncio.Lock()
         self.call_id = call_id
+        self.attempts = attempts
+        """Handshakes it took to attach (more than one: the provider made us wait)."""
+        self.attach_seconds = attach_seconds
+        """How long :meth:`attach` took, retries and their delays included."""
 
     @classmethod
     async def attach(
@@ -110,7 +121,7 @@ class SidebandConnection:
                         autoping=True,
                     )
                 logger.info("sideband attached call_id=%s attempt=%d", call_id, attempt)
-                return cls(ws, call_id)
+                return cls(ws, call_id, attempts=attempt, attach_seconds=loop.time() - started)
             except aiohttp.WSServerHandshakeError as exc:
                 if exc.status == 404 and not_found_for is not None:
                     if loop.time() - started >= not_found_for:

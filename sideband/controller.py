@@ -24,7 +24,9 @@ finished unseen, and one appended-then-deleted probe item that names the convers
 (the protocol has no way to list items). Outputs decided while the sideband was away are
 looked up by their client-chosen item id and sent only if the provider does not have them.
 A resync belongs to its connection: a loss cancels it, and what it had not settled is the
-next resync's work (a probe whose delete died with the socket is deleted first).
+next resync's work (a probe whose delete died with the socket is deleted first). A call's
+*first* attach resyncs too when it came late (:func:`attached_late`): the model may have
+finished a function call before any sideband watched.
 
 Tamper checks (PROTOCOL.md §4, :mod:`sideband.tamper`): a ``session.updated`` whose owned
 fields drift from the server's config is answered by re-sending that config; a
@@ -83,6 +85,23 @@ logger = logging.getLogger(__name__)
 
 Direction = Literal["in", "out"]
 AttachKind = Literal["attach", "reconnect", "resume"]
+
+LATE_ATTACH_S: Final = 2.0
+"""A first attach slower than this may have missed the call's start (see :func:`attached_late`)."""
+
+
+def attached_late(conn: SidebandConnection) -> bool:
+    """Whether a call's first sideband may have missed function calls, so must resync.
+
+    An attach that took one handshake began right after the call was created, before the
+    browser even had its SDP answer: the browser still has ICE, DTLS and SCTP ahead of it,
+    then a user turn, then the model's, so nothing can have finished unseen. One that the
+    provider made wait (404s while the call propagates, a refused connection) or that took
+    seconds may have: it resyncs as a reconnect does. A needless resync costs one probe item.
+    """
+    return conn.attempts > 1 or conn.attach_seconds > LATE_ATTACH_S
+
+
 """``attach``: the call's first sideband; ``reconnect``: after this controller lost one;
 ``resume``: the first sideband of a restarted broker to a call it controlled before."""
 
@@ -357,8 +376,16 @@ class CallController:
                 if await self._send(update):
                     self._reapplies_in_flight += 1
                     self._reapply_event_ids.add(update["event_id"])
-            if kind != "attach":
+            if kind != "attach" or attached_late(conn):
                 # Scoped to this connection: a loss cancels it, and the next one starts over.
+                if kind == "attach":
+                    logger.info(
+                        "first sideband attached late call_id=%s attempts=%d seconds=%.2f;"
+                        " resyncing",
+                        self.call_id,
+                        conn.attempts,
+                        conn.attach_seconds,
+                    )
                 self._resync_task = self._spawn(self._resync(), "resync")
         try:
             async for data in conn.frames():

@@ -40,8 +40,8 @@ async def start_call(page: Any, broker: RunningBroker, *, bridge: bool = False) 
         lines = "\n".join(page.console_lines)
         raise AssertionError(f"call never went live: {exc}\n{lines}") from None
     if not bridge:
-        # A function call the model finishes before the first attach is not caught up yet
-        # (see the closing note): start from a watched call, as tests/support/flow.py does.
+        # Start from a watched call, as tests/support/flow.py does: the page's tool rows
+        # then show exactly one sideband run.
         await wait_sideband(broker, session["id"])
     return session
 

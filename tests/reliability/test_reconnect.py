@@ -151,6 +151,51 @@ async def test_a_call_the_model_finished_while_the_sideband_was_away_is_found_an
     assert len(tool_backend.calls_for(fc["call_id"])) == 1
 
 
+async def test_a_call_the_model_finished_before_the_first_attach_is_found_and_run(
+    reconnecting_broker: RunningBroker,
+    emulator: RunningEmulator,
+    tool_backend: ToolBackend,
+    http: aiohttp.ClientSession,
+) -> None:
+    """The provider refuses the new call's sideband for a while (as after a 404 race or a
+    provider restart); meanwhile the browser connects and the model finishes a function
+    call no broker saw. The first attach took retries, so it resyncs like a reconnect: the
+    call is found, run once on the sideband, and answered."""
+    broker = reconnecting_broker
+    await set_faults(http, emulator, **OUTAGE_FAULT)
+    session = await broker.create_session(tools=["lookup_order"])
+    browser = FakeBrowser()
+    try:
+        reply = await broker.offer(session, await browser.create_offer())
+        assert reply.status == 201, reply.text
+        await browser.accept_answer(reply.text)
+        await browser.wait_open()
+        ask(browser, 'lookup_order {"order_id": "42"}')
+        fc = await browser.wait_for("response.function_call_arguments.done")
+        await browser.wait_for("response.done")
+        detail = await broker.get_session(session["id"])
+        assert detail["sideband"]["state"] == "connecting"
+        assert tool_backend.calls_to("lookup_order") == []  # nobody ran it yet
+        await clear_faults(http, emulator)
+        final = await browser.wait_for("response.done", says(LOOKUP_42_OUTPUT), timeout=15)
+        row = await wait_row(broker, session["id"], fc["call_id"])
+        call_id = await call_of(broker, session)
+    finally:
+        await browser.close()
+
+    assert assistant_text(final) == f"lookup_order returned: {LOOKUP_42_OUTPUT}"
+    assert (row["status"], row["path"]) == ("succeeded", "sideband")
+    call = emulator.registry.get(call_id)
+    assert call is not None
+    assert outputs_received(call) == [
+        (
+            "sideband",
+            {"type": "function_call_output", "call_id": fc["call_id"], "output": LOOKUP_42_OUTPUT},
+        )
+    ]
+    assert len(tool_backend.calls_for(fc["call_id"])) == 1
+
+
 async def test_a_call_that_ends_while_the_sideband_is_away_ends_the_session(
     reconnecting_broker: RunningBroker,
     emulator: RunningEmulator,

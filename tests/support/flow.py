@@ -26,8 +26,8 @@ async def connect_browser(broker: RunningBroker, session: dict[str, Any]) -> Fak
         await browser.accept_answer(reply.text)
         await browser.wait_open()
         if session.get("sideband", True):
-            # The model can answer before the sideband attaches; tests start from a controlled
-            # call (catching up on a late attach is the reconnect issue's work).
+            # Tests start from a watched call, so the events they expect are exactly the
+            # ones a watched call sees (a late first attach adds a resync's probe).
             await wait_sideband(broker, session["id"])
     except BaseException:
         await browser.close()

@@ -22,6 +22,8 @@ class QueueConnection:
         self.sent: list[dict[str, Any]] = []
         self.sent_event = asyncio.Event()
         self.close_code: int | None = None
+        self.attempts = 1  # attached at once: a first attach needs no resync
+        self.attach_seconds = 0.0
 
     async def frames(self) -> AsyncIterator[dict[str, Any]]:
         while (frame := await self.inbox.get()) is not None:
