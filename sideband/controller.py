@@ -457,16 +457,17 @@ class CallController:
     async def update_instructions(self, instructions: str) -> bool:
         """Change the server-owned instructions of the live call; whether it was sent.
 
-        The owned config changes first, so the provider's echo is not taken for tampering
-        (and a later re-apply, or the next connection's, asserts the new text).
+        The owned config changes before the send, so the provider's echo is not taken for
+        tampering (and a later re-apply, or the next connection's, asserts the new text); a
+        send that fails puts the old config back, so "not sent" leaves nothing changed.
         """
-        if self._owned is None:
+        if self._owned is None or self._conn is None:
             return False
-        self._owned = replace(self._owned, instructions=instructions)
-        if self._conn is None:
-            return False
+        previous = self._owned
+        self._owned = replace(previous, instructions=instructions)
         update = session_update(self._owned.as_update())
         if not await self._send(update):
+            self._owned = previous
             return False
         self._reapplies_in_flight += 1
         self._reapply_event_ids.add(update["event_id"])

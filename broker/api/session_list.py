@@ -44,7 +44,8 @@ def _time(query: Any, name: str) -> datetime | None:
         value = datetime.fromisoformat(raw)
     except ValueError:
         raise _bad(name, f"{name} must be an ISO 8601 time") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    # Normalised to UTC: SQLite stores naive UTC and drops an offset without converting it.
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def encode_cursor(cursor: Cursor) -> str:

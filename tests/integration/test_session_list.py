@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from tests.support.broker_server import RunningBroker
@@ -55,6 +56,11 @@ async def test_filters_counts_and_pages(broker: RunningBroker) -> None:
     [mini] = await list_all(broker, "model=gpt-realtime-mini", limit=10)
     assert mini["id"] == other_model["id"]
     assert await list_all(broker, "created_after=2999-01-01T00:00:00Z", limit=10) == []
+    # A time with an offset means that instant (SQLite keeps naive UTC: it is converted).
+    newest = datetime.fromisoformat((await broker.get_session(live["id"]))["created_at"])
+    just_after = (newest + timedelta(seconds=1)).astimezone(timezone(timedelta(hours=-5)))
+    before = await list_all(broker, f"created_before={just_after.isoformat()}", limit=10)
+    assert len(before) == 6
     assert len(await list_all(broker, "state=created,ended,live", limit=3)) == 6
 
 

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from sideband import CallController, ForgedOutput, SessionDrift, TaintedResponse, Tamper
+from sideband.errors import SidebandClosedError
 from sideband.tamper import OwnedSession
 from tests.unit.sideband.test_controller import (
     Observer,
@@ -193,3 +194,48 @@ async def test_a_refused_reapply_does_not_swallow_the_next_change() -> None:
     conn.inbox.put_nowait(updated())
     await finish(conn, task)
     assert len([t for t in reports.tampers if isinstance(t, SessionDrift)]) == 2
+
+
+class FailingSends(QueueConnection):
+    """A connection whose sends fail once ``broken`` is set (a socket dying under us)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+
+    async def send(self, event: dict[str, Any]) -> None:
+        if self.broken:
+            raise SidebandClosedError(1006, "abnormal closure")
+        await super().send(event)
+
+
+async def test_an_instructions_change_that_was_not_sent_changes_nothing() -> None:
+    """The operator is told "not sent" (409): the owned config keeps the old text, so neither
+    a later re-apply nor the next connection asserts what the operator was told failed."""
+    conn = FailingSends()
+
+    async def connect() -> Any:
+        return conn
+
+    controller = CallController(
+        "rtc_test",
+        connect,
+        RecordingTools(),
+        Observer(),
+        owned_session=OwnedSession.from_config(CONFIG),
+        tamper=Reports(),
+    )
+    task = asyncio.create_task(controller.run())
+    await conn.wait_sent(1)
+    conn.inbox.put_nowait(updated())
+    conn.broken = True
+    assert await controller.update_instructions("NEW BY OPS") is False
+    conn.broken = False
+    conn.sent.clear()
+    # The browser drifts the session: the re-apply carries the old, owned instructions.
+    conn.inbox.put_nowait(updated(instructions="browser's"))
+    await conn.wait_sent(1)
+    assert conn.sent[0]["session"]["instructions"] == CONFIG["instructions"]
+    assert await controller.update_instructions("NEW BY OPS") is True
+    assert conn.sent[-1]["session"]["instructions"] == "NEW BY OPS"
+    await finish(conn, task)
