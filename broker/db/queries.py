@@ -11,6 +11,7 @@ from typing import Any, Final
 from sqlalchemy import CursorResult, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Result
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.models import (
@@ -315,9 +316,18 @@ async def disable_tool(
     row = await s.get(DisabledTool, tool)
     if row is None:
         row = DisabledTool(tool=tool, disabled_by=disabled_by, reason=reason, disabled_at=utcnow())
-        s.add(row)
-    else:
-        row.disabled_by, row.reason = disabled_by, reason
+        try:
+            async with s.begin_nested():
+                s.add(row)
+        except IntegrityError:
+            # Another operator (or process) switched it off at the same moment: theirs stands.
+            existing = await s.get(DisabledTool, tool, populate_existing=True)
+            if existing is None:
+                raise
+            row = existing
+        else:
+            return row
+    row.disabled_by, row.reason = disabled_by, reason
     await s.flush()
     return row
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from tests.support.broker_server import RunningBroker
@@ -56,3 +57,18 @@ async def test_the_switch_needs_admin_and_a_known_tool(broker: RunningBroker) ->
     assert (refused.status, refused.code) == (403, "insufficient_scope")
     assert (await broker.request("GET", "/api/v1/tools", token=watcher)).status == 200
     assert (await broker.request("GET", "/api/v1/tools", token=None)).status == 401
+
+
+async def test_operators_switching_a_tool_off_at_once_all_succeed(broker: RunningBroker) -> None:
+    """Two dashboards pressing Disable together: one row, every request answered 200."""
+    replies = await asyncio.gather(
+        *(
+            broker.request(
+                "POST", "/api/v1/tools/lookup_order/disable", json_body={"reason": f"op {n}"}
+            )
+            for n in range(6)
+        )
+    )
+    assert [r.status for r in replies] == [200] * 6, [r.text for r in replies]
+    listed = (await broker.request("GET", "/api/v1/tools")).json()["tools"]
+    assert [t["name"] for t in listed if t["disabled"]] == ["lookup_order"]
