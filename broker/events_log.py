@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
 from broker.db.models import utcnow
+from broker.usage import Usage, usage_of_events
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class EventRecorder:
         self._wake = asyncio.Event()
         self._stopped = False
         self._seq = 0
+        self._carried = Usage()
+        """Usage of batches dropped after failed writes: events may be lost, billing not."""
 
     async def start(self) -> None:
         """Continue numbering after what is already stored (a re-attached session)."""
@@ -120,11 +123,15 @@ class EventRecorder:
         """Write everything buffered. Never raises: the call matters more than its log."""
         failures = 0
         clashes = 0
-        while self._buffer:
+        while self._buffer or not self._carried.empty:
             batch = self._buffer[:MAX_BATCH]
             try:
                 async with self._sessionmaker.begin() as s:
-                    await queries.add_events(s, batch)
+                    if batch:
+                        await queries.add_events(s, batch)
+                    if not self._carried.empty:
+                        await queries.add_session_usage(s, self.session_id, self._carried)
+                self._carried = Usage()
             except IntegrityError:
                 clashes += 1
                 if clashes <= WRITE_ATTEMPTS:
@@ -149,6 +156,14 @@ class EventRecorder:
                 logger.error(
                     "event log dropped %d events session_id=%s", len(batch), self.session_id
                 )
+            else:
+                del self._buffer[: len(batch)]
+                failures = 0
+                continue
+            # Dropped: its usage rides on the next write (or the final flush's retry).
+            self._carried += usage_of_events(batch)
+            if not batch:
+                return  # only carried usage, and the database still fails: the next flush
             # Removed only now: a batch is never lost between being taken and being written.
             del self._buffer[: len(batch)]
             failures = 0

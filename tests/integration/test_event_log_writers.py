@@ -3,12 +3,18 @@ it, like the duration backstop's) never lose an event to a seq clash."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from broker import keys
+from broker.db import queries
 from broker.db.models import SessionEvent
-from broker.events_log import EventRecorder, append_event
+from broker.events_log import WRITE_ATTEMPTS, EventRecorder, append_event
 from tests.support.broker_server import RunningBroker
+from tests.support.flow import session_events
 
 
 async def test_a_seq_taken_by_another_writer_renumbers_the_recorders_buffer(
@@ -43,3 +49,69 @@ async def test_a_seq_taken_by_another_writer_renumbers_the_recorders_buffer(
         "response.done",
     ]
     assert [r.payload.get("n") for r in rows[1:]] == [0, 1, 2, 3]
+
+
+def response_done(total: int) -> dict[str, Any]:
+    return {
+        "type": "response.done",
+        "response": {
+            "id": f"resp_{total}",
+            "status": "completed",
+            "usage": {"total_tokens": total, "input_tokens": total - 1, "output_tokens": 1},
+        },
+    }
+
+
+async def test_usage_of_a_batch_dropped_after_failed_writes_is_still_counted(
+    broker: RunningBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database fails every attempt at one batch (it is dropped from the log): the usage
+    in it rides on the next write, so the session's totals, which bill, stay whole."""
+    session = await broker.create_session(tools=["lookup_order"])
+    sessionmaker = broker.app[keys.SESSIONMAKER]
+    real = queries.add_events
+    failing = {"left": WRITE_ATTEMPTS}
+
+    async def flaky(s: Any, rows: Any) -> None:
+        if failing["left"]:
+            failing["left"] -= 1
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        await real(s, rows)
+
+    monkeypatch.setattr(queries, "add_events", flaky)
+    recorder = EventRecorder(sessionmaker, session["id"])
+    await recorder.start()
+    recorder.record("in", response_done(15))
+    await recorder.flush()  # every attempt fails: the batch is dropped
+    recorder.record("in", response_done(2))
+    await recorder.flush()
+
+    detail = await broker.get_session(session["id"])
+    assert detail["usage"]["responses"] == 2
+    assert detail["usage"]["total_tokens"] == 17
+    stored = await session_events(broker, session["id"], "response.done")
+    assert [e["payload"]["response"]["id"] for e in stored] == ["resp_2"]  # the log lost one
+
+
+async def test_carried_usage_alone_is_written_by_the_final_flush(
+    broker: RunningBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = await broker.create_session(tools=["lookup_order"])
+    sessionmaker = broker.app[keys.SESSIONMAKER]
+    real = queries.add_events
+    failing = {"left": WRITE_ATTEMPTS}
+
+    async def flaky(s: Any, rows: Any) -> None:
+        if failing["left"]:
+            failing["left"] -= 1
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        await real(s, rows)
+
+    monkeypatch.setattr(queries, "add_events", flaky)
+    recorder = EventRecorder(sessionmaker, session["id"])
+    await recorder.start()
+    recorder.record("in", response_done(9))
+    await recorder.flush()  # dropped
+    await recorder.flush()  # nothing buffered: the carried usage alone is written
+    detail = await broker.get_session(session["id"])
+    assert (detail["usage"]["responses"], detail["usage"]["total_tokens"]) == (1, 9)
