@@ -2,20 +2,35 @@
 
 None of these is an OpenAI route. All need the standard key, take and return JSON, and
 fail with the provider's error envelope.
+
+``/_emulator/bench/v1`` is a second provider base URL for load tests (``bench/``): the
+OpenAI routes again, where an offer can ask for a call without a WebRTC peer
+(:class:`SidebandOnlyCall`), so thousands of calls cost the emulator little.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import deque
 from typing import Any, Final
 
 from aiohttp import web
 
 from ._auth import require_api_key
-from ._keys import CALL_REGISTRY, FAULTS
+from ._ids import new_call_id
+from ._keys import CALL_REGISTRY, FAULTS, SETTINGS
+from ._session import initial_session
 from .calls import Call
-from .errors import ApiError
+from .errors import ApiError, InvalidSdpError
 from .faults import FaultValueError
-from .signaling import read_json_object
+from .peer import MAX_SDP_BYTES, validate_offer
+from .settings import EmulatorSettings
+from .sideband import sideband_handler
+
+# The /v1 route's multipart parser: the bench route takes the same parts with the same checks.
+from .signaling import _read_multipart, hangup_call, read_json_object
+
+logger = logging.getLogger(__name__)
 
 MAX_REASON_CHARS: Final = 200
 
@@ -161,3 +176,131 @@ def add_admin_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/_emulator/faults", get_faults)
     router.add_post("/_emulator/faults", update_faults)
     router.add_delete("/_emulator/faults", reset_faults)
+    add_bench_routes(router)
+
+
+# ---- load-test provider base URL (bench/) ---------------------------------------------
+
+BENCH_BASE_PATH: Final = "/_emulator/bench/v1"
+"""A provider base URL for load tests (``bench/``): the same calls, sideband and hangup routes
+as ``/v1``, under the admin prefix (standard key only). Offers whose SDP session name is
+:data:`SIDEBAND_ONLY_SESSION_NAME` get a :class:`SidebandOnlyCall`; any other offer gets a
+normal WebRTC call, exactly as ``POST /v1/realtime/calls`` would (without its faults)."""
+SIDEBAND_ONLY_SESSION_NAME: Final = "emulator-bench-sideband-only"
+"""Put ``s=emulator-bench-sideband-only`` in an offer to ask for a call without a peer."""
+SIDEBAND_ONLY_RECORDED: Final = 200
+"""Events each way a sideband-only call keeps in its recorder (a normal call keeps 50 000):
+thousands of long-lived benchmark calls must not hold millions of event dicts."""
+
+# A fixed answer nobody can connect to: the broker relays it to the "browser" verbatim, and
+# a sideband-only call never negotiates media.
+_SIDEBAND_ONLY_ANSWER: Final = (
+    "v=0\r\n"
+    "o=- 0 0 IN IP4 127.0.0.1\r\n"
+    f"s={SIDEBAND_ONLY_SESSION_NAME}\r\n"
+    "t=0 0\r\n"
+    "a=group:BUNDLE 0 1\r\n"
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+    "c=IN IP4 0.0.0.0\r\n"
+    "a=mid:0\r\n"
+    "a=sendrecv\r\n"
+    "a=rtpmap:111 opus/48000/2\r\n"
+    "a=ice-ufrag:bnch\r\n"
+    "a=ice-pwd:benchbenchbenchbenchbe\r\n"
+    "a=fingerprint:sha-256 " + ":".join(["00"] * 32) + "\r\n"
+    "a=setup:active\r\n"
+    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
+    "c=IN IP4 0.0.0.0\r\n"
+    "a=mid:1\r\n"
+    "a=sctp-port:5000\r\n"
+    "a=ice-ufrag:bnch\r\n"
+    "a=ice-pwd:benchbenchbenchbenchbe\r\n"
+    "a=fingerprint:sha-256 " + ":".join(["00"] * 32) + "\r\n"
+    "a=setup:active\r\n"
+)
+
+
+class SidebandOnlyCall(Call):
+    """A call without a WebRTC peer, for load tests of a sideband client (``bench/``).
+
+    Everything but media behaves as in a normal call: client events from sidebands (or
+    :meth:`Call.submit` in-process, as if from the data channel), the scripted model,
+    fan-out to every sideband, hangup and the admin routes. Nothing ever connects to the
+    peer, so the call never ends by itself (no ``peer_closed``): hang it up or end it. Its
+    recorder keeps only the newest :data:`SIDEBAND_ONLY_RECORDED` events each way.
+    """
+
+    def __init__(self, call_id: str, session: dict[str, Any], settings: EmulatorSettings) -> None:
+        super().__init__(call_id, session, settings)
+        self.sent = deque(maxlen=SIDEBAND_ONLY_RECORDED)
+        self.received = deque(maxlen=SIDEBAND_ONLY_RECORDED)
+
+    async def start(self, offer_sdp: str) -> str:
+        """Check the offer like a normal call does, start the worker; return a fixed answer.
+
+        Raises:
+            InvalidSdpError: the offer is unusable.
+        """
+        validate_offer(offer_sdp)
+        self._spawn(self._work(), f"call-worker:{self.call_id}")
+        return _SIDEBAND_ONLY_ANSWER
+
+
+def is_sideband_only_offer(sdp: str) -> bool:
+    """Whether an offer asks for a :class:`SidebandOnlyCall` (its ``s=`` line)."""
+    return any(line.strip() == f"s={SIDEBAND_ONLY_SESSION_NAME}" for line in sdp.splitlines()[:8])
+
+
+async def create_bench_call(request: web.Request) -> web.Response:
+    """``POST /_emulator/bench/v1/realtime/calls``: create a call, maybe without a peer.
+
+    The standard key and a ``multipart/form-data`` body (parts ``sdp`` and ``session``, as
+    the unified ``/v1`` route) or a raw ``application/sdp`` body. Answers like ``/v1``:
+    ``201``, the SDP answer, ``Location: /v1/realtime/calls/<call_id>``. Fault switches do
+    not apply here.
+
+    Raises:
+        ApiError: 401; 400 ``invalid_session``/``unknown_parameter``/``invalid_sdp``; 415.
+    """
+    require_api_key(request)
+    if request.content_type == "multipart/form-data":
+        sdp, posted = await _read_multipart(request)
+    elif request.content_type == "application/sdp":
+        body = await request.read()
+        if len(body) > MAX_SDP_BYTES:
+            raise InvalidSdpError("SDP offer too large.")
+        sdp, posted = body.decode("utf-8", errors="replace"), None
+    else:
+        raise ApiError(
+            415,
+            "unsupported_content_type",
+            "Send the offer as application/sdp or multipart/form-data.",
+        )
+    if not sdp or not sdp.strip():
+        raise InvalidSdpError("Missing SDP offer.")
+    session = initial_session(posted, request.query.get("model"))
+    registry = request.app[CALL_REGISTRY]
+    if is_sideband_only_offer(sdp):
+        call: Call = SidebandOnlyCall(new_call_id(), session, request.app[SETTINGS])
+        try:
+            answer = await call.start(sdp)
+        except BaseException:
+            await call.end("setup_failed")
+            raise
+        # CallRegistry only registers the calls it negotiates itself; this one it could not
+        # (no peer), so it is added the way create_call adds its own.
+        registry._calls[call.call_id] = call
+        registry._forget_old_calls()
+        logger.info("call %s created (sideband only) model=%s", call.call_id, session.get("model"))
+    else:
+        call, answer = await registry.create_call(sdp, session)
+    return web.Response(
+        status=201, text=answer, content_type="application/sdp", headers={"Location": call.location}
+    )
+
+
+def add_bench_routes(router: web.UrlDispatcher) -> None:
+    """Register the provider routes under :data:`BENCH_BASE_PATH`."""
+    router.add_post(f"{BENCH_BASE_PATH}/realtime/calls", create_bench_call)
+    router.add_post(f"{BENCH_BASE_PATH}/realtime/calls/{{call_id}}/hangup", hangup_call)
+    router.add_get(f"{BENCH_BASE_PATH}/realtime", sideband_handler)

@@ -1,0 +1,657 @@
+"""``bench/RESULTS.md`` and ``bench/dispatch.png`` from the JSON results of a run.
+
+Run alone to rebuild both from ``bench/results/*.json``: ``python -m bench.report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from .context import BENCH_DIR, DEFAULT_OUT
+from .stack import ROOT
+
+BENCHMARKS: Final = ("offer_overhead", "dispatch_latency", "capacity", "audit_append")
+DEFAULT_RESULTS_MD: Final = BENCH_DIR / "RESULTS.md"
+DEFAULT_PLOT: Final = BENCH_DIR / "dispatch.png"
+
+TARGET_DISPATCH_P50_MS: Final = 1.0
+TARGET_DISPATCH_P99_MS: Final = 5.0
+TARGET_DISPATCH_AT: Final = 1000
+TARGET_OFFER_ADDED_P50_MS: Final = 5.0
+TARGET_SESSIONS: Final = 5000
+TARGET_RSS_MIB: Final = 1024
+
+
+def load_results(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every ``<benchmark>.json`` present in ``out_dir``, by benchmark name."""
+    found = {}
+    for name in BENCHMARKS:
+        path = out_dir / f"{name}.json"
+        if path.exists():
+            found[name] = json.loads(path.read_text())
+    return found
+
+
+def _ms(value: Any) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
+def _num(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _rel(path: str | None) -> str:
+    if not path:
+        return "–"
+    try:
+        return str(Path(path).resolve().relative_to(BENCH_DIR))
+    except ValueError:
+        return path
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    measured: str
+    met: bool | None
+    limit: str = ""
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _profile_lines(profile: dict[str, Any] | None) -> list[str]:
+    """What a profile says dominates, in three lines."""
+    if not profile or not profile.get("packages"):
+        return []
+    packages = ", ".join(f"{p['package']} {p['percent']:.0f}%" for p in profile["packages"][:6])
+    functions = ", ".join(
+        f"`{f['function']}` {f['percent']:.0f}%" for f in profile.get("broker_inclusive", [])[:6]
+    )
+    leaves = ", ".join(f"`{f['function']}` {f['percent']:.0f}%" for f in profile["functions"][:4])
+    lines = [
+        f"  Profile [{_rel(profile.get('file'))}]({_rel(profile.get('file'))}) "
+        f"({profile.get('profiler')}; shares of the broker's busy time):",
+        f"  by package: {packages};",
+        f"  under broker functions: {functions};",
+        f"  hottest leaves: {leaves}.",
+    ]
+    sql = profile.get("sql")
+    if sql and "statements_per_call" in sql:
+        kinds = ", ".join(f"{kind} ×{n:g}" for kind, n in list(sql["by_kind_per_call"].items())[:8])
+        lines.append(
+            f"  SQL per call: {sql['statements_per_call']:g} statements in "
+            f"{sql['commits_per_call']:g} commits ({kinds})."
+        )
+    return lines
+
+
+def _dispatch_step_at(dispatch: dict[str, Any], target: int) -> dict[str, Any] | None:
+    steps = dispatch["results"]["steps"]
+    exact = [s for s in steps if s["target_sessions"] == target]
+    return exact[0] if exact else (steps[-1] if steps else None)
+
+
+def _targets(results: dict[str, dict[str, Any]]) -> list[Target]:
+    targets: list[Target] = []
+    dispatch = results.get("dispatch_latency")
+    if dispatch is not None:
+        step = _dispatch_step_at(dispatch, TARGET_DISPATCH_AT)
+        profile = dispatch["results"].get("profile")
+        limit = ""
+        if step is not None:
+            limit = (
+                f"The broker spends {_ms(step.get('broker_cpu_ms_per_call'))} ms of CPU per call "
+                f"(its own timer: {_ms(step.get('broker_dispatch_mean_ms'))} ms mean)."
+            )
+        for name, key, bound in (
+            ("p50", "p50", TARGET_DISPATCH_P50_MS),
+            ("p99", "p99", TARGET_DISPATCH_P99_MS),
+        ):
+            if step is None:
+                targets.append(Target(f"dispatch {name} ≤ {bound:g} ms", "not measured", None))
+                continue
+            value = step["dispatch_ms"][key]
+            at = step["live_sessions"]
+            label = f"dispatch {name} ≤ {bound:g} ms at {TARGET_DISPATCH_AT:,} live sessions"
+            measured = f"{_ms(value)} ms at {at:,} live sessions"
+            met = value is not None and value <= bound and at >= TARGET_DISPATCH_AT
+            targets.append(Target(label, measured, met, "" if met else limit))
+        unmet = [i for i, t in enumerate(targets) if t.limit]
+        if unmet and profile:
+            first = targets[unmet[0]]
+            extra = "\n".join(_profile_lines(profile))
+            targets[unmet[0]] = Target(first.name, first.measured, first.met, f"{limit}\n{extra}")
+            for i in unmet[1:]:
+                targets[i] = Target(
+                    targets[i].name, targets[i].measured, targets[i].met, "as above."
+                )
+    offer = results.get("offer_overhead")
+    if offer is not None:
+        webrtc = offer["results"]["webrtc"]
+        added = webrtc["added_ms"]["p50"]
+        paired = webrtc["paired_added_ms"]["p50"]
+        only = offer["results"]["sideband_only"]["added_ms"]["p50"]
+        met = added is not None and added <= TARGET_OFFER_ADDED_P50_MS
+        limit = ""
+        if not met:
+            limit = (
+                f"With an instant provider (sideband-only offers) the broker still adds "
+                f"{_ms(only)} ms: that is its own work (auth, SDP checks, database writes, the "
+                "provider request)."
+            )
+            if offer["results"].get("profile"):
+                limit += "\n" + "\n".join(_profile_lines(offer["results"]["profile"]))
+        targets.append(
+            Target(
+                f"offer overhead ≤ {TARGET_OFFER_ADDED_P50_MS:g} ms p50",
+                f"{_ms(added)} ms p50 added (median of paired differences {_ms(paired)} ms)",
+                met,
+                limit,
+            )
+        )
+    capacity = results.get("capacity")
+    if capacity is not None:
+        steps = capacity["results"]["steps"]
+        under = [s for s in steps if s["broker_rss_mib"] < TARGET_RSS_MIB]
+        best = max(under, key=lambda s: s["live_sessions"]) if under else None
+        held = best["live_sessions"] if best else 0
+        met = held >= TARGET_SESSIONS
+        measured = (
+            f"{held:,} live sessions at {_num(best['broker_rss_mib'])} MiB RSS"
+            if best
+            else "no step under the limit"
+        )
+        limit = ""
+        if not met:
+            stopped = capacity["results"].get("stopped_by")
+            last = steps[-1] if steps else None
+            limit = f"Stepping stopped: {stopped}." if stopped else ""
+            if last is not None:
+                limit += (
+                    f" Last step: {last['live_sessions']:,} sessions, "
+                    f"{_num(last['broker_rss_mib'])} MiB RSS "
+                    f"({_num(last['broker_rss_per_session_kib'])} KiB per session)."
+                )
+            limit += "\n" + "\n".join(_profile_lines(capacity["results"].get("profile")))
+        targets.append(
+            Target(
+                f"≥ {TARGET_SESSIONS:,} live sessions in one process under "
+                f"{TARGET_RSS_MIB // 1024} GiB RSS",
+                measured,
+                met,
+                limit.strip(),
+            )
+        )
+    return targets
+
+
+def _offer_section(offer: dict[str, Any]) -> list[str]:
+    r = offer["results"]
+    rows = []
+    for kind, label in (("webrtc", "WebRTC (aiortc answer)"), ("sideband_only", "sideband-only")):
+        k = r[kind]
+        rows.append(
+            [
+                label,
+                _num(k["broker_ms"]["count"]),
+                _ms(k["direct_ms"]["p50"]),
+                _ms(k["broker_ms"]["p50"]),
+                _ms(k["added_ms"]["p50"]),
+                _ms(k["direct_ms"]["p99"]),
+                _ms(k["broker_ms"]["p99"]),
+                _ms(k["added_ms"]["p99"]),
+                _num(k["ratio"]["p50"], 2),
+                _num(k["ratio"]["p99"], 2),
+                f"{_ms(k['paired_added_ms']['p50'])} / {_ms(k['paired_added_ms']['p99'])}",
+            ]
+        )
+    lines = [
+        "## 1. Offer overhead",
+        "",
+        "SDP offer → answer round trip, straight to the emulator vs. through the broker, "
+        "interleaved in one run (`bench/offer_overhead.py`). Milliseconds.",
+        "",
+    ]
+    lines += _table(
+        [
+            "provider answer",
+            "pairs",
+            "direct p50",
+            "broker p50",
+            "added p50",
+            "direct p99",
+            "broker p99",
+            "added p99",
+            "ratio p50",
+            "ratio p99",
+            "paired added p50 / p99",
+        ],
+        rows,
+    )
+    lines += [
+        "",
+        "*added* is broker − direct of each percentile; *paired added* the percentiles of "
+        "each pair's difference (the two offers of a pair ran back to back), which an outlier "
+        "on one path moves less.",
+    ]
+    if r.get("error_count"):
+        lines += ["", f"Errors: {r['error_count']} (first: {r['errors'][:3]})."]
+    return [*lines, ""]
+
+
+def _dispatch_section(dispatch: dict[str, Any]) -> list[str]:
+    r = dispatch["results"]
+    rows = []
+    for s in r["steps"]:
+        d = s["dispatch_ms"]
+        rows.append(
+            [
+                f"sideband, {s['live_sessions']:,} live",
+                _num(d["count"]),
+                _ms(d["p50"]),
+                _ms(d["p99"]),
+                _ms(d["max"]),
+                _ms(s.get("broker_dispatch_mean_ms")),
+                _ms(s.get("broker_cpu_ms_per_call")),
+                _num(s.get("broker_rss_mib")),
+                _num(s["timeouts"]),
+            ]
+        )
+    bridge = r.get("bridge")
+    if bridge:
+        d = bridge["dispatch_ms"]
+        rows.append(
+            [
+                f"bridge, {bridge['browsers']} aiortc browser(s)",
+                _num(d["count"]),
+                _ms(d["p50"]),
+                _ms(d["p99"]),
+                _ms(d["max"]),
+                "–",
+                "–",
+                "–",
+                _num(bridge["timeouts"]),
+            ]
+        )
+    lines = [
+        "## 2. Tool dispatch latency",
+        "",
+        "From the emulator sending `response.function_call_arguments.done` to the emulator "
+        "receiving the broker's `function_call_output`, no-op tool, one call at a time over "
+        "the live sessions (`bench/dispatch_latency.py`). Milliseconds; *broker mean* is the "
+        "broker's own `broker_dispatch_seconds` over the same calls, *CPU/call* the broker "
+        "process's CPU time per call.",
+        "",
+    ]
+    lines += _table(
+        [
+            "path",
+            "calls",
+            "p50",
+            "p99",
+            "max",
+            "broker mean",
+            "CPU/call",
+            "RSS MiB",
+            "timeouts",
+        ],
+        rows,
+    )
+    if bridge and bridge.get("errors"):
+        lines += ["", f"Bridge errors: {bridge['errors'][:3]}."]
+    ratio = r.get("sideband_over_bridge")
+    if ratio:
+        lines += [
+            "",
+            f"Sideband/bridge ratio at {r['steps'][0]['live_sessions']:,} live session(s): "
+            f"p50 {_num(ratio['p50'], 2)}, p99 {_num(ratio['p99'], 2)} "
+            "(below 1: the sideband is faster).",
+        ]
+    return [*lines, ""]
+
+
+def _capacity_section(capacity: dict[str, Any]) -> list[str]:
+    r = capacity["results"]
+    opts = capacity["options"]
+    rows = []
+    for s in r["steps"]:
+        d = s["dispatch_ms"]
+        rows.append(
+            [
+                f"{s['live_sessions']:,}",
+                _num(s.get("setup_sessions_per_s"), 1),
+                f"{_num(s['broker_rss_idle_mib'])} / {_num(s['broker_rss_mib'])}",
+                _num(s["broker_rss_per_session_kib"]),
+                f"{_num(s['calls_completed'])} / {_num(s['calls_offered'])}",
+                _num(s["completed_per_s"], 1),
+                f"{_ms(d['p50'])} / {_ms(d['p99'])} / {_ms(d['max'])}",
+                f"{s['broker_cpu_utilization'] * 100:.0f}%",
+                _ms(s["broker_cpu_ms_per_call"]),
+                f"{s['driver_and_emulator_cpu_utilization'] * 100:.0f}%",
+                _num(s.get("drain_s"), 1),
+                "yes" if s.get("saturated") else "no",
+            ]
+        )
+    lines = [
+        "## 3. Capacity",
+        "",
+        f"Live sessions held by one broker process, each calling the no-op tool once every "
+        f"{opts['period_s']:g} s at a random phase for {opts['window_s']:g} s per step "
+        f"(`bench/capacity.py`). Broker RSS at start: {_num(r['broker_rss_baseline_mib'])} MiB; "
+        f"peak: {_num(r['broker_rss_peak_mib'])} MiB. RSS per session is (loaded RSS − RSS at "
+        "start) / sessions; CPU/call is the broker's CPU time in the window over the calls "
+        "completed (idle sessions' upkeep included).",
+        "",
+    ]
+    lines += _table(
+        [
+            "live sessions",
+            "setup /s",
+            "RSS MiB idle / loaded",
+            "KiB/session",
+            "calls done / offered",
+            "calls/s",
+            "dispatch p50 / p99 / max ms",
+            "broker CPU",
+            "CPU ms/call",
+            "emulator+driver CPU",
+            "drain s",
+            "saturated",
+        ],
+        rows,
+    )
+    lines += ["", f"Stopped by: {r.get('stopped_by') or 'nothing (every step ran)'}."]
+    costs = [s["broker_cpu_ms_per_call"] for s in r["steps"] if s.get("broker_cpu_ms_per_call")]
+    if costs:
+        cheapest = min(costs)
+        per_s = 1000 / cheapest
+        lines += [
+            "",
+            f"At {_ms(cheapest)} ms of broker CPU per call, one core completes at most about "
+            f"{per_s:,.0f} calls/s: about {per_s * opts['period_s']:,.0f} sessions calling once "
+            f"every {opts['period_s']:g} s. A saturated step's calls queue behind each other "
+            "(each session's reader gets its turn), so its latency is the backlog's.",
+        ]
+    lines += [
+        "",
+        "The emulator side is kept light so the broker is the bottleneck: its calls are "
+        "sideband-only (`/_emulator/bench/v1`, an offer with `s=emulator-bench-sideband-only` "
+        "gets an `emulator.admin.SidebandOnlyCall`: no WebRTC peer, no audio, a recorder of "
+        "200 events), the scripted model streams without pauses (`token_interval=0`, speech "
+        "off), and the driver starts each call in-process (a user message naming the tool and "
+        "`response.create`, submitted as if from the data channel). The broker's path is the "
+        "real one: session, offer, `POST /realtime/calls`, sideband attach, function call, "
+        "policy, tool, output injected, `response.create`.",
+    ]
+    return [*lines, ""]
+
+
+def _audit_section(audit: dict[str, Any]) -> list[str]:
+    rows = []
+    for kind, r in audit["results"].items():
+        if "skipped" in r:
+            rows.append([kind, f"skipped: {r['skipped']}", "", "", ""])
+            continue
+        batched = r["event_log_batched"]
+        single = r["event_log_single"]
+        calls = r["tool_call_records"]
+        rows.append(
+            [
+                kind,
+                f"{_num(batched['events_per_s'])} ({_num(batched['events'])} events, "
+                f"{batched['sessions']} sessions)",
+                f"{_ms(single['latency_ms']['p50'])} / {_ms(single['latency_ms']['p99'])} ms "
+                f"({_num(single['appends_per_s'])}/s)",
+                f"{_ms(calls['sequential']['latency_ms']['p50'])} / "
+                f"{_ms(calls['sequential']['latency_ms']['p99'])} ms "
+                f"({_num(calls['sequential']['calls_per_s'])}/s)",
+                f"{_num(calls['concurrent']['calls_per_s'])}/s "
+                f"({calls['concurrent']['callers']} callers)",
+            ]
+        )
+    lines = [
+        "## 4. Audit append throughput",
+        "",
+        "The broker's own code on a fresh database of each kind, in-process "
+        "(`bench/audit_append.py`): the event log written by `EventRecorder` in batches as the "
+        "sideband does; `append_event`, one transaction per event; and the tool-call records "
+        "of one sideband call (`ToolDispatcher.run` with the no-op tool, then "
+        "`mark_injected`). The audit log is neither hash-chained nor signed yet, so no hashing "
+        "or signing is measured.",
+        "",
+    ]
+    lines += _table(
+        [
+            "database",
+            "event log, batched (events/s)",
+            "single append p50 / p99",
+            "tool-call records, one caller p50 / p99",
+            "tool-call records, concurrent",
+        ],
+        rows,
+    )
+    return [*lines, ""]
+
+
+def render(results: dict[str, dict[str, Any]], plot: Path | None, note: str = "") -> str:
+    """RESULTS.md for ``results`` (the plot is linked if ``plot`` was written)."""
+    any_run = next(iter(results.values()))
+    machine = any_run["machine"]
+    dates = sorted(r["started_at"] for r in results.values())
+    total = sum(r["duration_s"] for r in results.values())
+    presets = sorted({r["preset"] for r in results.values()})
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated by `bench/report.py` from `bench/results/*.json`; rerun with `make bench`.",
+        "",
+        f"- **Command**: `{any_run['command']}` (preset {', '.join(presets)}; broker database: "
+        f"{any_run['database']})",
+        f"- **Date**: {dates[0]} to {dates[-1]} (UTC); the four took {total / 60:.1f} min",
+        f"- **Machine**: {machine['cores']} cores ({machine['cpu_model']}), "
+        f"{machine['memory_gib']} GiB memory, {machine['os']}, Python {machine['python']}; "
+        f"load average at the start {machine['load_average_at_start']}",
+        "- Everything on loopback: the broker as its own `python -m broker serve` process, the "
+        "emulator and the driver in the benchmark's process, aiortc peers with no ICE servers.",
+    ]
+    if note:
+        lines += ["", note]
+    targets = _targets(results)
+    if targets:
+        lines += ["", "## Targets", ""]
+        lines += _table(
+            ["target", "measured", "met"],
+            [
+                [t.name, t.measured, "–" if t.met is None else ("yes" if t.met else "**no**")]
+                for t in targets
+            ],
+        )
+        limits = [t for t in targets if t.limit]
+        if limits:
+            lines += ["", "### What limits the targets not met", ""]
+            for t in limits:
+                lines += [f"- **{t.name}**: {t.limit.strip()}"]
+    lines.append("")
+    if plot is not None:
+        lines += [
+            f"![Dispatch p50 and p99 against live sessions]({_rel(str(plot))})",
+            "",
+        ]
+    sections = {
+        "offer_overhead": _offer_section,
+        "dispatch_latency": _dispatch_section,
+        "capacity": _capacity_section,
+        "audit_append": _audit_section,
+    }
+    for name, section in sections.items():
+        if name in results:
+            lines += section(results[name])
+    profiles = [
+        r["results"]["profile"]["file"]
+        for r in results.values()
+        if isinstance(r["results"].get("profile"), dict) and r["results"]["profile"].get("file")
+    ]
+    if profiles:
+        lines += [
+            "## Profiles",
+            "",
+            "Each profile is an extra window after the timed ones (which are never profiled): "
+            + ", ".join(f"[{_rel(p)}]({_rel(p)})" for p in profiles)
+            + ". pyinstrument samples the broker's event loop (wall clock; time idle in "
+            "`select` is left out of the shares); SQLAlchemy's statements run in greenlets, "
+            "so their time shows under SQLAlchemy rather than under the broker function that "
+            "asked, and the SQL counts per call say which statements those are.",
+            "",
+        ]
+    lines += [
+        "## Running them",
+        "",
+        "- `make bench`: all four at full size with the broker profiled (about ten minutes "
+        "on two cores; run it on a quiet machine), then this file, `dispatch.png`, "
+        "`results/*.json` and `profiles/*.txt`.",
+        "- `.venv/bin/python -m bench --preset medium|smoke [--only capacity,...] "
+        "[--profile [py-spy]] [--db postgres]`; one benchmark: "
+        "`python -m bench.capacity --preset medium --steps 100,500`.",
+        "- `make bench-report` rebuilds this file and the plot from `results/*.json`.",
+        "- `make test` runs every benchmark at tiny sizes (`tests/bench/`), without timing "
+        "anything, so they keep working.",
+        "",
+    ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot_dispatch(results: dict[str, dict[str, Any]], path: Path) -> bool:
+    """Dispatch p50/p99 against live sessions as a PNG; ``False`` without matplotlib."""
+    try:
+        matplotlib = importlib.import_module("matplotlib")
+    except ImportError:
+        return False
+    matplotlib.use("Agg")  # no display: render to a file
+    plt = importlib.import_module("matplotlib.pyplot")
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    series: list[tuple[str, list[dict[str, Any]], str]] = []
+    if "dispatch_latency" in results:
+        series.append(
+            ("one call at a time", results["dispatch_latency"]["results"]["steps"], "tab:blue")
+        )
+    if "capacity" in results:
+        period = results["capacity"]["options"]["period_s"]
+        series.append(
+            (
+                f"every session once per {period:g} s",
+                results["capacity"]["results"]["steps"],
+                "tab:red",
+            )
+        )
+    drawn = False
+    for label, steps, color in series:
+        points = [s for s in steps if s["dispatch_ms"]["p50"] is not None]
+        if not points:
+            continue
+        xs = [s["live_sessions"] for s in points]
+        ax.plot(xs, [s["dispatch_ms"]["p50"] for s in points], "o-", color=color)
+        ax.plot(xs, [s["dispatch_ms"]["p99"] for s in points], "s--", color=color)
+        ax.plot([], [], "o-", color=color, label=f"p50, {label}")
+        ax.plot([], [], "s--", color=color, label=f"p99, {label}")
+        for s in points:
+            if s.get("saturated"):
+                ax.annotate(
+                    "saturated",
+                    (s["live_sessions"], s["dispatch_ms"]["p99"]),
+                    textcoords="offset points",
+                    xytext=(-20, 8),
+                    fontsize=7,
+                    color=color,
+                )
+        for s in steps:
+            if s["dispatch_ms"]["p50"] is None:
+                ax.axvline(s["live_sessions"], color=color, linestyle=":", linewidth=1)
+                ax.annotate(
+                    f"{s['live_sessions']:,}: no call completed",
+                    (s["live_sessions"], 1),
+                    xycoords=("data", "axes fraction"),
+                    textcoords="offset points",
+                    xytext=(-4, -12),
+                    rotation=90,
+                    ha="right",
+                    va="top",
+                    fontsize=7,
+                    color=color,
+                )
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.axhline(TARGET_DISPATCH_P50_MS, color="gray", linestyle=":", linewidth=1)
+    ax.axhline(TARGET_DISPATCH_P99_MS, color="gray", linestyle="-.", linewidth=1)
+    ax.text(1, TARGET_DISPATCH_P50_MS, " target p50", va="bottom", color="gray", fontsize=8)
+    ax.text(1, TARGET_DISPATCH_P99_MS, " target p99", va="bottom", color="gray", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    # Plain numbers on both log axes (1, 10, 100, 1000 sessions; 1, 5, 20 ms), not powers.
+    ticker = importlib.import_module("matplotlib.ticker")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+        axis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlabel("live sessions (one broker process)")
+    ax.set_ylabel("dispatch latency, ms (emulator side)")
+    ax.set_title("Tool dispatch latency, sideband path, no-op tool")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write_report(
+    out_dir: Path, results_md: Path, plot: Path, note: str = ""
+) -> tuple[Path, Path | None]:
+    """Write RESULTS.md (and the plot, if matplotlib is installed); their paths.
+
+    Raises:
+        FileNotFoundError: ``out_dir`` has no results.
+    """
+    results = load_results(out_dir)
+    if not results:
+        raise FileNotFoundError(f"no benchmark results in {out_dir}")
+    plotted = plot if plot_dispatch(results, plot) else None
+    if plotted is None:
+        note = (note + "\n\n" if note else "") + (
+            "(No plot: matplotlib is not installed; `pip install -e '.[bench]'`.)"
+        )
+    results_md.parent.mkdir(parents=True, exist_ok=True)
+    results_md.write_text(render(results, plotted, note))
+    return results_md, plotted
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results directory")
+    parser.add_argument("--results-md", type=Path, default=DEFAULT_RESULTS_MD)
+    parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
+    args = parser.parse_args(argv)
+    md, plot = write_report(args.out, args.results_md, args.plot)
+    print(f"wrote {md.relative_to(ROOT) if md.is_relative_to(ROOT) else md}")  # noqa: T201
+    if plot is not None:
+        print(f"wrote {plot}")  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
