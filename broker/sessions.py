@@ -61,6 +61,8 @@ logger = logging.getLogger(__name__)
 
 MAX_TOOLS_PER_SESSION: Final = 64
 _SPENT_SECRET_GRACE: Final = timedelta(minutes=1)
+_PRUNE_EVERY_S: Final = 30.0
+"""Spent secrets are pruned at most this often per process, not on every offer's path."""
 """How long a spent secret is kept past ``exp``: python-jose accepts a token during the second
 after ``exp``, and replicas' clocks drift; pruning at ``exp`` would reopen a replay window."""
 MAX_METADATA_KEYS: Final = 32
@@ -128,12 +130,13 @@ async def _secret_spent(s: AsyncSession, jti: str) -> bool:
     return await s.get(UsedClientSecret, jti) is not None
 
 
-async def _spend_secret(s: AsyncSession, browser: BrowserPrincipal) -> bool:
+async def _spend_secret(s: AsyncSession, browser: BrowserPrincipal, *, prune: bool) -> bool:
     """Record the offer's client secret as used; ``False`` if it already was (a replay).
 
     ON CONFLICT DO NOTHING: two offers racing with one token must not turn into an
-    IntegrityError; the loser sees no row inserted. Spent secrets well past their ``exp``
-    are pruned here: verification refuses them as expired before this table is consulted.
+    IntegrityError; the loser sees no row inserted. With ``prune``, spent secrets well past
+    their ``exp`` are deleted too: verification refuses them as expired before this table
+    is consulted, so keeping them a while longer changes nothing.
     """
     dialect_insert = (
         postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
@@ -149,9 +152,10 @@ async def _spend_secret(s: AsyncSession, browser: BrowserPrincipal) -> bool:
         )
         .on_conflict_do_nothing(index_elements=["jti"])
     )
-    await s.execute(
-        delete(UsedClientSecret).where(UsedClientSecret.expires_at < now - _SPENT_SECRET_GRACE)
-    )
+    if prune:
+        await s.execute(
+            delete(UsedClientSecret).where(UsedClientSecret.expires_at < now - _SPENT_SECRET_GRACE)
+        )
     assert isinstance(result, CursorResult)
     return bool(result.rowcount)
 
@@ -181,6 +185,15 @@ class SessionService:
         self._create_limiter = TokenBucketLimiter(
             settings.session_create_rate, settings.session_create_burst
         )
+        self._pruned_at = float("-inf")
+
+    def _prune_due(self) -> bool:
+        """Whether this offer also prunes spent secrets (the first, then every 30 s)."""
+        now = time.monotonic()
+        if now - self._pruned_at < _PRUNE_EVERY_S:
+            return False
+        self._pruned_at = now
+        return True
 
     async def resume(self) -> int:
         """Take up the calls an earlier broker process left running; returns how many sidebands.
@@ -356,15 +369,20 @@ class SessionService:
             # (or this one, restarted) takes it.
             raise UnavailableError("shutting_down", "this broker is shutting down; retry")
         session_id = browser.session_id
+        # One read for both (an offer's latency is mostly round trips to the database); the
+        # replay check still comes first, whatever the SDP or the session's state.
         async with self._sessionmaker() as s:
             replayed = await _secret_spent(s, browser.token_id)
+            row = None if replayed else await queries.get_session_row(s, session_id)
         if replayed:
             raise _replayed(session_id)
         check_offer(sdp)
-        row = await self.get_row(session_id)
+        if row is None:
+            raise NotFoundError("session_not_found", "no such session")
+        prune = self._prune_due()
         async with self._sessionmaker.begin() as s:
             # Raising inside the block rolls the spend back with the failed claim.
-            if not await _spend_secret(s, browser):
+            if not await _spend_secret(s, browser, prune=prune):
                 raise _replayed(session_id)
             claimed = await queries.transition_session(
                 s,

@@ -353,8 +353,9 @@ async def test_once_the_call_is_over_the_offer_token_is_refused(
 async def test_spent_secrets_are_pruned_only_well_past_their_expiry(
     broker: RunningBroker, offer_sdp: str
 ) -> None:
-    """The spent-secret table stays small: rows a minute past `exp` go with the next offer;
-    a row still inside python-jose's last second (or a clock's drift) stays."""
+    """The spent-secret table stays small: rows a minute past `exp` go with an offer (the
+    first, then one every 30 s); a row still inside python-jose's last second (or a clock's
+    drift) stays."""
     old = await broker.create_session(sideband=False)
     recent = await broker.create_session(sideband=False)
     now = datetime.now(UTC)
