@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .context import BenchContext, add_common_args, context_from_args, finish, override, start_clock
-from .databases import scratch_database
 from .probe import DispatchProbe, LiveSession, open_sessions
 from .profiling import BrokerProfiler
 from .stack import (
@@ -48,8 +47,7 @@ from .stack import (
     Emulator,
     mean_ms_between,
     read_dispatch_totals,
-    start_broker,
-    start_emulator,
+    running_stack,
 )
 from .stats import CpuMeter, peak_rss_kb, rss_kb, summarize_ms
 
@@ -192,25 +190,16 @@ async def _wait_quiet(pid: int, max_s: float) -> float:
 async def run(options: Options, ctx: BenchContext) -> dict[str, Any]:
     """Run the benchmark; write and return its JSON."""
     started = start_clock()
-    work = ctx.work_dir / NAME
     deadline = time.monotonic() + options.max_seconds
-    emulator = await start_emulator()
     try:
-        async with scratch_database(ctx.db, work) as db_url:
-            broker = await start_broker(
-                work,
-                provider_base_url=emulator.bench_base_url,
-                database_url=db_url,
-                pyinstrument=ctx.profile == "pyinstrument",
-            )
-            api = BrokerApi(broker.base_url, connections=options.setup_concurrency + 8)
-            try:
-                results = await _steps(options, ctx, api, broker, emulator, deadline)
-            finally:
-                await api.close()
-                await broker.stop()
+        async with running_stack(
+            ctx.db,
+            ctx.work_dir / NAME,
+            pyinstrument=ctx.profile == "pyinstrument",
+            connections=options.setup_concurrency + 8,
+        ) as (api, broker, emulator):
+            results = await _steps(options, ctx, api, broker, emulator, deadline)
     finally:
-        await emulator.close()
         gc.unfreeze()
     return finish(NAME, ctx, options, started, results)
 

@@ -32,7 +32,6 @@ import aiohttp
 
 from .browser import make_offer
 from .context import BenchContext, add_common_args, context_from_args, finish, override, start_clock
-from .databases import scratch_database
 from .probe import SIDEBAND_ONLY_OFFER, find_call, new_marker, wait_attached
 from .profiling import BrokerProfiler
 from .stack import (
@@ -41,8 +40,7 @@ from .stack import (
     BrokerProcess,
     Emulator,
     provider_session_config,
-    start_broker,
-    start_emulator,
+    running_stack,
 )
 from .stats import summarize_ms
 
@@ -147,29 +145,14 @@ def _compare(direct: list[float], broker: list[float], diffs: list[float]) -> di
 async def run(options: Options, ctx: BenchContext) -> dict[str, Any]:
     """Run the benchmark; write and return its JSON."""
     started = start_clock()
-    work = ctx.work_dir / NAME
-    emulator = await start_emulator()
-    try:
-        async with scratch_database(ctx.db, work) as db_url:
-            broker = await start_broker(
-                work,
-                provider_base_url=emulator.bench_base_url,
-                database_url=db_url,
-                pyinstrument=ctx.profile == "pyinstrument",
-            )
-            api = BrokerApi(broker.base_url)
-            http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
-            try:
-                timer = _Timer(emulator, api, http)
-                results = await _measure(options, timer)
-                if ctx.profile is not None:
-                    results["profile"] = await _profile(options, ctx, broker, timer)
-            finally:
-                await http.close()
-                await api.close()
-                await broker.stop()
-    finally:
-        await emulator.close()
+    async with running_stack(
+        ctx.db, ctx.work_dir / NAME, pyinstrument=ctx.profile == "pyinstrument"
+    ) as (api, broker, emulator):
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            timer = _Timer(emulator, api, http)
+            results = await _measure(options, timer)
+            if ctx.profile is not None:
+                results["profile"] = await _profile(options, ctx, broker, timer)
     return finish(NAME, ctx, options, started, results)
 
 

@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -29,6 +29,8 @@ from aiohttp import web
 
 from emulator import CALL_REGISTRY, CallRegistry, EmulatorSettings, create_app
 from emulator.admin import BENCH_BASE_PATH
+
+from .databases import DatabaseKind, scratch_database
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 PROVIDER_KEY: Final = "sk-bench-provider-key-7c1d2e9a4b6f8035"
@@ -416,3 +418,30 @@ def mean_ms_between(
         return None
     count = after[0] - before[0]
     return round((after[1] - before[1]) / count * 1000, 3) if count > 0 else None
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    db: DatabaseKind, work: Path, *, pyinstrument: bool, connections: int = 64
+) -> AsyncIterator[tuple[BrokerApi, BrokerProcess, Emulator]]:
+    """The emulator in this process, a scratch database and a broker process against it.
+
+    Everything is stopped and cleaned up on the way out, in reverse order.
+    """
+    emulator = await start_emulator()
+    try:
+        async with scratch_database(db, work) as db_url:
+            broker = await start_broker(
+                work,
+                provider_base_url=emulator.bench_base_url,
+                database_url=db_url,
+                pyinstrument=pyinstrument,
+            )
+            api = BrokerApi(broker.base_url, connections=connections)
+            try:
+                yield api, broker, emulator
+            finally:
+                await api.close()
+                await broker.stop()
+    finally:
+        await emulator.close()

@@ -62,6 +62,20 @@ def response_done(total: int) -> dict[str, Any]:
     }
 
 
+def fail_next_writes(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """The event log's next ``count`` writes fail as a locked database would."""
+    real = queries.add_events
+    left = [count]
+
+    async def flaky(s: Any, rows: Any) -> None:
+        if left[0]:
+            left[0] -= 1
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        await real(s, rows)
+
+    monkeypatch.setattr(queries, "add_events", flaky)
+
+
 async def test_usage_of_a_batch_dropped_after_failed_writes_is_still_counted(
     broker: RunningBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -69,16 +83,7 @@ async def test_usage_of_a_batch_dropped_after_failed_writes_is_still_counted(
     in it rides on the next write, so the session's totals, which bill, stay whole."""
     session = await broker.create_session(tools=["lookup_order"])
     sessionmaker = broker.app[keys.SESSIONMAKER]
-    real = queries.add_events
-    failing = {"left": WRITE_ATTEMPTS}
-
-    async def flaky(s: Any, rows: Any) -> None:
-        if failing["left"]:
-            failing["left"] -= 1
-            raise OperationalError("INSERT", {}, Exception("database is locked"))
-        await real(s, rows)
-
-    monkeypatch.setattr(queries, "add_events", flaky)
+    fail_next_writes(monkeypatch, WRITE_ATTEMPTS)
     recorder = EventRecorder(sessionmaker, session["id"])
     await recorder.start()
     recorder.record("in", response_done(15))
@@ -98,16 +103,7 @@ async def test_carried_usage_alone_is_written_by_the_final_flush(
 ) -> None:
     session = await broker.create_session(tools=["lookup_order"])
     sessionmaker = broker.app[keys.SESSIONMAKER]
-    real = queries.add_events
-    failing = {"left": WRITE_ATTEMPTS}
-
-    async def flaky(s: Any, rows: Any) -> None:
-        if failing["left"]:
-            failing["left"] -= 1
-            raise OperationalError("INSERT", {}, Exception("database is locked"))
-        await real(s, rows)
-
-    monkeypatch.setattr(queries, "add_events", flaky)
+    fail_next_writes(monkeypatch, WRITE_ATTEMPTS)
     recorder = EventRecorder(sessionmaker, session["id"])
     await recorder.start()
     recorder.record("in", response_done(9))
