@@ -7,6 +7,7 @@ appends to a buffer; one writer task per session flushes it in batches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any, Final
 
@@ -26,6 +27,10 @@ _AUDIO_FIELDS: Final = {
 }
 MAX_BATCH: Final = 500
 WRITE_ATTEMPTS: Final = 3
+FLUSH_LINGER_S: Final = 0.05
+"""How long the writer lets events gather after the first one before it writes them: a tool
+call's dozen events (its response, the output, the echo, the reply) then share one
+transaction instead of one each. Stopping the recorder writes at once."""
 
 
 def redact_event(event: dict[str, Any]) -> dict[str, Any]:
@@ -66,11 +71,19 @@ async def append_event(
 class EventRecorder:
     """Buffers one session's events and writes them with consecutive ``seq`` numbers."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], session_id: str) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        session_id: str,
+        *,
+        linger: float = FLUSH_LINGER_S,
+    ) -> None:
         self._sessionmaker = sessionmaker
         self.session_id = session_id
         self._buffer: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
+        self._stop_asked = asyncio.Event()
+        self._linger = linger
         self._stopped = False
         self._seq = 0
         self._carried = Usage()
@@ -108,12 +121,22 @@ class EventRecorder:
     def stop(self) -> None:
         """Ask :meth:`run` to flush what is buffered and return."""
         self._stopped = True
+        self._stop_asked.set()
         self._wake.set()
 
     async def run(self) -> None:
-        """Write batches until stopped and drained; a failed write is retried, then dropped."""
+        """Write batches until stopped and drained; a failed write is retried, then dropped.
+
+        A batch is written :data:`FLUSH_LINGER_S` after its first event (at once when the
+        buffer is full or the recorder stops), so events that come together are written
+        together.
+        """
         while True:
             await self._wake.wait()
+            if self._linger > 0 and not self._stopped and len(self._buffer) < MAX_BATCH:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._linger):
+                        await self._stop_asked.wait()
             self._wake.clear()
             await self.flush()
             if self._stopped:

@@ -11,13 +11,17 @@ and wakes early only when something moves a deadline or a tool call settles.
 
 **Tool budget.** The dispatcher owns the budget (:mod:`broker.tools.budget`): it counts the
 calls it *started* (``decision = allowed``) and denies the next one ``tool_budget_exhausted``.
-The leash reads the same ``tool_calls`` rows after every settled call and ends the call once
+After every settled call the leash learns whether the budget is spent, and ends the call once
 a call was denied for budget, i.e. when the model asks for call ``max_tool_calls + 1``. (It
 also ends it if more calls than the budget were ever started, which the dispatcher's atomic
-grant should make impossible: a second line, not a second rule.) The denial is an output the
-model explains, so the leash first lets that answer finish: it hangs up after the
-``response.done`` of the first response created after the denial settled, or after
-:data:`BUDGET_GRACE_S`, whichever comes first.
+grant should make impossible: a second line, not a second rule.) The dispatcher tells it when
+it counted the session's started calls under the session's tool lock to decide the call (the
+count only grows and the budget is fixed, so a call granted, or refused for concurrency,
+proves no call was ever denied for budget); otherwise (a call decided before the budget was
+counted, or by another request) the leash reads the same ``tool_calls`` rows itself. The
+denial is an output the model explains, so the leash first lets that answer finish: it hangs
+up after the ``response.done`` of the first response created after the denial settled, or
+after :data:`BUDGET_GRACE_S`, whichever comes first.
 
 Reaching a limit records a ``broker.leash`` session event and ends the call through the
 provider's hangup; the session's end reason is the limit's name.
@@ -129,6 +133,7 @@ class Leash:
         self._end_call = end_call
         self._wake = asyncio.Event()
         self._check_budget = False
+        self._spent = False
         self._duration_at = 0.0
         self._idle_at = 0.0
         self._watch_reply = False
@@ -162,13 +167,20 @@ class Leash:
         self._idle_at = asyncio.get_running_loop().time() + self._terms.idle_timeout_s
         self._wake.set()
 
-    def tool_call_settled(self) -> None:
-        """A tool call of this session was decided; re-count against the budget.
+    def tool_call_settled(self, budget_spent: bool | None = None) -> None:
+        """A tool call of this session was decided; check the budget.
+
+        ``budget_spent`` is the dispatcher's answer when it counted the session's calls
+        deciding this one (the same rule as :func:`tool_budget_spent`, read under the
+        session's tool lock); ``None`` has the leash count the rows itself.
 
         Called before the call's output is sent, so the model's reply to it is the next
         response to start.
         """
-        self._check_budget = True
+        if budget_spent is None:
+            self._check_budget = True
+        elif budget_spent:
+            self._spent = True
         self._watch_reply = True
         self._reply_id = None
         self._reply_done.clear()
@@ -213,6 +225,8 @@ class Leash:
                 while True:
                     await self._wake.wait()
                     self._wake.clear()
+                    if self._spent:
+                        return LeashLimit.TOOL_BUDGET
                     if self._check_budget:
                         self._check_budget = False
                         if await self._budget_spent():

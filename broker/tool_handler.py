@@ -11,7 +11,12 @@ from collections.abc import Callable, Collection
 
 from broker.db.models import ToolCall, ToolPath
 from broker.events_log import EventRecorder
-from broker.tools.dispatch import MAX_CALL_ID, CallRejectedError, ToolDispatcher
+from broker.tools.dispatch import (
+    BROKER_ERROR_OUTPUT,
+    MAX_CALL_ID,
+    CallRejectedError,
+    ToolDispatcher,
+)
 from broker.tools.policy import error_output
 from sideband import Backlog, FunctionCall, ToolResult, Undelivered
 
@@ -21,8 +26,8 @@ logger = logging.getLogger(__name__)
 class SessionToolHandler:
     """The broker's :class:`sideband.ToolCallHandler` for one session.
 
-    ``on_settled`` is told after each call the dispatcher decided (the leash re-counts the
-    session's tool budget then).
+    ``on_settled`` is told after each call the dispatcher decided, with whether the session's
+    tool budget is now spent when the dispatcher knows it (``None``: the leash counts).
     """
 
     def __init__(
@@ -31,7 +36,7 @@ class SessionToolHandler:
         session_id: str,
         allowed_tools: Collection[str],
         recorder: EventRecorder,
-        on_settled: Callable[[], None] | None = None,
+        on_settled: Callable[[bool | None], None] | None = None,
     ) -> None:
         self._dispatcher = dispatcher
         self._session_id = session_id
@@ -40,10 +45,11 @@ class SessionToolHandler:
         self._on_settled = on_settled
 
     async def call_seen(self, call: FunctionCall) -> None:
-        # Recording early only lets the bridge find the call sooner; execute() records it
-        # again if this failed, so a failure here is logged, not fatal.
+        # Recording early only lets the bridge find the call sooner (and a restarted broker
+        # ask after it); execute() records it if this failed, so a failure here is logged,
+        # not fatal. One INSERT: the row is not read back.
         try:
-            await self._dispatcher.record(
+            await self._dispatcher.record_seen(
                 self._session_id,
                 call.call_id,
                 call.name,
@@ -93,9 +99,7 @@ class SessionToolHandler:
                 self._session_id,
                 call.call_id[:MAX_CALL_ID],
             )
-            return ToolResult(
-                output=error_output("broker_error", "the broker could not complete this call")
-            )
+            return ToolResult(output=BROKER_ERROR_OUTPUT)
         self._recorder.record(
             "broker",
             {
@@ -107,7 +111,7 @@ class SessionToolHandler:
             },
         )
         if self._on_settled is not None:
-            self._on_settled()
+            self._on_settled(outcome.budget_spent)
         # Only the request that ran the call answers the model: not a bridge winner (its
         # browser answers) and not a duplicate report of a call this sideband already ran.
         return ToolResult(

@@ -6,13 +6,26 @@ import secrets
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from sqlalchemy import CursorResult, delete, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    CursorResult,
+    String,
+    Table,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Result
+from sqlalchemy.engine import Result, Row
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from broker.db.models import (
     CALL_RUNNING_STATES,
@@ -196,12 +209,238 @@ async def reset_tool_call(s: AsyncSession, session_id: str, call_id: str) -> boo
     return _changed(result)
 
 
-async def mark_injected(s: AsyncSession, session_id: str, call_id: str, at: datetime) -> None:
-    await s.execute(
-        update(ToolCall)
-        .where(ToolCall.session_id == session_id, ToolCall.call_id == call_id)
-        .values(injected_at=at)
+Executor = AsyncSession | AsyncConnection
+"""The hot path's statements run on a session or, cheaper, straight on a connection."""
+
+
+def _dialect(s: Executor) -> str:
+    return (s.dialect if isinstance(s, AsyncConnection) else s.get_bind().dialect).name
+
+
+# ---- the tool-call hot path ------------------------------------------------------------------
+# Core statements over the tables, built once: each call of a tool runs a handful of them, and
+# the ORM's per-statement work (identity map, synchronization, building the statement) was most
+# of the broker's time per call. Bind parameters are named apart from the columns they set.
+
+_TOOL_CALLS: Final = cast(Table, ToolCall.__table__)
+_SESSIONS: Final = cast(Table, SessionRow.__table__)
+_DISABLED: Final = cast(Table, DisabledTool.__table__)
+_AT_TYPE: Final = _TOOL_CALLS.c.started_at.type
+
+_LOCK_SESSION_FOR_TOOLS: Final = (
+    update(_SESSIONS)
+    .where(_SESSIONS.c.id == bindparam("b_session_id"))
+    # A no-op write that takes the per-session lock (see broker.tools.budget).
+    .values(max_tool_calls=_SESSIONS.c.max_tool_calls)
+    .returning(
+        _SESSIONS.c.max_tool_calls,
+        _SESSIONS.c.max_concurrent_tools,
+        _SESSIONS.c.max_argument_bytes,
+        _SESSIONS.c.tools,
     )
+)
+
+_CLAIM_RETURNING: Final = (
+    update(_TOOL_CALLS)
+    .where(
+        _TOOL_CALLS.c.session_id == bindparam("b_session_id"),
+        _TOOL_CALLS.c.call_id == bindparam("b_call_id"),
+        _TOOL_CALLS.c.status == str(ToolCallStatus.PENDING),
+    )
+    .values(
+        status=str(ToolCallStatus.RUNNING),
+        path=bindparam("b_path"),
+        started_at=bindparam("b_now", type_=_AT_TYPE),
+    )
+    .returning(
+        _TOOL_CALLS.c.tool,
+        _TOOL_CALLS.c.arguments,
+        # The kill switch, read in the claim itself: a switch committed before this
+        # statement denies the call, in every process, with no cache to go stale.
+        exists().where(_DISABLED.c.tool == _TOOL_CALLS.c.tool).label("disabled"),
+    )
+)
+
+_TOOL_CALL_EXISTS: Final = select(literal(1)).where(
+    _TOOL_CALLS.c.session_id == bindparam("b_session_id"),
+    _TOOL_CALLS.c.call_id == bindparam("b_call_id"),
+)
+
+_MARK_INJECTED: Final = (
+    update(_TOOL_CALLS)
+    .where(
+        _TOOL_CALLS.c.session_id == bindparam("b_session_id"),
+        _TOOL_CALLS.c.call_id == bindparam("b_call_id"),
+    )
+    .values(injected_at=bindparam("b_at", type_=_AT_TYPE))
+)
+
+_RECORD_COLUMNS: Final = (
+    "session_id",
+    "call_id",
+    "tool",
+    "arguments",
+    "status",
+    "seen_by",
+    "response_id",
+    "item_id",
+    "created_at",
+)
+
+
+def _record_statement(dialect: str) -> Any:
+    """INSERT one call unless its ``(session_id, call_id)`` exists or the session is full.
+
+    One statement: the count of the session's calls is a condition of the INSERT … SELECT,
+    so the cap is checked under the same write as the row it admits.
+    """
+    c = _TOOL_CALLS.c
+    values = select(
+        *(bindparam(f"b_{name}", type_=c[name].type) for name in _RECORD_COLUMNS)
+    ).where(
+        select(func.count())
+        .select_from(_TOOL_CALLS)
+        .where(c.session_id == bindparam("b_session_id"))
+        .scalar_subquery()
+        < bindparam("b_max_calls")
+    )
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        dialect_insert(_TOOL_CALLS)
+        .from_select(list(_RECORD_COLUMNS), values)
+        .on_conflict_do_nothing(index_elements=["session_id", "call_id"])
+    )
+
+
+_RECORD: Final = {name: _record_statement(name) for name in ("postgresql", "sqlite")}
+
+
+async def record_tool_call(
+    s: Executor,
+    *,
+    session_id: str,
+    call_id: str,
+    tool: str,
+    arguments: str,
+    seen_by: str,
+    response_id: str | None,
+    item_id: str | None,
+    max_calls: int,
+) -> bool | None:
+    """Insert a ``pending`` call unless it exists, within the session's cap of recorded calls.
+
+    Returns ``True`` if inserted, ``False`` if the call was already recorded (the first
+    reporter's tool and arguments stand), ``None`` if it is absent and the session already
+    has ``max_calls`` calls (nothing inserted).
+    """
+    result = await s.execute(
+        _RECORD["postgresql" if _dialect(s) == "postgresql" else "sqlite"],
+        {
+            "b_session_id": session_id,
+            "b_call_id": call_id,
+            "b_tool": tool,
+            "b_arguments": arguments,
+            "b_status": str(ToolCallStatus.PENDING),
+            "b_seen_by": str(seen_by),
+            "b_response_id": response_id,
+            "b_item_id": item_id,
+            "b_created_at": utcnow(),
+            "b_max_calls": max_calls,
+        },
+    )
+    if _changed(result):
+        return True
+    found = await s.scalar(_TOOL_CALL_EXISTS, {"b_session_id": session_id, "b_call_id": call_id})
+    return False if found is not None else None
+
+
+async def lock_session_for_tools(s: Executor, session_id: str) -> Row[Any] | None:
+    """Take the session's tool lock and return its tool limits and allowlist.
+
+    The row is ``(max_tool_calls, max_concurrent_tools, max_argument_bytes, tools)``, or
+    ``None`` if the session is gone. Every grant of the session's budget serializes on this
+    write until the transaction ends (see :mod:`broker.tools.budget`).
+    """
+    result = await s.execute(_LOCK_SESSION_FOR_TOOLS, {"b_session_id": session_id})
+    return result.first()
+
+
+async def claim_tool_call_returning(
+    s: Executor, session_id: str, call_id: str, path: str
+) -> Row[Any] | None:
+    """``pending → running`` for exactly one claimant.
+
+    Returns the recorded ``(tool, arguments, disabled)`` if this caller won (``disabled``:
+    an operator has switched the tool off), else ``None``.
+    """
+    result = await s.execute(
+        _CLAIM_RETURNING,
+        {
+            "b_session_id": session_id,
+            "b_call_id": call_id,
+            "b_path": str(path),
+            "b_now": utcnow(),
+        },
+    )
+    return result.first()
+
+
+_SETTLE: Final = (
+    update(_TOOL_CALLS)
+    .where(
+        _TOOL_CALLS.c.session_id == bindparam("b_session_id"),
+        _TOOL_CALLS.c.call_id == bindparam("b_call_id"),
+        _TOOL_CALLS.c.status == bindparam("b_from_status"),
+    )
+    .values(
+        status=bindparam("b_status"),
+        finished_at=bindparam("b_now", type_=_AT_TYPE),
+        output=bindparam("b_output"),
+        error=bindparam("b_error"),
+        # None keeps what the row says (e.g. the decision the grant wrote).
+        decision=func.coalesce(bindparam("b_decision", type_=String), _TOOL_CALLS.c.decision),
+        output_item_id=func.coalesce(
+            bindparam("b_output_item_id", type_=String), _TOOL_CALLS.c.output_item_id
+        ),
+    )
+)
+
+
+async def settle_tool_call_fast(
+    s: Executor,
+    session_id: str,
+    call_id: str,
+    *,
+    status: ToolCallStatus,
+    from_status: ToolCallStatus,
+    output: str,
+    error: str | None,
+    decision: str | None = None,
+    output_item_id: str | None = None,
+) -> bool:
+    """:func:`settle_tool_call` from one status, with the outcome; one prepared statement.
+
+    ``decision`` and ``output_item_id`` left ``None`` keep what the row says.
+    """
+    result = await s.execute(
+        _SETTLE,
+        {
+            "b_session_id": session_id,
+            "b_call_id": call_id,
+            "b_from_status": str(from_status),
+            "b_status": str(status),
+            "b_now": utcnow(),
+            "b_output": output,
+            "b_error": error,
+            "b_decision": decision,
+            "b_output_item_id": output_item_id,
+        },
+    )
+    return _changed(result)
+
+
+async def mark_injected(s: Executor, session_id: str, call_id: str, at: datetime) -> None:
+    await s.execute(_MARK_INJECTED, {"b_session_id": session_id, "b_call_id": call_id, "b_at": at})
 
 
 _OUTCOMES_TO_DELIVER = (ToolCallStatus.SUCCEEDED, ToolCallStatus.FAILED, ToolCallStatus.DENIED)
@@ -285,16 +524,29 @@ async def add_events(s: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
         usage = usage_of_events(session_rows)
         if not usage.empty:
             await add_session_usage(s, session_id, usage)
-    await s.execute(insert(SessionEvent), list(rows))
+    await s.execute(_INSERT_EVENTS, list(rows))
+
+
+_INSERT_EVENTS: Final = insert(cast(Table, SessionEvent.__table__))
+
+_ADD_USAGE: Final = (
+    update(_SESSIONS)
+    .where(_SESSIONS.c.id == bindparam("b_session_id"))
+    .values(
+        {
+            column(name): _SESSIONS.c[column(name)] + bindparam(f"b_{name}", type_=BigInteger)
+            for name in USAGE_FIELDS
+        }
+    )
+)
+"""Built once: the increments are bind parameters, not a new expression per flush."""
 
 
 async def add_session_usage(s: AsyncSession, session_id: str, usage: Usage) -> None:
     """Add ``usage`` to the session's totals (an increment: concurrent writers add up)."""
-    increments = {
-        column(name): getattr(SessionRow, column(name)) + getattr(usage, name)
-        for name in USAGE_FIELDS
-    }
-    await s.execute(update(SessionRow).where(SessionRow.id == session_id).values(**increments))
+    params: dict[str, Any] = {f"b_{name}": getattr(usage, name) for name in USAGE_FIELDS}
+    params["b_session_id"] = session_id
+    await s.execute(_ADD_USAGE, params)
 
 
 async def usage_by_key(s: AsyncSession) -> dict[str, Usage]:

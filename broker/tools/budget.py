@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Final
+from typing import Final, cast
 
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, and_, bindparam, case, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from broker.db.models import SessionRow, ToolCall, ToolCallStatus, utcnow
 from broker.tools.codes import ToolErrorCode
@@ -63,27 +63,65 @@ async def grant(
         ``None`` when granted; ``tool_budget_exhausted`` or ``too_many_concurrent_tools``.
     """
     # A no-op write that takes the per-session lock (see the module docstring).
-    await s.execute(
-        update(SessionRow)
-        .where(SessionRow.id == session_id)
-        .values(max_tool_calls=SessionRow.max_tool_calls)
+    await s.execute(_LOCK, {"b_session_id": session_id})
+    refused, _ = await grant_locked(s, session_id, call_id, limits)
+    return refused
+
+
+async def grant_locked(
+    s: AsyncSession | AsyncConnection, session_id: str, call_id: str, limits: ToolLimits
+) -> tuple[ToolErrorCode | None, int]:
+    """:func:`grant` for a caller that already holds the session's lock in ``s``.
+
+    (:func:`broker.db.queries.lock_session_for_tools` takes it.) Also returns how many of
+    the session's calls have been started, this one included if granted.
+    """
+    started, running = (
+        await s.execute(
+            _COUNTS,
+            {"b_session_id": session_id, "b_fresh_after": utcnow() - STALE_RUNNING_AFTER},
+        )
+    ).one()
+    started, running = int(started or 0), int(running or 0)
+    if started >= limits.max_tool_calls:
+        return ToolErrorCode.TOOL_BUDGET_EXHAUSTED, started
+    if running >= limits.max_concurrent_tools:
+        return ToolErrorCode.TOO_MANY_CONCURRENT_TOOLS, started
+    await s.execute(_ALLOW, {"b_session_id": session_id, "b_call_id": call_id})
+    return None, started + 1
+
+
+_CALLS: Final = cast(Table, ToolCall.__table__)
+_LOCK: Final = (
+    update(cast(Table, SessionRow.__table__))
+    .where(SessionRow.__table__.c.id == bindparam("b_session_id"))
+    .values(max_tool_calls=SessionRow.__table__.c.max_tool_calls)
+)
+_COUNTS: Final = select(
+    # Started calls, and those of them still running (and not debris): one read.
+    func.count(),
+    func.coalesce(
+        func.sum(
+            case(
+                (
+                    and_(
+                        _CALLS.c.status == str(ToolCallStatus.RUNNING),
+                        _CALLS.c.started_at
+                        > bindparam("b_fresh_after", type_=_CALLS.c.started_at.type),
+                    ),
+                    1,
+                ),
+                else_=0,
+            )
+        ),
+        0,
+    ),
+).where(_CALLS.c.session_id == bindparam("b_session_id"), _CALLS.c.decision == ALLOWED)
+_ALLOW: Final = (
+    update(_CALLS)
+    .where(
+        _CALLS.c.session_id == bindparam("b_session_id"),
+        _CALLS.c.call_id == bindparam("b_call_id"),
     )
-    started = (
-        select(func.count())
-        .select_from(ToolCall)
-        .where(ToolCall.session_id == session_id, ToolCall.decision == ALLOWED)
-    )
-    if (await s.scalar(started) or 0) >= limits.max_tool_calls:
-        return ToolErrorCode.TOOL_BUDGET_EXHAUSTED
-    running = started.where(
-        ToolCall.status == ToolCallStatus.RUNNING,
-        ToolCall.started_at > utcnow() - STALE_RUNNING_AFTER,
-    )
-    if (await s.scalar(running) or 0) >= limits.max_concurrent_tools:
-        return ToolErrorCode.TOO_MANY_CONCURRENT_TOOLS
-    await s.execute(
-        update(ToolCall)
-        .where(ToolCall.session_id == session_id, ToolCall.call_id == call_id)
-        .values(decision=ALLOWED)
-    )
-    return None
+    .values(decision=ALLOWED)
+)

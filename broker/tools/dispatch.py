@@ -19,23 +19,29 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from broker.db import queries
 from broker.db.models import ToolCall, ToolCallStatus, ToolPath, utcnow
 from broker.shielded import ShieldedWrites
-from broker.tools.breaker import CircuitBreakers, Refusal, counts_as_failure
-from broker.tools.budget import ALLOWED, DENIED, ToolLimits, grant
+from broker.tools.breaker import CircuitBreakers, Permit, Refusal, counts_as_failure
+from broker.tools.budget import DENIED, ToolLimits, grant_locked
 from broker.tools.codes import ToolErrorCode
 from broker.tools.executors import ToolContext, ToolExecutionError
 from broker.tools.policy import decide, error_output, strict_json_loads
-from broker.tools.registry import ToolRegistry
+from broker.tools.registry import ToolRegistry, ToolSpec
 from sideband.events import new_item_id
 
 logger = logging.getLogger(__name__)
+
+BROKER_ERROR: Final = "broker_error"
+BROKER_ERROR_OUTPUT: Final = error_output(BROKER_ERROR, "the broker could not complete this call")
+"""What the model is told for a call the broker itself failed (a database error, a bug)."""
 
 _POLL_INTERVAL: Final = 0.2
 """Waiters re-read the row this often, so a winner in another process is seen too."""
@@ -71,6 +77,11 @@ class CallOutcome:
     executed_now: bool = False
     output_item_id: str | None = None
     """The item id the output is to be created with at the provider (sideband path)."""
+    budget_spent: bool | None = None
+    """Known by the request that decided the call under the session's tool lock: whether
+    the session's tool budget is now spent (a call was denied for it, or more were started
+    than it allows). ``None``: not known here (the call was decided before the budget was
+    counted, or by another request); count the rows to know."""
 
     @classmethod
     def from_row(cls, row: ToolCall) -> CallOutcome:
@@ -103,6 +114,16 @@ class ToolDispatcher:
         self._breakers = CircuitBreakers() if breakers is None else breakers
         self._settled: dict[tuple[str, str], asyncio.Event] = {}
         self._writes = ShieldedWrites()
+        # The hot path's Core statements go straight to a connection when the sessionmaker
+        # is bound to an engine: an ORM session adds nothing to them but its own upkeep.
+        bind = sessionmaker.kw.get("bind")
+        self._engine = bind if isinstance(bind, AsyncEngine) else None
+
+    def _begin(self) -> AbstractAsyncContextManager[queries.Executor]:
+        """A transaction for Core statements (committed on exit, rolled back on error)."""
+        if self._engine is not None:
+            return self._engine.begin()
+        return self._sessionmaker.begin()
 
     async def drain(self) -> None:
         """Wait for settle writes still running (call before the database closes)."""
@@ -131,36 +152,68 @@ class ToolDispatcher:
             CallRejectedError: the call id is too long to record, or the session already has
                 ``MAX_RECORDED_CALLS`` (the model gets an error; the bridge a 422).
         """
-        if not call_id or len(call_id) > MAX_CALL_ID:
-            raise CallRejectedError("call_id_invalid", f"call ids are 1-{MAX_CALL_ID} characters")
-        # A tool name longer than any registered one is kept (truncated) for the record; the
-        # policy decision uses the full name and denies it.
-        tool = tool[:MAX_TOOL_NAME]
+        tool = _checked(call_id, tool)
         async with self._sessionmaker.begin() as s:
-            if (
-                await queries.get_tool_call(s, session_id, call_id) is None
-                and await queries.count_tool_calls(s, session_id) >= MAX_RECORDED_CALLS
-            ):
-                # Denied calls cost no budget, so without this a browser on the bridge
-                # could make a session store rows (each with its arguments) without end.
-                raise CallRejectedError(
-                    "too_many_tool_calls",
-                    f"a session records at most {MAX_RECORDED_CALLS} tool calls",
-                )
-            await queries.insert_tool_call_if_absent(
-                s,
-                session_id=session_id,
-                call_id=call_id,
-                tool=tool,
-                arguments=arguments,
-                status=ToolCallStatus.PENDING,
-                seen_by=seen_by,
-                response_id=response_id,
-                item_id=item_id[:MAX_CALL_ID] if item_id else None,
+            await self._record(
+                s, session_id, call_id, tool, arguments, seen_by, response_id, item_id
             )
             row = await queries.get_tool_call(s, session_id, call_id)
         assert row is not None
         return row
+
+    async def record_seen(
+        self,
+        session_id: str,
+        call_id: str,
+        tool: str,
+        arguments: str,
+        seen_by: ToolPath,
+        response_id: str | None = None,
+        item_id: str | None = None,
+    ) -> bool:
+        """:meth:`record` without reading the row back (one statement for a new call).
+
+        Returns whether this report inserted the row.
+
+        Raises:
+            CallRejectedError: as :meth:`record`.
+        """
+        tool = _checked(call_id, tool)
+        async with self._begin() as s:
+            return await self._record(
+                s, session_id, call_id, tool, arguments, seen_by, response_id, item_id
+            )
+
+    @staticmethod
+    async def _record(
+        s: queries.Executor,
+        session_id: str,
+        call_id: str,
+        tool: str,
+        arguments: str,
+        seen_by: ToolPath,
+        response_id: str | None,
+        item_id: str | None,
+    ) -> bool:
+        inserted = await queries.record_tool_call(
+            s,
+            session_id=session_id,
+            call_id=call_id,
+            tool=tool,
+            arguments=arguments,
+            seen_by=seen_by,
+            response_id=response_id,
+            item_id=item_id[:MAX_CALL_ID] if item_id else None,
+            max_calls=MAX_RECORDED_CALLS,
+        )
+        if inserted is None:
+            # Denied calls cost no budget, so without this a browser on the bridge
+            # could make a session store rows (each with its arguments) without end.
+            raise CallRejectedError(
+                "too_many_tool_calls",
+                f"a session records at most {MAX_RECORDED_CALLS} tool calls",
+            )
+        return inserted
 
     async def abandon(self, session_id: str, call_id: str, response_status: str) -> None:
         """The model's response did not complete: a still-pending call will never run."""
@@ -204,29 +257,80 @@ class ToolDispatcher:
         ``allowed_tools`` is the caller's allowlist; a tool must also be in the session row's
         list (the two agree unless a caller is wrong, and then the narrower one wins).
 
+        One transaction decides the call: it takes the session's tool lock (reading its
+        limits and allowlist), records the call if it is new, claims it (``pending →
+        running``, reading the kill switch), checks policy and grants the budget — or
+        settles a denial. Its commit is what makes ``running`` durable before the tool runs;
+        a second one settles the outcome with the output's item id, before it is sent.
+
         Raises:
             CallRejectedError: the call cannot be recorded at all.
         """
-        row = await self.record(session_id, call_id, tool, arguments, path, response_id, item_id)
-        async with self._sessionmaker.begin() as s:
-            won = await queries.claim_tool_call(s, session_id, call_id, path)
-        if not won:
-            settled = await self.wait_settled(session_id, call_id, within=loser_wait)
-            assert settled is not None
-            return settled
+        tool = _checked(call_id, tool)
         claimed_at = time.perf_counter()
-        status: ToolCallStatus = ToolCallStatus.FAILED
-        output: str | None = None
-        error: str | None = None
         # Chosen now and stored with the outcome, before anything is sent: whoever delivers
         # the output later (this process or a restarted one) can ask the provider for it.
         output_item_id = new_item_id() if path is ToolPath.SIDEBAND else None
-        # None keeps what the row says: "allowed" once the budget granted the call.
-        decision: str | None = None
+        verdict: _Verdict | None = None
         try:
-            # The recorded tool and arguments run: a later reporter cannot swap them.
-            status, output, error, decision = await self._execute(
-                session_id, allowed_tools, row.call_id, row.tool, row.arguments
+            async with self._begin() as s:
+                verdict = await self._decide(
+                    s,
+                    session_id,
+                    allowed_tools,
+                    call_id,
+                    tool,
+                    arguments,
+                    path,
+                    response_id,
+                    item_id,
+                )
+                if isinstance(verdict, _Denied):
+                    await queries.settle_tool_call_fast(
+                        s,
+                        session_id,
+                        call_id,
+                        status=ToolCallStatus.DENIED,
+                        from_status=ToolCallStatus.RUNNING,
+                        output=verdict.output,
+                        error=str(verdict.code),
+                        decision=DENIED,
+                        output_item_id=output_item_id,
+                    )
+        except BaseException as exc:
+            if isinstance(verdict, _Granted):
+                verdict.permit.release()  # rolled back (or unknown): the tool never ran
+            if isinstance(exc, SQLAlchemyError):
+                await self._writes.run(
+                    self._fail_undecided(session_id, call_id, path), name=f"tool-fail:{call_id}"
+                )
+            raise
+        if verdict is None:
+            settled = await self.wait_settled(session_id, call_id, within=loser_wait)
+            assert settled is not None
+            return settled
+        if isinstance(verdict, _Denied):
+            self._notify(session_id, call_id)
+            if self._on_finished is not None:
+                self._on_finished(
+                    verdict.tool, ToolCallStatus.DENIED.value, time.perf_counter() - claimed_at
+                )
+            return CallOutcome(
+                call_id,
+                verdict.tool,
+                ToolCallStatus.DENIED,
+                verdict.output,
+                path,
+                executed_now=True,
+                output_item_id=output_item_id,
+                budget_spent=verdict.budget_spent,
+            )
+        status: ToolCallStatus = ToolCallStatus.FAILED
+        output: str | None = None
+        error: str | None = None
+        try:
+            status, output, error = await self._execute(
+                session_id, call_id, verdict.tool, verdict.spec, verdict.arguments, verdict.permit
             )
         finally:
             if output is None:
@@ -236,20 +340,51 @@ class ToolDispatcher:
                 output = error_output(error, "the broker stopped while running this tool")
             # Shielded: a cancelled request must still leave the row settled, never running.
             await self._writes.run(
-                self._settle(session_id, call_id, status, output, error, decision, output_item_id),
+                self._settle(session_id, call_id, status, output, error, None, output_item_id),
                 name=f"tool-settle:{call_id}",
             )
             if self._on_finished is not None:
-                self._on_finished(row.tool, status.value, time.perf_counter() - claimed_at)
+                self._on_finished(verdict.tool, status.value, time.perf_counter() - claimed_at)
         return CallOutcome(
             call_id,
-            row.tool,
+            verdict.tool,
             status,
             output,
             path,
             executed_now=True,
             output_item_id=output_item_id,
+            budget_spent=verdict.budget_spent,
         )
+
+    async def _fail_undecided(self, session_id: str, call_id: str, path: ToolPath) -> None:
+        """Settle a call whose deciding transaction failed as ``failed`` (it never ran).
+
+        The caller answers the model with :data:`BROKER_ERROR_OUTPUT` for it; left
+        ``pending``, the call would be run and answered a second time by a later resync or
+        a restarted broker. Best effort: if the database still fails, that is logged.
+        """
+        try:
+            async with self._begin() as s:
+                if await queries.claim_tool_call_returning(s, session_id, call_id, path) is None:
+                    return  # never recorded, or another claimant has it
+                await queries.settle_tool_call_fast(
+                    s,
+                    session_id,
+                    call_id,
+                    status=ToolCallStatus.FAILED,
+                    from_status=ToolCallStatus.RUNNING,
+                    output=BROKER_ERROR_OUTPUT,
+                    error=BROKER_ERROR,
+                    decision=None,
+                )
+        except SQLAlchemyError:
+            logger.warning(
+                "could not settle an undecided call session_id=%s call_id=%s; it stays pending",
+                session_id,
+                call_id[:128],
+            )
+            return
+        self._notify(session_id, call_id)
 
     async def _settle(
         self,
@@ -261,66 +396,73 @@ class ToolDispatcher:
         decision: str | None,
         output_item_id: str | None = None,
     ) -> None:
-        # Plain strings for the driver (a code is a StrEnum).
-        values = {"output": output, "error": None if error is None else str(error)}
-        if decision is not None:
-            values["decision"] = decision
-        if output_item_id is not None:
-            values["output_item_id"] = output_item_id
-        async with self._sessionmaker.begin() as s:
-            await queries.settle_tool_call(
+        async with self._begin() as s:
+            await queries.settle_tool_call_fast(
                 s,
                 session_id,
                 call_id,
                 status=status,
-                from_statuses=[ToolCallStatus.RUNNING],
-                **values,
+                from_status=ToolCallStatus.RUNNING,
+                output=output,
+                # A plain string for the driver (a code is a StrEnum).
+                error=None if error is None else str(error),
+                decision=decision,
+                output_item_id=output_item_id,
             )
         self._notify(session_id, call_id)
 
-    async def _limits(
-        self, session_id: str, tool: str
-    ) -> tuple[ToolLimits, frozenset[str], bool] | None:
-        """The session's limits and allowlist, and whether ``tool`` is switched off."""
-        async with self._sessionmaker() as s:
-            row = await queries.get_session_row(s, session_id)
-            if row is None:
-                return None
-            disabled = await queries.is_tool_disabled(s, tool)
-        return ToolLimits.from_row(row), frozenset(row.tools), disabled
-
-    async def _execute(
+    async def _decide(
         self,
+        s: queries.Executor,
         session_id: str,
         allowed_tools: Collection[str],
         call_id: str,
         tool: str,
         arguments: str,
-    ) -> tuple[ToolCallStatus, str, str | None, str]:
-        """Policy, the tool's breaker, the budget, then the tool.
+        path: ToolPath,
+        response_id: str | None,
+        item_id: str | None,
+    ) -> _Verdict | None:
+        """Record, claim and decide the call in ``s``; ``None`` if another claimant has it.
 
-        Returns ``(status, output, error, decision)``.
+        The order of the checks: the session, its allowlist, the tool's existence, the
+        session's ``max_argument_bytes``, strict JSON, the tool's schema, the kill switch,
+        the tool's breaker, the budget and concurrency.
         """
+        # First, so that every grant of the session serializes behind it (broker.tools.budget).
+        session = await queries.lock_session_for_tools(s, session_id)
+        claimed = await queries.claim_tool_call_returning(s, session_id, call_id, path)
+        if claimed is None:
+            # New (the bridge's first report, or a sideband whose early record failed), or
+            # someone else's: record it (a no-op if it exists) and try once more.
+            await self._record(s, session_id, call_id, tool, arguments, path, response_id, item_id)
+            claimed = await queries.claim_tool_call_returning(s, session_id, call_id, path)
+            if claimed is None:
+                return None
+        # The recorded tool and arguments run: a later reporter cannot swap them.
+        tool, arguments, disabled = claimed.tool, claimed.arguments, bool(claimed.disabled)
         log_extra = f"session_id={session_id} call_id={call_id} tool={tool}"
-        session = await self._limits(session_id, tool)
         if session is None:
-            return _denied(log_extra, ToolErrorCode.SESSION_NOT_FOUND, "the session is gone")
-        limits, session_tools, disabled = session
+            return _denial(log_extra, tool, ToolErrorCode.SESSION_NOT_FOUND, "the session is gone")
+        limits = ToolLimits(
+            session.max_tool_calls, session.max_concurrent_tools, session.max_argument_bytes
+        )
         decision = decide(
             self._registry,
-            session_tools.intersection(allowed_tools),
+            frozenset(session.tools).intersection(allowed_tools),
             tool,
             arguments,
             max_argument_bytes=limits.max_argument_bytes,
         )
         if not decision.allowed:
             assert decision.code is not None and decision.message is not None
-            return _denied(log_extra, decision.code, decision.message)
+            return _denial(log_extra, tool, decision.code, decision.message)
         if disabled:
-            # Read per call, from the database: a switch takes effect at once, in every
-            # process, for sessions already live.
-            return _denied(
+            # Read with the claim, from the database: a switch takes effect at once, in
+            # every process, for sessions already live.
+            return _denial(
                 log_extra,
+                tool,
                 ToolErrorCode.TOOL_DISABLED,
                 f"the {tool} tool has been switched off by an operator; it cannot be used now",
             )
@@ -329,30 +471,51 @@ class ToolDispatcher:
         # to the permit: a half-open breaker waits for its one trial call's verdict.
         permit = self._breakers.admit(tool)
         if isinstance(permit, Refusal):
-            return _denied(log_extra, ToolErrorCode.TOOL_CIRCUIT_OPEN, permit.message)
+            return _denial(log_extra, tool, ToolErrorCode.TOOL_CIRCUIT_OPEN, permit.message)
         try:
-            async with self._sessionmaker.begin() as s:
-                refused = await grant(s, session_id, call_id, limits)
+            refused, started = await grant_locked(s, session_id, call_id, limits)
         except BaseException:
             permit.release()  # the tool never ran: no verdict
             raise
         if refused is not None:
             permit.release()
         if refused is ToolErrorCode.TOOL_BUDGET_EXHAUSTED:
-            return _denied(
+            return _denial(
                 log_extra,
+                tool,
                 refused,
                 f"this session has used all {limits.max_tool_calls} of its tool calls",
+                budget_spent=True,
             )
         if refused is not None:
-            return _denied(
+            return _denial(
                 log_extra,
+                tool,
                 refused,
                 f"this session already runs {limits.max_concurrent_tools} tool call(s) at once;"
                 " try again when one has finished",
+                budget_spent=started > limits.max_tool_calls,
             )
         assert decision.tool is not None and decision.arguments is not None
-        spec, args = decision.tool, decision.arguments
+        return _Granted(
+            tool,
+            decision.tool,
+            decision.arguments,
+            permit,
+            budget_spent=started > limits.max_tool_calls,
+        )
+
+    async def _execute(
+        self,
+        session_id: str,
+        call_id: str,
+        tool: str,
+        spec: ToolSpec,
+        args: dict[str, Any],
+        permit: Permit,
+    ) -> tuple[ToolCallStatus, str, str | None]:
+        """Run a granted call's tool; ``(status, output, error)``."""
+        log_extra = f"session_id={session_id} call_id={call_id} tool={tool}"
         started = time.perf_counter()
         http_status: int | None = None
         try:
@@ -380,13 +543,13 @@ class ToolDispatcher:
             logger.info(
                 "tool call succeeded %s ms=%.1f", log_extra, (time.perf_counter() - started) * 1000
             )
-            return ToolCallStatus.SUCCEEDED, output, None, ALLOWED
+            return ToolCallStatus.SUCCEEDED, output, None
         if counts_as_failure(failure[0], http_status):
             permit.failed()
         else:
             permit.succeeded()  # a 4xx: the call failed, but the backend works
         logger.warning("tool call failed %s code=%s", log_extra, failure[0])
-        return ToolCallStatus.FAILED, error_output(*failure), failure[0], ALLOWED
+        return ToolCallStatus.FAILED, error_output(*failure), failure[0]
 
     async def unfinished(self, session_id: str) -> tuple[Sequence[ToolCall], Sequence[ToolCall]]:
         """``(seen, undelivered)``: see :func:`broker.db.queries.unfinished_tool_calls`."""
@@ -434,7 +597,7 @@ class ToolDispatcher:
         return recovered
 
     async def mark_injected(self, session_id: str, call_id: str) -> None:
-        async with self._sessionmaker.begin() as s:
+        async with self._begin() as s:
             await queries.mark_injected(s, session_id, call_id, utcnow())
 
     async def get_record(self, session_id: str, call_id: str) -> ToolCall | None:
@@ -478,11 +641,45 @@ class ToolDispatcher:
             event.set()
 
 
-def _denied(
-    log_extra: str, code: ToolErrorCode, message: str
-) -> tuple[ToolCallStatus, str, str | None, str]:
+@dataclass(frozen=True)
+class _Denied:
+    tool: str
+    code: ToolErrorCode
+    output: str
+    budget_spent: bool | None = None
+
+
+@dataclass(frozen=True)
+class _Granted:
+    tool: str
+    spec: ToolSpec
+    arguments: dict[str, Any]
+    permit: Permit
+    budget_spent: bool
+
+
+_Verdict = _Denied | _Granted
+
+
+def _denial(
+    log_extra: str,
+    tool: str,
+    code: ToolErrorCode,
+    message: str,
+    *,
+    budget_spent: bool | None = None,
+) -> _Denied:
     logger.warning("tool call denied %s code=%s", log_extra, code)
-    return ToolCallStatus.DENIED, error_output(code, message), code, DENIED
+    return _Denied(tool, code, error_output(code, message), budget_spent)
+
+
+def _checked(call_id: str, tool: str) -> str:
+    """The tool name as recorded; raises :class:`CallRejectedError` for an absurd call id."""
+    if not call_id or len(call_id) > MAX_CALL_ID:
+        raise CallRejectedError("call_id_invalid", f"call ids are 1-{MAX_CALL_ID} characters")
+    # A tool name longer than any registered one is kept (truncated) for the record; the
+    # policy decision uses the full name and denies it.
+    return tool[:MAX_TOOL_NAME]
 
 
 def arguments_equal(a: str, b: str) -> bool:
