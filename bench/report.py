@@ -19,6 +19,8 @@ from .stack import ROOT
 BENCHMARKS: Final = ("offer_overhead", "dispatch_latency", "capacity", "audit_append")
 DEFAULT_RESULTS_MD: Final = BENCH_DIR / "RESULTS.md"
 DEFAULT_PLOT: Final = BENCH_DIR / "dispatch.png"
+ANALYSIS: Final = BENCH_DIR / "ANALYSIS.md"
+"""The hand-written reading of the numbers, included in RESULTS.md under the targets."""
 
 TARGET_DISPATCH_P50_MS: Final = 1.0
 TARGET_DISPATCH_P99_MS: Final = 5.0
@@ -485,6 +487,9 @@ def render(results: dict[str, dict[str, Any]], plot: Path | None, note: str = ""
             lines += ["", "### What limits the targets not met", ""]
             for t in limits:
                 lines += [f"- **{t.name}**: {t.limit.strip()}"]
+    if ANALYSIS.exists():
+        # Written by hand (what the numbers mean, what was done about them), kept across runs.
+        lines += ["", ANALYSIS.read_text().rstrip()]
     lines.append("")
     if plot is not None:
         lines += [
