@@ -28,6 +28,7 @@ from broker.leash import Leash, LeashLimit, LeashTerms, tool_budget_spent
 from broker.tools.dispatch import BROKER_ERROR_OUTPUT, CallRejectedError, ToolDispatcher
 from broker.tools.registry import load_registry
 from tests.support.postgres import fresh_pg_database
+from tests.support.rows import session_row
 
 SESSION = "sess_hot"
 SIDEBAND = ToolPath.SIDEBAND
@@ -86,23 +87,12 @@ async def _dispatcher(
         sessionmaker = make_sessionmaker(engine)
         async with sessionmaker.begin() as s:
             s.add(
-                SessionRow(
-                    id=SESSION,
-                    owner_key_id="key",
-                    provider="emulator",
-                    model="m",
-                    instructions="",
-                    voice="v",
-                    tools=["noop"],
+                session_row(
+                    SESSION,
+                    ["noop"],
                     sideband_enabled=True,
                     sideband_state="connected",
-                    metadata_={},
-                    max_duration_s=60,
-                    idle_timeout_s=60,
                     max_tool_calls=max_tool_calls,
-                    max_concurrent_tools=4,
-                    max_argument_bytes=1024,
-                    tamper_policy="revert",
                 )
             )
         async with httpx.AsyncClient() as http:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from broker.db.engine import create_engine, make_sessionmaker
-from broker.db.models import SessionRow, ToolPath
+from broker.db.models import ToolPath
 from broker.tools.breaker import BreakerState, CircuitBreakers, Permit
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.registry import load_registry
@@ -25,6 +25,7 @@ from tests.conftest import BrokerFactory
 from tests.support.broker_server import RunningBroker
 from tests.support.browser import FakeBrowser
 from tests.support.flow import ask, assistant_text, compact, connect_browser, outputs_received
+from tests.support.rows import session_row
 from tests.support.servers import RunningEmulator
 from tests.support.tool_backend import BROKEN_DETAIL, ToolBackend
 
@@ -70,27 +71,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def _session_row(session_id: str, tools: list[str], max_tool_calls: int) -> SessionRow:
-    return SessionRow(
-        id=session_id,
-        owner_key_id="key",
-        provider="emulator",
-        model="m",
-        instructions="",
-        voice="v",
-        tools=tools,
-        sideband_enabled=False,
-        sideband_state="disabled",
-        metadata_={},
-        max_duration_s=60,
-        idle_timeout_s=60,
-        max_tool_calls=max_tool_calls,
-        max_concurrent_tools=4,
-        max_argument_bytes=1024,
-        tamper_policy="revert",
-    )
 
 
 @pytest.mark.parametrize(
@@ -215,7 +195,7 @@ async def test_a_trial_refused_by_the_budget_frees_the_slot(db_url: str, tmp_pat
     try:
         sessionmaker = make_sessionmaker(engine)
         async with sessionmaker.begin() as s:
-            s.add(_session_row("sess_breaker", tools=["broken"], max_tool_calls=1))
+            s.add(session_row("sess_breaker", tools=["broken"], max_tool_calls=1))
         async with httpx.AsyncClient() as http:
             dispatcher = ToolDispatcher(sessionmaker, load_registry(tools, http), breakers)
 

@@ -19,11 +19,12 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db.engine import create_engine, make_sessionmaker
-from broker.db.models import SessionRow, ToolCall, ToolCallStatus, utcnow
+from broker.db.models import ToolCall, ToolCallStatus, utcnow
 from broker.tools.budget import STALE_RUNNING_AFTER, ToolLimits, grant
 from tests.support.broker_server import RunningBroker
 from tests.support.flow import ask, connect_browser, outputs_received, says
 from tests.support.postgres import fresh_pg_database
+from tests.support.rows import session_row
 from tests.support.servers import RunningEmulator
 from tests.support.tool_backend import HUGE_LIMIT, ToolBackend
 
@@ -291,26 +292,7 @@ async def _session_with_calls(
     """A session with ``count`` claimed (running) calls that have not been granted yet."""
     session_id, call_ids = "sess_budget", [f"call_{i}" for i in range(count)]
     async with sessionmaker.begin() as s:
-        s.add(
-            SessionRow(
-                id=session_id,
-                owner_key_id="key",
-                provider="emulator",
-                model="m",
-                instructions="",
-                voice="v",
-                tools=["lookup_order"],
-                sideband_enabled=False,
-                sideband_state="disabled",
-                metadata_={},
-                max_duration_s=60,
-                idle_timeout_s=60,
-                max_tool_calls=3,
-                max_concurrent_tools=64,
-                max_argument_bytes=1024,
-                tamper_policy="revert",
-            )
-        )
+        s.add(session_row(session_id, ["lookup_order"], max_tool_calls=3, max_concurrent_tools=64))
         await s.flush()
         for call_id in call_ids:
             s.add(
