@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from broker.errors import problem_middleware
 from broker.metrics import BrokerMetrics
 from broker.request_context import log_context_middleware
 from broker.routes import setup_routes
+from broker.session_reaper import SessionReaper
 from broker.sessions import SessionService
 from broker.settings import Settings
 from broker.sidebands import SidebandSupervisor
@@ -203,6 +205,20 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     resumed = await app[keys.SESSIONS].resume()
     if resumed:
         logger.info("resumed the sidebands of %d live session(s)", resumed)
-    yield
+    reaper = SessionReaper(
+        app[keys.SESSIONMAKER],
+        app[keys.METRICS],
+        client_secret_ttl_s=settings.client_secret_ttl,
+        # An offer is one provider request (bounded by its timeout) plus two transactions.
+        offer_bound_s=3 * settings.provider_timeout,
+    )
+    app[keys.REAPER] = reaper
+    sweeping = asyncio.create_task(reaper.run(), name="session-reaper")
+    try:
+        yield
+    finally:
+        sweeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeping
     await supervisor.close(grace=settings.shutdown_grace_s)
     await app[keys.SESSIONS].drain()

@@ -10,6 +10,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from broker.metrics import BrokerMetrics
+from broker.session_reaper import SessionReaper
 from broker.sessions import SessionService
 from broker.settings import Settings
 from broker.sidebands import SidebandSupervisor
@@ -35,3 +36,5 @@ WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 """Set on shutdown, before aiohttp waits for handlers: long-lived streams end on it."""
 """The built-in provider's runner, present only when no provider key is configured."""
+REAPER = web.AppKey("reaper", SessionReaper)
+"""Ends stranded sessions (``created`` past their secret, ``offered`` past any offer)."""

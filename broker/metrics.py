@@ -72,6 +72,8 @@ class EndReason(enum.StrEnum):
     OPS_HANGUP = "ops_hangup"
     """An operator hung the call up (``POST /api/v1/sessions/{id}/hangup``)."""
     CALL_GONE = "call_gone"
+    EXPIRED = "expired"
+    """Never offered before its client secret expired (the session reaper ended it)."""
     OFFER_FAILED = "offer_failed"
     FAILED = "failed"
     OTHER = OTHER

@@ -94,6 +94,24 @@ async def transition_session(
     return changed
 
 
+async def stale_sessions(
+    s: AsyncSession, state: SessionState, before: datetime, limit: int
+) -> Sequence[str]:
+    """Ids of at most ``limit`` sessions in ``state`` since before ``before``, oldest first.
+
+    "Since" is ``offered_at`` for ``offered``, else ``created_at``.
+    """
+    since = SessionRow.offered_at if state is SessionState.OFFERED else SessionRow.created_at
+    return (
+        await s.scalars(
+            select(SessionRow.id)
+            .where(SessionRow.state == str(state), since < before)
+            .order_by(since)
+            .limit(limit)
+        )
+    ).all()
+
+
 async def _queue_session_ended(s: AsyncSession, session_id: str) -> None:
     if not await s.scalar(select(SessionRow.notify_ended).where(SessionRow.id == session_id)):
         return

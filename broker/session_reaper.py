@@ -1,0 +1,108 @@
+"""Ends sessions that can no longer become calls, so every session reaches an end.
+
+Two kinds are stranded. A session still ``created`` after its client secret expired can never
+be offered (the secret was the only way in): it ends as ``expired``. A session ``offered``
+for far longer than an offer can take was left by a broker that stopped mid-offer: it fails
+as ``offer: interrupted`` (any call the provider made then has no sideband and no record;
+the provider's own limits end it). Either way the end goes through the same atomic
+transition as every other end, so its ``session.ended`` webhook is queued once, its event
+stream closes, and metrics count it. Several broker processes may sweep at once: the
+transition succeeds for one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Final
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from broker.db import queries
+from broker.db.models import SessionState, utcnow
+from broker.events_log import append_event
+from broker.metrics import BrokerMetrics
+
+logger = logging.getLogger(__name__)
+
+SWEEP_EVERY_S: Final = 60.0
+SWEEP_BATCH: Final = 200
+"""Sessions ended per sweep and state; a backlog drains over the next sweeps."""
+GRACE: Final = timedelta(minutes=1)
+"""Beyond a bound, for clocks and for a request that was accepted at the last moment."""
+END_REASON_EXPIRED: Final = "expired"
+END_REASON_INTERRUPTED: Final = "offer: interrupted"
+
+
+class SessionReaper:
+    """Sweeps stranded sessions every :data:`SWEEP_EVERY_S` seconds while the broker runs.
+
+    Args:
+        client_secret_ttl_s: how long a session's client secret lives (no offer after it).
+        offer_bound_s: the longest an offer can legitimately stay ``offered``.
+    """
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        metrics: BrokerMetrics,
+        client_secret_ttl_s: float,
+        offer_bound_s: float,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._metrics = metrics
+        self._created_for = timedelta(seconds=client_secret_ttl_s) + GRACE
+        self._offered_for = timedelta(seconds=offer_bound_s) + GRACE
+
+    async def run(self) -> None:
+        """Sweep until cancelled; a failed sweep is logged and the next one tries again."""
+        while True:
+            await asyncio.sleep(SWEEP_EVERY_S)
+            try:
+                await self.sweep()
+            except Exception:
+                logger.exception("session sweep failed; retrying in %.0f s", SWEEP_EVERY_S)
+
+    async def sweep(self) -> int:
+        """End what is stranded now; returns how many sessions this process ended."""
+        now = utcnow()
+        ended = await self._end(
+            SessionState.CREATED, now - self._created_for, SessionState.ENDED, END_REASON_EXPIRED
+        )
+        ended += await self._end(
+            SessionState.OFFERED,
+            now - self._offered_for,
+            SessionState.FAILED,
+            END_REASON_INTERRUPTED,
+        )
+        return ended
+
+    async def _end(
+        self, state: SessionState, before: datetime, to_state: SessionState, reason: str
+    ) -> int:
+        async with self._sessionmaker() as s:
+            ids: Sequence[str] = await queries.stale_sessions(s, state, before, SWEEP_BATCH)
+        ended = 0
+        for session_id in ids:
+            async with self._sessionmaker.begin() as s:
+                moved = await queries.transition_session(
+                    s, session_id, [state], to_state, end_reason=reason
+                )
+            if not moved:
+                continue  # offered or ended meanwhile, or another process swept it
+            ended += 1
+            self._metrics.session_ended(reason)
+            await append_event(
+                self._sessionmaker,
+                session_id,
+                {"type": "broker.session_swept", "state_was": state.value, "reason": reason},
+            )
+            logger.info(
+                "stranded session ended session_id=%s state_was=%s reason=%s",
+                session_id,
+                state.value,
+                reason,
+            )
+        return ended
