@@ -1,4 +1,4 @@
-"""CORS for the two endpoints a page calls directly: the realtime offer and the tool bridge.
+"""CORS for the endpoints a page calls directly: the realtime offer, the tool bridge, the end.
 
 Only exact origins from ``Settings.cors_origins`` get ``Access-Control-Allow-Origin`` (their
 own origin echoed back, never ``*``). Browsers authenticate with ``Authorization: Bearer``, not
@@ -18,7 +18,8 @@ from broker.errors import ForbiddenError
 
 OFFER_RESOURCE: Final = "realtime-offer"
 BRIDGE_RESOURCE: Final = "bridge-tool-call"
-BROWSER_RESOURCES: Final = frozenset({OFFER_RESOURCE, BRIDGE_RESOURCE})
+END_RESOURCE: Final = "browser-end"
+BROWSER_RESOURCES: Final = frozenset({OFFER_RESOURCE, BRIDGE_RESOURCE, END_RESOURCE})
 """Route resource names (set in ``broker/routes.py``) that a browser page may call."""
 
 ALLOWED_METHODS: Final = "POST"

@@ -61,6 +61,7 @@ async def create_demo_session(request: web.Request) -> web.Response:
             "client_secret": created.client_secret,
             "offer_url": f"/api/v1/sessions/{session_id}/realtime-offer",
             "bridge_url": f"/api/v1/sessions/{session_id}/tools/",
+            "end_url": f"/api/v1/sessions/{session_id}/end",
         },
         status=201,
         headers={hdrs.CACHE_CONTROL: "no-store"},

@@ -69,6 +69,7 @@ class EndReason(enum.StrEnum):
     TAMPER = "tamper"
     PROVIDER_CLOSED = "provider_closed"
     HANGUP = "hangup"
+    """The page hung up through the broker (``POST /api/v1/sessions/{id}/end``)."""
     OPS_HANGUP = "ops_hangup"
     """An operator hung the call up (``POST /api/v1/sessions/{id}/hangup``)."""
     CALL_GONE = "call_gone"

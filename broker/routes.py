@@ -58,6 +58,13 @@ ROUTES: Final = (
         MAX_JSON_BYTES,
         name=cors.BRIDGE_RESOURCE,
     ),
+    Route(
+        hdrs.METH_POST,
+        "/api/v1/sessions/{session_id}/end",
+        sessions.end_call,
+        NO_BODY,
+        name=cors.END_RESOURCE,
+    ),
     Route(hdrs.METH_GET, "/api/v1/keys", api_keys.list_keys, NO_BODY),
     Route(hdrs.METH_POST, "/api/v1/keys", api_keys.create_key, MAX_JSON_BYTES),
     Route(hdrs.METH_DELETE, "/api/v1/keys/{key_id}", api_keys.revoke_key, NO_BODY),

@@ -37,11 +37,13 @@ from broker.errors import (
     RateLimitedError,
     UnauthorizedError,
     UnavailableError,
+    UpstreamError,
     ValidationFailedError,
 )
+from broker.events_log import append_event
 from broker.hangup import hang_up
 from broker.limits import LimitsRequest, SessionLimits
-from broker.metrics import BrokerMetrics
+from broker.metrics import BrokerMetrics, EndReason
 from broker.offer_failure import OfferFailure, add_offer_failed_event, offer_outcome
 from broker.ratelimit import TokenBucketLimiter
 from broker.sdp import check_offer
@@ -158,6 +160,29 @@ async def _spend_secret(s: AsyncSession, browser: BrowserPrincipal, *, prune: bo
         )
     assert isinstance(result, CursorResult)
     return bool(result.rowcount)
+
+
+async def end_unwatched_call(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    provider: Provider,
+    metrics: BrokerMetrics,
+    session_id: str,
+    call_id: str,
+    reason: str,
+) -> bool:
+    """End a call no sideband of this process watches (bridge-only, degraded).
+
+    Hangs it up, then ends the session with ``reason``; ``False`` if the provider did not.
+    """
+    if not await hang_up(provider, call_id):
+        return False
+    async with sessionmaker.begin() as s:
+        ended = await queries.transition_session(
+            s, session_id, CALL_RUNNING_STATES, SessionState.ENDED, end_reason=reason
+        )
+    if ended:
+        metrics.session_ended(reason)
+    return True
 
 
 class SessionService:
@@ -462,6 +487,47 @@ class SessionService:
                 await add_offer_failed_event(s, session_id, failure)
         if failed:
             self._metrics.session_ended(reason)
+
+    async def end_by_browser(self, browser: BrowserPrincipal) -> bool:
+        """The page hung up: hang the call up at the provider and end the session (``hangup``).
+
+        Without this, a call with no sideband (bridge-only, or degraded) would look live
+        until its duration limit, and its ``session.ended`` would carry the limit as its
+        duration. Only the client secret that made the offer may end its call. Returns
+        ``False`` if the call had already ended (nothing to do).
+
+        Raises:
+            UnauthorizedError (``token_expired``: not the offer's secret, and expired),
+            ForbiddenError (``token_session_mismatch``: another secret of the session),
+            NotFoundError (``session_not_found``), UpstreamError (``provider_error``: the
+            provider did not hang up; the call goes on).
+        """
+        row = await self.get_row(browser.session_id)
+        if row.offer_jti != browser.token_id:
+            if browser.expired():
+                raise UnauthorizedError("token_expired", "the client secret has expired")
+            raise ForbiddenError(
+                "token_session_mismatch", "only the secret that made the offer can end the call"
+            )
+        if row.state not in CALL_RUNNING_STATES or row.call_id is None:
+            return False
+        try:
+            # A watched call ends like a leash decision; its supervisor records the end.
+            hung_up = await self._supervisor.end_call(row.id, row.call_id, EndReason.HANGUP)
+        except KeyError:
+            hung_up = await end_unwatched_call(
+                self._sessionmaker,
+                self._provider,
+                self._metrics,
+                row.id,
+                row.call_id,
+                EndReason.HANGUP,
+            )
+        if not hung_up:
+            raise UpstreamError("provider_error", "the provider did not hang up; the call goes on")
+        await append_event(self._sessionmaker, row.id, {"type": "broker.browser_hangup"})
+        logger.info("call ended by the page session_id=%s call_id=%s", row.id, row.call_id)
+        return True
 
     async def bridge_call(
         self, browser: BrowserPrincipal, tool: str, request: BridgeCallRequest

@@ -92,8 +92,9 @@ async function openMicrophone() {
  * Start a call.
  *
  * @param {object} options
- * @param {() => Promise<string|{client_secret: string, offer_url: string}>} options.tokenProvider
- *   Returns a client secret, or the object `POST /demo/session` returns (its `offer_url` wins).
+ * @param {() => Promise<string|{client_secret: string, offer_url: string, end_url?: string}>} options.tokenProvider
+ *   Returns a client secret, or the object `POST /demo/session` returns (its `offer_url` wins;
+ *   with an `end_url`, `close()` also asks the broker to end the call at the provider).
  * @param {string} [options.offerUrl] Offer URL, used when the provider returns a bare string.
  * @param {HTMLAudioElement} [options.audioElement] Plays the model's voice.
  * @param {boolean} [options.microphone=true] false: receive audio only.
@@ -216,7 +217,18 @@ export async function connect({
         channel.send(JSON.stringify(event));
       },
       close() {
+        const endUrl = session && typeof session === "object" ? session.end_url : null;
         end("hangup");
+        // Tell the broker at once, so it ends the call at the provider (the page holds no
+        // key) and the session: a call without a sideband would otherwise look live until
+        // its duration limit. keepalive lets it go out while the page unloads.
+        if (endUrl) {
+          fetch(endUrl, {
+            method: "POST",
+            headers: { Authorization: `Bearer ${token}` },
+            keepalive: true,
+          }).catch(() => {});
+        }
       },
     };
   } catch (err) {

@@ -12,11 +12,11 @@ from broker.api._auth import api_principal
 from broker.api._bodies import read_json
 from broker.auth import Scope
 from broker.db import queries
-from broker.db.models import CALL_RUNNING_STATES, SessionState
+from broker.db.models import CALL_RUNNING_STATES
 from broker.errors import ConflictError, UpstreamError
 from broker.events_log import append_event
-from broker.hangup import hang_up
 from broker.metrics import EndReason
+from broker.sessions import end_unwatched_call
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,15 @@ async def hangup_session(request: web.Request) -> web.Response:
             session_id, row.call_id, EndReason.OPS_HANGUP
         )
     except KeyError:
-        hung_up = await _end_unsupervised(request.app, session_id, row.call_id)
+        app = request.app
+        hung_up = await end_unwatched_call(
+            sessionmaker,
+            app[keys.PROVIDER],
+            app[keys.METRICS],
+            session_id,
+            row.call_id,
+            EndReason.OPS_HANGUP,
+        )
     if not hung_up:
         raise UpstreamError("provider_error", "the provider did not hang up; the call goes on")
     # Recorded either way: the operator acted, even if the call ended on its own meanwhile.
@@ -71,19 +79,6 @@ async def hangup_session(request: web.Request) -> web.Response:
         principal.key_id,
     )
     return web.json_response({"id": session_id, "hung_up": True})
-
-
-async def _end_unsupervised(app: web.Application, session_id: str, call_id: str) -> bool:
-    """A call no sideband of this process watches (bridge-only, degraded): hang up, end."""
-    if not await hang_up(app[keys.PROVIDER], call_id):
-        return False
-    async with app[keys.SESSIONMAKER].begin() as s:
-        ended = await queries.transition_session(
-            s, session_id, CALL_RUNNING_STATES, SessionState.ENDED, end_reason=EndReason.OPS_HANGUP
-        )
-    if ended:
-        app[keys.METRICS].session_ended(EndReason.OPS_HANGUP)
-    return True
 
 
 class InstructionsRequest(BaseModel):

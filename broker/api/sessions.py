@@ -113,6 +113,15 @@ async def bridge_tool_call(request: web.Request) -> web.Response:
     )
 
 
+async def end_call(request: web.Request) -> web.Response:
+    """The page hung up: end the call at the provider now (it cannot, it holds no key)."""
+    session_id = request.match_info["session_id"]
+    # Like the bridge: the secret that made the offer stays good while its call is live.
+    browser = browser_principal(request, session_id, check_expiry=False)
+    ended = await request.app[keys.SESSIONS].end_by_browser(browser)
+    return web.json_response({"id": session_id, "ended": ended})
+
+
 async def get_session(request: web.Request) -> web.Response:
     principal = await api_principal(request)
     row, calls = await request.app[keys.SESSIONS].detail(

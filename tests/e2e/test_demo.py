@@ -19,7 +19,7 @@ from tests.e2e.conftest import FLAGS, launch, screenshot, write_wav
 from tests.support.audio import silence, speech_like_signal
 from tests.support.broker_process import BrokerLauncher
 from tests.support.broker_server import RunningBroker
-from tests.support.flow import LOOKUP_42_OUTPUT, wait_sideband
+from tests.support.flow import LOOKUP_42_OUTPUT, wait_session_ended, wait_sideband
 from tests.support.servers import RunningEmulator, request_json, set_faults
 from tests.support.tool_backend import ToolBackend
 
@@ -98,7 +98,7 @@ async def test_a_typed_tool_call_runs_on_the_broker_via_the_sideband(
     """Must-show 1: "lookup_order 42" runs on the broker (sideband); the page shows the tool
     activity and the answer quoting the result; the record says path ``sideband``."""
     session = await start_call(page, demo_broker)
-    assert set(session) == {"id", "client_secret", "offer_url", "bridge_url"}
+    assert set(session) == {"id", "client_secret", "offer_url", "bridge_url", "end_url"}
     tool = await look_up_order_42(page)
     assert await tool.get_attribute("data-name") == "lookup_order"
     assert await tool.get_attribute("data-path") == "sideband"
@@ -125,6 +125,12 @@ async def test_with_the_bridge_switch_the_same_tool_call_works_through_the_bridg
     assert detail["sideband"]["enabled"] is False
     [row] = detail["tool_calls"]
     assert (row["tool"], row["path"], row["status"]) == ("lookup_order", "bridge", "succeeded")
+
+    # No sideband sees this call end: Hang up tells the broker, which ends it at once.
+    await page.click("#hangup")
+    await page.wait_for_selector('#status[data-state="ended"]', timeout=CALL_TIMEOUT_MS)
+    ended = await wait_session_ended(demo_broker, session["id"], timeout=10)
+    assert (ended["state"], ended["end_reason"]) == ("ended", "hangup")
 
 
 def udp_ports_of(pid: int) -> set[int]:

@@ -28,7 +28,7 @@ async def test_the_demo_session_gives_the_page_only_what_a_browser_may_hold(
     assert reply.status == 201, reply.text
     assert reply.headers["Cache-Control"] == "no-store"
     body = reply.json()
-    assert set(body) == {"id", "client_secret", "offer_url", "bridge_url"}
+    assert set(body) == {"id", "client_secret", "offer_url", "bridge_url", "end_url"}
     assert body["offer_url"] == f"/api/v1/sessions/{body['id']}/realtime-offer"
     detail = await broker.get_session(body["id"])
     assert detail["sideband"]["enabled"] is False  # bridge mode
