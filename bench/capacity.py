@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .context import BenchContext, add_common_args, context_from_args, finish, override, start_clock
-from .probe import DispatchProbe, LiveSession, open_sessions
+from .probe import DispatchProbe, LiveSession, grow_sessions
 from .profiling import BrokerProfiler
 from .stack import (
     BrokerApi,
@@ -218,16 +218,15 @@ async def _steps(
     steps: list[dict[str, Any]] = []
     limit: str | None = None
     for target in options.steps:
-        setup_started = time.monotonic()
-        opened, errors = await open_sessions(
+        growth = await grow_sessions(
             api,
             emulator.registry,
-            target - len(sessions),
+            sessions,
+            target,
             concurrency=options.setup_concurrency,
-            deadline=min(deadline, setup_started + options.setup_max_s),
+            setup_max_s=options.setup_max_s,
+            deadline=deadline,
         )
-        sessions += opened
-        setup_s = time.monotonic() - setup_started
         # Everything set up so far lives to the end: no collector pass should walk it again
         # in the middle of a sample (the driver's process also runs the emulator).
         gc.collect()
@@ -243,10 +242,7 @@ async def _steps(
             {
                 "target_sessions": target,
                 "live_sessions": live,
-                "setup_s": round(setup_s, 1),
-                "setup_sessions_per_s": round(len(opened) / setup_s, 1) if setup_s else None,
-                "setup_errors": len(errors),
-                "setup_error_samples": errors[:5],
+                **growth.as_json(),
                 "broker_rss_idle_mib": round(idle_kib / 1024, 1),
                 "broker_rss_mib": round(loaded_kib / 1024, 1),
                 "broker_rss_per_session_kib": (
@@ -260,7 +256,7 @@ async def _steps(
             window["calls_completed"] < options.min_completed_share * window["calls_offered"]
             or window["broker_cpu_utilization"] >= SATURATED_UTILIZATION
         )
-        limit = _limit(options, target, live, len(errors), loaded_kib)
+        limit = _limit(options, target, live, len(growth.errors), loaded_kib)
         if limit is None and time.monotonic() > deadline:
             limit = "the benchmark's time bound"
         if limit is not None:

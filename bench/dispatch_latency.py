@@ -32,7 +32,7 @@ from typing import Any, Final
 
 from .browser import BenchBrowser
 from .context import BenchContext, add_common_args, context_from_args, finish, override, start_clock
-from .probe import DispatchProbe, LiveSession, find_call, new_marker, open_sessions
+from .probe import DispatchProbe, LiveSession, find_call, grow_sessions, new_marker
 from .profiling import BrokerProfiler
 from .stack import (
     BrokerApi,
@@ -205,16 +205,15 @@ async def _steps(
     steps: list[dict[str, Any]] = []
     bridge: dict[str, Any] | None = None
     for target in options.live_sessions:
-        setup_started = time.monotonic()
-        opened, errors = await open_sessions(
+        growth = await grow_sessions(
             api,
             emulator.registry,
-            target - len(sessions),
+            sessions,
+            target,
             concurrency=options.setup_concurrency,
-            deadline=min(deadline, setup_started + options.setup_max_s),
+            setup_max_s=options.setup_max_s,
+            deadline=deadline,
         )
-        sessions += opened
-        setup_s = time.monotonic() - setup_started
         # The driver's own garbage must not pause the emulator in the middle of a sample.
         gc.collect()
         await asyncio.sleep(options.settle_s)
@@ -223,9 +222,7 @@ async def _steps(
             {
                 "target_sessions": target,
                 "live_sessions": len(sessions),
-                "setup_s": round(setup_s, 1),
-                "setup_errors": len(errors),
-                "setup_error_samples": errors[:5],
+                **growth.as_json(),
                 **step,
             }
         )

@@ -245,3 +245,43 @@ async def open_sessions(
         for i in range(max(1, min(concurrency, count))):
             tasks.create_task(worker(), name=f"bench-open-{i}")
     return opened, errors
+
+
+@dataclass(frozen=True)
+class Growth:
+    """What one step's session set-up came to."""
+
+    opened: int
+    errors: list[str]
+    seconds: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "setup_s": round(self.seconds, 1),
+            "setup_sessions_per_s": round(self.opened / self.seconds, 1) if self.seconds else None,
+            "setup_errors": len(self.errors),
+            "setup_error_samples": self.errors[:5],
+        }
+
+
+async def grow_sessions(
+    api: BrokerApi,
+    registry: CallRegistry,
+    sessions: list[LiveSession],
+    target: int,
+    *,
+    concurrency: int,
+    setup_max_s: float,
+    deadline: float,
+) -> Growth:
+    """Open sessions until ``sessions`` holds ``target`` (appended in place), bounded in time."""
+    started = time.monotonic()
+    opened, errors = await open_sessions(
+        api,
+        registry,
+        target - len(sessions),
+        concurrency=concurrency,
+        deadline=min(deadline, started + setup_max_s),
+    )
+    sessions += opened
+    return Growth(len(opened), errors, time.monotonic() - started)
