@@ -189,6 +189,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         attach_timeout=settings.sideband_attach_timeout,
         reconnect_timeout=settings.sideband_reconnect_timeout,
         metrics=app[keys.METRICS],
+        probe_interval=settings.session_probe_interval_s,
     )
     app[keys.SUPERVISOR] = supervisor
     app[keys.SESSIONS] = SessionService(

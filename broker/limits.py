@@ -12,6 +12,8 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sideband import PageItems, PagePolicy, PageResponses
+
 PROVIDER_MAX_CALL_S: Final = 3600  # the provider ends every realtime session after 60 minutes
 
 
@@ -34,6 +36,13 @@ class SessionLimits:
     max_concurrent_tools: int
     max_argument_bytes: int
     tamper_policy: TamperPolicy
+    page_items: PageItems = PageItems.REFUSE
+    page_responses: PageResponses = PageResponses.ALLOW
+
+    @property
+    def page(self) -> PagePolicy:
+        """What the page may add to the call, as the sideband controller takes it."""
+        return PagePolicy(items=self.page_items, responses=self.page_responses)
 
 
 class LimitsRequest(BaseModel):
@@ -47,3 +56,9 @@ class LimitsRequest(BaseModel):
     max_concurrent_tools: int | None = Field(default=None, ge=1, le=64)
     max_argument_bytes: int | None = Field(default=None, ge=2, le=1024 * 1024)
     on_tamper: TamperPolicy | None = None
+    page_items: PageItems | None = None
+    """``refuse`` (default): system/assistant messages the page adds are deleted and recorded;
+    ``allow``: left in place. A page-made function call is always refused."""
+    page_responses: PageResponses | None = None
+    """``allow`` (default): responses the page starts run (their per-response overrides are a
+    residual risk); ``cancel``: for voice-only sessions, cancelled and recorded."""

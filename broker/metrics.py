@@ -116,7 +116,14 @@ class TamperKind(enum.StrEnum):
     FORGED_OUTPUT = "forged_output"
     """A ``function_call_output`` the broker did not send (the browser forged one)."""
     TAINTED_RESPONSE = "tainted_response"
-    """A response that read a forged output (cancelled)."""
+    """A response that read a forged output or a page item (cancelled)."""
+    PAGE_ITEM = "page_item"
+    """An item only the model may add (a function call; system/assistant under ``refuse``)
+    that the page added (deleted)."""
+    UNPROVEN_CALL = "unproven_call"
+    """A finished function call a resync could not prove the model made (not run)."""
+    PAGE_RESPONSE = "page_response"
+    """A response the page started, under ``page_responses: cancel`` (cancelled)."""
     OTHER = OTHER
 
 
@@ -290,6 +297,20 @@ class BrokerMetrics:
             namespace=NAMESPACE,
             registry=registry,
         )
+        self._session_probes = Counter(
+            "session_probes_total",
+            "Probes of the provider's session config (session.update with only its type).",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._answers_held = Counter(
+            "offer_answers_total",
+            "SDP answers of calls with a sideband, by whether the sideband attached first"
+            " (attached) or the answer went out first (late: the first attach resyncs).",
+            ["sideband"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self._responses = Counter(
             "responses_total",
             "Model responses completed (response.done) on supervised calls.",
@@ -389,6 +410,14 @@ class BrokerMetrics:
     def session_degraded(self) -> None:
         """Count a live session that lost its sideband and fell back to the bridge."""
         self._sessions_degraded.inc()
+
+    def session_probed(self) -> None:
+        """Count one probe of the provider's session config."""
+        self._session_probes.inc()
+
+    def answer_held(self, attached_first: bool) -> None:
+        """Count one SDP answer by whether its sideband attached before it went out."""
+        self._answers_held.labels("attached" if attached_first else "late").inc()
 
     # ---- tools ------------------------------------------------------------------------------
 

@@ -53,6 +53,8 @@ from broker.sidebands import SidebandSupervisor
 from broker.tools.dispatch import CallOutcome, CallRejectedError, ToolDispatcher, arguments_equal
 from broker.tools.registry import ToolRegistry
 from sideband import (
+    PageItems,
+    PageResponses,
     Provider,
     ProviderError,
     ProviderTimeoutError,
@@ -295,6 +297,8 @@ class SessionService:
         row.max_concurrent_tools = limits.max_concurrent_tools
         row.max_argument_bytes = limits.max_argument_bytes
         row.tamper_policy = limits.tamper_policy
+        row.page_items = limits.page_items
+        row.page_responses = limits.page_responses
         async with self._sessionmaker.begin() as s:
             s.add(row)
         self._metrics.session_created()
@@ -338,7 +342,10 @@ class SessionService:
                 limits=over,
             )
         return SessionLimits(
-            **chosen, tamper_policy=requested.on_tamper or self._settings.tamper_policy
+            **chosen,
+            tamper_policy=requested.on_tamper or self._settings.tamper_policy,
+            page_items=requested.page_items or PageItems.REFUSE,
+            page_responses=requested.page_responses or PageResponses.ALLOW,
         )
 
     def provider_session_config(self, row: SessionRow) -> dict[str, Any]:
@@ -464,6 +471,9 @@ class SessionService:
             self._supervisor.start(
                 session_id, answer.call_id, row.tools, self.provider_session_config(row)
             )
+            # The page can act only once it has this answer: a sideband attached first
+            # watches all it does. Bounded, so a slow attach costs a resync, not the call.
+            await self._supervisor.hold_answer(session_id, self._settings.sideband_answer_wait_s)
         return answer.sdp
 
     async def _abort_call(self, session_id: str, call_id: str) -> None:

@@ -74,6 +74,13 @@ class Settings:
     sideband_reconnect_timeout: float = 30.0
     """How long a lost sideband is re-attached (jittered backoff) before the session is
     ``degraded`` and the bridge takes over."""
+    sideband_answer_wait_s: float = 1.5
+    """How long the SDP answer waits for the call's first sideband attach (``0``: it does not
+    wait). A page can act only once it has its answer, so a sideband attached first watches
+    everything; one attached later resyncs under the provenance rule."""
+    session_probe_interval_s: float = 30.0
+    """Seconds between probes of the provider's session config on each live call (``0``: only
+    the probes after a reconnect and before each broker ``response.create``)."""
     shutdown_grace_s: float = 10.0
     """On SIGTERM: how long running tool calls may finish and be delivered before the rest
     is left recorded for the next broker process."""
@@ -173,6 +180,10 @@ class Settings:
                 env, "BROKER_SIDEBAND_RECONNECT_TIMEOUT", 30.0, 3600.0
             ),
             shutdown_grace_s=_bounded_float(env, "BROKER_SHUTDOWN_GRACE_S", 10.0, 600.0),
+            sideband_answer_wait_s=_optional_float(env, "BROKER_SIDEBAND_ANSWER_WAIT_S", 1.5, 30.0),
+            session_probe_interval_s=_optional_float(
+                env, "BROKER_SESSION_PROBE_INTERVAL_S", 30.0, 3600.0
+            ),
             bridge_wait_timeout=_float(env, "BROKER_BRIDGE_WAIT_TIMEOUT", 5.0),
             signing_key=_signing_key(env),
             emulator_port=_int(env, "BROKER_EMULATOR_PORT", 0),
@@ -263,6 +274,13 @@ def _bounded_float(env: Mapping[str, str], name: str, default: float, high: floa
     if value > high:
         raise SettingsError(f"{name} must be at most {high:g}")
     return value
+
+
+def _optional_float(env: Mapping[str, str], name: str, default: float, high: float) -> float:
+    """A number from 0 (off) up to ``high``."""
+    if env.get(name) in ("0", "0.0"):
+        return 0.0
+    return _bounded_float(env, name, default, high)
 
 
 def _origins(env: Mapping[str, str], name: str) -> frozenset[str]:

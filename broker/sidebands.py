@@ -42,12 +42,16 @@ from broker.tool_handler import SessionToolHandler
 from broker.tools.dispatch import ToolDispatcher
 from broker.usage import Usage
 from sideband import (
+    AnswerGate,
     AttachKind,
     CallController,
     CallEndedError,
     CallNotFoundError,
     Direction,
     OwnedSession,
+    PageItems,
+    PagePolicy,
+    PageResponses,
     Provider,
     ProviderError,
     ProviderTimeoutError,
@@ -87,8 +91,13 @@ class _Observer:
             # Counted here; the session's totals are folded in as the recorder stores it.
             if (usage := Usage.from_response_done(event)) is not None:
                 self._supervisor.metrics.usage_reported(usage.metric_tokens())
-        elif direction == "out" and (timed := self._dispatch.sent(event)) is not None:
-            self._supervisor.metrics.dispatch_finished(*timed)
+        elif direction == "out":
+            if (timed := self._dispatch.sent(event)) is not None:
+                self._supervisor.metrics.dispatch_finished(*timed)
+            if event.get("type") == "session.update" and event.get("session") == {
+                "type": "realtime"
+            }:
+                self._supervisor.metrics.session_probed()
 
     async def attached(self, kind: AttachKind) -> None:
         await self._supervisor.set_sideband_state(self._session_id, SidebandState.CONNECTED)
@@ -130,6 +139,7 @@ class SidebandSupervisor:
         attach_timeout: float,
         reconnect_timeout: float = 30.0,
         metrics: BrokerMetrics | None = None,
+        probe_interval: float = 30.0,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._provider = provider
@@ -144,6 +154,9 @@ class SidebandSupervisor:
         """Calls the broker is ending, with the end reason to record (leash, tamper)."""
         self._stopping = False
         self._writes = ShieldedWrites()
+        self._probe_interval = probe_interval
+        self._gates: dict[str, AnswerGate] = {}
+        """Calls whose SDP answer may still wait for their first attach."""
 
     def start(
         self,
@@ -170,15 +183,44 @@ class SidebandSupervisor:
         if session_id in self._tasks or self._stopping:
             return
         owned = OwnedSession.from_config(session_config) if session_config is not None else None
+        gate = AnswerGate()
+        if not resume:
+            self._gates[session_id] = gate
         task = asyncio.create_task(
-            self._supervise(session_id, call_id, allowed_tools, owned, resume),
+            self._supervise(session_id, call_id, allowed_tools, owned, resume, gate),
             name=f"sideband:{session_id}",
         )
         self._tasks[session_id] = task
         task.add_done_callback(lambda t: self._finished(session_id, t))
 
+    async def hold_answer(self, session_id: str, wait: float) -> bool:
+        """Hold a new call's SDP answer until its sideband attached, at most ``wait`` s.
+
+        Returns whether the sideband attached first. If not, the answer goes out anyway and
+        the first attach resyncs: whatever the page did before it is looked at under the
+        provenance rule (a call no watched response made is never run).
+        """
+        gate = self._gates.pop(session_id, None)
+        if gate is None:
+            return False
+        if wait > 0:
+            try:
+                async with asyncio.timeout(wait):
+                    await gate.attached.wait()
+            except TimeoutError:
+                pass
+        first = gate.answer_sent()
+        if not first:
+            logger.info(
+                "answering before the sideband attached session_id=%s; it will resync",
+                session_id,
+            )
+        self.metrics.answer_held(first)
+        return first
+
     def _finished(self, session_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.pop(session_id, None)
+        self._gates.pop(session_id, None)
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("sideband supervisor crashed session_id=%s", session_id, exc_info=exc)
 
@@ -235,6 +277,7 @@ class SidebandSupervisor:
         allowed_tools: Collection[str],
         owned: OwnedSession | None,
         resume: bool,
+        gate: AnswerGate,
     ) -> None:
         bind_call(session_id, call_id)  # this task's, and its children's, log records
         recorder = EventRecorder(self._sessionmaker, session_id)
@@ -306,6 +349,11 @@ class SidebandSupervisor:
                 ),
                 reconnect=reconnect,
                 resume=resume,
+                page=PagePolicy(
+                    items=PageItems(row.page_items), responses=PageResponses(row.page_responses)
+                ),
+                probe_interval=self._probe_interval,
+                gate=gate,
             )
             if self._stopping:
                 return  # the broker began stopping while this sideband was being set up

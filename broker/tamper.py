@@ -14,7 +14,15 @@ from typing import Any, Final
 
 from broker.events_log import EventRecorder
 from broker.limits import TamperPolicy
-from sideband import ForgedOutput, SessionDrift, TaintedResponse, Tamper
+from sideband import (
+    ForgedOutput,
+    PageItem,
+    PageResponse,
+    SessionDrift,
+    TaintedResponse,
+    Tamper,
+    UnprovenCall,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +52,25 @@ def tamper_event(tamper: Tamper, policy: TamperPolicy) -> dict[str, Any]:
         )
     elif isinstance(tamper, ForgedOutput):
         event.update(item_id=tamper.item_id, call_id=tamper.call_id, deleted=tamper.deleted)
+    elif isinstance(tamper, PageItem):
+        event.update(
+            item_id=tamper.item_id,
+            item_type=tamper.item_type,
+            role=tamper.role,
+            call_id=tamper.call_id,
+            tool=tamper.tool,
+            deleted=tamper.deleted,
+        )
+    elif isinstance(tamper, UnprovenCall):
+        event.update(
+            item_id=tamper.item_id,
+            call_id=tamper.call_id,
+            tool=tamper.tool,
+            reason=tamper.reason,
+            answered=tamper.answered,
+        )
+    elif isinstance(tamper, PageResponse):
+        event.update(response_id=tamper.response_id, cancelled=tamper.cancelled)
     else:
         event.update(
             response_id=tamper.response_id,
@@ -51,6 +78,11 @@ def tamper_event(tamper: Tamper, policy: TamperPolicy) -> dict[str, Any]:
             cancelled=tamper.cancelled,
         )
     return event
+
+
+_CONSEQUENCES: Final = (TaintedResponse, UnprovenCall, PageResponse)
+"""Detections that are no attempt of their own: never counted towards the cut-off, never
+a hangup under ``on_tamper: hangup``."""
 
 
 class TamperResponder:
@@ -81,7 +113,7 @@ class TamperResponder:
 
     async def tampered(self, tamper: Tamper) -> None:
         self._count_kind(tamper.kind)
-        if not isinstance(tamper, TaintedResponse):
+        if not isinstance(tamper, _CONSEQUENCES):
             self._count += 1
         if self._count > MAX_TAMPERS_REVERTED:
             # Already recorded MAX_TAMPERS_REVERTED times and on its way out: stay quiet.
@@ -97,8 +129,10 @@ class TamperResponder:
             self._policy.value,
         )
         # A tainted response is the consequence of a forged output, which already applied
-        # the policy; it is recorded, not punished twice.
-        if self._policy is TamperPolicy.HANGUP and not isinstance(tamper, TaintedResponse):
+        # the policy; it is recorded, not punished twice. An unproven call may be the
+        # model's own (made while no sideband watched), and a page-started response is the
+        # page_responses policy at work: recorded, never a reason to hang up.
+        if self._policy is TamperPolicy.HANGUP and not isinstance(tamper, _CONSEQUENCES):
             await self._end_call(END_REASON_TAMPER)
         elif self._count == MAX_TAMPERS_REVERTED:
             await self._end_call(END_REASON_REPEATED)
@@ -109,4 +143,10 @@ def _summary(tamper: Tamper) -> str:
         return "fields=" + ",".join(tamper.fields)
     if isinstance(tamper, ForgedOutput):
         return f"item_id={tamper.item_id} deleted={tamper.deleted}"
+    if isinstance(tamper, PageItem):
+        return f"item_type={tamper.item_type} role={tamper.role} deleted={tamper.deleted}"
+    if isinstance(tamper, UnprovenCall):
+        return f"reason={tamper.reason} answered={tamper.answered}"
+    if isinstance(tamper, PageResponse):
+        return f"response_id={tamper.response_id} cancelled={tamper.cancelled}"
     return f"response_id={tamper.response_id} cancelled={tamper.cancelled}"

@@ -3,6 +3,11 @@
 On ``response.create`` (or a server-VAD turn) the emulator calls :func:`plan_response`
 with the conversation and the tools in effect. The rules, in order:
 
+0. **Unverified calls.** A ``function_call_output`` after the most recent ``function_call``
+   item(s) that says ``{"error": {"code": "call_unverified", …}}`` (the broker could not prove
+   the model made that call) makes the model call the same tool with the same arguments
+   again, once: a real model, told its call was not run, tries again. A call made twice
+   already is not made a third time (rule 1 then reads the output out).
 1. **Tool results.** If the items after the most recent ``function_call`` item(s) include
    ``function_call_output`` items and no user message follows them, answer with one
    assistant message quoting each output verbatim, one line per output:
@@ -89,6 +94,9 @@ def plan_response(
     Returns:
         The output items to stream, in order: one message, or one or more function calls.
     """
+    retries = _retry_unverified(conversation)
+    if retries:
+        return list(retries if parallel_tool_calls else retries[:1])
     quoted = _quote_tool_outputs(conversation)
     if quoted is not None:
         return [MessagePlan(quoted)]
@@ -101,6 +109,48 @@ def plan_response(
     if calls:
         return list(calls if parallel_tool_calls else calls[:1])
     return [MessagePlan(f"You said: {turn.text}")]
+
+
+UNVERIFIED_CODE: Final = "call_unverified"
+
+
+def _is_unverified(output: Any) -> bool:
+    try:
+        value = json.loads(output) if isinstance(output, str) else None
+    except ValueError:
+        return False
+    error = value.get("error") if isinstance(value, dict) else None
+    return isinstance(error, dict) and error.get("code") == UNVERIFIED_CODE
+
+
+def _retry_unverified(conversation: Sequence[Mapping[str, Any]]) -> list[FunctionCallPlan]:
+    last_call = max(
+        (i for i, item in enumerate(conversation) if item.get("type") == "function_call"),
+        default=None,
+    )
+    if last_call is None:
+        return []
+    calls = {
+        item.get("call_id"): item for item in conversation if item.get("type") == "function_call"
+    }
+    retries: list[FunctionCallPlan] = []
+    for item in conversation[last_call + 1 :]:
+        if _is_user_message(item):
+            return []  # the user spoke since: answer the user instead
+        if item.get("type") != "function_call_output" or not _is_unverified(item.get("output")):
+            continue
+        call = calls.get(item.get("call_id"))
+        if call is None or not isinstance(call.get("name"), str):
+            continue
+        plan = FunctionCallPlan(str(call["name"]), str(call.get("arguments") or "{}"))
+        made = sum(
+            1
+            for other in calls.values()
+            if other.get("name") == plan.name and other.get("arguments") == plan.arguments
+        )
+        if made < 2:
+            retries.append(plan)
+    return retries
 
 
 def _quote_tool_outputs(conversation: Sequence[Mapping[str, Any]]) -> str | None:

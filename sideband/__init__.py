@@ -5,6 +5,7 @@ Never imports ``broker``: the broker injects what the controller needs.
 
 from sideband.connection import SidebandConnection
 from sideband.controller import (
+    AnswerGate,
     AttachKind,
     Backlog,
     CallController,
@@ -30,13 +31,20 @@ from sideband.provider import CallAnswer, OpenAICompatibleProvider, Provider, Si
 from sideband.tamper import (
     ForgedOutput,
     OwnedSession,
+    PageItem,
+    PageItems,
+    PagePolicy,
+    PageResponse,
+    PageResponses,
     SessionDrift,
     TaintedResponse,
     Tamper,
     TamperHandler,
+    UnprovenCall,
 )
 
 __all__ = [
+    "AnswerGate",
     "AttachKind",
     "Backlog",
     "CallAnswer",
@@ -50,6 +58,11 @@ __all__ = [
     "MalformedEventError",
     "OpenAICompatibleProvider",
     "OwnedSession",
+    "PageItem",
+    "PageItems",
+    "PagePolicy",
+    "PageResponse",
+    "PageResponses",
     "Provider",
     "ProviderError",
     "ProviderTimeoutError",
@@ -65,5 +78,6 @@ __all__ = [
     "ToolCallHandler",
     "ToolResult",
     "Undelivered",
+    "UnprovenCall",
     "is_user_activity",
 ]

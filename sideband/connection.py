@@ -14,6 +14,7 @@ import aiohttp
 from sideband.errors import (
     CallEndedError,
     CallNotFoundError,
+    MalformedEventError,
     ProviderError,
     ProviderTimeoutError,
     ProviderUnreachableError,
@@ -172,9 +173,12 @@ class SidebandConnection:
             msg = await self._ws.receive()
             if msg.type is aiohttp.WSMsgType.TEXT or msg.type is aiohttp.WSMsgType.BINARY:
                 try:
-                    yield decode_frame(msg.data)
-                except ValueError as exc:
+                    event = decode_frame(msg.data)
+                except MalformedEventError as exc:
+                    # One bad frame costs that frame, never the call's sideband.
                     logger.warning("sideband dropped frame call_id=%s: %s", self.call_id, exc)
+                    continue
+                yield event
             elif msg.type is aiohttp.WSMsgType.ERROR:
                 raise SidebandClosedError(None, str(self._ws.exception() or "transport error"))
             elif msg.type in (

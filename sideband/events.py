@@ -97,9 +97,43 @@ class FunctionCallArgumentsDone(_ServerEvent):
     output_index: int | None = None
 
 
+class ResponseOutputItemAdded(_ServerEvent):
+    """The model began an output item of a response (a message or a function call)."""
+
+    type: Literal["response.output_item.added"]
+    response_id: str
+    item: Item
+    output_index: int | None = None
+
+
+class ResponseOutputItemDone(_ServerEvent):
+    """The model finished an output item of a response (``arguments`` complete on a call)."""
+
+    type: Literal["response.output_item.done"]
+    response_id: str
+    item: Item
+    output_index: int | None = None
+
+
 class ConversationItemAdded(_ServerEvent):
     type: Literal["conversation.item.added"]
     item: Item
+    previous_item_id: str | None = None
+
+
+class ConversationItemCreated(_ServerEvent):
+    """The legacy name of ``conversation.item.added``; still in the schema (PROTOCOL.md §3.4)."""
+
+    type: Literal["conversation.item.created"]
+    item: Item
+    previous_item_id: str | None = None
+
+
+class InputAudioBufferCommitted(_ServerEvent):
+    """A user audio turn entered the conversation (server VAD or the page's commit)."""
+
+    type: Literal["input_audio_buffer.committed"]
+    item_id: str | None = None
     previous_item_id: str | None = None
 
 
@@ -140,7 +174,11 @@ KnownServerEvent = Annotated[
     | ResponseCreated
     | ResponseDone
     | FunctionCallArgumentsDone
+    | ResponseOutputItemAdded
+    | ResponseOutputItemDone
     | ConversationItemAdded
+    | ConversationItemCreated
+    | InputAudioBufferCommitted
     | ConversationItemDone
     | ConversationItemDeleted
     | ConversationItemRetrieved
@@ -156,7 +194,11 @@ _KNOWN_TYPES = frozenset(
         "response.created",
         "response.done",
         "response.function_call_arguments.done",
+        "response.output_item.added",
+        "response.output_item.done",
         "conversation.item.added",
+        "conversation.item.created",
+        "input_audio_buffer.committed",
         "conversation.item.done",
         "conversation.item.deleted",
         "conversation.item.retrieved",
@@ -247,11 +289,17 @@ def item_retrieve(item_id: str, event_id: str | None = None) -> dict[str, Any]:
     }
 
 
+PROBE_TEXT: Final = "(sideband resync; ignore)"
+"""The start of every resync probe's text; the rest is the probe's own id."""
+
+
 def probe_item_create(item_id: str, event_id: str | None = None) -> dict[str, Any]:
     """Append an empty-looking system note whose ``conversation.item.added`` names the tail.
 
     The protocol has no way to list a conversation; appending an item is the one way to learn
-    which item is last (its ``previous_item_id``). The note is deleted right after.
+    which item is last (its ``previous_item_id``). The note is deleted right after. Its text
+    carries ``item_id`` too: a provider that assigns its own item ids (the spec allows it)
+    echoes the note under another id, and :func:`probe_key` still recognises it.
     """
     return {
         "type": "conversation.item.create",
@@ -260,8 +308,38 @@ def probe_item_create(item_id: str, event_id: str | None = None) -> dict[str, An
             "id": item_id,
             "type": "message",
             "role": "system",
-            "content": [{"type": "input_text", "text": "(sideband resync; ignore)"}],
+            "content": [{"type": "input_text", "text": f"{PROBE_TEXT} {item_id}"}],
         },
+    }
+
+
+def probe_key(item: Item) -> str | None:
+    """The id a resync probe was created with, read from its text; ``None``: no probe.
+
+    Any broker process's probe is recognised (a leftover of a dead one is deleted too).
+    """
+    if item.type != "message" or item.role != "system":
+        return None
+    content = getattr(item, "content", None)
+    if not isinstance(content, list) or len(content) != 1 or not isinstance(content[0], dict):
+        return None
+    text = content[0].get("text")
+    if not isinstance(text, str) or not text.startswith(PROBE_TEXT + " "):
+        return None
+    key = text[len(PROBE_TEXT) + 1 :]
+    return key if is_probe_item_id(key) else None
+
+
+def session_probe(event_id: str | None = None) -> dict[str, Any]:
+    """A ``session.update`` that changes nothing.
+
+    The provider answers the sender with the full effective ``session.updated``: the one view
+    of the session it must give us, whatever reaches the sideband of the page's changes.
+    """
+    return {
+        "type": "session.update",
+        "event_id": event_id or new_event_id(),
+        "session": {"type": "realtime"},
     }
 
 

@@ -5,7 +5,12 @@ The browser holds a data channel to the provider and may send any client event
 
 * a ``session.updated`` whose ``instructions``, ``tools`` or ``tool_choice`` differ from the
   server-owned config (:func:`session_drift`);
-* a ``function_call_output`` item the broker did not create (:class:`OutputLedger`).
+* a ``function_call_output`` item the broker did not create (:class:`OutputLedger`);
+* an item only the model may add (a ``function_call``; a ``system`` or ``assistant``
+  message under :attr:`PageItems.REFUSE`) that no watched response produced (:class:`PageItem`);
+* a finished function call a resync cannot prove the model made (:class:`UnprovenCall`);
+* a response nobody the broker trusts started (:class:`PageResponse`, under
+  :attr:`PageResponses.CANCEL`).
 
 The controller acts on these (re-apply, delete, cancel) and reports each one to the broker
 through :class:`TamperHandler`; what the broker then decides (record, hang up) is its policy.
@@ -111,7 +116,103 @@ class TaintedResponse:
     cancelled: bool = False
 
 
-Tamper = SessionDrift | ForgedOutput | TaintedResponse
+@dataclass(frozen=True)
+class PageItem:
+    """The page added an item only the model (or nobody) may add; the controller deleted it.
+
+    A ``function_call`` item no watched response produced is always one (a tool runs only for
+    calls the model made); ``system`` and ``assistant`` messages are, under the session's
+    ``page_items`` policy ``refuse``.
+
+    Attributes:
+        item_id: the item's id (``None``: the provider gave none, so it could not be deleted).
+        item_type: ``function_call`` or ``message``.
+        role: the message's role (``None`` for a function call).
+        call_id: the ``call_id`` a planted function call claims (truncated).
+        tool: the tool it names (truncated).
+        deleted: the controller sent ``conversation.item.delete`` for it.
+    """
+
+    kind: ClassVar[str] = "page_item"
+    item_id: str | None
+    item_type: str
+    role: str | None = None
+    call_id: str | None = None
+    tool: str | None = None
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class UnprovenCall:
+    """A resync found a finished function call the broker never saw the model make.
+
+    It may be the page's (a planted item no sideband saw) or the model's (made while no
+    sideband watched): either way it is not run. It is answered with an error output, so a
+    model that did make it calls again, this time watched.
+
+    Attributes:
+        item_id / call_id / tool: the call found (truncated).
+        reason: ``unseen`` (no watched response produced it), ``partial`` (the broker saw it
+            start but not its arguments), or ``replaced`` (its arguments differ from what
+            the model streamed).
+        answered: the error output went out on the sideband.
+    """
+
+    kind: ClassVar[str] = "unproven_call"
+    item_id: str | None
+    call_id: str | None
+    tool: str | None
+    reason: str
+    answered: bool = False
+
+
+@dataclass(frozen=True)
+class PageResponse:
+    """A response neither the broker nor a committed audio turn started: the page's.
+
+    Reported only under the ``page_responses`` policy ``cancel`` (voice-only sessions).
+
+    Attributes:
+        response_id: the response.
+        cancelled: the controller sent ``response.cancel`` for it.
+    """
+
+    kind: ClassVar[str] = "page_response"
+    response_id: str
+    cancelled: bool = False
+
+
+Tamper = SessionDrift | ForgedOutput | TaintedResponse | PageItem | UnprovenCall | PageResponse
+
+
+class PageItems(enum.StrEnum):
+    """What becomes of ``system``/``assistant`` messages the page adds to the conversation."""
+
+    REFUSE = "refuse"
+    """Deleted and recorded (the default): only the model speaks as the assistant."""
+    ALLOW = "allow"
+    """Left in place (a page that legitimately seeds context); still never in a transcript
+    as the model's words."""
+
+
+class PageResponses(enum.StrEnum):
+    """What becomes of responses the page starts (``response.create`` on its data channel)."""
+
+    ALLOW = "allow"
+    """Left to run (the default; a typed chat needs it). Residual risk: the page's
+    ``response.create`` may carry its own instructions and tools, which the sideband cannot
+    see; the allowlist still decides what runs."""
+    CANCEL = "cancel"
+    """For voice-only sessions: a response not started by a committed audio turn and not
+    asked for by the broker is cancelled at once and recorded."""
+
+
+@dataclass(frozen=True)
+class PagePolicy:
+    """What a page may add to its call beyond typed user messages."""
+
+    items: PageItems = PageItems.REFUSE
+    responses: PageResponses = PageResponses.ALLOW
 
 
 class TamperHandler(Protocol):

@@ -36,6 +36,8 @@ def _session_json(row: SessionRow) -> dict[str, Any]:
             "max_concurrent_tools": row.max_concurrent_tools,
             "max_argument_bytes": row.max_argument_bytes,
             "on_tamper": row.tamper_policy,
+            "page_items": row.page_items,
+            "page_responses": row.page_responses,
         },
         "created_at": iso(row.created_at),
         "live_at": iso(row.live_at),

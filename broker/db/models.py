@@ -149,9 +149,7 @@ class SessionRow(Base):
     tamper_policy: Mapped[str] = mapped_column(String(16))
     page_items: Mapped[str] = mapped_column(String(16), default="refuse", server_default="refuse")
     """What becomes of system/assistant messages the page adds (:class:`PageItemsPolicy`)."""
-    page_responses: Mapped[str] = mapped_column(
-        String(16), default="allow", server_default="allow"
-    )
+    page_responses: Mapped[str] = mapped_column(String(16), default="allow", server_default="allow")
     """What becomes of responses the page starts (:class:`PageResponsesPolicy`)."""
     offer_jti: Mapped[str | None] = mapped_column(String(64))
     """The ``jti`` of the client secret that made the offer: it stays valid for this

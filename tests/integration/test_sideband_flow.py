@@ -63,8 +63,15 @@ async def test_tool_call_runs_on_the_sideband_and_the_answer_reaches_the_browser
         browser_types = [r.event["type"] for r in call.received if r.source == "datachannel"]
         assert browser_types == ["conversation.item.create", "response.create"]
         sideband_types = [r.event["type"] for r in call.received if r.source == "sideband"]
-        # On attach the broker asserts its own config; then the output and response.create.
-        assert sideband_types == ["session.update", "conversation.item.create", "response.create"]
+        # On attach the broker asserts its own config; then the output, a probe of the
+        # session (the provider's own view, checked before the model is asked to go on),
+        # and response.create.
+        assert sideband_types == [
+            "session.update",
+            "conversation.item.create",
+            "session.update",
+            "response.create",
+        ]
 
         [request] = tool_backend.calls_to("lookup_order")
         assert request.headers["X-Session-ID"] == session["id"]

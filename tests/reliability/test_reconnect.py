@@ -8,6 +8,7 @@ function call the model finishes while it is away, and a call that ends while it
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from tests.support.flow import (
     connect_browser,
     outputs_received,
     says,
+    wait_events,
     wait_sideband,
 )
 from tests.support.servers import RunningEmulator, request_json, set_faults
@@ -117,14 +119,52 @@ async def test_an_output_computed_while_the_sideband_is_away_is_delivered_after_
     assert len(call.sideband_attaches) == 2
 
 
-async def test_a_call_the_model_finished_while_the_sideband_was_away_is_found_and_run(
+UNVERIFIED = "call_unverified"
+
+
+async def assert_retried_not_run(
+    broker: RunningBroker,
+    emulator: RunningEmulator,
+    tool_backend: ToolBackend,
+    session_id: str,
+    call_id: str,
+    unseen: dict[str, Any],
+    final: dict[str, Any],
+) -> None:
+    """The call no sideband saw never ran; it was answered ``call_unverified`` and recorded
+    as an unproven call; the model called again, watched, and that call ran once."""
+    assert assistant_text(final) == f"lookup_order returned: {LOOKUP_42_OUTPUT}"
+    assert tool_backend.calls_for(unseen["call_id"]) == []
+    [request] = tool_backend.calls_to("lookup_order")
+    retry_id = request.headers["X-Call-ID"]
+    assert retry_id != unseen["call_id"]
+    row = await wait_row(broker, session_id, retry_id)
+    assert (row["status"], row["path"]) == ("succeeded", "sideband")
+    call = emulator.registry.get(call_id)
+    assert call is not None
+    outputs = outputs_received(call)
+    assert [(source, item["call_id"]) for source, item in outputs] == [
+        ("sideband", unseen["call_id"]),
+        ("sideband", retry_id),
+    ]
+    assert json.loads(outputs[0][1]["output"])["error"]["code"] == UNVERIFIED
+    assert outputs[1][1]["output"] == LOOKUP_42_OUTPUT
+    [tamper] = await wait_events(
+        broker, session_id, "broker.tamper", lambda p: p["kind"] == "unproven_call"
+    )
+    assert tamper["payload"]["call_id"] == unseen["call_id"]
+    assert tamper["payload"]["reason"] == "unseen"
+
+
+async def test_a_call_the_model_finished_while_the_sideband_was_away_is_not_run_unproven(
     reconnecting_broker: RunningBroker,
     emulator: RunningEmulator,
     tool_backend: ToolBackend,
     http: aiohttp.ClientSession,
 ) -> None:
     """The broker never sees the function call's events: the resync's tail probe finds it,
-    retrieves it, runs it once and answers it."""
+    but nothing proves the model made it (a page can plant the same item), so it is not run:
+    the model gets ``call_unverified``, calls again while watched, and that call runs once."""
     broker = reconnecting_broker
     session = await broker.create_session(tools=["lookup_order"])
     browser = await connect_browser(broker, session)
@@ -139,28 +179,21 @@ async def test_a_call_the_model_finished_while_the_sideband_was_away_is_found_an
         assert tool_backend.calls_to("lookup_order") == []  # nobody ran it yet
         await clear_faults(http, emulator)
         final = await browser.wait_for("response.done", says(LOOKUP_42_OUTPUT), timeout=15)
-        row = await wait_row(broker, session["id"], fc["call_id"])
     finally:
         await browser.close()
-
-    assert assistant_text(final) == f"lookup_order returned: {LOOKUP_42_OUTPUT}"
-    assert (row["status"], row["path"]) == ("succeeded", "sideband")
-    call = emulator.registry.get(call_id)
-    assert call is not None
-    assert [item["call_id"] for _, item in outputs_received(call)] == [fc["call_id"]]
-    assert len(tool_backend.calls_for(fc["call_id"])) == 1
+    await assert_retried_not_run(broker, emulator, tool_backend, session["id"], call_id, fc, final)
 
 
-async def test_a_call_the_model_finished_before_the_first_attach_is_found_and_run(
+async def test_a_call_the_model_finished_before_the_first_attach_is_not_run_unproven(
     reconnecting_broker: RunningBroker,
     emulator: RunningEmulator,
     tool_backend: ToolBackend,
     http: aiohttp.ClientSession,
 ) -> None:
-    """The provider refuses the new call's sideband for a while (as after a 404 race or a
-    provider restart); meanwhile the browser connects and the model finishes a function
-    call no broker saw. The first attach took retries, so it resyncs like a reconnect: the
-    call is found, run once on the sideband, and answered."""
+    """The provider refuses the new call's sideband past the answer's wait (as after a 404
+    race or a provider restart); meanwhile the browser connects and the model finishes a
+    function call no broker saw. The answer went out first, so the first attach resyncs under
+    the provenance rule: the call is not run, the model is told so and calls again, watched."""
     broker = reconnecting_broker
     await set_faults(http, emulator, **OUTAGE_FAULT)
     session = await broker.create_session(tools=["lookup_order"])
@@ -178,22 +211,10 @@ async def test_a_call_the_model_finished_before_the_first_attach_is_found_and_ru
         assert tool_backend.calls_to("lookup_order") == []  # nobody ran it yet
         await clear_faults(http, emulator)
         final = await browser.wait_for("response.done", says(LOOKUP_42_OUTPUT), timeout=15)
-        row = await wait_row(broker, session["id"], fc["call_id"])
         call_id = await call_of(broker, session)
     finally:
         await browser.close()
-
-    assert assistant_text(final) == f"lookup_order returned: {LOOKUP_42_OUTPUT}"
-    assert (row["status"], row["path"]) == ("succeeded", "sideband")
-    call = emulator.registry.get(call_id)
-    assert call is not None
-    assert outputs_received(call) == [
-        (
-            "sideband",
-            {"type": "function_call_output", "call_id": fc["call_id"], "output": LOOKUP_42_OUTPUT},
-        )
-    ]
-    assert len(tool_backend.calls_for(fc["call_id"])) == 1
+    await assert_retried_not_run(broker, emulator, tool_backend, session["id"], call_id, fc, final)
 
 
 async def test_a_call_that_ends_while_the_sideband_is_away_ends_the_session(

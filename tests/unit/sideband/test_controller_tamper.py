@@ -61,6 +61,15 @@ async def finish(conn: QueueConnection, task: asyncio.Task[int | None]) -> None:
     await asyncio.wait_for(task, 5)
 
 
+async def answer_probe(conn: QueueConnection, index: int) -> None:
+    """Answer the session probe the controller sends (as ``conn.sent[index]``) before its
+    ``response.create``: the provider replies with the full, unchanged session."""
+    await conn.wait_sent(index + 1)
+    probe = conn.sent[index]
+    assert (probe["type"], probe["session"]) == ("session.update", {"type": "realtime"})
+    conn.inbox.put_nowait(updated())
+
+
 def updated(**session: Any) -> dict[str, Any]:
     return {"type": "session.updated", "session": {**CONFIG, **session}}
 
@@ -132,12 +141,13 @@ async def test_the_brokers_own_outputs_are_not_forgeries() -> None:
     own = output_added(item["id"], item["call_id"], item["output"])
     conn.inbox.put_nowait(own)
     conn.inbox.put_nowait({**own, "type": "conversation.item.done"})
-    await conn.wait_sent(2)
-    response_create = conn.sent[1]
+    await answer_probe(conn, 1)
+    await conn.wait_sent(3)
+    response_create = conn.sent[2]
     conn.inbox.put_nowait(created("r2"))
     await finish(conn, task)
     assert response_create["type"] == "response.create"
-    assert len(conn.sent) == 2 and reports.tampers == []
+    assert len(conn.sent) == 3 and reports.tampers == []
 
 
 async def test_our_response_create_cancelled_by_a_forgery_is_asked_again() -> None:
@@ -147,17 +157,19 @@ async def test_our_response_create_cancelled_by_a_forgery_is_asked_again() -> No
     task, _ = await start(conn)
     for frame in (created("r1"), args_done("r1", "c1"), done("r1", "completed", fc_item("c1"))):
         conn.inbox.put_nowait(frame)
-    await conn.wait_sent(2)
+    await answer_probe(conn, 1)
+    await conn.wait_sent(3)
     conn.inbox.put_nowait(output_added("item_f", "c1", '{"forged":true}'))
     conn.inbox.put_nowait(created("r_ours"))
-    await conn.wait_sent(4)
-    assert [e["type"] for e in conn.sent[2:]] == ["conversation.item.delete", "response.cancel"]
+    await conn.wait_sent(5)
+    assert [e["type"] for e in conn.sent[3:]] == ["conversation.item.delete", "response.cancel"]
     conn.inbox.put_nowait(done("r_ours", "cancelled"))
     await asyncio.sleep(0.05)
-    assert len(conn.sent) == 4  # not while the forged item is still there
+    assert len(conn.sent) == 5  # not while the forged item is still there
     conn.inbox.put_nowait(deleted("item_f"))
-    await conn.wait_sent(5)
-    assert conn.sent[4]["type"] == "response.create"
+    await answer_probe(conn, 5)
+    await conn.wait_sent(7)
+    assert conn.sent[6]["type"] == "response.create"
     await finish(conn, task)
 
 

@@ -1,0 +1,311 @@
+"""Keeping the provider's session config the broker's: baseline, probes, restores. No I/O.
+
+The broker owns the whole session config except :data:`PAGE_FIELDS`, a short documented list
+a page may change (how turns are detected, noise reduction, playback speed). What the
+provider's session *is* comes only from the provider: the guard never trusts the request the
+broker sent as a picture of the result (the provider fills in defaults, reorders tool keys,
+and keeps its default instructions when sent ``""``). So:
+
+* The **baseline** is the provider's own answer (``session.updated``) to the broker's first
+  assertion of the config on a call, taken once it agrees with what the broker asserted.
+* Every later ``session.updated`` (a probe's answer, a re-apply's answer, or an echo of a
+  page's change, if the provider sends those to sidebands at all) is compared with the
+  baseline over the owned fields; any difference is drift, answered by a restore.
+* A **probe** (``session.update`` carrying only ``type``) makes the provider answer with the
+  full effective session, so drift is found even when no echo of the page's change ever
+  reaches the sideband. The controller probes after a reconnect, before each
+  ``response.create`` it sends, and periodically.
+
+Which ``session.updated`` answers which of our updates cannot be known for sure (the event
+names no client event); the guard pairs them first-in, first-out, and every one of them is
+checked whoever caused it, so a mis-pairing can delay a baseline but never hide drift.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final, Literal
+
+from sideband.events import new_event_id, session_probe, session_update
+from sideband.tamper import (
+    MAX_NAME_CHARS,
+    OWNED_FIELDS,
+    OwnedSession,
+    SessionDrift,
+    session_drift,
+)
+
+logger = logging.getLogger(__name__)
+
+PAGE_FIELDS: Final = (
+    "audio.input.turn_detection",
+    "audio.input.noise_reduction",
+    "audio.output.speed",
+)
+"""The only session fields a page may change; a change anywhere else is drift."""
+BOOKKEEPING_FIELDS: Final = frozenset({"id", "object", "expires_at"})
+"""The provider's own labels on a session object: not config, never compared."""
+UNRESTORABLE_FIELDS: Final = frozenset({"type", "model"})
+"""Fixed at call creation: a difference is reported, but no update can put them back."""
+SEPARATE_FIELDS: Final = ("audio.output.voice", "tracing")
+"""Restored in an update of their own: the provider refuses a voice change once the model
+has spoken, and tracing once it is on; such a refusal must not take the rest of a restore
+down with it."""
+
+UpdateKind = Literal["assert", "reapply", "probe"]
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _flatten(session: Mapping[str, Any]) -> dict[str, Any]:
+    """Owned fields by dotted path: top-level keys, and ``audio.<side>.<key>`` leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in session.items():
+        if key in BOOKKEEPING_FIELDS:
+            continue
+        if key == "audio" and isinstance(value, Mapping):
+            for side, side_value in value.items():
+                if isinstance(side_value, Mapping):
+                    for leaf, leaf_value in side_value.items():
+                        flat[f"audio.{side}.{leaf}"] = leaf_value
+                else:
+                    flat[f"audio.{side}"] = side_value
+            continue
+        flat[key] = value
+    for path in PAGE_FIELDS:
+        flat.pop(path, None)
+    return flat
+
+
+def owned_view(session: Mapping[str, Any]) -> dict[str, Any]:
+    """The owned part of an effective session, flattened (see :func:`_flatten`)."""
+    return _flatten(session)
+
+
+def config_drift(baseline: Mapping[str, Any], effective: Mapping[str, Any]) -> SessionDrift | None:
+    """Compare an effective session with the baseline (an :func:`owned_view`).
+
+    Tools are compared by name and definition in any order (:func:`session_drift`'s rules);
+    every other field as canonical JSON, so key order never counts. A field the echo leaves
+    out is not counted (a session update cannot remove one); a field the baseline lacks
+    counts only if it now holds a value.
+
+    Returns:
+        ``None`` when every owned field matches.
+    """
+    actual = _flatten(effective)
+    tools = session_drift(
+        OwnedSession(instructions="", tools=tuple(baseline.get("tools") or ()), tool_choice=None),
+        {"tools": actual["tools"]} if "tools" in actual else {},
+    )
+    fields: list[str] = []
+    for path in sorted(set(baseline) | set(actual)):
+        if path == "tools" or path not in actual:
+            continue
+        if path not in baseline:
+            if actual[path] is not None:
+                fields.append(path[:MAX_NAME_CHARS])
+            continue
+        if _canonical(actual[path]) != _canonical(baseline[path]):
+            fields.append(path[:MAX_NAME_CHARS])
+    if tools is not None:
+        fields.append("tools")
+    # The fields the broker sets itself first, in their usual order; the rest sorted.
+    first = [name for name in OWNED_FIELDS if name in fields]
+    fields = first + [name for name in fields if name not in OWNED_FIELDS]
+    if not fields:
+        return None
+    return SessionDrift(
+        fields=tuple(fields),
+        tools_added=tools.tools_added if tools else (),
+        tools_removed=tools.tools_removed if tools else (),
+        tools_changed=tools.tools_changed if tools else (),
+    )
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for path, value in flat.items():
+        parts = path.split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = copy.deepcopy(value)
+    return nested
+
+
+@dataclass(frozen=True)
+class GuardVerdict:
+    """What one ``session.updated`` means.
+
+    Attributes:
+        drift: how the session differs from what the broker owns (``None``: it does not).
+        restores: ``session.update`` events to send now, in order (empty: nothing to do).
+        repeated: the drift is what our own restore left behind (the provider normalises
+            something, or refuses a field): reported once already, not restored again.
+    """
+
+    drift: SessionDrift | None = None
+    restores: tuple[dict[str, Any], ...] = ()
+    repeated: bool = False
+
+
+class SessionGuard:
+    """One call's view of its session config; the controller sends what it returns.
+
+    Args:
+        owned: what the broker asserts (instructions, tools, tool choice).
+    """
+
+    def __init__(self, owned: OwnedSession) -> None:
+        self.owned = owned
+        self.baseline: dict[str, Any] | None = None
+        """The owned view of the provider's answer to our first assertion (``None``: not yet)."""
+        self._waiting: deque[tuple[str, UpdateKind]] = deque()
+        """Our ``session.update`` events not yet answered, oldest first: (event id, kind)."""
+        self._last_restored: SessionDrift | None = None
+
+    @property
+    def asserted(self) -> bool:
+        """Whether a baseline exists (the first assertion was answered and agreed)."""
+        return self.baseline is not None
+
+    def assertion(self) -> dict[str, Any]:
+        """The ``session.update`` asserting the owned config (first attach, or no baseline)."""
+        return self._track(session_update(self.owned.as_update()), "assert")
+
+    def probe(self) -> dict[str, Any]:
+        """A ``session.update`` that changes nothing; its answer is the full session."""
+        return self._track(session_probe(), "probe")
+
+    def instructions_changed(self, instructions: str) -> tuple[OwnedSession, dict[str, Any]]:
+        """The broker changes the owned instructions; returns the old config and the update.
+
+        The baseline follows, so the provider's answer is not taken for drift.
+        """
+        previous = self.owned
+        self.owned = replace(previous, instructions=instructions)
+        if self.baseline is not None:
+            self.baseline["instructions"] = instructions
+        return previous, self._track(session_update(self.owned.as_update()), "reapply")
+
+    def revert_instructions(self, previous: OwnedSession) -> None:
+        """An instructions change did not go out: back to the config before it."""
+        self.owned = previous
+        if self.baseline is not None:
+            self.baseline["instructions"] = previous.instructions
+
+    def unsent(self, event: dict[str, Any]) -> None:
+        """One of our updates never left (the socket was gone): no answer will come."""
+        self._forget(event["event_id"])
+
+    def refused(self, event_id: str) -> bool:
+        """An ``error`` answered one of our updates; ``True`` if it was ours."""
+        return self._forget(event_id)
+
+    def connection_lost(self) -> None:
+        """Nothing sent on the lost socket will be answered."""
+        self._waiting.clear()
+        self._last_restored = None
+
+    def updated(self, session: Mapping[str, Any]) -> GuardVerdict:
+        """Judge one ``session.updated``; returns the drift and the restores to send."""
+        kind = self._waiting.popleft()[1] if self._waiting else None
+        return self._judge(session, kind)
+
+    def judge(self, session: Mapping[str, Any]) -> GuardVerdict:
+        """Judge a session view that answers none of our updates (``session.created``)."""
+        return self._judge(session, None)
+
+    def _judge(self, session: Mapping[str, Any], kind: UpdateKind | None) -> GuardVerdict:
+        if self.baseline is None:
+            return self._before_baseline(session, kind)
+        drift = config_drift(self.baseline, session)
+        if drift is None:
+            self._last_restored = None
+            return GuardVerdict()
+        if kind == "reapply" and _same(drift, self._last_restored):
+            # Our own restore came back differing the same way: restoring again would loop.
+            return GuardVerdict(drift=drift, repeated=True)
+        self._last_restored = drift
+        return GuardVerdict(drift=drift, restores=self._restores(drift))
+
+    def _before_baseline(self, session: Mapping[str, Any], kind: UpdateKind | None) -> GuardVerdict:
+        # Until the provider has answered our assertion, the request is all we can compare
+        # with, and only on what we set ourselves. The provider keeps its default
+        # instructions when sent "" (recorded real traffic), so "" matches anything.
+        owned = self.owned
+        effective = dict(session)
+        if owned.instructions == "":
+            effective.pop("instructions", None)
+        drift = session_drift(owned, effective)
+        if drift is None:
+            if kind == "assert":
+                self.baseline = owned_view(session)
+                logger.debug("session baseline taken fields=%d", len(self.baseline))
+            return GuardVerdict()
+        if kind == "reapply" and _same(drift, self._last_restored):
+            return GuardVerdict(drift=drift, repeated=True)
+        self._last_restored = drift
+        # Not yet a baseline: the answer to this re-assertion is the next candidate.
+        return GuardVerdict(drift=drift, restores=(self.assertion(),))
+
+    def _restores(self, drift: SessionDrift) -> tuple[dict[str, Any], ...]:
+        assert self.baseline is not None
+        main: dict[str, Any] = dict(self.owned.as_update())
+        if isinstance(self.baseline.get("instructions"), str):
+            # What the provider made of ours (it keeps its default for "", say): restoring
+            # that, not our request, is what puts the session back as it was.
+            main["instructions"] = self.baseline["instructions"]
+        separate: list[dict[str, Any]] = []
+        flat: dict[str, Any] = {}
+        for path in drift.fields:
+            if path in UNRESTORABLE_FIELDS or path in ("instructions", "tools", "tool_choice"):
+                continue
+            if path not in self.baseline:
+                # Something the page switched on that the provider did not report before:
+                # the best restore is to switch it off.
+                value: Any = None
+            else:
+                value = self.baseline[path]
+            if path in SEPARATE_FIELDS:
+                separate.append(_nest({path: value}))
+            else:
+                flat[path] = value
+        main.update(_merge(main, _nest(flat)))
+        restores = [self._track(session_update(main), "reapply")]
+        restores.extend(self._track(session_update(extra), "reapply") for extra in separate)
+        return tuple(restores)
+
+    def _track(self, event: dict[str, Any], kind: UpdateKind) -> dict[str, Any]:
+        event.setdefault("event_id", new_event_id())
+        self._waiting.append((event["event_id"], kind))
+        return event
+
+    def _forget(self, event_id: str) -> bool:
+        for entry in self._waiting:
+            if entry[0] == event_id:
+                self._waiting.remove(entry)
+                return True
+        return False
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _same(drift: SessionDrift, other: SessionDrift | None) -> bool:
+    return other is not None and replace(drift, reapplied=False) == replace(other, reapplied=False)
