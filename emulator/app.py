@@ -71,8 +71,8 @@ def create_app(settings: EmulatorSettings) -> web.Application:
     """
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
-    app[CALL_REGISTRY] = CallRegistry(settings)
     app[FAULTS] = Faults(settings.faults)
+    app[CALL_REGISTRY] = CallRegistry(settings, app[FAULTS])
     app[CLIENT_SECRETS] = ClientSecretStore()
     app.router.add_post("/v1/realtime/client_secrets", create_client_secret)
     app.router.add_post("/v1/realtime/calls", create_call)

@@ -35,7 +35,7 @@ from ._speaker import Speaker
 from ._usage import InputTokens, input_tokens
 from .audio import SpeechStarted, SpeechStopped, VadEvent
 from .errors import ClientEventError
-from .faults import Faults
+from .faults import FaultConfig, Faults
 from .model import plan_response
 from .peer import Peer
 from .settings import EmulatorSettings
@@ -77,7 +77,13 @@ class Call:
     ``conversation``.
     """
 
-    def __init__(self, call_id: str, session: dict[str, Any], settings: EmulatorSettings) -> None:
+    def __init__(
+        self,
+        call_id: str,
+        session: dict[str, Any],
+        settings: EmulatorSettings,
+        faults: Faults | None = None,
+    ) -> None:
         self.call_id = call_id
         self.location = f"/v1/realtime/calls/{call_id}"
         self.session = session
@@ -90,6 +96,7 @@ class Call:
         self.conversation_id = new_conversation_id()
         self.created_at = time.monotonic()
         self._settings = settings
+        self._faults = faults or Faults(FaultConfig())
         self._dc_connection_id = new_connection_id("datachannel")
         self._peer = Peer(
             call_id,
@@ -101,6 +108,7 @@ class Call:
         self._speech_item_id: str | None = None
         self._speaker = Speaker(self._peer, self.broadcast, settings.speech)
         self._rate_limits = RateLimits()
+        self._model_calls: set[str] = set()  # function calls the model made (model rule 0)
         self._input_audio_ms: dict[str, float] = {}  # user audio item id -> committed length
         self._previous_input_tokens = 0  # the last response's input: the cached prefix
         self._sidebands: dict[str, SidebandLink] = {}
@@ -274,11 +282,14 @@ class Call:
             if self.ended:
                 continue  # end() is closing everything; late events change nothing
             try:
-                self._process(event)
+                self._process(event, source, connection_id)
             except ClientEventError as exc:
                 client_event_id = event.get("event_id") if event else None
                 if not isinstance(client_event_id, str):
                     client_event_id = None
+                code = self._faults.current.missing_item_error_code
+                if exc.code == "item_not_found" and code != exc.code:
+                    exc = ClientEventError(code, exc.message, param=exc.param, type_=exc.type)
                 self._reply(source, connection_id, error_event(exc, client_event_id))
             except Exception:
                 # A bug in the emulator: report it to the sender and keep serving the call.
@@ -286,14 +297,14 @@ class Call:
                 failure = ClientEventError("server_error", "Internal error.", type_="server_error")
                 self._reply(source, connection_id, error_event(failure, None))
 
-    def _process(self, event: dict[str, Any] | None) -> None:
+    def _process(self, event: dict[str, Any] | None, source: Source, connection_id: str) -> None:
         if event is None:
             raise ClientEventError("invalid_json", "The message is not a JSON object.")
         match event.get("type"):
             case "session.update":
-                self._session_update(event)
+                self._session_update(event, source, connection_id)
             case "conversation.item.create":
-                self._item_create(event)
+                self._item_create(event, source, connection_id)
             case "conversation.item.delete":
                 self._item_delete(event)
             case "conversation.item.retrieve":
@@ -325,7 +336,7 @@ class Call:
                     "unknown_event", f"Unsupported event type: {other!r}.", param="type"
                 )
 
-    def _session_update(self, event: dict[str, Any]) -> None:
+    def _session_update(self, event: dict[str, Any], source: Source, connection_id: str) -> None:
         if "session" not in event:
             raise ClientEventError(
                 "missing_required_parameter",
@@ -333,15 +344,31 @@ class Call:
                 param="session",
             )
         update = check_session_fields(event["session"])
+        faults = self._faults.current
+        if faults.keep_instructions_on_empty and update.get("instructions") == "":
+            update = {k: v for k, v in update.items() if k != "instructions"}
         merge_session(self.session, update)
         self._input.configure(_turn_detection(self.session))
-        self.broadcast(session_event("session.updated", self.session))
+        updated = session_event("session.updated", self.session)
+        if source == "datachannel" and faults.sideband_misses_page_session_updates:
+            self._reply(source, connection_id, updated)  # the sender is always answered
+        else:
+            self.broadcast(updated)
 
-    def _item_create(self, event: dict[str, Any]) -> None:
+    def _item_create(self, event: dict[str, Any], source: Source, connection_id: str) -> None:
         item = normalize_client_item(event.get("item"))
+        faults = self._faults.current
+        if faults.provider_item_ids:
+            item["id"] = new_item_id()
         previous_id = insert_item(self.conversation, item, event.get("previous_item_id"))
-        self.broadcast(item_event("conversation.item.added", item, previous_id))
-        self.broadcast(item_event("conversation.item.done", item, previous_id))
+        added = item_event("conversation.item.added", item, previous_id)
+        done = item_event("conversation.item.done", item, previous_id)
+        if source == "datachannel" and faults.sideband_misses_page_items:
+            self._reply(source, connection_id, added)
+            self._reply(source, connection_id, done)
+        else:
+            self.broadcast(added)
+            self.broadcast(done)
 
     def _item_delete(self, event: dict[str, Any]) -> None:
         item_id = delete_item(self.conversation, event.get("item_id"))
@@ -351,6 +378,8 @@ class Call:
         """Append a model-generated item; return the id of the item before it."""
         previous = self.conversation[-1]["id"] if self.conversation else None
         self.conversation.append(item)
+        if item.get("type") == "function_call":
+            self._model_calls.add(item["id"])
         return previous
 
     def _response_create(self, event: dict[str, Any]) -> None:
@@ -376,7 +405,11 @@ class Call:
         run = ResponseRun(
             self,
             plans=plan_response(
-                self.conversation, tools, tool_choice, parallel_tool_calls=parallel
+                self.conversation,
+                tools,
+                tool_choice,
+                parallel_tool_calls=parallel,
+                own_item_ids=self._model_calls,
             ),
             output_modalities=modalities or ["audio"],
             audio_output=audio_output,
@@ -581,8 +614,9 @@ class CallRegistry:
     call after it ended).
     """
 
-    def __init__(self, settings: EmulatorSettings) -> None:
+    def __init__(self, settings: EmulatorSettings, faults: Faults | None = None) -> None:
         self._settings = settings
+        self._faults = faults
         self._calls: dict[str, Call] = {}
 
     def get(self, call_id: str) -> Call | None:
@@ -601,7 +635,7 @@ class CallRegistry:
         Raises:
             InvalidSdpError: the offer is unusable.
         """
-        call = Call(new_call_id(), session, self._settings)
+        call = Call(new_call_id(), session, self._settings, self._faults)
         try:
             answer = await call.start(offer_sdp)
         except BaseException:

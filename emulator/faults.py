@@ -15,6 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 _ERROR_SWITCHES: Final = ("create_call_error", "hangup_error", "sideband_attach_error")
+_BOOL_SWITCHES: Final = (
+    "sideband_misses_page_session_updates",
+    "sideband_misses_page_items",
+    "provider_item_ids",
+    "keep_instructions_on_empty",
+)
 MAX_DELAY_MS: Final = 600_000  # ten minutes: longer only hides a typo until a test times out
 
 
@@ -117,6 +123,18 @@ class FaultConfig:
             sidebands (the data channel still gets them); empty is off.
         sideband_drop_event_count: how many more sideband deliveries the type filter drops
             before it switches itself off; ``None`` is unlimited.
+        sideband_misses_page_session_updates: the ``session.updated`` that answers a *page's*
+            ``session.update`` goes only to the page, never to sidebands (whether the real
+            service fans it out is unconfirmed, PROTOCOL.md §0).
+        sideband_misses_page_items: the ``conversation.item.added/done`` of an item the *page*
+            created go only to the page (unconfirmed either way, PROTOCOL.md §0).
+        provider_item_ids: ``conversation.item.create`` ignores the client's item id and
+            names the item itself (the spec lets clients choose; some providers do not).
+        missing_item_error_code: the ``error.code`` a retrieve or delete of a missing item
+            gets (undocumented; ``item_not_found`` is our guess).
+        keep_instructions_on_empty: ``instructions: ""`` (at call creation or in an update)
+            keeps the instructions in force, as recorded real traffic showed at creation,
+            instead of clearing them as the spec says.
 
     Raises:
         FaultValueError: a value has the wrong type or is out of range.
@@ -131,8 +149,25 @@ class FaultConfig:
     sideband_event_delay_ms: int = 0
     sideband_drop_event_types: tuple[str, ...] = ()
     sideband_drop_event_count: int | None = None
+    sideband_misses_page_session_updates: bool = False
+    sideband_misses_page_items: bool = False
+    provider_item_ids: bool = False
+    missing_item_error_code: str = "item_not_found"
+    keep_instructions_on_empty: bool = False
 
     def __post_init__(self) -> None:
+        for name in _BOOL_SWITCHES:
+            if not isinstance(getattr(self, name), bool):
+                raise FaultValueError(
+                    "invalid_type", f"Invalid type for '{name}': expected a boolean.", name
+                )
+        code = self.missing_item_error_code
+        if not isinstance(code, str) or not 0 < len(code) <= 64:
+            raise FaultValueError(
+                "invalid_type",
+                "Invalid type for 'missing_item_error_code': expected a short string.",
+                "missing_item_error_code",
+            )
         for name in ("create_call_delay_ms", "sideband_unavailable_ms", "sideband_event_delay_ms"):
             _int(getattr(self, name), name, low=0, high=MAX_DELAY_MS)
         for name in _ERROR_SWITCHES:
@@ -177,6 +212,11 @@ class FaultConfig:
             "sideband_event_delay_ms": self.sideband_event_delay_ms,
             "sideband_drop_event_types": list(self.sideband_drop_event_types),
             "sideband_drop_event_count": self.sideband_drop_event_count,
+            "sideband_misses_page_session_updates": self.sideband_misses_page_session_updates,
+            "sideband_misses_page_items": self.sideband_misses_page_items,
+            "provider_item_ids": self.provider_item_ids,
+            "missing_item_error_code": self.missing_item_error_code,
+            "keep_instructions_on_empty": self.keep_instructions_on_empty,
         }
 
     def merged(self, changes: Mapping[str, Any]) -> FaultConfig:

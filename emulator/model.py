@@ -6,8 +6,10 @@ with the conversation and the tools in effect. The rules, in order:
 0. **Unverified calls.** A ``function_call_output`` after the most recent ``function_call``
    item(s) that says ``{"error": {"code": "call_unverified", …}}`` (the broker could not prove
    the model made that call) makes the model call the same tool with the same arguments
-   again, once: a real model, told its call was not run, tries again. A call made twice
-   already is not made a third time (rule 1 then reads the output out).
+   again, once: a real model, told its call was not run, tries again. Only a call the
+   model itself made is retried (one the page planted in the conversation was never the
+   model's intent), and one made twice already is not made a third time (rule 1 then reads
+   the output out).
 1. **Tool results.** If the items after the most recent ``function_call`` item(s) include
    ``function_call_output`` items and no user message follows them, answer with one
    assistant message quoting each output verbatim, one line per output:
@@ -46,7 +48,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -82,6 +84,7 @@ def plan_response(
     tool_choice: Any = "auto",
     *,
     parallel_tool_calls: bool = True,
+    own_item_ids: Collection[str] = (),
 ) -> list[Plan]:
     """Decide what the next response says, following the module's rules.
 
@@ -90,11 +93,12 @@ def plan_response(
         tools: the tools in effect (session tools or the response's override).
         tool_choice: the tool choice in effect (see rule 2).
         parallel_tool_calls: ``False`` keeps only the first function call.
+        own_item_ids: ids of the function calls the model made itself (rule 0).
 
     Returns:
         The output items to stream, in order: one message, or one or more function calls.
     """
-    retries = _retry_unverified(conversation)
+    retries = _retry_unverified(conversation, own_item_ids)
     if retries:
         return list(retries if parallel_tool_calls else retries[:1])
     quoted = _quote_tool_outputs(conversation)
@@ -123,7 +127,9 @@ def _is_unverified(output: Any) -> bool:
     return isinstance(error, dict) and error.get("code") == UNVERIFIED_CODE
 
 
-def _retry_unverified(conversation: Sequence[Mapping[str, Any]]) -> list[FunctionCallPlan]:
+def _retry_unverified(
+    conversation: Sequence[Mapping[str, Any]], own_item_ids: Collection[str]
+) -> list[FunctionCallPlan]:
     last_call = max(
         (i for i, item in enumerate(conversation) if item.get("type") == "function_call"),
         default=None,
@@ -140,7 +146,11 @@ def _retry_unverified(conversation: Sequence[Mapping[str, Any]]) -> list[Functio
         if item.get("type") != "function_call_output" or not _is_unverified(item.get("output")):
             continue
         call = calls.get(item.get("call_id"))
-        if call is None or not isinstance(call.get("name"), str):
+        if (
+            call is None
+            or not isinstance(call.get("name"), str)
+            or call.get("id") not in own_item_ids
+        ):
             continue
         plan = FunctionCallPlan(str(call["name"]), str(call.get("arguments") or "{}"))
         made = sum(

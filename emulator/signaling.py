@@ -205,6 +205,10 @@ async def create_call(request: web.Request) -> web.Response:
         )
     if not sdp or not sdp.strip():
         raise InvalidSdpError("Missing SDP offer.")
+    if session is not None and request.app[FAULTS].current.keep_instructions_on_empty:
+        # Recorded real traffic: a call created with "" kept the service's default.
+        if session.get("instructions") == "":
+            session = {k: v for k, v in session.items() if k != "instructions"}
     if secret is None:
         effective = initial_session(session, request.query.get("model"))
     else:

@@ -43,6 +43,11 @@ FAULTS_OFF: dict[str, Any] = {
     "sideband_event_delay_ms": 0,
     "sideband_drop_event_types": [],
     "sideband_drop_event_count": None,
+    "sideband_misses_page_session_updates": False,
+    "sideband_misses_page_items": False,
+    "provider_item_ids": False,
+    "missing_item_error_code": "item_not_found",
+    "keep_instructions_on_empty": False,
 }
 
 
@@ -154,6 +159,8 @@ async def test_fault_routes_get_merge_reset_and_validate(http: aiohttp.ClientSes
             ({"sideband_drop_event_types": "error"}, "invalid_type", "sideband_drop_event_types"),
             ({"sideband_drop_event_types": [""]}, "invalid_type", "sideband_drop_event_types[0]"),
             ({"sideband_drop_event_count": 0}, "invalid_value", "sideband_drop_event_count"),
+            ({"provider_item_ids": 1}, "invalid_type", "provider_item_ids"),
+            ({"missing_item_error_code": ""}, "invalid_type", "missing_item_error_code"),
             # One bad switch spoils the whole request: the good one is not applied either.
             (
                 {"create_call_delay_ms": 9, "sideband_unavailable_ms": -5},

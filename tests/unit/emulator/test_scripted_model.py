@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -251,3 +252,34 @@ def test_chunks_reassemble() -> None:
     assert "".join(chunk_arguments(args)) == args
     assert chunk_arguments("") == [""]
     assert chunk_text("") == []
+
+
+def _unverified_turn(call_item_id: str) -> list[dict[str, Any]]:
+    output = json.dumps({"error": {"code": "call_unverified", "message": "not run"}})
+    return [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        {
+            "id": call_item_id,
+            "type": "function_call",
+            "call_id": "call_1",
+            "name": "lookup_order",
+            "arguments": '{"order_id":"42"}',
+        },
+        {"type": "function_call_output", "call_id": "call_1", "output": output},
+    ]
+
+
+def test_an_unverified_call_of_the_models_own_is_made_again_once() -> None:
+    """Rule 0: told its own call was not run, the model calls again; a third time, never."""
+    conversation = _unverified_turn("item_model")
+    plans = plan_response(conversation, [], own_item_ids={"item_model"})
+    assert plans == [FunctionCallPlan("lookup_order", '{"order_id":"42"}')]
+    again = [*conversation, {**conversation[1], "id": "item_model2", "call_id": "call_2"}]
+    again.append({**conversation[2], "call_id": "call_2"})
+    assert plan_response(again, [], own_item_ids={"item_model", "item_model2"}) != plans
+
+
+def test_an_unverified_call_the_page_planted_is_not_made_again() -> None:
+    """Rule 0 retries only the model's own calls: a planted one's error is read out."""
+    plans = plan_response(_unverified_turn("item_page"), [], own_item_ids={"item_model"})
+    assert len(plans) == 1 and not isinstance(plans[0], FunctionCallPlan)
