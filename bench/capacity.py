@@ -47,6 +47,7 @@ from .stack import (
     Emulator,
     mean_ms_between,
     read_dispatch_totals,
+    read_session_probes,
     running_stack,
 )
 from .stats import CpuMeter, peak_rss_kb, rss_kb, summarize_ms
@@ -146,6 +147,7 @@ async def _measure_window(
     drain: bool = True,
 ) -> dict[str, Any]:
     before = await read_dispatch_totals(api)
+    probes_before = await read_session_probes(api)
     broker_cpu, own_cpu = CpuMeter(broker.pid), CpuMeter(os.getpid())
     broker_cpu.start()
     own_cpu.start()
@@ -154,6 +156,7 @@ async def _measure_window(
     own_cpu.stop()
     drain_s = await _wait_quiet(broker.pid, options.drain_max_s) if drain else 0.0
     after = await read_dispatch_totals(api)
+    probes_after = await read_session_probes(api)
     completed = len(window.samples)
     offered = len(probes) * window_s / options.period_s
     return {
@@ -171,6 +174,13 @@ async def _measure_window(
         "driver_and_emulator_cpu_utilization": round(own_cpu.utilization, 3),
         "window_s": round(broker_cpu.wall_s, 1),
         "drain_s": round(drain_s, 1),
+        # Config probes: one before each of the broker's response.create, plus the periodic
+        # ones (every BROKER_SESSION_PROBE_INTERVAL_S per live call).
+        "session_probes": (
+            probes_after - probes_before
+            if probes_before is not None and probes_after is not None
+            else None
+        ),
     }
 
 

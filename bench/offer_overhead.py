@@ -11,7 +11,11 @@ order, in the same run. Two kinds of offer are interleaved the same way:
   of the broker's round trip is the broker's own work.
 
 The broker's added time is reported as ``broker - direct`` of each percentile, the median of
-the per-pair differences, and as a ratio. Every call is hung up after it was timed (untimed),
+the per-pair differences, and as a ratio. The broker holds each SDP answer until the call's
+sideband attached (``BROKER_SIDEBAND_ANSWER_WAIT_S``, so the page can do nothing unwatched); a
+second broker with that wait off (its own scratch database) is timed in the same rotation,
+and ``answer_wait_added_ms`` is what the wait costs (``broker - broker_nowait``, per triple).
+Every call is hung up after it was timed (untimed),
 after the broker's sideband attached, so calls never accumulate and no attach overlaps the
 next measurement.
 
@@ -32,6 +36,7 @@ import aiohttp
 
 from .browser import make_offer
 from .context import BenchContext, add_common_args, context_from_args, finish, override, start_clock
+from .databases import scratch_database
 from .probe import SIDEBAND_ONLY_OFFER, find_call, new_marker, wait_attached
 from .profiling import BrokerProfiler
 from .stack import (
@@ -41,6 +46,7 @@ from .stack import (
     Emulator,
     provider_session_config,
     running_stack,
+    start_broker,
 )
 from .stats import summarize_ms
 
@@ -74,9 +80,16 @@ PRESETS: Final = {
 class _Timer:
     """Times offers along the two paths; hangs each call up afterwards (untimed)."""
 
-    def __init__(self, emulator: Emulator, api: BrokerApi, http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        emulator: Emulator,
+        api: BrokerApi,
+        http: aiohttp.ClientSession,
+        nowait_api: BrokerApi | None = None,
+    ) -> None:
         self._emulator = emulator
         self._api = api
+        self._nowait_api = nowait_api
         self._http = http
         self.errors: list[str] = []
 
@@ -108,10 +121,18 @@ class _Timer:
         return elapsed
 
     async def broker(self, sdp: str) -> float | None:
+        return await self._via(self._api, sdp)
+
+    async def broker_nowait(self, sdp: str) -> float | None:
+        """The same offer through the broker that answers without waiting for the attach."""
+        assert self._nowait_api is not None
+        return await self._via(self._nowait_api, sdp)
+
+    async def _via(self, api: BrokerApi, sdp: str) -> float | None:
         marker = new_marker()
-        created = await self._api.create_session(instructions=marker)
+        created = await api.create_session(instructions=marker)
         started = time.perf_counter()
-        await self._api.offer(created, sdp)
+        await api.offer(created, sdp)
         elapsed = time.perf_counter() - started
         call = find_call(self._emulator.registry, marker)
         if call is None:
@@ -145,25 +166,45 @@ def _compare(direct: list[float], broker: list[float], diffs: list[float]) -> di
 async def run(options: Options, ctx: BenchContext) -> dict[str, Any]:
     """Run the benchmark; write and return its JSON."""
     started = start_clock()
-    async with running_stack(
-        ctx.db, ctx.work_dir / NAME, pyinstrument=ctx.profile == "pyinstrument"
-    ) as (api, broker, emulator):
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
-            timer = _Timer(emulator, api, http)
-            results = await _measure(options, timer)
-            if ctx.profile is not None:
-                results["profile"] = await _profile(options, ctx, broker, timer)
+    work = ctx.work_dir / NAME
+    async with running_stack(ctx.db, work, pyinstrument=ctx.profile == "pyinstrument") as (
+        api,
+        broker,
+        emulator,
+    ):
+        nowait_work = work / "nowait"
+        nowait_work.mkdir(parents=True, exist_ok=True)
+        async with scratch_database(ctx.db, nowait_work) as nowait_db:
+            nowait = await start_broker(
+                nowait_work,
+                provider_base_url=emulator.bench_base_url,
+                database_url=nowait_db,
+                name="broker-nowait",
+                extra_env={"BROKER_SIDEBAND_ANSWER_WAIT_S": "0"},
+            )
+            nowait_api = BrokerApi(nowait.base_url)
+            try:
+                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+                    timer = _Timer(emulator, api, http, nowait_api)
+                    results = await _measure(options, timer)
+                    if ctx.profile is not None:
+                        results["profile"] = await _profile(options, ctx, broker, timer)
+            finally:
+                await nowait_api.close()
+                await nowait.stop()
     return finish(NAME, ctx, options, started, results)
 
 
 async def _measure(options: Options, timer: _Timer) -> dict[str, Any]:
     kinds = {"webrtc": await make_offer(), "sideband_only": SIDEBAND_ONLY_OFFER}
     samples: dict[str, dict[str, list[float]]] = {
-        kind: {"direct": [], "broker": [], "diff": []} for kind in kinds
+        kind: {"direct": [], "broker": [], "diff": [], "nowait": [], "wait_diff": []}
+        for kind in kinds
     }
     paths: dict[str, Callable[[str], Awaitable[float | None]]] = {
         "direct": timer.direct,
         "broker": timer.broker,
+        "broker_nowait": timer.broker_nowait,
     }
     deadline = time.monotonic() + options.max_seconds
     done = 0
@@ -171,8 +212,9 @@ async def _measure(options: Options, timer: _Timer) -> dict[str, Any]:
         if time.monotonic() > deadline:
             break
         for kind, sdp in kinds.items():
-            # Alternate which path goes first, so neither always follows the other's work.
-            order = ("direct", "broker") if i % 2 == 0 else ("broker", "direct")
+            # Rotate which path goes first, so none always follows another's work.
+            paths_in_order = ("direct", "broker", "broker_nowait")
+            order = paths_in_order[i % 3 :] + paths_in_order[: i % 3]
             timed: dict[str, float | None] = {}
             for path in order:
                 try:
@@ -182,15 +224,24 @@ async def _measure(options: Options, timer: _Timer) -> dict[str, Any]:
                     timed[path] = None
                 await asyncio.sleep(options.pause_s)
             direct, broker = timed.get("direct"), timed.get("broker")
+            nowait = timed.get("broker_nowait")
             if i < options.warmup or direct is None or broker is None:
                 continue
             samples[kind]["direct"].append(direct)
             samples[kind]["broker"].append(broker)
             samples[kind]["diff"].append(broker - direct)
+            if nowait is not None:
+                samples[kind]["nowait"].append(nowait)
+                samples[kind]["wait_diff"].append(broker - nowait)
         if i >= options.warmup:
             done += 1
     results: dict[str, Any] = {
-        kind: _compare(s["direct"], s["broker"], s["diff"]) for kind, s in samples.items()
+        kind: {
+            **_compare(s["direct"], s["broker"], s["diff"]),
+            "broker_nowait_ms": summarize_ms(s["nowait"]),
+            "answer_wait_added_ms": summarize_ms(s["wait_diff"]),
+        }
+        for kind, s in samples.items()
     }
     results["pairs_measured"] = done
     results["errors"] = timer.errors[:50]

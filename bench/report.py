@@ -250,6 +250,26 @@ def _offer_section(offer: dict[str, Any]) -> list[str]:
         "each pair's difference (the two offers of a pair ran back to back), which an outlier "
         "on one path moves less.",
     ]
+    waits = [
+        (label, r[kind].get("answer_wait_added_ms"), r[kind].get("broker_nowait_ms"))
+        for kind, label in (("webrtc", "WebRTC"), ("sideband_only", "sideband-only"))
+    ]
+    if all(wait is not None and wait.get("count") for _, wait, _ in waits):
+        lines += [
+            "",
+            "The broker holds the SDP answer until the call's sideband attached (so a page "
+            "can do nothing unwatched). What that costs, measured against a second broker "
+            "with the wait off (`BROKER_SIDEBAND_ANSWER_WAIT_S=0`) in the same rotation:",
+            "",
+        ]
+        lines += _table(
+            ["provider answer", "no-wait broker p50", "wait added p50", "wait added p99"],
+            [
+                [label, _ms(nowait["p50"]), _ms(wait["p50"]), _ms(wait["p99"])]
+                for label, wait, nowait in waits
+                if wait is not None and nowait is not None
+            ],
+        )
     if r.get("error_count"):
         lines += ["", f"Errors: {r['error_count']} (first: {r['errors'][:3]})."]
     return [*lines, ""]
@@ -345,6 +365,7 @@ def _capacity_section(capacity: dict[str, Any]) -> list[str]:
                 _ms(s["broker_cpu_ms_per_call"]),
                 f"{s['driver_and_emulator_cpu_utilization'] * 100:.0f}%",
                 _num(s.get("drain_s"), 1),
+                _num(s.get("session_probes")),
                 "yes" if s.get("saturated") else "no",
             ]
         )
@@ -372,10 +393,17 @@ def _capacity_section(capacity: dict[str, Any]) -> list[str]:
             "CPU ms/call",
             "emulator+driver CPU",
             "drain s",
+            "config probes",
             "saturated",
         ],
         rows,
     )
+    lines += [
+        "",
+        "*config probes*: the broker's probes of the provider's session config in the window "
+        "(one before each of its `response.create`, plus one per live call every "
+        "`BROKER_SESSION_PROBE_INTERVAL_S`).",
+    ]
     lines += ["", f"Stopped by: {r.get('stopped_by') or 'nothing (every step ran)'}."]
     costs = [s["broker_cpu_ms_per_call"] for s in r["steps"] if s.get("broker_cpu_ms_per_call")]
     if costs:

@@ -410,6 +410,22 @@ async def read_dispatch_totals(api: BrokerApi) -> tuple[int, float] | None:
         return None
 
 
+def session_probes_total(metrics_text: str) -> int | None:
+    """``broker_session_probes_total``: the broker's probes of the provider's session config."""
+    for line in metrics_text.splitlines():
+        if line.startswith("broker_session_probes_total "):
+            return int(float(line.rpartition(" ")[2]))
+    return None
+
+
+async def read_session_probes(api: BrokerApi) -> int | None:
+    """Read :func:`session_probes_total` now; ``None`` if the broker did not answer in time."""
+    try:
+        return session_probes_total(await api.metrics())
+    except (aiohttp.ClientError, BrokerApiError, TimeoutError):
+        return None
+
+
 def mean_ms_between(
     before: tuple[int, float] | None, after: tuple[int, float] | None
 ) -> float | None:
