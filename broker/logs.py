@@ -128,16 +128,36 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_control(text: str) -> str:
+    r"""Control characters as visible escapes (``\\r``, ``\\x1b``): one record, one line.
+
+    Messages carry text a page chose (a tool name from a URL, a call id): a CR/LF in it
+    would forge a log line, an ANSI escape would rewrite the terminal.
+    """
+    return _CONTROL.sub(lambda m: json.dumps(m.group())[1:-1], text)
+
+
 class ConsoleFormatter(logging.Formatter):
-    """``12:00:01 INFO    broker.sidebands: message [session_id=… call_id=…]``."""
+    """``12:00:01 INFO    broker.sidebands: message [session_id=… call_id=…]``.
+
+    The message (and context values) are escaped (:func:`escape_control`); only a
+    traceback, which the broker's own code produced, keeps its line breaks.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = escape_control(record.message)
+        return super().formatMessage(record)
+
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         context = [
-            f"{name}={value}"
+            f"{name}={escape_control(str(value))}"
             for name in CONTEXT_FIELDS
             if (value := getattr(record, name, None)) is not None
             and f"{name}=" not in record.getMessage()  # already in the message
@@ -168,3 +188,8 @@ def configure_logging(
     # aioice/aiortc log every candidate pair at INFO; useful only when debugging ICE.
     for noisy in ("aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # aiosqlite logs every statement with its parameters at DEBUG, and SQLAlchemy's engine
+    # loggers echo statements: parameters hold tool arguments and outputs, transcripts and key
+    # hashes, so these stay quiet at every level (the engine also hides parameters).
+    for chatty in ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -370,13 +370,42 @@ def _signing_key(env: Mapping[str, str]) -> Secret:
 
 
 def load_or_create_key_file(path: Path) -> str:
-    """Read a key file, creating it (0600, random 256 bits) if it does not exist."""
+    """Read a key file, creating it (0600, random 256 bits) if it is missing or too short.
+
+    A new key is written to a temporary file created 0600 in the same directory and renamed
+    over the old one, so the key is never readable by others, not even for a moment, and a
+    crash never leaves half a key. An existing key file that others may read (group or world
+    bits) is refused: a key that may already have leaked must be replaced, not used.
+
+    Raises:
+        SettingsError: the key file is readable by group or others.
+    """
     try:
-        value = path.read_text().strip()
+        mode = path.stat().st_mode
     except FileNotFoundError:
-        value = ""
+        mode = None
+    if mode is not None and mode & 0o077:
+        raise SettingsError(
+            f"{path} is readable by other users (mode {mode & 0o777:o}); "
+            "delete it (a new key is made at start) or chmod 600 it if it never left this host"
+        )
+    value = path.read_text().strip() if mode is not None else ""
     if len(value) >= 32:
         return value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(value + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return value
     path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

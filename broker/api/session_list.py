@@ -42,10 +42,11 @@ def _time(query: Any, name: str) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(raw)
-    except ValueError:
-        raise _bad(name, f"{name} must be an ISO 8601 time") from None
-    # Normalised to UTC: SQLite stores naive UTC and drops an offset without converting it.
-    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        # Normalised to UTC: SQLite stores naive UTC and drops an offset without converting
+        # it. A time at the edge of the calendar overflows doing so (year 1 at +14:00).
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise _bad(name, f"{name} must be an ISO 8601 time between years 1 and 9999") from None
 
 
 def encode_cursor(cursor: Cursor) -> str:
@@ -58,7 +59,7 @@ def decode_cursor(text: str) -> Cursor:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         created_at, session_id = json.loads(raw)
         return Cursor(datetime.fromisoformat(created_at), str(session_id))
-    except (binascii.Error, ValueError, TypeError):
+    except (binascii.Error, ValueError, TypeError, OverflowError):
         raise _bad("cursor", "cursor is not one this API returned") from None
 
 

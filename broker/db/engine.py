@@ -31,6 +31,9 @@ def create_engine(url: str) -> AsyncEngine:
         url,
         connect_args={"timeout": 30} if is_sqlite else {},
         pool_pre_ping=not is_sqlite,
+        # SQL parameters hold tool arguments and outputs, transcripts and key hashes: never
+        # in a log line or an exception message, whatever the log level.
+        hide_parameters=True,
     )
     if is_sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

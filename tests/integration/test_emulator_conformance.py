@@ -266,11 +266,15 @@ async def test_the_brokers_sideband_events_validate(
         await browser.close()
     calls: list[Call] = list(emulator.registry.calls.values())
     from_broker = [r.event for c in calls for r in c.received if r.source == "sideband"]
+    # The config assertion, the output, the probe of the session before asking for a
+    # response (it must validate too: a session.update carrying only its type), the request.
     assert [e["type"] for e in from_broker] == [
         "session.update",
         "conversation.item.create",
+        "session.update",
         "response.create",
     ]
+    assert from_broker[2]["session"] == {"type": "realtime"}
     assert sideband_client_event_failures(emulator.registry) == []
     assert server_event_failures(emulator.registry) == []
 

@@ -70,6 +70,9 @@ async def test_bad_queries_and_missing_scope_are_refused(broker: RunningBroker) 
         ("limit=0", "limit"),
         ("limit=abc", "limit"),
         ("created_after=yesterday", "created_after"),
+        # Year 1 at +14:00 is before year 1 in UTC: converting it overflowed into a 500.
+        ("created_after=0001-01-01T00:00:00%2B14:00", "created_after"),
+        ("created_before=9999-12-31T23:59:59-14:00", "created_before"),
         ("cursor=not-a-cursor", "cursor"),
         ("colour=red", "colour"),
     ):

@@ -101,3 +101,92 @@ def test_log_filter_redacts_minted_secrets_by_shape(caplog: pytest.LogCaptureFix
     assert token not in caplog.text and api_key not in caplog.text and "ek_a1a1" not in caplog.text
     assert caplog.text.count("[REDACTED]") == 3
     assert "session=sess_1" in caplog.text
+
+
+@pytest.mark.parametrize("content", ["", "short\n"])
+def test_a_dev_key_file_too_short_is_replaced_atomically_and_private(
+    tmp_path: Path, content: str
+) -> None:
+    """An existing empty (or too short) key file is replaced by a new 0600 file, never
+    rewritten in place keeping its old mode; no temporary file is left behind."""
+    path = tmp_path / "key"
+    path.write_text(content)
+    path.chmod(0o600)
+    before = path.stat().st_ino
+    key = Settings.from_env(_env(tmp_path)).signing_key
+    assert len(key.reveal()) >= 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.stat().st_ino != before  # a new file renamed over, not the old one rewritten
+    assert [p.name for p in tmp_path.iterdir()] == ["key"]
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_key_file_others_may_read_is_refused(tmp_path: Path, mode: int) -> None:
+    """A signing key others could read may have leaked: the broker refuses to start with it
+    (the message names the file and the fix, never the key)."""
+    path = tmp_path / "key"
+    path.write_text("k" * 40 + "\n")
+    path.chmod(mode)
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env(_env(tmp_path))
+    assert str(path) in str(raised.value) and "k" * 40 not in str(raised.value)
+
+
+def test_console_logs_escape_control_characters() -> None:
+    """Text a page chose (a tool name from the bridge's URL) cannot forge a console log line
+    or send terminal escapes: CR, LF, ESC and the other controls come out escaped."""
+    from broker.logs import ConsoleFormatter
+
+    record = logging.LogRecord(
+        "broker.api.tools",
+        logging.WARNING,
+        __file__,
+        1,
+        "bridge refused tool=%s",
+        ("x\r\n12:00:00 INFO    broker: all good\x1b[2J",),
+        None,
+    )
+    record.session_id = "sess\n1"
+    text = ConsoleFormatter().format(record)
+    assert "\n" not in text and "\r" not in text and "\x1b" not in text
+    assert "x\\r\\n12:00:00 INFO" in text and "session_id=sess\\n1" in text
+
+
+def test_sql_parameters_stay_out_of_debug_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--log-level DEBUG`` must not write SQL parameters (tool arguments, transcripts, key
+    hashes): the engine hides them and the drivers' loggers stay quiet."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    from broker.db.engine import create_engine
+    from broker.logs import LogFormat, configure_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging("DEBUG", [], LogFormat.JSON)
+        root.addHandler(caplog.handler)
+        secret_argument = "card-4111-1111-1111-1111"
+
+        async def query() -> None:
+            engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(text("CREATE TABLE t (v TEXT)"))
+                    await conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": secret_argument})
+                    await conn.execute(text("INSERT INTO nope VALUES (:v)"), {"v": secret_argument})
+            except Exception as exc:  # the statement fails: its message must not carry it either
+                assert secret_argument not in str(exc)
+            finally:
+                await engine.dispose()
+
+        asyncio.run(query())
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+        for name in ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
+    assert secret_argument not in caplog.text
