@@ -31,10 +31,14 @@ ADMIN_KEY_ID: Final = "admin"
 
 
 class Scope(enum.StrEnum):
+    """What an API key may do; ``admin`` implies every scope."""
+
     SESSIONS_CREATE = "sessions:create"
     SESSIONS_TRUSTED = "sessions:trusted"
+    """Reserved: grants nothing yet (trusted sessions will use it)."""
     MONITOR_READ = "monitor:read"
     AUDIT_READ = "audit:read"
+    """Reserved: grants nothing yet (the audit trail will use it)."""
     ADMIN = "admin"
 
 

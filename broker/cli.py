@@ -199,7 +199,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys_sub = keys_cmd.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key and print it once")
     create.add_argument("--name", required=True)
-    create.add_argument("--scopes", required=True, help="comma-separated, e.g. sessions:create")
+    create.add_argument(
+        "--scopes",
+        required=True,
+        help=(
+            "comma-separated: sessions:create, monitor:read, admin (implies all);"
+            " sessions:trusted and audit:read are reserved and grant nothing yet"
+        ),
+    )
     keys_sub.add_parser("list", help="list keys: id, name, scopes, created, revoked (no secrets)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key: refused from its next request")
     revoke.add_argument("key_id", metavar="KEY_ID")
