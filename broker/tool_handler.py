@@ -11,9 +11,9 @@ from collections.abc import Callable, Collection
 
 from broker.db.models import ToolCall, ToolPath
 from broker.events_log import EventRecorder
+from broker.tools.call_ids import is_valid_call_id, recorded_call_id
 from broker.tools.dispatch import (
     BROKER_ERROR_OUTPUT,
-    MAX_CALL_ID,
     CallRejectedError,
     ToolDispatcher,
 )
@@ -48,6 +48,10 @@ class SessionToolHandler:
         # Recording early only lets the bridge find the call sooner (and a restarted broker
         # ask after it); execute() records it if this failed, so a failure here is logged,
         # not fatal. One INSERT: the row is not read back.
+        if not is_valid_call_id(call.call_id):
+            # Never recorded as seen (a restarted broker would look it up and run it);
+            # execute() records it under a stand-in id and denies it.
+            return
         try:
             await self._dispatcher.record_seen(
                 self._session_id,
@@ -62,7 +66,7 @@ class SessionToolHandler:
             logger.exception(
                 "could not record function call session_id=%s call_id=%s",
                 self._session_id,
-                call.call_id[:MAX_CALL_ID],
+                recorded_call_id(call.call_id),
             )
 
     async def call_abandoned(self, call: FunctionCall, response_status: str) -> None:
@@ -75,7 +79,9 @@ class SessionToolHandler:
         """Run through the once-only pipeline; every failure becomes one output for the model.
 
         One bad call (absurd ids, a database error) must cost that call, not the sideband and
-        the other calls of the response.
+        the other calls of the response. A call whose id is invalid is denied
+        ``call_id_invalid`` and answered (under its own id, which only goes to the provider,
+        JSON-encoded); the broker's records and logs name it by its safe stand-in.
         """
         try:
             outcome = await self._dispatcher.run(
@@ -97,14 +103,15 @@ class SessionToolHandler:
             logger.exception(
                 "function call failed in the broker session_id=%s call_id=%s",
                 self._session_id,
-                call.call_id[:MAX_CALL_ID],
+                recorded_call_id(call.call_id),
             )
             return ToolResult(output=BROKER_ERROR_OUTPUT)
         self._recorder.record(
             "broker",
             {
                 "type": "broker.tool_call",
-                "call_id": call.call_id,
+                # The recorded id: the stand-in for an invalid one (never raw control bytes).
+                "call_id": outcome.call_id,
                 "tool": outcome.tool,
                 "status": outcome.status.value,
                 "handled_by": outcome.handled_by.value if outcome.handled_by else None,

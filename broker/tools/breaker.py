@@ -24,7 +24,11 @@ unreadable answer, ``tool_redirect_refused``, ``tool_response_too_large``,
 was cut off: for a half-open trial, no news is treated as bad news). What does not: policy
 denials (they never reach the breaker: the tool was not called) and other 4xx answers, which
 are about this call (its arguments, its authorization), not the tool's health. A 4xx is a
-healthy answer: it resets the streak and closes a half-open breaker.
+healthy answer: it resets the streak and closes a half-open breaker. Nor does a call that
+failed on its own input before any request reached the backend (``tool_request_invalid``: a
+call id or value no header can carry): it gives no verdict at all (:func:`verdict_of`), as
+if it never ran, so a page cannot pause a tool for every session by sending calls that
+cannot be sent.
 
 A verdict is applied only in the state its call was admitted in: a call admitted while closed
 that finishes after the breaker opened (or closed again) is ignored, so a slow straggler
@@ -65,6 +69,8 @@ _FAILURES: Final = frozenset(
     }
 )
 """Codes of calls that ran and failed through the tool's fault (denials are not here)."""
+_NO_VERDICT: Final = frozenset({ToolErrorCode.TOOL_REQUEST_INVALID})
+"""Codes of calls that failed on their own input before any request reached the backend."""
 _BACKEND_BUSY: Final = frozenset({408, 429})
 """4xx statuses that speak of the backend's state rather than of the call."""
 
@@ -93,6 +99,21 @@ def counts_as_failure(code: str, http_status: int | None = None) -> bool:
         # A 4xx is the caller's fault (arguments, authorization), not the tool's health.
         return not 400 <= http_status < 500 or http_status in _BACKEND_BUSY
     return True
+
+
+def verdict_of(code: str, http_status: int | None = None) -> bool | None:
+    """What a failed call tells its tool's breaker.
+
+    ``False``: a failure; ``True``: a healthy answer (a 4xx); ``None``: nothing, the call
+    never reached the backend (:meth:`Permit.release`).
+
+    Args:
+        code: the call's error code.
+        http_status: the tool backend's status, when it answered one that is not a success.
+    """
+    if code in _NO_VERDICT:
+        return None
+    return not counts_as_failure(code, http_status)
 
 
 def _loop_time() -> float:

@@ -13,6 +13,9 @@ class ToolErrorCode(enum.StrEnum):
     """Why a call was denied (never ran) or failed (ran, or may have, and did not succeed)."""
 
     # Denied by policy: nothing was executed.
+    CALL_ID_INVALID = "call_id_invalid"
+    """The call's id is not 1-128 characters of ``A-Z a-z 0-9 _ . -``
+    (:mod:`broker.tools.call_ids`); checked first, on both paths."""
     TOOL_NOT_ALLOWED = "tool_not_allowed"
     """The tool is not in the session's allowlist (whether or not the broker knows it)."""
     TOOL_UNKNOWN = "tool_unknown"
@@ -50,3 +53,7 @@ class ToolErrorCode(enum.StrEnum):
     """An in-process tool raised."""
     OUTCOME_UNKNOWN = "outcome_unknown"
     """The broker stopped mid-run: the tool may have acted; it is never run again."""
+    TOOL_REQUEST_INVALID = "tool_request_invalid"
+    """The call could not be made into a request to its tool backend (a value it carries
+    cannot go into a header, say); nothing was sent. The call's fault, not the tool's: it
+    never counts against the tool's circuit breaker."""

@@ -5,12 +5,14 @@
 the bridge, or the reverse) waits for the winner's result and returns it, so a tool never runs
 twice and the model never gets two outputs for one call.
 
-Before a call runs, in this order: the session's allowlist, the tool's existence, the
-session's ``max_argument_bytes``, strict JSON, the tool's JSON Schema (all in
-:mod:`broker.tools.policy`), then the session's budget and concurrency (atomically, in
-:mod:`broker.tools.budget`). The limits come from the session row, so both paths apply the
-same ones without their callers passing them. A denial settles the call ``denied`` with the
-code in ``error`` and an :func:`~broker.tools.policy.error_output` for the model.
+Before a call runs, in this order: its call id (:mod:`broker.tools.call_ids`; a call with an
+invalid one is recorded under a safe stand-in id and denied, never run), the session's
+allowlist, the tool's existence, the session's ``max_argument_bytes``, strict JSON, the
+tool's JSON Schema (all in :mod:`broker.tools.policy`), then the session's budget and
+concurrency (atomically, in :mod:`broker.tools.budget`). The limits come from the session
+row, so both paths apply the same ones without their callers passing them. A denial settles
+the call ``denied`` with the code in ``error`` and an
+:func:`~broker.tools.policy.error_output` for the model.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from broker.db import queries
 from broker.db.models import ToolCall, ToolCallStatus, ToolPath, utcnow
 from broker.shielded import ShieldedWrites
-from broker.tools.breaker import CircuitBreakers, Permit, Refusal, counts_as_failure
+from broker.tools.breaker import CircuitBreakers, Permit, Refusal, verdict_of
 from broker.tools.budget import DENIED, ToolLimits, grant_locked
+from broker.tools.call_ids import MAX_CALL_ID, is_valid_call_id, printable, recorded_call_id
 from broker.tools.codes import ToolErrorCode
 from broker.tools.executors import ToolContext, ToolExecutionError
 from broker.tools.policy import decide, error_output, strict_json_loads
@@ -45,7 +48,6 @@ BROKER_ERROR_OUTPUT: Final = error_output(BROKER_ERROR, "the broker could not co
 
 _POLL_INTERVAL: Final = 0.2
 """Waiters re-read the row this often, so a winner in another process is seen too."""
-MAX_CALL_ID: Final = 128
 MAX_RECORDED_CALLS: Final = 1000  # per session, denied ones included
 MAX_TOOL_NAME: Final = 100
 
@@ -149,7 +151,8 @@ class ToolDispatcher:
         the provider whether the call finished.
 
         Raises:
-            CallRejectedError: the call id is too long to record, or the session already has
+            CallRejectedError: the call id is invalid (``call_id_invalid``: :meth:`run`
+                records and denies such a call), or the session already has
                 ``MAX_RECORDED_CALLS`` (the model gets an error; the bridge a 422).
         """
         tool = _checked(call_id, tool)
@@ -263,9 +266,20 @@ class ToolDispatcher:
         settles a denial. Its commit is what makes ``running`` durable before the tool runs;
         a second one settles the outcome with the output's item id, before it is sent.
 
+        A call whose id is invalid (:func:`~broker.tools.call_ids.is_valid_call_id`) is
+        recorded under :func:`~broker.tools.call_ids.recorded_call_id` and denied
+        ``call_id_invalid`` before anything else: it never reaches policy, the breaker or
+        the tool (its id could not go into the tool's headers), and the outcome carries the
+        stand-in id (safe to log and store; the caller answers the model with the id it
+        has). Its row has no output item id, so a restarted broker never re-sends it.
+
         Raises:
             CallRejectedError: the call cannot be recorded at all.
         """
+        if not is_valid_call_id(call_id):
+            return await self._deny_invalid_id(
+                session_id, call_id, tool, arguments, path, response_id, item_id, loser_wait
+            )
         tool = _checked(call_id, tool)
         claimed_at = time.perf_counter()
         # Chosen now and stored with the outcome, before anything is sent: whoever delivers
@@ -356,6 +370,66 @@ class ToolDispatcher:
             budget_spent=verdict.budget_spent,
         )
 
+    async def _deny_invalid_id(
+        self,
+        session_id: str,
+        call_id: str,
+        tool: str,
+        arguments: str,
+        path: ToolPath,
+        response_id: str | None,
+        item_id: str | None,
+        loser_wait: float,
+    ) -> CallOutcome:
+        """Record and deny a call whose id is invalid; see :meth:`run`."""
+        started = time.perf_counter()
+        key = recorded_call_id(call_id)
+        tool = tool[:MAX_TOOL_NAME]
+        code = ToolErrorCode.CALL_ID_INVALID
+        output = error_output(code, _CALL_ID_RULE + "; this call was not run")
+        async with self._begin() as s:
+            await self._record(s, session_id, key, tool, arguments, path, response_id, item_id)
+            claimed = await queries.claim_tool_call_returning(s, session_id, key, path)
+            if claimed is not None:
+                await queries.settle_tool_call_fast(
+                    s,
+                    session_id,
+                    key,
+                    status=ToolCallStatus.DENIED,
+                    from_status=ToolCallStatus.RUNNING,
+                    output=output,
+                    error=str(code),
+                    decision=DENIED,
+                )
+        if claimed is None:
+            # Reported before (a replay, or the other path): answered once, by the first.
+            settled = await self.wait_settled(session_id, key, within=loser_wait)
+            assert settled is not None
+            return settled
+        # The stand-in, never the raw id: it may hold line breaks forged for the log.
+        logger.warning(
+            "tool call denied session_id=%s call_id=%s tool=%s code=%s",
+            session_id,
+            key,
+            printable(claimed.tool, MAX_TOOL_NAME),
+            code,
+        )
+        self._notify(session_id, key)
+        if self._on_finished is not None:
+            self._on_finished(
+                claimed.tool, ToolCallStatus.DENIED.value, time.perf_counter() - started
+            )
+        return CallOutcome(
+            key,
+            claimed.tool,
+            ToolCallStatus.DENIED,
+            output,
+            path,
+            executed_now=True,
+            # Fresh for the one delivery; not stored (see run()).
+            output_item_id=new_item_id() if path is ToolPath.SIDEBAND else None,
+        )
+
     async def _fail_undecided(self, session_id: str, call_id: str, path: ToolPath) -> None:
         """Settle a call whose deciding transaction failed as ``failed`` (it never ran).
 
@@ -381,7 +455,7 @@ class ToolDispatcher:
             logger.warning(
                 "could not settle an undecided call session_id=%s call_id=%s; it stays pending",
                 session_id,
-                call_id[:128],
+                call_id[:MAX_CALL_ID],
             )
             return
         self._notify(session_id, call_id)
@@ -544,10 +618,13 @@ class ToolDispatcher:
                 "tool call succeeded %s ms=%.1f", log_extra, (time.perf_counter() - started) * 1000
             )
             return ToolCallStatus.SUCCEEDED, output, None
-        if counts_as_failure(failure[0], http_status):
-            permit.failed()
-        else:
+        healthy = verdict_of(failure[0], http_status)
+        if healthy is None:
+            permit.release()  # the call's own input failed it: the backend never saw it
+        elif healthy:
             permit.succeeded()  # a 4xx: the call failed, but the backend works
+        else:
+            permit.failed()
         logger.warning("tool call failed %s code=%s", log_extra, failure[0])
         return ToolCallStatus.FAILED, error_output(*failure), failure[0]
 
@@ -673,10 +750,13 @@ def _denial(
     return _Denied(tool, code, error_output(code, message), budget_spent)
 
 
+_CALL_ID_RULE: Final = f"call ids are 1-{MAX_CALL_ID} characters from A-Z, a-z, 0-9, _, . and -"
+
+
 def _checked(call_id: str, tool: str) -> str:
-    """The tool name as recorded; raises :class:`CallRejectedError` for an absurd call id."""
-    if not call_id or len(call_id) > MAX_CALL_ID:
-        raise CallRejectedError("call_id_invalid", f"call ids are 1-{MAX_CALL_ID} characters")
+    """The tool name as recorded; raises :class:`CallRejectedError` for an invalid call id."""
+    if not is_valid_call_id(call_id):
+        raise CallRejectedError(str(ToolErrorCode.CALL_ID_INVALID), _CALL_ID_RULE)
     # A tool name longer than any registered one is kept (truncated) for the record; the
     # policy decision uses the full name and denies it.
     return tool[:MAX_TOOL_NAME]

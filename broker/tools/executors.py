@@ -8,6 +8,7 @@ Timeouts are the dispatcher's job (one ``asyncio.timeout`` per call, whatever th
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -21,6 +22,8 @@ from broker.tools.signing import signature_headers
 MAX_OUTPUT_BYTES: Final = 64 * 1024
 """The most a tool may return (a Python tool's encoded result, an HTTP tool's body)."""
 _HTTPX_GRACE_S: Final = 1.0
+_HEADER_VALUE: Final = re.compile(r"[\x20-\x7e]*")
+"""What a header value we send may hold: printable ASCII (no CR/LF, no obs-text)."""
 
 
 @dataclass(frozen=True)
@@ -134,17 +137,18 @@ class HttpExecutor:
         }
         if self._secret is not None:
             headers.update(signature_headers(self._secret, body))
+        request = self._request(body, headers)
         try:
-            async with self._http.stream(
-                "POST",
-                self.url,
-                content=body,
-                headers=headers,
-                timeout=self._timeout,
-                # A redirect could send the signed call (and the user's data) anywhere.
-                follow_redirects=False,
-            ) as resp:
+            # A redirect could send the signed call (and the user's data) anywhere.
+            resp = await self._http.send(request, stream=True, follow_redirects=False)
+            try:
                 return await _read_output(resp)
+            finally:
+                await resp.aclose()
+        except httpx.LocalProtocolError as exc:
+            # Our side refused to write the request (h11 checks what httpx does not): the
+            # call's fault, found before the backend read a byte of it.
+            raise _unsendable() from exc
         except httpx.TimeoutException as exc:
             raise ToolExecutionError(
                 ToolErrorCode.TOOL_TIMEOUT, "the tool backend did not answer in time"
@@ -153,6 +157,31 @@ class HttpExecutor:
             raise ToolExecutionError(
                 ToolErrorCode.TOOL_UNREACHABLE, "the tool backend is unreachable"
             ) from exc
+
+    def _request(self, body: bytes, headers: dict[str, str]) -> httpx.Request:
+        """The request, or ``tool_request_invalid`` if the call's values cannot make one.
+
+        Checked here, before any connection, so that a call whose own input (an id with a
+        line break or a non-ASCII character) cannot go into a header fails alone and never
+        reads as the backend failing (:func:`broker.tools.breaker.verdict_of`).
+        """
+        if not all(_HEADER_VALUE.fullmatch(value) for value in headers.values()):
+            raise _unsendable()
+        try:
+            return self._http.build_request(
+                "POST", self.url, content=body, headers=headers, timeout=self._timeout
+            )
+        except (UnicodeError, ValueError) as exc:
+            raise _unsendable() from exc
+
+
+def _unsendable() -> ToolExecutionError:
+    # Never names the value: it may be what a page planted to forge a header.
+    return ToolExecutionError(
+        ToolErrorCode.TOOL_REQUEST_INVALID,
+        "this call cannot be sent to the tool (a value it carries is not allowed in a"
+        " request); nothing was sent",
+    )
 
 
 async def _read_output(resp: httpx.Response) -> str:

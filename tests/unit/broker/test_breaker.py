@@ -13,6 +13,7 @@ from broker.tools.breaker import (
     Permit,
     Refusal,
     counts_as_failure,
+    verdict_of,
 )
 from broker.tools.codes import ToolErrorCode
 
@@ -220,6 +221,15 @@ def test_a_threshold_of_zero_never_opens() -> None:
 )
 def test_what_counts_as_a_failure(code: ToolErrorCode, status: int | None, counts: bool) -> None:
     assert counts_as_failure(code, status) is counts
+
+
+def test_a_call_that_failed_on_its_own_input_gives_no_verdict() -> None:
+    """``tool_request_invalid`` (nothing reached the backend) neither counts as a failure nor
+    as a healthy answer: a half-open trial with such input frees the slot, no more."""
+    assert verdict_of(ToolErrorCode.TOOL_REQUEST_INVALID) is None
+    assert verdict_of(ToolErrorCode.TOOL_UNREACHABLE) is False
+    assert verdict_of(ToolErrorCode.TOOL_HTTP_ERROR, 404) is True
+    assert verdict_of(ToolErrorCode.TOOL_HTTP_ERROR, 503) is False
 
 
 def test_transitions_are_logged_once_each(caplog: pytest.LogCaptureFixture) -> None:
