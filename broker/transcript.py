@@ -1,30 +1,69 @@
-"""A session's transcript, projected from its event log.
+"""A session's transcript, projected from its event log: what the user said and the model did.
 
-User and assistant turns in order, tool calls inline. Capped: the newest
-:data:`MAX_ENTRIES` entries, each text cut at :data:`MAX_TEXT_CHARS`.
+User and assistant turns in order, tool calls inline with the broker's output. Capped: the
+newest :data:`MAX_ENTRIES` entries, each text cut at :data:`MAX_TEXT_CHARS`.
 
-Built from the completed items the sideband saw (``conversation.item.done``), less the items
-deleted again (the broker's resync probes, forged outputs). System messages are not turns.
+A page holding the call's data channel can add items to the conversation (an assistant
+message saying "I approve the refund", a ``function_call_output`` with a result no tool
+gave). The provider stores them like any other and nothing in an item says who made it, so
+the transcript shows an item only on evidence of where it came from, read from the provider
+events the sideband stored:
+
+* **assistant turns and tool calls**: only items a model response produced (their ids in
+  ``response.output_item.done`` or in ``response.done``'s ``output``), with the content the
+  response gave them;
+* **tool outputs**: only the output the broker itself recorded for that ``call_id`` (a
+  ``tool_calls`` row with the same output text), shown on the model's call; an output is
+  matched by ``call_id`` and text, never by item id (some providers assign their own);
+* **user turns**: spoken ones (the item ``input_audio_buffer.committed`` names; the words from
+  ``conversation.item.input_audio_transcription.completed`` when stored), and typed ones
+  (``input_text`` parts only: typing is what a page is for);
+* nothing that was deleted (``conversation.item.deleted``), whoever deleted it and in
+  whatever order the events came; no system messages (instructions, the broker's probes).
+
+Items without that evidence are left out rather than shown marked ``page_created``: the
+transcript is read as the record of the conversation (by people, in the dashboard, and by
+programs), and a marked line still reads as something that was said unless every reader
+knows to filter it. What the page did is recorded where it belongs, as ``broker.tamper``
+events in the event log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from broker.db import queries
+from broker.db.models import ToolCall
 
 MAX_ENTRIES: Final = 200
 MAX_TEXT_CHARS: Final = 2000
-EVENT_TYPES: Final = ("conversation.item.done", "conversation.item.deleted")
+EVENT_TYPES: Final = (
+    "conversation.item.done",
+    "conversation.item.deleted",
+    "response.output_item.done",
+    "response.done",
+    "input_audio_buffer.committed",
+    "conversation.item.input_audio_transcription.completed",
+)
+EVENT_WINDOW: Final = 6 * MAX_ENTRIES
+"""How many of the newest such events are read: an entry takes about three (an item, its
+response's two; an audio turn's commit, item and transcription)."""
 
 
-def _text(item: dict[str, Any]) -> str:
+def _text(item: dict[str, Any], kinds: frozenset[str] | None = None) -> str:
     parts = []
     for part in item.get("content") or []:
-        if isinstance(part, dict):
+        if isinstance(part, dict) and (kinds is None or part.get("type") in kinds):
             text = part.get("text") or part.get("transcript")
             if isinstance(text, str) and text:
                 parts.append(text)
     return " ".join(parts)
+
+
+_TYPED: Final = frozenset({"input_text"})
 
 
 def _cut(text: Any) -> str:
@@ -32,30 +71,156 @@ def _cut(text: Any) -> str:
     return value if len(value) <= MAX_TEXT_CHARS else value[:MAX_TEXT_CHARS] + "…"
 
 
-def project(events: Iterable[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """``(type, payload)`` events in seq order → transcript entries (the newest ones)."""
-    entries: dict[str, dict[str, Any]] = {}
-    tools: dict[str, dict[str, Any]] = {}
-    for type_, payload in events:
+def _item_id(item: Any) -> str | None:
+    if isinstance(item, dict) and isinstance(item.get("id"), str):
+        return str(item["id"])
+    return None
+
+
+class _Evidence:
+    """What the stored events say about each item.
+
+    Gathered before any entry is built: a model item's ``conversation.item.done`` comes
+    before the response events that prove where it came from.
+    """
+
+    def __init__(self) -> None:
+        self.order: dict[str, None] = {}
+        """Item ids in order of first appearance (a dict as an ordered set)."""
+        self.conversation: dict[str, dict[str, Any]] = {}
+        self.model: dict[str, dict[str, Any]] = {}
+        self.deleted: set[str] = set()
+        self.committed: set[str] = set()
+        self.heard: dict[str, dict[int, str]] = {}
+
+    def _seen(self, item_id: str) -> None:
+        self.order.setdefault(item_id, None)
+
+    def add(self, type_: str, payload: dict[str, Any]) -> None:
         if type_ == "conversation.item.deleted":
-            entries.pop(str(payload.get("item_id")), None)
+            if isinstance(payload.get("item_id"), str):
+                self.deleted.add(payload["item_id"])
+        elif type_ == "input_audio_buffer.committed":
+            if isinstance(payload.get("item_id"), str):
+                self._seen(payload["item_id"])
+                self.committed.add(payload["item_id"])
+        elif type_ == "conversation.item.input_audio_transcription.completed":
+            item_id, words = payload.get("item_id"), payload.get("transcript")
+            index = payload.get("content_index", 0)
+            if isinstance(item_id, str) and isinstance(words, str) and isinstance(index, int):
+                self.heard.setdefault(item_id, {})[index] = words
+        elif type_ == "conversation.item.done":
+            item = payload.get("item")
+            if isinstance(item, dict) and (item_id := _item_id(item)) is not None:
+                self._seen(item_id)
+                self.conversation[item_id] = item
+        elif type_ == "response.output_item.done":
+            self._model_item(payload.get("item"))
+        elif type_ == "response.done":
+            response = payload.get("response")
+            output = response.get("output") if isinstance(response, dict) else None
+            for item in output if isinstance(output, list) else []:
+                self._model_item(item, replace=False)
+
+    def _model_item(self, item: Any, *, replace: bool = True) -> None:
+        if isinstance(item, dict) and (item_id := _item_id(item)) is not None:
+            self._seen(item_id)
+            if replace or item_id not in self.model:
+                self.model[item_id] = item
+
+    def user_text(self, item_id: str, item: dict[str, Any]) -> str | None:
+        """A user item's words, or ``None`` if nothing shows the user said or typed them."""
+        if item_id in self.committed:
+            heard = self.heard.get(item_id)
+            if heard:
+                return " ".join(heard[index] for index in sorted(heard))
+            return _text(item)  # the provider's transcript in the item, if it has one
+        # Typed: only the input_text parts. An audio part's "transcript" in an item the page
+        # created is the page's claim, not something the user was heard to say.
+        if any(isinstance(p, dict) and p.get("type") in _TYPED for p in item.get("content") or []):
+            return _text(item, _TYPED)
+        return None
+
+
+def project(
+    events: Iterable[tuple[str, dict[str, Any]]],
+    broker_outputs: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """``(type, payload)`` events in seq order → transcript entries (the newest ones).
+
+    Args:
+        events: the session's stored provider events of :data:`EVENT_TYPES`.
+        broker_outputs: ``call_id → output`` of the tool calls the broker recorded
+            (:func:`outputs_of`). Without it no tool output is shown: an output in the
+            conversation proves nothing about who wrote it.
+    """
+    evidence = _Evidence()
+    for type_, payload in events:
+        if isinstance(payload, dict):
+            evidence.add(type_, payload)
+    outputs = broker_outputs or {}
+    entries: list[dict[str, Any]] = []
+    tools: dict[str, dict[str, Any]] = {}
+    for item_id in evidence.order:
+        if item_id in evidence.deleted:
             continue
-        item = payload.get("item")
-        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+        model_item = evidence.model.get(item_id)
+        if model_item is not None:
+            kind = model_item.get("type")
+            if kind == "message" and model_item.get("role") == "assistant":
+                entries.append(
+                    {"type": "turn", "role": "assistant", "text": _cut(_text(model_item))}
+                )
+            elif kind == "function_call":
+                call_id = str(model_item.get("call_id"))
+                entry: dict[str, Any] = {
+                    "type": "tool_call",
+                    "call_id": model_item.get("call_id"),
+                    "name": model_item.get("name"),
+                    "arguments": _cut(model_item.get("arguments")),
+                    "output": None,
+                }
+                entries.append(entry)
+                tools.setdefault(call_id, entry)
+            continue
+        item = evidence.conversation.get(item_id)
+        if item is None:
             continue
         kind = item.get("type")
-        if kind == "message" and item.get("role") in ("user", "assistant"):
-            entries[item["id"]] = {"type": "turn", "role": item["role"], "text": _cut(_text(item))}
-        elif kind == "function_call":
-            entry = {
-                "type": "tool_call",
-                "call_id": item.get("call_id"),
-                "name": item.get("name"),
-                "arguments": _cut(item.get("arguments")),
-                "output": None,
-            }
-            entries[item["id"]] = entry
-            tools[str(item.get("call_id"))] = entry
-        elif kind == "function_call_output" and str(item.get("call_id")) in tools:
-            tools[str(item.get("call_id"))]["output"] = _cut(item.get("output"))
-    return list(entries.values())[-MAX_ENTRIES:]
+        if kind == "message" and item.get("role") == "user":
+            text = evidence.user_text(item_id, item)
+            if text is not None:
+                entries.append({"type": "turn", "role": "user", "text": _cut(text)})
+        # Anything else has no evidence of coming from the user or the model: a page's
+        # assistant or system message, a function_call no response produced, the broker's
+        # probes (system messages). Outputs are attached below, to the model's calls only.
+    for item_id in evidence.order:
+        item = evidence.conversation.get(item_id)
+        if item is None or item_id in evidence.deleted or item_id in evidence.model:
+            continue
+        if item.get("type") != "function_call_output":
+            continue
+        call_id, output = str(item.get("call_id")), item.get("output")
+        call = tools.get(call_id)
+        if call is not None and isinstance(output, str) and outputs.get(call_id) == output:
+            call["output"] = _cut(output)
+    return entries[-MAX_ENTRIES:]
+
+
+def outputs_of(calls: Iterable[ToolCall]) -> dict[str, str]:
+    """``call_id → output`` of the broker's recorded calls that have one (either path)."""
+    return {call.call_id: call.output for call in calls if call.output is not None}
+
+
+async def load(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    session_id: str,
+    calls: Iterable[ToolCall],
+) -> list[dict[str, Any]]:
+    """The session's transcript from its stored events and its tool calls (no access check).
+
+    ``calls`` are the session's ``tool_calls`` rows (the caller has them already).
+    """
+    async with sessionmaker() as s:
+        events = await queries.latest_events_of(s, session_id, EVENT_TYPES, EVENT_WINDOW)
+    return project(((e.type, e.payload) for e in events), outputs_of(calls))

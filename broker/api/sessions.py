@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from broker import keys
+from broker import keys, transcript
 from broker.api._auth import api_principal, browser_principal
 from broker.api._bodies import read_body, read_json, require_content_type
 from broker.api._times import iso
@@ -129,7 +129,9 @@ async def get_session(request: web.Request) -> web.Response:
     row, calls = await request.app[keys.SESSIONS].detail(
         principal, request.match_info["session_id"]
     )
-    lines = await request.app[keys.SESSIONS].transcript(row.id)
+    # Built here from the rows already read: the broker's outputs are what tell its tool
+    # outputs from ones a page forged (broker.transcript).
+    lines = await transcript.load(request.app[keys.SESSIONMAKER], row.id, calls)
     return web.json_response(
         {**_session_json(row), "tool_calls": _tool_calls(calls), "transcript": lines}
     )
