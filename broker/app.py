@@ -19,6 +19,7 @@ from broker.cors import cors_middleware
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.demo import setup_demo
 from broker.errors import problem_middleware
+from broker.events_log import EventCaps, EventLog
 from broker.metrics import BrokerMetrics
 from broker.request_context import log_context_middleware
 from broker.routes import setup_routes
@@ -26,6 +27,7 @@ from broker.session_reaper import SessionReaper
 from broker.sessions import SessionService
 from broker.settings import Settings
 from broker.sidebands import SidebandSupervisor
+from broker.stream_slots import StreamSlots
 from broker.tools.breaker import CircuitBreakers
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.registry import load_registry
@@ -50,6 +52,7 @@ def create_app(settings: Settings) -> web.Application:
     # below may count.
     app[keys.METRICS] = BrokerMetrics()
     app[keys.SHUTTING_DOWN] = asyncio.Event()
+    app[keys.STREAM_SLOTS] = StreamSlots(settings.event_streams_per_key)
     app.on_shutdown.append(_shutting_down)
     # Order matters: the supervisor (services_ctx) uses the DB, the provider and the tools,
     # so it is registered last and therefore stopped first.
@@ -68,12 +71,28 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _shutting_down(app: web.Application) -> None:
     app[keys.SHUTTING_DOWN].set()
+    if keys.EVENT_LOG in app:
+        # Event streams sleep until their session's log changes: wake them to see the flag.
+        app[keys.EVENT_LOG].wakeups.notify_all()
 
 
 async def db_ctx(app: web.Application) -> AsyncIterator[None]:
     engine = create_engine(app[keys.SETTINGS].database_url)
     app[keys.ENGINE] = engine
-    app[keys.SESSIONMAKER] = make_sessionmaker(engine)
+    sessionmaker = make_sessionmaker(engine)
+    settings = app[keys.SETTINGS]
+    event_log = EventLog(
+        EventCaps(
+            coalescible_events=settings.event_log_max_coalescible,
+            coalescible_bytes=settings.event_log_max_coalescible_bytes,
+        ),
+        app[keys.METRICS],
+    )
+    # Bound to the sessionmaker: every event-log writer holds it, so each finds the caps and
+    # the wake-ups of this app without being handed them.
+    event_log.bind(sessionmaker)
+    app[keys.SESSIONMAKER] = sessionmaker
+    app[keys.EVENT_LOG] = event_log
     yield
     await engine.dispose()
 

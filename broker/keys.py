@@ -9,11 +9,13 @@ import httpx
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from broker.events_log import EventLog
 from broker.metrics import BrokerMetrics
 from broker.session_reaper import SessionReaper
 from broker.sessions import SessionService
 from broker.settings import Settings
 from broker.sidebands import SidebandSupervisor
+from broker.stream_slots import StreamSlots
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.registry import ToolRegistry
 from broker.webhooks import WebhookSender
@@ -23,6 +25,10 @@ SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", BrokerMetrics)
 ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONMAKER = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
+EVENT_LOG = web.AppKey("event_log", EventLog)
+"""The event log's caps and wake-ups, bound to ``SESSIONMAKER`` (every writer finds it)."""
+STREAM_SLOTS = web.AppKey("stream_slots", StreamSlots)
+"""Open event streams per API key (``BROKER_EVENT_STREAMS_PER_KEY``)."""
 PROVIDER_HTTP = web.AppKey("provider_http", aiohttp.ClientSession)
 PROVIDER = web.AppKey("provider", OpenAICompatibleProvider)
 TOOL_HTTP = web.AppKey("tool_http", httpx.AsyncClient)

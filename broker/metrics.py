@@ -104,6 +104,15 @@ class SidebandFailure(enum.StrEnum):
     OTHER = OTHER
 
 
+class EventCap(enum.StrEnum):
+    """The cap a dropped coalescible event hit (``cap`` of ``broker_events_dropped_total``)."""
+
+    EVENTS = "events"
+    """The session already stores its most coalescible events (a count)."""
+    BYTES = "bytes"
+    """Storing it would pass the session's size budget for coalescible events."""
+
+
 CIRCUIT_READINGS: Final = {"closed": 0, "half_open": 1, "open": 2}
 """``broker_tool_circuit_state`` for each circuit breaker state (``BreakerState`` values)."""
 
@@ -317,7 +326,17 @@ class BrokerMetrics:
             namespace=NAMESPACE,
             registry=registry,
         )
+        self._events_dropped = Counter(
+            "events_dropped_total",
+            "Coalescible events (deltas and other high-rate traffic) not stored in a session's"
+            " event log because the session reached its cap.",
+            ["cap"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         # Known label values start at zero, so a rate() over them works from the first event.
+        for cap in EventCap:
+            self._events_dropped.labels(cap.value)
         for tamper in TamperKind:
             self._tamper_events.labels(tamper.value)
         for outcome in WEBHOOK_OUTCOMES:
@@ -471,6 +490,10 @@ class BrokerMetrics:
         for key, count in tokens.items():
             if key in TOKEN_LABELS and count > 0:
                 self._tokens.labels(*key).inc(count)
+
+    def event_dropped(self, cap: EventCap) -> None:
+        """Count one coalescible event the event log dropped at ``cap``."""
+        self._events_dropped.labels(cap.value).inc()
 
     def webhook_attempt(self, outcome: str) -> None:
         """Count one webhook delivery attempt (``delivered``, ``retry`` or ``failed``)."""

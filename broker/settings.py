@@ -108,6 +108,12 @@ class Settings:
     """Sessions each API key may create per minute, on average (0: no limit)."""
     session_create_burst: int = 20
     """How many sessions a key may create at once before the rate applies."""
+    event_streams_per_key: int = 20
+    """Event streams (``GET …/events``) one API key may hold open at once (0: no cap)."""
+    event_log_max_coalescible: int = 2000
+    """Coalescible events (deltas and other high-rate traffic) one session's log stores."""
+    event_log_max_coalescible_bytes: int = 2 * 1024 * 1024
+    """Their total size (compact JSON) per session; past either cap they are dropped."""
     cors_origins: frozenset[str] = frozenset()
     """Exact origins (``https://app.example``) whose pages may call the browser endpoints."""
     demo: bool = False
@@ -203,6 +209,13 @@ class Settings:
             tamper_policy=_tamper_policy(env),
             session_create_rate=_bounded(env, "BROKER_SESSION_CREATE_RATE", 60, 0, 100_000),
             session_create_burst=_bounded(env, "BROKER_SESSION_CREATE_BURST", 20, 1, 100_000),
+            event_streams_per_key=_bounded(env, "BROKER_EVENT_STREAMS_PER_KEY", 20, 0, 10_000),
+            event_log_max_coalescible=_bounded(
+                env, "BROKER_EVENT_LOG_MAX_COALESCIBLE", 2000, 0, 1_000_000
+            ),
+            event_log_max_coalescible_bytes=_bounded(
+                env, "BROKER_EVENT_LOG_MAX_COALESCIBLE_BYTES", 2 * 1024 * 1024, 0, 1024**3
+            ),
             cors_origins=_origins(env, "BROKER_CORS_ORIGINS"),
             demo=_flag(env, "BROKER_DEMO"),
             **_webhook_settings(env),

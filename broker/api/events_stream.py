@@ -2,10 +2,16 @@
 
 The log is the ``session_events`` table, written in ``seq`` order by the session's one event
 recorder (``broker/events_log.py``); this handler only reads it. It replays the events after
-the client's cursor (``Last-Event-ID``, else ``?since=``), then polls for new ones until the
-session has ended and its log is complete, and closes. Each message's ``id`` is the event's
-``seq``, so a client that reconnects with the last id it saw goes on with no gap and no
-duplicate: from another broker process as well, since the cursor is all the state there is.
+the client's cursor (``Last-Event-ID``, else ``?since=``), then sends new ones as they are
+stored until the session has ended and its log is complete, and closes. Each message's ``id``
+is the event's ``seq``, so a client that reconnects with the last id it saw goes on with no
+gap and no duplicate: from another broker process as well, since the cursor is all the state
+there is.
+
+A stream does not poll: it sleeps until a writer in this process signals a commit to its
+session's log (:class:`broker.event_wakeups.EventWakeups`), and reads the database only then
+(or on the slow fallback, :data:`FALLBACK_POLL_S`). Each API key may hold at most
+``BROKER_EVENT_STREAMS_PER_KEY`` streams open (``429 too_many_streams``).
 """
 
 from __future__ import annotations
@@ -27,10 +33,23 @@ from broker.auth import Scope
 from broker.db import queries
 from broker.db.models import SessionEvent, SessionRow, SessionState
 from broker.errors import BadRequestError
+from broker.event_wakeups import Watch
 
 logger = logging.getLogger(__name__)
 
-POLL_INTERVAL_S: Final = 0.25
+FALLBACK_POLL_S: Final = 5.0
+"""The longest a stream sleeps without reading the log although no writer woke it.
+
+Wake-ups come only from writers in this process; a session's events may also be written by
+another broker process (its sideband after a restart or on another replica, an ops action
+served there). Those are still picked up, this late at worst: slow enough that hundreds of
+idle streams cost the database little, fast enough for a person watching."""
+ENDING_POLL_S: Final = 0.25
+"""The pause while a session has ended but this process's sideband is still finishing: the
+supervisor says nothing when it is done, and that state lasts milliseconds."""
+CLOSED_CHECK_S: Final = 1.0
+"""How often a sleeping stream checks (without the database) whether its client left: aiohttp
+does not cancel a handler when the connection drops."""
 PAGE_SIZE: Final = 500
 KEEPALIVE_S: Final = 15.0
 """A comment line after this much silence keeps proxies from closing an idle stream."""
@@ -103,14 +122,31 @@ def _closing(request: web.Request) -> bool:
     return request.app[keys.SHUTTING_DOWN].is_set()
 
 
+def _next_read_in(row: SessionRow, recording_here: bool) -> float:
+    """How long the stream may sleep before it reads the log again with no wake-up."""
+    if row.state not in _ENDED_STATES:
+        return FALLBACK_POLL_S
+    if recording_here:
+        return ENDING_POLL_S
+    if row.ended_at is None:
+        return 0.0
+    ended_at = row.ended_at if row.ended_at.tzinfo else row.ended_at.replace(tzinfo=UTC)
+    settled_in = SETTLE_S - (datetime.now(UTC) - ended_at).total_seconds()
+    # Woken when the grace is over: the stream then closes without waiting out a poll.
+    return min(FALLBACK_POLL_S, max(settled_in, 0.0))
+
+
 async def _pump(
-    request: web.Request, response: web.StreamResponse, session_id: str, cursor: int
+    request: web.Request, response: web.StreamResponse, session_id: str, cursor: int, watch: Watch
 ) -> None:
     sessionmaker = request.app[keys.SESSIONMAKER]
     supervisor = request.app[keys.SUPERVISOR]
     loop = asyncio.get_running_loop()
     last_write = loop.time()
     while not _closing(request):
+        # Armed before the read: a commit signalled while this reads or writes ends the
+        # sleep below at once, so no event waits for the fallback poll.
+        watch.arm()
         async with sessionmaker() as s:
             # The row before the events: whatever was written before the row said the log is
             # complete is in this page, so ending below loses nothing.
@@ -122,12 +158,20 @@ async def _pump(
             last_write = loop.time()
             if len(page) == PAGE_SIZE:
                 continue  # more backlog: no pause
-        if row is None or _log_complete(row, supervisor.running(session_id)):
+        recording_here = supervisor.running(session_id)
+        if row is None or _log_complete(row, recording_here):
             return
-        if loop.time() - last_write >= KEEPALIVE_S:
-            await response.write(b": keepalive\n\n")
-            last_write = loop.time()
-        await asyncio.sleep(POLL_INTERVAL_S)
+        read_at = loop.time() + _next_read_in(row, recording_here)
+        # Sleep until a writer signals or the next read is due, waking now and then (no
+        # database) to send keepalives and to notice a client that left.
+        while not _closing(request):
+            now = loop.time()
+            if now - last_write >= KEEPALIVE_S:
+                await response.write(b": keepalive\n\n")
+                last_write = now
+            pause = min(read_at - now, KEEPALIVE_S - (now - last_write), CLOSED_CHECK_S)
+            if pause <= 0 or await watch.wait(pause) or loop.time() >= read_at:
+                break
 
 
 async def session_events(request: web.Request) -> web.StreamResponse:
@@ -140,14 +184,23 @@ async def session_events(request: web.Request) -> web.StreamResponse:
         UnauthorizedError: ``missing_credentials``, ``invalid_api_key``.
         ForbiddenError: ``insufficient_scope`` (no ``monitor:read``).
         BadRequestError: ``invalid_last_event_id``, ``invalid_since``.
+        RateLimitedError: ``too_many_streams`` (the key holds its most open streams).
         NotFoundError: ``session_not_found``.
     """
     principal = await api_principal(request)
     principal.require(Scope.MONITOR_READ)
     cursor = _cursor(request)
     session_id = request.match_info["session_id"]
-    await request.app[keys.SESSIONS].get_row(session_id)
+    # The slot before the session's look-up: a key at its cap costs no more database work.
+    with request.app[keys.STREAM_SLOTS].hold(principal.key_id):
+        await request.app[keys.SESSIONS].get_row(session_id)
+        with request.app[keys.EVENT_LOG].wakeups.watch(session_id) as watch:
+            return await _stream(request, session_id, cursor, watch)
 
+
+async def _stream(
+    request: web.Request, session_id: str, cursor: int, watch: Watch
+) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
             hdrs.CACHE_CONTROL: "no-store",
@@ -162,7 +215,7 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     logger.debug("event stream opened session_id=%s after_seq=%d", session_id, cursor)
     try:
         await response.write(f"retry: {RETRY_MS}\n\n".encode())
-        await _pump(request, response, session_id, cursor)
+        await _pump(request, response, session_id, cursor, watch)
     except ConnectionResetError:
         pass  # the client left between our check and the write
     except SQLAlchemyError:

@@ -105,6 +105,8 @@ def summary_json(summary: SessionSummary, now: datetime) -> dict[str, Any]:
         "tool_calls": {**summary.tool_calls, "total": sum(summary.tool_calls.values())},
         "last_event_at": iso(summary.last_event_at),
         "errors": summary.errors,
+        # The event log's size: what it stored, and the coalescible events its caps dropped.
+        "events": {"stored": row.events_stored, "dropped": row.events_dropped},
         "usage": Usage.from_columns(row).as_json(),
     }
 

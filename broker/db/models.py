@@ -97,6 +97,11 @@ def _usage_count() -> Mapped[int]:
     return mapped_column(BigInteger, default=0, server_default="0")
 
 
+def _counter() -> Mapped[int]:
+    """A per-session counter the event log increments (starts at 0 for existing rows)."""
+    return mapped_column(BigInteger, default=0, server_default="0")
+
+
 class Base(AsyncAttrs, DeclarativeBase):
     metadata = MetaData(
         naming_convention={
@@ -172,6 +177,20 @@ class SessionRow(Base):
     usage_input_cached_tokens: Mapped[int] = _usage_count()
     usage_output_text_tokens: Mapped[int] = _usage_count()
     usage_output_audio_tokens: Mapped[int] = _usage_count()
+    # The event log's counters (broker.events_log, broker.event_classes): folded in by the
+    # transaction that stores the events, so the session list never scans session_events.
+    events_stored: Mapped[int] = _counter()
+    """Events in this session's log."""
+    events_coalescible: Mapped[int] = _counter()
+    """Coalescible events stored (capped by ``BROKER_EVENT_LOG_MAX_COALESCIBLE``)."""
+    events_coalescible_bytes: Mapped[int] = _counter()
+    """Their redacted payloads' size as compact JSON (capped too)."""
+    events_dropped: Mapped[int] = _counter()
+    """Coalescible events not stored because a cap was reached."""
+    events_errors: Mapped[int] = _counter()
+    """Provider ``error`` events stored (always kept)."""
+    last_event_at: Mapped[datetime | None]
+    """When the newest stored event was recorded."""
 
     __table_args__ = (
         Index("ix_sessions_state_created_at", "state", "created_at"),

@@ -5,20 +5,24 @@ from __future__ import annotations
 import secrets
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, cast
 
 from sqlalchemy import (
     BigInteger,
     CursorResult,
+    DateTime,
     String,
     Table,
     bindparam,
+    case,
     delete,
     exists,
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
@@ -525,23 +529,57 @@ async def next_event_seq(s: AsyncSession, session_id: str) -> int:
     return (current or 0) + 1
 
 
-async def add_events(s: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Store event-log rows and fold their usage into their sessions' totals.
+@dataclass(frozen=True)
+class LogTally:
+    """What an event-log writer adds to a session's coalescible counters with one write."""
 
-    The usage of the provider's ``response.done`` events among ``rows`` is added to their
-    sessions' ``usage_*`` columns in the caller's transaction. Usage rides on the event
-    log's batched writes: no write of its own per event, and the totals always equal the sum
-    over the stored events (a batch that is rolled back and retried is folded in once).
+    coalescible: int = 0
+    """Coalescible events among the rows written."""
+    coalescible_bytes: int = 0
+    """Their payloads' size (compact JSON)."""
+    dropped: int = 0
+    """Coalescible events dropped at the session's cap since the writer's last write."""
+
+
+async def add_events(
+    s: AsyncSession, rows: Sequence[dict[str, Any]], *, tally: LogTally | None = None
+) -> None:
+    """Store event-log rows and fold them into their sessions' counters and usage totals.
+
+    In the caller's transaction, each session of ``rows`` gets ``events_stored``,
+    ``events_errors`` (provider ``error`` events), ``last_event_at`` and the usage of the
+    provider's ``response.done`` events among them added (one UPDATE per session). Counters
+    and usage ride on the event log's batched writes: no write of their own per event, and
+    they always equal the sum over the stored events (a batch that is rolled back and
+    retried is folded in once).
+
+    Args:
+        s: the caller's session (its transaction).
+        rows: ``session_events`` rows, ``seq`` given.
+        tally: the writer's coalescible counts; the rows must then be of one session.
+
+    Raises:
+        ValueError: ``tally`` with rows of several sessions.
     """
     if not rows:
         return
     by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_session[row["session_id"]].append(row)
+    if tally is not None and len(by_session) > 1:
+        raise ValueError("a tally belongs to one session's rows")
+    # The session row first, as before this write folded counters: its lock is taken in the
+    # same order as every other writer of the row (the dispatcher's session lock).
     for session_id, session_rows in by_session.items():
-        usage = usage_of_events(session_rows)
-        if not usage.empty:
-            await add_session_usage(s, session_id, usage)
+        await fold_event_counts(
+            s,
+            session_id,
+            stored=len(session_rows),
+            errors=sum(1 for r in session_rows if r["type"] == "error" and r["direction"] == "in"),
+            last_at=max(r["at"] for r in session_rows),
+            usage=usage_of_events(session_rows),
+            tally=tally or LogTally(),
+        )
     await s.execute(_INSERT_EVENTS, list(rows))
 
 
@@ -558,6 +596,85 @@ _ADD_USAGE: Final = (
     )
 )
 """Built once: the increments are bind parameters, not a new expression per flush."""
+
+_LOG_COUNTERS: Final = (
+    "events_stored",
+    "events_errors",
+    "events_coalescible",
+    "events_coalescible_bytes",
+    "events_dropped",
+)
+_LAST_AT: Final = bindparam("b_last_at", type_=DateTime(timezone=True))
+_FOLD_EVENTS: Final = (
+    update(_SESSIONS)
+    .where(_SESSIONS.c.id == bindparam("b_session_id"))
+    .values(
+        {
+            **{
+                name: _SESSIONS.c[name] + bindparam(f"b_{name}", type_=BigInteger)
+                for name in _LOG_COUNTERS
+            },
+            **{
+                column(name): _SESSIONS.c[column(name)] + bindparam(f"b_{name}", type_=BigInteger)
+                for name in USAGE_FIELDS
+            },
+            # Never backwards: two writers (the recorder, a broker event) may commit out of
+            # order. A NULL ``b_last_at`` (a write of counts only) keeps the stored time.
+            "last_event_at": case(
+                (
+                    or_(
+                        _SESSIONS.c.last_event_at.is_(None),
+                        _SESSIONS.c.last_event_at < _LAST_AT,
+                    ),
+                    _LAST_AT,
+                ),
+                else_=_SESSIONS.c.last_event_at,
+            ),
+        }
+    )
+)
+"""The counters and the usage of one write in one statement, built once."""
+
+
+async def fold_event_counts(
+    s: AsyncSession,
+    session_id: str,
+    *,
+    stored: int = 0,
+    errors: int = 0,
+    last_at: datetime | None = None,
+    usage: Usage | None = None,
+    tally: LogTally | None = None,
+) -> None:
+    """Add one write's events to the session's counters and usage.
+
+    Increments: concurrent writers add up.
+    """
+    tally = tally or LogTally()
+    usage = usage or Usage()
+    params: dict[str, Any] = {f"b_{name}": getattr(usage, name) for name in USAGE_FIELDS}
+    params.update(
+        b_session_id=session_id,
+        b_events_stored=stored,
+        b_events_errors=errors,
+        b_events_coalescible=tally.coalescible,
+        b_events_coalescible_bytes=tally.coalescible_bytes,
+        b_events_dropped=tally.dropped,
+        b_last_at=last_at,
+    )
+    await s.execute(_FOLD_EVENTS, params)
+
+
+async def coalescible_spent(s: AsyncSession, session_id: str) -> tuple[int, int]:
+    """The session's coalescible events stored so far: ``(count, bytes)`` (0s if no row)."""
+    row = (
+        await s.execute(
+            select(SessionRow.events_coalescible, SessionRow.events_coalescible_bytes).where(
+                SessionRow.id == session_id
+            )
+        )
+    ).first()
+    return (int(row[0]), int(row[1])) if row is not None else (0, 0)
 
 
 async def add_session_usage(s: AsyncSession, session_id: str, usage: Usage) -> None:

@@ -1,4 +1,8 @@
-"""The ops list of sessions: filtered, newest first, a page at a time, with per-session counts."""
+"""The ops list of sessions: filtered, newest first, a page at a time, with per-session counts.
+
+Event counts come from the session row's counters (kept by the event log's writers), never
+from ``session_events``: a session with a huge log lists as fast as one with none.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.db.models import SessionEvent, SessionRow, ToolCall
+from broker.db.models import SessionRow, ToolCall
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,10 @@ async def list_sessions(
     query = query.order_by(SessionRow.created_at.desc(), SessionRow.id.desc()).limit(limit + 1)
     rows = list((await s.scalars(query)).all())
     more = len(rows) > limit
-    summaries = {row.id: SessionSummary(row) for row in rows[:limit]}
+    summaries = {
+        row.id: SessionSummary(row, last_event_at=row.last_event_at, errors=row.events_errors)
+        for row in rows[:limit]
+    }
     await _add_counts(s, summaries)
     return list(summaries.values()), more
 
@@ -85,15 +92,3 @@ async def _add_counts(s: AsyncSession, summaries: dict[str, SessionSummary]) -> 
         by_status.group_by(ToolCall.session_id, ToolCall.status)
     ):
         summaries[session_id].tool_calls[status] = count
-    events = (
-        select(
-            SessionEvent.session_id,
-            func.max(SessionEvent.at),
-            func.count().filter(and_(SessionEvent.type == "error", SessionEvent.direction == "in")),
-        )
-        .where(SessionEvent.session_id.in_(ids))
-        .group_by(SessionEvent.session_id)
-    )
-    for session_id, last_at, errors in await s.execute(events):
-        summaries[session_id].last_event_at = last_at
-        summaries[session_id].errors = int(errors or 0)

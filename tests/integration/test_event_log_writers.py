@@ -67,11 +67,11 @@ def fail_next_writes(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
     real = queries.add_events
     left = [count]
 
-    async def flaky(s: Any, rows: Any) -> None:
+    async def flaky(s: Any, rows: Any, **kw: Any) -> None:
         if left[0]:
             left[0] -= 1
             raise OperationalError("INSERT", {}, Exception("database is locked"))
-        await real(s, rows)
+        await real(s, rows, **kw)
 
     monkeypatch.setattr(queries, "add_events", flaky)
 

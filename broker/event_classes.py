@@ -1,0 +1,83 @@
+"""The two classes of event-log events, defined once for every writer and every later change.
+
+**Kept** events are what the log is for: the session's lifecycle, tool calls, tamper and
+leash decisions, usage (``response.done``) and errors. They are never dropped and never
+capped: one per decision or per turn, so their number follows what the call does, not how
+fast a page can send.
+
+**Coalescible** events are everything else: deltas (whose content their ``.done`` event
+repeats whole) and other high-rate traffic a page can make the provider emit at will
+(``session.updated`` answers, buffer notices, rate-limit updates, unknown types). A session
+stores them up to a cap (a count and a size, ``BROKER_EVENT_LOG_MAX_COALESCIBLE*``); past it
+they are dropped and counted (``sessions.events_dropped``, ``broker_events_dropped_total``).
+
+Anything not named as kept below is coalescible: an event type a provider adds later cannot
+grow the log without bound by default. To keep a new kind of event, add it here, nowhere else.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any, Final
+
+
+class EventClass(enum.StrEnum):
+    """How the event log treats an event (see the module docstring)."""
+
+    KEPT = "kept"
+    """Never dropped, never capped."""
+    COALESCIBLE = "coalescible"
+    """Stored up to the session's cap, then dropped and counted."""
+
+
+KEPT_PROVIDER_TYPES: Final = frozenset(
+    {
+        "error",
+        # lifecycle of the call and of each response; response.done carries the usage
+        "session.created",
+        "response.created",
+        "response.done",
+        # tool calls
+        "response.function_call_arguments.done",
+        # one per conversation item: the transcript is built from these (broker.transcript)
+        "conversation.item.done",
+        "conversation.item.deleted",
+        "conversation.item.input_audio_transcription.completed",
+        # answers to the broker's own look-ups (resync): as many as the broker asks
+        "conversation.item.retrieved",
+    }
+)
+"""Provider (``in``) event types that are always kept."""
+
+TOOL_ITEM_TYPES: Final = frozenset({"function_call", "function_call_output"})
+"""Item types whose item events (added, created, output_item.*) are tool calls: kept."""
+
+_ITEM_EVENT_TYPES: Final = frozenset(
+    {
+        "conversation.item.added",
+        "conversation.item.created",
+        "response.output_item.added",
+        "response.output_item.done",
+    }
+)
+
+
+def classify(direction: str, event: Mapping[str, Any]) -> EventClass:
+    """The class of one event as the event log would store it.
+
+    ``broker`` events (the broker's decisions) and ``out`` events (what the broker itself
+    sent: tool outputs, config assertions, probes, resync look-ups) are kept: their number is
+    bounded by the broker's own decisions. A provider (``in``) event is kept if its type is
+    in :data:`KEPT_PROVIDER_TYPES` or it is an item event about a tool call.
+    """
+    if direction != "in":
+        return EventClass.KEPT
+    type_ = event.get("type")
+    if type_ in KEPT_PROVIDER_TYPES:
+        return EventClass.KEPT
+    if type_ in _ITEM_EVENT_TYPES:
+        item = event.get("item")
+        if isinstance(item, Mapping) and item.get("type") in TOOL_ITEM_TYPES:
+            return EventClass.KEPT
+    return EventClass.COALESCIBLE
