@@ -36,7 +36,8 @@ from broker.tools.call_ids import MAX_CALL_ID, is_valid_call_id
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.registry import load_registry
 from sideband import FunctionCall
-from tests.support.flow import LOOKUP_42_OUTPUT
+from tests.conftest import BrokerFactory
+from tests.support.flow import LOOKUP_42_OUTPUT, ask, connect_browser, says, wait_events
 from tests.support.rows import session_row
 from tests.support.tool_backend import ToolBackend
 
@@ -173,3 +174,44 @@ async def test_a_failure_of_the_calls_own_input_gives_the_breaker_no_verdict(
             VICTIM, [LOOKUP], "call_2", LOOKUP, ARGS_42, ToolPath.BRIDGE
         )
         assert (good.status, good.output) == (ToolCallStatus.SUCCEEDED, LOOKUP_42_OUTPUT)
+
+
+async def test_a_page_sending_calls_with_bad_ids_cannot_pause_a_tool_for_another_session(
+    make_broker: BrokerFactory, tool_backend: ToolBackend
+) -> None:
+    """End to end (emulator, aiortc pages, broker, HTTP tool backend), with a breaker that
+    opens at the first counted failure: one page plants function calls whose ids carry
+    CR/LF or non-ASCII characters and asks the bridge to run them too; nothing reaches the
+    tool backend, the bridge refuses the ids with the same rule, and another session's
+    real call to the same tool runs."""
+    broker = await make_broker(tool_breaker_failures=1)
+    attacker = await broker.create_session(tools=[LOOKUP])
+    page = await connect_browser(broker, attacker)
+    try:
+        for index, param in enumerate(BAD_CALL_IDS):
+            [bad_call_id] = param.values
+            item = {
+                "id": f"item_bad_{index}",
+                "type": "function_call",
+                "call_id": bad_call_id,
+                "name": LOOKUP,
+                "arguments": ARGS_42,
+            }
+            page.send({"type": "conversation.item.create", "item": item})
+            refused = await broker.bridge(attacker, LOOKUP, str(bad_call_id), ARGS_42)
+            assert refused.status == 422, refused.text
+        page.send({"type": "response.create"})
+        await wait_events(broker, attacker["id"], "broker.tamper", count=len(BAD_CALL_IDS))
+    finally:
+        await page.close()
+
+    victim = await broker.create_session(tools=[LOOKUP])
+    browser = await connect_browser(broker, victim)
+    try:
+        ask(browser, 'lookup_order {"order_id": "42"}')
+        await browser.wait_for("response.done", says(LOOKUP_42_OUTPUT))
+    finally:
+        await browser.close()
+    assert [r.headers["X-Call-ID"] for r in tool_backend.calls_to(LOOKUP)] == [
+        (await broker.get_session(victim["id"]))["tool_calls"][0]["call_id"]
+    ]
