@@ -17,6 +17,8 @@ async def test_defaults_come_from_settings(broker: RunningBroker) -> None:
         "max_concurrent_tools": settings.session_max_concurrent_tools,
         "max_argument_bytes": settings.tool_max_argument_bytes,
         "on_tamper": "revert",
+        "page_items": "refuse",
+        "page_responses": "allow",
     }
 
 
