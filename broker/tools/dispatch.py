@@ -515,7 +515,11 @@ class ToolDispatcher:
                 return None
         # The recorded tool and arguments run: a later reporter cannot swap them.
         tool, arguments, disabled = claimed.tool, claimed.arguments, bool(claimed.disabled)
-        log_extra = f"session_id={session_id} call_id={call_id} tool={tool}"
+        # Escaped: a name the policy is about to deny may hold anything the model (or a
+        # page, on the bridge) sent, line breaks included.
+        log_extra = (
+            f"session_id={session_id} call_id={call_id} tool={printable(tool, MAX_TOOL_NAME)}"
+        )
         if session is None:
             return _denial(log_extra, tool, ToolErrorCode.SESSION_NOT_FOUND, "the session is gone")
         limits = ToolLimits(
