@@ -16,7 +16,6 @@ from sqlalchemy import CursorResult, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from broker import transcript
 from broker.auth import ApiPrincipal, BrowserPrincipal, Scope, mint_client_secret
 from broker.call_deadline import CallDeadlines
 from broker.db import queries
@@ -50,6 +49,7 @@ from broker.sdp import check_offer
 from broker.settings import Settings
 from broker.shielded import ShieldedWrites
 from broker.sidebands import SidebandSupervisor
+from broker.tools.call_ids import CALL_ID_PATTERN
 from broker.tools.dispatch import CallOutcome, CallRejectedError, ToolDispatcher, arguments_equal
 from broker.tools.registry import ToolRegistry
 from sideband import (
@@ -114,7 +114,8 @@ class BridgeCallRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    call_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
+    call_id: str = Field(pattern=CALL_ID_PATTERN)
+    """The one call-id rule of both paths (:mod:`broker.tools.call_ids`)."""
     arguments: str | dict[str, Any] = "{}"
     """The JSON text the model produced (or the parsed object)."""
 
@@ -629,14 +630,6 @@ class SessionService:
         async with self._sessionmaker() as s:
             calls = await queries.list_tool_calls(s, session_id)
         return row, calls
-
-    async def transcript(self, session_id: str) -> list[dict[str, Any]]:
-        """The session's transcript projection (:mod:`broker.transcript`); no access check."""
-        async with self._sessionmaker() as s:
-            events = await queries.latest_events_of(
-                s, session_id, transcript.EVENT_TYPES, 4 * transcript.MAX_ENTRIES
-            )
-        return transcript.project((e.type, e.payload) for e in events)
 
 
 def _replayed(session_id: str) -> UnauthorizedError:
