@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
 from broker.db.models import CALL_RUNNING_STATES, SessionState
+from broker.event_classes import EventClass
 from broker.events_log import append_event
 from broker.hangup import hang_up
 from broker.leash import LEASH_EVENT, LeashLimit
@@ -117,4 +118,5 @@ class CallDeadlines:
                 "value": max_duration_s,
                 "enforced_by": "deadline",
             },
+            EventClass.KEPT,
         )

@@ -1,9 +1,9 @@
 """The two classes of event-log events, defined once for every writer and every later change.
 
 **Kept** events are what the log is for: the session's lifecycle, tool calls, tamper and
-leash decisions, usage (``response.done``) and errors. They are never dropped and never
-capped: one per decision or per turn, so their number follows what the call does, not how
-fast a page can send.
+leash decisions, usage (``response.done``), errors, and the items the transcript is built
+from. They are never dropped and never capped: one per decision, per turn or per item, so
+their number follows what the call does, not how fast a page can send.
 
 **Coalescible** events are everything else: deltas (whose content their ``.done`` event
 repeats whole) and other high-rate traffic a page can make the provider emit at will
@@ -20,6 +20,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from typing import Any, Final
+
+from broker import transcript
 
 
 class EventClass(enum.StrEnum):
@@ -40,15 +42,15 @@ KEPT_PROVIDER_TYPES: Final = frozenset(
         "response.done",
         # tool calls
         "response.function_call_arguments.done",
-        # one per conversation item: the transcript is built from these (broker.transcript)
-        "conversation.item.done",
-        "conversation.item.deleted",
-        "conversation.item.input_audio_transcription.completed",
         # answers to the broker's own look-ups (resync): as many as the broker asks
         "conversation.item.retrieved",
     }
-)
-"""Provider (``in``) event types that are always kept."""
+) | frozenset(transcript.EVENT_TYPES)
+"""Provider (``in``) event types that are always kept.
+
+Every type the transcript is projected from is among them (one per conversation item, per
+committed user turn or per model output item), so a flood of other events can never cut a
+turn out of the transcript."""
 
 TOOL_ITEM_TYPES: Final = frozenset({"function_call", "function_call_output"})
 """Item types whose item events (added, created, output_item.*) are tool calls: kept."""

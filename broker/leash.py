@@ -42,6 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db.models import SessionRow, ToolCall, utcnow
+from broker.event_classes import EventClass
 from broker.events_log import EventRecorder
 from broker.tools.budget import ALLOWED
 from broker.tools.codes import ToolErrorCode
@@ -201,7 +202,7 @@ class Leash:
         logger.warning(
             "leash: %s reached session_id=%s, ending the call", limit.value, self._session_id
         )
-        self._recorder.record("broker", self._event(limit))
+        self._recorder.record("broker", self._event(limit), EventClass.KEPT)
         await self._end_call(limit.value)
 
     def _event(self, limit: LeashLimit) -> dict[str, Any]:

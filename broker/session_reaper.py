@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
 from broker.db.models import SessionState, utcnow
+from broker.event_classes import EventClass
 from broker.events_log import append_event
 from broker.metrics import BrokerMetrics
 
@@ -98,6 +99,7 @@ class SessionReaper:
                 self._sessionmaker,
                 session_id,
                 {"type": "broker.session_swept", "state_was": state.value, "reason": reason},
+                EventClass.KEPT,
             )
             logger.info(
                 "stranded session ended session_id=%s state_was=%s reason=%s",

@@ -14,6 +14,7 @@ from broker.auth import Scope
 from broker.db import queries
 from broker.db.models import CALL_RUNNING_STATES
 from broker.errors import ConflictError, UpstreamError
+from broker.event_classes import EventClass
 from broker.events_log import append_event
 from broker.metrics import EndReason
 from broker.sessions import end_unwatched_call
@@ -71,6 +72,7 @@ async def hangup_session(request: web.Request) -> web.Response:
         sessionmaker,
         session_id,
         {"type": OPS_HANGUP_EVENT, "reason": body.reason, "by": principal.key_id},
+        EventClass.KEPT,
     )
     logger.warning(
         "call hung up by an operator session_id=%s call_id=%s by_key=%s",
@@ -121,6 +123,7 @@ async def update_instructions(request: web.Request) -> web.Response:
             "by": principal.key_id,
             "instructions": body.instructions,
         },
+        EventClass.KEPT,
     )
     logger.warning(
         "instructions changed by an operator session_id=%s by_key=%s chars=%d",

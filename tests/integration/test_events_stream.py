@@ -16,6 +16,8 @@ import pytest
 from broker import keys as broker_keys
 from broker.api import events_stream
 from broker.db import queries
+from broker.event_classes import EventClass
+from broker.events_log import EventRecorder, append_event
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import PROVIDER_KEY, RunningBroker
 from tests.support.flow import (
@@ -26,6 +28,7 @@ from tests.support.flow import (
     session_events,
     wait_session_ended,
 )
+from tests.support.sql import statements_run
 
 READ_TIMEOUT_S = 10.0
 
@@ -239,10 +242,11 @@ async def test_since_replays_an_ended_session_and_closes(
 
 
 async def test_pages_of_a_long_log_join_without_gap_or_duplicate(
-    broker: RunningBroker, http: aiohttp.ClientSession
+    broker: RunningBroker, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Invariant: a log longer than one page (and written while the stream polls) arrives
     whole, in order; resuming in the middle of a page works too."""
+    monkeypatch.setattr(events_stream, "FALLBACK_POLL_S", 0.5)
     monitor = await broker.new_key("monitor:read")
     session = await broker.create_session(tools=["lookup_order"])
     sessionmaker = broker.app[broker_keys.SESSIONMAKER]
@@ -270,7 +274,9 @@ async def test_pages_of_a_long_log_join_without_gap_or_duplicate(
     try:
         stream = EventStream(response)
         head = await stream.take(events_stream.PAGE_SIZE + 10)
-        await write(events_stream.PAGE_SIZE + 11, total)  # arrives by polling
+        # Written behind the event log's writers, as by another broker process: no wake-up,
+        # so it arrives by the fallback poll.
+        await write(events_stream.PAGE_SIZE + 11, total)
         async with sessionmaker.begin() as s:
             await queries.set_session_fields(
                 s, session["id"], state="ended", ended_at=datetime.now(UTC) - timedelta(minutes=1)
@@ -406,3 +412,90 @@ async def test_auth_scope_unknown_session_and_bad_cursor(broker: RunningBroker) 
     for bad in ("", "abc", "-3"):
         reply = await broker.request("GET", f"{path}?since={bad}", token=monitor)
         assert (reply.status, reply.code) == (400, "invalid_since"), bad
+
+
+def stream_reads(statements: list[str]) -> list[str]:
+    """The event stream's reads of the log (``seq > cursor``), among ``statements``."""
+    return [s for s in statements if s.startswith("SELECT") and "session_events.seq >" in s]
+
+
+async def test_an_idle_stream_sleeps_until_the_writer_commits(
+    broker: RunningBroker, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invariant: an idle stream does not poll the database; it reads the log when the event
+    log's writer (the recorder, or append_event) has committed to its session, and then sends
+    what was written. The fallback poll (for other processes' writes) is set a minute away,
+    so only the writer's wake-up can deliver these events."""
+    monkeypatch.setattr(events_stream, "FALLBACK_POLL_S", 60.0)
+    monitor = await broker.new_key("monitor:read")
+    session = await broker.create_session(tools=["lookup_order"])
+    sessionmaker = broker.app[broker_keys.SESSIONMAKER]
+    engine = broker.app[broker_keys.ENGINE]
+    await append_event(sessionmaker, session["id"], {"type": "broker.test", "n": 1})
+    response = await open_stream(http, broker, session["id"], monitor)
+    try:
+        stream = EventStream(response)
+        [first] = await stream.take(1)  # the stream has read the log and goes to sleep
+        assert first.data["payload"]["n"] == 1
+        with statements_run(engine) as statements:
+            async with asyncio.timeout(10):
+                await asyncio.sleep(1.5)  # the old stream read the log 6 times in this second
+                assert stream_reads(statements) == []
+
+                recorder = EventRecorder(sessionmaker, session["id"])
+                await recorder.start()
+                recorder.record("broker", {"type": "broker.test", "n": 2}, EventClass.KEPT)
+                await recorder.flush()
+                [second] = await stream.take(1)
+                assert len(stream_reads(statements)) == 1  # one read, after the commit
+
+                await append_event(
+                    sessionmaker, session["id"], {"type": "broker.test", "n": 3}, EventClass.KEPT
+                )
+                [third] = await stream.take(1)
+                assert len(stream_reads(statements)) == 2
+    finally:
+        response.close()
+    assert [(m.id, m.data["payload"]["n"]) for m in (second, third)] == [(2, 2), (3, 3)]
+
+
+async def test_a_key_at_its_stream_cap_is_refused_while_another_key_streams(
+    make_broker: BrokerFactory, http: aiohttp.ClientSession
+) -> None:
+    """Invariant: one API key holds at most BROKER_EVENT_STREAMS_PER_KEY streams open; the
+    next is 429 too_many_streams (problem+json, Retry-After) and never a stream; another key
+    still streams; a stream that ends gives its slot back."""
+    broker = await make_broker(event_streams_per_key=2)
+    session = await broker.create_session(tools=["lookup_order"])
+    greedy = await broker.new_key("monitor:read")
+    other = await broker.new_key("monitor:read")
+    held = [await open_stream(http, broker, session["id"], greedy) for _ in range(2)]
+    try:
+        assert [r.status for r in held] == [200, 200]
+        refused = await open_stream(http, broker, session["id"], greedy)
+        try:
+            assert refused.status == 429
+            assert refused.headers["Content-Type"].startswith("application/problem+json")
+            assert int(refused.headers["Retry-After"]) >= 1
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                problem = json.loads(await refused.text())
+            assert (problem["status"], problem["code"]) == (429, "too_many_streams")
+        finally:
+            refused.close()
+
+        elsewhere = await open_stream(http, broker, session["id"], other)
+        elsewhere.close()
+        assert elsewhere.status == 200
+
+        held.pop().close()  # the client leaves: the handler notices, and frees the slot
+        async with asyncio.timeout(5):
+            while True:
+                again = await open_stream(http, broker, session["id"], greedy)
+                again.close()
+                if again.status == 200:
+                    break
+                assert again.status == 429
+                await asyncio.sleep(0.1)
+    finally:
+        for r in held:
+            r.close()
