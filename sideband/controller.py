@@ -66,6 +66,7 @@ from sideband.events import (
     ErrorEvent,
     FunctionCallArgumentsDone,
     InputAudioBufferCommitted,
+    InputAudioBufferSpeechStopped,
     Item,
     ResponseCreated,
     ResponseDone,
@@ -138,6 +139,16 @@ UNVERIFIED_OUTPUT: Final = json.dumps(
 
 def _cut(value: str | None) -> str | None:
     return value[:MAX_REPORTED_CHARS] if value is not None else None
+
+
+def _vad_responds(session: dict[str, Any]) -> bool:
+    """Whether a session's turn detection starts a response by itself (``create_response``)."""
+    audio = session.get("audio")
+    audio_input = audio.get("input") if isinstance(audio, dict) else None
+    if not isinstance(audio_input, dict) or "turn_detection" not in audio_input:
+        return True  # not shown: the default (server VAD, create_response true)
+    turn = audio_input["turn_detection"]
+    return isinstance(turn, dict) and turn.get("create_response", True) is not False
 
 
 def _same_arguments(a: str, b: str) -> bool:
@@ -355,8 +366,14 @@ class CallController:
         """Our ``response.create`` not yet followed by a ``response.created`` or an error."""
         self._creating = False
         """A task is probing the session before sending our ``response.create``."""
-        self._audio_turns = 0
-        """Committed audio turns not yet matched by a ``response.created``."""
+        self._audio_turn = False
+        """The provider's voice detection committed a user turn that no ``response.created``
+        has followed yet: the next response is the provider's answer to it."""
+        self._speech_items: set[str] = set()
+        """Items server VAD ended (``speech_stopped``): only their commits are audio turns."""
+        self._vad_responds = True
+        """The session's turn detection starts a response on its own (``create_response``),
+        as last seen in the provider's session."""
         self._cancelled_by_us: set[str] = set()
         self._covering: dict[str, set[str]] = {}
         """Active responses → the outputs (call ids) they answer (restored if we cancel)."""
@@ -572,7 +589,8 @@ class CallController:
         self._covering.clear()
         self._cancelled_by_us.clear()
         self._active_response = None
-        self._audio_turns = 0
+        self._audio_turn = False
+        self._speech_items.clear()
 
     @property
     def attached(self) -> bool:
@@ -672,8 +690,16 @@ class CallController:
                 self._seen[event.call_id] = self._spawn(
                     self._tools.call_seen(call), f"tool-seen:{event.call_id}"
                 )
+        elif isinstance(event, InputAudioBufferSpeechStopped):
+            if event.item_id is not None:
+                self._speech_items.add(event.item_id)
         elif isinstance(event, InputAudioBufferCommitted):
-            self._audio_turns += 1
+            # A page may commit the buffer itself and then start a response of its own:
+            # only a turn the provider's voice detection ended, on a session whose turn
+            # detection answers by itself, is an audio turn that starts a response.
+            if event.item_id is not None and event.item_id in self._speech_items:
+                self._speech_items.discard(event.item_id)
+                self._audio_turn = self._vad_responds
         elif isinstance(event, ResponseDone):
             await self._on_response_done(event)
         elif isinstance(event, ErrorEvent):
@@ -806,9 +832,9 @@ class CallController:
         # either is this one or was refused as "already active", so it is no longer pending.
         ours = self._response_create_event_id is not None
         self._response_create_event_id = None
-        from_audio = not ours and self._audio_turns > 0
-        if from_audio:
-            self._audio_turns -= 1
+        from_audio = not ours and self._audio_turn
+        # One turn, one response: whatever starts next is not that turn's.
+        self._audio_turn = False
         # Events on one socket are ordered: the outputs echoed before this are its input,
         # and so are outputs found in the conversation by a resync still under way.
         read = self._carried - self._pending_call_ids()
@@ -933,6 +959,7 @@ class CallController:
     # ---- session config ------------------------------------------------------------------
 
     async def _check_session(self, event: SessionCreated | SessionUpdated) -> None:
+        self._vad_responds = _vad_responds(event.session)
         if self._guard is None:
             return
         if isinstance(event, SessionCreated):
@@ -1247,9 +1274,9 @@ class CallController:
                 tail_item = None
             if tail_item is not None and tail_item.type == "function_call_output":
                 await self._on_output_item(tail_item)  # ours (confirmed), or forged
-        # Missing under our id, with a provider that names items itself: the tail was the
-        # last place it could be found; still missing now, it is sent again (a duplicate
-        # output is better than a model that waits for ever).
+        # Missing under our id: the tail was the last place it could be found under the
+        # provider's own; still missing now, it is sent again (a duplicate output is better
+        # than a model that waits for ever).
         due = [o for o in deferred if o.call.call_id in self._undelivered]
         if due:
             self._delivering += 1
@@ -1358,7 +1385,7 @@ class CallController:
         """Look up each unconfirmed output; send the missing ones.
 
         Returns whether any was resent, and the missing ones whose id the provider may have
-        changed (it names items itself and its echo was lost): the caller checks the tail.
+        changed (if it names items itself, its echo was lost): the caller checks the tail.
         """
         resent = False
         deferred: list[Undelivered] = []
@@ -1377,7 +1404,10 @@ class CallController:
                 continue
             if call_id not in self._undelivered:
                 continue
-            if existing is None and self._provider_ids_differ and lookup_id == output.item_id:
+            if existing is None and lookup_id == output.item_id:
+                # Missing under the id we asked for: a provider that names items itself
+                # (we may not know it does yet) may have it under another. The tail check
+                # comes first; what it does not find is sent again.
                 deferred.append(output)
             elif existing is None:
                 self._delivering += 1

@@ -129,6 +129,13 @@ class ConversationItemCreated(_ServerEvent):
     previous_item_id: str | None = None
 
 
+class InputAudioBufferSpeechStopped(_ServerEvent):
+    """Server VAD heard the user stop; the committed turn that follows has this ``item_id``."""
+
+    type: Literal["input_audio_buffer.speech_stopped"]
+    item_id: str | None = None
+
+
 class InputAudioBufferCommitted(_ServerEvent):
     """A user audio turn entered the conversation (server VAD or the page's commit)."""
 
@@ -179,6 +186,7 @@ KnownServerEvent = Annotated[
     | ConversationItemAdded
     | ConversationItemCreated
     | InputAudioBufferCommitted
+    | InputAudioBufferSpeechStopped
     | ConversationItemDone
     | ConversationItemDeleted
     | ConversationItemRetrieved
@@ -199,6 +207,7 @@ _KNOWN_TYPES = frozenset(
         "conversation.item.added",
         "conversation.item.created",
         "input_audio_buffer.committed",
+        "input_audio_buffer.speech_stopped",
         "conversation.item.done",
         "conversation.item.deleted",
         "conversation.item.retrieved",

@@ -14,7 +14,6 @@ import base64
 from typing import Any
 
 import numpy as np
-import pytest
 
 from emulator import Call
 from tests.support.audio import ScriptedMicTrack, silence, speech_like_signal
@@ -182,15 +181,6 @@ def pcm16_silence(ms: int, rate: int = 24000) -> str:
     return base64.b64encode(np.zeros(rate * ms // 1000, dtype="<i2").tobytes()).decode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "page_responses=cancel is bypassed by a page-made commit: any "
-        "input_audio_buffer.committed (also the page's own input_audio_buffer.commit) lets "
-        "the next response.created through (sideband/controller.py _on_response_created, "
-        "from_audio = not ours and self._audio_turns > 0)"
-    ),
-)
 async def test_under_cancel_a_page_cannot_pass_its_response_off_as_an_audio_turn(
     broker: RunningBroker, emulator: RunningEmulator
 ) -> None:

@@ -195,21 +195,10 @@ async def test_an_output_computed_while_the_sideband_is_away_is_delivered_once(
 
 
 ITEM_ECHOES = ["conversation.item.added", "conversation.item.done", "conversation.item.created"]
-RESENT_UNDER_PROVIDER_IDS = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "an output whose echo was lost is sent a second time when the provider names items "
-        "itself: _settle_outputs (sideband/controller.py) defers to the tail check only if "
-        "_provider_ids_differ is already known, which only an echo of ours or a probe item "
-        "reveals, and the tail probe runs after it"
-    ),
-)
 ECHO_LOST = [
-    pytest.param(
-        {"provider_item_ids": True}, id="provider-item-ids", marks=RESENT_UNDER_PROVIDER_IDS
-    ),
+    pytest.param({"provider_item_ids": True}, id="provider-item-ids"),
     pytest.param({"missing_item_error_code": "invalid_value"}, id="other-missing-item-code"),
-    pytest.param(ALL_SWITCHES, id="every-switch", marks=RESENT_UNDER_PROVIDER_IDS),
+    pytest.param(ALL_SWITCHES, id="every-switch"),
 ]
 
 

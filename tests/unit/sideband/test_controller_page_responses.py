@@ -33,8 +33,15 @@ from tests.unit.sideband.test_controller_tamper import (
 )
 
 
-def committed(item_id: str) -> dict[str, Any]:
+def page_committed(item_id: str) -> dict[str, Any]:
+    """A commit with no speech the provider's voice detection ended: the page's own."""
     return {"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": None}
+
+
+def committed(item_id: str) -> list[dict[str, Any]]:
+    """A user turn server VAD ended and committed (the provider answers it by itself)."""
+    stopped = {"type": "input_audio_buffer.speech_stopped", "item_id": item_id, "audio_end_ms": 1}
+    return [stopped, page_committed(item_id)]
 
 
 async def start(
@@ -71,19 +78,37 @@ def cancels(conn: QueueConnection) -> list[str]:
 SCRIPTS = [
     pytest.param([created("r_page")], ["r_page"], id="page-response"),
     pytest.param(
-        [committed("item_a1"), created("r_audio")],
+        [*committed("item_a1"), created("r_audio")],
         [],
         id="after-a-committed-audio-turn",
     ),
     pytest.param(
-        [committed("item_a1"), created("r_audio"), done("r_audio", "completed"), created("r_2")],
+        [*committed("item_a1"), created("r_audio"), done("r_audio", "completed"), created("r_2")],
         ["r_2"],
         id="one-commit-lets-one-response-through",
     ),
     pytest.param(
-        [committed("item_a1"), committed("item_a2"), created("r_1"), created("r_2")],
-        [],
-        id="two-commits-two-responses",
+        [*committed("item_a1"), *committed("item_a2"), created("r_1"), created("r_2")],
+        ["r_2"],
+        id="one-turn-pending-at-a-time",
+    ),
+    pytest.param(
+        [page_committed("item_p1"), created("r_page")],
+        ["r_page"],
+        id="the-pages-own-commit-is-no-audio-turn",
+    ),
+    pytest.param(
+        [
+            updated(
+                audio={
+                    "input": {"turn_detection": {"type": "server_vad", "create_response": False}}
+                }
+            ),
+            *committed("item_a1"),
+            created("r_page"),
+        ],
+        ["r_page"],
+        id="no-audio-turn-when-vad-does-not-answer",
     ),
 ]
 
@@ -122,7 +147,7 @@ async def test_under_cancel_the_brokers_own_response_after_a_tool_output_runs() 
     task, reports, tools = await start(conn, PageResponses.CANCEL)
     # The model's turn was started by a committed audio turn (it is not cancelled either).
     for frame in (
-        committed("item_a1"),
+        *committed("item_a1"),
         created("r_model"),
         args_done("r_model", "call_1"),
         done("r_model", "completed", fc_item("call_1")),

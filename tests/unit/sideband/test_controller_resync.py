@@ -147,18 +147,21 @@ async def test_an_output_still_last_in_the_conversation_gets_its_response() -> N
 
 
 async def test_a_missing_output_is_sent_again_and_answered() -> None:
-    """Both lookups miss: the output is sent again (same item id), then response.create."""
+    """Both lookups miss, and the conversation's tail is not it either (a provider that
+    names items itself could hold it under another id): the output is sent again (same
+    item id), then response.create."""
     conns, tools = Connections(), RecordingTools()
     task = await start(conns, tools)
     output, second = await output_then_drop(conns)
     for index in range(2):
         lookup = await sent_of(second, "conversation.item.retrieve", index)
         second.inbox.put_nowait(provider_error(lookup["event_id"], "item_not_found"))
-    resent = await sent_of(second, "conversation.item.create")
+    probe = await sent_of(second, "conversation.item.create")
+    assert probe["item"]["role"] == "system"
+    second.inbox.put_nowait(added(probe["item"], "item_c1"))  # the tail: the model's call
+    resent = await sent_of(second, "conversation.item.create", 1)
     assert resent["item"] == output
     second.inbox.put_nowait(added(output, "item_c1"))
-    probe = await sent_of(second, "conversation.item.create", 1)
-    second.inbox.put_nowait(added(probe["item"], output["id"]))
     await sent_of(second, "response.create")
     assert types_sent(second).count("response.create") == 1
     assert tools.executed == ["c1"] and tools.injected == ["c1"]
