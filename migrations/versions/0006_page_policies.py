@@ -21,9 +21,7 @@ def upgrade() -> None:
     # page-started responses allowed (what every session did before).
     with op.batch_alter_table("sessions") as batch:
         batch.add_column(
-            sa.Column(
-                "page_items", sa.String(length=16), nullable=False, server_default="refuse"
-            )
+            sa.Column("page_items", sa.String(length=16), nullable=False, server_default="refuse")
         )
         batch.add_column(
             sa.Column(
