@@ -150,3 +150,14 @@ async def make_broker(
 @pytest.fixture
 async def broker(make_broker: BrokerFactory) -> RunningBroker:
     return await make_broker()
+
+
+@pytest.fixture
+async def reconnecting_broker(
+    make_broker: BrokerFactory, tool_backend: ToolBackend, tmp_path: Path
+) -> RunningBroker:
+    """A broker (with the hold tools) whose lost sidebands are re-attached for 20 s: long
+    enough to outlast a test's outage (the default 2 s is for tests of giving up)."""
+    tools = tmp_path / "reconnect-tools.toml"
+    tools.write_text(tool_backend.config_toml() + tool_backend.hold_tools_toml())
+    return await make_broker(tools_config=tools, sideband_reconnect_timeout=20.0)

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
-from tests.conftest import BrokerFactory
 from tests.support.broker_server import RunningBroker
 from tests.support.browser import FakeBrowser
 from tests.support.flow import (
@@ -28,55 +25,9 @@ from tests.support.flow import (
     wait_events,
     wait_sideband,
 )
+from tests.support.outages import OUTAGE_FAULT, call_of, clear_faults, drop, wait_row
 from tests.support.servers import RunningEmulator, request_json, set_faults
 from tests.support.tool_backend import ToolBackend
-
-OUTAGE_FAULT = {"sideband_attach_error": {"status": 503, "count": 1000}}
-"""Every re-attach fails (the call goes on) until the test clears it."""
-
-
-@pytest.fixture
-async def reconnecting_broker(
-    make_broker: BrokerFactory, tool_backend: ToolBackend, tmp_path: Path
-) -> RunningBroker:
-    tools = tmp_path / "reconnect-tools.toml"
-    tools.write_text(tool_backend.config_toml() + tool_backend.hold_tools_toml())
-    # Long enough to outlast each test's outage; the default (2 s) is for tests of giving up.
-    return await make_broker(tools_config=tools, sideband_reconnect_timeout=20.0)
-
-
-async def drop(http: aiohttp.ClientSession, emulator: RunningEmulator, call_id: str) -> None:
-    status, body = await request_json(
-        http, emulator, "POST", f"/_emulator/calls/{call_id}/drop-sidebands", {"mode": "abort"}
-    )
-    assert status == 200 and body["dropped"], body
-
-
-async def clear_faults(http: aiohttp.ClientSession, emulator: RunningEmulator) -> None:
-    status, body = await request_json(http, emulator, "DELETE", "/_emulator/faults")
-    assert status == 200, body
-
-
-async def call_of(broker: RunningBroker, session: dict[str, Any]) -> str:
-    call_id: str = (await broker.get_session(session["id"]))["call_id"]
-    return call_id
-
-
-async def wait_row(
-    broker: RunningBroker, session_id: str, call_id: str, injected: bool = True
-) -> dict[str, Any]:
-    """The call's row once settled, and injected (or not yet, with ``injected=False``)."""
-    async with asyncio.timeout(15):
-        while True:
-            rows = (await broker.get_session(session_id))["tool_calls"]
-            match = [r for r in rows if r["call_id"] == call_id]
-            if (
-                match
-                and match[0]["status"] not in ("pending", "running")
-                and (match[0]["injected_at"] is not None) == injected
-            ):
-                return match[0]
-            await asyncio.sleep(0.05)
 
 
 async def test_an_output_computed_while_the_sideband_is_away_is_delivered_after_reconnect(

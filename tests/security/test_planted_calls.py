@@ -32,10 +32,11 @@ from tests.support.flow import (
     wait_events,
     wait_sideband,
 )
-from tests.support.servers import RunningEmulator, request_json, set_faults
+from tests.support.outages import OUTAGE_FAULT, clear_faults, drop
+from tests.support.outages import call_of as call_id_of
+from tests.support.servers import RunningEmulator, set_faults
 from tests.support.tool_backend import ToolBackend
 
-OUTAGE_FAULT = {"sideband_attach_error": {"status": 503, "count": 1000}}
 PLANTED_CALL_ID = "call_page_planted"
 PLANTED = {
     "type": "function_call",
@@ -54,23 +55,6 @@ async def broker(make_broker: BrokerFactory, tool_backend: ToolBackend, tmp_path
 
 def plant(browser: FakeBrowser, item_id: str = "item_planted") -> None:
     browser.send({"type": "conversation.item.create", "item": {**PLANTED, "id": item_id}})
-
-
-async def call_id_of(broker: RunningBroker, session: dict[str, Any]) -> str:
-    call_id: str = (await broker.get_session(session["id"]))["call_id"]
-    return call_id
-
-
-async def drop(http: aiohttp.ClientSession, emulator: RunningEmulator, call_id: str) -> None:
-    status, body = await request_json(
-        http, emulator, "POST", f"/_emulator/calls/{call_id}/drop-sidebands", {"mode": "abort"}
-    )
-    assert status == 200 and body["dropped"], body
-
-
-async def clear_faults(http: aiohttp.ClientSession, emulator: RunningEmulator) -> None:
-    status, body = await request_json(http, emulator, "DELETE", "/_emulator/faults")
-    assert status == 200, body
 
 
 def in_conversation(emulator: RunningEmulator, call_id: str, item_id: str) -> bool:

@@ -12,13 +12,11 @@ backend on loopback.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.conftest import BrokerFactory
 from tests.support.broker_server import RunningBroker
 from tests.support.flow import (
     LOOKUP_42_OUTPUT,
@@ -31,63 +29,16 @@ from tests.support.flow import (
     wait_events,
     wait_sideband,
 )
-from tests.support.servers import RunningEmulator, request_json, set_faults
+from tests.support.outages import ALL_PROVIDER_SWITCHES as ALL_SWITCHES
+from tests.support.outages import OUTAGE_FAULT, call_of, drop, wait_row
+from tests.support.servers import RunningEmulator, set_faults
 from tests.support.tool_backend import ToolBackend
 
-OUTAGE_FAULT = {"sideband_attach_error": {"status": 503, "count": 1000}}
-"""Every re-attach fails (the call goes on) until the test turns it off."""
-ALL_SWITCHES: dict[str, Any] = {
-    "sideband_misses_page_session_updates": True,
-    "sideband_misses_page_items": True,
-    "provider_item_ids": True,
-    "missing_item_error_code": "invalid_value",
-    "keep_instructions_on_empty": True,
-}
 PROVIDERS = [
     pytest.param({"provider_item_ids": True}, id="provider-item-ids"),
     pytest.param({"missing_item_error_code": "invalid_value"}, id="other-missing-item-code"),
     pytest.param(ALL_SWITCHES, id="every-switch"),
 ]
-
-
-@pytest.fixture
-async def reconnecting_broker(
-    make_broker: BrokerFactory, tool_backend: ToolBackend, tmp_path: Path
-) -> RunningBroker:
-    tools = tmp_path / "provider-ids-tools.toml"
-    tools.write_text(tool_backend.config_toml() + tool_backend.hold_tools_toml())
-    # Long enough to outlast each test's outage.
-    return await make_broker(tools_config=tools, sideband_reconnect_timeout=20.0)
-
-
-async def drop(http: aiohttp.ClientSession, emulator: RunningEmulator, call_id: str) -> None:
-    status, body = await request_json(
-        http, emulator, "POST", f"/_emulator/calls/{call_id}/drop-sidebands", {"mode": "abort"}
-    )
-    assert status == 200 and body["dropped"], body
-
-
-async def call_of(broker: RunningBroker, session: dict[str, Any]) -> str:
-    call_id: str = (await broker.get_session(session["id"]))["call_id"]
-    return call_id
-
-
-async def wait_row(
-    broker: RunningBroker, session_id: str, call_id: str, *, injected: bool = True
-) -> dict[str, Any]:
-    """The call's row once settled, and delivered (or not yet, with ``injected=False``)."""
-    async with asyncio.timeout(15):
-        while True:
-            rows = (await broker.get_session(session_id))["tool_calls"]
-            match = [r for r in rows if r["call_id"] == call_id]
-            if (
-                match
-                and match[0]["status"] not in ("pending", "running")
-                and (match[0]["injected_at"] is not None) == injected
-            ):
-                row: dict[str, Any] = match[0]
-                return row
-            await asyncio.sleep(0.05)
 
 
 async def test_a_tool_call_is_answered_once_when_the_provider_names_items_itself(

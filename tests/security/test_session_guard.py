@@ -38,6 +38,7 @@ from tests.support.flow import (
     wait_events,
 )
 from tests.support.metrics import scrape, value
+from tests.support.outages import ALL_PROVIDER_SWITCHES as ALL_SWITCHES
 from tests.support.servers import RunningEmulator, set_faults
 from tests.support.tool_backend import ToolBackend
 
@@ -53,15 +54,6 @@ PROBE = {"type": "realtime"}
 """The session of a probe: a ``session.update`` that changes nothing."""
 PROBE_INTERVAL_S = 0.3
 LOOKUP_42 = 'lookup_order {"order_id": "42"}'
-
-ALL_SWITCHES: dict[str, Any] = {
-    "sideband_misses_page_session_updates": True,
-    "sideband_misses_page_items": True,
-    "provider_item_ids": True,
-    "missing_item_error_code": "invalid_value",
-    "keep_instructions_on_empty": True,
-}
-"""Every provider behaviour the emulator can switch to that the broker must not rely on."""
 
 
 # ---- helpers ---------------------------------------------------------------------------
