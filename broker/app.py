@@ -15,6 +15,7 @@ from aiohttp import web
 
 from broker import keys
 from broker.api._bodies import MAX_REQUEST_BYTES
+from broker.browser_limits import BrowserLimits
 from broker.cors import cors_middleware
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.demo import setup_demo
@@ -53,6 +54,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.METRICS] = BrokerMetrics()
     app[keys.SHUTTING_DOWN] = asyncio.Event()
     app[keys.STREAM_SLOTS] = StreamSlots(settings.event_streams_per_key)
+    app[keys.BROWSER_LIMITS] = BrowserLimits(settings)
     app.on_shutdown.append(_shutting_down)
     # Order matters: the supervisor (services_ctx) uses the DB, the provider and the tools,
     # so it is registered last and therefore stopped first.

@@ -7,6 +7,7 @@ The tree (each class carries a stable ``code`` and an HTTP ``status``)::
     ├── UnauthorizedError        401  missing / bad / expired credentials
     ├── ForbiddenError           403  valid credentials, wrong scope or wrong session
     ├── NotFoundError            404  unknown session, tool call, …
+    ├── RequestTimeoutError      408  the body did not arrive in time (``body_timeout``)
     ├── ConflictError            409  the resource is not in a state that allows this
     ├── PayloadTooLargeError     413
     ├── UnsupportedMediaError    415
@@ -76,6 +77,13 @@ class ForbiddenError(BrokerError):
 class NotFoundError(BrokerError):
     status = 404
     title = "Not found"
+
+
+class RequestTimeoutError(BrokerError):
+    """The client did not send its whole body within the read deadline."""
+
+    status = 408
+    title = "Request timeout"
 
 
 class ConflictError(BrokerError):

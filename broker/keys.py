@@ -9,6 +9,7 @@ import httpx
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from broker.browser_limits import BrowserLimits
 from broker.events_log import EventLog
 from broker.metrics import BrokerMetrics
 from broker.session_reaper import SessionReaper
@@ -29,6 +30,9 @@ EVENT_LOG = web.AppKey("event_log", EventLog)
 """The event log's caps and wake-ups, bound to ``SESSIONMAKER`` (every writer finds it)."""
 STREAM_SLOTS = web.AppKey("stream_slots", StreamSlots)
 """Open event streams per API key (``BROKER_EVENT_STREAMS_PER_KEY``)."""
+BROWSER_LIMITS = web.AppKey("browser_limits", BrowserLimits)
+"""Per-session rate limits of the offer, bridge and end routes (``BROKER_BRIDGE_*``,
+``BROKER_OFFER_*``)."""
 PROVIDER_HTTP = web.AppKey("provider_http", aiohttp.ClientSession)
 PROVIDER = web.AppKey("provider", OpenAICompatibleProvider)
 TOOL_HTTP = web.AppKey("tool_http", httpx.AsyncClient)

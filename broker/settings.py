@@ -108,6 +108,18 @@ class Settings:
     """Sessions each API key may create per minute, on average (0: no limit)."""
     session_create_burst: int = 20
     """How many sessions a key may create at once before the rate applies."""
+    bridge_rate: int = 120
+    """Bridge requests (``POST …/tools/{tool}``) each session may make per minute, on
+    average (0: no limit). A tool call takes one, plus one per re-ask after a 202."""
+    bridge_burst: int = 30
+    """How many bridge requests a session may make at once before the rate applies."""
+    offer_rate: int = 12
+    """Offer requests each session may make per minute (0: no limit); the end route has a
+    bucket of its own with the same numbers. A page makes one of each per call."""
+    offer_burst: int = 5
+    """How many offer (or end) requests a session may make at once before the rate applies."""
+    body_read_timeout_s: float = 10.0
+    """How long a client may take to send a whole request body; past it 408 ``body_timeout``."""
     event_streams_per_key: int = 20
     """Event streams (``GET …/events``) one API key may hold open at once (0: no cap)."""
     event_log_max_coalescible: int = 2000
@@ -209,6 +221,11 @@ class Settings:
             tamper_policy=_tamper_policy(env),
             session_create_rate=_bounded(env, "BROKER_SESSION_CREATE_RATE", 60, 0, 100_000),
             session_create_burst=_bounded(env, "BROKER_SESSION_CREATE_BURST", 20, 1, 100_000),
+            bridge_rate=_bounded(env, "BROKER_BRIDGE_RATE", 120, 0, 100_000),
+            bridge_burst=_bounded(env, "BROKER_BRIDGE_BURST", 30, 1, 100_000),
+            offer_rate=_bounded(env, "BROKER_OFFER_RATE", 12, 0, 100_000),
+            offer_burst=_bounded(env, "BROKER_OFFER_BURST", 5, 1, 100_000),
+            body_read_timeout_s=_bounded_float(env, "BROKER_BODY_READ_TIMEOUT_S", 10.0, 300.0),
             event_streams_per_key=_bounded(env, "BROKER_EVENT_STREAMS_PER_KEY", 20, 0, 10_000),
             event_log_max_coalescible=_bounded(
                 env, "BROKER_EVENT_LOG_MAX_COALESCIBLE", 2000, 0, 1_000_000
@@ -418,10 +435,4 @@ def load_or_create_key_file(path: Path) -> str:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    return value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value + "\n")
     return value

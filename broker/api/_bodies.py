@@ -1,7 +1,8 @@
-"""Reading request bodies with hard size limits and clear errors."""
+"""Reading request bodies with hard size and time limits and clear errors."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from typing import Final, TypeVar
 
@@ -9,9 +10,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ValidationError
 
+from broker import keys
 from broker.errors import (
     BadRequestError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     UnsupportedMediaError,
     ValidationFailedError,
 )
@@ -68,15 +71,33 @@ def bounded(handler: Handler, limit: int) -> Handler:
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it passes ``limit`` bytes."""
+    """The whole body, within ``limit`` bytes and the read deadline.
+
+    The deadline (``BROKER_BODY_READ_TIMEOUT_S``) covers the whole body, not each read: a
+    client trickling a byte a second would otherwise hold a handler (and, for the offer, a
+    claimed client secret's request) open for as long as it likes.
+
+    Raises:
+        PayloadTooLargeError: ``payload_too_large`` (413) as soon as it passes ``limit``.
+        RequestTimeoutError: ``body_timeout`` (408), the body was not all there in time.
+    """
     check_declared_size(request, limit)
+    deadline = request.app[keys.SETTINGS].body_read_timeout_s
     chunks: list[bytes] = []
     size = 0
-    while chunk := await request.content.read(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(deadline):
+            while chunk := await request.content.read(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        # What is left of the body is not waited for: after the reply aiohttp discards it
+        # for at most its lingering time (10 s) and then closes the connection.
+        raise RequestTimeoutError(
+            "body_timeout", f"the request body did not arrive within {deadline:g} s"
+        ) from None
     return b"".join(chunks)
 
 

@@ -11,6 +11,7 @@ from broker import keys, transcript
 from broker.api._auth import api_principal, browser_principal
 from broker.api._bodies import read_body, read_json, require_content_type
 from broker.api._times import iso
+from broker.browser_limits import BrowserRoute
 from broker.db.models import SessionRow, ToolCall
 from broker.errors import BadRequestError
 from broker.sdp import MAX_SDP_BYTES
@@ -85,6 +86,8 @@ async def create_session(request: web.Request) -> web.Response:
 async def realtime_offer(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
     browser = browser_principal(request, session_id)
+    # After the token (no I/O), before the body and the database: a flood costs an HMAC.
+    request.app[keys.BROWSER_LIMITS].check(BrowserRoute.OFFER, browser)
     require_content_type(request, "application/sdp")
     raw = await read_body(request, MAX_SDP_BYTES)
     try:
@@ -99,6 +102,7 @@ async def bridge_tool_call(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
     # Expiry is the service's call: the token that made the offer outlives `exp` while live.
     browser = browser_principal(request, session_id, check_expiry=False)
+    request.app[keys.BROWSER_LIMITS].check(BrowserRoute.BRIDGE, browser)
     body = await read_json(request, BridgeCallRequest)
     outcome = await request.app[keys.SESSIONS].bridge_call(
         browser, request.match_info["tool"], body
@@ -120,6 +124,7 @@ async def end_call(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
     # Like the bridge: the secret that made the offer stays good while its call is live.
     browser = browser_principal(request, session_id, check_expiry=False)
+    request.app[keys.BROWSER_LIMITS].check(BrowserRoute.END, browser)
     ended = await request.app[keys.SESSIONS].end_by_browser(browser)
     return web.json_response({"id": session_id, "ended": ended})
 

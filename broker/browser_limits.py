@@ -1,0 +1,76 @@
+"""Rate limits on the browser routes: the offer, the bridge and the end, per session.
+
+A page holds a client secret, not an API key, and one page flooding the bridge took the
+broker's ``/healthz`` p50 to 317-849 ms (issue 14, item 11). Each route gets a token bucket
+per session (:class:`~broker.ratelimit.TokenBucketLimiter`, in memory, per process).
+
+The bucket's key is the session id of a *verified* client secret: its signature binds the
+``sub`` claim, so only sessions this broker minted a secret for can own a bucket, and no
+made-up string from a URL or header can grow the table (the limiter's LRU cap bounds it
+anyway). A session has one client secret, so per session is also per secret; keying on the
+session rather than the ``jti`` keeps every secret of a session in the same bucket. Handlers
+check right after the token (which needs no I/O) and before reading the body or asking the
+database, so a refused request costs an HMAC and nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import Final
+
+from broker.auth import BrowserPrincipal
+from broker.errors import RateLimitedError
+from broker.ratelimit import TokenBucketLimiter
+from broker.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+REFUSAL_LOGS_PER_MINUTE: Final = 1
+"""Warnings per session and route about refusals: a flood must not become a log flood."""
+
+
+class BrowserRoute(enum.StrEnum):
+    """A rate-limited browser route (each has its own bucket per session)."""
+
+    OFFER = "offer"
+    BRIDGE = "bridge"
+    END = "end"
+
+
+class BrowserLimits:
+    """The buckets of the browser routes; one per app (``keys.BROWSER_LIMITS``).
+
+    Args:
+        settings: ``bridge_rate``/``bridge_burst`` for the bridge, ``offer_rate``/
+            ``offer_burst`` for the offer and (a bucket of its own) the end route.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._limiters: dict[BrowserRoute, TokenBucketLimiter] = {
+            BrowserRoute.OFFER: TokenBucketLimiter(settings.offer_rate, settings.offer_burst),
+            BrowserRoute.BRIDGE: TokenBucketLimiter(settings.bridge_rate, settings.bridge_burst),
+            BrowserRoute.END: TokenBucketLimiter(settings.offer_rate, settings.offer_burst),
+        }
+        # Itself a token bucket: at most one warning a minute per session and route.
+        self._refusal_logs = TokenBucketLimiter(REFUSAL_LOGS_PER_MINUTE, 1)
+
+    def check(self, route: BrowserRoute, browser: BrowserPrincipal) -> None:
+        """Spend one of the session's tokens for ``route``; never awaits.
+
+        Raises:
+            RateLimitedError: ``rate_limited`` (429, ``Retry-After`` in whole seconds): the
+                session made too many ``route`` requests just now; nothing is spent.
+        """
+        retry_after = self._limiters[route].take(browser.session_id)
+        if retry_after is None:
+            return
+        if self._refusal_logs.take(f"{route}:{browser.session_id}") is None:
+            logger.warning(
+                "browser route rate limited route=%s session_id=%s", route, browser.session_id
+            )
+        raise RateLimitedError(
+            "rate_limited",
+            f"this session is making {route} requests too fast; retry later",
+            retry_after=retry_after,
+        )
