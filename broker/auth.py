@@ -43,6 +43,15 @@ class Scope(enum.StrEnum):
 
 
 ALL_SCOPES: Final = frozenset(Scope)
+RESERVED_SCOPES: Final = frozenset({Scope.SESSIONS_TRUSTED, Scope.AUDIT_READ})
+"""Scopes a key may hold that grant nothing yet (trusted sessions and the audit trail will)."""
+
+
+def describe_scopes() -> str:
+    """The scopes for a help text or an error message, the reserved ones marked as such."""
+    granting = ", ".join(sorted(ALL_SCOPES - RESERVED_SCOPES))
+    reserved = ", ".join(sorted(RESERVED_SCOPES))
+    return f"{granting} (admin implies all); {reserved}: reserved, grants nothing yet"
 
 
 @dataclass(frozen=True)

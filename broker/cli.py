@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from broker import keys
 from broker.apikeys import UnknownScopeError, create_api_key, list_api_keys, revoke_api_key
 from broker.app import create_app
-from broker.auth import Scope
+from broker.auth import Scope, describe_scopes
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.db.models import ApiKey
 from broker.logs import LogFormat, configure_logging
@@ -74,7 +74,7 @@ def _keys_command(command: str, args: argparse.Namespace, settings: Settings) ->
         try:
             key_id, key = asyncio.run(_new_key(settings.database_url, args.name, scopes))
         except UnknownScopeError as exc:
-            sys.stderr.write(f"broker: {exc}\n")
+            sys.stderr.write(f"broker: {exc}; use: {describe_scopes()}\n")
             return 2
         _out(f"created {key_id} ({args.name}); the key is shown only once:")
         _out(key)
@@ -202,10 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     create.add_argument(
         "--scopes",
         required=True,
-        help=(
-            "comma-separated: sessions:create, monitor:read, admin (implies all);"
-            " sessions:trusted and audit:read are reserved and grant nothing yet"
-        ),
+        help=f"comma-separated, among: {describe_scopes()}",
     )
     keys_sub.add_parser("list", help="list keys: id, name, scopes, created, revoked (no secrets)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key: refused from its next request")

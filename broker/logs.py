@@ -102,6 +102,13 @@ class ContextFilter(logging.Filter):
         return True
 
 
+_JSON_UNSAFE: Final = re.compile("[\x7f-\x9f\u2028\u2029]")
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line.
 
@@ -125,7 +132,11 @@ class JsonFormatter(logging.Formatter):
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             line["exc"] = record.exc_text
-        return json.dumps(line, ensure_ascii=False, default=str)
+        # json escapes C0 controls but, with ensure_ascii off, leaves DEL, the C1 controls (NEL
+        # among them) and U+2028/U+2029 raw: line breaks to str.splitlines and many log
+        # shippers, so a page-chosen string could still split a record. They can only occur
+        # inside JSON strings, where a \u escape means the same character.
+        return _JSON_UNSAFE.sub(_json_escape, json.dumps(line, ensure_ascii=False, default=str))
 
 
 _CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")

@@ -405,24 +405,30 @@ def load_or_create_key_file(path: Path) -> str:
     A new key is written to a temporary file created 0600 in the same directory and renamed
     over the old one, so the key is never readable by others, not even for a moment, and a
     crash never leaves half a key. An existing key file that others may read (group or world
-    bits) is refused: a key that may already have leaked must be replaced, not used.
+    bits), or that another user owns, is refused rather than fixed: the broker cannot tell
+    whether a readable key was already copied, and quietly tightening the mode would keep a
+    key that may have leaked. A readable file is refused even when empty (its replacement
+    would be 0600): one rule, and a key directory others can read is set up wrong, which the
+    operator should see. A directory made for the key is 0700.
 
     Raises:
-        SettingsError: the key file is readable by group or others.
+        SettingsError: the key file is readable by group or others, or not the broker's own.
     """
     try:
-        mode = path.stat().st_mode
+        info = path.stat()
     except FileNotFoundError:
-        mode = None
-    if mode is not None and mode & 0o077:
+        info = None
+    if info is not None and info.st_mode & 0o077:
         raise SettingsError(
-            f"{path} is readable by other users (mode {mode & 0o777:o}); "
+            f"{path} is readable by other users (mode {info.st_mode & 0o777:o}); "
             "delete it (a new key is made at start) or chmod 600 it if it never left this host"
         )
-    value = path.read_text().strip() if mode is not None else ""
+    if info is not None and info.st_uid != os.geteuid():
+        raise SettingsError(f"{path} belongs to another user; delete it (a new key is made)")
+    value = path.read_text().strip() if info is not None else ""
     if len(value) >= 32:
         return value
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     value = secrets.token_urlsafe(32)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -435,4 +441,11 @@ def load_or_create_key_file(path: Path) -> str:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    # The rename is durable only once the directory is: otherwise a crash could bring back
+    # the old (empty) file after tokens were signed with the new key.
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
     return value

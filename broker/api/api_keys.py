@@ -12,7 +12,7 @@ from broker.api._auth import api_principal
 from broker.api._bodies import read_json
 from broker.api._times import iso
 from broker.apikeys import UnknownScopeError, create_api_key, list_api_keys, revoke_api_key
-from broker.auth import ALL_SCOPES, Scope
+from broker.auth import ALL_SCOPES, RESERVED_SCOPES, Scope, describe_scopes
 from broker.db import queries
 from broker.db.models import ApiKey
 from broker.errors import BadRequestError, NotFoundError, ValidationFailedError
@@ -74,7 +74,10 @@ async def create_key(request: web.Request) -> web.Response:
         # The known scopes, not the unknown ones: input is never echoed (it could be a secret).
         known = sorted(str(s) for s in ALL_SCOPES)
         raise ValidationFailedError(
-            "unknown_scope", f"scopes must be among: {', '.join(known)}", scopes=known
+            "unknown_scope",
+            f"scopes must be among: {describe_scopes()}",
+            scopes=known,
+            reserved=sorted(str(s) for s in RESERVED_SCOPES),
         ) from None
     return web.json_response({**key_json(row), "key": key}, status=201, headers=NO_STORE)
 
