@@ -151,11 +151,16 @@ def escape_control(text: str) -> str:
     return _CONTROL.sub(lambda m: json.dumps(m.group())[1:-1], text)
 
 
+_CONTINUATION: Final = "  "
+"""Before every line of a console record after its first: only a record starts a line."""
+
+
 class ConsoleFormatter(logging.Formatter):
     """``12:00:01 INFO    broker.sidebands: message [session_id=… call_id=…]``.
 
     The message (and context values) are escaped (:func:`escape_control`); only a
-    traceback, which the broker's own code produced, keeps its line breaks.
+    traceback keeps its line breaks, each of its lines escaped and indented: an exception's
+    message may quote a page's text, and no line of it may pass for a record of its own.
     """
 
     def __init__(self) -> None:
@@ -173,10 +178,12 @@ class ConsoleFormatter(logging.Formatter):
             if (value := getattr(record, name, None)) is not None
             and f"{name}=" not in record.getMessage()  # already in the message
         ]
-        if not context:
-            return text
         first, newline, rest = text.partition("\n")
-        return f"{first} [{' '.join(context)}]{newline}{rest}"
+        if rest:
+            rest = "\n".join(_CONTINUATION + escape_control(line) for line in rest.split("\n"))
+        if context:
+            first = f"{first} [{' '.join(context)}]"
+        return f"{first}{newline}{rest}"
 
 
 class LogFormat(enum.StrEnum):

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import stat
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -118,6 +119,24 @@ async def test_a_tool_name_from_the_bridge_path_cannot_forge_a_console_line(
     for line in text.split("\n"):
         assert "forged-line" not in line or re.match(r"\d\d:\d\d:\d\d WARNING ", line), line
         assert not line.startswith("12:00:00 INFO    broker.sessions: forged-line")
+
+
+def test_a_traceback_quoting_a_page_cannot_forge_a_console_line() -> None:
+    """A traceback keeps its line breaks on the console, but an exception message quoting a
+    page's text cannot start a line of its own: every line after a record's first is
+    indented, with its control characters escaped."""
+    from broker.logs import ConsoleFormatter
+
+    try:
+        raise ValueError("unknown tool x" + FORGED)
+    except ValueError:
+        record = logging.LogRecord(
+            "broker.api", logging.ERROR, __file__, 1, "failed", None, sys.exc_info()
+        )
+    lines = ConsoleFormatter().format(record).split("\n")
+    assert re.match(r"\d\d:\d\d:\d\d ERROR ", lines[0])
+    assert len(lines) > 2 and all(line.startswith("  ") for line in lines[1:])
+    assert not any(raw in line for line in lines for raw in ("\r", "\x1b", "\x85", "\u2028"))
 
 
 def test_json_log_lines_cannot_be_split_by_a_message() -> None:
