@@ -78,6 +78,9 @@ def provider_session_config(instructions: str) -> dict[str, Any]:
 BROKER_BENCH_ENV: Final = {
     # Thousands of sessions come from one key within seconds.
     "BROKER_SESSION_CREATE_RATE": "0",
+    # The bridge benchmark runs hundreds of calls per session back to back: it measures
+    # dispatch, not the per-session abuse brake.
+    "BROKER_BRIDGE_RATE": "0",
     # Sessions live for the whole run and call the tool many times: the limits must not
     # end them (the ceilings of these settings).
     "BROKER_CALL_MAX_DURATION": "3600",
