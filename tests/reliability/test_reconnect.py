@@ -1,8 +1,9 @@
 """A lost sideband is re-attached and resynced: one path at a time, against the emulator.
 
 The chaos test (test_chaos.py) shows the invariants hold under random drops; these tests pin
-each resync path down deterministically: a tool that finishes while the sideband is away, a
-function call the model finishes while it is away, and a call that ends while it is away.
+each resync path down deterministically: a function call the model finishes while the
+sideband is away, and a call that ends while it is away. A tool that finishes while it is away
+is in tests/security/test_provider_ids.py, under every provider variant.
 """
 
 from __future__ import annotations
@@ -28,47 +29,6 @@ from tests.support.flow import (
 from tests.support.outages import OUTAGE_FAULT, call_of, clear_faults, drop, wait_row
 from tests.support.servers import RunningEmulator, request_json, set_faults
 from tests.support.tool_backend import ToolBackend
-
-
-async def test_an_output_computed_while_the_sideband_is_away_is_delivered_after_reconnect(
-    reconnecting_broker: RunningBroker,
-    emulator: RunningEmulator,
-    tool_backend: ToolBackend,
-    http: aiohttp.ClientSession,
-) -> None:
-    """The sideband drops while ``hold`` runs and stays away until the tool has finished:
-    the output goes out on the next connection, once, and the model answers it once."""
-    broker = reconnecting_broker
-    session = await broker.create_session(tools=["hold"])
-    browser = await connect_browser(broker, session)
-    try:
-        call_id = await call_of(broker, session)
-        ask(browser, "hold")
-        fc = await browser.wait_for("response.function_call_arguments.done")
-        await tool_backend.wait_calls_to("hold")
-        await set_faults(http, emulator, **OUTAGE_FAULT)
-        await drop(http, emulator, call_id)
-        await wait_sideband(broker, session["id"], "reconnecting")
-        tool_backend.release_holds()
-        # Finished and recorded, but nothing to send it on yet.
-        row = await wait_row(broker, session["id"], fc["call_id"], injected=False)
-        assert row["status"] == "succeeded"
-        await clear_faults(http, emulator)
-        final = await browser.wait_for("response.done", says("hold returned"), timeout=15)
-        row = await wait_row(broker, session["id"], fc["call_id"])
-        await asyncio.sleep(0.3)  # a second answer, if one were asked for, would start now
-    finally:
-        await browser.close()
-
-    call = emulator.registry.get(call_id)
-    assert call is not None
-    assert [source for source, _ in outputs_received(call)] == ["sideband"]
-    assert assistant_text(final) == f"hold returned: {row['output']}"
-    answers = [e for e in call.sent if e["type"] == "response.done" and "hold returned" in str(e)]
-    assert len(answers) == 1, "the model answered the output twice"
-    assert len(tool_backend.calls_for(fc["call_id"])) == 1
-    assert len(call.sideband_attaches) == 2
-
 
 UNVERIFIED = "call_unverified"
 

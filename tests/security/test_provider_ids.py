@@ -94,7 +94,7 @@ async def test_a_tool_call_is_answered_once_when_the_provider_names_items_itself
     assert await session_events(broker, session["id"], "broker.tamper") == []
 
 
-@pytest.mark.parametrize("switches", PROVIDERS)
+@pytest.mark.parametrize("switches", [pytest.param({}, id="as-the-spec-says"), *PROVIDERS])
 async def test_an_output_computed_while_the_sideband_is_away_is_delivered_once(
     reconnecting_broker: RunningBroker,
     emulator: RunningEmulator,
