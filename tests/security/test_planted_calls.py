@@ -32,7 +32,7 @@ from tests.support.flow import (
     wait_events,
     wait_sideband,
 )
-from tests.support.outages import OUTAGE_FAULT, clear_faults, drop
+from tests.support.outages import ALL_PROVIDER_SWITCHES, OUTAGE_FAULT, clear_faults, drop
 from tests.support.outages import call_of as call_id_of
 from tests.support.servers import RunningEmulator, set_faults
 from tests.support.tool_backend import ToolBackend
@@ -130,24 +130,33 @@ async def test_a_planted_call_seen_live_is_deleted_and_never_runs(
     assert (await broker.get_session(session["id"]))["tool_calls"] == []
 
 
-@pytest.mark.parametrize("echoed", [True, False], ids=["planted-while-away", "planted-unseen"])
+@pytest.mark.parametrize(
+    ("echoed", "provider"),
+    [
+        (True, {}),
+        (False, {"sideband_misses_page_items": True}),
+        (False, ALL_PROVIDER_SWITCHES),
+    ],
+    ids=["planted-while-away", "planted-unseen", "planted-unseen-every-switch"],
+)
 async def test_a_planted_call_found_after_a_sideband_drop_is_answered_never_run(
     broker: RunningBroker,
     emulator: RunningEmulator,
     tool_backend: ToolBackend,
     http: aiohttp.ClientSession,
     echoed: bool,
+    provider: dict[str, Any],
 ) -> None:
     """Trigger 1, the sideband drop: the call is planted while no sideband watches (or while
-    one does, on a provider that never shows a page's items to sidebands); the resync finds
-    it as the conversation's tail, cannot prove the model made it, and answers it
-    ``call_unverified`` instead of running it."""
+    one does, on a provider that never shows a page's items to sidebands, and with every
+    other provider switch on too); the resync finds it as the conversation's tail, cannot
+    prove the model made it, and answers it ``call_unverified`` instead of running it."""
+    await set_faults(http, emulator, **provider)
     session = await broker.create_session(tools=["lookup_order"])
     browser = await connect_browser(broker, session)
     try:
         call_id = await call_id_of(broker, session)
         if not echoed:
-            await set_faults(http, emulator, sideband_misses_page_items=True)
             plant(browser)
             await browser.wait_for("conversation.item.done")
         await set_faults(http, emulator, **OUTAGE_FAULT)
@@ -156,7 +165,8 @@ async def test_a_planted_call_found_after_a_sideband_drop_is_answered_never_run(
         if echoed:
             plant(browser)
             await browser.wait_for("conversation.item.done")
-        await clear_faults(http, emulator)
+        # The outage ends; the provider's switches stay as they were.
+        await set_faults(http, emulator, sideband_attach_error=None)
         await assert_answered_unverified_not_run(
             broker, emulator, tool_backend, browser, session["id"], call_id
         )
