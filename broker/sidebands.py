@@ -57,6 +57,7 @@ from sideband import (
     ProviderTimeoutError,
     SidebandConnection,
     SidebandError,
+    is_session_probe,
 )
 
 logger = logging.getLogger(__name__)
@@ -94,9 +95,7 @@ class _Observer:
         elif direction == "out":
             if (timed := self._dispatch.sent(event)) is not None:
                 self._supervisor.metrics.dispatch_finished(*timed)
-            if event.get("type") == "session.update" and event.get("session") == {
-                "type": "realtime"
-            }:
+            if is_session_probe(event):
                 self._supervisor.metrics.session_probed()
 
     async def attached(self, kind: AttachKind) -> None:

@@ -26,7 +26,7 @@ from sideband.errors import (
     SidebandClosedError,
     SidebandError,
 )
-from sideband.events import is_user_activity
+from sideband.events import is_session_probe, is_user_activity
 from sideband.provider import CallAnswer, OpenAICompatibleProvider, Provider, SidebandTarget
 from sideband.tamper import (
     ForgedOutput,
@@ -79,5 +79,6 @@ __all__ = [
     "ToolResult",
     "Undelivered",
     "UnprovenCall",
+    "is_session_probe",
     "is_user_activity",
 ]

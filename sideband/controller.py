@@ -396,8 +396,6 @@ class CallController:
         """Call id → the id the provider's echo gave our output (may differ from ours)."""
         self._own_output_ids: set[str] = set()
         """Every id our outputs have, ours and the provider's: never the page's."""
-        self._provider_ids_differ = False
-        """The provider was seen giving our items ids of its own."""
         self._confirmed = asyncio.Event()
         """Set whenever an output is confirmed (a drain waits on it)."""
         # Resync questions.
@@ -750,7 +748,6 @@ class CallController:
         if item.id is not None:
             self._own_output_ids.add(item.id)
             if item.id != pending.item_id:
-                self._provider_ids_differ = True
                 self._provider_output_ids[call_id] = item.id
         self._echoed.add(call_id)
         self._confirm(call_id)
@@ -1112,8 +1109,7 @@ class CallController:
                     call_id=_cut(call.call_id),
                     tool=_cut(call.name),
                     reason=reason,
-                    answered=output.call.call_id in self._unconfirmed
-                    or output.call.call_id not in self._undelivered,
+                    answered=output.call.call_id not in self._undelivered,
                 )
             )
 
@@ -1239,9 +1235,10 @@ class CallController:
     async def _resync(self) -> None:
         """After a (re)attach: finish what the sideband may have missed while it was away.
 
-        1. The conversation's tail is probed (and retrieved if unknown): our output found
-           there is confirmed whatever id the provider gave it.
-        2. Outputs whose delivery is unconfirmed are looked up and sent only if missing.
+        1. Outputs whose delivery is unconfirmed are looked up by the id we know.
+        2. The conversation's tail is probed (and retrieved if unknown): our output found
+           there is confirmed whatever id the provider gave it. Outputs still missing are
+           sent again.
         3. Calls the broker saw the model make that may have finished unseen are retrieved:
            a completed one whose arguments are the ones the model streamed is run; an
            incomplete one abandoned. A finished call no watched response proves (the tail,
@@ -1255,12 +1252,11 @@ class CallController:
         for u in backlog.undelivered:
             if u.call.call_id not in self._handled:
                 self._undelivered[u.call.call_id] = u
-                self._ledger.expect(u.call.call_id, u.output)
         outputs = dict(self._undelivered)
         self._handled.update(outputs)
         for output in outputs.values():
             self._ledger.expect(output.call.call_id, output.output)
-        resent, deferred = await self._settle_outputs(outputs)
+        missing = await self._look_up_outputs(outputs)
         tail: str | None = None
         tail_item: Item | None = None
         try:
@@ -1274,10 +1270,11 @@ class CallController:
                 tail_item = None
             if tail_item is not None and tail_item.type == "function_call_output":
                 await self._on_output_item(tail_item)  # ours (confirmed), or forged
-        # Missing under our id: the tail was the last place it could be found under the
+        # The tail was the last place a missing output could be found under an id of the
         # provider's own; still missing now, it is sent again (a duplicate output is better
         # than a model that waits for ever).
-        due = [o for o in deferred if o.call.call_id in self._undelivered]
+        resent = False
+        due = [o for o in missing if o.call.call_id in self._undelivered]
         if due:
             self._delivering += 1
             try:
@@ -1379,16 +1376,14 @@ class CallController:
             self._echoed |= in_conversation
         await self._maybe_response_create()
 
-    async def _settle_outputs(
-        self, outputs: dict[str, Undelivered]
-    ) -> tuple[bool, list[Undelivered]]:
-        """Look up each unconfirmed output; send the missing ones.
+    async def _look_up_outputs(self, outputs: dict[str, Undelivered]) -> list[Undelivered]:
+        """Look up each unconfirmed output; confirm the ones found, return the missing ones.
 
-        Returns whether any was resent, and the missing ones whose id the provider may have
-        changed (if it names items itself, its echo was lost): the caller checks the tail.
+        Missing under the id we know is not yet missing for sure: a provider that names
+        items itself (we may not know it does) may hold it under another id, so the caller
+        checks the conversation's tail before sending any of them again.
         """
-        resent = False
-        deferred: list[Undelivered] = []
+        missing: list[Undelivered] = []
         for call_id, output in outputs.items():
             if call_id not in self._undelivered:
                 continue  # confirmed meanwhile (echoed late)
@@ -1404,24 +1399,15 @@ class CallController:
                 continue
             if call_id not in self._undelivered:
                 continue
-            if existing is None and lookup_id == output.item_id:
-                # Missing under the id we asked for: a provider that names items itself
-                # (we may not know it does yet) may have it under another. The tail check
-                # comes first; what it does not find is sent again.
-                deferred.append(output)
-            elif existing is None:
-                self._delivering += 1
-                try:
-                    resent = await self._deliver(output) or resent
-                finally:
-                    self._delivering -= 1
+            if existing is None:
+                missing.append(output)
             else:
                 # It arrived before the sideband dropped; only the confirmation was lost.
                 self._own_output_ids.add(lookup_id)
                 self._confirm(call_id)
                 # Answered or not: decided below from the tail (or by the next resync).
                 self._carried.add(call_id)
-        return resent, deferred
+        return missing
 
     async def _lookup(self, item_id: str) -> Item | None:
         """``conversation.item.retrieve``; ``None`` if the provider has no such item.
@@ -1476,7 +1462,6 @@ class CallController:
         if key in self._probe_keys or key in self._probe_leftovers:
             if item.id != key:
                 # The provider named our probe itself: deletes must use its id.
-                self._provider_ids_differ = True
                 self._probe_leftovers[key] = item.id
             if key in self._probe_keys:
                 # Our probe: the item before it is the conversation's tail.

@@ -339,6 +339,14 @@ def probe_key(item: Item) -> str | None:
     return key if is_probe_item_id(key) else None
 
 
+_PROBE_SESSION: Final = {"type": "realtime"}
+
+
+def is_session_probe(event: Mapping[str, Any]) -> bool:
+    """Whether a client event is a :func:`session_probe` (a ``session.update`` changing nothing)."""
+    return event.get("type") == "session.update" and event.get("session") == _PROBE_SESSION
+
+
 def session_probe(event_id: str | None = None) -> dict[str, Any]:
     """A ``session.update`` that changes nothing.
 
@@ -348,7 +356,7 @@ def session_probe(event_id: str | None = None) -> dict[str, Any]:
     return {
         "type": "session.update",
         "event_id": event_id or new_event_id(),
-        "session": {"type": "realtime"},
+        "session": dict(_PROBE_SESSION),
     }
 
 

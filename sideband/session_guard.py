@@ -225,37 +225,32 @@ class SessionGuard:
         return self._judge(session, None)
 
     def _judge(self, session: Mapping[str, Any], kind: UpdateKind | None) -> GuardVerdict:
-        if self.baseline is None:
-            return self._before_baseline(session, kind)
-        drift = config_drift(self.baseline, session)
+        drift = self._drift(session)
         if drift is None:
+            if self.baseline is None and kind == "assert":
+                self.baseline = owned_view(session)
+                logger.debug("session baseline taken fields=%d", len(self.baseline))
             self._last_restored = None
             return GuardVerdict()
         if kind == "reapply" and _same(drift, self._last_restored):
             # Our own restore came back differing the same way: restoring again would loop.
             return GuardVerdict(drift=drift, repeated=True)
         self._last_restored = drift
+        if self.baseline is None:
+            # Not yet a baseline: the answer to this re-assertion is the next candidate.
+            return GuardVerdict(drift=drift, restores=(self.assertion(),))
         return GuardVerdict(drift=drift, restores=self._restores(drift))
 
-    def _before_baseline(self, session: Mapping[str, Any], kind: UpdateKind | None) -> GuardVerdict:
+    def _drift(self, session: Mapping[str, Any]) -> SessionDrift | None:
+        if self.baseline is not None:
+            return config_drift(self.baseline, session)
         # Until the provider has answered our assertion, the request is all we can compare
         # with, and only on what we set ourselves. The provider keeps its default
         # instructions when sent "" (recorded real traffic), so "" matches anything.
-        owned = self.owned
         effective = dict(session)
-        if owned.instructions == "":
+        if self.owned.instructions == "":
             effective.pop("instructions", None)
-        drift = session_drift(owned, effective)
-        if drift is None:
-            if kind == "assert":
-                self.baseline = owned_view(session)
-                logger.debug("session baseline taken fields=%d", len(self.baseline))
-            return GuardVerdict()
-        if kind == "reapply" and _same(drift, self._last_restored):
-            return GuardVerdict(drift=drift, repeated=True)
-        self._last_restored = drift
-        # Not yet a baseline: the answer to this re-assertion is the next candidate.
-        return GuardVerdict(drift=drift, restores=(self.assertion(),))
+        return session_drift(self.owned, effective)
 
     def _restores(self, drift: SessionDrift) -> tuple[dict[str, Any], ...]:
         assert self.baseline is not None
