@@ -12,7 +12,7 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sideband import PageItems, PagePolicy, PageResponses
+from sideband import PageItems, PageResponses
 
 PROVIDER_MAX_CALL_S: Final = 3600  # the provider ends every realtime session after 60 minutes
 
@@ -38,11 +38,6 @@ class SessionLimits:
     tamper_policy: TamperPolicy
     page_items: PageItems = PageItems.REFUSE
     page_responses: PageResponses = PageResponses.ALLOW
-
-    @property
-    def page(self) -> PagePolicy:
-        """What the page may add to the call, as the sideband controller takes it."""
-        return PagePolicy(items=self.page_items, responses=self.page_responses)
 
 
 class LimitsRequest(BaseModel):

@@ -8,6 +8,7 @@ is the broker's part: one ``broker.tamper`` session event, one warning line, and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -42,41 +43,11 @@ def tamper_event(tamper: Tamper, policy: TamperPolicy) -> dict[str, Any]:
     be large, and they may be exactly what an attacker wants written into our logs.
     """
     event: dict[str, Any] = {"type": TAMPER_EVENT, "kind": tamper.kind, "policy": policy.value}
-    if isinstance(tamper, SessionDrift):
-        event.update(
-            fields=list(tamper.fields),
-            tools_added=list(tamper.tools_added),
-            tools_removed=list(tamper.tools_removed),
-            tools_changed=list(tamper.tools_changed),
-            reapplied=tamper.reapplied,
-        )
-    elif isinstance(tamper, ForgedOutput):
-        event.update(item_id=tamper.item_id, call_id=tamper.call_id, deleted=tamper.deleted)
-    elif isinstance(tamper, PageItem):
-        event.update(
-            item_id=tamper.item_id,
-            item_type=tamper.item_type,
-            role=tamper.role,
-            call_id=tamper.call_id,
-            tool=tamper.tool,
-            deleted=tamper.deleted,
-        )
-    elif isinstance(tamper, UnprovenCall):
-        event.update(
-            item_id=tamper.item_id,
-            call_id=tamper.call_id,
-            tool=tamper.tool,
-            reason=tamper.reason,
-            answered=tamper.answered,
-        )
-    elif isinstance(tamper, PageResponse):
-        event.update(response_id=tamper.response_id, cancelled=tamper.cancelled)
-    else:
-        event.update(
-            response_id=tamper.response_id,
-            forged_item_ids=list(tamper.forged_item_ids),
-            cancelled=tamper.cancelled,
-        )
+    # Each detection's dataclass holds only what may be recorded (names, ids, flags; see
+    # sideband.tamper), so its fields are the event's.
+    for field in dataclasses.fields(tamper):
+        value = getattr(tamper, field.name)
+        event[field.name] = list(value) if isinstance(value, tuple) else value
     return event
 
 
