@@ -45,10 +45,11 @@ from .stack import (
     BrokerApi,
     BrokerProcess,
     Emulator,
+    broker_dispatch_totals,
     mean_ms_between,
-    read_dispatch_totals,
-    read_session_probes,
+    read_metrics,
     running_stack,
+    session_probes_total,
 )
 from .stats import CpuMeter, peak_rss_kb, rss_kb, summarize_ms
 
@@ -136,6 +137,13 @@ async def _periodic_load(
     return window
 
 
+def _dispatch_and_probes(metrics: str | None) -> tuple[tuple[int, float] | None, int | None]:
+    """The dispatch totals and the probe count of one ``/metrics`` read (``None``: no read)."""
+    if metrics is None:
+        return None, None
+    return broker_dispatch_totals(metrics), session_probes_total(metrics)
+
+
 async def _measure_window(
     options: Options,
     api: BrokerApi,
@@ -146,8 +154,9 @@ async def _measure_window(
     *,
     drain: bool = True,
 ) -> dict[str, Any]:
-    before = await read_dispatch_totals(api)
-    probes_before = await read_session_probes(api)
+    # One /metrics read at each end of the window gives both the dispatch totals and the
+    # probe count.
+    metrics_before = await read_metrics(api)
     broker_cpu, own_cpu = CpuMeter(broker.pid), CpuMeter(os.getpid())
     broker_cpu.start()
     own_cpu.start()
@@ -155,8 +164,9 @@ async def _measure_window(
     broker_cpu.stop()
     own_cpu.stop()
     drain_s = await _wait_quiet(broker.pid, options.drain_max_s) if drain else 0.0
-    after = await read_dispatch_totals(api)
-    probes_after = await read_session_probes(api)
+    metrics_after = await read_metrics(api)
+    before, probes_before = _dispatch_and_probes(metrics_before)
+    after, probes_after = _dispatch_and_probes(metrics_after)
     completed = len(window.samples)
     offered = len(probes) * window_s / options.period_s
     return {

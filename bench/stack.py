@@ -402,15 +402,21 @@ def broker_dispatch_totals(metrics_text: str, tool: str = NOOP_TOOL) -> tuple[in
     return int(count), total
 
 
-async def read_dispatch_totals(api: BrokerApi) -> tuple[int, float] | None:
-    """Read :func:`broker_dispatch_totals` now; ``None`` if the broker did not answer in time.
+async def read_metrics(api: BrokerApi) -> str | None:
+    """The broker's ``/metrics`` now; ``None`` if it did not answer in time.
 
     An overloaded broker must not fail the benchmark over its metrics.
     """
     try:
-        return broker_dispatch_totals(await api.metrics())
+        return await api.metrics()
     except (aiohttp.ClientError, BrokerApiError, TimeoutError):
         return None
+
+
+async def read_dispatch_totals(api: BrokerApi) -> tuple[int, float] | None:
+    """Read :func:`broker_dispatch_totals` now; ``None`` if the broker did not answer."""
+    text = await read_metrics(api)
+    return broker_dispatch_totals(text) if text is not None else None
 
 
 def session_probes_total(metrics_text: str) -> int | None:
@@ -419,14 +425,6 @@ def session_probes_total(metrics_text: str) -> int | None:
         if line.startswith("broker_session_probes_total "):
             return int(float(line.rpartition(" ")[2]))
     return None
-
-
-async def read_session_probes(api: BrokerApi) -> int | None:
-    """Read :func:`session_probes_total` now; ``None`` if the broker did not answer in time."""
-    try:
-        return session_probes_total(await api.metrics())
-    except (aiohttp.ClientError, BrokerApiError, TimeoutError):
-        return None
 
 
 def mean_ms_between(
