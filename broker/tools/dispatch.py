@@ -324,20 +324,15 @@ class ToolDispatcher:
             assert settled is not None
             return settled
         if isinstance(verdict, _Denied):
-            self._notify(session_id, call_id)
-            if self._on_finished is not None:
-                self._on_finished(
-                    verdict.tool, ToolCallStatus.DENIED.value, time.perf_counter() - claimed_at
-                )
-            return CallOutcome(
+            return self._denied(
+                session_id,
                 call_id,
                 verdict.tool,
-                ToolCallStatus.DENIED,
                 verdict.output,
                 path,
-                executed_now=True,
-                output_item_id=output_item_id,
-                budget_spent=verdict.budget_spent,
+                claimed_at,
+                output_item_id,
+                verdict.budget_spent,
             )
         status: ToolCallStatus = ToolCallStatus.FAILED
         output: str | None = None
@@ -414,20 +409,34 @@ class ToolDispatcher:
             printable(claimed.tool, MAX_TOOL_NAME),
             code,
         )
-        self._notify(session_id, key)
+        # A fresh output item id for the one delivery; not stored (see run()).
+        fresh = new_item_id() if path is ToolPath.SIDEBAND else None
+        return self._denied(session_id, key, claimed.tool, output, path, started, fresh)
+
+    def _denied(
+        self,
+        session_id: str,
+        call_id: str,
+        tool: str,
+        output: str,
+        path: ToolPath,
+        started: float,
+        output_item_id: str | None,
+        budget_spent: bool | None = None,
+    ) -> CallOutcome:
+        """A denial this request decided: wake the waiters, report it, answer it."""
+        self._notify(session_id, call_id)
         if self._on_finished is not None:
-            self._on_finished(
-                claimed.tool, ToolCallStatus.DENIED.value, time.perf_counter() - started
-            )
+            self._on_finished(tool, ToolCallStatus.DENIED.value, time.perf_counter() - started)
         return CallOutcome(
-            key,
-            claimed.tool,
+            call_id,
+            tool,
             ToolCallStatus.DENIED,
             output,
             path,
             executed_now=True,
-            # Fresh for the one delivery; not stored (see run()).
-            output_item_id=new_item_id() if path is ToolPath.SIDEBAND else None,
+            output_item_id=output_item_id,
+            budget_spent=budget_spent,
         )
 
     async def _fail_undecided(self, session_id: str, call_id: str, path: ToolPath) -> None:
