@@ -4,10 +4,10 @@ The broker's audit trail is its event log (``session_events``: every sideband ev
 out, and its decisions) and its tool-call records (``tool_calls``). Three workloads, each
 on a fresh migrated database of each kind, in this process (no HTTP):
 
-* ``event_log_batched``: :class:`broker.events_log.EventRecorder`, as the sideband uses it:
+* ``event_log_batched``: :class:`broker.record.event_log.EventRecorder`, as the sideband uses it:
   ``sessions`` recorders, each fed bursts of typical server events (a tool round's worth at a
   time) while its writer task flushes batches. Events per second until all are stored.
-* ``event_log_single``: :func:`broker.events_log.append_event`, one transaction per event
+* ``event_log_single``: :func:`broker.record.event_log.append_event`, one transaction per event
   (how broker decisions outside a recorder are written). Latency per append and appends per
   second, one writer.
 * ``tool_call_records``: :meth:`broker.tools.dispatch.ToolDispatcher.run` with the no-op tool
@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.db.models import SessionRow, SessionState, SidebandState, ToolPath
-from broker.events_log import EventRecorder, append_event
+from broker.record.event_log import EventRecorder, append_event
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.registry import load_registry
 

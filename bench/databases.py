@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final, Literal
 
-from broker.migrate import upgrade_database
+from broker.db.migrate import upgrade_database
 
 DatabaseKind = Literal["sqlite", "postgres"]
 PG_ADMIN_DSN: Final = "postgresql://postgres@127.0.0.1:5432/postgres"

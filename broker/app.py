@@ -13,26 +13,26 @@ import aiohttp
 import httpx
 from aiohttp import web
 
-from broker import keys
+from broker import app_state
 from broker.api._bodies import MAX_REQUEST_BYTES
-from broker.browser_limits import BrowserLimits
-from broker.cors import cors_middleware
+from broker.api.cors import cors_middleware
+from broker.api.demo import setup_demo
+from broker.api.request_context import log_context_middleware
+from broker.api.routes import setup_routes
+from broker.auth.browser_limits import BrowserLimits
+from broker.auth.stream_slots import StreamSlots
+from broker.call.supervisor import SidebandSupervisor
 from broker.db.engine import create_engine, make_sessionmaker
-from broker.demo import setup_demo
 from broker.errors import problem_middleware
-from broker.events_log import EventCaps, EventLog
 from broker.metrics import BrokerMetrics
-from broker.request_context import log_context_middleware
-from broker.routes import setup_routes
-from broker.session_reaper import SessionReaper
-from broker.sessions import SessionService
+from broker.record.event_log import EventCaps, EventLog
+from broker.session.reaper import SessionReaper
+from broker.session.service import SessionService
 from broker.settings import Settings
-from broker.sidebands import SidebandSupervisor
-from broker.stream_slots import StreamSlots
 from broker.tools.breaker import CircuitBreakers
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.registry import load_registry
-from broker.webhooks import WebhookConfig, WebhookSender
+from broker.webhooks.sender import WebhookConfig, WebhookSender
 from emulator import EmulatorSettings
 from emulator import create_app as create_emulator_app
 from sideband import OpenAICompatibleProvider
@@ -48,13 +48,13 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[log_context_middleware, cors_middleware, problem_middleware],
         client_max_size=MAX_REQUEST_BYTES,
     )
-    app[keys.SETTINGS] = settings
+    app[app_state.SETTINGS] = settings
     # Metrics hold no resource, so they need no cleanup_ctx; created first, every context
     # below may count.
-    app[keys.METRICS] = BrokerMetrics()
-    app[keys.SHUTTING_DOWN] = asyncio.Event()
-    app[keys.STREAM_SLOTS] = StreamSlots(settings.event_streams_per_key)
-    app[keys.BROWSER_LIMITS] = BrowserLimits(settings)
+    app[app_state.METRICS] = BrokerMetrics()
+    app[app_state.SHUTTING_DOWN] = asyncio.Event()
+    app[app_state.STREAM_SLOTS] = StreamSlots(settings.event_streams_per_key)
+    app[app_state.BROWSER_LIMITS] = BrowserLimits(settings)
     app.on_shutdown.append(_shutting_down)
     # Order matters: the supervisor (services_ctx) uses the DB, the provider and the tools,
     # so it is registered last and therefore stopped first.
@@ -72,45 +72,48 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _shutting_down(app: web.Application) -> None:
-    app[keys.SHUTTING_DOWN].set()
-    if keys.EVENT_LOG in app:
+    app[app_state.SHUTTING_DOWN].set()
+    if app_state.EVENT_LOG in app:
         # Event streams sleep until their session's log changes: wake them to see the flag.
-        app[keys.EVENT_LOG].wakeups.notify_all()
+        app[app_state.EVENT_LOG].wakeups.notify_all()
 
 
 async def db_ctx(app: web.Application) -> AsyncIterator[None]:
-    engine = create_engine(app[keys.SETTINGS].database_url)
-    app[keys.ENGINE] = engine
+    engine = create_engine(app[app_state.SETTINGS].database_url)
+    app[app_state.ENGINE] = engine
     sessionmaker = make_sessionmaker(engine)
-    settings = app[keys.SETTINGS]
+    settings = app[app_state.SETTINGS]
     event_log = EventLog(
         EventCaps(
             coalescible_events=settings.event_log_max_coalescible,
             coalescible_bytes=settings.event_log_max_coalescible_bytes,
         ),
-        app[keys.METRICS],
+        app[app_state.METRICS],
     )
     # Bound to the sessionmaker: every event-log writer holds it, so each finds the caps and
     # the wake-ups of this app without being handed them.
     event_log.bind(sessionmaker)
-    app[keys.SESSIONMAKER] = sessionmaker
-    app[keys.EVENT_LOG] = event_log
+    app[app_state.SESSIONMAKER] = sessionmaker
+    app[app_state.EVENT_LOG] = event_log
     yield
     await engine.dispose()
 
 
 async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     """The ``session.ended`` sender, when a webhook URL is configured (else nothing)."""
-    config = WebhookConfig.from_settings(app[keys.SETTINGS])
+    config = WebhookConfig.from_settings(app[app_state.SETTINGS])
     if config is None:
         yield
         return
     # Its own client: no cookies kept between deliveries, no proxy from the environment.
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), trust_env=False) as http:
         sender = WebhookSender(
-            app[keys.SESSIONMAKER], http, config, on_attempt=app[keys.METRICS].webhook_attempt
+            app[app_state.SESSIONMAKER],
+            http,
+            config,
+            on_attempt=app[app_state.METRICS].webhook_attempt,
         )
-        app[keys.WEBHOOKS] = sender
+        app[app_state.WEBHOOKS] = sender
         sender.start()
         try:
             yield
@@ -120,11 +123,11 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
     """The provider HTTP client, and the built-in emulator when no provider key is set."""
-    settings = app[keys.SETTINGS]
+    settings = app[app_state.SETTINGS]
     # No connection limit: every live sideband holds one connection for its whole call, and
     # aiohttp's default pool (100) would make the 101st attach wait for a free slot forever.
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    app[keys.PROVIDER_HTTP] = http
+    app[app_state.PROVIDER_HTTP] = http
     runner: web.AppRunner | None = None
     try:
         if settings.uses_builtin_provider:
@@ -137,7 +140,7 @@ async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
             await site.start()
             port = runner.addresses[0][1]
             base_url = f"http://127.0.0.1:{port}/v1"
-            app[keys.EMULATOR_RUNNER] = runner
+            app[app_state.EMULATOR_RUNNER] = runner
             provider = OpenAICompatibleProvider(
                 base_url, key, http, timeout=settings.provider_timeout, name="emulator"
             )
@@ -151,7 +154,7 @@ async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
                 timeout=settings.provider_timeout,
             )
             logger.info("provider %s at %s", provider.name, provider.base_url)
-        app[keys.PROVIDER] = provider
+        app[app_state.PROVIDER] = provider
         yield
     finally:
         if runner is not None:
@@ -175,19 +178,19 @@ async def tools_ctx(app: web.Application) -> AsyncIterator[None]:
         cookies=NoCookies(),
         trust_env=False,
     ) as http:
-        app[keys.TOOL_HTTP] = http
-        registry = load_registry(app[keys.SETTINGS].tools_config, http)
-        app[keys.TOOLS] = registry
-        app[keys.METRICS].set_tools(registry)
-        settings = app[keys.SETTINGS]
-        metrics = app[keys.METRICS]
+        app[app_state.TOOL_HTTP] = http
+        registry = load_registry(app[app_state.SETTINGS].tools_config, http)
+        app[app_state.TOOLS] = registry
+        app[app_state.METRICS].set_tools(registry)
+        settings = app[app_state.SETTINGS]
+        metrics = app[app_state.METRICS]
         breakers = CircuitBreakers(
             settings.tool_breaker_failures,
             settings.tool_breaker_cooldown_s,
             on_change=lambda tool, _old, new: metrics.circuit_changed(tool, new.value),
         )
-        app[keys.DISPATCHER] = ToolDispatcher(
-            app[keys.SESSIONMAKER],
+        app[app_state.DISPATCHER] = ToolDispatcher(
+            app[app_state.SESSIONMAKER],
             registry,
             breakers,
             # Denied calls never ran: counted, not timed.
@@ -197,44 +200,44 @@ async def tools_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         logger.info("tools loaded: %s", ", ".join(sorted(registry)) or "(none)")
         yield
-        await app[keys.DISPATCHER].drain()
+        await app[app_state.DISPATCHER].drain()
 
 
 async def services_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[keys.SETTINGS]
+    settings = app[app_state.SETTINGS]
     supervisor = SidebandSupervisor(
-        app[keys.SESSIONMAKER],
-        app[keys.PROVIDER],
-        app[keys.PROVIDER_HTTP],
-        app[keys.DISPATCHER],
+        app[app_state.SESSIONMAKER],
+        app[app_state.PROVIDER],
+        app[app_state.PROVIDER_HTTP],
+        app[app_state.DISPATCHER],
         attach_timeout=settings.sideband_attach_timeout,
         reconnect_timeout=settings.sideband_reconnect_timeout,
-        metrics=app[keys.METRICS],
+        metrics=app[app_state.METRICS],
         probe_interval=settings.session_probe_interval_s,
     )
-    app[keys.SUPERVISOR] = supervisor
-    app[keys.SESSIONS] = SessionService(
+    app[app_state.SUPERVISOR] = supervisor
+    app[app_state.SESSIONS] = SessionService(
         settings,
-        app[keys.SESSIONMAKER],
-        app[keys.PROVIDER],
-        app[keys.TOOLS],
-        app[keys.DISPATCHER],
+        app[app_state.SESSIONMAKER],
+        app[app_state.PROVIDER],
+        app[app_state.TOOLS],
+        app[app_state.DISPATCHER],
         supervisor,
-        app[keys.METRICS],
+        app[app_state.METRICS],
     )
-    app[keys.METRICS].track_live_sessions(lambda: supervisor.live_count)
+    app[app_state.METRICS].track_live_sessions(lambda: supervisor.live_count)
     # Calls an earlier process controlled (a crash, a deploy) are taken up again.
-    resumed = await app[keys.SESSIONS].resume()
+    resumed = await app[app_state.SESSIONS].resume()
     if resumed:
         logger.info("resumed the sidebands of %d live session(s)", resumed)
     reaper = SessionReaper(
-        app[keys.SESSIONMAKER],
-        app[keys.METRICS],
+        app[app_state.SESSIONMAKER],
+        app[app_state.METRICS],
         client_secret_ttl_s=settings.client_secret_ttl,
         # An offer is one provider request (bounded by its timeout) plus two transactions.
         offer_bound_s=3 * settings.provider_timeout,
     )
-    app[keys.REAPER] = reaper
+    app[app_state.REAPER] = reaper
     sweeping = asyncio.create_task(reaper.run(), name="session-reaper")
     try:
         yield
@@ -243,4 +246,4 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await sweeping
     await supervisor.close(grace=settings.shutdown_grace_s)
-    await app[keys.SESSIONS].drain()
+    await app[app_state.SESSIONS].drain()

@@ -14,14 +14,14 @@ from datetime import datetime
 from aiohttp import web
 from sqlalchemy.engine import make_url
 
-from broker import keys
-from broker.apikeys import UnknownScopeError, create_api_key, list_api_keys, revoke_api_key
+from broker import app_state
 from broker.app import create_app
-from broker.auth import Scope, describe_scopes
+from broker.auth.api_keys import UnknownScopeError, create_api_key, list_api_keys, revoke_api_key
+from broker.auth.principals import Scope, describe_scopes
 from broker.db.engine import create_engine, make_sessionmaker
+from broker.db.migrate import upgrade_database
 from broker.db.models import ApiKey
 from broker.logs import LogFormat, configure_logging
-from broker.migrate import upgrade_database
 from broker.settings import Secret, Settings, SettingsError
 from emulator import EmulatorSettings
 from emulator import create_app as create_emulator_app
@@ -120,7 +120,7 @@ def _serve(settings: Settings, dev: bool, log_format: LogFormat) -> None:
             "broker listening url=http://%s:%s provider=%s",
             settings.host,
             settings.port,
-            app[keys.PROVIDER].base_url,
+            app[app_state.PROVIDER].base_url,
         )
 
     async def banner(app: web.Application) -> None:
@@ -132,10 +132,10 @@ def _serve(settings: Settings, dev: bool, log_format: LogFormat) -> None:
         _out(f"  health      {base}/healthz")
         _out(f"  sessions    POST {base}/api/v1/sessions")
         _out(f"  ops         {base}/ops/   (dashboard: paste an ops key)")
-        if keys.EMULATOR_RUNNER in app:
-            _out(f"  provider    built-in emulator ({app[keys.PROVIDER].base_url})")
+        if app_state.EMULATOR_RUNNER in app:
+            _out(f"  provider    built-in emulator ({app[app_state.PROVIDER].base_url})")
         else:
-            _out(f"  provider    {app[keys.PROVIDER].base_url}")
+            _out(f"  provider    {app[app_state.PROVIDER].base_url}")
         if dev_key is not None:
             _out(
                 f"  API key     {dev_key}   (development key, scopes: sessions:create monitor:read)"

@@ -156,7 +156,7 @@ _CONTINUATION: Final = "  "
 
 
 class ConsoleFormatter(logging.Formatter):
-    """``12:00:01 INFO    broker.sidebands: message [session_id=… call_id=…]``.
+    """``12:00:01 INFO    broker.call.supervisor: message [session_id=… call_id=…]``.
 
     The message (and context values) are escaped (:func:`escape_control`); only a
     traceback keeps its line breaks, each of its lines escaped and indented: an exception's

@@ -139,7 +139,7 @@ class TamperKind(enum.StrEnum):
 _TAMPER_KINDS: Final = frozenset(kind.value for kind in TamperKind)
 
 WEBHOOK_OUTCOMES: Final = ("delivered", "retry", "failed")
-"""``outcome`` of ``broker_webhook_attempts_total`` (``broker.webhooks.AttemptOutcome``)."""
+"""``outcome`` of ``broker_webhook_attempts_total`` (``broker.webhooks.sender.AttemptOutcome``)."""
 
 TOKEN_LABELS: Final = (
     ("input", "text"),

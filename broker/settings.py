@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
-from broker.limits import TamperPolicy
-from broker.webhook_signature import SECRET_PREFIX, signing_key
+from broker.session.limits import TamperPolicy
+from broker.webhooks.signature import SECRET_PREFIX, signing_key
 
 DEFAULT_DATABASE_URL: Final = "sqlite+aiosqlite:///./broker.db"
 DEFAULT_TOOLS_CONFIG: Final = Path(__file__).parent / "tools" / "demo_tools.toml"
@@ -134,7 +134,7 @@ class Settings:
     webhook_url: str | None = None
     """Where ``session.ended`` webhooks are posted; ``None``: no webhooks."""
     webhook_secret: Secret | None = None
-    """The key webhooks are signed with (:mod:`broker.webhook_signature`); required with a URL."""
+    """The key webhooks are signed with (:mod:`broker.webhooks.signature`); required with a URL."""
     webhook_timeout_s: float = 10.0
     """How long one delivery attempt may take."""
     webhook_max_attempts: int = 8

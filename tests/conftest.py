@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from broker import Secret, Settings
-from broker.migrate import upgrade_database
+from broker.db.migrate import upgrade_database
 from emulator import EmulatorSettings
 from tests.support.broker_server import ADMIN_KEY, PROVIDER_KEY, RunningBroker, start_broker
 from tests.support.browser import FakeBrowser

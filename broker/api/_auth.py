@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import hdrs, web
 
-from broker import keys
-from broker.auth import (
+from broker import app_state
+from broker.auth.principals import (
     ADMIN_KEY_ID,
     ALL_SCOPES,
     ApiPrincipal,
@@ -28,12 +28,12 @@ async def api_principal(request: web.Request) -> ApiPrincipal:
         UnauthorizedError: ``missing_credentials``, ``invalid_api_key`` (unknown or revoked).
     """
     token = bearer_token(request.headers.get(hdrs.AUTHORIZATION))
-    settings = request.app[keys.SETTINGS]
+    settings = request.app[app_state.SETTINGS]
     if is_admin_key(token, settings.admin_key):
         principal = ApiPrincipal(key_id=ADMIN_KEY_ID, name="admin", scopes=frozenset(ALL_SCOPES))
     else:
         # Looked up on every request, so a revoked key fails from its next request on.
-        async with request.app[keys.SESSIONMAKER]() as s:
+        async with request.app[app_state.SESSIONMAKER]() as s:
             row = await queries.get_api_key_by_hash(s, hash_api_key(token))
         if row is None or row.revoked_at is not None:
             # One code for unknown and revoked: the client's fix is the same (a new key).
@@ -55,9 +55,9 @@ def browser_principal(
             token that made the offer stays good while its call is live).
 
     Raises:
-        UnauthorizedError, ForbiddenError: see :func:`broker.auth.verify_client_secret`.
+        UnauthorizedError, ForbiddenError: see :func:`broker.auth.principals.verify_client_secret`.
     """
     token = bearer_token(request.headers.get(hdrs.AUTHORIZATION))
     return verify_client_secret(
-        token, request.app[keys.SETTINGS].signing_key, session_id, check_expiry=check_expiry
+        token, request.app[app_state.SETTINGS].signing_key, session_id, check_expiry=check_expiry
     )

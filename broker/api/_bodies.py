@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ValidationError
 
-from broker import keys
+from broker import app_state
 from broker.errors import (
     BadRequestError,
     PayloadTooLargeError,
@@ -18,7 +18,7 @@ from broker.errors import (
     UnsupportedMediaError,
     ValidationFailedError,
 )
-from broker.sdp import MAX_SDP_BYTES
+from broker.session.sdp import MAX_SDP_BYTES
 from broker.tools.policy import strict_json_loads
 
 NO_BODY: Final = 0
@@ -58,7 +58,7 @@ def check_declared_size(request: web.Request, limit: int) -> None:
 def bounded(handler: Handler, limit: int) -> Handler:
     """``handler`` behind a declared body limit (``NO_BODY`` for an endpoint that reads none).
 
-    Every route is registered through this (``broker/routes.py``), so no endpoint accepts a
+    Every route is registered through this (``broker/api/routes.py``), so no endpoint accepts a
     body it did not declare; handlers that read one still go through :func:`read_body`.
     """
 
@@ -82,7 +82,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         RequestTimeoutError: ``body_timeout`` (408), the body was not all there in time.
     """
     check_declared_size(request, limit)
-    deadline = request.app[keys.SETTINGS].body_read_timeout_s
+    deadline = request.app[app_state.SETTINGS].body_read_timeout_s
     chunks: list[bytes] = []
     size = 0
     try:

@@ -7,16 +7,16 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker import keys
+from broker import app_state
 from broker.api._auth import api_principal
 from broker.api._bodies import read_json
 from broker.api._times import iso
-from broker.apikeys import UnknownScopeError, create_api_key, list_api_keys, revoke_api_key
-from broker.auth import ALL_SCOPES, RESERVED_SCOPES, Scope, describe_scopes
+from broker.auth.api_keys import UnknownScopeError, create_api_key, list_api_keys, revoke_api_key
+from broker.auth.principals import ALL_SCOPES, RESERVED_SCOPES, Scope, describe_scopes
 from broker.db import queries
 from broker.db.models import ApiKey
 from broker.errors import BadRequestError, NotFoundError, ValidationFailedError
-from broker.usage import Usage
+from broker.record.usage import Usage
 
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -54,7 +54,7 @@ async def list_keys(request: web.Request) -> web.Response:
     include = request.query.get("include")
     if include not in (None, "usage"):
         raise BadRequestError("invalid_query", "include may only be 'usage'", param="include")
-    sessionmaker = request.app[keys.SESSIONMAKER]
+    sessionmaker = request.app[app_state.SESSIONMAKER]
     rows = await list_api_keys(sessionmaker)
     if include is None:
         return web.json_response({"keys": [key_json(row) for row in rows]})
@@ -69,7 +69,7 @@ async def create_key(request: web.Request) -> web.Response:
     (await api_principal(request)).require(Scope.ADMIN)
     body = await read_json(request, CreateKeyRequest)
     try:
-        row, key = await create_api_key(request.app[keys.SESSIONMAKER], body.name, body.scopes)
+        row, key = await create_api_key(request.app[app_state.SESSIONMAKER], body.name, body.scopes)
     except UnknownScopeError:
         # The known scopes, not the unknown ones: input is never echoed (it could be a secret).
         known = sorted(str(s) for s in ALL_SCOPES)
@@ -84,7 +84,7 @@ async def create_key(request: web.Request) -> web.Response:
 
 async def revoke_key(request: web.Request) -> web.Response:
     (await api_principal(request)).require(Scope.ADMIN)
-    row = await revoke_api_key(request.app[keys.SESSIONMAKER], request.match_info["key_id"])
+    row = await revoke_api_key(request.app[app_state.SESSIONMAKER], request.match_info["key_id"])
     if row is None:
         # The BROKER_ADMIN_KEY bootstrap key is configuration, not a row: it is not found here.
         raise NotFoundError("key_not_found", "no such API key")

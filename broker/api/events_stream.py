@@ -1,7 +1,7 @@
 """``GET /api/v1/sessions/{id}/events``: a session's event log as server-sent events.
 
 The log is the ``session_events`` table, written in ``seq`` order by the session's one event
-recorder (``broker/events_log.py``); this handler only reads it. It replays the events after
+recorder (``broker/record/event_log.py``); this handler only reads it. It replays the events after
 the client's cursor (``Last-Event-ID``, else ``?since=``), then sends new ones as they are
 stored until the session has ended and its log is complete, and closes. Each message's ``id``
 is the event's ``seq``, so a client that reconnects with the last id it saw goes on with no
@@ -9,7 +9,7 @@ gap and no duplicate: from another broker process as well, since the cursor is a
 there is.
 
 A stream does not poll: it sleeps until a writer in this process signals a commit to its
-session's log (:class:`broker.event_wakeups.EventWakeups`), and reads the database only then
+session's log (:class:`broker.record.wakeups.EventWakeups`), and reads the database only then
 (or on the slow fallback, :data:`FALLBACK_POLL_S`). Each API key may hold at most
 ``BROKER_EVENT_STREAMS_PER_KEY`` streams open (``429 too_many_streams``).
 """
@@ -26,14 +26,14 @@ from typing import Final
 from aiohttp import hdrs, web
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker import keys
+from broker import app_state
 from broker.api._auth import api_principal
 from broker.api._times import iso
-from broker.auth import Scope
+from broker.auth.principals import Scope
 from broker.db import queries
 from broker.db.models import SessionEvent, SessionRow, SessionState
 from broker.errors import BadRequestError
-from broker.event_wakeups import Watch
+from broker.record.wakeups import Watch
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _closing(request: web.Request) -> bool:
         return True
     # aiohttp waits for handlers (up to its shutdown timeout) before the app's cleanup (the
     # sidebands' drain) begins: a stream must end as soon as shutdown starts.
-    return request.app[keys.SHUTTING_DOWN].is_set()
+    return request.app[app_state.SHUTTING_DOWN].is_set()
 
 
 def _next_read_in(row: SessionRow, recording_here: bool) -> float:
@@ -139,8 +139,8 @@ def _next_read_in(row: SessionRow, recording_here: bool) -> float:
 async def _pump(
     request: web.Request, response: web.StreamResponse, session_id: str, cursor: int, watch: Watch
 ) -> None:
-    sessionmaker = request.app[keys.SESSIONMAKER]
-    supervisor = request.app[keys.SUPERVISOR]
+    sessionmaker = request.app[app_state.SESSIONMAKER]
+    supervisor = request.app[app_state.SUPERVISOR]
     loop = asyncio.get_running_loop()
     last_write = loop.time()
     while not _closing(request):
@@ -192,9 +192,9 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     cursor = _cursor(request)
     session_id = request.match_info["session_id"]
     # The slot before the session's look-up: a key at its cap costs no more database work.
-    with request.app[keys.STREAM_SLOTS].hold(principal.key_id):
-        await request.app[keys.SESSIONS].get_row(session_id)
-        with request.app[keys.EVENT_LOG].wakeups.watch(session_id) as watch:
+    with request.app[app_state.STREAM_SLOTS].hold(principal.key_id):
+        await request.app[app_state.SESSIONS].get_row(session_id)
+        with request.app[app_state.EVENT_LOG].wakeups.watch(session_id) as watch:
             return await _stream(request, session_id, cursor, watch)
 
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker import keys
+from broker import app_state
 from broker.api._auth import api_principal
-from broker.auth import Scope
+from broker.auth.principals import Scope
 
 
 async def metrics(request: web.Request) -> web.Response:
     # Behind a key: the numbers describe this deployment's traffic and failures. Prometheus
     # sends one with `authorization: {credentials: …}` in its scrape config.
     (await api_principal(request)).require(Scope.MONITOR_READ)
-    body, content_type = request.app[keys.METRICS].render()
+    body, content_type = request.app[app_state.METRICS].render()
     # The content type carries a version and a charset, which web.Response's content_type
     # argument refuses: it goes in as a header.
     return web.Response(

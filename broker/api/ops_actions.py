@@ -7,17 +7,17 @@ import logging
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker import keys
+from broker import app_state
 from broker.api._auth import api_principal
 from broker.api._bodies import read_json
-from broker.auth import Scope
+from broker.auth.principals import Scope
 from broker.db import queries
 from broker.db.models import CALL_RUNNING_STATES
 from broker.errors import ConflictError, UpstreamError
-from broker.event_classes import EventClass
-from broker.events_log import append_event
 from broker.metrics import EndReason
-from broker.sessions import end_unwatched_call
+from broker.record.event_classes import EventClass
+from broker.record.event_log import append_event
+from broker.session.service import end_unwatched_call
 
 logger = logging.getLogger(__name__)
 
@@ -45,22 +45,22 @@ async def hangup_session(request: web.Request) -> web.Response:
     principal.require(Scope.ADMIN)
     body = await read_json(request, HangupRequest) if request.body_exists else HangupRequest()
     session_id = request.match_info["session_id"]
-    sessionmaker = request.app[keys.SESSIONMAKER]
-    row = await request.app[keys.SESSIONS].get_row(session_id)
+    sessionmaker = request.app[app_state.SESSIONMAKER]
+    row = await request.app[app_state.SESSIONS].get_row(session_id)
     if row.state not in CALL_RUNNING_STATES or row.call_id is None:
         raise ConflictError("session_not_live", f"the session is {row.state}, not in a call")
     try:
         # A supervised call ends like a leash decision: no tool call runs from now on, and
         # the supervisor records the end when the sideband closes.
-        hung_up = await request.app[keys.SUPERVISOR].end_call(
+        hung_up = await request.app[app_state.SUPERVISOR].end_call(
             session_id, row.call_id, EndReason.OPS_HANGUP
         )
     except KeyError:
         app = request.app
         hung_up = await end_unwatched_call(
             sessionmaker,
-            app[keys.PROVIDER],
-            app[keys.METRICS],
+            app[app_state.PROVIDER],
+            app[app_state.METRICS],
             session_id,
             row.call_id,
             EndReason.OPS_HANGUP,
@@ -102,10 +102,12 @@ async def update_instructions(request: web.Request) -> web.Response:
     principal.require(Scope.ADMIN)
     body = await read_json(request, InstructionsRequest)
     session_id = request.match_info["session_id"]
-    sessionmaker = request.app[keys.SESSIONMAKER]
-    await request.app[keys.SESSIONS].get_row(session_id)  # 404 for an unknown session
+    sessionmaker = request.app[app_state.SESSIONMAKER]
+    await request.app[app_state.SESSIONS].get_row(session_id)  # 404 for an unknown session
     try:
-        sent = await request.app[keys.SUPERVISOR].update_instructions(session_id, body.instructions)
+        sent = await request.app[app_state.SUPERVISOR].update_instructions(
+            session_id, body.instructions
+        )
     except KeyError:
         sent = False
     if not sent:

@@ -3,7 +3,7 @@
 Filters: ``state`` (comma-separated), ``model``, ``tool`` (sessions that called it),
 ``created_after`` / ``created_before`` (ISO 8601). Newest first, ``limit`` rows a page (1-200,
 default 50); ``next_cursor`` (opaque) asks for the next page and is stable while new sessions
-arrive. Each row carries the session's token ``usage`` so far (:mod:`broker.usage`).
+arrive. Each row carries the session's token ``usage`` so far (:mod:`broker.record.usage`).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from broker import keys
+from broker import app_state
 from broker.api._auth import api_principal
 from broker.api._times import iso
-from broker.auth import Scope
+from broker.auth.principals import Scope
 from broker.db.models import SessionState, utcnow
 from broker.db.session_list import Cursor, SessionFilter, SessionSummary, list_sessions
 from broker.errors import BadRequestError
-from broker.usage import Usage
+from broker.record.usage import Usage
 
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 200
@@ -114,7 +114,7 @@ def summary_json(summary: SessionSummary, now: datetime) -> dict[str, Any]:
 async def list_sessions_route(request: web.Request) -> web.Response:
     (await api_principal(request)).require(Scope.MONITOR_READ)
     where, cursor, limit = parse_query(request.query)
-    async with request.app[keys.SESSIONMAKER]() as s:
+    async with request.app[app_state.SESSIONMAKER]() as s:
         page, more = await list_sessions(s, where, cursor, limit)
     now = utcnow()
     next_cursor = (

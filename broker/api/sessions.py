@@ -7,16 +7,17 @@ from typing import Any
 
 from aiohttp import web
 
-from broker import keys, transcript
+from broker import app_state
 from broker.api._auth import api_principal, browser_principal
 from broker.api._bodies import read_body, read_json, require_content_type
 from broker.api._times import iso
-from broker.browser_limits import BrowserRoute
+from broker.auth.browser_limits import BrowserRoute
 from broker.db.models import SessionRow, ToolCall
 from broker.errors import BadRequestError
-from broker.sdp import MAX_SDP_BYTES
-from broker.sessions import BridgeCallRequest, CreateSessionRequest
-from broker.usage import Usage
+from broker.record import transcript
+from broker.record.usage import Usage
+from broker.session.sdp import MAX_SDP_BYTES
+from broker.session.service import BridgeCallRequest, CreateSessionRequest
 
 
 def _session_json(row: SessionRow) -> dict[str, Any]:
@@ -66,7 +67,7 @@ def _tool_call_json(call: ToolCall) -> dict[str, Any]:
 async def create_session(request: web.Request) -> web.Response:
     principal = await api_principal(request)
     body = await read_json(request, CreateSessionRequest)
-    created = await request.app[keys.SESSIONS].create(principal, body)
+    created = await request.app[app_state.SESSIONS].create(principal, body)
     row = created.row
     return web.json_response(
         {
@@ -87,14 +88,14 @@ async def realtime_offer(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
     browser = browser_principal(request, session_id)
     # After the token (no I/O), before the body and the database: a flood costs an HMAC.
-    request.app[keys.BROWSER_LIMITS].check(BrowserRoute.OFFER, browser)
+    request.app[app_state.BROWSER_LIMITS].check(BrowserRoute.OFFER, browser)
     require_content_type(request, "application/sdp")
     raw = await read_body(request, MAX_SDP_BYTES)
     try:
         sdp = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequestError("invalid_sdp", "the SDP offer is not UTF-8 text") from None
-    answer = await request.app[keys.SESSIONS].offer(browser, sdp)
+    answer = await request.app[app_state.SESSIONS].offer(browser, sdp)
     return web.Response(status=201, text=answer, content_type="application/sdp")
 
 
@@ -102,9 +103,9 @@ async def bridge_tool_call(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
     # Expiry is the service's call: the token that made the offer outlives `exp` while live.
     browser = browser_principal(request, session_id, check_expiry=False)
-    request.app[keys.BROWSER_LIMITS].check(BrowserRoute.BRIDGE, browser)
+    request.app[app_state.BROWSER_LIMITS].check(BrowserRoute.BRIDGE, browser)
     body = await read_json(request, BridgeCallRequest)
-    outcome = await request.app[keys.SESSIONS].bridge_call(
+    outcome = await request.app[app_state.SESSIONS].bridge_call(
         browser, request.match_info["tool"], body
     )
     return web.json_response(
@@ -124,19 +125,19 @@ async def end_call(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
     # Like the bridge: the secret that made the offer stays good while its call is live.
     browser = browser_principal(request, session_id, check_expiry=False)
-    request.app[keys.BROWSER_LIMITS].check(BrowserRoute.END, browser)
-    ended = await request.app[keys.SESSIONS].end_by_browser(browser)
+    request.app[app_state.BROWSER_LIMITS].check(BrowserRoute.END, browser)
+    ended = await request.app[app_state.SESSIONS].end_by_browser(browser)
     return web.json_response({"id": session_id, "ended": ended})
 
 
 async def get_session(request: web.Request) -> web.Response:
     principal = await api_principal(request)
-    row, calls = await request.app[keys.SESSIONS].detail(
+    row, calls = await request.app[app_state.SESSIONS].detail(
         principal, request.match_info["session_id"]
     )
     # Built here from the rows already read: the broker's outputs are what tell its tool
-    # outputs from ones a page forged (broker.transcript).
-    lines = await transcript.load(request.app[keys.SESSIONMAKER], row.id, calls)
+    # outputs from ones a page forged (broker.record.transcript).
+    lines = await transcript.load(request.app[app_state.SESSIONMAKER], row.id, calls)
     return web.json_response(
         {**_session_json(row), "tool_calls": _tool_calls(calls), "transcript": lines}
     )

@@ -13,11 +13,11 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker import keys
+from broker import app_state
 from broker.api._auth import api_principal
 from broker.api._bodies import read_json
 from broker.api._times import iso
-from broker.auth import Scope
+from broker.auth.principals import Scope
 from broker.db import queries
 from broker.errors import NotFoundError
 
@@ -34,7 +34,7 @@ class DisableToolRequest(BaseModel):
 
 def _known_tool(request: web.Request) -> str:
     tool = request.match_info["tool"]
-    if tool not in request.app[keys.TOOLS]:
+    if tool not in request.app[app_state.TOOLS]:
         raise NotFoundError("unknown_tool", "the broker has no tool of that name")
     return tool
 
@@ -42,9 +42,9 @@ def _known_tool(request: web.Request) -> str:
 async def list_tools(request: web.Request) -> web.Response:
     """``GET /api/v1/tools`` (``monitor:read``): every configured tool and its switch."""
     (await api_principal(request)).require(Scope.MONITOR_READ)
-    async with request.app[keys.SESSIONMAKER]() as s:
+    async with request.app[app_state.SESSIONMAKER]() as s:
         off = {row.tool: row for row in await queries.disabled_tools(s)}
-    registry = request.app[keys.TOOLS]
+    registry = request.app[app_state.TOOLS]
     tools: list[dict[str, Any]] = []
     for name in sorted(registry):
         row = off.get(name)
@@ -66,7 +66,7 @@ async def disable_tool(request: web.Request) -> web.Response:
     principal.require(Scope.ADMIN)
     tool = _known_tool(request)
     body = await read_json(request, DisableToolRequest) if request.body_exists else None
-    async with request.app[keys.SESSIONMAKER].begin() as s:
+    async with request.app[app_state.SESSIONMAKER].begin() as s:
         row = await queries.disable_tool(s, tool, principal.key_id, body.reason if body else None)
         reply = {
             "name": tool,
@@ -84,7 +84,7 @@ async def enable_tool(request: web.Request) -> web.Response:
     principal = await api_principal(request)
     principal.require(Scope.ADMIN)
     tool = _known_tool(request)
-    async with request.app[keys.SESSIONMAKER].begin() as s:
+    async with request.app[app_state.SESSIONMAKER].begin() as s:
         was_off = await queries.enable_tool(s, tool)
     if was_off:
         logger.warning("tool switched on tool=%s by_key=%s", tool, principal.key_id)

@@ -165,8 +165,8 @@ class SessionRow(Base):
     ended_at: Mapped[datetime | None]
     notify_ended: Mapped[bool] = mapped_column(default=False, server_default=false())
     """Announce the session's end with a ``session.ended`` webhook: webhooks were configured
-    when it was created. The end's transaction queues it (:mod:`broker.webhooks`)."""
-    # Token usage summed over the call's response.done events (broker.usage): folded in by
+    when it was created. The end's transaction queues it (:mod:`broker.webhooks.sender`)."""
+    # Token usage summed over the call's response.done events (broker.record.usage): folded in by
     # the transaction that stores those events in the event log.
     usage_responses: Mapped[int] = _usage_count()
     usage_input_tokens: Mapped[int] = _usage_count()
@@ -177,8 +177,9 @@ class SessionRow(Base):
     usage_input_cached_tokens: Mapped[int] = _usage_count()
     usage_output_text_tokens: Mapped[int] = _usage_count()
     usage_output_audio_tokens: Mapped[int] = _usage_count()
-    # The event log's counters (broker.events_log, broker.event_classes): folded in by the
-    # transaction that stores the events, so the session list never scans session_events.
+    # The event log's counters (broker.record.event_log, broker.record.event_classes): folded
+    # in by the transaction that stores the events, so the session list never scans
+    # session_events.
     events_stored: Mapped[int] = _counter()
     """Events in this session's log."""
     events_coalescible: Mapped[int] = _counter()
@@ -289,7 +290,7 @@ class WebhookDelivery(Base):
     """One webhook event to deliver: a row of the outbox.
 
     Queued in the transaction that made the event happen, posted by
-    :class:`broker.webhooks.WebhookSender` until delivered or failed. ``(session_id, type)``
+    :class:`broker.webhooks.sender.WebhookSender` until delivered or failed. ``(session_id, type)``
     is unique: a session's end is announced once.
     """
 

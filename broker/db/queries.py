@@ -46,7 +46,7 @@ from broker.db.models import (
     WebhookStatus,
     utcnow,
 )
-from broker.usage import USAGE_FIELDS, Usage, column, usage_of_events
+from broker.record.usage import USAGE_FIELDS, Usage, column, usage_of_events
 
 SESSION_ENDED: Final = "session.ended"
 """The webhook event type queued when a session ends (or fails)."""

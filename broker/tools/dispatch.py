@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from broker.db import queries
 from broker.db.models import ToolCall, ToolCallStatus, ToolPath, utcnow
-from broker.shielded import ShieldedWrites
+from broker.db.shielded import ShieldedWrites
 from broker.tools.breaker import CircuitBreakers, Permit, Refusal, verdict_of
 from broker.tools.budget import DENIED, ToolLimits, grant_locked
 from broker.tools.call_ids import MAX_CALL_ID, is_valid_call_id, printable, recorded_call_id

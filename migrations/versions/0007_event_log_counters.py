@@ -33,7 +33,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("last_event_at", sa.DateTime(timezone=True), nullable=True))
     # Existing sessions get what the session list used to count from their rows. Their
     # coalescible budget starts at zero: which stored rows were coalescible is a rule of the
-    # code (broker.event_classes), not of the schema, and a migration never imports the app;
+    # code (broker.record.event_classes), not of the schema, and a migration never imports the app;
     # nearly all of them have ended, and a live one can at most store one budget more.
     op.execute(
         """

@@ -141,7 +141,7 @@ def test_profile_summary_leaves_idle_out_and_charges_c_calls_to_their_caller() -
             [
                 ("main", "/repo/broker/cli.py"),
                 loop,
-                ("flush", "/repo/broker/events_log.py"),
+                ("flush", "/repo/broker/record/event_log.py"),
                 ("execute", "/venv/lib/python3.11/site-packages/sqlalchemy/orm/session.py"),
             ],
             3.0,
@@ -155,7 +155,7 @@ def test_profile_summary_leaves_idle_out_and_charges_c_calls_to_their_caller() -
     assert summary.busy_share == pytest.approx(40.0)
     assert dict(summary.packages) == pytest.approx({"sqlalchemy": 75.0, "aiosqlite": 25.0})
     inclusive = dict(summary.app_inclusive)
-    assert inclusive == pytest.approx({"flush (broker/events_log.py)": 75.0})  # not cli.main
+    assert inclusive == pytest.approx({"flush (broker/record/event_log.py)": 75.0})  # not cli.main
     assert package_of("/x/lib/python3.11/json/decoder.py") == "json (stdlib)"
 
 
@@ -163,9 +163,9 @@ def test_pyspy_raw_lines_become_records(tmp_path: Path) -> None:
     raw = tmp_path / "raw.txt"
     raw.write_text(
         "thread (0x1): MainThread;_run_once (asyncio/base_events.py:1922);"
-        "flush (broker/events_log.py:123) 7\n"
+        "flush (broker/record/event_log.py:123) 7\n"
         "garbage without a count\n"
     )
     [(stack, weight)] = records_from_pyspy(raw)
     assert weight == 7
-    assert stack[-1] == ("flush", "broker/events_log.py")
+    assert stack[-1] == ("flush", "broker/record/event_log.py")

@@ -20,11 +20,11 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from broker.call.leash import Leash, LeashLimit, LeashTerms, tool_budget_spent
 from broker.db import queries
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.db.models import SessionRow, ToolCallStatus, ToolPath
-from broker.events_log import EventRecorder
-from broker.leash import Leash, LeashLimit, LeashTerms, tool_budget_spent
+from broker.record.event_log import EventRecorder
 from broker.tools.dispatch import BROKER_ERROR_OUTPUT, CallRejectedError, ToolDispatcher
 from broker.tools.registry import load_registry
 from tests.support.postgres import fresh_pg_database
@@ -190,7 +190,7 @@ async def test_the_dispatcher_says_when_the_budget_is_spent(
     any_db_url: str, tmp_path: Path
 ) -> None:
     """The verdict the leash gets instead of counting: the same answer as the count
-    (:func:`broker.leash.tool_budget_spent`), or ``None`` when the budget was not counted."""
+    (:func:`broker.call.leash.tool_budget_spent`), or ``None`` when the budget was not counted."""
     async with _dispatcher(any_db_url, tmp_path, max_tool_calls=1) as (dispatcher, _, sm):
 
         async def counted() -> bool:

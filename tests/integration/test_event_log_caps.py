@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from broker import keys as broker_keys
+from broker import app_state
 from broker.db.models import SessionEvent, SessionRow
-from broker.event_classes import EventClass, classify
-from broker.events_log import EventRecorder, append_event, payload_bytes
+from broker.record.event_classes import EventClass, classify
+from broker.record.event_log import EventRecorder, append_event, payload_bytes
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import RunningBroker
 from tests.support.flow import (
@@ -48,7 +48,7 @@ def delta(n: int) -> dict[str, Any]:
 
 
 async def stored_events(broker: RunningBroker, session_id: str) -> list[SessionEvent]:
-    async with broker.app[broker_keys.SESSIONMAKER]() as s:
+    async with broker.app[app_state.SESSIONMAKER]() as s:
         rows = await s.scalars(
             select(SessionEvent)
             .where(SessionEvent.session_id == session_id)
@@ -58,7 +58,7 @@ async def stored_events(broker: RunningBroker, session_id: str) -> list[SessionE
 
 
 async def session_row(broker: RunningBroker, session_id: str) -> SessionRow:
-    async with broker.app[broker_keys.SESSIONMAKER]() as s:
+    async with broker.app[app_state.SESSIONMAKER]() as s:
         row = await s.get(SessionRow, session_id)
     assert row is not None
     return row
@@ -82,7 +82,7 @@ async def test_a_flood_of_coalescible_events_is_capped_and_every_kept_event_stor
     assert cap == 2000
     session = await broker.create_session(tools=["lookup_order"])
     before = await scrape(broker)
-    recorder = EventRecorder(broker.app[broker_keys.SESSIONMAKER], session["id"])
+    recorder = EventRecorder(broker.app[app_state.SESSIONMAKER], session["id"])
     async with asyncio.timeout(30):
         await recorder.start()
         writer = asyncio.create_task(recorder.run(), name="test-recorder")
@@ -151,7 +151,7 @@ async def test_the_bytes_cap_holds_across_writers_and_a_reattached_recorder(
     sideband) starts from the stored budget, and append_event checks the row; kept events
     still go in; every drop is counted."""
     broker = await make_broker(event_log_max_coalescible_bytes=1_000)
-    sessionmaker = broker.app[broker_keys.SESSIONMAKER]
+    sessionmaker = broker.app[app_state.SESSIONMAKER]
     session = await broker.create_session(tools=["lookup_order"])
     before = await scrape(broker)
     padded = [{"type": "rate_limits.updated", "pad": "p" * 150, "n": n} for n in range(20)]
@@ -232,7 +232,7 @@ async def test_the_session_list_reads_counters_not_event_rows(broker: RunningBro
     """Invariant: listing sessions sends no statement that touches session_events; each
     row's errors, last_event_at and event counts come from the session's counters, which
     equal what the log stores."""
-    sessionmaker = broker.app[broker_keys.SESSIONMAKER]
+    sessionmaker = broker.app[app_state.SESSIONMAKER]
     busy = await broker.create_session(tools=["lookup_order"])
     quiet = await broker.create_session(tools=["lookup_order"])
     async with asyncio.timeout(10):
@@ -245,7 +245,7 @@ async def test_the_session_list_reads_counters_not_event_rows(broker: RunningBro
         await recorder.flush()
         events = await stored_events(broker, busy["id"])
 
-        with statements_run(broker.app[broker_keys.ENGINE]) as statements:
+        with statements_run(broker.app[app_state.ENGINE]) as statements:
             reply = await broker.request("GET", "/api/v1/sessions")
     assert reply.status == 200, reply.text
     assert statements, "the list ran no SQL at all?"

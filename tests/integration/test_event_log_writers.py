@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from broker import keys
+from broker import app_state
 from broker.db import queries
 from broker.db.models import SessionEvent
-from broker.events_log import WRITE_ATTEMPTS, EventRecorder, append_event
+from broker.record.event_log import WRITE_ATTEMPTS, EventRecorder, append_event
 from tests.support.broker_server import RunningBroker
 from tests.support.flow import session_events
 
@@ -21,7 +21,7 @@ async def test_a_seq_taken_by_another_writer_renumbers_the_recorders_buffer(
     broker: RunningBroker,
 ) -> None:
     session = await broker.create_session(tools=["lookup_order"])
-    sessionmaker = broker.app[keys.SESSIONMAKER]
+    sessionmaker = broker.app[app_state.SESSIONMAKER]
     recorder = EventRecorder(sessionmaker, session["id"])
     await recorder.start()
     for n in range(3):
@@ -82,7 +82,7 @@ async def test_usage_of_a_batch_dropped_after_failed_writes_is_still_counted(
     """The database fails every attempt at one batch (it is dropped from the log): the usage
     in it rides on the next write, so the session's totals, which bill, stay whole."""
     session = await broker.create_session(tools=["lookup_order"])
-    sessionmaker = broker.app[keys.SESSIONMAKER]
+    sessionmaker = broker.app[app_state.SESSIONMAKER]
     fail_next_writes(monkeypatch, WRITE_ATTEMPTS)
     recorder = EventRecorder(sessionmaker, session["id"])
     await recorder.start()
@@ -102,7 +102,7 @@ async def test_carried_usage_alone_is_written_by_the_final_flush(
     broker: RunningBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     session = await broker.create_session(tools=["lookup_order"])
-    sessionmaker = broker.app[keys.SESSIONMAKER]
+    sessionmaker = broker.app[app_state.SESSIONMAKER]
     fail_next_writes(monkeypatch, WRITE_ATTEMPTS)
     recorder = EventRecorder(sessionmaker, session["id"])
     await recorder.start()

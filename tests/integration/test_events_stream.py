@@ -13,11 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from broker import keys as broker_keys
+from broker import app_state
 from broker.api import events_stream
 from broker.db import queries
-from broker.event_classes import EventClass
-from broker.events_log import EventRecorder, append_event
+from broker.record.event_classes import EventClass
+from broker.record.event_log import EventRecorder, append_event
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import PROVIDER_KEY, RunningBroker
 from tests.support.flow import (
@@ -249,7 +249,7 @@ async def test_pages_of_a_long_log_join_without_gap_or_duplicate(
     monkeypatch.setattr(events_stream, "FALLBACK_POLL_S", 0.5)
     monitor = await broker.new_key("monitor:read")
     session = await broker.create_session(tools=["lookup_order"])
-    sessionmaker = broker.app[broker_keys.SESSIONMAKER]
+    sessionmaker = broker.app[app_state.SESSIONMAKER]
     total = 2 * events_stream.PAGE_SIZE + 37
 
     async def write(first: int, last: int) -> None:
@@ -302,7 +302,7 @@ async def test_events_written_just_after_the_end_are_not_cut_off(
     from another broker process, which this one cannot watch) is still sent, then it closes."""
     monitor = await broker.new_key("monitor:read")
     session = await broker.create_session(tools=["lookup_order"])
-    sessionmaker = broker.app[broker_keys.SESSIONMAKER]
+    sessionmaker = broker.app[app_state.SESSIONMAKER]
     async with sessionmaker.begin() as s:
         await queries.set_session_fields(
             s, session["id"], state="ended", ended_at=datetime.now(UTC)
@@ -429,8 +429,8 @@ async def test_an_idle_stream_sleeps_until_the_writer_commits(
     monkeypatch.setattr(events_stream, "FALLBACK_POLL_S", 60.0)
     monitor = await broker.new_key("monitor:read")
     session = await broker.create_session(tools=["lookup_order"])
-    sessionmaker = broker.app[broker_keys.SESSIONMAKER]
-    engine = broker.app[broker_keys.ENGINE]
+    sessionmaker = broker.app[app_state.SESSIONMAKER]
+    engine = broker.app[app_state.ENGINE]
     await append_event(sessionmaker, session["id"], {"type": "broker.test", "n": 1})
     response = await open_stream(http, broker, session["id"], monitor)
     try:

@@ -18,8 +18,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import text
 
 from broker.db.engine import create_engine
+from broker.db.migrate import alembic_config, upgrade_database
 from broker.db.models import Base
-from broker.migrate import alembic_config, upgrade_database
 
 
 async def schema_diff(url: str) -> list[Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 
-from broker.migrate import alembic_config, upgrade_database
+from broker.db.migrate import alembic_config, upgrade_database
 from tests.integration.test_migration_0005 import execute, schema_diff
 
 _SESSION = (

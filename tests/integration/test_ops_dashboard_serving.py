@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.ops_dashboard import OPS_ROOT, dashboard_files
+from broker.api.ops_dashboard import OPS_ROOT, dashboard_files
 from tests.support.broker_server import RunningBroker
 
 CSP_MUST = (

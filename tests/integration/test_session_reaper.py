@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from broker import keys
+from broker import app_state
 from broker.db.models import SessionRow, utcnow
 from tests.support.broker_server import RunningBroker
 from tests.support.flow import session_events
@@ -15,7 +15,7 @@ from tests.support.metrics import moved, scrape
 
 
 async def backdate(broker: RunningBroker, session_id: str, **values: object) -> None:
-    async with broker.app[keys.SESSIONMAKER].begin() as s:
+    async with broker.app[app_state.SESSIONMAKER].begin() as s:
         await s.execute(update(SessionRow).where(SessionRow.id == session_id).values(**values))
 
 
@@ -36,8 +36,8 @@ async def test_stranded_sessions_are_ended_once_and_fresh_ones_are_left(
     )
     before = await scrape(broker)
 
-    assert await broker.app[keys.REAPER].sweep() == 2
-    assert await broker.app[keys.REAPER].sweep() == 0  # ended once
+    assert await broker.app[app_state.REAPER].sweep() == 2
+    assert await broker.app[app_state.REAPER].sweep() == 0  # ended once
 
     expired = await broker.get_session(never_offered["id"])
     assert (expired["state"], expired["end_reason"]) == ("ended", "expired")

@@ -6,7 +6,7 @@ import asyncio
 
 from sqlalchemy import select
 
-from broker import keys as broker_keys
+from broker import app_state
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.db.models import SessionEvent, SessionRow
 from emulator import EmulatorSettings
@@ -100,7 +100,7 @@ async def test_tool_call_runs_on_the_sideband_and_the_answer_reaches_the_browser
     kinds = {kind for _, kind in wanted}
     async with asyncio.timeout(5):
         while True:
-            async with broker.app[broker_keys.SESSIONMAKER]() as s:
+            async with broker.app[app_state.SESSIONMAKER]() as s:
                 events = (
                     await s.scalars(
                         select(SessionEvent)

@@ -29,12 +29,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker.db import queries
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.db.models import ToolCallStatus, ToolPath
-from broker.events_log import EventRecorder
-from broker.tool_handler import SessionToolHandler
+from broker.record.event_log import EventRecorder
 from broker.tools.breaker import BreakerState, CircuitBreakers
 from broker.tools.call_ids import MAX_CALL_ID, is_valid_call_id
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.registry import load_registry
+from broker.tools.sideband_handler import SessionToolHandler
 from sideband import FunctionCall
 from tests.conftest import BrokerFactory
 from tests.support.flow import LOOKUP_42_OUTPUT, ask, connect_browser, says, wait_events

@@ -15,8 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from broker import Secret
-from broker import keys as broker_keys
+from broker import Secret, app_state
 from broker.tools.signing import signature
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import RunningBroker
@@ -57,7 +56,7 @@ async def test_a_signed_request_verifies_and_carries_who_is_asking(
     assert request.body == b'{"order_id":"42"}'
     assert headers["X-Tool-Name"] == "lookup_order" and headers["X-Call-ID"]
     assert TOOL_SECRET not in caplog.text
-    registry = broker.app[broker_keys.TOOLS]
+    registry = broker.app[app_state.TOOLS]
     assert TOOL_SECRET not in repr(registry["lookup_order"])
     assert "signed=True" in repr(registry["lookup_order"].executor)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from broker.usage import Usage
+from broker.record.usage import Usage
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import RunningBroker
 from tests.support.browser import FakeBrowser

@@ -2,7 +2,7 @@
 
 Real HTTP on loopback: the broker posts to a real aiohttp receiver (tests/support/
 webhook_receiver.py) and the signature is checked as an app would check it
-(``broker.webhook_signature.verify``). Backoffs are shortened so retries take a fraction of
+(``broker.webhooks.signature.verify``). Backoffs are shortened so retries take a fraction of
 a second.
 """
 
@@ -21,11 +21,11 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from broker import Secret, webhooks
-from broker import keys as broker_keys
+from broker import Secret, app_state
 from broker.db import queries
 from broker.db.models import SessionState, WebhookDelivery
-from broker.webhooks import AttemptOutcome
+from broker.webhooks.sender import AttemptOutcome
+from broker.webhooks import sender as webhooks
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import RunningBroker
 from tests.support.browser import FakeBrowser
@@ -59,7 +59,7 @@ def webhook_settings(url: str, **overrides: Any) -> dict[str, Any]:
 
 
 async def deliveries_of(broker: RunningBroker, session_id: str) -> list[WebhookDelivery]:
-    async with broker.app[broker_keys.SESSIONMAKER]() as s:
+    async with broker.app[app_state.SESSIONMAKER]() as s:
         rows = await s.scalars(
             select(WebhookDelivery).where(WebhookDelivery.session_id == session_id)
         )
@@ -219,12 +219,12 @@ async def test_the_end_transition_queues_once_and_only_for_sessions_that_asked(
     """The choke point itself: a second terminal transition is a no-op, so no second row;
     a session created while webhooks were off is never announced."""
     quiet = await make_broker()
-    assert broker_keys.WEBHOOKS not in quiet.app  # no URL: no sender at all
+    assert app_state.WEBHOOKS not in quiet.app  # no URL: no sender at all
     unannounced = await quiet.create_session()
     await quiet.close()
     broker = await make_broker(**webhook_settings(receiver.url))
     announced = await broker.create_session()
-    sessionmaker = broker.app[broker_keys.SESSIONMAKER]
+    sessionmaker = broker.app[app_state.SESSIONMAKER]
     for session in (announced, unannounced):
         for to_state in (SessionState.FAILED, SessionState.ENDED):
             async with sessionmaker.begin() as s:
@@ -264,13 +264,13 @@ async def test_a_receiver_answering_500_twice_gets_the_same_event_a_third_time(
     assert got[2].at - got[1].at >= 0.05
     row = await wait_row(broker, session["id"], status_is("delivered"))
     assert (row.attempts, row.last_status) == (3, 200)
-    sender = broker.app[broker_keys.WEBHOOKS]
+    sender = broker.app[app_state.WEBHOOKS]
     assert sender.outcomes == {AttemptOutcome.RETRY: 2, AttemptOutcome.DELIVERED: 1}
     samples = await scrape(broker)
     assert value(samples, "broker_webhook_attempts_total", outcome="retry") == 2
     assert value(samples, "broker_webhook_attempts_total", outcome="delivered") == 1
     assert value(samples, "broker_webhook_attempts_total", outcome="failed") == 0
-    lines = [r.getMessage() for r in caplog.records if r.name == "broker.webhooks"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "broker.webhooks.sender"]
     attempt_lines = [line for line in lines if got[0].id in line]
     assert len(attempt_lines) == 3
     assert sum("attempt failed" in line and "status=500" in line for line in attempt_lines) == 2
@@ -294,7 +294,9 @@ async def test_a_400_is_not_retried_and_the_delivery_fails(
     await asyncio.sleep(QUIET_S)
     assert len(receiver.deliveries) == 1
     assert (row.attempts, row.last_status, row.last_error) == (1, 400, "http 400")
-    [line] = [r for r in caplog.records if r.name == "broker.webhooks" and row.id in r.getMessage()]
+    [line] = [
+        r for r in caplog.records if r.name == "broker.webhooks.sender" and row.id in r.getMessage()
+    ]
     assert line.levelno == logging.ERROR and "giving up" in line.getMessage()
 
 

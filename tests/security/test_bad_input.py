@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from broker.auth import mint_client_secret
+from broker.auth.principals import mint_client_secret
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import RunningBroker
 from tests.support.browser import FakeBrowser

@@ -19,8 +19,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker import Settings, SettingsError
-from broker import keys as broker_keys
+from broker import Settings, SettingsError, app_state
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import ADMIN_KEY, Reply, RunningBroker
 from tests.support.browser import FakeBrowser
@@ -83,7 +82,7 @@ async def test_a_flooded_bridge_is_refused_before_any_sql_and_only_for_that_sess
     for _ in range(3):
         reply = await broker.bridge(flooded, "lookup_order", "call_1", {"order_id": "42"})
         assert (reply.status, reply.code) == (409, "session_not_live")
-    with sql_about(broker.app[broker_keys.ENGINE], flooded["id"]) as seen:
+    with sql_about(broker.app[app_state.ENGINE], flooded["id"]) as seen:
         limited = await broker.bridge(flooded, "lookup_order", "call_1", {"order_id": "42"})
     _assert_rate_limited(limited)
     assert seen == []
@@ -125,7 +124,7 @@ async def test_offers_and_ends_are_rate_limited_per_session_before_any_sql(
     refused request reaches no SQL about the session, and the bridge's bucket is separate."""
     broker = await make_broker(offer_rate=1, offer_burst=2)
     session = await broker.create_session(sideband=False)
-    engine = broker.app[broker_keys.ENGINE]
+    engine = broker.app[app_state.ENGINE]
     for _ in range(2):
         reply = await broker.offer(session, "v=0\r\n")
         assert (reply.status, reply.code) == (400, "invalid_sdp")

@@ -20,10 +20,10 @@ from urllib.parse import quote
 import pytest
 
 from broker import Settings, SettingsError
-from broker.auth import hash_api_key
+from broker.auth.principals import hash_api_key
 from broker.cli import main
+from broker.db.migrate import upgrade_database
 from broker.logs import LogFormat, configure_logging
-from broker.migrate import upgrade_database
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import RunningBroker
 from tests.support.flow import connect_browser
@@ -90,7 +90,7 @@ def broker_log() -> Iterator[LogSetup]:
             logging.getLogger(name).setLevel(level)
 
 
-FORGED = "\r\n12:00:00 INFO    broker.sessions: forged-line all clear\x1b[2J\x85\u2028"
+FORGED = "\r\n12:00:00 INFO    broker.session.service: forged-line all clear\x1b[2J\x85\u2028"
 
 
 async def test_a_tool_name_from_the_bridge_path_cannot_forge_a_console_line(
@@ -118,7 +118,7 @@ async def test_a_tool_name_from_the_bridge_path_cannot_forge_a_console_line(
         assert raw not in text
     for line in text.split("\n"):
         assert "forged-line" not in line or re.match(r"\d\d:\d\d:\d\d WARNING ", line), line
-        assert not line.startswith("12:00:00 INFO    broker.sessions: forged-line")
+        assert not line.startswith("12:00:00 INFO    broker.session.service: forged-line")
 
 
 def test_a_traceback_quoting_a_page_cannot_forge_a_console_line() -> None:

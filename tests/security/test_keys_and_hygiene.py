@@ -14,8 +14,8 @@ import pytest
 
 from broker import Settings, SettingsError
 from broker import cli as broker_cli
-from broker.auth import ALL_SCOPES, hash_api_key
-from broker.routes import ROUTES
+from broker.api.routes import ROUTES
+from broker.auth.principals import ALL_SCOPES, hash_api_key
 from tests.conftest import BrokerFactory
 from tests.security.leak_watch import LeakWatch
 from tests.support.broker_server import ADMIN_KEY, RunningBroker

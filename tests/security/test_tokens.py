@@ -21,9 +21,8 @@ import pytest
 from jose import jwt
 from sqlalchemy import select
 
-from broker import Secret
-from broker import keys as broker_keys
-from broker.auth import mint_client_secret
+from broker import Secret, app_state
+from broker.auth.principals import mint_client_secret
 from broker.db.models import UsedClientSecret
 from tests.conftest import BrokerFactory
 from tests.security.leak_watch import LeakWatch
@@ -359,7 +358,7 @@ async def test_spent_secrets_are_pruned_only_well_past_their_expiry(
     old = await broker.create_session(sideband=False)
     recent = await broker.create_session(sideband=False)
     now = datetime.now(UTC)
-    async with broker.app[broker_keys.SESSIONMAKER].begin() as s:
+    async with broker.app[app_state.SESSIONMAKER].begin() as s:
         s.add(
             UsedClientSecret(jti="old", session_id=old["id"], expires_at=now - timedelta(hours=1))
         )
@@ -371,6 +370,6 @@ async def test_spent_secrets_are_pruned_only_well_past_their_expiry(
     session = await broker.create_session(sideband=False)
     browser = await _connect(broker, session, session["client_secret"]["value"])
     await browser.close()
-    async with broker.app[broker_keys.SESSIONMAKER]() as s:
+    async with broker.app[app_state.SESSIONMAKER]() as s:
         left = set(await s.scalars(select(UsedClientSecret.jti)))
     assert "old" not in left and "recent" in left and len(left) == 2

@@ -10,8 +10,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from broker import Settings, create_app
-from broker import keys as broker_keys
+from broker import Settings, app_state, create_app
 
 ADMIN_KEY = "admin-key-for-tests-0123456789"
 PROVIDER_KEY = "sk-test-provider-key-5f3a9c1e7b2d4086"
@@ -128,7 +127,7 @@ async def start_broker(settings: Settings) -> RunningBroker:
     await site.start()
     port = runner.addresses[0][1]
     app = runner.app
-    assert broker_keys.SESSIONS in app
+    assert app_state.SESSIONS in app
     running = RunningBroker(
         base_url=f"http://127.0.0.1:{port}",
         app=app,

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from broker import keys as broker_keys
+from broker import app_state
 from broker.db.models import SessionEvent
 from emulator import Call
 from tests.support.broker_server import RunningBroker
@@ -93,7 +93,7 @@ async def session_events(
     query = select(SessionEvent).where(SessionEvent.session_id == session_id)
     if type_ is not None:
         query = query.where(SessionEvent.type == type_)
-    async with broker.app[broker_keys.SESSIONMAKER]() as s:
+    async with broker.app[app_state.SESSIONMAKER]() as s:
         rows = (await s.scalars(query.order_by(SessionEvent.seq))).all()
     return [{"direction": r.direction, "type": r.type, "payload": r.payload} for r in rows]
 

@@ -7,7 +7,7 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from broker.migrate import upgrade_database
+from broker.db.migrate import upgrade_database
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.webhook_signature import verify
+from broker.webhooks.signature import verify
 
 
 @dataclass

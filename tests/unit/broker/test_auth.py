@@ -10,7 +10,7 @@ import pytest
 from jose import jwt
 
 from broker import Secret
-from broker.auth import (
+from broker.auth.principals import (
     ApiPrincipal,
     Scope,
     bearer_token,

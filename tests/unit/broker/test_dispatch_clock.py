@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.dispatch_clock import MAX_PENDING, DispatchClock
+from broker.call.dispatch_clock import MAX_PENDING, DispatchClock
 
 
 class Ticks:

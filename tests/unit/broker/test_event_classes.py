@@ -6,12 +6,12 @@ import asyncio
 
 import pytest
 
-from broker import transcript
+from broker.auth.stream_slots import StreamSlots
 from broker.errors import RateLimitedError
-from broker.event_classes import EventClass, classify
-from broker.event_wakeups import EventWakeups
+from broker.record import transcript
+from broker.record.event_classes import EventClass, classify
+from broker.record.wakeups import EventWakeups
 from broker.settings import Settings, SettingsError
-from broker.stream_slots import StreamSlots
 
 KEPT, COALESCIBLE = EventClass.KEPT, EventClass.COALESCIBLE
 

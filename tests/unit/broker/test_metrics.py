@@ -6,7 +6,7 @@ import pytest
 
 from broker.errors import ConflictError, UpstreamError
 from broker.metrics import BrokerMetrics, EndReason, OfferOutcome, end_reason_label
-from broker.offer_failure import OfferFailure, offer_outcome, safe_provider_code
+from broker.session.offer_failure import OfferFailure, offer_outcome, safe_provider_code
 from sideband import ProviderError, ProviderTimeoutError, ProviderUnreachableError
 
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from broker.errors import BadRequestError
-from broker.sdp import check_offer
+from broker.session.sdp import check_offer
 from broker.settings import DEFAULT_TOOLS_CONFIG, Secret
 from broker.tools.codes import ToolErrorCode
 from broker.tools.executors import MAX_OUTPUT_BYTES, HttpExecutor, ToolContext, ToolExecutionError

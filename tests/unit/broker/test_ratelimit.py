@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from broker.auth.ratelimit import TokenBucketLimiter
 from broker.errors import RateLimitedError
-from broker.ratelimit import TokenBucketLimiter
 
 
 class FakeClock:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from broker import Secret, Settings, SettingsError
-from broker.events_log import redact_event
 from broker.logs import SecretRedactingFilter
+from broker.record.event_log import redact_event
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -90,7 +90,7 @@ def test_database_password_is_not_in_repr(tmp_path: Path) -> None:
 
 def test_log_filter_redacts_minted_secrets_by_shape(caplog: pytest.LogCaptureFixture) -> None:
     """Client secrets and API keys are minted at run time; the filter knows their shapes."""
-    from broker.auth import mint_client_secret, new_api_key
+    from broker.auth.principals import mint_client_secret, new_api_key
 
     token, _ = mint_client_secret("sess_1", Secret("k" * 32), 300)
     api_key = new_api_key()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.transcript import MAX_ENTRIES, MAX_TEXT_CHARS, project
+from broker.record.transcript import MAX_ENTRIES, MAX_TEXT_CHARS, project
 
 Event = tuple[str, dict[str, Any]]
 LOOKUP = {

@@ -1,4 +1,4 @@
-"""The usage parser: provider input summed safely (broker/usage.py)."""
+"""The usage parser: provider input summed safely (broker/record/usage.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from broker.metrics import TOKEN_LABELS
-from broker.usage import MAX_RESPONSE_TOKENS, USAGE_FIELDS, Usage, column, usage_of_events
+from broker.record.usage import MAX_RESPONSE_TOKENS, USAGE_FIELDS, Usage, column, usage_of_events
 
 
 def done(usage: Any) -> dict[str, Any]:

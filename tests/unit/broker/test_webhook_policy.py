@@ -1,4 +1,4 @@
-"""Webhook retry policy and settings (broker/webhooks.py, broker/settings.py)."""
+"""Webhook retry policy and settings (broker/webhooks/sender.py, broker/settings.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from email.utils import format_datetime
 import pytest
 
 from broker import Secret, Settings, SettingsError
-from broker.webhooks import (
+from broker.webhooks.sender import (
     AttemptResult,
     WebhookConfig,
     backoff_delay,

@@ -1,4 +1,4 @@
-"""Webhook signatures (broker/webhook_signature.py): the Standard Webhooks scheme."""
+"""Webhook signatures (broker/webhooks/signature.py): the Standard Webhooks scheme."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from broker.webhook_signature import (
+from broker.webhooks.signature import (
     WebhookVerificationError,
     sign,
     signed_headers,

@@ -22,9 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
 from broker.db.models import SessionState, utcnow
-from broker.event_classes import EventClass
-from broker.events_log import append_event
 from broker.metrics import BrokerMetrics
+from broker.record.event_classes import EventClass
+from broker.record.event_log import append_event
 
 logger = logging.getLogger(__name__)
 

@@ -13,14 +13,14 @@ from typing import Final
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from broker import keys
+from broker import app_state
 from broker.errors import ForbiddenError
 
 OFFER_RESOURCE: Final = "realtime-offer"
 BRIDGE_RESOURCE: Final = "bridge-tool-call"
 END_RESOURCE: Final = "browser-end"
 BROWSER_RESOURCES: Final = frozenset({OFFER_RESOURCE, BRIDGE_RESOURCE, END_RESOURCE})
-"""Route resource names (set in ``broker/routes.py``) that a browser page may call."""
+"""Route resource names (set in ``broker/api/routes.py``) that a browser page may call."""
 
 ALLOWED_METHODS: Final = "POST"
 ALLOWED_HEADERS: Final = "Authorization, Content-Type"
@@ -34,7 +34,7 @@ def _is_browser_resource(request: web.Request) -> bool:
 
 def _allowed_origin(request: web.Request) -> str | None:
     origin = request.headers.get(hdrs.ORIGIN)
-    if origin is not None and origin in request.app[keys.SETTINGS].cors_origins:
+    if origin is not None and origin in request.app[app_state.SETTINGS].cors_origins:
         return origin
     return None
 

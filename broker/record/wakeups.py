@@ -1,7 +1,7 @@
 """Wake-ups for readers of a session's event log, signalled by its writers after each commit.
 
 An event stream (``broker/api/events_stream.py``) waits here instead of polling the database:
-the event log's writers (:mod:`broker.events_log`) call :meth:`EventWakeups.notify` once their
+the event log's writers (:mod:`broker.record.event_log`) call :meth:`EventWakeups.notify` once their
 transaction has committed, and every stream of that session reads the new events at once.
 Only writers in this process can signal; events another broker process writes are found by
 the streams' slow fallback poll.

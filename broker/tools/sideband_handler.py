@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Collection
 
 from broker.db.models import ToolCall, ToolPath
-from broker.events_log import EventRecorder
+from broker.record.event_log import EventRecorder
 from broker.tools.call_ids import is_valid_call_id, recorded_call_id
 from broker.tools.dispatch import (
     BROKER_ERROR_OUTPUT,

@@ -4,7 +4,7 @@ Always mounted (unlike the demo): the page holds no secret. The operator pastes 
 into it, the page keeps it in ``sessionStorage`` and calls the ops API with it
 (``Authorization: Bearer``), from this same origin. A file is served only if its exact name is
 in the listing of ``web/ops/``, so no request path can reach outside that folder. The routes
-are in ``broker/routes.py``'s table, like every other (and so under its body limit).
+are in ``broker/api/routes.py``'s table, like every other (and so under its body limit).
 
 Every response carries a strict Content-Security-Policy: scripts, styles and connections come
 from this origin only, nothing inline runs, and the page may not be framed. Event data shown on
@@ -22,7 +22,7 @@ from aiohttp import hdrs, web
 
 from broker.errors import NotFoundError
 
-OPS_ROOT: Final = Path(__file__).resolve().parent.parent / "web" / "ops"
+OPS_ROOT: Final = Path(__file__).resolve().parents[2] / "web" / "ops"
 """``web/ops/`` of the source tree (the broker runs from a checkout, like the demo)."""
 PREFIX: Final = "/ops/"
 CONTENT_TYPES: Final[Mapping[str, str]] = {

@@ -42,8 +42,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db.models import SessionRow, ToolCall, utcnow
-from broker.event_classes import EventClass
-from broker.events_log import EventRecorder
+from broker.record.event_classes import EventClass
+from broker.record.event_log import EventRecorder
 from broker.tools.budget import ALLOWED
 from broker.tools.codes import ToolErrorCode
 from sideband import is_user_activity

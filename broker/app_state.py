@@ -9,17 +9,17 @@ import httpx
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from broker.browser_limits import BrowserLimits
-from broker.events_log import EventLog
+from broker.auth.browser_limits import BrowserLimits
+from broker.auth.stream_slots import StreamSlots
+from broker.call.supervisor import SidebandSupervisor
 from broker.metrics import BrokerMetrics
-from broker.session_reaper import SessionReaper
-from broker.sessions import SessionService
+from broker.record.event_log import EventLog
+from broker.session.reaper import SessionReaper
+from broker.session.service import SessionService
 from broker.settings import Settings
-from broker.sidebands import SidebandSupervisor
-from broker.stream_slots import StreamSlots
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.registry import ToolRegistry
-from broker.webhooks import WebhookSender
+from broker.webhooks.sender import WebhookSender
 from sideband import OpenAICompatibleProvider
 
 SETTINGS = web.AppKey("settings", Settings)

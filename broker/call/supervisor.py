@@ -1,7 +1,7 @@
 """The sideband supervisor: one owned task per live call, wiring ``sideband`` to the broker.
 
 Each call runs in a task named ``sideband:{session_id}`` that owns an event writer, the
-call's :class:`broker.leash.Leash` and the :class:`sideband.CallController`; its outcome is
+call's :class:`broker.call.leash.Leash` and the :class:`sideband.CallController`; its outcome is
 recorded on the session row. A lost sideband is re-attached by the controller (bounded by
 ``sideband_reconnect_timeout``); one that cannot be attached (or re-attached) in time leaves
 the session ``degraded`` (the bridge takes over), and a call the provider no longer knows
@@ -27,20 +27,20 @@ from typing import Any, Final
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from broker.call.dispatch_clock import DispatchClock
+from broker.call.hangup import hang_up
+from broker.call.leash import Leash, LeashTerms
+from broker.call.tamper_policy import TamperResponder
 from broker.db import queries
 from broker.db.models import CALL_RUNNING_STATES, SessionState, SidebandState
-from broker.dispatch_clock import DispatchClock
-from broker.events_log import EventRecorder
-from broker.hangup import hang_up
-from broker.leash import Leash, LeashTerms
-from broker.limits import TamperPolicy
+from broker.db.shielded import ShieldedWrites
 from broker.logs import bind_call
 from broker.metrics import BrokerMetrics, SidebandFailure, SidebandKind
-from broker.shielded import ShieldedWrites
-from broker.tamper import TamperResponder
-from broker.tool_handler import SessionToolHandler
+from broker.record.event_log import EventRecorder
+from broker.record.usage import Usage
+from broker.session.limits import TamperPolicy
 from broker.tools.dispatch import ToolDispatcher
-from broker.usage import Usage
+from broker.tools.sideband_handler import SessionToolHandler
 from sideband import (
     AnswerGate,
     AttachKind,

@@ -137,7 +137,7 @@ def usage_of_events(events: Iterable[Mapping[str, Any]]) -> Usage:
     """The summed usage of the provider's ``response.done`` events among ``events``.
 
     Args:
-        events: event-log rows as :meth:`broker.events_log.EventRecorder.record` builds
+        events: event-log rows as :meth:`broker.record.event_log.EventRecorder.record` builds
             them (``direction``, ``payload``); only ``direction == "in"`` counts: a
             ``response.done`` the broker itself sent or logged is not provider usage.
     """

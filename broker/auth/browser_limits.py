@@ -2,7 +2,7 @@
 
 A page holds a client secret, not an API key, and one page flooding the bridge took the
 broker's ``/healthz`` p50 to 317-849 ms (issue 14, item 11). Each route gets a token bucket
-per session (:class:`~broker.ratelimit.TokenBucketLimiter`, in memory, per process).
+per session (:class:`~broker.auth.ratelimit.TokenBucketLimiter`, in memory, per process).
 
 The bucket's key is the session id of a *verified* client secret: its signature binds the
 ``sub`` claim, so only sessions this broker minted a secret for can own a bucket, and no
@@ -19,9 +19,9 @@ import enum
 import logging
 from typing import Final
 
-from broker.auth import BrowserPrincipal
+from broker.auth.principals import BrowserPrincipal
+from broker.auth.ratelimit import TokenBucketLimiter
 from broker.errors import RateLimitedError
-from broker.ratelimit import TokenBucketLimiter
 from broker.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -16,12 +16,12 @@ from typing import Final
 from aiohttp import hdrs, web
 from pydantic import BaseModel, ConfigDict
 
-from broker import keys
+from broker import app_state
 from broker.api._bodies import MAX_JSON_BYTES, NO_BODY, bounded, read_json
-from broker.auth import ApiPrincipal, Scope
-from broker.sessions import CreateSessionRequest
+from broker.auth.principals import ApiPrincipal, Scope
+from broker.session.service import CreateSessionRequest
 
-WEB_ROOT: Final = Path(__file__).resolve().parent.parent / "web"
+WEB_ROOT: Final = Path(__file__).resolve().parents[2] / "web"
 """``web/`` of the source tree (the broker runs from a checkout: ``pip install -e``)."""
 DEMO_PRINCIPAL: Final = ApiPrincipal(
     key_id="demo", name="demo page", scopes=frozenset({Scope.SESSIONS_CREATE})
@@ -44,8 +44,8 @@ class DemoSessionRequest(BaseModel):
 async def create_demo_session(request: web.Request) -> web.Response:
     """What an app backend does for its page: create the session, return the browser's part."""
     body = await read_json(request, DemoSessionRequest)
-    registry = request.app[keys.TOOLS]
-    created = await request.app[keys.SESSIONS].create(
+    registry = request.app[app_state.TOOLS]
+    created = await request.app[app_state.SESSIONS].create(
         DEMO_PRINCIPAL,
         CreateSessionRequest(
             tools=sorted(registry),

@@ -21,7 +21,7 @@ receiver may have acted when the broker dies before reading its 2xx), so every a
 one event carries the same ``Webhook-Id`` and byte-identical body: receivers drop repeats.
 
 The body is rendered at the first attempt (the session's final usage and tool-call counts)
-and stored, so every retry signs and sends the same bytes (:mod:`broker.webhook_signature`).
+and stored, so every retry signs and sends the same bytes (:mod:`broker.webhooks.signature`).
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
 from broker.db.models import SessionRow, WebhookDelivery, WebhookStatus, utcnow
+from broker.db.shielded import ShieldedWrites
+from broker.record.usage import Usage
 from broker.settings import Secret, Settings, SettingsError
-from broker.shielded import ShieldedWrites
-from broker.usage import Usage
-from broker.webhook_signature import signed_headers
+from broker.webhooks.signature import signed_headers
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from broker.events_log import EventRecorder
-from broker.limits import TamperPolicy
+from broker.record.event_log import EventRecorder
+from broker.session.limits import TamperPolicy
 from sideband import (
     ForgedOutput,
     PageItem,

@@ -16,8 +16,10 @@ from sqlalchemy import CursorResult, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from broker.auth import ApiPrincipal, BrowserPrincipal, Scope, mint_client_secret
-from broker.call_deadline import CallDeadlines
+from broker.auth.principals import ApiPrincipal, BrowserPrincipal, Scope, mint_client_secret
+from broker.auth.ratelimit import TokenBucketLimiter
+from broker.call.hangup import hang_up
+from broker.call.supervisor import SidebandSupervisor
 from broker.db import queries
 from broker.db.models import (
     CALL_RUNNING_STATES,
@@ -29,6 +31,7 @@ from broker.db.models import (
     UsedClientSecret,
     utcnow,
 )
+from broker.db.shielded import ShieldedWrites
 from broker.errors import (
     ConflictError,
     ForbiddenError,
@@ -39,16 +42,13 @@ from broker.errors import (
     UpstreamError,
     ValidationFailedError,
 )
-from broker.events_log import append_event
-from broker.hangup import hang_up
-from broker.limits import LimitsRequest, SessionLimits
 from broker.metrics import BrokerMetrics, EndReason
-from broker.offer_failure import OfferFailure, add_offer_failed_event, offer_outcome
-from broker.ratelimit import TokenBucketLimiter
-from broker.sdp import check_offer
+from broker.record.event_log import append_event
+from broker.session.deadline import CallDeadlines
+from broker.session.limits import LimitsRequest, SessionLimits
+from broker.session.offer_failure import OfferFailure, add_offer_failed_event, offer_outcome
+from broker.session.sdp import check_offer
 from broker.settings import Settings
-from broker.shielded import ShieldedWrites
-from broker.sidebands import SidebandSupervisor
 from broker.tools.call_ids import CALL_ID_PATTERN
 from broker.tools.dispatch import CallOutcome, CallRejectedError, ToolDispatcher, arguments_equal
 from broker.tools.registry import ToolRegistry

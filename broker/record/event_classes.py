@@ -21,7 +21,7 @@ import enum
 from collections.abc import Mapping
 from typing import Any, Final
 
-from broker import transcript
+from broker.record import transcript
 
 
 class EventClass(enum.StrEnum):

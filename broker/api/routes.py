@@ -8,19 +8,20 @@ from typing import Final
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from broker import cors, ops_dashboard
 from broker.api import (
     api_keys,
+    cors,
     events_stream,
     health,
     metrics,
     ops_actions,
+    ops_dashboard,
     session_list,
     sessions,
     tools,
 )
 from broker.api._bodies import MAX_JSON_BYTES, NO_BODY, bounded
-from broker.sdp import MAX_SDP_BYTES
+from broker.session.sdp import MAX_SDP_BYTES
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from broker.auth import ALL_SCOPES, hash_api_key, new_api_key
+from broker.auth.principals import ALL_SCOPES, hash_api_key, new_api_key
 from broker.db.models import ApiKey, utcnow
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ async def create_api_key(
     """Store a new key; returns the row and the key itself (never retrievable again).
 
     Raises:
-        UnknownScopeError: a scope is not one of :data:`broker.auth.ALL_SCOPES`.
+        UnknownScopeError: a scope is not one of :data:`broker.auth.principals.ALL_SCOPES`.
     """
     scope_list = sorted(set(scopes))
     unknown = [s for s in scope_list if s not in ALL_SCOPES]

@@ -15,12 +15,12 @@ from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from broker.call.hangup import hang_up
+from broker.call.leash import LEASH_EVENT, LeashLimit
 from broker.db import queries
 from broker.db.models import CALL_RUNNING_STATES, SessionState
-from broker.event_classes import EventClass
-from broker.events_log import append_event
-from broker.hangup import hang_up
-from broker.leash import LEASH_EVENT, LeashLimit
+from broker.record.event_classes import EventClass
+from broker.record.event_log import append_event
 from sideband import Provider
 
 logger = logging.getLogger(__name__)

@@ -2,11 +2,11 @@
 
 The sideband reader must never wait on the database, so :meth:`EventRecorder.record` only
 appends to a buffer; one writer task per session flushes it in batches. Every writer (the
-recorder, :func:`append_event`) takes each event's :class:`~broker.event_classes.EventClass`:
+recorder, :func:`append_event`) takes each event's :class:`~broker.record.event_classes.EventClass`:
 kept events are always stored, coalescible ones up to the session's caps, then dropped and
 counted. An event's ``seq`` is assigned when it is stored, so the log has no gap where a
 dropped event (or a batch lost to the database) would have been. After each commit the
-writer wakes the session's event streams (:class:`~broker.event_wakeups.EventWakeups`).
+writer wakes the session's event streams (:class:`~broker.record.wakeups.EventWakeups`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
 from broker.db.models import utcnow
-from broker.event_classes import EventClass, classify
-from broker.event_wakeups import EventWakeups
 from broker.metrics import BrokerMetrics, EventCap
-from broker.usage import Usage, usage_of_events
+from broker.record.event_classes import EventClass, classify
+from broker.record.usage import Usage, usage_of_events
+from broker.record.wakeups import EventWakeups
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ work unchanged); any other secret is used as its UTF-8 bytes.
 A receiver checks the signature over the **raw** body bytes, before parsing them, and
 refuses a timestamp outside its tolerance (a replay of an old, validly signed delivery)::
 
-    from broker.webhook_signature import WebhookVerificationError, verify
+    from broker.webhooks.signature import WebhookVerificationError, verify
 
     try:
         event = verify(secret, request.headers, await request.read())

@@ -1,0 +1,1 @@
+"""Principals and credentials: API keys, client secrets, rate limits and stream caps."""

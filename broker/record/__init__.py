@@ -1,0 +1,1 @@
+"""What a session leaves behind: its event log, transcript and token usage."""

@@ -1,0 +1,1 @@
+"""The ``session.ended`` webhook: an outbox sender and the signature scheme."""
