@@ -1,0 +1,113 @@
+"""Queries as functions over an ``AsyncSession`` (or, on the hot path, a connection).
+
+Callers own the transaction. One module per table; this package re-exports them all, so
+callers write ``from broker.db import queries`` and ``queries.get_session_row(...)``:
+
+- :mod:`.sessions`: reading a session, moving its state, the tools' lock on its row;
+- :mod:`.session_counters`: the session row's event-log counters and usage totals;
+- :mod:`.session_events`: the event log;
+- :mod:`.tool_calls`: recording, claiming and settling each call once;
+- :mod:`.disabled_tools`: the operators' kill switches;
+- :mod:`.webhook_deliveries`: the webhook outbox;
+- :mod:`.api_keys`.
+
+The ops list of sessions is :mod:`broker.db.session_list`.
+"""
+
+from broker.db.queries._common import Executor
+from broker.db.queries.api_keys import get_api_key_by_hash
+from broker.db.queries.disabled_tools import (
+    disable_tool,
+    disabled_tools,
+    enable_tool,
+    is_tool_disabled,
+)
+from broker.db.queries.session_counters import (
+    LogTally,
+    add_session_usage,
+    coalescible_spent,
+    fold_event_counts,
+    usage_by_key,
+)
+from broker.db.queries.session_events import (
+    add_events,
+    latest_events_of,
+    next_event_seq,
+    session_events_after,
+)
+from broker.db.queries.sessions import (
+    get_session_row,
+    lock_session_for_tools,
+    sessions_with_running_calls,
+    set_session_fields,
+    stale_sessions,
+    transition_session,
+)
+from broker.db.queries.tool_calls import (
+    claim_tool_call,
+    claim_tool_call_returning,
+    count_tool_calls,
+    get_tool_call,
+    insert_tool_call_if_absent,
+    list_tool_calls,
+    mark_injected,
+    record_tool_call,
+    reset_tool_call,
+    running_tool_calls,
+    settle_tool_call,
+    settle_tool_call_fast,
+    tool_call_counts,
+    unfinished_tool_calls,
+)
+from broker.db.queries.webhook_deliveries import (
+    SESSION_ENDED,
+    claim_webhook,
+    due_webhooks,
+    finish_webhook_attempt,
+    next_webhook_due,
+    queue_session_ended,
+)
+
+__all__ = [
+    "SESSION_ENDED",
+    "Executor",
+    "LogTally",
+    "add_events",
+    "add_session_usage",
+    "claim_tool_call",
+    "claim_tool_call_returning",
+    "claim_webhook",
+    "coalescible_spent",
+    "count_tool_calls",
+    "disable_tool",
+    "disabled_tools",
+    "due_webhooks",
+    "enable_tool",
+    "finish_webhook_attempt",
+    "fold_event_counts",
+    "get_api_key_by_hash",
+    "get_session_row",
+    "get_tool_call",
+    "insert_tool_call_if_absent",
+    "is_tool_disabled",
+    "latest_events_of",
+    "list_tool_calls",
+    "lock_session_for_tools",
+    "mark_injected",
+    "next_event_seq",
+    "next_webhook_due",
+    "queue_session_ended",
+    "record_tool_call",
+    "reset_tool_call",
+    "running_tool_calls",
+    "session_events_after",
+    "sessions_with_running_calls",
+    "set_session_fields",
+    "settle_tool_call",
+    "settle_tool_call_fast",
+    "stale_sessions",
+    "tool_call_counts",
+    "transition_session",
+    "unfinished_tool_calls",
+    "usage_by_key",
+]

@@ -1,0 +1,95 @@
+"""Queries over ``session_events``: the event log's rows."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any, Final, cast
+
+from sqlalchemy import Table, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from broker.db.models import SessionEvent
+from broker.db.queries.session_counters import LogTally, fold_event_counts
+from broker.record.usage import usage_of_events
+
+_INSERT_EVENTS: Final = insert(cast(Table, SessionEvent.__table__))
+
+
+async def next_event_seq(s: AsyncSession, session_id: str) -> int:
+    current = await s.scalar(
+        select(func.max(SessionEvent.seq)).where(SessionEvent.session_id == session_id)
+    )
+    return (current or 0) + 1
+
+
+async def add_events(
+    s: AsyncSession, rows: Sequence[dict[str, Any]], *, tally: LogTally | None = None
+) -> None:
+    """Store event-log rows and fold them into their sessions' counters and usage totals.
+
+    In the caller's transaction, each session of ``rows`` gets ``events_stored``,
+    ``events_errors`` (provider ``error`` events), ``last_event_at`` and the usage of the
+    provider's ``response.done`` events among them added (one UPDATE per session). Counters
+    and usage ride on the event log's batched writes: no write of their own per event, and
+    they always equal the sum over the stored events (a batch that is rolled back and
+    retried is folded in once).
+
+    Args:
+        s: the caller's session (its transaction).
+        rows: ``session_events`` rows, ``seq`` given.
+        tally: the writer's coalescible counts; the rows must then be of one session.
+
+    Raises:
+        ValueError: ``tally`` with rows of several sessions.
+    """
+    if not rows:
+        return
+    by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_session[row["session_id"]].append(row)
+    if tally is not None and len(by_session) > 1:
+        raise ValueError("a tally belongs to one session's rows")
+    # The session row first, as before this write folded counters: its lock is taken in the
+    # same order as every other writer of the row (the dispatcher's session lock).
+    for session_id, session_rows in by_session.items():
+        await fold_event_counts(
+            s,
+            session_id,
+            stored=len(session_rows),
+            errors=sum(1 for r in session_rows if r["type"] == "error" and r["direction"] == "in"),
+            last_at=max(r["at"] for r in session_rows),
+            usage=usage_of_events(session_rows),
+            tally=tally or LogTally(),
+        )
+    await s.execute(_INSERT_EVENTS, list(rows))
+
+
+async def session_events_after(
+    s: AsyncSession, session_id: str, after_seq: int, limit: int
+) -> Sequence[SessionEvent]:
+    """Up to ``limit`` of the session's events with ``seq > after_seq``, in ``seq`` order."""
+    result = await s.scalars(
+        select(SessionEvent)
+        .where(SessionEvent.session_id == session_id, SessionEvent.seq > after_seq)
+        .order_by(SessionEvent.seq)
+        .limit(limit)
+    )
+    return result.all()
+
+
+async def latest_events_of(
+    s: AsyncSession, session_id: str, types: Sequence[str], limit: int
+) -> list[SessionEvent]:
+    """The newest ``limit`` provider events of these ``types``, in ``seq`` order."""
+    rows = await s.scalars(
+        select(SessionEvent)
+        .where(
+            SessionEvent.session_id == session_id,
+            SessionEvent.direction == "in",
+            SessionEvent.type.in_(types),
+        )
+        .order_by(SessionEvent.seq.desc())
+        .limit(limit)
+    )
+    return list(reversed(rows.all()))

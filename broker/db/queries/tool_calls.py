@@ -1,0 +1,360 @@
+"""Queries over ``tool_calls``: recording, claiming and settling each call once.
+
+The hot path's statements (record, claim, settle, mark injected) are Core statements built
+once: each call of a tool runs a handful of them, and the ORM's per-statement work (identity
+map, synchronization, building the statement) was most of the broker's time per call. Bind
+parameters are named apart from the columns they set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import String, bindparam, exists, func, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from broker.db.models import ToolCall, ToolCallStatus, ToolPath, utcnow
+from broker.db.queries._common import DISABLED_TOOLS, TOOL_CALLS, Executor, changed, dialect_name
+
+_AT_TYPE: Final = TOOL_CALLS.c.started_at.type
+
+
+async def get_tool_call(s: AsyncSession, session_id: str, call_id: str) -> ToolCall | None:
+    return await s.scalar(
+        select(ToolCall).where(ToolCall.session_id == session_id, ToolCall.call_id == call_id)
+    )
+
+
+async def count_tool_calls(s: AsyncSession, session_id: str) -> int:
+    count = await s.scalar(
+        select(func.count()).select_from(ToolCall).where(ToolCall.session_id == session_id)
+    )
+    return int(count or 0)
+
+
+async def list_tool_calls(s: AsyncSession, session_id: str) -> Sequence[ToolCall]:
+    result = await s.scalars(
+        select(ToolCall).where(ToolCall.session_id == session_id).order_by(ToolCall.id)
+    )
+    return result.all()
+
+
+async def insert_tool_call_if_absent(s: AsyncSession, **values: Any) -> bool:
+    """Insert a tool call unless ``(session_id, call_id)`` exists; ``True`` if inserted.
+
+    ON CONFLICT DO NOTHING keeps the two paths (sideband, bridge) from racing into an
+    IntegrityError that would abort the surrounding transaction.
+    """
+    dialect = s.get_bind().dialect.name
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        dialect_insert(ToolCall)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["session_id", "call_id"])
+    )
+    result = await s.execute(stmt)
+    return changed(result)
+
+
+async def claim_tool_call(s: AsyncSession, session_id: str, call_id: str, path: str) -> bool:
+    """``pending → running`` for exactly one claimant; ``True`` if this caller won."""
+    result = await s.execute(
+        update(ToolCall)
+        .where(
+            ToolCall.session_id == session_id,
+            ToolCall.call_id == call_id,
+            ToolCall.status == ToolCallStatus.PENDING,
+        )
+        .values(status=ToolCallStatus.RUNNING, path=path, started_at=utcnow())
+    )
+    return changed(result)
+
+
+async def settle_tool_call(
+    s: AsyncSession,
+    session_id: str,
+    call_id: str,
+    *,
+    status: ToolCallStatus,
+    from_statuses: Sequence[ToolCallStatus],
+    **values: Any,
+) -> bool:
+    """Record a terminal status; only from the expected statuses, so a settled call stays so."""
+    result = await s.execute(
+        update(ToolCall)
+        .where(
+            ToolCall.session_id == session_id,
+            ToolCall.call_id == call_id,
+            ToolCall.status.in_([str(x) for x in from_statuses]),
+        )
+        .values(status=status, finished_at=utcnow(), **values)
+    )
+    return changed(result)
+
+
+async def reset_tool_call(s: AsyncSession, session_id: str, call_id: str) -> bool:
+    """``running → pending`` (an idempotent call a crash interrupted runs again)."""
+    result = await s.execute(
+        update(ToolCall)
+        .where(
+            ToolCall.session_id == session_id,
+            ToolCall.call_id == call_id,
+            ToolCall.status == ToolCallStatus.RUNNING,
+        )
+        .values(status=ToolCallStatus.PENDING, path=None, started_at=None)
+    )
+    return changed(result)
+
+
+# ---- the hot path ---------------------------------------------------------------------------
+
+_CLAIM_RETURNING: Final = (
+    update(TOOL_CALLS)
+    .where(
+        TOOL_CALLS.c.session_id == bindparam("b_session_id"),
+        TOOL_CALLS.c.call_id == bindparam("b_call_id"),
+        TOOL_CALLS.c.status == str(ToolCallStatus.PENDING),
+    )
+    .values(
+        status=str(ToolCallStatus.RUNNING),
+        path=bindparam("b_path"),
+        started_at=bindparam("b_now", type_=_AT_TYPE),
+    )
+    .returning(
+        TOOL_CALLS.c.tool,
+        TOOL_CALLS.c.arguments,
+        # The kill switch, read in the claim itself: a switch committed before this
+        # statement denies the call, in every process, with no cache to go stale.
+        exists().where(DISABLED_TOOLS.c.tool == TOOL_CALLS.c.tool).label("disabled"),
+    )
+)
+
+_TOOL_CALL_EXISTS: Final = select(literal(1)).where(
+    TOOL_CALLS.c.session_id == bindparam("b_session_id"),
+    TOOL_CALLS.c.call_id == bindparam("b_call_id"),
+)
+
+_MARK_INJECTED: Final = (
+    update(TOOL_CALLS)
+    .where(
+        TOOL_CALLS.c.session_id == bindparam("b_session_id"),
+        TOOL_CALLS.c.call_id == bindparam("b_call_id"),
+    )
+    .values(injected_at=bindparam("b_at", type_=_AT_TYPE))
+)
+
+_RECORD_COLUMNS: Final = (
+    "session_id",
+    "call_id",
+    "tool",
+    "arguments",
+    "status",
+    "seen_by",
+    "response_id",
+    "item_id",
+    "created_at",
+)
+
+
+def _record_statement(dialect: str) -> Any:
+    """INSERT one call unless its ``(session_id, call_id)`` exists or the session is full.
+
+    One statement: the count of the session's calls is a condition of the INSERT … SELECT,
+    so the cap is checked under the same write as the row it admits.
+    """
+    c = TOOL_CALLS.c
+    values = select(
+        *(bindparam(f"b_{name}", type_=c[name].type) for name in _RECORD_COLUMNS)
+    ).where(
+        select(func.count())
+        .select_from(TOOL_CALLS)
+        .where(c.session_id == bindparam("b_session_id"))
+        .scalar_subquery()
+        < bindparam("b_max_calls")
+    )
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        dialect_insert(TOOL_CALLS)
+        .from_select(list(_RECORD_COLUMNS), values)
+        .on_conflict_do_nothing(index_elements=["session_id", "call_id"])
+    )
+
+
+_RECORD: Final = {name: _record_statement(name) for name in ("postgresql", "sqlite")}
+
+
+async def record_tool_call(
+    s: Executor,
+    *,
+    session_id: str,
+    call_id: str,
+    tool: str,
+    arguments: str,
+    seen_by: str,
+    response_id: str | None,
+    item_id: str | None,
+    max_calls: int,
+) -> bool | None:
+    """Insert a ``pending`` call unless it exists, within the session's cap of recorded calls.
+
+    Returns ``True`` if inserted, ``False`` if the call was already recorded (the first
+    reporter's tool and arguments stand), ``None`` if it is absent and the session already
+    has ``max_calls`` calls (nothing inserted).
+    """
+    result = await s.execute(
+        _RECORD["postgresql" if dialect_name(s) == "postgresql" else "sqlite"],
+        {
+            "b_session_id": session_id,
+            "b_call_id": call_id,
+            "b_tool": tool,
+            "b_arguments": arguments,
+            "b_status": str(ToolCallStatus.PENDING),
+            "b_seen_by": str(seen_by),
+            "b_response_id": response_id,
+            "b_item_id": item_id,
+            "b_created_at": utcnow(),
+            "b_max_calls": max_calls,
+        },
+    )
+    if changed(result):
+        return True
+    found = await s.scalar(_TOOL_CALL_EXISTS, {"b_session_id": session_id, "b_call_id": call_id})
+    return False if found is not None else None
+
+
+async def claim_tool_call_returning(
+    s: Executor, session_id: str, call_id: str, path: str
+) -> Row[Any] | None:
+    """``pending → running`` for exactly one claimant.
+
+    Returns the recorded ``(tool, arguments, disabled)`` if this caller won (``disabled``:
+    an operator has switched the tool off), else ``None``.
+    """
+    result = await s.execute(
+        _CLAIM_RETURNING,
+        {
+            "b_session_id": session_id,
+            "b_call_id": call_id,
+            "b_path": str(path),
+            "b_now": utcnow(),
+        },
+    )
+    return result.first()
+
+
+_SETTLE: Final = (
+    update(TOOL_CALLS)
+    .where(
+        TOOL_CALLS.c.session_id == bindparam("b_session_id"),
+        TOOL_CALLS.c.call_id == bindparam("b_call_id"),
+        TOOL_CALLS.c.status == bindparam("b_from_status"),
+    )
+    .values(
+        status=bindparam("b_status"),
+        finished_at=bindparam("b_now", type_=_AT_TYPE),
+        output=bindparam("b_output"),
+        error=bindparam("b_error"),
+        # None keeps what the row says (e.g. the decision the grant wrote).
+        decision=func.coalesce(bindparam("b_decision", type_=String), TOOL_CALLS.c.decision),
+        output_item_id=func.coalesce(
+            bindparam("b_output_item_id", type_=String), TOOL_CALLS.c.output_item_id
+        ),
+    )
+)
+
+
+async def settle_tool_call_fast(
+    s: Executor,
+    session_id: str,
+    call_id: str,
+    *,
+    status: ToolCallStatus,
+    from_status: ToolCallStatus,
+    output: str,
+    error: str | None,
+    decision: str | None = None,
+    output_item_id: str | None = None,
+) -> bool:
+    """:func:`settle_tool_call` from one status, with the outcome; one prepared statement.
+
+    ``decision`` and ``output_item_id`` left ``None`` keep what the row says.
+    """
+    result = await s.execute(
+        _SETTLE,
+        {
+            "b_session_id": session_id,
+            "b_call_id": call_id,
+            "b_from_status": str(from_status),
+            "b_status": str(status),
+            "b_now": utcnow(),
+            "b_output": output,
+            "b_error": error,
+            "b_decision": decision,
+            "b_output_item_id": output_item_id,
+        },
+    )
+    return changed(result)
+
+
+async def mark_injected(s: Executor, session_id: str, call_id: str, at: datetime) -> None:
+    await s.execute(_MARK_INJECTED, {"b_session_id": session_id, "b_call_id": call_id, "b_at": at})
+
+
+# ---- after a crash or a reconnect, and for the ops views ------------------------------------
+
+_OUTCOMES_TO_DELIVER = (ToolCallStatus.SUCCEEDED, ToolCallStatus.FAILED, ToolCallStatus.DENIED)
+
+
+async def unfinished_tool_calls(
+    s: AsyncSession, session_id: str
+) -> tuple[Sequence[ToolCall], Sequence[ToolCall]]:
+    """``(seen, undelivered)`` sideband calls of a session.
+
+    ``seen``: recorded with the provider's item id, never run. ``undelivered``: decided by
+    the sideband path with an output item id, not yet known to be at the provider (the
+    bridge's own calls are answered by its browser).
+    """
+    seen = await s.scalars(
+        select(ToolCall)
+        .where(
+            ToolCall.session_id == session_id,
+            ToolCall.status == ToolCallStatus.PENDING,
+            ToolCall.item_id.is_not(None),
+        )
+        .order_by(ToolCall.id)
+    )
+    undelivered = await s.scalars(
+        select(ToolCall)
+        .where(
+            ToolCall.session_id == session_id,
+            ToolCall.status.in_([str(x) for x in _OUTCOMES_TO_DELIVER]),
+            ToolCall.path == ToolPath.SIDEBAND,
+            ToolCall.output_item_id.is_not(None),
+            ToolCall.injected_at.is_(None),
+        )
+        .order_by(ToolCall.id)
+    )
+    return seen.all(), undelivered.all()
+
+
+async def running_tool_calls(s: AsyncSession, session_id: str) -> Sequence[ToolCall]:
+    result = await s.scalars(
+        select(ToolCall).where(
+            ToolCall.session_id == session_id, ToolCall.status == ToolCallStatus.RUNNING
+        )
+    )
+    return result.all()
+
+
+async def tool_call_counts(s: AsyncSession, session_id: str) -> dict[str, int]:
+    """The session's tool calls by status (statuses with none are absent)."""
+    result = await s.execute(
+        select(ToolCall.status, func.count())
+        .where(ToolCall.session_id == session_id)
+        .group_by(ToolCall.status)
+    )
+    return {str(status): int(count) for status, count in result}
