@@ -219,12 +219,6 @@ def last_user_turn(conversation: Sequence[Mapping[str, Any]]) -> UserTurn | None
     return None
 
 
-def last_user_text(conversation: Sequence[Mapping[str, Any]]) -> str | None:
-    """Return the text of the last user message, or ``None``."""
-    turn = last_user_turn(conversation)
-    return turn.text if turn is not None else None
-
-
 def _function_tools(tools: Sequence[Any]) -> dict[str, Mapping[str, Any]]:
     found: dict[str, Mapping[str, Any]] = {}
     for tool in tools:

@@ -117,10 +117,6 @@ class Peer:
         return str(self._pc.localDescription.sdp)
 
     @property
-    def connection_state(self) -> str:
-        return str(self._pc.connectionState)
-
-    @property
     def channel_open(self) -> bool:
         return self._channel is not None and self._channel.readyState == "open"
 

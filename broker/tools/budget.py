@@ -14,9 +14,10 @@ What counts:
   (:data:`STALE_RUNNING_AFTER`).
 
 The check and the grant must be one atomic step, or two calls of one response (run
-concurrently) could both see room for one. :func:`grant` first writes to the session row, which
-serializes grants per session: PostgreSQL holds that row's lock until commit; SQLite holds its
-single write lock. The counts read after it therefore include every earlier grant.
+concurrently) could both see room for one. The grant's transaction first writes to the session
+row (:func:`broker.db.queries.lock_session_for_tools`), which serializes grants per session:
+PostgreSQL holds that row's lock until commit; SQLite holds its single write lock. The counts
+read after it (:func:`grant_locked`) therefore include every earlier grant.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Final, cast
 from sqlalchemy import Table, and_, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from broker.db.models import SessionRow, ToolCall, ToolCallStatus, utcnow
+from broker.db.models import ToolCall, ToolCallStatus, utcnow
 from broker.tools.codes import ToolErrorCode
 from broker.tools.registry import MAX_TIMEOUT
 
@@ -46,35 +47,20 @@ class ToolLimits:
     max_concurrent_tools: int
     max_argument_bytes: int
 
-    @classmethod
-    def from_row(cls, row: SessionRow) -> ToolLimits:
-        return cls(row.max_tool_calls, row.max_concurrent_tools, row.max_argument_bytes)
-
-
-async def grant(
-    s: AsyncSession, session_id: str, call_id: str, limits: ToolLimits
-) -> ToolErrorCode | None:
-    """Mark the call as started (``decision = allowed``) if the session has room; else say why.
-
-    Call inside a transaction (``sessionmaker.begin()``) and nothing else in it: the session
-    row stays locked until it commits.
-
-    Returns:
-        ``None`` when granted; ``tool_budget_exhausted`` or ``too_many_concurrent_tools``.
-    """
-    # A no-op write that takes the per-session lock (see the module docstring).
-    await s.execute(_LOCK, {"b_session_id": session_id})
-    refused, _ = await grant_locked(s, session_id, call_id, limits)
-    return refused
-
 
 async def grant_locked(
     s: AsyncSession | AsyncConnection, session_id: str, call_id: str, limits: ToolLimits
 ) -> tuple[ToolErrorCode | None, int]:
-    """:func:`grant` for a caller that already holds the session's lock in ``s``.
+    """Mark the call as started (``decision = allowed``) if the session has room; else say why.
 
-    (:func:`broker.db.queries.lock_session_for_tools` takes it.) Also returns how many of
-    the session's calls have been started, this one included if granted.
+    The caller must already hold the session's lock in ``s``
+    (:func:`broker.db.queries.lock_session_for_tools` takes it) and commit soon: the lock is
+    what makes the counts read here include every earlier grant.
+
+    Returns:
+        ``(None, started)`` when granted, else ``(tool_budget_exhausted or
+        too_many_concurrent_tools, started)``; ``started``: how many of the session's calls
+        have been started, this one included if granted.
     """
     started, running = (
         await s.execute(
@@ -92,11 +78,6 @@ async def grant_locked(
 
 
 _CALLS: Final = cast(Table, ToolCall.__table__)
-_LOCK: Final = (
-    update(cast(Table, SessionRow.__table__))
-    .where(SessionRow.__table__.c.id == bindparam("b_session_id"))
-    .values(max_tool_calls=SessionRow.__table__.c.max_tool_calls)
-)
 _COUNTS: Final = select(
     # Started calls, and those of them still running (and not debris): one read.
     func.count(),

@@ -131,39 +131,6 @@ class ToolDispatcher:
         """Wait for settle writes still running (call before the database closes)."""
         await self._writes.drain()
 
-    @property
-    def registry(self) -> ToolRegistry:
-        return self._registry
-
-    async def record(
-        self,
-        session_id: str,
-        call_id: str,
-        tool: str,
-        arguments: str,
-        seen_by: ToolPath,
-        response_id: str | None = None,
-        item_id: str | None = None,
-    ) -> ToolCall:
-        """Make sure the call has a row (first reporter's tool and arguments win); return it.
-
-        ``item_id`` (the provider's item, known to the sideband) lets a restarted broker ask
-        the provider whether the call finished.
-
-        Raises:
-            CallRejectedError: the call id is invalid (``call_id_invalid``: :meth:`run`
-                records and denies such a call), or the session already has
-                ``MAX_RECORDED_CALLS`` (the model gets an error; the bridge a 422).
-        """
-        tool = _checked(call_id, tool)
-        async with self._sessionmaker.begin() as s:
-            await self._record(
-                s, session_id, call_id, tool, arguments, seen_by, response_id, item_id
-            )
-            row = await queries.get_tool_call(s, session_id, call_id)
-        assert row is not None
-        return row
-
     async def record_seen(
         self,
         session_id: str,
@@ -174,12 +141,16 @@ class ToolDispatcher:
         response_id: str | None = None,
         item_id: str | None = None,
     ) -> bool:
-        """:meth:`record` without reading the row back (one statement for a new call).
+        """Make sure the call has a row (first reporter's tool and arguments win).
 
+        One statement for a new call. ``item_id`` (the provider's item, known to the
+        sideband) lets a restarted broker ask the provider whether the call finished.
         Returns whether this report inserted the row.
 
         Raises:
-            CallRejectedError: as :meth:`record`.
+            CallRejectedError: the call id is invalid (``call_id_invalid``: :meth:`run`
+                records and denies such a call), or the session already has
+                ``MAX_RECORDED_CALLS`` (the model gets an error; the bridge a 422).
         """
         tool = _checked(call_id, tool)
         async with self._begin() as s:

@@ -18,9 +18,10 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from broker.db import queries
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.db.models import ToolCall, ToolCallStatus, utcnow
-from broker.tools.budget import STALE_RUNNING_AFTER, ToolLimits, grant
+from broker.tools.budget import STALE_RUNNING_AFTER, ToolLimits, grant_locked
 from tests.support.broker_server import RunningBroker
 from tests.support.flow import ask, connect_browser, outputs_received, says
 from tests.support.postgres import fresh_pg_database
@@ -309,18 +310,32 @@ async def _session_with_calls(
     return session_id, call_ids
 
 
+async def _grant(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    session_id: str,
+    call_id: str,
+    limits: ToolLimits,
+) -> str | None:
+    """One grant as the dispatcher makes it: the session's tool lock, then the grant, then
+    the commit."""
+    async with sessionmaker.begin() as s:
+        assert await queries.lock_session_for_tools(s, session_id) is not None
+        refused, _ = await grant_locked(s, session_id, call_id, limits)
+        return refused
+
+
 async def _grant_all(
     sessionmaker: async_sessionmaker[AsyncSession],
     session_id: str,
     call_ids: list[str],
     limits: ToolLimits,
 ) -> list[str | None]:
-    async def one(call_id: str) -> str | None:
-        async with sessionmaker.begin() as s:
-            return await grant(s, session_id, call_id, limits)
-
     async with asyncio.timeout(10):
-        return list(await asyncio.gather(*(one(call_id) for call_id in call_ids)))
+        return list(
+            await asyncio.gather(
+                *(_grant(sessionmaker, session_id, call_id, limits) for call_id in call_ids)
+            )
+        )
 
 
 async def test_concurrent_grants_never_exceed_the_budget(any_db_url: str) -> None:
@@ -347,8 +362,7 @@ async def test_concurrency_counts_granted_running_calls_and_forgets_debris(db_ur
     async with _database(db_url) as sessionmaker:
         async with sessionmaker.begin() as s:
             await s.execute(update(ToolCall).values(started_at=utcnow() - STALE_RUNNING_AFTER * 2))
-        async with sessionmaker.begin() as s:
-            assert await grant(s, session_id, call_ids[-1], limits) is None
+        assert await _grant(sessionmaker, session_id, call_ids[-1], limits) is None
 
 
 async def test_a_session_records_a_bounded_number_of_calls(

@@ -44,9 +44,5 @@ async def enable_tool(s: AsyncSession, tool: str) -> bool:
     return changed(await s.execute(delete(DisabledTool).where(DisabledTool.tool == tool)))
 
 
-async def is_tool_disabled(s: AsyncSession, tool: str) -> bool:
-    return await s.get(DisabledTool, tool) is not None
-
-
 async def disabled_tools(s: AsyncSession) -> Sequence[DisabledTool]:
     return (await s.scalars(select(DisabledTool).order_by(DisabledTool.tool))).all()

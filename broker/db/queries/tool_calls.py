@@ -29,49 +29,11 @@ async def get_tool_call(s: AsyncSession, session_id: str, call_id: str) -> ToolC
     )
 
 
-async def count_tool_calls(s: AsyncSession, session_id: str) -> int:
-    count = await s.scalar(
-        select(func.count()).select_from(ToolCall).where(ToolCall.session_id == session_id)
-    )
-    return int(count or 0)
-
-
 async def list_tool_calls(s: AsyncSession, session_id: str) -> Sequence[ToolCall]:
     result = await s.scalars(
         select(ToolCall).where(ToolCall.session_id == session_id).order_by(ToolCall.id)
     )
     return result.all()
-
-
-async def insert_tool_call_if_absent(s: AsyncSession, **values: Any) -> bool:
-    """Insert a tool call unless ``(session_id, call_id)`` exists; ``True`` if inserted.
-
-    ON CONFLICT DO NOTHING keeps the two paths (sideband, bridge) from racing into an
-    IntegrityError that would abort the surrounding transaction.
-    """
-    dialect = s.get_bind().dialect.name
-    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = (
-        dialect_insert(ToolCall)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["session_id", "call_id"])
-    )
-    result = await s.execute(stmt)
-    return changed(result)
-
-
-async def claim_tool_call(s: AsyncSession, session_id: str, call_id: str, path: str) -> bool:
-    """``pending → running`` for exactly one claimant; ``True`` if this caller won."""
-    result = await s.execute(
-        update(ToolCall)
-        .where(
-            ToolCall.session_id == session_id,
-            ToolCall.call_id == call_id,
-            ToolCall.status == ToolCallStatus.PENDING,
-        )
-        .values(status=ToolCallStatus.RUNNING, path=path, started_at=utcnow())
-    )
-    return changed(result)
 
 
 async def settle_tool_call(
