@@ -33,8 +33,6 @@ from broker.tools.breaker import CircuitBreakers
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.registry import load_registry
 from broker.webhooks.sender import WebhookConfig, WebhookSender
-from emulator import EmulatorSettings
-from emulator import create_app as create_emulator_app
 from sideband import OpenAICompatibleProvider
 
 logger = logging.getLogger(__name__)
@@ -131,20 +129,8 @@ async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
     runner: web.AppRunner | None = None
     try:
         if settings.uses_builtin_provider:
-            # A random key per start: the emulator is only reachable through this broker's
-            # own provider client, never configured by hand.
-            key = "sk-emulator-" + secrets.token_urlsafe(24)
-            runner = web.AppRunner(create_emulator_app(EmulatorSettings(api_key=key)))
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", settings.emulator_port)
-            await site.start()
-            port = runner.addresses[0][1]
-            base_url = f"http://127.0.0.1:{port}/v1"
+            runner, provider = await start_builtin_provider(settings, http)
             app[app_state.EMULATOR_RUNNER] = runner
-            provider = OpenAICompatibleProvider(
-                base_url, key, http, timeout=settings.provider_timeout, name="emulator"
-            )
-            logger.info("no provider key configured: built-in emulator serving at %s", base_url)
         else:
             assert settings.provider_base_url and settings.provider_api_key
             provider = OpenAICompatibleProvider(
@@ -160,6 +146,37 @@ async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
         if runner is not None:
             await runner.cleanup()
         await http.close()
+
+
+async def start_builtin_provider(
+    settings: Settings, http: aiohttp.ClientSession
+) -> tuple[web.AppRunner, OpenAICompatibleProvider]:
+    """Serve the emulator on loopback and a provider client for it; the caller cleans it up.
+
+    Where ``broker serve`` imports ``emulator``, and only when it runs one: a broker with a
+    provider key never loads it, nor the media stack it needs (aiortc, av, numpy).
+    """
+    from emulator import EmulatorSettings
+    from emulator import create_app as create_emulator_app
+
+    # A random key per start: the emulator is only reachable through this broker's own
+    # provider client, never configured by hand.
+    key = "sk-emulator-" + secrets.token_urlsafe(24)
+    runner = web.AppRunner(create_emulator_app(EmulatorSettings(api_key=key)))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", settings.emulator_port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    port = runner.addresses[0][1]
+    base_url = f"http://127.0.0.1:{port}/v1"
+    logger.info("no provider key configured: built-in emulator serving at %s", base_url)
+    provider = OpenAICompatibleProvider(
+        base_url, key, http, timeout=settings.provider_timeout, name="emulator"
+    )
+    return runner, provider
 
 
 class NoCookies(CookieJar):

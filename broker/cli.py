@@ -23,8 +23,6 @@ from broker.db.migrate import upgrade_database
 from broker.db.models import ApiKey
 from broker.logs import LogFormat, configure_logging
 from broker.settings import Secret, Settings, SettingsError
-from emulator import EmulatorSettings
-from emulator import create_app as create_emulator_app
 
 logger = logging.getLogger("broker")
 
@@ -161,6 +159,10 @@ def _emulator_key(cli_key: str | None, environ: Mapping[str, str]) -> str | None
 
 
 def _emulator(host: str, port: int, api_key: str) -> None:
+    # Imported here: every other command runs without the emulator's media stack.
+    from emulator import EmulatorSettings
+    from emulator import create_app as create_emulator_app
+
     app = create_emulator_app(EmulatorSettings(api_key=api_key))
     _out(f"emulator: OpenAI-compatible realtime API at http://{host}:{port}/v1")
     web.run_app(app, host=host, port=port, print=None)
