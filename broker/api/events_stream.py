@@ -32,6 +32,7 @@ from broker.api._times import iso
 from broker.auth.principals import Scope
 from broker.db import queries
 from broker.db.models import SessionEvent, SessionRow, SessionState
+from broker.db.times import as_utc
 from broker.errors import BadRequestError
 from broker.record.wakeups import Watch
 
@@ -107,9 +108,7 @@ def _log_complete(row: SessionRow, recording_here: bool) -> bool:
         return False
     if row.ended_at is None:
         return True
-    # SQLite hands timestamps back without their zone; every stored time is UTC.
-    ended_at = row.ended_at if row.ended_at.tzinfo else row.ended_at.replace(tzinfo=UTC)
-    return (datetime.now(UTC) - ended_at).total_seconds() >= SETTLE_S
+    return (datetime.now(UTC) - as_utc(row.ended_at)).total_seconds() >= SETTLE_S
 
 
 def _closing(request: web.Request) -> bool:
@@ -130,8 +129,7 @@ def _next_read_in(row: SessionRow, recording_here: bool) -> float:
         return ENDING_POLL_S
     if row.ended_at is None:
         return 0.0
-    ended_at = row.ended_at if row.ended_at.tzinfo else row.ended_at.replace(tzinfo=UTC)
-    settled_in = SETTLE_S - (datetime.now(UTC) - ended_at).total_seconds()
+    settled_in = SETTLE_S - (datetime.now(UTC) - as_utc(row.ended_at)).total_seconds()
     # Woken when the grace is over: the stream then closes without waiting out a poll.
     return min(FALLBACK_POLL_S, max(settled_in, 0.0))
 

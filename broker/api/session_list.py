@@ -22,6 +22,7 @@ from broker.api._times import iso
 from broker.auth.principals import Scope
 from broker.db.models import SessionState, utcnow
 from broker.db.session_list import Cursor, SessionFilter, SessionSummary, list_sessions
+from broker.db.times import as_utc
 from broker.errors import BadRequestError
 from broker.record.usage import Usage
 
@@ -44,7 +45,7 @@ def _time(query: Any, name: str) -> datetime | None:
         value = datetime.fromisoformat(raw)
         # Normalised to UTC: SQLite stores naive UTC and drops an offset without converting
         # it. A time at the edge of the calendar overflows doing so (year 1 at +14:00).
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        return as_utc(value).astimezone(UTC)
     except (ValueError, OverflowError):
         raise _bad(name, f"{name} must be an ISO 8601 time between years 1 and 9999") from None
 
@@ -90,7 +91,7 @@ def parse_query(query: Any) -> tuple[SessionFilter, Cursor | None, int]:
 
 def summary_json(summary: SessionSummary, now: datetime) -> dict[str, Any]:
     row = summary.row
-    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    created = as_utc(row.created_at)
     return {
         "id": row.id,
         "state": row.state,

@@ -34,7 +34,7 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import case, func, select
@@ -42,6 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db.models import SessionRow, ToolCall, utcnow
+from broker.db.times import as_utc
 from broker.record.event_classes import EventClass
 from broker.record.event_log import EventRecorder
 from broker.tools.budget import ALLOWED
@@ -85,9 +86,7 @@ class LeashTerms:
         """How long the call has been live (0 if unknown or in the future)."""
         if self.live_at is None:
             return 0.0
-        # SQLite returns naive datetimes; every timestamp is stored in UTC.
-        live_at = self.live_at if self.live_at.tzinfo else self.live_at.replace(tzinfo=UTC)
-        return max((utcnow() - live_at).total_seconds(), 0.0)
+        return max((utcnow() - as_utc(self.live_at)).total_seconds(), 0.0)
 
 
 async def tool_budget_spent(s: AsyncSession, session_id: str, max_tool_calls: int) -> bool:

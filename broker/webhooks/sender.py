@@ -2,7 +2,7 @@
 
 **Once per end.** A session ends by moving into ``ended`` or ``failed``, and every path that
 ends one (the sideband supervisor, the duration backstop, an operator's hangup, a failed
-offer) makes that move with :func:`broker.db.queries.transition_session`, which can succeed
+offer) makes that move with :func:`broker.session.ending.end_session`, which can succeed
 once per session (nothing leaves those states). In the same transaction it queues a
 ``webhook_deliveries`` row (the outbox), unique per ``(session_id, type)``: no end goes
 unannounced, none is announced twice, and a crash right after the end loses nothing.
@@ -45,9 +45,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker.db import queries
 from broker.db.models import SessionRow, WebhookDelivery, WebhookStatus, utcnow
 from broker.db.shielded import ShieldedWrites
+from broker.db.times import as_utc
 from broker.record.usage import Usage
 from broker.settings import Secret, Settings, SettingsError
 from broker.webhooks.signature import signed_headers
+from sideband.backoff import backoff_delay
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ POLL_S: Final = 1.0
 """The longest the sender sleeps between looks at the outbox."""
 BATCH: Final = 16
 """Deliveries attempted at once, at most."""
+RETRY_JITTER: Final = 0.5
+"""A retry waits half to all of its backoff: the retries of many deliveries spread out."""
 LEASE_MARGIN_S: Final = 30.0
 """A claimed row's lease past the attempt's timeout, before another sender may retry it."""
 USER_AGENT: Final = "sideband-broker-webhooks/1"
@@ -128,18 +132,6 @@ class AttemptResult:
         return self.status in _RETRY_STATUSES or self.status >= 500
 
 
-def backoff_delay(
-    attempt: int, base_s: float, cap_s: float, rand: Callable[[], float] = random.random
-) -> float:
-    """The wait after failed attempt ``attempt`` (1-based).
-
-    ``base·2^(n-1)``, capped at ``cap_s``, then jittered down by up to half so that the
-    retries of many deliveries spread out.
-    """
-    ceiling = min(cap_s, base_s * 2.0 ** min(attempt - 1, 32))
-    return ceiling / 2 + rand() * ceiling / 2
-
-
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
     """``Retry-After`` in seconds (delta-seconds or an HTTP date); ``None`` if absent or bad."""
     if value is None:
@@ -151,9 +143,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    # An HTTP date is GMT; one written with a "-0000" zone parses naive.
+    return max(0.0, (as_utc(when) - (now or datetime.now(UTC))).total_seconds())
 
 
 def retry_delay(
@@ -167,17 +158,16 @@ def retry_delay(
     The backoff, or longer if the receiver asked for it with ``Retry-After``; never beyond
     ``backoff_max_s``.
     """
-    delay = backoff_delay(attempt, config.backoff_s, config.backoff_max_s, rand)
+    delay = backoff_delay(
+        attempt, config.backoff_s, config.backoff_max_s, jitter=RETRY_JITTER, rand=rand
+    )
     if result.retry_after_s is not None:
         delay = max(delay, result.retry_after_s)
     return min(delay, config.backoff_max_s)
 
 
 def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands timestamps back without their zone; every stored time is UTC.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
+    return None if value is None else as_utc(value)
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -6,12 +6,11 @@ from typing import Any, Final, cast
 
 from sqlalchemy import CursorResult, Table
 from sqlalchemy.engine import Result
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from broker.db.dialect import Executor
 from broker.db.models import DisabledTool, SessionRow, ToolCall
 
-Executor = AsyncSession | AsyncConnection
-"""The hot path's statements run on a session or, cheaper, straight on a connection."""
+__all__ = ["DISABLED_TOOLS", "SESSIONS", "TOOL_CALLS", "Executor", "changed"]
 
 # Core tables for the statements built once at import (the tool-call hot path, the event-log
 # counters): the ORM's per-statement work was most of the broker's time per call.
@@ -24,7 +23,3 @@ def changed(result: Result[Any]) -> bool:
     """Whether an UPDATE, DELETE or INSERT … ON CONFLICT DO NOTHING touched a row."""
     assert isinstance(result, CursorResult)
     return bool(result.rowcount)
-
-
-def dialect_name(s: Executor) -> str:
-    return (s.dialect if isinstance(s, AsyncConnection) else s.get_bind().dialect).name

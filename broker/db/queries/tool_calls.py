@@ -13,12 +13,12 @@ from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import String, bindparam, exists, func, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from broker.db.dialect import conflict_insert, dialect_name
 from broker.db.models import ToolCall, ToolCallStatus, ToolPath, utcnow
-from broker.db.queries._common import DISABLED_TOOLS, TOOL_CALLS, Executor, changed, dialect_name
+from broker.db.queries._common import DISABLED_TOOLS, TOOL_CALLS, Executor, changed
 
 _AT_TYPE: Final = TOOL_CALLS.c.started_at.type
 
@@ -138,9 +138,8 @@ def _record_statement(dialect: str) -> Any:
         .scalar_subquery()
         < bindparam("b_max_calls")
     )
-    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return (
-        dialect_insert(TOOL_CALLS)
+        conflict_insert(TOOL_CALLS, dialect)
         .from_select(list(_RECORD_COLUMNS), values)
         .on_conflict_do_nothing(index_elements=["session_id", "call_id"])
     )

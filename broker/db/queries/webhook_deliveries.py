@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from broker.db.dialect import conflict_insert, dialect_name
 from broker.db.models import SessionRow, WebhookDelivery, WebhookStatus, utcnow
 from broker.db.queries._common import changed
 
@@ -25,13 +25,10 @@ async def queue_session_ended(s: AsyncSession, session_id: str) -> None:
     if not await s.scalar(select(SessionRow.notify_ended).where(SessionRow.id == session_id)):
         return
     now = utcnow()
-    dialect_insert = (
-        postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
-    )
     # DO NOTHING on the (session_id, type) key: a second end cannot happen (the transition
     # that ends a session succeeds once), but if it ever did, it must not roll the end back.
     await s.execute(
-        dialect_insert(WebhookDelivery)
+        conflict_insert(WebhookDelivery, dialect_name(s))
         .values(
             id="wh_" + secrets.token_hex(12),
             session_id=session_id,

@@ -12,7 +12,6 @@ from broker import Secret, Settings, SettingsError
 from broker.webhooks.sender import (
     AttemptResult,
     WebhookConfig,
-    backoff_delay,
     parse_retry_after,
     retry_delay,
 )
@@ -46,7 +45,9 @@ def test_2xx_is_delivered() -> None:
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter_down_to_half() -> None:
-    assert [backoff_delay(n, 1.0, 10.0, rand=lambda: 1.0) for n in range(1, 7)] == [
+    config = WebhookConfig("http://127.0.0.1/", Secret(SECRET), backoff_s=1.0, backoff_max_s=10.0)
+    no_answer = AttemptResult(None, "timeout")
+    assert [retry_delay(config, n, no_answer, rand=lambda: 1.0) for n in range(1, 7)] == [
         1.0,
         2.0,
         4.0,
@@ -54,8 +55,8 @@ def test_backoff_doubles_up_to_the_cap_with_jitter_down_to_half() -> None:
         10.0,
         10.0,
     ]
-    assert backoff_delay(3, 1.0, 10.0, rand=lambda: 0.0) == 2.0
-    assert backoff_delay(10_000, 1.0, 10.0, rand=lambda: 0.5) == 7.5  # no overflow
+    assert retry_delay(config, 3, no_answer, rand=lambda: 0.0) == 2.0
+    assert retry_delay(config, 10_000, no_answer, rand=lambda: 0.5) == 7.5  # no overflow
 
 
 def test_retry_after_as_seconds_or_a_date() -> None:
