@@ -238,7 +238,7 @@ async def test_the_kill_switch_is_read_by_the_claim(any_db_url: str, tmp_path: P
 async def test_the_cap_on_recorded_calls_holds_on_the_one_statement_path(
     any_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("broker.tools.dispatch.MAX_RECORDED_CALLS", 2)
+    monkeypatch.setattr("broker.tools.ledger.MAX_RECORDED_CALLS", 2)
     async with _dispatcher(any_db_url, tmp_path) as (dispatcher, _, _):
         assert await dispatcher.record_seen(SESSION, "c0", "noop", "{}", SIDEBAND) is True
         assert await dispatcher.record_seen(SESSION, "c1", "noop", "{}", SIDEBAND) is True

@@ -370,7 +370,7 @@ async def test_a_session_records_a_bounded_number_of_calls(
 ) -> None:
     """Denied calls cost no budget, so the number of recorded calls is capped on its own:
     a browser on the bridge cannot make a session store rows without end."""
-    monkeypatch.setattr("broker.tools.dispatch.MAX_RECORDED_CALLS", 3)
+    monkeypatch.setattr("broker.tools.ledger.MAX_RECORDED_CALLS", 3)
     session = await broker.create_session(tools=["lookup_order"], sideband=False)
     browser = await connect_browser(broker, session)
     try:

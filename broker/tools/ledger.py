@@ -1,0 +1,271 @@
+"""The ``tool_calls`` rows of the pipeline: each call recorded once, settled once, recovered.
+
+Every write here is conditional on the row's status (``pending → running`` for one claimant,
+a settle only from ``running``), which is what keeps a call from running or being answered
+twice whichever path reports it; :class:`broker.tools.dispatch.ToolDispatcher` builds the
+pipeline on these rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Final
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from broker.db import queries
+from broker.db.models import ToolCall, ToolCallStatus, ToolPath, utcnow
+from broker.db.shielded import ShieldedWrites
+from broker.tools.call_ids import MAX_CALL_ID, is_valid_call_id
+from broker.tools.codes import ToolErrorCode
+from broker.tools.outcome import BROKER_ERROR, BROKER_ERROR_OUTPUT, CallOutcome, CallRejectedError
+from broker.tools.policy import error_output
+from broker.tools.registry import ToolRegistry
+from broker.tools.waiters import SettledWaiters
+from sideband.events import new_item_id
+
+logger = logging.getLogger(__name__)
+
+MAX_RECORDED_CALLS: Final = 1000  # per session, denied ones included
+MAX_TOOL_NAME: Final = 100
+CALL_ID_RULE: Final = f"call ids are 1-{MAX_CALL_ID} characters from A-Z, a-z, 0-9, _, . and -"
+
+
+def checked_tool_name(call_id: str, tool: str) -> str:
+    """The tool name as recorded; raises :class:`CallRejectedError` for an invalid call id."""
+    if not is_valid_call_id(call_id):
+        raise CallRejectedError(str(ToolErrorCode.CALL_ID_INVALID), CALL_ID_RULE)
+    # A tool name longer than any registered one is kept (truncated) for the record; the
+    # policy decision uses the full name and denies it.
+    return tool[:MAX_TOOL_NAME]
+
+
+async def record_call(
+    s: queries.Executor,
+    session_id: str,
+    call_id: str,
+    tool: str,
+    arguments: str,
+    seen_by: ToolPath,
+    response_id: str | None,
+    item_id: str | None,
+) -> bool:
+    """Insert the call as ``pending`` unless it exists; whether this inserted it.
+
+    Raises:
+        CallRejectedError: the session already has :data:`MAX_RECORDED_CALLS`.
+    """
+    inserted = await queries.record_tool_call(
+        s,
+        session_id=session_id,
+        call_id=call_id,
+        tool=tool,
+        arguments=arguments,
+        seen_by=seen_by,
+        response_id=response_id,
+        item_id=item_id[:MAX_CALL_ID] if item_id else None,
+        max_calls=MAX_RECORDED_CALLS,
+    )
+    if inserted is None:
+        # Denied calls cost no budget, so without this a browser on the bridge
+        # could make a session store rows (each with its arguments) without end.
+        raise CallRejectedError(
+            "too_many_tool_calls",
+            f"a session records at most {MAX_RECORDED_CALLS} tool calls",
+        )
+    return inserted
+
+
+class CallLedger:
+    """Records, settles and reads a broker's tool calls; wakes those waiting on them."""
+
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], registry: ToolRegistry
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._registry = registry
+        self._waiters = SettledWaiters(self.get)
+        self._writes = ShieldedWrites()
+        # The hot path's Core statements go straight to a connection when the sessionmaker
+        # is bound to an engine: an ORM session adds nothing to them but its own upkeep.
+        bind = sessionmaker.kw.get("bind")
+        self._engine = bind if isinstance(bind, AsyncEngine) else None
+
+    def _begin(self) -> AbstractAsyncContextManager[queries.Executor]:
+        """A transaction for Core statements (committed on exit, rolled back on error)."""
+        if self._engine is not None:
+            return self._engine.begin()
+        return self._sessionmaker.begin()
+
+    async def drain(self) -> None:
+        """Wait for settle writes still running (call before the database closes)."""
+        await self._writes.drain()
+
+    async def record_seen(
+        self,
+        session_id: str,
+        call_id: str,
+        tool: str,
+        arguments: str,
+        seen_by: ToolPath,
+        response_id: str | None = None,
+        item_id: str | None = None,
+    ) -> bool:
+        """Make sure the call has a row (first reporter's tool and arguments win).
+
+        One statement for a new call. ``item_id`` (the provider's item, known to the
+        sideband) lets a restarted broker ask the provider whether the call finished.
+        Returns whether this report inserted the row.
+
+        Raises:
+            CallRejectedError: the call id is invalid (``call_id_invalid``:
+                :meth:`~broker.tools.dispatch.ToolDispatcher.run` records and denies such a
+                call), or the session already has ``MAX_RECORDED_CALLS`` (the model gets an
+                error; the bridge a 422).
+        """
+        tool = checked_tool_name(call_id, tool)
+        async with self._begin() as s:
+            return await record_call(
+                s, session_id, call_id, tool, arguments, seen_by, response_id, item_id
+            )
+
+    async def abandon(self, session_id: str, call_id: str, response_status: str) -> None:
+        """The model's response did not complete: a still-pending call will never run."""
+        async with self._sessionmaker.begin() as s:
+            changed = await queries.settle_tool_call(
+                s,
+                session_id,
+                call_id,
+                status=ToolCallStatus.CANCELLED,
+                from_statuses=[ToolCallStatus.PENDING],
+                error=f"response {response_status}",
+            )
+        if changed:
+            logger.info(
+                "tool call abandoned session_id=%s call_id=%s response_status=%s",
+                session_id,
+                call_id,
+                response_status,
+            )
+            self._waiters.notify(session_id, call_id)
+
+    async def _fail_undecided(self, session_id: str, call_id: str, path: ToolPath) -> None:
+        """Settle a call whose deciding transaction failed as ``failed`` (it never ran).
+
+        The caller answers the model with :data:`BROKER_ERROR_OUTPUT` for it; left
+        ``pending``, the call would be run and answered a second time by a later resync or
+        a restarted broker. Best effort: if the database still fails, that is logged.
+        """
+        try:
+            async with self._begin() as s:
+                if await queries.claim_tool_call_returning(s, session_id, call_id, path) is None:
+                    return  # never recorded, or another claimant has it
+                await queries.settle_tool_call_fast(
+                    s,
+                    session_id,
+                    call_id,
+                    status=ToolCallStatus.FAILED,
+                    from_status=ToolCallStatus.RUNNING,
+                    output=BROKER_ERROR_OUTPUT,
+                    error=BROKER_ERROR,
+                    decision=None,
+                )
+        except SQLAlchemyError:
+            logger.warning(
+                "could not settle an undecided call session_id=%s call_id=%s; it stays pending",
+                session_id,
+                call_id[:MAX_CALL_ID],
+            )
+            return
+        self._waiters.notify(session_id, call_id)
+
+    async def _settle(
+        self,
+        session_id: str,
+        call_id: str,
+        status: ToolCallStatus,
+        output: str,
+        error: str | None,
+        decision: str | None,
+        output_item_id: str | None = None,
+    ) -> None:
+        async with self._begin() as s:
+            await queries.settle_tool_call_fast(
+                s,
+                session_id,
+                call_id,
+                status=status,
+                from_status=ToolCallStatus.RUNNING,
+                output=output,
+                # A plain string for the driver (a code is a StrEnum).
+                error=None if error is None else str(error),
+                decision=decision,
+                output_item_id=output_item_id,
+            )
+        self._waiters.notify(session_id, call_id)
+
+    async def unfinished(self, session_id: str) -> tuple[Sequence[ToolCall], Sequence[ToolCall]]:
+        """``(seen, undelivered)``: see :func:`broker.db.queries.unfinished_tool_calls`."""
+        async with self._sessionmaker() as s:
+            return await queries.unfinished_tool_calls(s, session_id)
+
+    async def recover_interrupted(self, session_id: str) -> list[tuple[str, ToolCallStatus]]:
+        """Settle calls left ``running`` by a broker that died; run once at resume.
+
+        An idempotent tool's call goes back to ``pending`` (it runs again, with the same
+        ``Idempotency-Key``); any other is ``failed`` with ``outcome_unknown``: it may have
+        acted, so it never runs a second time, and the model is told exactly that.
+        Returns each call id with the status it was given.
+        """
+        recovered: list[tuple[str, ToolCallStatus]] = []
+        async with self._sessionmaker.begin() as s:
+            for row in await queries.running_tool_calls(s, session_id):
+                spec = self._registry.get(row.tool)
+                if spec is not None and spec.idempotent:
+                    await queries.reset_tool_call(s, session_id, row.call_id)
+                    recovered.append((row.call_id, ToolCallStatus.PENDING))
+                    continue
+                await queries.settle_tool_call(
+                    s,
+                    session_id,
+                    row.call_id,
+                    status=ToolCallStatus.FAILED,
+                    from_statuses=[ToolCallStatus.RUNNING],
+                    error=str(ToolErrorCode.OUTCOME_UNKNOWN),
+                    output=error_output(
+                        ToolErrorCode.OUTCOME_UNKNOWN,
+                        "the broker restarted while this tool was running; it may or may not"
+                        " have completed, and it will not be run again",
+                    ),
+                    output_item_id=new_item_id() if row.path == ToolPath.SIDEBAND else None,
+                )
+                recovered.append((row.call_id, ToolCallStatus.FAILED))
+        for call_id, status in recovered:
+            logger.warning(
+                "tool call interrupted by a restart session_id=%s call_id=%s now=%s",
+                session_id,
+                call_id,
+                status,
+            )
+        return recovered
+
+    async def mark_injected(self, session_id: str, call_id: str) -> None:
+        async with self._begin() as s:
+            await queries.mark_injected(s, session_id, call_id, utcnow())
+
+    async def get_record(self, session_id: str, call_id: str) -> ToolCall | None:
+        async with self._sessionmaker() as s:
+            return await queries.get_tool_call(s, session_id, call_id)
+
+    async def get(self, session_id: str, call_id: str) -> CallOutcome | None:
+        row = await self.get_record(session_id, call_id)
+        return CallOutcome.from_row(row) if row is not None else None
+
+    async def wait_settled(
+        self, session_id: str, call_id: str, within: float | None
+    ) -> CallOutcome | None:
+        """The call's outcome once settled; the latest (unsettled or ``None``) on timeout."""
+        return await self._waiters.wait(session_id, call_id, within)
