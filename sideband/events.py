@@ -1,7 +1,7 @@
 """Realtime wire events: typed server events the controller reads, and client events it sends.
 
-Pure data, no I/O. Server events the controller does not act on parse as :class:`UnknownEvent`
-and pass through untouched (they are still recorded and fanned out). Shapes follow the GA
+Pure data, no I/O. Server events no model here describes parse as :class:`UnknownEvent` and
+pass through untouched (they are still recorded and fanned out). Shapes follow the GA
 protocol (``../shared/PROTOCOL.md`` §3, §3.4).
 """
 
@@ -136,6 +136,13 @@ class InputAudioBufferSpeechStopped(_ServerEvent):
     item_id: str | None = None
 
 
+class InputAudioBufferSpeechStarted(_ServerEvent):
+    """Server VAD heard the user start speaking (the broker's leash counts it as activity)."""
+
+    type: Literal["input_audio_buffer.speech_started"]
+    item_id: str | None = None
+
+
 class InputAudioBufferCommitted(_ServerEvent):
     """A user audio turn entered the conversation (server VAD or the page's commit)."""
 
@@ -155,6 +162,15 @@ class ConversationItemDeleted(_ServerEvent):
 
     type: Literal["conversation.item.deleted"]
     item_id: str
+
+
+class InputAudioTranscriptionCompleted(_ServerEvent):
+    """The words heard in one content part of a user audio item (when transcription is on)."""
+
+    type: Literal["conversation.item.input_audio_transcription.completed"]
+    item_id: str
+    content_index: int = 0
+    transcript: str
 
 
 class ConversationItemRetrieved(_ServerEvent):
@@ -186,10 +202,12 @@ KnownServerEvent = Annotated[
     | ConversationItemAdded
     | ConversationItemCreated
     | InputAudioBufferCommitted
+    | InputAudioBufferSpeechStarted
     | InputAudioBufferSpeechStopped
     | ConversationItemDone
     | ConversationItemDeleted
     | ConversationItemRetrieved
+    | InputAudioTranscriptionCompleted
     | ErrorEvent,
     Field(discriminator="type"),
 ]
@@ -207,10 +225,12 @@ _KNOWN_TYPES = frozenset(
         "conversation.item.added",
         "conversation.item.created",
         "input_audio_buffer.committed",
+        "input_audio_buffer.speech_started",
         "input_audio_buffer.speech_stopped",
         "conversation.item.done",
         "conversation.item.deleted",
         "conversation.item.retrieved",
+        "conversation.item.input_audio_transcription.completed",
         "error",
     }
 )
@@ -248,6 +268,44 @@ def parse_server_event(data: dict[str, Any]) -> ServerEvent:
         raise MalformedEventError(
             f"{data['type']} event failed validation: {exc.error_count()} error(s)"
         ) from exc
+
+
+def parse_observed_event(data: Mapping[str, Any]) -> ServerEvent:
+    """The typed event for an observer of the traffic; never raises for a ``type``d frame.
+
+    As :func:`parse_server_event`, except that a frame failing its type's model comes back as
+    an :class:`UnknownEvent` of that type (no field typed): the controller must refuse to act
+    on it, but an observer still sees that the provider sent, say, a ``response.done``.
+    """
+    try:
+        return parse_server_event(dict(data))
+    except (MalformedEventError, ValidationError):
+        return UnknownEvent(type=data["type"])
+
+
+class ConversationItemCreate(_Wire):
+    """The client event ``conversation.item.create`` as sent (a tool output, a probe).
+
+    Typed for the broker's observers of what went out.
+    """
+
+    type: Literal["conversation.item.create"]
+    event_id: str | None = None
+    item: Item
+    previous_item_id: str | None = None
+
+
+def parse_item_create(data: Mapping[str, Any]) -> ConversationItemCreate | None:
+    """The typed ``conversation.item.create`` a client event is; ``None``: another event.
+
+    One that fails the model is ``None`` too: an observer of what was sent does not time it.
+    """
+    if data.get("type") != "conversation.item.create":
+        return None
+    try:
+        return ConversationItemCreate.model_validate(data)
+    except ValidationError:
+        return None
 
 
 def new_event_id() -> str:

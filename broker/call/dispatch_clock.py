@@ -11,8 +11,16 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Final
+
+from sideband.events import (
+    ConversationItemCreate,
+    ConversationItemDone,
+    FunctionCallArgumentsDone,
+    ResponseOutputItemDone,
+    ServerEvent,
+)
 
 MAX_PENDING: Final = 256
 """Calls seen and not yet answered that are remembered; the model can leave a call
@@ -20,39 +28,45 @@ unanswered (a cancelled response), and such entries must not accumulate for hour
 
 
 class DispatchClock:
-    """One per supervised call; fed every wire event in order."""
+    """One per supervised call; fed the wire events it watches, in order."""
+
+    WATCHES: Final = frozenset(
+        {
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "conversation.item.done",
+        }
+    )
+    """The server events :meth:`saw` reads; it is handed no others."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._pending: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
-    def saw(self, event: Mapping[str, Any]) -> None:
+    def saw(self, event: ServerEvent) -> None:
         """Note a server event; the first one naming a function call starts its clock."""
-        kind = event.get("type")
-        if kind == "response.function_call_arguments.done":
-            call_id, name = event.get("call_id"), event.get("name")
-        elif kind in ("response.output_item.done", "conversation.item.done"):
-            item = event.get("item")
-            if not isinstance(item, Mapping) or item.get("type") != "function_call":
+        call_id: str | None
+        name: str | None
+        if isinstance(event, FunctionCallArgumentsDone):
+            call_id, name = event.call_id, event.name
+        elif isinstance(event, ResponseOutputItemDone | ConversationItemDone):
+            if event.item.type != "function_call":
                 return
-            call_id, name = item.get("call_id"), item.get("name")
+            call_id, name = event.item.call_id, event.item.name
         else:
             return
-        if not isinstance(call_id, str) or call_id in self._pending:
+        if call_id is None or call_id in self._pending:
             return
-        self._pending[call_id] = (name if isinstance(name, str) else "", self._clock())
+        self._pending[call_id] = (name or "", self._clock())
         while len(self._pending) > MAX_PENDING:
             self._pending.popitem(last=False)
 
-    def sent(self, event: Mapping[str, Any]) -> tuple[str, float] | None:
+    def sent(self, event: ConversationItemCreate) -> tuple[str, float] | None:
         """For the broker's own output of a timed call: ``(tool, seconds since seen)``."""
-        if event.get("type") != "conversation.item.create":
+        item = event.item
+        if item.type != "function_call_output" or item.call_id is None:
             return None
-        item = event.get("item")
-        if not isinstance(item, Mapping) or item.get("type") != "function_call_output":
-            return None
-        call_id = item.get("call_id")
-        started = self._pending.pop(call_id, None) if isinstance(call_id, str) else None
+        started = self._pending.pop(item.call_id, None)
         if started is None:
             return None
         tool, seen_at = started

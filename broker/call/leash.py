@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -47,13 +47,36 @@ from broker.record.event_classes import EventClass
 from broker.record.event_log import EventRecorder
 from broker.tools.budget import ALLOWED
 from broker.tools.codes import ToolErrorCode
-from sideband import is_user_activity
+from sideband.events import (
+    ConversationItemAdded,
+    ConversationItemCreated,
+    ResponseCreated,
+    ResponseDone,
+    ServerEvent,
+)
 
 logger = logging.getLogger(__name__)
 
 LEASH_EVENT: Final = "broker.leash"
 BUDGET_GRACE_S: Final = 10.0
 """How long the model may take to tell the user the budget is spent before the hangup."""
+USER_SPEECH: Final = frozenset(
+    {"input_audio_buffer.speech_started", "input_audio_buffer.committed"}
+)
+
+
+def is_user_activity(event: ServerEvent) -> bool:
+    """Whether a server event shows the user speaking or typing.
+
+    Speech counts by its type alone (server VAD's ``speech_started``/``committed``, whatever
+    their fields); so does a user message entering the conversation. Nothing the model
+    produces does, so a call where only the model talks is idle.
+    """
+    if event.type in USER_SPEECH:
+        return True
+    if isinstance(event, ConversationItemAdded | ConversationItemCreated):
+        return event.item.type == "message" and event.item.role == "user"
+    return False
 
 
 class LeashLimit(enum.StrEnum):
@@ -118,6 +141,14 @@ class Leash:
         end_call: ends the call with a reason (provider hangup); idempotent.
     """
 
+    WATCHES: Final = USER_SPEECH | {
+        "conversation.item.added",
+        "conversation.item.created",
+        "response.created",
+        "response.done",
+    }
+    """The server events :meth:`saw` reads; it is handed no others."""
+
     def __init__(
         self,
         session_id: str,
@@ -140,7 +171,7 @@ class Leash:
         self._reply_id: str | None = None
         self._reply_done = asyncio.Event()
 
-    def saw(self, event: Mapping[str, Any]) -> None:
+    def saw(self, event: ServerEvent) -> None:
         """A server event arrived on the sideband; user activity pushes the idle deadline.
 
         Runs on the sideband reader: never blocks.
@@ -149,11 +180,9 @@ class Leash:
             self._bump_idle()
         elif self._watch_reply:
             # The model's reply to the latest settled call: the response started after it.
-            response = event.get("response")
-            response_id = response.get("id") if isinstance(response, dict) else None
-            if event.get("type") == "response.created" and self._reply_id is None:
-                self._reply_id = response_id
-            elif event.get("type") == "response.done" and response_id == self._reply_id:
+            if isinstance(event, ResponseCreated) and self._reply_id is None:
+                self._reply_id = event.response.id
+            elif isinstance(event, ResponseDone) and event.response.id == self._reply_id:
                 self._reply_done.set()
 
     def sideband_attached(self) -> None:

@@ -59,8 +59,12 @@ from sideband import (
     SidebandError,
     is_session_probe,
 )
+from sideband.events import parse_item_create, parse_observed_event
 
 logger = logging.getLogger(__name__)
+
+OBSERVED: Final = Leash.WATCHES | DispatchClock.WATCHES | Usage.WATCHES
+"""The provider events read here: each is parsed once, on arrival; the rest are only recorded."""
 
 REATTACH_NOT_FOUND_GRACE: Final = 1.0
 """After an abnormal close, how long a 404 on re-attach is retried before the call counts as
@@ -86,14 +90,16 @@ class _Observer:
 
     def record(self, direction: Direction, event: dict[str, Any]) -> None:
         self._recorder.record(direction, event)
-        if direction == "in":
-            self._leash.saw(event)
-            self._dispatch.saw(event)
+        if direction == "in" and event.get("type") in OBSERVED:
+            seen = parse_observed_event(event)
+            self._leash.saw(seen)
+            self._dispatch.saw(seen)
             # Counted here; the session's totals are folded in as the recorder stores it.
-            if (usage := Usage.from_response_done(event)) is not None:
-                self._supervisor.metrics.usage_reported(usage.metric_tokens())
+            if (used := Usage.from_response_done(seen)) is not None:
+                self._supervisor.metrics.usage_reported(used.metric_tokens())
         elif direction == "out":
-            if (timed := self._dispatch.sent(event)) is not None:
+            created = parse_item_create(event)
+            if created is not None and (timed := self._dispatch.sent(created)) is not None:
                 self._supervisor.metrics.dispatch_finished(*timed)
             if is_session_probe(event):
                 self._supervisor.metrics.session_probed()

@@ -26,6 +26,10 @@ transcript is read as the record of the conversation (by people, in the dashboar
 programs), and a marked line still reads as something that was said unless every reader
 knows to filter it. What the page did is recorded where it belongs, as ``broker.tamper``
 events in the event log.
+
+The stored events are the provider's frames as received; :func:`project` parses each once, on
+entry, into the same typed events the controller reads (``sideband.events``). A frame that
+fails its type's model is no evidence of anything.
 """
 
 from __future__ import annotations
@@ -37,6 +41,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
 from broker.db.models import ToolCall
+from sideband.events import (
+    ConversationItemDeleted,
+    ConversationItemDone,
+    InputAudioBufferCommitted,
+    InputAudioTranscriptionCompleted,
+    Item,
+    ResponseDone,
+    ResponseOutputItemDone,
+    ServerEvent,
+    parse_observed_event,
+)
 
 MAX_ENTRIES: Final = 200
 MAX_TEXT_CHARS: Final = 2000
@@ -53,9 +68,15 @@ EVENT_WINDOW: Final = 6 * MAX_ENTRIES
 response's two; an audio turn's commit, item and transcription)."""
 
 
-def _text(item: dict[str, Any], kinds: frozenset[str] | None = None) -> str:
+def _content(item: Item) -> list[Any]:
+    """The item's content parts: the wire model keeps them as the provider sent them."""
+    content = (item.model_extra or {}).get("content")
+    return content if isinstance(content, list) else []
+
+
+def _text(item: Item, kinds: frozenset[str] | None = None) -> str:
     parts = []
-    for part in item.get("content") or []:
+    for part in _content(item):
         if isinstance(part, dict) and (kinds is None or part.get("type") in kinds):
             text = part.get("text") or part.get("transcript")
             if isinstance(text, str) and text:
@@ -71,12 +92,6 @@ def _cut(text: Any) -> str:
     return value if len(value) <= MAX_TEXT_CHARS else value[:MAX_TEXT_CHARS] + "…"
 
 
-def _item_id(item: Any) -> str | None:
-    if isinstance(item, dict) and isinstance(item.get("id"), str):
-        return str(item["id"])
-    return None
-
-
 class _Evidence:
     """What the stored events say about each item.
 
@@ -87,8 +102,8 @@ class _Evidence:
     def __init__(self) -> None:
         self.order: dict[str, None] = {}
         """Item ids in order of first appearance (a dict as an ordered set)."""
-        self.conversation: dict[str, dict[str, Any]] = {}
-        self.model: dict[str, dict[str, Any]] = {}
+        self.conversation: dict[str, Item] = {}
+        self.model: dict[str, Item] = {}
         self.deleted: set[str] = set()
         self.committed: set[str] = set()
         self.heard: dict[str, dict[int, str]] = {}
@@ -96,39 +111,32 @@ class _Evidence:
     def _seen(self, item_id: str) -> None:
         self.order.setdefault(item_id, None)
 
-    def add(self, type_: str, payload: dict[str, Any]) -> None:
-        if type_ == "conversation.item.deleted":
-            if isinstance(payload.get("item_id"), str):
-                self.deleted.add(payload["item_id"])
-        elif type_ == "input_audio_buffer.committed":
-            if isinstance(payload.get("item_id"), str):
-                self._seen(payload["item_id"])
-                self.committed.add(payload["item_id"])
-        elif type_ == "conversation.item.input_audio_transcription.completed":
-            item_id, words = payload.get("item_id"), payload.get("transcript")
-            index = payload.get("content_index", 0)
-            if isinstance(item_id, str) and isinstance(words, str) and isinstance(index, int):
-                self.heard.setdefault(item_id, {})[index] = words
-        elif type_ == "conversation.item.done":
-            item = payload.get("item")
-            if isinstance(item, dict) and (item_id := _item_id(item)) is not None:
+    def add(self, event: ServerEvent) -> None:
+        if isinstance(event, ConversationItemDeleted):
+            self.deleted.add(event.item_id)
+        elif isinstance(event, InputAudioBufferCommitted):
+            if event.item_id is not None:
+                self._seen(event.item_id)
+                self.committed.add(event.item_id)
+        elif isinstance(event, InputAudioTranscriptionCompleted):
+            self.heard.setdefault(event.item_id, {})[event.content_index] = event.transcript
+        elif isinstance(event, ConversationItemDone):
+            if (item_id := event.item.id) is not None:
                 self._seen(item_id)
-                self.conversation[item_id] = item
-        elif type_ == "response.output_item.done":
-            self._model_item(payload.get("item"))
-        elif type_ == "response.done":
-            response = payload.get("response")
-            output = response.get("output") if isinstance(response, dict) else None
-            for item in output if isinstance(output, list) else []:
+                self.conversation[item_id] = event.item
+        elif isinstance(event, ResponseOutputItemDone):
+            self._model_item(event.item)
+        elif isinstance(event, ResponseDone):
+            for item in event.response.output:
                 self._model_item(item, replace=False)
 
-    def _model_item(self, item: Any, *, replace: bool = True) -> None:
-        if isinstance(item, dict) and (item_id := _item_id(item)) is not None:
+    def _model_item(self, item: Item, *, replace: bool = True) -> None:
+        if (item_id := item.id) is not None:
             self._seen(item_id)
             if replace or item_id not in self.model:
                 self.model[item_id] = item
 
-    def user_text(self, item_id: str, item: dict[str, Any]) -> str | None:
+    def user_text(self, item_id: str, item: Item) -> str | None:
         """A user item's words, or ``None`` if nothing shows the user said or typed them."""
         if item_id in self.committed:
             heard = self.heard.get(item_id)
@@ -137,19 +145,20 @@ class _Evidence:
             return _text(item)  # the provider's transcript in the item, if it has one
         # Typed: only the input_text parts. An audio part's "transcript" in an item the page
         # created is the page's claim, not something the user was heard to say.
-        if any(isinstance(p, dict) and p.get("type") in _TYPED for p in item.get("content") or []):
+        if any(isinstance(p, dict) and p.get("type") in _TYPED for p in _content(item)):
             return _text(item, _TYPED)
         return None
 
 
 def project(
-    events: Iterable[tuple[str, dict[str, Any]]],
+    events: Iterable[tuple[str, Any]],
     broker_outputs: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """``(type, payload)`` events in seq order → transcript entries (the newest ones).
 
     Args:
-        events: the session's stored provider events of :data:`EVENT_TYPES`.
+        events: the session's stored provider events of :data:`EVENT_TYPES`; the stored
+            ``type`` is the event's.
         broker_outputs: ``call_id → output`` of the tool calls the broker recorded
             (:func:`outputs_of`). Without it no tool output is shown: an output in the
             conversation proves nothing about who wrote it.
@@ -157,7 +166,7 @@ def project(
     evidence = _Evidence()
     for type_, payload in events:
         if isinstance(payload, dict):
-            evidence.add(type_, payload)
+            evidence.add(parse_observed_event({**payload, "type": type_}))
     outputs = broker_outputs or {}
     entries: list[dict[str, Any]] = []
     tools: dict[str, dict[str, Any]] = {}
@@ -166,18 +175,18 @@ def project(
             continue
         model_item = evidence.model.get(item_id)
         if model_item is not None:
-            kind = model_item.get("type")
-            if kind == "message" and model_item.get("role") == "assistant":
+            kind = model_item.type
+            if kind == "message" and model_item.role == "assistant":
                 entries.append(
                     {"type": "turn", "role": "assistant", "text": _cut(_text(model_item))}
                 )
             elif kind == "function_call":
-                call_id = str(model_item.get("call_id"))
+                call_id = str(model_item.call_id)
                 entry: dict[str, Any] = {
                     "type": "tool_call",
-                    "call_id": model_item.get("call_id"),
-                    "name": model_item.get("name"),
-                    "arguments": _cut(model_item.get("arguments")),
+                    "call_id": model_item.call_id,
+                    "name": model_item.name,
+                    "arguments": _cut(model_item.arguments),
                     "output": None,
                 }
                 entries.append(entry)
@@ -186,8 +195,7 @@ def project(
         item = evidence.conversation.get(item_id)
         if item is None:
             continue
-        kind = item.get("type")
-        if kind == "message" and item.get("role") == "user":
+        if item.type == "message" and item.role == "user":
             text = evidence.user_text(item_id, item)
             if text is not None:
                 entries.append({"type": "turn", "role": "user", "text": _cut(text)})
@@ -198,11 +206,11 @@ def project(
         item = evidence.conversation.get(item_id)
         if item is None or item_id in evidence.deleted or item_id in evidence.model:
             continue
-        if item.get("type") != "function_call_output":
+        if item.type != "function_call_output":
             continue
-        call_id, output = str(item.get("call_id")), item.get("output")
+        call_id, output = str(item.call_id), item.output
         call = tools.get(call_id)
-        if call is not None and isinstance(output, str) and outputs.get(call_id) == output:
+        if call is not None and output is not None and outputs.get(call_id) == output:
             call["output"] = _cut(output)
     return entries[-MAX_ENTRIES:]
 

@@ -5,7 +5,9 @@
 audio_tokens, cached_tokens, …}, output_token_details: {text_tokens, audio_tokens}}``.
 It is provider input, so it is never trusted: a count that is not a JSON integer (a string,
 a float, ``true``) or is negative counts as 0, and one above :data:`MAX_RESPONSE_TOKENS`
-is capped there, so one absurd event cannot overflow a session's or a key's totals.
+is capped there, so one absurd event cannot overflow a session's or a key's totals. A
+``response.done`` that fails the wire model (:func:`sideband.events.parse_observed_event`)
+still counts as one response, with no tokens: the provider did answer.
 
 A session's usage is the sum over every ``response.done`` its sideband saw: the event log
 stores each one, and :func:`broker.db.queries.add_events` folds their usage into the
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Final
+from typing import Any, ClassVar, Final
+
+from sideband.events import ResponseDone, ServerEvent, parse_observed_event
 
 RESPONSE_DONE: Final = "response.done"
 MAX_RESPONSE_TOKENS: Final = 1_000_000
@@ -51,6 +55,9 @@ class Usage:
     output_text_tokens: int = 0
     output_audio_tokens: int = 0
 
+    WATCHES: ClassVar[frozenset[str]] = frozenset({RESPONSE_DONE})
+    """The server events :meth:`from_response_done` reads."""
+
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
@@ -61,17 +68,16 @@ class Usage:
         return self == Usage()
 
     @classmethod
-    def from_response_done(cls, event: Mapping[str, Any]) -> Usage | None:
+    def from_response_done(cls, event: ServerEvent) -> Usage | None:
         """The usage of one ``response.done`` (``responses`` = 1); ``None`` for other events.
 
-        A ``response.done`` without a usage block (or with a malformed one) still counts as
-        one response with no tokens.
+        A ``response.done`` without a usage block (or one that failed the wire model) still
+        counts as one response with no tokens.
         """
-        if event.get("type") != RESPONSE_DONE:
+        if event.type != RESPONSE_DONE:
             return None
-        response = event.get("response")
-        usage = response.get("usage") if isinstance(response, Mapping) else None
-        if not isinstance(usage, Mapping):
+        usage = event.response.usage if isinstance(event, ResponseDone) else None
+        if usage is None:
             return cls(responses=1)
         inputs = usage.get("input_token_details")
         outputs = usage.get("output_token_details")
@@ -139,13 +145,15 @@ def usage_of_events(events: Iterable[Mapping[str, Any]]) -> Usage:
     Args:
         events: event-log rows as :meth:`broker.record.event_log.EventRecorder.record` builds
             them (``direction``, ``payload``); only ``direction == "in"`` counts: a
-            ``response.done`` the broker itself sent or logged is not provider usage.
+            ``response.done`` the broker itself sent or logged is not provider usage. Each
+            such payload is parsed here, once, into its typed event.
     """
     total = Usage()
     for row in events:
         if row.get("direction") != "in":
             continue
         payload = row.get("payload")
-        if isinstance(payload, Mapping) and (usage := Usage.from_response_done(payload)):
-            total += usage
+        if isinstance(payload, Mapping) and payload.get("type") == RESPONSE_DONE:
+            usage = Usage.from_response_done(parse_observed_event(payload))
+            total += usage or Usage()
     return total

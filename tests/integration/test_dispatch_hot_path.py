@@ -27,6 +27,7 @@ from broker.db.models import SessionRow, ToolCallStatus, ToolPath
 from broker.record.event_log import EventRecorder
 from broker.tools.dispatch import BROKER_ERROR_OUTPUT, CallRejectedError, ToolDispatcher
 from broker.tools.registry import load_registry
+from sideband.events import parse_observed_event
 from tests.support.postgres import fresh_pg_database
 from tests.support.rows import session_row
 
@@ -279,8 +280,10 @@ async def _leash_ended_by(settled: bool | None, replies: bool) -> str:
         await asyncio.sleep(0)
         leash.tool_call_settled(settled)
         if replies:
-            leash.saw({"type": "response.created", "response": {"id": "resp_reply"}})
-            leash.saw({"type": "response.done", "response": {"id": "resp_reply"}})
+            reply = {"id": "resp_reply", "status": "in_progress"}
+            leash.saw(parse_observed_event({"type": "response.created", "response": reply}))
+            reply = {"id": "resp_reply", "status": "completed"}
+            leash.saw(parse_observed_event({"type": "response.done", "response": reply}))
         await task
     [reason] = ended
     return reason

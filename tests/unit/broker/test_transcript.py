@@ -24,11 +24,15 @@ def done(item: dict[str, Any]) -> Event:
 def model(*items: dict[str, Any]) -> list[Event]:
     """A watched response that produced ``items``: each item's output_item.done, then
     response.done listing them."""
+    response = {"id": "resp_1", "status": "completed", "output": list(items)}
     events: list[Event] = [
-        ("response.output_item.done", {"type": "response.output_item.done", "item": item})
+        (
+            "response.output_item.done",
+            {"type": "response.output_item.done", "response_id": "resp_1", "item": item},
+        )
         for item in items
     ]
-    events.append(("response.done", {"type": "response.done", "response": {"output": list(items)}}))
+    events.append(("response.done", {"type": "response.done", "response": response}))
     return events
 
 

@@ -1,4 +1,8 @@
-"""The usage parser: provider input summed safely (broker/record/usage.py)."""
+"""The usage parser: provider input summed safely (broker/record/usage.py).
+
+Events reach it parsed once into typed events, as the call's observer and the event log's
+writer hand them over (:func:`sideband.events.parse_observed_event`).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,18 @@ import pytest
 
 from broker.metrics import TOKEN_LABELS
 from broker.record.usage import MAX_RESPONSE_TOKENS, USAGE_FIELDS, Usage, column, usage_of_events
+from sideband.events import parse_observed_event
 
 
 def done(usage: Any) -> dict[str, Any]:
-    return {"type": "response.done", "response": {"id": "resp_1", "usage": usage}}
+    return {
+        "type": "response.done",
+        "response": {"id": "resp_1", "status": "completed", "usage": usage},
+    }
+
+
+def read(event: dict[str, Any]) -> Usage | None:
+    return Usage.from_response_done(parse_observed_event(event))
 
 
 GA_USAGE = {
@@ -30,7 +42,7 @@ GA_USAGE = {
 
 
 def test_a_ga_response_done_is_read_field_by_field() -> None:
-    assert Usage.from_response_done(done(GA_USAGE)) == Usage(
+    assert read(done(GA_USAGE)) == Usage(
         responses=1,
         input_tokens=120,
         output_tokens=60,
@@ -44,16 +56,16 @@ def test_a_ga_response_done_is_read_field_by_field() -> None:
 
 
 def test_other_events_are_not_usage_and_a_bare_response_done_counts_one_response() -> None:
-    assert Usage.from_response_done({"type": "response.created", "response": {}}) is None
-    assert Usage.from_response_done(done(None)) == Usage(responses=1)
-    assert Usage.from_response_done({"type": "response.done"}) == Usage(responses=1)
-    assert Usage.from_response_done(done("lots")) == Usage(responses=1)
-    assert Usage.from_response_done(done({"input_token_details": 7})) == Usage(responses=1)
+    assert read({"type": "response.created", "response": {}}) is None
+    assert read(done(None)) == Usage(responses=1)
+    assert read({"type": "response.done"}) == Usage(responses=1)
+    assert read(done("lots")) == Usage(responses=1)
+    assert read(done({"input_token_details": 7})) == Usage(responses=1)
 
 
 @pytest.mark.parametrize("bad", ["12", 12.0, True, -5, None, [3], {"n": 1}, float("nan")])
 def test_a_count_that_is_not_a_non_negative_integer_counts_zero(bad: Any) -> None:
-    usage = Usage.from_response_done(
+    usage = read(
         done(
             {
                 "total_tokens": bad,
@@ -75,7 +87,7 @@ def test_a_count_that_is_not_a_non_negative_integer_counts_zero(bad: Any) -> Non
 
 def test_absurd_counts_are_capped() -> None:
     huge = 10**30
-    usage = Usage.from_response_done(
+    usage = read(
         done(
             {
                 "total_tokens": huge,
@@ -101,7 +113,7 @@ def test_sums_only_the_providers_response_done_events() -> None:
         {"direction": "in", "payload": "not an event"},
     ]
     total = usage_of_events(rows)
-    single = Usage.from_response_done(one)
+    single = read(one)
     assert single is not None
     assert total == single + single
     assert total.responses == 2 and total.input_cached_tokens == 128
@@ -109,7 +121,7 @@ def test_sums_only_the_providers_response_done_events() -> None:
 
 
 def test_rendered_in_the_providers_shape_and_as_metric_labels() -> None:
-    usage = Usage.from_response_done(done(GA_USAGE))
+    usage = read(done(GA_USAGE))
     assert usage is not None
     assert usage.as_json() == {
         "responses": 1,
@@ -125,7 +137,7 @@ def test_rendered_in_the_providers_shape_and_as_metric_labels() -> None:
 
 
 def test_columns_round_trip() -> None:
-    usage = Usage.from_response_done(done(GA_USAGE))
+    usage = read(done(GA_USAGE))
     assert usage is not None
 
     class Row:
