@@ -16,10 +16,12 @@ import signal
 import socket
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
+import pytest
 
 from tests.support.broker_process import ROOT, SIGNING_KEY
 from tests.support.broker_server import ADMIN_KEY, PROVIDER_KEY
@@ -58,12 +60,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _unreachable_provider() -> str:
-    """A loopback URL nothing listens on: the broker must not need its provider to start."""
-    return f"http://127.0.0.1:{_free_port()}/v1"
+@pytest.fixture
+def unreachable_provider() -> Iterator[str]:
+    """A loopback URL nothing listens on: the broker must not need its provider to start.
+
+    The port stays bound (never listening) for the test, so nothing else can take it.
+    """
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{held.getsockname()[1]}/v1"
 
 
-def _serve_env(db_url: str, port: int, provider_key: bool) -> dict[str, str]:
+def _serve_env(db_url: str, port: int, provider: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "OPENAI_"))}
     env |= {
         "BROKER_HOST": "127.0.0.1",
@@ -73,11 +81,8 @@ def _serve_env(db_url: str, port: int, provider_key: bool) -> dict[str, str]:
         "BROKER_SIGNING_KEY": SIGNING_KEY,
         "BROKER_PROVIDER_TIMEOUT": "2",
     }
-    if provider_key:
-        env |= {
-            "BROKER_PROVIDER_BASE_URL": _unreachable_provider(),
-            "BROKER_PROVIDER_API_KEY": PROVIDER_KEY,
-        }
+    if provider is not None:
+        env |= {"BROKER_PROVIDER_BASE_URL": provider, "BROKER_PROVIDER_API_KEY": PROVIDER_KEY}
     return env
 
 
@@ -143,13 +148,13 @@ asyncio.run(main())
 
 
 async def test_the_app_with_a_provider_key_never_imports_the_emulator(
-    db_url: str, tmp_path: Path
+    db_url: str, tmp_path: Path, unreachable_provider: str
 ) -> None:
     """Built by the tests' own helper, it serves health, sessions and offers (the provider
     is unreachable, so the offer fails as that), with no emulator module loaded or tried."""
     attempts = tmp_path / "attempts"
     source = _absent_modules(attempts) + f"ABSENT = {ABSENT!r}\nOFFER = {OFFER!r}\n" + APP_CHECK
-    code, out = await _run_python(source, db_url, _unreachable_provider())
+    code, out = await _run_python(source, db_url, unreachable_provider)
     assert code == 0, out
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     assert result["health"] == [200, {"status": "ok", "provider": "openai"}], result
@@ -191,11 +196,11 @@ async def _health(base_url: str, process: asyncio.subprocess.Process) -> dict[st
 
 
 async def test_broker_serve_with_a_provider_key_runs_without_the_emulator(
-    db_url: str, tmp_path: Path
+    db_url: str, tmp_path: Path, unreachable_provider: str
 ) -> None:
     attempts, log = tmp_path / "attempts", tmp_path / "serve.log"
     port = _free_port()
-    process = await _serve(_serve_env(db_url, port, provider_key=True), attempts, log)
+    process = await _serve(_serve_env(db_url, port, unreachable_provider), attempts, log)
     try:
         health = await _health(f"http://127.0.0.1:{port}", process)
         assert health == {"status": "ok", "provider": "openai"}, log.read_text()
@@ -215,7 +220,7 @@ async def test_the_harness_catches_a_broker_that_needs_the_emulator(
     harness it cannot start, and the attempt is on file."""
     attempts, log = tmp_path / "attempts", tmp_path / "serve.log"
     port = _free_port()
-    process = await _serve(_serve_env(db_url, port, provider_key=False), attempts, log)
+    process = await _serve(_serve_env(db_url, port, None), attempts, log)
     try:
         health = await _health(f"http://127.0.0.1:{port}", process)
     finally:
