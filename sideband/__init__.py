@@ -4,11 +4,10 @@ Never imports ``broker``: the broker injects what the controller needs.
 """
 
 from sideband.connection import SidebandConnection
-from sideband.controller import (
+from sideband.contracts import (
     AnswerGate,
     AttachKind,
     Backlog,
-    CallController,
     CallObserver,
     Direction,
     FunctionCall,
@@ -16,6 +15,7 @@ from sideband.controller import (
     ToolResult,
     Undelivered,
 )
+from sideband.controller import CallController
 from sideband.errors import (
     CallEndedError,
     CallNotFoundError,

@@ -36,6 +36,13 @@ _PROVIDER_ADDED_PARAMETER_KEYS: Final = frozenset({"strict"})
 are not a change the browser made."""
 MAX_REPORTED_NAMES: Final = 20
 MAX_NAME_CHARS: Final = 64
+MAX_REPORTED_CHARS: Final = 128
+"""The most of an id or a tool name a report keeps: the page may have chosen it."""
+
+
+def cut(value: str | None) -> str | None:
+    """``value`` as a report keeps it (at most :data:`MAX_REPORTED_CHARS`)."""
+    return value[:MAX_REPORTED_CHARS] if value is not None else None
 
 
 @dataclass(frozen=True)
