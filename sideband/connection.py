@@ -6,11 +6,12 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import aiohttp
 
+from sideband.backoff import backoff_delays
 from sideband.errors import (
     CallEndedError,
     CallNotFoundError,
@@ -31,14 +32,6 @@ MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 HANDSHAKE_TIMEOUT: Final = 10.0
 FIRST_RETRY_DELAY: Final = 0.1
 MAX_RETRY_DELAY: Final = 2.0
-
-
-def backoff_delays(first: float, cap: float) -> Iterator[float]:
-    """Exponential delays with jitter in [0.75, 1.0] of the nominal value, capped (never ends)."""
-    delay = first
-    while True:
-        yield delay * random.uniform(0.75, 1.0)
-        delay = min(delay * 2, cap)
 
 
 class SidebandConnection:
@@ -101,7 +94,7 @@ class SidebandConnection:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + attach_timeout
-        delays = backoff_delays(FIRST_RETRY_DELAY, MAX_RETRY_DELAY)
+        delays = backoff_delays(FIRST_RETRY_DELAY, MAX_RETRY_DELAY, jitter=0.25)
         attempt = 0
         if first_delay > 0:
             await asyncio.sleep(random.uniform(0, first_delay))
