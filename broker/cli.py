@@ -8,7 +8,6 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 
 from aiohttp import web
@@ -109,7 +108,7 @@ def _serve(settings: Settings, dev: bool, log_format: LogFormat) -> None:
         _, ops_key = asyncio.run(
             _new_key(settings.database_url, "development ops", DEV_OPS_KEY_SCOPES)
         )
-        settings = replace(settings, demo=True)
+        settings = settings.replace(demo=True)
     app = create_app(settings)
 
     async def listening(app: web.Application) -> None:
@@ -168,10 +167,11 @@ def _emulator(host: str, port: int, api_key: str) -> None:
     web.run_app(app, host=host, port=port, print=None)
 
 
-def _log_format(args: argparse.Namespace) -> LogFormat:
+def _log_format(args: argparse.Namespace, configured: str | None) -> LogFormat:
     """JSON for a server (log pipelines read it); text for a developer's terminal."""
-    if args.log_format:
-        return LogFormat(args.log_format)
+    chosen: str | None = args.log_format or configured
+    if chosen:
+        return LogFormat(chosen)
     if args.command == "serve" and not args.dev:
         return LogFormat.JSON
     return LogFormat.CONSOLE
@@ -183,7 +183,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--log-format",
         choices=[f.value for f in LogFormat],
-        default=os.environ.get("BROKER_LOG_FORMAT") or None,
         help="json (one object per line; the default) or console (the default with --dev);"
         " env BROKER_LOG_FORMAT",
     )
@@ -225,15 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             emu.error("set EMULATOR_API_KEY or pass --api-key")
 
     try:
-        log_format = _log_format(args)
-    except ValueError:
-        sys.stderr.write("broker: configuration error: BROKER_LOG_FORMAT must be json or console\n")
-        return 2
-    try:
         settings = Settings.from_env()
     except SettingsError as exc:
         sys.stderr.write(f"broker: configuration error: {exc}\n")
         return 2
+    log_format = _log_format(args, settings.log_format)
     configure_logging(
         args.log_level,
         [
@@ -247,8 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fmt=log_format,
     )
     if args.command == "serve":
-        settings = replace(
-            settings,
+        settings = settings.replace(
             host=args.host or settings.host,
             port=args.port if args.port is not None else settings.port,
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +134,7 @@ async def make_broker(
     started: list[RunningBroker] = []
 
     async def factory(**overrides: Any) -> RunningBroker:
-        running = await start_broker(replace(broker_settings, **overrides))
+        running = await start_broker(broker_settings.replace(**overrides))
         started.append(running)
         return running
 

@@ -1,0 +1,487 @@
+"""``Settings``: every setting's type, default, bounds and description, and its checks.
+
+The fields are the single source of the README's settings table (``make settings-table``;
+``tests/unit/broker/test_settings_doc.py`` fails on drift).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from sqlalchemy.engine import make_url
+
+from broker.session.limits import TamperPolicy
+from broker.settings import rules
+from broker.settings.key_file import load_or_create_key_file
+from broker.settings.rules import MIN_WEBHOOK_KEY_BYTES, MIN_WEBHOOK_SECRET_CHARS, SettingsError
+from broker.settings.secret import Secret
+from broker.settings.sources import ENV_FILE, ENV_PREFIX, read
+
+DEFAULT_DATABASE_URL: Final = "sqlite+aiosqlite:///./broker.db"
+DEFAULT_TOOLS_CONFIG: Final = Path(__file__).parents[1] / "tools" / "demo_tools.toml"
+DEFAULT_SIGNING_KEY_FILE: Final = Path(".broker/signing.key")
+OPENAI_BASE_URL: Final = "https://api.openai.com/v1"
+MIN_ADMIN_KEY_CHARS: Final = 16
+MIN_SIGNING_KEY_CHARS: Final = 32
+MAX_RATE: Final = 100_000
+
+
+def _shown_default(text: str) -> dict[str, Any]:
+    """The README's Default cell where the value itself would mislead (a path, a fallback)."""
+    return {"shown_default": text}
+
+
+class Settings(BaseSettings):
+    """The broker's configuration. Read with :meth:`from_env`; tests construct it directly.
+
+    Built either way, every value is checked, and a bad one raises :class:`SettingsError`.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="forbid",
+        validate_by_name=True,
+        validate_by_alias=True,
+        hide_input_in_errors=True,
+    )
+
+    # What a session that names none gets: fixed, not settings (no variable sets them).
+    default_model: ClassVar[str] = "gpt-realtime"
+    default_voice: ClassVar[str] = "marin"
+    default_instructions: ClassVar[str] = "You are a helpful voice assistant."
+
+    # --- serving --------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="where `broker serve` listens (also `--host`)")
+    port: int = Field(
+        8080,
+        ge=0,
+        le=65535,
+        description="the port `broker serve` listens on (also `--port`, and `make run PORT=…`)",
+    )
+    log_format: Literal["json", "console"] | None = Field(
+        None,
+        description="log lines: `json` (one object per line) or `console` (also `--log-format`)",
+        json_schema_extra=_shown_default("`json` for `serve`; `console` with `--dev` and others"),
+    )
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        repr=False,  # may hold a password; see database_password
+        description="SQLite, or `postgresql+asyncpg://…` (`pip install -e '.[postgres]'`)",
+    )
+    demo: bool = Field(
+        False,
+        description="serve the demo page at `/` and `POST /demo/session` (also `broker serve"
+        " --dev`): development only, as anyone who can reach the broker can start calls",
+    )
+    cors_origins: Annotated[frozenset[str], NoDecode] = Field(
+        frozenset(),
+        description="comma-separated exact origins (`https://app.example.com`) whose pages may"
+        " call the offer, bridge and end endpoints; no path, no wildcard",
+    )
+
+    # --- the provider ---------------------------------------------------------------------
+    provider_api_key: Secret | None = Field(
+        None,
+        validation_alias=AliasChoices("BROKER_PROVIDER_API_KEY", "OPENAI_API_KEY"),
+        description="the provider's key; unset: the built-in emulator runs in-process",
+    )
+    provider_base_url: str | None = Field(
+        None,
+        validate_default=True,
+        description="`…/v1` of an OpenAI-compatible provider (needs a key)",
+        json_schema_extra=_shown_default(f"`{OPENAI_BASE_URL}` when a key is set"),
+    )
+    provider_timeout: float = Field(
+        10.0, gt=0, allow_inf_nan=False, description="seconds for each provider HTTP request"
+    )
+    emulator_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="port of the built-in emulator when no provider key is set (`0`: any free"
+        " port; it listens on 127.0.0.1 only)",
+    )
+
+    # --- keys -----------------------------------------------------------------------------
+    admin_key: Secret | None = Field(
+        None,
+        description="accepted as an API key with every scope (at least"
+        f" {MIN_ADMIN_KEY_CHARS} characters)",
+    )
+    signing_key_file: Path = Field(
+        DEFAULT_SIGNING_KEY_FILE,
+        description="where the signing key is kept when `BROKER_SIGNING_KEY` is unset: made"
+        " (0600, in a 0700 directory) on first start so client secrets survive a restart; a"
+        " file other users may read, or that another user owns, stops the broker",
+    )
+    signing_key: Secret = Field(
+        None,
+        validate_default=True,
+        description=f"the client-secret signing key (at least {MIN_SIGNING_KEY_CHARS} characters)",
+        json_schema_extra=_shown_default("the key in `BROKER_SIGNING_KEY_FILE`"),
+    )
+    client_secret_ttl: int = Field(
+        300, ge=30, le=3600, description="seconds a browser's client secret is valid"
+    )
+
+    # --- tools ----------------------------------------------------------------------------
+    tools_config: Path = Field(
+        DEFAULT_TOOLS_CONFIG,
+        validation_alias="BROKER_CONFIG",
+        description="the tools file (TOML, see Tools below)",
+        json_schema_extra=_shown_default("`broker/tools/demo_tools.toml`"),
+    )
+    tool_max_argument_bytes: int = Field(
+        32 * 1024,
+        ge=2,
+        le=1024 * 1024,
+        description="size of one call's arguments; default and ceiling of"
+        " `limits.max_argument_bytes`",
+    )
+    tool_breaker_failures: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description="consecutive failures of one tool that pause it (its circuit opens; below);"
+        " `0`: never",
+    )
+    tool_breaker_cooldown_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="seconds a paused tool's calls are refused before one trial call may run",
+    )
+    bridge_wait_timeout: float = Field(
+        5.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="seconds a bridge request waits for the sideband to finish a call it owns",
+    )
+
+    # --- the sideband ---------------------------------------------------------------------
+    sideband_attach_timeout: float = Field(
+        10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="seconds a sideband 404 (or refused connection) right after call creation"
+        " is retried",
+    )
+    sideband_reconnect_timeout: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="seconds a lost sideband is re-attached (jittered backoff) before the"
+        " session is `degraded` and the bridge takes over",
+    )
+    sideband_answer_wait_s: float = Field(
+        1.5,
+        ge=0,
+        le=30,
+        allow_inf_nan=False,
+        description="seconds the SDP answer waits for the call's first sideband attach (`0`: it"
+        " does not wait, and every first attach resyncs)",
+    )
+    session_probe_interval_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="seconds between probes of the provider's session config on each live call"
+        " (`0`: only after a reconnect and before each broker `response.create`)",
+    )
+    tamper_policy: TamperPolicy = Field(
+        TamperPolicy.REVERT,
+        description="default `on_tamper` when a browser rewrites the session config: `revert`,"
+        " or `hangup` to also end the call",
+    )
+    shutdown_grace_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        allow_inf_nan=False,
+        description="on SIGTERM, seconds running tool calls may finish and be delivered; the"
+        " rest stay recorded for the next broker process",
+    )
+
+    # --- per-session limits ---------------------------------------------------------------
+    call_max_duration_s: int = Field(
+        1800,
+        ge=10,
+        le=3600,
+        validation_alias="BROKER_CALL_MAX_DURATION",
+        description="seconds a call may last; default and ceiling of `limits.max_duration_s`",
+    )
+    call_idle_timeout_s: int = Field(
+        300,
+        ge=5,
+        le=3600,
+        validation_alias="BROKER_CALL_IDLE_TIMEOUT",
+        description="seconds without user speech or text before hangup; default and ceiling of"
+        " `limits.idle_timeout_s`",
+    )
+    session_max_tool_calls: int = Field(
+        50,
+        ge=0,
+        le=10_000,
+        description="tool calls a session may start; default and ceiling of"
+        " `limits.max_tool_calls`",
+    )
+    session_max_concurrent_tools: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="tool calls a session may run at once; default and ceiling of"
+        " `limits.max_concurrent_tools`",
+    )
+
+    # --- rate limits (token buckets, per process) -----------------------------------------
+    session_create_rate: int = Field(
+        60,
+        ge=0,
+        le=MAX_RATE,
+        description="sessions each API key may create per minute, on average (`0`: no limit);"
+        " past it 429 `rate_limited`",
+    )
+    session_create_burst: int = Field(
+        20,
+        ge=1,
+        le=MAX_RATE,
+        description="sessions a key may create at once before the rate applies",
+    )
+    bridge_rate: int = Field(
+        120,
+        ge=0,
+        le=MAX_RATE,
+        description="bridge requests (`POST …/tools/{tool}`) each session may make per minute,"
+        " on average, keyed on the verified client secret's session (`0`: no limit); a tool"
+        " call takes one, plus one per re-ask after a 202; past it 429 `rate_limited`",
+    )
+    bridge_burst: int = Field(
+        30,
+        ge=1,
+        le=MAX_RATE,
+        description="bridge requests a session may make at once before the rate applies",
+    )
+    offer_rate: int = Field(
+        12,
+        ge=0,
+        le=MAX_RATE,
+        description="offer requests each session may make per minute (`0`: no limit); end"
+        " requests have a bucket of their own with the same numbers",
+    )
+    offer_burst: int = Field(
+        5,
+        ge=1,
+        le=MAX_RATE,
+        description="offer (or end) requests a session may make at once before the rate applies",
+    )
+    body_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        allow_inf_nan=False,
+        description="seconds a client may take to send a whole request body (SDP or JSON); past"
+        " it 408 `body_timeout`",
+    )
+    event_streams_per_key: int = Field(
+        20,
+        ge=0,
+        le=10_000,
+        description="event streams (`GET …/events`) one API key may hold open at once, per"
+        " process (`0`: no cap); past it 429 `too_many_streams`",
+    )
+
+    # --- the event log --------------------------------------------------------------------
+    event_log_max_coalescible: int = Field(
+        2000,
+        ge=0,
+        le=1_000_000,
+        description="coalescible events (deltas and other high-rate traffic) one session's log"
+        " stores; the rest are dropped and counted (kept events are never capped)",
+    )
+    event_log_max_coalescible_bytes: int = Field(
+        2 * 1024 * 1024,
+        ge=0,
+        le=1024**3,
+        description="their total bytes per session (compact JSON; 2 MiB by default); past it"
+        " they are dropped too",
+    )
+
+    # --- the session.ended webhook --------------------------------------------------------
+    webhook_url: str | None = Field(
+        None,
+        description="`http(s)://` URL that gets `session.ended` webhooks (no credentials in it);"
+        " unset: no webhooks",
+    )
+    webhook_secret: Secret | None = Field(
+        None,
+        description="the key webhooks are signed with, required with the URL: at least"
+        f" {MIN_WEBHOOK_SECRET_CHARS} characters, or `whsec_` + base64 of at least"
+        f" {MIN_WEBHOOK_KEY_BYTES} bytes",
+    )
+    webhook_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=120,
+        allow_inf_nan=False,
+        validation_alias="BROKER_WEBHOOK_TIMEOUT",
+        description="seconds one delivery attempt may take",
+    )
+    webhook_max_attempts: int = Field(
+        8, ge=1, le=50, description="attempts per delivery before it is marked `failed`"
+    )
+    webhook_backoff_s: float = Field(
+        30.0,
+        gt=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="seconds before the first retry; it doubles each time (with jitter)",
+    )
+    webhook_backoff_max_s: float = Field(
+        3600.0,
+        gt=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="the longest wait between attempts, in seconds (also the most a"
+        " `Retry-After` is honoured); at least `BROKER_WEBHOOK_BACKOFF_S`",
+    )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+            return
+        except ValidationError as exc:
+            refused = rules.refused(exc, type(self).model_fields)
+        # Raised past the except block so that no ``__context__`` keeps the ValidationError:
+        # its ``errors()`` carry the inputs, secrets included.
+        raise refused
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Built directly, settings are exactly the arguments: a test's broker never picks up
+        # the shell's BROKER_* or a developer's .env. from_env reads the variables itself.
+        return (init_settings,)
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, env_file: Path | None = None
+    ) -> Settings:
+        """Read the variables.
+
+        Args:
+            env: the variables (default: the process environment, over :data:`ENV_FILE`).
+            env_file: a dotenv file whose variables apply where ``env`` has none (default:
+                ``.env`` when ``env`` is the process environment; none for a given mapping).
+
+        Raises:
+            SettingsError: a value is malformed (the message names the variable only).
+        """
+        if env is None:
+            env, env_file = os.environ, env_file or ENV_FILE
+        return cls(**read(cls, env, env_file))
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes``, checked like a new instance (``model_copy`` checks nothing)."""
+        current = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self)(**(current | changes))
+
+    @property
+    def database_password(self) -> Secret | None:
+        """The database URL's password, for the log redaction filter."""
+        password = make_url(self.database_url).password
+        return Secret(str(password)) if password else None
+
+    @property
+    def uses_builtin_provider(self) -> bool:
+        return self.provider_api_key is None
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _exact_origins(cls, value: Any) -> Any:
+        return rules.exact_origins(value)
+
+    @field_validator("provider_base_url")
+    @classmethod
+    def _provider_url_with_key(cls, value: str | None, info: ValidationInfo) -> str | None:
+        has_key = info.data.get("provider_api_key") is not None
+        if value is None and has_key:
+            return OPENAI_BASE_URL
+        if value is not None and not has_key:
+            raise ValueError("is set but no BROKER_PROVIDER_API_KEY / OPENAI_API_KEY")
+        return value
+
+    @field_validator("admin_key")
+    @classmethod
+    def _long_admin_key(cls, value: Secret | None) -> Secret | None:
+        if value is not None:
+            rules.at_least(value.reveal(), MIN_ADMIN_KEY_CHARS)
+        return value
+
+    @field_validator("signing_key", mode="before")
+    @classmethod
+    def _key_or_key_file(cls, value: Any, info: ValidationInfo) -> Any:
+        """No signing key given: the development key in ``signing_key_file``."""
+        path = info.data.get("signing_key_file")
+        if value is None and path is not None:
+            return Secret(load_or_create_key_file(path))
+        return value
+
+    @field_validator("signing_key")
+    @classmethod
+    def _long_signing_key(cls, value: Secret) -> Secret:
+        rules.at_least(value.reveal(), MIN_SIGNING_KEY_CHARS)
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            rules.webhook_url(value)
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: Secret | None) -> Secret | None:
+        if value is not None:
+            rules.webhook_secret(value.reveal())
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_rules(self) -> Self:
+        """The webhook URL and secret go together, both or neither; backoff grows to its cap."""
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise SettingsError("BROKER_WEBHOOK_URL is set but BROKER_WEBHOOK_SECRET is not")
+        if self.webhook_url is None and self.webhook_secret is not None:
+            raise SettingsError("BROKER_WEBHOOK_SECRET is set but BROKER_WEBHOOK_URL is not")
+        if self.webhook_backoff_max_s < self.webhook_backoff_s:
+            raise SettingsError(
+                "BROKER_WEBHOOK_BACKOFF_MAX_S must be at least BROKER_WEBHOOK_BACKOFF_S"
+            )
+        return self
