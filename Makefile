@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint check-format format clean bench bench-smoke bench-report
+.PHONY: run test lint check-format format settings-table clean bench bench-smoke bench-report
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,9 +12,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,postgres]'
 	touch $(STAMP)
 
-## Set up, migrate and serve the broker with the built-in provider on SQLite.
+## Set up, migrate and serve the broker with the built-in provider on SQLite
+## (`make run PORT=9000` for another port).
+# Only a PORT given on make's command line counts: an exported PORT often belongs to some other
+# tool, and the environment's way is BROKER_PORT.
+RUN_PORT := $(if $(filter command line,$(origin PORT)),--port $(PORT))
 run: $(STAMP)
-	$(BIN)/broker serve --dev
+	$(BIN)/broker serve --dev $(RUN_PORT)
 
 ## Lint, type-check and run the whole test suite.
 test: $(STAMP) lint
@@ -26,6 +30,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy -p bench
 	$(BIN)/python -c "import broker, sideband, emulator"
+
+## Rewrite the README's settings table from broker/settings/model.py (a test fails on drift).
+settings-table: $(STAMP)
+	$(BIN)/python -m broker.settings.doc --write README.md
 
 format: $(STAMP)
 	$(BIN)/ruff format broker sideband emulator migrations tests bench

@@ -1,4 +1,5 @@
-"""`make run`, started as a new user would: it serves /healthz and the printed key works."""
+"""`make run PORT=…`, started as a new user would: it serves /healthz on that port and the
+printed key works."""
 
 from __future__ import annotations
 
@@ -21,14 +22,18 @@ def _free_port() -> int:
 
 
 async def test_make_run_serves_and_the_printed_key_creates_a_session(tmp_path: Path) -> None:
-    port = _free_port()
+    port = decoy = _free_port()
+    while decoy == port:
+        decoy = _free_port()
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("BROKER_", "OPENAI_")) and k != "MAKEFLAGS"
     }
     env |= {
-        "BROKER_PORT": str(port),
+        # make's PORT wins over the environment's BROKER_PORT, so listening on `port` shows
+        # that `make run PORT=…` passed it on.
+        "BROKER_PORT": str(decoy),
         # A private database and signing key, so the test never touches the developer's files.
         "BROKER_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'run.db'}",
         "BROKER_SIGNING_KEY_FILE": str(tmp_path / "signing.key"),
@@ -37,6 +42,7 @@ async def test_make_run_serves_and_the_printed_key_creates_a_session(tmp_path: P
         "make",
         "--no-print-directory",
         "run",
+        f"PORT={port}",
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
