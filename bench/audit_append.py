@@ -15,7 +15,7 @@ on a fresh migrated database of each kind, in this process (no HTTP):
   tool call. Latency per call with one caller, and calls per second with ``concurrency``
   callers on different sessions.
 
-The audit log is not hash-chained or signed yet (DESIGN.md's ``audit.py`` does not exist), so
+The audit log is not hash-chained or signed yet (docs/architecture.md, "What is not built"), so
 there is no hashing or signing to measure.
 
 Run alone: ``python -m bench.audit_append [--preset smoke|medium|full] [--db-kinds sqlite]``.
@@ -85,7 +85,7 @@ PRESETS: Final = {
     ),
 }
 
-# A tool round as the sideband sees it (shapes of PROTOCOL.md §3.1; ids are made up).
+# A tool round as the sideband sees it (shapes of docs/protocol.md §3.1; ids are made up).
 _ROUND: Final[list[dict[str, Any]]] = [
     {"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}},
     {

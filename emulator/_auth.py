@@ -56,7 +56,7 @@ def require_api_key(request: web.Request) -> None:
     if _is_standard_key(request, token):
         return
     if token is not None and token.startswith(EPHEMERAL_PREFIX):
-        # [inferred] Ephemeral-key sidebands are unreliable on the real service (PROTOCOL.md
+        # [inferred] Ephemeral-key sidebands are unreliable on the real service (docs/protocol.md
         # §2.5 item 1, §7 item 6); refusing them makes a client that relies on one fail fast.
         raise _invalid_key(
             "Ephemeral client secrets can only create calls (POST /v1/realtime/calls); "

@@ -1,4 +1,4 @@
-"""Dict builders for server events (PROTOCOL.md §3, shapes checked against the SDK types).
+"""Dict builders for server events (docs/protocol.md §3, shapes checked against the SDK types).
 
 Every builder returns a plain JSON-ready dict; :func:`server_event` stamps the
 ``event_id`` that every server event carries.

@@ -1,4 +1,4 @@
-"""Identifier factories shaped like the provider's (PROTOCOL.md §1.1, §3).
+"""Identifier factories shaped like the provider's (docs/protocol.md §1.1, §3).
 
 The real service treats ids as opaque; the emulator keeps the observed prefixes so code
 that logs or pattern-matches them sees familiar shapes.

@@ -1,4 +1,4 @@
-"""The input audio buffer of a call and the server VAD that watches it (PROTOCOL.md §3.4).
+"""The input audio buffer of a call and the server VAD that watches it (docs/protocol.md §3.4).
 
 Over WebRTC the microphone arrives as RTP, so the emulator keeps no samples: the buffer is
 a duration (what a commit would turn into a user item) plus the detector's state. Audio

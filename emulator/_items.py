@@ -8,7 +8,7 @@ from typing import Any, Final
 from ._ids import new_function_call_id, new_item_id
 from .errors import ClientEventError
 
-# Content part types each role may carry (GA item types, PROTOCOL.md §3.4).
+# Content part types each role may carry (GA item types, docs/protocol.md §3.4).
 PART_TYPES: Final[dict[str, frozenset[str]]] = {
     "user": frozenset({"input_text", "input_audio", "input_image"}),
     "system": frozenset({"input_text"}),

@@ -1,4 +1,4 @@
-"""One model response: the event sequence of PROTOCOL.md §3.1, streamed with pauses.
+"""One model response: the event sequence of docs/protocol.md §3.1, streamed with pauses.
 
 A :class:`ResponseRun` is driven by two parties that never interleave mid-step: its own
 task (:meth:`ResponseRun.stream`) emits the deltas, and the call's client-event worker may
@@ -263,7 +263,7 @@ class ResponseRun:
         """End the response now with status ``cancelled``; a no-op once finished.
 
         Like the real service, an interrupted function call still gets its
-        ``response.function_call_arguments.done`` (PROTOCOL.md §3.1), carrying the arguments
+        ``response.function_call_arguments.done`` (docs/protocol.md §3.1), carrying the arguments
         streamed so far; the item ends ``incomplete``. The caller must then cancel the task
         running :meth:`stream`.
         """

@@ -1,6 +1,6 @@
 """The effective session config: GA defaults, validation of posted/updated fields, merging.
 
-Shapes follow PROTOCOL.md §3.3/§3.4 and the SDK's ``RealtimeSessionCreateRequest``.
+Shapes follow docs/protocol.md §3.3/§3.4 and the SDK's ``RealtimeSessionCreateRequest``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ DEFAULT_MODEL: Final = "gpt-realtime"
 DEFAULT_INSTRUCTIONS: Final = (
     "You are a helpful, friendly voice assistant. Keep answers short."  # [inferred]
 )
-SESSION_LIFETIME_S: Final = 3600  # the 60-minute cap (PROTOCOL.md §1.2)
+SESSION_LIFETIME_S: Final = 3600  # the 60-minute cap (docs/protocol.md §1.2)
 
 # Fields a client may set; anything else is rejected like the real API's unknown_parameter.
 SETTABLE_FIELDS: Final = frozenset(
@@ -158,7 +158,7 @@ def _check_turn_detection(audio: Any, param: str) -> None:
 
 
 def merge_session(effective: dict[str, Any], update: Mapping[str, Any]) -> None:
-    """Apply a partial update in place (PROTOCOL.md §3.3).
+    """Apply a partial update in place (docs/protocol.md §3.3).
 
     Top-level fields replace; ``audio.input``/``audio.output`` merge key by key so an update
     of the voice keeps the formats. ``model`` never changes after creation, like the real
@@ -181,7 +181,7 @@ def merge_session(effective: dict[str, Any], update: Mapping[str, Any]) -> None:
 def initial_session(posted: Mapping[str, Any] | None, query_model: str | None) -> dict[str, Any]:
     """Build the effective session of a new call from the posted config (already validated).
 
-    The model comes from the posted session, else ``?model=`` (PROTOCOL.md §7 item 5,
+    The model comes from the posted session, else ``?model=`` (docs/protocol.md §7 item 5,
     [inferred]), else ``gpt-realtime``.
     """
     model = DEFAULT_MODEL

@@ -24,7 +24,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render every failure as the OpenAI error envelope (PROTOCOL.md §1.1 "Errors")."""
+    """Render every failure as the OpenAI error envelope (docs/protocol.md §1.1 "Errors")."""
     try:
         return await handler(request)
     except ApiError as exc:

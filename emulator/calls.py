@@ -3,7 +3,7 @@
 A :class:`Call` owns one :class:`~emulator.peer.Peer`, the attached sidebands, a worker
 task that processes client events one at a time, and at most one running response. Every
 server event goes, in one synchronous step, to the data channel and to every sideband's
-outbound queue, so all connections see the same order (PROTOCOL.md §2.3). ``error`` events
+outbound queue, so all connections see the same order (docs/protocol.md §2.3). ``error`` events
 are the exception: they go only to the connection that caused them (§2.2, [inferred]).
 """
 
@@ -246,7 +246,7 @@ class Call:
 
     def _on_channel_open(self) -> None:
         # session.created is the first event of a new connection; sidebands only get it
-        # when replay_session_created_to_sideband is set (PROTOCOL.md §7 item 1).
+        # when replay_session_created_to_sideband is set (docs/protocol.md §7 item 1).
         event = session_event("session.created", self.session)
         self.sent.append(event)
         self._peer.send(json.dumps(event))

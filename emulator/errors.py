@@ -8,7 +8,7 @@ Hierarchy::
     └── ClientEventError    a rejected client event, sent back as a realtime ``error`` event
 
 Both render the OpenAI envelope ``{"error": {"message", "type", "code", "param"}}``
-(PROTOCOL.md §1.1 "Errors", §3.4 ``error``).
+(docs/protocol.md §1.1 "Errors", §3.4 ``error``).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def error_envelope(
 
 
 def call_not_found(call_id: str | None) -> ApiError:
-    """The exact 404 the real sideband handshake returns (PROTOCOL.md §2.1)."""
+    """The exact 404 the real sideband handshake returns (docs/protocol.md §2.1)."""
     del call_id  # the real message does not echo the id
     return ApiError(404, "call_id_not_found", "No session found for the provided call_id", param="")
 

@@ -125,9 +125,9 @@ class FaultConfig:
             before it switches itself off; ``None`` is unlimited.
         sideband_misses_page_session_updates: the ``session.updated`` that answers a *page's*
             ``session.update`` goes only to the page, never to sidebands (whether the real
-            service fans it out is unconfirmed, PROTOCOL.md §0).
+            service fans it out is unconfirmed, docs/protocol.md §0).
         sideband_misses_page_items: the ``conversation.item.added/done`` of an item the *page*
-            created go only to the page (unconfirmed either way, PROTOCOL.md §0).
+            created go only to the page (unconfirmed either way, docs/protocol.md §0).
         provider_item_ids: ``conversation.item.create`` ignores the client's item id and
             names the item itself (the spec lets clients choose; some providers do not).
         missing_item_error_code: the ``error.code`` a retrieve or delete of a missing item

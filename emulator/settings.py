@@ -17,11 +17,11 @@ class EmulatorSettings:
             route. Excluded from ``repr`` so it never lands in logs.
         sideband_ready_delay: seconds after call creation during which a sideband handshake
             gets ``404 call_id_not_found``, emulating the race right after ``/calls``
-            (PROTOCOL.md §2.5 item 6). The ``sideband_unavailable_ms`` fault does the same
+            (docs/protocol.md §2.5 item 6). The ``sideband_unavailable_ms`` fault does the same
             at runtime; the longer of the two applies.
         token_interval: pause between streamed deltas of a response, in seconds.
         replay_session_created_to_sideband: send ``session.created`` to a sideband when it
-            attaches (PROTOCOL.md §7 uncertainty 1; the real behaviour is undocumented).
+            attaches (docs/protocol.md §7 uncertainty 1; the real behaviour is undocumented).
         speech: how responses are voiced on the outbound track: ``"auto"`` (espeak-ng when
             installed, else a speech-like tone), ``"espeak-ng"``, ``"tone"``, or ``"off"``
             (silence, and no ``output_audio_buffer`` events).

@@ -1,4 +1,4 @@
-"""The sideband WebSocket: ``GET /v1/realtime?call_id=…`` (PROTOCOL.md §2).
+"""The sideband WebSocket: ``GET /v1/realtime?call_id=…`` (docs/protocol.md §2).
 
 Each accepted socket gets exactly one reader (this handler's loop) and one writer task that
 drains the call's per-connection queue, so fan-out never waits on a slow socket and the
@@ -47,7 +47,7 @@ async def sideband_handler(request: web.Request) -> web.StreamResponse:
     """
     call_id = request.query.get("call_id", "")
     if bearer_is_client_secret(request):
-        # What the real service was seen answering an ephemeral-key sideband (PROTOCOL.md
+        # What the real service was seen answering an ephemeral-key sideband (docs/protocol.md
         # §2.5 item 1): the call "does not exist" for that credential.
         raise call_not_found(call_id)
     require_api_key(request)

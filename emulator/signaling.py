@@ -1,4 +1,4 @@
-"""HTTP control plane (PROTOCOL.md §1): client secrets, call creation and hangup.
+"""HTTP control plane (docs/protocol.md §1): client secrets, call creation and hangup.
 
 ``POST /v1/realtime/client_secrets``, ``POST /v1/realtime/calls`` and
 ``POST /v1/realtime/calls/{call_id}/hangup``.

@@ -69,7 +69,7 @@ class SidebandConnection:
     ) -> SidebandConnection:
         """Open the sideband, retrying while the provider does not know the call yet.
 
-        A 404 right after call creation is a known race (PROTOCOL.md §2.5), and so are a
+        A 404 right after call creation is a known race (docs/protocol.md §2.5), and so are a
         refused connection and a 5xx during a provider restart: all are retried with jittered
         exponential backoff until ``attach_timeout`` seconds have passed. Auth and other 4xx
         errors are not retried: repeating them cannot help.

@@ -6,7 +6,7 @@ It owns the connection's lifecycle, routes each provider event to the piece it c
 wires the pieces together; each keeps its own state and, in its own ``connection_lost()``,
 resets what a lost connection leaves unsettled.
 
-Rules it keeps (PROTOCOL.md §3, docs/protocol.md):
+Rules it keeps (docs/protocol.md §3, docs/protocol.md):
 
 * **Only the model's calls run**, once each (:mod:`sideband.tool_calls`).
 * Every call of a completed response gets one ``function_call_output``, then one
@@ -21,7 +21,7 @@ controller is not stopping is re-attached (bounded, with backoff, by the caller'
 call's *first* attach resyncs too when it came after the browser had its SDP answer
 (:class:`AnswerGate`): the page may have acted before any sideband watched.
 
-Tamper checks (PROTOCOL.md §4, :mod:`sideband.tamper`, :mod:`sideband.page_watch`): config
+Tamper checks (docs/protocol.md §4, :mod:`sideband.tamper`, :mod:`sideband.page_watch`): config
 drift is restored; a ``function_call_output`` the broker did not send is deleted, and a
 response started while it was in the conversation is cancelled; items only the model may add
 are deleted; under the ``page_responses`` policy ``cancel`` a response nobody the broker

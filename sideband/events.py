@@ -2,7 +2,7 @@
 
 Pure data, no I/O. Server events no model here describes parse as :class:`UnknownEvent` and
 pass through untouched (they are still recorded and fanned out). Shapes follow the GA
-protocol (``../shared/PROTOCOL.md`` §3, §3.4).
+protocol (``docs/protocol.md`` §3, §3.4).
 """
 
 from __future__ import annotations
@@ -122,7 +122,10 @@ class ConversationItemAdded(_ServerEvent):
 
 
 class ConversationItemCreated(_ServerEvent):
-    """The legacy name of ``conversation.item.added``; still in the schema (PROTOCOL.md §3.4)."""
+    """The legacy name of ``conversation.item.added``, still in the schema.
+
+    See docs/protocol.md §3.4.
+    """
 
     type: Literal["conversation.item.created"]
     item: Item
@@ -426,7 +429,7 @@ def response_create(event_id: str | None = None) -> dict[str, Any]:
 def session_update(session: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
     """``session.update`` for the given fields; adds the required ``"type": "realtime"``.
 
-    Without ``session.type`` the GA service rejects the update (PROTOCOL.md §2.5 item 4).
+    Without ``session.type`` the GA service rejects the update (docs/protocol.md §2.5 item 4).
     """
     return {
         "type": "session.update",

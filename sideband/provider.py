@@ -2,7 +2,7 @@
 
 The broker only ever sees the :class:`Provider` protocol, so OpenAI, Azure-style endpoints and the
 local emulator are interchangeable. :class:`OpenAICompatibleProvider` speaks the unified interface
-(``POST {base}/realtime/calls`` multipart with a standard key, PROTOCOL.md §1.1).
+(``POST {base}/realtime/calls`` multipart with a standard key, docs/protocol.md §1.1).
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class OpenAICompatibleProvider:
     Args:
         base_url: the API base including the version, e.g. ``https://api.openai.com/v1``.
         api_key: the standard key; used for ``/calls``, hangup and the sideband alike
-            (ephemeral keys on the sideband are a known 404 source, PROTOCOL.md §2.5).
+            (ephemeral keys on the sideband are a known 404 source, docs/protocol.md §2.5).
         http: a shared client session, owned by the caller.
         timeout: seconds allowed for each HTTP request.
     """

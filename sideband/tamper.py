@@ -1,7 +1,7 @@
 """Seeing what a browser did through its data channel: pure protocol, no I/O.
 
 The browser holds a data channel to the provider and may send any client event
-(PROTOCOL.md §4). The sideband does not see those events, only their effects:
+(docs/protocol.md §4). The sideband does not see those events, only their effects:
 
 * a ``session.updated`` whose ``instructions``, ``tools`` or ``tool_choice`` differ from the
   server-owned config (:func:`session_drift`);
@@ -32,7 +32,7 @@ OWNED_FIELDS: Final = ("instructions", "tools", "tool_choice")
 _TOOL_KEYS: Final = ("type", "name", "description", "parameters")
 _PROVIDER_ADDED_PARAMETER_KEYS: Final = frozenset({"strict"})
 """Keys the provider may add inside a tool's ``parameters`` when it echoes the session
-(the spec's own ``session.updated`` example adds ``"strict": true``, PROTOCOL.md §3.3); they
+(the spec's own ``session.updated`` example adds ``"strict": true``, docs/protocol.md §3.3); they
 are not a change the browser made."""
 MAX_REPORTED_NAMES: Final = 20
 MAX_NAME_CHARS: Final = 64

@@ -1,6 +1,6 @@
 """Token usage: what the provider reports in each ``response.done``, parsed and summed.
 
-``response.done`` carries ``response.usage`` (OpenAI Realtime GA, PROTOCOL.md §3):
+``response.done`` carries ``response.usage`` (OpenAI Realtime GA, docs/protocol.md §3):
 ``{total_tokens, input_tokens, output_tokens, input_token_details: {text_tokens,
 audio_tokens, cached_tokens, …}, output_token_details: {text_tokens, audio_tokens}}``.
 It is provider input, so it is never trusted: a count that is not a JSON integer (a string,

@@ -1,4 +1,4 @@
-"""Ephemeral client secrets (PROTOCOL.md §1.2): issuing them, starting calls, expiry.
+"""Ephemeral client secrets (docs/protocol.md §1.2): issuing them, starting calls, expiry.
 
 Also the emulator's command lines, which take the standard key from the environment.
 """
@@ -362,7 +362,7 @@ async def test_sdk_client_secret_and_ephemeral_call(
             with pytest.raises(InvalidStatus) as refused:
                 async with asyncio.timeout(5):
                     await ephemeral.realtime.connect(call_id=location.rsplit("/", 1)[-1]).enter()
-            # As the real service was seen answering (PROTOCOL.md §2.5 item 1).
+            # As the real service was seen answering (docs/protocol.md §2.5 item 1).
             assert refused.value.response.status_code == 404
 
             clock.advance(61)

@@ -1,6 +1,6 @@
 """Conformance: every event on the wire validates against the official SDK's own types.
 
-The SDK's parser does not validate (PROTOCOL.md §5.5), so these tests use the strict,
+The SDK's parser does not validate (docs/protocol.md §5.5), so these tests use the strict,
 discriminated ``TypeAdapter`` over ``RealtimeServerEvent``/``RealtimeClientEvent``. The
 shared ``emulator`` fixture also validates every server event of every test at teardown;
 this module drives one call through every event the issue lists and proves each one

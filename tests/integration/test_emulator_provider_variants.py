@@ -1,4 +1,6 @@
-"""The emulator's switches for provider behaviours that are uncertain or differ (PROTOCOL.md §0).
+"""The emulator's switches for provider behaviours that are uncertain or differ.
+
+The behaviours are listed in docs/protocol.md §0.
 
 Each test shows one switch's effect against a real emulator with an aiortc page and a raw
 sideband on loopback, off and on: the broker's own tests then run under both.

@@ -1,4 +1,4 @@
-"""The official openai SDK works against the emulator unchanged (PROTOCOL.md §5)."""
+"""The official openai SDK works against the emulator unchanged (docs/protocol.md §5)."""
 
 from __future__ import annotations
 

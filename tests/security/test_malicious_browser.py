@@ -1,6 +1,6 @@
 """A hostile page holds the data channel: what it changes is seen, undone and recorded.
 
-The browser may send any client event to the provider (PROTOCOL.md §4). The broker cannot
+The browser may send any client event to the provider (docs/protocol.md §4). The broker cannot
 stop it from sending; it sees the effects on its sideband and answers from the server side:
 a rewritten session is re-applied, a forged tool output is deleted and the response built on
 it cancelled, and with ``on_tamper = "hangup"`` the call ends.

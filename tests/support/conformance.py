@@ -1,4 +1,4 @@
-"""Strict checks of wire events against the official SDK's own types (PROTOCOL.md §5.5).
+"""Strict checks of wire events against the official SDK's own types (docs/protocol.md §5.5).
 
 The SDK's parser does not validate (``construct_type_unchecked``), so these adapters do
 what openai-agents-python does: a discriminated union over the SDK's event models.

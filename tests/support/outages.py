@@ -24,7 +24,7 @@ ALL_PROVIDER_SWITCHES: Final[dict[str, Any]] = {
     "missing_item_error_code": "invalid_value",
     "keep_instructions_on_empty": True,
 }
-"""Every provider behaviour the emulator can switch (PROTOCOL.md §0), each the other way."""
+"""Every provider behaviour the emulator can switch (docs/protocol.md §0), each the other way."""
 
 
 async def drop(http: aiohttp.ClientSession, emulator: RunningEmulator, call_id: str) -> None:

@@ -1,4 +1,4 @@
-"""The emulator package's public surface (STYLE.md rule 1)."""
+"""The emulator package's public surface (docs/conventions.md rule 1)."""
 
 from __future__ import annotations
 
