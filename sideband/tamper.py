@@ -27,7 +27,8 @@ from typing import Any, ClassVar, Final, Protocol
 from sideband.events import Item
 
 OWNED_FIELDS: Final = ("instructions", "tools", "tool_choice")
-"""Session fields the server owns; the browser may change others (VAD, voice) freely."""
+"""The owned fields a tamper report names first; the guard owns every field but
+:data:`sideband.session_guard.PAGE_FIELDS` (voice included)."""
 
 _TOOL_KEYS: Final = ("type", "name", "description", "parameters")
 _PROVIDER_ADDED_PARAMETER_KEYS: Final = frozenset({"strict"})
