@@ -3,8 +3,8 @@
 Callers never build label values: each method takes a typed value (an enum, a tool name, a
 provider exception) and maps it onto a small, fixed label set, so no label can grow without
 bound and no free text (which could carry a secret or a user's words) reaches a label. A tool
-name outside the registry is reported as ``other``; a session end reason is reduced to
-:class:`EndReason`.
+name outside the registry is reported as ``other``; a session's end is counted by its
+:class:`~broker.session.end_reason.EndReason` (both tamper ends as ``tamper``).
 
 There is no module-level registry: several apps run in one test process, and each must count
 only its own traffic. ``GET /metrics`` (``monitor:read``) serves :meth:`BrokerMetrics.render`.
@@ -25,6 +25,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from broker.session.end_reason import EndReason
 from sideband import ProviderError, ProviderTimeoutError, ProviderUnreachableError
 
 NAMESPACE: Final = "broker"
@@ -58,29 +59,6 @@ class ProviderOperation(enum.StrEnum):
     HANGUP = "hangup"
     SIDEBAND_ATTACH = "sideband_attach"
     OTHER = OTHER
-
-
-class EndReason(enum.StrEnum):
-    """Why a session ended or failed, reduced from its free-text ``end_reason``."""
-
-    MAX_DURATION = "max_duration"
-    IDLE_TIMEOUT = "idle_timeout"
-    TOOL_BUDGET = "tool_budget"
-    TAMPER = "tamper"
-    PROVIDER_CLOSED = "provider_closed"
-    HANGUP = "hangup"
-    """The page hung up through the broker (``POST /api/v1/sessions/{id}/end``)."""
-    OPS_HANGUP = "ops_hangup"
-    """An operator hung the call up (``POST /api/v1/sessions/{id}/hangup``)."""
-    CALL_GONE = "call_gone"
-    EXPIRED = "expired"
-    """Never offered before its client secret expired (the session reaper ended it)."""
-    OFFER_FAILED = "offer_failed"
-    FAILED = "failed"
-    OTHER = OTHER
-
-
-_END_REASONS: Final = frozenset(reason.value for reason in EndReason)
 
 
 class SidebandKind(enum.StrEnum):
@@ -157,25 +135,8 @@ TOOL_OUTCOMES: Final = frozenset({"succeeded", "failed", "denied", "cancelled"})
 
 
 def end_reason_label(reason: str | None) -> EndReason:
-    """Map a session's free-text ``end_reason`` onto :class:`EndReason`.
-
-    The stored reasons are either one of the enum's values (the leash's limits, ``hangup``)
-    or carry detail after a known prefix (``provider_closed:1000``, ``offer: …``,
-    ``sideband: …``); everything else is ``other``.
-    """
-    if not reason:
-        return EndReason.OTHER
-    if reason in _END_REASONS:
-        return EndReason(reason)
-    if reason.startswith("tamper"):
-        return EndReason.TAMPER  # tamper, tamper_repeated
-    if reason.startswith("provider_closed"):
-        return EndReason.PROVIDER_CLOSED
-    if reason.startswith("offer:"):
-        return EndReason.OFFER_FAILED
-    if reason.startswith("sideband:"):
-        return EndReason.CALL_GONE if "not found" in reason else EndReason.FAILED
-    return EndReason.OTHER
+    """The ``reason`` label of a session's stored ``end_reason`` (``other`` for unknown text)."""
+    return EndReason.of(reason).label
 
 
 def _status_label(status: int) -> str:
@@ -345,8 +306,8 @@ class BrokerMetrics:
             self._tokens.labels(direction, modality)
         for outcome in OfferOutcome:
             self._offers.labels(outcome.value)
-        for reason in EndReason:
-            self._sessions_ended.labels(reason.value)
+        for label in dict.fromkeys(reason.label for reason in EndReason):
+            self._sessions_ended.labels(label.value)
         for kind in SidebandKind:
             self._sideband_connects.labels(kind.value)
         for failure in SidebandFailure:
@@ -410,9 +371,9 @@ class BrokerMetrics:
     def session_created(self) -> None:
         self._sessions_created.inc()
 
-    def session_ended(self, reason: str | None) -> None:
-        """Count a session reaching ``ended`` or ``failed``; ``reason`` is its ``end_reason``."""
-        self._sessions_ended.labels(end_reason_label(reason).value).inc()
+    def session_ended(self, reason: EndReason) -> None:
+        """Count a session reaching ``ended`` or ``failed``, by why."""
+        self._sessions_ended.labels(reason.label.value).inc()
 
     def track_live_sessions(self, count: Callable[[], int]) -> None:
         """Read ``live_sessions`` from ``count`` at each scrape (e.g. the supervisor's)."""

@@ -17,7 +17,8 @@ from broker.errors import BadRequestError
 from broker.record import transcript
 from broker.record.usage import Usage
 from broker.session.sdp import MAX_SDP_BYTES
-from broker.session.service import BridgeCallRequest, CreateSessionRequest
+from broker.session.service import CreateSessionRequest
+from broker.tools.bridge import BridgeCallRequest
 
 
 def _session_json(row: SessionRow) -> dict[str, Any]:

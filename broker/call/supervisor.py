@@ -27,27 +27,26 @@ from typing import Any, Final
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from broker.call.dispatch_clock import DispatchClock
 from broker.call.hangup import hang_up
 from broker.call.leash import Leash, LeashTerms
+from broker.call.observer import SessionObserver
 from broker.call.tamper_policy import TamperResponder
 from broker.db import queries
-from broker.db.models import CALL_RUNNING_STATES, SessionState, SidebandState
+from broker.db.models import SessionState, SidebandState
 from broker.db.shielded import ShieldedWrites
 from broker.logs import bind_call
-from broker.metrics import BrokerMetrics, SidebandFailure, SidebandKind
+from broker.metrics import BrokerMetrics, SidebandFailure
 from broker.record.event_log import EventRecorder
-from broker.record.usage import Usage
+from broker.session.end_reason import EndReason
+from broker.session.ending import end_session
 from broker.session.limits import TamperPolicy
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.sideband_handler import SessionToolHandler
 from sideband import (
     AnswerGate,
-    AttachKind,
     CallController,
     CallEndedError,
     CallNotFoundError,
-    Direction,
     OwnedSession,
     PageItems,
     PagePolicy,
@@ -57,14 +56,9 @@ from sideband import (
     ProviderTimeoutError,
     SidebandConnection,
     SidebandError,
-    is_session_probe,
 )
-from sideband.events import parse_item_create, parse_observed_event
 
 logger = logging.getLogger(__name__)
-
-OBSERVED: Final = Leash.WATCHES | DispatchClock.WATCHES | Usage.WATCHES
-"""The provider events read here: each is parsed once, on arrival; the rest are only recorded."""
 
 REATTACH_NOT_FOUND_GRACE: Final = 1.0
 """After an abnormal close, how long a 404 on re-attach is retried before the call counts as
@@ -72,64 +66,6 @@ ended (after a clean close, the first 404 is conclusive)."""
 RECONNECT_SPREAD: Final = 0.05
 """Upper bound of the random wait before re-attaching, so that many sidebands dropped at once
 (a provider restart) do not all come back in one burst."""
-
-
-class _Observer:
-    def __init__(
-        self,
-        supervisor: SidebandSupervisor,
-        session_id: str,
-        recorder: EventRecorder,
-        leash: Leash,
-    ):
-        self._supervisor = supervisor
-        self._session_id = session_id
-        self._recorder = recorder
-        self._leash = leash
-        self._dispatch = DispatchClock()
-
-    def record(self, direction: Direction, event: dict[str, Any]) -> None:
-        self._recorder.record(direction, event)
-        if direction == "in" and event.get("type") in OBSERVED:
-            seen = parse_observed_event(event)
-            self._leash.saw(seen)
-            self._dispatch.saw(seen)
-            # Counted here; the session's totals are folded in as the recorder stores it.
-            if (used := Usage.from_response_done(seen)) is not None:
-                self._supervisor.metrics.usage_reported(used.metric_tokens())
-        elif direction == "out":
-            created = parse_item_create(event)
-            if created is not None and (timed := self._dispatch.sent(created)) is not None:
-                self._supervisor.metrics.dispatch_finished(*timed)
-            if is_session_probe(event):
-                self._supervisor.metrics.session_probed()
-
-    async def attached(self, kind: AttachKind) -> None:
-        await self._supervisor.set_sideband_state(self._session_id, SidebandState.CONNECTED)
-        self._recorder.record("broker", {"type": "broker.sideband_attached", "kind": kind})
-        self._supervisor.metrics.sideband_connected(SidebandKind(kind))
-        if kind != "reconnect":
-            # A reconnect does not reset the idle clock: a flapping socket is not activity.
-            self._leash.sideband_attached()
-
-    async def detached(self, close_code: int | None) -> None:
-        self._recorder.record("broker", {"type": "broker.sideband_lost", "close_code": close_code})
-        if close_code in (1000, 1001):
-            # A clean close is how the provider says a call ended; the reconnect attempt
-            # confirms it (404) in the common case, so this is neither a warning nor a failure.
-            logger.info(
-                "sideband closed by the provider session_id=%s close_code=%s; checking the call",
-                self._session_id,
-                close_code,
-            )
-        else:
-            logger.warning(
-                "sideband lost session_id=%s close_code=%s; reconnecting",
-                self._session_id,
-                close_code,
-            )
-            self._supervisor.metrics.sideband_failed(SidebandFailure.LOST)
-        await self._supervisor.set_sideband_state(self._session_id, SidebandState.RECONNECTING)
 
 
 class SidebandSupervisor:
@@ -155,7 +91,7 @@ class SidebandSupervisor:
         self.metrics = metrics if metrics is not None else BrokerMetrics()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._controllers: dict[str, CallController] = {}
-        self._ending: dict[str, str] = {}
+        self._ending: dict[str, EndReason] = {}
         """Calls the broker is ending, with the end reason to record (leash, tamper)."""
         self._stopping = False
         self._writes = ShieldedWrites()
@@ -273,7 +209,7 @@ class SidebandSupervisor:
 
     async def set_sideband_state(self, session_id: str, state: SidebandState) -> None:
         async with self._sessionmaker.begin() as s:
-            await queries.set_session_fields(s, session_id, sideband_state=state)
+            await queries.set_sideband_state(s, session_id, state)
 
     async def _supervise(
         self,
@@ -328,7 +264,11 @@ class SidebandSupervisor:
                 )
 
             async def end_call(reason: str) -> None:
-                await self._end_call(session_id, call_id, reason)
+                # The leash names its limits (LeashLimit): each is an EndReason's value.
+                await self._end_call(session_id, call_id, EndReason(reason))
+
+            async def set_sideband_state(state: SidebandState) -> None:
+                await self.set_sideband_state(session_id, state)
 
             leash = Leash(
                 session_id, LeashTerms.from_row(row), self._sessionmaker, recorder, end_call
@@ -343,7 +283,7 @@ class SidebandSupervisor:
                     recorder,
                     on_settled=leash.tool_call_settled,
                 ),
-                _Observer(self, session_id, recorder, leash),
+                SessionObserver(session_id, recorder, leash, self.metrics, set_sideband_state),
                 owned_session=owned,
                 tamper=TamperResponder(
                     session_id,
@@ -400,7 +340,7 @@ class SidebandSupervisor:
         """
         return await self._controllers[session_id].update_instructions(instructions)
 
-    async def end_call(self, session_id: str, call_id: str, reason: str) -> bool:
+    async def end_call(self, session_id: str, call_id: str, reason: EndReason) -> bool:
         """End a supervised call for a decision (an operator's); idempotent.
 
         Returns ``False`` if the provider did not hang up (the call goes on, still watched).
@@ -412,7 +352,7 @@ class SidebandSupervisor:
             raise KeyError(session_id)
         return await self._end_call(session_id, call_id, reason)
 
-    async def _end_call(self, session_id: str, call_id: str, reason: str) -> bool:
+    async def _end_call(self, session_id: str, call_id: str, reason: EndReason) -> bool:
         """End the call for a broker decision (leash limit, tamper policy); idempotent.
 
         The reason is noted first, so however the sideband then ends (the provider closes it
@@ -471,21 +411,6 @@ class SidebandSupervisor:
         except Exception:
             logger.exception("could not write sideband events session_id=%s", session_id)
 
-    async def _end_session(
-        self, session_id: str, sideband: SidebandState, state: SessionState, reason: str
-    ) -> None:
-        async with self._sessionmaker.begin() as s:
-            await queries.set_session_fields(s, session_id, sideband_state=sideband)
-            ended = await queries.transition_session(
-                s,
-                session_id,
-                CALL_RUNNING_STATES,
-                state,
-                end_reason=reason,
-            )
-        if ended:
-            self.metrics.session_ended(reason)
-
     async def _record_end(
         self,
         session_id: str,
@@ -498,7 +423,13 @@ class SidebandSupervisor:
         if reason is not None:
             # The broker ended this call itself; how the sideband closed is a consequence.
             logger.info("call ended by the broker session_id=%s reason=%s", session_id, reason)
-            await self._end_session(session_id, SidebandState.CLOSED, SessionState.ENDED, reason)
+            await end_session(
+                self._sessionmaker,
+                self.metrics,
+                session_id,
+                reason,
+                sideband_state=SidebandState.CLOSED,
+            )
             return
         if self._stopping and (failure is None or isinstance(failure, asyncio.CancelledError)):
             # This broker is stopping; the call goes on at the provider.
@@ -506,22 +437,30 @@ class SidebandSupervisor:
             recorder.record("broker", {"type": "broker.sideband_released"})
             await self.set_sideband_state(session_id, SidebandState.CLOSED)
             return
-        if isinstance(failure, CallEndedError) or (failure is None and close_code in (1000, 1001)):
+        clean = close_code in (1000, 1001)
+        if isinstance(failure, CallEndedError) or (failure is None and clean):
             # The provider no longer knows a call we had attached: it is over (hangup, the
             # browser left, a time limit), whether or not a close frame said so first.
-            ended_reason = (
-                f"provider_closed:{close_code}" if close_code in (1000, 1001) else "call_gone"
-            )
+            ended = EndReason.PROVIDER_CLOSED if clean else EndReason.CALL_GONE
+            detail = str(close_code) if clean else None
             logger.info(
-                "call ended session_id=%s call_id=%s reason=%s", session_id, call_id, ended_reason
+                "call ended session_id=%s call_id=%s reason=%s",
+                session_id,
+                call_id,
+                ended.text(detail),
             )
-            recorder.record("broker", {"type": "broker.call_ended", "reason": ended_reason})
             if isinstance(failure, CallEndedError):
                 # Belt and braces: a 404 for a call that in fact goes on (PROTOCOL.md §2.5
                 # item 3) must not leave a call no broker watches. A gone call answers 404.
                 await hang_up(self._provider, call_id, attempts=1)
-            await self._end_session(
-                session_id, SidebandState.CLOSED, SessionState.ENDED, ended_reason
+            await end_session(
+                self._sessionmaker,
+                self.metrics,
+                session_id,
+                ended,
+                detail=detail,
+                event={"type": "broker.call_ended", "reason": ended.text(detail)},
+                sideband_state=SidebandState.CLOSED,
             )
             return
         why, label = _failure_reason(failure, close_code)
@@ -533,7 +472,7 @@ class SidebandSupervisor:
         recorder.record("broker", {"type": "broker.degraded", "reason": why})
         self.metrics.sideband_failed(label)
         async with self._sessionmaker.begin() as s:
-            await queries.set_session_fields(s, session_id, sideband_state=SidebandState.FAILED)
+            await queries.set_sideband_state(s, session_id, SidebandState.FAILED)
             degraded = await queries.transition_session(
                 s, session_id, [SessionState.LIVE], SessionState.DEGRADED
             )

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from broker.record.event_log import EventRecorder
+from broker.session.end_reason import EndReason
 from broker.session.limits import TamperPolicy
 from sideband import (
     ForgedOutput,
@@ -28,8 +29,6 @@ from sideband import (
 logger = logging.getLogger(__name__)
 
 TAMPER_EVENT: Final = "broker.tamper"
-END_REASON_TAMPER: Final = "tamper"
-END_REASON_REPEATED: Final = "tamper_repeated"
 MAX_TAMPERS_REVERTED: Final = 5
 """Even under ``revert``, a browser that keeps tampering is cut off: each attempt costs the
 broker a re-apply, an event and a log line, so an endless stream of them is a denial of
@@ -72,7 +71,7 @@ class TamperResponder:
         session_id: str,
         policy: TamperPolicy,
         recorder: EventRecorder,
-        end_call: Callable[[str], Awaitable[None]],
+        end_call: Callable[[EndReason], Awaitable[None]],
         count: Callable[[str], None] = lambda kind: None,
     ) -> None:
         self._session_id = session_id
@@ -88,7 +87,7 @@ class TamperResponder:
             self._count += 1
         if self._count > MAX_TAMPERS_REVERTED:
             # Already recorded MAX_TAMPERS_REVERTED times and on its way out: stay quiet.
-            await self._end_call(END_REASON_REPEATED)
+            await self._end_call(EndReason.TAMPER_REPEATED)
             return
         event = tamper_event(tamper, self._policy)
         self._recorder.record("broker", event)
@@ -104,9 +103,9 @@ class TamperResponder:
         # model's own (made while no sideband watched), and a page-started response is the
         # page_responses policy at work: recorded, never a reason to hang up.
         if self._policy is TamperPolicy.HANGUP and not isinstance(tamper, _CONSEQUENCES):
-            await self._end_call(END_REASON_TAMPER)
+            await self._end_call(EndReason.TAMPER)
         elif self._count == MAX_TAMPERS_REVERTED:
-            await self._end_call(END_REASON_REPEATED)
+            await self._end_call(EndReason.TAMPER_REPEATED)
 
 
 def _summary(tamper: Tamper) -> str:

@@ -16,26 +16,32 @@ from typing import Final
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.call.hangup import hang_up
-from broker.call.leash import LEASH_EVENT, LeashLimit
+from broker.call.leash import LEASH_EVENT
 from broker.db import queries
-from broker.db.models import CALL_RUNNING_STATES, SessionState
-from broker.record.event_classes import EventClass
-from broker.record.event_log import append_event
+from broker.db.models import CALL_RUNNING_STATES
+from broker.metrics import BrokerMetrics
+from broker.session.end_reason import EndReason
+from broker.session.ending import end_session
 from sideband import Provider
 
 logger = logging.getLogger(__name__)
 
 GRACE_S: Final = 2.0  # the sideband's leash, when there is one, acts first
 RETRY_DELAYS_S: Final = (5.0, 30.0, 60.0, 120.0)  # a hangup that failed is tried again
-END_REASON: Final = LeashLimit.MAX_DURATION.value
 
 
 class CallDeadlines:
     """One timer per live call; each ends its call at the session's max duration."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], provider: Provider) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        provider: Provider,
+        metrics: BrokerMetrics,
+    ) -> None:
         self._sessionmaker = sessionmaker
         self._provider = provider
+        self._metrics = metrics
         self._timers: dict[str, asyncio.Task[None]] = {}
 
     def watch(
@@ -100,23 +106,16 @@ class CallDeadlines:
         # One attempt each time: this timer's own schedule is the retry.
         if not await hang_up(self._provider, call_id, attempts=1):
             return False  # the call goes on; the session stays live and this tries again
-        async with self._sessionmaker.begin() as s:
-            ended = await queries.transition_session(
-                s, session_id, CALL_RUNNING_STATES, SessionState.ENDED, end_reason=END_REASON
-            )
-        if ended:
-            await self._record(session_id, max_duration_s)
-        return True
-
-    async def _record(self, session_id: str, max_duration_s: int) -> None:
-        await append_event(
+        await end_session(
             self._sessionmaker,
+            self._metrics,
             session_id,
-            {
+            EndReason.MAX_DURATION,
+            event={
                 "type": LEASH_EVENT,
-                "limit": END_REASON,
+                "limit": EndReason.MAX_DURATION.value,
                 "value": max_duration_s,
                 "enforced_by": "deadline",
             },
-            EventClass.KEPT,
         )
+        return True

@@ -1,7 +1,8 @@
 """What a failed offer leaves behind, built from one description so that all of it agrees.
 
 The browser gets problem+json (:meth:`OfferFailure.error`), the session row an ``end_reason``
-a person can read, the session's event log a ``broker.offer_failed`` event, and the metrics an
+a person can read, the session's event log a ``broker.offer_failed`` event (both written by
+:func:`~broker.session.ending.end_session`), and the metrics an
 :class:`~broker.metrics.OfferOutcome`. Of the provider's error body only its ``error.code``
 is ever used, and only when it looks like an identifier: the rest may echo the request (the
 SDP, the instructions) or carry the provider's own diagnostics.
@@ -13,12 +14,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from broker.db import queries
-from broker.db.models import utcnow
 from broker.errors import BrokerError, UpstreamError
 from broker.metrics import OfferOutcome
+from broker.session.end_reason import EndReason
 from sideband import ProviderError, ProviderTimeoutError, ProviderUnreachableError
 
 OFFER_FAILED_EVENT: Final = "broker.offer_failed"
@@ -59,14 +57,15 @@ class OfferFailure:
         code: the problem code: ``provider_error``, ``provider_timeout``,
             ``provider_unreachable``, or for a failure of the broker's own,
             ``call_not_recorded`` / ``internal_error``.
-        end_reason: the session's ``end_reason`` (always starts with ``offer:``).
+        detail: what failed, a person's reading; the session's ``end_reason`` is
+            ``offer: {detail}``.
         provider_status: the provider's HTTP status, when it answered.
         provider_code: the provider's ``error.code``, when it gave a safe one.
         timeout_s: the timeout the provider exceeded.
     """
 
     code: str
-    end_reason: str
+    detail: str
     provider_status: int | None = None
     provider_code: str | None = None
     timeout_s: float | None = None
@@ -77,18 +76,16 @@ class OfferFailure:
         if isinstance(exc, ProviderTimeoutError):
             return cls(
                 "provider_timeout",
-                f"offer: the provider did not answer in {exc.timeout:g}s",
+                f"the provider did not answer in {exc.timeout:g}s",
                 timeout_s=exc.timeout,
             )
         if isinstance(exc, ProviderUnreachableError):
             # The reason is an exception class name (ClientConnectorError): never a URL or key.
-            return cls(
-                "provider_unreachable", f"offer: the provider was unreachable ({exc.reason})"
-            )
+            return cls("provider_unreachable", f"the provider was unreachable ({exc.reason})")
         code = safe_provider_code(exc.code)
         return cls(
             "provider_error",
-            f"offer: the provider refused the call with HTTP {exc.status}"
+            f"the provider refused the call with HTTP {exc.status}"
             + (f" ({code})" if code else ""),
             provider_status=exc.status,
             provider_code=code,
@@ -97,7 +94,12 @@ class OfferFailure:
     @classmethod
     def unexpected(cls, exc: BaseException) -> OfferFailure:
         """Describe a failure of the broker's own (only the exception's type is kept)."""
-        return cls("internal_error", f"offer: {type(exc).__name__}")
+        return cls("internal_error", type(exc).__name__)
+
+    @property
+    def end_reason(self) -> str:
+        """The session's ``end_reason``."""
+        return EndReason.OFFER_FAILED.text(self.detail)
 
     def event(self) -> dict[str, Any]:
         """The ``broker.offer_failed`` session event."""
@@ -131,26 +133,3 @@ class OfferFailure:
             )
         assert self.code == "provider_unreachable", self.code
         return UpstreamError(self.code, f"the provider could not be reached; {_RETRY_HINT}")
-
-
-async def add_offer_failed_event(s: AsyncSession, session_id: str, failure: OfferFailure) -> None:
-    """Append ``failure``'s ``broker.offer_failed`` event in the caller's transaction.
-
-    The offer path has no event recorder: the sideband, the only other writer of a session's
-    events, has not started, so taking the next ``seq`` here cannot race with it.
-    """
-    event = failure.event()
-    seq = await queries.next_event_seq(s, session_id)
-    await queries.add_events(
-        s,
-        [
-            {
-                "session_id": session_id,
-                "seq": seq,
-                "direction": "broker",
-                "type": event["type"],
-                "payload": event,
-                "at": utcnow(),
-            }
-        ],
-    )

@@ -4,10 +4,10 @@ Two kinds are stranded. A session still ``created`` after its client secret expi
 be offered (the secret was the only way in): it ends as ``expired``. A session ``offered``
 for far longer than an offer can take was left by a broker that stopped mid-offer: it fails
 as ``offer: interrupted`` (any call the provider made then has no sideband and no record;
-the provider's own limits end it). Either way the end goes through the same atomic
-transition as every other end, so its ``session.ended`` webhook is queued once, its event
-stream closes, and metrics count it. Several broker processes may sweep at once: the
-transition succeeds for one of them.
+the provider's own limits end it). Either way the end goes through
+:func:`~broker.session.ending.end_session` like every other end, so its ``session.ended``
+webhook is queued once, its event stream closes, and metrics count it. Several broker
+processes may sweep at once: the end succeeds for one of them.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker.db import queries
 from broker.db.models import SessionState, utcnow
 from broker.metrics import BrokerMetrics
-from broker.record.event_classes import EventClass
-from broker.record.event_log import append_event
+from broker.session.end_reason import EndReason
+from broker.session.ending import end_session
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,8 @@ SWEEP_BATCH: Final = 200
 """Sessions ended per sweep and state; a backlog drains over the next sweeps."""
 GRACE: Final = timedelta(minutes=1)
 """Beyond a bound, for clocks and for a request that was accepted at the last moment."""
-END_REASON_EXPIRED: Final = "expired"
-END_REASON_INTERRUPTED: Final = "offer: interrupted"
+INTERRUPTED: Final = "interrupted"
+"""The detail of an offer a stopped broker left (``end_reason`` ``offer: interrupted``)."""
 
 
 class SessionReaper:
@@ -69,42 +69,40 @@ class SessionReaper:
     async def sweep(self) -> int:
         """End what is stranded now; returns how many sessions this process ended."""
         now = utcnow()
-        ended = await self._end(
-            SessionState.CREATED, now - self._created_for, SessionState.ENDED, END_REASON_EXPIRED
-        )
+        ended = await self._end(SessionState.CREATED, now - self._created_for, EndReason.EXPIRED)
         ended += await self._end(
-            SessionState.OFFERED,
-            now - self._offered_for,
-            SessionState.FAILED,
-            END_REASON_INTERRUPTED,
+            SessionState.OFFERED, now - self._offered_for, EndReason.OFFER_FAILED, INTERRUPTED
         )
         return ended
 
     async def _end(
-        self, state: SessionState, before: datetime, to_state: SessionState, reason: str
+        self,
+        state: SessionState,
+        before: datetime,
+        reason: EndReason,
+        detail: str | None = None,
     ) -> int:
         async with self._sessionmaker() as s:
             ids: Sequence[str] = await queries.stale_sessions(s, state, before, SWEEP_BATCH)
+        text = reason.text(detail)
         ended = 0
         for session_id in ids:
-            async with self._sessionmaker.begin() as s:
-                moved = await queries.transition_session(
-                    s, session_id, [state], to_state, end_reason=reason
-                )
-            if not moved:
+            swept = await end_session(
+                self._sessionmaker,
+                self._metrics,
+                session_id,
+                reason,
+                detail=detail,
+                from_states=[state],
+                event={"type": "broker.session_swept", "state_was": state.value, "reason": text},
+            )
+            if not swept:
                 continue  # offered or ended meanwhile, or another process swept it
             ended += 1
-            self._metrics.session_ended(reason)
-            await append_event(
-                self._sessionmaker,
-                session_id,
-                {"type": "broker.session_swept", "state_was": state.value, "reason": reason},
-                EventClass.KEPT,
-            )
             logger.info(
                 "stranded session ended session_id=%s state_was=%s reason=%s",
                 session_id,
                 state.value,
-                reason,
+                text,
             )
         return ended

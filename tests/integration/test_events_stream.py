@@ -12,10 +12,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker import app_state
 from broker.api import events_stream
 from broker.db import queries
+from broker.db.models import SessionRow, SessionState
 from broker.record.event_classes import EventClass
 from broker.record.event_log import EventRecorder, append_event
 from tests.conftest import BrokerFactory
@@ -116,6 +119,19 @@ async def read_all(
         return await EventStream(response).rest()
     finally:
         response.close()
+
+
+async def end_as_elsewhere(
+    sessionmaker: async_sessionmaker[AsyncSession], session_id: str, ended_at: datetime
+) -> None:
+    """Mark the session ended at ``ended_at`` the way another broker process's end looks
+    from here: the row changes, and nothing of this process is told."""
+    async with sessionmaker.begin() as s:
+        await s.execute(
+            update(SessionRow)
+            .where(SessionRow.id == session_id)
+            .values(state=SessionState.ENDED, ended_at=ended_at)
+        )
 
 
 def assert_consecutive(messages: list[Message], first: int = 1) -> None:
@@ -277,10 +293,9 @@ async def test_pages_of_a_long_log_join_without_gap_or_duplicate(
         # Written behind the event log's writers, as by another broker process: no wake-up,
         # so it arrives by the fallback poll.
         await write(events_stream.PAGE_SIZE + 11, total)
-        async with sessionmaker.begin() as s:
-            await queries.set_session_fields(
-                s, session["id"], state="ended", ended_at=datetime.now(UTC) - timedelta(minutes=1)
-            )
+        await end_as_elsewhere(
+            sessionmaker, session["id"], datetime.now(UTC) - timedelta(minutes=1)
+        )
         received = head + await stream.rest()
     finally:
         response.close()
@@ -303,10 +318,7 @@ async def test_events_written_just_after_the_end_are_not_cut_off(
     monitor = await broker.new_key("monitor:read")
     session = await broker.create_session(tools=["lookup_order"])
     sessionmaker = broker.app[app_state.SESSIONMAKER]
-    async with sessionmaker.begin() as s:
-        await queries.set_session_fields(
-            s, session["id"], state="ended", ended_at=datetime.now(UTC)
-        )
+    await end_as_elsewhere(sessionmaker, session["id"], datetime.now(UTC))
     response = await open_stream(http, broker, session["id"], monitor)
     try:
         stream = EventStream(response)

@@ -22,10 +22,11 @@ import pytest
 from sqlalchemy import select
 
 from broker import Secret, app_state
-from broker.db import queries
 from broker.db.models import SessionState, WebhookDelivery
-from broker.webhooks.sender import AttemptOutcome
+from broker.session.end_reason import EndReason
+from broker.session.ending import end_session
 from broker.webhooks import sender as webhooks
+from broker.webhooks.sender import AttemptOutcome
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import RunningBroker
 from tests.support.browser import FakeBrowser
@@ -216,8 +217,8 @@ async def test_every_other_end_path_is_announced_once(
 async def test_the_end_transition_queues_once_and_only_for_sessions_that_asked(
     make_broker: BrokerFactory, receiver: WebhookReceiver
 ) -> None:
-    """The choke point itself: a second terminal transition is a no-op, so no second row;
-    a session created while webhooks were off is never announced."""
+    """The choke point itself (end_session): a second end is a no-op, so no second row; a
+    session created while webhooks were off is never announced."""
     quiet = await make_broker()
     assert app_state.WEBHOOKS not in quiet.app  # no URL: no sender at all
     unannounced = await quiet.create_session()
@@ -226,11 +227,15 @@ async def test_the_end_transition_queues_once_and_only_for_sessions_that_asked(
     announced = await broker.create_session()
     sessionmaker = broker.app[app_state.SESSIONMAKER]
     for session in (announced, unannounced):
-        for to_state in (SessionState.FAILED, SessionState.ENDED):
-            async with sessionmaker.begin() as s:
-                await queries.transition_session(
-                    s, session["id"], [SessionState.CREATED], to_state, end_reason="test"
-                )
+        # The first fails the session, the second would end it.
+        for reason in (EndReason.OFFER_FAILED, EndReason.EXPIRED):
+            await end_session(
+                sessionmaker,
+                broker.app[app_state.METRICS],
+                session["id"],
+                reason,
+                from_states=[SessionState.CREATED],
+            )
     [row] = await deliveries_of(broker, announced["id"])
     assert row.type == "session.ended"
     assert await deliveries_of(broker, unannounced["id"]) == []

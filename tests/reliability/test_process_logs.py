@@ -43,7 +43,9 @@ async def test_serve_logs_json_lines_tagged_with_the_call(
     assert of_call, broker.log_tail()
     # Every line of the supervised call also names the provider's call.
     sideband_lines = [
-        r for r in of_call if r["logger"].startswith(("broker.call.supervisor", "sideband"))
+        r
+        for r in of_call
+        if r["logger"].startswith(("broker.call.supervisor", "broker.call.observer", "sideband"))
     ]
     assert sideband_lines, broker.log_tail()
     assert all(r.get("call_id") == detail["call_id"] for r in sideband_lines)

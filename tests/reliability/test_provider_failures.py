@@ -86,7 +86,7 @@ async def test_provider_5xx_on_offer(
     warnings = [
         r.getMessage()
         for r in caplog.records
-        if r.name == "broker.session.service" and r.levelno == logging.WARNING
+        if r.name == "broker.session.offer" and r.levelno == logging.WARNING
     ]
     assert warnings == [
         f"offer failed at the provider session_id={session['id']} code=provider_error "
@@ -153,7 +153,7 @@ async def test_provider_timeout_on_offer(
         {"type": "broker.offer_failed", "code": "provider_timeout", "timeout_s": 0.3}
     ]
     assert any(
-        r.name == "broker.session.service"
+        r.name == "broker.session.offer"
         and r.levelno == logging.WARNING
         and session["id"] in r.getMessage()
         and "code=provider_timeout" in r.getMessage()

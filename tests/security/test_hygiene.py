@@ -90,7 +90,7 @@ def broker_log() -> Iterator[LogSetup]:
             logging.getLogger(name).setLevel(level)
 
 
-FORGED = "\r\n12:00:00 INFO    broker.session.service: forged-line all clear\x1b[2J\x85\u2028"
+FORGED = "\r\n12:00:00 INFO    broker.tools.bridge: forged-line all clear\x1b[2J\x85\u2028"
 
 
 async def test_a_tool_name_from_the_bridge_path_cannot_forge_a_console_line(
@@ -118,7 +118,7 @@ async def test_a_tool_name_from_the_bridge_path_cannot_forge_a_console_line(
         assert raw not in text
     for line in text.split("\n"):
         assert "forged-line" not in line or re.match(r"\d\d:\d\d:\d\d WARNING ", line), line
-        assert not line.startswith("12:00:00 INFO    broker.session.service: forged-line")
+        assert not line.startswith("12:00:00 INFO    broker.tools.bridge: forged-line")
 
 
 def test_a_traceback_quoting_a_page_cannot_forge_a_console_line() -> None:

@@ -13,9 +13,15 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.db.models import CALL_RUNNING_STATES, TERMINAL_STATES, SessionRow, SessionState, utcnow
+from broker.db.models import (
+    CALL_RUNNING_STATES,
+    TERMINAL_STATES,
+    SessionRow,
+    SessionState,
+    SidebandState,
+    utcnow,
+)
 from broker.db.queries._common import SESSIONS, Executor, changed
-from broker.db.queries.webhook_deliveries import queue_session_ended
 
 
 async def get_session_row(s: AsyncSession, session_id: str) -> SessionRow | None:
@@ -27,32 +33,83 @@ async def transition_session(
     session_id: str,
     from_states: Sequence[SessionState],
     to_state: SessionState,
-    **values: Any,
+    *,
+    offer_jti: str | None = None,
+    call_id: str | None = None,
 ) -> bool:
     """Move a session to ``to_state`` only if it is in one of ``from_states``; atomic.
 
-    The move into ``ended`` or ``failed`` is the session's end, whichever path makes it (the
-    supervisor, the duration backstop, an operator, a failed offer): the same transaction
-    queues its ``session.ended`` webhook (when the session asked for one), so an end is
-    announced exactly once and never without being recorded.
+    Only for the moves before an end (``offered``, ``live``, ``degraded``): a session ends
+    through :func:`broker.session.ending.end_session`, which also queues the webhook, writes
+    the event and counts the end.
+
+    Raises:
+        ValueError: ``to_state`` is ``ended`` or ``failed``.
     """
-    stamp = {
-        SessionState.OFFERED: "offered_at",
-        SessionState.LIVE: "live_at",
-        SessionState.ENDED: "ended_at",
-        SessionState.FAILED: "ended_at",
-    }.get(to_state)
+    if to_state in TERMINAL_STATES:
+        raise ValueError(f"a session ends through end_session, not a transition to {to_state}")
+    values: dict[str, Any] = {}
+    if offer_jti is not None:
+        values["offer_jti"] = offer_jti
+    if call_id is not None:
+        values["call_id"] = call_id
+    stamp = _STAMPS.get(to_state)
     if stamp is not None:
-        values.setdefault(stamp, utcnow())
+        values[stamp] = utcnow()
+    return await _move(s, session_id, from_states, to_state, values)
+
+
+async def mark_session_ended(
+    s: AsyncSession,
+    session_id: str,
+    from_states: Sequence[SessionState],
+    to_state: SessionState,
+    end_reason: str,
+) -> bool:
+    """Move a session into ``ended`` or ``failed`` if it is in one of ``from_states``.
+
+    The row's half of a session's end; :func:`broker.session.ending.end_session` is the
+    whole of it (only it calls this).
+
+    Raises:
+        ValueError: ``to_state`` is not ``ended`` or ``failed``.
+    """
+    if to_state not in TERMINAL_STATES:
+        raise ValueError(f"{to_state} is not an end")
+    values = {"end_reason": end_reason, "ended_at": utcnow()}
+    return await _move(s, session_id, from_states, to_state, values)
+
+
+_STAMPS: Final = {SessionState.OFFERED: "offered_at", SessionState.LIVE: "live_at"}
+"""The time column each state before an end records (an end records ``ended_at``)."""
+
+
+async def _move(
+    s: AsyncSession,
+    session_id: str,
+    from_states: Sequence[SessionState],
+    to_state: SessionState,
+    values: dict[str, Any],
+) -> bool:
     result = await s.execute(
         update(SessionRow)
         .where(SessionRow.id == session_id, SessionRow.state.in_([str(x) for x in from_states]))
         .values(state=str(to_state), **values)
     )
-    moved = changed(result)
-    if moved and to_state in TERMINAL_STATES:
-        await queue_session_ended(s, session_id)
-    return moved
+    return changed(result)
+
+
+async def set_sideband_state(s: AsyncSession, session_id: str, state: SidebandState) -> None:
+    await s.execute(
+        update(SessionRow).where(SessionRow.id == session_id).values(sideband_state=str(state))
+    )
+
+
+async def set_instructions(s: AsyncSession, session_id: str, instructions: str) -> None:
+    """Store a call's new instructions (a resumed or re-attached sideband asserts them)."""
+    await s.execute(
+        update(SessionRow).where(SessionRow.id == session_id).values(instructions=instructions)
+    )
 
 
 async def stale_sessions(
@@ -71,10 +128,6 @@ async def stale_sessions(
             .limit(limit)
         )
     ).all()
-
-
-async def set_session_fields(s: AsyncSession, session_id: str, **values: Any) -> None:
-    await s.execute(update(SessionRow).where(SessionRow.id == session_id).values(**values))
 
 
 async def sessions_with_running_calls(s: AsyncSession) -> Sequence[SessionRow]:

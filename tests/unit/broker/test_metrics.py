@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from broker.errors import ConflictError, UpstreamError
-from broker.metrics import BrokerMetrics, EndReason, OfferOutcome, end_reason_label
+from broker.metrics import BrokerMetrics, OfferOutcome, end_reason_label
+from broker.session.end_reason import EndReason
 from broker.session.offer_failure import OfferFailure, offer_outcome, safe_provider_code
 from sideband import ProviderError, ProviderTimeoutError, ProviderUnreachableError
 

@@ -1,0 +1,130 @@
+"""Acting on a running call from outside: the page hangs up, an operator hangs up or re-instructs.
+
+Both hangups take one path (:meth:`CallActions.hang_up`): a call this process supervises is
+ended by its supervisor, like a leash decision (no tool call runs from then on, and the
+supervisor records the end once the sideband closes); any other call (bridge-only, degraded,
+or supervised by another process) is hung up here and its session ended at once. Each
+action is then written to the session's event log for the audit.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from broker.call.supervisor import SidebandSupervisor
+from broker.db import queries
+from broker.db.models import CALL_RUNNING_STATES, SessionRow
+from broker.errors import ConflictError, UpstreamError
+from broker.metrics import BrokerMetrics
+from broker.record.event_classes import EventClass
+from broker.record.event_log import append_event
+from broker.session.end_reason import EndReason
+from broker.session.ending import end_unwatched_call
+from sideband import Provider
+
+logger = logging.getLogger(__name__)
+
+BROWSER_HANGUP_EVENT: Final = "broker.browser_hangup"
+OPS_HANGUP_EVENT: Final = "broker.ops_hangup"
+INSTRUCTIONS_EVENT: Final = "broker.instructions_updated"
+
+
+class CallActions:
+    """Hangups and instruction changes of running calls (one per app, in the session service)."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        provider: Provider,
+        supervisor: SidebandSupervisor,
+        metrics: BrokerMetrics,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._provider = provider
+        self._supervisor = supervisor
+        self._metrics = metrics
+
+    async def hang_up(self, row: SessionRow, reason: EndReason) -> None:
+        """Hang up the session's running call and end the session for ``reason``.
+
+        Raises:
+            UpstreamError: ``provider_error``: the provider did not hang up; the call goes on.
+        """
+        assert row.call_id is not None and row.state in CALL_RUNNING_STATES
+        try:
+            hung_up = await self._supervisor.end_call(row.id, row.call_id, reason)
+        except KeyError:
+            hung_up = await end_unwatched_call(
+                self._sessionmaker, self._provider, self._metrics, row.id, row.call_id, reason
+            )
+        if not hung_up:
+            raise UpstreamError("provider_error", "the provider did not hang up; the call goes on")
+
+    async def end_by_browser(self, row: SessionRow) -> bool:
+        """The page hung up (``hangup``); ``False`` if the call had already ended.
+
+        Raises:
+            UpstreamError: ``provider_error`` (see :meth:`hang_up`).
+        """
+        if row.state not in CALL_RUNNING_STATES or row.call_id is None:
+            return False
+        await self.hang_up(row, EndReason.HANGUP)
+        await append_event(self._sessionmaker, row.id, {"type": BROWSER_HANGUP_EVENT})
+        logger.info("call ended by the page session_id=%s call_id=%s", row.id, row.call_id)
+        return True
+
+    async def end_by_operator(self, row: SessionRow, by_key: str, why: str) -> None:
+        """An operator (key ``by_key``) hung up, saying ``why`` (``ops_hangup``).
+
+        Raises:
+            ConflictError: ``session_not_live``: no call is running.
+            UpstreamError: ``provider_error`` (see :meth:`hang_up`).
+        """
+        if row.state not in CALL_RUNNING_STATES or row.call_id is None:
+            raise ConflictError("session_not_live", f"the session is {row.state}, not in a call")
+        await self.hang_up(row, EndReason.OPS_HANGUP)
+        # Recorded either way: the operator acted, even if the call ended on its own meanwhile.
+        await append_event(
+            self._sessionmaker,
+            row.id,
+            {"type": OPS_HANGUP_EVENT, "reason": why, "by": by_key},
+            EventClass.KEPT,
+        )
+        logger.warning(
+            "call hung up by an operator session_id=%s call_id=%s by_key=%s",
+            row.id,
+            row.call_id,
+            by_key,
+        )
+
+    async def update_instructions(self, row: SessionRow, by_key: str, instructions: str) -> None:
+        """Send an operator's new instructions on the call's sideband; then store and audit them.
+
+        Raises:
+            ConflictError: ``sideband_not_connected``: no sideband of this process can send it.
+        """
+        try:
+            sent = await self._supervisor.update_instructions(row.id, instructions)
+        except KeyError:
+            sent = False
+        if not sent:
+            raise ConflictError(
+                "sideband_not_connected", "the call has no connected sideband to send this on"
+            )
+        async with self._sessionmaker.begin() as s:
+            await queries.set_instructions(s, row.id, instructions)
+        await append_event(
+            self._sessionmaker,
+            row.id,
+            {"type": INSTRUCTIONS_EVENT, "by": by_key, "instructions": instructions},
+            EventClass.KEPT,
+        )
+        logger.warning(
+            "instructions changed by an operator session_id=%s by_key=%s chars=%d",
+            row.id,
+            by_key,
+            len(instructions),
+        )

@@ -1,0 +1,256 @@
+"""The browser's SDP offer: spend its client secret, create the provider call, start the sideband.
+
+The offer is the one request a browser makes with media in mind, and the only one that
+creates anything at the provider: the broker sends the SDP with its own key and the
+server-owned session config (:func:`provider_session_config`; the browser chooses none of
+it), records the call, arms its duration backstop and starts its sideband.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy import CursorResult, delete
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from broker.auth.principals import BrowserPrincipal
+from broker.call.hangup import hang_up
+from broker.call.supervisor import SidebandSupervisor
+from broker.db import queries
+from broker.db.dialect import conflict_insert, dialect_name
+from broker.db.models import CALL_RUNNING_STATES, SessionRow, SessionState, UsedClientSecret, utcnow
+from broker.db.shielded import ShieldedWrites
+from broker.errors import ConflictError, NotFoundError, UnauthorizedError, UnavailableError
+from broker.metrics import BrokerMetrics
+from broker.session.deadline import CallDeadlines
+from broker.session.end_reason import EndReason
+from broker.session.ending import end_session
+from broker.session.offer_failure import OfferFailure, offer_outcome
+from broker.session.sdp import check_offer
+from broker.settings import Settings
+from broker.tools.registry import ToolRegistry
+from sideband import Provider, ProviderError, ProviderTimeoutError, ProviderUnreachableError
+
+logger = logging.getLogger(__name__)
+
+_SPENT_SECRET_GRACE: Final = timedelta(minutes=1)
+"""How long a spent secret is kept past ``exp``: python-jose accepts a token during the second
+after ``exp``, and replicas' clocks drift; pruning at ``exp`` would reopen a replay window."""
+_PRUNE_EVERY_S: Final = 30.0
+"""Spent secrets are pruned at most this often per process, not on every offer's path."""
+_FAILS_FROM: Final = (SessionState.CREATED, SessionState.OFFERED, *CALL_RUNNING_STATES)
+"""A failed offer fails its session from any state before an end."""
+
+
+def provider_session_config(registry: ToolRegistry, row: SessionRow) -> dict[str, Any]:
+    """The server-owned session config: the browser never chooses any of it."""
+    return {
+        "type": "realtime",
+        "model": row.model,
+        "instructions": row.instructions,
+        "audio": {"output": {"voice": row.voice}},
+        "tools": [registry[name].provider_definition() for name in row.tools],
+        "tool_choice": "auto",
+    }
+
+
+async def _secret_spent(s: AsyncSession, jti: str) -> bool:
+    return await s.get(UsedClientSecret, jti) is not None
+
+
+async def _spend_secret(s: AsyncSession, browser: BrowserPrincipal, *, prune: bool) -> bool:
+    """Record the offer's client secret as used; ``False`` if it already was (a replay).
+
+    ON CONFLICT DO NOTHING: two offers racing with one token must not turn into an
+    IntegrityError; the loser sees no row inserted. With ``prune``, spent secrets well past
+    their ``exp`` are deleted too: verification refuses them as expired before this table
+    is consulted, so keeping them a while longer changes nothing.
+    """
+    now = utcnow()
+    result = await s.execute(
+        conflict_insert(UsedClientSecret, dialect_name(s))
+        .values(
+            jti=browser.token_id,
+            session_id=browser.session_id,
+            used_at=now,
+            expires_at=datetime.fromtimestamp(browser.expires_at, UTC),
+        )
+        .on_conflict_do_nothing(index_elements=["jti"])
+    )
+    if prune:
+        await s.execute(
+            delete(UsedClientSecret).where(UsedClientSecret.expires_at < now - _SPENT_SECRET_GRACE)
+        )
+    assert isinstance(result, CursorResult)
+    return bool(result.rowcount)
+
+
+class Offers:
+    """Turns browsers' offers into provider calls (one per app, in the session service).
+
+    Args:
+        writes: the service's shielded writes (a failed offer's cleanup outlives its request).
+        deadlines: the duration backstop each new call is given.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        provider: Provider,
+        registry: ToolRegistry,
+        supervisor: SidebandSupervisor,
+        metrics: BrokerMetrics,
+        writes: ShieldedWrites,
+        deadlines: CallDeadlines,
+    ) -> None:
+        self._settings = settings
+        self._sessionmaker = sessionmaker
+        self._provider = provider
+        self._registry = registry
+        self._supervisor = supervisor
+        self._metrics = metrics
+        self._writes = writes
+        self._deadlines = deadlines
+        self._pruned_at = float("-inf")
+
+    def _prune_due(self) -> bool:
+        """Whether this offer also prunes spent secrets (the first, then every 30 s)."""
+        now = time.monotonic()
+        if now - self._pruned_at < _PRUNE_EVERY_S:
+            return False
+        self._pruned_at = now
+        return True
+
+    async def offer(self, browser: BrowserPrincipal, sdp: str) -> str:
+        """Create the provider call for the browser's offer; returns the SDP answer.
+
+        The sideband is started before returning but not awaited: the browser must apply the
+        answer before the call is fully up, so nothing here may wait for it.
+
+        The client secret is spent in the same transaction that claims the session
+        (``created → offered``), and remembered as the session's ``offer_jti``. A refused SDP or
+        an unknown session spends nothing.
+
+        Raises:
+            UnauthorizedError (``token_replayed``: checked first, whatever the session's state),
+            NotFoundError, ConflictError (``session_already_offered``), BadRequestError
+            (``invalid_sdp``), UpstreamError (``provider_error`` / ``provider_unreachable`` 502,
+            ``provider_timeout`` 504). A provider failure also fails the session, with a
+            readable ``end_reason`` and a ``broker.offer_failed`` event. Every offer is
+            counted by outcome and timed in the metrics.
+        """
+        started = time.perf_counter()
+        failure: BaseException | None = None
+        try:
+            return await self._offer(browser, sdp)
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            self._metrics.offer_finished(offer_outcome(failure), time.perf_counter() - started)
+
+    async def _offer(self, browser: BrowserPrincipal, sdp: str) -> str:
+        """The offer itself; :meth:`offer` wraps it with the metrics."""
+        if self._supervisor.stopping:
+            # Draining: a call made now would lose its sideband at once; another process
+            # (or this one, restarted) takes it.
+            raise UnavailableError("shutting_down", "this broker is shutting down; retry")
+        session_id = browser.session_id
+        # One read for both (an offer's latency is mostly round trips to the database); the
+        # replay check still comes first, whatever the SDP or the session's state.
+        async with self._sessionmaker() as s:
+            replayed = await _secret_spent(s, browser.token_id)
+            row = None if replayed else await queries.get_session_row(s, session_id)
+        if replayed:
+            raise _replayed(session_id)
+        check_offer(sdp)
+        if row is None:
+            raise NotFoundError("session_not_found", "no such session")
+        prune = self._prune_due()
+        async with self._sessionmaker.begin() as s:
+            # Raising inside the block rolls the spend back with the failed claim.
+            if not await _spend_secret(s, browser, prune=prune):
+                raise _replayed(session_id)
+            claimed = await queries.transition_session(
+                s,
+                session_id,
+                [SessionState.CREATED],
+                SessionState.OFFERED,
+                offer_jti=browser.token_id,
+            )
+            if not claimed:
+                raise ConflictError(
+                    "session_already_offered",
+                    f"the session is already {row.state}",
+                    state=row.state,
+                )
+        try:
+            config = provider_session_config(self._registry, row)
+            answer = await self._provider.create_call(sdp, config)
+        except (ProviderError, ProviderTimeoutError, ProviderUnreachableError) as exc:
+            self._metrics.provider_failed(exc)
+            failure = OfferFailure.from_provider(exc)
+            logger.warning(
+                "offer failed at the provider session_id=%s code=%s provider_status=%s",
+                session_id,
+                failure.code,
+                failure.provider_status,
+            )
+            await self._writes.run(self._fail(session_id, failure), "offer-fail")
+            raise failure.error() from exc
+        except BaseException as exc:
+            # Never leave a session stuck in `offered`.
+            await self._writes.run(
+                self._fail(session_id, OfferFailure.unexpected(exc)), "offer-fail"
+            )
+            raise
+        try:
+            async with self._sessionmaker.begin() as s:
+                live = await queries.transition_session(
+                    s, session_id, [SessionState.OFFERED], SessionState.LIVE, call_id=answer.call_id
+                )
+            if not live:
+                raise ConflictError("session_not_offered", "the session changed during the offer")
+        except BaseException as exc:
+            # The provider has a call nobody controls: end it rather than leave it running.
+            logger.warning(
+                "offer could not be recorded session_id=%s call_id=%s: %s",
+                session_id,
+                answer.call_id,
+                type(exc).__name__,
+            )
+            await self._writes.run(self._abort_call(session_id, answer.call_id), "offer-abort")
+            raise
+        logger.info("call created session_id=%s call_id=%s", session_id, answer.call_id)
+        self._deadlines.watch(session_id, answer.call_id, row.max_duration_s)
+        if row.sideband_enabled:
+            self._supervisor.start(session_id, answer.call_id, row.tools, config)
+            # The page can act only once it has this answer: a sideband attached first
+            # watches all it does. Bounded, so a slow attach costs a resync, not the call.
+            await self._supervisor.hold_answer(session_id, self._settings.sideband_answer_wait_s)
+        return answer.sdp
+
+    async def _abort_call(self, session_id: str, call_id: str) -> None:
+        await self._fail(session_id, OfferFailure("call_not_recorded", "could not record the call"))
+        await hang_up(self._provider, call_id, attempts=1)
+
+    async def _fail(self, session_id: str, failure: OfferFailure) -> None:
+        """Fail the session, with why and its ``broker.offer_failed`` event (no sideband yet)."""
+        await end_session(
+            self._sessionmaker,
+            self._metrics,
+            session_id,
+            EndReason.OFFER_FAILED,
+            detail=failure.detail,
+            from_states=_FAILS_FROM,
+            event=failure.event(),
+        )
+
+
+def _replayed(session_id: str) -> UnauthorizedError:
+    logger.warning("client secret replayed on offer session_id=%s", session_id)
+    return UnauthorizedError("token_replayed", "this client secret was already used for an offer")
