@@ -20,6 +20,7 @@ from broker.api._times import iso
 from broker.auth.principals import Scope
 from broker.db import queries
 from broker.errors import NotFoundError
+from broker.tools import kill_switch
 
 logger = logging.getLogger(__name__)
 
@@ -66,17 +67,19 @@ async def disable_tool(request: web.Request) -> web.Response:
     principal.require(Scope.ADMIN)
     tool = _known_tool(request)
     body = await read_json(request, DisableToolRequest) if request.body_exists else None
-    async with request.app[app_state.SESSIONMAKER].begin() as s:
-        row = await queries.disable_tool(s, tool, principal.key_id, body.reason if body else None)
-        reply = {
+    row = await kill_switch.switch_off(
+        request.app[app_state.SESSIONMAKER], tool, principal.key_id, body.reason if body else None
+    )
+    logger.warning("tool switched off tool=%s by_key=%s", tool, principal.key_id)
+    return web.json_response(
+        {
             "name": tool,
             "disabled": True,
             "disabled_at": iso(row.disabled_at),
             "disabled_by": row.disabled_by,
             "reason": row.reason,
         }
-    logger.warning("tool switched off tool=%s by_key=%s", tool, principal.key_id)
-    return web.json_response(reply)
+    )
 
 
 async def enable_tool(request: web.Request) -> web.Response:
@@ -84,8 +87,7 @@ async def enable_tool(request: web.Request) -> web.Response:
     principal = await api_principal(request)
     principal.require(Scope.ADMIN)
     tool = _known_tool(request)
-    async with request.app[app_state.SESSIONMAKER].begin() as s:
-        was_off = await queries.enable_tool(s, tool)
+    was_off = await kill_switch.switch_on(request.app[app_state.SESSIONMAKER], tool)
     if was_off:
         logger.warning("tool switched on tool=%s by_key=%s", tool, principal.key_id)
     return web.json_response({"name": tool, "disabled": False})
