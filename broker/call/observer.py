@@ -16,14 +16,14 @@ from broker.call.dispatch_clock import DispatchClock
 from broker.call.leash import Leash
 from broker.db.models import SidebandState
 from broker.metrics import BrokerMetrics, SidebandFailure, SidebandKind
+from broker.record import usage
 from broker.record.event_log import EventRecorder
-from broker.record.usage import Usage
 from sideband import AttachKind, Direction, is_session_probe
 from sideband.events import parse_item_create, parse_observed_event
 
 logger = logging.getLogger(__name__)
 
-OBSERVED: Final = Leash.WATCHES | DispatchClock.WATCHES | Usage.WATCHES
+OBSERVED: Final = Leash.WATCHES | DispatchClock.WATCHES | usage.WATCHES
 """The provider events read here: each is parsed once, on arrival; the rest are only recorded."""
 
 
@@ -60,7 +60,7 @@ class SessionObserver:
             self._leash.saw(seen)
             self._dispatch.saw(seen)
             # Counted here; the session's totals are folded in as the recorder stores it.
-            if (used := Usage.from_response_done(seen)) is not None:
+            if (used := usage.usage_of_response_done(seen)) is not None:
                 self._metrics.usage_reported(used.metric_tokens())
         elif direction == "out":
             created = parse_item_create(event)

@@ -319,7 +319,9 @@ class EventRecorder:
             try:
                 async with self._sessionmaker.begin() as s:
                     if rows:
-                        await queries.add_events(s, rows, tally=_tally(batch, dropped))
+                        await queries.add_events(
+                            s, rows, usage=usage_of_events(rows), tally=_tally(batch, dropped)
+                        )
                     elif dropped:
                         await queries.fold_event_counts(
                             s, self.session_id, tally=queries.LogTally(dropped=dropped)

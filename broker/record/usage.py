@@ -18,10 +18,20 @@ no sideband, so the broker never sees its usage.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
+from broker.db.usage import USAGE_FIELDS, Usage, column
 from sideband.events import ResponseDone, ServerEvent, parse_observed_event
+
+__all__ = [
+    "MAX_RESPONSE_TOKENS",
+    "USAGE_FIELDS",
+    "WATCHES",
+    "Usage",
+    "column",
+    "usage_of_events",
+    "usage_of_response_done",
+]
 
 RESPONSE_DONE: Final = "response.done"
 MAX_RESPONSE_TOKENS: Final = 1_000_000
@@ -38,105 +48,38 @@ def _count(container: Any, key: str) -> int:
     return min(value, MAX_RESPONSE_TOKENS)
 
 
-@dataclass(frozen=True)
-class Usage:
-    """Token counts summed over some responses (one, a session's, an API key's).
+WATCHES: Final = frozenset({RESPONSE_DONE})
+"""The server events :func:`usage_of_response_done` reads."""
 
-    ``input_cached_tokens`` are also counted in their modality, as the provider reports them.
+
+def usage_of_response_done(event: ServerEvent) -> Usage | None:
+    """The usage of one ``response.done`` (``responses`` = 1); ``None`` for other events.
+
+    A ``response.done`` without a usage block (or one that failed the wire model) still
+    counts as one response with no tokens.
     """
-
-    responses: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    total_tokens: int = 0
-    input_text_tokens: int = 0
-    input_audio_tokens: int = 0
-    input_cached_tokens: int = 0
-    output_text_tokens: int = 0
-    output_audio_tokens: int = 0
-
-    WATCHES: ClassVar[frozenset[str]] = frozenset({RESPONSE_DONE})
-    """The server events :meth:`from_response_done` reads."""
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
-        )
-
-    @property
-    def empty(self) -> bool:
-        return self == Usage()
-
-    @classmethod
-    def from_response_done(cls, event: ServerEvent) -> Usage | None:
-        """The usage of one ``response.done`` (``responses`` = 1); ``None`` for other events.
-
-        A ``response.done`` without a usage block (or one that failed the wire model) still
-        counts as one response with no tokens.
-        """
-        if event.type != RESPONSE_DONE:
-            return None
-        usage = event.response.usage if isinstance(event, ResponseDone) else None
-        if usage is None:
-            return cls(responses=1)
-        inputs = usage.get("input_token_details")
-        outputs = usage.get("output_token_details")
-        input_tokens = _count(usage, "input_tokens")
-        output_tokens = _count(usage, "output_tokens")
-        total = _count(usage, "total_tokens")
-        return cls(
-            responses=1,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            # The provider's own total when it gave a usable one, else the sum it stands for.
-            total_tokens=total or input_tokens + output_tokens,
-            input_text_tokens=_count(inputs, "text_tokens"),
-            input_audio_tokens=_count(inputs, "audio_tokens"),
-            input_cached_tokens=_count(inputs, "cached_tokens"),
-            output_text_tokens=_count(outputs, "text_tokens"),
-            output_audio_tokens=_count(outputs, "audio_tokens"),
-        )
-
-    @classmethod
-    def from_columns(cls, row: Any) -> Usage:
-        """Read the ``usage_*`` attributes of a session row (or a query result row)."""
-        return cls(**{f.name: int(getattr(row, column(f.name)) or 0) for f in fields(cls)})
-
-    def metric_tokens(self) -> dict[tuple[str, str], int]:
-        """The counts by ``(direction, modality)``: ``BrokerMetrics.usage_reported``'s input."""
-        return {
-            ("input", "text"): self.input_text_tokens,
-            ("input", "audio"): self.input_audio_tokens,
-            ("input", "cached"): self.input_cached_tokens,
-            ("output", "text"): self.output_text_tokens,
-            ("output", "audio"): self.output_audio_tokens,
-        }
-
-    def as_json(self) -> dict[str, Any]:
-        """The API's and the webhook's ``usage``: the provider's shape, plus ``responses``."""
-        return {
-            "responses": self.responses,
-            "total_tokens": self.total_tokens,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "input_token_details": {
-                "text_tokens": self.input_text_tokens,
-                "audio_tokens": self.input_audio_tokens,
-                "cached_tokens": self.input_cached_tokens,
-            },
-            "output_token_details": {
-                "text_tokens": self.output_text_tokens,
-                "audio_tokens": self.output_audio_tokens,
-            },
-        }
-
-
-USAGE_FIELDS: Final = tuple(f.name for f in fields(Usage))
-
-
-def column(name: str) -> str:
-    """The session column of one :class:`Usage` field."""
-    return f"usage_{name}"
+    if event.type != RESPONSE_DONE:
+        return None
+    usage = event.response.usage if isinstance(event, ResponseDone) else None
+    if usage is None:
+        return Usage(responses=1)
+    inputs = usage.get("input_token_details")
+    outputs = usage.get("output_token_details")
+    input_tokens = _count(usage, "input_tokens")
+    output_tokens = _count(usage, "output_tokens")
+    total = _count(usage, "total_tokens")
+    return Usage(
+        responses=1,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        # The provider's own total when it gave a usable one, else the sum it stands for.
+        total_tokens=total or input_tokens + output_tokens,
+        input_text_tokens=_count(inputs, "text_tokens"),
+        input_audio_tokens=_count(inputs, "audio_tokens"),
+        input_cached_tokens=_count(inputs, "cached_tokens"),
+        output_text_tokens=_count(outputs, "text_tokens"),
+        output_audio_tokens=_count(outputs, "audio_tokens"),
+    )
 
 
 def usage_of_events(events: Iterable[Mapping[str, Any]]) -> Usage:
@@ -154,6 +97,6 @@ def usage_of_events(events: Iterable[Mapping[str, Any]]) -> Usage:
             continue
         payload = row.get("payload")
         if isinstance(payload, Mapping) and payload.get("type") == RESPONSE_DONE:
-            usage = Usage.from_response_done(parse_observed_event(payload))
+            usage = usage_of_response_done(parse_observed_event(payload))
             total += usage or Usage()
     return total

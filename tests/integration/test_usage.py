@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from broker.record.usage import Usage
+from broker.record.usage import Usage, usage_of_response_done
 from sideband.events import parse_observed_event
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import RunningBroker
@@ -25,7 +25,7 @@ def usage_seen(browser: FakeBrowser) -> Usage:
     """The summed usage of every ``response.done`` the browser received."""
     total = Usage()
     for event in browser.events:
-        if (usage := Usage.from_response_done(parse_observed_event(event))) is not None:
+        if (usage := usage_of_response_done(parse_observed_event(event))) is not None:
             total += usage
     return total
 

@@ -12,17 +12,6 @@ from tests.support.import_rules import RULES, Rule, Violation, check, parse_sour
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 
-PENDING: Final[dict[tuple[str, str], str]] = {
-    ("broker/db/queries/session_counters.py", "broker.record.usage"): "TODO: the usage "
-    "columns' value type (Usage, USAGE_FIELDS, column) lives in broker/record; it could move "
-    "next to the row, broker/record keeping the parsing of provider events",
-    ("broker/db/queries/session_events.py", "broker.record.usage"): "TODO: add_events parses "
-    "the provider's response.done rows for their usage (usage_of_events); the event-log "
-    "writer, which already sums the usage of a failed batch, could hand it the usage instead",
-}
-"""Known breaks, each with what would end it; each must still exist (see
-test_every_pending_break_still_exists), so fixing one forces its line out of here."""
-
 
 def _report(violations: list[Violation]) -> str:
     return "\n".join(str(v) for v in violations)
@@ -30,16 +19,8 @@ def _report(violations: list[Violation]) -> str:
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.__name__)
 def test_the_runtime_packages_keep_the_rule(rule: Rule) -> None:
-    broken = check(read_tree(ROOT), [rule], PENDING)
+    broken = check(read_tree(ROOT), [rule])
     assert not broken, f"{rule.__doc__}\n{_report(broken)}"
-
-
-def test_every_pending_break_still_exists() -> None:
-    found = {(v.path, v.target) for v in check(read_tree(ROOT))}
-    for path, target in PENDING:
-        assert any(p == path and (t == target or t.startswith(target + ".")) for p, t in found), (
-            f"{path} no longer breaks a rule with {target}: remove it from PENDING"
-        )
 
 
 # A planted break of each rule: (file, source, the rule's name, the line it is on).
@@ -126,11 +107,3 @@ ALLOWED: Final = [
 @pytest.mark.parametrize(("path", "source"), ALLOWED)
 def test_what_the_rules_allow_passes(path: str, source: str) -> None:
     assert check([parse_source(path, source)]) == []
-
-
-def test_a_pending_break_is_waived_only_where_it_is_listed() -> None:
-    planted = parse_source("broker/db/x.py", "from broker.record.usage import Usage\n")
-    elsewhere = parse_source("broker/db/y.py", "from broker.record.usage import Usage\n")
-    pending = [("broker/db/x.py", "broker.record.usage")]
-    assert check([planted], pending=pending) == []
-    assert [v.path for v in check([planted, elsewhere], pending=pending)] == ["broker/db/y.py"]

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.models import SessionRow
 from broker.db.queries._common import SESSIONS
-from broker.record.usage import USAGE_FIELDS, Usage, column
+from broker.db.usage import USAGE_FIELDS, Usage, column
 
 
 @dataclass(frozen=True)

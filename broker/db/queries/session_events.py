@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.models import SessionEvent
 from broker.db.queries.session_counters import LogTally, fold_event_counts
-from broker.record.usage import usage_of_events
+from broker.db.usage import Usage
 
 _INSERT_EVENTS: Final = insert(cast(Table, SessionEvent.__table__))
 
@@ -24,32 +24,39 @@ async def next_event_seq(s: AsyncSession, session_id: str) -> int:
 
 
 async def add_events(
-    s: AsyncSession, rows: Sequence[dict[str, Any]], *, tally: LogTally | None = None
+    s: AsyncSession,
+    rows: Sequence[dict[str, Any]],
+    *,
+    usage: Usage | None = None,
+    tally: LogTally | None = None,
 ) -> None:
     """Store event-log rows and fold them into their sessions' counters and usage totals.
 
     In the caller's transaction, each session of ``rows`` gets ``events_stored``,
-    ``events_errors`` (provider ``error`` events), ``last_event_at`` and the usage of the
-    provider's ``response.done`` events among them added (one UPDATE per session). Counters
-    and usage ride on the event log's batched writes: no write of their own per event, and
-    they always equal the sum over the stored events (a batch that is rolled back and
-    retried is folded in once).
+    ``events_errors`` (provider ``error`` events) and ``last_event_at`` added, and with
+    ``usage`` its token totals (one UPDATE per session). Counters and usage ride on the event
+    log's batched writes: no write of their own per event, and they always equal the sum over
+    the stored events (a batch that is rolled back and retried is folded in once). The writer
+    reads the usage out of the provider's ``response.done`` rows
+    (:func:`broker.record.usage.usage_of_events`): parsing provider events is not the
+    database's job.
 
     Args:
         s: the caller's session (its transaction).
         rows: ``session_events`` rows, ``seq`` given.
+        usage: the token usage the rows report; the rows must then be of one session.
         tally: the writer's coalescible counts; the rows must then be of one session.
 
     Raises:
-        ValueError: ``tally`` with rows of several sessions.
+        ValueError: ``usage`` or ``tally`` with rows of several sessions.
     """
     if not rows:
         return
     by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_session[row["session_id"]].append(row)
-    if tally is not None and len(by_session) > 1:
-        raise ValueError("a tally belongs to one session's rows")
+    if (tally is not None or usage is not None) and len(by_session) > 1:
+        raise ValueError("a tally or a usage belongs to one session's rows")
     # The session row first, as before this write folded counters: its lock is taken in the
     # same order as every other writer of the row (the dispatcher's session lock).
     for session_id, session_rows in by_session.items():
@@ -59,7 +66,7 @@ async def add_events(
             stored=len(session_rows),
             errors=sum(1 for r in session_rows if r["type"] == "error" and r["direction"] == "in"),
             last_at=max(r["at"] for r in session_rows),
-            usage=usage_of_events(session_rows),
+            usage=usage or Usage(),
             tally=tally or LogTally(),
         )
     await s.execute(_INSERT_EVENTS, list(rows))

@@ -12,7 +12,8 @@ from broker.call import observer as observer_module
 from broker.call.dispatch_clock import DispatchClock
 from broker.call.leash import Leash, is_user_activity
 from broker.call.observer import OBSERVED, SessionObserver
-from broker.record.usage import Usage, usage_of_events
+from broker.record.usage import WATCHES as USAGE_WATCHES
+from broker.record.usage import Usage, usage_of_events, usage_of_response_done
 from sideband.events import (
     ResponseDone,
     ServerEvent,
@@ -127,7 +128,7 @@ def test_a_frame_nobody_reads_is_recorded_and_never_parsed(parses: list[dict[str
 
 
 def test_every_readers_events_are_observed() -> None:
-    for watched in (Leash.WATCHES, DispatchClock.WATCHES, Usage.WATCHES):
+    for watched in (Leash.WATCHES, DispatchClock.WATCHES, USAGE_WATCHES):
         assert watched <= OBSERVED
 
 
@@ -142,7 +143,7 @@ def test_a_malformed_response_done_counts_alike_in_the_metric_and_the_stored_tot
     frames = [RESPONSE_DONE, bare, {"type": "response.done", "response": "junk"}]
     from_observer = Usage()
     for frame in frames:
-        used = Usage.from_response_done(parse_observed_event(frame))
+        used = usage_of_response_done(parse_observed_event(frame))
         assert used is not None
         from_observer += used
     stored = usage_of_events([{"direction": "in", "payload": frame} for frame in frames])
@@ -192,6 +193,6 @@ def test_the_leash_counts_the_user_as_activity_not_the_model(
 def test_the_typed_response_done_carries_its_usage_block() -> None:
     event = parse_observed_event(RESPONSE_DONE)
     assert isinstance(event, ResponseDone)
-    assert Usage.from_response_done(event) == Usage(
+    assert usage_of_response_done(event) == Usage(
         responses=1, input_tokens=5, output_tokens=7, total_tokens=12, output_text_tokens=7
     )

@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from broker.metrics import TOKEN_LABELS
-from broker.record.usage import MAX_RESPONSE_TOKENS, USAGE_FIELDS, Usage, column, usage_of_events
+from broker.record.usage import (
+    MAX_RESPONSE_TOKENS,
+    USAGE_FIELDS,
+    Usage,
+    column,
+    usage_of_events,
+    usage_of_response_done,
+)
 from sideband.events import parse_observed_event
 
 
@@ -23,7 +30,7 @@ def done(usage: Any) -> dict[str, Any]:
 
 
 def read(event: dict[str, Any]) -> Usage | None:
-    return Usage.from_response_done(parse_observed_event(event))
+    return usage_of_response_done(parse_observed_event(event))
 
 
 GA_USAGE = {
