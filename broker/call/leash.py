@@ -30,7 +30,6 @@ provider's hangup; the session's end reason is the limit's name.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from broker.db.models import SessionRow, ToolCall, utcnow
 from broker.db.times import as_utc
 from broker.record.event_classes import EventClass
 from broker.record.event_log import EventRecorder
+from broker.session.end_reason import EndReason
 from broker.tools.budget import ALLOWED
 from broker.tools.codes import ToolErrorCode
 from sideband.events import (
@@ -77,14 +77,6 @@ def is_user_activity(event: ServerEvent) -> bool:
     if isinstance(event, ConversationItemAdded | ConversationItemCreated):
         return event.item.type == "message" and event.item.role == "user"
     return False
-
-
-class LeashLimit(enum.StrEnum):
-    """Which limit ended the call; also the session's ``end_reason``."""
-
-    MAX_DURATION = "max_duration"
-    IDLE_TIMEOUT = "idle_timeout"
-    TOOL_BUDGET = "tool_budget"
 
 
 @dataclass(frozen=True)
@@ -155,7 +147,7 @@ class Leash:
         terms: LeashTerms,
         sessionmaker: async_sessionmaker[AsyncSession],
         recorder: EventRecorder,
-        end_call: Callable[[str], Awaitable[None]],
+        end_call: Callable[[EndReason], Awaitable[None]],
     ) -> None:
         self._session_id = session_id
         self._terms = terms
@@ -221,7 +213,7 @@ class Leash:
         Cancellation-safe: cancelled when the sideband ends for any other reason.
         """
         limit = await self._wait()
-        if limit is LeashLimit.TOOL_BUDGET:
+        if limit is EndReason.TOOL_BUDGET:
             try:
                 async with asyncio.timeout(BUDGET_GRACE_S):
                     await self._reply_done.wait()
@@ -231,20 +223,20 @@ class Leash:
             "leash: %s reached session_id=%s, ending the call", limit.value, self._session_id
         )
         self._recorder.record("broker", self._event(limit), EventClass.KEPT)
-        await self._end_call(limit.value)
+        await self._end_call(limit)
 
-    def _event(self, limit: LeashLimit) -> dict[str, Any]:
+    def _event(self, limit: EndReason) -> dict[str, Any]:
         value = {
-            LeashLimit.MAX_DURATION: self._terms.max_duration_s,
-            LeashLimit.IDLE_TIMEOUT: self._terms.idle_timeout_s,
-            LeashLimit.TOOL_BUDGET: self._terms.max_tool_calls,
+            EndReason.MAX_DURATION: self._terms.max_duration_s,
+            EndReason.IDLE_TIMEOUT: self._terms.idle_timeout_s,
+            EndReason.TOOL_BUDGET: self._terms.max_tool_calls,
         }[limit]
         return {"type": LEASH_EVENT, "limit": limit.value, "value": value}
 
     def _deadline(self) -> float:
         return min(self._duration_at, self._idle_at)
 
-    async def _wait(self) -> LeashLimit:
+    async def _wait(self) -> EndReason:
         loop = asyncio.get_running_loop()
         now = loop.time()
         self._duration_at = now + self._terms.max_duration_s - self._terms.seconds_live()
@@ -255,19 +247,19 @@ class Leash:
                     await self._wake.wait()
                     self._wake.clear()
                     if self._spent:
-                        return LeashLimit.TOOL_BUDGET
+                        return EndReason.TOOL_BUDGET
                     if self._check_budget:
                         self._check_budget = False
                         if await self._budget_spent():
-                            return LeashLimit.TOOL_BUDGET
+                            return EndReason.TOOL_BUDGET
                     timer.reschedule(self._deadline())
         except TimeoutError:
             if not timer.expired():
                 raise
         # The timer fired at the nearer deadline; the nearer one is the limit reached.
         if self._duration_at <= self._idle_at:
-            return LeashLimit.MAX_DURATION
-        return LeashLimit.IDLE_TIMEOUT
+            return EndReason.MAX_DURATION
+        return EndReason.IDLE_TIMEOUT
 
     async def _budget_spent(self) -> bool:
         try:

@@ -263,9 +263,8 @@ class SidebandSupervisor:
                     first_delay=0.0 if clean else RECONNECT_SPREAD,
                 )
 
-            async def end_call(reason: str) -> None:
-                # The leash names its limits (LeashLimit): each is an EndReason's value.
-                await self._end_call(session_id, call_id, EndReason(reason))
+            async def end_call(reason: EndReason) -> None:
+                await self._end_call(session_id, call_id, reason)
 
             async def set_sideband_state(state: SidebandState) -> None:
                 await self.set_sideband_state(session_id, state)

@@ -20,11 +20,12 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from broker.call.leash import Leash, LeashLimit, LeashTerms, tool_budget_spent
+from broker.call.leash import Leash, LeashTerms, tool_budget_spent
 from broker.db import queries
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.db.models import SessionRow, ToolCallStatus, ToolPath
 from broker.record.event_log import EventRecorder
+from broker.session.end_reason import EndReason
 from broker.tools.dispatch import BROKER_ERROR_OUTPUT, CallRejectedError, ToolDispatcher
 from broker.tools.registry import load_registry
 from sideband.events import parse_observed_event
@@ -292,8 +293,8 @@ async def _leash_ended_by(settled: bool | None, replies: bool) -> str:
 async def test_the_leash_trusts_the_dispatchers_verdict() -> None:
     """Spent: the leash ends the call after the model's reply, without counting; not spent:
     it counts nothing and the call goes on (here until its idle timeout)."""
-    assert await _leash_ended_by(True, replies=True) == LeashLimit.TOOL_BUDGET
-    assert await _leash_ended_by(False, replies=False) == LeashLimit.IDLE_TIMEOUT
+    assert await _leash_ended_by(True, replies=True) == EndReason.TOOL_BUDGET
+    assert await _leash_ended_by(False, replies=False) == EndReason.IDLE_TIMEOUT
 
 
 async def test_the_event_log_writes_events_that_come_together_in_one_batch(
