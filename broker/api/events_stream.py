@@ -58,11 +58,10 @@ RETRY_MS: Final = 1000
 SETTLE_S: Final = 2.0
 """How long after ``ended_at`` an ended session's last events may still be written.
 
-The sideband records the session's end before it flushes its last buffered events (and the
-call deadline writes its event just after its own transition), so "ended" alone does not mean
-the log is complete. In this process the supervisor says when the sideband is done; for a
-sideband another process ran, this grace (a flush takes milliseconds, a retried one under a
-second) stands in for it.
+The sideband records the session's end before it flushes its last buffered events, so
+"ended" alone does not mean the log is complete. In this process the supervisor says when
+the sideband is done; for a sideband another process ran, this grace (a flush takes
+milliseconds, a retried one under a second) stands in for it.
 """
 
 _ENDED_STATES: Final = frozenset({SessionState.ENDED, SessionState.FAILED})

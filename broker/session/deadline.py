@@ -19,6 +19,7 @@ from broker.call.hangup import hang_up
 from broker.call.leash import LEASH_EVENT
 from broker.db import queries
 from broker.db.models import CALL_RUNNING_STATES
+from broker.db.times import as_utc
 from broker.metrics import BrokerMetrics
 from broker.session.end_reason import EndReason
 from broker.session.ending import end_session
@@ -60,7 +61,7 @@ class CallDeadlines:
             return
         remaining = float(max_duration_s)
         if live_at is not None:
-            started = live_at if live_at.tzinfo else live_at.replace(tzinfo=UTC)
+            started = as_utc(live_at)
             remaining -= (datetime.now(UTC) - started).total_seconds()
         task = asyncio.create_task(
             self._expire(session_id, call_id, max_duration_s, max(0.0, remaining)),
