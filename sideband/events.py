@@ -258,13 +258,18 @@ def decode_frame(raw: str | bytes) -> dict[str, Any]:
 def parse_server_event(data: dict[str, Any]) -> ServerEvent:
     """Build the typed event for a decoded frame.
 
-    Known types that fail validation raise; an unknown ``type`` is never an error.
+    Known types that fail validation raise; an unknown ``type`` is never an error, even
+    with a mistyped common field (``event_id``): the controller ignores unknown events, so
+    such a frame must not escape its reader.
 
     Raises:
         MalformedEventError: a known event type with missing or mistyped fields.
     """
     if data["type"] not in _KNOWN_TYPES:
-        return UnknownEvent.model_validate(data)
+        try:
+            return UnknownEvent.model_validate(data)
+        except ValidationError:
+            return UnknownEvent(type=data["type"])
     try:
         return _KNOWN_ADAPTER.validate_python(data)
     except ValidationError as exc:

@@ -132,13 +132,16 @@ async def test_frames_skips_every_malformed_frame_and_the_socket_stays_open(
 async def test_the_controller_keeps_working_after_a_malformed_frame(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    """A bad frame between the model's function-call events does not end the controller:
+    """A bad frame between the model's function-call events does not end the controller
+    (nor does an unknown event with a mistyped ``event_id``, which once escaped the parser):
     it still runs the finished call and sends its output on the same socket."""
     call = fc_item("call_1")
     server.script.frames = [
         "{ broken",
         json.dumps(args_done("resp_1", "call_1")),
         b"\x00\x01",
+        # An unknown type is ignored, whatever its common fields hold.
+        json.dumps({"type": "vendor.extension", "event_id": 5}),
         json.dumps(done("resp_1", "completed", call)),
     ]
     server.script.reply_to = "conversation.item.create"
