@@ -461,24 +461,20 @@ def response_cancel(response_id: str, event_id: str | None = None) -> dict[str, 
     }
 
 
-_USER_ACTIVITY: Final = frozenset(
+USER_SPEECH: Final = frozenset(
     {"input_audio_buffer.speech_started", "input_audio_buffer.committed"}
 )
 
 
-def is_user_activity(event: Mapping[str, Any]) -> bool:
-    """Whether a raw server event shows the user speaking or typing.
+def is_user_activity(event: ServerEvent) -> bool:
+    """Whether a server event shows the user speaking or typing.
 
-    Speech (server VAD's ``speech_started``/``committed``) and a user message entering the
-    conversation count; anything the model produces does not, so a call where only the
-    model talks is idle.
+    Speech counts by its type alone (server VAD's ``speech_started``/``committed``, whatever
+    their fields); so does a user message entering the conversation. Nothing the model
+    produces does, so a call where only the model talks is idle.
     """
-    kind = event.get("type")
-    if kind in _USER_ACTIVITY:
+    if event.type in USER_SPEECH:
         return True
-    if kind in ("conversation.item.added", "conversation.item.created"):
-        item = event.get("item")
-        return (
-            isinstance(item, dict) and item.get("type") == "message" and item.get("role") == "user"
-        )
+    if isinstance(event, ConversationItemAdded | ConversationItemCreated):
+        return event.item.type == "message" and event.item.role == "user"
     return False

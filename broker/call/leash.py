@@ -48,11 +48,11 @@ from broker.session.end_reason import EndReason
 from broker.tools.budget import ALLOWED
 from broker.tools.codes import ToolErrorCode
 from sideband.events import (
-    ConversationItemAdded,
-    ConversationItemCreated,
+    USER_SPEECH,
     ResponseCreated,
     ResponseDone,
     ServerEvent,
+    is_user_activity,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,23 +60,6 @@ logger = logging.getLogger(__name__)
 LEASH_EVENT: Final = "broker.leash"
 BUDGET_GRACE_S: Final = 10.0
 """How long the model may take to tell the user the budget is spent before the hangup."""
-USER_SPEECH: Final = frozenset(
-    {"input_audio_buffer.speech_started", "input_audio_buffer.committed"}
-)
-
-
-def is_user_activity(event: ServerEvent) -> bool:
-    """Whether a server event shows the user speaking or typing.
-
-    Speech counts by its type alone (server VAD's ``speech_started``/``committed``, whatever
-    their fields); so does a user message entering the conversation. Nothing the model
-    produces does, so a call where only the model talks is idle.
-    """
-    if event.type in USER_SPEECH:
-        return True
-    if isinstance(event, ConversationItemAdded | ConversationItemCreated):
-        return event.item.type == "message" and event.item.role == "user"
-    return False
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 
 from broker.call import observer as observer_module
 from broker.call.dispatch_clock import DispatchClock
-from broker.call.leash import Leash, is_user_activity
+from broker.call.leash import Leash
 from broker.call.observer import OBSERVED, SessionObserver
 from broker.record.usage import WATCHES as USAGE_WATCHES
 from broker.record.usage import Usage, usage_of_events, usage_of_response_done
@@ -18,6 +18,7 @@ from sideband.events import (
     ResponseDone,
     ServerEvent,
     UnknownEvent,
+    is_user_activity,
     parse_observed_event,
 )
 
