@@ -383,7 +383,7 @@ class SidebandSupervisor:
             )
             return False
         if controller is not None:
-            # The provider may not close the sideband on hangup (PROTOCOL.md §2.4): close it.
+            # The provider may not close the sideband on hangup (docs/protocol.md §2.4): close it.
             await controller.stop()
         return True
 
@@ -449,7 +449,7 @@ class SidebandSupervisor:
                 ended.text(detail),
             )
             if isinstance(failure, CallEndedError):
-                # Belt and braces: a 404 for a call that in fact goes on (PROTOCOL.md §2.5
+                # Belt and braces: a 404 for a call that in fact goes on (docs/protocol.md §2.5
                 # item 3) must not leave a call no broker watches. A gone call answers 404.
                 await hang_up(self._provider, call_id, attempts=1)
             await end_session(

@@ -142,16 +142,7 @@ async def append_event(
                         log.dropped(cap)
                         return
                     tally = queries.LogTally(coalescible=1, coalescible_bytes=size)
-                seq = await queries.next_event_seq(s, session_id)
-                row = {
-                    "session_id": session_id,
-                    "seq": seq,
-                    "direction": "broker",
-                    "type": str(event["type"]),
-                    "payload": event,
-                    "at": utcnow(),
-                }
-                await queries.add_events(s, [row], tally=tally)
+                await queries.add_broker_event(s, session_id, event, tally=tally)
             log.wakeups.notify(session_id)
             return
         except IntegrityError:

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.call.hangup import hang_up
 from broker.db import queries
-from broker.db.models import CALL_RUNNING_STATES, SessionState, SidebandState, utcnow
+from broker.db.models import CALL_RUNNING_STATES, SessionState, SidebandState
 from broker.metrics import BrokerMetrics
 from broker.record.event_log import EventLog
 from broker.session.end_reason import EndReason
@@ -72,7 +72,7 @@ async def end_session(
                 if ended:
                     await queries.queue_session_ended(s, session_id)
                     if event is not None:
-                        await _add_event(s, session_id, event)
+                        await queries.add_broker_event(s, session_id, event)
                 log = EventLog.of(s)
         except IntegrityError:
             # Rolled back whole, so trying again cannot end the session twice.
@@ -86,19 +86,6 @@ async def end_session(
         metrics.session_ended(reason)
         return True
     raise AssertionError("unreachable: the last attempt returns or raises")
-
-
-async def _add_event(s: AsyncSession, session_id: str, event: dict[str, Any]) -> None:
-    seq = await queries.next_event_seq(s, session_id)
-    row = {
-        "session_id": session_id,
-        "seq": seq,
-        "direction": "broker",
-        "type": str(event["type"]),
-        "payload": event,
-        "at": utcnow(),
-    }
-    await queries.add_events(s, [row])
 
 
 async def end_unwatched_call(

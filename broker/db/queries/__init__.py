@@ -29,6 +29,7 @@ from broker.db.queries.session_counters import (
     usage_by_key,
 )
 from broker.db.queries.session_events import (
+    add_broker_event,
     add_events,
     latest_events_of,
     next_event_seq,
@@ -70,6 +71,7 @@ __all__ = [
     "SESSION_ENDED",
     "Executor",
     "LogTally",
+    "add_broker_event",
     "add_events",
     "add_session_usage",
     "claim_tool_call_returning",

@@ -9,7 +9,7 @@ from typing import Any, Final, cast
 from sqlalchemy import Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.db.models import SessionEvent
+from broker.db.models import SessionEvent, utcnow
 from broker.db.queries.session_counters import LogTally, fold_event_counts
 from broker.db.usage import Usage
 
@@ -70,6 +70,29 @@ async def add_events(
             tally=tally or LogTally(),
         )
     await s.execute(_INSERT_EVENTS, list(rows))
+
+
+async def add_broker_event(
+    s: AsyncSession,
+    session_id: str,
+    event: dict[str, Any],
+    *,
+    tally: LogTally | None = None,
+) -> None:
+    """Store one broker event as the session's next row, in the caller's transaction.
+
+    Two writers numbering the same ``seq`` clash on the primary key (``IntegrityError``):
+    the caller retries with a fresh transaction.
+    """
+    row = {
+        "session_id": session_id,
+        "seq": await next_event_seq(s, session_id),
+        "direction": "broker",
+        "type": str(event["type"]),
+        "payload": event,
+        "at": utcnow(),
+    }
+    await add_events(s, [row], tally=tally)
 
 
 async def session_events_after(
