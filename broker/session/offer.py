@@ -128,8 +128,12 @@ class Offers:
     async def offer(self, browser: BrowserPrincipal, sdp: str) -> str:
         """Create the provider call for the browser's offer; returns the SDP answer.
 
-        The sideband is started before returning but not awaited: the browser must apply the
-        answer before the call is fully up, so nothing here may wait for it.
+        A sideband session's sideband is started before returning, and the answer is held
+        until it first attaches, at most ``BROKER_SIDEBAND_ANSWER_WAIT_S``
+        (:meth:`~broker.call.supervisor.SidebandSupervisor.hold_answer`): the page can act only
+        once it has the answer, so a sideband attached first watches all it does. Past the
+        bound the answer goes out anyway and the first attach resyncs (docs/protocol.md §2.5
+        item 6).
 
         The client secret is spent in the same transaction that claims the session
         (``created → offered``), and remembered as the session's ``offer_jti``. A refused SDP or
