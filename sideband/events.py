@@ -478,3 +478,17 @@ def is_user_activity(event: ServerEvent) -> bool:
     if isinstance(event, ConversationItemAdded | ConversationItemCreated):
         return event.item.type == "message" and event.item.role == "user"
     return False
+
+
+def same_json(a: str, b: str) -> bool:
+    """Whether two wire strings carry the same JSON value (verbatim, or re-serialised).
+
+    The provider may re-serialise what it echoes (arguments it streamed, an output we sent),
+    so text equality alone would call an unchanged value changed.
+    """
+    if a == b:
+        return True
+    try:
+        return bool(json.loads(a) == json.loads(b))
+    except (ValueError, RecursionError):
+        return False

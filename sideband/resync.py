@@ -12,14 +12,13 @@ it, and what it had not settled is the next resync's work.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Container
 from typing import Final, Literal
 
 from sideband.answers import AnswerLedger
 from sideband.contracts import FunctionCall, ToolCallHandler, Undelivered, Wiring, call_of
-from sideband.events import Item
+from sideband.events import Item, same_json
 from sideband.lookups import LookupFailed, Lookups
 from sideband.tamper import OutputLedger
 from sideband.tool_calls import ToolCalls
@@ -32,15 +31,6 @@ RESEND_GRACE: Final = 0.3
 Finding = Literal["final", "abandoned", "partial", "replaced"]
 """What a resync makes of a call it retrieved: run it, abandon it, or answer it unproven
 (``partial``: seen only starting; ``replaced``: its arguments are not what was streamed)."""
-
-
-def _same_arguments(a: str, b: str) -> bool:
-    if a == b:
-        return True
-    try:
-        return bool(json.loads(a) == json.loads(b))
-    except (ValueError, RecursionError):
-        return False
 
 
 def judge_found(
@@ -70,7 +60,7 @@ def judge_found(
         return None  # still streaming: its response.done will say
     if not whole:
         return "partial", call
-    if call.call_id != known.call_id or not _same_arguments(call.arguments, known.arguments):
+    if call.call_id != known.call_id or not same_json(call.arguments, known.arguments):
         return "replaced", call
     return "final", known
 

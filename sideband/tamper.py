@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Protocol
 
-from sideband.events import Item
+from sideband.events import Item, same_json
 
 OWNED_FIELDS: Final = ("instructions", "tools", "tool_choice")
 """The owned fields a tamper report names first; the guard owns every field but
@@ -308,16 +308,6 @@ def session_drift(owned: OwnedSession, effective: Mapping[str, Any]) -> SessionD
     )
 
 
-def _same_output(echoed: str, sent: str) -> bool:
-    """The provider's echo of an output we sent: verbatim, or at least the same JSON value."""
-    if echoed == sent:
-        return True
-    try:
-        return bool(json.loads(echoed) == json.loads(sent))
-    except (ValueError, RecursionError):
-        return False
-
-
 class Verdict(enum.Enum):
     """What a ``function_call_output`` item seen on the sideband is."""
 
@@ -355,7 +345,7 @@ class OutputLedger:
         if item.id is not None and item.id in self._forged:
             return Verdict.KNOWN
         expected = self._expected.get(item.call_id or "")
-        if expected is not None and (item.output is None or _same_output(item.output, expected)):
+        if expected is not None and (item.output is None or same_json(item.output, expected)):
             del self._expected[item.call_id or ""]
             if item.id is not None:
                 self._own.add(item.id)
