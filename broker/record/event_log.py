@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -111,6 +112,8 @@ async def append_event(
     session_id: str,
     event: dict[str, Any],
     event_class: EventClass | None = None,
+    *,
+    alongside: Callable[[AsyncSession], Awaitable[None]] | None = None,
 ) -> None:
     """Write one broker event after the session's last one, outside any recorder.
 
@@ -121,6 +124,9 @@ async def append_event(
         event_class: how the log treats it; ``None``: :func:`classify` decides (a broker
             event is always kept). A coalescible event past the session's cap is counted
             as dropped instead of stored.
+        alongside: writes that belong with the event (the change it audits), made in the
+            same transaction, so neither is stored without the other; with a coalescible
+            event they are made even when the event is dropped at its cap.
 
     A recorder of the same session may be writing meanwhile: a seq it takes first is
     retried with the next one (and the recorder renumbers what it had not written).
@@ -130,6 +136,8 @@ async def append_event(
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         try:
             async with sessionmaker.begin() as s:
+                if alongside is not None:
+                    await alongside(s)
                 log = EventLog.of(s)
                 tally = queries.LogTally()
                 if event_class is EventClass.COALESCIBLE:

@@ -114,13 +114,17 @@ class CallActions:
             raise ConflictError(
                 "sideband_not_connected", "the call has no connected sideband to send this on"
             )
-        async with self._sessionmaker.begin() as s:
+
+        async def store(s: AsyncSession) -> None:
             await queries.set_instructions(s, row.id, instructions)
+
+        # The change and its audit event in one transaction: neither without the other.
         await append_event(
             self._sessionmaker,
             row.id,
             {"type": INSTRUCTIONS_EVENT, "by": by_key, "instructions": instructions},
             EventClass.KEPT,
+            alongside=store,
         )
         logger.warning(
             "instructions changed by an operator session_id=%s by_key=%s chars=%d",

@@ -12,6 +12,7 @@ from sqlalchemy.exc import OperationalError
 from broker import app_state
 from broker.db import queries
 from broker.db.models import SessionEvent
+from broker.record.event_classes import EventClass
 from broker.record.event_log import WRITE_ATTEMPTS, EventRecorder, append_event
 from tests.support.broker_server import RunningBroker
 from tests.support.flow import session_events
@@ -111,3 +112,45 @@ async def test_carried_usage_alone_is_written_by_the_final_flush(
     await recorder.flush()  # nothing buffered: the carried usage alone is written
     detail = await broker.get_session(session["id"])
     assert (detail["usage"]["responses"], detail["usage"]["total_tokens"]) == (1, 9)
+
+
+async def test_a_write_alongside_an_event_is_stored_with_it_or_not_at_all(
+    broker: RunningBroker,
+) -> None:
+    """An operator's instructions change and its audit event share one transaction: when
+    the event cannot be stored, the change is rolled back too."""
+    session = await broker.create_session(tools=["lookup_order"])
+    sessionmaker = broker.app[app_state.SESSIONMAKER]
+
+    async def instructions() -> str | None:
+        async with sessionmaker() as s:
+            row = await queries.get_session_row(s, session["id"])
+        assert row is not None
+        return row.instructions
+
+    def alongside(text: str) -> Any:
+        async def store(s: Any) -> None:
+            await queries.set_instructions(s, session["id"], text)
+
+        return store
+
+    before = await instructions()
+    with pytest.raises(KeyError):
+        # No "type": the event's row cannot be built, after the change was made.
+        await append_event(
+            sessionmaker, session["id"], {"by": "x"}, EventClass.KEPT, alongside=alongside("lost")
+        )
+    assert await instructions() == before != "lost"
+    assert await session_events(broker, session["id"]) == []
+
+    await append_event(
+        sessionmaker,
+        session["id"],
+        {"type": "broker.instructions_updated", "instructions": "kept"},
+        EventClass.KEPT,
+        alongside=alongside("kept"),
+    )
+    assert await instructions() == "kept"
+    assert [e["type"] for e in await session_events(broker, session["id"])] == [
+        "broker.instructions_updated"
+    ]
