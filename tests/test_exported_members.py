@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("package", ["broker", "sideband", "emulator"])
