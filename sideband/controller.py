@@ -387,8 +387,7 @@ class CallController:
         self, event: ev.ConversationItemAdded | ev.ConversationItemCreated | ev.ConversationItemDone
     ) -> None:
         item = event.item
-        if item.id is not None:
-            self._lookups.known_items.add(item.id)
+        self._lookups.seen(item)
         key = ev.probe_key(item)
         if key is not None:
             added = not isinstance(event, ev.ConversationItemDone)
@@ -430,6 +429,9 @@ class CallController:
     ) -> None:
         if event.item.id is not None:
             self._model_made(event.item.id)
+            if event.item.status != "in_progress":
+                # Finished where we watched it: no longer a tail to retrieve again.
+                self._lookups.seen(event.item)
             self._calls.model_item(event.item, event.response_id)
 
     async def _on_arguments_done(self, event: ev.FunctionCallArgumentsDone) -> None:

@@ -47,7 +47,11 @@ class Lookups:
         self._call_id = wiring.call_id
         self._send = wiring.send
         self.known_items: set[str] = set()
-        """Items the controller has seen in the call: a tail among them needs no retrieve."""
+        """Items the controller has seen in the call: a tail among them needs no retrieve,
+        unless it is :attr:`unfinished_calls`."""
+        self.unfinished_calls: set[str] = set()
+        """Function-call items last seen still streaming: one may have finished while no
+        sideband watched, so as the tail it is retrieved again."""
         self._pending: dict[str, asyncio.Future[Item | None]] = {}
         """Pending retrieves by item id; a probe waits here under its own key."""
         self._events: dict[str, str] = {}
@@ -100,10 +104,24 @@ class Lookups:
             await self._delete_probe(answer.id, answer.id)
         raise LookupFailed("tail")
 
+    def seen(self, item: Item) -> None:
+        """The controller saw ``item`` in the conversation (added, done or retrieved)."""
+        if item.id is None:
+            return
+        self.known_items.add(item.id)
+        if item.type == "function_call" and item.status == "in_progress":
+            self.unfinished_calls.add(item.id)
+        else:
+            self.unfinished_calls.discard(item.id)
+
+    def needs_retrieve(self, item_id: str) -> bool:
+        """Whether the conversation's tail must be retrieved to know what it is now."""
+        return item_id not in self.known_items or item_id in self.unfinished_calls
+
     def retrieved(self, item: Item) -> None:
         """``conversation.item.retrieved``: answers our retrieve of it, if we asked."""
         if item.id is not None:
-            self.known_items.add(item.id)
+            self.seen(item)
             self._resolve(item.id, item)
 
     async def probe_item(

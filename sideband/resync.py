@@ -152,7 +152,7 @@ class Resync:
             tail = await self._lookups.tail()
         except LookupFailed:
             logger.warning("resync: the conversation's tail is unknown call_id=%s", self._call_id)
-        if tail is not None and tail not in self._lookups.known_items:
+        if tail is not None and self._lookups.needs_retrieve(tail):
             try:
                 tail_item = await self._lookups.retrieve(tail)
             except LookupFailed:

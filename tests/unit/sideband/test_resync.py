@@ -228,6 +228,30 @@ async def test_a_finished_call_nobody_saw_as_the_tail_is_answered_unverified() -
     assert [r.reason for r in p.wire.reports if isinstance(r, UnprovenCall)] == ["unseen"]
 
 
+async def test_a_tail_last_seen_streaming_is_retrieved_again_and_judged() -> None:
+    """An earlier resync retrieved the tail while the model still streamed it; the call
+    then finished while no sideband watched. Known is not finished: it is asked again, and,
+    unproven, answered ``call_unverified`` (it once stayed unanswered for ever)."""
+    p = Pieces()
+    p.lookups.retrieved(fc("c_x", id="item_x", status="in_progress"))
+    p.provider.items["item_x"] = fc("c_x", id="item_x")
+    p.provider.tail = "item_x"
+    await p.run()
+    assert p.tools.executed == []
+    outputs = [e["item"] for e in p.wire.sent if e.get("item", {}).get("call_id") == "c_x"]
+    assert [o["output"] for o in outputs] == [UNVERIFIED_OUTPUT]
+
+
+async def test_a_tail_seen_finished_is_not_retrieved_again() -> None:
+    p = Pieces()
+    p.lookups.seen(fc("c_x", id="item_x", status="in_progress"))
+    p.lookups.seen(fc("c_x", id="item_x"))
+    p.provider.items["item_x"] = fc("c_x", id="item_x")
+    p.provider.tail = "item_x"
+    await p.run()
+    assert not [e for e in p.wire.sent if e["type"] == "conversation.item.retrieve"]
+
+
 async def test_an_output_item_as_the_tail_is_handed_back_as_if_echoed() -> None:
     p = Pieces()
     tail = Item(id="item_out", type="function_call_output", call_id="c9", output="{}")
