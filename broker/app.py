@@ -25,6 +25,7 @@ from broker.call.supervisor import SidebandSupervisor
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.errors import problem_middleware
 from broker.metrics import BrokerMetrics
+from broker.overload import OverloadGuard, OverloadLimits
 from broker.record.event_log import EventCaps, EventLog
 from broker.session.reaper import SessionReaper
 from broker.session.service import SessionService
@@ -87,13 +88,18 @@ async def db_ctx(app: web.Application) -> AsyncIterator[None]:
             coalescible_bytes=settings.event_log_max_coalescible_bytes,
         ),
         app[app_state.METRICS],
+        max_pending=settings.event_log_max_pending,
     )
     # Bound to the sessionmaker: every event-log writer holds it, so each finds the caps and
     # the wake-ups of this app without being handed them.
     event_log.bind(sessionmaker)
     app[app_state.SESSIONMAKER] = sessionmaker
     app[app_state.EVENT_LOG] = event_log
+    app[app_state.METRICS].track_event_log(
+        lambda: event_log.pending_events, lambda: event_log.lag_s
+    )
     yield
+    await event_log.close()
     await engine.dispose()
 
 
@@ -243,6 +249,18 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         app[app_state.METRICS],
     )
     app[app_state.METRICS].track_live_sessions(lambda: supervisor.live_count)
+    overload = OverloadGuard(
+        OverloadLimits(
+            max_live_calls=settings.max_live_calls,
+            max_loop_lag_s=settings.overload_loop_lag_s,
+            retry_after_s=settings.overload_retry_after_s,
+        ),
+        lambda: supervisor.live_count,
+        app[app_state.EVENT_LOG],
+        app[app_state.METRICS],
+    )
+    app[app_state.OVERLOAD] = overload
+    watching_load = asyncio.create_task(overload.run(), name="overload-guard")
     # Calls an earlier process controlled (a crash, a deploy) are taken up again.
     resumed = await app[app_state.SESSIONS].resume()
     if resumed:
@@ -259,8 +277,9 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        sweeping.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeping
+        for task in (sweeping, watching_load):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     await supervisor.close(grace=settings.shutdown_grace_s)
     await app[app_state.SESSIONS].drain()

@@ -13,6 +13,7 @@ from broker.auth.browser_limits import BrowserLimits
 from broker.auth.stream_slots import StreamSlots
 from broker.call.supervisor import SidebandSupervisor
 from broker.metrics import BrokerMetrics
+from broker.overload import OverloadGuard
 from broker.record.event_log import EventLog
 from broker.session.reaper import SessionReaper
 from broker.session.service import SessionService
@@ -46,5 +47,7 @@ WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 """Set on shutdown, before aiohttp waits for handlers: long-lived streams end on it."""
 """The built-in provider's runner, present only when no provider key is configured."""
+OVERLOAD = web.AppKey("overload", OverloadGuard)
+"""The overload signal: new sessions and offers are refused while it holds."""
 REAPER = web.AppKey("reaper", SessionReaper)
 """Ends stranded sessions (``created`` past their secret, ``offered`` past any offer)."""

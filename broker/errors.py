@@ -14,7 +14,8 @@ The tree (each class carries a stable ``code`` and an HTTP ``status``)::
     ├── ValidationFailedError    422  well-formed but not acceptable (unknown tool, …)
     ├── RateLimitedError         429  too many requests for this key (with ``Retry-After``)
     ├── UpstreamError            502 / 504  the provider failed or timed out
-    └── UnavailableError         503  this broker process is shutting down (retry elsewhere)
+    ├── UnavailableError         503  this broker process is shutting down (retry elsewhere)
+    └── OverloadedError          503  this process is at capacity (``overloaded``, ``Retry-After``)
 
 Nothing below ``broker/api`` raises ``web.HTTP*``; handlers and services raise these, and
 :func:`problem_middleware` renders them (and turns anything unexpected into a logged 500).
@@ -30,10 +31,12 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+POOL_RETRY_AFTER_S = 2
 
 
 class BrokerError(Exception):
@@ -147,6 +150,21 @@ class UnavailableError(BrokerError):
         return {"Retry-After": "1"}
 
 
+class OverloadedError(BrokerError):
+    """This process is at capacity; it takes new work again after ``retry_after`` seconds."""
+
+    status = 503
+    title = "Overloaded"
+
+    def __init__(self, detail: str, *, retry_after: int, reason: str) -> None:
+        self.retry_after = max(1, retry_after)
+        super().__init__("overloaded", detail, retry_after=self.retry_after, reason=reason)
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 def problem_response(
     status: int,
     code: str,
@@ -195,6 +213,19 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             logger.warning("request failed path=%s code=%s: %s", request.path, exc.code, exc)
         return problem_response(
             status, exc.code, exc.title, exc.detail, headers=exc.headers, **exc.extensions
+        )
+    except PoolTimeoutError:
+        # Every database connection stayed busy past the pool's timeout: this process is
+        # overloaded, not broken; the client retries (and nothing was half-written: the
+        # request never got a connection).
+        logger.warning("request refused path=%s: no database connection free", request.path)
+        return problem_response(
+            503,
+            "overloaded",
+            OverloadedError.title,
+            "this broker process is at capacity (database connections); retry later",
+            headers={"Retry-After": str(POOL_RETRY_AFTER_S)},
+            reason="database_pool",
         )
     except web.HTTPException as exc:
         # aiohttp's own (unmatched route, wrong method, client_max_size): same contract.

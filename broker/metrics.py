@@ -89,6 +89,8 @@ class EventCap(enum.StrEnum):
     """The session already stores its most coalescible events (a count)."""
     BYTES = "bytes"
     """Storing it would pass the session's size budget for coalescible events."""
+    OVERLOAD = "overload"
+    """The event-log writer's queue is full: coalescible events are shed until it drains."""
 
 
 CIRCUIT_READINGS: Final = {"closed": 0, "half_open": 1, "open": 2}
@@ -295,6 +297,43 @@ class BrokerMetrics:
             namespace=NAMESPACE,
             registry=registry,
         )
+        self._events_folded = Counter(
+            "events_folded_total",
+            "Provider deltas counted and not stored: their done event carries the content.",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._event_log_pending = Gauge(
+            "event_log_pending_events",
+            "Events recorded and not yet stored by the event-log writer (every session's).",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._event_log_lag = Gauge(
+            "event_log_lag_seconds",
+            "How long the oldest event not yet stored has waited for the event-log writer.",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._loop_lag = Gauge(
+            "event_loop_lag_seconds",
+            "How late the event loop ran a timer lately (the worst of the last second).",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._overloaded = Gauge(
+            "overloaded",
+            "1 while the process refuses new sessions and offers (overload), else 0.",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._overload_refusals = Counter(
+            "overload_refusals_total",
+            "Session creations and offers refused with 503 overloaded, by what was over.",
+            ["reason"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         # Known label values start at zero, so a rate() over them works from the first event.
         for cap in EventCap:
             self._events_dropped.labels(cap.value)
@@ -455,6 +494,26 @@ class BrokerMetrics:
     def event_dropped(self, cap: EventCap) -> None:
         """Count one coalescible event the event log dropped at ``cap``."""
         self._events_dropped.labels(cap.value).inc()
+
+    def event_folded(self) -> None:
+        """Count one provider delta folded into its done event (not stored)."""
+        self._events_folded.inc()
+
+    def track_event_log(self, pending: Callable[[], float], lag: Callable[[], float]) -> None:
+        """Read the event-log writer's queue depth and lag at each scrape."""
+        self._event_log_pending.set_function(pending)
+        self._event_log_lag.set_function(lag)
+
+    def track_overload(
+        self, overloaded: Callable[[], float], loop_lag: Callable[[], float]
+    ) -> None:
+        """Read the overload signal and the event loop's lag at each scrape."""
+        self._overloaded.set_function(overloaded)
+        self._loop_lag.set_function(loop_lag)
+
+    def overload_refused(self, reason: str) -> None:
+        """Count one session creation or offer refused with 503 ``overloaded``."""
+        self._overload_refusals.labels(reason).inc()
 
     def webhook_attempt(self, outcome: str) -> None:
         """Count one webhook delivery attempt (``delivered``, ``retry`` or ``failed``)."""

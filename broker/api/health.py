@@ -1,4 +1,4 @@
-"""Liveness and readiness."""
+"""Liveness (``/healthz``) and readiness (``/readyz``)."""
 
 from __future__ import annotations
 
@@ -18,3 +18,25 @@ async def healthz(request: web.Request) -> web.Response:
     except SQLAlchemyError:
         return problem_response(503, "database_unavailable", "Unavailable", "database unreachable")
     return web.json_response({"status": "ok", "provider": request.app[app_state.PROVIDER].name})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when this process takes new calls; 503 otherwise.
+
+    503 when it is draining, overloaded or without its database: a load balancer sends new
+    sessions elsewhere, and the calls it has go on.
+    """
+    app = request.app
+    if app[app_state.SHUTTING_DOWN].is_set() or app[app_state.SUPERVISOR].stopping:
+        return problem_response(503, "draining", "Unavailable", "this process is stopping")
+    reason = app[app_state.OVERLOAD].reason()
+    if reason is not None:
+        return problem_response(
+            503,
+            "overloaded",
+            "Overloaded",
+            f"this process is at capacity ({reason.value})",
+            headers={"Retry-After": str(app[app_state.OVERLOAD].limits.retry_after_s)},
+            reason=reason.value,
+        )
+    return await healthz(request)

@@ -38,6 +38,7 @@ class Route:
 
 ROUTES: Final = (
     Route(hdrs.METH_GET, "/healthz", health.healthz, NO_BODY),
+    Route(hdrs.METH_GET, "/readyz", health.readyz, NO_BODY),
     Route(hdrs.METH_GET, "/metrics", metrics.metrics, NO_BODY),
     Route(hdrs.METH_POST, "/api/v1/sessions", sessions.create_session, MAX_JSON_BYTES),
     Route(hdrs.METH_GET, "/api/v1/sessions", session_list.list_sessions_route, NO_BODY),

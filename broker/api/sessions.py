@@ -67,6 +67,7 @@ def _tool_call_json(call: ToolCall) -> dict[str, Any]:
 
 async def create_session(request: web.Request) -> web.Response:
     principal = await api_principal(request)
+    request.app[app_state.OVERLOAD].check("a new session")
     body = await read_json(request, CreateSessionRequest)
     created = await request.app[app_state.SESSIONS].create(principal, body)
     row = created.row
@@ -90,6 +91,9 @@ async def realtime_offer(request: web.Request) -> web.Response:
     browser = browser_principal(request, session_id)
     # After the token (no I/O), before the body and the database: a flood costs an HMAC.
     request.app[app_state.BROWSER_LIMITS].check(BrowserRoute.OFFER, browser)
+    # Before the body and the provider: a refused offer leaves the session as it was, and
+    # the page offers again after Retry-After.
+    request.app[app_state.OVERLOAD].check("an offer")
     require_content_type(request, "application/sdp")
     raw = await read_body(request, MAX_SDP_BYTES)
     try:

@@ -11,8 +11,13 @@ repeats whole) and other high-rate traffic a page can make the provider emit at 
 stores them up to a cap (a count and a size, ``BROKER_EVENT_LOG_MAX_COALESCIBLE*``); past it
 they are dropped and counted (``sessions.events_dropped``, ``broker_events_dropped_total``).
 
-Anything not named as kept below is coalescible: an event type a provider adds later cannot
-grow the log without bound by default. To keep a new kind of event, add it here, nowhere else.
+**Folded** events are the provider's deltas (``*.delta``): their ``.done`` event repeats the
+content whole, so they are counted (``broker_events_folded_total``) and never stored. A
+talking call sends some thirty a sentence; ops and audit need the sentence.
+
+Anything not named as kept or folded below is coalescible: an event type a provider adds
+later cannot grow the log without bound by default. To keep a new kind of event, add it here,
+nowhere else.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class EventClass(enum.StrEnum):
     """Never dropped, never capped."""
     COALESCIBLE = "coalescible"
     """Stored up to the session's cap, then dropped and counted."""
+    FOLDED = "folded"
+    """A delta its done event repeats: counted, never stored."""
 
 
 KEPT_PROVIDER_TYPES: Final = frozenset(
@@ -55,6 +62,9 @@ turn out of the transcript."""
 TOOL_ITEM_TYPES: Final = frozenset({"function_call", "function_call_output"})
 """Item types whose item events (added, created, output_item.*) are tool calls: kept."""
 
+DELTA_SUFFIX: Final = ".delta"
+"""A provider event whose type ends so is part of something its ``.done`` event repeats."""
+
 _ITEM_EVENT_TYPES: Final = frozenset(
     {
         "conversation.item.added",
@@ -71,7 +81,8 @@ def classify(direction: str, event: Mapping[str, Any]) -> EventClass:
     ``broker`` events (the broker's decisions) and ``out`` events (what the broker itself
     sent: tool outputs, config assertions, probes, resync look-ups) are kept: their number is
     bounded by the broker's own decisions. A provider (``in``) event is kept if its type is
-    in :data:`KEPT_PROVIDER_TYPES` or it is an item event about a tool call.
+    in :data:`KEPT_PROVIDER_TYPES` or it is an item event about a tool call, folded if it is
+    a delta (:data:`DELTA_SUFFIX`).
     """
     if direction != "in":
         return EventClass.KEPT
@@ -82,4 +93,6 @@ def classify(direction: str, event: Mapping[str, Any]) -> EventClass:
         item = event.get("item")
         if isinstance(item, Mapping) and item.get("type") in TOOL_ITEM_TYPES:
             return EventClass.KEPT
+    if isinstance(type_, str) and type_.endswith(DELTA_SUFFIX):
+        return EventClass.FOLDED
     return EventClass.COALESCIBLE

@@ -1,7 +1,8 @@
 """A session's event log: redacted sideband traffic and broker decisions, written in order.
 
 The sideband reader must never wait on the database, so :meth:`EventRecorder.record` only
-appends to a buffer; one writer task per session flushes it in batches. Every writer (the
+appends to a buffer; the process's one writer (:mod:`broker.record.event_writer`) stores
+every session's buffer in one transaction a tick (group commit). Every writer (the
 recorder, :func:`append_event`) takes each event's :class:`~broker.record.event_classes.EventClass`:
 kept events are always stored, coalescible ones up to the session's caps, then dropped and
 counted. An event's ``seq`` is assigned when it is stored, so the log has no gap where a
@@ -12,22 +13,27 @@ writer wakes the session's event streams (:class:`~broker.record.wakeups.EventWa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
 from broker.db.models import utcnow
 from broker.metrics import BrokerMetrics, EventCap
 from broker.record.event_classes import EventClass, classify
-from broker.record.usage import Usage, usage_of_events
+from broker.record.event_writer import (
+    DEFAULT_MAX_PENDING,
+    TICK_S,
+    WRITE_ATTEMPTS,
+    EventWriter,
+    PendingEvent,
+    SessionBuffer,
+)
 from broker.record.wakeups import EventWakeups
 
 logger = logging.getLogger(__name__)
@@ -37,12 +43,6 @@ _AUDIO_FIELDS: Final = {
     "input_audio_buffer.append": "audio",
     "response.output_audio.delta": "delta",
 }
-MAX_BATCH: Final = 500
-WRITE_ATTEMPTS: Final = 3
-FLUSH_LINGER_S: Final = 0.05
-"""How long the writer lets events gather after the first one before it writes them: a tool
-call's dozen events (its response, the output, the echo, the reply) then share one
-transaction instead of one each. Stopping the recorder writes at once."""
 DEFAULT_MAX_COALESCIBLE: Final = 2000
 DEFAULT_MAX_COALESCIBLE_BYTES: Final = 2 * 1024 * 1024
 _INFO_KEY: Final = "broker.event_log"
@@ -86,10 +86,49 @@ class EventLog:
     script, a migration test) gets default caps and wake-ups nobody listens to.
     """
 
-    def __init__(self, caps: EventCaps | None = None, metrics: BrokerMetrics | None = None):
+    def __init__(
+        self,
+        caps: EventCaps | None = None,
+        metrics: BrokerMetrics | None = None,
+        *,
+        tick: float = TICK_S,
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ):
         self.caps = caps or EventCaps()
         self.wakeups = EventWakeups()
         self._metrics = metrics
+        self._tick = tick
+        self.max_pending = max_pending
+        self._writer: EventWriter | None = None
+        self.shedding = False
+        """Set while the process is overloaded (:mod:`broker.overload`): coalescible events
+        are dropped (and counted) instead of queued."""
+
+    def writer(self, sessionmaker: async_sessionmaker[AsyncSession]) -> EventWriter:
+        """The process's one writer of the event log (made with the first recorder)."""
+        if self._writer is None:
+            self._writer = EventWriter(
+                sessionmaker,
+                self.wakeups.notify,
+                tick=self._tick,
+                max_pending=self.max_pending,
+            )
+        return self._writer
+
+    @property
+    def pending_events(self) -> int:
+        """Events recorded and not yet stored (every session's)."""
+        return self._writer.pending_events if self._writer is not None else 0
+
+    @property
+    def lag_s(self) -> float:
+        """How long the oldest event not yet stored has waited."""
+        return self._writer.lag_s if self._writer is not None else 0.0
+
+    async def close(self) -> None:
+        """Write what is still queued (the app is stopping)."""
+        if self._writer is not None:
+            await self._writer.close()
 
     def bind(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         """Make this the event log of every session ``sessionmaker`` opens (``Session.info``)."""
@@ -105,6 +144,10 @@ class EventLog:
     def dropped(self, cap: EventCap) -> None:
         if self._metrics is not None:
             self._metrics.event_dropped(cap)
+
+    def folded(self) -> None:
+        if self._metrics is not None:
+            self._metrics.event_folded()
 
 
 async def append_event(
@@ -158,70 +201,21 @@ async def append_event(
                 raise
 
 
-@dataclass(slots=True)
-class _Pending:
-    """An event recorded and not yet stored; its ``seq`` is given when it is written."""
-
-    direction: str
-    type: str
-    payload: dict[str, Any]
-    at: datetime
-    event_class: EventClass
-    size: int
-    """Its weight against the bytes cap (0 for a kept event: never capped)."""
-
-    def row(self, session_id: str, seq: int) -> dict[str, Any]:
-        return {
-            "session_id": session_id,
-            "seq": seq,
-            "direction": self.direction,
-            "type": self.type,
-            "payload": self.payload,
-            "at": self.at,
-        }
-
-
-def _tally(batch: list[_Pending], dropped: int) -> queries.LogTally:
-    coalescible = [p for p in batch if p.event_class is EventClass.COALESCIBLE]
-    return queries.LogTally(
-        coalescible=len(coalescible),
-        coalescible_bytes=sum(p.size for p in coalescible),
-        dropped=dropped,
-    )
-
-
 class EventRecorder:
-    """Buffers one session's events and writes them with consecutive ``seq`` numbers.
+    """Records one session's events; the process's :class:`EventWriter` stores them.
 
     The coalescible caps are enforced here, as events are recorded (never blocking): the
     recorder starts from the session's stored counts (:meth:`start`) and counts what it
     buffers. A session is recorded by one recorder at a time.
     """
 
-    def __init__(
-        self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        session_id: str,
-        *,
-        linger: float = FLUSH_LINGER_S,
-    ) -> None:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], session_id: str) -> None:
         self._sessionmaker = sessionmaker
         self.session_id = session_id
         self._log = EventLog()
-        self._buffer: list[_Pending] = []
-        self._wake = asyncio.Event()
+        self._buffer = SessionBuffer(session_id)
+        self._writer: EventWriter | None = None
         self._stop_asked = asyncio.Event()
-        self._linger = linger
-        self._stopped = False
-        self._seq = 0
-        """The last ``seq`` this recorder stored (or found stored)."""
-        self._coalescible = 0
-        self._coalescible_bytes = 0
-        """Coalescible events stored or buffered: what the caps are checked against."""
-        self._dropped = 0
-        """Dropped at a cap and not yet added to the session row's ``events_dropped``."""
-        self._carried = Usage()
-        """Usage of batches dropped after failed writes: events may be lost, billing not."""
 
     async def start(self) -> None:
         """Continue after what is already stored (a re-attached session).
@@ -230,9 +224,15 @@ class EventRecorder:
         """
         async with self._sessionmaker() as s:
             self._log = EventLog.of(s)
-            self._seq = await queries.next_event_seq(s, self.session_id) - 1
+            self._buffer.seq = await queries.next_event_seq(s, self.session_id) - 1
             spent = await queries.coalescible_spent(s, self.session_id)
-        self._coalescible, self._coalescible_bytes = spent
+        self._buffer.coalescible, self._buffer.coalescible_bytes = spent
+
+    def _writer_of(self) -> EventWriter:
+        if self._writer is None:
+            self._writer = self._log.writer(self._sessionmaker)
+            self._writer.register(self._buffer)
+        return self._writer
 
     def record(
         self, direction: str, event: dict[str, Any], event_class: EventClass | None = None
@@ -243,25 +243,35 @@ class EventRecorder:
             direction: ``in`` (provider), ``out`` (sent by the broker) or ``broker``.
             event: the event as seen (redacted here before it is stored).
             event_class: how the log treats it; ``None``: :func:`classify` decides from
-                its direction and type. A coalescible event past the session's caps is
-                counted as dropped instead of queued.
+                its direction and type. A folded event is only counted; a coalescible one
+                past the session's caps, or while the writer's queue is full, is counted as
+                dropped instead of queued.
         """
         if event_class is None:
             event_class = classify(direction, event)
+        if event_class is EventClass.FOLDED:
+            self._log.folded()
+            return
+        writer = self._writer_of()
+        buffer = self._buffer
         payload = redact_event(event)
         size = 0
         if event_class is EventClass.COALESCIBLE:
             size = payload_bytes(payload)
-            cap = self._log.caps.refuses(self._coalescible, self._coalescible_bytes, size)
+            cap = (
+                EventCap.OVERLOAD
+                if writer.full or self._log.shedding
+                else self._log.caps.refuses(buffer.coalescible, buffer.coalescible_bytes, size)
+            )
             if cap is not None:
-                self._dropped += 1
+                buffer.dropped += 1
                 self._log.dropped(cap)
-                self._wake.set()  # the count reaches the session row with the next write
+                writer.queued(buffer, 0)  # the count reaches the session row with the next write
                 return
-            self._coalescible += 1
-            self._coalescible_bytes += size
-        self._buffer.append(
-            _Pending(
+            buffer.coalescible += 1
+            buffer.coalescible_bytes += size
+        buffer.events.append(
+            PendingEvent(
                 direction=direction,
                 type=str(event.get("type", "unknown"))[:100],
                 payload=payload,
@@ -270,105 +280,29 @@ class EventRecorder:
                 size=size,
             )
         )
-        self._wake.set()
-
-    async def _resync_seq(self) -> None:
-        async with self._sessionmaker() as s:
-            self._seq = await queries.next_event_seq(s, self.session_id) - 1
-        logger.info(
-            "event log renumbered session_id=%s from seq=%d", self.session_id, self._seq + 1
-        )
+        writer.queued(buffer)
 
     def stop(self) -> None:
-        """Ask :meth:`run` to flush what is buffered and return."""
-        self._stopped = True
+        """Ask :meth:`run` to have what is buffered written and return."""
         self._stop_asked.set()
-        self._wake.set()
+        self._buffer.closing = True
+        if self._writer is not None:
+            self._writer.hurry()
 
     async def run(self) -> None:
-        """Write batches until stopped and drained; a failed write is retried, then dropped.
-
-        A batch is written :data:`FLUSH_LINGER_S` after its first event (at once when the
-        buffer is full or the recorder stops), so events that come together are written
-        together.
-        """
-        while True:
-            await self._wake.wait()
-            if self._linger > 0 and not self._stopped and len(self._buffer) < MAX_BATCH:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._linger):
-                        await self._stop_asked.wait()
-            self._wake.clear()
-            await self.flush()
-            if self._stopped:
-                return
+        """Keep this session's buffer with the writer until stopped, then flush it."""
+        self._writer_of()
+        await self._stop_asked.wait()
+        await self.flush()
 
     async def flush(self) -> None:
-        """Write everything buffered. Never raises: the call matters more than its log.
+        """Write everything buffered (the writer's group commit).
 
-        Each batch is numbered just before it is written, after what this recorder last
-        stored: a batch the database refused for good is gone without a gap in ``seq``.
+        Never raises: the call matters more than its log; a batch the database refused for
+        good is dropped (its usage rides on the next write).
         """
-        failures = 0
-        clashes = 0
-        while self._buffer or self._dropped or not self._carried.empty:
-            batch = self._buffer[:MAX_BATCH]
-            dropped = self._dropped
-            rows = [p.row(self.session_id, self._seq + 1 + n) for n, p in enumerate(batch)]
-            try:
-                async with self._sessionmaker.begin() as s:
-                    if rows:
-                        await queries.add_events(
-                            s, rows, usage=usage_of_events(rows), tally=_tally(batch, dropped)
-                        )
-                    elif dropped:
-                        await queries.fold_event_counts(
-                            s, self.session_id, tally=queries.LogTally(dropped=dropped)
-                        )
-                    if not self._carried.empty:
-                        await queries.add_session_usage(s, self.session_id, self._carried)
-                self._carried = Usage()
-            except IntegrityError:
-                clashes += 1
-                if clashes <= WRITE_ATTEMPTS:
-                    # Another writer (the duration backstop) took the next seq: number the
-                    # batch after what is stored now.
-                    await self._resync_seq()
-                    continue
-                logger.error(
-                    "event log dropped %d events session_id=%s", len(batch), self.session_id
-                )
-            except SQLAlchemyError:
-                failures += 1
-                if failures < WRITE_ATTEMPTS:
-                    logger.warning(
-                        "event log write failed session_id=%s attempt=%d",
-                        self.session_id,
-                        failures,
-                        exc_info=True,
-                    )
-                    await asyncio.sleep(0.2 * failures)
-                    continue
-                logger.error(
-                    "event log dropped %d events session_id=%s", len(batch), self.session_id
-                )
-            else:
-                self._seq += len(batch)
-                del self._buffer[: len(batch)]
-                # Records made during the write's await stay counted for the next one.
-                self._dropped -= dropped
-                failures = 0
-                self._log.wakeups.notify(self.session_id)
-                continue
-            # Dropped: its usage rides on the next write (or the final flush's retry), and so
-            # does the count of events dropped at the caps. Its coalescible events were
-            # never stored, so they give their share of the budget back.
-            self._carried += usage_of_events(rows)
-            unstored = _tally(batch, 0)
-            self._coalescible -= unstored.coalescible
-            self._coalescible_bytes -= unstored.coalescible_bytes
-            if not batch:
-                return  # only counts, and the database still fails: the next flush
-            # Removed only now: a batch is never lost between being taken and being written.
-            del self._buffer[: len(batch)]
-            failures = 0
+        writer = self._writer_of()
+        await writer.flush(self._buffer)
+        if self._stop_asked.is_set():
+            writer.unregister(self._buffer)
+            self._writer = None

@@ -316,8 +316,16 @@ class Settings(BaseSettings):
         2000,
         ge=0,
         le=1_000_000,
-        description="coalescible events (deltas and other high-rate traffic) one session's log"
-        " stores; the rest are dropped and counted (kept events are never capped)",
+        description="coalescible events (high-rate traffic such as rate-limit and buffer"
+        " notices; deltas are never stored) one session's log stores; the rest are dropped and"
+        " counted (kept events are never capped)",
+    )
+    event_log_max_pending: int = Field(
+        50_000,
+        ge=100,
+        le=10_000_000,
+        description="events waiting for the event-log writer (all sessions) past which"
+        " coalescible ones are shed; half of it counts as overload",
     )
     event_log_max_coalescible_bytes: int = Field(
         2 * 1024 * 1024,
@@ -325,6 +333,29 @@ class Settings(BaseSettings):
         le=1024**3,
         description="their total bytes per session (compact JSON; 2 MiB by default); past it"
         " they are dropped too",
+    )
+
+    # --- overload -------------------------------------------------------------------------
+    max_live_calls: int = Field(
+        1000,
+        ge=0,
+        le=1_000_000,
+        description="supervised calls this process takes at most (`0`: no ceiling); at it, new"
+        " sessions and offers get 503 `overloaded` with `Retry-After` and `/readyz` fails",
+    )
+    overload_loop_lag_s: float = Field(
+        0.25,
+        gt=0,
+        le=60,
+        allow_inf_nan=False,
+        description="event-loop lag (seconds a timer ran late, worst of the last second) that"
+        " counts as overload: new sessions and offers are refused, coalescible events shed",
+    )
+    overload_retry_after_s: int = Field(
+        5,
+        ge=1,
+        le=3600,
+        description="the `Retry-After` (seconds) of a 503 `overloaded`",
     )
 
     # --- the session.ended webhook --------------------------------------------------------

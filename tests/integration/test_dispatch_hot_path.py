@@ -24,7 +24,7 @@ from broker.call.leash import Leash, LeashTerms, tool_budget_spent
 from broker.db import queries
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.db.models import SessionRow, ToolCallStatus, ToolPath
-from broker.record.event_log import EventRecorder
+from broker.record.event_log import EventLog, EventRecorder
 from broker.session.end_reason import EndReason
 from broker.tools.dispatch import BROKER_ERROR_OUTPUT, CallRejectedError, ToolDispatcher
 from broker.tools.registry import load_registry
@@ -300,9 +300,11 @@ async def test_the_leash_trusts_the_dispatchers_verdict() -> None:
 async def test_the_event_log_writes_events_that_come_together_in_one_batch(
     db_url: str, tmp_path: Path
 ) -> None:
-    """Events recorded within the linger share one transaction; stopping writes at once."""
+    """Events recorded within the writer's tick share one transaction; stopping writes at
+    once."""
     async with _dispatcher(db_url, tmp_path) as (_, engine, sm):
-        recorder = EventRecorder(sm, SESSION, linger=0.2)
+        EventLog(tick=0.2).bind(sm)
+        recorder = EventRecorder(sm, SESSION)
         await recorder.start()
         with _counting(engine) as sql:
             writer = asyncio.create_task(recorder.run())

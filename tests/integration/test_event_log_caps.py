@@ -1,7 +1,7 @@
 """The event log's two classes of events: kept ones always stored, coalescible ones capped.
 
 A page can make the provider emit events as fast as it likes; the log stores every kept event
-(lifecycle, tool calls, tamper, leash, usage, errors) and coalescible ones (deltas and other
+(lifecycle, tool calls, tamper, leash, usage, errors) and coalescible ones (notices and other
 high-rate traffic) up to the session's caps, counting the rest on the session row. The
 session list reads those counters, never the event rows.
 """
@@ -43,8 +43,9 @@ def response_done(total: int) -> dict[str, Any]:
     }
 
 
-def delta(n: int) -> dict[str, Any]:
-    return {"type": "response.output_text.delta", "delta": "x", "n": n}
+def notice(n: int) -> dict[str, Any]:
+    """A coalescible provider event (deltas are folded, never stored: a test below)."""
+    return {"type": "rate_limits.updated", "rate_limits": [], "n": n}
 
 
 async def stored_events(broker: RunningBroker, session_id: str) -> list[SessionEvent]:
@@ -88,7 +89,7 @@ async def test_a_flood_of_coalescible_events_is_capped_and_every_kept_event_stor
         writer = asyncio.create_task(recorder.run(), name="test-recorder")
         kept = 0
         for n in range(FLOOD):
-            recorder.record("in", delta(n))
+            recorder.record("in", notice(n))
             if n == 5_000:
                 recorder.record(
                     "in",
@@ -128,9 +129,9 @@ async def test_a_flood_of_coalescible_events_is_capped_and_every_kept_event_stor
     types = [e.type for e in events]
     assert types.count("response.done") == 5
     assert {"response.function_call_arguments.done", "broker.tool_call", "error"} <= set(types)
-    # The first ``cap`` deltas are the ones stored; the rest were dropped, not reordered.
-    stored_deltas = [e.payload["n"] for e in events if e.type == "response.output_text.delta"]
-    assert stored_deltas == list(range(cap))
+    # The first ``cap`` notices are the ones stored; the rest were dropped, not reordered.
+    stored_notices = [e.payload["n"] for e in events if e.type == "rate_limits.updated"]
+    assert stored_notices == list(range(cap))
 
     assert (row.events_stored, row.events_coalescible) == (len(events), cap)
     assert (row.events_dropped, row.events_errors) == (FLOOD - cap, 1)
@@ -141,6 +142,45 @@ async def test_a_flood_of_coalescible_events_is_capped_and_every_kept_event_stor
     assert entry["events"] == {"stored": len(events), "dropped": FLOOD - cap}
     assert entry["errors"] == 1
     assert moved(before, after, "broker_events_dropped_total", cap="events") == FLOOD - cap
+
+
+async def test_deltas_are_folded_into_their_done_event_and_only_counted(
+    broker: RunningBroker,
+) -> None:
+    """A talking call's transcript deltas are not stored (the done event holds the whole
+    text): none reaches the log or the coalescible budget, each is counted in
+    broker_events_folded_total, and the done event and its neighbours are stored in order."""
+    session = await broker.create_session(tools=["lookup_order"])
+    before = await scrape(broker)
+    recorder = EventRecorder(broker.app[app_state.SESSIONMAKER], session["id"])
+    async with asyncio.timeout(30):
+        await recorder.start()
+        recorder.record("in", {"type": "response.created", "response": {"id": "resp_1"}})
+        for n in range(30):
+            recorder.record(
+                "in",
+                {"type": "response.output_audio_transcript.delta", "delta": f"w{n} "},
+            )
+        recorder.record(
+            "in",
+            {
+                "type": "response.output_audio_transcript.done",
+                "transcript": "".join(f"w{n} " for n in range(30)),
+            },
+        )
+        recorder.record("in", response_done(3))
+        await recorder.flush()
+        events = await stored_events(broker, session["id"])
+        row = await session_row(broker, session["id"])
+        after = await scrape(broker)
+    assert [e.type for e in events] == [
+        "response.created",
+        "response.output_audio_transcript.done",
+        "response.done",
+    ]
+    assert [e.seq for e in events] == [1, 2, 3]
+    assert (row.events_stored, row.events_coalescible, row.events_dropped) == (3, 1, 0)
+    assert moved(before, after, "broker_events_folded_total") == 30
 
 
 async def test_the_bytes_cap_holds_across_writers_and_a_reattached_recorder(
@@ -239,7 +279,7 @@ async def test_the_session_list_reads_counters_not_event_rows(broker: RunningBro
         recorder = EventRecorder(sessionmaker, busy["id"])
         await recorder.start()
         for n in range(30):
-            recorder.record("in", delta(n))
+            recorder.record("in", notice(n))
         recorder.record("in", {"type": "error", "error": {"code": "x"}})
         recorder.record("out", {"type": "error"})  # not a provider error
         await recorder.flush()

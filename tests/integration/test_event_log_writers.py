@@ -65,16 +65,16 @@ def response_done(total: int) -> dict[str, Any]:
 
 def fail_next_writes(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
     """The event log's next ``count`` writes fail as a locked database would."""
-    real = queries.add_events
+    real = queries.store_event_batch
     left = [count]
 
-    async def flaky(s: Any, rows: Any, **kw: Any) -> None:
+    async def flaky(s: Any, folds: Any) -> None:
         if left[0]:
             left[0] -= 1
             raise OperationalError("INSERT", {}, Exception("database is locked"))
-        await real(s, rows, **kw)
+        await real(s, folds)
 
-    monkeypatch.setattr(queries, "add_events", flaky)
+    monkeypatch.setattr(queries, "store_event_batch", flaky)
 
 
 async def test_usage_of_a_batch_dropped_after_failed_writes_is_still_counted(

@@ -29,11 +29,14 @@ from broker.db.queries.session_counters import (
     usage_by_key,
 )
 from broker.db.queries.session_events import (
+    SessionFold,
     add_broker_event,
     add_events,
+    last_event_seqs,
     latest_events_of,
     next_event_seq,
     session_events_after,
+    store_event_batch,
 )
 from broker.db.queries.sessions import (
     get_session_row,
@@ -71,6 +74,7 @@ __all__ = [
     "SESSION_ENDED",
     "Executor",
     "LogTally",
+    "SessionFold",
     "add_broker_event",
     "add_events",
     "add_session_usage",
@@ -86,6 +90,7 @@ __all__ = [
     "get_api_key_by_hash",
     "get_session_row",
     "get_tool_call",
+    "last_event_seqs",
     "latest_events_of",
     "list_tool_calls",
     "lock_session_for_tools",
@@ -104,6 +109,7 @@ __all__ = [
     "settle_tool_call",
     "settle_tool_call_fast",
     "stale_sessions",
+    "store_event_batch",
     "tool_call_counts",
     "transition_session",
     "unfinished_tool_calls",

@@ -7,6 +7,7 @@ session list never scans ``session_events``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -82,6 +83,31 @@ _FOLD_EVENTS: Final = (
 """The counters and the usage of one write in one statement, built once."""
 
 
+def event_count_params(
+    session_id: str,
+    *,
+    stored: int = 0,
+    errors: int = 0,
+    last_at: datetime | None = None,
+    usage: Usage | None = None,
+    tally: LogTally | None = None,
+) -> dict[str, Any]:
+    """The parameters of one session's fold (:func:`fold_event_counts`)."""
+    tally = tally or LogTally()
+    usage = usage or Usage()
+    params: dict[str, Any] = {f"b_{name}": getattr(usage, name) for name in USAGE_FIELDS}
+    params.update(
+        b_session_id=session_id,
+        b_events_stored=stored,
+        b_events_errors=errors,
+        b_events_coalescible=tally.coalescible,
+        b_events_coalescible_bytes=tally.coalescible_bytes,
+        b_events_dropped=tally.dropped,
+        b_last_at=last_at,
+    )
+    return params
+
+
 async def fold_event_counts(
     s: AsyncSession,
     session_id: str,
@@ -96,19 +122,20 @@ async def fold_event_counts(
 
     Increments: concurrent writers add up.
     """
-    tally = tally or LogTally()
-    usage = usage or Usage()
-    params: dict[str, Any] = {f"b_{name}": getattr(usage, name) for name in USAGE_FIELDS}
-    params.update(
-        b_session_id=session_id,
-        b_events_stored=stored,
-        b_events_errors=errors,
-        b_events_coalescible=tally.coalescible,
-        b_events_coalescible_bytes=tally.coalescible_bytes,
-        b_events_dropped=tally.dropped,
-        b_last_at=last_at,
+    params = event_count_params(
+        session_id, stored=stored, errors=errors, last_at=last_at, usage=usage, tally=tally
     )
     await s.execute(_FOLD_EVENTS, params)
+
+
+async def fold_many_event_counts(s: AsyncSession, params: Sequence[dict[str, Any]]) -> None:
+    """:func:`fold_event_counts` for several sessions in one batch (:func:`event_count_params`).
+
+    Sorted by session id: two transactions folding overlapping sessions lock their rows in
+    the same order, so they cannot deadlock each other.
+    """
+    if params:
+        await s.execute(_FOLD_EVENTS, sorted(params, key=lambda p: str(p["b_session_id"])))
 
 
 async def coalescible_spent(s: AsyncSession, session_id: str) -> tuple[int, int]:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from sqlalchemy import Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.models import SessionEvent, utcnow
-from broker.db.queries.session_counters import LogTally, fold_event_counts
+from broker.db.queries.session_counters import (
+    LogTally,
+    event_count_params,
+    fold_event_counts,
+    fold_many_event_counts,
+)
 from broker.db.usage import Usage
 
 _INSERT_EVENTS: Final = insert(cast(Table, SessionEvent.__table__))
@@ -70,6 +76,51 @@ async def add_events(
             tally=tally or LogTally(),
         )
     await s.execute(_INSERT_EVENTS, list(rows))
+
+
+@dataclass(frozen=True)
+class SessionFold:
+    """One session's share of a group commit: its rows and what they add to its counters."""
+
+    session_id: str
+    rows: Sequence[dict[str, Any]]
+    """``session_events`` rows of this session, ``seq`` given (may be empty: counts only)."""
+    usage: Usage
+    tally: LogTally
+
+
+async def store_event_batch(s: AsyncSession, folds: Sequence[SessionFold]) -> None:
+    """Store several sessions' event-log rows and fold each into its session's counters.
+
+    The event log's group commit (:mod:`broker.record.event_writer`): one ``UPDATE`` batch
+    for the session rows (locked in id order, before the rows, as every other writer of a
+    session row does), then one ``INSERT`` of every row, in the caller's transaction.
+    """
+    params = [
+        event_count_params(
+            fold.session_id,
+            stored=len(fold.rows),
+            errors=sum(1 for r in fold.rows if r["type"] == "error" and r["direction"] == "in"),
+            last_at=max((r["at"] for r in fold.rows), default=None),
+            usage=fold.usage,
+            tally=fold.tally,
+        )
+        for fold in folds
+    ]
+    await fold_many_event_counts(s, params)
+    rows = [row for fold in folds for row in fold.rows]
+    if rows:
+        await s.execute(_INSERT_EVENTS, rows)
+
+
+async def last_event_seqs(s: AsyncSession, session_ids: Sequence[str]) -> dict[str, int]:
+    """The last stored ``seq`` of each of these sessions (absent: none stored)."""
+    result = await s.execute(
+        select(SessionEvent.session_id, func.max(SessionEvent.seq))
+        .where(SessionEvent.session_id.in_(set(session_ids)))
+        .group_by(SessionEvent.session_id)
+    )
+    return {session_id: int(seq) for session_id, seq in result}
 
 
 async def add_broker_event(

@@ -13,7 +13,7 @@ from broker.record.event_classes import EventClass, classify
 from broker.record.wakeups import EventWakeups
 from broker.settings import Settings, SettingsError
 
-KEPT, COALESCIBLE = EventClass.KEPT, EventClass.COALESCIBLE
+KEPT, COALESCIBLE, FOLDED = EventClass.KEPT, EventClass.COALESCIBLE, EventClass.FOLDED
 
 
 @pytest.mark.parametrize(
@@ -28,8 +28,10 @@ KEPT, COALESCIBLE = EventClass.KEPT, EventClass.COALESCIBLE
         ("in", {"type": "conversation.item.added", "item": {"type": "function_call"}}, KEPT),
         ("in", {"type": "response.output_item.added", "item": {"type": "function_call"}}, KEPT),
         ("in", {"type": "conversation.item.added", "item": {"type": "message"}}, COALESCIBLE),
-        ("in", {"type": "response.output_text.delta"}, COALESCIBLE),
-        ("in", {"type": "response.function_call_arguments.delta"}, COALESCIBLE),
+        ("in", {"type": "response.output_text.delta"}, FOLDED),
+        ("in", {"type": "response.function_call_arguments.delta"}, FOLDED),
+        ("in", {"type": "response.output_audio_transcript.delta"}, FOLDED),
+        ("out", {"type": "response.output_text.delta"}, KEPT),
         ("in", {"type": "session.updated"}, COALESCIBLE),
         ("in", {"type": "rate_limits.updated"}, COALESCIBLE),
         ("in", {"type": "something.new"}, COALESCIBLE),
@@ -38,7 +40,8 @@ KEPT, COALESCIBLE = EventClass.KEPT, EventClass.COALESCIBLE
 )
 def test_classify(direction: str, event: dict[str, object], expected: EventClass) -> None:
     """Invariant: the broker's own events and decisions are kept; a provider event is kept
-    only when named (lifecycle, tool calls, usage, errors); anything else is coalescible."""
+    only when named (lifecycle, tool calls, usage, errors); a delta is folded (its done event
+    repeats it); anything else is coalescible."""
     assert classify(direction, event) is expected
 
 

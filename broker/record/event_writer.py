@@ -1,0 +1,365 @@
+"""Group commit: one writer stores every session's recorded events, one transaction a tick.
+
+Each supervised call records its events into its own :class:`SessionBuffer` (never waiting).
+The writer of the process (:class:`EventWriter`, one per app) wakes when any buffer has
+something, lets events gather for a short *tick* (:data:`TICK_S`), then stores what every
+session has in **one** transaction: the rows of all of them in one ``INSERT``, their counters
+and usage in one ``UPDATE`` per session (sent as one batch). A thousand talking calls cost
+some twenty commits a second instead of thousands; tool decisions keep their own
+transactions and never wait in this queue (they only share the database).
+
+The queue is bounded by what it sheds, not by blocking: past :data:`DEFAULT_MAX_PENDING`
+buffered events, a buffer takes no more *coalescible* events (they are dropped and counted);
+kept events and usage are always queued, so nothing the log is for is ever shed.
+
+``seq`` numbers are given when a batch is written, after what each buffer last stored: a
+batch the database refused for good leaves no gap. A batch that clashes with another writer
+of the same session (a broker event written outside the recorder) is renumbered from the
+database and written again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from broker.db import queries
+from broker.record.event_classes import EventClass
+from broker.record.usage import Usage, usage_of_events
+
+logger = logging.getLogger(__name__)
+
+TICK_S: Final = 0.05
+"""How long the writer lets events gather after the first one: a tool call's dozen events,
+and every other session's meanwhile, share one transaction."""
+MAX_BATCH_ROWS: Final = 2000
+"""Rows in one transaction at most: a backlog is written in several, never in one huge one."""
+WRITE_ATTEMPTS: Final = 3
+DEFAULT_MAX_PENDING: Final = 50_000
+"""Buffered events (all sessions) past which coalescible events are shed."""
+
+
+@dataclass(slots=True)
+class PendingEvent:
+    """An event recorded and not yet stored; its ``seq`` is given when it is written."""
+
+    direction: str
+    type: str
+    payload: dict[str, Any]
+    at: datetime
+    event_class: EventClass
+    size: int
+    """Its weight against the bytes cap (0 for a kept event: never capped)."""
+
+    def row(self, session_id: str, seq: int) -> dict[str, Any]:
+        return {
+            "session_id": session_id,
+            "seq": seq,
+            "direction": self.direction,
+            "type": self.type,
+            "payload": self.payload,
+            "at": self.at,
+        }
+
+
+@dataclass(eq=False)
+class SessionBuffer:
+    """One session's events on their way to the log, and where its log stands."""
+
+    session_id: str
+    events: list[PendingEvent] = field(default_factory=list)
+    seq: int = 0
+    """The last ``seq`` stored (or found stored)."""
+    coalescible: int = 0
+    coalescible_bytes: int = 0
+    """Coalescible events stored or buffered: what the caps are checked against."""
+    dropped: int = 0
+    """Dropped at a cap (or shed) and not yet added to the session row's ``events_dropped``."""
+    carried: Usage = field(default_factory=Usage)
+    """Usage of batches dropped after failed writes: events may be lost, billing not."""
+    closing: bool = False
+    """Its recorder has stopped: the writer lets it go once everything is stored."""
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.events) or self.dropped > 0 or not self.carried.empty
+
+
+@dataclass
+class _Slice:
+    """What one write takes from one buffer."""
+
+    buffer: SessionBuffer
+    count: int
+    dropped: int
+    carried: Usage
+    rows: list[dict[str, Any]]
+
+
+def _tally(events: Iterable[PendingEvent], dropped: int) -> queries.LogTally:
+    coalescible = [p for p in events if p.event_class is EventClass.COALESCIBLE]
+    return queries.LogTally(
+        coalescible=len(coalescible),
+        coalescible_bytes=sum(p.size for p in coalescible),
+        dropped=dropped,
+    )
+
+
+class EventWriter:
+    """The process's one event-log writer (see the module docstring).
+
+    Args:
+        sessionmaker: the app's.
+        written: told the id of every session whose events a commit stored (wake-ups).
+        tick: see :data:`TICK_S`.
+        max_pending: see :data:`DEFAULT_MAX_PENDING`.
+
+    Its task runs while any buffer is registered, and ends by itself when the last one
+    leaves with nothing pending, so a test or a script never leaves it behind.
+    """
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        written: Callable[[str], None],
+        *,
+        tick: float = TICK_S,
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._written = written
+        self.tick = tick
+        self.max_pending = max_pending
+        self._registered: set[SessionBuffer] = set()
+        self._dirty: dict[SessionBuffer, None] = {}
+        """Buffers with something to write, in the order they got it."""
+        self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.pending_events = 0
+        """Events buffered and not yet stored, every session's."""
+        self._oldest: float | None = None
+        """When the oldest unwritten event was queued (monotonic)."""
+        self.commits = 0
+        self.rows_written = 0
+        self.batches_dropped = 0
+
+    # ---- what recorders call -------------------------------------------------------------
+
+    def register(self, buffer: SessionBuffer) -> None:
+        self._registered.add(buffer)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="event-log-writer"
+            )
+
+    def unregister(self, buffer: SessionBuffer) -> None:
+        self._registered.discard(buffer)
+        self._wake.set()  # the task may be the last user's to end
+
+    def queued(self, buffer: SessionBuffer, events: int = 1) -> None:
+        """``buffer`` has ``events`` more to write (0: only counts or carried usage)."""
+        if not self._dirty and self._oldest is None:
+            self._oldest = time.monotonic()
+        self.pending_events += events
+        self._dirty[buffer] = None
+        self._wake.set()
+
+    @property
+    def full(self) -> bool:
+        """Whether coalescible events are being shed (the queue is at its bound)."""
+        return self.pending_events >= self.max_pending
+
+    @property
+    def lag_s(self) -> float:
+        """How long the oldest unwritten event has waited (0: nothing waits)."""
+        return 0.0 if self._oldest is None else time.monotonic() - self._oldest
+
+    async def flush(self, buffer: SessionBuffer) -> None:
+        """Write until ``buffer`` is stored (with everyone else's). Never raises.
+
+        Stops when a write of it fails for good and only counts are left (they ride on the
+        next write).
+        """
+        while buffer.pending:
+            if buffer not in self._dirty:
+                self._dirty[buffer] = None
+            before = (len(buffer.events), buffer.dropped, buffer.carried)
+            await self.write_once()
+            if (len(buffer.events), buffer.dropped, buffer.carried) == before:
+                return  # nothing moved: the database still refuses (counts only)
+
+    # ---- the writer ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if not self._dirty:
+                if not self._registered:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self.tick > 0 and self.pending_events < MAX_BATCH_ROWS:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.tick):
+                        await self._hurry.wait()
+            self._hurry.clear()
+            try:
+                await self.write_once()
+            except Exception:
+                # The writer must outlive any one bad batch: the call matters more.
+                logger.exception("event log writer failed a batch; going on")
+                await asyncio.sleep(self.tick or 0.05)
+
+    async def close(self) -> None:
+        """Write everything queued, then end the task (the app is stopping)."""
+        for buffer in list(self._dirty):
+            await self.flush(buffer)
+        self._registered.clear()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task = None
+
+    def hurry(self) -> None:
+        """Write what is queued now, without waiting out the tick (a recorder stopping)."""
+        self._hurry.set()
+
+    async def write_once(self) -> None:
+        """Write what is queued now (up to :data:`MAX_BATCH_ROWS`) in one transaction."""
+        async with self._lock:
+            slices = self._take()
+            if not slices:
+                return
+            if not await self._store(slices):
+                self._drop(slices)
+            if not self._dirty:
+                self._oldest = None
+            elif self._oldest is not None:
+                # What is still queued came after the batch just written.
+                self._oldest = max(self._oldest, time.monotonic() - self.tick)
+
+    def _take(self) -> list[_Slice]:
+        room = MAX_BATCH_ROWS
+        slices: list[_Slice] = []
+        for buffer in list(self._dirty):
+            if room <= 0:
+                break
+            if not buffer.pending:
+                del self._dirty[buffer]  # written meanwhile by the write this one waited for
+                continue
+            count = min(len(buffer.events), room)
+            room -= count
+            taken = buffer.events[:count]
+            slices.append(
+                _Slice(
+                    buffer,
+                    count,
+                    buffer.dropped,
+                    buffer.carried,
+                    [p.row(buffer.session_id, buffer.seq + 1 + n) for n, p in enumerate(taken)],
+                )
+            )
+            if count == len(buffer.events):
+                del self._dirty[buffer]
+        return slices
+
+    async def _store(self, slices: list[_Slice]) -> bool:
+        """One transaction for every slice; whether it committed (after retries)."""
+        failures = clashes = 0
+        while True:
+            try:
+                async with self._sessionmaker.begin() as s:
+                    await queries.store_event_batch(
+                        s,
+                        [
+                            queries.SessionFold(
+                                session_id=piece.buffer.session_id,
+                                rows=piece.rows,
+                                usage=usage_of_events(piece.rows) + piece.carried,
+                                tally=_tally(piece.buffer.events[: piece.count], piece.dropped),
+                            )
+                            for piece in slices
+                        ],
+                    )
+            except IntegrityError:
+                clashes += 1
+                if clashes > WRITE_ATTEMPTS:
+                    return False
+                # Another writer (a broker event written outside the recorder) took a seq
+                # handed out here: number the batch after what is stored now.
+                await self._renumber(slices)
+            except SQLAlchemyError:
+                failures += 1
+                if failures >= WRITE_ATTEMPTS:
+                    return False
+                logger.warning(
+                    "event log write failed sessions=%d attempt=%d",
+                    len(slices),
+                    failures,
+                    exc_info=True,
+                )
+                await asyncio.sleep(0.2 * failures)
+            else:
+                self._stored(slices)
+                return True
+
+    async def _renumber(self, slices: list[_Slice]) -> None:
+        async with self._sessionmaker() as s:
+            last = await queries.last_event_seqs(s, [p.buffer.session_id for p in slices])
+        for piece in slices:
+            buffer = piece.buffer
+            buffer.seq = last.get(buffer.session_id, 0)
+            for n, row in enumerate(piece.rows):
+                row["seq"] = buffer.seq + 1 + n
+            logger.info(
+                "event log renumbered session_id=%s from seq=%d",
+                buffer.session_id,
+                buffer.seq + 1,
+            )
+
+    def _stored(self, slices: list[_Slice]) -> None:
+        self.commits += 1
+        for piece in slices:
+            buffer = piece.buffer
+            buffer.seq += piece.count
+            del buffer.events[: piece.count]
+            # Records made during the write's await stay counted for the next one.
+            buffer.dropped -= piece.dropped
+            buffer.carried = Usage()
+            self.pending_events -= piece.count
+            self.rows_written += piece.count
+            if buffer.closing and not buffer.pending:
+                self._registered.discard(buffer)
+            self._written(buffer.session_id)
+
+    def _drop(self, slices: list[_Slice]) -> None:
+        """A batch the database refused for good: its events are gone, their usage is not."""
+        self.batches_dropped += 1
+        for piece in slices:
+            buffer = piece.buffer
+            if piece.count:
+                logger.error(
+                    "event log dropped %d events session_id=%s", piece.count, buffer.session_id
+                )
+            # Its usage rides on the next write, and so does the count of events dropped at
+            # the caps. Its coalescible events were never stored: their budget comes back.
+            buffer.carried = piece.carried + usage_of_events(piece.rows)
+            unstored = _tally(buffer.events[: piece.count], 0)
+            buffer.coalescible -= unstored.coalescible
+            buffer.coalescible_bytes -= unstored.coalescible_bytes
+            del buffer.events[: piece.count]
+            self.pending_events -= piece.count
+            if buffer.events:
+                self._dirty[buffer] = None
