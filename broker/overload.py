@@ -119,8 +119,7 @@ class OverloadGuard:
         # Logged once, by the problem middleware (a 503).
         self._metrics.overload_refused(reason.value)
         raise OverloadedError(
-            f"this broker process is at capacity ({reason.value}): {what} is refused; retry"
-            " later",
+            f"this broker process is at capacity ({reason.value}): {what} is refused; retry later",
             retry_after=self.limits.retry_after_s,
             reason=reason.value,
         )
