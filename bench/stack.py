@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -93,6 +94,16 @@ BROKER_BENCH_ENV: Final = {
     "BROKER_SIDEBAND_RECONNECT_TIMEOUT": "30",
     "BROKER_SHUTDOWN_GRACE_S": "5",
 }
+
+
+def taskset_prefix(cpu: int | None) -> list[str]:
+    """``["taskset", "-c", cpu]`` to pin a command to one core; ``[]`` if that cannot be done.
+
+    ``None``, a core this machine does not have, or no ``taskset``: nothing is pinned.
+    """
+    if cpu is None or shutil.which("taskset") is None or cpu >= (os.cpu_count() or 1):
+        return []
+    return ["taskset", "-c", str(cpu)]
 
 
 def free_port() -> int:
@@ -207,6 +218,7 @@ async def start_broker(
     log_level: str = "INFO",
     pyinstrument: bool = False,
     extra_env: Mapping[str, str] | None = None,
+    cpu: int | None = None,
 ) -> BrokerProcess:
     """Start ``broker serve`` and wait for ``/healthz``.
 
@@ -218,6 +230,7 @@ async def start_broker(
         log_level: the broker's ``--log-level``.
         pyinstrument: run under :mod:`bench.profiled_broker` (profiles on request).
         extra_env: more ``BROKER_*`` settings.
+        cpu: pin the process to this core (:func:`taskset_prefix`; ``None``: not pinned).
 
     Raises:
         RuntimeError: it exited or did not serve in time (with its log's tail).
@@ -249,6 +262,8 @@ async def start_broker(
         log = work_dir / f"{name}.log"
         with log.open("wb") as out:
             process = await asyncio.create_subprocess_exec(
+                # taskset execs the broker: the process id stays the broker's own.
+                *taskset_prefix(cpu),
                 sys.executable,
                 "-m",
                 module,
