@@ -1,4 +1,4 @@
-"""``python -m bench``: run the four benchmarks, then write RESULTS.md and the plot.
+"""``python -m bench``: run the benchmarks, then write RESULTS.md and the plot.
 
 ``make bench`` runs ``python -m bench --profile`` (the full sizes, about ten minutes on two
 cores). ``--preset medium`` runs smaller sizes (a few minutes), ``--preset smoke`` tiny
@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Final
 
-from . import audit_append, capacity, dispatch_latency, offer_overhead
+from . import audit_append, capacity, dispatch_latency, offer_overhead, talking
 from .context import add_common_args, context_from_args
 from .report import DEFAULT_PLOT, DEFAULT_RESULTS_MD, write_report
 
@@ -26,6 +26,7 @@ MODULES: Final[dict[str, Any]] = {
     "dispatch_latency": dispatch_latency,
     "capacity": capacity,
     "audit_append": audit_append,
+    "talking": talking,
 }
 
 

@@ -16,7 +16,13 @@ from typing import Any, Final
 from .context import BENCH_DIR, DEFAULT_OUT
 from .stack import ROOT
 
-BENCHMARKS: Final = ("offer_overhead", "dispatch_latency", "capacity", "audit_append")
+BENCHMARKS: Final = (
+    "offer_overhead",
+    "dispatch_latency",
+    "capacity",
+    "audit_append",
+    "talking",
+)
 DEFAULT_RESULTS_MD: Final = BENCH_DIR / "RESULTS.md"
 DEFAULT_PLOT: Final = BENCH_DIR / "dispatch.png"
 ANALYSIS: Final = BENCH_DIR / "ANALYSIS.md"
@@ -28,6 +34,14 @@ TARGET_DISPATCH_AT: Final = 1000
 TARGET_OFFER_ADDED_P50_MS: Final = 5.0
 TARGET_SESSIONS: Final = 5000
 TARGET_RSS_MIB: Final = 1024
+TARGET_TALKING_CALLS: Final = 1000
+TARGET_TALKING_P50_MS: Final = 2.0
+TARGET_TALKING_P99_MS: Final = 10.0
+TARGET_TALKING_CPU_RATIO: Final = 2.0
+TARGET_TALKING_KIB_PER_CALL: Final = 100
+TALKING_PLOT_NAME: Final = "talking.png"
+"""Written next to the dispatch plot."""
+DB_LABELS: Final = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 
 
 def load_results(out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -196,6 +210,74 @@ def _targets(results: dict[str, dict[str, Any]]) -> list[Target]:
                 measured,
                 met,
                 limit.strip(),
+            )
+        )
+    talking = results.get("talking")
+    if talking is not None:
+        targets += _talking_targets(talking["results"])
+    return targets
+
+
+def _watcher_step(results: dict[str, Any], calls: int) -> dict[str, Any] | None:
+    steps = [s for s in results["watcher"]["steps"] if s["calls"] == calls]
+    return steps[0] if steps else None
+
+
+def _cpu_ratio(results: dict[str, Any], step: dict[str, Any]) -> float | None:
+    """The broker's CPU per event over the minimal watcher's at the same number of calls."""
+    floor = _watcher_step(results, step["calls"])
+    if floor is None or not floor.get("cpu_us_per_event") or not step.get("cpu_us_per_event"):
+        return None
+    return float(step["cpu_us_per_event"]) / float(floor["cpu_us_per_event"])
+
+
+def _talking_targets(r: dict[str, Any]) -> list[Target]:
+    """The issue-16 targets, judged on the SQLite broker (PostgreSQL's row is in the section)."""
+    broker = r["brokers"].get("sqlite") or next(iter(r["brokers"].values()), None)
+    if not broker or not broker.get("steps"):
+        return []
+    steps = broker["steps"]
+    at = [s for s in steps if s["calls"] >= TARGET_TALKING_CALLS]
+    step = at[0] if at else steps[-1]
+    reached = step["calls"] >= TARGET_TALKING_CALLS
+    where = f"at {step['calls']:,} talking calls"
+    d = step["dispatch_ms"]
+    limit = "" if reached else f"Stepping stopped: {broker.get('stopped_by') or 'not reached'}."
+    targets = []
+    for name, value, bound in (
+        ("p50", d["p50"], TARGET_TALKING_P50_MS),
+        ("p99", d["p99"], TARGET_TALKING_P99_MS),
+    ):
+        met = reached and value is not None and value <= bound
+        targets.append(
+            Target(
+                f"talking calls: dispatch {name} ≤ {bound:g} ms at {TARGET_TALKING_CALLS:,} calls",
+                f"{_ms(value)} ms {where}",
+                met,
+                "" if met else limit or "see the talking-calls section.",
+            )
+        )
+    ratios = [(s, _cpu_ratio(r, s)) for s in steps]
+    known = [(s, x) for s, x in ratios if x is not None]
+    if known:
+        worst_step, worst = max(known, key=lambda pair: pair[1])
+        targets.append(
+            Target(
+                f"talking calls: broker CPU per event ≤ {TARGET_TALKING_CPU_RATIO:g}× the "
+                "minimal watcher's",
+                f"{worst:.1f}× at {worst_step['calls']:,} calls "
+                f"({_num(worst_step['cpu_us_per_event'])} µs per event)",
+                worst <= TARGET_TALKING_CPU_RATIO,
+            )
+        )
+    sized = [s for s in steps if s.get("rss_kib_per_call") is not None]
+    if sized:
+        last = sized[-1]
+        targets.append(
+            Target(
+                f"talking calls: ≤ {TARGET_TALKING_KIB_PER_CALL} KiB per call",
+                f"{_num(last['rss_kib_per_call'])} KiB at {last['calls']:,} calls",
+                last["rss_kib_per_call"] <= TARGET_TALKING_KIB_PER_CALL,
             )
         )
     return targets
@@ -430,6 +512,133 @@ def _capacity_section(capacity: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _talking_row(label: str, step: dict[str, Any], ratio: float | None) -> list[str]:
+    d = step["dispatch_ms"]
+    return [
+        label,
+        f"{step['calls']:,}",
+        _num(step["events_per_s"]),
+        _num(step.get("cpu_us_per_event")),
+        f"{step['cpu_utilization'] * 100:.0f}%",
+        f"{ratio:.1f}×" if ratio is not None else "–",
+        f"{_ms(d['p50'])} / {_ms(d['p99'])}",
+        _num(step.get("rss_kib_per_call")),
+        f"{_num(step['probes'])} ({_num(step.get('probes_per_call'), 2)})",
+        f"{step['standin_cpu_utilization'] * 100:.0f}%",
+        "yes" if step.get("saturated") else "no",
+    ]
+
+
+def _talking_section(talking: dict[str, Any], plot: Path | None = None) -> list[str]:
+    r = talking["results"]
+    opts = talking["options"]
+    talk = r["talk"]
+    rows: list[list[str]] = []
+    for db, broker in r["brokers"].items():
+        label = f"broker, {DB_LABELS.get(db, db)}"
+        if "skipped" in broker:
+            rows.append([label, f"skipped: {broker['skipped']}", *[""] * 9])
+            continue
+        rows += [_talking_row(label, s, _cpu_ratio(r, s)) for s in broker["steps"]]
+    rows += [_talking_row("minimal watcher", s, None) for s in r["watcher"]["steps"]]
+    pinning = r["pinning"]
+    pinned = (
+        "the broker pinned to core 0 and the stand-in to core 1 (`taskset`); the minimal "
+        "watcher, in its own phase, on core 0"
+        if pinning["broker"] and pinning["standin"]
+        else "not pinned (no `taskset`, or one core)"
+    )
+    lines = [
+        "## 5. Talking calls",
+        "",
+        f"Calls that talk (`bench/talking.py`): a stand-in provider (`bench/standin.py`, its own "
+        f"process) streams, per call, a user turn every {talk['period_s']:g} s (speech started "
+        "and stopped, the committed audio item, its transcription) and a spoken answer of "
+        f"{talk['transcript_deltas']} transcript deltas {talk['delta_interval_s'] * 1000:.0f} ms "
+        "apart (item, content-part and output-buffer events, `response.done` with usage, "
+        f"`rate_limits.updated`); every {talk['function_every']}rd turn the model first calls "
+        "the no-op tool, and speaks once the watcher has sent the output and asked for a "
+        "response. Watched by the broker (sessions created and offered through its API, its "
+        "sideband attached to each call) on each database, and by the minimal watcher "
+        "(`bench/watcher.py`: one process, aiohttp WebSockets, `json.loads` of every event, "
+        "function calls answered at `response.done`) over the same number of calls in the same "
+        f"run. Steps grow (the calls of one step stay for the next); each is measured over "
+        f"{opts['window_s']:g} s once its calls talk. *CPU µs/event* is the watching process's "
+        "CPU time (user + system, every thread) over the events the stand-in sent it; *× "
+        "watcher* the ratio to the minimal watcher's at the same number of calls; *dispatch* "
+        "runs from the stand-in sending the function call's `response.done` to it receiving "
+        "the `function_call_output`; *probes* the config probes (`session.update` carrying only "
+        f"its type) the stand-in answered in the window (per call). Machine: {pinned}.",
+        "",
+    ]
+    lines += _table(
+        [
+            "watcher",
+            "calls",
+            "events/s",
+            "CPU µs/event",
+            "CPU",
+            "× watcher",
+            "dispatch p50 / p99 ms",
+            "RSS KiB/call",
+            "probes (per call)",
+            "stand-in CPU",
+            "saturated",
+        ],
+        rows,
+    )
+    bound = opts["knee_p99_ms"]
+    knees = [
+        f"broker on {DB_LABELS.get(db, db)}: "
+        + (
+            "skipped"
+            if "skipped" in broker
+            else (f"{broker['knee']:,} calls" if broker.get("knee") else "below the first step")
+        )
+        for db, broker in r["brokers"].items()
+    ]
+    watcher_knee = r["watcher"].get("knee")
+    knees.append(
+        "minimal watcher: "
+        + (f"{watcher_knee:,} calls" if watcher_knee else "below the first step")
+    )
+    lines += ["", f"**The knee** (the most calls with dispatch p99 ≤ {bound:g} ms): "]
+    lines[-1] += "; ".join(knees) + "."
+    for db, broker in r["brokers"].items():
+        if "skipped" in broker or not broker.get("steps"):
+            continue
+        books = broker["books"]
+        last = broker["steps"][-1]
+        metrics = ", ".join(
+            f"`{name}` {value:g}"
+            for name, value in last.get("broker_metrics", {}).items()
+            if not name.startswith(("broker_dispatch", "broker_responses", "broker_tool_calls"))
+        )
+        lines += [
+            "",
+            f"- Broker on {DB_LABELS.get(db, db)}: stopped by "
+            f"{broker.get('stopped_by') or 'nothing (every step ran)'}. Function calls: "
+            f"{books['function_calls']:,} issued, {books['outputs']:,} answered "
+            f"({books['outputs_repeated']} twice, {books['outstanding']} left unanswered): "
+            f"{'each exactly once' if books.get('exact') else '**not** each exactly once'}. "
+            f"At {last['calls']:,} calls, over the window: {metrics or 'no metrics read'}.",
+        ]
+    watcher_books = r["watcher"]["books"]
+    if plot is not None:
+        lines = [
+            *lines[:2],
+            f"![CPU per event and dispatch p99 against talking calls]({_rel(str(plot))})",
+            "",
+            *lines[2:],
+        ]
+    lines += [
+        f"- Minimal watcher: {watcher_books['function_calls']:,} function calls, "
+        f"{watcher_books['outputs']:,} answered "
+        f"({'each exactly once' if watcher_books.get('exact') else '**not** each exactly once'})."
+    ]
+    return [*lines, ""]
+
+
 def _audit_section(audit: dict[str, Any]) -> list[str]:
     rows = []
     for kind, r in audit["results"].items():
@@ -477,8 +686,13 @@ def _audit_section(audit: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def render(results: dict[str, dict[str, Any]], plot: Path | None, note: str = "") -> str:
-    """RESULTS.md for ``results`` (the plot is linked if ``plot`` was written)."""
+def render(
+    results: dict[str, dict[str, Any]],
+    plot: Path | None,
+    note: str = "",
+    talking_plot: Path | None = None,
+) -> str:
+    """RESULTS.md for ``results`` (each plot is linked if it was written)."""
     any_run = next(iter(results.values()))
     machine = any_run["machine"]
     dates = sorted(r["started_at"] for r in results.values())
@@ -491,7 +705,7 @@ def render(results: dict[str, dict[str, Any]], plot: Path | None, note: str = ""
         "",
         f"- **Command**: `{any_run['command']}` (preset {', '.join(presets)}; broker database: "
         f"{any_run['database']})",
-        f"- **Date**: {dates[0]} to {dates[-1]} (UTC); the four took {total / 60:.1f} min",
+        f"- **Date**: {dates[0]} to {dates[-1]} (UTC); they took {total / 60:.1f} min",
         f"- **Machine**: {machine['cores']} cores ({machine['cpu_model']}), "
         f"{machine['memory_gib']} GiB memory, {machine['os']}, Python {machine['python']}; "
         f"load average at the start {machine['load_average_at_start']}",
@@ -529,9 +743,12 @@ def render(results: dict[str, dict[str, Any]], plot: Path | None, note: str = ""
         "dispatch_latency": _dispatch_section,
         "capacity": _capacity_section,
         "audit_append": _audit_section,
+        "talking": _talking_section,
     }
     for name, section in sections.items():
-        if name in results:
+        if name == "talking" and name in results:
+            lines += _talking_section(results[name], talking_plot)
+        elif name in results:
             lines += section(results[name])
     profiles = [
         r["results"]["profile"]["file"]
@@ -652,6 +869,76 @@ def plot_dispatch(results: dict[str, dict[str, Any]], path: Path) -> bool:
     return True
 
 
+def plot_talking(results: dict[str, dict[str, Any]], path: Path) -> bool:
+    """CPU per event and dispatch p99 against talking calls; ``False``: nothing to draw.
+
+    Also ``False`` without matplotlib.
+    """
+    talking = results.get("talking")
+    if talking is None:
+        return False
+    try:
+        matplotlib = importlib.import_module("matplotlib")
+    except ImportError:
+        return False
+    matplotlib.use("Agg")  # no display: render to a file
+    plt = importlib.import_module("matplotlib.pyplot")
+    ticker = importlib.import_module("matplotlib.ticker")
+    r = talking["results"]
+    series: list[tuple[str, list[dict[str, Any]], str]] = [
+        (f"broker, {DB_LABELS.get(db, db)}", b["steps"], color)
+        for (db, b), color in zip(r["brokers"].items(), ("tab:red", "tab:purple"), strict=False)
+        if b.get("steps")
+    ]
+    series.append(("minimal watcher", r["watcher"]["steps"], "tab:green"))
+    if not any(steps for _, steps, _ in series):
+        return False
+    fig, (cpu_ax, p99_ax) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
+    for label, steps, color in series:
+        cpu = [s for s in steps if s.get("cpu_us_per_event")]
+        cpu_ax.plot(
+            [s["calls"] for s in cpu], [s["cpu_us_per_event"] for s in cpu], "o-", color=color
+        )
+        p99 = [s for s in steps if s["dispatch_ms"]["p99"] is not None]
+        p99_ax.plot(
+            [s["calls"] for s in p99],
+            [s["dispatch_ms"]["p99"] for s in p99],
+            "s-",
+            color=color,
+            label=label,
+        )
+        for s in steps:
+            if s.get("saturated") and s["dispatch_ms"]["p99"] is not None:
+                p99_ax.annotate(
+                    "saturated",
+                    (s["calls"], s["dispatch_ms"]["p99"]),
+                    textcoords="offset points",
+                    xytext=(-20, 8),
+                    fontsize=7,
+                    color=color,
+                )
+    p99_ax.axhline(TARGET_TALKING_P99_MS, color="gray", linestyle="-.", linewidth=1)
+    p99_ax.text(1, TARGET_TALKING_P99_MS, " target p99", va="bottom", color="gray", fontsize=8)
+    cpu_ax.set_ylabel("CPU µs per sideband event")
+    p99_ax.set_ylabel("dispatch p99, ms (stand-in side)")
+    p99_ax.set_yscale("log")
+    for ax in (cpu_ax, p99_ax):
+        ax.set_xscale("log")
+        ax.set_xlabel("talking calls (one watching process)")
+        ax.grid(True, which="both", alpha=0.3)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+            axis.set_minor_formatter(ticker.NullFormatter())
+    cpu_ax.set_ylim(bottom=0)
+    p99_ax.legend(fontsize=8)
+    fig.suptitle("Talking calls: CPU per event and tool dispatch p99")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
 def write_report(
     out_dir: Path, results_md: Path, plot: Path, note: str = ""
 ) -> tuple[Path, Path | None]:
@@ -664,12 +951,14 @@ def write_report(
     if not results:
         raise FileNotFoundError(f"no benchmark results in {out_dir}")
     plotted = plot if plot_dispatch(results, plot) else None
-    if plotted is None:
+    talking_plot = plot.with_name(TALKING_PLOT_NAME)
+    talking_plotted = talking_plot if plot_talking(results, talking_plot) else None
+    if plotted is None and talking_plotted is None:
         note = (note + "\n\n" if note else "") + (
             "(No plot: matplotlib is not installed; `pip install -e '.[bench]'`.)"
         )
     results_md.parent.mkdir(parents=True, exist_ok=True)
-    results_md.write_text(render(results, plotted, note))
+    results_md.write_text(render(results, plotted, note, talking_plotted))
     return results_md, plotted
 
 

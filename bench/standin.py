@@ -1161,10 +1161,12 @@ class Standin:
         if not self.authorized(request):
             return _provider_error(401, "invalid_api_key", "Incorrect API key provided.")
         body = await request.json()
-        count = int(body.get("n", 1))
         session = body.get("session") if isinstance(body.get("session"), dict) else None
-        calls = [self.new_call(session) for _ in range(max(0, min(count, 100_000)))]
-        return web.json_response({"call_ids": [c.call_id for c in calls]})
+        return web.json_response({"call_ids": self.create_calls(int(body.get("n", 1)), session)})
+
+    def create_calls(self, count: int, session: Mapping[str, Any] | None) -> list[str]:
+        """Calls made without an offer (each talks once a sideband attaches); their ids."""
+        return [self.new_call(session).call_id for _ in range(max(0, min(count, 100_000)))]
 
     async def end_calls_route(self, request: web.Request) -> web.Response:
         """``POST /_standin/calls/end`` ``{"call_ids": [...]}`` (or ``{"all": true}``)."""
