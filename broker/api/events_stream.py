@@ -20,8 +20,9 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import hdrs, web
 from sqlalchemy.exc import SQLAlchemyError
@@ -86,19 +87,45 @@ def _cursor(request: web.Request) -> int:
     return 0
 
 
-def _message(event: SessionEvent) -> bytes:
+def _message(event: SessionEvent | Mapping[str, Any]) -> bytes:
+    """One SSE message: a stored row, or a row the writer handed over as it committed it."""
+    if isinstance(event, SessionEvent):
+        seq, direction, type_, at, payload = (
+            event.seq,
+            event.direction,
+            event.type,
+            event.at,
+            event.payload,
+        )
+    else:
+        seq, direction, type_, at, payload = (
+            event["seq"],
+            event["direction"],
+            event["type"],
+            event["at"],
+            event["payload"],
+        )
     data = json.dumps(
-        {
-            "seq": event.seq,
-            "direction": event.direction,
-            "type": event.type,
-            "at": iso(event.at),
-            "payload": event.payload,
-        },
+        {"seq": seq, "direction": direction, "type": type_, "at": iso(at), "payload": payload},
         separators=(",", ":"),
     )
     # json.dumps escapes every line break, so the data is one line as SSE requires.
-    return f"id: {event.seq}\nevent: {event.direction}\ndata: {data}\n\n".encode()
+    return f"id: {seq}\nevent: {direction}\ndata: {data}\n\n".encode()
+
+
+def _handed_after(watch: Watch, cursor: int) -> list[Mapping[str, Any]] | None:
+    """The rows the writer handed over that follow ``cursor`` with no gap.
+
+    ``None`` if there are none, or if a row another writer stored is missing (the database
+    has it).
+    """
+    rows = [r for r in watch.take() if r["seq"] > cursor]
+    if not rows:
+        return None
+    for expected, row in enumerate(rows, start=cursor + 1):
+        if row["seq"] != expected:
+            return None
+    return rows
 
 
 def _log_complete(row: SessionRow, recording_here: bool) -> bool:
@@ -140,10 +167,21 @@ async def _pump(
     supervisor = request.app[app_state.SUPERVISOR]
     loop = asyncio.get_running_loop()
     last_write = loop.time()
+    read_at: float | None = None
     while not _closing(request):
         # Armed before the read: a commit signalled while this reads or writes ends the
         # sleep below at once, so no event waits for the fallback poll.
         watch.arm()
+        handed = _handed_after(watch, cursor)
+        if handed is not None and read_at is not None and supervisor.running(session_id):
+            # Live, from memory: the rows this process's writer just committed. While the
+            # sideband is watched here the log cannot be complete, so the row need not be
+            # read; the fallback poll (read_at) still reads the database.
+            await response.write(b"".join(_message(row) for row in handed))
+            cursor = int(handed[-1]["seq"])
+            last_write = loop.time()
+            last_write = await _sleep(request, response, watch, read_at, last_write)
+            continue
         async with sessionmaker() as s:
             # The row before the events: whatever was written before the row said the log is
             # complete is in this page, so ending below loses nothing.
@@ -159,16 +197,30 @@ async def _pump(
         if row is None or _log_complete(row, recording_here):
             return
         read_at = loop.time() + _next_read_in(row, recording_here)
-        # Sleep until a writer signals or the next read is due, waking now and then (no
-        # database) to send keepalives and to notice a client that left.
-        while not _closing(request):
-            now = loop.time()
-            if now - last_write >= KEEPALIVE_S:
-                await response.write(b": keepalive\n\n")
-                last_write = now
-            pause = min(read_at - now, KEEPALIVE_S - (now - last_write), CLOSED_CHECK_S)
-            if pause <= 0 or await watch.wait(pause) or loop.time() >= read_at:
-                break
+        last_write = await _sleep(request, response, watch, read_at, last_write)
+
+
+async def _sleep(
+    request: web.Request,
+    response: web.StreamResponse,
+    watch: Watch,
+    read_at: float,
+    last_write: float,
+) -> float:
+    """Sleep until a writer signals or the next read is due; the last write's time.
+
+    Wakes now and then (no database) to send keepalives and to notice a client that left.
+    """
+    loop = asyncio.get_running_loop()
+    while not _closing(request):
+        now = loop.time()
+        if now - last_write >= KEEPALIVE_S:
+            await response.write(b": keepalive\n\n")
+            last_write = now
+        pause = min(read_at - now, KEEPALIVE_S - (now - last_write), CLOSED_CHECK_S)
+        if pause <= 0 or await watch.wait(pause) or loop.time() >= read_at:
+            break
+    return last_write
 
 
 async def session_events(request: web.Request) -> web.StreamResponse:

@@ -109,7 +109,7 @@ class EventLog:
         if self._writer is None:
             self._writer = EventWriter(
                 sessionmaker,
-                self.wakeups.notify,
+                self.wakeups.publish,
                 tick=self._tick,
                 max_pending=self.max_pending,
             )

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -119,7 +119,8 @@ class EventWriter:
 
     Args:
         sessionmaker: the app's.
-        written: told the id of every session whose events a commit stored (wake-ups).
+        written: told, after each commit, every session it stored rows of and those rows
+            (the event streams' wake-ups and live fan-out).
         tick: see :data:`TICK_S`.
         max_pending: see :data:`DEFAULT_MAX_PENDING`.
 
@@ -130,7 +131,7 @@ class EventWriter:
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
-        written: Callable[[str], None],
+        written: Callable[[str, Sequence[dict[str, Any]]], None],
         *,
         tick: float = TICK_S,
         max_pending: int = DEFAULT_MAX_PENDING,
@@ -342,7 +343,7 @@ class EventWriter:
             self.rows_written += piece.count
             if buffer.closing and not buffer.pending:
                 self._registered.discard(buffer)
-            self._written(buffer.session_id)
+            self._written(buffer.session_id, piece.rows)
 
     def _drop(self, slices: list[_Slice]) -> None:
         """A batch the database refused for good: its events are gone, their usage is not."""

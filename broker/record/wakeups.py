@@ -6,6 +6,11 @@ transaction has committed, and every stream of that session reads the new events
 Only writers in this process can signal; events another broker process writes are found by
 the streams' slow fallback poll.
 
+The process's event-log writer also hands each watcher the rows it just committed
+(:meth:`EventWakeups.publish`): a stream of a call watched here sends them from memory and
+reads the database only after a gap (rows another writer stored) or on its fallback poll.
+The database stays the source of truth for resuming and for other processes.
+
 No state outlives its watchers: a session nobody streams costs a dict lookup per write.
 """
 
@@ -13,8 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Final
+
+MAX_HANDED_ROWS: Final = 1000
+"""Rows a watcher holds for its reader at most; past it they are let go and the reader reads
+the database (a reader that slow is behind anyway)."""
 
 
 class EventWakeups:
@@ -27,13 +36,22 @@ class EventWakeups:
         self._current: dict[str, asyncio.Event] = {}
         """The event the session's watchers wait on now; replaced after each notify, so a
         wait never sees a write that was signalled before it armed."""
-        self._watchers: Counter[str] = Counter()
+        self._watches: dict[str, set[Watch]] = {}
 
     def notify(self, session_id: str) -> None:
         """Wake every watcher of ``session_id``: new events are committed. Never blocks."""
         event = self._current.pop(session_id, None)
         if event is not None:
             event.set()
+
+    def publish(self, session_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Hand the rows just committed (in ``seq`` order) to the session's watchers.
+
+        And wake them. Never blocks.
+        """
+        for watch in self._watches.get(session_id, ()):
+            watch.hand(rows)
+        self.notify(session_id)
 
     def notify_all(self) -> None:
         """Wake every watcher (shutdown: streams must notice it at once)."""
@@ -43,18 +61,20 @@ class EventWakeups:
     @contextlib.contextmanager
     def watch(self, session_id: str) -> Iterator[Watch]:
         """Watch one session's log for as long as the block runs."""
-        self._watchers[session_id] += 1
+        watch = Watch(self, session_id)
+        self._watches.setdefault(session_id, set()).add(watch)
         try:
-            yield Watch(self, session_id)
+            yield watch
         finally:
-            self._watchers[session_id] -= 1
-            if self._watchers[session_id] <= 0:
-                del self._watchers[session_id]
+            watches = self._watches.get(session_id, set())
+            watches.discard(watch)
+            if not watches:
+                self._watches.pop(session_id, None)
                 self._current.pop(session_id, None)
 
     def watching(self, session_id: str) -> int:
         """How many watchers the session has (for tests and diagnostics)."""
-        return self._watchers[session_id]
+        return len(self._watches.get(session_id, ()))
 
     def _ticket(self, session_id: str) -> asyncio.Event:
         event = self._current.get(session_id)
@@ -70,6 +90,19 @@ class Watch:
         self._wakeups = wakeups
         self._session_id = session_id
         self._ticket: asyncio.Event | None = None
+        self._handed: list[Mapping[str, Any]] = []
+
+    def hand(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Rows committed by this process's writer, for :meth:`take`."""
+        if len(self._handed) + len(rows) > MAX_HANDED_ROWS:
+            self._handed.clear()  # the reader reads the database: nothing is lost
+            return
+        self._handed.extend(rows)
+
+    def take(self) -> list[Mapping[str, Any]]:
+        """The rows handed since the last take (oldest first), and forget them."""
+        rows, self._handed = self._handed, []
+        return rows
 
     def arm(self) -> None:
         """Call before reading the log.

@@ -471,6 +471,44 @@ async def test_an_idle_stream_sleeps_until_the_writer_commits(
     assert [(m.id, m.data["payload"]["n"]) for m in (second, third)] == [(2, 2), (3, 3)]
 
 
+async def test_a_call_watched_here_is_streamed_from_memory_not_read_back(
+    broker: RunningBroker, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invariant: while this process watches the call, the events its writer commits reach
+    the stream from memory (the database is read for the replay, after a gap and on the
+    fallback poll, set a minute away here); what is sent is the stored log exactly."""
+    monkeypatch.setattr(events_stream, "FALLBACK_POLL_S", 60.0)
+    monitor = await broker.new_key("monitor:read")
+    session = await broker.create_session(tools=["lookup_order"])
+    browser = await connect_browser(broker, session)
+    try:
+        response = await open_stream(http, broker, session["id"], monitor)
+        try:
+            stream = EventStream(response)
+            replayed = await stream.take(1)  # the replay read the log once
+            received = list(replayed)
+            with statements_run(broker.app[app_state.ENGINE]) as statements:
+                ask(browser, 'lookup_order {"order_id": "42"}')
+                async with asyncio.timeout(READ_TIMEOUT_S):
+                    while not any(m.data["type"] == "broker.tool_call" for m in received):
+                        message = await stream.next()
+                        assert message is not None
+                        received.append(message)
+                    await browser.wait_for("response.done", says(LOOKUP_42_OUTPUT))
+                reads = stream_reads(statements)
+        finally:
+            response.close()
+    finally:
+        await browser.close()
+    assert len(received) > 10
+    assert reads == []
+    assert_consecutive(received)
+    stored = await session_events(broker, session["id"])
+    assert [(m.event, m.data["type"], m.data["payload"]) for m in received] == [
+        (e["direction"], e["type"], e["payload"]) for e in stored[: len(received)]
+    ]
+
+
 async def test_a_key_at_its_stream_cap_is_refused_while_another_key_streams(
     make_broker: BrokerFactory, http: aiohttp.ClientSession
 ) -> None:
