@@ -770,9 +770,9 @@ def render(
     lines += [
         "## Running them",
         "",
-        "- `make bench`: all four at full size with the broker profiled (about ten minutes "
+        "- `make bench`: all five at full size with the broker profiled (about twenty minutes "
         "on two cores; run it on a quiet machine), then this file, `dispatch.png`, "
-        "`results/*.json` and `profiles/*.txt`.",
+        "`talking.png`, `results/*.json` and `profiles/*.txt`.",
         "- `.venv/bin/python -m bench --preset medium|smoke [--only capacity,...] "
         "[--profile [py-spy]] [--db postgres]`; one benchmark: "
         "`python -m bench.capacity --preset medium --steps 100,500`.",

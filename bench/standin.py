@@ -14,9 +14,9 @@ call) a user turn (speech started and stopped, the committed audio item, its tra
 then the model's spoken answer (30 transcript deltas ``delta_interval`` apart, the item,
 content-part and output-buffer events, ``response.done`` with usage, ``rate_limits.updated``).
 Every ``function_every``-th turn the model calls the session's first tool instead, and
-speaks once the watcher has sent the output and asked for a response. A turn falls due while
-a function call is unanswered or a response is under way is skipped (counted): the user waits
-for the tool.
+speaks once the watcher has sent the output and asked for a response. A turn that falls
+due while a function call is unanswered or a response is under way is skipped (counted): the
+user waits for the tool.
 
 The driver reads the numbers at ``GET /_standin/stats`` (``?reset=1`` starts a new window):
 events sent, the dispatch samples (the function call's ``response.done`` sent → its
@@ -26,8 +26,8 @@ type), function calls issued, answered, answered twice and outstanding. ``POST
 /_standin/calls/end`` ends them.
 
 Lean on purpose (thousands of events a second on one core): every server event is a JSON
-template serialised once and filled by ``%`` formatting; one task per call talks; client
-events (a few per turn) are the only JSON parsed.
+template serialised once (:mod:`bench.standin_wire`) and filled by ``%`` formatting; one task
+per call talks; client events (a few per turn) are the only JSON parsed.
 """
 
 from __future__ import annotations
@@ -35,14 +35,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import copy
 import dataclasses
-import itertools
 import json
 import logging
 import random
-import re
-import secrets
 import signal
 import sys
 import time
@@ -52,54 +48,58 @@ from typing import Any, Final
 
 from aiohttp import BodyPartReader, WSMsgType, web
 
+from .standin_wire import (
+    ARGUMENTS,
+    ARGUMENTS_ESCAPED,
+    CONTENT_DONE,
+    DEFAULT_KEY,
+    SDP_ANSWER,
+    SPOKEN,
+    SPOKEN_ESCAPED,
+    T_ARGUMENTS_DELTA,
+    T_ARGUMENTS_DONE,
+    T_AUDIO_DONE,
+    T_BUFFER_STARTED,
+    T_BUFFER_STOPPED,
+    T_COMMITTED,
+    T_FUNCTION_ITEM,
+    T_ITEM_ADDED,
+    T_ITEM_DELETED,
+    T_ITEM_DONE,
+    T_ITEM_RETRIEVED,
+    T_MESSAGE_ITEM,
+    T_OUTPUT_ITEM_ADDED,
+    T_OUTPUT_ITEM_DONE,
+    T_PART_ADDED,
+    T_PART_DONE,
+    T_RATE_LIMITS,
+    T_RESPONSE_CREATED,
+    T_RESPONSE_DONE,
+    T_SESSION_CREATED,
+    T_SESSION_UPDATED,
+    T_SPEECH_STARTED,
+    T_SPEECH_STOPPED,
+    T_TRANSCRIPT_DELTA,
+    T_TRANSCRIPT_DONE,
+    T_TRANSCRIPTION_DELTA,
+    T_TRANSCRIPTION_DONE,
+    T_USAGE,
+    T_USER_ITEM,
+    base62,
+    default_session,
+    escaped,
+    merge_session,
+    new_id,
+    tool_name,
+    voice,
+)
+
 logger = logging.getLogger("bench.standin")
 
-DEFAULT_KEY: Final = "sk-bench-provider-key-7c1d2e9a4b6f8035"
-"""``bench.stack.PROVIDER_KEY`` (not imported: that module pulls in the emulator)."""
 MAX_ITEMS_KEPT: Final = 64
 """Conversation items a call keeps for ``conversation.item.retrieve`` (newest)."""
 MAX_SAMPLES: Final = 500_000
 READY_PREFIX: Final = "STANDIN_PORT="
-
-# A fixed answer nobody can connect to: the broker relays it verbatim, and no media flows.
-_FINGERPRINT: Final = ":".join(["00"] * 32)
-SDP_ANSWER: Final = "".join(
-    line + "\r\n"
-    for line in (
-        "v=0",
-        "o=- 0 0 IN IP4 127.0.0.1",
-        "s=bench-standin",
-        "t=0 0",
-        "a=group:BUNDLE 0 1",
-        "m=audio 9 UDP/TLS/RTP/SAVPF 111",
-        "c=IN IP4 0.0.0.0",
-        "a=mid:0",
-        "a=sendrecv",
-        "a=rtpmap:111 opus/48000/2",
-        "a=ice-ufrag:stnd",
-        "a=ice-pwd:standinstandinstandins",
-        f"a=fingerprint:sha-256 {_FINGERPRINT}",
-        "a=setup:active",
-        "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
-        "c=IN IP4 0.0.0.0",
-        "a=mid:1",
-        "a=sctp-port:5000",
-        "a=ice-ufrag:stnd",
-        "a=ice-pwd:standinstandinstandins",
-        f"a=fingerprint:sha-256 {_FINGERPRINT}",
-        "a=setup:active",
-    )
-)
-
-ANSWER: Final = (
-    "Sure, I have booked a table for two at seven tonight. You will get a confirmation by "
-    "text in a minute, and I can change it anytime"
-)
-SPOKEN: Final = tuple(re.findall(r"\s?\w+|[^\w\s]+", ANSWER))
-"""The model's answer: 30 transcript deltas."""
-HEARD: Final = "Could you book a table for two at seven tonight?"
-FUNCTION_ARGUMENTS: Final = ("{", "}")
-"""The function call's argument deltas: ``{}`` (the bench tool takes no arguments)."""
 
 
 @dataclass(frozen=True)
@@ -111,376 +111,6 @@ class Profile:
     speech_s: float = 1.2
     function_every: int = 3
     seed: int = 16
-
-
-# ---- templates ---------------------------------------------------------------------------
-
-_RAW = re.compile(r'"\$\$(\w+)"')
-_QUOTED = re.compile(r"\$(\w+)")
-
-
-def template(obj: Mapping[str, Any]) -> str:
-    """Compact JSON with ``%(name)s`` holes: ``"$$name"`` is a raw hole, ``$name`` a string's.
-
-    Fill with ``template % {...}``; string holes take pre-escaped JSON string content.
-    """
-    text = json.dumps(obj, separators=(",", ":")).replace("%", "%%")
-    return _QUOTED.sub(r"%(\1)s", _RAW.sub(r"%(\1)s", text))
-
-
-def _escaped(text: str) -> str:
-    return json.dumps(text)[1:-1]
-
-
-T_SESSION_UPDATED: Final = template(
-    {"type": "session.updated", "event_id": "$eid", "session": "$$session"}
-)
-T_SESSION_CREATED: Final = template(
-    {"type": "session.created", "event_id": "$eid", "session": "$$session"}
-)
-T_SPEECH_STARTED: Final = template(
-    {
-        "type": "input_audio_buffer.speech_started",
-        "event_id": "$eid",
-        "audio_start_ms": "$$ms",
-        "item_id": "$item",
-    }
-)
-T_SPEECH_STOPPED: Final = template(
-    {
-        "type": "input_audio_buffer.speech_stopped",
-        "event_id": "$eid",
-        "audio_end_ms": "$$ms",
-        "item_id": "$item",
-    }
-)
-T_COMMITTED: Final = template(
-    {
-        "type": "input_audio_buffer.committed",
-        "event_id": "$eid",
-        "previous_item_id": "$$previous",
-        "item_id": "$item",
-    }
-)
-T_USER_ITEM: Final = template(
-    {
-        "id": "$item",
-        "object": "realtime.item",
-        "type": "message",
-        "status": "completed",
-        "role": "user",
-        "content": [{"type": "input_audio", "transcript": None}],
-    }
-)
-T_ITEM_ADDED: Final = template(
-    {
-        "type": "conversation.item.added",
-        "event_id": "$eid",
-        "previous_item_id": "$$previous",
-        "item": "$$item",
-    }
-)
-T_ITEM_DONE: Final = template(
-    {
-        "type": "conversation.item.done",
-        "event_id": "$eid",
-        "previous_item_id": "$$previous",
-        "item": "$$item",
-    }
-)
-T_ITEM_RETRIEVED: Final = template(
-    {"type": "conversation.item.retrieved", "event_id": "$eid", "item": "$$item"}
-)
-T_ITEM_DELETED: Final = template(
-    {"type": "conversation.item.deleted", "event_id": "$eid", "item_id": "$item"}
-)
-T_TRANSCRIPTION_DELTA: Final = template(
-    {
-        "type": "conversation.item.input_audio_transcription.delta",
-        "event_id": "$eid",
-        "item_id": "$item",
-        "content_index": 0,
-        "delta": _escaped(HEARD),
-    }
-)
-T_TRANSCRIPTION_DONE: Final = template(
-    {
-        "type": "conversation.item.input_audio_transcription.completed",
-        "event_id": "$eid",
-        "item_id": "$item",
-        "content_index": 0,
-        "transcript": _escaped(HEARD),
-        "usage": {
-            "type": "tokens",
-            "total_tokens": 29,
-            "input_tokens": 17,
-            "input_token_details": {"text_tokens": 0, "audio_tokens": 17},
-            "output_tokens": 12,
-        },
-    }
-)
-_RESPONSE_FIELDS: Final = {
-    "id": "$rid",
-    "object": "realtime.response",
-    "status": "$status",
-    "status_details": "$$details",
-    "output": "$$output",
-    "conversation_id": "$conv",
-    "output_modalities": ["audio"],
-    "max_output_tokens": "inf",
-    "audio": {
-        "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "$voice"},
-    },
-    "usage": "$$usage",
-    "metadata": None,
-}
-T_RESPONSE_CREATED: Final = template(
-    {
-        "type": "response.created",
-        "event_id": "$eid",
-        "response": {**_RESPONSE_FIELDS, "status": "in_progress", "output": [], "usage": None},
-    }
-)
-T_RESPONSE_DONE: Final = template(
-    {"type": "response.done", "event_id": "$eid", "response": _RESPONSE_FIELDS}
-)
-T_USAGE: Final = template(
-    {
-        "total_tokens": "$$total",
-        "input_tokens": "$$input",
-        "output_tokens": "$$output",
-        "input_token_details": {
-            "text_tokens": "$$input_text",
-            "audio_tokens": "$$input_audio",
-            "image_tokens": 0,
-            "cached_tokens": "$$cached",
-            "cached_tokens_details": {
-                "text_tokens": "$$cached",
-                "audio_tokens": 0,
-                "image_tokens": 0,
-            },
-        },
-        "output_token_details": {"text_tokens": "$$output_text", "audio_tokens": "$$output_audio"},
-    }
-)
-T_RATE_LIMITS: Final = template(
-    {
-        "type": "rate_limits.updated",
-        "event_id": "$eid",
-        "rate_limits": [
-            {
-                "name": "tokens",
-                "limit": 800000,
-                "remaining": "$$remaining",
-                "reset_seconds": "$$reset",
-            }
-        ],
-    }
-)
-T_OUTPUT_ITEM_ADDED: Final = template(
-    {
-        "type": "response.output_item.added",
-        "event_id": "$eid",
-        "response_id": "$rid",
-        "output_index": 0,
-        "item": "$$item",
-    }
-)
-T_OUTPUT_ITEM_DONE: Final = template(
-    {
-        "type": "response.output_item.done",
-        "event_id": "$eid",
-        "response_id": "$rid",
-        "output_index": 0,
-        "item": "$$item",
-    }
-)
-T_MESSAGE_ITEM: Final = template(
-    {
-        "id": "$item",
-        "object": "realtime.item",
-        "type": "message",
-        "status": "$status",
-        "role": "assistant",
-        "content": "$$content",
-    }
-)
-TRANSCRIPT: Final = "".join(SPOKEN)
-CONTENT_DONE: Final = json.dumps(
-    [{"type": "output_audio", "transcript": TRANSCRIPT}], separators=(",", ":")
-)
-_PART_FIELDS: Final = {
-    "event_id": "$eid",
-    "response_id": "$rid",
-    "item_id": "$item",
-    "output_index": 0,
-    "content_index": 0,
-}
-T_PART_ADDED: Final = template(
-    {
-        "type": "response.content_part.added",
-        **_PART_FIELDS,
-        "part": {"type": "audio", "transcript": ""},
-    }
-)
-T_PART_DONE: Final = template(
-    {
-        "type": "response.content_part.done",
-        **_PART_FIELDS,
-        "part": {"type": "audio", "transcript": _escaped(TRANSCRIPT)},
-    }
-)
-T_TRANSCRIPT_DELTA: Final = template(
-    {"type": "response.output_audio_transcript.delta", **_PART_FIELDS, "delta": "$delta"}
-)
-T_TRANSCRIPT_DONE: Final = template(
-    {
-        "type": "response.output_audio_transcript.done",
-        **_PART_FIELDS,
-        "transcript": _escaped(TRANSCRIPT),
-    }
-)
-T_AUDIO_DONE: Final = template({"type": "response.output_audio.done", **_PART_FIELDS})
-T_BUFFER_STARTED: Final = template(
-    {"type": "output_audio_buffer.started", "event_id": "$eid", "response_id": "$rid"}
-)
-T_BUFFER_STOPPED: Final = template(
-    {"type": "output_audio_buffer.stopped", "event_id": "$eid", "response_id": "$rid"}
-)
-T_FUNCTION_ITEM: Final = template(
-    {
-        "id": "$item",
-        "object": "realtime.item",
-        "type": "function_call",
-        "status": "$status",
-        "name": "$name",
-        "call_id": "$call",
-        "arguments": "$arguments",
-    }
-)
-T_ARGUMENTS_DELTA: Final = template(
-    {
-        "type": "response.function_call_arguments.delta",
-        "event_id": "$eid",
-        "response_id": "$rid",
-        "item_id": "$item",
-        "output_index": 0,
-        "call_id": "$call",
-        "delta": "$delta",
-    }
-)
-T_ARGUMENTS_DONE: Final = template(
-    {
-        "type": "response.function_call_arguments.done",
-        "event_id": "$eid",
-        "response_id": "$rid",
-        "item_id": "$item",
-        "output_index": 0,
-        "call_id": "$call",
-        "name": "$name",
-        "arguments": "$arguments",
-    }
-)
-SPOKEN_ESCAPED: Final = tuple(_escaped(word) for word in SPOKEN)
-ARGUMENTS_ESCAPED: Final = tuple(_escaped(part) for part in FUNCTION_ARGUMENTS)
-ARGUMENTS: Final = _escaped("".join(FUNCTION_ARGUMENTS))
-
-
-# ---- ids ---------------------------------------------------------------------------------
-
-_PREFIX: Final = secrets.token_hex(4)
-_COUNTER = itertools.count(1)
-
-
-def _id(kind: str) -> str:
-    # Unique in this process and cheap; the provider's ids are opaque to its clients.
-    return f"{kind}_{_PREFIX}{next(_COUNTER):08x}"
-
-
-def _base62(n: int) -> str:
-    alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-    return "".join(secrets.choice(alphabet) for _ in range(n))
-
-
-# ---- sessions ----------------------------------------------------------------------------
-
-
-def default_session() -> dict[str, Any]:
-    """A GA session object with the provider's defaults (as ``emulator._session``)."""
-    return {
-        "type": "realtime",
-        "object": "realtime.session",
-        "id": f"sess_{_base62(20)}",
-        "model": "gpt-realtime",
-        "output_modalities": ["audio"],
-        "instructions": "You are a helpful, friendly voice assistant. Keep answers short.",
-        "tools": [],
-        "tool_choice": "auto",
-        "max_output_tokens": "inf",
-        "tracing": None,
-        "truncation": "auto",
-        "prompt": None,
-        "expires_at": int(time.time()) + 3600,
-        "audio": {
-            "input": {
-                "format": {"type": "audio/pcm", "rate": 24000},
-                "transcription": None,
-                "noise_reduction": None,
-                "turn_detection": {
-                    "type": "server_vad",
-                    "threshold": 0.5,
-                    "prefix_padding_ms": 300,
-                    "silence_duration_ms": 200,
-                    "idle_timeout_ms": None,
-                    "create_response": True,
-                    "interrupt_response": True,
-                },
-            },
-            "output": {
-                "format": {"type": "audio/pcm", "rate": 24000},
-                "voice": "marin",
-                "speed": 1.0,
-            },
-        },
-        "include": None,
-    }
-
-
-def merge_session(effective: dict[str, Any], update: Mapping[str, Any]) -> None:
-    """Apply a partial update in place: top-level fields replace, audio sides merge by key.
-
-    ``type`` and ``model`` never change after creation.
-    """
-    for key, value in update.items():
-        if key in ("type", "model"):
-            continue
-        if key == "audio" and isinstance(value, Mapping):
-            audio = effective.setdefault("audio", {})
-            for side, side_value in value.items():
-                if isinstance(side_value, Mapping) and isinstance(audio.get(side), dict):
-                    audio[side].update(copy.deepcopy(dict(side_value)))
-                else:
-                    audio[side] = copy.deepcopy(side_value)
-            continue
-        effective[key] = copy.deepcopy(value)
-
-
-def _tool_name(session: Mapping[str, Any]) -> str | None:
-    tools = session.get("tools")
-    if isinstance(tools, list):
-        for tool in tools:
-            if isinstance(tool, dict) and tool.get("type") == "function":
-                name = tool.get("name")
-                if isinstance(name, str):
-                    return name
-    return None
-
-
-def _voice(session: Mapping[str, Any]) -> str:
-    audio = session.get("audio")
-    output = audio.get("output") if isinstance(audio, dict) else None
-    voice = output.get("voice") if isinstance(output, dict) else None
-    return _escaped(voice) if isinstance(voice, str) else "marin"
 
 
 # ---- numbers -----------------------------------------------------------------------------
@@ -546,7 +176,7 @@ class StandinCall:
         self.call_id = call_id
         self.session = session
         self._session_json: str | None = None
-        self.conversation_id = _id("conv")
+        self.conversation_id = new_id("conv")
         self.sockets: list[web.WebSocketResponse] = []
         self.attached = asyncio.Event()
         self.ended = False
@@ -583,7 +213,7 @@ class StandinCall:
             self.stats.events_sent += 1
 
     def eid(self) -> str:
-        return _id("event")
+        return new_id("event")
 
     def session_json(self) -> str:
         if self._session_json is None:
@@ -683,7 +313,7 @@ class StandinCall:
                 self.books.outputs_unknown += 1
         item_id = item.get("id")
         if not isinstance(item_id, str) or not item_id:
-            item_id = _id("item")
+            item_id = new_id("item")
         if item_id in self.items:
             raise ClientEventError(
                 "duplicate_item_id", f"Item with id '{item_id}' already exists.", "item.id"
@@ -703,7 +333,7 @@ class StandinCall:
                 "conversation_already_has_active_response",
                 f"Conversation already has an active response in progress: {self.active}.",
             )
-        response_id = _id("resp")
+        response_id = new_id("resp")
         self.active = response_id
         self.cancel_requested = False
         # response.created goes out now, in client-event order; the call's task speaks.
@@ -728,7 +358,7 @@ class StandinCall:
             )
         if self.last_item == item_id:
             self.last_item = next(reversed(self.items), None)
-        await self.send(T_ITEM_DELETED % {"eid": self.eid(), "item": _escaped(item_id)})
+        await self.send(T_ITEM_DELETED % {"eid": self.eid(), "item": escaped(item_id)})
 
     def _response_cancel(self, event: dict[str, Any]) -> None:
         requested = event.get("response_id")
@@ -770,14 +400,14 @@ class StandinCall:
             await self._user_turn()
             if self.active is not None:
                 continue  # a client's response.create took the turn while the user spoke
-            tool = _tool_name(self.session)
+            tool = tool_name(self.session)
             if tool is not None and self.turn % profile.function_every == 0:
                 await self._function_call(tool)
             else:
                 await self._speak(self._new_response(), created=False)
 
     def _new_response(self) -> str:
-        response_id = _id("resp")
+        response_id = new_id("resp")
         self.active = response_id
         self.cancel_requested = False
         return response_id
@@ -789,11 +419,11 @@ class StandinCall:
             "status": "in_progress",
             "details": "null",
             "conv": self.conversation_id,
-            "voice": _voice(self.session),
+            "voice": voice(self.session),
         }
 
     async def _user_turn(self) -> None:
-        item_id = _id("item")
+        item_id = new_id("item")
         start_ms = self.audio_ms + 400
         await self.send(T_SPEECH_STARTED % {"eid": self.eid(), "ms": start_ms, "item": item_id})
         await asyncio.sleep(self.profile.speech_s)
@@ -840,7 +470,7 @@ class StandinCall:
                 "details": details,
                 "output": output,
                 "conv": self.conversation_id,
-                "voice": _voice(self.session),
+                "voice": voice(self.session),
                 "usage": usage,
             }
         )
@@ -855,7 +485,7 @@ class StandinCall:
         """Stream a spoken answer as ``response_id`` (``created``: already announced)."""
         if not created:
             await self.send(self._response_created(response_id))
-        item_id = _id("item")
+        item_id = new_id("item")
         ids = {"rid": response_id, "item": item_id}
         item_json = T_MESSAGE_ITEM % {"item": item_id, "status": "in_progress", "content": "[]"}
         previous = json.dumps(self.remember(item_id, item_json))
@@ -908,8 +538,8 @@ class StandinCall:
     async def _function_call(self, tool: str) -> None:
         response_id = self._new_response()
         await self.send(self._response_created(response_id))
-        item_id, call_id = _id("item"), _id("call")
-        name = _escaped(tool)
+        item_id, call_id = new_id("item"), new_id("call")
+        name = escaped(tool)
         started = T_FUNCTION_ITEM % {
             "item": item_id,
             "status": "in_progress",
@@ -1007,7 +637,7 @@ class Standin:
             if isinstance(posted.get("model"), str):
                 session["model"] = posted["model"]
             merge_session(session, posted)
-        call = StandinCall(self, f"rtc_u2_{_base62(21)}", session)
+        call = StandinCall(self, f"rtc_u2_{base62(21)}", session)
         call.books = self.books
         self.calls[call.call_id] = call
         call.start()

@@ -50,19 +50,20 @@ from typing import Any, Final
 import aiohttp
 
 from . import standin as standin_module
+from . import standin_wire
 from . import watcher as watcher_module
 from .context import BenchContext, add_common_args, context_from_args, finish, override, start_clock
 from .databases import DatabaseKind, DatabaseUnavailableError, scratch_database
 from .probe import SIDEBAND_ONLY_OFFER
 from .profiling import BrokerProfiler
 from .stack import (
-    NOOP_DEFINITION,
     PROVIDER_KEY,
     ROOT,
     BrokerApi,
     BrokerProcess,
     broker_dispatch_totals,
     mean_ms_between,
+    provider_session_config,
     read_metrics,
     start_broker,
     taskset_prefix,
@@ -392,16 +393,11 @@ async def watcher_phase(
     options: Options, work: Path, standin: Helper, steps: Sequence[int], deadline: float
 ) -> dict[str, Any]:
     watcher = await start_watcher(options, work, standin.base_url + "/v1")
-    session = {
-        "type": "realtime",
-        "model": "gpt-realtime",
-        "instructions": "bench talking call (minimal watcher)",
-        "audio": {"output": {"voice": "marin"}},
-        "tools": [NOOP_DEFINITION],
-        "tool_choice": "auto",
-    }
+    # The config the broker posts for its sessions: the same calls, whoever watches.
+    session = provider_session_config("bench talking call (minimal watcher)")
     measured: list[dict[str, Any]] = []
     stopped_by = None
+    baseline_kib = rss_kb(watcher.pid)
     try:
         await standin.get("/_standin/books?reset=1")
         await standin.post("/_standin/resume")
@@ -420,6 +416,9 @@ async def watcher_phase(
                 options, standin, watcher.pid, live, window_s=options.window_s
             )
             window["target_calls"] = target
+            window["rss_kib_per_call"] = (
+                round((window["rss_kib"] - baseline_kib) / live, 1) if live else None
+            )
             measured.append(window)
             if live < target:
                 stopped_by = f"set-up: only {live} of {target} calls attached"
@@ -633,7 +632,7 @@ async def run(options: Options, ctx: BenchContext) -> dict[str, Any]:
     results: dict[str, Any] = {
         "talk": {
             "period_s": options.period_s,
-            "transcript_deltas": len(standin_module.SPOKEN),
+            "transcript_deltas": len(standin_wire.SPOKEN),
             "delta_interval_s": options.delta_interval_s,
             "function_every": options.function_every,
         },

@@ -26,7 +26,7 @@ from typing import Final
 import aiohttp
 from aiohttp import web
 
-from .standin import DEFAULT_KEY
+from .standin_wire import DEFAULT_KEY
 
 READY_PREFIX: Final = "WATCHER_PORT="
 TOOL_OUTPUT: Final = "{}"

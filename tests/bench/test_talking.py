@@ -26,6 +26,7 @@ from bench.context import BenchContext
 from bench.probe import SIDEBAND_ONLY_OFFER
 from bench.stack import NOOP_TOOL, PROVIDER_KEY, provider_session_config
 from bench.standin import Profile, Standin, create_app
+from bench.standin_wire import DEFAULT_KEY
 from tests.conftest import skip_or_fail
 
 pytestmark = pytest.mark.timeout(180)
@@ -122,6 +123,11 @@ async def test_an_offer_makes_a_call_whose_sideband_answers_a_probe_with_the_ful
                     pass
     assert running.standin.stats.probes == 1
     assert running.standin.stats.session_updates == 1
+
+
+def test_the_standin_key_is_the_benchmarks_provider_key() -> None:
+    # Written out twice (the stand-in must not import the emulator): they must not drift.
+    assert DEFAULT_KEY == PROVIDER_KEY
 
 
 async def test_unknown_calls_and_bad_keys_are_refused(running: RunningStandin) -> None:
