@@ -554,7 +554,7 @@ async def _broker_steps(
             stopped_by = f"set-up: only {live} of {target} sessions within the set-up bound"
             break
         if window["saturated"]:
-            stopped_by = f"saturated at {live:,} calls: {window['saturated_by']}"
+            stopped_by = f"saturation at {live:,} calls ({window['saturated_by']})"
             break
     books = await settle_books(options, standin)
     result: dict[str, Any] = {
@@ -605,7 +605,11 @@ async def _profile(
 async def run(options: Options, ctx: BenchContext) -> dict[str, Any]:
     """Run the benchmark; write and return its JSON."""
     started = start_clock()
-    deadline = time.monotonic() + options.max_seconds
+    # The minimal watcher's phase comes last and is cheap to set up: its share of the time
+    # bound is kept for it, so a slow broker phase cannot leave its row empty.
+    watcher_s = (options.warmup_s + options.window_s + 10) * (len(options.steps) + 1)
+    end = time.monotonic() + options.max_seconds
+    deadline = end - min(watcher_s, options.max_seconds / 2)
     work = ctx.work_dir / NAME
     standin = await start_standin(options, work)
     brokers: dict[str, Any] = {}
@@ -623,9 +627,7 @@ async def run(options: Options, ctx: BenchContext) -> dict[str, Any]:
         # The watcher is cheap: it is measured over every count a broker reached, and one more
         # step, so its row is never the shorter one (bounded by the run's own deadline).
         larger = [n for n in options.steps if n > measured[-1]][:1]
-        watcher = await watcher_phase(
-            options, work, standin, measured + larger, deadline + options.window_s * 4
-        )
+        watcher = await watcher_phase(options, work, standin, measured + larger, end)
     finally:
         await standin.stop()
     profile = next((b.pop("profile") for b in brokers.values() if "profile" in b), None)
