@@ -317,7 +317,7 @@ class BrokerMetrics:
         )
         self._loop_lag = Gauge(
             "event_loop_lag_seconds",
-            "How late the event loop ran a timer lately (the worst of the last second).",
+            "How late the event loop ran its timers, on average over the last second.",
             namespace=NAMESPACE,
             registry=registry,
         )

@@ -3,8 +3,9 @@
 Three readings, each cheap enough to check on every request:
 
 * **live calls** at the configured ceiling (``BROKER_MAX_LIVE_CALLS``);
-* **event-loop lag**: how late a 100 ms timer fires, the worst of the last second, past
-  ``BROKER_OVERLOAD_LOOP_LAG_S`` (everything this process does waits in that loop);
+* **event-loop lag**: how late a 100 ms timer fires, on average over the last second, past
+  ``BROKER_OVERLOAD_LOOP_LAG_S`` (everything this process does waits in that loop; one
+  stall, a collector pass say, is not load, a loop that stays late is);
 * **the event-log writer's backlog**: half its bound (``BROKER_EVENT_LOG_MAX_PENDING``), or
   its oldest event waiting longer than :data:`WRITER_LAG_S`.
 
@@ -31,7 +32,7 @@ from broker.record.event_log import EventLog
 
 SAMPLE_S: Final = 0.1
 WINDOW_SAMPLES: Final = 10
-"""The lag reading is the worst of the last second's samples."""
+"""The lag reading is the mean of the last second's samples."""
 HOLD_S: Final = 2.0
 WRITER_LAG_S: Final = 5.0
 
@@ -80,7 +81,8 @@ class OverloadGuard:
 
     @property
     def loop_lag_s(self) -> float:
-        return max(self._lags, default=0.0)
+        # Over the whole window: a process that has just started is not judged by a sample.
+        return sum(self._lags) / WINDOW_SAMPLES
 
     def reason(self) -> OverloadReason | None:
         """Why this process is overloaded now, or ``None``."""

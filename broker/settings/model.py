@@ -344,12 +344,13 @@ class Settings(BaseSettings):
         " sessions and offers get 503 `overloaded` with `Retry-After` and `/readyz` fails",
     )
     overload_loop_lag_s: float = Field(
-        0.25,
+        0.1,
         gt=0,
         le=60,
         allow_inf_nan=False,
-        description="event-loop lag (seconds a timer ran late, worst of the last second) that"
-        " counts as overload: new sessions and offers are refused, coalescible events shed",
+        description="event-loop lag (seconds a timer ran late, on average over the last"
+        " second) that counts as overload: new sessions and offers are refused, coalescible"
+        " events shed",
     )
     overload_retry_after_s: int = Field(
         5,
