@@ -23,6 +23,7 @@ from broker.auth.browser_limits import BrowserLimits
 from broker.auth.stream_slots import StreamSlots
 from broker.call.supervisor import SidebandSupervisor
 from broker.db.engine import create_engine, make_sessionmaker
+from broker.db.write_gate import WriteGate
 from broker.errors import problem_middleware
 from broker.metrics import BrokerMetrics
 from broker.overload import OverloadGuard, OverloadLimits
@@ -91,8 +92,9 @@ async def db_ctx(app: web.Application) -> AsyncIterator[None]:
         max_pending=settings.event_log_max_pending,
     )
     # Bound to the sessionmaker: every event-log writer holds it, so each finds the caps and
-    # the wake-ups of this app without being handed them.
+    # the wake-ups of this app without being handed them; the hot writers find the gate.
     event_log.bind(sessionmaker)
+    WriteGate(enabled=engine.dialect.name == "sqlite").bind(sessionmaker)
     app[app_state.SESSIONMAKER] = sessionmaker
     app[app_state.EVENT_LOG] = event_log
     app[app_state.METRICS].track_event_log(

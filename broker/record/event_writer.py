@@ -33,15 +33,22 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
+from broker.db.write_gate import WriteGate
 from broker.record.event_classes import EventClass
 from broker.record.usage import Usage, usage_of_events
 
 logger = logging.getLogger(__name__)
 
 TICK_S: Final = 0.05
-"""How long the writer lets events gather after the first one: a tool call's dozen events,
-and every other session's meanwhile, share one transaction."""
-MAX_BATCH_ROWS: Final = 2000
+"""How long the writer lets events gather after the first one, at least: a tool call's dozen
+events, and every other session's meanwhile, share one transaction."""
+MAX_TICK_S: Final = 1.0
+WRITER_SHARE: Final = 0.15
+"""The share of the time the writer may spend in its transactions: the tick grows with the
+last transaction's length (``last / share``, between :data:`TICK_S` and :data:`MAX_TICK_S`).
+A transaction costs per row and per session it folds; a thousand talking sessions are all
+dirty every tick, so a longer tick folds each one less often for the same events."""
+MAX_BATCH_ROWS: Final = 5000
 """Rows in one transaction at most: a backlog is written in several, never in one huge one."""
 WRITE_ATTEMPTS: Final = 3
 DEFAULT_MAX_PENDING: Final = 50_000
@@ -137,6 +144,7 @@ class EventWriter:
         max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         self._sessionmaker = sessionmaker
+        self._gate = WriteGate.of(sessionmaker)
         self._written = written
         self.tick = tick
         self.max_pending = max_pending
@@ -153,6 +161,8 @@ class EventWriter:
         """When the oldest unwritten event was queued (monotonic)."""
         self.commits = 0
         self.rows_written = 0
+        self._last_write_s = 0.0
+        """How long the last transaction took (the write gate's wait left out)."""
         self.batches_dropped = 0
 
     # ---- what recorders call -------------------------------------------------------------
@@ -210,9 +220,10 @@ class EventWriter:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self.tick > 0 and self.pending_events < MAX_BATCH_ROWS:
+            tick = self.current_tick
+            if tick > 0 and self.pending_events < MAX_BATCH_ROWS:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.tick):
+                    async with asyncio.timeout(tick):
                         await self._hurry.wait()
             self._hurry.clear()
             try:
@@ -232,6 +243,13 @@ class EventWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._task = None
+
+    @property
+    def current_tick(self) -> float:
+        """The wait before the next write (see :data:`WRITER_SHARE`)."""
+        if self.tick <= 0:
+            return 0.0
+        return min(MAX_TICK_S, max(self.tick, self._last_write_s / WRITER_SHARE))
 
     def hurry(self) -> None:
         """Write what is queued now, without waiting out the tick (a recorder stopping)."""
@@ -281,7 +299,9 @@ class EventWriter:
         failures = clashes = 0
         while True:
             try:
-                async with self._sessionmaker.begin() as s:
+                # A routine turn on SQLite: tool decisions go first (broker.db.write_gate).
+                async with self._gate.turn(urgent=False), self._sessionmaker.begin() as s:
+                    began = time.monotonic()
                     await queries.store_event_batch(
                         s,
                         [
@@ -313,6 +333,7 @@ class EventWriter:
                 )
                 await asyncio.sleep(0.2 * failures)
             else:
+                self._last_write_s = time.monotonic() - began
                 self._stored(slices)
                 return True
 

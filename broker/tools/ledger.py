@@ -8,9 +8,9 @@ pipeline on these rows.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from broker.db import queries
 from broker.db.models import ToolCall, ToolCallStatus, ToolPath, utcnow
 from broker.db.shielded import ShieldedWrites
+from broker.db.write_gate import WriteGate
 from broker.tools.call_ids import MAX_CALL_ID, is_valid_call_id
 from broker.tools.codes import ToolErrorCode
 from broker.tools.outcome import BROKER_ERROR, BROKER_ERROR_OUTPUT, CallOutcome, CallRejectedError
@@ -94,11 +95,20 @@ class CallLedger:
         bind = sessionmaker.kw.get("bind")
         self._engine = bind if isinstance(bind, AsyncEngine) else None
 
-    def _begin(self) -> AbstractAsyncContextManager[queries.Executor]:
-        """A transaction for Core statements (committed on exit, rolled back on error)."""
-        if self._engine is not None:
-            return self._engine.begin()
-        return self._sessionmaker.begin()
+    @contextlib.asynccontextmanager
+    async def _begin(self) -> AsyncIterator[queries.Executor]:
+        """A transaction for Core statements (committed on exit, rolled back on error).
+
+        On SQLite it first takes an urgent turn at the write gate (:mod:`broker.db.write_gate`):
+        a tool decision never sleeps in SQLite's busy handler behind the event log.
+        """
+        async with WriteGate.of(self._sessionmaker).turn(urgent=True):
+            if self._engine is not None:
+                async with self._engine.begin() as conn:
+                    yield conn
+            else:
+                async with self._sessionmaker.begin() as s:
+                    yield s
 
     async def drain(self) -> None:
         """Wait for settle writes still running (call before the database closes)."""
