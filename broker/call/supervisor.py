@@ -396,7 +396,9 @@ class SidebandSupervisor:
         recorder: EventRecorder,
     ) -> None:
         # The session's usage rides on its event log: store what is still buffered before
-        # the end is recorded, so the end (and its webhook) sees every response.done.
+        # the end is recorded, so the end (and its webhook) sees every response.done. Stopped
+        # here too (a sideband that failed before it ran): the writer then lets it go.
+        recorder.stop()
         try:
             await recorder.flush()
         except Exception:
