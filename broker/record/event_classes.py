@@ -1,19 +1,21 @@
-"""The two classes of event-log events, defined once for every writer and every later change.
+"""The three classes of event-log events, defined once for every writer and every later change.
 
 **Kept** events are what the log is for: the session's lifecycle, tool calls, tamper and
 leash decisions, usage (``response.done``), errors, and the items the transcript is built
 from. They are never dropped and never capped: one per decision, per turn or per item, so
 their number follows what the call does, not how fast a page can send.
 
-**Coalescible** events are everything else: deltas (whose content their ``.done`` event
-repeats whole) and other high-rate traffic a page can make the provider emit at will
-(``session.updated`` answers, buffer notices, rate-limit updates, unknown types). A session
-stores them up to a cap (a count and a size, ``BROKER_EVENT_LOG_MAX_COALESCIBLE*``); past it
-they are dropped and counted (``sessions.events_dropped``, ``broker_events_dropped_total``).
+**Coalescible** events are everything else: high-rate traffic a page can make the provider
+emit at will (``session.updated`` answers, buffer notices, rate-limit updates, unknown
+types). A session stores them up to a cap (a count and a size,
+``BROKER_EVENT_LOG_MAX_COALESCIBLE*``); past it they are dropped and counted
+(``sessions.events_dropped``, ``broker_events_dropped_total``).
 
-**Folded** events are the provider's deltas (``*.delta``): their ``.done`` event repeats the
-content whole, so they are counted (``broker_events_folded_total``) and never stored. A
-talking call sends some thirty a sentence; ops and audit need the sentence.
+**Folded** events are those a kept event repeats whole: the provider's deltas (``*.delta``,
+some thirty a spoken sentence), the ``.added`` of an item or a content part whose ``.done``
+is kept, and the ``.done`` of a part whose item's ``.done`` carries it
+(:data:`REPEATED_TYPES`). They are counted (``broker_events_folded_total``) and never
+stored: ops and audit need the sentence, once.
 
 Anything not named as kept or folded below is coalescible: an event type a provider adds
 later cannot grow the log without bound by default. To keep a new kind of event, add it here,
@@ -65,6 +67,22 @@ TOOL_ITEM_TYPES: Final = frozenset({"function_call", "function_call_output"})
 DELTA_SUFFIX: Final = ".delta"
 """A provider event whose type ends so is part of something its ``.done`` event repeats."""
 
+REPEATED_TYPES: Final = frozenset(
+    {
+        # An item's start: its conversation.item.done / response.output_item.done (kept)
+        # carries the whole item. Tool items are kept whatever the event (above).
+        "conversation.item.added",
+        "response.output_item.added",
+        # A content part's start and end: the item's .done carries every part.
+        "response.content_part.added",
+        "response.content_part.done",
+        "response.output_audio_transcript.done",
+        "response.output_text.done",
+        "response.output_audio.done",
+    }
+)
+"""Provider event types a kept event repeats whole: folded, like deltas."""
+
 _ITEM_EVENT_TYPES: Final = frozenset(
     {
         "conversation.item.added",
@@ -82,7 +100,7 @@ def classify(direction: str, event: Mapping[str, Any]) -> EventClass:
     sent: tool outputs, config assertions, probes, resync look-ups) are kept: their number is
     bounded by the broker's own decisions. A provider (``in``) event is kept if its type is
     in :data:`KEPT_PROVIDER_TYPES` or it is an item event about a tool call, folded if it is
-    a delta (:data:`DELTA_SUFFIX`).
+    a delta (:data:`DELTA_SUFFIX`) or repeated (:data:`REPEATED_TYPES`).
     """
     if direction != "in":
         return EventClass.KEPT
@@ -93,6 +111,6 @@ def classify(direction: str, event: Mapping[str, Any]) -> EventClass:
         item = event.get("item")
         if isinstance(item, Mapping) and item.get("type") in TOOL_ITEM_TYPES:
             return EventClass.KEPT
-    if isinstance(type_, str) and type_.endswith(DELTA_SUFFIX):
+    if type_ in REPEATED_TYPES or (isinstance(type_, str) and type_.endswith(DELTA_SUFFIX)):
         return EventClass.FOLDED
     return EventClass.COALESCIBLE

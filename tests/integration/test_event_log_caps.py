@@ -147,25 +147,29 @@ async def test_a_flood_of_coalescible_events_is_capped_and_every_kept_event_stor
 async def test_deltas_are_folded_into_their_done_event_and_only_counted(
     broker: RunningBroker,
 ) -> None:
-    """A talking call's transcript deltas are not stored (the done event holds the whole
-    text): none reaches the log or the coalescible budget, each is counted in
-    broker_events_folded_total, and the done event and its neighbours are stored in order."""
+    """A talking call's transcript deltas, and the part events its item repeats, are not
+    stored (the item's done event holds the whole text): none reaches the log or the
+    coalescible budget, each is counted in broker_events_folded_total, and the kept events
+    around them are stored in order."""
     session = await broker.create_session(tools=["lookup_order"])
     before = await scrape(broker)
     recorder = EventRecorder(broker.app[app_state.SESSIONMAKER], session["id"])
+    text = "".join(f"w{n} " for n in range(30))
     async with asyncio.timeout(30):
         await recorder.start()
         recorder.record("in", {"type": "response.created", "response": {"id": "resp_1"}})
+        recorder.record("in", {"type": "response.content_part.added", "part": {"type": "audio"}})
         for n in range(30):
             recorder.record(
                 "in",
                 {"type": "response.output_audio_transcript.delta", "delta": f"w{n} "},
             )
+        recorder.record("in", {"type": "response.output_audio_transcript.done", "transcript": text})
         recorder.record(
             "in",
             {
-                "type": "response.output_audio_transcript.done",
-                "transcript": "".join(f"w{n} " for n in range(30)),
+                "type": "response.output_item.done",
+                "item": {"id": "item_1", "type": "message", "content": [{"transcript": text}]},
             },
         )
         recorder.record("in", response_done(3))
@@ -175,12 +179,13 @@ async def test_deltas_are_folded_into_their_done_event_and_only_counted(
         after = await scrape(broker)
     assert [e.type for e in events] == [
         "response.created",
-        "response.output_audio_transcript.done",
+        "response.output_item.done",
         "response.done",
     ]
+    assert events[1].payload["item"]["content"][0]["transcript"] == text
     assert [e.seq for e in events] == [1, 2, 3]
-    assert (row.events_stored, row.events_coalescible, row.events_dropped) == (3, 1, 0)
-    assert moved(before, after, "broker_events_folded_total") == 30
+    assert (row.events_stored, row.events_coalescible, row.events_dropped) == (3, 0, 0)
+    assert moved(before, after, "broker_events_folded_total") == 32
 
 
 async def test_the_bytes_cap_holds_across_writers_and_a_reattached_recorder(

@@ -27,7 +27,14 @@ KEPT, COALESCIBLE, FOLDED = EventClass.KEPT, EventClass.COALESCIBLE, EventClass.
         ("in", {"type": "response.function_call_arguments.done"}, KEPT),
         ("in", {"type": "conversation.item.added", "item": {"type": "function_call"}}, KEPT),
         ("in", {"type": "response.output_item.added", "item": {"type": "function_call"}}, KEPT),
-        ("in", {"type": "conversation.item.added", "item": {"type": "message"}}, COALESCIBLE),
+        ("in", {"type": "conversation.item.added", "item": {"type": "message"}}, FOLDED),
+        ("in", {"type": "conversation.item.created", "item": {"type": "message"}}, COALESCIBLE),
+        ("in", {"type": "response.output_item.added", "item": {"type": "message"}}, FOLDED),
+        ("in", {"type": "response.content_part.added"}, FOLDED),
+        ("in", {"type": "response.content_part.done"}, FOLDED),
+        ("in", {"type": "response.output_audio_transcript.done"}, FOLDED),
+        ("in", {"type": "conversation.item.done", "item": {"type": "message"}}, KEPT),
+        ("in", {"type": "response.output_item.done", "item": {"type": "message"}}, KEPT),
         ("in", {"type": "response.output_text.delta"}, FOLDED),
         ("in", {"type": "response.function_call_arguments.delta"}, FOLDED),
         ("in", {"type": "response.output_audio_transcript.delta"}, FOLDED),
@@ -40,8 +47,8 @@ KEPT, COALESCIBLE, FOLDED = EventClass.KEPT, EventClass.COALESCIBLE, EventClass.
 )
 def test_classify(direction: str, event: dict[str, object], expected: EventClass) -> None:
     """Invariant: the broker's own events and decisions are kept; a provider event is kept
-    only when named (lifecycle, tool calls, usage, errors); a delta is folded (its done event
-    repeats it); anything else is coalescible."""
+    only when named (lifecycle, tool calls, usage, errors); a delta, or an event a kept one
+    repeats, is folded; anything else is coalescible."""
     assert classify(direction, event) is expected
 
 
