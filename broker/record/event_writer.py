@@ -99,6 +99,8 @@ class SessionBuffer:
     """Usage of batches dropped after failed writes: events may be lost, billing not."""
     closing: bool = False
     """Its recorder has stopped: the writer lets it go once everything is stored."""
+    since: float | None = None
+    """When its oldest event not yet stored was queued (monotonic; ``None``: none waits)."""
 
     @property
     def pending(self) -> bool:
@@ -161,8 +163,6 @@ class EventWriter:
         self._task: asyncio.Task[None] | None = None
         self.pending_events = 0
         """Events buffered and not yet stored, every session's."""
-        self._oldest: float | None = None
-        """When the oldest unwritten event was queued (monotonic)."""
         self.commits = 0
         self.rows_written = 0
         self._last_write_s = 0.0
@@ -184,8 +184,8 @@ class EventWriter:
 
     def queued(self, buffer: SessionBuffer, events: int = 1) -> None:
         """``buffer`` has ``events`` more to write (0: only counts or carried usage)."""
-        if not self._dirty and self._oldest is None:
-            self._oldest = time.monotonic()
+        if buffer.since is None:
+            buffer.since = time.monotonic()
         self.pending_events += events
         self._dirty[buffer] = None
         self._wake.set()
@@ -197,8 +197,9 @@ class EventWriter:
 
     @property
     def lag_s(self) -> float:
-        """How long the oldest unwritten event has waited (0: nothing waits)."""
-        return 0.0 if self._oldest is None else time.monotonic() - self._oldest
+        """How long the oldest event not yet stored has waited (0: nothing waits)."""
+        waiting = [b.since for b in (*self._registered, *self._dirty) if b.since is not None]
+        return time.monotonic() - min(waiting) if waiting else 0.0
 
     async def flush(self, buffer: SessionBuffer) -> None:
         """Write until ``buffer`` is stored (with everyone else's). Never raises.
@@ -266,13 +267,12 @@ class EventWriter:
             slices = self._take()
             if not slices:
                 return
+            taken_at = time.monotonic()
             if not await self._store(slices):
                 self._drop(slices)
-            if not self._dirty:
-                self._oldest = None
-            elif self._oldest is not None:
-                # What is still queued came after the batch just written.
-                self._oldest = max(self._oldest, time.monotonic() - self.tick)
+            for piece in slices:
+                # What a buffer has now came while its batch was being written.
+                piece.buffer.since = taken_at if piece.buffer.pending else None
 
     def _take(self) -> list[_Slice]:
         room = MAX_BATCH_ROWS
@@ -282,6 +282,7 @@ class EventWriter:
                 break
             if not buffer.pending:
                 del self._dirty[buffer]  # written meanwhile by the write this one waited for
+                buffer.since = None
                 continue
             count = min(len(buffer.events), room)
             room -= count

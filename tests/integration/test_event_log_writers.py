@@ -3,6 +3,7 @@ it, like the duration backstop's) never lose an event to a seq clash."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -154,3 +155,29 @@ async def test_a_write_alongside_an_event_is_stored_with_it_or_not_at_all(
     assert [e["type"] for e in await session_events(broker, session["id"])] == [
         "broker.instructions_updated"
     ]
+
+
+async def test_the_writers_lag_is_the_oldest_unstored_events_wait_and_clears_when_stored(
+    broker: RunningBroker,
+) -> None:
+    """The overload signal reads the writer's lag: it must grow while events wait and fall
+    to zero once everything is stored, whichever write stored it (two flushes at once: the
+    second finds its events stored by the first's write). A lag left behind would read as
+    a stuck writer and refuse every new session."""
+    sessionmaker = broker.app[app_state.SESSIONMAKER]
+    event_log = broker.app[app_state.EVENT_LOG]
+    first = await broker.create_session(tools=["lookup_order"])
+    second = await broker.create_session(tools=["lookup_order"])
+    recorders = [EventRecorder(sessionmaker, s["id"]) for s in (first, second)]
+    for recorder in recorders:
+        await recorder.start()
+        recorder.record("in", {"type": "response.created", "n": 1})
+    waited = event_log.lag_s
+    assert waited >= 0.0 and event_log.pending_events == 2
+    await asyncio.sleep(0.01)
+    assert event_log.lag_s > waited
+    await asyncio.gather(*(recorder.flush() for recorder in recorders))
+    assert (event_log.pending_events, event_log.lag_s) == (0, 0.0)
+    for recorder in recorders:
+        recorder.stop()
+        await recorder.flush()
