@@ -264,9 +264,9 @@ class EventRecorder:
                 else self._log.caps.refuses(buffer.coalescible, buffer.coalescible_bytes, size)
             )
             if cap is not None:
-                buffer.dropped += 1
+                # Owed: the count reaches the session row with the buffer's next fold.
+                buffer.owed.dropped += 1
                 self._log.dropped(cap)
-                writer.queued(buffer, 0)  # the count reaches the session row with the next write
                 return
             buffer.coalescible += 1
             buffer.coalescible_bytes += size

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -48,15 +49,86 @@ WRITER_SHARE: Final = 0.15
 last transaction's length (``last / share``, between :data:`TICK_S` and :data:`MAX_TICK_S`).
 A transaction costs per row and per session it folds; a thousand talking sessions are all
 dirty every tick, so a longer tick folds each one less often for the same events."""
-FOLDS_PER_S: Final = 2000
-"""Session rows the writer folds counters into per second, at most: each costs some 20 µs of
-the event loop's time (SQLAlchemy's parameters, the statement), so with more dirty sessions
-the tick grows instead (a thousand sessions: half a second)."""
+FOLD_EVERY_S: Final = 2.0
+"""How often a session's counters (rows stored, errors, coalescible bytes, drops, the last
+event's time) are folded into its row, at least. Folding costs some 20 µs of the event
+loop's time per session (SQLAlchemy's parameters, the statement), and a thousand talking
+sessions are all dirty every tick: folding each at every tick cost more than storing their
+rows. Usage is folded with the rows that report it, always; a flush or a stop folds
+everything. A crash can leave a session's counters short of its stored rows by this much
+(the rows and the usage are exact)."""
 MAX_BATCH_ROWS: Final = 5000
 """Rows in one transaction at most: a backlog is written in several, never in one huge one."""
 WRITE_ATTEMPTS: Final = 3
 DEFAULT_MAX_PENDING: Final = 50_000
 """Buffered events (all sessions) past which coalescible events are shed."""
+
+
+@dataclass
+class Owed:
+    """Counts a session row has not been given yet (see :data:`FOLD_EVERY_S`)."""
+
+    stored: int = 0
+    errors: int = 0
+    coalescible: int = 0
+    coalescible_bytes: int = 0
+    dropped: int = 0
+    last_at: datetime | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.stored or self.errors or self.coalescible or self.coalescible_bytes or self.dropped
+        )
+
+    def plus(self, other: Owed) -> Owed:
+        return Owed(
+            self.stored + other.stored,
+            self.errors + other.errors,
+            self.coalescible + other.coalescible,
+            self.coalescible_bytes + other.coalescible_bytes,
+            self.dropped + other.dropped,
+            max((t for t in (self.last_at, other.last_at) if t is not None), default=None),
+        )
+
+    def minus(self, other: Owed) -> Owed:
+        """What is left once ``other`` (a part of this) has been folded."""
+        return Owed(
+            self.stored - other.stored,
+            self.errors - other.errors,
+            self.coalescible - other.coalescible,
+            self.coalescible_bytes - other.coalescible_bytes,
+            self.dropped - other.dropped,
+            None if self.last_at == other.last_at else self.last_at,
+        )
+
+    def counts(self, usage: Usage) -> queries.EventCounts:
+        return queries.EventCounts(
+            stored=self.stored,
+            errors=self.errors,
+            last_at=self.last_at,
+            usage=usage,
+            tally=queries.LogTally(
+                coalescible=self.coalescible,
+                coalescible_bytes=self.coalescible_bytes,
+                dropped=self.dropped,
+            ),
+        )
+
+    @classmethod
+    def of(cls, events: Iterable[PendingEvent]) -> Owed:
+        """What storing ``events`` adds to the counters."""
+        owed = cls()
+        for event in events:
+            owed.stored += 1
+            if event.type == "error" and event.direction == "in":
+                owed.errors += 1
+            if event.event_class is EventClass.COALESCIBLE:
+                owed.coalescible += 1
+                owed.coalescible_bytes += event.size
+            if owed.last_at is None or event.at > owed.last_at:
+                owed.last_at = event.at
+        return owed
 
 
 @dataclass(slots=True)
@@ -93,8 +165,11 @@ class SessionBuffer:
     coalescible: int = 0
     coalescible_bytes: int = 0
     """Coalescible events stored or buffered: what the caps are checked against."""
-    dropped: int = 0
-    """Dropped at a cap (or shed) and not yet added to the session row's ``events_dropped``."""
+    owed: Owed = field(default_factory=lambda: Owed())
+    """Counts of stored rows, and drops, not yet folded into the session row."""
+    folded_at: float = field(default_factory=time.monotonic)
+    fold_due: bool = False
+    """A flush asked for the counters to be folded at the next write."""
     carried: Usage = field(default_factory=Usage)
     """Usage of batches dropped after failed writes: events may be lost, billing not."""
     closing: bool = False
@@ -104,7 +179,12 @@ class SessionBuffer:
 
     @property
     def pending(self) -> bool:
-        return bool(self.events) or self.dropped > 0 or not self.carried.empty
+        """Whether it has rows or usage to write."""
+        return bool(self.events) or not self.carried.empty
+
+    def fold_now(self, now: float) -> bool:
+        """Whether its owed counts go into the next write (see :data:`FOLD_EVERY_S`)."""
+        return self.fold_due or self.closing or now - self.folded_at >= FOLD_EVERY_S
 
 
 @dataclass
@@ -113,18 +193,18 @@ class _Slice:
 
     buffer: SessionBuffer
     count: int
-    dropped: int
-    carried: Usage
     rows: list[dict[str, Any]]
+    adds: Owed
+    """What storing these rows adds to the counters."""
+    usage: Usage
+    """What they report, with the usage carried from batches dropped before."""
+    carried: Usage
+    folded: Owed | None
+    """The owed counts folded by this write (``None``: none; the rows' own are owed)."""
 
-
-def _tally(events: Iterable[PendingEvent], dropped: int) -> queries.LogTally:
-    coalescible = [p for p in events if p.event_class is EventClass.COALESCIBLE]
-    return queries.LogTally(
-        coalescible=len(coalescible),
-        coalescible_bytes=sum(p.size for p in coalescible),
-        dropped=dropped,
-    )
+    def fold(self) -> queries.SessionFold:
+        counts = None if self.folded is None else self.folded.plus(self.adds).counts(self.usage)
+        return queries.SessionFold(self.buffer.session_id, self.rows, counts)
 
 
 class EventWriter:
@@ -202,18 +282,19 @@ class EventWriter:
         return time.monotonic() - min(waiting) if waiting else 0.0
 
     async def flush(self, buffer: SessionBuffer) -> None:
-        """Write until ``buffer`` is stored (with everyone else's). Never raises.
+        """Write until ``buffer`` is stored and its counts folded (with everyone else's).
 
-        Stops when a write of it fails for good and only counts are left (they ride on the
-        next write).
+        Never raises. Stops when a write of it fails for good and nothing moved (what is
+        left rides on the next write).
         """
-        while buffer.pending:
+        buffer.fold_due = True
+        while buffer.pending or not buffer.owed.empty:
             if buffer not in self._dirty:
                 self._dirty[buffer] = None
-            before = (len(buffer.events), buffer.dropped, buffer.carried)
+            before = (len(buffer.events), buffer.owed, buffer.carried)
             await self.write_once()
-            if (len(buffer.events), buffer.dropped, buffer.carried) == before:
-                return  # nothing moved: the database still refuses (counts only)
+            if (len(buffer.events), buffer.owed, buffer.carried) == before:
+                return  # nothing moved: the database still refuses
 
     # ---- the writer ----------------------------------------------------------------------
 
@@ -223,7 +304,15 @@ class EventWriter:
                 if not self._registered:
                     return
                 self._wake.clear()
-                await self._wake.wait()
+                if not any(not b.owed.empty for b in self._registered):
+                    await self._wake.wait()
+                    continue
+                # Quiet, but some counts are owed: fold them when they fall due.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(FOLD_EVERY_S):
+                        await self._wake.wait()
+                if not self._dirty:
+                    await self._write_safely()
                 continue
             tick = self.current_tick
             if tick > 0 and self.pending_events < MAX_BATCH_ROWS:
@@ -231,12 +320,15 @@ class EventWriter:
                     async with asyncio.timeout(tick):
                         await self._hurry.wait()
             self._hurry.clear()
-            try:
-                await self.write_once()
-            except Exception:
-                # The writer must outlive any one bad batch: the call matters more.
-                logger.exception("event log writer failed a batch; going on")
-                await asyncio.sleep(self.tick or 0.05)
+            await self._write_safely()
+
+    async def _write_safely(self) -> None:
+        try:
+            await self.write_once()
+        except Exception:
+            # The writer must outlive any one bad batch: the call matters more.
+            logger.exception("event log writer failed a batch; going on")
+            await asyncio.sleep(self.tick or 0.05)
 
     async def close(self) -> None:
         """Write everything queued, then end the task (the app is stopping)."""
@@ -251,11 +343,10 @@ class EventWriter:
 
     @property
     def current_tick(self) -> float:
-        """The wait before the next write (see :data:`WRITER_SHARE`, :data:`FOLDS_PER_S`)."""
+        """The wait before the next write (see :data:`WRITER_SHARE`)."""
         if self.tick <= 0:
             return 0.0
-        paced = max(self.tick, self._last_write_s / WRITER_SHARE, len(self._dirty) / FOLDS_PER_S)
-        return min(MAX_TICK_S, paced)
+        return min(MAX_TICK_S, max(self.tick, self._last_write_s / WRITER_SHARE))
 
     def hurry(self) -> None:
         """Write what is queued now, without waiting out the tick (a recorder stopping)."""
@@ -275,30 +366,47 @@ class EventWriter:
                 piece.buffer.since = taken_at if piece.buffer.pending else None
 
     def _take(self) -> list[_Slice]:
+        """This write's slices: queued rows (at most :data:`MAX_BATCH_ROWS`), and counts.
+
+        Every buffer whose fold is due gives its owed counts, rows or not.
+        """
+        now = time.monotonic()
         room = MAX_BATCH_ROWS
         slices: list[_Slice] = []
         for buffer in list(self._dirty):
             if room <= 0:
                 break
-            if not buffer.pending:
+            if not buffer.pending and not (not buffer.owed.empty and buffer.fold_now(now)):
                 del self._dirty[buffer]  # written meanwhile by the write this one waited for
                 buffer.since = None
                 continue
             count = min(len(buffer.events), room)
             room -= count
-            taken = buffer.events[:count]
-            slices.append(
-                _Slice(
-                    buffer,
-                    count,
-                    buffer.dropped,
-                    buffer.carried,
-                    [p.row(buffer.session_id, buffer.seq + 1 + n) for n, p in enumerate(taken)],
-                )
-            )
+            slices.append(self._slice(buffer, count, now))
             if count == len(buffer.events):
                 del self._dirty[buffer]
+        sliced = {piece.buffer for piece in slices}
+        for buffer in self._registered:
+            if buffer not in sliced and not buffer.owed.empty and buffer.fold_now(now):
+                slices.append(self._slice(buffer, 0, now))
         return slices
+
+    @staticmethod
+    def _slice(buffer: SessionBuffer, count: int, now: float) -> _Slice:
+        taken = buffer.events[:count]
+        rows = [p.row(buffer.session_id, buffer.seq + 1 + n) for n, p in enumerate(taken)]
+        usage = usage_of_events(rows) + buffer.carried
+        # Usage is folded with the rows that report it, always: it bills.
+        folds = not usage.empty or buffer.fold_now(now)
+        return _Slice(
+            buffer,
+            count,
+            rows,
+            Owed.of(taken),
+            usage,
+            buffer.carried,
+            dataclasses.replace(buffer.owed) if folds else None,
+        )
 
     async def _store(self, slices: list[_Slice]) -> bool:
         """One transaction for every slice; whether it committed (after retries)."""
@@ -308,18 +416,7 @@ class EventWriter:
                 # A routine turn on SQLite: tool decisions go first (broker.db.write_gate).
                 async with self._gate.turn(urgent=False), self._sessionmaker.begin() as s:
                     began = time.monotonic()
-                    await queries.store_event_batch(
-                        s,
-                        [
-                            queries.SessionFold(
-                                session_id=piece.buffer.session_id,
-                                rows=piece.rows,
-                                usage=usage_of_events(piece.rows) + piece.carried,
-                                tally=_tally(piece.buffer.events[: piece.count], piece.dropped),
-                            )
-                            for piece in slices
-                        ],
-                    )
+                    await queries.store_event_batch(s, [piece.fold() for piece in slices])
             except IntegrityError:
                 clashes += 1
                 if clashes > WRITE_ATTEMPTS:
@@ -359,18 +456,25 @@ class EventWriter:
 
     def _stored(self, slices: list[_Slice]) -> None:
         self.commits += 1
+        now = time.monotonic()
         for piece in slices:
             buffer = piece.buffer
             buffer.seq += piece.count
             del buffer.events[: piece.count]
-            # Records made during the write's await stay counted for the next one.
-            buffer.dropped -= piece.dropped
-            buffer.carried = Usage()
+            if piece.folded is not None:
+                # Drops counted during the write's await stay owed for the next one.
+                buffer.owed = buffer.owed.minus(piece.folded)
+                buffer.folded_at = now
+                buffer.fold_due = False
+                buffer.carried = Usage()
+            else:
+                buffer.owed = buffer.owed.plus(piece.adds)
             self.pending_events -= piece.count
             self.rows_written += piece.count
-            if buffer.closing and not buffer.pending:
+            if buffer.closing and not buffer.pending and buffer.owed.empty:
                 self._registered.discard(buffer)
-            self._written(buffer.session_id, piece.rows)
+            if piece.rows:
+                self._written(buffer.session_id, piece.rows)
 
     def _drop(self, slices: list[_Slice]) -> None:
         """A batch the database refused for good: its events are gone, their usage is not."""
@@ -381,12 +485,11 @@ class EventWriter:
                 logger.error(
                     "event log dropped %d events session_id=%s", piece.count, buffer.session_id
                 )
-            # Its usage rides on the next write, and so does the count of events dropped at
-            # the caps. Its coalescible events were never stored: their budget comes back.
-            buffer.carried = piece.carried + usage_of_events(piece.rows)
-            unstored = _tally(buffer.events[: piece.count], 0)
-            buffer.coalescible -= unstored.coalescible
-            buffer.coalescible_bytes -= unstored.coalescible_bytes
+            # Its usage rides on the next write, and the owed counts stay owed. Its
+            # coalescible events were never stored: their budget comes back.
+            buffer.carried = piece.usage
+            buffer.coalescible -= piece.adds.coalescible
+            buffer.coalescible_bytes -= piece.adds.coalescible_bytes
             del buffer.events[: piece.count]
             self.pending_events -= piece.count
             if buffer.events:

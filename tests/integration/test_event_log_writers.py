@@ -13,8 +13,9 @@ from sqlalchemy.exc import OperationalError
 from broker import app_state
 from broker.db import queries
 from broker.db.models import SessionEvent
+from broker.record import event_writer
 from broker.record.event_classes import EventClass
-from broker.record.event_log import WRITE_ATTEMPTS, EventRecorder, append_event
+from broker.record.event_log import WRITE_ATTEMPTS, EventCaps, EventRecorder, append_event
 from tests.support.broker_server import RunningBroker
 from tests.support.flow import session_events
 
@@ -181,3 +182,73 @@ async def test_the_writers_lag_is_the_oldest_unstored_events_wait_and_clears_whe
     for recorder in recorders:
         recorder.stop()
         await recorder.flush()
+
+
+async def _row_and_rows(broker: RunningBroker, session_id: str) -> tuple[Any, int]:
+    async with broker.app[app_state.SESSIONMAKER]() as s:
+        row = await queries.get_session_row(s, session_id)
+        rows = await s.scalars(select(SessionEvent).where(SessionEvent.session_id == session_id))
+        return row, len(rows.all())
+
+
+async def test_counts_are_folded_lazily_usage_at_once_and_everything_by_a_flush(
+    broker: RunningBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows are stored every tick; the session row's counters follow within FOLD_EVERY_S
+    (folding a thousand rows a tick cost more than their rows), except usage, which is
+    folded with the response.done that reports it, and a flush, which folds everything."""
+    monkeypatch.setattr(event_writer, "FOLD_EVERY_S", 30.0)
+    session = await broker.create_session(tools=["lookup_order"])
+    recorder = EventRecorder(broker.app[app_state.SESSIONMAKER], session["id"])
+    await recorder.start()
+    writer = asyncio.create_task(recorder.run())
+    try:
+        for n in range(3):
+            recorder.record("in", {"type": "response.created", "n": n})
+        async with asyncio.timeout(10):
+            while (await _row_and_rows(broker, session["id"]))[1] < 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        row, _ = await _row_and_rows(broker, session["id"])
+        assert row.events_stored == 0  # owed, not yet folded
+
+        recorder.record("in", response_done(7))
+        async with asyncio.timeout(10):
+            while (await _row_and_rows(broker, session["id"]))[1] < 4:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        row, _ = await _row_and_rows(broker, session["id"])
+        # Usage is folded with its rows, and the owed counts ride along.
+        assert (row.usage_responses, row.usage_total_tokens, row.events_stored) == (1, 7, 4)
+
+        recorder.record("in", {"type": "rate_limits.updated", "rate_limits": []})
+        await recorder.flush()
+        row, stored = await _row_and_rows(broker, session["id"])
+        assert (row.events_stored, row.events_coalescible, stored) == (5, 1, 5)
+    finally:
+        recorder.stop()
+        await asyncio.wait_for(writer, 10)
+
+
+async def test_owed_counts_of_a_quiet_session_are_folded_when_due(
+    broker: RunningBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session that goes quiet (or only drops events at its cap) still gets its counts
+    folded, by the writer's own sweep, with no flush and no new row."""
+    monkeypatch.setattr(event_writer, "FOLD_EVERY_S", 0.3)
+    broker.app[app_state.EVENT_LOG].caps = EventCaps(coalescible_events=1)
+    session = await broker.create_session(tools=["lookup_order"])
+    recorder = EventRecorder(broker.app[app_state.SESSIONMAKER], session["id"])
+    await recorder.start()
+    writer = asyncio.create_task(recorder.run())
+    try:
+        recorder.record("in", {"type": "rate_limits.updated", "n": 1})
+        recorder.record("in", {"type": "rate_limits.updated", "n": 2})  # past the cap
+        async with asyncio.timeout(10):
+            while True:
+                row, stored = await _row_and_rows(broker, session["id"])
+                if row.events_stored == 1 and row.events_dropped == 1:
+                    break
+                await asyncio.sleep(0.05)
+        assert stored == 1
+    finally:
+        recorder.stop()
+        await asyncio.wait_for(writer, 10)

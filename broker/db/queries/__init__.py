@@ -29,6 +29,7 @@ from broker.db.queries.session_counters import (
     usage_by_key,
 )
 from broker.db.queries.session_events import (
+    EventCounts,
     SessionFold,
     add_broker_event,
     add_events,
@@ -73,6 +74,7 @@ from broker.db.queries.webhook_deliveries import (
 __all__ = [
     "SESSION_ENDED",
     "Executor",
+    "EventCounts",
     "LogTally",
     "SessionFold",
     "add_broker_event",

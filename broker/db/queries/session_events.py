@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final, cast
 
 from sqlalchemy import Table, func, insert, select
@@ -79,33 +80,46 @@ async def add_events(
 
 
 @dataclass(frozen=True)
+class EventCounts:
+    """What one session's counters and usage totals gain: :func:`fold_event_counts`'s terms."""
+
+    stored: int = 0
+    errors: int = 0
+    last_at: datetime | None = None
+    usage: Usage = field(default_factory=Usage)
+    tally: LogTally = field(default_factory=LogTally)
+
+
+@dataclass(frozen=True)
 class SessionFold:
-    """One session's share of a group commit: its rows and what they add to its counters."""
+    """One session's share of a group commit: its rows, and what its counters gain."""
 
     session_id: str
     rows: Sequence[dict[str, Any]]
     """``session_events`` rows of this session, ``seq`` given (may be empty: counts only)."""
-    usage: Usage
-    tally: LogTally
+    counts: EventCounts | None
+    """``None``: the rows only; their counts are folded by a later write of the writer's."""
 
 
 async def store_event_batch(s: AsyncSession, folds: Sequence[SessionFold]) -> None:
-    """Store several sessions' event-log rows and fold each into its session's counters.
+    """Store several sessions' event-log rows and fold counts into their session rows.
 
     The event log's group commit (:mod:`broker.record.event_writer`): one ``UPDATE`` batch
-    for the session rows (locked in id order, before the rows, as every other writer of a
-    session row does), then one ``INSERT`` of every row, in the caller's transaction.
+    for the session rows that gain counts (locked in id order, before the rows, as every
+    other writer of a session row does), then one ``INSERT`` of every row, in the caller's
+    transaction.
     """
     params = [
         event_count_params(
             fold.session_id,
-            stored=len(fold.rows),
-            errors=sum(1 for r in fold.rows if r["type"] == "error" and r["direction"] == "in"),
-            last_at=max((r["at"] for r in fold.rows), default=None),
-            usage=fold.usage,
-            tally=fold.tally,
+            stored=fold.counts.stored,
+            errors=fold.counts.errors,
+            last_at=fold.counts.last_at,
+            usage=fold.counts.usage,
+            tally=fold.counts.tally,
         )
         for fold in folds
+        if fold.counts is not None
     ]
     await fold_many_event_counts(s, params)
     rows = [row for fold in folds for row in fold.rows]
