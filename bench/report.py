@@ -643,7 +643,109 @@ def _talking_section(talking: dict[str, Any], plot: Path | None = None) -> list[
         f"{watcher_books['outputs']:,} answered "
         f"({'each exactly once' if watcher_books.get('exact') else '**not** each exactly once'})."
     ]
+    lines += _overload_lines(r["brokers"], opts)
     return [*lines, ""]
+
+
+def _overload_row(label: str, o: dict[str, Any]) -> list[str]:
+    if "skipped" in o:
+        return [label, f"skipped: {o['skipped']}", *[""] * 8]
+    ceiling = f"{o['ceiling']:,} ({o['ceiling_from']})"
+    press, recovery = o.get("press"), o.get("recovery")
+    if press is None or recovery is None:
+        why = o.get("failed") or f"not reached ({o.get('grow', {}).get('opened')} opened)"
+        return [label, ceiling, why, *[""] * 7]
+    replies = o["replies"]["press"]
+    proper = "503 overloaded live_calls"
+    others = {
+        f"{kind} {status}": n
+        for kind in ("create", "offer")
+        for status, n in replies.get(kind, {}).items()
+        if status != proper
+    }
+    readyz = replies.get("readyz", {})
+    exact = (
+        o["books"]["exact"]
+        and o["books_at_ceiling"]["exact"]
+        and o["usage"]["exact"]
+        and o["tool_calls_recorded"]["exact"]
+    )
+    return [
+        label,
+        ceiling,
+        f"{press['sessions_tried']:,} / {press['offers_tried']:,}",
+        f"{press['refused_properly'] - readyz.get(proper, 0):,} "
+        f"(Retry-After {', '.join(o['retry_after_seen']) or '–'} s)",
+        ", ".join(f"{k}: {n}" for k, n in others.items()) or "none",
+        str(o["status_500"]),
+        f"{readyz.get(proper, 0)} of {sum(readyz.values())} 503",
+        _seconds(recovery["ready_after_s"]),
+        f"{recovery['reopened']} of {recovery['expected']} "
+        f"({recovery['attached']} attached; {_seconds(recovery['attached_after_s'])})",
+        f"{o['books']['function_calls']:,} tool calls, {o['usage']['responses_sent']:,} "
+        f"responses: {'exact' if exact else '**not exact**'}",
+    ]
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.2f} s"
+
+
+def _overload_lines(brokers: dict[str, Any], opts: dict[str, Any]) -> list[str]:
+    phases = {db: b["overload"] for db, b in brokers.items() if "overload" in b}
+    if not phases:
+        return []
+    lines = [
+        "",
+        "**Overload at the ceiling** (`bench/talking_overload.py`): after its stepping, a "
+        "fresh broker per database with `BROKER_MAX_LIVE_CALLS` at the knee (else the largest "
+        "unsaturated step, else the first), the brake's other readings at their defaults, is "
+        "grown to the ceiling with talking calls; for "
+        f"{opts.get('overload_window_s', 0):g} s while they talk, new sessions, offers of "
+        "sessions created before and `/readyz` are tried; then the calls go quiet, "
+        f"{opts.get('overload_hangup_share', 0) * 100:.0f} % (at least 2) are hung up and as "
+        "many opened again. *Books*: every function call the stand-in issued answered once "
+        "and recorded as succeeded, every `response.done` it sent counted "
+        "(`broker_responses_total`) and stored (the sessions' usage).",
+        "",
+    ]
+    lines += _table(
+        [
+            "database",
+            "ceiling",
+            "sessions / offers tried",
+            "refused 503 overloaded",
+            "other answers",
+            "500s",
+            "/readyz",
+            "ready again after",
+            "opened again",
+            "books",
+        ],
+        [_overload_row(DB_LABELS.get(db, db), o) for db, o in phases.items()],
+    )
+    for db, o in phases.items():
+        problems = o.get("problems") or []
+        if "skipped" in o:
+            continue
+        metrics = o.get("metrics", {})
+        lines += [
+            "",
+            f"- {DB_LABELS.get(db, db)}: "
+            + (
+                "every check held"
+                if not problems
+                else "**" + f"{len(problems)} checks failed**: " + "; ".join(problems)
+            )
+            + (
+                f" (sideband failures {metrics['sideband_failures']:g}, degraded sessions "
+                f"{metrics['sessions_degraded']:g}, broker log errors "
+                f"{o.get('log_problems', {}).get('errors')})."
+                if metrics
+                else "."
+            ),
+        ]
+    return lines
 
 
 def _audit_section(audit: dict[str, Any]) -> list[str]:

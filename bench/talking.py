@@ -25,6 +25,12 @@ exactly one output. Then the broker is stopped and the stand-in's calls ended.
 
 *The knee*: the largest step whose dispatch p99 is ≤ ``knee_p99_ms`` (10 ms), per database.
 
+*Overload* (:mod:`bench.talking_overload`): after each database's stepping, a fresh broker
+with ``BROKER_MAX_LIVE_CALLS`` at the knee (else the largest unsaturated step, else the
+first) is grown to it and pressed past it while its calls talk: every refusal must be 503
+``overloaded`` with ``Retry-After``, no answer a 500, no function call or usage lost; then a
+tenth of the calls is hung up and the broker must be ready and take calls again.
+
 The minimal watcher runs on core 0 in its phase (the core the broker has in its own), so
 both are measured with a core of their own and the stand-in alone on the other.
 
@@ -50,7 +56,7 @@ from typing import Any, Final
 import aiohttp
 
 from . import standin as standin_module
-from . import standin_wire
+from . import standin_wire, talking_overload
 from . import watcher as watcher_module
 from .context import BenchContext, add_common_args, context_from_args, finish, override, start_clock
 from .databases import DatabaseKind, DatabaseUnavailableError, scratch_database
@@ -117,11 +123,30 @@ class Options:
     profile_window_s: float = 12.0
     max_seconds: float = 720.0
     seed: int = 16
+    overload: bool = True
+    """Run :mod:`bench.talking_overload` after each database's stepping."""
+    overload_window_s: float = 20.0
+    overload_extra_share: float = 0.25
+    """New sessions tried at the ceiling, as a share of it (within the two bounds below)."""
+    overload_min_attempts: int = 4
+    overload_max_attempts: int = 250
+    overload_hangup_share: float = 0.1
+    """The calls hung up to drop the load (at least 2)."""
+    overload_ceiling_max: int | None = None
+    recovery_max_s: float = 30.0
+    overload_max_s: float = 300.0
+    """One overload phase's set-up and retries (its other steps have their own bounds)."""
 
 
 PRESETS: Final = {
     "full": Options(),
-    "medium": Options(steps=(50, 150, 500), window_s=12.0, warmup_s=7.0, max_seconds=420.0),
+    "medium": Options(
+        steps=(50, 150, 500),
+        window_s=12.0,
+        warmup_s=7.0,
+        max_seconds=420.0,
+        overload_window_s=10.0,
+    ),
     "smoke": Options(
         steps=(3, 6),
         databases=("sqlite",),
@@ -134,6 +159,10 @@ PRESETS: Final = {
         drain_max_s=10.0,
         profile_window_s=1.0,
         max_seconds=90.0,
+        overload_window_s=2.0,
+        overload_ceiling_max=4,
+        recovery_max_s=15.0,
+        overload_max_s=60.0,
     ),
 }
 
@@ -231,7 +260,7 @@ async def start_standin(options: Options, work: Path) -> Helper:
         "--seed",
         str(options.seed),
         "--max-seconds",
-        str(options.max_seconds + 120),
+        str(run_bound_s(options)),
     ]
     return await Helper.start(
         "bench.standin",
@@ -244,7 +273,7 @@ async def start_standin(options: Options, work: Path) -> Helper:
 
 async def start_watcher(options: Options, work: Path, provider: str) -> Helper:
     args = ["--provider", provider, "--key", PROVIDER_KEY]
-    args += ["--max-seconds", str(options.max_seconds + 120)]
+    args += ["--max-seconds", str(run_bound_s(options))]
     return await Helper.start(
         "bench.watcher",
         args,
@@ -602,6 +631,12 @@ async def _profile(
 # ---- the run -----------------------------------------------------------------------------
 
 
+def run_bound_s(options: Options) -> float:
+    """How long the helper processes may live: the run's bound, and each overload phase's."""
+    overload = talking_overload.phase_bound_s(options) if options.overload else 0.0
+    return options.max_seconds + 120 + overload * len(options.databases)
+
+
 async def run(options: Options, ctx: BenchContext) -> dict[str, Any]:
     """Run the benchmark; write and return its JSON."""
     started = start_clock()
@@ -621,6 +656,22 @@ async def run(options: Options, ctx: BenchContext) -> dict[str, Any]:
                 )
             except DatabaseUnavailableError as exc:
                 brokers[db] = {"skipped": str(exc)}
+                continue
+            if options.overload:
+                # Bounded on its own (talking_overload.phase_bound_s): the time it took is
+                # added to the stepping's and the watcher's bounds, not taken from them.
+                began = time.monotonic()
+                brokers[db]["overload"] = await talking_overload.overload_phase(
+                    options,
+                    ctx,
+                    db,
+                    standin,
+                    brokers[db],
+                    lambda: settle_books(options, standin),
+                )
+                spent = time.monotonic() - began
+                deadline += spent
+                end += spent
         measured = sorted(
             {s["calls"] for b in brokers.values() for s in b.get("steps", [])} | {options.steps[0]}
         )

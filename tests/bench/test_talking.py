@@ -4,7 +4,9 @@ The stand-in's tests run it in this process on a loopback port and speak to it a
 sideband client would. The end-to-end tests run ``bench.talking`` at the smoke preset into a
 temporary directory: they check that the books balance (every function call got exactly one
 output, from the broker and from the minimal watcher), that events were counted and the
-broker saw no tampering, and that the report renders; never how fast anything was.
+broker saw no tampering, that the overload phase found the brake graceful (refusals 503
+with Retry-After, no 500, nothing lost, recovery), and that the report renders; never how
+fast anything was.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bench import talking
+from bench import talking, talking_overload
 from bench.__main__ import main as bench_main
 from bench.context import BenchContext
 from bench.probe import SIDEBAND_ONLY_OFFER
@@ -260,6 +262,91 @@ def test_minimal_watcher_answers_every_function_call_once(smoke_run: Path) -> No
     assert watcher["watcher_counts"]["outputs"] == watcher["books"]["outputs"]
 
 
+def _check_overload(overload: dict[str, Any]) -> None:
+    """The overload phase at a tiny ceiling: refused properly, nothing lost, recovered."""
+    assert overload["problems"] == [] and overload["ok"] is True
+    assert 3 <= overload["ceiling"] <= 4
+    assert overload["reached"] and overload["grow"]["opened"] == overload["ceiling"]
+    press = overload["press"]
+    assert press["sessions_tried"] >= 4 and press["offers_tried"] >= 4
+    assert press["not_refused_properly"] == 0
+    # Every new session, offer and readiness probe at the ceiling: 503 with Retry-After.
+    tried = press["sessions_tried"] + press["offers_tried"] + press["readyz_polled"]
+    assert press["refused_properly"] == tried
+    assert overload["replies"]["press"]["readyz"] == {"503 overloaded live_calls": 4}
+    assert overload["retry_after_seen"] == ["5"]
+    assert overload["status_500"] == 0
+    recovery = overload["recovery"]
+    assert recovery["ready_after_s"] is not None
+    assert recovery["reopened"] == recovery["attached"] == recovery["expected"] >= 2
+    assert overload["ceiling_holds_again"] is True
+    for books in (overload["books_at_ceiling"], overload["books"]):
+        _check_books(books)
+        assert books["unanswered_at_end"] == 0
+    usage = overload["usage"]
+    assert usage["responses_sent"] > 0 and usage["exact"] is True
+    assert usage["broker_responses_total"] == usage["stored_responses"] == usage["responses_sent"]
+    recorded = overload["tool_calls_recorded"]
+    assert recorded["recorded"] == recorded["succeeded"] == overload["books"]["function_calls"]
+    assert overload["metrics"]["sideband_failures"] == 0
+    assert overload["metrics"]["sessions_degraded"] == 0
+    assert overload["metrics"]["refusals"]['reason="live_calls"'] >= press["sessions_tried"]
+    assert set(overload["sessions"]["states"]) <= {"live", "ended", "created"}
+    assert overload["log_problems"] == {"errors": 0, "flagged": 0, "samples": []}
+
+
+def test_broker_on_sqlite_refuses_calls_over_its_ceiling_and_loses_nothing(
+    smoke_run: Path,
+) -> None:
+    payload = json.loads((smoke_run / "results" / "talking.json").read_text())
+    _check_overload(payload["results"]["brokers"]["sqlite"]["overload"])
+
+
+def test_the_overload_ceiling_is_the_knee_else_an_unsaturated_step_else_the_first() -> None:
+    def step(calls: int, saturated: bool) -> dict[str, Any]:
+        return {"calls": calls, "saturated": saturated}
+
+    steps = [step(100, False), step(300, False), step(1000, True)]
+    assert talking_overload.overload_ceiling(steps, 100, None) == (100, "the knee")
+    assert talking_overload.overload_ceiling(steps, None, None) == (
+        300,
+        "the largest unsaturated step",
+    )
+    saturated = [step(100, True), step(300, True)]
+    assert talking_overload.overload_ceiling(saturated, None, None) == (100, "the first step")
+    ceiling, source = talking_overload.overload_ceiling(steps, 100, 4) or (0, "")
+    assert ceiling == 4 and "capped" in source
+    assert talking_overload.overload_ceiling([step(0, True)], None, None) is None
+    assert talking_overload.overload_ceiling([], None, None) is None
+
+
+def test_only_a_503_overloaded_for_live_calls_with_retry_after_is_the_ceilings_refusal() -> None:
+    Reply = talking_overload.Reply
+    assert Reply(503, "overloaded", "live_calls", "5").refused_at_ceiling()
+    assert not Reply(503, "overloaded", "live_calls", None).refused_at_ceiling()
+    assert not Reply(503, "overloaded", "loop_lag", "5").refused_at_ceiling()
+    assert not Reply(503, "draining", None, "5").refused_at_ceiling()
+    assert not Reply(500, "internal_error").refused_at_ceiling()
+    assert not Reply(201).refused_at_ceiling()
+    assert Reply(503, "overloaded", "live_calls", "5").label == "503 overloaded live_calls"
+
+
+def test_labelled_metrics_are_read_by_their_labels() -> None:
+    text = "\n".join(
+        [
+            "# TYPE broker_overload_refusals_total counter",
+            'broker_overload_refusals_total{reason="live_calls"} 9.0',
+            'broker_overload_refusals_total{reason="loop_lag"} 2.0',
+            "broker_overloaded 1.0",
+            "broker_overloaded_other 5.0",
+        ]
+    )
+    by_label = talking_overload.metric_by_label(text, "broker_overload_refusals_total")
+    assert by_label == {'reason="live_calls"': 9.0, 'reason="loop_lag"': 2.0}
+    assert talking_overload.metric_total(text, "broker_overloaded") == 1.0
+    assert talking_overload.metric_total(None, "broker_overloaded") == 0.0
+
+
 def test_report_renders_the_talking_table(smoke_run: Path) -> None:
     text = (smoke_run / "RESULTS.md").read_text()
     section = text[text.index("## 5. Talking calls") :]
@@ -268,6 +355,10 @@ def test_report_renders_the_talking_table(smoke_run: Path) -> None:
     assert "**The knee**" in section
     assert "each exactly once" in section and "not** each exactly once" not in section
     assert "talking calls: broker CPU per event" in text  # the target row
+    overload = section[section.index("**Overload at the ceiling**") :]
+    assert ("| SQLite | 4 (" in overload or "| SQLite | 3 (" in overload) and "| 0 |" in overload
+    assert ": exact |" in overload
+    assert "- SQLite: every check held" in overload
 
 
 @pytest.mark.postgres
@@ -289,3 +380,4 @@ async def test_broker_on_postgres_answers_every_function_call_once(tmp_path: Pat
     assert step["calls"] == 3 and step["setup_errors"] == 0
     _check_step(step)
     _check_books(broker["books"])
+    _check_overload(broker["overload"])
