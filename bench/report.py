@@ -649,12 +649,12 @@ def _talking_section(talking: dict[str, Any], plot: Path | None = None) -> list[
 
 def _overload_row(label: str, o: dict[str, Any]) -> list[str]:
     if "skipped" in o:
-        return [label, f"skipped: {o['skipped']}", *[""] * 8]
+        return [label, f"skipped: {o['skipped']}", *[""] * 9]
     ceiling = f"{o['ceiling']:,} ({o['ceiling_from']})"
     press, recovery = o.get("press"), o.get("recovery")
     if press is None or recovery is None:
         why = o.get("failed") or f"not reached ({o.get('grow', {}).get('opened')} opened)"
-        return [label, ceiling, why, *[""] * 7]
+        return [label, ceiling, why, *[""] * 8]
     replies = o["replies"]["press"]
     proper = "503 overloaded live_calls"
     others = {
@@ -664,6 +664,7 @@ def _overload_row(label: str, o: dict[str, Any]) -> list[str]:
         if status != proper
     }
     readyz = replies.get("readyz", {})
+    dispatch = press["talk"]["dispatch_ms"]
     exact = (
         o["books"]["exact"]
         and o["books_at_ceiling"]["exact"]
@@ -679,6 +680,7 @@ def _overload_row(label: str, o: dict[str, Any]) -> list[str]:
         ", ".join(f"{k}: {n}" for k, n in others.items()) or "none",
         str(o["status_500"]),
         f"{readyz.get(proper, 0)} of {sum(readyz.values())} 503",
+        f"{_long_ms(dispatch['p50'])} / {_long_ms(dispatch['p99'])}",
         _seconds(recovery["ready_after_s"]),
         f"{recovery['reopened']} of {recovery['expected']} "
         f"({recovery['attached']} attached; {_seconds(recovery['attached_after_s'])})",
@@ -699,8 +701,8 @@ def _overload_lines(brokers: dict[str, Any], opts: dict[str, Any]) -> list[str]:
         "",
         "**Overload at the ceiling** (`bench/talking_overload.py`): after its stepping, a "
         "fresh broker per database with `BROKER_MAX_LIVE_CALLS` at the knee (else the largest "
-        "unsaturated step, else the first), the brake's other readings at their defaults, is "
-        "grown to the ceiling with talking calls; for "
+        "unsaturated step, else the first), the brake's other readings at their defaults (the "
+        "per-session offer rate off), is grown to the ceiling with talking calls; for "
         f"{opts.get('overload_window_s', 0):g} s while they talk, new sessions, offers of "
         "sessions created before and `/readyz` are tried; then the calls go quiet, "
         f"{opts.get('overload_hangup_share', 0) * 100:.0f} % (at least 2) are hung up and as "
@@ -718,6 +720,7 @@ def _overload_lines(brokers: dict[str, Any], opts: dict[str, Any]) -> list[str]:
             "other answers",
             "500s",
             "/readyz",
+            "dispatch p50 / p99 ms",
             "ready again after",
             "opened again",
             "books",
