@@ -302,6 +302,8 @@ def metric_sums(text: str | None) -> tuple[dict[str, float], set[str]]:
             continue
         name_labels, _, value = line.rpartition(" ")
         name = name_labels.split("{", 1)[0]
+        if name.endswith("_created"):
+            continue  # a counter's creation time (prometheus_client), not a count
         try:
             sums[name] = sums.get(name, 0.0) + float(value)
         except ValueError:

@@ -353,6 +353,7 @@ async def overload_phase(
         # lagging loop refuses too (and is retried after its Retry-After).
         "BROKER_OVERLOAD_LOOP_LAG_S": str(defaults["overload_loop_lag_s"].default),
         "BROKER_EVENT_LOG_MAX_PENDING": str(defaults["event_log_max_pending"].default),
+        "BROKER_OVERLOAD_EVENT_LOG_LAG_S": str(defaults["overload_event_log_lag_s"].default),
     }
     result: dict[str, Any] = {
         "ceiling": ceiling,

@@ -256,6 +256,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             max_live_calls=settings.max_live_calls,
             max_loop_lag_s=settings.overload_loop_lag_s,
             retry_after_s=settings.overload_retry_after_s,
+            max_event_log_lag_s=settings.overload_event_log_lag_s,
         ),
         lambda: supervisor.live_count,
         app[app_state.EVENT_LOG],

@@ -7,7 +7,7 @@ Three readings, each cheap enough to check on every request:
   ``BROKER_OVERLOAD_LOOP_LAG_S`` (everything this process does waits in that loop; one
   stall, a collector pass say, is not load, a loop that stays late is);
 * **the event-log writer's backlog**: half its bound (``BROKER_EVENT_LOG_MAX_PENDING``), or
-  its oldest event waiting longer than :data:`WRITER_LAG_S`.
+  its oldest event waiting longer than ``BROKER_OVERLOAD_EVENT_LOG_LAG_S``.
 
 While any holds, new sessions and offers get 503 ``overloaded`` with ``Retry-After``
 (:meth:`OverloadGuard.check`), ``/readyz`` fails, and the event log sheds coalescible events
@@ -34,7 +34,6 @@ SAMPLE_S: Final = 0.1
 WINDOW_SAMPLES: Final = 10
 """The lag reading is the mean of the last second's samples."""
 HOLD_S: Final = 2.0
-WRITER_LAG_S: Final = 5.0
 
 
 class OverloadReason(enum.StrEnum):
@@ -51,6 +50,7 @@ class OverloadLimits:
     """``0``: no ceiling."""
     max_loop_lag_s: float
     retry_after_s: int
+    max_event_log_lag_s: float = 5.0
 
 
 class OverloadGuard:
@@ -102,7 +102,7 @@ class OverloadGuard:
         if self.loop_lag_s > self.limits.max_loop_lag_s:
             return OverloadReason.LOOP_LAG
         log = self._event_log
-        if log.pending_events * 2 >= log.max_pending or log.lag_s > WRITER_LAG_S:
+        if log.pending_events * 2 >= log.max_pending or log.lag_s > self.limits.max_event_log_lag_s:
             return OverloadReason.EVENT_BACKLOG
         return None
 

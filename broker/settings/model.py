@@ -352,6 +352,14 @@ class Settings(BaseSettings):
         " second) that counts as overload: new sessions and offers are refused, coalescible"
         " events shed",
     )
+    overload_event_log_lag_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="how long the event-log writer's oldest unstored event may wait before"
+        " it counts as overload (a writer that cannot keep up)",
+    )
     overload_retry_after_s: int = Field(
         5,
         ge=1,
