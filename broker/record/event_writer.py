@@ -3,14 +3,16 @@
 Each supervised call records its events into its own :class:`SessionBuffer` (never waiting).
 The writer of the process (:class:`EventWriter`, one per app) wakes when any buffer has
 something, lets events gather for a short *tick* (:data:`TICK_S`), then stores what every
-session has in **one** transaction: the rows of all of them in one ``INSERT``, their counters
-and usage in one ``UPDATE`` per session (sent as one batch). A thousand talking calls cost
-some twenty commits a second instead of thousands; tool decisions keep their own
-transactions and never wait in this queue (they only share the database).
+session has in **one** transaction: the rows of all of them in one ``INSERT``, and, in one
+batch of ``UPDATE`` statements, the usage of the sessions whose rows report some and the counters of
+those whose fold is due (:data:`FOLD_EVERY_S`). A thousand talking calls cost a few commits a
+second instead of thousands. Tool decisions keep their own transactions and never wait in
+this queue; on SQLite they go before it at the write gate (:mod:`broker.db.write_gate`).
 
 The queue is bounded by what it sheds, not by blocking: past :data:`DEFAULT_MAX_PENDING`
-buffered events, a buffer takes no more *coalescible* events (they are dropped and counted);
-kept events and usage are always queued, so nothing the log is for is ever shed.
+buffered events, or while the process is overloaded (:mod:`broker.overload`), a buffer takes
+no more *coalescible* events (they are dropped and counted); kept events and usage are always
+queued, so nothing the log is for is ever shed.
 
 ``seq`` numbers are given when a batch is written, after what each buffer last stored: a
 batch the database refused for good leaves no gap. A batch that clashes with another writer
@@ -46,9 +48,8 @@ events, and every other session's meanwhile, share one transaction."""
 MAX_TICK_S: Final = 1.0
 WRITER_SHARE: Final = 0.15
 """The share of the time the writer may spend in its transactions: the tick grows with the
-last transaction's length (``last / share``, between :data:`TICK_S` and :data:`MAX_TICK_S`).
-A transaction costs per row and per session it folds; a thousand talking sessions are all
-dirty every tick, so a longer tick folds each one less often for the same events."""
+last transaction's length (``last / share``, between :data:`TICK_S` and :data:`MAX_TICK_S`),
+so a backlog is written in fewer, larger transactions."""
 FOLD_EVERY_S: Final = 2.0
 """How often a session's counters (rows stored, errors, coalescible bytes, drops, the last
 event's time) are folded into its row, at least. Folding costs some 20 µs of the event
