@@ -202,30 +202,39 @@ _HTTP_CODES: dict[int, str] = {
 }
 
 
+def problem_of(exc: BrokerError) -> web.Response:
+    """The problem+json response that reports ``exc`` (its status, code and headers)."""
+    status = exc.http_status if isinstance(exc, UpstreamError) else exc.status
+    return problem_response(
+        status, exc.code, exc.title, exc.detail, headers=exc.headers, **exc.extensions
+    )
+
+
+def _refused(request: web.Request, exc: BrokerError) -> web.Response:
+    response = problem_of(exc)
+    if response.status >= 500:
+        logger.warning("request failed path=%s code=%s: %s", request.path, exc.code, exc)
+    return response
+
+
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render every error as problem+json, in one place."""
     try:
         return await handler(request)
     except BrokerError as exc:
-        status = exc.http_status if isinstance(exc, UpstreamError) else exc.status
-        if status >= 500:
-            logger.warning("request failed path=%s code=%s: %s", request.path, exc.code, exc)
-        return problem_response(
-            status, exc.code, exc.title, exc.detail, headers=exc.headers, **exc.extensions
-        )
+        return _refused(request, exc)
     except PoolTimeoutError:
         # Every database connection stayed busy past the pool's timeout: this process is
         # overloaded, not broken; the client retries (and nothing was half-written: the
         # request never got a connection).
-        logger.warning("request refused path=%s: no database connection free", request.path)
-        return problem_response(
-            503,
-            "overloaded",
-            OverloadedError.title,
-            "this broker process is at capacity (database connections); retry later",
-            headers={"Retry-After": str(POOL_RETRY_AFTER_S)},
-            reason="database_pool",
+        return _refused(
+            request,
+            OverloadedError(
+                "this broker process is at capacity (database connections); retry later",
+                retry_after=POOL_RETRY_AFTER_S,
+                reason="database_pool",
+            ),
         )
     except web.HTTPException as exc:
         # aiohttp's own (unmatched route, wrong method, client_max_size): same contract.

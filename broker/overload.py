@@ -106,6 +106,14 @@ class OverloadGuard:
             return OverloadReason.EVENT_BACKLOG
         return None
 
+    def refusal(self, reason: OverloadReason, what: str) -> OverloadedError:
+        """The 503 ``overloaded`` (with ``Retry-After``) that refuses ``what`` for ``reason``."""
+        return OverloadedError(
+            f"this broker process is at capacity ({reason.value}): {what} is refused; retry later",
+            retry_after=self.limits.retry_after_s,
+            reason=reason.value,
+        )
+
     def check(self, what: str) -> None:
         """Refuse new work while overloaded.
 
@@ -120,11 +128,7 @@ class OverloadGuard:
             return
         # Logged once, by the problem middleware (a 503).
         self._metrics.overload_refused(reason.value)
-        raise OverloadedError(
-            f"this broker process is at capacity ({reason.value}): {what} is refused; retry later",
-            retry_after=self.limits.retry_after_s,
-            reason=reason.value,
-        )
+        raise self.refusal(reason, what)
 
     async def run(self) -> None:
         """Sample the event loop's lag until cancelled."""

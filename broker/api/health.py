@@ -7,7 +7,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker import app_state
-from broker.errors import problem_response
+from broker.errors import problem_of, problem_response
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -29,14 +29,10 @@ async def readyz(request: web.Request) -> web.Response:
     app = request.app
     if app[app_state.SHUTTING_DOWN].is_set() or app[app_state.SUPERVISOR].stopping:
         return problem_response(503, "draining", "Unavailable", "this process is stopping")
-    reason = app[app_state.OVERLOAD].reason()
+    guard = app[app_state.OVERLOAD]
+    reason = guard.reason()
     if reason is not None:
-        return problem_response(
-            503,
-            "overloaded",
-            "Overloaded",
-            f"this process is at capacity ({reason.value})",
-            headers={"Retry-After": str(app[app_state.OVERLOAD].limits.retry_after_s)},
-            reason=reason.value,
-        )
+        # A reading, not a refused request: not counted, not logged (probes come every
+        # few seconds).
+        return problem_of(guard.refusal(reason, "a new call"))
     return await healthz(request)
