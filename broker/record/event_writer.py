@@ -183,9 +183,18 @@ class SessionBuffer:
         """Whether it has rows or usage to write."""
         return bool(self.events) or not self.carried.empty
 
+    @property
+    def owes(self) -> bool:
+        """Whether it has counts not yet folded into the session row."""
+        return not self.owed.empty
+
     def fold_now(self, now: float) -> bool:
         """Whether its owed counts go into the next write (see :data:`FOLD_EVERY_S`)."""
         return self.fold_due or self.closing or now - self.folded_at >= FOLD_EVERY_S
+
+    def fold_falls_due(self, now: float) -> bool:
+        """Whether it owes counts whose fold is due now (a write of counts alone)."""
+        return self.owes and self.fold_now(now)
 
 
 @dataclass
@@ -289,7 +298,7 @@ class EventWriter:
         left rides on the next write).
         """
         buffer.fold_due = True
-        while buffer.pending or not buffer.owed.empty:
+        while buffer.pending or buffer.owes:
             if buffer not in self._dirty:
                 self._dirty[buffer] = None
             before = (len(buffer.events), buffer.owed, buffer.carried)
@@ -305,7 +314,7 @@ class EventWriter:
                 if not self._registered:
                     return
                 self._wake.clear()
-                if not any(not b.owed.empty for b in self._registered):
+                if not any(b.owes for b in self._registered):
                     await self._wake.wait()
                     continue
                 # Quiet, but some counts are owed: fold them when they fall due.
@@ -377,7 +386,7 @@ class EventWriter:
         for buffer in list(self._dirty):
             if room <= 0:
                 break
-            if not buffer.pending and not (not buffer.owed.empty and buffer.fold_now(now)):
+            if not buffer.pending and not buffer.fold_falls_due(now):
                 del self._dirty[buffer]  # written meanwhile by the write this one waited for
                 buffer.since = None
                 continue
@@ -388,7 +397,7 @@ class EventWriter:
                 del self._dirty[buffer]
         sliced = {piece.buffer for piece in slices}
         for buffer in self._registered:
-            if buffer not in sliced and not buffer.owed.empty and buffer.fold_now(now):
+            if buffer not in sliced and buffer.fold_falls_due(now):
                 slices.append(self._slice(buffer, 0, now))
         return slices
 
@@ -472,7 +481,7 @@ class EventWriter:
                 buffer.owed = buffer.owed.plus(piece.adds)
             self.pending_events -= piece.count
             self.rows_written += piece.count
-            if buffer.closing and not buffer.pending and buffer.owed.empty:
+            if buffer.closing and not buffer.pending and not buffer.owes:
                 self._registered.discard(buffer)
             if piece.rows:
                 self._written(buffer.session_id, piece.rows)
