@@ -39,8 +39,6 @@ import dataclasses
 import json
 import logging
 import random
-import signal
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,6 +46,7 @@ from typing import Any, Final
 
 from aiohttp import BodyPartReader, WSMsgType, web
 
+from .helper_process import serve_until_stopped
 from .standin_wire import (
     ARGUMENTS,
     ARGUMENTS_ESCAPED,
@@ -844,19 +843,7 @@ async def serve(args: argparse.Namespace) -> None:
     standin = Standin(args.key, profile, session_created_on_attach=args.session_created_on_attach)
     runner = web.AppRunner(create_app(standin), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=4096)
-    await site.start()
-    port = runner.addresses[0][1]
-    sys.stdout.write(f"{READY_PREFIX}{port}\n")
-    sys.stdout.flush()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    # Bounded: a driver that dies without stopping us must not leave us running for ever.
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(args.max_seconds):
-            await stop.wait()
+    await serve_until_stopped(runner, READY_PREFIX, args.max_seconds, port=args.port)
     await runner.cleanup()
 
 

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import signal
-import sys
 from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
 from aiohttp import web
 
+from .helper_process import serve_until_stopped
 from .standin_wire import DEFAULT_KEY
 
 READY_PREFIX: Final = "WATCHER_PORT="
@@ -174,18 +172,7 @@ async def serve(args: argparse.Namespace) -> None:
     await watcher.start()
     runner = web.AppRunner(create_app(watcher), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    sys.stdout.write(f"{READY_PREFIX}{runner.addresses[0][1]}\n")
-    sys.stdout.flush()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    # Bounded: a driver that dies without stopping us must not leave us running for ever.
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(args.max_seconds):
-            await stop.wait()
+    await serve_until_stopped(runner, READY_PREFIX, args.max_seconds)
     await watcher.close()
     await runner.cleanup()
 

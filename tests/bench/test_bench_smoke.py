@@ -1,7 +1,7 @@
 """The four benchmarks at tiny sizes, so they never rot (``make bench`` runs the real sizes).
 
-One run of ``python -m bench --preset smoke`` (into a temporary directory, never over
-``bench/results``) feeds every test here. Nothing is timed: the tests check that each
+One run of ``python -m bench --preset smoke`` (``smoke_run`` in ``conftest.py``, shared with
+``test_talking.py``) feeds every test here. Nothing is timed: the tests check that each
 benchmark ran its whole course and wrote the fields RESULTS.md is built from, with values
 that make sense (counts, order of percentiles), never how fast anything was.
 """
@@ -17,37 +17,12 @@ from typing import Any
 import pytest
 
 from bench import audit_append
-from bench.__main__ import main as bench_main
 from bench.context import BenchContext
 from tests.conftest import skip_or_fail
 
 BENCHMARKS = ("offer_overhead", "dispatch_latency", "capacity", "audit_append")
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run all four at the smoke preset once; the directory holding what they wrote."""
-    root = tmp_path_factory.mktemp("bench")
-    code = bench_main(
-        [
-            "--preset",
-            "smoke",
-            "--out",
-            str(root / "results"),
-            "--work",
-            str(root / "work"),
-            "--profiles",
-            str(root / "profiles"),
-            "--results-md",
-            str(root / "RESULTS.md"),
-            "--plot",
-            str(root / "dispatch.png"),
-        ]
-    )
-    assert code == 0, "a benchmark failed (its traceback is in the captured stderr)"
-    return root
 
 
 def _result(root: Path, name: str) -> dict[str, Any]:

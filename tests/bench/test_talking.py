@@ -23,7 +23,6 @@ import pytest
 from aiohttp import web
 
 from bench import talking, talking_overload
-from bench.__main__ import main as bench_main
 from bench.context import BenchContext
 from bench.probe import SIDEBAND_ONLY_OFFER
 from bench.stack import NOOP_TOOL, PROVIDER_KEY, provider_session_config
@@ -187,32 +186,6 @@ async def test_a_function_call_round_is_timed_and_answered_once(running: Running
 
 
 # ---- end to end ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``python -m bench --only talking --preset smoke`` once (SQLite); its directory."""
-    root = tmp_path_factory.mktemp("talking")
-    code = bench_main(
-        [
-            "--preset",
-            "smoke",
-            "--only",
-            "talking",
-            "--out",
-            str(root / "results"),
-            "--work",
-            str(root / "work"),
-            "--profiles",
-            str(root / "profiles"),
-            "--results-md",
-            str(root / "RESULTS.md"),
-            "--plot",
-            str(root / "dispatch.png"),
-        ]
-    )
-    assert code == 0, "the benchmark failed (its traceback is in the captured stderr)"
-    return root
 
 
 def _check_books(books: dict[str, Any]) -> None:
