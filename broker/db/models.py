@@ -9,7 +9,9 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -318,3 +320,76 @@ class WebhookDelivery(Base):
         UniqueConstraint("session_id", "type", name="uq_webhook_deliveries_session_type"),
         Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
     )
+
+
+class BrokerInstance(Base):
+    """One running broker process sharing the database, kept alive by its heartbeat.
+
+    Times are seconds of the **database's** clock (:func:`broker.db.dialect.db_now`), never a
+    host's: every instance compares them with the same clock.
+    """
+
+    __tablename__ = "broker_instances"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    """Past this without a heartbeat the instance counts as gone."""
+    draining: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Stopping: hands its calls over and takes none."""
+    shared_signing_key: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Its client-secret signing key was configured, not a per-host generated file."""
+    version: Mapped[str] = mapped_column(String(40), default="")
+
+
+class CallLease(Base):
+    """Which instance owns a running call, until when, under which fencing token.
+
+    ``token`` grows by one at every change of owner: a write or a provider action an owner
+    makes about the call first checks that the row still names it with its token and has not
+    expired (:mod:`broker.db.fence`), so an owner that lost the lease (paused, partitioned)
+    can no longer act. ``successor_id`` and ``successor_ready`` carry a make-before-break
+    handoff: the owner asks (``handoff``), a successor claims it and attaches its sideband
+    (``successor_ready``), then the owner lets go in one conditional update.
+    """
+
+    __tablename__ = "call_leases"
+
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    owner_id: Mapped[str] = mapped_column(String(64))
+    token: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[float] = mapped_column(Float)
+    handoff: Mapped[bool] = mapped_column(Boolean, default=False)
+    successor_id: Mapped[str | None] = mapped_column(String(64))
+    successor_ready: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (Index("ix_call_leases_owner", "owner_id"),)
+
+
+class CallCommandStatus(enum.StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class CallCommand(Base):
+    """An action on a call, asked of the instance that owns it (hangup, instructions).
+
+    The row is the source of truth; a ``NOTIFY`` only wakes the owner (and then the asker)
+    sooner than their polls would.
+    """
+
+    __tablename__ = "call_commands"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    owner_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default=CallCommandStatus.PENDING)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_call_commands_owner_status", "owner_id", "status"),)
