@@ -20,6 +20,7 @@ from broker.api.demo import setup_demo
 from broker.api.request_context import log_context_middleware
 from broker.api.routes import setup_routes
 from broker.auth.browser_limits import BrowserLimits
+from broker.auth.shared_ratelimit import RateLimits
 from broker.auth.stream_slots import StreamSlots
 from broker.call.supervisor import SidebandSupervisor
 from broker.db.engine import create_engine, make_sessionmaker
@@ -54,7 +55,6 @@ def create_app(settings: Settings) -> web.Application:
     app[app_state.METRICS] = BrokerMetrics()
     app[app_state.SHUTTING_DOWN] = asyncio.Event()
     app[app_state.STREAM_SLOTS] = StreamSlots(settings.event_streams_per_key)
-    app[app_state.BROWSER_LIMITS] = BrowserLimits(settings)
     app.on_shutdown.append(_shutting_down)
     # Order matters: the supervisor (services_ctx) uses the DB, the provider and the tools,
     # so it is registered last and therefore stopped first.
@@ -97,6 +97,9 @@ async def db_ctx(app: web.Application) -> AsyncIterator[None]:
     WriteGate(enabled=engine.dialect.name == "sqlite").bind(sessionmaker)
     app[app_state.SESSIONMAKER] = sessionmaker
     app[app_state.EVENT_LOG] = event_log
+    # Known only with the engine: on PostgreSQL the buckets are rows every instance shares.
+    app[app_state.RATE_LIMITS] = RateLimits.for_engine(engine)
+    app[app_state.BROWSER_LIMITS] = BrowserLimits(settings, app[app_state.RATE_LIMITS])
     app[app_state.METRICS].track_event_log(
         lambda: event_log.pending_events, lambda: event_log.lag_s
     )
@@ -249,6 +252,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         app[app_state.DISPATCHER],
         supervisor,
         app[app_state.METRICS],
+        rate_limits=app[app_state.RATE_LIMITS],
     )
     app[app_state.METRICS].track_live_sessions(lambda: supervisor.live_count)
     overload = OverloadGuard(

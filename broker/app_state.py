@@ -10,6 +10,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from broker.auth.browser_limits import BrowserLimits
+from broker.auth.shared_ratelimit import RateLimits
 from broker.auth.stream_slots import StreamSlots
 from broker.call.supervisor import SidebandSupervisor
 from broker.metrics import BrokerMetrics
@@ -31,6 +32,8 @@ EVENT_LOG = web.AppKey("event_log", EventLog)
 """The event log's caps and wake-ups, bound to ``SESSIONMAKER`` (every writer finds it)."""
 STREAM_SLOTS = web.AppKey("stream_slots", StreamSlots)
 """Open event streams per API key (``BROKER_EVENT_STREAMS_PER_KEY``)."""
+RATE_LIMITS = web.AppKey("rate_limits", RateLimits)
+"""Makes the rate limiters: shared through the database on PostgreSQL, in memory on SQLite."""
 BROWSER_LIMITS = web.AppKey("browser_limits", BrowserLimits)
 """Per-session rate limits of the offer, bridge and end routes (``BROKER_BRIDGE_*``,
 ``BROKER_OFFER_*``)."""

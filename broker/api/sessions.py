@@ -89,8 +89,9 @@ async def create_session(request: web.Request) -> web.Response:
 async def realtime_offer(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
     browser = browser_principal(request, session_id)
-    # After the token (no I/O), before the body and the database: a flood costs an HMAC.
-    request.app[app_state.BROWSER_LIMITS].check(BrowserRoute.OFFER, browser)
+    # After the token (no I/O), before the body and the database's session row: a flood
+    # costs an HMAC (and, with shared limits on PostgreSQL, one statement on its bucket).
+    await request.app[app_state.BROWSER_LIMITS].check(BrowserRoute.OFFER, browser)
     # Before the body and the provider: a refused offer leaves the session as it was, and
     # the page offers again after Retry-After.
     request.app[app_state.OVERLOAD].check("an offer")
@@ -108,7 +109,7 @@ async def bridge_tool_call(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
     # Expiry is the service's call: the token that made the offer outlives `exp` while live.
     browser = browser_principal(request, session_id, check_expiry=False)
-    request.app[app_state.BROWSER_LIMITS].check(BrowserRoute.BRIDGE, browser)
+    await request.app[app_state.BROWSER_LIMITS].check(BrowserRoute.BRIDGE, browser)
     body = await read_json(request, BridgeCallRequest)
     outcome = await request.app[app_state.SESSIONS].bridge_call(
         browser, request.match_info["tool"], body
@@ -130,7 +131,7 @@ async def end_call(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
     # Like the bridge: the secret that made the offer stays good while its call is live.
     browser = browser_principal(request, session_id, check_expiry=False)
-    request.app[app_state.BROWSER_LIMITS].check(BrowserRoute.END, browser)
+    await request.app[app_state.BROWSER_LIMITS].check(BrowserRoute.END, browser)
     ended = await request.app[app_state.SESSIONS].end_by_browser(browser)
     return web.json_response({"id": session_id, "ended": ended})
 

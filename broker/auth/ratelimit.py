@@ -1,7 +1,11 @@
-"""An in-memory token bucket per key (e.g. per API key for session creation).
+"""Token buckets per key (e.g. per API key for session creation), and their interface.
 
-Per process: with several broker replicas each enforces its own budget, so the effective
-limit is ``rate x replicas`` (acceptable for an abuse brake; a shared store is not worth it here).
+:class:`RateLimiter` is what the routes spend from. :class:`TokenBucketLimiter` keeps the
+buckets in this process's memory: right on SQLite, where the broker is one process (and a take
+costs no I/O). Several instances on one PostgreSQL database share their buckets through it
+instead (:mod:`broker.auth.shared_ratelimit`), so a limit holds across them rather than
+becoming ``rate x instances``; ``RateLimits`` there picks one or the other by the database.
+
 Memory is bounded: a bucket that has refilled holds no state worth keeping and is dropped, and
 past ``max_keys`` the least recently used bucket goes (that key just starts full again).
 """
@@ -12,9 +16,27 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 DEFAULT_MAX_KEYS: Final = 10_000
+
+
+class RateLimiter(Protocol):
+    """``rate_per_minute`` requests per key on average, up to ``burst`` at once."""
+
+    @property
+    def enabled(self) -> bool:
+        """``False``: a zero rate, every request passes."""
+        ...
+
+    async def take(self, key: str) -> float | None:
+        """Spend one token of ``key``'s bucket.
+
+        Returns:
+            ``None`` if allowed; otherwise the seconds (> 0) until a token is available
+            (nothing is spent on a refusal, so a client that waits that long gets through).
+        """
+        ...
 
 
 @dataclass
@@ -97,3 +119,18 @@ class TokenBucketLimiter:
             if oldest.tokens < self._burst:
                 return
             del self._buckets[key]
+
+
+class LocalRateLimiter:
+    """A :class:`TokenBucketLimiter` as a :class:`RateLimiter`: this process's buckets only."""
+
+    def __init__(self, rate_per_minute: float, burst: int) -> None:
+        self._buckets = TokenBucketLimiter(rate_per_minute, burst)
+
+    @property
+    def enabled(self) -> bool:
+        return self._buckets.enabled
+
+    async def take(self, key: str) -> float | None:
+        # Never awaits: a refusal costs no I/O.
+        return self._buckets.take(key)

@@ -393,3 +393,20 @@ class CallCommand(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (Index("ix_call_commands_owner_status", "owner_id", "status"),)
+
+
+class RateBucket(Base):
+    """A token bucket every broker instance on a PostgreSQL database spends from.
+
+    ``key`` is the limiter's name and the limited thing (``create:<key_id>``,
+    ``offer:<session_id>``). ``tokens`` never goes below zero; it is the level at
+    ``updated_at``, seconds of the **database's** clock (``clock_timestamp()``), and refills
+    from there when next read (:mod:`broker.db.queries.rate_buckets`). SQLite keeps its
+    buckets in memory (one process) and leaves this table empty.
+    """
+
+    __tablename__ = "rate_buckets"
+
+    key: Mapped[str] = mapped_column(String(120), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.auth.principals import ApiPrincipal, BrowserPrincipal, Scope, mint_client_secret
-from broker.auth.ratelimit import TokenBucketLimiter
+from broker.auth.shared_ratelimit import RateLimits
 from broker.call.supervisor import SidebandSupervisor
 from broker.db import queries
 from broker.db.models import SessionRow, SessionState, SidebandState, ToolCall
@@ -103,6 +103,7 @@ class SessionService:
         dispatcher: ToolDispatcher,
         supervisor: SidebandSupervisor,
         metrics: BrokerMetrics,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self._settings = settings
         self._sessionmaker = sessionmaker
@@ -112,8 +113,9 @@ class SessionService:
         self._metrics = metrics
         self._writes = ShieldedWrites()
         self._deadlines = CallDeadlines(sessionmaker, provider, metrics)
-        self._create_limiter = TokenBucketLimiter(
-            settings.session_create_rate, settings.session_create_burst
+        # Per API key, shared by every instance on PostgreSQL (``rate_limits``).
+        self._create_limiter = (rate_limits or RateLimits()).limiter(
+            "create", settings.session_create_rate, settings.session_create_burst
         )
         self._offers = Offers(
             settings,
@@ -168,7 +170,7 @@ class SessionService:
             ValidationFailedError: ``unknown_tool``.
         """
         principal.require(Scope.SESSIONS_CREATE)
-        retry_after = self._create_limiter.take(principal.key_id)
+        retry_after = await self._create_limiter.take(principal.key_id)
         if retry_after is not None:
             logger.warning("session create rate limited key_id=%s", principal.key_id)
             raise RateLimitedError(

@@ -9,6 +9,7 @@ callers write ``from broker.db import queries`` and ``queries.get_session_row(..
 - :mod:`.tool_calls`: recording, claiming and settling each call once;
 - :mod:`.disabled_tools`: the operators' kill switches;
 - :mod:`.webhook_deliveries`: the webhook outbox;
+- :mod:`.rate_buckets`: the rate limits every broker instance shares (PostgreSQL);
 - :mod:`.api_keys`.
 
 The ops list of sessions is :mod:`broker.db.session_list`.
@@ -21,6 +22,7 @@ from broker.db.queries.disabled_tools import (
     disabled_tools,
     enable_tool,
 )
+from broker.db.queries.rate_buckets import prune_rate_buckets, take_rate_token
 from broker.db.queries.session_counters import (
     LogTally,
     add_session_usage,
@@ -100,6 +102,7 @@ __all__ = [
     "mark_session_ended",
     "next_event_seq",
     "next_webhook_due",
+    "prune_rate_buckets",
     "queue_session_ended",
     "record_tool_call",
     "reset_tool_call",
@@ -112,6 +115,7 @@ __all__ = [
     "settle_tool_call_fast",
     "stale_sessions",
     "store_event_batch",
+    "take_rate_token",
     "tool_call_counts",
     "transition_session",
     "unfinished_tool_calls",
