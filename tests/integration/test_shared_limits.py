@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -137,9 +138,9 @@ async def test_refilled_buckets_are_pruned_now_and_then(
     assert [await limiter.take("sess_old") for _ in range(5)] == [None] * 5
 
 
-async def test_sqlite_keeps_the_buckets_in_memory(sqlite_db_url: str) -> None:
+async def test_sqlite_keeps_the_buckets_in_memory(tmp_path: Path) -> None:
     """One process: no database work per request, as before."""
-    engine = create_engine(sqlite_db_url)
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'broker.db'}")
     try:
         limits = RateLimits.for_engine(engine)
         assert not limits.shared
