@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -22,8 +23,15 @@ from broker.api.routes import setup_routes
 from broker.auth.browser_limits import BrowserLimits
 from broker.auth.shared_ratelimit import RateLimits
 from broker.auth.stream_slots import StreamSlots
+from broker.call.ownership import (
+    CHANNEL_EVENTS,
+    CHANNEL_WAKE,
+    CallOwnership,
+    key_fingerprint,
+)
 from broker.call.supervisor import SidebandSupervisor
 from broker.db.engine import create_engine, make_sessionmaker
+from broker.db.notices import Notices
 from broker.db.write_gate import WriteGate
 from broker.errors import problem_middleware
 from broker.metrics import BrokerMetrics
@@ -39,6 +47,11 @@ from broker.webhooks.sender import WebhookConfig, WebhookSender
 from sideband import OpenAICompatibleProvider
 
 logger = logging.getLogger(__name__)
+
+try:
+    BROKER_VERSION = importlib.metadata.version("sideband-broker")
+except importlib.metadata.PackageNotFoundError:  # a checkout that was never installed
+    BROKER_VERSION = "0"
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -244,6 +257,22 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         probe_interval=settings.session_probe_interval_s,
     )
     app[app_state.SUPERVISOR] = supervisor
+    ownership = CallOwnership(
+        app[app_state.SESSIONMAKER],
+        instance_id=settings.instance_id,
+        ttl_s=settings.lease_ttl_s,
+        # SQLite is one process: its calls are this one's from the start.
+        single_process=app[app_state.ENGINE].dialect.name == "sqlite",
+        shared_signing_key=settings.signing_key_configured,
+        key_fingerprint=key_fingerprint(
+            settings.signing_key.reveal(),
+            settings.admin_key.reveal() if settings.admin_key is not None else None,
+        ),
+        version=BROKER_VERSION,
+    )
+    # Refuses to start beside other instances with keys they do not share.
+    await ownership.register()
+    app[app_state.OWNERSHIP] = ownership
     app[app_state.SESSIONS] = SessionService(
         settings,
         app[app_state.SESSIONMAKER],
@@ -252,6 +281,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         app[app_state.DISPATCHER],
         supervisor,
         app[app_state.METRICS],
+        ownership,
         rate_limits=app[app_state.RATE_LIMITS],
     )
     app[app_state.METRICS].track_live_sessions(lambda: supervisor.live_count)
@@ -268,10 +298,19 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[app_state.OVERLOAD] = overload
     watching_load = asyncio.create_task(overload.run(), name="overload-guard")
-    # Calls an earlier process controlled (a crash, a deploy) are taken up again.
-    resumed = await app[app_state.SESSIONS].resume()
-    if resumed:
-        logger.info("resumed the sidebands of %d live session(s)", resumed)
+    wakeups = app[app_state.EVENT_LOG].wakeups
+
+    def grown(session_ids: str) -> None:
+        for session_id in session_ids.split(","):
+            wakeups.notify(session_id)
+
+    notices = Notices(
+        settings.database_url, {CHANNEL_WAKE: ownership.notice, CHANNEL_EVENTS: grown}
+    )
+    listening = asyncio.create_task(notices.run(), name="database-notices")
+    # Calls an earlier process controlled (a crash, a deploy), and calls whose owner died,
+    # are taken up by the ownership task, from its first tick on.
+    owning = asyncio.create_task(ownership.run(), name="call-ownership")
     reaper = SessionReaper(
         app[app_state.SESSIONMAKER],
         app[app_state.METRICS],
@@ -284,9 +323,18 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in (sweeping, watching_load):
+        for task in (sweeping, watching_load, owning):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+    # Make-before-break: other instances take over this one's calls before it lets go;
+    # whatever is not taken within the grace is drained and released for any to take.
+    handed = await ownership.hand_off_all(settings.shutdown_grace_s)
+    if handed:
+        logger.info("handed %d call(s) over to other instances", handed)
     await supervisor.close(grace=settings.shutdown_grace_s)
     await app[app_state.SESSIONS].drain()
+    await ownership.release_all()
+    listening.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await listening

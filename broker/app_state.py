@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from broker.auth.browser_limits import BrowserLimits
 from broker.auth.shared_ratelimit import RateLimits
 from broker.auth.stream_slots import StreamSlots
+from broker.call.ownership import CallOwnership
 from broker.call.supervisor import SidebandSupervisor
 from broker.metrics import BrokerMetrics
 from broker.overload import OverloadGuard
@@ -43,6 +44,8 @@ TOOL_HTTP = web.AppKey("tool_http", httpx.AsyncClient)
 TOOLS = web.AppKey("tools", ToolRegistry)
 DISPATCHER = web.AppKey("dispatcher", ToolDispatcher)
 SUPERVISOR = web.AppKey("supervisor", SidebandSupervisor)
+OWNERSHIP = web.AppKey("ownership", CallOwnership)
+"""This instance's leases on running calls (several instances on one database)."""
 SESSIONS = web.AppKey("sessions", SessionService)
 EMULATOR_RUNNER = web.AppKey("emulator_runner", web.AppRunner)
 WEBHOOKS = web.AppKey("webhooks", WebhookSender)

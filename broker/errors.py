@@ -150,6 +150,15 @@ class UnavailableError(BrokerError):
         return {"Retry-After": "1"}
 
 
+class RelayedError(BrokerError):
+    """A refusal the instance that owns a call made, reported here as it was there."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(code, detail)
+        # Per instance: the owner's status, whichever BrokerError it raised.
+        self.__dict__["status"] = status if 400 <= status <= 599 else 500
+
+
 class OverloadedError(BrokerError):
     """This process is at capacity; it takes new work again after ``retry_after`` seconds."""
 

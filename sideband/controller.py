@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Final
 
 from sideband import events as ev
@@ -92,6 +92,16 @@ class CallController:
             (the probes after a reconnect and before each ``response.create`` stay).
         gate: orders the first attach against the browser's SDP answer; ``None``: the first
             attach is taken to come before the answer (no resync).
+        known_outputs: ``(call_id, output)`` of calls another controller (an earlier owner of
+            the call) answered: their echoes are ours, not forgeries, and they are never
+            taken up again.
+        replay: frames the first connection received before this controller ran (a sideband
+            opened ahead of a handoff); handled before the socket's own.
+        replay_seen_through: the ``event_id`` of the last frame the previous owner handled:
+            replayed frames up to it only bring this controller's state up to date (nothing
+            is recorded, judged or sent for them); ``None``: none was.
+        may_send: asked before every client event is sent; ``False`` (this broker no longer
+            owns the call) refuses the send as a closed socket would.
     """
 
     def __init__(
@@ -108,8 +118,14 @@ class CallController:
         page: PagePolicy | None = None,
         probe_interval: float | None = DEFAULT_PROBE_INTERVAL,
         gate: AnswerGate | None = None,
+        known_outputs: Iterable[tuple[str, str]] = (),
+        replay: Sequence[dict[str, Any]] = (),
+        replay_seen_through: str | None = None,
+        may_send: Callable[[dict[str, Any]], Awaitable[bool]] | None = None,
     ) -> None:
         self.call_id = call_id
+        self.last_event_id: str | None = None
+        """The ``event_id`` of the last server event handled (a handoff passes it on)."""
         self.last_close_code: int | None = None
         """The close code of the latest sideband socket to close (``None``: none has, or it
         broke without one)."""
@@ -124,6 +140,9 @@ class CallController:
         self._draining = False
         self._stop_requested = asyncio.Event()
         self._gate = gate or AnswerGate()
+        self._replay = list(replay)
+        self._replay_seen_through = replay_seen_through
+        self._may_send = may_send
         wiring = Wiring(call_id, self._send, self._spawn, self._report)
         stopping, draining = (lambda: self._stopping), (lambda: self._draining)
         self._outputs = OutputLedger()
@@ -133,6 +152,9 @@ class CallController:
         self._calls = ToolCalls(
             wiring, tools, outputs=self._outputs, answers=self._answers, respond=self._respond
         )
+        for call_id, output in known_outputs:
+            self._outputs.expect(call_id, output)
+            self._calls.handled.add(call_id)
         self._config: ConfigWatch | None = None
         if owned_session is not None:
             self._config = ConfigWatch(
@@ -270,8 +292,12 @@ class CallController:
                 # Scoped to this connection: a loss cancels it, and the next one starts over.
                 self._resync.start()
         try:
+            await self._play_replay()
             async for data in conn.frames():
                 self._observer.record("in", data)
+                event_id = data.get("event_id")
+                if isinstance(event_id, str):
+                    self.last_event_id = event_id
                 try:
                     event = ev.parse_server_event(data)
                 except MalformedEventError as exc:
@@ -286,6 +312,53 @@ class CallController:
                 self._config.detached()
         await conn.close()
         return conn.close_code, None
+
+    async def _play_replay(self) -> None:
+        """Handle the frames a sideband opened ahead of a handoff kept (once, first socket).
+
+        Frames the previous owner handled (through ``replay_seen_through``) only update what
+        this controller knows (calls the model made, responses, outputs): they were recorded,
+        judged and answered there. The rest are handled as if they arrived now.
+        """
+        frames, self._replay = self._replay, []
+        seen = self._replay_seen_through is not None and any(
+            frame.get("event_id") == self._replay_seen_through for frame in frames
+        )
+        for data in frames:
+            try:
+                event = ev.parse_server_event(data)
+            except MalformedEventError:
+                continue
+            if seen:
+                await self._catch_up(event)
+                seen = data.get("event_id") != self._replay_seen_through
+                continue
+            self._observer.record("in", data)
+            event_id = data.get("event_id")
+            if isinstance(event_id, str):
+                self.last_event_id = event_id
+            await self._on_event(event)
+
+    async def _catch_up(self, event: ev.ServerEvent) -> None:
+        """What a frame the previous owner handled tells this controller (see replay)."""
+        if isinstance(event, ev.ResponseOutputItemAdded | ev.ResponseOutputItemDone):
+            await self._on_model_item(event)
+        elif isinstance(event, ev.FunctionCallArgumentsDone):
+            self._model_made(event.item_id)
+            self._calls.call_items[event.item_id] = FunctionCall(
+                event.call_id, event.name, event.arguments, event.response_id, event.item_id
+            )
+        elif isinstance(event, ev.ResponseCreated):
+            self._answers.response_created(event.response.id)
+            self._page.response_started(ours=True)
+        elif isinstance(event, ev.ResponseDone):
+            for item in event.response.output:
+                if item.id is not None:
+                    self._model_made(item.id)
+            self._answers.response_done(event.response.id)
+            # Calls the previous owner left unrun (it was draining) are taken up here;
+            # those it answered are known outputs, never run again.
+            self._calls.response_done(event.response, stopping=self._stopping, draining=False)
 
     async def _reattach(self, close_code: int | None) -> SidebandConnection | None:
         """The next connection, or ``None`` if the controller was stopped meanwhile."""
@@ -513,6 +586,13 @@ class CallController:
     async def _send(self, event: dict[str, Any]) -> bool:
         """Send and record; ``False`` if the sideband is gone (the result stays recorded)."""
         assert self._conn is not None
+        if self._may_send is not None and not await self._may_send(event):
+            logger.warning(
+                "sideband send refused call_id=%s type=%s: this broker no longer owns the call",
+                self.call_id,
+                event["type"],
+            )
+            return False
         try:
             await self._conn.send(event)
         except SidebandClosedError as exc:

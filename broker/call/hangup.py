@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import Final
 
+from broker.call.ownership import may_act_now
 from sideband import (
     CallNotFoundError,
     Provider,
@@ -25,7 +26,12 @@ async def hang_up(provider: Provider, call_id: str, *, attempts: int = HANGUP_AT
 
     Timeouts, unreachable providers and 5xx answers are retried up to ``attempts`` times,
     with a growing pause; a 4xx other than 404 is not. Failures are logged, never raised.
+    An instance that no longer owns the call (:func:`~broker.call.ownership.may_act_now`)
+    does not hang it up (``False``).
     """
+    if not await may_act_now():
+        logger.warning("hangup not sent: this broker no longer owns call_id=%s", call_id)
+        return False
     for attempt in range(1, attempts + 1):
         try:
             await provider.hangup(call_id)

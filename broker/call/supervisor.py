@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker.call.hangup import hang_up
 from broker.call.leash import Leash, LeashTerms
 from broker.call.observer import SessionObserver
+from broker.call.ownership import StandbyConnection, may_act_now
 from broker.call.tamper_policy import TamperResponder
 from broker.db import queries
 from broker.db.models import SessionState, SidebandState
@@ -60,6 +61,9 @@ from sideband import (
 
 logger = logging.getLogger(__name__)
 
+HANDED_OVER_EVENT: Final = "broker.sideband_handed_over"
+"""Written last by an instance handing a call over: ``to`` and ``last_event_id`` (the last
+server event it handled; the successor handles what came after)."""
 REATTACH_NOT_FOUND_GRACE: Final = 1.0
 """After an abnormal close, how long a 404 on re-attach is retried before the call counts as
 ended (after a clean close, the first 404 is conclusive)."""
@@ -98,6 +102,11 @@ class SidebandSupervisor:
         self._probe_interval = probe_interval
         self._gates: dict[str, AnswerGate] = {}
         """Calls whose SDP answer may still wait for their first attach."""
+        self._lost: set[str] = set()
+        """Calls another instance took: they stop writing and sending at once."""
+        self._handing: dict[str, str] = {}
+        """Calls being handed to another instance (its id), draining for it."""
+        self._last_event_ids: dict[str, str | None] = {}
 
     def start(
         self,
@@ -107,6 +116,7 @@ class SidebandSupervisor:
         session_config: Mapping[str, Any] | None = None,
         *,
         resume: bool = False,
+        standby: StandbyConnection | None = None,
     ) -> None:
         """Start supervising ``call_id``; returns at once (the SDP answer must not wait).
 
@@ -120,15 +130,21 @@ class SidebandSupervisor:
             resume: an earlier broker process controlled this call: a 404 now means it ended
                 while no broker watched, calls a crash left ``running`` are settled first,
                 and the controller resyncs right after attaching.
+            standby: the sideband this instance opened ahead of a handoff, with the frames
+                it kept: the first connection (``resume`` implied).
+
+        Called under the call's fence (:func:`broker.db.fence.fenced`): the task it starts
+        inherits it, and so does every task the call's controller starts.
         """
         if session_id in self._tasks or self._stopping:
             return
         owned = OwnedSession.from_config(session_config) if session_config is not None else None
         gate = AnswerGate()
+        resume = resume or standby is not None
         if not resume:
             self._gates[session_id] = gate
         task = asyncio.create_task(
-            self._supervise(session_id, call_id, allowed_tools, owned, resume, gate),
+            self._supervise(session_id, call_id, allowed_tools, owned, resume, gate, standby),
             name=f"sideband:{session_id}",
         )
         self._tasks[session_id] = task
@@ -167,6 +183,56 @@ class SidebandSupervisor:
 
     def running(self, session_id: str) -> bool:
         return session_id in self._tasks
+
+    async def let_go(self, session_id: str) -> None:
+        """Another instance owns the call now: stop at once, writing and sending nothing more.
+
+        The call goes on at the provider, watched by its new owner.
+        """
+        task = self._tasks.get(session_id)
+        if task is None:
+            return
+        self._lost.add(session_id)
+        controller = self._controllers.get(session_id)
+        if controller is not None:
+            controller.condemn()
+            await controller.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        self._lost.discard(session_id)
+
+    async def open_standby(self, session_id: str, call_id: str) -> StandbyConnection:
+        """Open a sideband to a call another instance is handing over, keeping its frames.
+
+        Raises:
+            SidebandError: it could not be attached within the attach bound.
+        """
+        connection = await SidebandConnection.attach(
+            self._http,
+            self._provider.sideband_target(call_id),
+            call_id,
+            attach_timeout=self._attach_timeout,
+        )
+        standby = StandbyConnection(session_id, connection)
+        standby.start()
+        return standby
+
+    async def hand_off(self, session_id: str, successor_id: str, grace: float) -> bool:
+        """Drain the call's sideband for a successor that has its own sideband open.
+
+        Tool calls under way finish and are delivered (up to ``grace``); calls the model
+        finishes meanwhile stay recorded for the successor; then the socket closes and the
+        call's events are stored, the last with the ``event_id`` this sideband got to (the
+        successor handles what came after it). Returns once the sideband task has ended.
+        """
+        task = self._tasks.get(session_id)
+        controller = self._controllers.get(session_id)
+        if task is None or controller is None:
+            return task is None  # bridge-only (nothing to drain) or still setting up
+        self._handing[session_id] = successor_id
+        await controller.drain(grace)
+        await asyncio.gather(task, return_exceptions=True)
+        return True
 
     @property
     def live_count(self) -> int:
@@ -219,9 +285,14 @@ class SidebandSupervisor:
         owned: OwnedSession | None,
         resume: bool,
         gate: AnswerGate,
+        standby: StandbyConnection | None,
     ) -> None:
         bind_call(session_id, call_id)  # this task's, and its children's, log records
         recorder = EventRecorder(self._sessionmaker, session_id)
+        replay: list[dict[str, Any]] = []
+        first: SidebandConnection | None = None
+        if standby is not None:
+            first, replay = await standby.take()
         close_code: int | None = None
         failure: BaseException | None = None
         controller: CallController | None = None
@@ -232,7 +303,13 @@ class SidebandSupervisor:
             if row is None:
                 raise LookupError(f"session {session_id} vanished before its sideband started")
             await self.set_sideband_state(session_id, SidebandState.CONNECTING)
+            known_outputs: list[tuple[str, str]] = []
+            seen_through: str | None = None
             if resume:
+                async with self._sessionmaker() as s:
+                    known_outputs = await queries.answered_outputs(s, session_id)
+                    if standby is not None:
+                        seen_through = await queries.handed_over_at(s, session_id)
                 for call_id_, status in await self._dispatcher.recover_interrupted(session_id):
                     recorder.record(
                         "broker",
@@ -245,6 +322,10 @@ class SidebandSupervisor:
             target = self._provider.sideband_target(call_id)
 
             async def connect() -> SidebandConnection:
+                nonlocal first
+                if first is not None:
+                    conn, first = first, None
+                    return conn
                 if resume:
                     # The call may have ended while no broker watched: a 404 now is the answer.
                     return await reconnect(None)
@@ -298,6 +379,10 @@ class SidebandSupervisor:
                 ),
                 probe_interval=self._probe_interval,
                 gate=gate,
+                known_outputs=known_outputs,
+                replay=replay,
+                replay_seen_through=seen_through,
+                may_send=_may_send,
             )
             if self._stopping:
                 return  # the broker began stopping while this sideband was being set up
@@ -319,17 +404,28 @@ class SidebandSupervisor:
             raise
         except Exception as exc:
             failure = exc
-            logger.exception("sideband supervisor failed session_id=%s", session_id)
+            if session_id not in self._lost:
+                logger.exception("sideband supervisor failed session_id=%s", session_id)
         finally:
             self._controllers.pop(session_id, None)
-            # Whatever happened, the row must say how the sideband ended (the bridge decides
-            # by it) and the buffered events must reach the database: shielded, so a
-            # shutdown's cancellation cannot skip it.
-            last_code = controller.last_close_code if controller is not None else close_code
-            await self._writes.run(
-                self._finish(session_id, call_id, last_code, failure, recorder),
-                name=f"sideband-finish:{session_id}",
-            )
+            if first is not None:
+                await first.close()
+            if session_id in self._lost:
+                # Another instance owns the call: nothing of this one's may be written.
+                recorder.stop()
+                recorder.discard()
+                logger.info("sideband let go session_id=%s call_id=%s", session_id, call_id)
+            else:
+                # Whatever happened, the row must say how the sideband ended (the bridge decides
+                # by it) and the buffered events must reach the database: shielded, so a
+                # shutdown's cancellation cannot skip it.
+                last_code = controller.last_close_code if controller is not None else close_code
+                if controller is not None:
+                    self._last_event_ids[session_id] = controller.last_event_id
+                await self._writes.run(
+                    self._finish(session_id, call_id, last_code, failure, recorder),
+                    name=f"sideband-finish:{session_id}",
+                )
 
     async def update_instructions(self, session_id: str, instructions: str) -> bool:
         """Send new instructions on a supervised call's sideband; whether they went out.
@@ -420,6 +516,19 @@ class SidebandSupervisor:
         failure: BaseException | None,
         recorder: EventRecorder,
     ) -> None:
+        successor = self._handing.pop(session_id, None)
+        if successor is not None and session_id not in self._ending:
+            logger.info("sideband handed over session_id=%s to=%s", session_id, successor)
+            controller_event = self._last_event_ids.pop(session_id, None)
+            recorder.record(
+                "broker",
+                {
+                    "type": HANDED_OVER_EVENT,
+                    "to": successor,
+                    "last_event_id": controller_event,
+                },
+            )
+            return
         reason = self._ending.pop(session_id, None)
         if reason is not None:
             # The broker ended this call itself; how the sideband closed is a consequence.
@@ -479,6 +588,10 @@ class SidebandSupervisor:
             )
         if degraded:
             self.metrics.session_degraded()
+
+
+async def _may_send(_event: dict[str, Any]) -> bool:
+    return await may_act_now()
 
 
 def _failure_reason(

@@ -13,6 +13,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from broker.db.fence import FencedSession
+
 
 def to_async_url(url: str) -> str:
     """Accept plain ``sqlite:///`` / ``postgresql://`` URLs and pick the async driver."""
@@ -49,4 +51,5 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+    # Every commit checks the fence of the call its task works for (broker.db.fence).
+    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=FencedSession)

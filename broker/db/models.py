@@ -339,6 +339,9 @@ class BrokerInstance(Base):
     """Stopping: hands its calls over and takes none."""
     shared_signing_key: Mapped[bool] = mapped_column(Boolean, default=False)
     """Its client-secret signing key was configured, not a per-host generated file."""
+    key_fingerprint: Mapped[str] = mapped_column(String(64), default="")
+    """A one-way digest of its signing and admin keys: instances that disagree refuse to
+    start together (a client secret minted by one must verify on every other)."""
     version: Mapped[str] = mapped_column(String(40), default="")
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
+from broker.db.fence import CURRENT_FENCE
 from broker.db.models import utcnow
 from broker.metrics import BrokerMetrics, EventCap
 from broker.record.event_classes import EventClass, classify
@@ -33,6 +34,7 @@ from broker.record.event_writer import (
     EventWriter,
     PendingEvent,
     SessionBuffer,
+    notify_grown,
 )
 from broker.record.wakeups import EventWakeups
 
@@ -194,6 +196,7 @@ async def append_event(
                         return
                     tally = queries.LogTally(coalescible=1, coalescible_bytes=size)
                 await queries.add_broker_event(s, session_id, event, tally=tally)
+                await notify_grown(s, [session_id])
             log.wakeups.notify(session_id)
             return
         except IntegrityError:
@@ -213,7 +216,8 @@ class EventRecorder:
         self._sessionmaker = sessionmaker
         self.session_id = session_id
         self._log = EventLog()
-        self._buffer = SessionBuffer(session_id)
+        # Its rows are written only while the call's lease holds (broker.db.fence).
+        self._buffer = SessionBuffer(session_id, fence=CURRENT_FENCE.get())
         self._writer: EventWriter | None = None
         self._stop_asked = asyncio.Event()
 
@@ -281,6 +285,12 @@ class EventRecorder:
             )
         )
         writer.queued(buffer)
+
+    def discard(self) -> None:
+        """Forget everything buffered, unwritten (the call is another instance's now)."""
+        if self._writer is not None:
+            self._writer.discard(self._buffer)
+            self._writer = None
 
     def stop(self) -> None:
         """Ask :meth:`run` to have what is buffered written and return."""

@@ -36,6 +36,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db import queries
+from broker.db.fence import Fence, lost_fences, unfence
 from broker.db.write_gate import WriteGate
 from broker.record.event_classes import EventClass
 from broker.record.usage import Usage, usage_of_events
@@ -177,6 +178,8 @@ class SessionBuffer:
     """Its recorder has stopped: the writer lets it go once everything is stored."""
     since: float | None = None
     """When its oldest event not yet stored was queued (monotonic; ``None``: none waits)."""
+    fence: Fence | None = None
+    """The call's lease its rows are written under (``None``: not an owner's recorder)."""
 
     @property
     def pending(self) -> bool:
@@ -215,6 +218,19 @@ class _Slice:
     def fold(self) -> queries.SessionFold:
         counts = None if self.folded is None else self.folded.plus(self.adds).counts(self.usage)
         return queries.SessionFold(self.buffer.session_id, self.rows, counts)
+
+
+EVENTS_CHANNEL: Final = "broker_events"
+"""Where committed event-log growth is announced (``LISTEN`` by every instance)."""
+NOTICE_IDS: Final = 200
+"""Session ids per ``NOTIFY`` (PostgreSQL caps a payload at 8000 bytes)."""
+
+
+async def notify_grown(s: AsyncSession, session_ids: list[str]) -> None:
+    """Tell other instances' event streams these logs grew (PostgreSQL; at commit)."""
+    for start in range(0, len(session_ids), NOTICE_IDS):
+        chunk = ",".join(session_ids[start : start + NOTICE_IDS])
+        await queries.notify(s, EVENTS_CHANNEL, chunk)
 
 
 class EventWriter:
@@ -309,6 +325,9 @@ class EventWriter:
     # ---- the writer ----------------------------------------------------------------------
 
     async def _run(self) -> None:
+        # Started from whichever call's task queued first: it writes for every call, under
+        # none's fence (each buffer's own is checked per batch).
+        unfence()
         while True:
             if not self._dirty:
                 if not self._registered:
@@ -426,7 +445,15 @@ class EventWriter:
                 # A routine turn on SQLite: tool decisions go first (broker.db.write_gate).
                 async with self._gate.turn(urgent=False), self._sessionmaker.begin() as s:
                     began = time.monotonic()
+                    fences = [p.buffer.fence for p in slices if p.buffer.fence is not None]
+                    lost = await lost_fences(s, fences) if fences else set()
+                    if lost:
+                        # Calls another instance owns now: their rows are not ours to write.
+                        slices[:] = [p for p in slices if p.buffer.session_id not in lost]
+                        for session_id in lost:
+                            self._fenced_out(session_id)
                     await queries.store_event_batch(s, [piece.fold() for piece in slices])
+                    await notify_grown(s, [p.buffer.session_id for p in slices if p.rows])
             except IntegrityError:
                 clashes += 1
                 if clashes > WRITE_ATTEMPTS:
@@ -485,6 +512,26 @@ class EventWriter:
                 self._registered.discard(buffer)
             if piece.rows:
                 self._written(buffer.session_id, piece.rows)
+
+    def discard(self, buffer: SessionBuffer) -> None:
+        """Forget a buffer unwritten: its call is another instance's now (fenced out)."""
+        self.pending_events -= len(buffer.events)
+        buffer.events.clear()
+        buffer.owed = Owed()
+        buffer.carried = Usage()
+        self._dirty.pop(buffer, None)
+        self._registered.discard(buffer)
+
+    def _fenced_out(self, session_id: str) -> None:
+        for buffer in list(self._registered):
+            if buffer.session_id == session_id:
+                logger.warning(
+                    "event log: the call is another instance's now; %d event(s) not written"
+                    " session_id=%s",
+                    len(buffer.events),
+                    session_id,
+                )
+                self.discard(buffer)
 
     def _drop(self, slices: list[_Slice]) -> None:
         """A batch the database refused for good: its events are gone, their usage is not."""

@@ -3,21 +3,30 @@
 Both hangups take one path (:meth:`CallActions.hang_up`): a call this process supervises is
 ended by its supervisor, like a leash decision (no tool call runs from then on, and the
 supervisor records the end once the sideband closes); any other call (bridge-only, degraded,
-or supervised by another process) is hung up here and its session ended at once. Each
-action is then written to the session's event log for the audit.
+with no instance holding it) is hung up here and its session ended at once. A call another
+broker instance owns is asked of that instance (:class:`~broker.call.ownership.CallOwnership`),
+which does the same there. Each action is then written to the session's event log for the
+audit.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from broker.call.ownership import CallOwnership
 from broker.call.supervisor import SidebandSupervisor
 from broker.db import queries
-from broker.db.models import CALL_RUNNING_STATES, SessionRow
-from broker.errors import ConflictError, UpstreamError
+from broker.db.models import CALL_RUNNING_STATES, CallCommand, CallCommandStatus, SessionRow
+from broker.errors import (
+    ConflictError,
+    NotFoundError,
+    RelayedError,
+    UnavailableError,
+    UpstreamError,
+)
 from broker.metrics import BrokerMetrics
 from broker.record.event_classes import EventClass
 from broker.record.event_log import append_event
@@ -30,6 +39,8 @@ logger = logging.getLogger(__name__)
 BROWSER_HANGUP_EVENT: Final = "broker.browser_hangup"
 OPS_HANGUP_EVENT: Final = "broker.ops_hangup"
 INSTRUCTIONS_EVENT: Final = "broker.instructions_updated"
+HANGUP_COMMAND: Final = "hangup"
+INSTRUCTIONS_COMMAND: Final = "instructions"
 
 
 class CallActions:
@@ -41,11 +52,68 @@ class CallActions:
         provider: Provider,
         supervisor: SidebandSupervisor,
         metrics: BrokerMetrics,
+        ownership: CallOwnership,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._provider = provider
         self._supervisor = supervisor
         self._metrics = metrics
+        self._ownership = ownership
+
+    async def _owner_elsewhere(self, session_id: str) -> str | None:
+        """The other instance that owns the call now (``None``: this one, or none does)."""
+        if self._ownership.owns(session_id):
+            return None
+        async with self._sessionmaker() as s:
+            lease = await queries.lease_of(s, session_id)
+        if lease is None or lease.owner_id == self._ownership.instance_id:
+            return None
+        return lease.owner_id
+
+    async def _ask_owner(
+        self, session_id: str, owner_id: str, kind: str, payload: dict[str, Any]
+    ) -> None:
+        """Have the owning instance do it; its refusal is raised here as it was there.
+
+        Raises:
+            BrokerError: the owner's refusal, or ``owner_unavailable`` (503) if it did not
+                answer in time.
+        """
+        logger.info(
+            "asking the call's owner session_id=%s owner=%s action=%s", session_id, owner_id, kind
+        )
+        try:
+            command = await self._ownership.ask_owner(session_id, owner_id, kind, payload)
+        except TimeoutError:
+            raise UnavailableError(
+                "owner_unavailable", "the broker instance that owns this call did not answer"
+            ) from None
+        if command.status == CallCommandStatus.DONE:
+            return
+        result = command.result or {}
+        raise RelayedError(
+            int(result.get("status", 500)),
+            str(result.get("code", "owner_failed")),
+            str(result.get("detail", "the broker instance that owns this call refused")),
+        )
+
+    async def run_command(self, command: CallCommand) -> dict[str, Any]:
+        """Do what another instance asked of this one, the call's owner."""
+        async with self._sessionmaker() as s:
+            row = await queries.get_session_row(s, command.session_id)
+        if row is None:
+            raise NotFoundError("session_not_found", "no such session")
+        if command.kind == HANGUP_COMMAND:
+            if row.state not in CALL_RUNNING_STATES or row.call_id is None:
+                return {"ended": False}
+            await self._hang_up_here(row, EndReason(command.payload["reason"]))
+            return {"ended": True}
+        if command.kind == INSTRUCTIONS_COMMAND:
+            await self._update_instructions_here(
+                row, str(command.payload["by"]), str(command.payload["instructions"])
+            )
+            return {}
+        raise ValueError(f"unknown command {command.kind!r}")
 
     async def hang_up(self, row: SessionRow, reason: EndReason) -> None:
         """Hang up the session's running call and end the session for ``reason``.
@@ -54,6 +122,14 @@ class CallActions:
             UpstreamError: ``provider_error``: the provider did not hang up; the call goes on.
         """
         assert row.call_id is not None and row.state in CALL_RUNNING_STATES
+        owner = await self._owner_elsewhere(row.id)
+        if owner is not None:
+            await self._ask_owner(row.id, owner, HANGUP_COMMAND, {"reason": reason.value})
+            return
+        await self._hang_up_here(row, reason)
+
+    async def _hang_up_here(self, row: SessionRow, reason: EndReason) -> None:
+        assert row.call_id is not None
         try:
             hung_up = await self._supervisor.end_call(row.id, row.call_id, reason)
         except KeyError:
@@ -106,6 +182,20 @@ class CallActions:
         Raises:
             ConflictError: ``sideband_not_connected``: no sideband of this process can send it.
         """
+        owner = await self._owner_elsewhere(row.id)
+        if owner is not None:
+            await self._ask_owner(
+                row.id,
+                owner,
+                INSTRUCTIONS_COMMAND,
+                {"by": by_key, "instructions": instructions},
+            )
+            return
+        await self._update_instructions_here(row, by_key, instructions)
+
+    async def _update_instructions_here(
+        self, row: SessionRow, by_key: str, instructions: str
+    ) -> None:
         try:
             sent = await self._supervisor.update_instructions(row.id, instructions)
         except KeyError:

@@ -70,6 +70,13 @@ class CallDeadlines:
         self._timers[session_id] = task
         task.add_done_callback(lambda _: self._timers.pop(session_id, None))
 
+    async def unwatch(self, session_id: str) -> None:
+        """Stop one call's timer (another instance owns the call now)."""
+        task = self._timers.pop(session_id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     async def close(self) -> None:
         """Stop every timer (the broker is stopping; the calls are not ended for this)."""
         timers = list(self._timers.values())

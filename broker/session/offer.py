@@ -18,9 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.auth.principals import BrowserPrincipal
 from broker.call.hangup import hang_up
+from broker.call.ownership import CallOwnership, acting_for
 from broker.call.supervisor import SidebandSupervisor
 from broker.db import queries
 from broker.db.dialect import conflict_insert, dialect_name
+from broker.db.fence import fenced
 from broker.db.models import CALL_RUNNING_STATES, SessionRow, SessionState, UsedClientSecret, utcnow
 from broker.db.shielded import ShieldedWrites
 from broker.errors import ConflictError, NotFoundError, UnauthorizedError, UnavailableError
@@ -106,8 +108,10 @@ class Offers:
         metrics: BrokerMetrics,
         writes: ShieldedWrites,
         deadlines: CallDeadlines,
+        ownership: CallOwnership,
     ) -> None:
         self._settings = settings
+        self._ownership = ownership
         self._sessionmaker = sessionmaker
         self._provider = provider
         self._registry = registry
@@ -213,9 +217,14 @@ class Offers:
             )
             raise
         try:
+            granted_at = time.monotonic()
             async with self._sessionmaker.begin() as s:
                 live = await queries.transition_session(
                     s, session_id, [SessionState.OFFERED], SessionState.LIVE, call_id=answer.call_id
+                )
+                # Owned from its first moment: the call and its lease commit together.
+                token = await queries.grant_lease(
+                    s, session_id, self._ownership.instance_id, self._ownership.ttl_s
                 )
             if not live:
                 raise ConflictError("session_not_offered", "the session changed during the offer")
@@ -230,9 +239,12 @@ class Offers:
             await self._writes.run(self._abort_call(session_id, answer.call_id), "offer-abort")
             raise
         logger.info("call created session_id=%s call_id=%s", session_id, answer.call_id)
-        self._deadlines.watch(session_id, answer.call_id, row.max_duration_s)
+        fence = self._ownership.hold(session_id, token, granted_at)
+        with fenced(fence), acting_for(self._ownership.action_check(fence)):
+            self._deadlines.watch(session_id, answer.call_id, row.max_duration_s)
+            if row.sideband_enabled:
+                self._supervisor.start(session_id, answer.call_id, row.tools, config)
         if row.sideband_enabled:
-            self._supervisor.start(session_id, answer.call_id, row.tools, config)
             # The page can act only once it has this answer: a sideband attached first
             # watches all it does. Bounded, so a slow attach costs a resync, not the call.
             await self._supervisor.hold_answer(session_id, self._settings.sideband_answer_wait_s)

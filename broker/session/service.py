@@ -24,9 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.auth.principals import ApiPrincipal, BrowserPrincipal, Scope, mint_client_secret
 from broker.auth.shared_ratelimit import RateLimits
+from broker.call.ownership import CallOwnership, StandbyConnection, acting_for
 from broker.call.supervisor import SidebandSupervisor
 from broker.db import queries
-from broker.db.models import SessionRow, SessionState, SidebandState, ToolCall
+from broker.db.fence import Fence, fenced
+from broker.db.models import CallCommand, SessionRow, SessionState, SidebandState, ToolCall
 from broker.db.shielded import ShieldedWrites
 from broker.errors import (
     ForbiddenError,
@@ -103,9 +105,11 @@ class SessionService:
         dispatcher: ToolDispatcher,
         supervisor: SidebandSupervisor,
         metrics: BrokerMetrics,
+        ownership: CallOwnership,
         rate_limits: RateLimits | None = None,
     ) -> None:
         self._settings = settings
+        self._ownership = ownership
         self._sessionmaker = sessionmaker
         self._provider = provider
         self._registry = registry
@@ -126,21 +130,25 @@ class SessionService:
             metrics,
             self._writes,
             self._deadlines,
+            ownership,
         )
         self._bridge = Bridge(dispatcher, settings.bridge_wait_timeout)
-        self._calls = CallActions(sessionmaker, provider, supervisor, metrics)
+        self._calls = CallActions(sessionmaker, provider, supervisor, metrics, ownership)
+        ownership.bind(self)
 
-    async def resume(self) -> int:
-        """Take up the calls an earlier broker process left running; returns how many sidebands.
+    # ---- what call ownership asks (broker.call.ownership.CallHost) ------------------------
 
-        Every running call gets its duration backstop again (from its original start); each
-        live one with a sideband is attached again with ``resume``.
+    async def take_up(
+        self, row: SessionRow, fence: Fence, standby: StandbyConnection | None
+    ) -> None:
+        """Run a call this instance just took (failover, a handoff, a restart).
+
+        Its duration backstop starts again (from the call's original start); a live sideband
+        session is attached again with ``resume`` (or takes over the ``standby`` sideband).
+        Everything it starts runs under the call's fence.
         """
-        async with self._sessionmaker() as s:
-            rows = await queries.sessions_with_running_calls(s)
-        resumed = 0
-        for row in rows:
-            assert row.call_id is not None
+        assert row.call_id is not None
+        with fenced(fence), acting_for(self._ownership.action_check(fence)):
             self._deadlines.watch(row.id, row.call_id, row.max_duration_s, row.live_at)
             if row.state == SessionState.LIVE and row.sideband_enabled:
                 logger.info("resuming sideband session_id=%s call_id=%s", row.id, row.call_id)
@@ -150,9 +158,31 @@ class SessionService:
                     row.tools,
                     provider_session_config(self._registry, row),
                     resume=True,
+                    standby=standby,
                 )
-                resumed += 1
-        return resumed
+                return
+        if standby is not None:
+            await standby.close()
+
+    async def let_go(self, session_id: str) -> None:
+        await self._deadlines.unwatch(session_id)
+        await self._supervisor.let_go(session_id)
+
+    async def hand_off(self, session_id: str, successor_id: str) -> bool:
+        handed = await self._supervisor.hand_off(
+            session_id, successor_id, self._settings.shutdown_grace_s
+        )
+        if handed:
+            await self._deadlines.unwatch(session_id)
+        return handed
+
+    async def open_standby(self, row: SessionRow) -> StandbyConnection:
+        assert row.call_id is not None
+        return await self._supervisor.open_standby(row.id, row.call_id)
+
+    async def run_command(self, command: CallCommand) -> dict[str, Any]:
+        """An action another instance asked of this one, the call's owner."""
+        return await self._calls.run_command(command)
 
     async def drain(self) -> None:
         """Stop the call deadlines; wait for cleanup writes (call before the database closes)."""

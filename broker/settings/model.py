@@ -222,6 +222,26 @@ class Settings(BaseSettings):
         description="on SIGTERM, seconds running tool calls may finish and be delivered; the"
         " rest stay recorded for the next broker process",
     )
+    lease_ttl_s: float = Field(
+        10.0,
+        ge=1,
+        le=300,
+        allow_inf_nan=False,
+        description="seconds a broker instance's lease on a call lasts unrenewed (renewed every"
+        " fifth of it): an instance that dies has its calls taken up by another after at most"
+        " this long plus a scan; one that cannot renew stops acting on its calls before it runs"
+        " out",
+    )
+    instance_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="this instance's name among the brokers sharing the database (default: the"
+        " host name, the process id and a random suffix); with a stable name a restarted"
+        " instance takes its own calls back at once instead of after their leases run out. It"
+        " must be unique among running instances",
+    )
 
     # --- per-session limits ---------------------------------------------------------------
     call_max_duration_s: int = Field(
@@ -492,6 +512,11 @@ class Settings(BaseSettings):
         if value is None and path is not None:
             return Secret(load_or_create_key_file(path))
         return value
+
+    @property
+    def signing_key_configured(self) -> bool:
+        """Whether the signing key was given (not the per-host generated file)."""
+        return "signing_key" in self.model_fields_set
 
     @field_validator("signing_key")
     @classmethod

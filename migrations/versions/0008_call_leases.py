@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.Float(), nullable=False),
         sa.Column("draining", sa.Boolean(), nullable=False),
         sa.Column("shared_signing_key", sa.Boolean(), nullable=False),
+        sa.Column("key_fingerprint", sa.String(length=64), nullable=False),
         sa.Column("version", sa.String(length=40), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_broker_instances")),
     )

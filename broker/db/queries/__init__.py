@@ -10,17 +10,49 @@ callers write ``from broker.db import queries`` and ``queries.get_session_row(..
 - :mod:`.disabled_tools`: the operators' kill switches;
 - :mod:`.webhook_deliveries`: the webhook outbox;
 - :mod:`.rate_buckets`: the rate limits every broker instance shares (PostgreSQL);
-- :mod:`.api_keys`.
+- :mod:`.api_keys`;
+- :mod:`.leases`: broker instances and the leases by which one owns each running call;
+- :mod:`.call_commands`: actions asked of a call's owner, and ``NOTIFY``.
 
 The ops list of sessions is :mod:`broker.db.session_list`.
 """
 
 from broker.db.queries._common import Executor
 from broker.db.queries.api_keys import get_api_key_by_hash
+from broker.db.queries.call_commands import (
+    finish_command,
+    get_command,
+    notify,
+    pending_commands,
+    prune_commands,
+    queue_command,
+)
 from broker.db.queries.disabled_tools import (
     disable_tool,
     disabled_tools,
     enable_tool,
+)
+from broker.db.queries.leases import (
+    ask_handoff,
+    claim_successions,
+    give_up_succession,
+    grant_lease,
+    hand_over,
+    heartbeat_instance,
+    lease_count,
+    lease_of,
+    leases_owned_by,
+    live_instances,
+    orphaned_calls,
+    prune_instances,
+    prune_leases,
+    ready_successors,
+    register_instance,
+    release_leases,
+    remove_instance,
+    renew_leases,
+    successor_ready,
+    take_lease,
 )
 from broker.db.queries.rate_buckets import prune_rate_buckets, take_rate_token
 from broker.db.queries.session_counters import (
@@ -35,6 +67,7 @@ from broker.db.queries.session_events import (
     SessionFold,
     add_broker_event,
     add_events,
+    handed_over_at,
     last_event_seqs,
     latest_events_of,
     next_event_seq,
@@ -52,6 +85,7 @@ from broker.db.queries.sessions import (
     transition_session,
 )
 from broker.db.queries.tool_calls import (
+    answered_outputs,
     claim_tool_call_returning,
     get_tool_call,
     list_tool_calls,
@@ -74,6 +108,8 @@ from broker.db.queries.webhook_deliveries import (
 )
 
 __all__ = [
+    "answered_outputs",
+    "handed_over_at",
     "SESSION_ENDED",
     "Executor",
     "EventCounts",
@@ -120,4 +156,30 @@ __all__ = [
     "transition_session",
     "unfinished_tool_calls",
     "usage_by_key",
+    "finish_command",
+    "get_command",
+    "notify",
+    "pending_commands",
+    "prune_commands",
+    "queue_command",
+    "ask_handoff",
+    "claim_successions",
+    "give_up_succession",
+    "grant_lease",
+    "hand_over",
+    "heartbeat_instance",
+    "lease_count",
+    "lease_of",
+    "leases_owned_by",
+    "live_instances",
+    "orphaned_calls",
+    "prune_instances",
+    "prune_leases",
+    "ready_successors",
+    "register_instance",
+    "release_leases",
+    "remove_instance",
+    "renew_leases",
+    "successor_ready",
+    "take_lease",
 ]

@@ -188,3 +188,21 @@ async def latest_events_of(
         .limit(limit)
     )
     return list(reversed(rows.all()))
+
+
+async def handed_over_at(s: AsyncSession, session_id: str) -> str | None:
+    """The ``last_event_id`` of the session's latest handoff event (``None``: none)."""
+    payload = await s.scalar(
+        select(SessionEvent.payload)
+        .where(
+            SessionEvent.session_id == session_id,
+            SessionEvent.direction == "broker",
+            SessionEvent.type == "broker.sideband_handed_over",
+        )
+        .order_by(SessionEvent.seq.desc())
+        .limit(1)
+    )
+    if not isinstance(payload, dict):
+        return None
+    value = payload.get("last_event_id")
+    return value if isinstance(value, str) else None

@@ -319,3 +319,27 @@ async def tool_call_counts(s: AsyncSession, session_id: str) -> dict[str, int]:
         .group_by(ToolCall.status)
     )
     return {str(status): int(count) for status, count in result}
+
+
+async def answered_outputs(s: AsyncSession, session_id: str) -> list[tuple[str, str]]:
+    """``(call_id, output)`` of the session's settled calls whose output was delivered.
+
+    What a new owner of the call must not take for forgeries when their echoes reach it, nor
+    run again.
+    """
+    rows = await s.execute(
+        select(ToolCall.call_id, ToolCall.output).where(
+            ToolCall.session_id == session_id,
+            ToolCall.output.is_not(None),
+            # Delivered: an undelivered one is the resync's to look up and send.
+            ToolCall.injected_at.is_not(None),
+            ToolCall.status.in_(
+                [
+                    str(ToolCallStatus.SUCCEEDED),
+                    str(ToolCallStatus.FAILED),
+                    str(ToolCallStatus.DENIED),
+                ]
+            ),
+        )
+    )
+    return [(row.call_id, row.output) for row in rows if row.output is not None]
