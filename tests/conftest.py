@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from emulator import EmulatorSettings
 from tests.support.broker_server import ADMIN_KEY, PROVIDER_KEY, RunningBroker, start_broker
 from tests.support.browser import FakeBrowser
 from tests.support.conformance import server_event_failures, sideband_client_event_failures
-from tests.support.postgres import fresh_pg_database
+from tests.support.postgres import PgTemplate, fresh_pg_database, pg_template
 from tests.support.servers import RunningEmulator, start_emulator
 from tests.support.tool_backend import ToolBackend
 
@@ -35,15 +36,40 @@ def skip_or_fail(reason: str) -> None:
 def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One migrated SQLite file; each test gets a copy (migrating per test is slow)."""
     path = tmp_path_factory.mktemp("db") / "template.db"
-    upgrade_database(f"sqlite+aiosqlite:///{path}")
+    # In a worker thread: an async fixture may ask for this one first (a getfixturevalue
+    # inside its running loop), where Alembic's own asyncio.run would refuse to start.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(upgrade_database, f"sqlite+aiosqlite:///{path}").result()
     return path
 
 
 @pytest.fixture
-def db_url(template_db: Path, tmp_path: Path) -> str:
+def sqlite_db_url(template_db: Path, tmp_path: Path) -> str:
+    """A migrated SQLite database of the test's own, whatever ``BROKER_TEST_DATABASE_URL``
+    says: for the tests that are about SQLite."""
     path = tmp_path / "broker.db"
     shutil.copy(template_db, path)
     return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture(scope="session")
+def pg_template_db() -> Iterator[PgTemplate | None]:
+    """With ``BROKER_TEST_DATABASE_URL`` set, the run's migrated PostgreSQL template (dropped
+    at the end of the run); else ``None``."""
+    with pg_template() as template:
+        yield template
+
+
+@pytest.fixture
+def db_url(pg_template_db: PgTemplate | None, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test's own migrated broker database: a copy of the SQLite template, or with
+    ``BROKER_TEST_DATABASE_URL`` set a clone of the run's PostgreSQL template (dropped after
+    the test). PostgreSQL unreachable then fails the test, CI or not."""
+    if pg_template_db is None:
+        yield request.getfixturevalue("sqlite_db_url")
+        return
+    with pg_template_db.clone() as url:
+        yield url
 
 
 def assert_conformant(emulator: RunningEmulator) -> None:

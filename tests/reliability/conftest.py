@@ -17,7 +17,8 @@ from tests.support.tool_backend import ToolBackend
 async def brokers(
     db_url: str, emulator: RunningEmulator, tool_backend: ToolBackend, tmp_path: Path
 ) -> AsyncIterator[BrokerLauncher]:
-    """``broker serve`` processes on one SQLite file, with the hold tools configured.
+    """``broker serve`` processes on one database (``db_url``: SQLite, or PostgreSQL with
+    ``BROKER_TEST_DATABASE_URL`` set), with the hold tools configured.
 
     Every process is killed and reaped at teardown; then every client event a broker sent on
     a sideband is checked against the SDK's types.

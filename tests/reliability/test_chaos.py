@@ -63,8 +63,9 @@ async def quiet_emulator() -> AsyncIterator[RunningEmulator]:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest) -> str:
-    """The broker's database: the SQLite file (default) or a fresh PostgreSQL database."""
-    url: str = request.getfixturevalue("db_url" if request.param == "sqlite" else "pg_url")
+    """The broker's database: a SQLite file (even with ``BROKER_TEST_DATABASE_URL`` set: this
+    test runs on both on purpose) or a fresh PostgreSQL database."""
+    url: str = request.getfixturevalue("sqlite_db_url" if request.param == "sqlite" else "pg_url")
     return url
 
 

@@ -1,9 +1,10 @@
 """A ``session.ended`` webhook survives the broker process: SIGKILL between two attempts.
 
-Real ``broker serve`` processes (tests/support/broker_process.py) on one SQLite file and a
-real receiver on loopback. The first broker's attempt is refused (503) and the broker is
-killed before its retry; the next broker finds the pending row and delivers it: same
-``Webhook-Id``, same body, a valid signature. Neither process logs the secret.
+Real ``broker serve`` processes (tests/support/broker_process.py) on one database (the
+``db_url`` fixture's) and a real receiver on loopback. The first broker's attempt is refused
+(503) and the broker is killed before its retry; the next broker finds the pending row and
+delivers it: same ``Webhook-Id``, same body, a valid signature. Neither process logs the
+secret.
 """
 
 from __future__ import annotations

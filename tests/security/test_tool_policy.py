@@ -269,10 +269,11 @@ async def test_tools_that_outlive_their_timeout_fail_tool_timeout(
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def any_db_url(request: pytest.FixtureRequest, db_url: str) -> AsyncIterator[str]:
-    """The per-test SQLite database, then a PostgreSQL one."""
+async def any_db_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """The per-test SQLite database (whatever ``BROKER_TEST_DATABASE_URL`` says: these tests
+    run on both on purpose), then a PostgreSQL one."""
     if request.param == "sqlite":
-        yield db_url
+        yield request.getfixturevalue("sqlite_db_url")
         return
     async with fresh_pg_database() as url:
         yield url

@@ -189,8 +189,9 @@ class BrokerLauncher:
     reaped, and the HTTP client is closed.
 
     Args:
-        database_url: the SQLite URL every process uses (``broker serve`` migrates it), so a
-            restarted broker sees what the previous one recorded.
+        database_url: the URL every process uses, so a restarted broker sees what the
+            previous one recorded. ``broker serve`` migrates a SQLite file itself; a
+            PostgreSQL database must come migrated (the test fixtures' do).
         provider_base_url: the emulator's ``…/v1``; the test provider key goes with it.
         tools_config: the tools TOML (``BROKER_CONFIG``).
         log_dir: where each process's log file goes.

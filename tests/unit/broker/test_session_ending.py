@@ -1,6 +1,7 @@
 """end_session, the one way a session ends: one end, one webhook row, one event, one count.
 
-Run on a migrated SQLite copy, with no app around it: what end_session writes is all there is.
+Run on the test's migrated database (``db_url``), with no app around it: what end_session
+writes is all there is.
 """
 
 from __future__ import annotations
