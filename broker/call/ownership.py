@@ -378,12 +378,17 @@ class CallOwnership:
 
     async def _renew(self) -> None:
         started = time.monotonic()
+        # Only leases held before the renewal began: one granted meanwhile (a new call's
+        # offer commits while this runs) is not in its answer, and not lost.
+        before = dict(self._held)
         async with self._sessionmaker.begin() as s:
             await queries.heartbeat_instance(
                 s, self.instance_id, self.ttl_s, draining=self.draining
             )
             renewed = await queries.renew_leases(s, self.instance_id, self.ttl_s)
-        for session_id, held in list(self._held.items()):
+        for session_id, held in before.items():
+            if self._held.get(session_id) is not held:
+                continue
             if renewed.get(session_id) == held.fence.token:
                 held.valid_until = started + self.ttl_s - self._margin_s
             elif session_id not in self._busy:
