@@ -1,7 +1,7 @@
 """``python -m bench``: run the benchmarks, then write RESULTS.md and the plot.
 
-``make bench`` runs ``python -m bench --profile`` (the full sizes, about ten minutes on two
-cores). ``--preset medium`` runs smaller sizes (a few minutes), ``--preset smoke`` tiny
+``make bench`` runs ``python -m bench --profile`` (the full sizes, about twenty minutes on
+two cores). ``--preset medium`` runs smaller sizes (a few minutes), ``--preset smoke`` tiny
 ones (what ``tests/bench`` runs); ``--only`` picks benchmarks. A benchmark that fails is
 reported and the others still run; the exit code is then 1.
 """
@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Final
 
-from . import audit_append, capacity, dispatch_latency, offer_overhead, talking
+from . import audit_append, capacity, dispatch_latency, instances, offer_overhead, talking
 from .context import add_common_args, context_from_args
 from .report import DEFAULT_PLOT, DEFAULT_RESULTS_MD, write_report
 
@@ -27,6 +27,7 @@ MODULES: Final[dict[str, Any]] = {
     "capacity": capacity,
     "audit_append": audit_append,
     "talking": talking,
+    "instances": instances,
 }
 
 

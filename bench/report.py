@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from .context import BENCH_DIR, DEFAULT_OUT
+from .instances_report import instances_section
 from .stack import ROOT
 
 BENCHMARKS: Final = (
@@ -22,6 +23,7 @@ BENCHMARKS: Final = (
     "capacity",
     "audit_append",
     "talking",
+    "instances",
 )
 DEFAULT_RESULTS_MD: Final = BENCH_DIR / "RESULTS.md"
 DEFAULT_PLOT: Final = BENCH_DIR / "dispatch.png"
@@ -856,6 +858,7 @@ def render(
         "capacity": _capacity_section,
         "audit_append": _audit_section,
         "talking": _talking_section,
+        "instances": instances_section,
     }
     for name, section in sections.items():
         if name == "talking" and name in results:
@@ -882,12 +885,14 @@ def render(
     lines += [
         "## Running them",
         "",
-        "- `make bench`: all five at full size with the broker profiled (about twenty minutes "
+        "- `make bench`: all six at full size with the broker profiled (about twenty minutes "
         "on two cores; run it on a quiet machine), then this file, `dispatch.png`, "
         "`talking.png`, `results/*.json` and `profiles/*.txt`.",
         "- `.venv/bin/python -m bench --preset medium|smoke [--only capacity,...] "
         "[--profile [py-spy]] [--db postgres]`; one benchmark: "
-        "`python -m bench.capacity --preset medium --steps 100,500`.",
+        "`python -m bench.capacity --preset medium --steps 100,500`; one section rerun and "
+        "this file rewritten with the others' last results: `python -m bench --only "
+        "instances`.",
         "- `make bench-report` rebuilds this file and the plot from `results/*.json`.",
         "- `make test` runs every benchmark at tiny sizes (`tests/bench/`), without timing "
         "anything, so they keep working.",
