@@ -406,14 +406,22 @@ class CallOwnership:
 
     async def _take_orphans(self) -> None:
         assert self._host is not None
-        force = self._single_process and self._first_tick
-        self._first_tick = False
+        first, self._first_tick = self._first_tick, False
+        # SQLite is one process: every running call was this process's predecessor's. An
+        # instance restarted under its stable name takes back what its predecessor held.
+        forced: set[str] = set()
         async with self._sessionmaker() as s:
-            if force:
+            if first and self._single_process:
                 rows = list(await queries.sessions_with_running_calls(s))
+                forced = {row.id for row in rows}
             else:
                 rows = list(await queries.orphaned_calls(s, ORPHANS_PER_TICK))
+                if first:
+                    own = list(await queries.calls_leased_to(s, self.instance_id))
+                    forced = {row.id for row in own}
+                    rows = own + [row for row in rows if row.id not in forced]
         for row in rows:
+            force = row.id in forced
             if row.id in self._held or row.id in self._standby or row.id in self._busy:
                 continue
             started = time.monotonic()

@@ -34,6 +34,7 @@ from broker.db.queries.disabled_tools import (
 )
 from broker.db.queries.leases import (
     ask_handoff,
+    calls_leased_to,
     claim_successions,
     give_up_succession,
     grant_lease,
@@ -108,6 +109,7 @@ from broker.db.queries.webhook_deliveries import (
 )
 
 __all__ = [
+    "calls_leased_to",
     "answered_outputs",
     "handed_over_at",
     "SESSION_ENDED",

@@ -344,3 +344,17 @@ async def prune_leases(s: AsyncSession) -> int:
 
 async def lease_count(s: AsyncSession, owner_id: str) -> int:
     return int(await s.scalar(select(func.count()).where(CallLease.owner_id == owner_id)) or 0)
+
+
+async def calls_leased_to(s: AsyncSession, owner_id: str) -> Sequence[SessionRow]:
+    """Running calls whose lease names ``owner_id`` (a restarted instance's own, by name)."""
+    result = await s.scalars(
+        select(SessionRow)
+        .join(CallLease, CallLease.session_id == SessionRow.id)
+        .where(
+            CallLease.owner_id == owner_id,
+            SessionRow.state.in_([str(x) for x in CALL_RUNNING_STATES]),
+            SessionRow.call_id.is_not(None),
+        )
+    )
+    return result.all()
