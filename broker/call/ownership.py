@@ -367,8 +367,13 @@ class CallOwnership:
                 released = await queries.release_leases(s, self.instance_id)
                 await queries.remove_instance(s, self.instance_id)
                 await queries.notify(s, CHANNEL_WAKE, "*")
-        except SQLAlchemyError:
-            logger.exception("could not release this instance's calls")
+        except SQLAlchemyError as exc:
+            # Not fatal: unreleased leases run out by themselves and the calls are taken then.
+            logger.warning(
+                "could not release this instance's calls (they are taken once their leases"
+                " run out): %s",
+                type(exc).__name__,
+            )
             return
         self._held.clear()
         if released:
