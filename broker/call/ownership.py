@@ -336,19 +336,27 @@ class CallOwnership:
         self.draining = True
         if not self._held:
             return 0
-        async with self._sessionmaker.begin() as s:
-            await queries.heartbeat_instance(s, self.instance_id, self.ttl_s, draining=True)
-            others = [i for i in await queries.live_instances(s) if i.id != self.instance_id]
-            if not any(not i.draining for i in others):
-                return 0
-            asked = await queries.ask_handoff(s, self.instance_id)
-            await queries.notify(s, CHANNEL_WAKE, "*")
+        try:
+            async with self._sessionmaker.begin() as s:
+                await queries.heartbeat_instance(s, self.instance_id, self.ttl_s, draining=True)
+                others = [i for i in await queries.live_instances(s) if i.id != self.instance_id]
+                if not any(not i.draining for i in others):
+                    return 0
+                asked = await queries.ask_handoff(s, self.instance_id)
+                await queries.notify(s, CHANNEL_WAKE, "*")
+        except SQLAlchemyError as exc:
+            logger.warning("no handoff: the database is unavailable: %s", type(exc).__name__)
+            return 0
         logger.info("handing %d call(s) over to the other instances", asked)
         handed = 0
         deadline = time.monotonic() + grace_s
         start = len(self._held)
         while self._held and time.monotonic() < deadline:
-            await self.tick()
+            try:
+                await self.tick()
+            except SQLAlchemyError as exc:
+                logger.warning("handoff interrupted: %s", type(exc).__name__)
+                break
             handed = start - len(self._held)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.05):
