@@ -34,7 +34,8 @@ Then the stand-in ends the calls, the brokers see them go, and all brokers are s
 together (stopping one first would hand its calls to the other).
 
 Run alone: ``python -m bench.instances [--preset smoke|medium|full] [--steps 100,200]
-[--broker-cpus 0,1] [--no-watcher]``.
+[--broker-cpus 0,1] [--takers 1] [--no-watcher]`` (``--takers 1``: every call on the first
+instance, the second only present).
 """
 
 from __future__ import annotations
@@ -86,14 +87,17 @@ class Options:
     instances: tuple[int, ...] = (1, 2)
     broker_cpus: tuple[int, ...] = (0,)
     """The cores the brokers are pinned to, in turn (one entry: all on that core)."""
+    takers: int | None = None
+    """Offers go round-robin to the first this many instances of a phase (``None``: all).
+    ``1`` measures what a second instance costs by its presence alone."""
     period_s: float = 6.0
     delta_interval_s: float = 0.06
     speech_s: float = 1.2
     function_every: int = 3
-    window_s: float = 12.0
+    window_s: float = 15.0
     warmup_s: float = 6.0
     watcher: bool = True
-    watcher_window_s: float = 6.0
+    watcher_window_s: float = 5.0
     setup_concurrency: int = 32
     setup_max_s: float = 60.0
     max_setup_error_share: float = 0.05
@@ -392,6 +396,8 @@ async def measure_window(
         "probes": stats["probes"],
         "probes_per_call": round(stats["probes"] / calls, 2) if calls else None,
         "errors_sent": stats["errors_sent"],
+        # Other work on the machine shows here (ours is about 0.5-1 of it).
+        "load_average": round(os.getloadavg()[0], 2),
         "rss_kib_per_call": round(rss_added / calls, 1) if calls else None,
         "per_instance": per_instance,
     }
@@ -476,7 +482,7 @@ async def _steps(
             break
         started = time.monotonic()
         opened, errors = await open_calls(
-            instances,
+            instances[: options.takers or len(instances)],
             live,
             target - live,
             concurrency=options.setup_concurrency,
@@ -642,6 +648,35 @@ def ratios(phases: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def shares(phases: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each instance of the last phase against the first phase's broker with as many calls.
+
+    Splitting ``n`` calls over ``k`` instances costs what ``k`` brokers of ``n / k`` calls
+    cost if a second instance adds nothing of its own: a first-phase step at ``n / k``
+    calls is the comparison (when the steps have one).
+    """
+    if len(phases) < 2:
+        return []
+    by_calls = {s["calls"]: s for s in phases[0].get("steps", [])}
+    out = []
+    for step in phases[-1].get("steps", []):
+        owned = [q["calls_owned"] for q in step["per_instance"]]
+        alone = by_calls.get(owned[0]) if owned and len(set(owned)) == 1 else None
+        if alone is None or not alone["cpu_utilization"]:
+            continue
+        each = sum(q["cpu_utilization"] for q in step["per_instance"]) / len(owned)
+        out.append(
+            {
+                "calls": step["calls"],
+                "each_calls": owned[0],
+                "each_cpu_utilization": round(each, 3),
+                "alone_cpu_utilization": alone["cpu_utilization"],
+                "ratio": round(each / alone["cpu_utilization"], 2),
+            }
+        )
+    return out
+
+
 async def run(options: Options, ctx: BenchContext) -> dict[str, Any]:
     """Run the benchmark; write and return its JSON (a skip without PostgreSQL)."""
     started = start_clock()
@@ -667,6 +702,7 @@ async def run(options: Options, ctx: BenchContext) -> dict[str, Any]:
         if "skipped" not in results:
             results["phases"] = phases
             results["ratios"] = ratios(phases)
+            results["shares"] = shares(phases)
             if options.watcher:
                 measured = sorted({s["calls"] for p in phases for s in p["steps"]})
                 results["watcher"] = await talking.watcher_phase(
@@ -696,9 +732,12 @@ def main(argv: list[str] | None = None) -> int:
         "--broker-cpus", dest="broker_cpus", type=lambda s: tuple(int(x) for x in s.split(","))
     )
     parser.add_argument("--window-s", dest="window_s", type=float)
+    parser.add_argument("--takers", type=int, help="offers to the first N instances only")
     parser.add_argument("--no-watcher", dest="watcher", action="store_false", default=None)
     args = parser.parse_args(argv)
-    options = override(PRESETS[args.preset], args, ["steps", "broker_cpus", "window_s", "watcher"])
+    options = override(
+        PRESETS[args.preset], args, ["steps", "broker_cpus", "window_s", "watcher", "takers"]
+    )
     payload = asyncio.run(run(options, context_from_args(args)))
     print(json.dumps(payload["results"], indent=2, default=str))  # noqa: T201 - a command-line tool
     return 0

@@ -181,17 +181,41 @@ def instances_section(payload: Mapping[str, Any]) -> list[str]:
                 for x in ratios
             ],
         )
+    shares = r.get("shares") or []
+    if shares:
+        lines += [
+            "",
+            "**Split or shared?** Each instance against one broker holding as many calls "
+            "(the steps above): "
+            + "; ".join(
+                f"at {x['calls']:,} calls each of the two ({x['each_calls']:,} calls) used "
+                f"{x['each_cpu_utilization'] * 100:.0f}% of a core, one broker with "
+                f"{x['each_calls']:,} calls {x['alone_cpu_utilization'] * 100:.0f}% "
+                f"({x['ratio']:.2f}×)"
+                for x in shares
+            )
+            + ". Near 1×: a second instance costs what its share of the calls costs a "
+            "broker alone, so the difference in the ratios above is what one process gains "
+            "from holding more calls (its batches grow), not coordination.",
+        ]
     two = [p for p in phases if p["instances"] > 1 and p.get("steps")]
     if two:
         last = two[-1]["steps"][-1]
         each = "; ".join(
             f"`{q['instance']}` {q['calls_owned']:,} calls, "
-            f"{q['cpu_utilization'] * 100:.0f}% of a core, "
-            f"{_num(q['cpu_us_per_event'])} µs per event of all, its own dispatch timer "
+            f"{q['cpu_utilization'] * 100:.0f}% of a core, its own dispatch timer "
             f"{_ms(q['broker_dispatch_mean_ms'])} ms mean"
             for q in last["per_instance"]
         )
         lines += ["", f"Each of the two at {last['calls']:,} calls: {each}."]
+    loads = [s["load_average"] for p in phases for s in p.get("steps", []) if "load_average" in s]
+    if loads:
+        lines += [
+            "",
+            f"Load average (1 min) at the end of the windows: {min(loads):.2f} to "
+            f"{max(loads):.2f} (this benchmark's own processes make about 1 of it; more is "
+            "other work on the machine).",
+        ]
     lines += [""]
     lines += [f"- {_books(p)}" for p in phases]
     if watcher:

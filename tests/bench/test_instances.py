@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bench.instances import ratios
+from bench.instances import ratios, shares
 from tests.conftest import skip_or_fail
 
 pytestmark = pytest.mark.timeout(180)
@@ -64,6 +64,8 @@ def test_two_brokers_split_the_calls_by_who_took_the_offer(smoke_run: Path) -> N
 def test_ratios_and_the_watcher_floor_cover_every_step(smoke_run: Path) -> None:
     results = _results(smoke_run)
     assert [x["calls"] for x in results["ratios"]] == [3, 6]
+    # 6 calls, 3 each: compared with the one broker's step at 3 calls.
+    assert [(x["calls"], x["each_calls"]) for x in results["shares"]] == [(6, 3)]
     assert all(x["events_per_s"] and x["cpu_us_per_event"] for x in results["ratios"])
     watcher = results["watcher"]
     assert [s["calls"] for s in watcher["steps"]] == [3, 6]
@@ -90,6 +92,21 @@ def test_the_ratio_is_the_last_phase_over_the_first_at_the_same_calls() -> None:
     assert ratios([one]) == []
 
 
+def test_each_instance_is_compared_with_one_broker_holding_as_many_calls() -> None:
+    def step(calls: int, cpu: float, owned: list[int] | None = None) -> dict[str, Any]:
+        per_instance = [{"calls_owned": n, "cpu_utilization": cpu} for n in owned or [calls]]
+        return {"calls": calls, "cpu_utilization": cpu, "per_instance": per_instance}
+
+    one = {"steps": [step(100, 0.1), step(200, 0.2)]}
+    two = {"steps": [step(200, 0.12, [100, 100]), step(400, 0.2, [200, 200])]}
+    assert [(x["calls"], x["each_calls"], x["ratio"]) for x in shares([one, two])] == [
+        (200, 100, 1.2),
+        (400, 200, 1.0),
+    ]
+    # An uneven split has no single comparison.
+    assert shares([one, {"steps": [step(200, 0.1, [150, 50])]}]) == []
+
+
 @pytest.mark.postgres
 def test_report_renders_the_two_instances_section(smoke_run: Path) -> None:
     _results(smoke_run)
@@ -97,6 +114,6 @@ def test_report_renders_the_two_instances_section(smoke_run: Path) -> None:
     section = text[text.index("## 6. Two instances") :]
     assert "| one broker | 6 |" in section and "| two brokers | 6 | " in section
     assert "| 3 / 3 |" in section  # the calls each of the two owns
-    assert "**Two over one**" in section
+    assert "**Two over one**" in section and "**Split or shared?**" in section
     assert section.count("Every check held") == 2
     assert "not a speed-up" in section
