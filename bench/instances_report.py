@@ -194,9 +194,10 @@ def instances_section(payload: Mapping[str, Any]) -> list[str]:
                 f"({x['ratio']:.2f}×)"
                 for x in shares
             )
-            + ". Near 1×: a second instance costs what its share of the calls costs a "
-            "broker alone, so the difference in the ratios above is what one process gains "
-            "from holding more calls (its batches grow), not coordination.",
+            + ". At 1× a second instance costs only what its share of the calls costs a "
+            "broker alone: the ratios above are then what one process gains from holding "
+            "more calls (its batches grow). Above 1× the pair pays more than the split: "
+            "coordination, or two processes contending for one core.",
         ]
     two = [p for p in phases if p["instances"] > 1 and p.get("steps")]
     if two:
@@ -213,8 +214,8 @@ def instances_section(payload: Mapping[str, Any]) -> list[str]:
         lines += [
             "",
             f"Load average (1 min) at the end of the windows: {min(loads):.2f} to "
-            f"{max(loads):.2f} (this benchmark's own processes make about 1 of it; more is "
-            "other work on the machine).",
+            f"{max(loads):.2f} (this benchmark's own processes make up to about 0.6 of it; "
+            "more is other work on the machine).",
         ]
     lines += [""]
     lines += [f"- {_books(p)}" for p in phases]
