@@ -241,14 +241,17 @@ class BrokerLauncher:
         }
         return env | dict(overrides)
 
-    async def start(self, **overrides: str) -> BrokerProcess:
+    async def start(self, *, code: Path = ROOT, **overrides: str) -> BrokerProcess:
         """Start one more broker (``overrides``: ``BROKER_*`` variables); wait for /healthz.
+
+        ``code``: the checkout whose ``broker`` package runs (another release's, for a
+        rolling deploy); this one by default.
 
         Raises:
             AssertionError: it exited or did not serve within :data:`START_TIMEOUT_S`.
         """
         for _ in range(3):
-            running = await self._spawn(overrides)
+            running = await self._spawn(overrides, code)
             if await self._ready(running):
                 return running
             if "address already in use" not in running.log_text().lower():
@@ -256,7 +259,7 @@ class BrokerLauncher:
             # The free port was taken between our probe and its bind: try another one.
         raise AssertionError("no free port for the broker after 3 attempts")
 
-    async def _spawn(self, overrides: Mapping[str, str]) -> BrokerProcess:
+    async def _spawn(self, overrides: Mapping[str, str], code: Path = ROOT) -> BrokerProcess:
         port = _free_port()
         name = f"broker-{len(self.started) + 1}"
         log = self._log_dir / f"{name}.log"
@@ -268,8 +271,10 @@ class BrokerLauncher:
                 "--log-level",
                 "INFO",
                 "serve",
-                cwd=ROOT,
-                env=self.env(port, overrides),
+                cwd=code,
+                # ``-m broker`` finds the package in the working directory first; the test
+                # tools (tests.support) come from this checkout whichever release runs.
+                env=self.env(port, overrides) | {"PYTHONPATH": f"{code}{os.pathsep}{ROOT}"},
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
