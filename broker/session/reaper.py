@@ -33,6 +33,8 @@ SWEEP_BATCH: Final = 200
 """Sessions ended per sweep and state; a backlog drains over the next sweeps."""
 GRACE: Final = timedelta(minutes=1)
 """Beyond a bound, for clocks and for a request that was accepted at the last moment."""
+COORDINATION_KEPT: Final = timedelta(minutes=10)
+"""How long leases of ended calls, settled commands and departed instances are kept."""
 INTERRUPTED: Final = "interrupted"
 """The detail of an offer a stopped broker left (``end_reason`` ``offer: interrupted``)."""
 
@@ -73,7 +75,17 @@ class SessionReaper:
         ended += await self._end(
             SessionState.OFFERED, now - self._offered_for, EndReason.OFFER_FAILED, INTERRUPTED
         )
+        await self._prune_coordination(now)
         return ended
+
+    async def _prune_coordination(self, now: datetime) -> None:
+        """Drop what several instances coordinated through once it can matter no more."""
+        async with self._sessionmaker.begin() as s:
+            leases = await queries.prune_leases(s, ended_before=now - COORDINATION_KEPT)
+            await queries.prune_commands(s, older_than_s=COORDINATION_KEPT.total_seconds())
+            await queries.prune_instances(s, older_than_s=COORDINATION_KEPT.total_seconds())
+        if leases:
+            logger.info("pruned %d lease(s) of ended calls", leases)
 
     async def _end(
         self,

@@ -6,6 +6,7 @@ Every time here is seconds on the database's clock (:func:`broker.db.dialect.db_
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from datetime import datetime
 
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -335,9 +336,16 @@ async def leases_owned_by(
     return {row.session_id: int(row.token) for row in rows}
 
 
-async def prune_leases(s: AsyncSession) -> int:
-    """Drop the leases of sessions that ended (kept until then: a fence reads them)."""
-    ended = select(SessionRow.id).where(SessionRow.state.in_([str(x) for x in TERMINAL_STATES]))
+async def prune_leases(s: AsyncSession, ended_before: datetime) -> int:
+    """Drop the leases of sessions that ended before ``ended_before``.
+
+    Kept a while after the end: the owner's last writes about the call (its final events)
+    are fenced by the lease, and come just after the end.
+    """
+    ended = select(SessionRow.id).where(
+        SessionRow.state.in_([str(x) for x in TERMINAL_STATES]),
+        SessionRow.ended_at < ended_before,
+    )
     result = await s.execute(delete(CallLease).where(CallLease.session_id.in_(ended)))
     return int(getattr(result, "rowcount", 0) or 0)
 
