@@ -272,6 +272,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     # Refuses to start beside other instances with keys they do not share.
     await ownership.register()
+    supervisor.handoff_pending = ownership.handing_over
     app[app_state.OWNERSHIP] = ownership
     app[app_state.SESSIONS] = SessionService(
         settings,

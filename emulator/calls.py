@@ -198,6 +198,9 @@ class Call:
             # The call ended while the handshake was upgrading: close as the others were.
             link.request_close(self._close_code)
             return link
+        if self._faults.current.single_sideband:
+            for earlier in self._sidebands.values():
+                earlier.request_close(1000)
         self._sidebands[link.connection_id] = link
         self.sideband_attaches.append(call_id_query)
         logger.info("call %s: sideband %s attached", self.call_id, link.connection_id)

@@ -20,6 +20,7 @@ _BOOL_SWITCHES: Final = (
     "sideband_misses_page_items",
     "provider_item_ids",
     "keep_instructions_on_empty",
+    "single_sideband",
 )
 MAX_DELAY_MS: Final = 600_000  # ten minutes: longer only hides a typo until a test times out
 
@@ -135,6 +136,9 @@ class FaultConfig:
         keep_instructions_on_empty: ``instructions: ""`` (at call creation or in an update)
             keeps the instructions in force, as recorded real traffic showed at creation,
             instead of clearing them as the spec says.
+        single_sideband: a call has one sideband at a time: a new attach closes the earlier
+            ones (code 1000), as KugelAudio documents; OpenAI documents no limit
+            (docs/protocol.md §2.3), and the default serves every attached sideband.
 
     Raises:
         FaultValueError: a value has the wrong type or is out of range.
@@ -154,6 +158,7 @@ class FaultConfig:
     provider_item_ids: bool = False
     missing_item_error_code: str = "item_not_found"
     keep_instructions_on_empty: bool = False
+    single_sideband: bool = False
 
     def __post_init__(self) -> None:
         for name in _BOOL_SWITCHES:
@@ -217,6 +222,7 @@ class FaultConfig:
             "provider_item_ids": self.provider_item_ids,
             "missing_item_error_code": self.missing_item_error_code,
             "keep_instructions_on_empty": self.keep_instructions_on_empty,
+            "single_sideband": self.single_sideband,
         }
 
     def merged(self, changes: Mapping[str, Any]) -> FaultConfig:

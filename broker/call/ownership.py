@@ -213,6 +213,10 @@ class CallOwnership:
     def held_count(self) -> int:
         return len(self._held)
 
+    def handing_over(self, session_id: str) -> bool:
+        """Whether this instance is offering the call to the others (it is stopping)."""
+        return self.draining and session_id in self._held
+
     def may_act(self, session_id: str) -> bool:
         """Whether this instance may act on the call now, by its own clock (no I/O)."""
         held = self._held.get(session_id)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
 import aiohttp
@@ -60,6 +60,11 @@ from sideband import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+class HandedOverError(SidebandError):
+    """The sideband closed while its call was being handed to another instance."""
+
 
 HANDED_OVER_EVENT: Final = "broker.sideband_handed_over"
 """Written last by an instance handing a call over: ``to`` and ``last_event_id`` (the last
@@ -107,6 +112,9 @@ class SidebandSupervisor:
         self._handing: dict[str, str] = {}
         """Calls being handed to another instance (its id), draining for it."""
         self._last_event_ids: dict[str, str | None] = {}
+        self.handoff_pending: Callable[[str], bool] = lambda _session_id: False
+        """Whether the call is being offered to another instance (set by the app's wiring):
+        a sideband lost meanwhile is not re-attached."""
 
     def start(
         self,
@@ -334,6 +342,11 @@ class SidebandSupervisor:
                 )
 
             async def reconnect(close_code: int | None) -> SidebandConnection:
+                if self.handoff_pending(session_id):
+                    # Offered to another instance, whose own attach may be what closed this
+                    # one (a provider with one sideband per call): re-attaching would close
+                    # theirs in turn. Let go; the successor's resync finishes what is left.
+                    raise HandedOverError(f"sideband closed ({close_code}) during a handoff")
                 clean = close_code in (1000, 1001)
                 return await SidebandConnection.attach(
                     self._http,
@@ -517,7 +530,8 @@ class SidebandSupervisor:
         recorder: EventRecorder,
     ) -> None:
         successor = self._handing.pop(session_id, None)
-        if successor is not None and session_id not in self._ending:
+        handed = successor is not None or isinstance(failure, HandedOverError)
+        if handed and session_id not in self._ending:
             logger.info("sideband handed over session_id=%s to=%s", session_id, successor)
             controller_event = self._last_event_ids.pop(session_id, None)
             recorder.record(

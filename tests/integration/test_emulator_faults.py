@@ -48,6 +48,7 @@ FAULTS_OFF: dict[str, Any] = {
     "provider_item_ids": False,
     "missing_item_error_code": "item_not_found",
     "keep_instructions_on_empty": False,
+    "single_sideband": False,
 }
 
 

@@ -33,7 +33,7 @@ from tests.support.broker_server import ADMIN_KEY
 from tests.support.browser import FakeBrowser
 from tests.support.conformance import sideband_client_event_failures
 from tests.support.flow import ask, outputs_received, says
-from tests.support.servers import RunningEmulator
+from tests.support.servers import RunningEmulator, set_faults
 from tests.support.tool_backend import ToolBackend
 
 CALLS = 20
@@ -224,15 +224,21 @@ async def test_sigkill_an_owner_the_other_instance_takes_over_every_call(
         )
 
 
+@pytest.mark.parametrize("one_sideband", [False, True], ids=["sidebands", "one-sideband"])
 async def test_sigterm_hands_every_call_over_at_once(
     pg_brokers: BrokerLauncher,
     emulator: RunningEmulator,
     tool_backend: ToolBackend,
     leases: Leases,
+    http: aiohttp.ClientSession,
+    one_sideband: bool,
 ) -> None:
     """SIGTERM on an owner: the other instance owns each of its calls well before any lease
-    could run out (under 2 s), watched all along; a tool call made right after the handoff
-    runs once, answered by the new owner."""
+    could run out (under 2 s); a tool call made right after the handoff runs once, answered
+    by the new owner. With several sidebands per call the successor watches before the owner
+    lets go; with one (the provider closes the owner's when the successor attaches) the owner
+    lets go at once and the successor handles what its own sideband got from the start."""
+    await set_faults(http, emulator, single_sideband=one_sideband)
     env = {"BROKER_LEASE_TTL_S": "30", "BROKER_SHUTDOWN_GRACE_S": "5"}
     calls: list[tuple[BrokerProcess, FakeBrowser, dict[str, Any]]] = []
     try:

@@ -23,6 +23,7 @@ ALL_PROVIDER_SWITCHES: Final[dict[str, Any]] = {
     "provider_item_ids": True,
     "missing_item_error_code": "invalid_value",
     "keep_instructions_on_empty": True,
+    "single_sideband": True,
 }
 """Every provider behaviour the emulator can switch (docs/protocol.md §0), each the other way."""
 
