@@ -45,14 +45,14 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,postgres,bench]'
 	touch $(BENCH_STAMP)
 
-## The five benchmarks at full size (under 30 minutes on 2 cores; best on a quiet machine),
+## The six benchmarks at full size (under 30 minutes on 2 cores; best on a quiet machine),
 ## with the broker profiled; rewrites bench/RESULTS.md, bench/dispatch.png, bench/talking.png,
 ## bench/results/. The talking-calls benchmark pins the broker to core 0 and its stand-in
 ## provider to core 1 (taskset).
 bench: $(BENCH_STAMP)
 	BENCH_VIA="make bench" $(BIN)/python -m bench --profile
 
-## The same five at tiny sizes (also run by `make test`, as tests/bench).
+## The same six at tiny sizes (also run by `make test`, as tests/bench).
 bench-smoke: $(STAMP)
 	$(BIN)/pytest tests/bench
 
