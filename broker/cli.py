@@ -246,7 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=args.host or settings.host,
             port=args.port if args.port is not None else settings.port,
         )
-        _serve(settings, args.dev, log_format)
+        try:
+            _serve(settings, args.dev, log_format)
+        except SettingsError as exc:
+            # Found at start-up, beside the other instances (broker.call.ownership).
+            sys.stderr.write(f"broker: configuration error: {exc}\n")
+            return 2
     elif args.command == "migrate":
         upgrade_database(settings.database_url)
         _out("database is up to date")

@@ -515,8 +515,12 @@ class Settings(BaseSettings):
 
     @property
     def signing_key_configured(self) -> bool:
-        """Whether the signing key was given (not the per-host generated file)."""
-        return "signing_key" in self.model_fields_set
+        """Whether the signing key was given, not taken from the per-host generated file."""
+        try:
+            from_file = self.signing_key_file.read_text().strip()
+        except OSError:
+            return True
+        return from_file != self.signing_key.reveal()
 
     @field_validator("signing_key")
     @classmethod

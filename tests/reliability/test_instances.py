@@ -420,3 +420,25 @@ async def test_any_instance_serves_a_call_owned_by_the_other(
     assert ended["end_reason"] == "ops_hangup"
     call = emulator.registry.get(ended["call_id"])
     assert call is not None and call.ended
+
+
+async def test_an_instance_without_the_shared_keys_refuses_to_start_beside_others(
+    pg_brokers: BrokerLauncher, tmp_path: Path
+) -> None:
+    """Beside a live instance, a broker whose signing key is a generated per-host file, or
+    whose admin key differs, exits with a configuration error naming the variables (never
+    their values); the running instance is untouched."""
+    first = await pg_brokers.start()
+    refusals = []
+    for overrides in (
+        {"BROKER_SIGNING_KEY": "", "BROKER_SIGNING_KEY_FILE": str(tmp_path / "key")},
+        {"BROKER_ADMIN_KEY": "another-admin-key-" + "y" * 32},
+    ):
+        with pytest.raises(AssertionError, match="did not start"):
+            await pg_brokers.start(**overrides)
+        refused = pg_brokers.started[-1]
+        assert await refused.process.wait() == 2
+        refusals.append(refused.log_text())
+    assert "generated per-host file" in refusals[0]
+    assert "BROKER_SIGNING_KEY" in refusals[1] and "y" * 32 not in refusals[1]
+    assert (await first.request("GET", "/readyz")).status == 200

@@ -239,7 +239,9 @@ class BrokerLauncher:
             # tests of its own (tests/integration/test_overload.py).
             "BROKER_OVERLOAD_LOOP_LAG_S": "60",
         }
-        return env | dict(overrides)
+        env |= dict(overrides)
+        # An empty override unsets the variable (say, a broker with no BROKER_SIGNING_KEY).
+        return {k: v for k, v in env.items() if not (k in overrides and v == "")}
 
     async def start(self, *, code: Path = ROOT, **overrides: str) -> BrokerProcess:
         """Start one more broker (``overrides``: ``BROKER_*`` variables); wait for /healthz.
