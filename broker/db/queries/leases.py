@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -98,34 +99,21 @@ async def grant_lease(s: AsyncSession, session_id: str, owner_id: str, ttl_s: fl
     Runs in the transaction that moves the session to ``live``. A row left from before (a
     session cannot go live twice, but be safe) gets the next token.
     """
-    now = _now(s)
-    token = await s.scalar(
-        update(CallLease)
-        .where(CallLease.session_id == session_id)
-        .values(
-            owner_id=owner_id,
-            token=CallLease.token + 1,
-            expires_at=now + ttl_s,
-            handoff=False,
-            successor_id=None,
-            successor_ready=False,
-        )
-        .returning(CallLease.token)
-    )
-    if token is not None:
-        return int(token)
-    s.add(
-        CallLease(
-            session_id=session_id,
-            owner_id=owner_id,
-            token=1,
-            expires_at=now + ttl_s,
-            handoff=False,
-            successor_ready=False,
-        )
-    )
-    await s.flush()
-    return 1
+    token = await take_lease(s, session_id, owner_id, ttl_s, force=True)
+    assert token is not None, "a forced take always takes"
+    return token
+
+
+def _new_owner(owner_id: str, expires_at: ColumnElement[float]) -> dict[str, Any]:
+    """The values that pass a lease to ``owner_id`` under the next fencing token."""
+    return {
+        "owner_id": owner_id,
+        "token": CallLease.token + 1,
+        "expires_at": expires_at,
+        "handoff": False,
+        "successor_id": None,
+        "successor_ready": False,
+    }
 
 
 async def renew_leases(s: AsyncSession, owner_id: str, ttl_s: float) -> dict[str, int]:
@@ -184,14 +172,7 @@ async def take_lease(
     token = await s.scalar(
         update(CallLease)
         .where(*condition)
-        .values(
-            owner_id=owner_id,
-            token=CallLease.token + 1,
-            expires_at=now + ttl_s,
-            handoff=False,
-            successor_id=None,
-            successor_ready=False,
-        )
+        .values(_new_owner(owner_id, now + ttl_s))
         .returning(CallLease.token)
     )
     if token is not None:
@@ -299,14 +280,7 @@ async def hand_over(
             CallLease.token == token,
             CallLease.successor_id == successor_id,
         )
-        .values(
-            owner_id=successor_id,
-            token=CallLease.token + 1,
-            expires_at=_now(s) + ttl_s,
-            handoff=False,
-            successor_id=None,
-            successor_ready=False,
-        )
+        .values(_new_owner(successor_id, _now(s) + ttl_s))
         .returning(CallLease.token)
     )
     return None if new is None else int(new)
