@@ -37,6 +37,7 @@ from broker.errors import problem_middleware
 from broker.metrics import BrokerMetrics
 from broker.overload import OverloadGuard, OverloadLimits
 from broker.record.event_log import EventCaps, EventLog
+from broker.record.event_writer import grown_elsewhere
 from broker.session.reaper import SessionReaper
 from broker.session.service import SessionService
 from broker.settings import Settings
@@ -301,8 +302,8 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     watching_load = asyncio.create_task(overload.run(), name="overload-guard")
     wakeups = app[app_state.EVENT_LOG].wakeups
 
-    def grown(session_ids: str) -> None:
-        for session_id in session_ids.split(","):
+    def grown(payload: str) -> None:
+        for session_id in grown_elsewhere(payload):
             wakeups.notify(session_id)
 
     notices = Notices(

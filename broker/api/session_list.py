@@ -59,7 +59,9 @@ def decode_cursor(text: str) -> Cursor:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         created_at, session_id = json.loads(raw)
-        return Cursor(datetime.fromisoformat(created_at), str(session_id))
+        # Normalised to UTC as _time does: a forged time at the calendar's edge overflows
+        # here (400), not in the database's driver (500).
+        return Cursor(as_utc(datetime.fromisoformat(created_at)).astimezone(UTC), str(session_id))
     except (binascii.Error, ValueError, TypeError, OverflowError):
         raise _bad("cursor", "cursor is not one this API returned") from None
 

@@ -206,6 +206,14 @@ class CallOwnership:
         self._held[session_id] = Held(fence, since + self.ttl_s - self._margin_s)
         return fence
 
+    def fence_of_writes(self, fence: Fence) -> Fence | None:
+        """The fence a call's tasks write under (``None`` on SQLite).
+
+        On SQLite this process is the only one: a re-check per commit would cost the hot
+        path and prove nothing.
+        """
+        return None if self._single_process else fence
+
     def owns(self, session_id: str) -> bool:
         return session_id in self._held
 
@@ -230,6 +238,8 @@ class CallOwnership:
         held = self._held.get(fence.session_id)
         if held is None or held.fence != fence or not self.may_act(fence.session_id):
             return False
+        if self._single_process:
+            return True  # SQLite: no other instance can hold the call
         try:
             async with self._sessionmaker() as s:
                 await check_fence(s, fence)

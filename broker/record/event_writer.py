@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -226,11 +227,24 @@ NOTICE_IDS: Final = 200
 """Session ids per ``NOTIFY`` (PostgreSQL caps a payload at 8000 bytes)."""
 
 
+NOTICE_ORIGIN: Final = secrets.token_hex(4)
+"""This process's mark on its notices: its own streams were woken (and handed the rows)
+already, so it ignores them (:func:`grown_elsewhere`)."""
+
+
 async def notify_grown(s: AsyncSession, session_ids: list[str]) -> None:
     """Tell other instances' event streams these logs grew (PostgreSQL; at commit)."""
     for start in range(0, len(session_ids), NOTICE_IDS):
         chunk = ",".join(session_ids[start : start + NOTICE_IDS])
-        await queries.notify(s, EVENTS_CHANNEL, chunk)
+        await queries.notify(s, EVENTS_CHANNEL, f"{NOTICE_ORIGIN}:{chunk}")
+
+
+def grown_elsewhere(payload: str) -> list[str]:
+    """The session ids of a notice another process sent (``[]`` for this process's own)."""
+    origin, _, ids = payload.partition(":")
+    if origin == NOTICE_ORIGIN or not ids:
+        return []
+    return ids.split(",")
 
 
 class EventWriter:

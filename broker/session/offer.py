@@ -240,7 +240,10 @@ class Offers:
             raise
         logger.info("call created session_id=%s call_id=%s", session_id, answer.call_id)
         fence = self._ownership.hold(session_id, token, granted_at)
-        with fenced(fence), acting_for(self._ownership.action_check(fence)):
+        with (
+            fenced(self._ownership.fence_of_writes(fence)),
+            acting_for(self._ownership.action_check(fence)),
+        ):
             self._deadlines.watch(session_id, answer.call_id, row.max_duration_s)
             if row.sideband_enabled:
                 self._supervisor.start(session_id, answer.call_id, row.tools, config)

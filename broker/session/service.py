@@ -148,7 +148,10 @@ class SessionService:
         Everything it starts runs under the call's fence.
         """
         assert row.call_id is not None
-        with fenced(fence), acting_for(self._ownership.action_check(fence)):
+        with (
+            fenced(self._ownership.fence_of_writes(fence)),
+            acting_for(self._ownership.action_check(fence)),
+        ):
             self._deadlines.watch(row.id, row.call_id, row.max_duration_s, row.live_at)
             if row.state == SessionState.LIVE and row.sideband_enabled:
                 logger.info("resuming sideband session_id=%s call_id=%s", row.id, row.call_id)

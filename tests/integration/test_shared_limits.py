@@ -198,7 +198,7 @@ async def _bridged(broker: RunningBroker, session: dict[str, Any], call_id: str)
 
 
 async def test_a_tool_switched_off_on_one_broker_is_refused_by_another(
-    make_broker: BrokerFactory, pg_url: str, tool_backend: ToolBackend
+    pg_url: str, make_broker: BrokerFactory, tool_backend: ToolBackend
 ) -> None:
     """The kill switch is read from the database at each decision: an operator's switch on
     broker A denies the next call broker B decides (a page's bridge request that the load
