@@ -154,6 +154,9 @@ def test_the_brokers_share_keys_and_talk_to_postgres_and_the_emulator(
         assert settings.provider_base_url == "http://emulator:8090/v1"
         assert settings.provider_api_key is not None
         assert settings.provider_api_key.reveal() == REQUIRED["BROKER_PROVIDER_API_KEY"]
+    # The same configuration but for each replica's own, unique instance name.
+    names = [env.pop("BROKER_INSTANCE_ID") for env in envs]
+    assert names == ["broker-1", "broker-2"]
     assert envs[0] == envs[1]
     emulator = services["emulator"]
     assert emulator["command"][0] == "emulator"
