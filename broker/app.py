@@ -93,10 +93,14 @@ async def _shutting_down(app: web.Application) -> None:
 
 
 async def db_ctx(app: web.Application) -> AsyncIterator[None]:
-    engine = create_engine(app[app_state.SETTINGS].database_url)
+    settings = app[app_state.SETTINGS]
+    # A paused instance's locks go soon after its leases run out (a third of a lease, and
+    # never under 2 s: a busy event loop may pause between a transaction's statements).
+    engine = create_engine(
+        settings.database_url, idle_transaction_timeout_s=max(2.0, settings.lease_ttl_s / 3)
+    )
     app[app_state.ENGINE] = engine
     sessionmaker = make_sessionmaker(engine)
-    settings = app[app_state.SETTINGS]
     event_log = EventLog(
         EventCaps(
             coalescible_events=settings.event_log_max_coalescible,

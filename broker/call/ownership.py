@@ -66,6 +66,8 @@ STANDBY_MAX_S: Final = 30.0
 """A successor's sideband waits this long for the owner to let go, then gives up."""
 ORPHANS_PER_TICK: Final = 200
 COMMAND_WAIT_S: Final = 10.0
+LOCK_WAIT_S: Final = 0.5
+"""The longest a take waits for a lease another instance has locked."""
 
 
 def key_fingerprint(*keys: str | None) -> str:
@@ -452,10 +454,17 @@ class CallOwnership:
             if row.id in self._held or row.id in self._standby or row.id in self._busy:
                 continue
             started = time.monotonic()
-            async with self._sessionmaker.begin() as s:
-                token = await queries.take_lease(
-                    s, row.id, self.instance_id, self.ttl_s, force=force
-                )
+            try:
+                async with self._sessionmaker.begin() as s:
+                    await queries.wait_for_locks_at_most(s, LOCK_WAIT_S)
+                    token = await queries.take_lease(
+                        s, row.id, self.instance_id, self.ttl_s, force=force
+                    )
+            except SQLAlchemyError as exc:
+                # Locked by an instance stuck mid-commit: its session is ended by the
+                # server's idle-in-transaction timeout, and a later tick takes the call.
+                logger.warning("could not take call session_id=%s: %s", row.id, type(exc).__name__)
+                continue
             if token is None:
                 continue
             logger.info(

@@ -25,13 +25,23 @@ def to_async_url(url: str) -> str:
     return parsed.set(drivername=driver).render_as_string(hide_password=False) if driver else url
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine; SQLite gets WAL, a busy timeout and enforced foreign keys."""
+def create_engine(url: str, *, idle_transaction_timeout_s: float | None = None) -> AsyncEngine:
+    """An async engine; SQLite gets WAL, a busy timeout and enforced foreign keys.
+
+    ``idle_transaction_timeout_s`` (PostgreSQL): the server ends a session left idle inside
+    a transaction this long. A broker instance paused mid-transaction (SIGSTOP, a frozen
+    VM) would otherwise hold its row locks, a call's lease among them, and keep every other
+    instance from taking its calls for as long as it stays paused.
+    """
     url = to_async_url(url)
     is_sqlite = make_url(url).get_backend_name() == "sqlite"
+    connect_args: dict[str, Any] = {"timeout": 30} if is_sqlite else {}
+    if not is_sqlite and idle_transaction_timeout_s is not None:
+        timeout_ms = str(max(1, round(idle_transaction_timeout_s * 1000)))
+        connect_args["server_settings"] = {"idle_in_transaction_session_timeout": timeout_ms}
     engine = create_async_engine(
         url,
-        connect_args={"timeout": 30} if is_sqlite else {},
+        connect_args=connect_args,
         pool_pre_ping=not is_sqlite,
         # SQL parameters hold tool arguments and outputs, transcripts and key hashes: never
         # in a log line or an exception message, whatever the log level.

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker import app_state
@@ -165,3 +166,36 @@ async def test_two_instances_racing_for_an_expired_lease_one_wins(
         *(take(first if n % 2 else second_engine, f"i{n}") for n in range(20))
     )
     assert len([r for r in results if r is not None]) == 1
+
+
+async def test_an_owner_stuck_inside_a_fenced_commit_does_not_hold_its_call_forever(
+    make_broker: BrokerFactory, pg_url: str
+) -> None:
+    """On PostgreSQL: an owner paused between its fence check and its commit holds the
+    lease row locked; a taker waits at most briefly, the server ends the stuck session, the
+    call is taken, and the stuck owner's commit fails."""
+    broker = await make_broker(database_url=pg_url, lease_ttl_s=300)
+    taker = broker.app[app_state.SESSIONMAKER]
+    session_id = await live_session(broker)
+    async with taker.begin() as s:
+        token = await queries.grant_lease(s, session_id, "stuck", 0.5)
+    stuck_engine = create_engine(pg_url, idle_transaction_timeout_s=1.0)
+    try:
+        stuck = make_sessionmaker(stuck_engine)()
+        await check_fence(stuck, Fence(session_id, "stuck", token))  # FOR SHARE, then paused
+        await asyncio.sleep(0.6)  # the lease runs out while the owner is paused
+
+        async def take() -> int | None:
+            async with taker.begin() as s:
+                await queries.wait_for_locks_at_most(s, 0.2)
+                return await queries.take_lease(s, session_id, "taker", TTL)
+
+        with pytest.raises(SQLAlchemyError):
+            await take()  # still locked: the taker gives up quickly instead of hanging
+        await asyncio.sleep(1.5)  # past the server's idle-in-transaction timeout
+        assert await take() == token + 1
+        with pytest.raises(SQLAlchemyError):
+            await stuck.commit()
+        await stuck.close()
+    finally:
+        await stuck_engine.dispose()

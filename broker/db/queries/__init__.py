@@ -54,6 +54,7 @@ from broker.db.queries.leases import (
     renew_leases,
     successor_ready,
     take_lease,
+    wait_for_locks_at_most,
 )
 from broker.db.queries.rate_buckets import prune_rate_buckets, take_rate_token
 from broker.db.queries.session_counters import (
@@ -109,6 +110,7 @@ from broker.db.queries.webhook_deliveries import (
 )
 
 __all__ = [
+    "wait_for_locks_at_most",
     "calls_leased_to",
     "answered_outputs",
     "handed_over_at",

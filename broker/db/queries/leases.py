@@ -9,7 +9,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.dialect import conflict_insert, db_now, dialect_name
@@ -34,6 +34,16 @@ release (no leases): left to it."""
 
 def _now(s: AsyncSession) -> ColumnElement[float]:
     return db_now(dialect_name(s))
+
+
+async def wait_for_locks_at_most(s: AsyncSession, seconds: float) -> None:
+    """Bound how long this transaction waits for a row lock (PostgreSQL; SQLite has none).
+
+    A take waits on a lease another instance has locked mid-commit; it must not stall the
+    taker's own renewals if that instance is stuck.
+    """
+    if dialect_name(s) == "postgresql":
+        await s.execute(text(f"SET LOCAL lock_timeout = '{max(1, round(seconds * 1000))}ms'"))
 
 
 # ---- instances --------------------------------------------------------------------------
