@@ -305,6 +305,11 @@ class EventRecorder:
         await self._stop_asked.wait()
         await self.flush()
 
+    async def persist(self) -> None:
+        """Store what is buffered now, usage included, without waiting for the writer's tick."""
+        if self._buffer.events:
+            await self._writer_of().persist(self._buffer)
+
     async def flush(self) -> None:
         """Write everything buffered (the writer's group commit).
 

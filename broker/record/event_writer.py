@@ -336,6 +336,20 @@ class EventWriter:
             if (len(buffer.events), buffer.owed, buffer.carried) == before:
                 return  # nothing moved: the database still refuses
 
+    async def persist(self, buffer: SessionBuffer) -> None:
+        """Write what ``buffer`` has queued now (with everyone else's); counts may stay owed.
+
+        Cheaper than :meth:`flush`: no fold is forced. Usage rides with its rows, so once
+        this returns the usage of every event queued before it is stored. Never raises.
+        """
+        while buffer.events:
+            if buffer not in self._dirty:
+                self._dirty[buffer] = None
+            before = len(buffer.events)
+            await self.write_once()
+            if len(buffer.events) >= before:
+                return  # nothing moved: the database still refuses
+
     # ---- the writer ----------------------------------------------------------------------
 
     async def _run(self) -> None:

@@ -83,6 +83,9 @@ class SessionToolHandler:
         ``call_id_invalid`` and answered (under its own id, which only goes to the provider,
         JSON-encoded); the broker's records and logs name it by its safe stand-in.
         """
+        # The response that made this call is stored, its usage with it, before the tool
+        # can act: an instance that dies while tools run loses no billed response.
+        await self._recorder.persist()
         try:
             outcome = await self._dispatcher.run(
                 self._session_id,

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from broker import app_state
+from broker.db import queries
 from broker.record.usage import Usage, usage_of_response_done
 from sideband.events import parse_observed_event
 from tests.conftest import BrokerFactory
@@ -19,6 +21,7 @@ from tests.support.broker_server import RunningBroker
 from tests.support.browser import FakeBrowser
 from tests.support.flow import LOOKUP_42_OUTPUT, ask, connect_browser, says, wait_session_ended
 from tests.support.metrics import moved, scrape
+from tests.support.tool_backend import ToolBackend
 
 
 def usage_seen(browser: FakeBrowser) -> Usage:
@@ -157,3 +160,24 @@ async def test_key_usage_is_only_computed_on_request(make_broker: BrokerFactory)
     monitor = await broker.new_key("monitor:read")
     refused = await broker.request("GET", "/api/v1/keys?include=usage", token=monitor)
     assert (refused.status, refused.code) == (403, "insufficient_scope")
+
+
+async def test_a_response_that_made_a_tool_call_is_billed_before_the_tool_runs(
+    reconnecting_broker: RunningBroker, tool_backend: ToolBackend
+) -> None:
+    """Usage is stored with its ``response.done`` before that response's tools may act, so
+    an instance that dies while a tool runs (another takes the call over) loses no billed
+    response."""
+    broker = reconnecting_broker
+    session = await broker.create_session(tools=["hold"])
+    browser = await connect_browser(broker, session)
+    try:
+        ask(browser, "hold")
+        await tool_backend.wait_calls_to("hold")
+        async with broker.app[app_state.SESSIONMAKER]() as s:
+            row = await queries.get_session_row(s, session["id"])
+        assert row is not None
+        assert row.usage_responses == 1  # the response that made the call, nothing else yet
+        tool_backend.release_holds()
+    finally:
+        await browser.close()
