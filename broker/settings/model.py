@@ -274,7 +274,7 @@ class Settings(BaseSettings):
         " `limits.max_concurrent_tools`",
     )
 
-    # --- rate limits (token buckets, per process) -----------------------------------------
+    # --- rate limits (token buckets: in memory on SQLite, shared rows on PostgreSQL) ------
     session_create_rate: int = Field(
         60,
         ge=0,
