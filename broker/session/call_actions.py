@@ -60,7 +60,7 @@ class CallActions:
         self._metrics = metrics
         self._ownership = ownership
 
-    async def _owner_elsewhere(self, session_id: str) -> str | None:
+    async def owner_elsewhere(self, session_id: str) -> str | None:
         """The other instance that owns the call now (``None``: this one, or none does)."""
         if self._ownership.owns(session_id):
             return None
@@ -70,9 +70,9 @@ class CallActions:
             return None
         return lease.owner_id
 
-    async def _ask_owner(
+    async def ask_owner(
         self, session_id: str, owner_id: str, kind: str, payload: dict[str, Any]
-    ) -> None:
+    ) -> dict[str, Any]:
         """Have the owning instance do it; its refusal is raised here as it was there.
 
         Raises:
@@ -88,9 +88,9 @@ class CallActions:
             raise UnavailableError(
                 "owner_unavailable", "the broker instance that owns this call did not answer"
             ) from None
-        if command.status == CallCommandStatus.DONE:
-            return
         result = command.result or {}
+        if command.status == CallCommandStatus.DONE:
+            return result
         raise RelayedError(
             int(result.get("status", 500)),
             str(result.get("code", "owner_failed")),
@@ -122,9 +122,9 @@ class CallActions:
             UpstreamError: ``provider_error``: the provider did not hang up; the call goes on.
         """
         assert row.call_id is not None and row.state in CALL_RUNNING_STATES
-        owner = await self._owner_elsewhere(row.id)
+        owner = await self.owner_elsewhere(row.id)
         if owner is not None:
-            await self._ask_owner(row.id, owner, HANGUP_COMMAND, {"reason": reason.value})
+            await self.ask_owner(row.id, owner, HANGUP_COMMAND, {"reason": reason.value})
             return
         await self._hang_up_here(row, reason)
 
@@ -182,9 +182,9 @@ class CallActions:
         Raises:
             ConflictError: ``sideband_not_connected``: no sideband of this process can send it.
         """
-        owner = await self._owner_elsewhere(row.id)
+        owner = await self.owner_elsewhere(row.id)
         if owner is not None:
-            await self._ask_owner(
+            await self.ask_owner(
                 row.id,
                 owner,
                 INSTRUCTIONS_COMMAND,

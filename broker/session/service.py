@@ -28,7 +28,15 @@ from broker.call.ownership import CallOwnership, StandbyConnection, acting_for
 from broker.call.supervisor import SidebandSupervisor
 from broker.db import queries
 from broker.db.fence import Fence, fenced
-from broker.db.models import CallCommand, SessionRow, SessionState, SidebandState, ToolCall
+from broker.db.models import (
+    CallCommand,
+    SessionRow,
+    SessionState,
+    SidebandState,
+    ToolCall,
+    ToolCallStatus,
+    ToolPath,
+)
 from broker.db.shielded import ShieldedWrites
 from broker.errors import (
     ForbiddenError,
@@ -51,6 +59,8 @@ from sideband import PageItems, PageResponses, Provider
 logger = logging.getLogger(__name__)
 
 MAX_TOOLS_PER_SESSION: Final = 64
+BRIDGE_COMMAND: Final = "bridge_call"
+"""A page's relayed tool call, run by the instance that owns the call."""
 MAX_METADATA_KEYS: Final = 32
 
 
@@ -132,7 +142,7 @@ class SessionService:
             self._deadlines,
             ownership,
         )
-        self._bridge = Bridge(dispatcher, settings.bridge_wait_timeout)
+        self._bridge = Bridge(dispatcher, settings.bridge_wait_timeout, self._bridge_at_owner)
         self._calls = CallActions(sessionmaker, provider, supervisor, metrics, ownership)
         ownership.bind(self)
 
@@ -185,7 +195,42 @@ class SessionService:
 
     async def run_command(self, command: CallCommand) -> dict[str, Any]:
         """An action another instance asked of this one, the call's owner."""
+        if command.kind == BRIDGE_COMMAND:
+            row = await self.get_row(command.session_id)
+            payload = command.payload
+            outcome = await self._bridge.run_here(
+                row, str(payload["call_id"]), str(payload["tool"]), str(payload["arguments"])
+            )
+            return {
+                "call_id": outcome.call_id,
+                "tool": outcome.tool,
+                "status": outcome.status.value,
+                "output": outcome.output,
+                "handled_by": outcome.handled_by.value if outcome.handled_by else None,
+            }
         return await self._calls.run_command(command)
+
+    async def _bridge_at_owner(
+        self, row: SessionRow, call_id: str, tool: str, arguments: str
+    ) -> CallOutcome | None:
+        """A relayed call for a call another instance owns, run there (``None``: ours)."""
+        owner = await self._calls.owner_elsewhere(row.id)
+        if owner is None:
+            return None
+        result = await self._calls.ask_owner(
+            row.id,
+            owner,
+            BRIDGE_COMMAND,
+            {"call_id": call_id, "tool": tool, "arguments": arguments},
+        )
+        handled_by = result.get("handled_by")
+        return CallOutcome(
+            call_id=str(result["call_id"]),
+            tool=str(result["tool"]),
+            status=ToolCallStatus(result["status"]),
+            output=result.get("output"),
+            handled_by=ToolPath(handled_by) if handled_by else None,
+        )
 
     async def drain(self) -> None:
         """Stop the call deadlines; wait for cleanup writes (call before the database closes)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,6 +51,10 @@ class BridgeCallRequest(BaseModel):
     """The JSON text the model produced (or the parsed object)."""
 
 
+AtOwner = Callable[[SessionRow, str, str, str], Awaitable[CallOutcome | None]]
+"""Runs a relayed call at the instance that owns its call; ``None``: this instance owns it."""
+
+
 class Bridge:
     """Runs (or waits for) the tool calls pages relay.
 
@@ -59,9 +64,36 @@ class Bridge:
             request's) result.
     """
 
-    def __init__(self, dispatcher: ToolDispatcher, wait_timeout: float) -> None:
+    def __init__(
+        self,
+        dispatcher: ToolDispatcher,
+        wait_timeout: float,
+        at_owner: AtOwner | None = None,
+    ) -> None:
         self._dispatcher = dispatcher
         self._wait_timeout = wait_timeout
+        self._at_owner = at_owner
+
+    async def run_here(
+        self, row: SessionRow, call_id: str, tool: str, arguments: str
+    ) -> CallOutcome:
+        """Run a relayed call in this instance (its owner), through the once-only pipeline.
+
+        Raises:
+            ValidationFailedError: the dispatcher rejected the call.
+        """
+        try:
+            return await self._dispatcher.run(
+                row.id,
+                row.tools,
+                call_id,
+                tool,
+                arguments,
+                ToolPath.BRIDGE,
+                loser_wait=self._wait_timeout,
+            )
+        except CallRejectedError as exc:
+            raise ValidationFailedError(exc.code, exc.message) from None
 
     async def call(
         self, browser: BrowserPrincipal, row: SessionRow, tool: str, request: BridgeCallRequest
@@ -123,15 +155,9 @@ class Bridge:
                     "the sideband has not seen this call from the model",
                 )
             return outcome
-        try:
-            return await self._dispatcher.run(
-                row.id,
-                row.tools,
-                request.call_id,
-                tool,
-                arguments,
-                ToolPath.BRIDGE,
-                loser_wait=self._wait_timeout,
-            )
-        except CallRejectedError as exc:
-            raise ValidationFailedError(exc.code, exc.message) from None
+        if self._at_owner is not None:
+            # A call another instance owns is run there, where its limits are kept.
+            outcome = await self._at_owner(row, request.call_id, tool, arguments)
+            if outcome is not None:
+                return outcome
+        return await self.run_here(row, request.call_id, tool, arguments)

@@ -442,3 +442,52 @@ async def test_an_instance_without_the_shared_keys_refuses_to_start_beside_other
     assert "generated per-host file" in refusals[0]
     assert "BROKER_SIGNING_KEY" in refusals[1] and "y" * 32 not in refusals[1]
     assert (await first.request("GET", "/readyz")).status == 200
+
+
+async def metric(broker: BrokerProcess, line_start: str) -> float:
+    """The value of the first /metrics line starting with ``line_start`` (0 if none)."""
+    text = (await broker.request("GET", "/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_a_bridge_call_for_a_bridge_only_call_runs_at_its_owner(
+    pg_brokers: BrokerLauncher, tool_backend: ToolBackend, leases: Leases
+) -> None:
+    """A page relays a tool call (no sideband) to the instance that does not own its call:
+    the owner runs it, once, and the answer comes back through the instance asked; a
+    repeat of the same call returns the same outcome without running it again."""
+    calls: list[tuple[BrokerProcess, FakeBrowser, dict[str, Any]]] = []
+    try:
+        async with asyncio.timeout(TEST_BUDGET_S):
+            a = await pg_brokers.start()
+            b = await pg_brokers.start()
+            b_id = await instance_id(b)
+            session = await b.create_session(tools=["lookup_order"], sideband=False)
+            browser = FakeBrowser()
+            calls.append((b, browser, session))
+            reply = await b.offer(session, await browser.create_offer())
+            assert reply.status == 201, reply.text
+            assert (await leases.owners())[session["id"]] == b_id
+            ran = 'broker_tool_calls_total{outcome="succeeded",tool="lookup_order"}'
+            bridged = [
+                await a.request(
+                    "POST",
+                    f"/api/v1/sessions/{session['id']}/tools/lookup_order",
+                    token=session["client_secret"]["value"],
+                    json_body={"call_id": "call_bridged_1", "arguments": {"order_id": "42"}},
+                )
+                for _ in range(2)
+            ]
+            on_a, on_b = await metric(a, ran), await metric(b, ran)
+    finally:
+        await close_all(calls)
+
+    assert [r.status for r in bridged] == [200, 200], bridged[0].text
+    assert bridged[0].json() == bridged[1].json()
+    assert bridged[0].json()["handled_by"] == "bridge"
+    assert json.loads(bridged[0].json()["output"]) == {"order_id": "42", "status": "shipped"}
+    assert (on_a, on_b) == (0.0, 1.0), "the owner runs the call, once"
+    assert len(tool_backend.calls_for("call_bridged_1")) == 1
