@@ -294,16 +294,7 @@ class CallController:
         try:
             await self._play_replay()
             async for data in conn.frames():
-                self._observer.record("in", data)
-                event_id = data.get("event_id")
-                if isinstance(event_id, str):
-                    self.last_event_id = event_id
-                try:
-                    event = ev.parse_server_event(data)
-                except MalformedEventError as exc:
-                    logger.warning("sideband event skipped call_id=%s: %s", self.call_id, exc)
-                    continue
-                await self._on_event(event)
+                await self._on_frame(data)
         except SidebandClosedError as exc:
             await conn.close()
             return conn.close_code, exc
@@ -312,6 +303,19 @@ class CallController:
                 self._config.detached()
         await conn.close()
         return conn.close_code, None
+
+    async def _on_frame(self, data: dict[str, Any]) -> None:
+        """One server event as it arrives: recorded, then handled."""
+        self._observer.record("in", data)
+        event_id = data.get("event_id")
+        if isinstance(event_id, str):
+            self.last_event_id = event_id
+        try:
+            event = ev.parse_server_event(data)
+        except MalformedEventError as exc:
+            logger.warning("sideband event skipped call_id=%s: %s", self.call_id, exc)
+            return
+        await self._on_event(event)
 
     async def _play_replay(self) -> None:
         """Handle the frames a sideband opened ahead of a handoff kept (once, first socket).
@@ -325,19 +329,14 @@ class CallController:
             frame.get("event_id") == self._replay_seen_through for frame in frames
         )
         for data in frames:
+            if not seen:
+                await self._on_frame(data)
+                continue
+            seen = data.get("event_id") != self._replay_seen_through
             try:
-                event = ev.parse_server_event(data)
+                await self._catch_up(ev.parse_server_event(data))
             except MalformedEventError:
                 continue
-            if seen:
-                await self._catch_up(event)
-                seen = data.get("event_id") != self._replay_seen_through
-                continue
-            self._observer.record("in", data)
-            event_id = data.get("event_id")
-            if isinstance(event_id, str):
-                self.last_event_id = event_id
-            await self._on_event(event)
 
     async def _catch_up(self, event: ev.ServerEvent) -> None:
         """What a frame the previous owner handled tells this controller (see replay)."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -219,10 +220,6 @@ class CallOwnership:
     def owns(self, session_id: str) -> bool:
         return session_id in self._held
 
-    @property
-    def held_count(self) -> int:
-        return len(self._held)
-
     def handing_over(self, session_id: str) -> bool:
         """Whether this instance is offering the call to the others (it is stopping)."""
         return self.draining and session_id in self._held
@@ -254,14 +251,7 @@ class CallOwnership:
         return self.may_act(fence.session_id)
 
     def action_check(self, fence: Fence) -> Callable[[], Awaitable[bool]]:
-        async def check() -> bool:
-            return await self.check(fence)
-
-        return check
-
-    def forget(self, session_id: str) -> None:
-        """The call ended (or was handed over): nothing more to renew."""
-        self._held.pop(session_id, None)
+        return functools.partial(self.check, fence)
 
     def _lost(self, session_id: str) -> None:
         if self._held.pop(session_id, None) is None:
@@ -314,9 +304,6 @@ class CallOwnership:
             self.instance_id,
             len(others),
         )
-
-    def wake(self) -> None:
-        self._wake.set()
 
     async def run(self) -> None:
         """Renew, take orphans, succeed, hand over and serve commands, until cancelled."""
@@ -415,11 +402,15 @@ class CallOwnership:
                 s, self.instance_id, self.ttl_s, draining=self.draining
             )
             renewed = await queries.renew_leases(s, self.instance_id, self.ttl_s)
+            missing = [sid for sid, held in before.items() if sid not in renewed]
+            ended = await queries.ended_among(s, missing)
         for session_id, held in before.items():
             if self._held.get(session_id) is not held:
                 continue
             if renewed.get(session_id) == held.fence.token:
                 held.valid_until = started + self.ttl_s - self._margin_s
+            elif session_id in ended:
+                del self._held[session_id]  # the call is over: nothing left to own
             elif session_id not in self._busy:
                 self._lost(session_id)
 

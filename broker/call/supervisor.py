@@ -111,7 +111,6 @@ class SidebandSupervisor:
         """Calls another instance took: they stop writing and sending at once."""
         self._handing: dict[str, str] = {}
         """Calls being handed to another instance (its id), draining for it."""
-        self._last_event_ids: dict[str, str | None] = {}
         self.handoff_pending: Callable[[str], bool] = lambda _session_id: False
         """Whether the call is being offered to another instance (set by the app's wiring):
         a sideband lost meanwhile is not re-attached."""
@@ -433,10 +432,9 @@ class SidebandSupervisor:
                 # by it) and the buffered events must reach the database: shielded, so a
                 # shutdown's cancellation cannot skip it.
                 last_code = controller.last_close_code if controller is not None else close_code
-                if controller is not None:
-                    self._last_event_ids[session_id] = controller.last_event_id
+                last_event_id = controller.last_event_id if controller is not None else None
                 await self._writes.run(
-                    self._finish(session_id, call_id, last_code, failure, recorder),
+                    self._finish(session_id, call_id, last_code, last_event_id, failure, recorder),
                     name=f"sideband-finish:{session_id}",
                 )
 
@@ -501,6 +499,7 @@ class SidebandSupervisor:
         session_id: str,
         call_id: str,
         close_code: int | None,
+        last_event_id: str | None,
         failure: BaseException | None,
         recorder: EventRecorder,
     ) -> None:
@@ -513,7 +512,9 @@ class SidebandSupervisor:
         except Exception:
             logger.exception("could not write sideband events session_id=%s", session_id)
         try:
-            await self._record_end(session_id, call_id, close_code, failure, recorder)
+            await self._record_end(
+                session_id, call_id, close_code, last_event_id, failure, recorder
+            )
         except Exception:
             logger.exception("could not record sideband end session_id=%s", session_id)
         try:
@@ -526,6 +527,7 @@ class SidebandSupervisor:
         session_id: str,
         call_id: str,
         close_code: int | None,
+        last_event_id: str | None,
         failure: BaseException | None,
         recorder: EventRecorder,
     ) -> None:
@@ -533,14 +535,9 @@ class SidebandSupervisor:
         handed = successor is not None or isinstance(failure, HandedOverError)
         if handed and session_id not in self._ending:
             logger.info("sideband handed over session_id=%s to=%s", session_id, successor)
-            controller_event = self._last_event_ids.pop(session_id, None)
             recorder.record(
                 "broker",
-                {
-                    "type": HANDED_OVER_EVENT,
-                    "to": successor,
-                    "last_event_id": controller_event,
-                },
+                {"type": HANDED_OVER_EVENT, "to": successor, "last_event_id": last_event_id},
             )
             return
         reason = self._ending.pop(session_id, None)

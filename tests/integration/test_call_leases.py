@@ -7,6 +7,7 @@ are then driven directly, as two instances would.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -199,3 +200,29 @@ async def test_an_owner_stuck_inside_a_fenced_commit_does_not_hold_its_call_fore
         await stuck.close()
     finally:
         await stuck_engine.dispose()
+
+
+async def test_an_instance_stops_owning_a_call_that_ended_quietly(
+    quiet: RunningBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its lease is not renewed any more, and its end is no 'lease lost' warning."""
+    broker = quiet
+    sm = broker.app[app_state.SESSIONMAKER]
+    ownership = broker.app[app_state.OWNERSHIP]
+    session_id = await live_session(broker)
+    async with sm.begin() as s:
+        token = await queries.grant_lease(s, session_id, ownership.instance_id, TTL)
+    ownership.hold(session_id, token, time.monotonic())
+    await ownership.tick()
+    assert ownership.owns(session_id)
+    async with sm.begin() as s:
+        await s.execute(
+            update(SessionRow)
+            .where(SessionRow.id == session_id)
+            .values(state="ended", ended_at=utcnow())
+        )
+        renewed = await queries.renew_leases(s, ownership.instance_id, TTL)
+    assert session_id not in renewed
+    await ownership.tick()
+    assert not ownership.owns(session_id)
+    assert "lease lost" not in caplog.text

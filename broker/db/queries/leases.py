@@ -9,7 +9,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text, update
+from sqlalchemy import ColumnElement, and_, delete, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.dialect import conflict_insert, db_now, dialect_name
@@ -127,18 +127,39 @@ def _new_owner(owner_id: str, expires_at: ColumnElement[float]) -> dict[str, Any
 
 
 async def renew_leases(s: AsyncSession, owner_id: str, ttl_s: float) -> dict[str, int]:
-    """Extend every unexpired lease of ``owner_id``; returns ``{session_id: token}`` renewed.
+    """Extend ``owner_id``'s unexpired leases of running calls; ``{session_id: token}``.
 
-    A lease that already ran out is not renewed: another instance may be taking it now.
+    A lease that already ran out is not renewed: another instance may be taking it now. Nor
+    is one whose call ended: it runs out by itself (and is pruned later).
     """
     now = _now(s)
+    running = select(SessionRow.id).where(
+        SessionRow.state.in_([str(x) for x in CALL_RUNNING_STATES])
+    )
     rows = await s.execute(
         update(CallLease)
-        .where(CallLease.owner_id == owner_id, CallLease.expires_at > now)
+        .where(
+            CallLease.owner_id == owner_id,
+            CallLease.expires_at > now,
+            CallLease.session_id.in_(running),
+        )
         .values(expires_at=now + ttl_s)
         .returning(CallLease.session_id, CallLease.token)
     )
     return {row.session_id: int(row.token) for row in rows}
+
+
+async def ended_among(s: AsyncSession, session_ids: Collection[str]) -> set[str]:
+    """Which of ``session_ids`` have ended (or are gone)."""
+    if not session_ids:
+        return set()
+    running = await s.scalars(
+        select(SessionRow.id).where(
+            SessionRow.id.in_(list(session_ids)),
+            SessionRow.state.in_([str(x) for x in CALL_RUNNING_STATES]),
+        )
+    )
+    return set(session_ids) - set(running.all())
 
 
 async def orphaned_calls(s: AsyncSession, limit: int) -> Sequence[SessionRow]:
@@ -332,10 +353,6 @@ async def prune_leases(s: AsyncSession, ended_before: datetime) -> int:
     )
     result = await s.execute(delete(CallLease).where(CallLease.session_id.in_(ended)))
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-async def lease_count(s: AsyncSession, owner_id: str) -> int:
-    return int(await s.scalar(select(func.count()).where(CallLease.owner_id == owner_id)) or 0)
 
 
 async def calls_leased_to(s: AsyncSession, owner_id: str) -> Sequence[SessionRow]:
