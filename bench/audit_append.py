@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.db.models import SessionRow, SessionState, SidebandState, ToolPath
 from broker.record.event_log import EventRecorder, append_event
+from broker.settings.model import DEFAULT_MODEL, DEFAULT_VOICE
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.registry import load_registry
 
@@ -130,9 +131,9 @@ def _session_row(session_id: str) -> SessionRow:
         owner_key_id="bench",
         state=SessionState.LIVE,
         provider="bench",
-        model="gpt-realtime",
+        model=DEFAULT_MODEL,
         instructions="bench",
-        voice="marin",
+        voice=DEFAULT_VOICE,
         tools=[NOOP_TOOL],
         sideband_enabled=True,
         sideband_state=SidebandState.CONNECTED,

@@ -28,6 +28,7 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import web
 
+from broker.settings.model import DEFAULT_MODEL, DEFAULT_VOICE
 from emulator import CALL_REGISTRY, CallRegistry, EmulatorSettings, create_app
 from emulator.admin import BENCH_BASE_PATH
 
@@ -68,9 +69,9 @@ def provider_session_config(instructions: str) -> dict[str, Any]:
     """The session config the broker sends with an offer for a benchmark session."""
     return {
         "type": "realtime",
-        "model": "gpt-realtime",
+        "model": DEFAULT_MODEL,
         "instructions": instructions,
-        "audio": {"output": {"voice": "marin"}},
+        "audio": {"output": {"voice": DEFAULT_VOICE}},
         "tools": [NOOP_DEFINITION],
         "tool_choice": "auto",
     }

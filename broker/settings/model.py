@@ -38,6 +38,9 @@ DEFAULT_DATABASE_URL: Final = "sqlite+aiosqlite:///./broker.db"
 DEFAULT_TOOLS_CONFIG: Final = Path(__file__).parents[1] / "tools" / "demo_tools.toml"
 DEFAULT_SIGNING_KEY_FILE: Final = Path(".broker/signing.key")
 OPENAI_BASE_URL: Final = "https://api.openai.com/v1"
+DEFAULT_MODEL: Final = "gpt-realtime"
+"""The default realtime model; third-party notices announce replacements (docs/protocol.md §0)."""
+DEFAULT_VOICE: Final = "marin"
 MIN_ADMIN_KEY_CHARS: Final = 16
 MIN_SIGNING_KEY_CHARS: Final = 32
 MAX_RATE: Final = 100_000
@@ -63,9 +66,7 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
-    # What a session that names none gets: fixed, not settings (no variable sets them).
-    default_model: ClassVar[str] = "gpt-realtime"
-    default_voice: ClassVar[str] = "marin"
+    # What a session that names none gets: fixed, not a setting (no variable sets it).
     default_instructions: ClassVar[str] = "You are a helpful voice assistant."
 
     # --- serving --------------------------------------------------------------------------
@@ -98,6 +99,20 @@ class Settings(BaseSettings):
     )
 
     # --- the provider ---------------------------------------------------------------------
+    default_model: str = Field(
+        DEFAULT_MODEL,
+        min_length=1,
+        max_length=100,
+        description="the model of a session that names none (for Azure: a deployment name);"
+        " realtime models are renamed and retired, so this is the one place that names one",
+    )
+    default_voice: str = Field(
+        DEFAULT_VOICE,
+        min_length=1,
+        max_length=40,
+        description="the voice of a session that names none (the provider's own default,"
+        " when no voice is sent, is `alloy`)",
+    )
     provider_api_key: Secret | None = Field(
         None,
         validation_alias=AliasChoices("BROKER_PROVIDER_API_KEY", "OPENAI_API_KEY"),
