@@ -1,8 +1,14 @@
-"""Validation of client-created conversation items (``conversation.item.create``)."""
+"""Conversation items: client-created ones checked, and the user's audio items.
+
+A ``conversation.item.create`` item is validated into its stored form; a committed input
+buffer becomes a user audio item, whose audio only a retrieve returns.
+"""
 
 from __future__ import annotations
 
+import base64
 import copy
+from collections.abc import Mapping
 from typing import Any, Final
 
 from ._ids import new_function_call_id, new_item_id
@@ -126,3 +132,38 @@ def user_audio_item(item_id: str) -> dict[str, Any]:
         "status": "completed",
         "content": [{"type": "input_audio", "transcript": None}],
     }
+
+
+# One sample of digital silence at each input format's rate: 24 kHz PCM16, or 8 kHz G.711
+# (whose codes for zero are not 0x00).
+_SILENCE: Final[dict[str, tuple[bytes, int]]] = {
+    "audio/pcm": (b"\x00\x00", 24),
+    "audio/pcmu": (b"\xff", 8),
+    "audio/pcma": (b"\xd5", 8),
+}
+
+
+def committed_audio(duration_ms: float, audio_format: Any) -> str:
+    """Base64 audio of a committed buffer's length: silence in the session's input format.
+
+    The emulator keeps no samples (emulator/README.md [inferred] 23), so what a retrieve
+    returns has the committed duration and format but not the sound.
+    """
+    kind = audio_format.get("type") if isinstance(audio_format, Mapping) else None
+    sample, per_ms = _SILENCE.get(kind if isinstance(kind, str) else "", _SILENCE["audio/pcm"])
+    return base64.b64encode(sample * round(duration_ms * per_ms)).decode("ascii")
+
+
+def with_input_audio(item: dict[str, Any], audio: str) -> dict[str, Any]:
+    """A copy of a user audio item whose ``input_audio`` parts carry ``audio``.
+
+    The service's ``conversation.item.retrieved`` includes an audio item's base64 audio
+    (docs/protocol.md §0); a part that already has some (a client's item) keeps its own.
+    """
+    content = [
+        {**part, "audio": audio}
+        if isinstance(part, dict) and part.get("type") == "input_audio" and "audio" not in part
+        else part
+        for part in item.get("content") or []
+    ]
+    return {**item, "content": content}

@@ -26,7 +26,7 @@ from ._conversation import delete_item, find_item, insert_item
 from ._events import error_event, item_event, server_event, session_event
 from ._ids import new_call_id, new_connection_id, new_conversation_id, new_item_id
 from ._input_audio import MIN_COMMIT_MS, InputAudio, decode_appended_audio
-from ._items import normalize_client_item, user_audio_item
+from ._items import committed_audio, normalize_client_item, user_audio_item, with_input_audio
 from ._links import SidebandLink
 from ._rate_limits import RateLimits
 from ._response import ResponseRun
@@ -527,6 +527,11 @@ class Call:
 
     def _item_retrieve(self, event: dict[str, Any]) -> None:
         item = find_item(self.conversation, event.get("item_id"))
+        committed_ms = self._input_audio_ms.get(item["id"])
+        if committed_ms is not None:
+            # Only a retrieve carries a committed turn's audio; its added/done never do.
+            input_format = _audio_side(self.session, "input").get("format")
+            item = with_input_audio(item, committed_audio(committed_ms, input_format))
         self.broadcast(item_event("conversation.item.retrieved", item, None, previous=False))
 
     def _item_truncate(self, event: dict[str, Any]) -> None:
