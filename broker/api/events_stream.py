@@ -35,6 +35,7 @@ from broker.db import queries
 from broker.db.models import SessionEvent, SessionRow, SessionState
 from broker.db.times import as_utc
 from broker.errors import BadRequestError
+from broker.record.redaction import redact_event
 from broker.record.wakeups import Watch
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,9 @@ def _message(event: SessionEvent | Mapping[str, Any]) -> bytes:
             event.direction,
             event.type,
             event.at,
-            event.payload,
+            # Redacted when recorded; again here for a row an older broker stored (before
+            # item audio was redacted, or during a rolling deploy): no stream carries audio.
+            redact_event(event.payload),
         )
     else:
         seq, direction, type_, at, payload = (

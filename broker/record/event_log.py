@@ -36,27 +36,15 @@ from broker.record.event_writer import (
     SessionBuffer,
     notify_grown,
 )
+from broker.record.redaction import redact_event
 from broker.record.wakeups import EventWakeups
 
 logger = logging.getLogger(__name__)
 
-# Fields that carry base64 audio: stored as their size only.
-_AUDIO_FIELDS: Final = {
-    "input_audio_buffer.append": "audio",
-    "response.output_audio.delta": "delta",
-}
 DEFAULT_MAX_COALESCIBLE: Final = 2000
 DEFAULT_MAX_COALESCIBLE_BYTES: Final = 2 * 1024 * 1024
 _INFO_KEY: Final = "broker.event_log"
 """Where a sessionmaker bound with :meth:`EventLog.bind` keeps its :class:`EventLog`."""
-
-
-def redact_event(event: dict[str, Any]) -> dict[str, Any]:
-    """The event as stored and streamed: audio payloads replaced by their length."""
-    field = _AUDIO_FIELDS.get(str(event.get("type")))
-    if field is None or not isinstance(event.get(field), str):
-        return event
-    return {**event, field: {"redacted": "audio", "base64_chars": len(event[field])}}
 
 
 def payload_bytes(payload: dict[str, Any]) -> int:
@@ -178,6 +166,9 @@ async def append_event(
     """
     if event_class is None:
         event_class = classify("broker", event)
+    # The broker's own events carry no audio today; redacted all the same, so that no
+    # writer of the log can store a payload the recorder would not.
+    event = redact_event(event)
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         try:
             async with sessionmaker.begin() as s:
@@ -245,7 +236,8 @@ class EventRecorder:
 
         Args:
             direction: ``in`` (provider), ``out`` (sent by the broker) or ``broker``.
-            event: the event as seen (redacted here before it is stored).
+            event: the event as seen (redacted here, :func:`redact_event`, before it is
+                stored, streamed or weighed against the caps).
             event_class: how the log treats it; ``None``: :func:`classify` decides from
                 its direction and type. A folded event is only counted; a coalescible one
                 past the session's caps, or while the writer's queue is full, is counted as

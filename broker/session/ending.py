@@ -24,6 +24,7 @@ from broker.db import queries
 from broker.db.models import CALL_RUNNING_STATES, SessionState, SidebandState
 from broker.metrics import BrokerMetrics
 from broker.record.event_log import EventLog
+from broker.record.redaction import redact_event
 from broker.session.end_reason import EndReason
 from sideband import Provider
 
@@ -72,7 +73,7 @@ async def end_session(
                 if ended:
                     await queries.queue_session_ended(s, session_id)
                     if event is not None:
-                        await queries.add_broker_event(s, session_id, event)
+                        await queries.add_broker_event(s, session_id, redact_event(event))
                 log = EventLog.of(s)
         except IntegrityError:
             # Rolled back whole, so trying again cannot end the session twice.
