@@ -3,6 +3,7 @@
 Never imports ``broker``: the broker injects what the controller needs.
 """
 
+from sideband.azure import ApiKeyCredential, AzureOpenAIProvider, TokenCommand
 from sideband.connection import SidebandConnection
 from sideband.contracts import (
     AnswerGate,
@@ -19,6 +20,7 @@ from sideband.controller import CallController
 from sideband.errors import (
     CallEndedError,
     CallNotFoundError,
+    CredentialError,
     MalformedEventError,
     ProviderError,
     ProviderTimeoutError,
@@ -27,7 +29,14 @@ from sideband.errors import (
     SidebandError,
 )
 from sideband.events import is_session_probe, is_user_activity
-from sideband.provider import CallAnswer, OpenAICompatibleProvider, Provider, SidebandTarget
+from sideband.provider import (
+    CallAnswer,
+    CredentialSource,
+    OpenAICompatibleProvider,
+    Provider,
+    ProviderCapabilities,
+    SidebandTarget,
+)
 from sideband.tamper import (
     ForgedOutput,
     OwnedSession,
@@ -45,13 +54,17 @@ from sideband.tamper import (
 
 __all__ = [
     "AnswerGate",
+    "ApiKeyCredential",
     "AttachKind",
+    "AzureOpenAIProvider",
     "Backlog",
     "CallAnswer",
     "CallController",
     "CallEndedError",
     "CallNotFoundError",
     "CallObserver",
+    "CredentialError",
+    "CredentialSource",
     "Direction",
     "ForgedOutput",
     "FunctionCall",
@@ -64,6 +77,7 @@ __all__ = [
     "PageResponse",
     "PageResponses",
     "Provider",
+    "ProviderCapabilities",
     "ProviderError",
     "ProviderTimeoutError",
     "ProviderUnreachableError",
@@ -75,6 +89,7 @@ __all__ = [
     "TaintedResponse",
     "Tamper",
     "TamperHandler",
+    "TokenCommand",
     "ToolCallHandler",
     "ToolResult",
     "Undelivered",

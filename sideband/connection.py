@@ -15,6 +15,7 @@ from sideband.backoff import backoff_delays
 from sideband.errors import (
     CallEndedError,
     CallNotFoundError,
+    CredentialError,
     MalformedEventError,
     ProviderError,
     ProviderTimeoutError,
@@ -71,8 +72,11 @@ class SidebandConnection:
 
         A 404 right after call creation is a known race (docs/protocol.md §2.5), and so are a
         refused connection and a 5xx during a provider restart: all are retried with jittered
-        exponential backoff until ``attach_timeout`` seconds have passed. Auth and other 4xx
-        errors are not retried: repeating them cannot help.
+        exponential backoff until ``attach_timeout`` seconds have passed, and so is a
+        credential that could not be obtained (a token service's hiccup). Auth and other 4xx
+        errors are not retried: repeating them cannot help. Each attempt asks the target for
+        its headers anew (:meth:`SidebandTarget.dial_headers`), so a token that expires mid-call
+        is fresh on every re-attach.
 
         Args:
             http: the provider's HTTP client session.
@@ -89,7 +93,8 @@ class SidebandConnection:
             CallNotFoundError: still 404 when the time ran out (``CallEndedError`` when
                 ``not_found_for`` was given).
             ProviderError: any other handshake status.
-            ProviderTimeoutError / ProviderUnreachableError: the last attempt's transport failure.
+            ProviderTimeoutError / ProviderUnreachableError: the last attempt's transport failure
+                (``CredentialError``: its credential could not be obtained).
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -106,9 +111,11 @@ class SidebandConnection:
                 async with asyncio.timeout(
                     max(0.1, min(HANDSHAKE_TIMEOUT, deadline - loop.time()))
                 ):
+                    # Inside the bound: a token command that hangs costs this attempt only.
+                    headers = await target.dial_headers()
                     ws = await http.ws_connect(
                         target.url,
-                        headers=dict(target.headers),
+                        headers=headers,
                         heartbeat=HEARTBEAT,
                         max_msg_size=MAX_MESSAGE_BYTES,
                         timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
@@ -127,6 +134,8 @@ class SidebandConnection:
                     error = ProviderError(exc.status, None, "sideband_attach")
                 else:
                     raise ProviderError(exc.status, None, "sideband_attach") from exc
+            except CredentialError as exc:
+                error = exc
             except TimeoutError:
                 error = ProviderTimeoutError("sideband_attach", HANDSHAKE_TIMEOUT)
             except aiohttp.ClientConnectionError as exc:

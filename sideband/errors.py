@@ -8,6 +8,7 @@ The tree::
     │       └── CallEndedError     404 on re-attaching to a call that was attached before: it ended
     ├── ProviderTimeoutError       the provider did not answer in time
     ├── ProviderUnreachableError   the provider could not be reached at all
+    │   └── CredentialError        no credential to reach it with (a token command failed)
     ├── SidebandClosedError        the sideband WebSocket closed while the controller needed it
     └── MalformedEventError        a provider frame was not a JSON event
 """
@@ -63,6 +64,19 @@ class ProviderUnreachableError(SidebandError):
         self.operation = operation
         self.reason = reason
         super().__init__(f"provider {operation} unreachable: {reason}")
+
+
+class CredentialError(ProviderUnreachableError):
+    """The credential a request or dial needs could not be obtained (an Entra token command).
+
+    Callers treat it as an unreachable provider: nothing was sent, and a later attempt may
+    work. ``reason`` says what failed (exit status, timeout), never the command's output.
+    """
+
+    def __init__(self, operation: str, reason: str) -> None:
+        self.operation = operation
+        self.reason = reason
+        SidebandError.__init__(self, f"provider {operation}: no credential ({reason})")
 
 
 class SidebandClosedError(SidebandError):

@@ -1,8 +1,10 @@
 """The provider boundary: creating calls, hanging up, and where the sideband connects.
 
-The broker only ever sees the :class:`Provider` protocol, so OpenAI, Azure-style endpoints and the
-local emulator are interchangeable. :class:`OpenAICompatibleProvider` speaks the unified interface
-(``POST {base}/realtime/calls`` multipart with a standard key, docs/protocol.md §1.1).
+The broker only ever sees the :class:`Provider` protocol, so OpenAI, Azure and the local
+emulator are interchangeable; what differs between them that the broker must know before it
+relies on a feature is in :class:`ProviderCapabilities`. :class:`OpenAICompatibleProvider`
+speaks the unified interface (``POST {base}/realtime/calls`` multipart with a standard key,
+docs/protocol.md §1.1); Azure's two-step offer is :class:`sideband.azure.AzureOpenAIProvider`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -50,14 +52,56 @@ class CallAnswer:
 
 
 @dataclass(frozen=True)
+class ProviderCapabilities:
+    """What a provider's calls allow; the broker checks a flag before it relies on the feature.
+
+    Attributes:
+        sideband: a server-side WebSocket can attach to a call by its id (docs/protocol.md §2).
+        hangup: the server can end a call (``POST …/calls/{id}/hangup``).
+        page_sees_function_calls: the model's function-call events reach the page's data
+            channel, so a page can relay a call through the bridge. Azure's
+            ``webrtcfilter=on`` keeps them off it (docs/protocol.md §0).
+        offer_needs_client_secret: the offer is two provider requests, an ephemeral client
+            secret minted with the session config and then the SDP posted with it (Azure),
+            instead of one.
+    """
+
+    sideband: bool = True
+    hangup: bool = True
+    page_sees_function_calls: bool = True
+    offer_needs_client_secret: bool = False
+
+
+OPENAI_CAPABILITIES: Final = ProviderCapabilities()
+"""OpenAI's unified interface (and the emulator's default flavour): every feature, one request."""
+
+CredentialSource = Callable[[], Awaitable[Mapping[str, str]]]
+"""Gives the auth headers for one request or one sideband dial, asked each time: a token that
+expires (Entra) is fetched fresh. Raises :class:`~sideband.errors.CredentialError`."""
+
+
+@dataclass(frozen=True)
 class SidebandTarget:
     """Where and how to open a sideband WebSocket.
 
-    ``headers`` hold the provider key: never log them.
+    ``headers`` may hold the provider key, and ``credential`` gives one per dial: never log
+    either.
     """
 
     url: URL
-    headers: Mapping[str, str] = field(repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    credential: CredentialSource | None = field(default=None, repr=False)
+
+    async def dial_headers(self) -> dict[str, str]:
+        """The headers of one handshake: the fixed ones and, when set, a fresh credential's.
+
+        Raises:
+            CredentialError: the credential could not be obtained.
+        """
+        headers = dict(self.headers)
+        if self.credential is not None:
+            headers.update(await self.credential())
+        return headers
 
 
 class Provider(Protocol):
@@ -65,6 +109,14 @@ class Provider(Protocol):
 
     @property
     def name(self) -> str: ...
+
+    @property
+    def base_url(self) -> str:
+        """Where the provider is (for logs and the banner: it holds no credential)."""
+        ...
+
+    @property
+    def capabilities(self) -> ProviderCapabilities: ...
 
     async def create_call(self, offer_sdp: str, session: Mapping[str, Any]) -> CallAnswer:
         """Create a WebRTC call from a browser's offer and the server-owned session config.
@@ -86,7 +138,11 @@ class Provider(Protocol):
         ...
 
     def sideband_target(self, call_id: str) -> SidebandTarget:
-        """The WebSocket URL and headers that attach a sideband to ``call_id``."""
+        """The WebSocket URL and headers that attach a sideband to ``call_id``.
+
+        Computed once per call and dialled on every (re)attach: a credential that expires
+        comes through :attr:`SidebandTarget.credential`, asked per dial.
+        """
         ...
 
 
@@ -130,6 +186,8 @@ class OpenAICompatibleProvider:
             (ephemeral keys on the sideband are a known 404 source, docs/protocol.md §2.5).
         http: a shared client session, owned by the caller.
         timeout: seconds allowed for each HTTP request.
+        capabilities: what its calls allow (OpenAI's, unless it is another provider that
+            speaks the same interface).
     """
 
     def __init__(
@@ -139,12 +197,14 @@ class OpenAICompatibleProvider:
         http: aiohttp.ClientSession,
         timeout: float = 10.0,
         name: str = "openai",
+        capabilities: ProviderCapabilities = OPENAI_CAPABILITIES,
     ) -> None:
         self._base = URL(base_url.rstrip("/"))
         self._api_key = api_key
         self._http = http
         self._timeout = timeout
         self._name = name
+        self._capabilities = capabilities
 
     def __repr__(self) -> str:
         return f"OpenAICompatibleProvider(name={self._name!r}, base_url={str(self._base)!r})"
@@ -156,6 +216,10 @@ class OpenAICompatibleProvider:
     @property
     def base_url(self) -> str:
         return str(self._base)
+
+    @property
+    def capabilities(self) -> ProviderCapabilities:
+        return self._capabilities
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"}
