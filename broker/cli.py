@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Literal
 
 from aiohttp import web
 from sqlalchemy.engine import make_url
@@ -157,13 +158,16 @@ def _emulator_key(cli_key: str | None, environ: Mapping[str, str]) -> str | None
     return cli_key or environ.get("EMULATOR_API_KEY") or None
 
 
-def _emulator(host: str, port: int, api_key: str) -> None:
+def _emulator(host: str, port: int, api_key: str, flavor: Literal["openai", "azure"]) -> None:
     # Imported here: every other command runs without the emulator's media stack.
     from emulator import EmulatorSettings
     from emulator import create_app as create_emulator_app
 
-    app = create_emulator_app(EmulatorSettings(api_key=api_key))
-    _out(f"emulator: OpenAI-compatible realtime API at http://{host}:{port}/v1")
+    app = create_emulator_app(EmulatorSettings(api_key=api_key, flavor=flavor))
+    if flavor == "azure":
+        _out(f"emulator: Azure OpenAI realtime API at http://{host}:{port}/openai/v1")
+    else:
+        _out(f"emulator: OpenAI-compatible realtime API at http://{host}:{port}/v1")
     web.run_app(app, host=host, port=port, print=None)
 
 
@@ -216,6 +220,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the standard Bearer key the emulator accepts (default: $EMULATOR_API_KEY; "
         "prefer the variable: a key given here is visible in process listings such as ps)",
     )
+    emu.add_argument(
+        "--flavor",
+        choices=["openai", "azure"],
+        default="openai",
+        help="the provider to play: OpenAI (routes under /v1) or Azure OpenAI's GA path "
+        "(under /openai/v1: api-key header, client secrets only on /realtime/calls)",
+    )
     args = parser.parse_args(argv)
     emulator_key = None
     if args.command == "emulator":
@@ -258,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "keys":
         return _keys_command(args.keys_command, args, settings)
     elif args.command == "emulator" and emulator_key is not None:
-        _emulator(args.host, args.port, emulator_key)
+        _emulator(args.host, args.port, emulator_key, args.flavor)
     return 0
 
 

@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="how responses are voiced (auto: espeak-ng when installed, else a tone)",
     )
+    parser.add_argument(
+        "--flavor",
+        choices=["openai", "azure"],
+        default="openai",
+        help="the provider to play: OpenAI (routes under /v1) or Azure OpenAI (under /openai/v1)",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument(
         "--api-key",
@@ -49,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         token_interval=args.token_interval,
         replay_session_created_to_sideband=args.replay_session_created_to_sideband,
         speech=args.speech,
+        flavor=args.flavor,
     )
     web.run_app(create_app(settings), host=args.host, port=args.port, shutdown_timeout=5)
     return 0

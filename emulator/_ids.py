@@ -14,8 +14,14 @@ def _hex(nbytes: int) -> str:
     return secrets.token_hex(nbytes)
 
 
-def new_call_id() -> str:
-    """Return a call id like ``rtc_u1_<32 hex>`` (the guide's observed shape, [inferred])."""
+def new_call_id(flavor: str = "openai") -> str:
+    """Return a call id for the provider ``flavor`` plays.
+
+    OpenAI: ``rtc_u1_<32 hex>`` (the guide's shape, [inferred]); Azure: ``rtc_<32 hex>``
+    (recorded Azure traffic, docs/protocol.md §0).
+    """
+    if flavor == "azure":
+        return f"rtc_{uuid.uuid4().hex}"
     return f"rtc_u1_{uuid.uuid4().hex}"
 
 

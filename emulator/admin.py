@@ -281,7 +281,8 @@ async def create_bench_call(request: web.Request) -> web.Response:
     session = initial_session(posted, request.query.get("model"))
     registry = request.app[CALL_REGISTRY]
     if is_sideband_only_offer(sdp):
-        call: Call = SidebandOnlyCall(new_call_id(), session, request.app[SETTINGS])
+        settings = request.app[SETTINGS]
+        call: Call = SidebandOnlyCall(new_call_id(settings.flavor), session, settings)
         try:
             answer = await call.start(sdp)
         except BaseException:

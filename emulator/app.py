@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from ._flavors import API_PREFIX
 from ._keys import CALL_REGISTRY, CLIENT_SECRETS, FAULTS, SETTINGS
 from .admin import add_admin_routes
 from .calls import CallRegistry
@@ -66,18 +67,20 @@ def create_app(settings: EmulatorSettings) -> web.Application:
 
     Routes: ``POST /v1/realtime/client_secrets``, ``POST /v1/realtime/calls``,
     ``POST /v1/realtime/calls/{call_id}/hangup``, ``GET /v1/realtime`` (sideband WebSocket)
-    and the ``/_emulator/…`` admin routes (see :mod:`emulator.admin`). The app's cleanup
-    ends every call (peers, sockets, tasks).
+    and the ``/_emulator/…`` admin routes (see :mod:`emulator.admin`). The ``azure`` flavour
+    mounts the first four under ``/openai/v1`` instead. The app's cleanup ends every call
+    (peers, sockets, tasks).
     """
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
     app[FAULTS] = Faults(settings.faults)
     app[CALL_REGISTRY] = CallRegistry(settings, app[FAULTS])
     app[CLIENT_SECRETS] = ClientSecretStore()
-    app.router.add_post("/v1/realtime/client_secrets", create_client_secret)
-    app.router.add_post("/v1/realtime/calls", create_call)
-    app.router.add_post("/v1/realtime/calls/{call_id}/hangup", hangup_call)
-    app.router.add_get("/v1/realtime", sideband_handler)
+    prefix = API_PREFIX[settings.flavor]
+    app.router.add_post(f"{prefix}/realtime/client_secrets", create_client_secret)
+    app.router.add_post(f"{prefix}/realtime/calls", create_call)
+    app.router.add_post(f"{prefix}/realtime/calls/{{call_id}}/hangup", hangup_call)
+    app.router.add_get(f"{prefix}/realtime", sideband_handler)
     add_admin_routes(app.router)
     app.cleanup_ctx.append(_call_registry_ctx)
     app.on_shutdown.append(_close_sidebands)

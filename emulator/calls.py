@@ -75,6 +75,9 @@ class Call:
     produced, in order, each once however many connections got it), ``sideband_attaches``
     (the ``call_id`` query value of each accepted sideband), ``ended``/``end_reason`` and
     ``conversation``.
+
+    ``page_events``, when given, is the only server event types the data channel receives
+    (Azure's ``?webrtcfilter=on``); sidebands always receive every event.
     """
 
     def __init__(
@@ -83,6 +86,8 @@ class Call:
         session: dict[str, Any],
         settings: EmulatorSettings,
         faults: Faults | None = None,
+        *,
+        page_events: frozenset[str] | None = None,
     ) -> None:
         self.call_id = call_id
         self.location = f"/v1/realtime/calls/{call_id}"
@@ -98,6 +103,7 @@ class Call:
         self._settings = settings
         self._faults = faults or Faults(FaultConfig())
         self._dc_connection_id = new_connection_id("datachannel")
+        self._page_events = page_events
         self._peer = Peer(
             call_id,
             on_channel_open=self._on_channel_open,
@@ -233,7 +239,7 @@ class Call:
             return
         self.sent.append(event)
         text = json.dumps(event)
-        self._peer.send(text)
+        self._to_page(event["type"], text)
         for link in self._sidebands.values():
             link.deliver(text, event_type=event["type"])
 
@@ -243,7 +249,7 @@ class Call:
         self.sent.append(event)
         text = json.dumps(event)
         if source == "datachannel":
-            self._peer.send(text)
+            self._to_page(event["type"], text)
         elif (link := self._sidebands.get(connection_id)) is not None:
             link.deliver(text, event_type=event["type"])
 
@@ -252,7 +258,11 @@ class Call:
         # when replay_session_created_to_sideband is set (docs/protocol.md §7 item 1).
         event = session_event("session.created", self.session)
         self.sent.append(event)
-        self._peer.send(json.dumps(event))
+        self._to_page(event["type"], json.dumps(event))
+
+    def _to_page(self, event_type: str, text: str) -> None:
+        if self._page_events is None or event_type in self._page_events:
+            self._peer.send(text)
 
     # ---- client events ---------------------------------------------------------------
 
@@ -635,15 +645,28 @@ class CallRegistry:
         """A read-only view of all calls ever created, in creation order."""
         return MappingProxyType(self._calls)
 
-    async def create_call(self, offer_sdp: str, session: dict[str, Any]) -> tuple[Call, str]:
+    async def create_call(
+        self,
+        offer_sdp: str,
+        session: dict[str, Any],
+        *,
+        page_events: frozenset[str] | None = None,
+    ) -> tuple[Call, str]:
         """Negotiate a new call; return it with the answer SDP.
 
-        A call whose offer is rejected is closed and never registered.
+        A call whose offer is rejected is closed and never registered. ``page_events``
+        filters its data channel (see :class:`Call`).
 
         Raises:
             InvalidSdpError: the offer is unusable.
         """
-        call = Call(new_call_id(), session, self._settings, self._faults)
+        call = Call(
+            new_call_id(self._settings.flavor),
+            session,
+            self._settings,
+            self._faults,
+            page_events=page_events,
+        )
         try:
             answer = await call.start(offer_sdp)
         except BaseException:

@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ._flavors import API_PREFIX, Flavor
 from .faults import FaultConfig
 
 SpeechEngine = Literal["auto", "espeak-ng", "tone", "off"]
@@ -27,6 +28,10 @@ class EmulatorSettings:
             (silence, and no ``output_audio_buffer`` events).
         faults: the fault switches the app starts with (all off by default); the
             ``/_emulator/faults`` routes change them at runtime and ``DELETE`` restores these.
+        flavor: ``"openai"`` serves OpenAI's routes under ``/v1``; ``"azure"`` serves Azure
+            OpenAI's GA routes under ``/openai/v1``: the key also as ``api-key``, calls
+            created only with client secrets, ``?webrtcfilter=on``, ``rtc_<32 hex>`` call ids
+            (emulator/README.md "The Azure flavour").
     """
 
     api_key: str = field(repr=False)
@@ -35,3 +40,8 @@ class EmulatorSettings:
     replay_session_created_to_sideband: bool = False
     speech: SpeechEngine = "auto"
     faults: FaultConfig = field(default_factory=FaultConfig)
+    flavor: Flavor = "openai"
+
+    def __post_init__(self) -> None:
+        if self.flavor not in API_PREFIX:
+            raise ValueError(f"flavor must be one of {sorted(API_PREFIX)}, not {self.flavor!r}")

@@ -1,7 +1,7 @@
 """HTTP control plane (docs/protocol.md §1): client secrets, call creation and hangup.
 
 ``POST /v1/realtime/client_secrets``, ``POST /v1/realtime/calls`` and
-``POST /v1/realtime/calls/{call_id}/hangup``.
+``POST /v1/realtime/calls/{call_id}/hangup`` (under ``/openai/v1`` in the ``azure`` flavour).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any, Final
 from aiohttp import BodyPartReader, web
 
 from ._auth import authorize_call_creation, require_api_key
-from ._keys import CALL_REGISTRY, CLIENT_SECRETS, FAULTS
+from ._flavors import WEBRTC_FILTER_EVENTS
+from ._keys import CALL_REGISTRY, CLIENT_SECRETS, FAULTS, SETTINGS
 from ._session import check_session_fields, initial_session
 from .errors import ApiError, ClientEventError, InvalidSdpError, call_not_found, injected_failure
 from .peer import MAX_SDP_BYTES
@@ -179,11 +180,15 @@ async def create_call(request: web.Request) -> web.Response:
     part content types) or a raw ``application/sdp`` body. The session is, with the standard
     key, the posted one over the defaults (``?model=`` is the fallback model); with a client
     secret, the secret's session with the posted one merged in. The answer has
-    ``Content-Type: application/sdp`` and ``Location: /v1/realtime/calls/<call_id>``.
+    ``Content-Type: application/sdp`` and ``Location: /v1/realtime/calls/<call_id>`` (no
+    ``/openai`` prefix in the ``azure`` flavour either, as Azure answers). On Azure only a
+    client secret creates calls, and ``?webrtcfilter=on`` limits the call's data channel to
+    :data:`~emulator._flavors.WEBRTC_FILTER_EVENTS`.
     The ``create_call_delay_ms``/``create_call_error`` faults apply after validation.
 
     Raises:
-        ApiError: 401 ``invalid_api_key`` (also an unknown or expired client secret); 400
+        ApiError: 401 ``invalid_api_key`` (also an unknown or expired client secret), on
+            Azure 401 ``ephemeral_token_required`` for anything but a client secret; 400
             ``invalid_session``/``unknown_parameter``/``invalid_type``; 400 ``invalid_sdp``;
             415 ``unsupported_content_type``; an injected 5xx ``server_error``.
     """
@@ -214,8 +219,14 @@ async def create_call(request: web.Request) -> web.Response:
     else:
         effective = secret.session_for_call(session)
     await _apply_create_call_faults(request)
+    filtered = (
+        request.app[SETTINGS].flavor == "azure"
+        and request.query.get("webrtcfilter", "").lower() == "on"
+    )
     registry = request.app[CALL_REGISTRY]
-    call, answer = await registry.create_call(sdp, effective)
+    call, answer = await registry.create_call(
+        sdp, effective, page_events=WEBRTC_FILTER_EVENTS if filtered else None
+    )
     return web.Response(
         status=201,
         text=answer,

@@ -394,8 +394,9 @@ def test_broker_emulator_key_from_environment_or_flag(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The key comes from --api-key, else EMULATOR_API_KEY, else parsing fails; it is
-    registered for log redaction. Nothing is started (the server runner is replaced)."""
-    started: list[tuple[str, int, str]] = []
+    registered for log redaction; --flavor azure picks the Azure flavour. Nothing is started
+    (the server runner is replaced)."""
+    started: list[tuple[str, int, str, str]] = []
     redacted: list[list[str]] = []
 
     def fake_logging(level: str, secrets: list[Secret | None], **_: object) -> None:
@@ -406,7 +407,12 @@ def test_broker_emulator_key_from_environment_or_flag(
     monkeypatch.setenv("EMULATOR_API_KEY", "sk-from-env")
     assert broker.cli.main(["emulator", "--port", "0"]) == 0
     assert broker.cli.main(["emulator", "--host", "::1", "--api-key", "sk-from-flag"]) == 0
-    assert started == [("127.0.0.1", 0, "sk-from-env"), ("::1", 8090, "sk-from-flag")]
+    assert broker.cli.main(["emulator", "--flavor", "azure"]) == 0
+    assert started == [
+        ("127.0.0.1", 0, "sk-from-env", "openai"),
+        ("::1", 8090, "sk-from-flag", "openai"),
+        ("127.0.0.1", 8090, "sk-from-env", "azure"),
+    ]
     assert "sk-from-env" in redacted[0] and "sk-from-flag" in redacted[1]
 
     monkeypatch.delenv("EMULATOR_API_KEY")
@@ -414,17 +420,18 @@ def test_broker_emulator_key_from_environment_or_flag(
         broker.cli.main(["emulator"])
     assert info.value.code == 2
     assert "EMULATOR_API_KEY" in capsys.readouterr().err
-    assert len(started) == 2
+    assert len(started) == 3
 
 
 def test_python_m_emulator_accepts_api_key(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`python -m emulator` takes --api-key or EMULATOR_API_KEY; without either it exits 2."""
-    served: list[str] = []
+    """`python -m emulator` takes --api-key or EMULATOR_API_KEY; without either it exits 2;
+    --flavor azure picks the Azure flavour."""
+    served: list[tuple[str, str]] = []
 
     def fake_create_app(settings: EmulatorSettings) -> Any:
-        served.append(settings.api_key)
+        served.append((settings.api_key, settings.flavor))
         return object()
 
     monkeypatch.setattr(emulator_main, "create_app", fake_create_app)
@@ -438,4 +445,5 @@ def test_python_m_emulator_accepts_api_key(
     assert emulator_main.main(["--api-key", "sk-flag", "--port", "0"]) == 0
     monkeypatch.setenv("EMULATOR_API_KEY", "sk-env")
     assert emulator_main.main(["--port", "0"]) == 0
-    assert served == ["sk-flag", "sk-env"]
+    assert emulator_main.main(["--port", "0", "--flavor", "azure"]) == 0
+    assert served == [("sk-flag", "openai"), ("sk-env", "openai"), ("sk-env", "azure")]

@@ -52,7 +52,8 @@ CALL_NOT_FOUND = {
 
 @dataclass
 class RunningEmulator:
-    """A live emulator: ``base_url`` is ``http://127.0.0.1:PORT/v1``."""
+    """A live emulator: ``base_url`` is ``http://127.0.0.1:PORT/v1`` (``…/openai/v1`` for the
+    ``azure`` flavour)."""
 
     base_url: str
     app: web.Application
@@ -64,7 +65,12 @@ class RunningEmulator:
     @property
     def root_url(self) -> str:
         """``http://127.0.0.1:PORT`` (for the non-OpenAI ``/_emulator`` routes)."""
-        return self.base_url.removesuffix("/v1")
+        return self.base_url.removesuffix(self.api_prefix)
+
+    @property
+    def api_prefix(self) -> str:
+        """``/v1``, or ``/openai/v1`` for the ``azure`` flavour: where the provider routes are."""
+        return "/openai/v1" if self.settings.flavor == "azure" else "/v1"
 
     @property
     def ws_url(self) -> str:
@@ -100,8 +106,9 @@ async def start_emulator(settings: EmulatorSettings) -> RunningEmulator:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
+    prefix = "/openai/v1" if settings.flavor == "azure" else "/v1"
     return RunningEmulator(
-        base_url=f"http://127.0.0.1:{port}/v1",
+        base_url=f"http://127.0.0.1:{port}{prefix}",
         app=app,
         registry=app[CALL_REGISTRY],
         settings=settings,
@@ -261,9 +268,8 @@ async def create_client_secret(
     http: aiohttp.ClientSession, emulator: RunningEmulator, body: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """``POST /v1/realtime/client_secrets`` with the standard key; return the JSON (asserts 200)."""
-    status, reply = await request_json(
-        http, emulator, "POST", "/v1/realtime/client_secrets", {} if body is None else body
-    )
+    path = f"{emulator.api_prefix}/realtime/client_secrets"
+    status, reply = await request_json(http, emulator, "POST", path, {} if body is None else body)
     if status != 200:
         raise AssertionError(f"/client_secrets answered {status}: {reply}")
     return dict(reply)

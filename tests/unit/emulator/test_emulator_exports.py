@@ -38,7 +38,14 @@ def test_settings_defaults_and_secret_repr() -> None:
     assert settings.token_interval == 0.002
     assert settings.replay_session_created_to_sideband is False
     assert settings.speech == "auto"
+    assert settings.flavor == "openai"
     assert "sk-secret-value" not in repr(settings)
     assert dataclasses.is_dataclass(settings)
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.api_key = "x"  # type: ignore[misc]
+
+
+def test_settings_refuse_an_unknown_flavor() -> None:
+    """A misspelt flavour fails at construction, not as a missing route later."""
+    with pytest.raises(ValueError, match="flavor"):
+        emulator.EmulatorSettings(api_key="sk-x", flavor="Azure")  # type: ignore[arg-type]
