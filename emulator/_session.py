@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from ._ids import new_session_id
+from ._transcription import check_transcription, normalize_transcription
 from .errors import ClientEventError
 
 DEFAULT_MODEL: Final = "gpt-realtime"
@@ -126,6 +127,7 @@ def check_session_fields(session: Any, *, param: str = "session") -> dict[str, A
                 "invalid_type", f"Invalid type for '{param}.{key}'.", param=f"{param}.{key}"
             )
     _check_turn_detection(session.get("audio"), f"{param}.audio.input.turn_detection")
+    check_transcription(session.get("audio"), f"{param}.audio.input.transcription")
     return session
 
 
@@ -174,6 +176,8 @@ def merge_session(effective: dict[str, Any], update: Mapping[str, Any]) -> None:
                     audio[side].update(copy.deepcopy(dict(side_value)))
                 else:
                     audio[side] = copy.deepcopy(side_value)
+            if isinstance(audio.get("input"), dict):
+                normalize_transcription(audio["input"])
             continue
         effective[key] = copy.deepcopy(value)
 

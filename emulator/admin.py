@@ -20,6 +20,7 @@ from ._auth import require_api_key
 from ._ids import new_call_id
 from ._keys import CALL_REGISTRY, FAULTS, SETTINGS
 from ._session import initial_session
+from ._transcription import MAX_HEARD_CHARS, MAX_HEARD_QUEUED, Heard, Hearing, Misheard
 from .calls import Call
 from .errors import ApiError, InvalidSdpError
 from .faults import FaultValueError
@@ -33,6 +34,7 @@ from .signaling import _read_multipart, hangup_call, read_json_object
 logger = logging.getLogger(__name__)
 
 MAX_REASON_CHARS: Final = 200
+MAX_FAILURE_CODE_CHARS: Final = 64
 
 
 def _call(request: web.Request) -> Call:
@@ -140,6 +142,87 @@ async def end_call(request: web.Request) -> web.Response:
     )
 
 
+def _heard_texts(value: Any) -> list[Hearing]:
+    texts = value if isinstance(value, list) else [value]
+    if not texts:
+        raise ApiError(400, "invalid_value", "'text' must not be an empty list.", param="text")
+    entries: list[Hearing] = []
+    for index, text in enumerate(texts):
+        param = f"text[{index}]" if isinstance(value, list) else "text"
+        if not isinstance(text, str):
+            raise ApiError(
+                400, "invalid_type", f"Invalid type for '{param}': expected a string.", param=param
+            )
+        if not text.strip() or len(text) > MAX_HEARD_CHARS:
+            raise ApiError(
+                400,
+                "invalid_value",
+                f"'{param}' must be a non-blank string of at most {MAX_HEARD_CHARS} characters.",
+                param=param,
+            )
+        entries.append(Heard(text))
+    return entries
+
+
+def _heard_failure(value: Any) -> Misheard:
+    if value is True:
+        return Misheard()
+    if not isinstance(value, dict):
+        raise ApiError(
+            400,
+            "invalid_type",
+            "Invalid type for 'fail': expected true or an object.",
+            param="fail",
+        )
+    _check_keys({f"fail.{key}": None for key in value}, {"fail.code"})
+    code = value.get("code")
+    if code is not None and (
+        not isinstance(code, str) or not 0 < len(code) <= MAX_FAILURE_CODE_CHARS
+    ):
+        raise ApiError(
+            400,
+            "invalid_value",
+            f"'fail.code' must be null or a string of 1 to {MAX_FAILURE_CODE_CHARS} characters.",
+            param="fail.code",
+        )
+    return Misheard(code)
+
+
+async def queue_heard(request: web.Request) -> web.Response:
+    """``POST /_emulator/calls/{call_id}/heard``: what the call's next audio turns say.
+
+    Body ``{"text": "..."}`` or ``{"text": ["...", "..."]}`` queues one entry per text;
+    ``{"fail": true}`` or ``{"fail": {"code": "DeploymentNotFound"}}`` queues a turn whose
+    transcription fails (``error.code`` null unless given). Each committed user audio turn
+    takes the oldest entry (else ``EmulatorSettings.heard_default``); a session that
+    transcribes reports it. Answers ``{"call_id", "queued": N}`` (entries now waiting).
+
+    Raises:
+        ApiError: 401; 404 ``call_id_not_found``; 400 for a bad body or a full queue.
+    """
+    require_api_key(request)
+    call = _call(request)
+    body = await read_json_object(request)
+    _check_keys(body, {"text", "fail"})
+    if ("text" in body) == ("fail" in body):
+        raise ApiError(
+            400,
+            "missing_required_parameter" if not body else "invalid_value",
+            "Give exactly one of 'text' and 'fail'.",
+            param="text",
+        )
+    entries = _heard_texts(body["text"]) if "text" in body else [_heard_failure(body["fail"])]
+    if len(call.heard) + len(entries) > MAX_HEARD_QUEUED:
+        raise ApiError(
+            400,
+            "invalid_value",
+            f"At most {MAX_HEARD_QUEUED} turns may be queued for a call.",
+            param="text" if "text" in body else "fail",
+        )
+    queued = call.heard.extend(entries)
+    return web.json_response({"call_id": call.call_id, "queued": queued})
+
+
 async def get_faults(request: web.Request) -> web.Response:
     """``GET /_emulator/faults``: the switches in force now."""
     require_api_key(request)
@@ -173,6 +256,7 @@ def add_admin_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/_emulator/calls/{call_id}", inspect_call)
     router.add_post("/_emulator/calls/{call_id}/drop-sidebands", drop_sidebands)
     router.add_post("/_emulator/calls/{call_id}/end", end_call)
+    router.add_post("/_emulator/calls/{call_id}/heard", queue_heard)
     router.add_get("/_emulator/faults", get_faults)
     router.add_post("/_emulator/faults", update_faults)
     router.add_delete("/_emulator/faults", reset_faults)

@@ -32,6 +32,13 @@ from ._rate_limits import RateLimits
 from ._response import ResponseRun
 from ._session import check_session_fields, merge_session
 from ._speaker import Speaker
+from ._transcription import (
+    HeardQueue,
+    TranscriptionJob,
+    run_transcription,
+    transcription_config,
+    wants_logprobs,
+)
 from ._usage import InputTokens, input_tokens
 from .audio import SpeechStarted, SpeechStopped, VadEvent
 from .errors import ClientEventError
@@ -116,6 +123,8 @@ class Call:
         self._rate_limits = RateLimits()
         self._model_calls: set[str] = set()  # function calls the model made (model rule 0)
         self._input_audio_ms: dict[str, float] = {}  # user audio item id -> committed length
+        # What the next committed audio turns say (POST /_emulator/calls/{id}/heard).
+        self.heard = HeardQueue(settings.heard_default)
         self._previous_input_tokens = 0  # the last response's input: the cached prefix
         self._sidebands: dict[str, SidebandLink] = {}
         self._inbox: asyncio.Queue[tuple[Source, str, dict[str, Any] | None]] = asyncio.Queue()
@@ -515,6 +524,35 @@ class Call:
         )
         self.broadcast(item_event("conversation.item.added", item, previous))
         self.broadcast(item_event("conversation.item.done", item, previous))
+        self._transcribe(item_id)
+
+    def _transcribe(self, item_id: str) -> None:
+        # Every audio turn takes its words from the queue; only a transcribing session
+        # reports them, later, from a task of its own (the response does not wait for them).
+        hearing = self.heard.take()
+        config = transcription_config(self.session)
+        if config is None:
+            return
+        job = TranscriptionJob(
+            item_id, hearing, config, self._input_audio_ms[item_id], wants_logprobs(self.session)
+        )
+        transcribe = run_transcription(
+            job,
+            self.broadcast,
+            self._store_transcript,
+            delay=self._settings.transcription_delay,
+            interval=self._settings.token_interval,
+        )
+        self._spawn(transcribe, f"transcription:{self.call_id}:{item_id}")
+
+    def _store_transcript(self, item_id: str, text: str) -> None:
+        # The item keeps its words (a retrieve shows them), unless it was deleted meanwhile.
+        for item in self.conversation:
+            if item.get("id") == item_id:
+                for part in item.get("content") or []:
+                    if part.get("type") == "input_audio":
+                        part["transcript"] = text
+                return
 
     def _input_append(self, event: dict[str, Any]) -> None:
         audio_format = _audio_side(self.session, "input").get("format")

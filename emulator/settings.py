@@ -32,6 +32,12 @@ class EmulatorSettings:
             OpenAI's GA routes under ``/openai/v1``: the key also as ``api-key``, calls
             created only with client secrets, ``?webrtcfilter=on``, ``rtc_<32 hex>`` call ids
             (emulator/README.md "The Azure flavour").
+        heard_default: what a committed user audio turn says when nothing is queued for it
+            (``POST /_emulator/calls/{id}/heard``); reported only when the session
+            transcribes input audio.
+        transcription_delay: seconds between a turn's commit and its first transcription
+            event (the real words arrive after the user item, often after the response
+            started); later deltas are ``token_interval`` apart.
     """
 
     api_key: str = field(repr=False)
@@ -40,6 +46,8 @@ class EmulatorSettings:
     replay_session_created_to_sideband: bool = False
     speech: SpeechEngine = "auto"
     faults: FaultConfig = field(default_factory=FaultConfig)
+    heard_default: str = "Hello, can you help me?"
+    transcription_delay: float = 0.05
     flavor: Flavor = "openai"
 
     def __post_init__(self) -> None:

@@ -55,14 +55,19 @@ def speech_like_signal(
 class ScriptedMicTrack(PacedAudioTrack):
     """A microphone that plays ``segments`` (48 kHz mono int16) once, then silence forever.
 
-    Frames are paced like the emulator's own track (the same base class).
+    With ``gate``, it is silent until the event is set and only then starts the script (a
+    test can tell the emulator what the turn says before it is spoken). Frames are paced
+    like the emulator's own track (the same base class).
     ``segment_started[i]`` is the ``time.monotonic()`` at which segment ``i``'s first
     frame was handed out (``None`` until then); ``finished`` is set when the last
     segment's final frame has been handed out.
     """
 
-    def __init__(self, segments: Sequence[NDArray[np.int16]]) -> None:
+    def __init__(
+        self, segments: Sequence[NDArray[np.int16]], *, gate: asyncio.Event | None = None
+    ) -> None:
         super().__init__()
+        self._gate = gate
         self._script = np.concatenate([*segments, np.zeros(0, dtype=np.int16)])
         self._offsets = np.cumsum([0, *(s.size for s in segments)])[:-1].tolist()
         self.segment_started: list[float | None] = [None] * len(segments)
@@ -70,6 +75,8 @@ class ScriptedMicTrack(PacedAudioTrack):
         self._position = 0
 
     def _next_samples(self) -> NDArray[np.int16]:
+        if self._gate is not None and not self._gate.is_set():
+            return np.zeros(FRAME_SAMPLES, dtype=np.int16)
         now = time.monotonic()
         begin, end = self._position, self._position + FRAME_SAMPLES
         for index, offset in enumerate(self._offsets):
