@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -188,12 +189,13 @@ def transcription_usage(
     """The ``usage`` of a completed transcription.
 
     Whisper models: ``{"type": "duration", "seconds": N}``, the committed audio's length in
-    whole seconds, rounded, at least 1 (recorded traffic shows whole seconds). Others:
+    whole seconds, rounded half up, at least 1 (recorded traffic shows whole seconds). Others:
     ``{"type": "tokens", …}`` with the committed audio at 10 tokens a second, the prompt
     and the transcript at one token per 4 characters (``emulator/_usage.py``).
     """
     if model in DURATION_MODELS:
-        return {"type": "duration", "seconds": max(1, round(audio_ms / 1000))}
+        # Half up, not Python's half to even: 2.5 s bills 3.
+        return {"type": "duration", "seconds": max(1, math.floor(audio_ms / 1000 + 0.5))}
     audio = audio_tokens(audio_ms)
     text = text_tokens(len(prompt or ""))
     output = text_tokens(len(transcript))
