@@ -130,6 +130,12 @@ TOKEN_LABELS: Final = (
 )
 """``(direction, modality)`` of ``broker_tokens_total``; ``cached`` input tokens are also
 counted in their modality, as the provider reports them."""
+TRANSCRIPTION_TOKEN_LABELS: Final = (
+    ("input", "text"),
+    ("input", "audio"),
+    ("output", "text"),
+)
+"""``(direction, modality)`` of ``broker_transcription_tokens_total`` (its output is text)."""
 
 
 TOOL_OUTCOMES: Final = frozenset({"succeeded", "failed", "denied", "cancelled"})
@@ -289,6 +295,27 @@ class BrokerMetrics:
             namespace=NAMESPACE,
             registry=registry,
         )
+        self._transcriptions = Counter(
+            "transcriptions_total",
+            "User turns transcribed (conversation.item.input_audio_transcription.completed)"
+            " on supervised calls.",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._transcription_tokens = Counter(
+            "transcription_tokens_total",
+            "Tokens input transcription reported in its usage, by direction and modality.",
+            ["direction", "modality"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._transcription_seconds = Counter(
+            "transcription_audio_seconds_total",
+            "Seconds of audio input transcription reported in its usage (models that bill"
+            " time, such as whisper-1).",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self._events_dropped = Counter(
             "events_dropped_total",
             "Coalescible events (deltas and other high-rate traffic) not stored in a session's"
@@ -343,6 +370,8 @@ class BrokerMetrics:
             self._webhook_attempts.labels(outcome)
         for direction, modality in TOKEN_LABELS:
             self._tokens.labels(direction, modality)
+        for direction, modality in TRANSCRIPTION_TOKEN_LABELS:
+            self._transcription_tokens.labels(direction, modality)
         for outcome in OfferOutcome:
             self._offers.labels(outcome.value)
         for label in dict.fromkeys(reason.label for reason in EndReason):
@@ -490,6 +519,21 @@ class BrokerMetrics:
         for key, count in tokens.items():
             if key in TOKEN_LABELS and count > 0:
                 self._tokens.labels(*key).inc(count)
+
+    def transcription_reported(self, tokens: dict[tuple[str, str], int], ms: int) -> None:
+        """Count one input transcription and its usage.
+
+        Args:
+            tokens: counts keyed by ``(direction, modality)`` from
+                :data:`TRANSCRIPTION_TOKEN_LABELS`; other keys and negative counts are ignored.
+            ms: milliseconds of audio it reported (models that bill time).
+        """
+        self._transcriptions.inc()
+        for key, count in tokens.items():
+            if key in TRANSCRIPTION_TOKEN_LABELS and count > 0:
+                self._transcription_tokens.labels(*key).inc(count)
+        if ms > 0:
+            self._transcription_seconds.inc(ms / 1000)
 
     def event_dropped(self, cap: EventCap) -> None:
         """Count one coalescible event the event log dropped at ``cap``."""

@@ -174,6 +174,27 @@ class InputAudioTranscriptionCompleted(_ServerEvent):
     item_id: str
     content_index: int = 0
     transcript: str
+    usage: Any = None
+    """What the transcription cost (``{"type": "tokens", …}`` or ``{"type": "duration",
+    "seconds"}``); untyped: a malformed usage must not cost the words."""
+
+
+class InputAudioTranscriptionDelta(_ServerEvent):
+    """Part of the words heard in a user audio item, before its ``.completed``."""
+
+    type: Literal["conversation.item.input_audio_transcription.delta"]
+    item_id: str
+    content_index: int = 0
+    delta: str
+
+
+class InputAudioTranscriptionFailed(_ServerEvent):
+    """The words of a user audio item could not be transcribed (no ``.completed`` follows)."""
+
+    type: Literal["conversation.item.input_audio_transcription.failed"]
+    item_id: str
+    content_index: int = 0
+    error: ErrorDetail | None = None
 
 
 class ConversationItemRetrieved(_ServerEvent):
@@ -211,6 +232,8 @@ KnownServerEvent = Annotated[
     | ConversationItemDeleted
     | ConversationItemRetrieved
     | InputAudioTranscriptionCompleted
+    | InputAudioTranscriptionDelta
+    | InputAudioTranscriptionFailed
     | ErrorEvent,
     Field(discriminator="type"),
 ]
@@ -234,6 +257,8 @@ _KNOWN_TYPES = frozenset(
         "conversation.item.deleted",
         "conversation.item.retrieved",
         "conversation.item.input_audio_transcription.completed",
+        "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.failed",
         "error",
     }
 )

@@ -62,6 +62,10 @@ class SessionObserver:
             # Counted here; the session's totals are folded in as the recorder stores it.
             if (used := usage.usage_of_response_done(seen)) is not None:
                 self._metrics.usage_reported(used.metric_tokens())
+            elif (heard := usage.usage_of_transcription(seen)) is not None:
+                self._metrics.transcription_reported(
+                    heard.metric_transcription_tokens(), heard.transcription_ms
+                )
         elif direction == "out":
             created = parse_item_create(event)
             if created is not None and (timed := self._dispatch.sent(created)) is not None:

@@ -158,6 +158,9 @@ class SessionRow(Base):
     """What becomes of system/assistant messages the page adds (:class:`PageItemsPolicy`)."""
     page_responses: Mapped[str] = mapped_column(String(16), default="allow", server_default="allow")
     """What becomes of responses the page starts (:class:`PageResponsesPolicy`)."""
+    input_transcription: Mapped[dict[str, Any] | None]
+    """The call's ``audio.input.transcription`` (``{model, language?, prompt?}``); ``NULL``:
+    not transcribed (:mod:`broker.session.transcription`)."""
     offer_jti: Mapped[str | None] = mapped_column(String(64))
     """The ``jti`` of the client secret that made the offer: it stays valid for this
     session's bridge while the call is live, and for nothing else."""
@@ -179,6 +182,14 @@ class SessionRow(Base):
     usage_input_cached_tokens: Mapped[int] = _usage_count()
     usage_output_text_tokens: Mapped[int] = _usage_count()
     usage_output_audio_tokens: Mapped[int] = _usage_count()
+    # Input transcription's usage, summed over its completed events (same fold).
+    usage_transcriptions: Mapped[int] = _usage_count()
+    usage_transcription_input_tokens: Mapped[int] = _usage_count()
+    usage_transcription_output_tokens: Mapped[int] = _usage_count()
+    usage_transcription_total_tokens: Mapped[int] = _usage_count()
+    usage_transcription_input_text_tokens: Mapped[int] = _usage_count()
+    usage_transcription_input_audio_tokens: Mapped[int] = _usage_count()
+    usage_transcription_ms: Mapped[int] = _usage_count()
     # The event log's counters (broker.record.event_log, broker.record.event_classes): folded
     # in by the transaction that stores the events, so the session list never scans
     # session_events.

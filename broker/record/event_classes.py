@@ -15,7 +15,9 @@ types). A session stores them up to a cap (a count and a size,
 some thirty a spoken sentence), the ``.added`` of an item or a content part whose ``.done``
 is kept, and the ``.done`` of a part whose item's ``.done`` carries it
 (:data:`REPEATED_TYPES`). They are counted (``broker_events_folded_total``) and never
-stored: ops and audit need the sentence, once.
+stored: ops and audit need the sentence, once. Input transcription's deltas are the
+exception (:data:`STORED_DELTA_TYPES`): no event may ever repeat them (a transcription that
+fails, or a call that ends first, has no ``.completed``), so they are stored, as coalescible.
 
 Anything not named as kept or folded below is coalescible: an event type a provider adds
 later cannot grow the log without bound by default. To keep a new kind of event, add it here,
@@ -67,6 +69,11 @@ TOOL_ITEM_TYPES: Final = frozenset({"function_call", "function_call_output"})
 DELTA_SUFFIX: Final = ".delta"
 """A provider event whose type ends so is part of something its ``.done`` event repeats."""
 
+STORED_DELTA_TYPES: Final = frozenset(transcript.PARTIAL_TYPES)
+"""Deltas no kept event may repeat: the words of a user turn heard so far, which the
+transcript shows until its transcription completes (``.completed`` is kept). Coalescible, not
+kept: one per few words, as many as the audio a page sends."""
+
 REPEATED_TYPES: Final = frozenset(
     {
         # An item's start: its conversation.item.done / response.output_item.done (kept)
@@ -100,7 +107,8 @@ def classify(direction: str, event: Mapping[str, Any]) -> EventClass:
     sent: tool outputs, config assertions, probes, resync look-ups) are kept: their number is
     bounded by the broker's own decisions. A provider (``in``) event is kept if its type is
     in :data:`KEPT_PROVIDER_TYPES` or it is an item event about a tool call, folded if it is
-    a delta (:data:`DELTA_SUFFIX`) or repeated (:data:`REPEATED_TYPES`).
+    a delta (:data:`DELTA_SUFFIX`, but for :data:`STORED_DELTA_TYPES`) or repeated
+    (:data:`REPEATED_TYPES`).
     """
     if direction != "in":
         return EventClass.KEPT
@@ -111,6 +119,8 @@ def classify(direction: str, event: Mapping[str, Any]) -> EventClass:
         item = event.get("item")
         if isinstance(item, Mapping) and item.get("type") in TOOL_ITEM_TYPES:
             return EventClass.KEPT
+    if type_ in STORED_DELTA_TYPES:
+        return EventClass.COALESCIBLE
     if type_ in REPEATED_TYPES or (isinstance(type_, str) and type_.endswith(DELTA_SUFFIX)):
         return EventClass.FOLDED
     return EventClass.COALESCIBLE

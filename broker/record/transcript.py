@@ -15,9 +15,14 @@ events the sideband stored:
 * **tool outputs**: only the output the broker itself recorded for that ``call_id`` (a
   ``tool_calls`` row with the same output text), shown on the model's call; an output is
   matched by ``call_id`` and text, never by item id (some providers assign their own);
-* **user turns**: spoken ones (the item ``input_audio_buffer.committed`` names; the words from
-  ``conversation.item.input_audio_transcription.completed`` when stored), and typed ones
-  (``input_text`` parts only: typing is what a page is for);
+* **user turns**: spoken ones (the item ``input_audio_buffer.committed`` names), and typed ones
+  (``input_text`` parts only: typing is what a page is for). A spoken turn's words are input
+  transcription's (:mod:`broker.session.transcription`), which the provider sends after the
+  item: ``conversation.item.input_audio_transcription.completed`` gives them; until one comes,
+  the ``.delta`` events stored so far give the words heard so far (``"partial": true``); a
+  ``.failed`` leaves the turn without words, marked ``"transcription": "failed"``. Deltas are
+  coalescible (:mod:`broker.record.event_classes`): the log's caps may drop them, so a partial
+  turn may lack words, never a completed one;
 * nothing that was deleted (``conversation.item.deleted``), whoever deleted it and in
   whatever order the events came; no system messages (instructions, the broker's probes).
 
@@ -46,6 +51,8 @@ from sideband.events import (
     ConversationItemDone,
     InputAudioBufferCommitted,
     InputAudioTranscriptionCompleted,
+    InputAudioTranscriptionDelta,
+    InputAudioTranscriptionFailed,
     Item,
     ResponseDone,
     ResponseOutputItemDone,
@@ -62,10 +69,20 @@ EVENT_TYPES: Final = (
     "response.done",
     "input_audio_buffer.committed",
     "conversation.item.input_audio_transcription.completed",
+    "conversation.item.input_audio_transcription.failed",
 )
+"""The events a transcript is projected from, all kept by the event log (one per item, per
+committed turn, per response, per transcription)."""
 EVENT_WINDOW: Final = 6 * MAX_ENTRIES
 """How many of the newest such events are read: an entry takes about three (an item, its
 response's two; an audio turn's commit, item and transcription)."""
+PARTIAL_TYPES: Final = ("conversation.item.input_audio_transcription.delta",)
+"""The events that give a spoken turn's words before its transcription completes: one per
+few words, so coalescible and read in a window of their own (:data:`PARTIAL_WINDOW`) that
+cannot push turns out of :data:`EVENT_WINDOW`."""
+PARTIAL_WINDOW: Final = 500
+"""How many of the newest deltas are read: only turns still being transcribed (the newest)
+or whose transcription never completed need them."""
 
 
 def _content(item: Item) -> list[Any]:
@@ -107,6 +124,11 @@ class _Evidence:
         self.deleted: set[str] = set()
         self.committed: set[str] = set()
         self.heard: dict[str, dict[int, str]] = {}
+        """A spoken item's completed words, by content part."""
+        self.hearing: dict[str, dict[int, list[str]]] = {}
+        """A spoken item's words so far (its deltas), by content part."""
+        self.unheard: set[str] = set()
+        """Spoken items whose transcription failed."""
 
     def _seen(self, item_id: str) -> None:
         self.order.setdefault(item_id, None)
@@ -120,6 +142,11 @@ class _Evidence:
                 self.committed.add(event.item_id)
         elif isinstance(event, InputAudioTranscriptionCompleted):
             self.heard.setdefault(event.item_id, {})[event.content_index] = event.transcript
+        elif isinstance(event, InputAudioTranscriptionDelta):
+            parts = self.hearing.setdefault(event.item_id, {})
+            parts.setdefault(event.content_index, []).append(event.delta)
+        elif isinstance(event, InputAudioTranscriptionFailed):
+            self.unheard.add(event.item_id)
         elif isinstance(event, ConversationItemDone):
             if (item_id := event.item.id) is not None:
                 self._seen(item_id)
@@ -136,18 +163,32 @@ class _Evidence:
             if replace or item_id not in self.model:
                 self.model[item_id] = item
 
-    def user_text(self, item_id: str, item: Item) -> str | None:
-        """A user item's words, or ``None`` if nothing shows the user said or typed them."""
+    def user_turn(self, item_id: str, item: Item) -> dict[str, Any] | None:
+        """A user item's entry, or ``None`` if nothing shows the user said or typed it."""
         if item_id in self.committed:
-            heard = self.heard.get(item_id)
-            if heard:
-                return " ".join(heard[index] for index in sorted(heard))
-            return _text(item)  # the provider's transcript in the item, if it has one
+            return self._spoken(item_id, item)
         # Typed: only the input_text parts. An audio part's "transcript" in an item the page
         # created is the page's claim, not something the user was heard to say.
         if any(isinstance(p, dict) and p.get("type") in _TYPED for p in _content(item)):
-            return _text(item, _TYPED)
+            return _turn("user", _text(item, _TYPED))
         return None
+
+    def _spoken(self, item_id: str, item: Item) -> dict[str, Any]:
+        # A completed transcription is the words, whatever came before or after it.
+        heard = self.heard.get(item_id)
+        if heard:
+            return _turn("user", " ".join(heard[index] for index in sorted(heard)))
+        if item_id in self.unheard:
+            return {**_turn("user", ""), "transcription": "failed"}
+        hearing = self.hearing.get(item_id)
+        if hearing:
+            words = " ".join("".join(hearing[index]) for index in sorted(hearing))
+            return {**_turn("user", words), "partial": True}
+        return _turn("user", _text(item))  # the provider's transcript in the item, if any
+
+
+def _turn(role: str, text: str) -> dict[str, Any]:
+    return {"type": "turn", "role": role, "text": _cut(text)}
 
 
 def project(
@@ -157,8 +198,8 @@ def project(
     """``(type, payload)`` events in seq order → transcript entries (the newest ones).
 
     Args:
-        events: the session's stored provider events of :data:`EVENT_TYPES`; the stored
-            ``type`` is the event's.
+        events: the session's stored provider events of :data:`EVENT_TYPES` and
+            :data:`PARTIAL_TYPES`; the stored ``type`` is the event's.
         broker_outputs: ``call_id → output`` of the tool calls the broker recorded
             (:func:`outputs_of`). Without it no tool output is shown: an output in the
             conversation proves nothing about who wrote it.
@@ -177,9 +218,7 @@ def project(
         if model_item is not None:
             kind = model_item.type
             if kind == "message" and model_item.role == "assistant":
-                entries.append(
-                    {"type": "turn", "role": "assistant", "text": _cut(_text(model_item))}
-                )
+                entries.append(_turn("assistant", _text(model_item)))
             elif kind == "function_call":
                 call_id = str(model_item.call_id)
                 entry: dict[str, Any] = {
@@ -196,9 +235,9 @@ def project(
         if item is None:
             continue
         if item.type == "message" and item.role == "user":
-            text = evidence.user_text(item_id, item)
-            if text is not None:
-                entries.append({"type": "turn", "role": "user", "text": _cut(text)})
+            turn = evidence.user_turn(item_id, item)
+            if turn is not None:
+                entries.append(turn)
         # Anything else has no evidence of coming from the user or the model: a page's
         # assistant or system message, a function_call no response produced, the broker's
         # probes (system messages). Outputs are attached below, to the model's calls only.
@@ -231,4 +270,6 @@ async def load(
     """
     async with sessionmaker() as s:
         events = await queries.latest_events_of(s, session_id, EVENT_TYPES, EVENT_WINDOW)
-    return project(((e.type, e.payload) for e in events), outputs_of(calls))
+        partial = await queries.latest_events_of(s, session_id, PARTIAL_TYPES, PARTIAL_WINDOW)
+    ordered = sorted([*events, *partial], key=lambda e: e.seq)
+    return project(((e.type, e.payload) for e in ordered), outputs_of(calls))

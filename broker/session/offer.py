@@ -48,12 +48,19 @@ _FAILS_FROM: Final = (SessionState.CREATED, SessionState.OFFERED, *CALL_RUNNING_
 
 
 def provider_session_config(registry: ToolRegistry, row: SessionRow) -> dict[str, Any]:
-    """The server-owned session config: the browser never chooses any of it."""
+    """The server-owned session config: the browser never chooses any of it.
+
+    Input transcription is sent only when the session has it (the provider's default is
+    none, :mod:`broker.session.transcription`).
+    """
+    audio: dict[str, Any] = {"output": {"voice": row.voice}}
+    if row.input_transcription is not None:
+        audio = {"input": {"transcription": dict(row.input_transcription)}, **audio}
     return {
         "type": "realtime",
         "model": row.model,
         "instructions": row.instructions,
-        "audio": {"output": {"voice": row.voice}},
+        "audio": audio,
         "tools": [registry[name].provider_definition() for name in row.tools],
         "tool_choice": "auto",
     }

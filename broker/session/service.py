@@ -50,6 +50,7 @@ from broker.session.call_actions import CallActions
 from broker.session.deadline import CallDeadlines
 from broker.session.limits import LimitsRequest, SessionLimits
 from broker.session.offer import Offers, provider_session_config
+from broker.session.transcription import TranscriptionRequest, choose
 from broker.settings import Settings
 from broker.tools.bridge import Bridge, BridgeCallRequest
 from broker.tools.dispatch import CallOutcome, ToolDispatcher
@@ -76,6 +77,9 @@ class CreateSessionRequest(BaseModel):
     sideband: bool = True
     metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
     limits: LimitsRequest = Field(default_factory=LimitsRequest)
+    input_transcription: TranscriptionRequest | None = None
+    """What the user says, written down (:mod:`broker.session.transcription`); absent: the
+    setting's model; ``null``: none."""
 
     @field_validator("tools")
     @classmethod
@@ -245,7 +249,8 @@ class SessionService:
         Raises:
             ForbiddenError: the key lacks ``sessions:create``.
             RateLimitedError: ``rate_limited``: this key created too many sessions just now.
-            ValidationFailedError: ``unknown_tool``.
+            ValidationFailedError: ``unknown_tool``, ``limit_exceeds_ceiling``,
+                ``transcription_model_required``.
         """
         principal.require(Scope.SESSIONS_CREATE)
         retry_after = await self._create_limiter.take(principal.key_id)
@@ -289,6 +294,11 @@ class SessionService:
         row.tamper_policy = limits.tamper_policy
         row.page_items = limits.page_items
         row.page_responses = limits.page_responses
+        row.input_transcription = choose(
+            request.input_transcription,
+            given="input_transcription" in request.model_fields_set,
+            default_model=self._settings.input_transcription_model,
+        )
         async with self._sessionmaker.begin() as s:
             s.add(row)
         self._metrics.session_created()

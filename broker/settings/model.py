@@ -41,6 +41,10 @@ OPENAI_BASE_URL: Final = "https://api.openai.com/v1"
 DEFAULT_MODEL: Final = "gpt-realtime"
 """The default realtime model; third-party notices announce replacements (docs/protocol.md §0)."""
 DEFAULT_VOICE: Final = "marin"
+DEFAULT_INPUT_TRANSCRIPTION_MODEL: Final = "gpt-4o-mini-transcribe"
+TRANSCRIPTION_OFF: Final = "off"
+"""``BROKER_INPUT_TRANSCRIPTION_MODEL``'s value for none: an empty variable counts as unset
+(``broker.settings.sources``), so an empty value cannot say it."""
 MIN_ADMIN_KEY_CHARS: Final = 16
 MIN_SIGNING_KEY_CHARS: Final = 32
 MAX_RATE: Final = 100_000
@@ -256,6 +260,14 @@ class Settings(BaseSettings):
         " host name, the process id and a random suffix); with a stable name a restarted"
         " instance takes its own calls back at once instead of after their leases run out. It"
         " must be unique among running instances",
+    )
+
+    # --- input transcription --------------------------------------------------------------
+    input_transcription_model: str | None = Field(
+        DEFAULT_INPUT_TRANSCRIPTION_MODEL,
+        description="the model that writes down what the user says (`audio.input.transcription`"
+        " of every session that does not choose, e.g. `whisper-1`); `off`: sessions are not"
+        " transcribed unless they ask (spoken turns then have no words in the transcript)",
     )
 
     # --- per-session limits ---------------------------------------------------------------
@@ -496,6 +508,21 @@ class Settings(BaseSettings):
     @property
     def uses_builtin_provider(self) -> bool:
         return self.provider_api_key is None
+
+    @field_validator("input_transcription_model", mode="before")
+    @classmethod
+    def _transcription_off(cls, value: Any) -> Any:
+        # ``off`` from a variable; ``""`` or ``None`` when built directly (tests, the CLI).
+        if value is None or (isinstance(value, str) and value.strip() in ("", TRANSCRIPTION_OFF)):
+            return None
+        return value
+
+    @field_validator("input_transcription_model")
+    @classmethod
+    def _transcription_model_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            rules.model_name(value)
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

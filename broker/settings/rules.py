@@ -8,6 +8,7 @@ key would otherwise land in a terminal, a log pipeline or a CI transcript.
 from __future__ import annotations
 
 import enum
+import re
 import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Literal, Union, get_args, get_origin
@@ -79,6 +80,15 @@ def webhook_url(url: str) -> None:
     if parsed.username is not None or parsed.password is not None:
         # The URL is logged (its host); credentials belong in the signature's secret.
         raise ValueError("must not carry credentials")
+
+
+MODEL_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+"""A provider's model (or Azure deployment) name, sent to the provider as is."""
+
+
+def model_name(value: str) -> None:
+    if MODEL_NAME.fullmatch(value) is None:
+        raise ValueError("must be a model name: up to 100 letters, digits and . _ : - (or off)")
 
 
 def webhook_secret(secret: str) -> None:

@@ -38,6 +38,11 @@ KEPT, COALESCIBLE, FOLDED = EventClass.KEPT, EventClass.COALESCIBLE, EventClass.
         ("in", {"type": "response.output_text.delta"}, FOLDED),
         ("in", {"type": "response.function_call_arguments.delta"}, FOLDED),
         ("in", {"type": "response.output_audio_transcript.delta"}, FOLDED),
+        # Input transcription: what completes or fails a spoken turn is kept; its deltas are
+        # stored (nothing may repeat them) but capped.
+        ("in", {"type": "conversation.item.input_audio_transcription.completed"}, KEPT),
+        ("in", {"type": "conversation.item.input_audio_transcription.failed"}, KEPT),
+        ("in", {"type": "conversation.item.input_audio_transcription.delta"}, COALESCIBLE),
         ("out", {"type": "response.output_text.delta"}, KEPT),
         ("in", {"type": "session.updated"}, COALESCIBLE),
         ("in", {"type": "rate_limits.updated"}, COALESCIBLE),
@@ -56,6 +61,13 @@ def test_what_the_transcript_reads_is_never_dropped() -> None:
     """Invariant: every event type the transcript is projected from is kept."""
     for type_ in transcript.EVENT_TYPES:
         assert classify("in", {"type": type_}) is KEPT, type_
+
+
+def test_the_partial_words_the_transcript_reads_are_stored_not_folded() -> None:
+    """Invariant: the deltas a partial spoken turn is read from are stored (up to the
+    session's cap), never folded away: no completed event may ever repeat them."""
+    for type_ in transcript.PARTIAL_TYPES:
+        assert classify("in", {"type": type_}) is COALESCIBLE, type_
 
 
 async def test_a_commit_signalled_between_arm_and_wait_is_not_slept_over() -> None:

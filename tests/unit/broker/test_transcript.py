@@ -163,3 +163,118 @@ def test_the_projection_is_capped() -> None:
     lines = project(events)
     assert len(lines) == MAX_ENTRIES
     assert all(len(line["text"]) == MAX_TEXT_CHARS + 1 for line in lines)  # cut, with "…"
+
+
+# ---- spoken turns: input transcription's events --------------------------------------------
+
+TRANSCRIPTION = "conversation.item.input_audio_transcription"
+
+
+def committed(item_id: str) -> Event:
+    return "input_audio_buffer.committed", {"item_id": item_id, "previous_item_id": None}
+
+
+def spoken(item_id: str) -> Event:
+    """The user's audio item as the provider sends it: no transcript in it."""
+    part = {"type": "input_audio", "transcript": None}
+    return done({"id": item_id, "type": "message", "role": "user", "content": [part]})
+
+
+def heard(item_id: str, words: str, index: int = 0) -> Event:
+    payload = {"item_id": item_id, "content_index": index, "transcript": words}
+    return f"{TRANSCRIPTION}.completed", payload
+
+
+def hearing(item_id: str, delta: str) -> Event:
+    return f"{TRANSCRIPTION}.delta", {"item_id": item_id, "content_index": 0, "delta": delta}
+
+
+def unheard(item_id: str) -> Event:
+    error = {"type": "transcription_error", "code": "audio_unintelligible", "message": "…"}
+    return f"{TRANSCRIPTION}.failed", {"item_id": item_id, "content_index": 0, "error": error}
+
+
+def user(text: str, **marks: Any) -> dict[str, Any]:
+    return {"type": "turn", "role": "user", "text": text, **marks}
+
+
+def test_a_completed_transcription_gives_a_spoken_turn_its_words() -> None:
+    """The words come after the item, which carries ``transcript: null``."""
+    events = [committed("a1"), spoken("a1"), hearing("a1", "where is"), heard("a1", "Where is it?")]
+    assert project(events) == [user("Where is it?")]
+
+
+def test_deltas_alone_give_the_words_so_far_marked_partial() -> None:
+    events = [committed("a1"), spoken("a1"), hearing("a1", "Where"), hearing("a1", " is my")]
+    assert project(events) == [user("Where is my", partial=True)]
+
+
+def test_a_completed_transcription_wins_over_deltas_and_a_failure_in_any_order() -> None:
+    words = heard("a1", "Where is it?")
+    for late in (
+        [words, hearing("a1", " stray")],
+        [unheard("a1"), words],
+        [words, unheard("a1")],
+    ):
+        assert project([committed("a1"), spoken("a1"), *late]) == [user("Where is it?")]
+
+
+def test_a_failed_transcription_leaves_the_turn_without_words_and_says_so() -> None:
+    events = [committed("a1"), spoken("a1"), hearing("a1", "Wh"), unheard("a1")]
+    assert project(events) == [user("", transcription="failed")]
+
+
+def test_dropped_deltas_cost_only_the_partial_words() -> None:
+    """Deltas are coalescible: the log's caps may drop some or all of them. A turn whose
+    deltas were all dropped is still there; a completed one still has all its words."""
+    assert project([committed("a1"), spoken("a1")]) == [user("")]
+    assert project([committed("a1"), spoken("a1"), hearing("a1", "Where")]) == [
+        user("Where", partial=True)
+    ]
+    assert project([committed("a1"), spoken("a1"), heard("a1", "Where is it?")]) == [
+        user("Where is it?")
+    ]
+
+
+def test_a_deleted_spoken_turn_is_left_out_whatever_its_transcription() -> None:
+    for words in (heard("a1", "secret"), hearing("a1", "secret"), unheard("a1")):
+        events = [committed("a1"), spoken("a1"), words, deleted("a1")]
+        assert project(events) == []
+        assert project([deleted("a1"), *events[:-1]]) == []
+
+
+def test_spoken_turns_keep_their_order_when_transcriptions_come_late() -> None:
+    """Transcriptions finish after the model answered, and out of order: each turn stays
+    where its audio was committed, its content parts in order."""
+    answer = message("m1", "assistant", "Sure.", part="output_audio")
+    events = [
+        committed("a1"),
+        spoken("a1"),
+        done(answer),
+        *model(answer),
+        committed("a2"),
+        spoken("a2"),
+        heard("a2", "Thanks."),
+        heard("a1", "and then", index=1),
+        heard("a1", "Check my order"),
+        hearing("a3", "orphan"),
+    ]
+    assert project(events) == [
+        user("Check my order and then"),
+        {"type": "turn", "role": "assistant", "text": "Sure."},
+        user("Thanks."),
+    ]
+
+
+def test_transcription_events_make_no_turn_of_what_the_user_did_not_say() -> None:
+    """A transcription names an item; it is no evidence the item is the user's audio."""
+    typed = message("t1", "user", "hello")
+    page = message("p1", "assistant", "I approve the refund", part="output_text")
+    events = [done(typed), heard("t1", "I am the admin"), done(page), heard("p1", "more")]
+    assert project(events) == [user("hello")]
+
+
+def test_partial_words_are_capped_like_any_text() -> None:
+    events = [committed("a1"), spoken("a1"), *[hearing("a1", "x" * 500)] * 5]
+    [line] = project(events)
+    assert line["partial"] is True and len(line["text"]) == MAX_TEXT_CHARS + 1

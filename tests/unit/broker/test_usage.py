@@ -137,6 +137,14 @@ def test_rendered_in_the_providers_shape_and_as_metric_labels() -> None:
         "output_tokens": 60,
         "input_token_details": {"text_tokens": 100, "audio_tokens": 20, "cached_tokens": 64},
         "output_token_details": {"text_tokens": 15, "audio_tokens": 45},
+        "input_transcription": {
+            "transcriptions": 0,
+            "total_tokens": 0,
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "input_token_details": {"text_tokens": 0, "audio_tokens": 0},
+            "seconds": 0.0,
+        },
     }
     tokens = usage.metric_tokens()
     assert set(tokens) == set(TOKEN_LABELS)
