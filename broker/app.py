@@ -45,7 +45,14 @@ from broker.tools.breaker import CircuitBreakers
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.registry import load_registry
 from broker.webhooks.sender import WebhookConfig, WebhookSender
-from sideband import OpenAICompatibleProvider
+from sideband import (
+    ApiKeyCredential,
+    AzureOpenAIProvider,
+    CredentialSource,
+    OpenAICompatibleProvider,
+    Provider,
+    TokenCommand,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -157,9 +164,26 @@ async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
     app[app_state.PROVIDER_HTTP] = http
     runner: web.AppRunner | None = None
     try:
+        provider: Provider
         if settings.uses_builtin_provider:
             runner, provider = await start_builtin_provider(settings, http)
             app[app_state.EMULATOR_RUNNER] = runner
+        elif settings.provider == "azure":
+            assert settings.provider_base_url
+            provider = AzureOpenAIProvider(
+                settings.provider_base_url,
+                _azure_credential(settings),
+                http,
+                timeout=settings.provider_timeout,
+                webrtc_filter=settings.webrtc_filter,
+            )
+            logger.info(
+                "provider %s at %s webrtc_filter=%s credential=%s",
+                provider.name,
+                provider.base_url,
+                "on" if settings.webrtc_filter else "off",
+                "token command" if settings.azure_token_command else "api-key",
+            )
         else:
             assert settings.provider_base_url and settings.provider_api_key
             provider = OpenAICompatibleProvider(
@@ -177,10 +201,23 @@ async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
         await http.close()
 
 
+def _azure_credential(settings: Settings) -> CredentialSource:
+    """The resource key, or the Entra token command (run per request and per dial)."""
+    argv = settings.azure_token_argv
+    if argv is not None:
+        return TokenCommand(argv, timeout=settings.provider_timeout)
+    assert settings.provider_api_key is not None
+    return ApiKeyCredential(settings.provider_api_key.reveal())
+
+
 async def start_builtin_provider(
     settings: Settings, http: aiohttp.ClientSession
-) -> tuple[web.AppRunner, OpenAICompatibleProvider]:
+) -> tuple[web.AppRunner, Provider]:
     """Serve the emulator on loopback and a provider client for it; the caller cleans it up.
+
+    The emulator plays the configured provider: with ``BROKER_PROVIDER=azure`` its Azure
+    flavour, reached through the Azure provider (two-step offer, ``api-key``, the filter),
+    so the whole stack can be tried without an Azure resource.
 
     Where ``broker serve`` imports ``emulator``, and only when it runs one: a broker with a
     provider key never loads it, nor the media stack it needs (aiortc, av, numpy).
@@ -191,7 +228,9 @@ async def start_builtin_provider(
     # A random key per start: the emulator is only reachable through this broker's own
     # provider client, never configured by hand.
     key = "sk-emulator-" + secrets.token_urlsafe(24)
-    runner = web.AppRunner(create_emulator_app(EmulatorSettings(api_key=key)))
+    azure = settings.provider == "azure"
+    emulator = EmulatorSettings(api_key=key, flavor="azure" if azure else "openai")
+    runner = web.AppRunner(create_emulator_app(emulator))
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", settings.emulator_port)
@@ -200,10 +239,28 @@ async def start_builtin_provider(
         await runner.cleanup()
         raise
     port = runner.addresses[0][1]
-    base_url = f"http://127.0.0.1:{port}/v1"
-    logger.info("no provider key configured: built-in emulator serving at %s", base_url)
-    provider = OpenAICompatibleProvider(
-        base_url, key, http, timeout=settings.provider_timeout, name="emulator"
+    provider: Provider
+    if azure:
+        provider = AzureOpenAIProvider(
+            f"http://127.0.0.1:{port}/openai/v1",
+            ApiKeyCredential(key),
+            http,
+            timeout=settings.provider_timeout,
+            webrtc_filter=settings.webrtc_filter,
+            name="emulator-azure",
+        )
+    else:
+        provider = OpenAICompatibleProvider(
+            f"http://127.0.0.1:{port}/v1",
+            key,
+            http,
+            timeout=settings.provider_timeout,
+            name="emulator",
+        )
+    logger.info(
+        "no provider key configured: built-in emulator (%s) serving at %s",
+        emulator.flavor,
+        provider.base_url,
     )
     return runner, provider
 
@@ -321,8 +378,10 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         app[app_state.SESSIONMAKER],
         app[app_state.METRICS],
         client_secret_ttl_s=settings.client_secret_ttl,
-        # An offer is one provider request (bounded by its timeout) plus two transactions.
-        offer_bound_s=3 * settings.provider_timeout,
+        # An offer is its provider requests (each bounded by the timeout; two, and a token
+        # command's run, when the provider mints a client secret first) plus two transactions.
+        offer_bound_s=(5 if app[app_state.PROVIDER].capabilities.offer_needs_client_secret else 3)
+        * settings.provider_timeout,
     )
     app[app_state.REAPER] = reaper
     sweeping = asyncio.create_task(reaper.run(), name="session-reaper")

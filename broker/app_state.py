@@ -23,7 +23,7 @@ from broker.settings import Settings
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.registry import ToolRegistry
 from broker.webhooks.sender import WebhookSender
-from sideband import OpenAICompatibleProvider
+from sideband import Provider
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", BrokerMetrics)
@@ -39,7 +39,8 @@ BROWSER_LIMITS = web.AppKey("browser_limits", BrowserLimits)
 """Per-session rate limits of the offer, bridge and end routes (``BROKER_BRIDGE_*``,
 ``BROKER_OFFER_*``)."""
 PROVIDER_HTTP = web.AppKey("provider_http", aiohttp.ClientSession)
-PROVIDER = web.AppKey("provider", OpenAICompatibleProvider)
+PROVIDER: web.AppKey[Provider] = web.AppKey("provider")
+"""OpenAI's, Azure's or the built-in emulator's; what each allows is its ``capabilities``."""
 TOOL_HTTP = web.AppKey("tool_http", httpx.AsyncClient)
 TOOLS = web.AppKey("tools", ToolRegistry)
 DISPATCHER = web.AppKey("dispatcher", ToolDispatcher)

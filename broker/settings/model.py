@@ -7,6 +7,7 @@ The fields are the single source of the README's settings table (``make settings
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Final, Literal, Self
@@ -103,6 +104,12 @@ class Settings(BaseSettings):
     )
 
     # --- the provider ---------------------------------------------------------------------
+    provider: Literal["openai", "azure"] = Field(
+        "openai",
+        description="who serves the calls: `openai` (or any provider speaking its unified"
+        " interface) or `azure` (Azure OpenAI's GA `/openai/v1` path: the offer goes through"
+        " an ephemeral client secret; see Azure OpenAI below)",
+    )
     default_model: str = Field(
         DEFAULT_MODEL,
         min_length=1,
@@ -119,14 +126,39 @@ class Settings(BaseSettings):
     )
     provider_api_key: Secret | None = Field(
         None,
-        validation_alias=AliasChoices("BROKER_PROVIDER_API_KEY", "OPENAI_API_KEY"),
-        description="the provider's key; unset: the built-in emulator runs in-process",
+        validation_alias=AliasChoices(
+            "BROKER_PROVIDER_API_KEY", "OPENAI_API_KEY", "AZURE_OPENAI_API_KEY"
+        ),
+        description="the provider's key (Azure's resource key goes as `api-key`);"
+        " `OPENAI_API_KEY` is read only for `openai`, `AZURE_OPENAI_API_KEY` only for `azure`;"
+        " unset (and no token command): the built-in emulator runs in-process, in the"
+        " provider's flavour",
+    )
+    azure_token_command: str | None = Field(
+        None,
+        repr=False,
+        description="`azure`, instead of a key: a command printing a Microsoft Entra access"
+        " token (or `az`'s JSON), e.g. `az account get-access-token --resource"
+        " https://cognitiveservices.azure.com --query accessToken -o tsv`; run without a"
+        " shell for each offer, hangup and sideband dial (tokens expire mid-call), within"
+        " `BROKER_PROVIDER_TIMEOUT`, without the `BROKER_*` variables; its output is never"
+        " logged",
     )
     provider_base_url: str | None = Field(
         None,
         validate_default=True,
-        description="`…/v1` of an OpenAI-compatible provider (needs a key)",
+        description="`…/v1` of an OpenAI-compatible provider (needs a key); for `azure` the"
+        " resource endpoint `https://{resource}.openai.azure.com` (`/openai/v1` is added;"
+        " required with a key or token command)",
         json_schema_extra=_shown_default(f"`{OPENAI_BASE_URL}` when a key is set"),
+    )
+    azure_webrtc_filter: bool | None = Field(
+        None,
+        description="`azure`: create calls with `?webrtcfilter=on`, so the page sees speech,"
+        " transcripts and output events but no function calls and no session config; then"
+        " bridge-only sessions are refused (422 `provider_lacks_capability`) and a degraded"
+        " call has no bridge fallback",
+        json_schema_extra=_shown_default("on (with `azure`)"),
     )
     provider_timeout: float = Field(
         10.0, gt=0, allow_inf_nan=False, description="seconds for each provider HTTP request"
@@ -492,7 +524,11 @@ class Settings(BaseSettings):
         """
         if env is None:
             env, env_file = os.environ, env_file or ENV_FILE
-        return cls(**read(cls, env, env_file))
+        # The other vendor's key variable is left out: a shell's OPENAI_API_KEY must never be
+        # sent to Azure, nor an AZURE_OPENAI_API_KEY to OpenAI.
+        provider = read(cls, env, env_file).get("provider")
+        foreign = "OPENAI_API_KEY" if provider == "azure" else "AZURE_OPENAI_API_KEY"
+        return cls(**read(cls, env, env_file, ignore=(foreign,)))
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes``, checked like a new instance (``model_copy`` checks nothing)."""
@@ -507,7 +543,19 @@ class Settings(BaseSettings):
 
     @property
     def uses_builtin_provider(self) -> bool:
-        return self.provider_api_key is None
+        return self.provider_api_key is None and self.azure_token_command is None
+
+    @property
+    def webrtc_filter(self) -> bool:
+        """Whether Azure calls are created with ``?webrtcfilter=on`` (the default there)."""
+        return self.provider == "azure" and self.azure_webrtc_filter is not False
+
+    @property
+    def azure_token_argv(self) -> tuple[str, ...] | None:
+        """``BROKER_AZURE_TOKEN_COMMAND`` split like a shell would (it runs without one)."""
+        if self.azure_token_command is None:
+            return None
+        return tuple(shlex.split(self.azure_token_command))
 
     @field_validator("input_transcription_model", mode="before")
     @classmethod
@@ -529,15 +577,51 @@ class Settings(BaseSettings):
     def _exact_origins(cls, value: Any) -> Any:
         return rules.exact_origins(value)
 
+    @field_validator("azure_token_command")
+    @classmethod
+    def _token_command(cls, value: str | None) -> str | None:
+        if value is not None:
+            rules.command_line(value)
+        return value
+
     @field_validator("provider_base_url")
     @classmethod
     def _provider_url_with_key(cls, value: str | None, info: ValidationInfo) -> str | None:
         has_key = info.data.get("provider_api_key") is not None
+        if info.data.get("provider") == "azure":
+            credential = has_key or info.data.get("azure_token_command") is not None
+            if value is None and credential:
+                raise ValueError(
+                    "is required with BROKER_PROVIDER=azure: https://{resource}.openai.azure.com"
+                )
+            if value is not None and not credential:
+                raise ValueError(
+                    "is set but neither BROKER_PROVIDER_API_KEY / AZURE_OPENAI_API_KEY nor"
+                    " BROKER_AZURE_TOKEN_COMMAND is"
+                )
+            return None if value is None else rules.azure_base_url(value)
         if value is None and has_key:
             return OPENAI_BASE_URL
         if value is not None and not has_key:
             raise ValueError("is set but no BROKER_PROVIDER_API_KEY / OPENAI_API_KEY")
         return value
+
+    @model_validator(mode="after")
+    def _provider_rules(self) -> Self:
+        """Azure's settings only with ``azure``; one Azure credential, not two."""
+        if self.provider != "azure":
+            for name, value in (
+                ("BROKER_AZURE_TOKEN_COMMAND", self.azure_token_command),
+                ("BROKER_AZURE_WEBRTC_FILTER", self.azure_webrtc_filter),
+            ):
+                if value is not None:
+                    raise SettingsError(f"{name} is set but BROKER_PROVIDER is not azure")
+        elif self.provider_api_key is not None and self.azure_token_command is not None:
+            raise SettingsError(
+                "BROKER_PROVIDER_API_KEY / AZURE_OPENAI_API_KEY and BROKER_AZURE_TOKEN_COMMAND"
+                " are both set: choose one Azure credential"
+            )
+        return self
 
     @field_validator("admin_key")
     @classmethod

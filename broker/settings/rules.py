@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
+import shlex
 import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Literal, Union, get_args, get_origin
@@ -67,6 +68,42 @@ def _origin(raw: Any) -> str:
             "(scheme, host and optional port; no path, no wildcard)"
         )
     return origin
+
+
+def command_line(value: str) -> None:
+    """A command line split like a shell would (it runs without one), naming a program."""
+    try:
+        argv = shlex.split(value)
+    except ValueError:
+        raise ValueError("is not a valid command line (unbalanced quotes)") from None
+    if not argv:
+        raise ValueError("names no program")
+
+
+AZURE_API_PATH: Final = "/openai/v1"
+
+
+def azure_base_url(url: str) -> str:
+    """An Azure resource endpoint as the API base: ``https://{resource}…`` + ``/openai/v1``."""
+    parsed = urlsplit(url.strip())
+    try:
+        parsed.port  # noqa: B018 - a malformed port raises here
+    except ValueError:
+        raise ValueError("has a malformed port") from None
+    path = parsed.path.rstrip("/")
+    if (
+        parsed.scheme not in ("http", "https")
+        or not parsed.hostname
+        or parsed.username is not None
+        or parsed.query
+        or parsed.fragment
+        or path not in ("", AZURE_API_PATH)
+    ):
+        raise ValueError(
+            "must be the resource endpoint https://{resource}.openai.azure.com (optionally"
+            f" ending in {AZURE_API_PATH}), with no credentials or query"
+        )
+    return f"{parsed.scheme}://{parsed.netloc}{AZURE_API_PATH}"
 
 
 def webhook_url(url: str) -> None:

@@ -7,7 +7,7 @@ path and a test never sees the shell's variables.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,14 +32,22 @@ def variables(name: str, field: FieldInfo) -> tuple[str, ...]:
 
 
 def read(
-    settings_cls: type[BaseSettings], env: Mapping[str, str], env_file: Path | None
+    settings_cls: type[BaseSettings],
+    env: Mapping[str, str],
+    env_file: Path | None,
+    ignore: Collection[str] = (),
 ) -> dict[str, Any]:
-    """The fields ``env`` sets, with ``env_file``'s variables where ``env`` has none."""
+    """The fields ``env`` sets, with ``env_file``'s variables where ``env`` has none.
+
+    Variables named in ``ignore`` (any case) are left out, wherever they are set.
+    """
     # An empty variable is an unset one (``BROKER_PORT=`` in a compose file), so a .env value
     # still applies under it.
     given = {name: value for name, value in env.items() if value != ""}
     merged = _dotenv(env_file) | given if env_file is not None else given
-    return _Variables(settings_cls, merged)()
+    ignored = {name.lower() for name in ignore}
+    kept = {name: value for name, value in merged.items() if name.lower() not in ignored}
+    return _Variables(settings_cls, kept)()
 
 
 class _Variables(EnvSettingsSource):
