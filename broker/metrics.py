@@ -56,6 +56,8 @@ class ProviderOperation(enum.StrEnum):
     """The provider request that failed (label ``operation``)."""
 
     CREATE_CALL = "create_call"
+    CLIENT_SECRET = "client_secret"
+    """Azure's first offer step: minting the ephemeral key the call is created with."""
     HANGUP = "hangup"
     SIDEBAND_ATTACH = "sideband_attach"
     OTHER = OTHER

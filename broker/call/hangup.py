@@ -27,8 +27,13 @@ async def hang_up(provider: Provider, call_id: str, *, attempts: int = HANGUP_AT
     Timeouts, unreachable providers and 5xx answers are retried up to ``attempts`` times,
     with a growing pause; a 4xx other than 404 is not. Failures are logged, never raised.
     An instance that no longer owns the call (:func:`~broker.call.ownership.may_act_now`)
-    does not hang it up (``False``).
+    does not hang it up (``False``), nor does a provider without the ``hangup`` capability.
     """
+    if not provider.capabilities.hangup:
+        logger.warning(
+            "hangup not sent: provider %s cannot end calls call_id=%s", provider.name, call_id
+        )
+        return False
     if not await may_act_now():
         logger.warning("hangup not sent: this broker no longer owns call_id=%s", call_id)
         return False

@@ -146,7 +146,12 @@ class SessionService:
             self._deadlines,
             ownership,
         )
-        self._bridge = Bridge(dispatcher, settings.bridge_wait_timeout, self._bridge_at_owner)
+        self._bridge = Bridge(
+            dispatcher,
+            settings.bridge_wait_timeout,
+            self._bridge_at_owner,
+            page_sees_function_calls=provider.capabilities.page_sees_function_calls,
+        )
         self._calls = CallActions(sessionmaker, provider, supervisor, metrics, ownership)
         ownership.bind(self)
 
@@ -250,7 +255,7 @@ class SessionService:
             ForbiddenError: the key lacks ``sessions:create``.
             RateLimitedError: ``rate_limited``: this key created too many sessions just now.
             ValidationFailedError: ``unknown_tool``, ``limit_exceeds_ceiling``,
-                ``transcription_model_required``.
+                ``transcription_model_required``, ``provider_lacks_capability``.
         """
         principal.require(Scope.SESSIONS_CREATE)
         retry_after = await self._create_limiter.take(principal.key_id)
@@ -266,6 +271,7 @@ class SessionService:
             raise ValidationFailedError(
                 "unknown_tool", f"unknown tool(s): {', '.join(sorted(unknown))}", tools=unknown
             )
+        self._check_capabilities(request)
         row = SessionRow(
             id=new_session_id(),
             owner_key_id=principal.key_id,
@@ -313,6 +319,32 @@ class SessionService:
             row.sideband_enabled,
         )
         return CreatedSession(row=row, client_secret=token, expires_at=expires_at)
+
+    def _check_capabilities(self, request: CreateSessionRequest) -> None:
+        """Refuse a session that relies on what the provider cannot do.
+
+        Raises:
+            ValidationFailedError: ``provider_lacks_capability``, naming the ``capability``.
+        """
+        capabilities = self._provider.capabilities
+        if request.sideband and not capabilities.sideband:
+            missing, why = "sideband", 'create the session with "sideband": false'
+        elif not request.sideband and request.tools and not capabilities.page_sees_function_calls:
+            # A bridge-only session's tools run only when the page relays the model's calls,
+            # which this provider never shows it (Azure's webrtcfilter).
+            missing, why = (
+                "page_sees_function_calls",
+                "its page never sees the model's function calls, so a session with tools needs"
+                ' "sideband": true',
+            )
+        else:
+            return
+        raise ValidationFailedError(
+            "provider_lacks_capability",
+            f"provider {self._provider.name} cannot serve this session: {why}",
+            capability=missing,
+            provider=self._provider.name,
+        )
 
     def _resolve_limits(self, requested: LimitsRequest) -> SessionLimits:
         """The session's limits: requested values, never above the settings' ceilings.

@@ -62,6 +62,9 @@ class Bridge:
         dispatcher: the once-only pipeline both paths share.
         wait_timeout: how long a relayed call waits for the sideband's (or a racing
             request's) result.
+        page_sees_function_calls: the provider's capability: without it (Azure's
+            ``webrtcfilter=on``) a page never sees the model's calls, so none it relays is
+            run.
     """
 
     def __init__(
@@ -69,10 +72,13 @@ class Bridge:
         dispatcher: ToolDispatcher,
         wait_timeout: float,
         at_owner: AtOwner | None = None,
+        *,
+        page_sees_function_calls: bool = True,
     ) -> None:
         self._dispatcher = dispatcher
         self._wait_timeout = wait_timeout
         self._at_owner = at_owner
+        self._page_sees_function_calls = page_sees_function_calls
 
     async def run_here(
         self, row: SessionRow, call_id: str, tool: str, arguments: str
@@ -103,7 +109,9 @@ class Bridge:
         While a session's sideband is starting or connected, the sideband is the only executor:
         the bridge waits (bounded) for its result and returns it, so a browser cannot run a call
         the model did not make. Only a bridge-only session, or one whose sideband failed or
-        closed, has the bridge run the call, through the same once-only pipeline.
+        closed, has the bridge run the call, through the same once-only pipeline, and only
+        on a provider whose page sees the model's function calls: elsewhere the page cannot
+        have seen the call it relays, so the bridge refuses to be the executor.
 
         ``browser`` comes unchecked for expiry: the token that made the offer stays good here
         while its call is live (a call outlives a client secret's few minutes); any other
@@ -113,7 +121,9 @@ class Bridge:
             UnauthorizedError (``token_expired``), NotFoundError (``call_not_found``),
             ConflictError (``session_not_live``, ``call_arguments_mismatch``),
             ForbiddenError (``tool_not_allowed``: not in the session's allowlist),
-            ValidationFailedError (the dispatcher rejected the call).
+            ValidationFailedError (``provider_lacks_capability``: the bridge would run the
+            call on a provider whose page sees no function calls; or the dispatcher
+            rejected the call).
         """
         call_running = row.state in CALL_RUNNING_STATES
         offer_token_of_live_call = call_running and row.offer_jti == browser.token_id
@@ -155,6 +165,22 @@ class Bridge:
                     "the sideband has not seen this call from the model",
                 )
             return outcome
+        if not self._page_sees_function_calls:
+            # Under Azure's webrtcfilter the model's function calls never reach the page, so
+            # a call it relays cannot be one it saw the model make. A lost sideband's calls
+            # wait for its re-attach (the resync finds them).
+            logger.warning(
+                "bridge refused: the page sees no function calls on this provider"
+                " session_id=%s sideband=%s",
+                row.id,
+                row.sideband_state,
+            )
+            raise ValidationFailedError(
+                "provider_lacks_capability",
+                "this provider does not show the model's function calls to the page, so the"
+                " bridge cannot run them; the sideband runs every tool call",
+                capability="page_sees_function_calls",
+            )
         if self._at_owner is not None:
             # A call another instance owns is run there, where its limits are kept.
             outcome = await self._at_owner(row, request.call_id, tool, arguments)
