@@ -1,4 +1,4 @@
-"""``rate_limits.updated``: a per-call sliding window of requests and tokens."""
+"""``rate_limits.updated``: a per-call sliding window of tokens."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ from collections.abc import Callable
 from typing import Any, Final
 
 WINDOW_S: Final = 60.0
-REQUEST_LIMIT: Final = 5_000  # [inferred] plausible tier values; nothing is enforced
-TOKEN_LIMIT: Final = 800_000
+TOKEN_LIMIT: Final = 15_000_000  # the value in recorded traffic; nothing is enforced
 
 
 class RateLimits:
-    """What the call has used in the last minute, reported after every response."""
+    """The tokens the call has used in the last minute, reported after every response.
+
+    Recorded traffic lists only ``tokens`` (no ``requests`` entry, docs/protocol.md §0).
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -28,12 +30,6 @@ class RateLimits:
         reset = round(max(0.0, WINDOW_S - (now - self._used[0][0])), 3)
         used_tokens = sum(tokens for _, tokens in self._used)
         return [
-            {
-                "name": "requests",
-                "limit": REQUEST_LIMIT,
-                "remaining": max(0, REQUEST_LIMIT - len(self._used)),
-                "reset_seconds": reset,
-            },
             {
                 "name": "tokens",
                 "limit": TOKEN_LIMIT,

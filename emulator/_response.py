@@ -49,7 +49,6 @@ class ResponseHost(Protocol):
 class _InProgress:
     item: dict[str, Any]
     output_index: int
-    previous_item_id: str | None
     arguments_done: bool = False
     part: dict[str, Any] | None = field(default=None)
 
@@ -165,7 +164,7 @@ class ResponseRun:
         output_index = len(self._output)
         self._output.append(item)
         previous = self._host.append_item(item)
-        self._current = _InProgress(item, output_index, previous)
+        self._current = _InProgress(item, output_index)
         self._emit(
             "response.output_item.added",
             response_id=self.response_id,
@@ -180,9 +179,8 @@ class ResponseRun:
         if current is None:
             return
         current.item["status"] = status
-        self._host.broadcast(
-            item_event("conversation.item.done", current.item, current.previous_item_id)
-        )
+        # Recorded traffic: .done of a model item names no predecessor; only .added does.
+        self._host.broadcast(item_event("conversation.item.done", current.item, None))
         self._emit(
             "response.output_item.done",
             response_id=self.response_id,

@@ -74,7 +74,7 @@ def default_session(model: str) -> dict[str, Any]:
             },
             "output": {
                 "format": {"type": "audio/pcm", "rate": 24000},
-                "voice": "marin",
+                "voice": "alloy",  # recorded traffic: the voice when none is set
                 "speed": 1.0,
             },
         },

@@ -29,7 +29,7 @@ from .settings import EmulatorSettings
 from .sideband import sideband_handler
 
 # The /v1 route's multipart parser: the bench route takes the same parts with the same checks.
-from .signaling import _read_multipart, hangup_call, read_json_object
+from .signaling import _read_multipart, hangup_call, read_json_object, sdp_answer
 
 logger = logging.getLogger(__name__)
 
@@ -379,9 +379,7 @@ async def create_bench_call(request: web.Request) -> web.Response:
         logger.info("call %s created (sideband only) model=%s", call.call_id, session.get("model"))
     else:
         call, answer = await registry.create_call(sdp, session)
-    return web.Response(
-        status=201, text=answer, content_type="application/sdp", headers={"Location": call.location}
-    )
+    return sdp_answer(answer, call.location)
 
 
 def add_bench_routes(router: web.UrlDispatcher) -> None:

@@ -21,6 +21,7 @@ _BOOL_SWITCHES: Final = (
     "provider_item_ids",
     "keep_instructions_on_empty",
     "single_sideband",
+    "hangup_answers_after_close",
 )
 MAX_DELAY_MS: Final = 600_000  # ten minutes: longer only hides a typo until a test times out
 
@@ -139,6 +140,9 @@ class FaultConfig:
         single_sideband: a call has one sideband at a time: a new attach closes the earlier
             ones (code 1000), as KugelAudio documents; OpenAI documents no limit
             (docs/protocol.md §2.3), and the default serves every attached sideband.
+        hangup_answers_after_close: a hangup's ``200`` comes only once the sidebands and the
+            peer are closed, instead of as termination begins (the spec's "returns 200 OK
+            when OpenAI begins terminating", docs/protocol.md §0, unseen in traffic).
 
     Raises:
         FaultValueError: a value has the wrong type or is out of range.
@@ -159,6 +163,7 @@ class FaultConfig:
     missing_item_error_code: str = "item_not_found"
     keep_instructions_on_empty: bool = False
     single_sideband: bool = False
+    hangup_answers_after_close: bool = False
 
     def __post_init__(self) -> None:
         for name in _BOOL_SWITCHES:
@@ -223,6 +228,7 @@ class FaultConfig:
             "missing_item_error_code": self.missing_item_error_code,
             "keep_instructions_on_empty": self.keep_instructions_on_empty,
             "single_sideband": self.single_sideband,
+            "hangup_answers_after_close": self.hangup_answers_after_close,
         }
 
     def merged(self, changes: Mapping[str, Any]) -> FaultConfig:

@@ -16,6 +16,9 @@ class EmulatorSettings:
     Attributes:
         api_key: the one standard key accepted as ``Authorization: Bearer <key>`` on every
             route. Excluded from ``repr`` so it never lands in logs.
+        ephemeral_sideband_delay: seconds a sideband handshake made with a client secret
+            waits before its ``404 call_id_not_found`` (the real service was seen answering
+            it only after a while); tests make it short.
         sideband_ready_delay: seconds after call creation during which a sideband handshake
             gets ``404 call_id_not_found``, emulating the race right after ``/calls``
             (docs/protocol.md §2.5 item 6). The ``sideband_unavailable_ms`` fault does the same
@@ -46,6 +49,7 @@ class EmulatorSettings:
     replay_session_created_to_sideband: bool = False
     speech: SpeechEngine = "auto"
     faults: FaultConfig = field(default_factory=FaultConfig)
+    ephemeral_sideband_delay: float = 1.0
     heard_default: str = "Hello, can you help me?"
     transcription_delay: float = 0.05
     flavor: Flavor = "openai"

@@ -16,7 +16,7 @@ from typing import Final
 from aiohttp import WSMsgType, web
 
 from ._auth import bearer_is_client_secret, require_api_key
-from ._keys import CALL_REGISTRY, FAULTS
+from ._keys import CALL_REGISTRY, FAULTS, SETTINGS
 from ._links import AbortRequest, CloseRequest, Outgoing, SidebandLink
 from .calls import Call
 from .errors import EmulatorError, call_not_found, injected_failure
@@ -40,15 +40,17 @@ async def sideband_handler(request: web.Request) -> web.StreamResponse:
     """Attach a sideband to a live call.
 
     Refused before the upgrade with 401 ``invalid_api_key`` for a bad key, and with 404
-    ``call_id_not_found`` for a client secret, an unknown or ended call, or one younger
-    than ``sideband_ready_delay`` or the ``sideband_unavailable_ms`` fault. Returns when
+    ``call_id_not_found`` for a client secret (after ``ephemeral_sideband_delay``), an
+    unknown or ended call, or one younger than ``sideband_ready_delay`` or the
+    ``sideband_unavailable_ms`` fault. Returns when
     either side closes the socket, or when a fault aborts it; ending the call closes it with
     the call's close code.
     """
     call_id = request.query.get("call_id", "")
     if bearer_is_client_secret(request):
         # What the real service was seen answering an ephemeral-key sideband (docs/protocol.md
-        # §2.5 item 1): the call "does not exist" for that credential.
+        # §2.5 item 1): the call "does not exist" for that credential, and only after a while.
+        await asyncio.sleep(request.app[SETTINGS].ephemeral_sideband_delay)
         raise call_not_found(call_id)
     require_api_key(request)
     faults = request.app[FAULTS]

@@ -180,7 +180,8 @@ async def create_call(request: web.Request) -> web.Response:
     part content types) or a raw ``application/sdp`` body. The session is, with the standard
     key, the posted one over the defaults (``?model=`` is the fallback model); with a client
     secret, the secret's session with the posted one merged in. The answer has
-    ``Content-Type: application/sdp`` and ``Location: /v1/realtime/calls/<call_id>`` (no
+    ``Content-Type: text/plain; charset=utf-8`` (as recorded from OpenAI and Azure, not
+    ``application/sdp``) and ``Location: /v1/realtime/calls/<call_id>`` (no
     ``/openai`` prefix in the ``azure`` flavour either, as Azure answers). On Azure only a
     client secret creates calls, and ``?webrtcfilter=on`` limits the call's data channel to
     :data:`~emulator._flavors.WEBRTC_FILTER_EVENTS`.
@@ -227,17 +228,31 @@ async def create_call(request: web.Request) -> web.Response:
     call, answer = await registry.create_call(
         sdp, effective, page_events=WEBRTC_FILTER_EVENTS if filtered else None
     )
+    return sdp_answer(answer, call.location)
+
+
+def sdp_answer(answer: str, location: str) -> web.Response:
+    """The ``201`` of ``/calls``: the answer SDP and the call's ``Location``.
+
+    The SDP goes as ``text/plain; charset=utf-8``, the type the real service labels it with
+    (docs/protocol.md §0), not ``application/sdp``.
+    """
     return web.Response(
         status=201,
         text=answer,
-        content_type="application/sdp",
-        headers={"Location": call.location},
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"Location": location},
     )
 
 
-async def hangup_call(request: web.Request) -> web.Response:
-    """End a call; ``200`` with an empty JSON object once it is ended.
+async def hangup_call(request: web.Request) -> web.StreamResponse:
+    """End a call; ``200`` with an empty JSON object as termination begins.
 
+    The spec says hangup "returns 200 OK when OpenAI begins terminating": the answer is sent
+    first, then the sidebands (code 1000) and the peer are closed, so a client may still read
+    events after the 200. The ``hangup_answers_after_close`` fault restores the opposite
+    order (the 200 once everything is closed).
     The SDK sends an empty body with ``Content-Type: application/json``; the body is ignored.
     Hanging up again after a hangup is a no-op (200); a call that ended any other way (the
     browser left, the provider ended it) is gone, so it gets the 404.
@@ -251,8 +266,21 @@ async def hangup_call(request: web.Request) -> web.Response:
     call = request.app[CALL_REGISTRY].get(call_id)
     if call is None or (call.ended and call.end_reason != "hangup"):
         raise call_not_found(call_id)
-    failure = request.app[FAULTS].take_hangup_error()
+    faults = request.app[FAULTS]
+    failure = faults.take_hangup_error()
     if failure is not None:
         raise injected_failure(failure)
-    await call.end("hangup")
-    return web.json_response({})
+    if faults.current.hangup_answers_after_close:
+        await call.end("hangup")
+        logger.info("call %s: hangup answered", call.call_id)
+        return web.json_response({})
+    response = web.json_response({})
+    await response.prepare(request)
+    await response.write_eof()
+    logger.info("call %s: hangup answered", call.call_id)
+    # The answer is on the wire; an error from here on can only be logged.
+    try:
+        await call.end("hangup")
+    except Exception:
+        logger.exception("call %s: ending after hangup failed", call.call_id)
+    return response

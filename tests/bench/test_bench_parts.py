@@ -61,7 +61,7 @@ async def test_sideband_only_call_runs_a_tool_round_over_its_sideband(
     async with aiohttp.ClientSession() as http:
         resp = await _create_call(http, bench_emulator, SIDEBAND_ONLY_OFFER)
         assert resp.status == 201
-        assert resp.content_type == "application/sdp"
+        assert resp.headers["Content-Type"] == "text/plain; charset=utf-8"  # as /v1 answers
         call_id = resp.headers["Location"].rsplit("/", 1)[-1]
         call = bench_emulator.registry.get(call_id)
         assert isinstance(call, SidebandOnlyCall)

@@ -64,7 +64,9 @@ ENTRA_STAND_IN = {"Authorization": f"Bearer {KEY}"}
 @pytest.fixture
 async def azure() -> AsyncIterator[RunningEmulator]:
     """The emulator in its Azure flavour; every server event it sent is validated."""
-    running = await start_emulator(EmulatorSettings(api_key=KEY, flavor="azure"))
+    running = await start_emulator(
+        EmulatorSettings(api_key=KEY, flavor="azure", ephemeral_sideband_delay=0.05)
+    )
     yield running
     await running.close()
     assert_conformant(running)
@@ -107,6 +109,7 @@ async def offer_call(
     )
     assert status == 201, answer
     assert location is not None and AZURE_CALL_LOCATION.fullmatch(location), location
+    assert answer.startswith("v=0")
     await browser.accept_answer(answer)
     await browser.wait_open()
     return location.rsplit("/", 1)[-1]
@@ -270,6 +273,7 @@ async def test_openai_sdk_against_the_azure_flavour(
             )
     assert raw.status_code == 201
     assert AZURE_CALL_LOCATION.fullmatch(raw.headers["location"])
+    assert raw.headers["content-type"] == "text/plain; charset=utf-8"  # as Azure answers
     await browser.accept_answer(raw.text)
     await browser.wait_open()
     created = await browser.wait_for("session.created")

@@ -38,6 +38,7 @@ from tests.support.servers import (
     create_client_secret,
     post_offer,
     request_json,
+    start_emulator,
 )
 
 KEY = PROVIDER_KEY  # the shared `emulator` fixture (tests/conftest.py) uses it
@@ -78,7 +79,7 @@ async def test_client_secret_defaults_and_shape(
     assert re.fullmatch(r"ek_[0-9a-f]{32}", body["value"])
     assert before + 600 - 2 <= body["expires_at"] <= time.time() + 600
     assert body["session"]["model"] == "gpt-realtime"
-    assert body["session"]["audio"]["output"]["voice"] == "marin"
+    assert body["session"]["audio"]["output"]["voice"] == "alloy"
 
     shaped = await create_client_secret(
         http,
@@ -274,6 +275,37 @@ async def test_client_secret_is_refused_beyond_calls(
     call = emulator.registry.get(call_id)
     assert call is not None
     assert not call.ended and call.sideband_attaches == []
+
+
+async def test_a_client_secret_sideband_is_refused_only_after_a_while(
+    http: aiohttp.ClientSession, browser: FakeBrowser
+) -> None:
+    """The real service was seen answering an ephemeral-key sideband only after a while: the
+    404 call_id_not_found comes no sooner than ``ephemeral_sideband_delay``."""
+    delay = 0.3
+    emulator = await start_emulator(EmulatorSettings(api_key=KEY, ephemeral_sideband_delay=delay))
+    try:
+        value = (await create_client_secret(http, emulator))["value"]
+        status, answer, location = await post_offer(
+            http, emulator, await browser.create_offer(), bearer=value, raw=True
+        )
+        assert status == 201 and location is not None
+        call_id = location.rsplit("/", 1)[-1]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        status, body = await request_json(
+            http,
+            emulator,
+            "GET",
+            f"/v1/realtime?call_id={call_id}",
+            None,
+            headers={"Authorization": f"Bearer {value}"},
+        )
+        waited = loop.time() - started
+        assert (status, body["error"]["code"]) == (404, "call_id_not_found")
+        assert waited >= delay  # a lower bound only: the server sleeps at least this long
+    finally:
+        await emulator.close()
 
 
 async def test_expired_secret_cannot_start_calls_but_its_calls_go_on(

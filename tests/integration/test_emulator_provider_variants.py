@@ -9,12 +9,19 @@ sideband on loopback, off and on: the broker's own tests then run under both.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiohttp
 import pytest
 
 from tests.support.browser import FakeBrowser
-from tests.support.servers import RunningEmulator, SidebandProbe, open_call, set_faults
+from tests.support.servers import (
+    RunningEmulator,
+    SidebandProbe,
+    open_call,
+    request_json,
+    set_faults,
+)
 
 PAGE_NOTE = {
     "type": "message",
@@ -156,3 +163,59 @@ async def test_empty_instructions_clear_unless_the_provider_keeps_them(
         await sideband.close()
     finally:
         await browser.close()
+
+
+async def hang_up(http: aiohttp.ClientSession, emulator: RunningEmulator, call_id: str) -> int:
+    status, _ = await request_json(
+        http, emulator, "POST", f"/v1/realtime/calls/{call_id}/hangup", None
+    )
+    return status
+
+
+def hangup_log(caplog: pytest.LogCaptureFixture, call_id: str) -> list[str]:
+    """The emulator's log lines about the call's end, in the order it wrote them."""
+    marks = ("hangup answered", "detached", "ended reason=hangup")
+    return [
+        mark
+        for record in caplog.records
+        if record.name.startswith("emulator") and call_id in record.getMessage()
+        for mark in marks
+        if mark in record.getMessage()
+    ]
+
+
+@pytest.mark.parametrize("switched", [False, True])
+async def test_hangup_answers_as_termination_begins_unless_switched(
+    http: aiohttp.ClientSession,
+    emulator: RunningEmulator,
+    browser: FakeBrowser,
+    caplog: pytest.LogCaptureFixture,
+    switched: bool,
+) -> None:
+    """Hangup "returns 200 OK when OpenAI begins terminating" (the spec): the emulator answers,
+    then ends the call and closes the sideband (1000). ``hangup_answers_after_close``: the
+    answer comes only once the sideband is closed and the call has ended."""
+    caplog.set_level(logging.INFO, logger="emulator")
+    await set_faults(http, emulator, hangup_answers_after_close=switched)
+    call_id = await open_call(http, emulator, browser)
+    call = emulator.registry.get(call_id)
+    assert call is not None
+    sideband = await SidebandProbe.connect(http, emulator, call_id)
+    [link] = call.sidebands
+    closing = asyncio.create_task(sideband.wait_closed(), name="sideband-wait-closed")
+    try:
+        assert await hang_up(http, emulator, call_id) == 200
+        if switched:
+            assert call.ended and call.sidebands == []
+        assert (await closing).data == 1000
+        async with asyncio.timeout(5):
+            await link.detached.wait()
+    finally:
+        closing.cancel()
+        await sideband.close()
+    assert (call.ended, call.end_reason, call.sidebands) == (True, "hangup", [])
+    if switched:
+        expected = ["ended reason=hangup", "detached", "hangup answered"]
+    else:
+        expected = ["hangup answered", "ended reason=hangup", "detached"]
+    assert hangup_log(caplog, call_id) == expected

@@ -143,4 +143,4 @@ async def test_sdk_raw_sdp_form_uses_default_session(
     validate_server_event(created)
     assert created["session"]["model"] == "gpt-realtime"
     assert created["session"]["tools"] == []
-    assert created["session"]["audio"]["output"]["voice"] == "marin"
+    assert created["session"]["audio"]["output"]["voice"] == "alloy"

@@ -91,7 +91,8 @@ async def emulator() -> AsyncIterator[RunningEmulator]:
 async def test_offer_answer_and_session_created(
     emulator: RunningEmulator, http: aiohttp.ClientSession, browser: FakeBrowser
 ) -> None:
-    """/calls answers 201 + Location + sendrecv SDP; the channel opens; session.created is first."""
+    """/calls answers 201 + Location + sendrecv SDP labelled text/plain; charset=utf-8 (as
+    recorded); the channel opens; session.created is first."""
     offer = await browser.create_offer()
     async with asyncio.timeout(5):
         response = await http.post(
@@ -101,7 +102,7 @@ async def test_offer_answer_and_session_created(
         )
         answer = await response.text()
     assert response.status == 201
-    assert response.content_type == "application/sdp"
+    assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
     location = response.headers["Location"]
     assert re.fullmatch(r"/v1/realtime/calls/rtc_u1_[0-9a-f]{32}", location)
     assert answer.startswith("v=0")
@@ -179,8 +180,16 @@ async def test_function_call_round_trip_fans_out_to_sidebands(
         user_item = from_browser[0]["item"]
         assert from_browser[0]["previous_item_id"] is None
         assert from_browser[4]["previous_item_id"] == user_item["id"]  # the model's item
+        # Its .done names no predecessor, as recorded from the real service.
+        model_done = [e for e in from_browser if e["type"] == "conversation.item.done"][1]
+        assert model_done["item"]["type"] == "function_call"
+        assert model_done["previous_item_id"] is None
         usage = done["response"]["usage"]
         assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] > 0
+        # After response.done, and (as recorded) only the token budget.
+        [limit] = by_type["rate_limits.updated"]["rate_limits"]
+        assert limit["name"] == "tokens"
+        assert limit["remaining"] == limit["limit"] - usage["total_tokens"]
 
         await first.send(
             {

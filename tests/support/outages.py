@@ -24,6 +24,7 @@ ALL_PROVIDER_SWITCHES: Final[dict[str, Any]] = {
     "missing_item_error_code": "invalid_value",
     "keep_instructions_on_empty": True,
     "single_sideband": True,
+    "hangup_answers_after_close": True,
 }
 """Every provider behaviour the emulator can switch (docs/protocol.md §0), each the other way."""
 

@@ -71,7 +71,7 @@ def test_initial_session_defaults_and_model_precedence() -> None:
     assert session["id"].startswith("sess_")
     assert session["model"] == "gpt-realtime"
     assert session["output_modalities"] == ["audio"]
-    assert session["audio"]["output"]["voice"] == "marin"
+    assert session["audio"]["output"]["voice"] == "alloy"  # recorded: the unset default
     assert initial_session(None, "gpt-realtime-mini")["model"] == "gpt-realtime-mini"
     posted = {"type": "realtime", "model": "gpt-realtime-2"}
     assert initial_session(posted, "gpt-realtime-mini")["model"] == "gpt-realtime-2"
