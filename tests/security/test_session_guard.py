@@ -295,6 +295,12 @@ OWNED_CHANGES = [
     pytest.param({"tracing": "auto"}, id="tracing"),
     pytest.param({"parallel_tool_calls": False}, id="parallel_tool_calls-not-in-baseline"),
     pytest.param({"audio.output.voice": "ash"}, id="voice"),
+    # Input transcription (on by default): what the transcript and the bill are made of.
+    pytest.param({"audio.input.transcription": None}, id="transcription-off"),
+    pytest.param(
+        {"audio.input.transcription": {"model": "whisper-1", "language": "fr", "prompt": None}},
+        id="transcription-changed",
+    ),
     pytest.param(
         {"max_output_tokens": 64, "output_modalities": ["text"], "truncation": "disabled"},
         id="several",

@@ -16,9 +16,12 @@ from tests.support.broker_server import RunningBroker
 from tests.support.browser import FakeBrowser
 
 
-async def connect_browser(broker: RunningBroker, session: dict[str, Any]) -> FakeBrowser:
-    """A FakeBrowser whose offer went through the broker and whose channel is open."""
-    browser = FakeBrowser()
+async def connect_browser(
+    broker: RunningBroker, session: dict[str, Any], browser: FakeBrowser | None = None
+) -> FakeBrowser:
+    """A FakeBrowser (``browser``, say one with a microphone, or a new one) whose offer went
+    through the broker and whose channel is open; closed if that fails."""
+    browser = browser or FakeBrowser()
     try:
         reply = await broker.offer(session, await browser.create_offer())
         assert reply.status == 201, reply.text

@@ -18,6 +18,7 @@ const RUNNING = new Set(["live", "degraded"]);
 const ENDED = new Set(["ended", "failed"]);
 const STATES = ["created", "offered", "live", "degraded", "ended", "failed"];
 const OUTCOMES = ["succeeded", "failed", "denied", "cancelled", "running", "pending"];
+const TRANSCRIPTION_EVENTS = "conversation.item.input_audio_transcription.";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -520,6 +521,10 @@ function summarize(type, p) {
     }
     case "error":
       return `${p.error?.code ?? p.error?.type ?? "error"}: ${p.error?.message ?? ""}`;
+    case "conversation.item.input_audio_transcription.completed":
+      return `user said: ${p.transcript ?? ""}`;
+    case "conversation.item.input_audio_transcription.failed":
+      return `transcription failed: ${p.error?.code ?? p.error?.type ?? "error"}`;
     case "session.created":
     case "session.updated":
     case "session.update": {
@@ -534,6 +539,14 @@ function summarize(type, p) {
   if (type.endsWith(".delta") && p.delta !== undefined) return typeof p.delta === "string" ? p.delta : JSON.stringify(p.delta);
   if (p.response?.status) return `response ${p.response.status}`;
   return plain(p);
+}
+
+// A spoken turn's words are input transcription's, and come after the turn: say when the
+// ones shown are not (yet) all of them.
+function lineNote(entry) {
+  if (entry.transcription === "failed") return h("span", { class: "note", text: "not transcribed: the transcription failed" });
+  if (entry.partial) return h("span", { class: "note", text: "… still being transcribed" });
+  return null;
 }
 
 function isToolEvent(type, p) {
@@ -675,9 +688,17 @@ class SessionWatch {
             )
           : h(
               "li",
-              { class: "line", data: { role: entry.role } },
+              {
+                class: "line",
+                data: {
+                  role: entry.role,
+                  partial: entry.partial ? "true" : undefined,
+                  transcription: entry.transcription,
+                },
+              },
               h("span", { class: "who", text: entry.role }),
-              h("span", { text: entry.text }),
+              h("span", { class: "words", text: entry.text }),
+              lineNote(entry),
             ),
       ),
     );
@@ -838,7 +859,8 @@ class SessionWatch {
     ui.timeline.append(row);
     while (ui.timeline.childElementCount > MAX_TIMELINE) ui.timeline.firstElementChild.remove();
     if (follow) ui.timeline.scrollTop = ui.timeline.scrollHeight;
-    if (!type.endsWith(".delta")) this.refreshSoon();
+    // A transcription's deltas are a spoken turn's words so far: the transcript shows them.
+    if (!type.endsWith(".delta") || type.startsWith(TRANSCRIPTION_EVENTS)) this.refreshSoon();
   }
 
   // ------------------------------------------------------------ actions
