@@ -396,8 +396,9 @@ class Settings(BaseSettings):
         ge=0,
         le=1_000_000,
         description="coalescible events (high-rate traffic such as rate-limit and buffer"
-        " notices; deltas are never stored) one session's log stores; the rest are dropped and"
-        " counted (kept events are never capped)",
+        " notices, and input transcription's deltas; other deltas are never stored) one"
+        " session's log stores; the rest are dropped and counted (kept events are never"
+        " capped)",
     )
     event_log_max_pending: int = Field(
         50_000,
