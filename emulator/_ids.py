@@ -7,7 +7,10 @@ that logs or pattern-matches them sees familiar shapes.
 from __future__ import annotations
 
 import secrets
+import string
 import uuid
+
+_BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 
 
 def _hex(nbytes: int) -> str:
@@ -17,12 +20,12 @@ def _hex(nbytes: int) -> str:
 def new_call_id(flavor: str = "openai") -> str:
     """Return a call id for the provider ``flavor`` plays.
 
-    OpenAI: ``rtc_u1_<32 hex>`` (the guide's shape, [inferred]); Azure: ``rtc_<32 hex>``
-    (recorded Azure traffic, docs/protocol.md §0).
+    OpenAI: ``rtc_u2_<21 base62>``; Azure: ``rtc_<32 hex>`` (both as recorded real traffic
+    shows them, docs/protocol.md §0).
     """
     if flavor == "azure":
         return f"rtc_{uuid.uuid4().hex}"
-    return f"rtc_u1_{uuid.uuid4().hex}"
+    return "rtc_u2_" + "".join(secrets.choice(_BASE62) for _ in range(21))
 
 
 def new_event_id() -> str:

@@ -192,7 +192,7 @@ async def test_secret_starts_raw_sdp_calls_with_its_session(
             )
             assert status == 201, answer
             assert location is not None
-            assert re.fullmatch(r"/v1/realtime/calls/rtc_u1_[0-9a-f]{32}", location)
+            assert re.fullmatch(r"/v1/realtime/calls/rtc_u2_[0-9A-Za-z]{21}", location)
             created = await connect_call(peer, answer, timeout=5)
             validate_server_event(created)
             call = emulator.registry.get(location.rsplit("/", 1)[-1])
@@ -386,7 +386,7 @@ async def test_sdk_client_secret_and_ephemeral_call(
                 )
             assert raw.status_code == 201
             location = raw.headers["location"]
-            assert re.fullmatch(r"/v1/realtime/calls/rtc_u1_[0-9a-f]{32}", location)
+            assert re.fullmatch(r"/v1/realtime/calls/rtc_u2_[0-9A-Za-z]{21}", location)
             created = await connect_call(browser, raw.text, timeout=5)
             assert created["session"]["instructions"] == "Be brief."
             assert created["session"]["tools"] == [LOOKUP_ORDER]
