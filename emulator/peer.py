@@ -121,10 +121,23 @@ class Peer:
         return self._channel is not None and self._channel.readyState == "open"
 
     def send(self, text: str) -> bool:
-        """Send one text message on the data channel; return False if it is not open."""
+        """Send one text message on the data channel; return False if it did not go.
+
+        A message longer than the browser's ``a=max-message-size`` (256 KiB from Chrome and
+        aiortc) cannot go on the channel at all; it is dropped for the page alone, so the
+        fan-out still reaches every sideband (emulator/README.md [inferred] 25).
+        """
         if not self.channel_open:
             return False
-        self._channel.send(text)
+        try:
+            self._channel.send(text)
+        except ValueError:
+            logger.warning(
+                "peer %s: a %d-character event exceeds the browser's message size; not sent",
+                self._name,
+                len(text),
+            )
+            return False
         return True
 
     @property

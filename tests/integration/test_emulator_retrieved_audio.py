@@ -125,3 +125,36 @@ async def test_a_spoken_turn_is_retrieved_with_audio_of_at_least_its_speech(
             await sideband.close()
     finally:
         await browser.close()
+
+
+async def test_an_answer_too_large_for_the_data_channel_still_reaches_the_sidebands(
+    emulator: RunningEmulator, http: aiohttp.ClientSession
+) -> None:
+    """A browser takes data channel messages of at most 256 KiB (its ``a=max-message-size``),
+    and the retrieve of a few seconds of audio is larger. The page goes without that one
+    event (emulator/README.md [inferred] 25); the sideband still gets it, and the page the
+    events after it. (Once the whole fan-out failed, and the sideband got ``server_error``.)"""
+    browser = FakeBrowser(mic=MutedMic())
+    try:
+        session = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
+        call_id = await open_call(http, emulator, browser, session)
+        sideband = await SidebandProbe.connect(http, emulator, call_id)
+        try:
+            appended = bytes(240_000)  # 5 s of 24 kHz PCM16: 320,000 base64 characters
+            await sideband.send(
+                {"type": "input_audio_buffer.append", "audio": base64.b64encode(appended).decode()}
+            )
+            await sideband.send({"type": "input_audio_buffer.commit"})
+            item_id = (await sideband.wait_for("input_audio_buffer.committed"))["item_id"]
+            item = await retrieve(sideband, item_id)
+            assert base64.b64decode(item["content"][0]["audio"]) == appended
+            await sideband.send(
+                {"type": "conversation.item.delete", "item_id": item_id, "event_id": "event_after"}
+            )
+            await browser.wait_for("conversation.item.deleted", lambda e: e["item_id"] == item_id)
+        finally:
+            await sideband.close()
+    finally:
+        await browser.close()
+    assert "conversation.item.retrieved" not in [e["type"] for e in browser.events]
+    assert "error" not in [e["type"] for e in browser.events]
