@@ -52,7 +52,7 @@ async def test_sdk_create_connect_tool_round_trip_and_hangup(
         )
     assert raw.status_code == 201
     location = raw.headers["location"]
-    assert re.fullmatch(r"/v1/realtime/calls/rtc_u1_[0-9a-f]{32}", location)
+    assert re.fullmatch(r"/v1/realtime/calls/rtc_u2_[0-9A-Za-z]{21}", location)
     call_id = location.rstrip("/").rsplit("/", 1)[-1]
     await browser.accept_answer(raw.text)
     await browser.wait_open(5)

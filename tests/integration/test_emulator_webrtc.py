@@ -104,7 +104,7 @@ async def test_offer_answer_and_session_created(
     assert response.status == 201
     assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
     location = response.headers["Location"]
-    assert re.fullmatch(r"/v1/realtime/calls/rtc_u1_[0-9a-f]{32}", location)
+    assert re.fullmatch(r"/v1/realtime/calls/rtc_u2_[0-9A-Za-z]{21}", location)
     assert answer.startswith("v=0")
     assert "a=sendrecv" in answer
     assert "webrtc-datachannel" in answer
