@@ -26,15 +26,17 @@ from typing import Any, Final
 import aiohttp
 from yarl import URL
 
-from sideband.errors import CallNotFoundError, CredentialError, ProviderError
+from sideband.errors import CredentialError, ProviderError
 from sideband.provider import (
     CallAnswer,
     CredentialSource,
     ProviderCapabilities,
     SidebandTarget,
     _error_code,
+    _post_hangup,
+    _post_offer,
     _provider_errors,
-    call_id_from_location,
+    _sideband_url,
 )
 
 logger = logging.getLogger(__name__)
@@ -252,19 +254,7 @@ class AzureOpenAIProvider:
             "Content-Type": "application/sdp",
             "Accept": "application/sdp",
         }
-        with _provider_errors("create_call", self._timeout):
-            async with asyncio.timeout(self._timeout):
-                async with self._http.post(url, data=offer_sdp.encode(), headers=headers) as resp:
-                    if resp.status not in (200, 201):
-                        raise ProviderError(resp.status, await _error_code(resp), "create_call")
-                    answer = await resp.text()
-                    location = resp.headers.get("Location", "")
-        # Azure's Location has no /openai prefix (/v1/realtime/calls/rtc_…): only its last
-        # segment is used.
-        call_id = call_id_from_location(location)
-        if call_id is None:
-            raise ProviderError(resp.status, "missing_location", "create_call")
-        return CallAnswer(call_id=call_id, sdp=answer, location=location)
+        return await _post_offer(self._http, url, offer_sdp.encode(), headers, self._timeout)
 
     async def _client_secret(self, session: Mapping[str, Any]) -> str:
         """An ephemeral key bound to ``session`` (``POST …/realtime/client_secrets``)."""
@@ -288,22 +278,12 @@ class AzureOpenAIProvider:
         return value
 
     async def hangup(self, call_id: str) -> None:
-        url = self._base / "realtime" / "calls" / call_id / "hangup"
         headers = await self._auth("hangup")
-        with _provider_errors("hangup", self._timeout):
-            async with asyncio.timeout(self._timeout):
-                async with self._http.post(url, headers=headers) as resp:
-                    if resp.status == 404:
-                        raise CallNotFoundError(404, await _error_code(resp), "hangup")
-                    if resp.status >= 300:
-                        raise ProviderError(resp.status, await _error_code(resp), "hangup")
+        await _post_hangup(self._http, self._base, call_id, headers, self._timeout)
 
     def sideband_target(self, call_id: str) -> SidebandTarget:
-        # No api-version and no model on the v1 path (docs/protocol.md §0).
-        scheme = {"http": "ws", "https": "wss"}.get(self._base.scheme, self._base.scheme)
-        url = (self._base / "realtime").with_scheme(scheme).with_query(call_id=call_id)
-
         async def dial() -> Mapping[str, str]:
             return await self._auth("sideband_attach")
 
-        return SidebandTarget(url=url, credential=dial)
+        # No api-version and no model on the v1 path (docs/protocol.md §0).
+        return SidebandTarget(url=_sideband_url(self._base, call_id), credential=dial)

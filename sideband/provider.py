@@ -177,6 +177,63 @@ def _provider_errors(operation: str, timeout: float) -> Iterator[None]:
         raise ProviderUnreachableError(operation, "payload error") from exc
 
 
+async def _post_offer(
+    http: aiohttp.ClientSession,
+    url: URL,
+    data: aiohttp.FormData | bytes,
+    headers: Mapping[str, str],
+    seconds: float,
+) -> CallAnswer:
+    """Post an SDP offer to ``…/realtime/calls`` and read the call it created, in ``seconds``.
+
+    Raises:
+        ProviderError: non-2xx answer, or a 2xx without a usable ``Location``.
+        ProviderTimeoutError, ProviderUnreachableError: as for :meth:`Provider.create_call`.
+    """
+    with _provider_errors("create_call", seconds):
+        async with asyncio.timeout(seconds):
+            async with http.post(url, data=data, headers=headers) as resp:
+                if resp.status not in (200, 201):
+                    raise ProviderError(resp.status, await _error_code(resp), "create_call")
+                answer = await resp.text()
+                location = resp.headers.get("Location", "")
+    # Only the last segment is used: Azure's Location has no /openai prefix
+    # (/v1/realtime/calls/rtc_…).
+    call_id = call_id_from_location(location)
+    if call_id is None:
+        raise ProviderError(resp.status, "missing_location", "create_call")
+    return CallAnswer(call_id=call_id, sdp=answer, location=location)
+
+
+async def _post_hangup(
+    http: aiohttp.ClientSession,
+    base: URL,
+    call_id: str,
+    headers: Mapping[str, str],
+    seconds: float,
+) -> None:
+    """``POST {base}/realtime/calls/{call_id}/hangup`` in ``seconds``.
+
+    Raises:
+        CallNotFoundError, ProviderError, ProviderTimeoutError, ProviderUnreachableError: as
+            for :meth:`Provider.hangup`.
+    """
+    url = base / "realtime" / "calls" / call_id / "hangup"
+    with _provider_errors("hangup", seconds):
+        async with asyncio.timeout(seconds):
+            async with http.post(url, headers=headers) as resp:
+                if resp.status == 404:
+                    raise CallNotFoundError(404, await _error_code(resp), "hangup")
+                if resp.status >= 300:
+                    raise ProviderError(resp.status, await _error_code(resp), "hangup")
+
+
+def _sideband_url(base: URL, call_id: str) -> URL:
+    """``{base}/realtime?call_id=…`` over ``ws``/``wss`` (no model, no api-version)."""
+    scheme = {"http": "ws", "https": "wss"}.get(base.scheme, base.scheme)
+    return (base / "realtime").with_scheme(scheme).with_query(call_id=call_id)
+
+
 class OpenAICompatibleProvider:
     """OpenAI Realtime (GA) over the unified interface, or anything that speaks it.
 
@@ -231,31 +288,12 @@ class OpenAICompatibleProvider:
             "session", json.dumps(session, separators=(",", ":")), content_type="application/json"
         )
         headers = {**self._auth(), "Accept": "application/sdp"}
-        with _provider_errors("create_call", self._timeout):
-            async with asyncio.timeout(self._timeout):
-                async with self._http.post(
-                    self._base / "realtime" / "calls", data=form, headers=headers
-                ) as resp:
-                    if resp.status not in (200, 201):
-                        raise ProviderError(resp.status, await _error_code(resp), "create_call")
-                    answer = await resp.text()
-                    location = resp.headers.get("Location", "")
-        call_id = call_id_from_location(location)
-        if call_id is None:
-            raise ProviderError(resp.status, "missing_location", "create_call")
-        return CallAnswer(call_id=call_id, sdp=answer, location=location)
+        return await _post_offer(
+            self._http, self._base / "realtime" / "calls", form, headers, self._timeout
+        )
 
     async def hangup(self, call_id: str) -> None:
-        url = self._base / "realtime" / "calls" / call_id / "hangup"
-        with _provider_errors("hangup", self._timeout):
-            async with asyncio.timeout(self._timeout):
-                async with self._http.post(url, headers=self._auth()) as resp:
-                    if resp.status == 404:
-                        raise CallNotFoundError(404, await _error_code(resp), "hangup")
-                    if resp.status >= 300:
-                        raise ProviderError(resp.status, await _error_code(resp), "hangup")
+        await _post_hangup(self._http, self._base, call_id, self._auth(), self._timeout)
 
     def sideband_target(self, call_id: str) -> SidebandTarget:
-        scheme = {"http": "ws", "https": "wss"}.get(self._base.scheme, self._base.scheme)
-        url = (self._base / "realtime").with_scheme(scheme).with_query(call_id=call_id)
-        return SidebandTarget(url=url, headers=self._auth())
+        return SidebandTarget(url=_sideband_url(self._base, call_id), headers=self._auth())
