@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
-from broker import Secret, Settings
+from broker import Settings
 from broker.db.migrate import upgrade_database
 from emulator import EmulatorSettings
-from tests.support.broker_server import ADMIN_KEY, PROVIDER_KEY, RunningBroker, start_broker
+from tests.support.broker_server import (
+    PROVIDER_KEY,
+    BrokerFactory,
+    RunningBroker,
+    broker_factory,
+    stack_settings,
+)
 from tests.support.browser import FakeBrowser
 from tests.support.conformance import server_event_failures, sideband_client_event_failures
 from tests.support.postgres import PgTemplate, fresh_pg_database, pg_template
@@ -130,25 +135,7 @@ def broker_settings(
 ) -> Settings:
     tools = tmp_path / "tools.toml"
     tools.write_text(tool_backend.config_toml())
-    return Settings(
-        signing_key=Secret("test-signing-key-" + "x" * 32),
-        database_url=db_url,
-        admin_key=Secret(ADMIN_KEY),
-        provider_base_url=emulator.base_url,
-        provider_api_key=Secret(PROVIDER_KEY),
-        provider_timeout=5.0,
-        tools_config=tools,
-        sideband_attach_timeout=5.0,
-        sideband_reconnect_timeout=2.0,
-        shutdown_grace_s=2.0,
-        bridge_wait_timeout=3.0,
-        # The broker shares its event loop with the emulator and aiortc peers here, whose
-        # stalls are not the broker's load; the overload tests set their own threshold.
-        overload_loop_lag_s=60.0,
-    )
-
-
-BrokerFactory = Callable[..., Awaitable[RunningBroker]]
+    return stack_settings(db_url, emulator.base_url, tools)
 
 
 @pytest.fixture
@@ -160,17 +147,8 @@ async def make_broker(
     At teardown every client event a broker sent on a sideband is validated against the
     SDK's ``RealtimeClientEvent`` types (the browser's data-channel events are not ours).
     """
-    started: list[RunningBroker] = []
-
-    async def factory(**overrides: Any) -> RunningBroker:
-        running = await start_broker(broker_settings.replace(**overrides))
-        started.append(running)
-        return running
-
-    yield factory
-    for running in reversed(started):
-        await running.http.close()
-        await running.close()
+    async with broker_factory(broker_settings) as factory:
+        yield factory
     failures = sideband_client_event_failures(emulator.registry)
     assert not failures, "non-conformant broker client events:\n" + "\n".join(failures[:5])
 

@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,14 @@ from broker import Secret, Settings, app_state
 from emulator import CALL_REGISTRY, Call, EmulatorSettings, create_app
 from sideband import AzureOpenAIProvider
 from tests.conftest import assert_conformant
-from tests.support.broker_server import ADMIN_KEY, PROVIDER_KEY, RunningBroker, start_broker
+from tests.support.broker_server import (
+    ADMIN_KEY,
+    PROVIDER_KEY,
+    BrokerFactory,
+    broker_factory,
+    stack_settings,
+    start_broker,
+)
 from tests.support.browser import FakeBrowser
 from tests.support.conformance import sideband_client_event_failures
 from tests.support.flow import (
@@ -138,42 +145,25 @@ def azure_settings(
 ) -> Settings:
     tools = tmp_path / "tools.toml"
     tools.write_text(tool_backend.config_toml())
-    return Settings(
-        signing_key=Secret("test-signing-key-" + "x" * 32),
-        database_url=db_url,
-        admin_key=Secret(ADMIN_KEY),
-        provider="azure",
+    return stack_settings(
+        db_url,
         # The resource endpoint, as an operator writes it: /openai/v1 is the broker's to add.
-        provider_base_url=azure.running.root_url,
-        provider_api_key=Secret(PROVIDER_KEY),
+        azure.running.root_url,
+        tools,
+        provider="azure",
         default_model=DEPLOYMENT,
-        provider_timeout=5.0,
-        tools_config=tools,
-        sideband_attach_timeout=5.0,
         sideband_reconnect_timeout=10.0,
-        shutdown_grace_s=2.0,
-        bridge_wait_timeout=3.0,
-        overload_loop_lag_s=60.0,
     )
 
 
-AzureBrokers = Callable[..., Awaitable[RunningBroker]]
+AzureBrokers = BrokerFactory
 
 
 @pytest.fixture
 async def azure_broker(azure_settings: Settings) -> AsyncIterator[AzureBrokers]:
     """Start brokers on the Azure emulator with settings overrides; all closed after."""
-    started: list[RunningBroker] = []
-
-    async def factory(**overrides: Any) -> RunningBroker:
-        running = await start_broker(azure_settings.replace(**overrides))
-        started.append(running)
-        return running
-
-    yield factory
-    for running in reversed(started):
-        await running.http.close()
-        await running.close()
+    async with broker_factory(azure_settings) as factory:
+        yield factory
 
 
 def heard(fragment: str) -> Callable[[dict[str, Any]], bool]:

@@ -3,17 +3,44 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from broker import Settings, app_state, create_app
+from broker import Secret, Settings, app_state, create_app
 
 ADMIN_KEY = "admin-key-for-tests-0123456789"
 PROVIDER_KEY = "sk-test-provider-key-5f3a9c1e7b2d4086"
+
+
+def stack_settings(
+    database_url: str, provider_base_url: str, tools_config: Path, **overrides: Any
+) -> Settings:
+    """A test stack's broker: the test keys, and timeouts short enough for a test to see
+    them run out; ``overrides`` replace any field (checked in one construction, as a new
+    instance is)."""
+    fields: dict[str, Any] = {
+        "signing_key": Secret("test-signing-key-" + "x" * 32),
+        "database_url": database_url,
+        "admin_key": Secret(ADMIN_KEY),
+        "provider_base_url": provider_base_url,
+        "provider_api_key": Secret(PROVIDER_KEY),
+        "provider_timeout": 5.0,
+        "tools_config": tools_config,
+        "sideband_attach_timeout": 5.0,
+        "sideband_reconnect_timeout": 2.0,
+        "shutdown_grace_s": 2.0,
+        "bridge_wait_timeout": 3.0,
+        # The broker shares its event loop with the emulator and aiortc peers here, whose
+        # stalls are not the broker's load; the overload tests set their own threshold.
+        "overload_loop_lag_s": 60.0,
+    }
+    return Settings(**(fields | overrides))
 
 
 @dataclass
@@ -138,6 +165,27 @@ async def start_broker(settings: Settings) -> RunningBroker:
     for observe in BROKER_OBSERVERS:
         observe(running)
     return running
+
+
+BrokerFactory = Callable[..., Awaitable[RunningBroker]]
+
+
+@asynccontextmanager
+async def broker_factory(settings: Settings) -> AsyncIterator[BrokerFactory]:
+    """Start brokers from ``settings`` with overrides; all are closed on leaving."""
+    started: list[RunningBroker] = []
+
+    async def factory(**overrides: Any) -> RunningBroker:
+        running = await start_broker(settings.replace(**overrides))
+        started.append(running)
+        return running
+
+    try:
+        yield factory
+    finally:
+        for running in reversed(started):
+            await running.http.close()
+            await running.close()
 
 
 # Called with every broker started (the security suite's leak watch inspects their replies).
