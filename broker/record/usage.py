@@ -82,6 +82,20 @@ def _seconds_ms(container: Any, key: str) -> int:
     return round(min(value, MAX_TRANSCRIPTION_S) * 1000)
 
 
+def _token_totals(usage: Mapping[str, Any]) -> tuple[int, int, int]:
+    """A usage block's input, output and total token counts.
+
+    The total is the provider's own when it gave a usable one, else the sum it stands for.
+    """
+    input_tokens = _count(usage, "input_tokens")
+    output_tokens = _count(usage, "output_tokens")
+    return (
+        input_tokens,
+        output_tokens,
+        _count(usage, "total_tokens") or input_tokens + output_tokens,
+    )
+
+
 WATCHES: Final = frozenset({RESPONSE_DONE, TRANSCRIPTION_COMPLETED})
 """The server events :func:`usage_of_event` reads."""
 
@@ -99,15 +113,12 @@ def usage_of_response_done(event: ServerEvent) -> Usage | None:
         return Usage(responses=1)
     inputs = usage.get("input_token_details")
     outputs = usage.get("output_token_details")
-    input_tokens = _count(usage, "input_tokens")
-    output_tokens = _count(usage, "output_tokens")
-    total = _count(usage, "total_tokens")
+    input_tokens, output_tokens, total_tokens = _token_totals(usage)
     return Usage(
         responses=1,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
-        # The provider's own total when it gave a usable one, else the sum it stands for.
-        total_tokens=total or input_tokens + output_tokens,
+        total_tokens=total_tokens,
         input_text_tokens=_count(inputs, "text_tokens"),
         input_audio_tokens=_count(inputs, "audio_tokens"),
         input_cached_tokens=_count(inputs, "cached_tokens"),
@@ -132,14 +143,12 @@ def usage_of_transcription(event: ServerEvent) -> Usage | None:
     if usage.get("type") == "duration":
         return Usage(transcriptions=1, transcription_ms=_seconds_ms(usage, "seconds"))
     inputs = usage.get("input_token_details")
-    input_tokens = _count(usage, "input_tokens")
-    output_tokens = _count(usage, "output_tokens")
-    total = _count(usage, "total_tokens")
+    input_tokens, output_tokens, total_tokens = _token_totals(usage)
     return Usage(
         transcriptions=1,
         transcription_input_tokens=input_tokens,
         transcription_output_tokens=output_tokens,
-        transcription_total_tokens=total or input_tokens + output_tokens,
+        transcription_total_tokens=total_tokens,
         transcription_input_text_tokens=_count(inputs, "text_tokens"),
         transcription_input_audio_tokens=_count(inputs, "audio_tokens"),
     )
