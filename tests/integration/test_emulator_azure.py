@@ -36,6 +36,8 @@ from tests.support.servers import (
 
 KEY = PROVIDER_KEY
 DEPLOYMENT = "my-gpt-realtime-deployment"  # Azure's `model` is a deployment name
+# Azure's documented list, written again rather than imported from emulator/_flavors.py: the
+# test pins the emulator to the docs, so an edit to the emulator's copy must fail here.
 WEBRTC_FILTER = {
     "input_audio_buffer.speech_started",
     "input_audio_buffer.speech_stopped",
