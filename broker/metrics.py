@@ -115,6 +115,8 @@ class TamperKind(enum.StrEnum):
     """A finished function call a resync could not prove the model made (not run)."""
     PAGE_RESPONSE = "page_response"
     """A response the page started, under ``page_responses: cancel`` (cancelled)."""
+    OVERSIZED_FRAME = "oversized_frame"
+    """A sideband frame over its size limit (the socket closed with 1009)."""
     OTHER = OTHER
 
 

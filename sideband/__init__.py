@@ -39,6 +39,7 @@ from sideband.provider import (
 )
 from sideband.tamper import (
     ForgedOutput,
+    OversizedFrame,
     OwnedSession,
     PageItem,
     PageItems,
@@ -70,6 +71,7 @@ __all__ = [
     "FunctionCall",
     "MalformedEventError",
     "OpenAICompatibleProvider",
+    "OversizedFrame",
     "OwnedSession",
     "PageItem",
     "PageItems",

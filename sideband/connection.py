@@ -16,6 +16,7 @@ from sideband.errors import (
     CallEndedError,
     CallNotFoundError,
     CredentialError,
+    FrameTooLargeError,
     MalformedEventError,
     ProviderError,
     ProviderTimeoutError,
@@ -30,6 +31,13 @@ logger = logging.getLogger(__name__)
 HEARTBEAT: Final = 20.0
 """Seconds between pings; a peer that stops answering is detected within about twice this."""
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+"""The largest frame the provider may send. Kept at 16 MiB on purpose: aiohttp holds a whole
+message in memory (and decoding it holds it again), per call, so a limit high enough for every
+frame a page can cause (a retrieve of its audio item carries all of it as base64, 64 KiB per
+second of 24 kHz PCM, and a page can commit as much as it likes) would let each call pin
+hundreds of MiB. A larger frame is refused from its header alone, before its payload is read
+(:class:`~sideband.errors.FrameTooLargeError`), and what the controller does then is what keeps
+the call working (docs/protocol.md §9.2)."""
 HANDSHAKE_TIMEOUT: Final = 10.0
 FIRST_RETRY_DELAY: Final = 0.1
 MAX_RETRY_DELAY: Final = 2.0
@@ -169,7 +177,9 @@ class SidebandConnection:
         not JSON events are logged and skipped: one bad frame must not cost the call.
 
         Raises:
-            SidebandClosedError: the transport failed (``WSMsgType.ERROR``).
+            FrameTooLargeError: a frame was over :data:`MAX_MESSAGE_BYTES` (aiohttp closed
+                the socket with 1009 before reading its payload).
+            SidebandClosedError: the transport failed otherwise (``WSMsgType.ERROR``).
         """
         while True:
             msg = await self._ws.receive()
@@ -182,7 +192,15 @@ class SidebandConnection:
                     continue
                 yield event
             elif msg.type is aiohttp.WSMsgType.ERROR:
-                raise SidebandClosedError(None, str(self._ws.exception() or "transport error"))
+                # aiohttp hands a protocol error (its WebSocketError, with the close code it
+                # sent) in the message, and a transport failure in ws.exception().
+                error = msg.data if isinstance(msg.data, BaseException) else self._ws.exception()
+                if (
+                    isinstance(error, aiohttp.WebSocketError)
+                    and error.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+                ):
+                    raise FrameTooLargeError(MAX_MESSAGE_BYTES, str(error)) from error
+                raise SidebandClosedError(self._ws.close_code, str(error or "transport error"))
             elif msg.type in (
                 aiohttp.WSMsgType.CLOSE,
                 aiohttp.WSMsgType.CLOSING,

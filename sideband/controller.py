@@ -47,13 +47,19 @@ from sideband.contracts import (
     ToolCallHandler,
     Wiring,
 )
-from sideband.errors import MalformedEventError, SidebandClosedError, SidebandError
+from sideband.errors import (
+    FrameTooLargeError,
+    MalformedEventError,
+    SidebandClosedError,
+    SidebandError,
+)
 from sideband.lookups import Lookups
 from sideband.page_watch import PageWatch
 from sideband.responder import Responder
 from sideband.resync import Resync
 from sideband.tamper import (
     OutputLedger,
+    OversizedFrame,
     OwnedSession,
     PagePolicy,
     PageResponse,
@@ -61,6 +67,7 @@ from sideband.tamper import (
     Tamper,
     TamperHandler,
     Verdict,
+    cut,
 )
 from sideband.tool_calls import ToolCalls
 
@@ -231,6 +238,8 @@ class CallController:
                         if broken is not None:
                             raise broken
                         break
+                    if isinstance(broken, FrameTooLargeError):
+                        self._frame_too_large(broken)  # before the lost look-ups are failed
                     self._connection_lost()
                     # A clean close (1000/1001) usually means the call ended; reattaching
                     # tells the two apart, so only an unclean loss is worth a warning.
@@ -378,6 +387,19 @@ class CallController:
             await conn.close()
             return None
         return conn
+
+    def _frame_too_large(self, error: FrameTooLargeError) -> None:
+        """Blame the oversized frame on the retrieve outstanding, so no resync asks again."""
+        blamed = self._lookups.frame_too_large()
+        logger.warning(
+            "sideband frame over %d bytes call_id=%s retrieving=%s",
+            error.limit,
+            self.call_id,
+            ",".join(blamed) or "nothing",
+        )
+        reported: list[str | None] = [*blamed] or [None]
+        for item_id in reported:
+            self._report(OversizedFrame(item_id=cut(item_id), limit=error.limit))
 
     def _connection_lost(self) -> None:
         self._resync.connection_lost()

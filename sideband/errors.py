@@ -10,6 +10,7 @@ The tree::
     ├── ProviderUnreachableError   the provider could not be reached at all
     │   └── CredentialError        no credential to reach it with (a token command failed)
     ├── SidebandClosedError        the sideband WebSocket closed while the controller needed it
+    │   └── FrameTooLargeError     ... because a provider frame was over the size limit (1009)
     └── MalformedEventError        a provider frame was not a JSON event
 """
 
@@ -91,6 +92,21 @@ class SidebandClosedError(SidebandError):
         self.code = code
         self.reason = reason
         super().__init__(f"sideband closed (code={code}, reason={reason!r})")
+
+
+class FrameTooLargeError(SidebandClosedError):
+    """A provider frame was larger than the sideband accepts; the socket closed with 1009.
+
+    Only the frame's header was read, so which event it was is unknown: the controller takes
+    it for the answer to the retrieve it had outstanding, if any (docs/protocol.md §9.2).
+
+    Attributes:
+        limit: the size limit in bytes the frame exceeded.
+    """
+
+    def __init__(self, limit: int, reason: str) -> None:
+        self.limit = limit
+        super().__init__(1009, reason)
 
 
 class MalformedEventError(SidebandError):

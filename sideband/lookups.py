@@ -5,6 +5,12 @@ The protocol has no way to list a conversation. An item is looked up with
 (its ``conversation.item.added`` carries ``previous_item_id``) that is deleted right after. A
 probe whose delete may have been lost with a socket is remembered as a leftover and deleted
 before the next probe, or it would be taken for the tail.
+
+A retrieve's answer carries the whole item, base64 audio included, so the answer for a long
+user audio turn can be larger than a sideband frame may be: the socket then closes (1009)
+before the answer is read. The item whose retrieve was outstanding is remembered as too large
+to read and never asked for again, or every resync would retrieve it and lose the socket the
+same way (docs/protocol.md §9.2).
 """
 
 from __future__ import annotations
@@ -30,10 +36,25 @@ PROBE_ATTEMPTS: Final = 3
 """Probes per resync: one more for each leftover probe found as the tail."""
 LOOKUP_TIMEOUT: Final = 5.0
 """Seconds to wait for the provider's answer to a retrieve or a probe during a resync."""
+MAX_TOO_LARGE: Final = 256
+"""Items remembered as too large to read, per call. Each one cost a lost socket, so a call
+rarely has more; past this the oldest is forgotten (and costs one more lost socket if it
+is asked for again)."""
 
 
 class LookupFailed(Exception):
     """The provider did not answer a resync question (the sideband went away, or timeout)."""
+
+
+class TooLargeToRead(Exception):
+    """The provider's answer for this item is larger than a sideband frame may be.
+
+    Raised instead of asking again: an earlier retrieve of it closed the socket (1009).
+    """
+
+    def __init__(self, item_id: str) -> None:
+        self.item_id = item_id
+        super().__init__(item_id)
 
 
 class Lookups:
@@ -61,14 +82,36 @@ class Lookups:
         """Probes added (or maybe added) and not yet seen deleted → their provider id."""
         self._delete_events: dict[str, str] = {}
         """Our probe deletes' event ids → probe keys, to recognise their errors."""
+        self.too_large: dict[str, None] = {}
+        """Items whose retrieve lost the socket to an oversized frame, oldest first."""
 
     async def retrieve(self, item_id: str) -> Item | None:
         """``conversation.item.retrieve``; ``None`` if the provider has no such item.
 
         Raises:
             LookupFailed: no answer (the sideband went away, or the time ran out).
+            TooLargeToRead: its answer lost an earlier socket (1009); not asked again.
         """
+        if item_id in self.too_large:
+            raise TooLargeToRead(item_id)
         return await self._ask(item_id, item_retrieve(item_id))
+
+    def frame_too_large(self) -> list[str]:
+        """The socket closed on a frame over the size limit; returns the items blamed.
+
+        Only the frame's header was read, so it is taken for the answer to the retrieves
+        outstanding now (a resync has one at a time; probes are answered by small events).
+        Blaming the wrong item (the page made a huge frame of its own at that moment) can
+        only keep that item from being read: a call under it is never run, an output under
+        it counts as missing and is sent again. Call before :meth:`connection_lost`.
+        """
+        blamed = [key for key in self._pending if key not in self._probe_keys]
+        for item_id in blamed:
+            self.too_large.pop(item_id, None)
+            self.too_large[item_id] = None
+        while len(self.too_large) > MAX_TOO_LARGE:
+            del self.too_large[next(iter(self.too_large))]
+        return blamed
 
     async def tail(self) -> str | None:
         """The id of the conversation's last item (``None``: the conversation is empty).

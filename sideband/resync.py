@@ -7,6 +7,12 @@ finished unseen, and one appended-then-deleted probe item that names the convers
 (:mod:`sideband.lookups`). Outputs decided while the sideband was away are looked up and sent
 only if the provider does not have them. A resync belongs to its connection: a loss cancels
 it, and what it had not settled is the next resync's work.
+
+An item whose retrieve once lost the socket to an oversized frame (a long user audio turn,
+or something the page built) is *too large to read*: the resync goes on past it. Nothing the
+broker runs or sends can be that large (a watched call's arguments came in one frame, a tool's
+output is at most 64 KiB), so such an item is never taken for a finished call of the model's
+nor for one of our outputs.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Final, Literal
 from sideband.answers import AnswerLedger
 from sideband.contracts import FunctionCall, ToolCallHandler, Undelivered, Wiring, call_of
 from sideband.events import Item, same_json
-from sideband.lookups import LookupFailed, Lookups
+from sideband.lookups import LookupFailed, Lookups, TooLargeToRead
 from sideband.tamper import OutputLedger
 from sideband.tool_calls import ToolCalls
 
@@ -27,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 RESEND_GRACE: Final = 0.3
 """Seconds between the two lookups that must both miss before an output is sent again."""
+TOO_LARGE_STATUS: Final = "item_too_large"
+"""Why a call whose item became too large to read is abandoned (recorded as its error)."""
 
 Finding = Literal["final", "abandoned", "partial", "replaced"]
 """What a resync makes of a call it retrieved: run it, abandon it, or answer it unproven
@@ -132,7 +140,9 @@ class Resync:
            incomplete one abandoned. A finished call no watched response proves (the tail,
            one seen only starting, one whose arguments changed) is never run: it gets
            :data:`~sideband.tool_calls.UNVERIFIED_OUTPUT` and a report.
-        A question the provider does not answer leaves its call for the next resync.
+        A question the provider does not answer leaves its call for the next resync. An item
+        too large to read is never asked about: as the tail it is skipped, a call under it is
+        abandoned (:data:`TOO_LARGE_STATUS`), an output looked up under it counts as missing.
         """
         answers, calls = self._answers, self._calls
         backlog = await self._tools.backlog()
@@ -148,6 +158,7 @@ class Resync:
         missing = await self._look_up_outputs(outputs)
         tail: str | None = None
         tail_item: Item | None = None
+        unreadable: list[str] = []
         try:
             tail = await self._lookups.tail()
         except LookupFailed:
@@ -157,6 +168,10 @@ class Resync:
                 tail_item = await self._lookups.retrieve(tail)
             except LookupFailed:
                 tail_item = None
+            except TooLargeToRead:
+                # Neither our output nor a call anyone could prove: nothing to do with it,
+                # and a planted call under it stays unrun (and unanswered: its id is unread).
+                unreadable.append(tail)
             if tail_item is not None and tail_item.type == "function_call_output":
                 await self._output_found(tail_item)  # ours (confirmed), or forged
         # The tail was the last place a missing output could be found under an id of the
@@ -185,14 +200,21 @@ class Resync:
         }
         finals: list[FunctionCall] = []
         abandoned: list[FunctionCall] = []
+        too_large: list[FunctionCall] = []
         unproven: list[tuple[FunctionCall, str]] = []
         for item_id in [*candidates, *started]:
+            whole = item_id in candidates
+            known = candidates[item_id] if whole else started[item_id]
             try:
                 item = await self._lookups.retrieve(item_id)
             except LookupFailed:
                 continue
-            whole = item_id in candidates
-            known = candidates[item_id] if whole else started[item_id]
+            except TooLargeToRead:
+                # Not the call the model streamed (that came in one frame): whatever is
+                # there now is never run, and without its id it cannot be answered.
+                unreadable.append(item_id)
+                too_large.append(known)
+                continue
             finding = judge_found(item, known, whole=whole, handled=calls.handled)
             if finding is None:
                 continue
@@ -215,6 +237,14 @@ class Resync:
                 unproven.append((call_found, "unseen"))
         if abandoned:
             calls.give_up(abandoned, "incomplete", "resync")
+        if too_large:
+            calls.give_up(too_large, TOO_LARGE_STATUS, "resync")
+        if unreadable:
+            logger.warning(
+                "resync: item(s) too large to read skipped call_id=%s items=%s",
+                self._call_id,
+                ",".join(unreadable),
+            )
         if finals and self._stopping():
             calls.give_up(finals, "call_ending", "resync")
         elif finals and not self._draining():
@@ -228,15 +258,16 @@ class Resync:
             calls.answer_unproven(unproven)
         logger.info(
             "resync call_id=%s outputs=%d resent=%s candidates=%d tail=%s finals=%d"
-            " abandoned=%d unproven=%d",
+            " abandoned=%d unproven=%d unreadable=%d",
             self._call_id,
             len(outputs),
             resent,
             len(candidates) + len(started),
             tail,
             len(finals),
-            len(abandoned),
+            len(abandoned) + len(too_large),
             len(unproven),
+            len(unreadable),
         )
         # Outputs resent just now are answered like any other. An unknown tail (the probe
         # went unanswered on a live socket) is taken as "ours": a second answer is better
@@ -266,6 +297,9 @@ class Resync:
                     existing = await self._lookups.retrieve(lookup_id)
             except LookupFailed:
                 continue
+            except TooLargeToRead:
+                # Our output is at most 64 KiB: what holds its id now is not it.
+                existing = None
             if call_id not in answers.undelivered:
                 continue
             if existing is None:

@@ -10,7 +10,8 @@ The browser holds a data channel to the provider and may send any client event
   message under :attr:`PageItems.REFUSE`) that no watched response produced (:class:`PageItem`);
 * a finished function call a resync cannot prove the model made (:class:`UnprovenCall`);
 * a response nobody the broker trusts started (:class:`PageResponse`, under
-  :attr:`PageResponses.CANCEL`).
+  :attr:`PageResponses.CANCEL`);
+* a frame over the sideband's size limit (:class:`OversizedFrame`).
 
 The controller acts on these (re-apply, delete, cancel) and reports each one to the broker
 through :class:`TamperHandler`; what the broker then decides (record, hang up) is its policy.
@@ -190,7 +191,37 @@ class PageResponse:
     cancelled: bool = False
 
 
-Tamper = SessionDrift | ForgedOutput | TaintedResponse | PageItem | UnprovenCall | PageResponse
+@dataclass(frozen=True)
+class OversizedFrame:
+    """The provider sent the sideband a frame over its size limit; the socket closed (1009).
+
+    With a retrieve of the broker's outstanding, the frame is taken for its answer (the whole
+    item, base64 audio included: a long user audio turn, or anything the page built), and the
+    item is never asked for again (:mod:`sideband.lookups`): a resync goes on past it, and no
+    call under it runs. That may happen to an honest call. With none outstanding, the page
+    caused the frame (the echo of an item or a session update it made huge, or the answer to
+    a retrieve of its own that reached every connection). Either way it cost the broker a
+    re-attach; what the broker makes of that is its policy.
+
+    Attributes:
+        item_id: the item whose retrieve was outstanding (truncated); ``None``: none was.
+        limit: the size limit in bytes.
+    """
+
+    kind: ClassVar[str] = "oversized_frame"
+    item_id: str | None
+    limit: int
+
+
+Tamper = (
+    SessionDrift
+    | ForgedOutput
+    | TaintedResponse
+    | PageItem
+    | UnprovenCall
+    | PageResponse
+    | OversizedFrame
+)
 
 
 class PageItems(enum.StrEnum):

@@ -18,6 +18,7 @@ from broker.session.end_reason import EndReason
 from broker.session.limits import TamperPolicy
 from sideband import (
     ForgedOutput,
+    OversizedFrame,
     PageItem,
     PageResponse,
     SessionDrift,
@@ -55,6 +56,23 @@ _CONSEQUENCES: Final = (TaintedResponse, UnprovenCall, PageResponse)
 a hangup under ``on_tamper: hangup``."""
 
 
+def _is_attempt(tamper: Tamper) -> bool:
+    """Whether the detection is a page's attempt (a hangup under ``on_tamper: hangup``)."""
+    # An oversized frame that answered the broker's own retrieve may be an honest call's
+    # long audio turn; one the broker did not ask for was the page's doing.
+    if isinstance(tamper, OversizedFrame):
+        return tamper.item_id is None
+    return not isinstance(tamper, _CONSEQUENCES)
+
+
+def _counts(tamper: Tamper) -> bool:
+    """Whether the detection counts towards the cut-off."""
+    # Every oversized frame costs the broker a re-attach, and a page that times its own huge
+    # frames to the broker's retrieves gets them blamed on those: no honest call loses five
+    # sockets this way, so each one counts, blamed or not.
+    return isinstance(tamper, OversizedFrame) or _is_attempt(tamper)
+
+
 class TamperResponder:
     """The broker's :class:`sideband.TamperHandler` for one session.
 
@@ -83,7 +101,8 @@ class TamperResponder:
 
     async def tampered(self, tamper: Tamper) -> None:
         self._count_kind(tamper.kind)
-        if not isinstance(tamper, _CONSEQUENCES):
+        attempt = _is_attempt(tamper)
+        if _counts(tamper):
             self._count += 1
         if self._count > MAX_TAMPERS_REVERTED:
             # Already recorded MAX_TAMPERS_REVERTED times and on its way out: stay quiet.
@@ -102,7 +121,7 @@ class TamperResponder:
         # the policy; it is recorded, not punished twice. An unproven call may be the
         # model's own (made while no sideband watched), and a page-started response is the
         # page_responses policy at work: recorded, never a reason to hang up.
-        if self._policy is TamperPolicy.HANGUP and not isinstance(tamper, _CONSEQUENCES):
+        if self._policy is TamperPolicy.HANGUP and attempt:
             await self._end_call(EndReason.TAMPER)
         elif self._count == MAX_TAMPERS_REVERTED:
             await self._end_call(EndReason.TAMPER_REPEATED)
@@ -119,4 +138,6 @@ def _summary(tamper: Tamper) -> str:
         return f"reason={tamper.reason} answered={tamper.answered}"
     if isinstance(tamper, PageResponse):
         return f"response_id={tamper.response_id} cancelled={tamper.cancelled}"
+    if isinstance(tamper, OversizedFrame):
+        return f"item_id={tamper.item_id} limit={tamper.limit}"
     return f"response_id={tamper.response_id} cancelled={tamper.cancelled}"

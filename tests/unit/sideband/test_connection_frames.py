@@ -21,6 +21,8 @@ from aiohttp import web
 from yarl import URL
 
 from sideband import CallController, SidebandConnection, SidebandTarget
+from sideband.connection import MAX_MESSAGE_BYTES as LIMIT
+from sideband.errors import FrameTooLargeError
 from tests.unit.sideband.test_controller import Observer, RecordingTools, args_done, done, fc_item
 
 BAD_FRAMES: tuple[str | bytes, ...] = (
@@ -160,3 +162,24 @@ async def test_the_controller_keeps_working_after_a_malformed_frame(
     assert output["item"]["type"] == "function_call_output"
     assert output["item"]["call_id"] == "call_1"
     assert output["item"]["output"] == '{"ran":"call_1"}'
+
+
+async def test_a_frame_over_the_limit_breaks_the_socket_as_too_large(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    """aiohttp refuses a frame over ``max_msg_size`` from its header and closes the socket
+    with 1009; the reader says so with its own error (the controller acts on it), unlike any
+    other broken transport. The frame before it still arrives."""
+    server.script.frames = [json.dumps(VALID), json.dumps({"type": "x", "pad": "a" * LIMIT})]
+    conn = await attach(http, server)
+    got: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(10):
+            with pytest.raises(FrameTooLargeError) as raised:
+                async for event in conn.frames():
+                    got.append(event)
+    finally:
+        await conn.close()
+    assert got == [VALID]
+    assert (raised.value.code, raised.value.limit) == (1009, LIMIT)
+    assert conn.closed and conn.close_code == 1009

@@ -6,11 +6,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sideband import Backlog, CallController, FunctionCall, ToolResult
+from sideband import Backlog, CallController, FunctionCall, SidebandClosedError, ToolResult
 
 
 class QueueConnection:
     """Stands in for SidebandConnection: frames come from a queue, sends go to a list.
+
+    ``None`` in the queue closes it cleanly (1000); a :class:`SidebandClosedError` breaks it.
 
     With ``echo_outputs`` it echoes each ``function_call_output`` it is sent, as the
     provider does (``conversation.item.added``); without, the test echoes by hand.
@@ -18,7 +20,7 @@ class QueueConnection:
 
     def __init__(self, *, echo_outputs: bool = True) -> None:
         self.echo_outputs = echo_outputs
-        self.inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.inbox: asyncio.Queue[dict[str, Any] | SidebandClosedError | None] = asyncio.Queue()
         self.sent: list[dict[str, Any]] = []
         self.sent_event = asyncio.Event()
         self.close_code: int | None = None
@@ -27,6 +29,9 @@ class QueueConnection:
 
     async def frames(self) -> AsyncIterator[dict[str, Any]]:
         while (frame := await self.inbox.get()) is not None:
+            if isinstance(frame, SidebandClosedError):
+                self.close_code = frame.code  # the socket broke (as aiohttp's does)
+                raise frame
             yield frame
         self.close_code = 1000
 

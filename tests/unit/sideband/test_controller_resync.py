@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sideband import CallController
+from sideband import CallController, OversizedFrame, Tamper
+from sideband.connection import MAX_MESSAGE_BYTES
+from sideband.errors import FrameTooLargeError
 from tests.unit.sideband.test_controller import (
     Observer,
     QueueConnection,
@@ -244,4 +246,76 @@ async def test_a_response_started_during_the_resync_reads_the_found_output() -> 
     second.inbox.put_nowait(done("r_vad", "completed"))
     await asyncio.sleep(0.1)
     assert "response.create" not in types_sent(second)
+    await finish(conns, task)
+
+
+class Tampers:
+    def __init__(self) -> None:
+        self.reports: list[Tamper] = []
+
+    async def tampered(self, tamper: Tamper) -> None:
+        self.reports.append(tamper)
+
+
+async def test_a_tail_too_large_to_read_costs_one_socket_and_the_resync_goes_past_it() -> None:
+    """The resync's retrieve of an unknown tail (a long user audio turn) is answered with a
+    frame over the limit: that socket breaks (1009). The item is blamed and reported, and the
+    next resync never asks for it again: it goes on to the call the model finished unseen
+    and runs it (before the fix, every resync retrieved the tail again and lost the socket)."""
+    conns, tools, tampers = Connections(), RecordingTools(), Tampers()
+    controller = CallController(
+        "rtc_test",
+        conns.connect,
+        tools,
+        Observer(),
+        tamper=tampers,
+        reconnect=conns.reconnect,
+    )
+    task = asyncio.create_task(controller.run())
+    first = conns.all[0]
+    first.inbox.put_nowait(created("r1"))
+    first.inbox.put_nowait(args_done("r1", "c1"))
+    first.inbox.put_nowait(None)  # lost before the response's done
+    second = await conns.next()
+    probe = await sent_of(second, "conversation.item.create")
+    second.inbox.put_nowait(added(probe["item"], "item_audio"))
+    lookup = await sent_of(second, "conversation.item.retrieve")
+    assert lookup["item_id"] == "item_audio"
+    second.inbox.put_nowait(FrameTooLargeError(MAX_MESSAGE_BYTES, "Message size exceeds limit"))
+    third = await conns.next()
+    probe = await sent_of(third, "conversation.item.create")
+    third.inbox.put_nowait(added(probe["item"], "item_audio"))
+    lookup = await sent_of(third, "conversation.item.retrieve")
+    assert lookup["item_id"] == "item_c1"  # not the tail again
+    third.inbox.put_nowait(retrieved(fc_item("c1")))
+    await sent_of(third, "conversation.item.create", 1)  # c1's output
+    assert [e["item_id"] for e in third.sent if e["type"] == "conversation.item.retrieve"] == [
+        "item_c1"
+    ]
+    assert tools.executed == ["c1"]
+    assert tampers.reports == [OversizedFrame(item_id="item_audio", limit=MAX_MESSAGE_BYTES)]
+    assert controller.last_close_code == 1009
+    await finish(conns, task)
+
+
+async def test_an_oversized_frame_with_no_retrieve_outstanding_blames_no_item() -> None:
+    """A frame over the limit that answers nothing the broker asked (the page's doing) is
+    reported with no item, and nothing is kept from the next resync."""
+    conns, tools, tampers = Connections(), RecordingTools(), Tampers()
+    controller = CallController(
+        "rtc_test",
+        conns.connect,
+        tools,
+        Observer(),
+        tamper=tampers,
+        reconnect=conns.reconnect,
+    )
+    task = asyncio.create_task(controller.run())
+    conns.all[0].inbox.put_nowait(FrameTooLargeError(MAX_MESSAGE_BYTES, "too big"))
+    second = await conns.next()
+    probe = await sent_of(second, "conversation.item.create")
+    second.inbox.put_nowait(added(probe["item"], "item_audio"))
+    lookup = await sent_of(second, "conversation.item.retrieve")
+    assert lookup["item_id"] == "item_audio"  # still asked: nothing blamed it
+    assert tampers.reports == [OversizedFrame(item_id=None, limit=MAX_MESSAGE_BYTES)]
     await finish(conns, task)

@@ -9,7 +9,7 @@ import pytest
 
 import sideband.lookups
 from sideband.events import Item, new_item_id, probe_item_create, probe_key
-from sideband.lookups import LookupFailed, Lookups
+from sideband.lookups import LookupFailed, Lookups, TooLargeToRead
 from tests.unit.sideband.fakes import FakeWire
 
 
@@ -163,3 +163,39 @@ async def test_a_leftover_seen_deleted_is_not_deleted_again() -> None:
     lookups.fail_all()
     with pytest.raises(LookupFailed):
         await again
+
+
+async def test_an_oversized_frame_is_blamed_on_the_pending_retrieve_never_on_a_probe() -> None:
+    """The socket broke on a frame over the limit while a probe and a retrieve were out:
+    the retrieve's item is the one too large to read (a probe is answered by a small
+    event), and it is never asked for again, on this socket or the next."""
+    wire = FakeWire()
+    lookups = Lookups(wire.wiring)
+    tail = asyncio.create_task(lookups.tail())
+    await wire.wait_sent(1)
+    asked = asyncio.create_task(lookups.retrieve("item_audio"))
+    await wire.wait_sent(2)
+    assert lookups.frame_too_large() == ["item_audio"]
+    lookups.connection_lost()
+    for pending in (asked, tail):
+        with pytest.raises(LookupFailed):
+            await pending
+    before = len(wire.sent)
+    with pytest.raises(TooLargeToRead):
+        await lookups.retrieve("item_audio")
+    assert len(wire.sent) == before  # not asked again
+    assert lookups.frame_too_large() == []  # nothing outstanding now: nothing blamed
+
+
+async def test_the_items_too_large_to_read_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sideband.lookups, "MAX_TOO_LARGE", 2)
+    wire = FakeWire()
+    lookups = Lookups(wire.wiring)
+    for n in range(3):
+        asked = asyncio.create_task(lookups.retrieve(f"item_{n}"))
+        await wire.wait_sent(n + 1)
+        assert lookups.frame_too_large() == [f"item_{n}"]
+        lookups.connection_lost()
+        with pytest.raises(LookupFailed):
+            await asked
+    assert list(lookups.too_large) == ["item_1", "item_2"]

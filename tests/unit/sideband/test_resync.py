@@ -273,3 +273,41 @@ async def test_connection_lost_cancels_the_resync_and_keeps_its_work_for_the_nex
         await task
     assert p.answers.undelivered == {"c1": output("c1")}
     p.resync.connection_lost()  # nothing running: nothing to do
+
+
+# ---- items too large to read -------------------------------------------------------------
+
+
+async def test_a_tail_too_large_to_read_is_not_asked_for_and_the_rest_is_settled() -> None:
+    p = Pieces()
+    p.lookups.too_large["item_audio"] = None
+    p.provider.tail = "item_audio"
+    p.calls.call_items["item_c1"] = call("c1")
+    p.provider.items["item_c1"] = fc("c1")
+    await p.run()
+    retrieves = [e["item_id"] for e in p.wire.sent if e["type"] == "conversation.item.retrieve"]
+    assert retrieves == ["item_c1"]
+    assert p.tools.executed == ["c1"] and p.found == [] and p.wire.reports == []
+
+
+async def test_a_watched_call_whose_item_is_too_large_to_read_is_abandoned_never_run() -> None:
+    """The call the model streamed came in one frame; an item too large for one is not it."""
+    p = Pieces()
+    p.tools.recorded_backlog = Backlog(seen=[call("c1")])
+    p.lookups.too_large["item_c1"] = None
+    await p.run()
+    assert p.tools.executed == []
+    assert p.tools.abandoned == [("c1", sideband.resync.TOO_LARGE_STATUS)]
+    assert "c1" in p.calls.handled
+
+
+async def test_an_output_whose_id_holds_an_item_too_large_to_read_is_sent_again() -> None:
+    """Our output is at most 64 KiB: what holds its id is not it, so it counts as missing."""
+    p = Pieces()
+    p.tools.recorded_backlog = Backlog(undelivered=[output("c1")])
+    p.lookups.too_large["out_c1"] = None
+    await p.run()
+    assert not [e for e in p.wire.sent if e["type"] == "conversation.item.retrieve"]
+    resent = [e for e in p.wire.sent if e.get("item", {}).get("type") == "function_call_output"]
+    assert [e["item"]["call_id"] for e in resent] == ["c1"]
+    assert p.tools.executed == []
