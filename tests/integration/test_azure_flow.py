@@ -32,6 +32,7 @@ from tests.support.broker_server import (
     ADMIN_KEY,
     PROVIDER_KEY,
     BrokerFactory,
+    RunningBroker,
     broker_factory,
     stack_settings,
     start_broker,
@@ -179,6 +180,17 @@ def is_function_call_event(event: dict[str, Any]) -> bool:
     )
 
 
+async def end_from_the_page(broker: RunningBroker, session: dict[str, Any], call: Call) -> None:
+    """The page ends its session; returns once the provider's call has ended too."""
+    ended = await broker.request(
+        "POST",
+        f"/api/v1/sessions/{session['id']}/end",
+        token=session["client_secret"]["value"],
+    )
+    assert ended.status == 200, ended.text
+    await wait_call_ended(call)
+
+
 async def test_tool_flow_on_azure_through_a_client_secret_with_the_filter_on(
     azure_broker: AzureBrokers,
     azure: RecordedAzure,
@@ -230,13 +242,7 @@ async def test_tool_flow_on_azure_through_a_client_secret_with_the_filter_on(
             )
         ]
 
-        ended = await broker.request(
-            "POST",
-            f"/api/v1/sessions/{session['id']}/end",
-            token=session["client_secret"]["value"],
-        )
-        assert ended.status == 200, ended.text
-        await wait_call_ended(call)
+        await end_from_the_page(broker, session, call)
     finally:
         await browser.close()
 
@@ -377,13 +383,7 @@ async def test_an_entra_token_command_is_run_for_every_request_and_every_dial(
         ask(browser, 'lookup_order {"order_id": "42"}')
         await browser.wait_for("response.output_audio_transcript.done", heard(LOOKUP_42_OUTPUT))
         assert len(tool_backend.calls_to("lookup_order")) == 1
-        ended = await broker.request(
-            "POST",
-            f"/api/v1/sessions/{session['id']}/end",
-            token=session["client_secret"]["value"],
-        )
-        assert ended.status == 200, ended.text
-        await wait_call_ended(call)
+        await end_from_the_page(broker, session, call)
     finally:
         await browser.close()
 
