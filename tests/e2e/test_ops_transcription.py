@@ -7,6 +7,8 @@ dashboard at ``/ops/``. Every wait is on a condition in the page or in the broke
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -18,12 +20,9 @@ from tests.support.broker_server import RunningBroker
 from tests.support.servers import RunningEmulator
 
 
-async def test_an_operator_sees_what_the_user_said(
-    broker: RunningBroker, emulator: RunningEmulator, http: aiohttp.ClientSession, page: Any
-) -> None:
-    """Must-show (b): a turn spoken into the page's microphone appears on the session's ops
-    page as the user's words, in the transcript and on the live timeline, once the provider
-    has transcribed it."""
+@asynccontextmanager
+async def call_on_its_ops_page(broker: RunningBroker, page: Any) -> AsyncIterator[VoiceCall]:
+    """An open voice call, its session's ops page signed in and streaming live; closed after."""
     key = await broker.new_key("monitor:read", name="ops dashboard")
     call = VoiceCall(broker, await broker.create_session())
     await call.open()
@@ -31,6 +30,18 @@ async def test_an_operator_sees_what_the_user_said(
         await sign_in(page, broker, key)
         await page.goto(f"{broker.base_url}/ops/#/sessions/{call.session['id']}")
         await wait_visible(page, '#stream-status[data-state="live"]')
+        yield call
+    finally:
+        await call.close()
+
+
+async def test_an_operator_sees_what_the_user_said(
+    broker: RunningBroker, emulator: RunningEmulator, http: aiohttp.ClientSession, page: Any
+) -> None:
+    """Must-show (b): a turn spoken into the page's microphone appears on the session's ops
+    page as the user's words, in the transcript and on the live timeline, once the provider
+    has transcribed it."""
+    async with call_on_its_ops_page(broker, page) as call:
         await wait_visible(page, '#timeline li[data-event-type="broker.sideband_attached"]')
         assert await page.locator('#transcript .line[data-role="user"]').count() == 0
 
@@ -47,20 +58,12 @@ async def test_an_operator_sees_what_the_user_said(
         await wait_visible(page, '#transcript .line[data-role="assistant"]')
         await screenshot(page, "ops-spoken-turn")
         assert_no_page_errors(page)
-    finally:
-        await call.close()
 
 
 async def test_a_turn_that_could_not_be_transcribed_says_so(
     broker: RunningBroker, emulator: RunningEmulator, http: aiohttp.ClientSession, page: Any
 ) -> None:
-    key = await broker.new_key("monitor:read", name="ops dashboard")
-    call = VoiceCall(broker, await broker.create_session())
-    await call.open()
-    try:
-        await sign_in(page, broker, key)
-        await page.goto(f"{broker.base_url}/ops/#/sessions/{call.session['id']}")
-        await wait_visible(page, '#stream-status[data-state="live"]')
+    async with call_on_its_ops_page(broker, page) as call:
         await call.speak(http, emulator, None)
         failed = await wait_visible(
             page,
@@ -74,5 +77,3 @@ async def test_a_turn_that_could_not_be_transcribed_says_so(
         assert "transcription failed" in await line.locator(".note").inner_text()
         await screenshot(page, "ops-spoken-turn-failed")
         assert_no_page_errors(page)
-    finally:
-        await call.close()
