@@ -11,6 +11,7 @@ import asyncio
 import base64
 import math
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -73,16 +74,24 @@ def about(item_id: str) -> Any:
     return lambda event: event.get("item_id") == item_id
 
 
+@asynccontextmanager
 async def voice_call(
     http: aiohttp.ClientSession, emulator: RunningEmulator, session: dict[str, Any]
-) -> tuple[FakeBrowser, asyncio.Event, str, SidebandProbe]:
-    """A call whose microphone says one utterance once the returned gate is set."""
+) -> AsyncIterator[tuple[FakeBrowser, asyncio.Event, str, SidebandProbe]]:
+    """A call whose microphone says one utterance once the given gate is set, with a
+    sideband on it; both closed on leaving."""
     gate = asyncio.Event()
     mic = ScriptedMicTrack([silence(0.3), speech_like_signal(0.8), silence(0.6)], gate=gate)
     browser = FakeBrowser(mic=mic)
-    call_id = await open_call(http, emulator, browser, session)
-    sideband = await SidebandProbe.connect(http, emulator, call_id)
-    return browser, gate, call_id, sideband
+    try:
+        call_id = await open_call(http, emulator, browser, session)
+        sideband = await SidebandProbe.connect(http, emulator, call_id)
+        try:
+            yield browser, gate, call_id, sideband
+        finally:
+            await sideband.close()
+    finally:
+        await browser.close()
 
 
 async def settle(probe: SidebandProbe) -> None:
@@ -129,8 +138,8 @@ async def test_a_voice_turn_is_transcribed_after_its_item(
     """The queued words arrive on every connection as deltas then ``completed``, after the
     user item (which still says ``transcript: null``); usage follows the model kind."""
     text = "Where is order 42, please?"
-    browser, gate, call_id, sideband = await voice_call(http, emulator, transcribing(config))
-    try:
+    session = transcribing(config)
+    async with voice_call(http, emulator, session) as (browser, gate, call_id, sideband):
         assert await hear(http, emulator, call_id, text) == 1
         gate.set()
         committed = await browser.wait_for("input_audio_buffer.committed", timeout=10)
@@ -179,25 +188,17 @@ async def test_a_voice_turn_is_transcribed_after_its_item(
         # The item keeps the words: a retrieve shows them.
         item = await retrieve(sideband, item_id)
         assert item["content"][0]["transcript"] == text
-    finally:
-        await sideband.close()
-        await browser.close()
 
 
 async def test_with_nothing_queued_the_default_text_is_heard(
     emulator: RunningEmulator, http: aiohttp.ClientSession
 ) -> None:
-    browser, gate, call_id, sideband = await voice_call(
-        http, emulator, transcribing(GPT_4O_TRANSCRIBE)
-    )
-    try:
+    session = transcribing(GPT_4O_TRANSCRIBE)
+    async with voice_call(http, emulator, session) as (browser, gate, call_id, sideband):
         gate.set()
         committed = await browser.wait_for("input_audio_buffer.committed", timeout=10)
         completed = await sideband.wait_for(COMPLETED, about(committed["item_id"]), timeout=10)
         assert completed["transcript"] == emulator.settings.heard_default
-    finally:
-        await sideband.close()
-        await browser.close()
 
 
 @pytest.mark.parametrize("code", [None, "DeploymentNotFound"])
@@ -205,8 +206,8 @@ async def test_a_turn_can_fail_to_transcribe(
     emulator: RunningEmulator, http: aiohttp.ClientSession, code: str | None
 ) -> None:
     """``failed`` in the recorded shape, no deltas or ``completed``; the words stay null."""
-    browser, gate, call_id, sideband = await voice_call(http, emulator, transcribing(WHISPER))
-    try:
+    session = transcribing(WHISPER)
+    async with voice_call(http, emulator, session) as (browser, gate, call_id, sideband):
         assert await mishear(http, emulator, call_id, code) == 1
         gate.set()
         committed = await browser.wait_for("input_audio_buffer.committed", timeout=10)
@@ -225,9 +226,6 @@ async def test_a_turn_can_fail_to_transcribe(
         item = await retrieve(sideband, item_id)
         assert item["content"][0]["transcript"] is None
         assert not of_type(browser.events, DELTA, COMPLETED)
-    finally:
-        await sideband.close()
-        await browser.close()
 
 
 async def test_off_by_default_and_switched_by_session_update(
