@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -39,6 +41,25 @@ async def retrieve(sideband: SidebandProbe, item_id: str) -> dict[str, Any]:
     return item
 
 
+@asynccontextmanager
+async def call_with_sideband(
+    http: aiohttp.ClientSession,
+    emulator: RunningEmulator,
+    browser: FakeBrowser,
+    session: dict[str, Any],
+) -> AsyncIterator[SidebandProbe]:
+    """``browser``'s call with ``session`` and a sideband on it; both closed on leaving."""
+    try:
+        call_id = await open_call(http, emulator, browser, session)
+        sideband = await SidebandProbe.connect(http, emulator, call_id)
+        try:
+            yield sideband
+        finally:
+            await sideband.close()
+    finally:
+        await browser.close()
+
+
 @pytest.mark.parametrize(
     ("audio_format", "appended", "silent_byte"),
     [
@@ -56,50 +77,43 @@ async def test_a_committed_append_is_retrieved_with_audio_of_its_length(
     silent_byte: int,
 ) -> None:
     browser = FakeBrowser(mic=MutedMic())
-    try:
-        session = {
-            "type": "realtime",
-            "audio": {"input": {"format": audio_format, "turn_detection": None}},
-        }
-        call_id = await open_call(http, emulator, browser, session)
-        sideband = await SidebandProbe.connect(http, emulator, call_id)
-        try:
-            await sideband.send(
-                {"type": "input_audio_buffer.append", "audio": base64.b64encode(appended).decode()}
-            )
-            await sideband.send({"type": "input_audio_buffer.commit"})
-            committed = await sideband.wait_for("input_audio_buffer.committed")
-            item_id = committed["item_id"]
-            for type_ in ("conversation.item.added", "conversation.item.done"):
-                echoed = await sideband.wait_for(type_, lambda e: e["item"]["id"] == item_id)
-                assert echoed["item"]["content"] == [{"type": "input_audio", "transcript": None}]
+    session = {
+        "type": "realtime",
+        "audio": {"input": {"format": audio_format, "turn_detection": None}},
+    }
+    async with call_with_sideband(http, emulator, browser, session) as sideband:
+        await sideband.send(
+            {"type": "input_audio_buffer.append", "audio": base64.b64encode(appended).decode()}
+        )
+        await sideband.send({"type": "input_audio_buffer.commit"})
+        committed = await sideband.wait_for("input_audio_buffer.committed")
+        item_id = committed["item_id"]
+        for type_ in ("conversation.item.added", "conversation.item.done"):
+            echoed = await sideband.wait_for(type_, lambda e: e["item"]["id"] == item_id)
+            assert echoed["item"]["content"] == [{"type": "input_audio", "transcript": None}]
 
-            item = await retrieve(sideband, item_id)
-            [part] = item["content"]
-            assert part["type"] == "input_audio" and part["transcript"] is None
-            audio = base64.b64decode(part["audio"], validate=True)
-            assert audio == bytes([silent_byte]) * len(appended)
+        item = await retrieve(sideband, item_id)
+        [part] = item["content"]
+        assert part["type"] == "input_audio" and part["transcript"] is None
+        audio = base64.b64decode(part["audio"], validate=True)
+        assert audio == bytes([silent_byte]) * len(appended)
 
-            # A client's own audio item is retrieved with the audio it was given.
-            own = base64.b64encode(appended[:200]).decode()
-            await sideband.send(
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "id": "item_own_audio",
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_audio", "audio": own}],
-                    },
-                }
-            )
-            await sideband.wait_for("conversation.item.done")
-            [own_part] = (await retrieve(sideband, "item_own_audio"))["content"]
-            assert own_part["audio"] == own
-        finally:
-            await sideband.close()
-    finally:
-        await browser.close()
+        # A client's own audio item is retrieved with the audio it was given.
+        own = base64.b64encode(appended[:200]).decode()
+        await sideband.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "id": "item_own_audio",
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_audio", "audio": own}],
+                },
+            }
+        )
+        await sideband.wait_for("conversation.item.done")
+        [own_part] = (await retrieve(sideband, "item_own_audio"))["content"]
+        assert own_part["audio"] == own
 
 
 async def test_a_spoken_turn_is_retrieved_with_audio_of_at_least_its_speech(
@@ -110,21 +124,14 @@ async def test_a_spoken_turn_is_retrieved_with_audio_of_at_least_its_speech(
     speech_s = 0.8
     mic = ScriptedMicTrack([silence(0.3), speech_like_signal(speech_s), silence(0.6)])
     browser = FakeBrowser(mic=mic)
-    try:
-        session = {"type": "realtime", "audio": {"input": {"turn_detection": NO_AUTO_RESPONSE}}}
-        call_id = await open_call(http, emulator, browser, session)
-        sideband = await SidebandProbe.connect(http, emulator, call_id)
-        try:
-            committed = await browser.wait_for("input_audio_buffer.committed", timeout=10)
-            item = await retrieve(sideband, committed["item_id"])
-            audio = base64.b64decode(item["content"][0]["audio"], validate=True)
-            assert len(audio) % 2 == 0
-            assert len(audio) >= speech_s * 24_000 * 2
-            assert audio == bytes(len(audio))
-        finally:
-            await sideband.close()
-    finally:
-        await browser.close()
+    session = {"type": "realtime", "audio": {"input": {"turn_detection": NO_AUTO_RESPONSE}}}
+    async with call_with_sideband(http, emulator, browser, session) as sideband:
+        committed = await browser.wait_for("input_audio_buffer.committed", timeout=10)
+        item = await retrieve(sideband, committed["item_id"])
+        audio = base64.b64decode(item["content"][0]["audio"], validate=True)
+        assert len(audio) % 2 == 0
+        assert len(audio) >= speech_s * 24_000 * 2
+        assert audio == bytes(len(audio))
 
 
 async def test_an_answer_too_large_for_the_data_channel_still_reaches_the_sidebands(
@@ -135,26 +142,19 @@ async def test_an_answer_too_large_for_the_data_channel_still_reaches_the_sideba
     event (emulator/README.md [inferred] 25); the sideband still gets it, and the page the
     events after it. (Once the whole fan-out failed, and the sideband got ``server_error``.)"""
     browser = FakeBrowser(mic=MutedMic())
-    try:
-        session = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
-        call_id = await open_call(http, emulator, browser, session)
-        sideband = await SidebandProbe.connect(http, emulator, call_id)
-        try:
-            appended = bytes(240_000)  # 5 s of 24 kHz PCM16: 320,000 base64 characters
-            await sideband.send(
-                {"type": "input_audio_buffer.append", "audio": base64.b64encode(appended).decode()}
-            )
-            await sideband.send({"type": "input_audio_buffer.commit"})
-            item_id = (await sideband.wait_for("input_audio_buffer.committed"))["item_id"]
-            item = await retrieve(sideband, item_id)
-            assert base64.b64decode(item["content"][0]["audio"]) == appended
-            await sideband.send(
-                {"type": "conversation.item.delete", "item_id": item_id, "event_id": "event_after"}
-            )
-            await browser.wait_for("conversation.item.deleted", lambda e: e["item_id"] == item_id)
-        finally:
-            await sideband.close()
-    finally:
-        await browser.close()
+    session = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
+    async with call_with_sideband(http, emulator, browser, session) as sideband:
+        appended = bytes(240_000)  # 5 s of 24 kHz PCM16: 320,000 base64 characters
+        await sideband.send(
+            {"type": "input_audio_buffer.append", "audio": base64.b64encode(appended).decode()}
+        )
+        await sideband.send({"type": "input_audio_buffer.commit"})
+        item_id = (await sideband.wait_for("input_audio_buffer.committed"))["item_id"]
+        item = await retrieve(sideband, item_id)
+        assert base64.b64decode(item["content"][0]["audio"]) == appended
+        await sideband.send(
+            {"type": "conversation.item.delete", "item_id": item_id, "event_id": "event_after"}
+        )
+        await browser.wait_for("conversation.item.deleted", lambda e: e["item_id"] == item_id)
     assert "conversation.item.retrieved" not in [e["type"] for e in browser.events]
     assert "error" not in [e["type"] for e in browser.events]
