@@ -9,41 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from sqlalchemy import text
 
-from broker.db.engine import create_engine
 from broker.db.migrate import alembic_config, upgrade_database
-from broker.db.models import Base
-
-
-async def schema_diff(url: str) -> list[Any]:
-    engine = create_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return await conn.run_sync(
-                lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
-            )
-    finally:
-        await engine.dispose()
-
-
-async def execute(url: str, *statements: str) -> list[Any]:
-    engine = create_engine(url)
-    try:
-        async with engine.begin() as conn:
-            result: list[Any] = []
-            for statement in statements:
-                rows = await conn.execute(text(statement))
-                result = list(rows.all()) if rows.returns_rows else []
-            return result
-    finally:
-        await engine.dispose()
+from tests.support.migrations import execute, migrated_sqlite, schema_diff
 
 
 async def check_round_trip(url: str) -> None:
@@ -69,8 +40,7 @@ async def check_round_trip(url: str) -> None:
 
 
 async def test_sqlite(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'migrated.db'}"
-    await asyncio.to_thread(upgrade_database, url)
+    url = await migrated_sqlite(tmp_path)
     assert await schema_diff(url) == []
     await check_round_trip(url)
 

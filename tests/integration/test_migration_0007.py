@@ -13,7 +13,7 @@ import pytest
 from alembic import command
 
 from broker.db.migrate import alembic_config, upgrade_database
-from tests.integration.test_migration_0005 import execute, schema_diff
+from tests.support.migrations import execute, migrated_sqlite, schema_diff
 
 _SESSION = (
     "INSERT INTO sessions (id, owner_key_id, state, provider, model, instructions, voice,"
@@ -58,8 +58,7 @@ async def check_backfill(url: str) -> None:
 
 
 async def test_sqlite(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'migrated.db'}"
-    await asyncio.to_thread(upgrade_database, url)
+    url = await migrated_sqlite(tmp_path)
     await check_backfill(url)
 
 

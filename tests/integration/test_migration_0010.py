@@ -13,8 +13,8 @@ import pytest
 from alembic import command
 
 from broker.db.migrate import alembic_config, upgrade_database
-from tests.integration.test_migration_0005 import execute, schema_diff
 from tests.integration.test_migration_0007 import _SESSION
+from tests.support.migrations import execute, migrated_sqlite, schema_diff
 
 
 async def check_round_trip(url: str) -> None:
@@ -39,8 +39,7 @@ async def check_round_trip(url: str) -> None:
 
 
 async def test_sqlite(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'migrated.db'}"
-    await asyncio.to_thread(upgrade_database, url)
+    url = await migrated_sqlite(tmp_path)
     assert await schema_diff(url) == []
     await check_round_trip(url)
 
