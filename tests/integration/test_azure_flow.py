@@ -32,6 +32,7 @@ from tests.support.broker_server import (
     ADMIN_KEY,
     PROVIDER_KEY,
     BrokerFactory,
+    Reply,
     RunningBroker,
     broker_factory,
     stack_settings,
@@ -189,6 +190,15 @@ async def end_from_the_page(broker: RunningBroker, session: dict[str, Any], call
     )
     assert ended.status == 200, ended.text
     await wait_call_ended(call)
+
+
+async def offer_from_a_new_page(broker: RunningBroker, session: dict[str, Any]) -> Reply:
+    """The broker's reply to a new page's offer; the page is closed (no call is wanted)."""
+    browser = FakeBrowser()
+    try:
+        return await broker.offer(session, await browser.create_offer())
+    finally:
+        await browser.close()
 
 
 async def test_tool_flow_on_azure_through_a_client_secret_with_the_filter_on(
@@ -406,11 +416,7 @@ async def test_a_failing_token_command_fails_the_offer_without_showing_its_outpu
         provider_api_key=None, azure_token_command=f"{sys.executable} {command}"
     )
     session = await broker.create_session(tools=["lookup_order"])
-    browser = FakeBrowser()
-    try:
-        reply = await broker.offer(session, await browser.create_offer())
-    finally:
-        await browser.close()
+    reply = await offer_from_a_new_page(broker, session)
     assert (reply.status, reply.code) == (502, "provider_unreachable")
     detail = await broker.get_session(session["id"])
     assert detail["state"] == "failed"
@@ -428,11 +434,7 @@ async def test_a_refused_mint_fails_the_offer_and_is_counted_as_a_client_secret_
     under its own operation; ``/calls`` is never tried."""
     broker = await azure_broker(provider_api_key=Secret("wrong-resource-key-000000000000"))
     session = await broker.create_session(tools=["lookup_order"])
-    browser = FakeBrowser()
-    try:
-        reply = await broker.offer(session, await browser.create_offer())
-    finally:
-        await browser.close()
+    reply = await offer_from_a_new_page(broker, session)
     assert (reply.status, reply.code) == (502, "provider_error")
     assert (reply.json()["provider_status"], reply.json()["provider_code"]) == (
         401,
