@@ -20,7 +20,7 @@ from sideband import (
     ProviderError,
 )
 from tests.support.broker_server import PROVIDER_KEY
-from tests.support.servers import RunningEmulator, start_emulator
+from tests.support.servers import RunningEmulator, serving, start_emulator
 
 SESSION = {"type": "realtime", "model": "my-deployment"}
 
@@ -112,17 +112,9 @@ async def test_a_mint_without_a_usable_secret_fails_before_any_call(
     app = web.Application()
     app.router.add_post("/openai/v1/realtime/client_secrets", client_secrets)
     app.router.add_post("/openai/v1/realtime/calls", create_call)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        base = f"http://127.0.0.1:{runner.addresses[0][1]}/openai/v1"
-        async with aiohttp.ClientSession() as http:
-            provider = AzureOpenAIProvider(base, ApiKeyCredential(PROVIDER_KEY), http)
-            with pytest.raises(ProviderError) as raised:
-                await provider.create_call("v=0\r\n", SESSION)
-    finally:
-        await runner.cleanup()
+    async with serving(app) as root, aiohttp.ClientSession() as http:
+        provider = AzureOpenAIProvider(root + "/openai/v1", ApiKeyCredential(PROVIDER_KEY), http)
+        with pytest.raises(ProviderError) as raised:
+            await provider.create_call("v=0\r\n", SESSION)
     assert (raised.value.code, raised.value.operation) == ("invalid_client_secret", "client_secret")
     assert calls == []

@@ -20,7 +20,7 @@ from tests.support.flow import (
     wait_events,
     wait_sideband,
 )
-from tests.support.servers import RunningEmulator
+from tests.support.servers import RunningEmulator, serving
 from tests.support.tool_backend import ToolBackend
 
 EXPECTED_OUTPUT = LOOKUP_42_OUTPUT
@@ -240,14 +240,10 @@ async def sideband_down_proxy(emulator: RunningEmulator) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/v1/realtime/calls", calls)
     app.router.add_get("/v1/realtime", sideband)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+        async with serving(app) as root:
+            yield root + "/v1"
     finally:
-        await runner.cleanup()
         await http.close()
 
 
