@@ -16,10 +16,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
-from sqlalchemy import select
 
 from broker import app_state
-from broker.db.models import SessionEvent, SessionRow
+from broker.db.models import SessionRow
 from broker.record.event_log import EventRecorder
 from tests.conftest import BrokerFactory
 from tests.integration.test_events_stream import EventStream, Message, open_stream
@@ -28,6 +27,7 @@ from tests.support.broker_server import RunningBroker
 from tests.support.flow import (
     connect_browser,
     session_events,
+    stored_events,
     wait_events,
     wait_session_ended,
     wait_sideband,
@@ -177,13 +177,7 @@ async def test_audio_weighs_its_marker_against_the_bytes_cap(make_broker: Broker
         await recorder.flush()
         async with sessionmaker() as s:
             row = await s.get(SessionRow, session["id"])
-            events = (
-                await s.scalars(
-                    select(SessionEvent)
-                    .where(SessionEvent.session_id == session["id"])
-                    .order_by(SessionEvent.seq)
-                )
-            ).all()
+        events = await stored_events(broker, session["id"])
     assert row is not None
     assert (row.events_coalescible, row.events_dropped) == (1, 0)
     assert row.events_coalescible_bytes <= 1_000

@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy import select
-
 from broker import app_state
-from broker.db.models import SessionEvent, SessionRow
+from broker.db.models import SessionRow
 from broker.record.event_classes import EventClass, classify
 from broker.record.event_log import EventRecorder, append_event, payload_bytes
 from tests.conftest import BrokerFactory
@@ -24,6 +22,7 @@ from tests.support.flow import (
     ask,
     connect_browser,
     says,
+    stored_events,
     wait_session_ended,
 )
 from tests.support.metrics import moved, scrape
@@ -46,16 +45,6 @@ def response_done(total: int) -> dict[str, Any]:
 def notice(n: int) -> dict[str, Any]:
     """A coalescible provider event (deltas are folded, never stored: a test below)."""
     return {"type": "rate_limits.updated", "rate_limits": [], "n": n}
-
-
-async def stored_events(broker: RunningBroker, session_id: str) -> list[SessionEvent]:
-    async with broker.app[app_state.SESSIONMAKER]() as s:
-        rows = await s.scalars(
-            select(SessionEvent)
-            .where(SessionEvent.session_id == session_id)
-            .order_by(SessionEvent.seq)
-        )
-        return list(rows.all())
 
 
 async def session_row(broker: RunningBroker, session_id: str) -> SessionRow:

@@ -17,7 +17,7 @@ from broker.record import event_writer
 from broker.record.event_classes import EventClass
 from broker.record.event_log import WRITE_ATTEMPTS, EventCaps, EventRecorder, append_event
 from tests.support.broker_server import RunningBroker
-from tests.support.flow import session_events
+from tests.support.flow import session_events, stored_events
 
 
 async def test_a_seq_taken_by_another_writer_renumbers_the_recorders_buffer(
@@ -35,14 +35,7 @@ async def test_a_seq_taken_by_another_writer_renumbers_the_recorders_buffer(
     recorder.record("in", {"type": "response.done", "n": 3})
     await recorder.flush()
 
-    async with sessionmaker() as s:
-        rows = (
-            await s.scalars(
-                select(SessionEvent)
-                .where(SessionEvent.session_id == session["id"])
-                .order_by(SessionEvent.seq)
-            )
-        ).all()
+    rows = await stored_events(broker, session["id"])
     assert [r.seq for r in rows] == [1, 2, 3, 4, 5]
     assert [r.type for r in rows] == [
         "broker.leash",

@@ -6,7 +6,6 @@ import asyncio
 
 from sqlalchemy import select
 
-from broker import app_state
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.db.models import SessionEvent, SessionRow
 from emulator import EmulatorSettings
@@ -18,6 +17,7 @@ from tests.support.flow import (
     connect_browser,
     outputs_received,
     says,
+    stored_events,
     wait_sideband,
 )
 from tests.support.servers import RunningEmulator, start_emulator
@@ -100,14 +100,7 @@ async def test_tool_call_runs_on_the_sideband_and_the_answer_reaches_the_browser
     kinds = {kind for _, kind in wanted}
     async with asyncio.timeout(5):
         while True:
-            async with broker.app[app_state.SESSIONMAKER]() as s:
-                events = (
-                    await s.scalars(
-                        select(SessionEvent)
-                        .where(SessionEvent.session_id == session["id"])
-                        .order_by(SessionEvent.seq)
-                    )
-                ).all()
+            events = await stored_events(broker, session["id"])
             flow = [(e.direction, e.type) for e in events if e.type in kinds]
             if len(flow) >= len(wanted):
                 break

@@ -89,6 +89,17 @@ LOOKUP_42_OUTPUT = compact({"order_id": "42", "status": "shipped"})
 """What the test tool backend's lookup_order answers for order 42, byte for byte."""
 
 
+async def stored_events(broker: RunningBroker, session_id: str) -> list[SessionEvent]:
+    """The session's event-log rows, in ``seq`` order."""
+    async with broker.app[app_state.SESSIONMAKER]() as s:
+        rows = await s.scalars(
+            select(SessionEvent)
+            .where(SessionEvent.session_id == session_id)
+            .order_by(SessionEvent.seq)
+        )
+        return list(rows.all())
+
+
 async def session_events(
     broker: RunningBroker, session_id: str, type_: str | None = None
 ) -> list[dict[str, Any]]:
