@@ -26,6 +26,7 @@ from tests.support.conformance import server_event_failures, sideband_client_eve
 from tests.support.postgres import PgTemplate, fresh_pg_database, pg_template
 from tests.support.servers import RunningEmulator, start_emulator
 from tests.support.tool_backend import ToolBackend
+from tests.support.webhook_receiver import WebhookReceiver
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -114,6 +115,15 @@ async def tool_backend() -> AsyncIterator[ToolBackend]:
     await backend.start()
     yield backend
     await backend.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    """A webhook endpoint on loopback that records every delivery."""
+    running = WebhookReceiver()
+    await running.start()
+    yield running
+    await running.close()
 
 
 @pytest.fixture

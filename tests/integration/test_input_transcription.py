@@ -13,7 +13,6 @@ the broker and the emulator run on loopback, webhooks go to a real receiver.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import aiohttp
@@ -37,14 +36,6 @@ TRANSCRIPTION: Final = "conversation.item.input_audio_transcription"
 COMPLETED: Final = f"{TRANSCRIPTION}.completed"
 DELTA: Final = f"{TRANSCRIPTION}.delta"
 FAILED: Final = f"{TRANSCRIPTION}.failed"
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    running = WebhookReceiver()
-    await running.start()
-    yield running
-    await running.close()
 
 
 # ---- helpers --------------------------------------------------------------------------------

@@ -41,14 +41,6 @@ QUIET_S = 1.5
 test backoff."""
 
 
-@pytest.fixture
-async def receiver() -> Any:
-    running = WebhookReceiver()
-    await running.start()
-    yield running
-    await running.close()
-
-
 def webhook_settings(url: str, **overrides: Any) -> dict[str, Any]:
     return {
         "webhook_url": url,

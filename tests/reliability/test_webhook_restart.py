@@ -10,10 +10,8 @@ secret.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import aiohttp
-import pytest
 from sqlalchemy import select
 
 from broker.db.engine import create_engine, make_sessionmaker
@@ -25,14 +23,6 @@ from tests.support.webhook_receiver import WebhookReceiver
 
 WEBHOOK_SECRET = "reliability-webhook-secret-" + "r" * 16
 TEST_BUDGET_S = 60
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    running = WebhookReceiver()
-    await running.start()
-    yield running
-    await running.close()
 
 
 async def wait_attempt_recorded(db_url: str, session_id: str) -> WebhookDelivery:
