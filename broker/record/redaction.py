@@ -15,7 +15,7 @@ copied.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 _TOP_LEVEL: Final = {
@@ -94,6 +94,18 @@ def _redact_part(part: Any) -> Any:
     return part
 
 
+def _map_on_write(values: list[Any], redact: Callable[[Any], Any]) -> list[Any]:
+    """``values`` with ``redact`` applied to each; ``values`` itself if none changed."""
+    redacted: list[Any] | None = None
+    for index, value in enumerate(values):
+        new = redact(value)
+        if new is not value:
+            if redacted is None:
+                redacted = list(values)
+            redacted[index] = new
+    return values if redacted is None else redacted
+
+
 def _redact_item(item: Any) -> Any:
     """The item with its content parts' audio replaced; ``item`` itself if it has none."""
     if not isinstance(item, Mapping):
@@ -101,25 +113,12 @@ def _redact_item(item: Any) -> Any:
     content = item.get("content")
     if not isinstance(content, list):
         return item
-    redacted: list[Any] | None = None
-    for index, part in enumerate(content):
-        new = _redact_part(part)
-        if new is not part:
-            if redacted is None:
-                redacted = list(content)
-            redacted[index] = new
-    return item if redacted is None else {**item, "content": redacted}
+    redacted = _map_on_write(content, _redact_part)
+    return item if redacted is content else {**item, "content": redacted}
 
 
 def _redact_items(items: Any) -> Any:
     """The list with each item's audio replaced; ``items`` itself if none has any."""
     if not isinstance(items, list):
         return items
-    redacted: list[Any] | None = None
-    for index, item in enumerate(items):
-        new = _redact_item(item)
-        if new is not item:
-            if redacted is None:
-                redacted = list(items)
-            redacted[index] = new
-    return items if redacted is None else redacted
+    return _map_on_write(items, _redact_item)
