@@ -156,6 +156,15 @@ def _status_label(status: int) -> str:
     return str(status) if 100 <= status <= 599 else OTHER
 
 
+def _count_tokens(
+    counter: Counter, known: tuple[tuple[str, str], ...], tokens: dict[tuple[str, str], int]
+) -> None:
+    # Usage is provider input: keys outside ``known`` and negative counts are ignored.
+    for key, count in tokens.items():
+        if key in known and count > 0:
+            counter.labels(*key).inc(count)
+
+
 class BrokerMetrics:
     """Every metric the broker exports, registered in a registry of its own.
 
@@ -520,9 +529,7 @@ class BrokerMetrics:
                 other keys and negative counts are ignored (usage is provider input).
         """
         self._responses.inc()
-        for key, count in tokens.items():
-            if key in TOKEN_LABELS and count > 0:
-                self._tokens.labels(*key).inc(count)
+        _count_tokens(self._tokens, TOKEN_LABELS, tokens)
 
     def transcription_reported(self, tokens: dict[tuple[str, str], int], ms: int) -> None:
         """Count one input transcription and its usage.
@@ -533,9 +540,7 @@ class BrokerMetrics:
             ms: milliseconds of audio it reported (models that bill time).
         """
         self._transcriptions.inc()
-        for key, count in tokens.items():
-            if key in TRANSCRIPTION_TOKEN_LABELS and count > 0:
-                self._transcription_tokens.labels(*key).inc(count)
+        _count_tokens(self._transcription_tokens, TRANSCRIPTION_TOKEN_LABELS, tokens)
         if ms > 0:
             self._transcription_seconds.inc(ms / 1000)
 
