@@ -140,12 +140,16 @@ async def browser() -> AsyncIterator[FakeBrowser]:
 
 
 @pytest.fixture
-def broker_settings(
-    db_url: str, emulator: RunningEmulator, tool_backend: ToolBackend, tmp_path: Path
-) -> Settings:
+def tools_config(tool_backend: ToolBackend, tmp_path: Path) -> Path:
+    """The tool backend's tools, written as the broker's ``tools.toml``."""
     tools = tmp_path / "tools.toml"
     tools.write_text(tool_backend.config_toml())
-    return stack_settings(db_url, emulator.base_url, tools)
+    return tools
+
+
+@pytest.fixture
+def broker_settings(db_url: str, emulator: RunningEmulator, tools_config: Path) -> Settings:
+    return stack_settings(db_url, emulator.base_url, tools_config)
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from tests.support.broker_process import BrokerLauncher
 from tests.support.broker_server import RunningBroker
 from tests.support.flow import LOOKUP_42_OUTPUT, wait_session_ended, wait_sideband
 from tests.support.servers import RunningEmulator, request_json, set_faults
-from tests.support.tool_backend import ToolBackend
 
 CALL_TIMEOUT_MS = 20_000
 
@@ -165,16 +164,14 @@ def sdp_candidates(sdp: str) -> set[tuple[str, int]]:
 async def test_media_flows_between_the_browser_and_the_provider_never_the_broker(
     page: Any,
     emulator: RunningEmulator,
-    tool_backend: ToolBackend,
+    tools_config: Path,
     db_url: str,
     tmp_path: Path,
 ) -> None:
     """Must-show 2: the selected ICE pair joins Chromium to the emulator's peer (a candidate
     of its answer, on a UDP port of the emulator's process); the broker, its own process here,
     holds no UDP socket at all during the call."""
-    tools = tmp_path / "tools.toml"
-    tools.write_text(tool_backend.config_toml())
-    async with BrokerLauncher(db_url, emulator.base_url, tools, tmp_path) as launcher:
+    async with BrokerLauncher(db_url, emulator.base_url, tools_config, tmp_path) as launcher:
         broker = await launcher.start(BROKER_DEMO="1")
         await page.goto(broker.base_url + "/")
         async with page.expect_response("**/realtime-offer") as offered:

@@ -142,16 +142,12 @@ async def azure() -> AsyncIterator[RecordedAzure]:
 
 
 @pytest.fixture
-def azure_settings(
-    db_url: str, azure: RecordedAzure, tool_backend: ToolBackend, tmp_path: Path
-) -> Settings:
-    tools = tmp_path / "tools.toml"
-    tools.write_text(tool_backend.config_toml())
+def azure_settings(db_url: str, azure: RecordedAzure, tools_config: Path) -> Settings:
     return stack_settings(
         db_url,
         # The resource endpoint, as an operator writes it: /openai/v1 is the broker's to add.
         azure.running.root_url,
-        tools,
+        tools_config,
         provider="azure",
         default_model=DEPLOYMENT,
         sideband_reconnect_timeout=10.0,
@@ -447,19 +443,17 @@ async def test_a_refused_mint_fails_the_offer_and_is_counted_as_a_client_secret_
 
 
 async def test_azure_without_a_credential_runs_the_built_in_emulator_in_its_azure_flavour(
-    db_url: str, tool_backend: ToolBackend, tmp_path: Path
+    db_url: str, tools_config: Path
 ) -> None:
     """``BROKER_PROVIDER=azure`` alone: the whole stack runs locally, through the Azure
     provider (two-step offer, filter on) against the in-process emulator."""
-    tools = tmp_path / "tools.toml"
-    tools.write_text(tool_backend.config_toml())
     broker = await start_broker(
         Settings(
             signing_key=Secret("test-signing-key-" + "x" * 32),
             database_url=db_url,
             admin_key=Secret(ADMIN_KEY),
             provider="azure",
-            tools_config=tools,
+            tools_config=tools_config,
             overload_loop_lag_s=60.0,
         )
     )

@@ -71,11 +71,11 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def chaos_broker(
-    database_url: str, quiet_emulator: RunningEmulator, tool_backend: ToolBackend, tmp_path: Path
+    database_url: str, quiet_emulator: RunningEmulator, tools_config: Path, tmp_path: Path
 ) -> AsyncIterator[BrokerProcess]:
-    tools = tmp_path / "tools.toml"
-    tools.write_text(tool_backend.config_toml())
-    async with BrokerLauncher(database_url, quiet_emulator.base_url, tools, tmp_path) as launcher:
+    async with BrokerLauncher(
+        database_url, quiet_emulator.base_url, tools_config, tmp_path
+    ) as launcher:
         # A reconnect bound well above the drop pacing: under this load a re-attach can take
         # seconds, and giving up would end the call (a different test).
         yield await launcher.start(BROKER_SIDEBAND_RECONNECT_TIMEOUT="20")

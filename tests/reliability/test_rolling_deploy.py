@@ -74,11 +74,9 @@ async def old_schema_db(pg_url: str) -> str:
 
 @pytest.fixture
 async def deploy(
-    old_schema_db: str, emulator: RunningEmulator, tool_backend: ToolBackend, tmp_path: Path
+    old_schema_db: str, emulator: RunningEmulator, tools_config: Path, tmp_path: Path
 ) -> AsyncIterator[BrokerLauncher]:
-    tools = tmp_path / "tools.toml"
-    tools.write_text(tool_backend.config_toml())
-    async with BrokerLauncher(old_schema_db, emulator.base_url, tools, tmp_path) as launcher:
+    async with BrokerLauncher(old_schema_db, emulator.base_url, tools_config, tmp_path) as launcher:
         yield launcher
     failures = sideband_client_event_failures(emulator.registry)
     assert not failures, "non-conformant broker client events:\n" + "\n".join(failures[:5])
