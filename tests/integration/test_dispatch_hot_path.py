@@ -58,6 +58,7 @@ class _Sql:
     def __init__(self) -> None:
         self.statements: list[str] = []
         self.commits = 0
+        self.committed = asyncio.Event()
 
 
 @contextmanager
@@ -69,6 +70,7 @@ def _counting(engine: AsyncEngine) -> Iterator[_Sql]:
 
     def commit(*args: Any) -> None:
         sql.commits += 1
+        sql.committed.set()
 
     event.listen(engine.sync_engine, "before_cursor_execute", statement)
     event.listen(engine.sync_engine, "commit", commit)
@@ -304,7 +306,10 @@ async def test_the_event_log_writes_events_that_come_together_in_one_batch(
     """Events recorded within the writer's tick share one transaction; stopping writes at
     once."""
     async with _dispatcher(db_url, tmp_path) as (_, engine, sm):
-        EventLog(tick=0.2).bind(sm)
+        # A long linger, so that neither half depends on how busy the machine is: the three
+        # events come well within it, and a stop that waited it out would show.
+        linger = 2.0
+        EventLog(tick=linger).bind(sm)
         recorder = EventRecorder(sm, SESSION)
         await recorder.start()
         with _counting(engine) as sql:
@@ -312,14 +317,14 @@ async def test_the_event_log_writes_events_that_come_together_in_one_batch(
             for index in range(3):
                 recorder.record("in", {"type": "response.done", "index": index})
                 await asyncio.sleep(0.01)
-            await asyncio.sleep(0.3)  # past the linger: written
+            await asyncio.wait_for(sql.committed.wait(), 5 * linger)  # the linger's write
             assert sql.statements.count("INSERT INTO session_events") == 1
             recorder.record("broker", {"type": "broker.tool_call"})
             loop = asyncio.get_running_loop()
             stopped_at = loop.time()
             recorder.stop()
             await asyncio.wait_for(writer, 5)
-            assert loop.time() - stopped_at < 0.15  # the stop did not wait out the linger
+            assert loop.time() - stopped_at < linger / 2  # the stop did not wait out the linger
         assert sql.statements.count("INSERT INTO session_events") == 2
         assert sql.commits == 2
         async with sm() as s:
