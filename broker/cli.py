@@ -17,7 +17,8 @@ from sqlalchemy.engine import make_url
 from broker import app_state
 from broker.app import create_app
 from broker.auth.api_keys import UnknownScopeError, create_api_key, list_api_keys, revoke_api_key
-from broker.auth.principals import Scope, describe_scopes
+from broker.auth.dev_keys import APP_KEY, OPS_KEY, dev_keys_file, ensure_dev_keys
+from broker.auth.principals import describe_scopes
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.db.migrate import upgrade_database
 from broker.db.models import ApiKey
@@ -25,10 +26,6 @@ from broker.logs import LogFormat, configure_logging
 from broker.settings import Secret, Settings, SettingsError
 
 logger = logging.getLogger("broker")
-
-DEV_KEY_SCOPES = (Scope.SESSIONS_CREATE, Scope.MONITOR_READ)
-DEV_OPS_KEY_SCOPES = (Scope.MONITOR_READ, Scope.ADMIN)
-"""The dashboard's key in ``--dev``: watch, hang up, disable tools (never create)."""
 
 
 def _out(line: str = "") -> None:
@@ -43,6 +40,17 @@ async def _new_key(database_url: str, name: str, scopes: Sequence[str]) -> tuple
     finally:
         await engine.dispose()
     return row.id, key
+
+
+async def _dev_keys(settings: Settings) -> tuple[str, str]:
+    engine = create_engine(settings.database_url)
+    try:
+        keys = await ensure_dev_keys(
+            make_sessionmaker(engine), dev_keys_file(settings.signing_key_file)
+        )
+    finally:
+        await engine.dispose()
+    return keys[APP_KEY], keys[OPS_KEY]
 
 
 async def _list_keys(database_url: str) -> Sequence[ApiKey]:
@@ -105,10 +113,7 @@ def _serve(settings: Settings, dev: bool, log_format: LogFormat) -> None:
         upgrade_database(settings.database_url)
     dev_key = ops_key = None
     if dev:
-        _, dev_key = asyncio.run(_new_key(settings.database_url, "development", DEV_KEY_SCOPES))
-        _, ops_key = asyncio.run(
-            _new_key(settings.database_url, "development ops", DEV_OPS_KEY_SCOPES)
-        )
+        dev_key, ops_key = asyncio.run(_dev_keys(settings))
         settings = settings.replace(demo=True)
     app = create_app(settings)
 
@@ -197,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument(
         "--dev",
         action="store_true",
-        help="create and print a development key, and serve the demo page at /",
+        help="print development keys (made once, kept beside the signing key) and serve the"
+        " demo page at /",
     )
     sub.add_parser("migrate", help="bring the database schema up to date")
     keys_cmd = sub.add_parser("keys", help="manage API keys")

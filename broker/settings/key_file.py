@@ -24,27 +24,45 @@ def load_or_create_key_file(path: Path) -> str:
     Raises:
         SettingsError: the key file is readable by group or others, or not the broker's own.
     """
+    value = read_private_file(path) or ""
+    if len(value) >= 32:
+        return value
+    value = secrets.token_urlsafe(32)
+    write_private_file(path, value + "\n")
+    return value
+
+
+def read_private_file(path: Path) -> str | None:
+    """The stripped text of a secret file the broker keeps, ``None`` if there is none.
+
+    Raises:
+        SettingsError: the file is readable by group or others, or not the broker's own.
+    """
     try:
         info = path.stat()
     except FileNotFoundError:
-        info = None
-    if info is not None and info.st_mode & 0o077:
+        return None
+    if info.st_mode & 0o077:
         raise SettingsError(
             f"{path} is readable by other users (mode {info.st_mode & 0o777:o}); "
             "delete it (a new key is made at start) or chmod 600 it if it never left this host"
         )
-    if info is not None and info.st_uid != os.geteuid():
+    if info.st_uid != os.geteuid():
         raise SettingsError(f"{path} belongs to another user; delete it (a new key is made)")
-    value = path.read_text().strip() if info is not None else ""
-    if len(value) >= 32:
-        return value
+    return path.read_text().strip()
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, never readable by others and never half-written.
+
+    The directory is made 0700 if missing.
+    """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(32)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w") as fh:
-            fh.write(value + "\n")
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(temporary, path)
@@ -52,10 +70,9 @@ def load_or_create_key_file(path: Path) -> str:
         temporary.unlink(missing_ok=True)
         raise
     # The rename is durable only once the directory is: otherwise a crash could bring back
-    # the old (empty) file after tokens were signed with the new key.
+    # the old file after secrets were handed out from the new one.
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
-    return value
