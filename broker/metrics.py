@@ -13,19 +13,25 @@ only its own traffic. ``GET /metrics`` (``monitor:read``) serves :meth:`BrokerMe
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    Info,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 
 from broker.session.end_reason import EndReason
+from broker.version import VERSION
 from sideband import ProviderError, ProviderTimeoutError, ProviderUnreachableError
 
 NAMESPACE: Final = "broker"
@@ -165,6 +171,25 @@ def _count_tokens(
             counter.labels(*key).inc(count)
 
 
+class _Scraped:
+    """A registry as ``/metrics`` shows it: without the ``_created`` series.
+
+    prometheus_client adds a ``<name>_created`` timestamp to every counter and histogram (one
+    per label set) in the text format, which Prometheus stores as one more series each and no
+    query here uses. Its switch for that is process-wide (``disable_created_metrics``), so the
+    samples are dropped here, per registry, as the rest of this module keeps state per app.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._registry.collect():
+            # ``collect`` builds new Metric objects on each call: trimming them is safe.
+            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            yield metric
+
+
 class BrokerMetrics:
     """Every metric the broker exports, registered in a registry of its own.
 
@@ -176,6 +201,16 @@ class BrokerMetrics:
         self._registry = CollectorRegistry(auto_describe=True)
         self._tools: frozenset[str] = frozenset()
         registry = self._registry
+        # The standard process_*, python_gc_* and python_info series, as a default registry
+        # has them: the collectors are stateless readers, so every app's registry shares them.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            registry.register(collector)
+        Info(
+            "build",
+            "The broker's version (always 1; the version is the label).",
+            namespace=NAMESPACE,
+            registry=registry,
+        ).info({"version": VERSION})
         self._offers = Counter(
             "offers_total",
             "Realtime offers by outcome.",
@@ -409,7 +444,7 @@ class BrokerMetrics:
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of every metric, and its content type."""
-        return generate_latest(self._registry), CONTENT_TYPE_LATEST
+        return generate_latest(_Scraped(self._registry)), CONTENT_TYPE_LATEST
 
     # ---- offers and the provider ----------------------------------------------------------
 
