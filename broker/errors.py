@@ -29,7 +29,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -250,7 +250,16 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, f"http_{exc.status}")
-        return problem_response(exc.status, code, exc.reason, exc.text or exc.reason)
+        # A 405 must say which methods the resource takes (RFC 9110 §15.5.6); aiohttp put
+        # them on its exception.
+        allow = exc.headers.get(hdrs.ALLOW)
+        return problem_response(
+            exc.status,
+            code,
+            exc.reason,
+            exc.text or exc.reason,
+            headers={hdrs.ALLOW: allow} if allow is not None else None,
+        )
     except Exception:
         logger.exception("unhandled error path=%s", request.path)
         return problem_response(500, "internal_error", "Internal error", "unexpected server error")
