@@ -91,10 +91,13 @@ class HttpExecutor:
 
     Headers: ``X-Session-ID``, ``X-Call-ID`` and ``X-Tool-Name`` say who is asking;
     ``Idempotency-Key: <session_id>:<call_id>`` names the call for a backend that dedupes;
-    ``X-Broker-Timestamp`` and ``X-Broker-Signature`` prove the broker sent it (unless the
-    tool is configured ``unsigned``). A 2xx body of at most :data:`MAX_OUTPUT_BYTES` is the
-    output, verbatim, if it is non-blank text in its charset (and JSON when its
-    ``Content-Type`` says JSON); anything else is a failure the model is told about.
+    the Standard Webhooks headers (``Webhook-Id``, the same key, signed; ``Webhook-Timestamp``;
+    ``Webhook-Signature``) and the deprecated ``X-Broker-Timestamp`` and
+    ``X-Broker-Signature`` prove the broker sent it (unless the tool is configured
+    ``unsigned``; :mod:`broker.tools.signing`). A 2xx body of at most
+    :data:`MAX_OUTPUT_BYTES` is the output, verbatim, if it is non-blank text in its charset
+    (and JSON when its ``Content-Type`` says JSON); anything else is a failure the model is
+    told about.
 
     Args:
         secret: the per-tool HMAC key; ``None`` only for a tool configured ``unsigned = true``.
@@ -124,6 +127,7 @@ class HttpExecutor:
         # Serialized here (not by httpx) so the signature covers exactly the bytes sent, and
         # re-serialized from the validated object so the backend reads what policy checked.
         body = json.dumps(arguments, separators=(",", ":")).encode("ascii")
+        idempotency_key = f"{context.session_id}:{context.call_id}"
         headers = {
             "Content-Type": "application/json",
             # Counting compressed bytes would let a small body inflate past the cap.
@@ -131,12 +135,14 @@ class HttpExecutor:
             "X-Session-ID": context.session_id,
             "X-Call-ID": context.call_id,
             "X-Tool-Name": context.tool,
-            # The call's identity, under the name backends' dedupe middleware looks for. Not
-            # signed (only the timestamp and body are): see docs/tool-webhooks.md.
-            "Idempotency-Key": f"{context.session_id}:{context.call_id}",
+            # The call's identity, under the name backends' dedupe middleware looks for; it
+            # is signed as the Webhook-Id (see docs/tool-webhooks.md).
+            "Idempotency-Key": idempotency_key,
         }
         if self._secret is not None:
-            headers.update(signature_headers(self._secret, body))
+            # The Webhook-Id is the call's key, not a fresh id: a re-sent call (an idempotent
+            # tool after a crash) is the same message to a receiver that dedupes on it.
+            headers.update(signature_headers(self._secret, body, idempotency_key))
         request = self._request(body, headers)
         try:
             # A redirect could send the signed call (and the user's data) anywhere.

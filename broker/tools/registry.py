@@ -44,6 +44,7 @@ from jsonschema.exceptions import SchemaError
 from broker.settings import Secret
 from broker.tools.executors import Executor, HttpExecutor, PythonExecutor, PythonTool
 from broker.tools.signing import MIN_SECRET_CHARS
+from broker.webhooks.signature import MIN_KEY_BYTES, SECRET_PREFIX, signing_key
 
 _NAME_RE: Final = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _ENV_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -271,4 +272,15 @@ def _secret(where: str, entry: dict[str, Any], env: Mapping[str, str]) -> Secret
     assert inline is not None
     if len(inline.reveal()) < MIN_SECRET_CHARS:
         raise ToolConfigError(f"{where}: the secret must be at least {MIN_SECRET_CHARS} characters")
+    if inline.reveal().startswith(SECRET_PREFIX):
+        # The Standard Webhooks key of a whsec_ secret is its base64: refused here, at start,
+        # rather than failing every call (or signing with a key the backend cannot derive).
+        try:
+            key = signing_key(inline.reveal())
+        except ValueError:
+            raise ToolConfigError(f"{where}: a whsec_ secret must be base64 after it") from None
+        if len(key) < MIN_KEY_BYTES:
+            raise ToolConfigError(
+                f"{where}: a whsec_ secret must hold at least {MIN_KEY_BYTES} bytes"
+            )
     return inline

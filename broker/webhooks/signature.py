@@ -1,16 +1,24 @@
-"""Sign and verify the broker's webhooks: the Standard Webhooks scheme (as Stripe's, in shape).
+"""Sign and verify the broker's webhooks and tool calls: the Standard Webhooks scheme.
+
+Standard Webhooks (https://www.standardwebhooks.com/) is an open specification with
+verifier libraries for many languages (``standardwebhooks`` on PyPI and npm). It is not
+Stripe's scheme: Stripe sends one ``Stripe-Signature: t=<timestamp>,v1=<hex>`` header over
+``"{timestamp}.{body}"``; here the message id is signed too and the digest is base64.
 
 Every delivery carries three headers:
 
-- ``Webhook-Id``: the event's id (the payload's ``id``), the same on every retry: a receiver
-  that already handled it should answer 2xx and do nothing;
+- ``Webhook-Id``: the message's id, the same on every retry (a ``session.ended`` event's
+  ``id``; a tool call's ``Idempotency-Key``): a receiver that already handled it should
+  answer 2xx and do nothing;
 - ``Webhook-Timestamp``: when this attempt was signed, in Unix seconds;
 - ``Webhook-Signature``: ``v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>``, a
   space-separated list (today one entry; a key rotation would send two).
 
-The key is ``BROKER_WEBHOOK_SECRET``: a secret that starts with ``whsec_`` is the base64 of
-the key after that prefix (what the Standard Webhooks libraries expect, so their verifiers
-work unchanged); any other secret is used as its UTF-8 bytes.
+The key comes from ``BROKER_WEBHOOK_SECRET`` (a tool's own secret for its calls): a secret
+that starts with ``whsec_`` is the base64 of the key after that prefix (the libraries take
+it as it is: ``Webhook(secret)``); any other secret is used as its UTF-8 bytes (give the
+libraries those bytes: ``Webhook(secret.encode())`` in Python, ``new Webhook(new
+TextEncoder().encode(secret), {format: "raw"})`` in JavaScript).
 
 A receiver checks the signature over the **raw** body bytes, before parsing them, and
 refuses a timestamp outside its tolerance (a replay of an old, validly signed delivery)::
@@ -43,6 +51,8 @@ SIGNATURE_VERSION: Final = "v1"
 DEFAULT_TOLERANCE_S: Final = 300.0
 """How far a delivery's timestamp may be from the receiver's clock, either way."""
 SECRET_PREFIX: Final = "whsec_"
+MIN_KEY_BYTES: Final = 24
+"""The shortest key a ``whsec_`` secret may hold (the Standard Webhooks minimum)."""
 
 
 class WebhookVerificationError(ValueError):

@@ -1,9 +1,11 @@
-"""A real HTTP tool backend that records every request it gets and checks its signature.
+"""A real HTTP tool backend that records every request it gets and checks its signatures.
 
-It verifies ``X-Broker-Signature`` exactly as ``docs/tool-webhooks.md`` tells a tool backend
-to (written out again here, not imported from the broker, so the tests check the documented
-algorithm rather than the broker against itself). Unverified requests are refused 401 unless
-their tool is in ``accept_unsigned``.
+It verifies both signatures ``docs/tool-webhooks.md`` describes, neither with the broker's
+code: the Standard Webhooks one with the ``standardwebhooks`` package (the reference
+verifier, as a backend would), the deprecated ``X-Broker-Signature`` as the page tells a
+backend to (written out again here, so the tests check the documented algorithm rather than
+the broker against itself). A request is refused 401 unless both verify, or its tool is in
+``accept_unsigned``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import standardwebhooks
 from aiohttp import web
 
 TOOL_SECRET = "test-tool-secret-0123456789abcdef-0123456789"
@@ -43,6 +46,24 @@ def verify_signature(
     message = timestamp.encode() + b"." + body
     expected = "v1=" + hmac.new(secret, message, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected.encode(), signature.encode())
+
+
+def standard_webhook(secret: str) -> standardwebhooks.Webhook:
+    """The reference verifier for a tool's secret, as docs/tool-webhooks.md says to build it.
+
+    A ``whsec_`` secret goes in as it is (the library decodes its base64); any other secret
+    is the key as its UTF-8 bytes (the library would read a plain string as base64).
+    """
+    return standardwebhooks.Webhook(secret if secret.startswith("whsec_") else secret.encode())
+
+
+def verify_standard(secret: str, headers: Mapping[str, str], body: bytes) -> bool:
+    """Whether ``standardwebhooks`` accepts the request (5-minute window, its default)."""
+    try:
+        standard_webhook(secret).verify(body, dict(headers), json_parse=False)
+    except standardwebhooks.WebhookVerificationError:
+        return False
+    return True
 
 
 async def sleepy(arguments: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -76,6 +97,9 @@ class ToolRequest:
     arguments: Any
     body: bytes = b""
     verified: bool = False
+    """The deprecated ``X-Broker-Signature`` verified."""
+    standard_verified: bool = False
+    """The Standard Webhooks signature verified (by the ``standardwebhooks`` package)."""
 
 
 @dataclass
@@ -122,12 +146,15 @@ class ToolBackend:
         tool = request.match_info["tool"]
         body = await request.read()
         verified = verify_signature(self.secret.encode(), request.headers, body)
+        standard = verify_standard(self.secret, request.headers, body)
         try:
             arguments = json.loads(body)
         except ValueError:
             arguments = None
-        self.requests.append(ToolRequest(tool, dict(request.headers), arguments, body, verified))
-        if not verified and tool not in self.accept_unsigned:
+        self.requests.append(
+            ToolRequest(tool, dict(request.headers), arguments, body, verified, standard)
+        )
+        if not (verified and standard) and tool not in self.accept_unsigned:
             return _json({"error": "bad signature"}, status=401)
         if self.delay:
             await asyncio.sleep(self.delay)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -207,13 +208,52 @@ def test_error_output_shape() -> None:
 
 
 def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
+    """Both schemes, computed here from their definitions: the legacy hex one over
+    ``"{timestamp}.{body}"`` and Standard Webhooks' base64 one over ``"{id}.{timestamp}.{body}"``,
+    at one shared timestamp."""
     body = b'{"order_id":"42"}'
     expected = hmac.new(SECRET.encode(), b"1700000000." + body, hashlib.sha256).hexdigest()
+    standard = hmac.new(
+        SECRET.encode(), b"sess_1:call_1.1700000000." + body, hashlib.sha256
+    ).digest()
     assert signature(Secret(SECRET), 1_700_000_000, body) == f"v1={expected}"
-    assert signature_headers(Secret(SECRET), body, now=1_700_000_000.9) == {
+    assert signature_headers(Secret(SECRET), body, "sess_1:call_1", now=1_700_000_000.9) == {
+        "Webhook-Id": "sess_1:call_1",
+        "Webhook-Timestamp": "1700000000",
+        "Webhook-Signature": "v1," + base64.b64encode(standard).decode(),
         "X-Broker-Timestamp": "1700000000",
         "X-Broker-Signature": f"v1={expected}",
     }
+
+
+def test_a_whsec_tool_secret_keys_the_standard_signature_with_its_base64() -> None:
+    """``whsec_<base64>`` is the decoded key for Standard Webhooks (what the libraries
+    derive), while the legacy signature keeps the whole secret's text as its key."""
+    key = b"k" * 32
+    secret = "whsec_" + base64.b64encode(key).decode()
+    body = b"{}"
+    headers = signature_headers(Secret(secret), body, "sess_1:call_1", now=1_700_000_000)
+    standard = hmac.new(key, b"sess_1:call_1.1700000000.{}", hashlib.sha256).digest()
+    assert headers["Webhook-Signature"] == "v1," + base64.b64encode(standard).decode()
+    legacy = hmac.new(secret.encode(), b"1700000000.{}", hashlib.sha256).hexdigest()
+    assert headers["X-Broker-Signature"] == f"v1={legacy}"
+
+
+@pytest.mark.parametrize(
+    ("secret", "reason"),
+    [
+        ("whsec_" + "!" * 40, "must be base64 after it"),
+        ("whsec_" + base64.b64encode(b"k" * 23).decode(), "at least 24 bytes"),
+    ],
+)
+def test_a_whsec_tool_secret_that_holds_no_usable_key_stops_the_broker(
+    tmp_path: Path, secret: str, reason: str
+) -> None:
+    """Refused at start, not at the first call (and the message never quotes the secret)."""
+    path = _http_tool_file(tmp_path, f'secret = "{secret}"')
+    with pytest.raises(ToolConfigError, match=reason) as err:
+        load_registry(path, httpx.AsyncClient())
+    assert secret not in str(err.value)
 
 
 def _http_tool_file(tmp_path: Path, signing: str) -> Path:

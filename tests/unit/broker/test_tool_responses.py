@@ -12,6 +12,7 @@ from broker.settings import Secret, Settings, SettingsError
 from broker.tools.executors import HttpExecutor, ToolContext, ToolExecutionError
 from broker.tools.registry import ToolConfigError, load_registry
 from broker.tools.signing import signature
+from broker.webhooks.signature import verify
 
 SECRET = "unit-test-tool-secret-0123456789abcdef"
 CONTEXT = ToolContext("sess_1", "call_1", "x")
@@ -104,8 +105,9 @@ async def test_a_failed_status_is_kept_for_the_breaker(status: int) -> None:
     assert (err.value.code, err.value.http_status) == ("tool_http_error", status)
 
 
-async def test_every_request_carries_an_unsigned_idempotency_key() -> None:
-    """The key names the call; the signature still covers only the timestamp and body."""
+async def test_every_request_carries_its_idempotency_key_signed_as_the_webhook_id() -> None:
+    """The key names the call; the Standard Webhooks signature covers it (as ``Webhook-Id``),
+    the legacy one only the timestamp and body."""
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -121,6 +123,9 @@ async def test_every_request_carries_an_unsigned_idempotency_key() -> None:
     assert request.headers["X-Broker-Signature"] == signature(
         Secret(SECRET), timestamp, request.content
     )
+    assert request.headers["Webhook-Id"] == "sess_1:call_1"
+    assert request.headers["Webhook-Timestamp"] == str(timestamp)
+    assert verify(SECRET, request.headers, request.content, now=timestamp) == {"a": 1}
 
 
 def _tools_file(tmp_path: Path, extra: str) -> Path:
