@@ -1,4 +1,4 @@
-"""``broker serve | migrate | keys create|list|revoke | emulator``."""
+"""The ``broker`` command: serve, migrate, keys create|list|revoke, emulator."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Final, Literal
 
 from aiohttp import web
 from sqlalchemy.engine import make_url
@@ -24,6 +24,7 @@ from broker.db.migrate import upgrade_database
 from broker.db.models import ApiKey
 from broker.logs import LogFormat, configure_logging
 from broker.settings import Secret, Settings, SettingsError
+from broker.version import VERSION
 
 logger = logging.getLogger("broker")
 
@@ -186,19 +187,51 @@ def _log_format(args: argparse.Namespace, configured: str | None) -> LogFormat:
     return LogFormat.CONSOLE
 
 
+DESCRIPTION: Final = """\
+Sideband-controlled WebRTC session broker for realtime voice models.
+
+Configuration comes from BROKER_* environment variables (and a .env file);
+the README lists every setting."""
+
+EPILOG: Final = """\
+examples:
+  broker serve --dev            serve with the built-in provider, the demo page
+                                and development keys (what `make run` does)
+  broker serve                  serve as configured (JSON logs)
+  broker migrate                bring the database schema up to date
+  broker keys create --name app --scopes sessions:create
+  broker emulator --port 8090   run the local provider alone
+
+Run `broker COMMAND --help` for a command's options."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="broker", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
+    parser = argparse.ArgumentParser(
+        prog="broker",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        # The texts above are laid out by hand; argparse would refill them into one paragraph.
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
+    parser.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)"
+    )
     parser.add_argument(
         "--log-format",
         choices=[f.value for f in LogFormat],
         help="json (one object per line; the default) or console (the default with --dev);"
         " env BROKER_LOG_FORMAT",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the broker (and the built-in provider if no key)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="run the broker (and the built-in provider if no key)",
+        description="Run the broker. Without a provider key it starts the built-in emulator"
+        " on loopback and says so.",
+    )
+    serve.add_argument("--host", help="address to listen on (default: BROKER_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: BROKER_PORT, 8080)")
     serve.add_argument(
         "--dev",
         action="store_true",
