@@ -117,6 +117,9 @@ async def test_sigkill_while_an_idempotent_tool_runs_runs_it_again_with_the_same
     requests = tool_backend.calls_for(call_id)
     assert len(requests) == 2
     assert [r.headers["Idempotency-Key"] for r in requests] == [f"{session['id']}:{call_id}"] * 2
+    # The same Standard Webhooks message, re-signed: a receiver dedupes on its Webhook-Id.
+    assert [r.headers["Webhook-Id"] for r in requests] == [f"{session['id']}:{call_id}"] * 2
+    assert all(r.standard_verified for r in requests)
     call = emulator.registry.get(detail["call_id"])
     assert call is not None
     assert outputs_received(call) == [
