@@ -4,8 +4,13 @@
 // short-lived client secret that the app's backend mints (the "tokenProvider" pattern).
 // Media and the "oai-events" data channel then flow straight to the provider.
 //
-// Plain ES module, no dependencies: import it with
-//   import { connect } from "/broker-client.js";
+// Plain ES module, no dependencies, typed by broker-client.d.ts (package.json: the
+// @sideband-broker/client package). The broker serves both at /client/v1/ (with CORS for
+// BROKER_CORS_ORIGINS), and in demo mode at /broker-client.js:
+//   import { connect } from "https://broker.example.com/client/v1/broker-client.js";
+//
+// tokenProvider returns what POST /api/v1/sessions returns, passed through unchanged by the
+// app's backend: {id, client_secret: {value, expires_at}, offer_url, bridge_url, end_url, …}.
 
 /** Readable messages for the codes a page is likely to meet (problem+json `code`s and ours). */
 const MESSAGES = {
@@ -19,6 +24,7 @@ const MESSAGES = {
   provider_unreachable: "The voice provider is unreachable right now",
   provider_timeout: "The voice provider is unreachable right now",
   network_error: "The broker or the voice provider is unreachable right now",
+  cors_blocked: "This site may not call the voice service (its origin is not allowed)",
   shutting_down: "The broker is restarting — try again in a moment",
   rate_limited: "Too many calls were started — try again shortly",
   session_not_live: "The call is no longer live",
@@ -51,13 +57,36 @@ export class BrokerClientError extends Error {
   }
 }
 
-/** `fetch`, with a network failure turned into a BrokerClientError("network_error"). */
+/**
+ * `fetch`, with a failure turned into a BrokerClientError: "cors_blocked" when the server
+ * answers but the browser withheld the reply (a refused CORS preflight or a missing
+ * Access-Control-Allow-Origin), else "network_error".
+ *
+ * fetch() rejects with the same bare TypeError in both cases, so after one the same URL is
+ * probed in "no-cors" mode: that request needs no CORS permission, so if it gets through the
+ * server is reachable and CORS is what refused the first.
+ */
 async function request(url, init) {
   try {
     return await fetch(url, init);
   } catch (cause) {
-    throw new BrokerClientError("network_error", undefined, { cause });
+    let reachable = false;
+    try {
+      await fetch(url, { method: "HEAD", mode: "no-cors", cache: "no-store", credentials: "omit" });
+      reachable = true;
+    } catch {
+      // unreachable as well: a network error
+    }
+    throw new BrokerClientError(reachable ? "cors_blocked" : "network_error", undefined, { cause });
   }
+}
+
+/** The client secret in a token provider's answer: the API's `{value}` object, or a string. */
+function secretOf(session) {
+  if (typeof session === "string") return session;
+  const secret = session && session.client_secret;
+  if (typeof secret === "string") return secret; // the demo's former shape
+  return secret && typeof secret.value === "string" ? secret.value : null;
 }
 
 /** Resolve once ICE gathering is complete, or after `capMs`: the broker takes no trickle ICE. */
@@ -91,10 +120,14 @@ async function openMicrophone() {
 /**
  * Start a call.
  *
+ * Types: broker-client.d.ts.
+ *
  * @param {object} options
- * @param {() => Promise<string|{client_secret: string, offer_url: string, end_url?: string}>} options.tokenProvider
- *   Returns a client secret, or the object `POST /demo/session` returns (its `offer_url` wins;
- *   with an `end_url`, `close()` also asks the broker to end the call at the provider).
+ * @param {() => Promise<string|object>} options.tokenProvider
+ *   Returns what `POST /api/v1/sessions` (or, in demo mode, `POST /demo/session`) returns,
+ *   unchanged: `{id, client_secret: {value, expires_at}, offer_url, bridge_url, end_url, …}`
+ *   (its `offer_url` wins; with an `end_url`, `close()` also asks the broker to end the call
+ *   at the provider). A bare client secret (string) works with `offerUrl`.
  * @param {string} [options.offerUrl] Offer URL, used when the provider returns a bare string.
  * @param {HTMLAudioElement} [options.audioElement] Plays the model's voice.
  * @param {boolean} [options.microphone=true] false: receive audio only.
@@ -142,7 +175,7 @@ export async function connect({
         ? err
         : new BrokerClientError("token_unavailable", `Could not get a session token: ${err.message}`);
     }
-    const token = typeof session === "string" ? session : session && session.client_secret;
+    const token = secretOf(session);
     const url = (session && session.offer_url) || offerUrl;
     if (!token || !url) {
       throw new BrokerClientError("token_unavailable", "The token provider gave no token or offer URL");
@@ -221,14 +254,16 @@ export async function connect({
         end("hangup");
         // Tell the broker at once, so it ends the call at the provider (the page holds no
         // key) and the session: a call without a sideband would otherwise look live until
-        // its duration limit. keepalive lets it go out while the page unloads.
-        if (endUrl) {
-          fetch(endUrl, {
-            method: "POST",
-            headers: { Authorization: `Bearer ${token}` },
-            keepalive: true,
-          }).catch(() => {});
-        }
+        // its duration limit. keepalive lets it go out while the page unloads. The promise
+        // settles when the broker has answered (true: it ended the call); it never rejects.
+        if (!endUrl) return Promise.resolve(false);
+        return fetch(endUrl, {
+          method: "POST",
+          headers: { Authorization: `Bearer ${token}` },
+          keepalive: true,
+        })
+          .then((response) => response.ok)
+          .catch(() => false);
       },
     };
   } catch (err) {

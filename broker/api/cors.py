@@ -1,4 +1,7 @@
-"""CORS for the endpoints a page calls directly: the realtime offer, the tool bridge, the end.
+"""CORS for what a page on another origin uses: the browser endpoints and the package.
+
+The endpoints are the realtime offer, the tool bridge and the end; the package is the client
+module and its types at ``/client/v1/``.
 
 Only exact origins from ``Settings.cors_origins`` get ``Access-Control-Allow-Origin`` (their
 own origin echoed back, never ``*``). Browsers authenticate with ``Authorization: Bearer``, not
@@ -21,6 +24,9 @@ BRIDGE_RESOURCE: Final = "bridge-tool-call"
 END_RESOURCE: Final = "browser-end"
 BROWSER_RESOURCES: Final = frozenset({OFFER_RESOURCE, BRIDGE_RESOURCE, END_RESOURCE})
 """Route resource names (set in ``broker/api/routes.py``) that a browser page may call."""
+CLIENT_PACKAGE_RESOURCE: Final = "client-package"
+"""The package's files: a cross-origin module import needs CORS, but no preflight (a GET)."""
+CORS_RESOURCES: Final = BROWSER_RESOURCES | {CLIENT_PACKAGE_RESOURCE}
 
 ALLOWED_METHODS: Final = "POST"
 ALLOWED_HEADERS: Final = "Authorization, Content-Type"
@@ -29,7 +35,7 @@ PREFLIGHT_MAX_AGE: Final = "600"
 
 def _is_browser_resource(request: web.Request) -> bool:
     resource = request.match_info.route.resource
-    return resource is not None and resource.name in BROWSER_RESOURCES
+    return resource is not None and resource.name in CORS_RESOURCES
 
 
 def _allowed_origin(request: web.Request) -> str | None:

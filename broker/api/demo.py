@@ -2,8 +2,9 @@
 
 Mounted only in demo mode (``broker serve --dev``, which ``make run`` uses). ``POST
 /demo/session`` stands in for a web app's own backend: it creates the session server-side,
-with the configured tools, as a built-in principal, and hands the page only what a browser may
-hold (the session id, its short-lived client secret and the URLs to use). The page never sees
+with the configured tools, as a built-in principal, and hands the page what ``POST
+/api/v1/sessions`` returns (the same shape: the session id, its short-lived client secret and
+the absolute URLs to use), as a backend passing the API's reply through would. The page never sees
 an API key or the provider key. Anyone who can reach a demo broker can start calls (within the
 per-key creation rate), so demo mode is for development only.
 """
@@ -17,6 +18,7 @@ from aiohttp import hdrs, web
 from pydantic import BaseModel, ConfigDict
 
 from broker import app_state
+from broker.api import sessions
 from broker.api._bodies import MAX_JSON_BYTES, NO_BODY, bounded, read_json
 from broker.auth.principals import ApiPrincipal, Scope
 from broker.session.service import CreateSessionRequest
@@ -54,18 +56,7 @@ async def create_demo_session(request: web.Request) -> web.Response:
             metadata={"source": "demo"},
         ),
     )
-    session_id = created.row.id
-    return web.json_response(
-        {
-            "id": session_id,
-            "client_secret": created.client_secret,
-            "offer_url": f"/api/v1/sessions/{session_id}/realtime-offer",
-            "bridge_url": f"/api/v1/sessions/{session_id}/tools/",
-            "end_url": f"/api/v1/sessions/{session_id}/end",
-        },
-        status=201,
-        headers={hdrs.CACHE_CONTROL: "no-store"},
-    )
+    return sessions.created_response(request, created)
 
 
 async def index(request: web.Request) -> web.FileResponse:

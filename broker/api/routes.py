@@ -10,6 +10,7 @@ from aiohttp.typedefs import Handler
 
 from broker.api import (
     api_keys,
+    client_package,
     cors,
     events_stream,
     health,
@@ -85,6 +86,13 @@ ROUTES: Final = (
     Route(hdrs.METH_GET, "/api/v1/tools", tools.list_tools, NO_BODY),
     Route(hdrs.METH_POST, "/api/v1/tools/{tool}/disable", tools.disable_tool, MAX_JSON_BYTES),
     Route(hdrs.METH_POST, "/api/v1/tools/{tool}/enable", tools.enable_tool, NO_BODY),
+    Route(
+        hdrs.METH_GET,
+        client_package.PREFIX + "{name}",
+        client_package.package_file,
+        NO_BODY,
+        name=cors.CLIENT_PACKAGE_RESOURCE,
+    ),
     Route(hdrs.METH_GET, "/ops", ops_dashboard.redirect, NO_BODY),
     Route(hdrs.METH_GET, "/ops/", ops_dashboard.page, NO_BODY),
     Route(hdrs.METH_GET, "/ops/{name}", ops_dashboard.asset, NO_BODY),

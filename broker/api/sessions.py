@@ -11,13 +11,14 @@ from broker import app_state
 from broker.api._auth import api_principal, browser_principal
 from broker.api._bodies import read_body, read_json, require_content_type
 from broker.api._times import iso
+from broker.api.public_urls import session_urls
 from broker.auth.browser_limits import BrowserRoute
 from broker.db.models import SessionRow, ToolCall
 from broker.errors import BadRequestError
 from broker.record import transcript
 from broker.record.usage import Usage
 from broker.session.sdp import MAX_SDP_BYTES
-from broker.session.service import CreateSessionRequest
+from broker.session.service import CreatedSession, CreateSessionRequest
 from broker.tools.bridge import BridgeCallRequest
 
 
@@ -71,6 +72,14 @@ async def create_session(request: web.Request) -> web.Response:
     request.app[app_state.OVERLOAD].check("a new session")
     body = await read_json(request, CreateSessionRequest)
     created = await request.app[app_state.SESSIONS].create(principal, body)
+    return created_response(request, created)
+
+
+def created_response(request: web.Request, created: CreatedSession) -> web.Response:
+    """The create reply; ``POST /demo/session`` returns it too.
+
+    One shape for ``broker-client.js``, whether a backend passes it through or the demo made it.
+    """
     row = created.row
     return web.json_response(
         {
@@ -81,6 +90,8 @@ async def create_session(request: web.Request) -> web.Response:
             "sideband": row.sideband_enabled,
             "input_transcription": row.input_transcription,
             "client_secret": {"value": created.client_secret, "expires_at": created.expires_at},
+            # Absolute: the page that uses them is on another origin than the broker.
+            **session_urls(request, row.id),
         },
         status=201,
         # The reply carries a live credential: no cache may keep a copy.

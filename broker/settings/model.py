@@ -103,6 +103,16 @@ class Settings(BaseSettings):
         " call the offer, bridge and end endpoints; no path, no wildcard",
     )
 
+    public_url: str | None = Field(
+        None,
+        description="the broker's absolute public base URL (`https://broker.example.com`, an"
+        " optional path prefix; no query or fragment): the create response's `offer_url`,"
+        " `bridge_url` and `end_url` start with it, since pages on other origins call them",
+        json_schema_extra=_shown_default(
+            "for development: `http://` and the address and port the request reached"
+        ),
+    )
+
     # --- the provider ---------------------------------------------------------------------
     provider: Literal["openai", "azure"] = Field(
         "openai",
@@ -577,6 +587,11 @@ class Settings(BaseSettings):
     @classmethod
     def _exact_origins(cls, value: Any) -> Any:
         return rules.exact_origins(value)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return None if value is None else rules.public_url(value)
 
     @field_validator("azure_token_command")
     @classmethod

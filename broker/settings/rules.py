@@ -70,6 +70,33 @@ def _origin(raw: Any) -> str:
     return origin
 
 
+def public_url(url: str) -> str:
+    """The broker's absolute public base URL, without a trailing slash.
+
+    Pages on other origins post to the URLs built from it, so it must be absolute; a path
+    (a reverse proxy's prefix) is allowed, a query, fragment or credentials are not.
+    """
+    parsed = urlsplit(url.strip())
+    try:
+        parsed.port  # noqa: B018 - a malformed port raises here
+    except ValueError:
+        raise ValueError("has a malformed port") from None
+    if (
+        parsed.scheme not in ("http", "https")
+        or not parsed.hostname
+        or parsed.username is not None
+        or parsed.query
+        or parsed.fragment
+        or "?" in url
+        or "#" in url
+    ):
+        raise ValueError(
+            "must be an absolute http:// or https:// URL like https://broker.example.com"
+            " (an optional path; no query, fragment or credentials)"
+        )
+    return f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}"
+
+
 def command_line(value: str) -> None:
     """A command line split like a shell would (it runs without one), naming a program."""
     try:
