@@ -25,9 +25,10 @@ test: $(STAMP) lint
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check broker sideband emulator migrations tests bench
-	$(BIN)/ruff check broker sideband emulator migrations tests bench
+	$(BIN)/ruff format --check broker sideband emulator migrations tests bench clients
+	$(BIN)/ruff check broker sideband emulator migrations tests bench clients
 	$(BIN)/mypy
+	$(BIN)/mypy clients/python/src/broker_client
 	$(BIN)/mypy -p bench
 	$(BIN)/python -c "import broker, sideband, emulator"
 
@@ -36,8 +37,8 @@ settings-table: $(STAMP)
 	$(BIN)/python -m broker.settings.doc --write README.md
 
 format: $(STAMP)
-	$(BIN)/ruff format broker sideband emulator migrations tests bench
-	$(BIN)/ruff check --fix broker sideband emulator migrations tests bench
+	$(BIN)/ruff format broker sideband emulator migrations tests bench clients
+	$(BIN)/ruff check --fix broker sideband emulator migrations tests bench clients
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 

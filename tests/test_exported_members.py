@@ -7,7 +7,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("package", ["broker", "sideband", "emulator"])
+@pytest.mark.parametrize("package", ["broker", "sideband", "emulator", "broker_client"])
 def test_all_is_sorted_and_importable(package: str) -> None:
     module = importlib.import_module(package)
     names = module.__all__

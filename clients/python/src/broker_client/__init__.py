@@ -37,7 +37,6 @@ from broker_client.webhooks import (
 )
 
 __all__ = [
-    "UNSET",
     "AsyncBrokerClient",
     "AuthenticationError",
     "BadRequestError",
@@ -55,6 +54,7 @@ __all__ = [
     "SessionSummary",
     "Sideband",
     "ToolCallRecord",
+    "UNSET",
     "UnavailableError",
     "UpstreamError",
     "ValidationError",
