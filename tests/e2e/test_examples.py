@@ -3,7 +3,10 @@
 Each example runs as its own process on loopback, as a developer would start it, holding a
 broker API key; its page is on another origin than the broker and loads the browser package
 from the broker's versioned URL, so the broker lists the example's origin in
-``cors_origins``. The emulator plays the provider, the tool backend runs ``lookup_order``.
+``cors_origins``. As behind a proxy, browsers reach the broker at another address
+(``public_url``, ``http://localhost:<port>``) than the backend does (``127.0.0.1``): the URLs
+in the create response must be the public ones. The emulator plays the provider, the tool
+backend runs ``lookup_order``.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ def free_port() -> int:
 class ExampleApp:
     origin: str
     broker: RunningBroker
+    public_url: str
+    """The broker's ``public_url``: where the page reaches it."""
     log: Path
 
     def output(self) -> str:
@@ -107,18 +112,31 @@ async def serving(
                 await process.wait()
 
 
-async def example_broker(make_broker: BrokerFactory, origin: str) -> tuple[RunningBroker, str]:
-    """A broker whose CORS list holds the example's origin, and a key for the example."""
-    broker = await make_broker(cors_origins=frozenset({origin}))
-    return broker, await broker.new_key("sessions:create", name="example backend")
+@dataclass
+class ExampleBroker:
+    broker: RunningBroker
+    public_url: str
+    key: str
+    """An API key with ``sessions:create``, for the example backend."""
+
+    def backend_env(self) -> dict[str, str]:
+        return {
+            "BROKER_URL": self.broker.base_url,
+            "BROKER_API_KEY": self.key,
+            "BROKER_CLIENT_URL": self.public_url + CLIENT_PATH,
+            "EXAMPLE_TOOLS": "lookup_order",
+        }
 
 
-def backend_env(broker: RunningBroker, key: str) -> dict[str, str]:
-    return {
-        "BROKER_URL": broker.base_url,
-        "BROKER_API_KEY": key,
-        "EXAMPLE_TOOLS": "lookup_order",
-    }
+async def example_broker(make_broker: BrokerFactory, origin: str) -> ExampleBroker:
+    """A broker whose CORS list holds the example's origin, public at ``localhost``."""
+    port = free_port()
+    public_url = f"http://localhost:{port}"
+    broker = await make_broker(
+        listen_port=port, cors_origins=frozenset({origin}), public_url=public_url
+    )
+    key = await broker.new_key("sessions:create", name="example backend")
+    return ExampleBroker(broker, public_url, key)
 
 
 @pytest.fixture
@@ -129,7 +147,7 @@ async def fastapi_example(make_broker: BrokerFactory, tmp_path: Path) -> AsyncIt
             skip_or_fail(f"the {module} package is not installed (pip install -e '.[dev]')")
     port = free_port()
     origin = f"http://127.0.0.1:{port}"
-    broker, key = await example_broker(make_broker, origin)
+    stack = await example_broker(make_broker, origin)
     argv = [
         sys.executable,
         "-m",
@@ -144,9 +162,8 @@ async def fastapi_example(make_broker: BrokerFactory, tmp_path: Path) -> AsyncIt
         str(port),
     ]
     log = tmp_path / "fastapi.log"
-    env = backend_env(broker, key)
-    async with serving(argv, env=env, cwd=tmp_path, origin=origin, log=log):
-        yield ExampleApp(origin, broker, log)
+    async with serving(argv, env=stack.backend_env(), cwd=tmp_path, origin=origin, log=log):
+        yield ExampleApp(origin, stack.broker, stack.public_url, log)
 
 
 @pytest.fixture
@@ -185,11 +202,11 @@ async def express_example(make_broker: BrokerFactory, tmp_path: Path) -> AsyncIt
         pytest.skip(message)  # offline laptop: the registry is out of reach
     port = free_port()
     origin = f"http://127.0.0.1:{port}"
-    broker, key = await example_broker(make_broker, origin)
+    stack = await example_broker(make_broker, origin)
     log = tmp_path / "express.log"
-    env = backend_env(broker, key) | {"HOST": "127.0.0.1", "PORT": str(port)}
+    env = stack.backend_env() | {"HOST": "127.0.0.1", "PORT": str(port)}
     async with serving([node, "server.js"], env=env, cwd=app_dir, origin=origin, log=log):
-        yield ExampleApp(origin, broker, log)
+        yield ExampleApp(origin, stack.broker, stack.public_url, log)
 
 
 async def assert_passes_the_create_response_through(example: ExampleApp) -> None:
@@ -203,7 +220,7 @@ async def assert_passes_the_create_response_through(example: ExampleApp) -> None
         assert reply.headers["Cache-Control"] == "no-store"
         created: dict[str, Any] = await reply.json()
     assert set(created) == set(direct) == CREATE_RESPONSE_KEYS
-    session_url = f"{broker.base_url}/api/v1/sessions/{created['id']}"
+    session_url = f"{example.public_url}/api/v1/sessions/{created['id']}"
     assert (created["offer_url"], created["bridge_url"], created["end_url"]) == (
         f"{session_url}/realtime-offer",
         f"{session_url}/tools/",
@@ -220,7 +237,7 @@ async def assert_serves_the_page(example: ExampleApp) -> None:
     async with aiohttp.ClientSession() as http, http.get(example.origin + "/") as reply:
         assert reply.status == 200
         page = await reply.text()
-    assert f'"broker-client": "{example.broker.base_url}{CLIENT_PATH}"' in page
+    assert f'"broker-client": "{example.public_url}{CLIENT_PATH}"' in page
     assert 'from "broker-client"' in page
 
 
@@ -238,12 +255,12 @@ async def call_and_hang_up(page: Any, example: ExampleApp, tool_backend: ToolBac
     session: dict[str, Any] = await reply.json()
     # The page got the API's create response, untouched, and gave it to the package as it was.
     assert set(session) == CREATE_RESPONSE_KEYS
-    assert session["offer_url"].startswith(broker.base_url + "/api/v1/sessions/")
+    assert session["offer_url"].startswith(example.public_url + "/api/v1/sessions/")
     try:
         await page.wait_for_selector('#status[data-state="live"]', timeout=CALL_TIMEOUT_MS)
     except Exception as exc:
         raise AssertionError(f"call never went live: {exc}\n{await page_report(page)}") from None
-    assert broker.base_url + CLIENT_PATH in fetched
+    assert example.public_url + CLIENT_PATH in fetched
     assert session["offer_url"] in fetched
     await wait_sideband(broker, session["id"])
 

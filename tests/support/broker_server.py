@@ -147,10 +147,12 @@ def assert_no_provider_key(reply: Reply) -> None:
         assert PROVIDER_KEY not in value, f"provider key leaked in header {name}"
 
 
-async def start_broker(settings: Settings) -> RunningBroker:
+async def start_broker(settings: Settings, listen_port: int = 0) -> RunningBroker:
+    """The broker on loopback, on ``listen_port`` (0: any free port), e.g. so a test can
+    give it a ``public_url`` naming its port before it starts."""
     runner = web.AppRunner(create_app(settings), shutdown_timeout=5.0)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", listen_port)
     await site.start()
     port = runner.addresses[0][1]
     app = runner.app
@@ -175,8 +177,8 @@ async def broker_factory(settings: Settings) -> AsyncIterator[BrokerFactory]:
     """Start brokers from ``settings`` with overrides; all are closed on leaving."""
     started: list[RunningBroker] = []
 
-    async def factory(**overrides: Any) -> RunningBroker:
-        running = await start_broker(settings.replace(**overrides))
+    async def factory(listen_port: int = 0, **overrides: Any) -> RunningBroker:
+        running = await start_broker(settings.replace(**overrides), listen_port)
         started.append(running)
         return running
 
