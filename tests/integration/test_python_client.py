@@ -241,18 +241,29 @@ async def test_the_tool_call_verifier_accepts_a_real_tool_request(
     headers, body = request.headers, request.body
     verify_tool_call(TOOL_SECRET, headers, body)
 
-    # A backend written against the older X-Broker-Signature alone still verifies.
+    # Each scheme the broker sent verifies alone: a backend may check either (the older
+    # X-Broker-Signature is sent for a release after Standard Webhooks arrived).
+    standard = {k: v for k, v in headers.items() if not k.lower().startswith("x-broker-")}
     legacy = {k: v for k, v in headers.items() if not k.lower().startswith("webhook-")}
-    assert "X-Broker-Signature" in legacy
-    verify_tool_call(TOOL_SECRET, legacy, body)
-
-    timestamp = int(headers["X-Broker-Timestamp"])
-    for hdrs in (headers, legacy):
+    alone = [
+        (hdrs, stamp)
+        for hdrs, stamp in ((standard, "Webhook-Timestamp"), (legacy, "X-Broker-Timestamp"))
+        if stamp in hdrs
+    ]
+    assert alone, f"no signature scheme in {sorted(headers)}"
+    for hdrs, stamp in alone:
+        verify_tool_call(TOOL_SECRET, hdrs, body)
         with pytest.raises(WebhookVerificationError):
             verify_tool_call(TOOL_SECRET, hdrs, body.replace(b"42", b"43"))
         with pytest.raises(WebhookVerificationError):
             verify_tool_call(TOOL_SECRET[::-1], hdrs, body)
         with pytest.raises(WebhookVerificationError, match="tolerance"):
-            verify_tool_call(TOOL_SECRET, hdrs, body, now=timestamp + 301)
+            verify_tool_call(TOOL_SECRET, hdrs, body, now=int(hdrs[stamp]) + 301)
+    if "Webhook-Signature" in headers:
+        # Present, the Standard Webhooks signature decides: a forged one next to a valid
+        # X-Broker-Signature is refused.
+        forged = headers | {"Webhook-Signature": "v1," + "A" * 44}
+        with pytest.raises(WebhookVerificationError, match="no matching"):
+            verify_tool_call(TOOL_SECRET, forged, body)
     with pytest.raises(WebhookVerificationError, match="missing"):
         verify_tool_call(TOOL_SECRET, {"X-Call-ID": headers["X-Call-ID"]}, body)
