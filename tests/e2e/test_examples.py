@@ -128,26 +128,30 @@ class ExampleBroker:
         }
 
 
-async def example_broker(make_broker: BrokerFactory, origin: str) -> ExampleBroker:
-    """A broker whose CORS list holds the example's origin, public at ``localhost``."""
+async def example_broker(
+    make_broker: BrokerFactory, origin: str, *, allowed: bool = True
+) -> ExampleBroker:
+    """A broker public at ``localhost`` whose CORS list holds the example's origin (unless
+    not ``allowed``: then it holds another)."""
     port = free_port()
     public_url = f"http://localhost:{port}"
-    broker = await make_broker(
-        listen_port=port, cors_origins=frozenset({origin}), public_url=public_url
-    )
+    cors_origins = frozenset({origin if allowed else "http://127.0.0.1:9"})
+    broker = await make_broker(listen_port=port, cors_origins=cors_origins, public_url=public_url)
     key = await broker.new_key("sessions:create", name="example backend")
     return ExampleBroker(broker, public_url, key)
 
 
-@pytest.fixture
-async def fastapi_example(make_broker: BrokerFactory, tmp_path: Path) -> AsyncIterator[ExampleApp]:
+@asynccontextmanager
+async def running_fastapi_example(
+    make_broker: BrokerFactory, tmp_path: Path, *, allowed: bool = True
+) -> AsyncIterator[ExampleApp]:
     """examples/fastapi under uvicorn, on its own loopback origin."""
     for module in ("fastapi", "uvicorn"):
         if importlib.util.find_spec(module) is None:
             skip_or_fail(f"the {module} package is not installed (pip install -e '.[dev]')")
     port = free_port()
     origin = f"http://127.0.0.1:{port}"
-    stack = await example_broker(make_broker, origin)
+    stack = await example_broker(make_broker, origin, allowed=allowed)
     argv = [
         sys.executable,
         "-m",
@@ -164,6 +168,12 @@ async def fastapi_example(make_broker: BrokerFactory, tmp_path: Path) -> AsyncIt
     log = tmp_path / "fastapi.log"
     async with serving(argv, env=stack.backend_env(), cwd=tmp_path, origin=origin, log=log):
         yield ExampleApp(origin, stack.broker, stack.public_url, log)
+
+
+@pytest.fixture
+async def fastapi_example(make_broker: BrokerFactory, tmp_path: Path) -> AsyncIterator[ExampleApp]:
+    async with running_fastapi_example(make_broker, tmp_path) as example:
+        yield example
 
 
 @pytest.fixture
@@ -238,7 +248,7 @@ async def assert_serves_the_page(example: ExampleApp) -> None:
         assert reply.status == 200
         page = await reply.text()
     assert f'"broker-client": "{example.public_url}{CLIENT_PATH}"' in page
-    assert 'from "broker-client"' in page
+    assert 'import("broker-client")' in page
 
 
 async def call_and_hang_up(page: Any, example: ExampleApp, tool_backend: ToolBackend) -> None:
@@ -324,3 +334,18 @@ async def test_a_page_from_the_express_example_calls_runs_a_tool_and_hangs_up(
     page: Any, express_example: ExampleApp, tool_backend: ToolBackend
 ) -> None:
     await call_and_hang_up(page, express_example, tool_backend)
+
+
+async def test_a_page_on_an_origin_the_broker_does_not_allow_says_so_and_starts_nothing(
+    page: Any, make_broker: BrokerFactory, tmp_path: Path
+) -> None:
+    """Without the example's origin in ``cors_origins`` the browser refuses the package; the
+    page says why, and no session is created."""
+    async with running_fastapi_example(make_broker, tmp_path, allowed=False) as example:
+        await page.goto(example.origin + "/")
+        await page.wait_for_selector('#status[data-state="error"]', timeout=CALL_TIMEOUT_MS)
+        assert await page.get_attribute("#error", "data-code") == "client_unavailable"
+        assert await page.is_disabled("#start")
+        listed = await example.broker.request("GET", "/api/v1/sessions")
+        assert listed.status == 200, listed.text
+        assert listed.json()["sessions"] == []
