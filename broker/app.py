@@ -14,7 +14,7 @@ import aiohttp
 import httpx
 from aiohttp import web
 
-from broker import app_state
+from broker import app_state, tracing
 from broker.api._bodies import MAX_REQUEST_BYTES
 from broker.api.cors import cors_middleware
 from broker.api.demo import setup_demo
@@ -77,6 +77,8 @@ def create_app(settings: Settings) -> web.Application:
     app[app_state.SHUTTING_DOWN] = asyncio.Event()
     app[app_state.STREAM_SLOTS] = StreamSlots(settings.event_streams_per_key)
     app.on_shutdown.append(_shutting_down)
+    # First in, last out: spans of everything below are flushed at the very end.
+    app.cleanup_ctx.append(tracing_ctx)
     # Order matters: the supervisor (services_ctx) uses the DB, the provider and the tools,
     # so it is registered last and therefore stopped first.
     app.cleanup_ctx.append(db_ctx)
@@ -97,6 +99,23 @@ async def _shutting_down(app: web.Application) -> None:
     if app_state.EVENT_LOG in app:
         # Event streams sleep until their session's log changes: wake them to see the flag.
         app[app_state.EVENT_LOG].wakeups.notify_all()
+
+
+async def tracing_ctx(app: web.Application) -> AsyncIterator[None]:
+    """With ``BROKER_OTEL``, the OpenTelemetry SDK as the standard ``OTEL_*`` variables say.
+
+    Without it the broker's spans go to the global provider: nowhere, unless an application
+    embedding the broker set one (broker/tracing.py).
+    """
+    if not app[app_state.SETTINGS].otel:
+        yield
+        return
+    provider = tracing.start_sdk()
+    try:
+        yield
+    finally:
+        # The SDK's shutdown blocks while it exports what is batched.
+        await asyncio.to_thread(tracing.stop_sdk, provider)
 
 
 async def db_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -27,6 +27,7 @@ from typing import Any, Final
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from broker import tracing
 from broker.call.hangup import hang_up
 from broker.call.leash import Leash, LeashTerms
 from broker.call.observer import SessionObserver
@@ -57,6 +58,7 @@ from sideband import (
     ProviderTimeoutError,
     SidebandConnection,
     SidebandError,
+    SidebandTarget,
 )
 
 logger = logging.getLogger(__name__)
@@ -151,7 +153,7 @@ class SidebandSupervisor:
         if not resume:
             self._gates[session_id] = gate
         task = asyncio.create_task(
-            self._supervise(session_id, call_id, allowed_tools, owned, resume, gate, standby),
+            self._traced(session_id, call_id, allowed_tools, owned, resume, gate, standby),
             name=f"sideband:{session_id}",
         )
         self._tasks[session_id] = task
@@ -214,10 +216,12 @@ class SidebandSupervisor:
         Raises:
             SidebandError: it could not be attached within the attach bound.
         """
-        connection = await SidebandConnection.attach(
+        connection = await _attach(
+            session_id,
             self._http,
             self._provider.sideband_target(call_id),
             call_id,
+            "standby",
             attach_timeout=self._attach_timeout,
         )
         standby = StandbyConnection(session_id, connection)
@@ -284,6 +288,37 @@ class SidebandSupervisor:
         async with self._sessionmaker.begin() as s:
             await queries.set_sideband_state(s, session_id, state)
 
+    async def _traced(
+        self,
+        session_id: str,
+        call_id: str,
+        allowed_tools: Collection[str],
+        owned: OwnedSession | None,
+        resume: bool,
+        gate: AnswerGate,
+        standby: StandbyConnection | None,
+    ) -> None:
+        """:meth:`_supervise` in the call's span, which lives as long as its sideband task.
+
+        A child of the offer's span when the offer started it; the root of its own trace when
+        this process took the call up again (``broker.resumed``).
+        """
+        with tracing.span(
+            "broker.call",
+            {
+                "broker.session_id": session_id,
+                "broker.call_id": call_id,
+                "broker.resumed": resume or standby is not None,
+            },
+        ) as span:
+            tracing.register_call(session_id, span.context())
+            try:
+                await self._supervise(
+                    session_id, call_id, allowed_tools, owned, resume, gate, standby
+                )
+            finally:
+                tracing.forget_call(session_id)
+
     async def _supervise(
         self,
         session_id: str,
@@ -336,8 +371,13 @@ class SidebandSupervisor:
                 if resume:
                     # The call may have ended while no broker watched: a 404 now is the answer.
                     return await reconnect(None)
-                return await SidebandConnection.attach(
-                    self._http, target, call_id, attach_timeout=self._attach_timeout
+                return await _attach(
+                    session_id,
+                    self._http,
+                    target,
+                    call_id,
+                    "first",
+                    attach_timeout=self._attach_timeout,
                 )
 
             async def reconnect(close_code: int | None) -> SidebandConnection:
@@ -347,10 +387,12 @@ class SidebandSupervisor:
                     # theirs in turn. Let go; the successor's resync finishes what is left.
                     raise HandedOverError(f"sideband closed ({close_code}) during a handoff")
                 clean = close_code in (1000, 1001)
-                return await SidebandConnection.attach(
+                return await _attach(
+                    session_id,
                     self._http,
                     target,
                     call_id,
+                    "reattach",
                     attach_timeout=self._reconnect_timeout,
                     not_found_for=0.0 if clean else REATTACH_NOT_FOUND_GRACE,
                     first_delay=0.0 if clean else RECONNECT_SPREAD,
@@ -599,6 +641,46 @@ class SidebandSupervisor:
             )
         if degraded:
             self.metrics.session_degraded()
+
+
+async def _attach(
+    session_id: str,
+    http: aiohttp.ClientSession,
+    target: SidebandTarget,
+    call_id: str,
+    reason: str,
+    *,
+    attach_timeout: float,
+    not_found_for: float | None = None,
+    first_delay: float = 0.0,
+) -> SidebandConnection:
+    """:meth:`SidebandConnection.attach` in a ``broker.sideband.attach`` span.
+
+    One span per attach, whatever its retries (``broker.sideband.attempts`` on success; a
+    failure's span carries the error's class). ``reason``: ``first``, ``reattach`` (after a
+    lost sideband, or on taking a call up again) or ``standby`` (ahead of a handoff).
+    """
+    with tracing.span(
+        "broker.sideband.attach",
+        {"broker.session_id": session_id, "broker.call_id": call_id, "broker.reason": reason},
+        kind="client",
+    ) as span:
+        try:
+            connection = await SidebandConnection.attach(
+                http,
+                target,
+                call_id,
+                attach_timeout=attach_timeout,
+                not_found_for=not_found_for,
+                first_delay=first_delay,
+            )
+        except CallEndedError:
+            # How a re-attach learns that the call is over: its end, not a failure.
+            span.ended_as("call_ended")
+            raise
+        span.set("broker.sideband.attempts", connection.attempts)
+        span.set("broker.outcome", "attached")
+        return connection
 
 
 async def _may_send(_event: dict[str, Any]) -> bool:

@@ -16,6 +16,7 @@ from typing import Any, Final
 from sqlalchemy import CursorResult, delete
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from broker import tracing
 from broker.auth.principals import BrowserPrincipal
 from broker.call.hangup import hang_up
 from broker.call.ownership import CallOwnership, acting_for
@@ -34,6 +35,7 @@ from broker.session.offer_failure import OfferFailure, offer_outcome
 from broker.session.sdp import check_offer
 from broker.settings import Settings
 from broker.tools.registry import ToolRegistry
+from broker.tracing import SpanHandle
 from sideband import Provider, ProviderError, ProviderTimeoutError, ProviderUnreachableError
 
 logger = logging.getLogger(__name__)
@@ -160,15 +162,25 @@ class Offers:
         """
         started = time.perf_counter()
         failure: BaseException | None = None
-        try:
-            return await self._offer(browser, sdp)
-        except BaseException as exc:
-            failure = exc
-            raise
-        finally:
-            self._metrics.offer_finished(offer_outcome(failure), time.perf_counter() - started)
+        # The root of the call's trace (broker/tracing.py): the sideband task started here
+        # inherits it, so the call's attaches and tool calls are its descendants.
+        with tracing.span(
+            "broker.offer",
+            {"broker.session_id": browser.session_id, "broker.provider": self._provider.name},
+            kind="server",
+        ) as span:
+            try:
+                answer = await self._offer(browser, sdp, span)
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                outcome = offer_outcome(failure)
+                span.set("broker.outcome", str(outcome))
+                self._metrics.offer_finished(outcome, time.perf_counter() - started)
+            return answer
 
-    async def _offer(self, browser: BrowserPrincipal, sdp: str) -> str:
+    async def _offer(self, browser: BrowserPrincipal, sdp: str, span: SpanHandle) -> str:
         """The offer itself; :meth:`offer` wraps it with the metrics."""
         if self._supervisor.stopping:
             # Draining: a call made now would lose its sideband at once; another process
@@ -206,6 +218,7 @@ class Offers:
         try:
             config = provider_session_config(self._registry, row)
             answer = await self._provider.create_call(sdp, config)
+            span.set("broker.call_id", answer.call_id)
         except (ProviderError, ProviderTimeoutError, ProviderUnreachableError) as exc:
             self._metrics.provider_failed(exc)
             failure = OfferFailure.from_provider(exc)
@@ -254,6 +267,9 @@ class Offers:
             self._deadlines.watch(session_id, answer.call_id, row.max_duration_s)
             if row.sideband_enabled:
                 self._supervisor.start(session_id, answer.call_id, row.tools, config)
+            else:
+                # No call span: the page's bridge reports link to the offer's instead.
+                tracing.register_call(session_id, span.context())
         if row.sideband_enabled:
             # The page can act only once it has this answer: a sideband attached first
             # watches all it does. Bounded, so a slow attach costs a resync, not the call.

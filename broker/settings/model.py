@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         description="log lines: `json` (one object per line) or `console` (also `--log-format`)",
         json_schema_extra=_shown_default("`json` for `serve`; `console` with `--dev` and others"),
     )
+    otel: bool = Field(
+        False,
+        description="trace offers, sideband attaches, tool calls and webhooks with OpenTelemetry"
+        " (`pip install '.[otel]'`), exported as the standard `OTEL_*` variables say (README"
+        ' "Tracing")',
+    )
     database_url: str = Field(
         DEFAULT_DATABASE_URL,
         repr=False,  # may hold a password; see database_password

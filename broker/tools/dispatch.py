@@ -27,6 +27,7 @@ from collections.abc import Callable, Collection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from broker import tracing
 from broker.db import queries
 from broker.db.models import ToolCallStatus, ToolPath
 from broker.tools.breaker import CircuitBreakers
@@ -50,6 +51,7 @@ from broker.tools.outcome import (
 from broker.tools.policy import error_output
 from broker.tools.registry import ToolRegistry
 from broker.tools.verdict import Denied, Granted, Verdict, decide_call
+from broker.tracing import SpanHandle
 from sideband.events import new_item_id
 
 __all__ = [
@@ -120,9 +122,58 @@ class ToolDispatcher(CallLedger):
         stand-in id (safe to log and store; the caller answers the model with the id it
         has). Its row has no output item id, so a restarted broker never re-sends it.
 
+        Each run is a ``broker.tool_call`` span (:mod:`broker.tracing`): a child of the call's
+        span on the sideband; on the bridge the root of its own trace, linked to the call's.
+        An HTTP tool's request carries its ``traceparent``.
+
         Raises:
             CallRejectedError: the call cannot be recorded at all.
         """
+        # Ids, names and outcomes only: never the arguments or the output.
+        with tracing.span(
+            "broker.tool_call",
+            {
+                "broker.session_id": session_id,
+                "broker.call_id": call_id if is_valid_call_id(call_id) else None,
+                "broker.tool": printable(tool, MAX_TOOL_NAME),
+                "broker.tool_path": path.value,
+            },
+            links=(tracing.call_context(session_id),) if path is ToolPath.BRIDGE else (),
+        ) as span:
+            outcome = await self._run(
+                session_id,
+                allowed_tools,
+                call_id,
+                tool,
+                arguments,
+                path,
+                response_id,
+                item_id=item_id,
+                loser_wait=loser_wait,
+                span=span,
+            )
+            span.set("broker.call_id", outcome.call_id)
+            span.set("broker.tool", outcome.tool)
+            span.set("broker.outcome", outcome.status.value)
+            # False: another request (a replay, or the other path) ran it; this one waited.
+            span.set("broker.tool.executed_here", outcome.executed_now)
+            return outcome
+
+    async def _run(
+        self,
+        session_id: str,
+        allowed_tools: Collection[str],
+        call_id: str,
+        tool: str,
+        arguments: str,
+        path: ToolPath,
+        response_id: str | None,
+        *,
+        item_id: str | None,
+        loser_wait: float,
+        span: SpanHandle,
+    ) -> CallOutcome:
+        """:meth:`run`, in its span."""
         if not is_valid_call_id(call_id):
             return await self._deny_invalid_id(
                 session_id, call_id, tool, arguments, path, response_id, item_id, loser_wait
@@ -173,6 +224,8 @@ class ToolDispatcher(CallLedger):
             assert settled is not None
             return settled
         if isinstance(verdict, Denied):
+            # Policy at work, not a failure: the span says why, its status stays unset.
+            span.set("broker.error", str(verdict.code))
             return self._denied(
                 session_id,
                 call_id,
@@ -203,6 +256,8 @@ class ToolDispatcher(CallLedger):
             )
             if self._on_finished is not None:
                 self._on_finished(verdict.tool, status.value, time.perf_counter() - claimed_at)
+        if error is not None:
+            span.fail(str(error))
         return CallOutcome(
             call_id,
             verdict.tool,

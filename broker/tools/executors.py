@@ -15,6 +15,7 @@ from typing import Any, Final, Protocol
 
 import httpx
 
+from broker import tracing
 from broker.settings import Secret
 from broker.tools.codes import ToolErrorCode
 from broker.tools.signing import signature_headers
@@ -143,6 +144,8 @@ class HttpExecutor:
             # The Webhook-Id is the call's key, not a fresh id: a re-sent call (an idempotent
             # tool after a crash) is the same message to a receiver that dedupes on it.
             headers.update(signature_headers(self._secret, body, idempotency_key))
+        # The tool call's trace goes on to the backend (W3C trace context; broker/tracing.py).
+        tracing.inject(headers)
         request = self._request(body, headers)
         try:
             # A redirect could send the signed call (and the user's data) anywhere.

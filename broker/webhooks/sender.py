@@ -42,12 +42,14 @@ from urllib.parse import urlsplit
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from broker import tracing
 from broker.db import queries
 from broker.db.models import SessionRow, WebhookDelivery, WebhookStatus, utcnow
 from broker.db.shielded import ShieldedWrites
 from broker.db.times import as_utc
 from broker.record.usage import Usage
 from broker.settings import Secret, Settings, SettingsError
+from broker.tracing import SpanHandle
 from broker.webhooks.signature import signed_headers
 from sideband.backoff import backoff_delay
 
@@ -305,6 +307,23 @@ class WebhookSender:
             return False
         if delivery is None:
             return False  # another sender took it, or it is no longer due
+        # One span per attempt, the root of its own trace: the outbox may send it long after
+        # the call, from another process (broker/tracing.py).
+        with tracing.span(
+            "broker.webhook.deliver",
+            {
+                "broker.session_id": delivery.session_id,
+                "broker.webhook_id": delivery.id,
+                "broker.webhook_type": delivery.type,
+                "broker.attempt": delivery.attempts,
+            },
+            kind="client",
+        ) as span:
+            await self._attempt(delivery, span)
+        return True
+
+    async def _attempt(self, delivery: WebhookDelivery, span: SpanHandle) -> None:
+        """Post one claimed delivery and record how it went; never raises but a cancellation."""
         result: AttemptResult | None = None
         try:
             body = await self._body(delivery)
@@ -323,12 +342,17 @@ class WebhookSender:
         try:
             # Shielded: once the receiver answered, a shutdown must not lose the outcome (a
             # delivered event would be sent again).
-            await self._writes.run(
+            outcome = await self._writes.run(
                 self._record(delivery, result), name=f"webhook-record:{delivery.id}"
             )
         except Exception:
             logger.exception("could not record a webhook attempt id=%s", delivery.id)
-        return True
+            span.fail("webhook_not_recorded")
+            return
+        span.set("http.response.status_code", result.status)
+        span.set("broker.outcome", outcome.value)
+        if outcome is not AttemptOutcome.DELIVERED:
+            span.fail(result.error or f"http {result.status}")
 
     async def _claim(self, delivery_id: str) -> WebhookDelivery | None:
         async with self._sessionmaker.begin() as s:
@@ -351,6 +375,7 @@ class WebhookSender:
             "User-Agent": USER_AGENT,
             **signed_headers(self._config.secret.reveal(), delivery_id, body),
         }
+        tracing.inject(headers)  # a receiver that traces continues the attempt's trace
         try:
             async with asyncio.timeout(self._config.timeout_s):
                 async with self._http.post(
@@ -367,7 +392,7 @@ class WebhookSender:
             # The class name only: an exception's text can quote the URL.
             return AttemptResult(None, type(exc).__name__)
 
-    async def _record(self, delivery: WebhookDelivery, result: AttemptResult) -> None:
+    async def _record(self, delivery: WebhookDelivery, result: AttemptResult) -> AttemptOutcome:
         attempt, most = delivery.attempts, self._config.max_attempts
         now = utcnow()
         error = result.error or (None if result.delivered else f"http {result.status}")
@@ -410,6 +435,7 @@ class WebhookSender:
                 result.status,
                 error,
             )
+        return outcome
 
     async def _release(self, delivery_id: str) -> None:
         async with self._sessionmaker.begin() as s:

@@ -54,6 +54,8 @@ EMULATOR_STARTS: Final = frozenset(
 )
 """The functions that may import ``emulator``: ``broker serve``'s built-in provider and the
 ``broker emulator`` command."""
+TRACING: Final = "broker.tracing"
+"""The one module that imports the optional ``opentelemetry`` packages."""
 
 
 @dataclass(frozen=True)
@@ -320,6 +322,22 @@ def runtime_never_imports_openai(file: SourceFile) -> Iterator[Violation]:
             )
 
 
+def opentelemetry_only_in_tracing(file: SourceFile) -> Iterator[Violation]:
+    """OpenTelemetry is an optional extra: only ``broker/tracing.py`` imports it, under its
+    guard, so the broker runs without it (``tests/unit/broker/test_tracing.py``)."""
+    if file.module == TRACING:
+        return
+    for imp in file.imports:
+        if within(imp.target, "opentelemetry"):
+            yield Violation(
+                file.path,
+                imp.line,
+                "opentelemetry only in broker/tracing",
+                imp.target,
+                f"imports {imp.target}; the otel extra is optional: use broker.tracing",
+            )
+
+
 RULES: Final[tuple[Rule, ...]] = (
     api_reads_through_services,
     services_stay_below_the_api,
@@ -329,6 +347,7 @@ RULES: Final[tuple[Rule, ...]] = (
     call_owns_the_sideband,
     emulator_only_at_builtin_startup,
     runtime_never_imports_openai,
+    opentelemetry_only_in_tracing,
 )
 
 

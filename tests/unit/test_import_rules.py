@@ -67,6 +67,18 @@ PLANTED: Final = [
     ("migrations/x.py", "import emulator\n", "emulator only at built-in start-up", 1),
     ("broker/call/x.py", "from openai.types import realtime\n", "runtime never imports openai", 1),
     ("emulator/x.py", "import openai\n", "runtime never imports openai", 1),
+    (
+        "broker/tools/x.py",
+        "from opentelemetry import trace\n",
+        "opentelemetry only in broker/tracing",
+        1,
+    ),
+    (
+        "sideband/x.py",
+        "def f():\n    import opentelemetry.sdk.trace\n",
+        "opentelemetry only in broker/tracing",
+        2,
+    ),
 ]
 
 
@@ -101,6 +113,8 @@ ALLOWED: Final = [
     ("broker/cli.py", "def _emulator(h, p, k):\n    from emulator import EmulatorSettings\n"),
     ("sideband/x.py", "from sideband.events import Item\n"),
     ("emulator/x.py", "import numpy\nfrom emulator.settings import EmulatorSettings\n"),
+    ("broker/tracing.py", "from opentelemetry import trace\n"),
+    ("broker/tools/x.py", "from broker import tracing\n"),
 ]
 
 
