@@ -10,12 +10,11 @@ ENV PYTHONUNBUFFERED=1 \
     BROKER_HOST=0.0.0.0 \
     BROKER_PORT=8080
 
-# The broker serves the demo page and the ops dashboard from `web/` beside its packages
-# (broker/api/demo.py, broker/api/ops_dashboard.py: `parents[2] / "web"`): it runs from a
-# checkout. So the image holds one, in /app, installed in place (-e), as a developer's is;
-# a plain install would put the packages in site-packages, away from `web/`.
+# The image holds a checkout in /app, installed in place (-e), as a developer's is: the broker
+# then serves the demo page and the ops dashboard from `web/` itself (broker/api/web_files.py;
+# a wheel carries its own copy as broker/web/, made by setup.py).
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py MANIFEST.in README.md LICENSE ./
 COPY broker/ broker/
 COPY sideband/ sideband/
 COPY emulator/ emulator/

@@ -11,7 +11,6 @@ per-key creation rate), so demo mode is for development only.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Final
 
 from aiohttp import hdrs, web
@@ -20,11 +19,10 @@ from pydantic import BaseModel, ConfigDict
 from broker import app_state
 from broker.api import sessions
 from broker.api._bodies import MAX_JSON_BYTES, NO_BODY, bounded, read_json
+from broker.api.web_files import WEB_ROOT as WEB_ROOT  # client_package reads it here too
 from broker.auth.principals import ApiPrincipal, Scope
 from broker.session.service import CreateSessionRequest
 
-WEB_ROOT: Final = Path(__file__).resolve().parents[2] / "web"
-"""``web/`` of the source tree (the broker runs from a checkout: ``pip install -e``)."""
 DEMO_PRINCIPAL: Final = ApiPrincipal(
     key_id="demo", name="demo page", scopes=frozenset({Scope.SESSIONS_CREATE})
 )

@@ -20,10 +20,11 @@ from typing import Final
 
 from aiohttp import hdrs, web
 
+from broker.api.web_files import WEB_ROOT
 from broker.errors import NotFoundError
 
-OPS_ROOT: Final = Path(__file__).resolve().parents[2] / "web" / "ops"
-"""``web/ops/`` of the source tree (the broker runs from a checkout, like the demo)."""
+OPS_ROOT: Final = WEB_ROOT / "ops"
+"""``web/ops/``: the wheel's copy, or the checkout's (broker/api/web_files.py)."""
 PREFIX: Final = "/ops/"
 CONTENT_TYPES: Final[Mapping[str, str]] = {
     ".html": "text/html; charset=utf-8",
