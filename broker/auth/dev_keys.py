@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker.auth.api_keys import create_api_key
 from broker.auth.principals import Scope, hash_api_key
 from broker.db.models import ApiKey, utcnow
+from broker.settings import SettingsError
 from broker.settings.key_file import read_private_file, write_private_file
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,10 @@ def dev_keys_file(signing_key_file: Path) -> Path:
 
 
 def _stored(path: Path) -> dict[str, str]:
-    text = read_private_file(path)
+    try:
+        text = read_private_file(path)
+    except OSError as exc:
+        raise SettingsError(f"cannot read the development keys in {path}: {exc.strerror}") from exc
     if not text:
         return {}
     try:
@@ -73,7 +77,8 @@ async def ensure_dev_keys(
     """The development keys to print: reused from ``path`` if still active, else new.
 
     Raises:
-        SettingsError: the key file is readable by others or not the broker's own.
+        SettingsError: the key file is readable by others, not the broker's own, or cannot
+            be written.
     """
     stored = _stored(path)
     async with sessionmaker() as s:
@@ -107,7 +112,13 @@ async def ensure_dev_keys(
             for row in (await s.scalars(select(ApiKey).where(ApiKey.id.in_(stale)))).all():
                 row.revoked_at = utcnow()
         logger.info("earlier development keys revoked count=%d", len(stale))
-    new_text = json.dumps({spec.name: key for spec, key in keys.items()}, indent=2) + "\n"
-    if stored != {spec.name: key for spec, key in keys.items()}:
-        write_private_file(path, new_text)
+    by_name = {spec.name: key for spec, key in keys.items()}
+    if stored != by_name:
+        try:
+            write_private_file(path, json.dumps(by_name, indent=2) + "\n")
+        except OSError as exc:
+            # The keys just made stay unprinted and are revoked at the next start.
+            raise SettingsError(
+                f"cannot keep the development keys in {path}: {exc.strerror}"
+            ) from exc
     return keys

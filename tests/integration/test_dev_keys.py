@@ -155,3 +155,29 @@ async def test_a_key_file_others_can_read_stops_the_start(tmp_path: Path) -> Non
     assert code == 2, out
     assert "readable by other users" in out
     assert "bk_" not in out
+
+
+async def test_a_key_folder_that_cannot_be_written_stops_the_start_cleanly(
+    tmp_path: Path,
+) -> None:
+    not_a_folder = tmp_path / "keys"
+    not_a_folder.write_text("a file where the key folder should be\n")
+    env = _env(tmp_path) | {"BROKER_SIGNING_KEY": "s" * 40}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "broker",
+        "serve",
+        "--dev",
+        "--port",
+        str(_free_port()),
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(60):
+        out = (await proc.communicate())[0].decode()
+    assert proc.returncode == 2, out
+    assert "development keys" in out and "Traceback" not in out
+    assert "bk_" not in out
