@@ -127,7 +127,7 @@ async function createSession() {
     throw new BrokerClientError("network_error", undefined, { cause });
   }
   if (!response.ok) throw await BrokerClientError.fromResponse(response, "session_failed");
-  return response.json(); // {id, client_secret, offer_url, bridge_url}; connect() keeps it as call.session
+  return response.json(); // the API's create response; connect() keeps it as call.session
 }
 
 function hangup() {
