@@ -1,0 +1,253 @@
+"""The API's response bodies as pydantic models: the source of the OpenAPI document's schemas.
+
+Every model forbids extra fields, so its JSON schema says ``additionalProperties: false``: a
+field a handler starts sending without declaring it here makes the schema-driven tests
+(``tests/integration/test_openapi.py``) fail instead of the document drifting from what is
+served. Request bodies are the models the handlers already validate with (``read_json``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from broker.db.models import SessionState, SidebandState, ToolCallStatus, ToolPath
+from broker.session.limits import TamperPolicy
+from sideband import PageItems, PageResponses
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Problem(_Out):
+    """RFC 9457 problem details; ``code`` is the stable, machine-readable error code."""
+
+    # Extensions ride along with some codes (``errors``, ``param``, ``retry_after``, …).
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="``urn:broker:error:<code>``")
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str
+    code: str
+
+
+class ClientSecret(_Out):
+    value: str = Field(description="The browser's bearer token for the offer, bridge and end.")
+    expires_at: int = Field(description="Unix time (seconds) after which no offer takes it.")
+
+
+class SessionCreated(_Out):
+    """``201`` of ``POST /api/v1/sessions``."""
+
+    id: str
+    state: SessionState
+    model: str
+    tools: list[str]
+    sideband: bool
+    input_transcription: dict[str, Any] | None
+    client_secret: ClientSecret
+    # Absolute URLs for the page (BROKER_PUBLIC_URL); optional while that change lands.
+    offer_url: str | None = None
+    bridge_url: str | None = Field(default=None, description="Append the tool's name.")
+    end_url: str | None = None
+
+
+class SidebandInfo(_Out):
+    enabled: bool
+    state: SidebandState
+
+
+class SessionLimitsOut(_Out):
+    max_duration_s: int
+    idle_timeout_s: int
+    max_tool_calls: int
+    max_concurrent_tools: int
+    max_argument_bytes: int
+    on_tamper: TamperPolicy
+    page_items: PageItems
+    page_responses: PageResponses
+
+
+class InputTokenDetails(_Out):
+    text_tokens: int
+    audio_tokens: int
+    cached_tokens: int
+
+
+class OutputTokenDetails(_Out):
+    text_tokens: int
+    audio_tokens: int
+
+
+class TranscriptionTokenDetails(_Out):
+    text_tokens: int
+    audio_tokens: int
+
+
+class TranscriptionUsage(_Out):
+    transcriptions: int
+    total_tokens: int
+    input_tokens: int
+    output_tokens: int
+    input_token_details: TranscriptionTokenDetails
+    seconds: float
+
+
+class UsageOut(_Out):
+    """Token usage the provider reported, summed (the provider's shape, plus ``responses``)."""
+
+    responses: int
+    total_tokens: int
+    input_tokens: int
+    output_tokens: int
+    input_token_details: InputTokenDetails
+    output_token_details: OutputTokenDetails
+    input_transcription: TranscriptionUsage
+
+
+class ToolCallRecord(_Out):
+    call_id: str
+    tool: str
+    arguments: str = Field(description="The arguments as the model sent them (JSON text).")
+    status: ToolCallStatus
+    decision: str | None
+    path: ToolPath | None
+    output: str | None
+    error: str | None
+    created_at: str | None
+    finished_at: str | None
+    injected_at: str | None
+
+
+class TranscriptTurn(_Out):
+    type: Literal["turn"]
+    role: Literal["user", "assistant"]
+    text: str
+    partial: bool | None = None
+    transcription: Literal["failed"] | None = None
+
+
+class TranscriptToolCall(_Out):
+    type: Literal["tool_call"]
+    call_id: str | None
+    name: str | None
+    arguments: str | None
+    output: str | None
+
+
+class SessionDetail(_Out):
+    """``200`` of ``GET /api/v1/sessions/{session_id}``."""
+
+    id: str
+    state: SessionState
+    model: str
+    voice: str
+    tools: list[str]
+    call_id: str | None
+    sideband: SidebandInfo
+    metadata: dict[str, Any]
+    end_reason: str | None
+    limits: SessionLimitsOut
+    input_transcription: dict[str, Any] | None
+    created_at: str | None
+    live_at: str | None
+    ended_at: str | None
+    usage: UsageOut
+    tool_calls: list[ToolCallRecord]
+    transcript: list[TranscriptTurn | TranscriptToolCall]
+
+
+class EventCounts(_Out):
+    stored: int
+    dropped: int
+
+
+class SessionSummaryOut(_Out):
+    id: str
+    state: SessionState
+    model: str
+    sideband: SidebandInfo
+    call_id: str | None
+    end_reason: str | None
+    created_at: str | None
+    live_at: str | None
+    ended_at: str | None
+    age_s: float
+    tool_calls: dict[str, int] = Field(description="Counts by status, and ``total``.")
+    last_event_at: str | None
+    errors: int
+    events: EventCounts
+    usage: UsageOut
+
+
+class SessionPage(_Out):
+    """``200`` of ``GET /api/v1/sessions``."""
+
+    sessions: list[SessionSummaryOut]
+    next_cursor: str | None
+
+
+class BridgeResult(_Out):
+    call_id: str
+    status: ToolCallStatus
+    output: str | None
+    handled_by: ToolPath | None
+
+
+class Ended(_Out):
+    id: str
+    ended: bool
+
+
+class HungUp(_Out):
+    id: str
+    hung_up: bool
+
+
+class InstructionsUpdated(_Out):
+    id: str
+    updated: bool
+
+
+class KeyRecord(_Out):
+    """An API key's public record: never the key, never its hash."""
+
+    id: str
+    name: str
+    scopes: list[str]
+    created_at: str | None
+    revoked_at: str | None
+    usage: UsageOut | None = Field(default=None, description="Only with ``?include=usage``.")
+
+
+class KeyList(_Out):
+    keys: list[KeyRecord]
+
+
+class KeyCreated(_Out):
+    id: str
+    name: str
+    scopes: list[str]
+    created_at: str | None
+    revoked_at: str | None
+    key: str = Field(description="The key itself: shown this once, stored only as a hash.")
+
+
+class ToolSwitch(_Out):
+    name: str
+    disabled: bool
+    disabled_at: str | None = None
+    disabled_by: str | None = None
+    reason: str | None = None
+
+
+class ToolList(_Out):
+    tools: list[ToolSwitch]
+
+
+class Health(_Out):
+    status: Literal["ok"]
+    provider: str
