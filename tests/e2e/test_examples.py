@@ -295,10 +295,17 @@ async def call_and_hang_up(page: Any, example: ExampleApp, tool_backend: ToolBac
 
     async with page.expect_response(session["end_url"]) as ended_reply:
         await page.click("#hangup")
-    assert (await ended_reply.value).status == 200
+    end_request = (await ended_reply.value).request
+    assert end_request.method == "POST"
+    secret = session["client_secret"]["value"]
+    assert await end_request.header_value("Authorization") == f"Bearer {secret}"
     await page.wait_for_selector('#status[data-state="ended"]', timeout=CALL_TIMEOUT_MS)
     ended = await wait_session_ended(broker, session["id"], timeout=10)
-    assert (ended["state"], ended["end_reason"]) == ("ended", "hangup")
+    # close() closes the peer, then posts to end_url. Usually the end request ends the call
+    # (hangup); on a busy machine the provider may see the page leave and close the sideband
+    # first (provider_closed:1000). Either way it was close() that ended the session.
+    assert ended["state"] == "ended"
+    assert ended["end_reason"] in ("hangup", "provider_closed:1000"), ended
 
 
 async def page_report(page: Any) -> str:
