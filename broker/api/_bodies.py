@@ -117,7 +117,9 @@ async def read_json(request: web.Request, model: type[_Model]) -> _Model:
     if not isinstance(data, dict):
         raise BadRequestError("invalid_json", "the body must be a JSON object")
     try:
-        return model.model_validate(data)
+        # Strict, on the JSON text: what the OpenAPI document says is what is taken (no
+        # `false` for an integer, no `"1"` for a boolean); enums still come as their strings.
+        return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         # Field locations and messages only: echoing input values could echo secrets.
         errors = [

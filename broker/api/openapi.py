@@ -23,6 +23,7 @@ from pydantic.json_schema import models_json_schema
 from broker.api import schemas
 from broker.api.api_keys import CreateKeyRequest
 from broker.api.ops_actions import HangupRequest, InstructionsRequest
+from broker.api.session_list import DEFAULT_LIMIT, MAX_LIMIT
 from broker.api.tools import DisableToolRequest
 from broker.session.service import CreateSessionRequest
 from broker.tools.bridge import BridgeCallRequest
@@ -192,7 +193,11 @@ OPERATIONS: Final = (
             _q("tool", "Only sessions that called this tool"),
             _q("created_after", "ISO 8601 time"),
             _q("created_before", "ISO 8601 time"),
-            _q("limit", "Rows a page (1-200, default 50)", {"type": "integer"}),
+            _q(
+                "limit",
+                "Rows a page",
+                {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+            ),
             _q("cursor", "``next_cursor`` of the previous page"),
         ),
     ),
