@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
@@ -11,6 +11,7 @@ from broker import app_state
 from broker.api._auth import api_principal
 from broker.api._bodies import read_json
 from broker.api._times import iso
+from broker.api.schemas import KeyCreated, KeyList, KeyRecord, UsageOut, respond
 from broker.auth.api_keys import UnknownScopeError, create_api_key, list_api_keys, revoke_api_key
 from broker.auth.principals import ALL_SCOPES, RESERVED_SCOPES, Scope, describe_scopes
 from broker.db import queries
@@ -34,15 +35,18 @@ class CreateKeyRequest(BaseModel):
     ] = Field(min_length=1, max_length=len(ALL_SCOPES))
 
 
-def key_json(row: ApiKey) -> dict[str, Any]:
-    """A key's public record: never the key, never its hash."""
-    return {
-        "id": row.id,
-        "name": row.name,
-        "scopes": row.scopes,
-        "created_at": iso(row.created_at),
-        "revoked_at": iso(row.revoked_at),
-    }
+def key_record(row: ApiKey, usage: Usage | None = None) -> KeyRecord:
+    """A key's public record: never the key, never its hash; its ``usage`` when given."""
+    record = KeyRecord(
+        id=row.id,
+        name=row.name,
+        scopes=row.scopes,
+        created_at=iso(row.created_at),
+        revoked_at=iso(row.revoked_at),
+    )
+    if usage is not None:
+        record.usage = UsageOut.model_validate(usage.as_json())
+    return record
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -61,12 +65,10 @@ async def list_keys(request: web.Request) -> web.Response:
     sessionmaker = request.app[app_state.SESSIONMAKER]
     rows = await list_api_keys(sessionmaker)
     if include is None:
-        return web.json_response({"keys": [key_json(row) for row in rows]})
+        return respond(KeyList(keys=[key_record(row) for row in rows]))
     async with sessionmaker() as s:
         usage = await queries.usage_by_key(s)
-    return web.json_response(
-        {"keys": [{**key_json(row), "usage": usage.get(row.id, Usage()).as_json()} for row in rows]}
-    )
+    return respond(KeyList(keys=[key_record(row, usage.get(row.id, Usage())) for row in rows]))
 
 
 async def create_key(request: web.Request) -> web.Response:
@@ -83,7 +85,15 @@ async def create_key(request: web.Request) -> web.Response:
             scopes=known,
             reserved=sorted(str(s) for s in RESERVED_SCOPES),
         ) from None
-    return web.json_response({**key_json(row), "key": key}, status=201, headers=NO_STORE)
+    created = KeyCreated(
+        id=row.id,
+        name=row.name,
+        scopes=row.scopes,
+        created_at=iso(row.created_at),
+        revoked_at=iso(row.revoked_at),
+        key=key,
+    )
+    return respond(created, status=201, headers=NO_STORE)
 
 
 async def revoke_key(request: web.Request) -> web.Response:
@@ -92,4 +102,4 @@ async def revoke_key(request: web.Request) -> web.Response:
     if row is None:
         # The BROKER_ADMIN_KEY bootstrap key is configuration, not a row: it is not found here.
         raise NotFoundError("key_not_found", "no such API key")
-    return web.json_response(key_json(row))
+    return respond(key_record(row))

@@ -7,6 +7,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker import app_state
+from broker.api.schemas import Health, respond
 from broker.errors import problem_of, problem_response
 
 
@@ -17,7 +18,7 @@ async def healthz(request: web.Request) -> web.Response:
             await s.execute(text("SELECT 1"))
     except SQLAlchemyError:
         return problem_response(503, "database_unavailable", "Unavailable", "database unreachable")
-    return web.json_response({"status": "ok", "provider": request.app[app_state.PROVIDER].name})
+    return respond(Health(status="ok", provider=request.app[app_state.PROVIDER].name))
 
 
 async def readyz(request: web.Request) -> web.Response:

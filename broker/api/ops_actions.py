@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from broker import app_state
 from broker.api._auth import api_principal
 from broker.api._bodies import read_json
+from broker.api.schemas import HungUp, InstructionsUpdated, respond
 from broker.auth.principals import Scope
 
 
@@ -32,7 +33,7 @@ async def hangup_session(request: web.Request) -> web.Response:
     body = await read_json(request, HangupRequest) if request.body_exists else HangupRequest()
     session_id = request.match_info["session_id"]
     await request.app[app_state.SESSIONS].end_by_operator(session_id, principal.key_id, body.reason)
-    return web.json_response({"id": session_id, "hung_up": True})
+    return respond(HungUp(id=session_id, hung_up=True))
 
 
 class InstructionsRequest(BaseModel):
@@ -57,4 +58,4 @@ async def update_instructions(request: web.Request) -> web.Response:
     await request.app[app_state.SESSIONS].update_instructions(
         session_id, principal.key_id, body.instructions
     )
-    return web.json_response({"id": session_id, "updated": True})
+    return respond(InstructionsUpdated(id=session_id, updated=True))

@@ -8,13 +8,14 @@ served. Request bodies are the models the handlers already validate with (``read
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
+from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker.db.models import SessionState, SidebandState, ToolCallStatus, ToolPath
-from broker.session.limits import TamperPolicy
-from sideband import PageItems, PageResponses
+from broker.session.limits import PageItems, PageResponses, TamperPolicy
 
 
 class _Out(BaseModel):
@@ -49,10 +50,10 @@ class SessionCreated(_Out):
     sideband: bool
     input_transcription: dict[str, Any] | None
     client_secret: ClientSecret
-    # Absolute URLs for the page (BROKER_PUBLIC_URL); optional while that change lands.
-    offer_url: str | None = None
-    bridge_url: str | None = Field(default=None, description="Append the tool's name.")
-    end_url: str | None = None
+    # Absolute URLs for the page (from BROKER_PUBLIC_URL): it is on another origin.
+    offer_url: str
+    bridge_url: str = Field(description="Append the tool's name.")
+    end_url: str
 
 
 class SidebandInfo(_Out):
@@ -251,3 +252,12 @@ class ToolList(_Out):
 class Health(_Out):
     status: Literal["ok"]
     provider: str
+
+
+def respond(
+    body: BaseModel, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """``body`` as JSON, as ``web.json_response`` writes it; fields left unset stay out."""
+    return web.json_response(
+        body.model_dump(mode="json", exclude_unset=True), status=status, headers=headers
+    )

@@ -12,8 +12,9 @@ from broker.api._auth import api_principal, browser_principal
 from broker.api._bodies import read_body, read_json, require_content_type
 from broker.api._times import iso
 from broker.api.public_urls import session_urls
+from broker.api.schemas import BridgeResult, ClientSecret, Ended, SessionCreated, respond
 from broker.auth.browser_limits import BrowserRoute
-from broker.db.models import SessionRow, ToolCall
+from broker.db.models import SessionRow, SessionState, ToolCall
 from broker.errors import BadRequestError
 from broker.record import transcript
 from broker.record.usage import Usage
@@ -81,18 +82,21 @@ def created_response(request: web.Request, created: CreatedSession) -> web.Respo
     One shape for ``broker-client.js``, whether a backend passes it through or the demo made it.
     """
     row = created.row
-    return web.json_response(
-        {
-            "id": row.id,
-            "state": row.state,
-            "model": row.model,
-            "tools": row.tools,
-            "sideband": row.sideband_enabled,
-            "input_transcription": row.input_transcription,
-            "client_secret": {"value": created.client_secret, "expires_at": created.expires_at},
-            # Absolute: the page that uses them is on another origin than the broker.
-            **session_urls(request, row.id),
-        },
+    # Absolute: the page that uses them is on another origin than the broker.
+    urls = session_urls(request, row.id)
+    return respond(
+        SessionCreated(
+            id=row.id,
+            state=SessionState(row.state),
+            model=row.model,
+            tools=row.tools,
+            sideband=row.sideband_enabled,
+            input_transcription=row.input_transcription,
+            client_secret=ClientSecret(value=created.client_secret, expires_at=created.expires_at),
+            offer_url=urls["offer_url"],
+            bridge_url=urls["bridge_url"],
+            end_url=urls["end_url"],
+        ),
         status=201,
         # The reply carries a live credential: no cache may keep a copy.
         headers={"Cache-Control": "no-store"},
@@ -127,13 +131,13 @@ async def bridge_tool_call(request: web.Request) -> web.Response:
     outcome = await request.app[app_state.SESSIONS].bridge_call(
         browser, request.match_info["tool"], body
     )
-    return web.json_response(
-        {
-            "call_id": outcome.call_id,
-            "status": outcome.status.value,
-            "output": outcome.output,
-            "handled_by": outcome.handled_by.value if outcome.handled_by else None,
-        },
+    return respond(
+        BridgeResult(
+            call_id=outcome.call_id,
+            status=outcome.status,
+            output=outcome.output,
+            handled_by=outcome.handled_by,
+        ),
         # 202: recorded and owned by the sideband, but not finished within the wait.
         status=200 if outcome.status.settled else 202,
     )
@@ -146,7 +150,7 @@ async def end_call(request: web.Request) -> web.Response:
     browser = browser_principal(request, session_id, check_expiry=False)
     await request.app[app_state.BROWSER_LIMITS].check(BrowserRoute.END, browser)
     ended = await request.app[app_state.SESSIONS].end_by_browser(browser)
-    return web.json_response({"id": session_id, "ended": ended})
+    return respond(Ended(id=session_id, ended=ended))
 
 
 async def get_session(request: web.Request) -> web.Response:

@@ -8,7 +8,6 @@ dispatcher reads the switch from the database for each call. Calls already runni
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +16,7 @@ from broker import app_state
 from broker.api._auth import api_principal
 from broker.api._bodies import read_json
 from broker.api._times import iso
+from broker.api.schemas import ToolList, ToolSwitch, respond
 from broker.auth.principals import Scope
 from broker.db import queries
 from broker.errors import NotFoundError
@@ -46,19 +46,19 @@ async def list_tools(request: web.Request) -> web.Response:
     async with request.app[app_state.SESSIONMAKER]() as s:
         off = {row.tool: row for row in await queries.disabled_tools(s)}
     registry = request.app[app_state.TOOLS]
-    tools: list[dict[str, Any]] = []
+    tools: list[ToolSwitch] = []
     for name in sorted(registry):
         row = off.get(name)
         tools.append(
-            {
-                "name": name,
-                "disabled": row is not None,
-                "disabled_at": iso(row.disabled_at) if row else None,
-                "disabled_by": row.disabled_by if row else None,
-                "reason": row.reason if row else None,
-            }
+            ToolSwitch(
+                name=name,
+                disabled=row is not None,
+                disabled_at=iso(row.disabled_at) if row else None,
+                disabled_by=row.disabled_by if row else None,
+                reason=row.reason if row else None,
+            )
         )
-    return web.json_response({"tools": tools})
+    return respond(ToolList(tools=tools))
 
 
 async def disable_tool(request: web.Request) -> web.Response:
@@ -71,14 +71,14 @@ async def disable_tool(request: web.Request) -> web.Response:
         request.app[app_state.SESSIONMAKER], tool, principal.key_id, body.reason if body else None
     )
     logger.warning("tool switched off tool=%s by_key=%s", tool, principal.key_id)
-    return web.json_response(
-        {
-            "name": tool,
-            "disabled": True,
-            "disabled_at": iso(row.disabled_at),
-            "disabled_by": row.disabled_by,
-            "reason": row.reason,
-        }
+    return respond(
+        ToolSwitch(
+            name=tool,
+            disabled=True,
+            disabled_at=iso(row.disabled_at),
+            disabled_by=row.disabled_by,
+            reason=row.reason,
+        )
     )
 
 
@@ -90,4 +90,4 @@ async def enable_tool(request: web.Request) -> web.Response:
     was_off = await kill_switch.switch_on(request.app[app_state.SESSIONMAKER], tool)
     if was_off:
         logger.warning("tool switched on tool=%s by_key=%s", tool, principal.key_id)
-    return web.json_response({"name": tool, "disabled": False})
+    return respond(ToolSwitch(name=tool, disabled=False))

@@ -12,7 +12,8 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sideband import PageItems, PageResponses
+from sideband import PageItems as PageItems  # re-exported: the API types its limits with it
+from sideband import PageResponses as PageResponses
 
 PROVIDER_MAX_CALL_S: Final = 3600  # the provider ends every realtime session after 60 minutes
 
