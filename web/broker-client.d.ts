@@ -194,9 +194,11 @@ export interface Call {
   /** JSON-encode `event` onto the channel; throws `channel_closed` if it is not open. */
   send(event: ClientEvent): void;
   /**
-   * Hang up: close the channel, the connection and the microphone, and with an `end_url`
-   * ask the broker to end the call. Resolves once the broker answered (`true`: a 2xx; `false`
-   * without an `end_url` or on failure); never rejects.
+   * Hang up: stop the microphone and mute the model at once; with an `end_url`, ask the
+   * broker to end the call and close the channel and the connection once it answered (at
+   * most 3 s), else close them at once. Resolves once the broker answered (`true`: a 2xx;
+   * `false` without an `end_url`, on failure, or when called again); never rejects. The
+   * `closed` event then reports `hangup`.
    */
   close(): Promise<boolean>;
 }

@@ -13,6 +13,9 @@
 // app's backend: {id, client_secret: {value, expires_at}, offer_url, bridge_url, end_url, …}.
 
 /** Readable messages for the codes a page is likely to meet (problem+json `code`s and ours). */
+/** How long close() waits for the broker's answer before closing the connection anyway. */
+const END_WAIT_MS = 3000;
+
 const MESSAGES = {
   mic_denied: "Microphone access was denied",
   token_expired: "Your session token expired — start a new call",
@@ -200,13 +203,14 @@ export async function connect({
       emit("track", { track: event.track, stream });
     });
 
+    let hangingUp = false; // close() was called: whatever ends the call now, it was a hangup
     const end = (reason) => {
       if (ended) return;
       ended = true;
       if (channel.readyState !== "closed") channel.close();
       pc.close();
       if (mic) mic.getTracks().forEach((t) => t.stop());
-      emit("closed", { reason });
+      emit("closed", { reason: hangingUp ? "hangup" : reason });
     };
 
     channel.addEventListener("open", () => emit("open", {}));
@@ -251,19 +255,32 @@ export async function connect({
       },
       close() {
         const endUrl = session && typeof session === "object" ? session.end_url : null;
-        end("hangup");
-        // Tell the broker at once, so it ends the call at the provider (the page holds no
-        // key) and the session: a call without a sideband would otherwise look live until
-        // its duration limit. keepalive lets it go out while the page unloads. The promise
-        // settles when the broker has answered (true: it ended the call); it never rejects.
-        if (!endUrl) return Promise.resolve(false);
-        return fetch(endUrl, {
+        if (ended) return Promise.resolve(false);
+        hangingUp = true;
+        if (!endUrl) {
+          end("hangup");
+          return Promise.resolve(false);
+        }
+        // The user hears nothing more and is heard no more at once; the connection itself
+        // stays up until the broker has answered (at most END_WAIT_MS). Closing it first lets
+        // the provider see the page leave before the broker's hangup, and the session would
+        // read as ended by the provider rather than by the user.
+        if (mic) mic.getTracks().forEach((t) => t.stop());
+        if (audioElement) audioElement.muted = true;
+        // keepalive lets the request go out while the page unloads. The promise settles when
+        // the broker has answered (true: it ended the call); it never rejects.
+        const told = fetch(endUrl, {
           method: "POST",
           headers: { Authorization: `Bearer ${token}` },
           keepalive: true,
         })
           .then((response) => response.ok)
           .catch(() => false);
+        const waited = new Promise((resolve) => setTimeout(() => resolve(false), END_WAIT_MS));
+        return Promise.race([told, waited]).then((ok) => {
+          end("hangup");
+          return ok;
+        });
       },
     };
   } catch (err) {
