@@ -19,6 +19,7 @@ from aiohttp import web
 from broker import app_state
 from broker.api._auth import api_principal
 from broker.api._times import iso
+from broker.api.schemas import SessionPage, respond
 from broker.auth.principals import Scope
 from broker.db.models import SessionState, utcnow
 from broker.db.session_list import Cursor, SessionFilter, SessionSummary, list_sessions
@@ -123,6 +124,6 @@ async def list_sessions_route(request: web.Request) -> web.Response:
     next_cursor = (
         encode_cursor(Cursor(page[-1].row.created_at, page[-1].row.id)) if more and page else None
     )
-    return web.json_response(
-        {"sessions": [summary_json(p, now) for p in page], "next_cursor": next_cursor}
-    )
+    # Validated on the way out: a field the document does not declare is a bug found here.
+    listed = {"sessions": [summary_json(p, now) for p in page], "next_cursor": next_cursor}
+    return respond(SessionPage.model_validate(listed))

@@ -12,7 +12,14 @@ from broker.api._auth import api_principal, browser_principal
 from broker.api._bodies import read_body, read_json, require_content_type
 from broker.api._times import iso
 from broker.api.public_urls import session_urls
-from broker.api.schemas import BridgeResult, ClientSecret, Ended, SessionCreated, respond
+from broker.api.schemas import (
+    BridgeResult,
+    ClientSecret,
+    Ended,
+    SessionCreated,
+    SessionDetail,
+    respond,
+)
 from broker.auth.browser_limits import BrowserRoute
 from broker.db.models import SessionRow, SessionState, ToolCall
 from broker.errors import BadRequestError
@@ -161,9 +168,9 @@ async def get_session(request: web.Request) -> web.Response:
     # Built here from the rows already read: the broker's outputs are what tell its tool
     # outputs from ones a page forged (broker.record.transcript).
     lines = await transcript.load(request.app[app_state.SESSIONMAKER], row.id, calls)
-    return web.json_response(
-        {**_session_json(row), "tool_calls": _tool_calls(calls), "transcript": lines}
-    )
+    # Validated on the way out: a field the document does not declare is a bug found here.
+    detail = {**_session_json(row), "tool_calls": _tool_calls(calls), "transcript": lines}
+    return respond(SessionDetail.model_validate(detail))
 
 
 def _tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
