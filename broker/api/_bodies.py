@@ -65,6 +65,10 @@ def bounded(handler: Handler, limit: int) -> Handler:
     @functools.wraps(handler)
     async def checked(request: web.Request) -> web.StreamResponse:
         check_declared_size(request, limit)
+        # Here because every route passes through: an id or filter with U+0000 would reach
+        # PostgreSQL, whose text cannot hold it (a 500 there, not a refusal).
+        if "\x00" in request.path or any("\x00" in k + v for k, v in request.query.items()):
+            raise BadRequestError("bad_request", "the URL may not contain U+0000 (NUL)")
         return await handler(request)
 
     return checked
@@ -112,10 +116,18 @@ async def read_json(request: web.Request, model: type[_Model]) -> _Model:
     raw = await read_body(request, MAX_JSON_BYTES)
     try:
         data = strict_json_loads(raw)
+        nul = _nul_at(data, ())
     except (ValueError, RecursionError):
         raise BadRequestError("invalid_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequestError("invalid_json", "the body must be a JSON object")
+    if nul is not None:
+        # PostgreSQL's text and jsonb cannot hold U+0000: refused here, not a 500 at the insert.
+        raise ValidationFailedError(
+            "invalid_request",
+            "the request body is not valid",
+            errors=[{"loc": nul, "msg": "a string may not contain U+0000 (NUL)"}],
+        )
     try:
         # Strict, on the JSON text: what the OpenAPI document says is what is taken (no
         # `false` for an integer, no `"1"` for a boolean); enums still come as their strings.
@@ -129,3 +141,22 @@ async def read_json(request: web.Request, model: type[_Model]) -> _Model:
         raise ValidationFailedError(
             "invalid_request", "the request body is not valid", errors=errors
         ) from None
+
+
+def _nul_at(value: object, loc: tuple[str, ...]) -> str | None:
+    """The location (dotted, as validation errors give it) of the first U+0000, or ``None``."""
+    if isinstance(value, str):
+        return ".".join(loc) if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                return ".".join(loc)
+            found = _nul_at(item, (*loc, key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_at(item, (*loc, str(index)))
+            if found is not None:
+                return found
+    return None

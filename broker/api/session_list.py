@@ -60,6 +60,8 @@ def decode_cursor(text: str) -> Cursor:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         created_at, session_id = json.loads(raw)
+        if "\x00" in str(session_id):
+            raise ValueError("NUL")  # PostgreSQL's text cannot hold it: no session has it
         # Normalised to UTC as _time does: a forged time at the calendar's edge overflows
         # here (400), not in the database's driver (500).
         return Cursor(as_utc(datetime.fromisoformat(created_at)).astimezone(UTC), str(session_id))

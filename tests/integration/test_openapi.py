@@ -233,3 +233,33 @@ async def test_a_body_is_taken_only_as_the_document_types_it(broker: RunningBrok
         assert (reply.status, reply.code) == (422, "invalid_request"), body
     fine = {"limits": {"max_tool_calls": 3, "on_tamper": "hangup"}, "metadata": {"n": 1.5}}
     assert (await broker.request("POST", "/api/v1/sessions", json_body=fine)).status == 201
+
+
+async def test_a_nul_in_a_body_string_is_refused_not_a_server_error(broker: RunningBroker) -> None:
+    """Found by schemathesis on PostgreSQL (its text cannot hold U+0000): a 500 at the insert."""
+    bodies = (
+        ("/api/v1/keys", {"name": "a\x00b", "scopes": ["admin"]}, "name"),
+        ("/api/v1/sessions", {"metadata": {"k": "v\x00"}}, "metadata.k"),
+        ("/api/v1/sessions", {"tools": ["lookup_order", "\x00"]}, "tools.1"),
+    )
+    for path, body, loc in bodies:
+        reply = await broker.request("POST", path, json_body=body)
+        assert (reply.status, reply.code) == (422, "invalid_request"), reply.text
+        assert reply.json()["errors"] == [
+            {"loc": loc, "msg": "a string may not contain U+0000 (NUL)"}
+        ]
+
+
+async def test_a_nul_in_the_url_is_refused_not_a_server_error(broker: RunningBroker) -> None:
+    """The same on PostgreSQL for ids and filters: every route refuses it before its handler."""
+    cursor = "WyIyMDI2LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwgImFcdTAwMDBiIl0"  # a NUL in its session id
+    for method, path, code in (
+        ("GET", "/api/v1/sessions/a%00b", "bad_request"),
+        ("GET", "/api/v1/sessions?model=a%00b", "bad_request"),
+        ("GET", "/api/v1/sessions?cursor=" + cursor, "invalid_query"),
+        ("DELETE", "/api/v1/keys/a%00b", "bad_request"),
+        ("GET", "/api/v1/sessions/a%00b/events", "bad_request"),
+        ("POST", "/api/v1/sessions/a%00b/hangup", "bad_request"),
+    ):
+        reply = await broker.request(method, path)
+        assert (reply.status, reply.code) == (400, code), (path, reply.text)
