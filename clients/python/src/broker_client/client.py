@@ -112,11 +112,17 @@ def _headers(api_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
 
 
-def _request_kwargs(call: _Call) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"params": call.params}
+def _request_kwargs(base_url: str, headers: dict[str, str], call: _Call) -> dict[str, Any]:
+    """The ``httpx`` ``request`` arguments for ``call``, the same for both transports."""
+    kwargs: dict[str, Any] = {
+        "method": call.method,
+        "url": base_url + call.path,
+        "headers": headers,
+        "params": call.params,
+    }
     if call.json is not None:
         kwargs["content"] = json.dumps(call.json).encode()
-        kwargs["headers"] = {"Content-Type": "application/json"}
+        kwargs["headers"] = headers | {"Content-Type": "application/json"}
     return kwargs
 
 
@@ -167,12 +173,8 @@ class BrokerClient:
         return f"BrokerClient({self._base_url!r})"
 
     def _send(self, call: _Call) -> dict[str, Any]:
-        kwargs = _request_kwargs(call)
-        headers = self._headers | kwargs.pop("headers", {})
         try:
-            response = self._http.request(
-                call.method, self._base_url + call.path, headers=headers, **kwargs
-            )
+            response = self._http.request(**_request_kwargs(self._base_url, self._headers, call))
         except httpx.TransportError as exc:
             raise _unreachable(exc) from None
         return _read(response)
@@ -285,11 +287,9 @@ class AsyncBrokerClient:
         return f"AsyncBrokerClient({self._base_url!r})"
 
     async def _send(self, call: _Call) -> dict[str, Any]:
-        kwargs = _request_kwargs(call)
-        headers = self._headers | kwargs.pop("headers", {})
         try:
             response = await self._http.request(
-                call.method, self._base_url + call.path, headers=headers, **kwargs
+                **_request_kwargs(self._base_url, self._headers, call)
             )
         except httpx.TransportError as exc:
             raise _unreachable(exc) from None
