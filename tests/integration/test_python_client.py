@@ -35,7 +35,14 @@ from broker import Secret
 from broker.webhooks.signature import signed_headers
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import ADMIN_KEY, RunningBroker
-from tests.support.flow import LOOKUP_42_OUTPUT, ask, connect_browser, says, wait_session_ended
+from tests.support.flow import (
+    LOOKUP_42_OUTPUT,
+    ask,
+    connect_browser,
+    lookup_42_and_leave,
+    says,
+    wait_session_ended,
+)
 from tests.support.tool_backend import TOOL_SECRET, ToolBackend
 from tests.support.webhook_receiver import WebhookReceiver
 
@@ -231,12 +238,7 @@ async def test_the_tool_call_verifier_accepts_a_real_tool_request(
 ) -> None:
     async with AsyncBrokerClient(broker.base_url, ADMIN_KEY) as client:
         created = await client.create_session(tools=["lookup_order"])
-    browser = await connect_browser(broker, created.raw)
-    try:
-        ask(browser, "lookup_order 42")
-        await browser.wait_for("response.done", says(LOOKUP_42_OUTPUT))
-    finally:
-        await browser.close()
+    await lookup_42_and_leave(broker, created.raw)
     [request] = tool_backend.calls_to("lookup_order")
     headers, body = request.headers, request.body
     verify_tool_call(TOOL_SECRET, headers, body)

@@ -23,7 +23,7 @@ from broker.tools.signing import signature_headers
 from broker.webhooks.signature import verify
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import RunningBroker
-from tests.support.flow import LOOKUP_42_OUTPUT, ask, connect_browser, says, wait_session_ended
+from tests.support.flow import lookup_42_and_leave, wait_session_ended
 from tests.support.tool_backend import TOOL_SECRET, ToolBackend, ToolRequest, verify_signature
 from tests.support.webhook_receiver import Delivery, WebhookReceiver
 
@@ -86,12 +86,7 @@ async def ended_delivery(
         webhook_backoff_max_s=0.2,
     )
     session = await broker.create_session(tools=["lookup_order"])
-    browser = await connect_browser(broker, session)
-    try:
-        ask(browser, "lookup_order 42")
-        await browser.wait_for("response.done", says(LOOKUP_42_OUTPUT))
-    finally:
-        await browser.close()  # the browser leaves: the provider ends the call
+    await lookup_42_and_leave(broker, session)
     await wait_session_ended(broker, session["id"], timeout=15)
     [delivery] = await receiver.wait_deliveries(1)
     return session, delivery
@@ -115,12 +110,7 @@ async def test_a_real_session_ended_delivery_verifies_with_standardwebhooks(
 
 async def one_tool_call(broker: RunningBroker, tool_backend: ToolBackend) -> ToolRequest:
     session = await broker.create_session(tools=["lookup_order"])
-    browser = await connect_browser(broker, session)
-    try:
-        ask(browser, "lookup_order 42")
-        await browser.wait_for("response.done", says(LOOKUP_42_OUTPUT))
-    finally:
-        await browser.close()
+    await lookup_42_and_leave(broker, session)
     [request] = tool_backend.calls_to("lookup_order")
     assert request.headers["X-Session-ID"] == session["id"]
     return request

@@ -19,7 +19,7 @@ from broker import Secret, app_state
 from broker.tools.signing import signature
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import RunningBroker
-from tests.support.flow import LOOKUP_42_OUTPUT, ask, connect_browser, says
+from tests.support.flow import ask, connect_browser, lookup_42_and_leave, says
 from tests.support.tool_backend import TOOL_SECRET, ToolBackend, ToolRequest, verify_signature
 
 ENV_SECRET = "env-provided-tool-secret-9f8e7d6c5b4a39281706"
@@ -27,12 +27,7 @@ ENV_SECRET = "env-provided-tool-secret-9f8e7d6c5b4a39281706"
 
 async def _one_signed_call(broker: RunningBroker, tool_backend: ToolBackend) -> ToolRequest:
     session = await broker.create_session(tools=["lookup_order"])
-    browser = await connect_browser(broker, session)
-    try:
-        ask(browser, "lookup_order 42")
-        await browser.wait_for("response.done", says(LOOKUP_42_OUTPUT))
-    finally:
-        await browser.close()
+    await lookup_42_and_leave(broker, session)
     [request] = tool_backend.calls_to("lookup_order")
     assert request.headers["X-Session-ID"] == session["id"]
     return request

@@ -67,6 +67,17 @@ def says(fragment: str) -> Any:
     return lambda event: fragment in assistant_text(event)
 
 
+async def lookup_42_and_leave(broker: RunningBroker, session: dict[str, Any]) -> None:
+    """A browser asks for order 42, hears the tool's answer, and leaves, so the provider
+    ends the call."""
+    browser = await connect_browser(broker, session)
+    try:
+        ask(browser, "lookup_order 42")
+        await browser.wait_for("response.done", says(LOOKUP_42_OUTPUT))
+    finally:
+        await browser.close()
+
+
 def outputs_received(call: Call) -> list[tuple[str, dict[str, Any]]]:
     """Every function_call_output the emulator got for ``call``, with the sending connection.
 
