@@ -28,7 +28,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import IN_CI, skip_or_fail
-from tests.support.broker_server import BrokerFactory, RunningBroker
+from tests.support.broker_server import CREATE_RESPONSE_KEYS, BrokerFactory, RunningBroker
 from tests.support.flow import LOOKUP_42_OUTPUT, wait_session_ended, wait_sideband
 from tests.support.tool_backend import ToolBackend
 
@@ -37,19 +37,6 @@ CLIENT_PATH: Final = "/client/v1/broker-client.js"
 CALL_TIMEOUT_MS: Final = 20_000
 START_TIMEOUT_S: Final = 30.0
 NPM_CI_TIMEOUT_S: Final = 90.0
-CREATE_RESPONSE_KEYS: Final = {
-    "id",
-    "state",
-    "model",
-    "tools",
-    "sideband",
-    "input_transcription",
-    "client_secret",
-    "offer_url",
-    "bridge_url",
-    "end_url",
-}
-"""What ``POST /api/v1/sessions`` returns; the examples hand the page exactly this."""
 
 
 def free_port() -> int:

@@ -6,23 +6,11 @@ from __future__ import annotations
 from typing import Any, Final
 
 from tests.conftest import BrokerFactory
-from tests.support.broker_server import RunningBroker
+from tests.support.broker_server import CREATE_RESPONSE_KEYS, RunningBroker
 from tests.support.browser import FakeBrowser
 from tests.support.flow import wait_session_ended
 
 APP_ORIGIN: Final = "https://app.example.com"
-CREATE_KEYS: Final = {
-    "id",
-    "state",
-    "model",
-    "tools",
-    "sideband",
-    "input_transcription",
-    "client_secret",
-    "offer_url",
-    "bridge_url",
-    "end_url",
-}
 
 
 def _urls(base: str, session_id: str) -> dict[str, str]:
@@ -46,7 +34,7 @@ async def test_without_a_public_url_the_urls_are_the_address_the_request_reached
 ) -> None:
     """And they are the real endpoints: the page offers, runs a tool and hangs up with them."""
     session = await broker.create_session(tools=["lookup_order"], sideband=False)
-    assert set(session) == CREATE_KEYS
+    assert set(session) == CREATE_RESPONSE_KEYS
     assert {k: session[k] for k in ("offer_url", "bridge_url", "end_url")} == _urls(
         broker.base_url, session["id"]
     )
@@ -81,7 +69,7 @@ async def test_without_a_public_url_the_urls_are_the_address_the_request_reached
 async def test_the_public_url_is_the_base_of_every_url(make_broker: BrokerFactory) -> None:
     broker = await make_broker(public_url="https://broker.example.com/voice/")
     session = await broker.create_session(tools=["lookup_order"])
-    assert set(session) == CREATE_KEYS
+    assert set(session) == CREATE_RESPONSE_KEYS
     expected = _urls("https://broker.example.com/voice", session["id"])
     assert {k: session[k] for k in expected} == expected
 
@@ -104,7 +92,7 @@ async def test_the_demo_backend_answers_with_the_apis_shape(make_broker: BrokerF
     assert reply.status == 201, reply.text
     assert reply.headers["Cache-Control"] == "no-store"
     body = reply.json()
-    assert set(body) == CREATE_KEYS
+    assert set(body) == CREATE_RESPONSE_KEYS
     assert set(body["client_secret"]) == {"value", "expires_at"}
     assert body["sideband"] is False
     expected = _urls("https://broker.example.com", body["id"])

@@ -16,6 +16,22 @@ from broker import Secret, Settings, app_state, create_app
 
 ADMIN_KEY = "admin-key-for-tests-0123456789"
 PROVIDER_KEY = "sk-test-provider-key-5f3a9c1e7b2d4086"
+CREATE_RESPONSE_KEYS = frozenset(
+    {
+        "id",
+        "state",
+        "model",
+        "tools",
+        "sideband",
+        "input_transcription",
+        "client_secret",
+        "offer_url",
+        "bridge_url",
+        "end_url",
+    }
+)
+"""What ``POST /api/v1/sessions`` returns, written out here rather than read from the broker's
+schema, so that a change to the answer fails the tests that hand it to a page."""
 
 
 def stack_settings(
