@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import socket
 from pathlib import Path
 
 import aiohttp
+
+from tests.support.subprocesses import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,11 +84,4 @@ async def test_make_run_serves_and_the_printed_key_creates_a_session(tmp_path: P
         assert body["state"] == "created" and body["tools"] == ["lookup_order"]
         assert body["client_secret"]["value"].count(".") == 2
     finally:
-        if proc.returncode is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                async with asyncio.timeout(10):
-                    await proc.wait()
-            except TimeoutError:
-                os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+        await stop_group(proc, grace_s=10)

@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,15 +22,15 @@ from typing import Any, Final
 import pytest
 
 from broker import Secret
-from tests.conftest import BrokerFactory, skip_or_fail
+from tests.conftest import BrokerFactory
 from tests.support.broker_server import ADMIN_KEY
 from tests.support.flow import LOOKUP_42_OUTPUT, ask, connect_browser, says, wait_session_ended
+from tests.support.subprocesses import clean_env, needs_index
 from tests.support.tool_backend import TOOL_SECRET, ToolBackend
 from tests.support.webhook_receiver import WebhookReceiver
 
 CLIENT_DIR: Final = Path(__file__).resolve().parents[2] / "clients" / "python"
 WEBHOOK_SECRET: Final = "venv-test-webhook-secret-" + "v" * 20
-INDEX_HOST: Final = ("pypi.org", 443)
 SCRIPT_TIMEOUT_S: Final = 60
 
 # What an app backend would write; each step is one run of the venv's python.
@@ -89,21 +87,6 @@ print(json.dumps({name: importlib.util.find_spec(name) is not None
 """
 
 
-def _index_reachable() -> bool:
-    try:
-        with socket.create_connection(INDEX_HOST, timeout=5):
-            return True
-    except OSError:
-        return False
-
-
-def _clean_env() -> dict[str, str]:
-    """This process's environment without what would let the venv see our packages."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.pop("VIRTUAL_ENV", None)
-    return env
-
-
 @pytest.fixture(scope="session")
 def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The python of a fresh virtualenv holding only the client and its dependencies."""
@@ -122,13 +105,10 @@ def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
         text=True,
         timeout=300,
-        env=_clean_env(),
+        env=clean_env(),
         cwd=root,
     )
-    if install.returncode != 0:
-        if not _index_reachable():
-            skip_or_fail("the package index is unreachable: pip cannot fetch httpx")
-        pytest.fail(f"pip install of clients/python failed:\n{install.stderr[-3000:]}")
+    needs_index(install, "pip install of clients/python")
     return python
 
 
@@ -140,7 +120,7 @@ async def _run(python: Path, cwd: Path, *args: str) -> Any:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=cwd,
-        env=_clean_env(),
+        env=clean_env(),
     )
     async with asyncio.timeout(SCRIPT_TIMEOUT_S):
         out, err = await proc.communicate()

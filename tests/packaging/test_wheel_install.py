@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +26,7 @@ from typing import Final
 import aiohttp
 import pytest
 
-from tests.conftest import skip_or_fail
+from tests.support.subprocesses import clean_env, needs_index, stop_group
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 SOURCES: Final = (
@@ -44,7 +42,6 @@ SOURCES: Final = (
     "web",
 )
 """What a build reads (pyproject.toml, setup.py and MANIFEST.in name the rest)."""
-INDEX_HOST: Final = ("pypi.org", 443)
 INSTALL_TIMEOUT_S: Final = 480
 START_TIMEOUT_S: Final = 90
 
@@ -52,22 +49,9 @@ START_TIMEOUT_S: Final = 90
 pytestmark = pytest.mark.timeout(2 * INSTALL_TIMEOUT_S + 120)
 
 
-def _index_reachable() -> bool:
-    try:
-        with socket.create_connection(INDEX_HOST, timeout=5):
-            return True
-    except OSError:
-        return False
-
-
 def _clean_env() -> dict[str, str]:
     """This environment without what would point the venv at the checkout or its settings."""
-    drop = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if k not in drop and not k.startswith(("BROKER_", "OPENAI_", "AZURE_OPENAI_"))
-    }
+    return clean_env(drop_prefixes=("BROKER_", "OPENAI_", "AZURE_OPENAI_"))
 
 
 def _pip(python: Path, cache: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -79,13 +63,6 @@ def _pip(python: Path, cache: Path, *args: str, cwd: Path) -> subprocess.Complet
         env=_clean_env(),
         cwd=cwd,
     )
-
-
-def _needs_index(result: subprocess.CompletedProcess[str], what: str) -> None:
-    if result.returncode != 0:
-        if not _index_reachable():
-            skip_or_fail(f"the package index is unreachable: {what} needs it")
-        pytest.fail(f"{what} failed:\n{result.stderr[-3000:]}")
 
 
 @pytest.fixture(scope="session")
@@ -106,13 +83,13 @@ def installed_broker(tmp_path_factory: pytest.TempPathFactory) -> Path:
     built = _pip(
         Path(sys.executable), cache, "wheel", "--no-deps", "--wheel-dir", str(dist), ".", cwd=source
     )
-    _needs_index(built, "building the wheel (pip fetches setuptools)")
+    needs_index(built, "building the wheel (pip fetches setuptools)")
     (wheel,) = dist.glob("sideband_broker-*.whl")
 
     subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True, timeout=120)
     bin_dir = root / "venv" / "bin"
     installed = _pip(bin_dir / "python", cache, "install", str(wheel), cwd=root)
-    _needs_index(installed, "installing the wheel's dependencies")
+    needs_index(installed, "installing the wheel's dependencies")
     return bin_dir
 
 
@@ -169,14 +146,7 @@ async def served(installed_broker: Path, tmp_path: Path) -> AsyncIterator[Served
                         await asyncio.sleep(0.1)
             yield Served(base_url, http)
     finally:
-        if proc.returncode is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                async with asyncio.timeout(15):
-                    await proc.wait()
-            except TimeoutError:
-                os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+        await stop_group(proc, grace_s=15)
 
 
 def test_the_wheel_carries_the_browser_files_under_the_package(installed_broker: Path) -> None:
