@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
@@ -33,14 +34,17 @@ def _env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-async def _broker(tmp_path: Path, *args: str) -> tuple[int, str]:
+async def _broker(
+    tmp_path: Path, *args: str, env: Mapping[str, str] | None = None
+) -> tuple[int, str]:
+    """Run ``broker *args`` to its end; ``env`` adds to (or replaces in) :func:`_env`."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "broker",
         *args,
         cwd=tmp_path,
-        env=_env(tmp_path),
+        env=_env(tmp_path) | dict(env or {}),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -162,22 +166,14 @@ async def test_a_key_folder_that_cannot_be_written_stops_the_start_cleanly(
 ) -> None:
     not_a_folder = tmp_path / "keys"
     not_a_folder.write_text("a file where the key folder should be\n")
-    env = _env(tmp_path) | {"BROKER_SIGNING_KEY": "s" * 40}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "broker",
+    code, out = await _broker(
+        tmp_path,
         "serve",
         "--dev",
         "--port",
         str(_free_port()),
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        env={"BROKER_SIGNING_KEY": "s" * 40},
     )
-    async with asyncio.timeout(60):
-        out = (await proc.communicate())[0].decode()
-    assert proc.returncode == 2, out
+    assert code == 2, out
     assert "development keys" in out and "Traceback" not in out
     assert "bk_" not in out
