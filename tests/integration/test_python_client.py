@@ -12,7 +12,6 @@ import asyncio
 import json
 import socket
 import time
-from typing import Any
 
 import pytest
 from broker_client import (
@@ -31,7 +30,6 @@ from broker_client import (
     verify_tool_call,
 )
 
-from broker import Secret
 from broker.webhooks.signature import signed_headers
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import ADMIN_KEY, RunningBroker
@@ -44,19 +42,9 @@ from tests.support.flow import (
     wait_session_ended,
 )
 from tests.support.tool_backend import TOOL_SECRET, ToolBackend
-from tests.support.webhook_receiver import WebhookReceiver
+from tests.support.webhook_receiver import WebhookReceiver, quick_webhooks
 
 WEBHOOK_SECRET = "client-test-webhook-secret-" + "c" * 20
-
-
-def webhook_overrides(url: str) -> dict[str, Any]:
-    return {
-        "webhook_url": url,
-        "webhook_secret": Secret(WEBHOOK_SECRET),
-        "webhook_timeout_s": 2.0,
-        "webhook_backoff_s": 0.05,
-        "webhook_backoff_max_s": 0.2,
-    }
 
 
 async def test_a_session_is_created_read_listed_and_hung_up_through_the_client(
@@ -180,7 +168,7 @@ async def test_no_broker_is_broker_unreachable() -> None:
 async def test_the_verifier_accepts_the_brokers_webhook_and_refuses_a_tampered_or_old_one(
     make_broker: BrokerFactory, receiver: WebhookReceiver
 ) -> None:
-    broker = await make_broker(**webhook_overrides(receiver.url))
+    broker = await make_broker(**quick_webhooks(receiver.url, WEBHOOK_SECRET))
     async with AsyncBrokerClient(broker.base_url, ADMIN_KEY) as client:
         created = await client.create_session(tools=["lookup_order"])
         browser = await connect_browser(broker, created.raw)

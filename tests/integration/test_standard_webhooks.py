@@ -25,7 +25,7 @@ from tests.conftest import BrokerFactory
 from tests.support.broker_server import RunningBroker
 from tests.support.flow import lookup_42_and_leave, wait_session_ended
 from tests.support.tool_backend import TOOL_SECRET, ToolBackend, ToolRequest, verify_signature
-from tests.support.webhook_receiver import Delivery, WebhookReceiver
+from tests.support.webhook_receiver import Delivery, WebhookReceiver, quick_webhooks
 
 WHSEC = "whsec_" + base64.b64encode(b"standard-webhooks-test-key-32-by").decode()
 """A secret in the Standard Webhooks form: the libraries take it as it is."""
@@ -78,13 +78,7 @@ def assert_reference_refuses_tampering(
 async def ended_delivery(
     make_broker: BrokerFactory, receiver: WebhookReceiver, secret: str
 ) -> tuple[dict[str, Any], Delivery]:
-    broker = await make_broker(
-        webhook_url=receiver.url,
-        webhook_secret=Secret(secret),
-        webhook_timeout_s=2.0,
-        webhook_backoff_s=0.05,
-        webhook_backoff_max_s=0.2,
-    )
+    broker = await make_broker(**quick_webhooks(receiver.url, secret))
     session = await broker.create_session(tools=["lookup_order"])
     await lookup_42_and_leave(broker, session)
     await wait_session_ended(broker, session["id"], timeout=15)

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from broker import Secret, app_state
+from broker import app_state
 from broker.db.models import SessionState, WebhookDelivery
 from broker.session.end_reason import EndReason
 from broker.session.ending import end_session
@@ -33,7 +33,7 @@ from tests.support.browser import FakeBrowser
 from tests.support.flow import LOOKUP_42_OUTPUT, ask, connect_browser, says, wait_session_ended
 from tests.support.metrics import scrape, value
 from tests.support.servers import RunningEmulator, set_faults
-from tests.support.webhook_receiver import Delivery, WebhookReceiver
+from tests.support.webhook_receiver import Delivery, WebhookReceiver, quick_webhooks
 
 WEBHOOK_SECRET = "test-webhook-secret-" + "w" * 24
 QUIET_S = 1.5
@@ -42,13 +42,7 @@ test backoff."""
 
 
 def webhook_settings(url: str, **overrides: Any) -> dict[str, Any]:
-    return {
-        "webhook_url": url,
-        "webhook_secret": Secret(WEBHOOK_SECRET),
-        "webhook_timeout_s": 2.0,
-        "webhook_backoff_s": 0.05,
-        "webhook_backoff_max_s": 0.2,
-    } | overrides
+    return quick_webhooks(url, WEBHOOK_SECRET, **overrides)
 
 
 async def deliveries_of(broker: RunningBroker, session_id: str) -> list[WebhookDelivery]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from broker import Secret
 from broker.webhooks.signature import verify
 
 
@@ -87,3 +88,15 @@ class WebhookReceiver:
                 self._arrived.clear()
                 await self._arrived.wait()
         return list(self.deliveries)
+
+
+def quick_webhooks(url: str, secret: str, **overrides: Any) -> dict[str, Any]:
+    """Broker settings that send webhooks to ``url``, signed with ``secret``, with a timeout
+    and backoffs short enough for a test to see retries; ``overrides`` replace any of them."""
+    return {
+        "webhook_url": url,
+        "webhook_secret": Secret(secret),
+        "webhook_timeout_s": 2.0,
+        "webhook_backoff_s": 0.05,
+        "webhook_backoff_max_s": 0.2,
+    } | overrides
