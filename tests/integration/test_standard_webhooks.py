@@ -22,9 +22,8 @@ from broker import Secret
 from broker.tools.signing import signature_headers
 from broker.webhooks.signature import verify
 from tests.conftest import BrokerFactory
-from tests.support.broker_server import RunningBroker
-from tests.support.flow import lookup_42_and_leave, wait_session_ended
-from tests.support.tool_backend import TOOL_SECRET, ToolBackend, ToolRequest, verify_signature
+from tests.support.flow import lookup_42_and_leave, one_tool_call, wait_session_ended
+from tests.support.tool_backend import TOOL_SECRET, ToolBackend, verify_signature
 from tests.support.webhook_receiver import Delivery, WebhookReceiver, quick_webhooks
 
 WHSEC = "whsec_" + base64.b64encode(b"standard-webhooks-test-key-32-by").decode()
@@ -100,14 +99,6 @@ async def test_a_real_session_ended_delivery_verifies_with_standardwebhooks(
     assert event["id"] == delivery.id
     assert verify(secret, delivery.headers, delivery.body) == event
     assert_reference_refuses_tampering(webhook, delivery.headers, delivery.body)
-
-
-async def one_tool_call(broker: RunningBroker, tool_backend: ToolBackend) -> ToolRequest:
-    session = await broker.create_session(tools=["lookup_order"])
-    await lookup_42_and_leave(broker, session)
-    [request] = tool_backend.calls_to("lookup_order")
-    assert request.headers["X-Session-ID"] == session["id"]
-    return request
 
 
 def whsec_tools(tool_backend: ToolBackend, tmp_path: Path) -> Path:

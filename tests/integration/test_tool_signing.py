@@ -19,18 +19,10 @@ from broker import Secret, app_state
 from broker.tools.signing import signature
 from tests.conftest import BrokerFactory
 from tests.support.broker_server import RunningBroker
-from tests.support.flow import ask, connect_browser, lookup_42_and_leave, says
-from tests.support.tool_backend import TOOL_SECRET, ToolBackend, ToolRequest, verify_signature
+from tests.support.flow import ask, connect_browser, one_tool_call, says
+from tests.support.tool_backend import TOOL_SECRET, ToolBackend, verify_signature
 
 ENV_SECRET = "env-provided-tool-secret-9f8e7d6c5b4a39281706"
-
-
-async def _one_signed_call(broker: RunningBroker, tool_backend: ToolBackend) -> ToolRequest:
-    session = await broker.create_session(tools=["lookup_order"])
-    await lookup_42_and_leave(broker, session)
-    [request] = tool_backend.calls_to("lookup_order")
-    assert request.headers["X-Session-ID"] == session["id"]
-    return request
 
 
 async def test_a_signed_request_verifies_and_carries_who_is_asking(
@@ -39,7 +31,7 @@ async def test_a_signed_request_verifies_and_carries_who_is_asking(
     """The signature is HMAC-SHA256(secret, f"{timestamp}.{raw_body}") over the exact bytes
     sent; the secret shows up in no log line and no repr."""
     caplog.set_level(logging.DEBUG)
-    request = await _one_signed_call(broker, tool_backend)
+    request = await one_tool_call(broker, tool_backend)
     assert request.verified
     headers = request.headers
     timestamp = headers["X-Broker-Timestamp"]
@@ -60,7 +52,7 @@ async def test_one_changed_byte_fails_verification(
     broker: RunningBroker, tool_backend: ToolBackend
 ) -> None:
     """Replaying a real signed request with one body byte changed (headers kept) is refused."""
-    request = await _one_signed_call(broker, tool_backend)
+    request = await one_tool_call(broker, tool_backend)
     tampered = request.body.replace(b"42", b"43")
     assert tampered != request.body and len(tampered) == len(request.body)
     assert verify_signature(TOOL_SECRET.encode(), request.headers, request.body)
@@ -128,7 +120,7 @@ async def test_secret_env_names_the_variable_holding_the_secret(
     broker = await make_broker(
         tools_config=_tools_file(tmp_path, tool_backend, 'secret_env = "LOOKUP_ORDER_SECRET"')
     )
-    request = await _one_signed_call(broker, tool_backend)
+    request = await one_tool_call(broker, tool_backend)
     assert request.verified
 
 
@@ -155,7 +147,7 @@ async def test_an_explicitly_unsigned_tool_sends_no_signature(
     """``unsigned = true`` is the only way to send unsigned, and then no signature is sent."""
     tool_backend.accept_unsigned.add("lookup_order")
     broker = await make_broker(tools_config=_tools_file(tmp_path, tool_backend, "unsigned = true"))
-    request = await _one_signed_call(broker, tool_backend)
+    request = await one_tool_call(broker, tool_backend)
     assert not request.verified
     assert "X-Broker-Signature" not in request.headers
     assert "X-Broker-Timestamp" not in request.headers

@@ -14,6 +14,7 @@ from broker.db.models import SessionEvent
 from emulator import Call
 from tests.support.broker_server import RunningBroker
 from tests.support.browser import FakeBrowser
+from tests.support.tool_backend import ToolBackend, ToolRequest
 
 
 async def connect_browser(
@@ -76,6 +77,15 @@ async def lookup_42_and_leave(broker: RunningBroker, session: dict[str, Any]) ->
         await browser.wait_for("response.done", says(LOOKUP_42_OUTPUT))
     finally:
         await browser.close()
+
+
+async def one_tool_call(broker: RunningBroker, tool_backend: ToolBackend) -> ToolRequest:
+    """The HTTP request the broker sent ``tool_backend`` for a new session's order-42 call."""
+    session = await broker.create_session(tools=["lookup_order"])
+    await lookup_42_and_leave(broker, session)
+    [request] = tool_backend.calls_to("lookup_order")
+    assert request.headers["X-Session-ID"] == session["id"]
+    return request
 
 
 def outputs_received(call: Call) -> list[tuple[str, dict[str, Any]]]:
