@@ -312,6 +312,13 @@ async def test_a_paused_owner_writes_nothing_about_calls_it_lost(
 
             await wait_until(on_b, TTL_S + 10, "the call taken over")
             await b.wait_session(session["id"], lambda d: d["sideband"]["state"] == "connected")
+
+            async def resynced() -> bool:
+                return "sideband.resync" in b.log_text()
+
+            # Asked only once the new owner's resync is over: a turn begun during it is another
+            # test's subject (the resync may find the model's call as an unproven tail).
+            await wait_until(resynced, 10, "the new owner's resync")
             ask(browser, "please lookup_order 42")
             await browser.wait_for("response.done", says("42"), timeout=20)
             detail = await b.get_session(session["id"])

@@ -188,7 +188,8 @@ async def test_metrics_route_requires_monitor_scope_and_parses(
 ) -> None:
     """GET /metrics: 401 without a key, 403 for a key without monitor:read, 200 for
     monitor:read and admin; the body is Prometheus text that parses, with every family
-    named broker_*; each app has its own registry (two brokers in one process count apart)."""
+    named broker_* (or the standard process_*/python_*); each app has its own registry (two
+    brokers in one process count apart)."""
     broker = await make_broker()
     other = await make_broker()
 
@@ -205,7 +206,9 @@ async def test_metrics_route_requires_monitor_scope_and_parses(
     assert reply.status == 200
     assert reply.headers["Cache-Control"] == "no-store"
     families = {f.name: f for f in text_string_to_metric_families(reply.text)}
-    assert families and all(name.startswith("broker_") for name in families)
+    # The broker's own families, and the standard process and Python ones beside them.
+    standard = ("process_", "python_")
+    assert families and all(name.startswith(("broker_", *standard)) for name in families)
     for name in (
         "broker_offers",
         "broker_offer_seconds",

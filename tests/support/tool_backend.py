@@ -90,6 +90,17 @@ def _json(value: Any, status: int = 200) -> web.Response:
     )
 
 
+def _accepted(headers: Mapping[str, str], legacy: bool, standard: bool) -> bool:
+    """What a backend migrating between the schemes accepts: every signature the request
+    carries verifies, and it carries at least one (a previous release sends only the
+    deprecated one; ``ToolRequest.verified``/``standard_verified`` tell which came)."""
+    has_legacy = "X-Broker-Signature" in headers
+    has_standard = "webhook-signature" in {name.lower() for name in headers}
+    if not (has_legacy or has_standard):
+        return False
+    return (legacy or not has_legacy) and (standard or not has_standard)
+
+
 @dataclass
 class ToolRequest:
     tool: str
@@ -154,7 +165,7 @@ class ToolBackend:
         self.requests.append(
             ToolRequest(tool, dict(request.headers), arguments, body, verified, standard)
         )
-        if not (verified and standard) and tool not in self.accept_unsigned:
+        if not _accepted(request.headers, verified, standard) and tool not in self.accept_unsigned:
             return _json({"error": "bad signature"}, status=401)
         if self.delay:
             await asyncio.sleep(self.delay)
