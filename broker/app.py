@@ -20,6 +20,9 @@ from broker.api.cors import cors_middleware
 from broker.api.demo import setup_demo
 from broker.api.request_context import log_context_middleware
 from broker.api.routes import setup_routes
+from broker.audit.redaction import FieldRedactor
+from broker.audit.signing import load_or_create_signer
+from broker.audit.trail import AuditTrail
 from broker.auth.browser_limits import BrowserLimits
 from broker.auth.shared_ratelimit import RateLimits
 from broker.auth.stream_slots import StreamSlots
@@ -82,6 +85,8 @@ def create_app(settings: Settings) -> web.Application:
     # Order matters: the supervisor (services_ctx) uses the DB, the provider and the tools,
     # so it is registered last and therefore stopped first.
     app.cleanup_ctx.append(db_ctx)
+    # The chainer needs only the database; it stops after everything that records has.
+    app.cleanup_ctx.append(audit_ctx)
     # Webhooks need only the database; registered next to it, the sender stops after the
     # supervisor has drained (an end recorded meanwhile may still go out, or waits, queued).
     app.cleanup_ctx.append(webhooks_ctx)
@@ -150,6 +155,33 @@ async def db_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await event_log.close()
     await engine.dispose()
+
+
+async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The audit trail's chainer and checkpoint publisher (:mod:`broker.audit.trail`)."""
+    settings = app[app_state.SETTINGS]
+    signer = load_or_create_signer(
+        settings.audit_signing_key.reveal() if settings.audit_signing_key is not None else None,
+        settings.audit_signing_key_file,
+    )
+    trail = AuditTrail(
+        app[app_state.SESSIONMAKER],
+        signer,
+        checkpoint_file=settings.audit_checkpoint_file,
+        checkpoint_interval_s=settings.audit_checkpoint_interval_s,
+    )
+    await trail.start()
+    app[app_state.AUDIT] = trail
+    app[app_state.REDACTOR] = FieldRedactor(settings.redaction_secret)
+    chaining = asyncio.create_task(trail.run(), name="audit-chainer")
+    logger.info("audit trail signing key_id=%s", signer.key_id)
+    try:
+        yield
+    finally:
+        chaining.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await chaining
+        await trail.close()
 
 
 async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:

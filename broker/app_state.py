@@ -9,6 +9,8 @@ import httpx
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from broker.audit.redaction import FieldRedactor
+from broker.audit.trail import AuditTrail
 from broker.auth.browser_limits import BrowserLimits
 from broker.auth.shared_ratelimit import RateLimits
 from broker.auth.stream_slots import StreamSlots
@@ -58,3 +60,7 @@ OVERLOAD = web.AppKey("overload", OverloadGuard)
 """The overload signal: new sessions and offers are refused while it holds."""
 REAPER = web.AppKey("reaper", SessionReaper)
 """Ends stranded sessions (``created`` past their secret, ``offered`` past any offer)."""
+AUDIT = web.AppKey("audit", AuditTrail)
+"""This instance's audit chainer, signing key and checkpoint publisher."""
+REDACTOR = web.AppKey("redactor", FieldRedactor)
+"""Keyed hashes and sealing of the fields tools name in ``redact``."""

@@ -424,3 +424,78 @@ class RateBucket(Base):
     key: Mapped[str] = mapped_column(String(120), primary_key=True)
     tokens: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class AuditPending(Base):
+    """An audit record written with the action it records, not yet chained.
+
+    Inserted in the action's own transaction (no lock, no serialization point); the chainer
+    (:class:`broker.audit.trail.AuditTrail`, one per instance) gives it its ``seq``, links,
+    signs and moves it to ``audit_records``. ``body`` is already redacted canonical JSON.
+    """
+
+    __tablename__ = "audit_pending"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[str] = mapped_column(String(32))
+    session_id: Mapped[str | None] = mapped_column(String(40))
+    kind: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(120))
+    tool: Mapped[str | None] = mapped_column(String(100))
+    decision: Mapped[str | None] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(Text)
+
+
+class AuditRecord(Base):
+    """One record of the signed audit chain (:mod:`broker.audit.records`).
+
+    Never updated but for an erasure (``body`` set to ``NULL``, announced by a later
+    ``audit.erased`` record); never deleted. ``session_id`` is no foreign key: the trail
+    outlives what it describes.
+    """
+
+    __tablename__ = "audit_records"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[str] = mapped_column(String(32))
+    """UTC, microseconds, fixed width (``2026-12-05T00:10:08.123456Z``): text order is time order."""
+    session_id: Mapped[str | None] = mapped_column(String(40))
+    kind: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(120))
+    tool: Mapped[str | None] = mapped_column(String(100))
+    decision: Mapped[str | None] = mapped_column(String(16))
+    body: Mapped[str | None] = mapped_column(Text)
+    """Canonical JSON (RFC 8785); ``NULL`` once erased."""
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(32))
+    signature: Mapped[str] = mapped_column(String(128))
+    erased_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_audit_records_session_seq", "session_id", "seq"),
+        Index("ix_audit_records_kind_seq", "kind", "seq"),
+        Index("ix_audit_records_at", "at"),
+    )
+
+
+class AuditHead(Base):
+    """The chain's head: one row (``id`` 1), locked by whoever chains next."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditKey(Base):
+    """A public key that signed (or signs) audit records: published for good."""
+
+    __tablename__ = "audit_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    public_key: Mapped[str] = mapped_column(Text)
+    """PEM (SubjectPublicKeyInfo)."""
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)

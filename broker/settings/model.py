@@ -38,6 +38,8 @@ from broker.settings.sources import ENV_FILE, ENV_PREFIX, read
 DEFAULT_DATABASE_URL: Final = "sqlite+aiosqlite:///./broker.db"
 DEFAULT_TOOLS_CONFIG: Final = Path(__file__).parents[1] / "tools" / "demo_tools.toml"
 DEFAULT_SIGNING_KEY_FILE: Final = Path(".broker/signing.key")
+DEFAULT_AUDIT_SIGNING_KEY_FILE: Final = Path(".broker/audit-signing.pem")
+DEFAULT_AUDIT_CHECKPOINT_FILE: Final = Path(".broker/audit-checkpoints.jsonl")
 OPENAI_BASE_URL: Final = "https://api.openai.com/v1"
 DEFAULT_MODEL: Final = "gpt-realtime"
 """The default realtime model; third-party notices announce replacements (docs/protocol.md §0)."""
@@ -207,6 +209,34 @@ class Settings(BaseSettings):
     )
     client_secret_ttl: int = Field(
         300, ge=30, le=3600, description="seconds a browser's client secret is valid"
+    )
+
+    # --- audit trail ----------------------------------------------------------------------
+    audit_signing_key_file: Path = Field(
+        DEFAULT_AUDIT_SIGNING_KEY_FILE,
+        description="where the audit trail's Ed25519 signing key (PEM) is kept when"
+        " `BROKER_AUDIT_SIGNING_KEY` is unset: made (0600) on first start",
+    )
+    audit_signing_key: Secret | None = Field(
+        None,
+        description="the audit trail's Ed25519 private key (PEM, PKCS#8); to rotate, set a new"
+        " one: records name their key id and old public keys stay published",
+        json_schema_extra=_shown_default("the key in `BROKER_AUDIT_SIGNING_KEY_FILE`"),
+    )
+    audit_checkpoint_file: Path | None = Field(
+        DEFAULT_AUDIT_CHECKPOINT_FILE,
+        description="where the audit chain's signed head is appended (JSON lines) as it moves;"
+        " ship it off this host: `broker audit verify --expect-head` detects truncation"
+        " against it",
+    )
+    audit_checkpoint_interval_s: float = Field(
+        60.0, ge=0.1, le=86_400, description="seconds between audit checkpoints, at least"
+    )
+    redaction_key: Secret | None = Field(
+        None,
+        description="the key of redacted fields' keyed hashes and of sealed tool arguments"
+        f" (at least {MIN_SIGNING_KEY_CHARS} characters); shared by every instance",
+        json_schema_extra=_shown_default("derived from the signing key"),
     )
 
     # --- tools ----------------------------------------------------------------------------
@@ -675,6 +705,19 @@ class Settings(BaseSettings):
     def _long_signing_key(cls, value: Secret) -> Secret:
         rules.at_least(value.reveal(), MIN_SIGNING_KEY_CHARS)
         return value
+
+    @field_validator("redaction_key")
+    @classmethod
+    def _long_redaction_key(cls, value: Secret | None) -> Secret | None:
+        if value is not None:
+            rules.at_least(value.reveal(), MIN_SIGNING_KEY_CHARS)
+        return value
+
+    @property
+    def redaction_secret(self) -> str:
+        """The secret redaction keys derive from: ``BROKER_REDACTION_KEY`` or the signing key."""
+        chosen = self.redaction_key if self.redaction_key is not None else self.signing_key
+        return chosen.reveal()
 
     @field_validator("webhook_url")
     @classmethod

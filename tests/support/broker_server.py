@@ -13,9 +13,12 @@ import aiohttp
 from aiohttp import web
 
 from broker import Secret, Settings, app_state, create_app
+from broker.audit.signing import AuditSigner
 
 ADMIN_KEY = "admin-key-for-tests-0123456789"
 PROVIDER_KEY = "sk-test-provider-key-5f3a9c1e7b2d4086"
+AUDIT_SIGNER = AuditSigner.generate()
+"""The test stacks' audit signing key (one per test process, never a file in the checkout)."""
 CREATE_RESPONSE_KEYS = frozenset(
     {
         "id",
@@ -42,6 +45,8 @@ def stack_settings(
     instance is)."""
     fields: dict[str, Any] = {
         "signing_key": Secret("test-signing-key-" + "x" * 32),
+        "audit_signing_key": Secret(AUDIT_SIGNER.private_pem()),
+        "audit_checkpoint_file": None,
         "database_url": database_url,
         "admin_key": Secret(ADMIN_KEY),
         "provider_base_url": provider_base_url,
