@@ -27,6 +27,7 @@ RUNTIME_PACKAGES: Final = ("broker", "sideband", "emulator", "migrations")
 WIRING: Final = ("broker.app", "broker.app_state", "broker.cli", "broker.__main__")
 """The top of the house: they build the app and may import anything in ``broker``."""
 SERVICES: Final = (
+    "broker.audit",
     "broker.auth",
     "broker.session",
     "broker.call",
@@ -42,6 +43,10 @@ API_READS: Final = (
 )
 """What a handler may take from ``broker.db``: row types (and their times read back as UTC),
 and queries run in a read session."""
+DB_VALUE_TYPES: Final = ("broker.audit.records", "broker.audit.canonical")
+"""Value types ``broker/db`` may use: the audit record's format (what its rows hold and how
+they are hashed). They import nothing of the broker but each other, so the bottom stays the
+bottom."""
 TRANSACTION_CALLS: Final = frozenset({"begin", "begin_nested", "commit", "flush"})
 CALL_MACHINERY: Final = (
     "sideband.CallController",
@@ -229,7 +234,7 @@ def db_is_the_bottom(file: SourceFile) -> Iterator[Violation]:
         return
     for imp in file.imports:
         if within(imp.target, "broker", "sideband", "emulator") and not within(
-            imp.target, "broker.db"
+            imp.target, "broker.db", *DB_VALUE_TYPES
         ):
             yield Violation(
                 file.path,
@@ -237,6 +242,23 @@ def db_is_the_bottom(file: SourceFile) -> Iterator[Violation]:
                 "db is the bottom",
                 imp.target,
                 f"imports {imp.target}; broker/db depends on nothing above it",
+            )
+
+
+def db_value_types_stand_alone(file: SourceFile) -> Iterator[Violation]:
+    """The value types ``broker/db`` may use import nothing of the broker but each other."""
+    if not within(file.module, *DB_VALUE_TYPES):
+        return
+    for imp in file.imports:
+        if within(imp.target, "broker", "sideband", "emulator") and not within(
+            imp.target, *DB_VALUE_TYPES
+        ):
+            yield Violation(
+                file.path,
+                imp.line,
+                "db value types stand alone",
+                imp.target,
+                f"imports {imp.target}; broker/db uses this module, so it sits at the bottom too",
             )
 
 
@@ -342,6 +364,7 @@ RULES: Final[tuple[Rule, ...]] = (
     api_reads_through_services,
     services_stay_below_the_api,
     db_is_the_bottom,
+    db_value_types_stand_alone,
     sideband_never_imports_broker,
     emulator_stands_alone,
     call_owns_the_sideband,

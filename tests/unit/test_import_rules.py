@@ -46,6 +46,13 @@ PLANTED: Final = [
     ("broker/db/x.py", "from broker.record.usage import Usage\n", "db is the bottom", 1),
     ("broker/db/queries/x.py", "from ...session import service\n", "db is the bottom", 1),
     ("broker/db/x.py", "import sideband\n", "db is the bottom", 1),
+    ("broker/db/x.py", "from broker.audit import trail\n", "db is the bottom", 1),
+    (
+        "broker/audit/records.py",
+        "from broker.db import models\n",
+        "db value types stand alone",
+        1,
+    ),
     ("sideband/x.py", "from broker.db import models\n", "sideband never imports broker", 1),
     ("sideband/x.py", "def f():\n    import emulator\n", "sideband never imports broker", 2),
     ("emulator/x.py", "from sideband.events import Item\n", "emulator stands alone", 1),
