@@ -29,3 +29,16 @@ async def brokers(
         yield launcher
     failures = sideband_client_event_failures(emulator.registry)
     assert not failures, "non-conformant broker client events:\n" + "\n".join(failures[:5])
+
+
+@pytest.fixture
+async def pg_brokers(
+    pg_url: str, emulator: RunningEmulator, tool_backend: ToolBackend, tmp_path: Path
+) -> AsyncIterator[BrokerLauncher]:
+    """``broker serve`` processes sharing one fresh PostgreSQL database."""
+    tools = tmp_path / "tools.toml"
+    tools.write_text(tool_backend.config_toml() + tool_backend.hold_tools_toml())
+    async with BrokerLauncher(pg_url, emulator.base_url, tools, tmp_path) as launcher:
+        yield launcher
+    failures = sideband_client_event_failures(emulator.registry)
+    assert not failures, "non-conformant broker client events:\n" + "\n".join(failures[:5])
