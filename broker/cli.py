@@ -1,4 +1,4 @@
-"""The ``broker`` command: serve, migrate, keys create|list|revoke, emulator."""
+"""The ``broker`` command: serve, migrate, keys create|list|revoke, audit, emulator."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 
 from broker import app_state
 from broker.app import create_app
+from broker.audit.cli import add_audit_parser, audit_command
 from broker.auth.api_keys import UnknownScopeError, create_api_key, list_api_keys, revoke_api_key
 from broker.auth.dev_keys import APP_KEY, OPS_KEY, dev_keys_file, ensure_dev_keys
 from broker.auth.principals import describe_scopes
@@ -200,6 +201,8 @@ examples:
   broker serve                  serve as configured (JSON logs)
   broker migrate                bring the database schema up to date
   broker keys create --name app --scopes sessions:create
+  broker audit verify --public-key audit.pub
+                                recompute the audit chain and its signatures
   broker emulator --port 8090   run the local provider alone
 
 Run `broker COMMAND --help` for a command's options."""
@@ -251,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys_sub.add_parser("list", help="list keys: id, name, scopes, created, revoked (no secrets)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key: refused from its next request")
     revoke.add_argument("key_id", metavar="KEY_ID")
+    add_audit_parser(sub)
     emu = sub.add_parser("emulator", help="run the local OpenAI-compatible provider alone")
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument("--port", type=int, default=8090)
@@ -307,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _out("database is up to date")
     elif args.command == "keys":
         return _keys_command(args.keys_command, args, settings)
+    elif args.command == "audit":
+        return audit_command(args, settings)
     elif args.command == "emulator" and emulator_key is not None:
         _emulator(args.host, args.port, emulator_key, args.flavor)
     return 0
