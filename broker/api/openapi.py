@@ -20,7 +20,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from broker.api import schemas
+from broker.api import audit, schemas
 from broker.api.api_keys import CreateKeyRequest
 from broker.api.ops_actions import HangupRequest, InstructionsRequest
 from broker.api.session_list import DEFAULT_LIMIT, MAX_LIMIT
@@ -410,6 +410,58 @@ OPERATIONS: Final = (
         _ok(schemas.ToolSwitch),
         errors=(_SCOPED, {404: ("unknown_tool",)}),
         tags=("ops",),
+    ),
+    Operation(
+        "get",
+        "/api/v1/audit",
+        "listAudit",
+        "Audit records, oldest first, with filters (audit:read)",
+        _ok(schemas.AuditPage),
+        errors=(_SCOPED, {400: ("invalid_query",)}),
+        query=(
+            _q("session_id", "Only this session's records"),
+            _q("tool", "Only records of this tool"),
+            {
+                **_q("kind", "Record kinds: repeat the parameter or separate them by commas"),
+                "schema": {"type": "array", "items": {"type": "string"}},
+                "style": "form",
+                "explode": True,
+            },
+            _q("actor", "``key:<id>``, ``page``, ``sideband`` or ``broker``"),
+            _q("decision", "Only records with this policy decision"),
+            _q("since", "RFC 3339 time (inclusive)", {"type": "string", "format": "date-time"}),
+            _q("until", "RFC 3339 time (exclusive)", {"type": "string", "format": "date-time"}),
+            _q(
+                "limit",
+                "Records a page",
+                {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": audit.MAX_LIMIT,
+                    "default": audit.DEFAULT_LIMIT,
+                },
+            ),
+            _q("cursor", "``next_cursor`` of the previous page"),
+        ),
+        tags=("audit",),
+    ),
+    Operation(
+        "get",
+        "/api/v1/audit/keys",
+        "listAuditKeys",
+        "Every public key the audit chain was signed with (audit:read)",
+        _ok(schemas.AuditKeyList),
+        errors=(_SCOPED,),
+        tags=("audit",),
+    ),
+    Operation(
+        "get",
+        "/api/v1/audit/head",
+        "auditHead",
+        "The audit chain's signed head, a checkpoint for verify --expect-head (audit:read)",
+        _ok(schemas.AuditCheckpoint),
+        errors=(_SCOPED, {404: ("audit_empty",)}),
+        tags=("audit",),
     ),
     # The browser endpoints' CORS preflights (broker.api.cors).
     _preflight("/api/v1/sessions/{session_id}/realtime-offer", "realtimeOffer"),

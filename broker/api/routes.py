@@ -10,6 +10,7 @@ from aiohttp.typedefs import Handler
 
 from broker.api import (
     api_keys,
+    audit,
     client_package,
     cors,
     events_stream,
@@ -86,6 +87,9 @@ ROUTES: Final = (
         MAX_JSON_BYTES,
     ),
     Route(hdrs.METH_GET, "/api/v1/tools", tools.list_tools, NO_BODY),
+    Route(hdrs.METH_GET, "/api/v1/audit", audit.list_audit, NO_BODY),
+    Route(hdrs.METH_GET, "/api/v1/audit/keys", audit.list_audit_keys, NO_BODY),
+    Route(hdrs.METH_GET, "/api/v1/audit/head", audit.audit_head, NO_BODY),
     Route(hdrs.METH_POST, "/api/v1/tools/{tool}/disable", tools.disable_tool, MAX_JSON_BYTES),
     Route(hdrs.METH_POST, "/api/v1/tools/{tool}/enable", tools.enable_tool, NO_BODY),
     Route(

@@ -249,6 +249,55 @@ class ToolList(_Out):
     tools: list[ToolSwitch]
 
 
+class AuditRecordOut(_Out):
+    """One chained audit record, as ``broker audit export`` writes it (one JSON line)."""
+
+    seq: int
+    at: str = Field(description="UTC, microseconds, fixed width: ``%Y-%m-%dT%H:%M:%S.%fZ``.")
+    session_id: str | None
+    kind: str
+    actor: str = Field(description="``key:<id>``, ``page``, ``sideband`` or ``broker``.")
+    tool: str | None
+    decision: str | None
+    body: dict[str, Any] | None = Field(description="``null`` once erased (``audit.erased``).")
+    body_sha256: str
+    prev_hash: str
+    hash: str = Field(description="sha256(prev_hash ‖ canonical header), hex.")
+    key_id: str
+    signature: str = Field(description="Ed25519 over the hash's 32 bytes, hex.")
+
+
+class AuditPage(_Out):
+    """``200`` of ``GET /api/v1/audit``."""
+
+    records: list[AuditRecordOut]
+    next_cursor: str | None
+
+
+class AuditKeyOut(_Out):
+    key_id: str
+    public_key: str = Field(description="The Ed25519 public key, PEM (SubjectPublicKeyInfo).")
+    added_at: str | None
+    current: bool = Field(description="Whether this broker instance signs with it now.")
+
+
+class AuditKeyList(_Out):
+    """``200`` of ``GET /api/v1/audit/keys``."""
+
+    keys: list[AuditKeyOut]
+
+
+class AuditCheckpoint(_Out):
+    """``200`` of ``GET /api/v1/audit/head``: the chain's head, for ``verify --expect-head``."""
+
+    type: Literal["audit.checkpoint"]
+    seq: int
+    hash: str
+    key_id: str
+    signature: str = Field(description="The head record's signature (Ed25519 over its hash).")
+    at: str = Field(description="When this checkpoint was taken.")
+
+
 class Health(_Out):
     status: Literal["ok"]
     provider: str

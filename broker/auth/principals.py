@@ -38,19 +38,21 @@ class Scope(enum.StrEnum):
     """Reserved: grants nothing yet (trusted sessions will use it)."""
     MONITOR_READ = "monitor:read"
     AUDIT_READ = "audit:read"
-    """Reserved: grants nothing yet (the audit trail will use it)."""
+    """Read the audit trail: ``GET /api/v1/audit``, its keys and its signed head."""
     ADMIN = "admin"
 
 
 ALL_SCOPES: Final = frozenset(Scope)
-RESERVED_SCOPES: Final = frozenset({Scope.SESSIONS_TRUSTED, Scope.AUDIT_READ})
-"""Scopes a key may hold that grant nothing yet (trusted sessions and the audit trail will)."""
+RESERVED_SCOPES: Final = frozenset({Scope.SESSIONS_TRUSTED})
+"""Scopes a key may hold that grant nothing yet (trusted sessions will)."""
 
 
 def describe_scopes() -> str:
     """The scopes for a help text or an error message, the reserved ones marked as such."""
     granting = ", ".join(sorted(ALL_SCOPES - RESERVED_SCOPES))
     reserved = ", ".join(sorted(RESERVED_SCOPES))
+    if not reserved:
+        return f"{granting} (admin implies all)"
     return f"{granting} (admin implies all); {reserved}: reserved, grants nothing yet"
 
 

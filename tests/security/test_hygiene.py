@@ -243,20 +243,23 @@ RESERVED_NOTE = "reserved, grants nothing yet"
 
 
 async def test_reserved_scopes_are_named_as_such_and_grant_nothing(broker: RunningBroker) -> None:
-    """``sessions:trusted`` and ``audit:read`` may be held but grant nothing; the API's
-    unknown-scope refusal marks them reserved."""
+    """``sessions:trusted`` may be held but grants nothing; the API's unknown-scope refusal
+    marks it reserved. ``audit:read`` is no longer reserved: it reads the audit trail."""
     reply = await broker.request(
         "POST", "/api/v1/keys", json_body={"name": "x", "scopes": ["root"]}
     )
     assert (reply.status, reply.code) == (422, "unknown_scope")
     body = reply.json()
     assert RESERVED_NOTE in body["detail"]
-    assert body["reserved"] == ["audit:read", "sessions:trusted"]
-    held = await broker.new_key("sessions:trusted", "audit:read")
+    assert body["reserved"] == ["sessions:trusted"]
+    assert "audit:read" in body["scopes"]
+    held = await broker.new_key("sessions:trusted")
     create = await broker.request("POST", "/api/v1/sessions", token=held, json_body={})
     assert (create.status, create.code) == (403, "insufficient_scope")
     listing = await broker.request("GET", "/api/v1/sessions", token=held)
     assert (listing.status, listing.code) == (403, "insufficient_scope")
+    audit = await broker.request("GET", "/api/v1/audit", token=held)
+    assert (audit.status, audit.code) == (403, "insufficient_scope")
 
 
 def test_keys_create_help_marks_the_reserved_scopes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -264,14 +267,15 @@ def test_keys_create_help_marks_the_reserved_scopes(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         main(["keys", "create", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "audit:read, sessions:trusted: " + RESERVED_NOTE in text
+    assert "sessions:trusted: " + RESERVED_NOTE in text
+    assert "audit:read, " in text
+    assert "audit:read: " not in text
 
 
 def test_the_readme_marks_the_reserved_scopes() -> None:
-    """The README's scope list says the reserved scopes grant nothing yet."""
+    """The README's scope list says the reserved scope grants nothing yet."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     credentials = readme.split("### Credentials", 1)[1].split("###", 1)[0]
     flat = " ".join(credentials.split())
-    assert re.search(
-        r"`sessions:trusted` and `audit:read` are \*\*reserved, grants? nothing yet", flat
-    )
+    assert re.search(r"`sessions:trusted` is \*\*reserved, grants nothing yet", flat)
+    assert "`audit:read`" in flat
