@@ -1,8 +1,9 @@
 """Benchmark 4: audit append throughput on SQLite and PostgreSQL, with the broker's own code.
 
-The broker's audit trail is its event log (``session_events``: every sideband event in and
-out, and its decisions) and its tool-call records (``tool_calls``). Three workloads, each
-on a fresh migrated database of each kind, in this process (no HTTP):
+What the broker writes about what happens: its event log (``session_events``: every sideband
+event in and out, and its decisions), its tool-call records (``tool_calls``) and the signed,
+hash-chained audit trail (``audit_records``, :mod:`broker.audit.trail`). Four workloads,
+each on a fresh migrated database of each kind, in this process (no HTTP):
 
 * ``event_log_batched``: :class:`broker.record.event_log.EventRecorder`, as the sideband uses it:
   ``sessions`` recorders, each fed bursts of typical server events (a tool round's worth at a
@@ -14,9 +15,10 @@ on a fresh migrated database of each kind, in this process (no HTTP):
   (record, claim, policy, budget, settle) plus ``mark_injected``: the writes of one sideband
   tool call. Latency per call with one caller, and calls per second with ``concurrency``
   callers on different sessions.
-
-The audit log is not hash-chained or signed yet (docs/architecture.md, "What is not built"), so
-there is no hashing or signing to measure.
+* ``audit_chain`` (:mod:`bench.audit_chain`): audit records appended by ``chain_writers``
+  writers (one transaction each) while the chainer links and signs them (two chainers too on
+  PostgreSQL), chained records per second end to end; the chainer alone on a pre-filled
+  outbox; and, as the floor, the same chain in memory and raw Ed25519 signatures per second.
 
 Run alone: ``python -m bench.audit_append [--preset smoke|medium|full] [--db-kinds sqlite]``.
 """
@@ -42,6 +44,7 @@ from broker.settings.model import DEFAULT_MODEL, DEFAULT_VOICE
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.registry import load_registry
 
+from .audit_chain import ChainOptions, audit_chain
 from .context import BenchContext, add_common_args, context_from_args, finish, override, start_clock
 from .databases import DatabaseKind, DatabaseUnavailableError, scratch_database
 from .stack import NOOP_TOOL, write_tools_config
@@ -57,7 +60,9 @@ class Options:
 
     ``batched_events`` over ``sessions`` recorders in bursts of ``burst``; ``single_events``
     one-transaction appends; ``tool_calls`` sequential calls and ``concurrent_tool_calls``
-    more over ``concurrency`` callers. Each workload stops at ``max_seconds_each``.
+    more over ``concurrency`` callers; ``chain_entries`` audit records appended by
+    ``chain_writers`` writers, then as many pre-filled for the chainer alone, and
+    ``signatures`` raw signatures. Each workload stops at ``max_seconds_each``.
     """
 
     db_kinds: tuple[str, ...] = ("sqlite", "postgres")
@@ -68,12 +73,21 @@ class Options:
     tool_calls: int = 500
     concurrent_tool_calls: int = 1_000
     concurrency: int = 16
+    chain_writers: int = 16
+    chain_entries: int = 20_000
+    signatures: int = 20_000
     max_seconds_each: float = 30.0
 
 
 PRESETS: Final = {
     "full": Options(),
-    "medium": Options(batched_events=8_000, single_events=400, tool_calls=200),
+    "medium": Options(
+        batched_events=8_000,
+        single_events=400,
+        tool_calls=200,
+        chain_entries=8_000,
+        signatures=8_000,
+    ),
     "smoke": Options(
         db_kinds=("sqlite",),
         sessions=4,
@@ -82,6 +96,9 @@ PRESETS: Final = {
         tool_calls=10,
         concurrent_tool_calls=16,
         concurrency=4,
+        chain_writers=4,
+        chain_entries=200,
+        signatures=500,
         max_seconds_each=20.0,
     ),
 }
@@ -295,6 +312,16 @@ async def _one_database(kind: DatabaseKind, options: Options, ctx: BenchContext)
                 "event_log_batched": await _event_log_batched(options, sessionmaker),
                 "event_log_single": await _event_log_single(options, sessionmaker),
                 "tool_call_records": await _tool_calls(options, sessionmaker, ctx),
+                "audit_chain": await audit_chain(
+                    url,
+                    kind,
+                    ChainOptions(
+                        writers=options.chain_writers,
+                        entries=options.chain_entries,
+                        signatures=options.signatures,
+                        max_seconds=options.max_seconds_each,
+                    ),
+                ),
             }
         finally:
             await engine.dispose()

@@ -783,8 +783,7 @@ def _audit_section(audit: dict[str, Any]) -> list[str]:
         "(`bench/audit_append.py`): the event log written by `EventRecorder` in batches as the "
         "sideband does; `append_event`, one transaction per event; and the tool-call records "
         "of one sideband call (`ToolDispatcher.run` with the no-op tool, then "
-        "`mark_injected`). The audit log is neither hash-chained nor signed yet, so no hashing "
-        "or signing is measured.",
+        "`mark_injected`); and the signed audit trail (`bench/audit_chain.py`, below).",
         "",
     ]
     lines += _table(
@@ -797,7 +796,67 @@ def _audit_section(audit: dict[str, Any]) -> list[str]:
         ],
         rows,
     )
+    chained = {k: r["audit_chain"] for k, r in audit["results"].items() if "audit_chain" in r}
+    if chained:
+        lines += ["", *_audit_chain_lines(chained, audit["results"])]
     return [*lines, ""]
+
+
+def _split(counts: Sequence[int]) -> str:
+    return " / ".join(_num(n) for n in counts)
+
+
+def _audit_chain_lines(chained: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    """The signed audit trail's rates, each beside the event log's and the signing floor."""
+    rows = []
+    for kind, c in chained.items():
+        e2e, alone, sign = c["end_to_end"], c["chainer_alone"], c["sign"]
+        single = results[kind]["event_log_single"]["appends_per_s"]
+        two = c.get("end_to_end_two_chainers")
+        ratios = c["ratio_to_sign"]
+        rows.append(
+            [
+                kind,
+                f"{_num(e2e['chained_per_s'])} ({_num(e2e['chained'])} records, "
+                f"{e2e['writers']} writers; ×{e2e['chained_per_s'] / single:.2f} the event "
+                "log's single appends)"
+                if e2e["chained_per_s"] and single
+                else _num(e2e["chained_per_s"]),
+                f"{_num(two['chained_per_s'])} (split {_split(two['chained_by_each'])})"
+                if two
+                else "– (one process per SQLite file)",
+                f"{_num(alone['records_per_s'])} ({_num(alone['records'])} records)",
+                f"{_num(c['in_memory']['records_per_s'])}",
+                f"{_num(sign['signatures_per_s'])}",
+                f"{ratios.get('end_to_end', 0):.2f} / {ratios.get('chainer_alone', 0):.2f} / "
+                f"{ratios.get('in_memory', 0):.2f}",
+            ]
+        )
+    return [
+        "**Signed audit trail** (`bench/audit_chain.py`): records appended through "
+        "`broker.audit.trail.append`, one transaction each as an action's own write, while the "
+        "instance's chainer links and signs them (its default poll and batches of up to "
+        "1000); *end to end* counts from the first append until the last record is chained "
+        "and signed, so it includes the wait for the chainer. *Two chainers* (PostgreSQL): "
+        "two engines and two keys, as two instances on one database taking turns on the "
+        "head's lock. *Chainer alone*: one `chain_pending()` on a pre-filled outbox "
+        "(linking, hashing, signing, inserting). *In memory*: `chain()` on rows in memory "
+        "(canonical JSON, SHA-256, Ed25519; no database). *Sign*: raw Ed25519 signatures of "
+        "32 bytes in the same run, the floor; the ratios are to it.",
+        "",
+        *_table(
+            [
+                "database",
+                "end to end (chained/s)",
+                "end to end, two chainers",
+                "chainer alone (records/s)",
+                "in memory (records/s)",
+                "Ed25519 sign/s",
+                "÷ sign: end to end / alone / in memory",
+            ],
+            rows,
+        ),
+    ]
 
 
 def render(

@@ -89,6 +89,29 @@ def test_capacity(smoke_run: Path) -> None:
         assert isinstance(step["saturated"], bool)
 
 
+def _chained(chain: dict[str, Any], *, two_chainers: bool) -> None:
+    """The smoke run's signed audit workload: every record appended was chained, once."""
+    runs = [chain["end_to_end"]]
+    if two_chainers:
+        runs.append(chain["end_to_end_two_chainers"])
+        assert sum(runs[-1]["chained_by_each"]) == 200
+    else:
+        assert "end_to_end_two_chainers" not in chain
+    for run in runs:
+        assert run["appended"] == run["chained"] == 200
+        assert run["chained_per_s"] > 0 and run["appends_per_s"] > 0
+    # Each run adds its chainers' key records; the chain is whole (checked by the run).
+    assert runs[-1]["chain_length"] == sum(r["chained"] + r["chainers"] for r in runs)
+    assert chain["chainer_alone"]["records"] == 200
+    assert chain["in_memory"]["records"] == 200
+    assert chain["sign"]["signatures"] == 500
+    floor = chain["sign"]["signatures_per_s"]
+    assert 0 < chain["chainer_alone"]["records_per_s"]
+    assert chain["ratio_to_sign"]["chainer_alone"] == round(
+        chain["chainer_alone"]["records_per_s"] / floor, 3
+    )
+
+
 def test_audit_append_sqlite(smoke_run: Path) -> None:
     results = _result(smoke_run, "audit_append")["results"]
     sqlite = results["sqlite"]
@@ -97,6 +120,7 @@ def test_audit_append_sqlite(smoke_run: Path) -> None:
     _sane(sqlite["event_log_single"]["latency_ms"], 20)
     _sane(sqlite["tool_call_records"]["sequential"]["latency_ms"], 10)
     assert sqlite["tool_call_records"]["concurrent"]["calls"] == 16
+    _chained(sqlite["audit_chain"], two_chainers=False)
 
 
 def test_report(smoke_run: Path) -> None:
@@ -110,6 +134,7 @@ def test_report(smoke_run: Path) -> None:
     ):
         assert heading in text
     assert "**Machine**" in text and "**Command**" in text and "**Date**" in text
+    assert "**Signed audit trail**" in text and "Ed25519 sign/s" in text
     for target in ("dispatch p50", "dispatch p99", "offer overhead", "live sessions in one"):
         assert target in text
     if importlib.util.find_spec("matplotlib") is not None:
@@ -137,3 +162,4 @@ async def test_audit_append_postgres(tmp_path: Path) -> None:
     _sane(postgres["event_log_single"]["latency_ms"], 20)
     _sane(postgres["tool_call_records"]["sequential"]["latency_ms"], 10)
     assert postgres["tool_call_records"]["concurrent"]["calls"] == 16
+    _chained(postgres["audit_chain"], two_chainers=True)
