@@ -17,7 +17,13 @@ from sqlalchemy.engine import make_url
 from broker import app_state
 from broker.app import create_app
 from broker.audit.cli import add_audit_parser, audit_command
-from broker.auth.api_keys import UnknownScopeError, create_api_key, list_api_keys, revoke_api_key
+from broker.auth.api_keys import (
+    CLI,
+    UnknownScopeError,
+    create_api_key,
+    list_api_keys,
+    revoke_api_key,
+)
 from broker.auth.dev_keys import APP_KEY, OPS_KEY, dev_keys_file, ensure_dev_keys
 from broker.auth.principals import describe_scopes
 from broker.db.engine import create_engine, make_sessionmaker
@@ -38,7 +44,7 @@ def _out(line: str = "") -> None:
 async def _new_key(database_url: str, name: str, scopes: Sequence[str]) -> tuple[str, str]:
     engine = create_engine(database_url)
     try:
-        row, key = await create_api_key(make_sessionmaker(engine), name, scopes)
+        row, key = await create_api_key(make_sessionmaker(engine), name, scopes, actor=CLI)
     finally:
         await engine.dispose()
     return row.id, key
@@ -66,7 +72,7 @@ async def _list_keys(database_url: str) -> Sequence[ApiKey]:
 async def _revoke_key(database_url: str, key_id: str) -> ApiKey | None:
     engine = create_engine(database_url)
     try:
-        return await revoke_api_key(make_sessionmaker(engine), key_id)
+        return await revoke_api_key(make_sessionmaker(engine), key_id, actor=CLI)
     finally:
         await engine.dispose()
 

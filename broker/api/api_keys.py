@@ -12,6 +12,7 @@ from broker.api._auth import api_principal
 from broker.api._bodies import read_json
 from broker.api._times import iso
 from broker.api.schemas import KeyCreated, KeyList, KeyRecord, UsageOut, respond
+from broker.audit.records import Actor
 from broker.auth.api_keys import UnknownScopeError, create_api_key, list_api_keys, revoke_api_key
 from broker.auth.principals import ALL_SCOPES, RESERVED_SCOPES, Scope, describe_scopes
 from broker.db import queries
@@ -72,10 +73,16 @@ async def list_keys(request: web.Request) -> web.Response:
 
 
 async def create_key(request: web.Request) -> web.Response:
-    (await api_principal(request)).require(Scope.ADMIN)
+    principal = await api_principal(request)
+    principal.require(Scope.ADMIN)
     body = await read_json(request, CreateKeyRequest)
     try:
-        row, key = await create_api_key(request.app[app_state.SESSIONMAKER], body.name, body.scopes)
+        row, key = await create_api_key(
+            request.app[app_state.SESSIONMAKER],
+            body.name,
+            body.scopes,
+            actor=Actor.key(principal.key_id),
+        )
     except UnknownScopeError:
         # The known scopes, not the unknown ones: input is never echoed (it could be a secret).
         known = sorted(str(s) for s in ALL_SCOPES)
@@ -97,8 +104,13 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    (await api_principal(request)).require(Scope.ADMIN)
-    row = await revoke_api_key(request.app[app_state.SESSIONMAKER], request.match_info["key_id"])
+    principal = await api_principal(request)
+    principal.require(Scope.ADMIN)
+    row = await revoke_api_key(
+        request.app[app_state.SESSIONMAKER],
+        request.match_info["key_id"],
+        actor=Actor.key(principal.key_id),
+    )
     if row is None:
         # The BROKER_ADMIN_KEY bootstrap key is configuration, not a row: it is not found here.
         raise NotFoundError("key_not_found", "no such API key")

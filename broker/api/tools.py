@@ -87,7 +87,9 @@ async def enable_tool(request: web.Request) -> web.Response:
     principal = await api_principal(request)
     principal.require(Scope.ADMIN)
     tool = _known_tool(request)
-    was_off = await kill_switch.switch_on(request.app[app_state.SESSIONMAKER], tool)
+    was_off = await kill_switch.switch_on(
+        request.app[app_state.SESSIONMAKER], tool, principal.key_id
+    )
     if was_off:
         logger.warning("tool switched on tool=%s by_key=%s", tool, principal.key_id)
     return respond(ToolSwitch(name=tool, disabled=False))

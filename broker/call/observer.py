@@ -3,7 +3,8 @@
 Every event is recorded in the session's event log; the provider's feed the call's leash
 (activity), the dispatch clock and the usage metrics; the broker's own are timed (a tool
 output going out) and counted (a config probe). Attaching and losing the sideband are
-written on the session row, where the bridge reads who runs the session's tools.
+written on the session row, where the bridge reads who runs the session's tools, with their
+audit records (``sideband.attached``, ``sideband.lost``) in the same transaction.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+from broker.audit.records import Actor, AuditEntry, AuditKind
 from broker.call.dispatch_clock import DispatchClock
 from broker.call.leash import Leash
 from broker.db.models import SidebandState
@@ -35,7 +37,9 @@ class SessionObserver:
         recorder: the session's event log.
         leash: the call's leash (fed the provider's events).
         metrics: the app's metrics.
-        set_sideband_state: records the sideband's state on the session row.
+        set_sideband_state: records the sideband's state on the session row, with the audit
+            entries given (in one transaction).
+        instance_id: this broker instance, named in the audit records.
     """
 
     def __init__(
@@ -44,9 +48,12 @@ class SessionObserver:
         recorder: EventRecorder,
         leash: Leash,
         metrics: BrokerMetrics,
-        set_sideband_state: Callable[[SidebandState], Awaitable[None]],
+        set_sideband_state: Callable[..., Awaitable[None]],
+        *,
+        instance_id: str | None = None,
     ) -> None:
         self._session_id = session_id
+        self._instance_id = instance_id
         self._recorder = recorder
         self._leash = leash
         self._metrics = metrics
@@ -73,8 +80,18 @@ class SessionObserver:
             if is_session_probe(event):
                 self._metrics.session_probed()
 
+    def _audit(self, kind: AuditKind, body: dict[str, Any]) -> AuditEntry:
+        return AuditEntry(
+            kind,
+            Actor.BROKER,
+            {**body, "instance_id": self._instance_id},
+            session_id=self._session_id,
+        )
+
     async def attached(self, kind: AttachKind) -> None:
-        await self._set_sideband_state(SidebandState.CONNECTED)
+        await self._set_sideband_state(
+            SidebandState.CONNECTED, self._audit(AuditKind.SIDEBAND_ATTACHED, {"kind": kind})
+        )
         self._recorder.record("broker", {"type": "broker.sideband_attached", "kind": kind})
         self._metrics.sideband_connected(SidebandKind(kind))
         if kind != "reconnect":
@@ -98,4 +115,7 @@ class SessionObserver:
                 close_code,
             )
             self._metrics.sideband_failed(SidebandFailure.LOST)
-        await self._set_sideband_state(SidebandState.RECONNECTING)
+        await self._set_sideband_state(
+            SidebandState.RECONNECTING,
+            self._audit(AuditKind.SIDEBAND_LOST, {"close_code": close_code}),
+        )

@@ -49,6 +49,8 @@ from typing import Any, Final, Protocol
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from broker.audit import trail as audit
+from broker.audit.records import Actor, AuditEntry, AuditKind
 from broker.db import queries
 from broker.db.fence import Fence, LeaseLostError, check_fence
 from broker.db.models import CallCommand, CallCommandStatus, SessionRow
@@ -451,6 +453,10 @@ class CallOwnership:
                     token = await queries.take_lease(
                         s, row.id, self.instance_id, self.ttl_s, force=force
                     )
+                    if token is not None:
+                        # Taken, not handed: the previous owner (a crashed instance, or
+                        # this one's predecessor) said nothing, and its id is not kept.
+                        await audit.add(s, _handed_over(row.id, None, self.instance_id, "takeover"))
             except SQLAlchemyError as exc:
                 # Locked by an instance stuck mid-commit: its session is ended by the
                 # server's idle-in-transaction timeout, and a later tick takes the call.
@@ -554,6 +560,11 @@ class CallOwnership:
                 token = await queries.hand_over(
                     s, session_id, self.instance_id, held.fence.token, successor_id, self.ttl_s
                 )
+                if token is not None:
+                    # The lease and its audit record pass together.
+                    await audit.add(
+                        s, _handed_over(session_id, self.instance_id, successor_id, "handoff")
+                    )
                 await queries.notify(s, CHANNEL_WAKE, successor_id)
             self._held.pop(session_id, None)
             if token is None:
@@ -630,6 +641,22 @@ class CallOwnership:
             return
         if payload in ("*", self.instance_id):
             self._wake.set()
+
+
+def _handed_over(
+    session_id: str, from_instance: str | None, to_instance: str, how: str
+) -> AuditEntry:
+    """A ``call.handed_over`` record, of one of two ways.
+
+    ``handoff``: the owner passed the lease on (make-before-break); ``takeover``: the lease ran
+    out, or a restarted process took its calls back.
+    """
+    return AuditEntry(
+        AuditKind.CALL_HANDED_OVER,
+        Actor.BROKER,
+        {"from_instance": from_instance, "to_instance": to_instance, "how": how},
+        session_id=session_id,
+    )
 
 
 def _failure(exc: BaseException) -> dict[str, Any]:

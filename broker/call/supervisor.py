@@ -25,15 +25,19 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
 import aiohttp
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker import tracing
+from broker.audit import trail as audit
+from broker.audit.records import Actor, AuditEntry, AuditKind
 from broker.call.hangup import hang_up
 from broker.call.leash import Leash, LeashTerms
 from broker.call.observer import SessionObserver
 from broker.call.ownership import StandbyConnection, may_act_now
 from broker.call.tamper_policy import TamperResponder
 from broker.db import queries
+from broker.db.fence import LeaseLostError
 from broker.db.models import SessionState, SidebandState
 from broker.db.shielded import ShieldedWrites
 from broker.logs import bind_call
@@ -102,8 +106,9 @@ class SidebandSupervisor:
         self.metrics = metrics if metrics is not None else BrokerMetrics()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._controllers: dict[str, CallController] = {}
-        self._ending: dict[str, EndReason] = {}
-        """Calls the broker is ending, with the end reason to record (leash, tamper)."""
+        self._ending: dict[str, tuple[EndReason, str | None]] = {}
+        """Calls the broker is ending, with the end reason to record (leash, tamper) and who
+        ended it (an operator's key; ``None``: as the reason says)."""
         self._stopping = False
         self._writes = ShieldedWrites()
         self._probe_interval = probe_interval
@@ -113,6 +118,9 @@ class SidebandSupervisor:
         """Calls another instance took: they stop writing and sending at once."""
         self._handing: dict[str, str] = {}
         """Calls being handed to another instance (its id), draining for it."""
+        self.instance_id: str | None = None
+        """This broker instance's id, named in the sideband's audit records (set by the
+        session service, which holds the call ownership)."""
         self.handoff_pending: Callable[[str], bool] = lambda _session_id: False
         """Whether the call is being offered to another instance (set by the app's wiring):
         a sideband lost meanwhile is not re-attached."""
@@ -284,9 +292,30 @@ class SidebandSupervisor:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._writes.drain()
 
-    async def set_sideband_state(self, session_id: str, state: SidebandState) -> None:
+    async def set_sideband_state(
+        self, session_id: str, state: SidebandState, *entries: AuditEntry
+    ) -> None:
+        """Record the sideband's state, with the audit ``entries`` that say why."""
         async with self._sessionmaker.begin() as s:
             await queries.set_sideband_state(s, session_id, state)
+            await audit.add(s, *entries)
+
+    async def _audit(self, entry: AuditEntry) -> None:
+        """Record ``entry`` in a transaction of its own, for a change with none (a tamper).
+
+        A failed write is logged, not raised: it would end the call's controller, and the
+        policy must still act. Under the call's fence, an instance that lost the call writes
+        nothing.
+        """
+        try:
+            await audit.append(self._sessionmaker, entry)
+        except (SQLAlchemyError, LeaseLostError) as exc:
+            logger.error(
+                "audit record not written session_id=%s kind=%s error=%s",
+                entry.session_id,
+                entry.kind,
+                type(exc).__name__,
+            )
 
     async def _traced(
         self,
@@ -401,8 +430,8 @@ class SidebandSupervisor:
             async def end_call(reason: EndReason) -> None:
                 await self._end_call(session_id, call_id, reason)
 
-            async def set_sideband_state(state: SidebandState) -> None:
-                await self.set_sideband_state(session_id, state)
+            async def set_sideband_state(state: SidebandState, *entries: AuditEntry) -> None:
+                await self.set_sideband_state(session_id, state, *entries)
 
             leash = Leash(
                 session_id, LeashTerms.from_row(row), self._sessionmaker, recorder, end_call
@@ -417,7 +446,14 @@ class SidebandSupervisor:
                     recorder,
                     on_settled=leash.tool_call_settled,
                 ),
-                SessionObserver(session_id, recorder, leash, self.metrics, set_sideband_state),
+                SessionObserver(
+                    session_id,
+                    recorder,
+                    leash,
+                    self.metrics,
+                    set_sideband_state,
+                    instance_id=self.instance_id,
+                ),
                 owned_session=owned,
                 tamper=TamperResponder(
                     session_id,
@@ -425,6 +461,7 @@ class SidebandSupervisor:
                     recorder,
                     end_call,
                     self.metrics.tamper_seen,
+                    audit=self._audit,
                 ),
                 reconnect=reconnect,
                 resume=resume,
@@ -488,19 +525,24 @@ class SidebandSupervisor:
         """
         return await self._controllers[session_id].update_instructions(instructions)
 
-    async def end_call(self, session_id: str, call_id: str, reason: EndReason) -> bool:
+    async def end_call(
+        self, session_id: str, call_id: str, reason: EndReason, actor: str | None = None
+    ) -> bool:
         """End a supervised call for a decision (an operator's); idempotent.
 
         Returns ``False`` if the provider did not hang up (the call goes on, still watched).
+        ``actor``: who ends it, for its ``session.ended`` audit record (an operator's key).
 
         Raises:
             KeyError: this process does not supervise the session's sideband.
         """
         if session_id not in self._controllers:
             raise KeyError(session_id)
-        return await self._end_call(session_id, call_id, reason)
+        return await self._end_call(session_id, call_id, reason, actor)
 
-    async def _end_call(self, session_id: str, call_id: str, reason: EndReason) -> bool:
+    async def _end_call(
+        self, session_id: str, call_id: str, reason: EndReason, actor: str | None = None
+    ) -> bool:
         """End the call for a broker decision (leash limit, tamper policy); idempotent.
 
         The reason is noted first, so however the sideband then ends (the provider closes it
@@ -510,7 +552,7 @@ class SidebandSupervisor:
         """
         if session_id in self._ending:
             return True
-        self._ending[session_id] = reason
+        self._ending[session_id] = (reason, actor)
         logger.warning(
             "ending call session_id=%s call_id=%s reason=%s", session_id, call_id, reason
         )
@@ -582,9 +624,10 @@ class SidebandSupervisor:
                 {"type": HANDED_OVER_EVENT, "to": successor, "last_event_id": last_event_id},
             )
             return
-        reason = self._ending.pop(session_id, None)
-        if reason is not None:
+        ending = self._ending.pop(session_id, None)
+        if ending is not None:
             # The broker ended this call itself; how the sideband closed is a consequence.
+            reason, actor = ending
             logger.info("call ended by the broker session_id=%s reason=%s", session_id, reason)
             await end_session(
                 self._sessionmaker,
@@ -592,6 +635,7 @@ class SidebandSupervisor:
                 session_id,
                 reason,
                 sideband_state=SidebandState.CLOSED,
+                actor=actor,
             )
             return
         if self._stopping and (failure is None or isinstance(failure, asyncio.CancelledError)):
@@ -638,6 +682,22 @@ class SidebandSupervisor:
             await queries.set_sideband_state(s, session_id, SidebandState.FAILED)
             degraded = await queries.transition_session(
                 s, session_id, [SessionState.LIVE], SessionState.DEGRADED
+            )
+            # The moment the broker stopped watching the call (the bridge runs its tools
+            # from now on), whether or not a sideband was ever attached.
+            await audit.add(
+                s,
+                AuditEntry(
+                    AuditKind.SIDEBAND_LOST,
+                    Actor.BROKER,
+                    {
+                        "close_code": close_code,
+                        "gave_up": True,
+                        "reason": why,
+                        "instance_id": self.instance_id,
+                    },
+                    session_id=session_id,
+                ),
             )
         if degraded:
             self.metrics.session_degraded()

@@ -2,8 +2,9 @@
 
 The sideband controller has already acted on the wire when this runs (config re-applied,
 forged output deleted, tainted response cancelled, see :mod:`sideband.tamper`). What is left
-is the broker's part: one ``broker.tamper`` session event, one warning line, and with the
-``hangup`` policy the end of the call (end reason ``tamper``).
+is the broker's part: one ``broker.tamper`` session event, one ``tamper.detected`` audit
+record (the page's attempt, by the page), one warning line, and with the ``hangup`` policy
+the end of the call (end reason ``tamper``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+from broker.audit.records import Actor, AuditEntry, AuditKind
 from broker.record.event_log import EventRecorder
 from broker.session.end_reason import EndReason
 from broker.session.limits import TamperPolicy
@@ -51,6 +53,18 @@ def tamper_event(tamper: Tamper, policy: TamperPolicy) -> dict[str, Any]:
     return event
 
 
+def tamper_record(session_id: str, event: dict[str, Any], hangup: bool) -> AuditEntry:
+    """The ``tamper.detected`` audit record of one detection, by the page.
+
+    Its body is the session event's (kind, policy, and what was refused or undone: fields
+    put back, an item deleted, a response cancelled; never the page's content) and whether
+    the policy hangs the call up for it.
+    """
+    body = {key: value for key, value in event.items() if key != "type"}
+    body["hangup"] = hangup
+    return AuditEntry(AuditKind.TAMPER_DETECTED, Actor.PAGE, body, session_id=session_id)
+
+
 _CONSEQUENCES: Final = (TaintedResponse, UnprovenCall, PageResponse)
 """Detections that are no attempt of their own: never counted towards the cut-off, never
 a hangup under ``on_tamper: hangup``."""
@@ -82,6 +96,8 @@ class TamperResponder:
         recorder: the session's event log.
         end_call: ends the call with a reason (provider hangup); idempotent.
         count: told each detection's kind (the tamper metric); never raises.
+        audit: records an audit entry in a transaction of its own (a detection changes no
+            row to write it with); ``None``: not audited (a test's responder).
     """
 
     def __init__(
@@ -91,7 +107,10 @@ class TamperResponder:
         recorder: EventRecorder,
         end_call: Callable[[EndReason], Awaitable[None]],
         count: Callable[[str], None] = lambda kind: None,
+        *,
+        audit: Callable[[AuditEntry], Awaitable[None]] | None = None,
     ) -> None:
+        self._audit = audit
         self._session_id = session_id
         self._policy = policy
         self._recorder = recorder
@@ -110,6 +129,12 @@ class TamperResponder:
             return
         event = tamper_event(tamper, self._policy)
         self._recorder.record("broker", event)
+        hangup = self._policy is TamperPolicy.HANGUP and attempt
+        if self._audit is not None:
+            # Written before the policy acts, so the trail reads tamper.detected, then the
+            # session.ended it caused. Its own short transaction, in this handler's task (the
+            # controller runs each detection as a task: the reader does not wait for it).
+            await self._audit(tamper_record(self._session_id, event, hangup))
         logger.warning(
             "browser tampered with the session session_id=%s kind=%s detail=%s policy=%s",
             self._session_id,
@@ -121,7 +146,7 @@ class TamperResponder:
         # the policy; it is recorded, not punished twice. An unproven call may be the
         # model's own (made while no sideband watched), and a page-started response is the
         # page_responses policy at work: recorded, never a reason to hang up.
-        if self._policy is TamperPolicy.HANGUP and attempt:
+        if hangup:
             await self._end_call(EndReason.TAMPER)
         elif self._count == MAX_TAMPERS_REVERTED:
             await self._end_call(EndReason.TAMPER_REPEATED)

@@ -16,6 +16,8 @@ from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from broker.audit import trail as audit
+from broker.audit.records import Actor
 from broker.call.ownership import CallOwnership
 from broker.call.supervisor import SidebandSupervisor
 from broker.db import queries
@@ -30,6 +32,7 @@ from broker.errors import (
 from broker.metrics import BrokerMetrics
 from broker.record.event_classes import EventClass
 from broker.record.event_log import append_event
+from broker.session import audit_entries
 from broker.session.end_reason import EndReason
 from broker.session.ending import end_unwatched_call
 from sideband import Provider
@@ -106,7 +109,10 @@ class CallActions:
         if command.kind == HANGUP_COMMAND:
             if row.state not in CALL_RUNNING_STATES or row.call_id is None:
                 return {"ended": False}
-            await self._hang_up_here(row, EndReason(command.payload["reason"]))
+            actor = command.payload.get("actor")
+            await self._hang_up_here(
+                row, EndReason(command.payload["reason"]), None if actor is None else str(actor)
+            )
             return {"ended": True}
         if command.kind == INSTRUCTIONS_COMMAND:
             await self._update_instructions_here(
@@ -115,8 +121,11 @@ class CallActions:
             return {}
         raise ValueError(f"unknown command {command.kind!r}")
 
-    async def hang_up(self, row: SessionRow, reason: EndReason) -> None:
+    async def hang_up(self, row: SessionRow, reason: EndReason, actor: str | None = None) -> None:
         """Hang up the session's running call and end the session for ``reason``.
+
+        ``actor``: who ends it, for its ``session.ended`` audit record (default: as the reason
+        says).
 
         Raises:
             UpstreamError: ``provider_error``: the provider did not hang up; the call goes on.
@@ -124,17 +133,27 @@ class CallActions:
         assert row.call_id is not None and row.state in CALL_RUNNING_STATES
         owner = await self.owner_elsewhere(row.id)
         if owner is not None:
-            await self.ask_owner(row.id, owner, HANGUP_COMMAND, {"reason": reason.value})
+            await self.ask_owner(
+                row.id, owner, HANGUP_COMMAND, {"reason": reason.value, "actor": actor}
+            )
             return
-        await self._hang_up_here(row, reason)
+        await self._hang_up_here(row, reason, actor)
 
-    async def _hang_up_here(self, row: SessionRow, reason: EndReason) -> None:
+    async def _hang_up_here(
+        self, row: SessionRow, reason: EndReason, actor: str | None = None
+    ) -> None:
         assert row.call_id is not None
         try:
-            hung_up = await self._supervisor.end_call(row.id, row.call_id, reason)
+            hung_up = await self._supervisor.end_call(row.id, row.call_id, reason, actor)
         except KeyError:
             hung_up = await end_unwatched_call(
-                self._sessionmaker, self._provider, self._metrics, row.id, row.call_id, reason
+                self._sessionmaker,
+                self._provider,
+                self._metrics,
+                row.id,
+                row.call_id,
+                reason,
+                actor,
             )
         if not hung_up:
             raise UpstreamError("provider_error", "the provider did not hang up; the call goes on")
@@ -161,7 +180,13 @@ class CallActions:
         """
         if row.state not in CALL_RUNNING_STATES or row.call_id is None:
             raise ConflictError("session_not_live", f"the session is {row.state}, not in a call")
-        await self.hang_up(row, EndReason.OPS_HANGUP)
+        # Audited before it is carried out: the record is the operator's order (its effect is
+        # the session.ended that follows, by the same key); a hangup the provider refuses
+        # (502, the call goes on) leaves the order recorded and no end.
+        await audit.append(
+            self._sessionmaker, audit_entries.ops_hangup(row.id, by_key, why, row.call_id)
+        )
+        await self.hang_up(row, EndReason.OPS_HANGUP, Actor.key(by_key))
         # Recorded either way: the operator acted, even if the call ended on its own meanwhile.
         await append_event(
             self._sessionmaker,
@@ -207,8 +232,10 @@ class CallActions:
 
         async def store(s: AsyncSession) -> None:
             await queries.set_instructions(s, row.id, instructions)
+            await audit.add(s, audit_entries.ops_instructions(row.id, by_key, instructions))
 
-        # The change and its audit event in one transaction: neither without the other.
+        # The change, its audit event and its audit record in one transaction: none without
+        # the others.
         await append_event(
             self._sessionmaker,
             row.id,

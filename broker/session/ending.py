@@ -5,9 +5,10 @@ closing the call, a hangup it was asked for), the duration backstop, the session
 failed offer, and a page's or an operator's hangup of a call no sideband watches. Each calls
 :func:`end_session`, which in one transaction moves the session into ``ended`` or
 ``failed`` (only from the states the caller expects: the move succeeds once per session),
-queues its ``session.ended`` webhook (when the session asked for one) and writes the event
-that says why; after the commit it counts the end in ``broker_sessions_ended_total``. An end
-is thus never announced, logged or counted twice, nor recorded without the others.
+queues its ``session.ended`` webhook (when the session asked for one), writes its
+``session.ended`` audit record and the event that says why; after the commit it counts the
+end in ``broker_sessions_ended_total``. An end is thus never announced, audited, logged or
+counted twice, nor recorded without the others.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from typing import Any, Final
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from broker.audit import trail as audit
 from broker.call.hangup import hang_up
 from broker.db import queries
 from broker.db.models import CALL_RUNNING_STATES, SessionState, SidebandState
 from broker.metrics import BrokerMetrics
 from broker.record.event_log import EventLog
 from broker.record.redaction import redact_event
+from broker.session import audit_entries
 from broker.session.end_reason import EndReason
 from sideband import Provider
 
@@ -46,6 +49,7 @@ async def end_session(
     from_states: Sequence[SessionState] = CALL_RUNNING_STATES,
     event: dict[str, Any] | None = None,
     sideband_state: SidebandState | None = None,
+    actor: str | None = None,
 ) -> bool:
     """End the session for ``reason`` if it is in one of ``from_states``; whether this did.
 
@@ -61,6 +65,8 @@ async def end_session(
         sideband_state: the sideband's state to record in the same transaction, whether or
             not this call is what ends the session (the supervisor's sideband is closed
             either way).
+        actor: who ended it, for its ``session.ended`` audit record (default: as the reason
+            says, :func:`broker.session.audit_entries.end_actor`); an operator's key.
     """
     state = SessionState.FAILED if reason is EndReason.OFFER_FAILED else SessionState.ENDED
     text = reason.text(detail)[:END_REASON_CHARS]
@@ -72,6 +78,9 @@ async def end_session(
                 ended = await queries.mark_session_ended(s, session_id, from_states, state, text)
                 if ended:
                     await queries.queue_session_ended(s, session_id)
+                    row = await queries.get_session_row(s, session_id)
+                    if row is not None:
+                        await audit.add(s, audit_entries.session_ended(row, reason, actor))
                     if event is not None:
                         await queries.add_broker_event(s, session_id, redact_event(event))
                 log = EventLog.of(s)
@@ -96,6 +105,7 @@ async def end_unwatched_call(
     session_id: str,
     call_id: str,
     reason: EndReason,
+    actor: str | None = None,
 ) -> bool:
     """Hang up a call no sideband of this process watches (bridge-only, degraded) and end it.
 
@@ -103,5 +113,5 @@ async def end_unwatched_call(
     """
     if not await hang_up(provider, call_id):
         return False
-    await end_session(sessionmaker, metrics, session_id, reason)
+    await end_session(sessionmaker, metrics, session_id, reason, actor=actor)
     return True

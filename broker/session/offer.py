@@ -17,6 +17,7 @@ from sqlalchemy import CursorResult, delete
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker import tracing
+from broker.audit import trail as audit
 from broker.auth.principals import BrowserPrincipal
 from broker.call.hangup import hang_up
 from broker.call.ownership import CallOwnership, acting_for
@@ -28,6 +29,7 @@ from broker.db.models import CALL_RUNNING_STATES, SessionRow, SessionState, Used
 from broker.db.shielded import ShieldedWrites
 from broker.errors import ConflictError, NotFoundError, UnauthorizedError, UnavailableError
 from broker.metrics import BrokerMetrics
+from broker.session import audit_entries
 from broker.session.deadline import CallDeadlines
 from broker.session.end_reason import EndReason
 from broker.session.ending import end_session
@@ -246,6 +248,16 @@ class Offers:
                 token = await queries.grant_lease(
                     s, session_id, self._ownership.instance_id, self._ownership.ttl_s
                 )
+                if live:
+                    await audit.add(
+                        s,
+                        audit_entries.session_offered(
+                            session_id,
+                            answer.call_id,
+                            self._provider.name,
+                            self._ownership.instance_id,
+                        ),
+                    )
             if not live:
                 raise ConflictError("session_not_offered", "the session changed during the offer")
         except BaseException as exc:

@@ -22,6 +22,7 @@ from typing import Any, Final
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from broker.audit import trail as audit
 from broker.auth.principals import ApiPrincipal, BrowserPrincipal, Scope, mint_client_secret
 from broker.auth.shared_ratelimit import RateLimits
 from broker.call.ownership import CallOwnership, StandbyConnection, acting_for
@@ -46,6 +47,7 @@ from broker.errors import (
     ValidationFailedError,
 )
 from broker.metrics import BrokerMetrics
+from broker.session import audit_entries
 from broker.session.call_actions import CallActions
 from broker.session.deadline import CallDeadlines
 from broker.session.limits import LimitsRequest, SessionLimits
@@ -154,6 +156,8 @@ class SessionService:
         )
         self._calls = CallActions(sessionmaker, provider, supervisor, metrics, ownership)
         ownership.bind(self)
+        # The supervisor's audit records name the instance watching the call.
+        supervisor.instance_id = ownership.instance_id
 
     # ---- what call ownership asks (broker.call.ownership.CallHost) ------------------------
 
@@ -307,6 +311,7 @@ class SessionService:
         )
         async with self._sessionmaker.begin() as s:
             s.add(row)
+            await audit.add(s, audit_entries.session_created(row))
         self._metrics.session_created()
         token, expires_at = mint_client_secret(
             row.id, self._settings.signing_key, self._settings.client_secret_ttl
