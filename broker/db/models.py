@@ -236,6 +236,9 @@ class ToolCall(Base):
     call_id: Mapped[str] = mapped_column(String(128))
     tool: Mapped[str] = mapped_column(String(100))
     arguments: Mapped[str] = mapped_column(Text)
+    """As shown: a tool's ``redact`` fields are keyed hashes (:mod:`broker.tools.redaction`)."""
+    arguments_sealed: Mapped[str | None] = mapped_column(Text)
+    """The raw arguments, sealed, for a tool with ``redact`` fields; opened only to run it."""
     decision: Mapped[str | None] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), default=ToolCallStatus.PENDING)
     path: Mapped[str | None] = mapped_column(String(16))
@@ -243,6 +246,10 @@ class ToolCall(Base):
     seen_by: Mapped[str] = mapped_column(String(16))
     """Which path reported the call first."""
     output: Mapped[str | None] = mapped_column(Text)
+    """As shown (redacted like ``arguments``)."""
+    output_sealed: Mapped[str | None] = mapped_column(Text)
+    """The raw output, sealed (a redacting tool's): what is sent to the model, again after a
+    restart."""
     error: Mapped[str | None] = mapped_column(Text)
     response_id: Mapped[str | None] = mapped_column(String(128))
     item_id: Mapped[str | None] = mapped_column(String(128))

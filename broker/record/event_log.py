@@ -36,7 +36,7 @@ from broker.record.event_writer import (
     SessionBuffer,
     notify_grown,
 )
-from broker.record.redaction import redact_event
+from broker.record.redaction import CallTools, ToolFields, redact_event
 from broker.record.wakeups import EventWakeups
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,9 @@ class EventLog:
         self.shedding = False
         """Set while the process is overloaded (:mod:`broker.overload`): coalescible events
         are dropped (and counted) instead of queued."""
+        self.tool_fields: ToolFields | None = None
+        """The tools' redacted fields (set once the tools are loaded): hashed in every
+        function call's arguments and output the log stores (:mod:`broker.record.redaction`)."""
 
     def writer(self, sessionmaker: async_sessionmaker[AsyncSession]) -> EventWriter:
         """The process's one writer of the event log (made with the first recorder)."""
@@ -131,6 +134,20 @@ class EventLog:
         found = s.info.get(_INFO_KEY)
         return found if isinstance(found, EventLog) else cls()
 
+    @classmethod
+    def of_maker(cls, sessionmaker: async_sessionmaker[AsyncSession]) -> EventLog:
+        """:meth:`of` the sessions ``sessionmaker`` opens, without opening one."""
+        # getattr: a stand-in that is no sessionmaker (a test's) has no log bound.
+        kw = getattr(sessionmaker, "kw", None) or {}
+        found = (kw.get("info") or {}).get(_INFO_KEY)
+        return found if isinstance(found, EventLog) else cls()
+
+    def call_tools(self) -> CallTools | None:
+        """A session's memory of its calls' tools, if any tool's fields are redacted."""
+        if self.tool_fields is None or not self.tool_fields.active:
+            return None
+        return CallTools(self.tool_fields)
+
     def dropped(self, cap: EventCap) -> None:
         if self._metrics is not None:
             self._metrics.event_dropped(cap)
@@ -166,9 +183,9 @@ async def append_event(
     """
     if event_class is None:
         event_class = classify("broker", event)
-    # The broker's own events carry no audio today; redacted all the same, so that no
-    # writer of the log can store a payload the recorder would not.
-    event = redact_event(event)
+    # The broker's own events carry no audio nor tool items today; redacted all the same,
+    # so that no writer of the log can store a payload the recorder would not.
+    event = redact_event(event, EventLog.of_maker(sessionmaker).call_tools())
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         try:
             async with sessionmaker.begin() as s:
@@ -206,7 +223,9 @@ class EventRecorder:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], session_id: str) -> None:
         self._sessionmaker = sessionmaker
         self.session_id = session_id
-        self._log = EventLog()
+        # Found now, not at start(): an event recorded before must be redacted all the same.
+        self._log = EventLog.of_maker(sessionmaker)
+        self._calls = self._log.call_tools()
         # Its rows are written only while the call's lease holds (broker.db.fence).
         self._buffer = SessionBuffer(session_id, fence=CURRENT_FENCE.get())
         self._writer: EventWriter | None = None
@@ -250,7 +269,7 @@ class EventRecorder:
             return
         writer = self._writer_of()
         buffer = self._buffer
-        payload = redact_event(event)
+        payload = redact_event(event, self._calls)
         size = 0
         if event_class is EventClass.COALESCIBLE:
             size = payload_bytes(payload)

@@ -149,7 +149,9 @@ class Bridge:
         )
         stored = await self._dispatcher.get_record(row.id, request.call_id)
         if stored is not None and (
-            stored.tool != tool or not arguments_equal(stored.arguments, arguments)
+            stored.tool != tool
+            # The raw ones: a redacting tool's row shows its fields as keyed hashes.
+            or not arguments_equal(self._dispatcher.raw_arguments(stored), arguments)
         ):
             raise ConflictError(
                 "call_arguments_mismatch",

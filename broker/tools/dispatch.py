@@ -28,8 +28,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker import tracing
+from broker.audit import trail
+from broker.audit.records import AuditEntry
+from broker.audit.redaction import FieldRedactor
 from broker.db import queries
 from broker.db.models import ToolCallStatus, ToolPath
+from broker.tools import audit
 from broker.tools.breaker import CircuitBreakers
 from broker.tools.budget import DENIED
 from broker.tools.call_ids import is_valid_call_id, printable, recorded_call_id
@@ -71,6 +75,10 @@ class ToolDispatcher(CallLedger):
     The rows' bookkeeping (recording a call seen, abandoning, recovering, reading and
     waiting) is :class:`~broker.tools.ledger.CallLedger`'s; this adds the pipeline that
     decides and runs a call.
+
+    Every row change is audited in its transaction (:mod:`broker.tools.audit`); ``redactor``
+    (:class:`~broker.tools.ledger.CallLedger`) is required by a registry with ``redact``
+    fields.
     """
 
     def __init__(
@@ -79,8 +87,9 @@ class ToolDispatcher(CallLedger):
         registry: ToolRegistry,
         breakers: CircuitBreakers | None = None,
         on_finished: Callable[[str, str, float], None] | None = None,
+        redactor: FieldRedactor | None = None,
     ) -> None:
-        super().__init__(sessionmaker, registry)
+        super().__init__(sessionmaker, registry, redactor)
         # on_finished(tool, status, seconds) hears of every call this process settled (ran,
         # denied or cut off), e.g. for metrics; it must not block.
         self._on_finished = on_finished
@@ -190,6 +199,7 @@ class ToolDispatcher(CallLedger):
                     s,
                     self._registry,
                     self._breakers,
+                    self._redaction,
                     session_id=session_id,
                     allowed_tools=allowed_tools,
                     call_id=call_id,
@@ -211,12 +221,25 @@ class ToolDispatcher(CallLedger):
                         decision=DENIED,
                         output_item_id=output_item_id,
                     )
+                    denial = audit.denied(
+                        session_id,
+                        call_id,
+                        verdict.tool,
+                        path,
+                        verdict.code,
+                        verdict.output,
+                        verdict.allowlist,
+                    )
+                    await self._audit(s, verdict.requested, denial)
+                elif verdict is not None:
+                    await self._audit(s, verdict.requested)
         except BaseException as exc:
             if isinstance(verdict, Granted):
                 verdict.permit.release()  # rolled back (or unknown): the tool never ran
             if isinstance(exc, SQLAlchemyError):
                 await self._writes.run(
-                    self._fail_undecided(session_id, call_id, path), name=f"tool-fail:{call_id}"
+                    self._fail_undecided(session_id, call_id, path, claimed_at),
+                    name=f"tool-fail:{call_id}",
                 )
             raise
         if verdict is None:
@@ -251,7 +274,18 @@ class ToolDispatcher(CallLedger):
                 output = error_output(error, "the broker stopped while running this tool")
             # Shielded: a cancelled request must still leave the row settled, never running.
             await self._writes.run(
-                self._settle(session_id, call_id, status, output, error, None, output_item_id),
+                self._settle(
+                    session_id,
+                    call_id,
+                    verdict.tool,
+                    path,
+                    status,
+                    output,
+                    error,
+                    started=claimed_at,
+                    allowlist=verdict.allowlist,
+                    output_item_id=output_item_id,
+                ),
                 name=f"tool-settle:{call_id}",
             )
             if self._on_finished is not None:
@@ -287,7 +321,9 @@ class ToolDispatcher(CallLedger):
         code = ToolErrorCode.CALL_ID_INVALID
         output = error_output(code, CALL_ID_RULE + "; this call was not run")
         async with self._begin() as s:
-            await record_call(s, session_id, key, tool, arguments, path, response_id, item_id)
+            requested = await record_call(
+                s, self._redaction, session_id, key, tool, arguments, path, response_id, item_id
+            )
             claimed = await queries.claim_tool_call_returning(s, session_id, key, path)
             if claimed is not None:
                 await queries.settle_tool_call_fast(
@@ -300,6 +336,11 @@ class ToolDispatcher(CallLedger):
                     error=str(code),
                     decision=DENIED,
                 )
+                # Decided before any session or policy was read: no allowlist applied.
+                denial = audit.denied(session_id, key, claimed.tool, path, code, output, None)
+                await self._audit(s, requested, denial)
+            else:
+                await self._audit(s, requested)
         if claimed is None:
             # Reported before (a replay, or the other path): answered once, by the first.
             settled = await self.wait_settled(session_id, key, within=loser_wait)
@@ -316,6 +357,13 @@ class ToolDispatcher(CallLedger):
         # A fresh output item id for the one delivery; not stored (see run()).
         fresh = new_item_id() if path is ToolPath.SIDEBAND else None
         return self._denied(session_id, key, claimed.tool, output, path, started, fresh)
+
+    @staticmethod
+    async def _audit(s: queries.Executor, *entries: AuditEntry | None) -> None:
+        """Add the transaction's records in one ``INSERT`` (none: no statement)."""
+        present = [entry for entry in entries if entry is not None]
+        if present:
+            await trail.add(s, *present)
 
     def _denied(
         self,

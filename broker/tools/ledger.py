@@ -4,26 +4,38 @@ Every write here is conditional on the row's status (``pending → running`` for
 a settle only from ``running``), which is what keeps a call from running or being answered
 twice whichever path reports it; :class:`broker.tools.dispatch.ToolDispatcher` builds the
 pipeline on these rows.
+
+Each row change is audited in its own transaction (:mod:`broker.tools.audit`): one more
+``INSERT`` into the trail's outbox, and only when the change happened. A tool's ``redact``
+fields are kept as keyed hashes in the row, in clear only sealed
+(:mod:`broker.tools.redaction`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Final
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from broker.audit import trail
+from broker.audit.records import AuditEntry
+from broker.audit.redaction import FieldRedactor
 from broker.db import queries
 from broker.db.models import ToolCall, ToolCallStatus, ToolPath, utcnow
 from broker.db.shielded import ShieldedWrites
 from broker.db.write_gate import WriteGate
+from broker.tools import audit
 from broker.tools.call_ids import MAX_CALL_ID, is_valid_call_id
 from broker.tools.codes import ToolErrorCode
 from broker.tools.outcome import BROKER_ERROR, BROKER_ERROR_OUTPUT, CallOutcome, CallRejectedError
 from broker.tools.policy import error_output
+from broker.tools.redaction import CallRedaction
 from broker.tools.registry import ToolRegistry
 from broker.tools.waiters import SettledWaiters
 from sideband.events import new_item_id
@@ -33,6 +45,11 @@ logger = logging.getLogger(__name__)
 MAX_RECORDED_CALLS: Final = 1000  # per session, denied ones included
 MAX_TOOL_NAME: Final = 100
 CALL_ID_RULE: Final = f"call ids are 1-{MAX_CALL_ID} characters from A-Z, a-z, 0-9, _, . and -"
+
+
+def elapsed_ms(started: float) -> int:
+    """Whole milliseconds since ``started`` (a :func:`time.perf_counter` reading)."""
+    return int((time.perf_counter() - started) * 1000)
 
 
 def checked_tool_name(call_id: str, tool: str) -> str:
@@ -46,6 +63,7 @@ def checked_tool_name(call_id: str, tool: str) -> str:
 
 async def record_call(
     s: queries.Executor,
+    redaction: CallRedaction,
     session_id: str,
     call_id: str,
     tool: str,
@@ -53,21 +71,27 @@ async def record_call(
     seen_by: ToolPath,
     response_id: str | None,
     item_id: str | None,
-) -> bool:
-    """Insert the call as ``pending`` unless it exists; whether this inserted it.
+) -> AuditEntry | None:
+    """Insert the call as ``pending`` unless it exists.
+
+    Returns its ``tool.requested`` record if this inserted it (for the caller to add in
+    ``s``, with any other record of the transaction), else ``None``.
 
     Raises:
         CallRejectedError: the session already has :data:`MAX_RECORDED_CALLS`.
     """
+    shown, sealed = redaction.stored(session_id, call_id, tool, arguments)
+    item_id = item_id[:MAX_CALL_ID] if item_id else None
     inserted = await queries.record_tool_call(
         s,
         session_id=session_id,
         call_id=call_id,
         tool=tool,
-        arguments=arguments,
+        arguments=shown,
+        arguments_sealed=sealed,
         seen_by=seen_by,
         response_id=response_id,
-        item_id=item_id[:MAX_CALL_ID] if item_id else None,
+        item_id=item_id,
         max_calls=MAX_RECORDED_CALLS,
     )
     if inserted is None:
@@ -77,17 +101,27 @@ async def record_call(
             "too_many_tool_calls",
             f"a session records at most {MAX_RECORDED_CALLS} tool calls",
         )
-    return inserted
+    if not inserted:
+        return None
+    return audit.requested(session_id, call_id, tool, shown, seen_by, response_id, item_id)
 
 
 class CallLedger:
-    """Records, settles and reads a broker's tool calls; wakes those waiting on them."""
+    """Records, settles and reads a broker's tool calls; wakes those waiting on them.
+
+    ``redactor`` keys the redacted fields' hashes and seals their raw values; without one, a
+    registry with any ``redact`` field is refused (``ValueError``), never stored in clear.
+    """
 
     def __init__(
-        self, sessionmaker: async_sessionmaker[AsyncSession], registry: ToolRegistry
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        registry: ToolRegistry,
+        redactor: FieldRedactor | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._registry = registry
+        self._redaction = CallRedaction(registry, redactor)
         self._waiters = SettledWaiters(self.get)
         self._writes = ShieldedWrites()
         # The hot path's Core statements go straight to a connection when the sessionmaker
@@ -138,22 +172,29 @@ class CallLedger:
         """
         tool = checked_tool_name(call_id, tool)
         async with self._begin() as s:
-            return await record_call(
-                s, session_id, call_id, tool, arguments, seen_by, response_id, item_id
+            requested = await record_call(
+                s,
+                self._redaction,
+                session_id,
+                call_id,
+                tool,
+                arguments,
+                seen_by,
+                response_id,
+                item_id,
             )
+            if requested is not None:
+                await trail.add(s, requested)
+        return requested is not None
 
     async def abandon(self, session_id: str, call_id: str, response_status: str) -> None:
         """The model's response did not complete: a still-pending call will never run."""
+        reason = f"response {response_status}"
         async with self._sessionmaker.begin() as s:
-            changed = await queries.settle_tool_call(
-                s,
-                session_id,
-                call_id,
-                status=ToolCallStatus.CANCELLED,
-                from_statuses=[ToolCallStatus.PENDING],
-                error=f"response {response_status}",
-            )
-        if changed:
+            tool = await queries.cancel_tool_call(s, session_id, call_id, error=reason)
+            if tool is not None:
+                await trail.add(s, audit.cancelled(session_id, call_id, tool, reason))
+        if tool is not None:
             logger.info(
                 "tool call abandoned session_id=%s call_id=%s response_status=%s",
                 session_id,
@@ -162,7 +203,9 @@ class CallLedger:
             )
             self._waiters.notify(session_id, call_id)
 
-    async def _fail_undecided(self, session_id: str, call_id: str, path: ToolPath) -> None:
+    async def _fail_undecided(
+        self, session_id: str, call_id: str, path: ToolPath, started: float
+    ) -> None:
         """Settle a call whose deciding transaction failed as ``failed`` (it never ran).
 
         The caller answers the model with :data:`BROKER_ERROR_OUTPUT` for it; left
@@ -171,7 +214,8 @@ class CallLedger:
         """
         try:
             async with self._begin() as s:
-                if await queries.claim_tool_call_returning(s, session_id, call_id, path) is None:
+                claimed = await queries.claim_tool_call_returning(s, session_id, call_id, path)
+                if claimed is None:
                     return  # never recorded, or another claimant has it
                 await queries.settle_tool_call_fast(
                     s,
@@ -182,6 +226,20 @@ class CallLedger:
                     output=BROKER_ERROR_OUTPUT,
                     error=BROKER_ERROR,
                     decision=None,
+                )
+                await trail.add(
+                    s,
+                    audit.settled(
+                        session_id,
+                        call_id,
+                        claimed.tool,
+                        path,
+                        ToolCallStatus.FAILED,
+                        BROKER_ERROR_OUTPUT,
+                        BROKER_ERROR,
+                        elapsed_ms(started),
+                        granted=False,
+                    ),
                 )
         except SQLAlchemyError:
             logger.warning(
@@ -196,25 +254,46 @@ class CallLedger:
         self,
         session_id: str,
         call_id: str,
+        tool: str,
+        path: ToolPath,
         status: ToolCallStatus,
         output: str,
         error: str | None,
-        decision: str | None,
+        *,
+        started: float,
+        allowlist: frozenset[str],
         output_item_id: str | None = None,
     ) -> None:
+        """Settle a granted call that ran (or was cut off) with its outcome, audited."""
+        shown, sealed = self._redaction.stored(session_id, call_id, tool, output)
         async with self._begin() as s:
-            await queries.settle_tool_call_fast(
+            changed = await queries.settle_tool_call_fast(
                 s,
                 session_id,
                 call_id,
                 status=status,
                 from_status=ToolCallStatus.RUNNING,
-                output=output,
+                output=shown,
+                output_sealed=sealed,
                 # A plain string for the driver (a code is a StrEnum).
                 error=None if error is None else str(error),
-                decision=decision,
                 output_item_id=output_item_id,
             )
+            if changed:
+                await trail.add(
+                    s,
+                    audit.settled(
+                        session_id,
+                        call_id,
+                        tool,
+                        path,
+                        status,
+                        shown,
+                        error,
+                        elapsed_ms(started),
+                        allowlist=allowlist,
+                    ),
+                )
         self._waiters.notify(session_id, call_id)
 
     async def unfinished(self, session_id: str) -> tuple[Sequence[ToolCall], Sequence[ToolCall]]:
@@ -231,6 +310,13 @@ class CallLedger:
         Returns each call id with the status it was given.
         """
         recovered: list[tuple[str, ToolCallStatus]] = []
+        entries: list[AuditEntry] = []
+        code = ToolErrorCode.OUTCOME_UNKNOWN
+        output = error_output(
+            code,
+            "the broker restarted while this tool was running; it may or may not"
+            " have completed, and it will not be run again",
+        )
         async with self._sessionmaker.begin() as s:
             for row in await queries.running_tool_calls(s, session_id):
                 spec = self._registry.get(row.tool)
@@ -238,21 +324,30 @@ class CallLedger:
                     await queries.reset_tool_call(s, session_id, row.call_id)
                     recovered.append((row.call_id, ToolCallStatus.PENDING))
                     continue
-                await queries.settle_tool_call(
+                if await queries.settle_tool_call(
                     s,
                     session_id,
                     row.call_id,
                     status=ToolCallStatus.FAILED,
                     from_statuses=[ToolCallStatus.RUNNING],
-                    error=str(ToolErrorCode.OUTCOME_UNKNOWN),
-                    output=error_output(
-                        ToolErrorCode.OUTCOME_UNKNOWN,
-                        "the broker restarted while this tool was running; it may or may not"
-                        " have completed, and it will not be run again",
-                    ),
+                    error=str(code),
+                    output=output,
                     output_item_id=new_item_id() if row.path == ToolPath.SIDEBAND else None,
-                )
-                recovered.append((row.call_id, ToolCallStatus.FAILED))
+                ):
+                    recovered.append((row.call_id, ToolCallStatus.FAILED))
+                    entries.append(
+                        audit.settled(
+                            session_id,
+                            row.call_id,
+                            row.tool,
+                            row.path,
+                            ToolCallStatus.FAILED,
+                            output,
+                            str(code),
+                            None,  # the run's length died with the broker that ran it
+                        )
+                    )
+            await trail.add(s, *entries)
         for call_id, status in recovered:
             logger.warning(
                 "tool call interrupted by a restart session_id=%s call_id=%s now=%s",
@@ -263,16 +358,52 @@ class CallLedger:
         return recovered
 
     async def mark_injected(self, session_id: str, call_id: str) -> None:
+        """The call's output is at the provider; audited the first time only."""
         async with self._begin() as s:
-            await queries.mark_injected(s, session_id, call_id, utcnow())
+            marked = await queries.mark_injected(s, session_id, call_id, utcnow())
+            if marked is not None:
+                tool, output_item_id = marked
+                await trail.add(s, audit.output_injected(session_id, call_id, tool, output_item_id))
 
     async def get_record(self, session_id: str, call_id: str) -> ToolCall | None:
+        """The row as stored: a redacting tool's arguments and output redacted."""
         async with self._sessionmaker() as s:
             return await queries.get_tool_call(s, session_id, call_id)
 
+    def raw_arguments(self, row: ToolCall) -> str:
+        """The call's arguments as the model sent them (to run it, or match its reports)."""
+        return self._redaction.opened(
+            row.session_id, row.call_id, row.arguments, row.arguments_sealed
+        )
+
+    def raw_output(self, row: ToolCall) -> str | None:
+        """The call's output as the model is to get it (``None``: not settled)."""
+        if row.output is None:
+            return None
+        return self._redaction.opened(row.session_id, row.call_id, row.output, row.output_sealed)
+
+    def shown_arguments(self, tool: str, arguments: str) -> str:
+        """``arguments`` as a row of ``tool`` shows them (to compare with a stored row)."""
+        return self._redaction.shown(tool, arguments)
+
     async def get(self, session_id: str, call_id: str) -> CallOutcome | None:
+        """The call's outcome, its output as the model is to get it (opened if sealed)."""
         row = await self.get_record(session_id, call_id)
-        return CallOutcome.from_row(row) if row is not None else None
+        if row is None:
+            return None
+        return replace(CallOutcome.from_row(row), output=self.raw_output(row))
+
+    async def answered_outputs(self, session_id: str) -> list[tuple[str, str]]:
+        """:func:`broker.db.queries.answered_outputs`, each output as the model got it.
+
+        The resumed call's tamper checks compare the outputs' echoes with these.
+        """
+        async with self._sessionmaker() as s:
+            rows = await queries.delivered_outputs(s, session_id)
+        return [
+            (call_id, self._redaction.opened(session_id, call_id, output, sealed))
+            for call_id, output, sealed in rows
+        ]
 
     async def wait_settled(
         self, session_id: str, call_id: str, within: float | None

@@ -6,6 +6,7 @@ Format (``BROKER_CONFIG``)::
     description = "Look up an order by its id."
     timeout = 5.0                                  # seconds, default 10
     idempotent = false                             # safe to run twice? default false
+    redact = ["card_number"]                       # never stored or shown in clear
     http = "https://tools.internal/lookup"         # or: python = "broker.tools.demo:lookup_order"
     secret_env = "LOOKUP_ORDER_SECRET"             # HTTP tools: the HMAC key's variable ...
     # secret = "..."                               # ... or inline (development only)
@@ -14,6 +15,13 @@ Format (``BROKER_CONFIG``)::
     type = "object"
     required = ["order_id"]
     properties.order_id = { type = "string" }
+
+``redact = ["card_number", ...]`` names fields of the tool's arguments and output (at any
+depth) that the broker never keeps or shows in clear: the ``tool_calls`` row, the API, the
+event log and the audit trail hold a keyed hash (``{"redacted": "hmac-sha256:…"}``,
+:mod:`broker.audit.redaction`) instead, so a reviewer can match values without seeing them.
+The raw arguments (and output), which a restarted broker needs to run (or re-send) the call,
+are stored sealed and opened only to run it; the tool itself always gets the raw arguments.
 
 ``idempotent = true`` declares that running a call twice does no more than running it once
 (a lookup, or a backend that dedupes on ``Idempotency-Key``). Only such a tool may be run
@@ -62,6 +70,7 @@ _KEYS: Final = frozenset(
         "secret",
         "secret_env",
         "unsigned",
+        "redact",
     }
 )
 CHECKED_FORMATS: Final = ("date", "email", "idn-email", "ipv4", "ipv6", "uuid")
@@ -85,6 +94,8 @@ class ToolSpec:
             :data:`CHECKED_FORMATS` enforced).
         idempotent: running a call again does no harm (see the module docstring); only
             then may crash recovery re-run a call that was interrupted.
+        redact: fields of the arguments and output (any depth) never stored or shown in
+            clear (see the module docstring).
     """
 
     name: str
@@ -94,6 +105,7 @@ class ToolSpec:
     executor: Executor
     validator: Draft202012Validator = field(repr=False, compare=False)
     idempotent: bool = False
+    redact: frozenset[str] = frozenset()
 
     def provider_definition(self) -> dict[str, Any]:
         """The ``tools[]`` entry of a realtime session config."""
@@ -168,6 +180,9 @@ def _tool(
     idempotent = entry.get("idempotent", False)
     if not isinstance(idempotent, bool):
         raise ToolConfigError(f"{where}: idempotent must be true or false")
+    redact = entry.get("redact", [])
+    if not isinstance(redact, list) or not all(isinstance(x, str) and x for x in redact):
+        raise ToolConfigError(f"{where}: redact must be a list of non-empty field names")
     validator = _validator(where, parameters)
     return ToolSpec(
         name=name,
@@ -177,6 +192,7 @@ def _tool(
         executor=_executor(where, entry, http, float(timeout), env),
         validator=validator,
         idempotent=idempotent,
+        redact=frozenset(redact),
     )
 
 

@@ -132,13 +132,26 @@ class SessionToolHandler:
 
     async def backlog(self) -> Backlog:
         seen, undelivered = await self._dispatcher.unfinished(self._session_id)
+        # As the model made and is to get them: a redacting tool's opened from their sealed
+        # copies (the resync matches the provider's calls, and re-sends outputs, with these).
         return Backlog(
-            seen=[_call(row) for row in seen],
+            seen=[self._call(row) for row in seen],
             undelivered=[
-                Undelivered(_call(row), row.output or "", row.output_item_id)
+                Undelivered(
+                    self._call(row), self._dispatcher.raw_output(row) or "", row.output_item_id
+                )
                 for row in undelivered
                 if row.output_item_id is not None
             ],
+        )
+
+    def _call(self, row: ToolCall) -> FunctionCall:
+        return FunctionCall(
+            call_id=row.call_id,
+            name=row.tool,
+            arguments=self._dispatcher.raw_arguments(row),
+            response_id=row.response_id or "",
+            item_id=row.item_id,
         )
 
     async def output_sent(self, call: FunctionCall) -> None:
@@ -146,13 +159,3 @@ class SessionToolHandler:
             await self._dispatcher.mark_injected(self._session_id, call.call_id)
         except Exception:
             logger.exception("could not mark output sent session_id=%s", self._session_id)
-
-
-def _call(row: ToolCall) -> FunctionCall:
-    return FunctionCall(
-        call_id=row.call_id,
-        name=row.tool,
-        arguments=row.arguments,
-        response_id=row.response_id or "",
-        item_id=row.item_id,
-    )

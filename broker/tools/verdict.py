@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from broker.audit.records import AuditEntry
 from broker.db import queries
 from broker.db.models import ToolPath
 from broker.tools.breaker import CircuitBreakers, Permit, Refusal
@@ -22,6 +23,7 @@ from broker.tools.call_ids import printable
 from broker.tools.codes import ToolErrorCode
 from broker.tools.ledger import MAX_TOOL_NAME, record_call
 from broker.tools.policy import decide, error_output
+from broker.tools.redaction import CallRedaction
 from broker.tools.registry import ToolRegistry, ToolSpec
 
 logger = logging.getLogger(__name__)
@@ -34,6 +36,10 @@ class Denied:
     output: str
     """The error output the model is told."""
     budget_spent: bool | None = None
+    allowlist: frozenset[str] | None = None
+    """The session's allowlist as applied (``None``: the session is gone)."""
+    requested: AuditEntry | None = None
+    """The call's ``tool.requested`` record when this transaction recorded it."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,10 @@ class Granted:
     permit: Permit
     """The breaker's admission: told how the call went, or released if it never ran."""
     budget_spent: bool
+    allowlist: frozenset[str]
+    """The session's allowlist as applied (the grant's policy, in its audit record)."""
+    requested: AuditEntry | None = None
+    """The call's ``tool.requested`` record when this transaction recorded it."""
 
 
 Verdict = Denied | Granted
@@ -55,6 +65,7 @@ async def decide_call(
     s: queries.Executor,
     registry: ToolRegistry,
     breakers: CircuitBreakers,
+    redaction: CallRedaction,
     *,
     session_id: str,
     allowed_tools: Collection[str],
@@ -68,34 +79,69 @@ async def decide_call(
     """Record, claim and decide the call in ``s``; ``None`` if another claimant has it.
 
     A :class:`Denied` call is still ``running`` in ``s``: the caller settles it in the same
-    transaction.
+    transaction, and adds the audit records there (:attr:`Denied.requested`, when this
+    transaction recorded the call; a :class:`Granted` call's, likewise).
     """
     # First, so that every grant of the session serializes behind it (broker.tools.budget).
     session = await queries.lock_session_for_tools(s, session_id)
+    requested: AuditEntry | None = None
     claimed = await queries.claim_tool_call_returning(s, session_id, call_id, path)
     if claimed is None:
         # New (the bridge's first report, or a sideband whose early record failed), or
         # someone else's: record it (a no-op if it exists) and try once more.
-        await record_call(s, session_id, call_id, tool, arguments, path, response_id, item_id)
+        requested = await record_call(
+            s, redaction, session_id, call_id, tool, arguments, path, response_id, item_id
+        )
         claimed = await queries.claim_tool_call_returning(s, session_id, call_id, path)
         if claimed is None:
             return None
-    # The recorded tool and arguments run: a later reporter cannot swap them.
-    tool, arguments, disabled = claimed.tool, claimed.arguments, bool(claimed.disabled)
+    # The recorded tool and arguments run: a later reporter cannot swap them. A redacting
+    # tool's arguments are opened from their sealed copy here, only to be checked and run.
+    tool, disabled = claimed.tool, bool(claimed.disabled)
+    arguments = redaction.opened(session_id, call_id, claimed.arguments, claimed.arguments_sealed)
     # Escaped: a name the policy is about to deny may hold anything the model (or a
     # page, on the bridge) sent, line breaks included.
     log_extra = f"session_id={session_id} call_id={call_id} tool={printable(tool, MAX_TOOL_NAME)}"
     if session is None:
-        return _denial(log_extra, tool, ToolErrorCode.SESSION_NOT_FOUND, "the session is gone")
-    limits = ToolLimits(
-        session.max_tool_calls, session.max_concurrent_tools, session.max_argument_bytes
-    )
-    decision = decide(
+        return _denial(
+            log_extra, tool, ToolErrorCode.SESSION_NOT_FOUND, "the session is gone", requested
+        )
+    allowlist = frozenset(session.tools).intersection(allowed_tools)
+    verdict = await _checked(
+        s,
         registry,
-        frozenset(session.tools).intersection(allowed_tools),
-        tool,
-        arguments,
-        max_argument_bytes=limits.max_argument_bytes,
+        breakers,
+        session_id=session_id,
+        call_id=call_id,
+        tool=tool,
+        arguments=arguments,
+        disabled=disabled,
+        limits=ToolLimits(
+            session.max_tool_calls, session.max_concurrent_tools, session.max_argument_bytes
+        ),
+        allowlist=allowlist,
+        log_extra=log_extra,
+    )
+    return replace(verdict, allowlist=allowlist, requested=requested)
+
+
+async def _checked(
+    s: queries.Executor,
+    registry: ToolRegistry,
+    breakers: CircuitBreakers,
+    *,
+    session_id: str,
+    call_id: str,
+    tool: str,
+    arguments: str,
+    disabled: bool,
+    limits: ToolLimits,
+    allowlist: frozenset[str],
+    log_extra: str,
+) -> Verdict:
+    """The checks after the claim, in their order (the module docstring)."""
+    decision = decide(
+        registry, allowlist, tool, arguments, max_argument_bytes=limits.max_argument_bytes
     )
     if not decision.allowed:
         assert decision.code is not None and decision.message is not None
@@ -146,6 +192,7 @@ async def decide_call(
         decision.arguments,
         permit,
         budget_spent=started > limits.max_tool_calls,
+        allowlist=allowlist,
     )
 
 
@@ -154,8 +201,9 @@ def _denial(
     tool: str,
     code: ToolErrorCode,
     message: str,
+    requested: AuditEntry | None = None,
     *,
     budget_spent: bool | None = None,
 ) -> Denied:
     logger.warning("tool call denied %s code=%s", log_extra, code)
-    return Denied(tool, code, error_output(code, message), budget_spent)
+    return Denied(tool, code, error_output(code, message), budget_spent, requested=requested)

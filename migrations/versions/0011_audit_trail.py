@@ -1,7 +1,11 @@
 """audit trail: the signed, hash-chained audit records, their outbox, head and public keys
 
-Additive only (four new tables), so a broker of the previous release keeps working on a
-database upgraded to this revision during a rolling deploy (it records no audit entries).
+Also ``tool_calls.arguments_sealed`` and ``output_sealed``: the raw arguments and output of
+a tool with redacted fields, sealed (the visible columns hold them redacted).
+
+Additive only (four new tables, two nullable columns), so a broker of the previous release
+keeps working on a database upgraded to this revision during a rolling deploy (it records
+no audit entries).
 
 Revision ID: 0011
 Revises: 0010
@@ -76,9 +80,14 @@ def upgrade() -> None:
         sa.Column("added_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("key_id", name=op.f("pk_audit_keys")),
     )
+    op.add_column("tool_calls", sa.Column("arguments_sealed", sa.Text(), nullable=True))
+    op.add_column("tool_calls", sa.Column("output_sealed", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("tool_calls") as batch:
+        batch.drop_column("output_sealed")
+        batch.drop_column("arguments_sealed")
     op.drop_table("audit_keys")
     op.drop_table("audit_head")
     op.drop_index("ix_audit_records_at", table_name="audit_records")

@@ -118,23 +118,28 @@ async def _seen_and_run(dispatcher: ToolDispatcher, call_id: str, tool: str = "n
 async def test_a_seen_call_is_decided_in_one_transaction_and_settled_in_another(
     any_db_url: str, tmp_path: Path
 ) -> None:
-    """Seen: one INSERT. Final: the lock, the claim, the count and the grant commit together
-    (``running`` and ``allowed`` durable before the tool runs), then one UPDATE settles the
-    outcome with the output's item id (before anything is sent)."""
+    """Seen: one INSERT, and its ``tool.requested`` audit record's. Final: the lock, the claim,
+    the count and the grant commit together (``running`` and ``allowed`` durable before the
+    tool runs), then one UPDATE settles the outcome with the output's item id (before
+    anything is sent), with its ``tool.succeeded`` record's INSERT."""
     async with _dispatcher(any_db_url, tmp_path) as (dispatcher, engine, _):
         with _counting(engine) as seen:
             inserted = await dispatcher.record_seen(
                 SESSION, "call_1", "noop", "{}", SIDEBAND, "resp_1", "item_1"
             )
         assert inserted is True
-        assert (seen.statements, seen.commits) == (["INSERT INTO tool_calls"], 1)
+        assert (seen.statements, seen.commits) == (
+            ["INSERT INTO tool_calls", "INSERT INTO audit_pending"],
+            1,
+        )
 
         with _counting(engine) as final:
             outcome = await dispatcher.run(
                 SESSION, ["noop"], "call_1", "noop", "{}", SIDEBAND, "resp_1", item_id="item_1"
             )
         assert final.commits == 2
-        assert len(final.statements) == 5, final.statements
+        assert len(final.statements) == 6, final.statements
+        assert final.statements[-1] == "INSERT INTO audit_pending", final.statements
         assert outcome.executed_now and outcome.status is ToolCallStatus.SUCCEEDED
         assert outcome.budget_spent is False
 

@@ -88,7 +88,9 @@ from broker.db.queries.sessions import (
 )
 from broker.db.queries.tool_calls import (
     answered_outputs,
+    cancel_tool_call,
     claim_tool_call_returning,
+    delivered_outputs,
     get_tool_call,
     list_tool_calls,
     mark_injected,
@@ -113,6 +115,7 @@ __all__ = [
     "wait_for_locks_at_most",
     "calls_leased_to",
     "answered_outputs",
+    "cancel_tool_call",
     "handed_over_at",
     "SESSION_ENDED",
     "Executor",
@@ -125,6 +128,7 @@ __all__ = [
     "claim_tool_call_returning",
     "claim_webhook",
     "coalescible_spent",
+    "delivered_outputs",
     "disable_tool",
     "disabled_tools",
     "due_webhooks",

@@ -58,6 +58,24 @@ async def settle_tool_call(
     return changed(result)
 
 
+async def cancel_tool_call(
+    s: AsyncSession, session_id: str, call_id: str, *, error: str
+) -> str | None:
+    """``pending → cancelled`` (the call will never run); its tool if this changed it."""
+    result = await s.execute(
+        update(ToolCall)
+        .where(
+            ToolCall.session_id == session_id,
+            ToolCall.call_id == call_id,
+            ToolCall.status == ToolCallStatus.PENDING,
+        )
+        .values(status=ToolCallStatus.CANCELLED, finished_at=utcnow(), error=error)
+        .returning(ToolCall.tool)
+    )
+    tool = result.scalar()
+    return None if tool is None else str(tool)
+
+
 async def reset_tool_call(s: AsyncSession, session_id: str, call_id: str) -> bool:
     """``running → pending`` (an idempotent call a crash interrupted runs again)."""
     result = await s.execute(
@@ -89,6 +107,7 @@ _CLAIM_RETURNING: Final = (
     .returning(
         TOOL_CALLS.c.tool,
         TOOL_CALLS.c.arguments,
+        TOOL_CALLS.c.arguments_sealed,
         # The kill switch, read in the claim itself: a switch committed before this
         # statement denies the call, in every process, with no cache to go stale.
         exists().where(DISABLED_TOOLS.c.tool == TOOL_CALLS.c.tool).label("disabled"),
@@ -105,8 +124,11 @@ _MARK_INJECTED: Final = (
     .where(
         TOOL_CALLS.c.session_id == bindparam("b_session_id"),
         TOOL_CALLS.c.call_id == bindparam("b_call_id"),
+        # Once: the first mark is when the output reached the provider (and is audited).
+        TOOL_CALLS.c.injected_at.is_(None),
     )
     .values(injected_at=bindparam("b_at", type_=_AT_TYPE))
+    .returning(TOOL_CALLS.c.tool, TOOL_CALLS.c.output_item_id)
 )
 
 _RECORD_COLUMNS: Final = (
@@ -114,6 +136,7 @@ _RECORD_COLUMNS: Final = (
     "call_id",
     "tool",
     "arguments",
+    "arguments_sealed",
     "status",
     "seen_by",
     "response_id",
@@ -159,8 +182,12 @@ async def record_tool_call(
     response_id: str | None,
     item_id: str | None,
     max_calls: int,
+    arguments_sealed: str | None = None,
 ) -> bool | None:
     """Insert a ``pending`` call unless it exists, within the session's cap of recorded calls.
+
+    ``arguments`` as shown (a redacting tool's redacted), ``arguments_sealed`` the raw ones
+    sealed (:mod:`broker.tools.redaction`).
 
     Returns ``True`` if inserted, ``False`` if the call was already recorded (the first
     reporter's tool and arguments stand), ``None`` if it is absent and the session already
@@ -173,6 +200,7 @@ async def record_tool_call(
             "b_call_id": call_id,
             "b_tool": tool,
             "b_arguments": arguments,
+            "b_arguments_sealed": arguments_sealed,
             "b_status": str(ToolCallStatus.PENDING),
             "b_seen_by": str(seen_by),
             "b_response_id": response_id,
@@ -192,8 +220,8 @@ async def claim_tool_call_returning(
 ) -> Row[Any] | None:
     """``pending → running`` for exactly one claimant.
 
-    Returns the recorded ``(tool, arguments, disabled)`` if this caller won (``disabled``:
-    an operator has switched the tool off), else ``None``.
+    Returns the recorded ``(tool, arguments, arguments_sealed, disabled)`` if this caller
+    won (``disabled``: an operator has switched the tool off), else ``None``.
     """
     result = await s.execute(
         _CLAIM_RETURNING,
@@ -218,6 +246,7 @@ _SETTLE: Final = (
         status=bindparam("b_status"),
         finished_at=bindparam("b_now", type_=_AT_TYPE),
         output=bindparam("b_output"),
+        output_sealed=bindparam("b_output_sealed", type_=String),
         error=bindparam("b_error"),
         # None keeps what the row says (e.g. the decision the grant wrote).
         decision=func.coalesce(bindparam("b_decision", type_=String), TOOL_CALLS.c.decision),
@@ -239,10 +268,12 @@ async def settle_tool_call_fast(
     error: str | None,
     decision: str | None = None,
     output_item_id: str | None = None,
+    output_sealed: str | None = None,
 ) -> bool:
     """:func:`settle_tool_call` from one status, with the outcome; one prepared statement.
 
-    ``decision`` and ``output_item_id`` left ``None`` keep what the row says.
+    ``decision`` and ``output_item_id`` left ``None`` keep what the row says. ``output`` as
+    shown; ``output_sealed`` the raw one sealed, for a redacting tool.
     """
     result = await s.execute(
         _SETTLE,
@@ -253,6 +284,7 @@ async def settle_tool_call_fast(
             "b_status": str(status),
             "b_now": utcnow(),
             "b_output": output,
+            "b_output_sealed": output_sealed,
             "b_error": error,
             "b_decision": decision,
             "b_output_item_id": output_item_id,
@@ -261,8 +293,15 @@ async def settle_tool_call_fast(
     return changed(result)
 
 
-async def mark_injected(s: Executor, session_id: str, call_id: str, at: datetime) -> None:
-    await s.execute(_MARK_INJECTED, {"b_session_id": session_id, "b_call_id": call_id, "b_at": at})
+async def mark_injected(
+    s: Executor, session_id: str, call_id: str, at: datetime
+) -> tuple[str, str | None] | None:
+    """Note the output delivered; ``(tool, output_item_id)`` the first time, else ``None``."""
+    result = await s.execute(
+        _MARK_INJECTED, {"b_session_id": session_id, "b_call_id": call_id, "b_at": at}
+    )
+    row = result.first()
+    return None if row is None else (row.tool, row.output_item_id)
 
 
 # ---- after a crash or a reconnect, and for the ops views ------------------------------------
@@ -325,10 +364,16 @@ async def answered_outputs(s: AsyncSession, session_id: str) -> list[tuple[str, 
     """``(call_id, output)`` of the session's settled calls whose output was delivered.
 
     What a new owner of the call must not take for forgeries when their echoes reach it, nor
-    run again.
+    run again. A redacting tool's output is as shown; :func:`delivered_outputs` has it
+    sealed too (:meth:`broker.tools.ledger.CallLedger.answered_outputs` opens it).
     """
+    return [(call_id, output) for call_id, output, _ in await delivered_outputs(s, session_id)]
+
+
+async def delivered_outputs(s: AsyncSession, session_id: str) -> list[tuple[str, str, str | None]]:
+    """:func:`answered_outputs` with each one's ``output_sealed``."""
     rows = await s.execute(
-        select(ToolCall.call_id, ToolCall.output).where(
+        select(ToolCall.call_id, ToolCall.output, ToolCall.output_sealed).where(
             ToolCall.session_id == session_id,
             ToolCall.output.is_not(None),
             # Delivered: an undelivered one is the resync's to look up and send.
@@ -342,4 +387,4 @@ async def answered_outputs(s: AsyncSession, session_id: str) -> list[tuple[str, 
             ),
         )
     )
-    return [(row.call_id, row.output) for row in rows if row.output is not None]
+    return [(row.call_id, row.output, row.output_sealed) for row in rows if row.output is not None]

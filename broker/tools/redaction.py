@@ -1,0 +1,95 @@
+"""A tool's ``redact`` fields applied to its calls: what a row shows, what it keeps sealed.
+
+For a tool with ``redact`` fields (:mod:`broker.tools.registry`), the ``tool_calls`` row's
+``arguments`` and ``output`` hold the redacted text (each field a keyed hash,
+:class:`~broker.audit.redaction.FieldRedactor`), which the API and the audit trail show;
+``arguments_sealed`` and ``output_sealed`` hold the raw text sealed under the call's
+``"<session_id>:<call_id>"``, opened only to run the call (or, for an output, to send it to
+the model, again after a restart). A tool without them is stored as it always was: nothing
+sealed, nothing changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from broker.audit.redaction import FieldRedactor, SealError
+from broker.tools.registry import ToolRegistry
+
+__all__ = ["CallRedaction", "seal_context"]
+
+
+def seal_context(session_id: str, call_id: str) -> str:
+    """What a call's sealed values are bound to: opened for another call, they fail."""
+    return f"{session_id}:{call_id}"
+
+
+class CallRedaction:
+    """The registry's ``redact`` fields with the broker's redactor.
+
+    Raises:
+        ValueError: a tool has ``redact`` fields and there is no redactor (its arguments
+            would otherwise be kept in clear).
+    """
+
+    def __init__(self, registry: ToolRegistry, redactor: FieldRedactor | None) -> None:
+        self._fields: dict[str, frozenset[str]] = {
+            name: spec.redact for name, spec in registry.items() if spec.redact
+        }
+        if self._fields and redactor is None:
+            raise ValueError(
+                "tools with redact fields need a redactor: " + ", ".join(sorted(self._fields))
+            )
+        self._redactor = redactor
+
+    @property
+    def active(self) -> bool:
+        """Whether any tool redacts anything."""
+        return bool(self._fields)
+
+    @property
+    def redactor(self) -> FieldRedactor | None:
+        return self._redactor
+
+    def fields(self, tool: str) -> frozenset[str]:
+        return self._fields.get(tool, frozenset())
+
+    def by_tool(self) -> Mapping[str, frozenset[str]]:
+        return dict(self._fields)
+
+    def shown(self, tool: str, text: str) -> str:
+        """``text`` (arguments or an output) as stored and shown."""
+        fields = self.fields(tool)
+        if not fields or self._redactor is None:
+            return text
+        return self._redactor.redact_json_text(text, fields)
+
+    def shown_value(self, tool: str, value: Any) -> Any:
+        """A parsed value (e.g. for an audit body) with ``tool``'s fields redacted."""
+        fields = self.fields(tool)
+        if not fields or self._redactor is None:
+            return value
+        return self._redactor.redact(value, fields)
+
+    def stored(self, session_id: str, call_id: str, tool: str, text: str) -> tuple[str, str | None]:
+        """``(shown, sealed)``: what a row keeps of ``text``; ``sealed`` is ``None`` if clear."""
+        fields = self.fields(tool)
+        if not fields or self._redactor is None:
+            return text, None
+        return (
+            self._redactor.redact_json_text(text, fields),
+            self._redactor.seal(text, seal_context(session_id, call_id)),
+        )
+
+    def opened(self, session_id: str, call_id: str, shown: str, sealed: str | None) -> str:
+        """The raw text of a row's value: the sealed copy opened, or the shown one if none.
+
+        Raises:
+            SealError: the sealed copy does not open (another redaction key, or altered).
+        """
+        if sealed is None:
+            return shown
+        if self._redactor is None:
+            raise SealError("a sealed value and no redactor to open it")
+        return self._redactor.unseal(sealed, seal_context(session_id, call_id))
