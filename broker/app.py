@@ -173,6 +173,7 @@ async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
     await trail.start()
     app[app_state.AUDIT] = trail
     app[app_state.REDACTOR] = FieldRedactor(settings.redaction_secret)
+    app[app_state.METRICS].track_audit(lambda: trail.chained, lambda: trail.pending)
     chaining = asyncio.create_task(trail.run(), name="audit-chainer")
     logger.info("audit trail signing key_id=%s", signer.key_id)
     try:
@@ -197,6 +198,7 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
             http,
             config,
             on_attempt=app[app_state.METRICS].webhook_attempt,
+            audit_head=app[app_state.AUDIT].current_head,
         )
         app[app_state.WEBHOOKS] = sender
         sender.start()

@@ -28,7 +28,7 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from broker.session.end_reason import EndReason
 from broker.version import VERSION
@@ -188,6 +188,38 @@ class _Scraped:
             # ``collect`` builds new Metric objects on each call: trimming them is safe.
             metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
             yield metric
+
+
+class _AuditReadings:
+    """The audit chainer's numbers, read at each scrape from the chainer's own counts.
+
+    A collector rather than a ``Counter``: the chainer (``broker.audit.trail``) keeps its
+    count as a plain attribute (the benchmark reads it too), and a counter here would be a
+    second copy to keep in step.
+    """
+
+    def __init__(self) -> None:
+        self.chained: Callable[[], float] = lambda: 0.0
+        self.pending: Callable[[], float] = lambda: 0.0
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(0.0, 0.0)
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self.chained(), self.pending())
+
+    @staticmethod
+    def _families(chained: float, pending: float) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            f"{NAMESPACE}_audit_records_chained",
+            "Audit records this instance chained and signed (moved from the outbox).",
+            value=chained,
+        )
+        yield GaugeMetricFamily(
+            f"{NAMESPACE}_audit_pending",
+            "Audit records waiting in the outbox to be chained, as the chainer last counted.",
+            value=pending,
+        )
 
 
 class BrokerMetrics:
@@ -409,6 +441,8 @@ class BrokerMetrics:
             namespace=NAMESPACE,
             registry=registry,
         )
+        self._audit = _AuditReadings()
+        registry.register(self._audit)
         # Known label values start at zero, so a rate() over them works from the first event.
         for cap in EventCap:
             self._events_dropped.labels(cap.value)
@@ -602,6 +636,11 @@ class BrokerMetrics:
     def overload_refused(self, reason: str) -> None:
         """Count one session creation or offer refused with 503 ``overloaded``."""
         self._overload_refusals.labels(reason).inc()
+
+    def track_audit(self, chained: Callable[[], float], pending: Callable[[], float]) -> None:
+        """Read the audit chainer's count of records chained and of records pending."""
+        self._audit.chained = chained
+        self._audit.pending = pending
 
     def webhook_attempt(self, outcome: str) -> None:
         """Count one webhook delivery attempt (``delivered``, ``retry`` or ``failed``)."""

@@ -24,12 +24,14 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
+from urllib.parse import quote
 
 from aiohttp import web
 
 from broker import app_state
 from broker.api._auth import api_principal
 from broker.api._times import iso
+from broker.api.public_urls import public_base_url
 from broker.api.schemas import AuditCheckpoint, AuditKeyList, AuditPage, respond
 from broker.audit.records import AuditKind, at_text
 from broker.auth.principals import Scope
@@ -41,6 +43,7 @@ MAX_LIMIT: Final = 500
 MAX_TEXT: Final = 200
 """The longest filter value taken (ids, tool names and actors are far shorter)."""
 CURSOR_PREFIX: Final = "seq:"
+AUDIT_PATH: Final = "/api/v1/audit"
 _PARAMS: Final = frozenset(
     {"session_id", "tool", "kind", "actor", "decision", "since", "until", "limit", "cursor"}
 )
@@ -98,6 +101,11 @@ def _kinds(query: Any) -> tuple[str, ...]:
         # The known kinds, not the unknown ones: input is not echoed.
         raise _bad("kind", f"kind must be among: {', '.join(sorted(_KINDS))}")
     return tuple(dict.fromkeys(kinds))
+
+
+def session_audit_url(request: web.Request, session_id: str) -> str:
+    """The session detail's ``audit_url``: absolute, from ``BROKER_PUBLIC_URL``."""
+    return f"{public_base_url(request)}{AUDIT_PATH}?session_id={quote(session_id, safe='')}"
 
 
 def encode_cursor(seq: int) -> str:
@@ -175,9 +183,7 @@ async def list_audit_keys(request: web.Request) -> web.Response:
 
 async def audit_head(request: web.Request) -> web.Response:
     (await api_principal(request)).require(Scope.AUDIT_READ)
-    trail = request.app[app_state.AUDIT]
-    await trail.chain_pending()
-    checkpoint = await trail.head()
+    checkpoint = await request.app[app_state.AUDIT].current_head()
     if checkpoint is None:
         # Not a null body: a checkpoint is something to pin, and there is nothing to pin yet.
         raise NotFoundError("audit_empty", "nothing has been chained yet")

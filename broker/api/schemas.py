@@ -159,6 +159,9 @@ class SessionDetail(_Out):
     usage: UsageOut
     tool_calls: list[ToolCallRecord]
     transcript: list[TranscriptTurn | TranscriptToolCall]
+    audit_url: str = Field(
+        description="The session's audit records (``GET /api/v1/audit``, ``audit:read``)."
+    )
 
 
 class EventCounts(_Out):

@@ -11,6 +11,7 @@ from broker import app_state
 from broker.api._auth import api_principal, browser_principal
 from broker.api._bodies import read_body, read_json, require_content_type
 from broker.api._times import iso
+from broker.api.audit import session_audit_url
 from broker.api.public_urls import session_urls
 from broker.api.schemas import (
     BridgeResult,
@@ -169,7 +170,12 @@ async def get_session(request: web.Request) -> web.Response:
     # outputs from ones a page forged (broker.record.transcript).
     lines = await transcript.load(request.app[app_state.SESSIONMAKER], row.id, calls)
     # Validated on the way out: a field the document does not declare is a bug found here.
-    detail = {**_session_json(row), "tool_calls": _tool_calls(calls), "transcript": lines}
+    detail = {
+        **_session_json(row),
+        "tool_calls": _tool_calls(calls),
+        "transcript": lines,
+        "audit_url": session_audit_url(request, row.id),
+    }
     return respond(SessionDetail.model_validate(detail))
 
 

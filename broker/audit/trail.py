@@ -142,6 +142,8 @@ class AuditTrail:
         self._published_at = 0.0
         self.chained = 0
         """Records this instance chained (for metrics and the benchmark)."""
+        self.pending = 0
+        """Records left in the outbox after this instance's last batch (for a metric)."""
 
     async def start(self) -> None:
         """Publish this instance's public key (a new key is itself an audit record)."""
@@ -188,6 +190,7 @@ class AuditTrail:
     async def _chain_batch(self) -> int:
         async with self._sessionmaker() as s:
             if not await audit_queries.any_audit_pending(s):
+                self.pending = 0
                 return 0
         async with (
             WriteGate.of(self._sessionmaker).turn(urgent=False),
@@ -196,10 +199,17 @@ class AuditTrail:
             head = await audit_queries.lock_audit_head(s)
             rows = await audit_queries.pending_audit_entries(s, self._batch)
             if not rows:
+                self.pending = 0
                 return 0
             records = chain(self.signer, head, rows)
             await audit_queries.store_chained(s, records, [row.id for row in rows])
         self.chained += len(records)
+        # A short batch emptied the outbox as it stood. A full one may have left more: that is
+        # counted, outside the head's lock (an idle poll stays one `SELECT … LIMIT 1`).
+        self.pending = 0
+        if len(records) == self._batch:
+            async with self._sessionmaker() as s:
+                self.pending = await audit_queries.count_audit_pending(s)
         return len(records)
 
     async def head(self) -> Checkpoint | None:
@@ -207,6 +217,15 @@ class AuditTrail:
         async with self._sessionmaker() as s:
             record = await audit_queries.audit_head(s)
         return None if record is None else checkpoint_of(record, at_text())
+
+    async def current_head(self) -> Checkpoint | None:
+        """The head once every pending record is chained.
+
+        What an action that already returned is under: the API's head and the
+        ``session.ended`` webhook publish it.
+        """
+        await self.chain_pending()
+        return await self.head()
 
     async def publish_checkpoint(self, *, force: bool = False) -> Checkpoint | None:
         """Append the head to the checkpoint file if it moved and the interval passed."""

@@ -22,6 +22,12 @@ one event carries the same ``Webhook-Id`` and byte-identical body: receivers dro
 
 The body is rendered at the first attempt (the session's final usage and tool-call counts)
 and stored, so every retry signs and sends the same bytes (:mod:`broker.webhooks.signature`).
+
+**A checkpoint outside the database.** The body also carries ``audit_head``: the audit
+chain's signed head when it was rendered (pending records chained first, so the session's
+own records are under it), or ``null`` while the chain is empty. Every receiver thus keeps
+a checkpoint the broker's database cannot take back: ``broker audit verify --expect-head``
+detects a chain cut off before it (:mod:`broker.audit.trail`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import json
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -43,6 +49,7 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker import tracing
+from broker.audit.verify import Checkpoint
 from broker.db import queries
 from broker.db.models import SessionRow, WebhookDelivery, WebhookStatus, utcnow
 from broker.db.shielded import ShieldedWrites
@@ -177,13 +184,30 @@ def _iso(value: datetime | None) -> str | None:
     return aware.isoformat() if aware is not None else None
 
 
+def audit_head_json(checkpoint: Checkpoint | None) -> dict[str, Any] | None:
+    """The body's ``audit_head``: what ``verify --expect-head`` needs (``null``: empty chain)."""
+    if checkpoint is None:
+        return None
+    return {
+        "seq": checkpoint.seq,
+        "hash": checkpoint.hash,
+        "key_id": checkpoint.key_id,
+        "signature": checkpoint.signature,
+        "at": checkpoint.at,
+    }
+
+
 def render_session_ended(
-    delivery: WebhookDelivery, row: SessionRow, tool_calls: dict[str, int]
+    delivery: WebhookDelivery,
+    row: SessionRow,
+    tool_calls: dict[str, int],
+    audit_head: Checkpoint | None = None,
 ) -> str:
     """The ``session.ended`` body: compact JSON (sent byte for byte on every attempt).
 
     ``started_at`` is when the call went live (``null`` if it never did, e.g. a failed
-    offer); ``duration_s`` runs from then to ``ended_at`` (0 without a call).
+    offer); ``duration_s`` runs from then to ``ended_at`` (0 without a call); ``audit_head``
+    is the audit chain's signed head as the body was rendered (``null`` if empty).
     """
     started, ended = _aware(row.live_at), _aware(row.ended_at)
     duration = (ended - started).total_seconds() if started and ended else 0.0
@@ -202,6 +226,7 @@ def render_session_ended(
             "duration_s": round(max(0.0, duration), 3),
             "usage": Usage.from_columns(row).as_json(),
             "tool_calls": {outcome: tool_calls.get(outcome, 0) for outcome in TOOL_CALL_OUTCOMES},
+            "audit_head": audit_head_json(audit_head),
         },
     }
     return json.dumps(body, separators=(",", ":"))
@@ -217,6 +242,8 @@ class WebhookSender:
         poll_s: the longest pause between looks at the outbox.
         rand: the jitter's source of randomness (tests pin it).
         on_attempt: told each attempt's outcome (the metric); never raises.
+        audit_head: the audit chain's head, pending records chained first (the body's
+            ``audit_head``); ``None``: the bodies carry ``null``.
     """
 
     def __init__(
@@ -228,6 +255,7 @@ class WebhookSender:
         poll_s: float = POLL_S,
         rand: Callable[[], float] = random.random,
         on_attempt: Callable[[str], None] = lambda outcome: None,
+        audit_head: Callable[[], Awaitable[Checkpoint | None]] | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._http = http
@@ -235,6 +263,7 @@ class WebhookSender:
         self._poll_s = poll_s
         self._rand = rand
         self._on_attempt = on_attempt
+        self._audit_head = audit_head
         self._lease = timedelta(seconds=config.timeout_s + LEASE_MARGIN_S)
         self._task: asyncio.Task[None] | None = None
         self._writes = ShieldedWrites()
@@ -361,11 +390,13 @@ class WebhookSender:
     async def _body(self, delivery: WebhookDelivery) -> bytes:
         """The delivery's body: rendered and stored at its first attempt, then reused."""
         if delivery.payload is None:
+            # Before the body's transaction: chaining takes the head's lock in one of its own.
+            head = await self._audit_head() if self._audit_head is not None else None
             async with self._sessionmaker.begin() as s:
                 row = await queries.get_session_row(s, delivery.session_id)
                 assert row is not None  # the foreign key cascades: no row, no delivery
                 counts = await queries.tool_call_counts(s, row.id)
-                delivery.payload = render_session_ended(delivery, row, counts)
+                delivery.payload = render_session_ended(delivery, row, counts, head)
                 await queries.finish_webhook_attempt(s, delivery.id, payload=delivery.payload)
         return delivery.payload.encode()
 

@@ -21,6 +21,7 @@ from broker.audit.records import AuditEntry, AuditKind, ChainedRecord
 from broker.audit.signing import PublicKeys, public_key_from_pem
 from broker.audit.verify import Checkpoint, verify_records
 from tests.support.broker_server import RunningBroker
+from tests.support.metrics import moved, scrape, value
 
 
 def _id(prefix: str) -> str:
@@ -278,3 +279,28 @@ async def test_an_empty_chain_has_no_head(broker: RunningBroker) -> None:
     reply = await broker.request("GET", "/api/v1/audit/head")
     assert (reply.status, reply.code) == (404, "audit_empty")
     assert await _get(broker, "/api/v1/audit") == {"records": [], "next_cursor": None}
+
+
+async def test_the_session_detail_links_to_its_audit_records(broker: RunningBroker) -> None:
+    session = await broker.create_session(tools=["lookup_order"])
+    await _append(broker, _entry(AuditKind.TOOL_REQUESTED, session["id"], tool="lookup_order"))
+    detail = await broker.get_session(session["id"])
+    url = detail["audit_url"]
+    # Absolute, like the create reply's URLs (BROKER_PUBLIC_URL, else the address reached).
+    assert url.startswith(("http://", "https://"))
+    assert url.endswith(f"/api/v1/audit?session_id={session['id']}")
+    path = url[url.index("/api/v1/audit") :]
+    records = (await _get(broker, path))["records"]
+    assert "tool.requested" in [r["kind"] for r in records]
+    assert {r["session_id"] for r in records} == {session["id"]}
+
+
+async def test_metrics_count_what_this_instance_chained(broker: RunningBroker) -> None:
+    before = await scrape(broker)
+    await _append(broker, *(_entry(AuditKind.TOOL_REQUESTED, _id("sess_m")) for _ in range(4)))
+    await _get(broker, "/api/v1/audit/head")  # chains what is pending
+    after = await scrape(broker)
+    assert moved(before, after, "broker_audit_records_chained_total") >= 4
+    assert value(after, "broker_audit_records_chained_total") == broker.app[app_state.AUDIT].chained
+    assert ("broker_audit_pending", frozenset()) in after
+    assert value(after, "broker_audit_pending") == 0

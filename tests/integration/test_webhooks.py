@@ -22,6 +22,8 @@ import pytest
 from sqlalchemy import select
 
 from broker import app_state
+from broker.api.audit import encode_cursor
+from broker.audit.signing import public_key_from_pem
 from broker.db.models import SessionState, WebhookDelivery
 from broker.session.end_reason import EndReason
 from broker.session.ending import end_session
@@ -116,6 +118,26 @@ def assert_no_secret(broker: RunningBroker, caplog: pytest.LogCaptureFixture) ->
         assert all(WEBHOOK_SECRET not in v for v in reply.headers.values())
 
 
+async def assert_audit_head(broker: RunningBroker, session_id: str, head: Any) -> None:
+    """``audit_head`` is a checkpoint of the chain: a record the API serves, signed by a key
+    ``/api/v1/audit/keys`` publishes, and the session's own ``session.ended`` is under it."""
+    assert set(head) == {"seq", "hash", "key_id", "signature", "at"}
+    keys = (await broker.request("GET", "/api/v1/audit/keys")).json()["keys"]
+    [pem] = [k["public_key"] for k in keys if k["key_id"] == head["key_id"]]
+    public_key_from_pem(pem).verify(bytes.fromhex(head["signature"]), bytes.fromhex(head["hash"]))
+    after = encode_cursor(head["seq"] - 1)
+    reply = await broker.request("GET", f"/api/v1/audit?cursor={after}&limit=1")
+    [record] = reply.json()["records"]
+    assert (record["seq"], record["hash"], record["signature"]) == (
+        head["seq"],
+        head["hash"],
+        head["signature"],
+    )
+    own = (await broker.request("GET", f"/api/v1/audit?session_id={session_id}")).json()
+    ended = [r["seq"] for r in own["records"] if r["kind"] == "session.ended"]
+    assert all(seq <= head["seq"] for seq in ended)
+
+
 async def test_a_call_the_browser_hangs_up_is_announced_once_signed_with_its_usage(
     make_broker: BrokerFactory, receiver: WebhookReceiver, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -149,6 +171,7 @@ async def test_a_call_the_browser_hangs_up_is_announced_once_signed_with_its_usa
     assert data["usage"]["responses"] == 3  # the call, the tool's answer, the echo
     assert data["tool_calls"] == {"succeeded": 1, "failed": 0, "denied": 0, "cancelled": 0}
     assert datetime.fromisoformat(payload["created_at"]) <= datetime.now(UTC)
+    await assert_audit_head(broker, session["id"], data["audit_head"])
 
     await asyncio.sleep(QUIET_S)
     assert len(receiver.deliveries) == 1

@@ -28,6 +28,10 @@ async def any_audit_pending(s: Executor) -> bool:
     return (await s.execute(select(AUDIT_PENDING.c.id).limit(1))).first() is not None
 
 
+async def count_audit_pending(s: Executor) -> int:
+    return int((await s.execute(select(func.count()).select_from(AUDIT_PENDING))).scalar_one())
+
+
 async def lock_audit_head(s: Executor) -> tuple[int, str]:
     """The head's ``(seq, hash)``, locked until the transaction ends (PostgreSQL).
 
