@@ -24,6 +24,7 @@ from broker.audit.signing import PublicKeys
 from broker.audit.verify import verify_records
 from broker.auth.principals import hash_api_key
 from broker.db.queries.audit import AuditFilter, audit_records
+from tests.conftest import BrokerFactory
 from tests.support.broker_server import ADMIN_KEY, AUDIT_SIGNER, RunningBroker
 from tests.support.browser import FakeBrowser
 from tests.support.flow import (
@@ -53,14 +54,20 @@ async def chained(broker: RunningBroker, **where: Any) -> list[ChainedRecord]:
         after = page[-1].seq
 
 
-async def wait_record(broker: RunningBroker, kind: str, **where: Any) -> ChainedRecord:
-    """The first chained record of ``kind`` (polled: some are written by a call's task)."""
+async def wait_records(
+    broker: RunningBroker, kind: str, count: int = 1, **where: Any
+) -> list[ChainedRecord]:
+    """The chained records of ``kind``, once there are ``count`` (polled: some are written by
+    a call's task)."""
     async with asyncio.timeout(5):
-        while True:
-            found = await chained(broker, kinds=(kind,), **where)
-            if found:
-                return found[0]
+        while len(found := await chained(broker, kinds=(kind,), **where)) < count:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+    return found
+
+
+async def wait_record(broker: RunningBroker, kind: str, **where: Any) -> ChainedRecord:
+    """The first chained record of ``kind`` (polled)."""
+    return (await wait_records(broker, kind, **where))[0]
 
 
 def body(record: ChainedRecord) -> dict[str, Any]:
@@ -351,3 +358,29 @@ async def test_the_kill_switch_is_audited_with_the_operator_and_the_reason(
         ("ops.tool_enabled", "key:admin", None, {"tool": "lookup_order", "was_disabled": True}),
     ]
     verify_whole_chain(await chained(broker))
+
+
+async def test_a_handoff_between_instances_is_audited_with_both(
+    make_broker: BrokerFactory, pg_url: str
+) -> None:
+    """Two instances sharing PostgreSQL: the one stopping hands its call over, and the lease
+    passes with a ``call.handed_over`` record naming both; the successor's attach follows."""
+    first = await make_broker(database_url=pg_url, instance_id="audit-first")
+    second = await make_broker(database_url=pg_url, instance_id="audit-second")
+    session = await first.create_session(tools=["lookup_order"])
+    browser = await connect_browser(first, session)
+    try:
+        await first.close()  # a stopping instance hands its calls over
+        handed = await wait_record(second, "call.handed_over", session_id=session["id"])
+        attaches = await wait_records(
+            second, "sideband.attached", count=2, session_id=session["id"]
+        )
+    finally:
+        await browser.close()
+    assert (handed.actor, body(handed)) == (
+        "broker",
+        {"from_instance": "audit-first", "to_instance": "audit-second", "how": "handoff"},
+    )
+    assert [body(r)["instance_id"] for r in attaches] == ["audit-first", "audit-second"]
+    assert attaches[-1].seq > handed.seq
+    verify_whole_chain(await chained(second))
