@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -31,8 +32,15 @@ from typing import BinaryIO, Final, TextIO
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from broker.audit.export import database_pages, export_line, parse_export_line, read_export
+from broker.audit.export import (
+    PAGE,
+    database_pages,
+    export_line,
+    parse_export_line,
+    read_export,
+)
 from broker.audit.records import RecordFormatError, at_text
 from broker.audit.signing import (
     AuditKeyError,
@@ -42,7 +50,13 @@ from broker.audit.signing import (
 )
 from broker.audit.verify import ChainVerifier, Checkpoint, Problem, VerifyReport, checkpoint_of
 from broker.db.engine import create_engine, make_sessionmaker
-from broker.db.queries.audit import AuditFilter, audit_head, audit_keys, count_audit_records
+from broker.db.queries.audit import (
+    AuditFilter,
+    audit_head,
+    audit_keys,
+    audit_records,
+    count_audit_records,
+)
 from broker.settings import Settings, SettingsError
 
 __all__ = ["add_audit_parser", "audit_command"]
@@ -189,7 +203,7 @@ def audit_command(args: argparse.Namespace, settings: Settings) -> int:
         return CANNOT
     except SQLAlchemyError as exc:
         # The class only: a driver's message may carry the URL, and with it a password.
-        _err(f"broker audit: the database did not answer ({type(exc).__name__})")
+        _err(f"broker audit: could not read the database ({type(exc).__name__})")
         return CANNOT
 
 
@@ -375,20 +389,57 @@ async def _verify_database(
             verifier.expect(expect)
         progress = Progress(sys.stderr, total=total, unit="records", enabled=not quiet)
         try:
-            async for page in database_pages(sessionmaker):
-                for record in page:
-                    verifier.add(record)
-                    if verifier.failed:
-                        break
-                if verifier.failed:
-                    break
-                progress.update(verifier.report.records, verifier.report.records)
-            progress.update(verifier.report.records, verifier.report.records, final=True)
+            await _feed(sessionmaker, verifier, progress)
         finally:
             progress.close()
         return verifier, trust
     finally:
         await engine.dispose()
+
+
+async def _feed(
+    sessionmaker: async_sessionmaker[AsyncSession], verifier: ChainVerifier, progress: Progress
+) -> None:
+    report = verifier.report
+    try:
+        async for page in database_pages(sessionmaker):
+            for record in page:
+                verifier.add(record)
+                if verifier.failed:
+                    return
+            progress.update(report.records, report.records)
+    except SQLAlchemyError as exc:
+        await _pinpoint(sessionmaker, verifier, type(exc).__name__)
+    progress.update(report.records, report.records, final=True)
+
+
+async def _pinpoint(
+    sessionmaker: async_sessionmaker[AsyncSession], verifier: ChainVerifier, error: str
+) -> None:
+    """A page could not be read: go on one record at a time, to name the row that cannot.
+
+    A row the driver cannot even decode (bytes that are not text, written behind the
+    broker's back) is a bad record like any other, and fails at its ``seq``: the one after
+    the last record read, as far as can be told without reading it.
+    """
+    for _ in range(PAGE + 1):
+        last = verifier.report.last_seq or 0
+        try:
+            async with sessionmaker() as s:
+                records = await audit_records(s, AuditFilter(), after_seq=last, limit=1)
+        except SQLAlchemyError:
+            verifier.fail(
+                last + 1,
+                Problem.UNREADABLE,
+                f"the database cannot read the record after seq {last} ({error})",
+            )
+            return
+        if not records:
+            return
+        verifier.add(records[0])
+        if verifier.failed:
+            return
+    raise UsageError(f"reading the audit records failed after seq {last} ({error}), then not")
 
 
 def _database_keys(rows: Sequence[object]) -> PublicKeys:
@@ -481,7 +532,13 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
             raise UsageError(f"cannot write {args.output}: {exc}") from None
     else:
         sys.stdout.flush()
-        count = asyncio.run(_write_export(url, where, sys.stdout.buffer))
+        try:
+            count = asyncio.run(_write_export(url, where, sys.stdout.buffer))
+        except BrokenPipeError:
+            # `… | head`: the reader stopped. Point stdout at nothing, so the interpreter's
+            # last flush does not fail again (the Python docs' recipe for SIGPIPE).
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return BROKEN
     note = "" if where.empty else "; filtered: verify it with `broker audit verify --partial`"
     _err(f"exported {count:,} records{note}")
     return OK

@@ -53,6 +53,9 @@ def parse_export_line(raw: bytes) -> ChainedRecord:
         raise RecordFormatError(f"not JSON: {exc.msg} at column {exc.colno}") from None
     except RecursionError:
         raise RecordFormatError("not JSON: nested too deeply") from None
+    except ValueError:
+        # An integer of more digits than Python converts (sys.get_int_max_str_digits).
+        raise RecordFormatError("not JSON this verifier reads: a number too long") from None
     try:
         record = ChainedRecord.from_json(data)
         canonical = record.line()

@@ -221,6 +221,33 @@ async def test_tampering_in_the_database_fails_at_its_seq(
     assert "audit chain intact" not in run.out
 
 
+async def test_a_row_the_database_cannot_read_fails_at_its_seq(
+    sqlite_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Bytes that are not UTF-8 written into a text column: SQLite's driver refuses the
+    whole page; verify goes on a record at a time and names the row, instead of giving up."""
+    cli_environment(monkeypatch, sqlite_db_url, tmp_path)
+    async with audit_stack(sqlite_db_url, tmp_path) as made:
+        await record_sessions(made, *SESSIONS)
+    await execute(
+        sqlite_db_url, "UPDATE audit_records SET actor = CAST(X'FF' AS TEXT) WHERE seq = 13"
+    )
+    assert broken_at(await verify(capsys, made)) == (13, "unreadable")
+
+
+async def test_a_signed_erasure_record_that_is_not_an_object_announces_nothing(
+    stack: AuditStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only a holder of the key could sign it; verify still reads it without crashing."""
+    await execute(
+        stack.url,
+        "UPDATE audit_records SET kind = 'audit.erased', body = '[1]',"
+        f" body_sha256 = '{body_sha256('[1]')}' WHERE seq = 13",
+    )
+    await resign(stack.url, 13, stack.signer)
+    assert broken_at(await verify(capsys, stack)) == (14, "broken_link")
+
+
 async def test_deleting_the_first_record_fails_at_seq_1(
     stack: AuditStack, capsys: pytest.CaptureFixture[str]
 ) -> None:

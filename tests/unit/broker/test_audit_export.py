@@ -61,6 +61,7 @@ def test_a_line_reads_back_as_its_record() -> None:
         (export_line(RECORD).replace(b'"seq":1', b'"seq":true'), "seq"),
         (export_line(RECORD).replace(b"}\n", b',"x":1}\n'), "members differ"),
         (b"[" * 100_000 + b"\n", "JSON"),
+        (b'{"seq":' + b"1" * 5_000 + b"}\n", "too long"),
         (b"\n", "JSON"),
         (b'"\\ud800"\n', "not a JSON object"),
     ],
