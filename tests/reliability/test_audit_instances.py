@@ -143,7 +143,8 @@ async def test_sessions_on_two_instances_make_one_gap_free_verifying_chain(
     """50 sessions with a tool call each, round-robin over two instances with their own
     audit signing keys, 10 at a time: one chain, seq 1..N, each record linked to the one
     before and none twice, verifying with both public keys (both chainers chained), the
-    outbox empty, one tool.requested record per tool call, for the session that made it."""
+    outbox empty, one tool.requested record per tool call, for the session that made it, and
+    each session's session.created and session.ended once."""
     signers = [AuditSigner.generate(), AuditSigner.generate()]
     brokers = [
         await pg_brokers.start(
@@ -181,6 +182,9 @@ async def test_sessions_on_two_instances_make_one_gap_free_verifying_chain(
     assert sorted((r.session_id or "") for r in requested) == sorted(calls), (
         f"{len(requested)} tool.requested records for {SESSIONS} tool calls"
     )
+    # Whichever instance wrote them, each session's first and last records are in the chain.
+    for kind in (AuditKind.SESSION_CREATED, AuditKind.SESSION_ENDED):
+        assert sorted((r.session_id or "") for r in records if r.kind == kind) == sorted(calls)
 
 
 async def _chain_forever(trail: AuditTrail) -> None:
