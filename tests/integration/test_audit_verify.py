@@ -664,25 +664,47 @@ async def test_checkpoint_prints_the_signed_head(
 # --- a chain a running broker wrote; a real process -------------------------------------------
 
 
-async def test_a_running_brokers_chain_verifies(
+async def test_a_running_brokers_chain_verifies_and_its_export_offline(
     broker: RunningBroker,
     db_url: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The chain a broker writes as it works (its key, an API key made, a session made)
+    verifies with its pinned key, from the database and as an export; an edited session
+    record fails at its seq."""
     await broker.new_key("sessions:create", name="audited")
-    await broker.create_session(tools=["lookup_order"])
-    trail = broker.app[app_state.AUDIT]
-    await trail.chain_pending()
+    session = await broker.create_session(tools=["lookup_order"])
+    await broker.app[app_state.AUDIT].chain_pending()
     cli_environment(monkeypatch, db_url, tmp_path)
     key = tmp_path / "audit.pub"
     key.write_text(AUDIT_SIGNER.public_pem)
     run = await broker_cli_run(capsys, "audit", "verify", "--public-key", str(key))
     assert run.code == 0, run
     assert f"{AUDIT_SIGNER.key_id} (pinned with --public-key)" in run.out
-    kinds = [row.kind for row in await rows(db_url)]
+    stored = await rows(db_url)
+    kinds = [row.kind for row in stored]
     assert kinds[0] == "audit.key_added"
+    assert {"key.created", "session.created"} <= set(kinds), kinds
+    export = tmp_path / "broker.jsonl"
+    assert (await broker_cli_run(capsys, "audit", "export", "-o", str(export))).code == 0
+    offline = await broker_cli_run(
+        capsys, "audit", "verify", "--file", str(export), "--public-key", str(key)
+    )
+    assert offline.code == 0, offline
+    created = next(
+        row.seq
+        for row in stored
+        if row.kind == "session.created" and row.session_id == session["id"]
+    )
+    await execute(
+        db_url,
+        "UPDATE audit_records SET body = REPLACE(body, 'lookup_order', 'drop_tables')"
+        f" WHERE seq = {created}",
+    )
+    run = await broker_cli_run(capsys, "audit", "verify", "--public-key", str(key))
+    assert broken_at(run) == (created, "body_mismatch")
 
 
 def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
