@@ -14,6 +14,8 @@ const DETAIL_DEBOUNCE_MS = 250;
 const PAGE_SIZE = 50;
 const MAX_LIMIT = 200; // the list API's largest page
 const MAX_TIMELINE = 1500; // events kept on the page; older ones are dropped from view
+const AUDIT_PAGE = 500; // the audit API's largest page
+const MAX_AUDIT = 2000; // audit records shown on a session's page (its newest are the API's)
 const RUNNING = new Set(["live", "degraded"]);
 const ENDED = new Set(["ended", "failed"]);
 const STATES = ["created", "offered", "live", "degraded", "ended", "failed"];
@@ -44,6 +46,7 @@ const ui = {
   sessionCreated: $("session-created"),
   sessionCall: $("session-call"),
   sessionEndReason: $("session-end-reason"),
+  sessionAuditLink: $("session-audit-link"),
   hangup: $("hangup"),
   actionError: $("action-error"),
   hideDeltas: $("hide-deltas"),
@@ -54,6 +57,11 @@ const ui = {
   toolSwitches: $("tool-switches"),
   transcript: $("transcript"),
   transcriptEmpty: $("transcript-empty"),
+  auditCard: $("audit-card"),
+  auditCount: $("audit-count"),
+  auditRecords: $("audit-records"),
+  auditEmpty: $("audit-empty"),
+  auditError: $("audit-error"),
 };
 
 // ---------------------------------------------------------------- small helpers
@@ -297,7 +305,23 @@ function stopWatching() {
   watch = null;
 }
 
+/** The session a hash names (`#/sessions/<id>`, or `…/audit`: at its audit trail), or null. */
+function sessionRoute(hash) {
+  const match = /^#\/sessions\/([^/?#]+)(\/audit)?$/.exec(hash);
+  try {
+    return match ? { id: decodeURIComponent(match[1]), audit: Boolean(match[2]) } : null;
+  } catch {
+    return null; // a malformed escape: show the list instead
+  }
+}
+
 function route() {
+  const target = sessionRoute(location.hash);
+  if (watch && target?.id === watch.id && apiKey()) {
+    // The same session's page, to or from its audit trail: scroll, keep the stream.
+    if (target.audit) ui.auditCard.scrollIntoView({ block: "start" });
+    return;
+  }
   stopWatching();
   const key = apiKey();
   ui.keyView.hidden = Boolean(key);
@@ -309,16 +333,9 @@ function route() {
     return;
   }
   ui.keyHint.textContent = `••••${key.slice(-4)}`;
-  const match = /^#\/sessions\/([^/?#]+)$/.exec(location.hash);
-  let id = null;
-  try {
-    id = match ? decodeURIComponent(match[1]) : null;
-  } catch {
-    id = null; // a malformed escape: show the list instead
-  }
-  if (id) {
+  if (target) {
     ui.sessionView.hidden = false;
-    watch = new SessionWatch(id);
+    watch = new SessionWatch(target.id, target.audit);
     watch.start();
   } else {
     ui.sessionsView.hidden = false;
@@ -559,8 +576,9 @@ function isToolEvent(type, p) {
 // ---------------------------------------------------------------- one session's page
 
 class SessionWatch {
-  constructor(id) {
+  constructor(id, atAudit = false) {
     this.id = id;
+    this.atAudit = atAudit; // scroll to the audit trail once it is drawn
     this.controller = new AbortController();
     this.lastSeq = 0;
     this.detail = null;
@@ -587,6 +605,11 @@ class SessionWatch {
     ui.sessionSideband.dataset.sideband = "";
     ui.sessionSideband.textContent = "…";
     ui.hangup.disabled = true;
+    ui.sessionAuditLink.href = `#${sessionPath(this.id)}/audit`;
+    ui.auditRecords.replaceChildren();
+    ui.auditEmpty.hidden = false;
+    ui.auditCount.textContent = "";
+    show(ui.auditError, null);
     show(ui.actionError, null);
     this.detailLoop = loop((signal) => this.refreshDetail(signal), DETAIL_POLL_MS);
     this.stream();
@@ -605,15 +628,68 @@ class SessionWatch {
   }
 
   async refreshDetail(signal) {
-    const [detail, tools] = await Promise.all([
+    const [detail, tools, audit] = await Promise.all([
       apiJson(sessionPath(this.id), { signal }),
       apiJson("/tools", { signal }),
+      this.fetchAudit(signal),
     ]);
     if (signal.aborted) return;
     this.detail = detail;
     this.tools = new Map(tools.tools.map((t) => [t.name, t]));
     show(ui.error, null);
     this.renderDetail();
+    if (audit) this.redraw("audit", audit, (records) => this.renderAudit(records));
+  }
+
+  /**
+   * The session's audit records (oldest first), or null when they cannot be read.
+   *
+   * A key without `audit:read` still watches the session: the refusal is shown in the audit
+   * card only (the page-wide banner would sign the operator out).
+   */
+  async fetchAudit(signal) {
+    const records = [];
+    let cursor = null;
+    try {
+      do {
+        const params = new URLSearchParams({ session_id: this.id, limit: String(AUDIT_PAGE) });
+        if (cursor) params.set("cursor", cursor);
+        const page = await apiJson(`/audit?${params}`, { signal });
+        records.push(...page.records);
+        cursor = page.next_cursor;
+      } while (cursor && records.length < MAX_AUDIT);
+    } catch (err) {
+      if (err?.name === "AbortError" || signal.aborted) return null;
+      if (!(err instanceof ApiError)) throw err;
+      show(ui.auditError, err);
+      return null;
+    }
+    show(ui.auditError, null);
+    return records;
+  }
+
+  renderAudit(records) {
+    ui.auditEmpty.hidden = records.length > 0;
+    ui.auditCount.textContent = records.length ? `${records.length} record${records.length === 1 ? "" : "s"}` : "";
+    ui.sessionAuditLink.textContent = records.length ? `${records.length} record${records.length === 1 ? "" : "s"}` : "records";
+    ui.auditRecords.replaceChildren(
+      ...records.map((r) =>
+        h(
+          "tr",
+          { class: "audit-record", data: { seq: r.seq, kind: r.kind, erased: r.body === null ? "true" : undefined } },
+          h("td", { class: "num seq mono", text: r.seq }),
+          h("td", { class: "at mono", title: r.at, text: clock(r.at) }),
+          h("td", { class: "kind mono", text: r.kind }),
+          h("td", { class: "actor mono", text: r.actor }),
+          h("td", { class: "tool mono", text: r.tool ?? "" }),
+          h("td", { class: "decision", text: r.decision ?? "" }),
+        ),
+      ),
+    );
+    if (this.atAudit) {
+      this.atAudit = false;
+      ui.auditCard.scrollIntoView({ block: "start" });
+    }
   }
 
   renderDetail() {
