@@ -41,6 +41,7 @@ from broker.metrics import BrokerMetrics
 from broker.overload import OverloadGuard, OverloadLimits
 from broker.record.event_log import EventCaps, EventLog
 from broker.record.event_writer import grown_elsewhere
+from broker.record.redaction import ToolFields
 from broker.session.reaper import SessionReaper
 from broker.session.service import SessionService
 from broker.settings import Settings
@@ -338,6 +339,12 @@ async def tools_ctx(app: web.Application) -> AsyncIterator[None]:
         registry = load_registry(app[app_state.SETTINGS].tools_config, http)
         app[app_state.TOOLS] = registry
         app[app_state.METRICS].set_tools(registry)
+        # Before any session's log records a call: the tools' redacted fields are hashed in
+        # every event stored (broker.record.redaction).
+        app[app_state.EVENT_LOG].tool_fields = ToolFields(
+            app[app_state.REDACTOR],
+            {name: spec.redact for name, spec in registry.items() if spec.redact},
+        )
         settings = app[app_state.SETTINGS]
         metrics = app[app_state.METRICS]
         breakers = CircuitBreakers(
@@ -353,6 +360,8 @@ async def tools_ctx(app: web.Application) -> AsyncIterator[None]:
             on_finished=lambda tool, status, seconds: metrics.tool_finished(
                 tool, status, None if status == "denied" else seconds
             ),
+            # audit_ctx (registered before) made it: redacted fields' keyed hashes and seals.
+            redactor=app[app_state.REDACTOR],
         )
         logger.info("tools loaded: %s", ", ".join(sorted(registry)) or "(none)")
         yield

@@ -1,0 +1,130 @@
+"""Every tool call in the audit trail, through the whole call: what each path and verdict records.
+
+Allowed, denied and failed calls each leave their records, in order, in the chain the broker
+signs, and the chain verifies with the broker's public key alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker import app_state
+from broker.audit.records import ChainedRecord
+from broker.audit.signing import PublicKeys
+from broker.audit.verify import verify_records
+from broker.db.queries.audit import AuditFilter, audit_records
+from tests.support.broker_server import AUDIT_SIGNER, RunningBroker
+from tests.support.flow import LOOKUP_42_OUTPUT, ask, connect_browser, says
+from tests.support.tool_backend import ToolBackend
+
+
+async def chained(broker: RunningBroker) -> list[ChainedRecord]:
+    """Every record of the trail, oldest first, once what is pending is chained."""
+    await broker.app[app_state.AUDIT].chain_pending()
+    records: list[ChainedRecord] = []
+    async with broker.app[app_state.SESSIONMAKER]() as s:
+        while True:
+            after = records[-1].seq if records else 0
+            page = await audit_records(s, AuditFilter(), after_seq=after, limit=500)
+            records += page
+            if len(page) < 500:
+                return records
+
+
+def tool_records(records: list[ChainedRecord], session_id: str) -> list[ChainedRecord]:
+    return [r for r in records if r.session_id == session_id and r.kind.startswith("tool.")]
+
+
+def by_call(records: list[ChainedRecord]) -> dict[str, list[ChainedRecord]]:
+    calls: dict[str, list[ChainedRecord]] = {}
+    for record in records:
+        assert record.body is not None
+        calls.setdefault(record.body["call_id"], []).append(record)
+    return calls
+
+
+def only(calls: dict[str, list[ChainedRecord]], tool: str) -> list[ChainedRecord]:
+    [found] = [records for records in calls.values() if records[0].tool == tool]
+    return found
+
+
+def body(record: ChainedRecord) -> dict[str, Any]:
+    assert record.body is not None
+    return record.body
+
+
+async def test_allowed_denied_and_failed_calls_are_recorded_in_order_and_verify(
+    broker: RunningBroker, tool_backend: ToolBackend
+) -> None:
+    session = await broker.create_session(tools=["lookup_order", "explode"])
+    browser = await connect_browser(broker, session)
+    try:
+        ask(browser, "lookup_order 42")
+        await browser.wait_for("response.done", says(LOOKUP_42_OUTPUT))
+        # Not in the session's allowlist: the model "hallucinates" it.
+        ask(browser, "tool:delete_account")
+        await browser.wait_for("response.done", says("tool_not_allowed"))
+        ask(browser, "explode")
+        await browser.wait_for("response.done", says("tool_http_error"))
+    finally:
+        await browser.close()
+    assert tool_backend.calls_to("delete_account") == []
+
+    records = await chained(broker)
+    report = verify_records(records, PublicKeys([AUDIT_SIGNER.public_key]))
+    assert report.ok, report
+    calls = by_call(tool_records(records, session["id"]))
+    assert len(calls) == 3
+
+    allowed = only(calls, "lookup_order")
+    assert [r.kind for r in allowed] == ["tool.requested", "tool.succeeded", "tool.output_injected"]
+    requested, succeeded, injected = allowed
+    assert (requested.actor, requested.decision) == ("sideband", None)
+    assert body(requested)["arguments"] == {"order_id": "42"}
+    assert body(requested)["path"] == "sideband"
+    assert (succeeded.actor, succeeded.decision) == ("broker", "allowed")
+    assert body(succeeded)["status"] == "succeeded"
+    assert body(succeeded)["output"] == {"order_id": "42", "status": "shipped"}
+    assert isinstance(body(succeeded)["duration_ms"], int)
+    assert body(succeeded)["policy"]["allowlist"] == ["explode", "lookup_order"]
+    assert "allowlist" in body(succeeded)["policy"]["checks"]
+    assert injected.actor == "sideband"
+    assert body(injected)["output_item_id"]
+
+    denied = only(calls, "delete_account")
+    assert [r.kind for r in denied] == ["tool.requested", "tool.denied", "tool.output_injected"]
+    denial = denied[1]
+    assert (denial.actor, denial.decision, denial.tool) == ("broker", "denied", "delete_account")
+    assert body(denial)["code"] == "tool_not_allowed"
+    assert body(denial)["policy"] == {
+        "check": "allowlist",
+        "allowlist": ["explode", "lookup_order"],
+    }
+    assert body(denial)["output"]["error"]["code"] == "tool_not_allowed"
+
+    failed = only(calls, "explode")
+    assert [r.kind for r in failed] == ["tool.requested", "tool.failed", "tool.output_injected"]
+    assert (failed[1].decision, body(failed[1])["error"]) == ("allowed", "tool_http_error")
+    assert body(failed[1])["status"] == "failed"
+
+    # One chain for the session: each call's records in the order its row changed.
+    seqs = [r.seq for r in tool_records(records, session["id"])]
+    assert seqs == sorted(seqs)
+
+
+async def test_the_audit_api_filters_a_sessions_tool_records_by_tool_and_decision(
+    broker: RunningBroker, tool_backend: ToolBackend
+) -> None:
+    """``tool`` and ``decision`` are columns of their own, so a reviewer can ask for them."""
+    session = await broker.create_session(tools=["lookup_order"])
+    browser = await connect_browser(broker, session)
+    try:
+        ask(browser, "tool:delete_account")
+        await browser.wait_for("response.done", says("tool_not_allowed"))
+    finally:
+        await browser.close()
+    await broker.app[app_state.AUDIT].chain_pending()
+    reply = await broker.request("GET", f"/api/v1/audit?session_id={session['id']}&decision=denied")
+    assert reply.status == 200, reply.text
+    [record] = reply.json()["records"]
+    assert (record["kind"], record["tool"]) == ("tool.denied", "delete_account")
