@@ -129,9 +129,9 @@ def add_audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     verify.add_argument(
         "--expect-head",
         metavar="CHECKPOINT",
-        help="a published checkpoint (a checkpoint file, whose last line counts, or its JSON):"
-        " the chain must reach it with the same hash, which shows a cut-off of the newest"
-        " records",
+        help="a published checkpoint: a checkpoint file (its last line counts), one checkpoint's"
+        " JSON, or a session.ended webhook body (its audit_head); the chain must reach it with"
+        " the same hash, which shows a cut-off of the newest records",
     )
     verify.add_argument(
         "--partial",
@@ -289,9 +289,29 @@ def _expected_head(value: str | None) -> Checkpoint | None:
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read the checkpoint {value}: {exc}") from None
     try:
-        return Checkpoint.newest_in(text)
+        return _checkpoint_in(text)
     except ValueError as exc:
         raise UsageError(f"--expect-head: {exc}") from None
+
+
+def _checkpoint_in(text: str) -> Checkpoint:
+    """The checkpoint ``text`` holds.
+
+    ``text`` is a checkpoint file (its newest line counts), one checkpoint (pretty-printed
+    too), or the body of a ``session.ended`` webhook (its ``data.audit_head``).
+    """
+    try:
+        whole = json.loads(text)
+    except (ValueError, RecursionError):
+        # JSON lines: several checkpoints, the last one counts.
+        return Checkpoint.newest_in(text)
+    if isinstance(whole, dict) and "seq" not in whole:
+        data = whole.get("data")
+        if isinstance(data, dict) and isinstance(data.get("audit_head"), dict):
+            return Checkpoint.from_json(data["audit_head"])
+        if isinstance(data, dict) and "audit_head" in data:
+            raise ValueError("the webhook's audit_head is null: the chain was empty then")
+    return Checkpoint.from_json(whole)
 
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:

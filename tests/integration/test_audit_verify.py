@@ -425,7 +425,7 @@ async def test_a_filtered_export_verifies_with_partial(
 
 
 async def test_cutting_off_the_newest_records_fails_against_a_published_checkpoint(
-    stack: AuditStack, capsys: pytest.CaptureFixture[str]
+    stack: AuditStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     published = await stack.trail.publish_checkpoint(force=True)
     assert published is not None and published.seq == RECORDS
@@ -437,12 +437,15 @@ async def test_cutting_off_the_newest_records_fails_against_a_published_checkpoi
     # The rest of the chain is intact: only the checkpoint shows what is missing.
     assert (await verify(capsys, stack)).code == 0
     assert broken_at(await verify(capsys, stack, *head)) == (RECORDS - 2, "truncated")
-    # The checkpoint given as its JSON line works the same.
+    # The checkpoint given as its JSON line, pretty-printed in a file, or inside the
+    # session.ended webhook that carried it, works the same.
     line = stack.checkpoint_file.read_text().splitlines()[-1]
-    assert broken_at(await verify(capsys, stack, "--expect-head", line)) == (
-        RECORDS - 2,
-        "truncated",
-    )
+    webhook = {"type": "session.ended", "data": {"session_id": "s", "audit_head": json.loads(line)}}
+    pretty = tmp_path / "webhook.json"
+    pretty.write_text(json.dumps(webhook, indent=2))
+    for given in (line, json.dumps(json.loads(line), indent=2), json.dumps(webhook), str(pretty)):
+        run = await verify(capsys, stack, "--expect-head", given)
+        assert broken_at(run) == (RECORDS - 2, "truncated"), given
 
 
 async def test_a_chain_rewritten_under_a_checkpoint_fails_as_head_mismatch(
@@ -528,6 +531,17 @@ async def test_bad_usage_exits_2(
         (("audit", "verify", "--public-key", str(garbage)), "not a PEM public key"),
         (("audit", "verify", "--public-key", str(tmp_path / "none.pem")), "cannot read"),
         (("audit", "verify", "--public-key", key, "--expect-head", "{}"), "--expect-head"),
+        (
+            (
+                "audit",
+                "verify",
+                "--public-key",
+                key,
+                "--expect-head",
+                '{"data":{"audit_head":null}}',
+            ),
+            "audit_head is null",
+        ),
         (
             ("audit", "verify", "--public-key", key, "--expect-head", str(tmp_path / "none")),
             "cannot read the checkpoint",
