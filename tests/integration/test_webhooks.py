@@ -425,6 +425,9 @@ async def test_announced_once_on_postgres(
     [live_delivery] = {d.id: d for d in by_session[live["id"]]}.values()
     assert json.loads(live_delivery.body)["data"]["usage"] == detail["usage"]
     assert detail["usage"]["responses"] == 1
+    await assert_audit_head(
+        broker, live["id"], json.loads(live_delivery.body)["data"]["audit_head"]
+    )
     assert failed["id"] in by_session
 
 
