@@ -124,6 +124,27 @@ async def test_a_rewrite_with_a_key_added_to_the_database_passes_only_without_a_
     assert broken_at(await verify(capsys, stack)) == (5, "unknown_key")
 
 
+async def test_a_rotated_key_verifies_with_both_public_keys_pinned(
+    stack: AuditStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new signing key continues the chain (its first record publishes it); the old
+    records keep verifying under the old key, and pinning only the old one stops at the
+    first record the new key signed."""
+    new = AuditSigner.generate()
+    (tmp_path / "new").mkdir()
+    async with audit_stack(stack.url, tmp_path / "new", new) as rotated:
+        await record_sessions(rotated, "sess_d")
+    both = tmp_path / "both.pub"
+    both.write_text(stack.signer.public_pem + new.public_pem)
+    run = await broker_cli_run(capsys, "audit", "verify", "--public-key", str(both))
+    assert run.code == 0, run
+    assert f"{RECORDS + 10} records" in run.out
+    assert ", ".join(sorted([stack.signer.key_id, new.key_id])) in run.out
+    separate = ("--public-key", str(rotated.public_key_file))
+    assert (await verify(capsys, stack, *separate)).code == 0
+    assert broken_at(await verify(capsys, stack)) == (RECORDS + 1, "unknown_key")
+
+
 # --- must-show 2: each kind of tampering in the database, named at its seq --------------------
 
 
