@@ -10,8 +10,9 @@
 - ``GET /api/v1/audit/head``: the chain's signed head as a checkpoint (``verify
   --expect-head`` takes it); ``404 audit_empty`` while nothing is chained.
 
-Each first chains what is pending (:meth:`AuditTrail.chain_pending`), so the records of an
-action that already returned are there. The keys are public by nature but sit behind the same
+The records and the head are read once what is pending is chained
+(:meth:`AuditTrail.chain_pending`), so the records of an action that already returned are
+there. The keys are public by nature but sit behind the same
 scope: who may read the trail decides whom the broker tells which keys sign it, and a
 reviewer who verifies should pin keys taken from elsewhere anyway (``docs/audit.md``).
 """
@@ -22,7 +23,7 @@ import base64
 import binascii
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -81,13 +82,19 @@ def _time(query: Any, name: str) -> str | None:
     if not _RFC3339.match(raw):
         raise _bad(name, f"{name} must be an RFC 3339 time with its zone")
     raw = raw.upper()  # RFC 3339 allows a lowercase "t" and "z"
-    # fromisoformat takes at most microseconds; a finer fraction is cut (the records' own).
+    # Records are timed to the microsecond, which is all fromisoformat takes: a finer time
+    # is rounded up, so a record just before it is neither at or after it (since) nor
+    # missing before it (until).
     head, dot, rest = raw.partition(".")
+    finer = False
     if dot:
         digits = len(rest) - len(rest.lstrip("0123456789"))  # ASCII: the pattern said so
+        finer = rest[6:digits].strip("0") != ""
         raw = f"{head}.{rest[: min(digits, 6)]}{rest[digits:]}"
     try:
         when = datetime.fromisoformat(raw)
+        if finer:
+            when += timedelta(microseconds=1)
         # The records' `at` is UTC text of fixed width: compared as text, it orders as time.
         return at_text(when.astimezone(UTC))
     except (ValueError, OverflowError):

@@ -126,8 +126,13 @@ async def test_each_filter_selects_exactly_its_records(broker: RunningBroker) ->
         until="2026-01-01T10:00:03.5Z",
     )
     assert kinds(window) == ["tool.requested", "tool.denied"]
+    # Finer than the records' microseconds: rounded up, so bounds keep their meaning.
     later = await _records(broker, session_id=a, since="2026-01-01t10:00:03.500000001z")
-    assert kinds(later) == ["tool.succeeded", "session.ended"]
+    assert kinds(later) == ["session.ended"]
+    through = await _records(broker, session_id=a, until="2026-01-01T10:00:03.500000001Z")
+    assert kinds(through)[-1] == "tool.succeeded"
+    exact = await _records(broker, session_id=a, since="2026-01-01T10:00:03.500000000Z")
+    assert kinds(exact) == ["tool.succeeded", "session.ended"]
     assert await _records(broker, session_id=a, until="2026-01-01T10:00:00Z") == []
     assert await _records(broker, session_id=_id("sess_none")) == []
 
