@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from broker.audit.cli import Progress, Trust, _ranges, _time, summary
+from broker.audit.cli import _time
+from broker.audit.report import Progress, Trust, _ranges, summary
 from broker.audit.signing import PublicKeys
 from broker.audit.verify import Checkpoint, VerifyReport
 from broker.cli import main
