@@ -44,12 +44,14 @@ class Progress:
         if not final and now - self._shown < PROGRESS_EVERY_S:
             return
         self._shown = now
+        # Records chained while the database is read come after the count: never past 100%.
+        total = max(self._total, done)
         rate = records / max(now - self._started, 1e-6)
-        share = f"{100 * done / self._total:3.0f}%" if self._total else "100%"
+        share = f"{100 * done / total:3.0f}%" if total else "100%"
         if self._unit == "records":
-            amount = f"{done:,} / {self._total:,} records"
+            amount = f"{done:,} / {total:,} records"
         else:
-            amount = f"{records:,} records, {_mb(done)} / {_mb(self._total)}"
+            amount = f"{records:,} records, {_mb(done)} / {_mb(total)}"
         self._stream.write(f"\rverifying {amount} {share}  {rate:,.0f} records/s ")
         self._stream.flush()
         self._drawn = True
