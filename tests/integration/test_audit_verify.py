@@ -17,6 +17,7 @@ import random
 import re
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
@@ -31,6 +32,7 @@ from tests.support.audit_chain import (
     audit_stack,
     broker_cli_run,
     cli_environment,
+    main_exit_code,
     rechain_from,
     record_sessions,
     resign,
@@ -46,7 +48,9 @@ BROKEN: Final = re.compile(r"^audit chain broken at seq (\d+): (\w+) \(.+\)$", r
 
 
 @pytest.fixture
-async def stack(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AuditStack:
+async def stack(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[AuditStack]:
     cli_environment(monkeypatch, db_url, tmp_path)
     async with audit_stack(db_url, tmp_path) as made:
         await record_sessions(made, *SESSIONS)
@@ -233,7 +237,11 @@ TAMPERING: Final = [
 
 @pytest.mark.parametrize(("tamper", "seq", "problem"), TAMPERING)
 async def test_tampering_in_the_database_fails_at_its_seq(
-    stack: AuditStack, capsys: pytest.CaptureFixture[str], tamper, seq: int, problem: str
+    stack: AuditStack,
+    capsys: pytest.CaptureFixture[str],
+    tamper: Callable[[AuditStack], Awaitable[None]],
+    seq: int,
+    problem: str,
 ) -> None:
     assert (await verify(capsys, stack)).code == 0
     await tamper(stack)
@@ -243,7 +251,10 @@ async def test_tampering_in_the_database_fails_at_its_seq(
 
 
 async def test_a_row_the_database_cannot_read_fails_at_its_seq(
-    sqlite_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    sqlite_db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Bytes that are not UTF-8 written into a text column: SQLite's driver refuses the
     whole page; verify goes on a record at a time and names the row, instead of giving up."""
@@ -281,7 +292,10 @@ async def test_deleting_the_first_record_fails_at_seq_1(
 
 @pytest.fixture
 async def exported(
-    sqlite_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    sqlite_db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> tuple[Path, Path]:
     """A full export and the public key, the database deleted and its URL unset."""
     cli_environment(monkeypatch, sqlite_db_url, tmp_path)
@@ -315,16 +329,19 @@ async def test_an_export_verifies_offline_with_the_public_key_alone(
 
 
 async def test_an_export_to_stdout_is_the_same_bytes(
-    sqlite_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsysbinary
+    sqlite_db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsysbinary: pytest.CaptureFixture[bytes],
 ) -> None:
     cli_environment(monkeypatch, sqlite_db_url, tmp_path)
     async with audit_stack(sqlite_db_url, tmp_path) as made:
         await record_sessions(made, "sess_a")
     to_file = tmp_path / "out.jsonl"
-    assert (await broker_cli_run(capsysbinary, "audit", "export", "-o", str(to_file))).code == 0
-    run = await broker_cli_run(capsysbinary, "audit", "export")
-    assert run.code == 0
-    assert run.out == to_file.read_bytes()
+    assert await asyncio.to_thread(main_exit_code, ["audit", "export", "-o", str(to_file)]) == 0
+    capsysbinary.readouterr()
+    assert await asyncio.to_thread(main_exit_code, ["audit", "export"]) == 0
+    assert capsysbinary.readouterr().out == to_file.read_bytes()
 
 
 def _positions(export: bytes, count: int) -> list[int]:
@@ -597,7 +614,10 @@ class Terminal:
 
 
 async def test_progress_shows_on_a_terminal_only(
-    stack: AuditStack, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+    stack: AuditStack,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     piped = await verify(capsys, stack)
     assert piped.code == 0 and piped.err == ""
@@ -656,7 +676,10 @@ def _assert_no_private_key(*runs: Run, signers: list[AuditSigner]) -> None:
 
 
 async def test_no_command_prints_private_key_material(
-    stack: AuditStack, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+    stack: AuditStack,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("BROKER_AUDIT_SIGNING_KEY", stack.signer.private_pem())
     export = tmp_path / "all.jsonl"

@@ -190,7 +190,8 @@ class Run:
     err: str
 
 
-def _main(argv: Sequence[str]) -> int:
+def main_exit_code(argv: Sequence[str]) -> int:
+    """``broker.cli.main``'s exit code, argparse's exits (``--help``, bad usage: 2) included."""
     try:
         return broker_cli.main(list(argv))
     except SystemExit as exc:  # argparse: --help, or bad usage (2)
@@ -201,7 +202,7 @@ async def broker_cli_run(capsys: pytest.CaptureFixture[str], *argv: str) -> Run:
     """``broker …`` in-process (in a thread: it runs its own event loop); exit code, output."""
     capsys.readouterr()
     async with asyncio.timeout(60):
-        code = await asyncio.to_thread(_main, argv)
+        code = await asyncio.to_thread(main_exit_code, argv)
     out, err = capsys.readouterr()
     return Run(code, out, err)
 
