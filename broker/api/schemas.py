@@ -112,11 +112,16 @@ class UsageOut(_Out):
 class ToolCallRecord(_Out):
     call_id: str
     tool: str
-    arguments: str = Field(description="The arguments as the model sent them (JSON text).")
+    arguments: str = Field(
+        description="The arguments as the model sent them (JSON text); each field the tool's"
+        ' config names in `redact` is `{"redacted": "hmac-sha256:<hex>"}` instead.'
+    )
     status: ToolCallStatus
     decision: str | None
     path: ToolPath | None
-    output: str | None
+    output: str | None = Field(
+        description="What the model was told (JSON or text); redacted as `arguments` are."
+    )
     error: str | None
     created_at: str | None
     finished_at: str | None

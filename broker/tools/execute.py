@@ -47,7 +47,11 @@ async def execute_granted(
         http_status = exc.http_status
     except Exception as exc:
         # A bug in a tool must cost one call, not the session: the model is told it failed.
-        logger.exception("tool raised %s", log_extra)
+        if spec.redact:
+            # Its message or traceback may quote a redacted value: its type only.
+            logger.error("tool raised %s exception=%s", log_extra, type(exc).__name__)
+        else:
+            logger.exception("tool raised %s", log_extra)
         failure = (ToolErrorCode.TOOL_ERROR, f"the tool failed ({type(exc).__name__})")
     except BaseException:
         # Cut off mid-run (the call settles outcome_unknown): no news counts as bad news.

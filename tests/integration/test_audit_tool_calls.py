@@ -128,3 +128,24 @@ async def test_the_audit_api_filters_a_sessions_tool_records_by_tool_and_decisio
     assert reply.status == 200, reply.text
     [record] = reply.json()["records"]
     assert (record["kind"], record["tool"]) == ("tool.denied", "delete_account")
+
+
+async def test_a_call_the_page_relays_is_requested_by_the_page(
+    broker: RunningBroker, tool_backend: ToolBackend
+) -> None:
+    """On the bridge (no sideband) the page reports the call: its record's actor and path."""
+    session = await broker.create_session(tools=["lookup_order"], sideband=False)
+    browser = await connect_browser(broker, session)
+    try:
+        ask(browser, "lookup_order 42")
+        call = await browser.wait_for("response.function_call_arguments.done")
+        reply = await broker.bridge(session, call["name"], call["call_id"], call["arguments"])
+        assert reply.status == 200, reply.text
+    finally:
+        await browser.close()
+    records = await chained(broker)
+    assert verify_records(records, PublicKeys([AUDIT_SIGNER.public_key])).ok
+    [calls] = by_call(tool_records(records, session["id"])).values()
+    assert [r.kind for r in calls] == ["tool.requested", "tool.succeeded"]
+    assert (calls[0].actor, body(calls[0])["path"]) == ("page", "bridge")
+    assert (calls[1].actor, body(calls[1])["path"]) == ("broker", "bridge")

@@ -210,3 +210,31 @@ def _without_speech_lines(reply: str) -> str:
         else:
             kept.append(line)
     return "\n".join(kept)
+
+
+async def test_the_bridge_matches_a_redacting_calls_replay_by_its_raw_arguments(
+    card_broker: RunningBroker,
+) -> None:
+    """A page relaying a redacting tool's call (no sideband): the tool runs once, the page
+    gets the raw output it must hand the model, and a replay with the same arguments is
+    matched against the sealed ones (the row shows only hashes), other ones refused."""
+    broker = card_broker
+    RECEIVED.clear()
+    session = await broker.create_session(tools=["charge_card"], sideband=False)
+    browser = await connect_browser(broker, session)
+    try:
+        ask(browser, 'charge_card {"card_number": "' + ESCAPED_CARD + '", "amount": 5}')
+        call = await browser.wait_for("response.function_call_arguments.done")
+        first = await broker.bridge(session, "charge_card", call["call_id"], call["arguments"])
+        assert first.status == 200, first.text
+        assert json.loads(first.json()["output"])["card_number"] == CARD
+        again = await broker.bridge(session, "charge_card", call["call_id"], call["arguments"])
+        assert (again.status, again.json()["output"]) == (200, first.json()["output"])
+        other = json.dumps({"card_number": "4000000000000002", "amount": 5})
+        forged = await broker.bridge(session, "charge_card", call["call_id"], other)
+        assert (forged.status, forged.code) == (409, "call_arguments_mismatch")
+    finally:
+        await browser.close()
+    assert RECEIVED == [{"card_number": CARD, "amount": 5}]
+    [row] = (await broker.get_session(session["id"]))["tool_calls"]
+    assert_no_card("the bridge call's row", row)
