@@ -113,6 +113,7 @@ async def _end_to_end(url: str, options: ChainOptions, chainers: int) -> dict[st
         for trail in trails:
             await trail.start()
             await trail.chain_pending()  # its key record: not part of what is timed
+        start_length = await _check_chain(instances[0].sessionmaker)
         each_before = [t.chained for t in trails]
         before = sum(each_before)
         per_writer = max(1, options.entries // options.writers)
@@ -158,6 +159,7 @@ async def _end_to_end(url: str, options: ChainOptions, chainers: int) -> dict[st
         "chainers": chainers,
         "appended": appended,
         "chained": chained,
+        "chain_start": start_length,
         "chain_length": length,
         "appends_per_s": round(appended / appended_s, 1) if appended_s else None,
         "seconds": round(elapsed, 3),
