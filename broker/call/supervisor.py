@@ -377,9 +377,11 @@ class SidebandSupervisor:
             known_outputs: list[tuple[str, str]] = []
             seen_through: str | None = None
             if resume:
-                async with self._sessionmaker() as s:
-                    known_outputs = await queries.answered_outputs(s, session_id)
-                    if standby is not None:
+                # As the model got them (a redacting tool's opened from their seals): what
+                # their echoes carry.
+                known_outputs = await self._dispatcher.answered_outputs(session_id)
+                if standby is not None:
+                    async with self._sessionmaker() as s:
                         seen_through = await queries.handed_over_at(s, session_id)
                 for call_id_, status in await self._dispatcher.recover_interrupted(session_id):
                     recorder.record(
