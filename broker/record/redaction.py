@@ -28,6 +28,7 @@ can be found in: while any tool redacts, it is kept without its text.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -65,6 +66,19 @@ _ONE_PART: Final = frozenset({"response.content_part.added", "response.content_p
 """Event types that carry one content ``part``."""
 
 
+def redacted_text(redactor: FieldRedactor, text: str, fields: frozenset[str]) -> str:
+    """:meth:`FieldRedactor.redact_json_text`, for any text a model or tool may produce.
+
+    JSON nested past what the redactor can walk (the recursion limit) is hidden whole, by
+    its keyed hash, as text that is not JSON is: never kept, and never an error that would
+    lose the call's row.
+    """
+    try:
+        return redactor.redact_json_text(text, fields)
+    except RecursionError:
+        return json.dumps({"redacted": redactor.keyed_hash(text)})
+
+
 _ARGUMENTS_DELTA: Final = "response.function_call_arguments.delta"
 _ARGUMENTS_DONE: Final = "response.function_call_arguments.done"
 
@@ -89,14 +103,14 @@ class ToolFields:
         fields = self.by_tool.get(tool) if isinstance(tool, str) else None
         if not fields or not isinstance(text, str):
             return text
-        return self.redactor.redact_json_text(text, fields)
+        return redacted_text(self.redactor, text, fields)
 
     def output(self, tool: str | None, text: Any) -> Any:
         """A call's output; ``tool`` ``None``: the call's tool is not known."""
         fields = self.every if tool is None else self.by_tool.get(tool)
         if not fields or not isinstance(text, str):
             return text
-        return self.redactor.redact_json_text(text, fields)
+        return redacted_text(self.redactor, text, fields)
 
 
 MAX_CALLS_KNOWN: Final = 4096

@@ -47,6 +47,8 @@ _CHECKS: Final = {
     ToolErrorCode.TOOL_BUDGET_EXHAUSTED: "budget",
     ToolErrorCode.TOO_MANY_CONCURRENT_TOOLS: "concurrency",
 }
+MAX_DEPTH: Final = 32
+"""How deep a record's body may nest (the arguments or output in it a little less)."""
 _VALUES: Final = frozenset(code.value for code in ToolErrorCode)
 GRANTED_CHECKS: Final = (
     "allowlist",
@@ -67,12 +69,13 @@ def check_of(code: str) -> str:
     return _CHECKS.get(ToolErrorCode(code), code) if code in _VALUES else code
 
 
-def _clean(value: Any) -> Any:
+def _clean(value: Any, depth: int = 0) -> Any:
     """``value`` made canonical-JSON safe: a record must never fail its transaction.
 
     The model (or a page) chooses tool names, arguments and, through the tool, outputs: a
-    lone surrogate or a NaN there would make the audit insert, and with it the row change
-    it describes, fail.
+    lone surrogate, a NaN or a value nested a thousand deep (past the recursion limit of
+    whatever walks it next) would make the audit insert, and with it the row change it
+    describes, fail. What is nested deeper than :data:`MAX_DEPTH` is replaced by a marker.
     """
     if isinstance(value, str):
         return value.encode("utf-8", "replace").decode("utf-8")
@@ -80,10 +83,12 @@ def _clean(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping | list | tuple) and depth >= MAX_DEPTH:
+        return {"truncated": f"nested deeper than {MAX_DEPTH} levels"}
     if isinstance(value, Mapping):
-        return {_clean(str(key)): _clean(item) for key, item in value.items()}
+        return {_clean(str(key)): _clean(item, depth + 1) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(item) for item in value]
+        return [_clean(item, depth + 1) for item in value]
     return _clean(str(value))
 
 
@@ -100,7 +105,8 @@ def _entry(
         actor,
         _clean(body),
         session_id=session_id,
-        tool=_clean(tool),
+        # A column, not canonical JSON: no NUL (PostgreSQL refuses it in text).
+        tool=_clean(tool).replace("\x00", "\ufffd"),
         decision=decision,
     )
 

@@ -11,10 +11,8 @@ sealed, nothing changed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from broker.audit.redaction import FieldRedactor, SealError
+from broker.record.redaction import redacted_text
 from broker.tools.registry import ToolRegistry
 
 __all__ = ["CallRedaction", "seal_context"]
@@ -43,34 +41,15 @@ class CallRedaction:
             )
         self._redactor = redactor
 
-    @property
-    def active(self) -> bool:
-        """Whether any tool redacts anything."""
-        return bool(self._fields)
-
-    @property
-    def redactor(self) -> FieldRedactor | None:
-        return self._redactor
-
     def fields(self, tool: str) -> frozenset[str]:
         return self._fields.get(tool, frozenset())
-
-    def by_tool(self) -> Mapping[str, frozenset[str]]:
-        return dict(self._fields)
 
     def shown(self, tool: str, text: str) -> str:
         """``text`` (arguments or an output) as stored and shown."""
         fields = self.fields(tool)
         if not fields or self._redactor is None:
             return text
-        return self._redactor.redact_json_text(text, fields)
-
-    def shown_value(self, tool: str, value: Any) -> Any:
-        """A parsed value (e.g. for an audit body) with ``tool``'s fields redacted."""
-        fields = self.fields(tool)
-        if not fields or self._redactor is None:
-            return value
-        return self._redactor.redact(value, fields)
+        return redacted_text(self._redactor, text, fields)
 
     def stored(self, session_id: str, call_id: str, tool: str, text: str) -> tuple[str, str | None]:
         """``(shown, sealed)``: what a row keeps of ``text``; ``sealed`` is ``None`` if clear."""
@@ -78,7 +57,7 @@ class CallRedaction:
         if not fields or self._redactor is None:
             return text, None
         return (
-            self._redactor.redact_json_text(text, fields),
+            redacted_text(self._redactor, text, fields),
             self._redactor.seal(text, seal_context(session_id, call_id)),
         )
 

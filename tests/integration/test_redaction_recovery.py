@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.audit.redaction import SEALED_PREFIX, FieldRedactor
@@ -140,3 +141,25 @@ async def test_redact_must_be_a_list_of_field_names(tmp_path: Path, value: str) 
     async with httpx.AsyncClient() as http:
         with pytest.raises(ToolConfigError, match="redact must be a list"):
             load_registry(tools, http)
+
+
+@pytest.mark.parametrize("depth", [40, 900, 5000])
+async def test_deeply_nested_arguments_still_get_their_row_and_records(
+    database: async_sessionmaker[AsyncSession], tmp_path: Path, depth: int
+) -> None:
+    """Arguments nested past what a walk can follow: the call is recorded (the redacted
+    copy hides them whole if they cannot be walked) and audited, never lost to an error."""
+    nested = '{"card_number":"' + CARD + '","more":' + "[" * depth + "]" * depth + "}"
+    async with httpx.AsyncClient() as http:
+        dispatcher = ToolDispatcher(
+            database, _registry(tmp_path, http), redactor=FieldRedactor(SECRET)
+        )
+        assert await dispatcher.record_seen(
+            SESSION, f"deep_{depth}", "charge", nested, ToolPath.SIDEBAND, "resp_1", "i"
+        )
+        row = await dispatcher.get_record(SESSION, f"deep_{depth}")
+        assert row is not None and CARD not in row.arguments
+        assert dispatcher.raw_arguments(row) == nested
+        async with database() as s:
+            [pending] = (await s.execute(text("SELECT body FROM audit_pending"))).all()
+        assert CARD not in pending.body and '"call_id"' in pending.body
