@@ -6,15 +6,26 @@ signs, and the chain verifies with the broker's public key alone.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
+
+import httpx
+from sqlalchemy import text
 
 from broker import app_state
 from broker.audit.records import ChainedRecord
 from broker.audit.signing import PublicKeys
 from broker.audit.verify import verify_records
+from broker.db import queries
+from broker.db.engine import create_engine, make_sessionmaker
+from broker.db.models import ToolCallStatus, ToolPath
 from broker.db.queries.audit import AuditFilter, audit_records
+from broker.tools.dispatch import ToolDispatcher
+from broker.tools.registry import load_registry
 from tests.support.broker_server import AUDIT_SIGNER, RunningBroker
 from tests.support.flow import LOOKUP_42_OUTPUT, ask, connect_browser, says
+from tests.support.rows import session_row
 from tests.support.tool_backend import ToolBackend
 
 
@@ -149,3 +160,62 @@ async def test_a_call_the_page_relays_is_requested_by_the_page(
     assert [r.kind for r in calls] == ["tool.requested", "tool.succeeded"]
     assert (calls[0].actor, body(calls[0])["path"]) == ("page", "bridge")
     assert (calls[1].actor, body(calls[1])["path"]) == ("broker", "bridge")
+
+
+async def _pending_records(sessionmaker: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    async with sessionmaker() as s:
+        rows = (
+            await s.execute(text("SELECT kind, actor, body FROM audit_pending ORDER BY id"))
+        ).all()
+    return [(row.kind, row.actor, json.loads(row.body)) for row in rows]
+
+
+async def test_cancelled_recovered_and_injected_calls_are_recorded_once(
+    sqlite_db_url: str, tmp_path: Path
+) -> None:
+    """At the dispatcher: an abandoned call, a call a restart finds running (not idempotent:
+    ``outcome_unknown``), and an output marked sent twice (recorded the first time only)."""
+    tools = tmp_path / "tools.toml"
+    tools.write_text('[tools.get_time]\npython = "broker.tools.demo:get_time"\n')
+    engine = create_engine(sqlite_db_url)
+    try:
+        sessionmaker = make_sessionmaker(engine)
+        async with sessionmaker.begin() as s:
+            s.add(session_row("sess_a", ["get_time"], sideband_enabled=True))
+        async with httpx.AsyncClient() as http:
+            dispatcher = ToolDispatcher(sessionmaker, load_registry(tools, http))
+            for call_id in ("gone", "cut", "sent"):
+                await dispatcher.record_seen(
+                    "sess_a", call_id, "get_time", "{}", ToolPath.SIDEBAND, "resp", call_id
+                )
+            await dispatcher.abandon("sess_a", "gone", "cancelled")
+            await dispatcher.abandon("sess_a", "gone", "cancelled")  # settled already
+            async with sessionmaker.begin() as s:
+                assert await queries.claim_tool_call_returning(s, "sess_a", "cut", "sideband")
+            assert await dispatcher.recover_interrupted("sess_a") == [
+                ("cut", ToolCallStatus.FAILED)
+            ]
+            outcome = await dispatcher.run(
+                "sess_a", ["get_time"], "sent", "get_time", "{}", ToolPath.SIDEBAND
+            )
+            assert outcome.status is ToolCallStatus.SUCCEEDED
+            await dispatcher.mark_injected("sess_a", "sent")
+            await dispatcher.mark_injected("sess_a", "sent")
+            await dispatcher.drain()
+        records = [
+            (kind, actor, body["call_id"])
+            for kind, actor, body in await _pending_records(sessionmaker)
+        ]
+        assert records == [
+            ("tool.requested", "sideband", "gone"),
+            ("tool.requested", "sideband", "cut"),
+            ("tool.requested", "sideband", "sent"),
+            ("tool.cancelled", "broker", "gone"),
+            ("tool.failed", "broker", "cut"),
+            ("tool.succeeded", "broker", "sent"),
+            ("tool.output_injected", "sideband", "sent"),
+        ]
+        failed = (await _pending_records(sessionmaker))[4][2]
+        assert (failed["error"], failed["duration_ms"]) == ("outcome_unknown", None)
+    finally:
+        await engine.dispose()
