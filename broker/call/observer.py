@@ -10,8 +10,7 @@ audit records (``sideband.attached``, ``sideband.lost``) in the same transaction
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from broker.audit.records import Actor, AuditEntry, AuditKind
 from broker.call.dispatch_clock import DispatchClock
@@ -27,6 +26,12 @@ logger = logging.getLogger(__name__)
 
 OBSERVED: Final = Leash.WATCHES | DispatchClock.WATCHES | usage.WATCHES
 """The provider events read here: each is parsed once, on arrival; the rest are only recorded."""
+
+
+class SidebandStateWriter(Protocol):
+    """Records the sideband's state on the session row, with ``entries`` in one transaction."""
+
+    async def __call__(self, state: SidebandState, *entries: AuditEntry) -> None: ...
 
 
 class SessionObserver:
@@ -48,7 +53,7 @@ class SessionObserver:
         recorder: EventRecorder,
         leash: Leash,
         metrics: BrokerMetrics,
-        set_sideband_state: Callable[..., Awaitable[None]],
+        set_sideband_state: SidebandStateWriter,
         *,
         instance_id: str | None = None,
     ) -> None:
