@@ -25,8 +25,7 @@ from broker.audit.signing import PublicKeys
 from broker.audit.verify import verify_records
 from broker.auth.principals import hash_api_key
 from broker.db.queries.audit import AuditFilter, audit_records
-from tests.conftest import BrokerFactory
-from tests.support.broker_server import ADMIN_KEY, AUDIT_SIGNER, RunningBroker
+from tests.support.broker_server import ADMIN_KEY, AUDIT_SIGNER, BrokerFactory, RunningBroker
 from tests.support.browser import FakeBrowser
 from tests.support.flow import (
     LOOKUP_42_OUTPUT,
@@ -109,12 +108,17 @@ async def test_a_session_leaves_its_records_in_order_and_the_chain_verifies(
     sid = session["id"]
     browser = await connect_browser(broker, session)
     try:
+        # Each output's delivery is recorded once the provider echoes it, by a task of its
+        # own: waited for, so that the next call's records come after it.
         ask(browser, 'lookup_order {"order_id": "42"}')
         await browser.wait_for("response.done", says(LOOKUP_42_OUTPUT))
+        await wait_records(broker, "tool.output_injected", 1, session_id=sid)
         ask(browser, 'lookup_order {"order_id": 42, "admin": true}')
         await browser.wait_for("response.done", says("arguments_invalid"))
+        await wait_records(broker, "tool.output_injected", 2, session_id=sid)
         ask(browser, "explode")
         await browser.wait_for("response.done", says("tool_http_error"))
+        await wait_records(broker, "tool.output_injected", 3, session_id=sid)
 
         rewrite_session(browser)
         await wait_events(broker, sid, "broker.tamper")
