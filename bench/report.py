@@ -783,7 +783,8 @@ def _audit_section(audit: dict[str, Any]) -> list[str]:
         "(`bench/audit_append.py`): the event log written by `EventRecorder` in batches as the "
         "sideband does; `append_event`, one transaction per event; and the tool-call records "
         "of one sideband call (`ToolDispatcher.run` with the no-op tool, then "
-        "`mark_injected`); and the signed audit trail (`bench/audit_chain.py`, below).",
+        "`mark_injected`; each transaction also writes its audit records to the outbox); and "
+        "the signed audit trail (`bench/audit_chain.py`, below).",
         "",
     ]
     lines += _table(
