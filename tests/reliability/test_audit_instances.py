@@ -31,6 +31,7 @@ from broker.db.engine import create_engine, make_sessionmaker
 from broker.db.models import AuditHead, AuditKey, AuditPending
 from broker.db.queries.audit import AuditFilter, audit_records
 from tests.reliability.test_instances import wait_until
+from tests.support.audit_chain import broker_cli_run, cli_environment
 from tests.support.broker_process import BrokerLauncher, BrokerProcess
 from tests.support.browser import FakeBrowser
 from tests.support.flow import ask, says
@@ -138,13 +139,19 @@ async def one_session(broker: BrokerProcess) -> tuple[str, list[str]]:
 
 
 async def test_sessions_on_two_instances_make_one_gap_free_verifying_chain(
-    pg_brokers: BrokerLauncher, audit_db: AuditDatabase, tmp_path: Path
+    pg_brokers: BrokerLauncher,
+    audit_db: AuditDatabase,
+    pg_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """50 sessions with a tool call each, round-robin over two instances with their own
     audit signing keys, 10 at a time: one chain, seq 1..N, each record linked to the one
     before and none twice, verifying with both public keys (both chainers chained), the
     outbox empty, one tool.requested record per tool call, for the session that made it, and
-    each session's session.created and session.ended once."""
+    each session's session.created and session.ended once; `broker audit verify` on the
+    database, pinning both keys, passes."""
     signers = [AuditSigner.generate(), AuditSigner.generate()]
     brokers = [
         await pg_brokers.start(
@@ -185,6 +192,16 @@ async def test_sessions_on_two_instances_make_one_gap_free_verifying_chain(
     # Whichever instance wrote them, each session's first and last records are in the chain.
     for kind in (AuditKind.SESSION_CREATED, AuditKind.SESSION_ENDED):
         assert sorted((r.session_id or "") for r in records if r.kind == kind) == sorted(calls)
+
+    # A reviewer's own run: `broker audit verify` on the database, pinning both public keys.
+    keys = tmp_path / "instances.pub"
+    keys.write_text("".join(s.public_pem for s in signers))
+    cli_environment(monkeypatch, pg_url, tmp_path / "cli")
+    run = await broker_cli_run(
+        capsys, "audit", "verify", "--database", pg_url, "--public-key", str(keys)
+    )
+    assert run.code == 0, run
+    assert f"{len(records)} records" in run.out
 
 
 async def _chain_forever(trail: AuditTrail) -> None:
