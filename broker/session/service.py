@@ -211,7 +211,8 @@ class SessionService:
         if command.kind == BRIDGE_COMMAND:
             row = await self.get_row(command.session_id)
             payload = command.payload
-            outcome = await self._bridge.run_here(
+            # A redacting tool's arguments come, and its output goes back, sealed.
+            outcome = await self._bridge.run_for_peer(
                 row, str(payload["call_id"]), str(payload["tool"]), str(payload["arguments"])
             )
             return {

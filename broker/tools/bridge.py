@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -85,6 +86,9 @@ class Bridge:
     ) -> CallOutcome:
         """Run a relayed call in this instance (its owner), through the once-only pipeline.
 
+        ``arguments`` may come sealed from the instance that received the call
+        (:meth:`run_for_peer`): they are opened here.
+
         Raises:
             ValidationFailedError: the dispatcher rejected the call.
         """
@@ -94,12 +98,25 @@ class Bridge:
                 row.tools,
                 call_id,
                 tool,
-                arguments,
+                self._dispatcher.from_transit(row.id, call_id, arguments),
                 ToolPath.BRIDGE,
                 loser_wait=self._wait_timeout,
             )
         except CallRejectedError as exc:
             raise ValidationFailedError(exc.code, exc.message) from None
+
+    async def run_for_peer(
+        self, row: SessionRow, call_id: str, tool: str, arguments: str
+    ) -> CallOutcome:
+        """:meth:`run_here` for a call another instance relayed (through a command row).
+
+        A redacting tool's output goes back sealed, as its arguments came.
+        """
+        outcome = await self.run_here(row, call_id, tool, arguments)
+        if outcome.output is None:
+            return outcome
+        sealed = self._dispatcher.in_transit(row.id, call_id, outcome.tool, outcome.output)
+        return replace(outcome, output=sealed)
 
     async def call(
         self, browser: BrowserPrincipal, row: SessionRow, tool: str, request: BridgeCallRequest
@@ -184,8 +201,17 @@ class Bridge:
                 capability="page_sees_function_calls",
             )
         if self._at_owner is not None:
-            # A call another instance owns is run there, where its limits are kept.
-            outcome = await self._at_owner(row, request.call_id, tool, arguments)
+            # A call another instance owns is run there, where its limits are kept. A
+            # redacting tool's arguments and output cross (a command row) sealed.
+            outcome = await self._at_owner(
+                row,
+                request.call_id,
+                tool,
+                self._dispatcher.in_transit(row.id, request.call_id, tool, arguments),
+            )
             if outcome is not None:
-                return outcome
+                if outcome.output is None:
+                    return outcome
+                opened = self._dispatcher.from_transit(row.id, request.call_id, outcome.output)
+                return replace(outcome, output=opened)
         return await self.run_here(row, request.call_id, tool, arguments)

@@ -382,6 +382,16 @@ class CallLedger:
             return None
         return self._redaction.opened(row.session_id, row.call_id, row.output, row.output_sealed)
 
+    def in_transit(self, session_id: str, call_id: str, tool: str, text: str) -> str:
+        """Arguments or an output as they may cross to another instance.
+
+        Sealed if a redacting tool's: :meth:`~broker.tools.redaction.CallRedaction.in_transit`.
+        """
+        return self._redaction.in_transit(session_id, call_id, tool, text)
+
+    def from_transit(self, session_id: str, call_id: str, text: str) -> str:
+        return self._redaction.from_transit(session_id, call_id, text)
+
     def shown_arguments(self, tool: str, arguments: str) -> str:
         """``arguments`` as a row of ``tool`` shows them (to compare with a stored row)."""
         return self._redaction.shown(tool, arguments)

@@ -11,7 +11,7 @@ sealed, nothing changed.
 
 from __future__ import annotations
 
-from broker.audit.redaction import FieldRedactor, SealError
+from broker.audit.redaction import SEALED_PREFIX, FieldRedactor, SealError
 from broker.record.redaction import redacted_text
 from broker.tools.registry import ToolRegistry
 
@@ -21,6 +21,11 @@ __all__ = ["CallRedaction", "seal_context"]
 def seal_context(session_id: str, call_id: str) -> str:
     """What a call's sealed values are bound to: opened for another call, they fail."""
     return f"{session_id}:{call_id}"
+
+
+def _transit_context(session_id: str, call_id: str) -> str:
+    # Apart from the row's seals: a sealed value never opens in the other place.
+    return seal_context(session_id, call_id) + ":transit"
 
 
 class CallRedaction:
@@ -60,6 +65,28 @@ class CallRedaction:
             redacted_text(self._redactor, text, fields),
             self._redactor.seal(text, seal_context(session_id, call_id)),
         )
+
+    def in_transit(self, session_id: str, call_id: str, tool: str, text: str) -> str:
+        """``text`` as it may cross to another instance (a command row).
+
+        Sealed if it is a redacting tool's, else as is.
+        """
+        if not self.fields(tool) or self._redactor is None:
+            return text
+        return self._redactor.seal(text, _transit_context(session_id, call_id))
+
+    def from_transit(self, session_id: str, call_id: str, text: str) -> str:
+        """What :meth:`in_transit` sealed, opened; any other text as it is.
+
+        Only the broker's key makes a value that opens, so a page cannot pass off a text of
+        its own as sealed: one that does not open is just text (and fails as arguments).
+        """
+        if self._redactor is None or not text.startswith(SEALED_PREFIX):
+            return text
+        try:
+            return self._redactor.unseal(text, _transit_context(session_id, call_id))
+        except SealError:
+            return text
 
     def opened(self, session_id: str, call_id: str, shown: str, sealed: str | None) -> str:
         """The raw text of a row's value: the sealed copy opened, or the shown one if none.
