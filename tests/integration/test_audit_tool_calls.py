@@ -6,6 +6,7 @@ signs, and the chain verifies with the broker's public key alone.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,23 @@ def tool_records(records: list[ChainedRecord], session_id: str) -> list[ChainedR
     return [r for r in records if r.session_id == session_id and r.kind.startswith("tool.")]
 
 
+async def chained_with(
+    broker: RunningBroker, session_id: str, injected: int
+) -> list[ChainedRecord]:
+    """:func:`chained`, once the session has ``injected`` ``tool.output_injected`` records.
+
+    Those are written when the provider echoes the output, by a task of their own: the
+    model's answer may reach the page first.
+    """
+    async with asyncio.timeout(10):
+        while True:
+            records = await chained(broker)
+            kinds = [r.kind for r in tool_records(records, session_id)]
+            if kinds.count("tool.output_injected") >= injected:
+                return records
+            await asyncio.sleep(0.05)
+
+
 def by_call(records: list[ChainedRecord]) -> dict[str, list[ChainedRecord]]:
     calls: dict[str, list[ChainedRecord]] = {}
     for record in records:
@@ -81,7 +99,7 @@ async def test_allowed_denied_and_failed_calls_are_recorded_in_order_and_verify(
         await browser.close()
     assert tool_backend.calls_to("delete_account") == []
 
-    records = await chained(broker)
+    records = await chained_with(broker, session["id"], injected=3)
     report = verify_records(records, PublicKeys([AUDIT_SIGNER.public_key]))
     assert report.ok, report
     calls = by_call(tool_records(records, session["id"]))

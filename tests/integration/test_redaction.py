@@ -28,7 +28,7 @@ from broker.audit.redaction import SEALED_PREFIX, FieldRedactor
 from broker.audit.signing import PublicKeys
 from broker.audit.verify import verify_records
 from tests.conftest import BrokerFactory
-from tests.integration.test_audit_tool_calls import body, by_call, chained, tool_records
+from tests.integration.test_audit_tool_calls import body, by_call, chained_with, tool_records
 from tests.support.broker_server import AUDIT_SIGNER, RunningBroker
 from tests.support.flow import ask, connect_browser, says, wait_session_ended
 from tests.support.tool_backend import ToolBackend
@@ -124,7 +124,7 @@ async def test_a_redacted_field_is_in_clear_nowhere_but_at_the_tool(
     # The audit trail: keyed hashes a reviewer can match, and the chain verifies.
     redactor = FieldRedactor(broker.settings.redaction_secret)
     hashed = {"redacted": redactor.keyed_hash(CARD)}
-    records = await chained(broker)
+    records = await chained_with(broker, session_id, injected=1)
     assert verify_records(records, PublicKeys([AUDIT_SIGNER.public_key])).ok
     [call] = by_call(tool_records(records, session_id)).values()
     assert [r.kind for r in call] == ["tool.requested", "tool.succeeded", "tool.output_injected"]
