@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker import tracing
 from broker.audit import trail
 from broker.audit.records import AuditEntry
-from broker.audit.redaction import FieldRedactor
+from broker.audit.redaction import FieldRedactor, SealError
 from broker.db import queries
 from broker.db.models import ToolCallStatus, ToolPath
 from broker.tools import audit
@@ -236,7 +236,9 @@ class ToolDispatcher(CallLedger):
         except BaseException as exc:
             if isinstance(verdict, Granted):
                 verdict.permit.release()  # rolled back (or unknown): the tool never ran
-            if isinstance(exc, SQLAlchemyError):
+            # A seal that does not open (the redaction key changed under a recorded call)
+            # fails the same way every time: the call ends failed, as the database's does.
+            if isinstance(exc, SQLAlchemyError | SealError):
                 await self._writes.run(
                     self._fail_undecided(session_id, call_id, path, claimed_at),
                     name=f"tool-fail:{call_id}",

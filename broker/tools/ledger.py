@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from broker.audit import trail
 from broker.audit.records import AuditEntry
-from broker.audit.redaction import FieldRedactor
+from broker.audit.redaction import FieldRedactor, SealError
 from broker.db import queries
 from broker.db.models import ToolCall, ToolCallStatus, ToolPath, utcnow
 from broker.db.shielded import ShieldedWrites
@@ -371,16 +371,32 @@ class CallLedger:
             return await queries.get_tool_call(s, session_id, call_id)
 
     def raw_arguments(self, row: ToolCall) -> str:
-        """The call's arguments as the model sent them (to run it, or match its reports)."""
-        return self._redaction.opened(
-            row.session_id, row.call_id, row.arguments, row.arguments_sealed
-        )
+        """The call's arguments as the model sent them (to match its reports).
+
+        The shown ones if their seal does not open (the redaction key changed): logged.
+        """
+        return self._opened(row, row.arguments, row.arguments_sealed)
 
     def raw_output(self, row: ToolCall) -> str | None:
-        """The call's output as the model is to get it (``None``: not settled)."""
+        """The call's output as the model is to get it (``None``: not settled).
+
+        The shown one if its seal does not open, as :meth:`raw_arguments`.
+        """
         if row.output is None:
             return None
-        return self._redaction.opened(row.session_id, row.call_id, row.output, row.output_sealed)
+        return self._opened(row, row.output, row.output_sealed)
+
+    def _opened(self, row: ToolCall, shown: str, sealed: str | None) -> str:
+        try:
+            return self._redaction.opened(row.session_id, row.call_id, shown, sealed)
+        except SealError:
+            logger.warning(
+                "a sealed tool call value does not open (was the redaction key changed?)"
+                " session_id=%s call_id=%s",
+                row.session_id,
+                row.call_id,
+            )
+            return shown
 
     def in_transit(self, session_id: str, call_id: str, tool: str, text: str) -> str:
         """Arguments or an output as they may cross to another instance.

@@ -120,7 +120,12 @@ async def test_a_call_sealed_under_another_key_is_never_run(
         with pytest.raises(ValueError, match="does not open") as raised:
             await other.run(SESSION, ["charge"], "call_2", "charge", "{}", ToolPath.SIDEBAND)
         assert CARD not in str(raised.value)
+        await other.drain()
         assert RECEIVED == []
+        # Ended failed (the model is told the broker failed it), never to be tried again.
+        row = await other.get_record(SESSION, "call_2")
+        assert row is not None
+        assert (row.status, row.error) == (ToolCallStatus.FAILED, "broker_error")
 
 
 async def test_a_registry_that_redacts_needs_a_redactor(tmp_path: Path) -> None:
