@@ -465,7 +465,8 @@ class AuditRecord(Base):
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     at: Mapped[str] = mapped_column(String(32))
-    """UTC, microseconds, fixed width (``2026-12-05T00:10:08.123456Z``): text order is time order."""
+    """UTC, microseconds, fixed width (``2026-12-05T00:10:08.123456Z``): text order is time
+    order."""
     session_id: Mapped[str | None] = mapped_column(String(40))
     kind: Mapped[str] = mapped_column(String(40))
     actor: Mapped[str] = mapped_column(String(120))
