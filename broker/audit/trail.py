@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Final
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -250,27 +251,42 @@ class AuditTrail:
         ``seq`` erased), so a verifier tells an announced erasure from a body removed in
         secret. Returns how many bodies were erased.
         """
-        await self.chain_pending()
-        async with self._sessionmaker.begin() as s:
+        async with (
+            self._lock,
+            WriteGate.of(self._sessionmaker).turn(urgent=False),
+            self._sessionmaker.begin() as s,
+        ):
+            # One transaction under the head's lock: the session's pending records are
+            # chained first (so all of them are erased), and the erasure's own record is
+            # chained with the erasure, so no reader ever sees a body gone unannounced.
+            head = await audit_queries.lock_audit_head(s)
+            while True:
+                rows = await audit_queries.pending_audit_entries(s, self._batch)
+                if rows:
+                    records = chain(self.signer, head, rows)
+                    await audit_queries.store_chained(s, records, [row.id for row in rows])
+                    head = (records[-1].seq, records[-1].hash)
+                    self.chained += len(records)
+                if len(rows) < self._batch:
+                    break
             through = await audit_queries.last_session_seq(s, session_id)
             if through is None:
                 return 0
             erased = await audit_queries.erase_audit_bodies(s, session_id, through)
-            await add(
-                s,
-                AuditEntry(
-                    AuditKind.AUDIT_ERASED,
-                    actor,
-                    {
-                        "session_id": session_id,
-                        "through_seq": through,
-                        "count": erased,
-                        "reason": reason[:200],
-                    },
-                    session_id=session_id,
-                ),
+            announcement = AuditEntry(
+                AuditKind.AUDIT_ERASED,
+                actor,
+                {
+                    "session_id": session_id,
+                    "through_seq": through,
+                    "count": erased,
+                    "reason": reason[:200],
+                },
+                session_id=session_id,
             )
-        await self.chain_pending()
+            records = chain(self.signer, head, [SimpleNamespace(**announcement.pending_row())])
+            await audit_queries.store_chained(s, records, [])
+            self.chained += 1
         logger.info(
             "audit bodies erased session_id=%s count=%d through_seq=%d",
             session_id,
