@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.audit import trail as audit
-from broker.audit.records import Actor, AuditEntry, AuditKind
+from broker.audit.records import AuditEntry, AuditKind
 from broker.auth.principals import ALL_SCOPES, hash_api_key, new_api_key
 from broker.db.models import ApiKey, utcnow
 
@@ -40,12 +40,12 @@ async def create_api_key(
     name: str,
     scopes: Iterable[str],
     *,
-    actor: str = Actor.BROKER,
+    actor: str,
 ) -> tuple[ApiKey, str]:
     """Store a new key; returns the row and the key itself (never retrievable again).
 
-    ``actor``: who creates it, for the audit record (default: the broker itself, as for
-    ``broker serve --dev``'s development keys).
+    ``actor``: who creates it, for the audit record (no default: a caller that forgot it
+    would be recorded as someone else; ``broker serve --dev``'s keys are the broker's).
 
     Raises:
         UnknownScopeError: a scope is not one of :data:`broker.auth.principals.ALL_SCOPES`.
@@ -73,7 +73,7 @@ async def list_api_keys(sessionmaker: async_sessionmaker[AsyncSession]) -> Seque
 
 
 async def revoke_api_key(
-    sessionmaker: async_sessionmaker[AsyncSession], key_id: str, *, actor: str = Actor.BROKER
+    sessionmaker: async_sessionmaker[AsyncSession], key_id: str, *, actor: str
 ) -> ApiKey | None:
     """Revoke a key; the next request with it is refused. ``None`` if no such key.
 

@@ -19,9 +19,10 @@ from typing import Final
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from broker.auth.api_keys import create_api_key
+from broker.audit.records import Actor
+from broker.auth.api_keys import create_api_key, revoke_api_key
 from broker.auth.principals import Scope, hash_api_key
-from broker.db.models import ApiKey, utcnow
+from broker.db.models import ApiKey
 from broker.settings import SettingsError
 from broker.settings.key_file import read_private_file, write_private_file
 
@@ -103,14 +104,16 @@ async def ensure_dev_keys(
             None,
         )
         if row is None or key is None:
-            row, key = await create_api_key(sessionmaker, spec.name, spec.scopes)
+            row, key = await create_api_key(
+                sessionmaker, spec.name, spec.scopes, actor=Actor.BROKER
+            )
         keys[spec] = key
         kept.add(row.id)
     stale = [r.id for r in active if r.id not in kept and any(_is_dev_row(r, s) for s in DEV_KEYS)]
+    for key_id in stale:
+        # Through the one revoke path, so each revocation is audited like any other.
+        await revoke_api_key(sessionmaker, key_id, actor=Actor.BROKER)
     if stale:
-        async with sessionmaker.begin() as s:
-            for row in (await s.scalars(select(ApiKey).where(ApiKey.id.in_(stale)))).all():
-                row.revoked_at = utcnow()
         logger.info("earlier development keys revoked count=%d", len(stale))
     by_name = {spec.name: key for spec, key in keys.items()}
     if stored != by_name:

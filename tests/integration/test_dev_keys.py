@@ -150,6 +150,13 @@ async def test_a_lost_key_file_gets_new_keys_and_the_old_ones_revoked(tmp_path: 
     assert code == 0, listing
     assert len(_active_rows(listing)) == 2, listing
     assert len(listing.splitlines()) == 1 + 4, listing
+    # The revocations are audited like any other, by the broker itself.
+    code, exported = await _broker(tmp_path, "audit", "export")
+    assert code == 0, exported
+    records = [json.loads(line) for line in exported.splitlines() if line.startswith("{")]
+    revoked = [r for r in records if r["kind"] == "key.revoked"]
+    assert sorted(r["body"]["name"] for r in revoked) == ["development", "development ops"]
+    assert {r["actor"] for r in revoked} == {"broker"}
 
 
 async def test_a_key_file_others_can_read_stops_the_start(tmp_path: Path) -> None:
