@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 
 from broker import app_state
 from broker.app import create_app
-from broker.audit.cli import add_audit_parser, audit_command
+from broker.audit.cli import add_audit_parser, audit_command, is_offline
 from broker.auth.api_keys import (
     CLI,
     UnknownScopeError,
@@ -283,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if emulator_key is None:
             emu.error("set EMULATOR_API_KEY or pass --api-key")
 
+    if args.command == "audit" and is_offline(args):
+        return audit_command(args, None)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

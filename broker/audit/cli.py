@@ -180,11 +180,20 @@ def _time(text: str) -> str:
     return at_text(moment)
 
 
-def audit_command(args: argparse.Namespace, settings: Settings) -> int:
-    """Run ``broker audit …``; the exit code."""
+def is_offline(args: argparse.Namespace) -> bool:
+    """Whether the command is ``verify --file``, which reads no settings.
+
+    Reading them would make a signing key file on a reviewer's machine.
+    """
+    return bool(args.audit_command == "verify" and args.file is not None)
+
+
+def audit_command(args: argparse.Namespace, settings: Settings | None) -> int:
+    """Run ``broker audit …``; the exit code. ``settings``: ``None`` only when offline."""
     try:
         if args.audit_command == "verify":
             return _verify(args, settings)
+        assert settings is not None
         if args.audit_command == "export":
             return _export(args, settings)
         if args.audit_command == "public-key":
@@ -256,7 +265,7 @@ def _checkpoint_in(text: str) -> Checkpoint:
     return Checkpoint.from_json(whole)
 
 
-def _verify(args: argparse.Namespace, settings: Settings) -> int:
+def _verify(args: argparse.Namespace, settings: Settings | None) -> int:
     expect = _expected_head(args.expect_head)
     pinned = _pinned_keys(args.public_key) if args.public_key else None
     if args.file is not None:
@@ -272,6 +281,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     else:
         if args.partial:
             raise UsageError("--partial is for a filtered export (--file); the database is whole")
+        assert settings is not None
         url = args.database or settings.database_url
         verifier, trust = asyncio.run(_verify_database(url, pinned, expect, quiet=args.quiet))
     report = verifier.finish()

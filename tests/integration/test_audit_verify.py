@@ -328,6 +328,31 @@ async def test_an_export_verifies_offline_with_the_public_key_alone(
     assert "WARNING" not in run.err
 
 
+async def test_an_offline_verify_reads_no_settings_and_makes_no_key_file(
+    exported: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A reviewer's machine: no broker configuration (a broken one even), and nothing is
+    written there (reading the settings would make a signing key file)."""
+    export, key = exported
+    reviewer = tmp_path / "reviewer"
+    reviewer.mkdir()
+    monkeypatch.chdir(reviewer)
+    monkeypatch.setenv("BROKER_PORT", "not a port")
+    for name in ("BROKER_SIGNING_KEY_FILE", "BROKER_AUDIT_SIGNING_KEY_FILE", "BROKER_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    run = await broker_cli_run(
+        capsys, "audit", "verify", "--file", str(export), "--public-key", str(key)
+    )
+    assert run.code == 0, run
+    assert list(reviewer.iterdir()) == []
+    # Anything that reads the database still needs the configuration, and says so.
+    run = await broker_cli_run(capsys, "audit", "verify", "--public-key", str(key))
+    assert run.code == 2 and "BROKER_PORT" in run.err, run
+
+
 async def test_an_export_to_stdout_is_the_same_bytes(
     sqlite_db_url: str,
     tmp_path: Path,
