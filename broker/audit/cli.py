@@ -39,14 +39,16 @@ from broker.audit.export import (
     parse_export_line,
     read_export,
 )
-from broker.audit.records import RecordFormatError, at_text
+from broker.audit.records import Actor, RecordFormatError, at_text
 from broker.audit.report import DATABASE_KEYS_WARNING, Progress, Trust, summary
 from broker.audit.signing import (
     AuditKeyError,
+    AuditSigner,
     PublicKeys,
     load_or_create_signer,
     public_keys_from_pem,
 )
+from broker.audit.trail import AuditTrail
 from broker.audit.verify import ChainVerifier, Checkpoint, Problem, checkpoint_of
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.db.queries.audit import (
@@ -55,6 +57,7 @@ from broker.db.queries.audit import (
     audit_keys,
     audit_records,
     count_audit_records,
+    last_session_seq,
 )
 from broker.settings import Settings, SettingsError
 
@@ -165,6 +168,17 @@ def add_audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         " to BROKER_AUDIT_CHECKPOINT_FILE as the chain grows.",
     )
     checkpoint.add_argument("--database", metavar="URL", help="default: BROKER_DATABASE_URL")
+    erase = commands.add_parser(
+        "erase",
+        help="erase one session's record bodies (a person's request); the chain still verifies",
+        description="Set the bodies of every chained record of the session to NULL and record"
+        " the erasure (audit.erased, naming the session and the last seq erased, signed with"
+        " this deployment's audit key). Headers, hashes and signatures stay, so `verify`"
+        " still passes and shows the erasure.",
+    )
+    erase.add_argument("--session", required=True, metavar="ID", help="the session")
+    erase.add_argument("--reason", required=True, metavar="TEXT", help="why (kept, 200 chars)")
+    erase.add_argument("--database", metavar="URL", help="default: BROKER_DATABASE_URL")
 
 
 def _time(text: str) -> str:
@@ -198,6 +212,8 @@ def audit_command(args: argparse.Namespace, settings: Settings | None) -> int:
             return _export(args, settings)
         if args.audit_command == "public-key":
             return _public_key(settings)
+        if args.audit_command == "erase":
+            return _erase(args, settings)
         return _checkpoint(args.database or settings.database_url)
     except UsageError as exc:
         _err(f"broker audit: {exc}")
@@ -482,25 +498,52 @@ async def _write_export(url: str, where: AuditFilter, stream: BinaryIO) -> int:
     return count
 
 
-def _public_key(settings: Settings) -> int:
+def _existing_signer(settings: Settings) -> AuditSigner:
+    """This deployment's audit key; never a new one (the broker would not sign with it)."""
     configured = settings.audit_signing_key
     path = settings.audit_signing_key_file
     if configured is None and not path.exists():
-        # Not made here: a key this command made would be one the broker never signs with.
         raise UsageError(
             f"no audit signing key: BROKER_AUDIT_SIGNING_KEY is unset and {path} does not"
             " exist (the broker makes it on first start)"
         )
     try:
-        signer = load_or_create_signer(
-            configured.reveal() if configured is not None else None, path
-        )
+        return load_or_create_signer(configured.reveal() if configured is not None else None, path)
     except SettingsError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _public_key(settings: Settings) -> int:
+    signer = _existing_signer(settings)
     sys.stdout.write(signer.public_pem)
     sys.stdout.flush()
     _err(f"audit key id {signer.key_id}")
     return OK
+
+
+def _erase(args: argparse.Namespace, settings: Settings) -> int:
+    signer = _existing_signer(settings)
+    url = args.database or settings.database_url
+    _require_database(url)
+    erased = asyncio.run(_erase_session(url, signer, args.session, args.reason))
+    if erased is None:
+        raise UsageError(f"no audit records of session {args.session!r}")
+    _out(f"erased {erased} record bodies of {args.session}; the erasure is recorded")
+    return OK
+
+
+async def _erase_session(url: str, signer: AuditSigner, session_id: str, reason: str) -> int | None:
+    engine = create_engine(url)
+    try:
+        sessionmaker = make_sessionmaker(engine)
+        async with sessionmaker() as s:
+            if await last_session_seq(s, session_id) is None:
+                return None
+        trail = AuditTrail(sessionmaker, signer)
+        await trail.start()
+        return await trail.erase_session(session_id, reason, Actor.CLI)
+    finally:
+        await engine.dispose()
 
 
 def _checkpoint(url: str) -> int:

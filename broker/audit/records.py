@@ -75,6 +75,8 @@ class Actor:
     """The provider's events on the broker's own connection (the model, the call)."""
     BROKER: Final = "broker"
     """The broker itself (a sweep, a limit, a restart's recovery)."""
+    CLI: Final = "cli"
+    """The ``broker`` command line (whoever holds the database and the keys)."""
 
     @staticmethod
     def key(key_id: str) -> str:

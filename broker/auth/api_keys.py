@@ -17,13 +17,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.audit import trail as audit
-from broker.audit.records import AuditEntry, AuditKind
+from broker.audit.records import Actor, AuditEntry, AuditKind
 from broker.auth.principals import ALL_SCOPES, hash_api_key, new_api_key
 from broker.db.models import ApiKey, utcnow
 
 logger = logging.getLogger(__name__)
 
-CLI: Final = "cli"
+CLI: Final = Actor.CLI
 """The actor of a key made or revoked with ``broker keys`` (whoever holds the database)."""
 
 

@@ -564,6 +564,34 @@ async def test_an_announced_erasure_keeps_the_chain_verifiable_and_shows(
     assert broken_at(await verify(capsys, stack)) == (RECORDS + 1, "body_mismatch")
 
 
+async def test_broker_audit_erase_erases_a_session_and_signs_the_erasure(
+    stack: AuditStack, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command a person's request is carried out with: the chain still verifies with the
+    pinned key, and the erasure is the command line's record."""
+    monkeypatch.setenv("BROKER_AUDIT_SIGNING_KEY", stack.signer.private_pem())
+    run = await broker_cli_run(
+        capsys, "audit", "erase", "--session", "sess_b", "--reason", "a person's request"
+    )
+    assert run.code == 0, run
+    assert "erased 9 record bodies of sess_b" in run.out
+    assert "PRIVATE" not in run.out + run.err
+    stored = await rows(stack.url)
+    assert [row.seq for row in stored if row.session_id == "sess_b" and row.body is None] == list(
+        range(11, 20)
+    )
+    last = stored[-1]
+    assert (last.kind, last.actor, last.session_id) == ("audit.erased", "cli", "sess_b")
+    run = await verify(capsys, stack)
+    assert run.code == 0, run
+    assert "(seq 11-19), each announced" in run.out
+    unknown = await broker_cli_run(
+        capsys, "audit", "erase", "--session", "sess_nobody", "--reason", "x"
+    )
+    assert unknown.code == 2 and "no audit records of session 'sess_nobody'" in unknown.err
+    assert (await rows(stack.url))[-1].seq == last.seq  # nothing recorded for it
+
+
 async def test_a_body_erased_without_an_erasure_record_fails(
     stack: AuditStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
