@@ -16,8 +16,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -214,6 +214,51 @@ class ChainedRecord:
             body_sha256=self.body_sha256,
             key_id=self.key_id,
         )
+
+    @classmethod
+    def from_row(cls, row: Any, seq: int | None = None) -> ChainedRecord:
+        """A record from an ``audit_records`` row, or (``seq`` given) from an outbox row.
+
+        One from the outbox (``audit_pending``) is unsigned: only :meth:`signed` gives it
+        its link, hash and signature.
+        """
+        if seq is not None:
+            return cls(
+                seq=seq,
+                at=row.at,
+                session_id=row.session_id,
+                kind=row.kind,
+                actor=row.actor,
+                tool=row.tool,
+                decision=row.decision,
+                body_text=row.body,
+                body_sha256=body_sha256(row.body),
+                prev_hash="",
+                hash="",
+                key_id="",
+                signature="",
+            )
+        return cls(
+            seq=int(row.seq),
+            at=row.at,
+            session_id=row.session_id,
+            kind=row.kind,
+            actor=row.actor,
+            tool=row.tool,
+            decision=row.decision,
+            body_text=row.body,
+            body_sha256=row.body_sha256,
+            prev_hash=row.prev_hash,
+            hash=row.hash,
+            key_id=row.key_id,
+            signature=row.signature,
+        )
+
+    def signed(self, prev_hash: str, key_id: str, sign: Callable[[bytes], str]) -> ChainedRecord:
+        """This record linked after ``prev_hash`` and signed by ``sign`` (as key ``key_id``)."""
+        linked = replace(self, prev_hash=prev_hash, key_id=key_id)
+        digest = chain_hash(prev_hash, linked.header())
+        return replace(linked, hash=digest, signature=sign(bytes.fromhex(digest)))
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -41,9 +41,6 @@ from broker.audit.records import (
     AuditKind,
     ChainedRecord,
     at_text,
-    body_sha256,
-    chain_hash,
-    header,
 )
 from broker.audit.signing import AuditSigner
 from broker.audit.verify import Checkpoint, checkpoint_of
@@ -76,40 +73,10 @@ def chain(signer: AuditSigner, head: tuple[int, str], rows: Sequence[Any]) -> li
     """Link and sign outbox rows after ``head`` (``(seq, hash)``)."""
     seq, prev = head
     records: list[ChainedRecord] = []
-    key_id = signer.key_id
-    for row in rows:
-        seq += 1
-        digest = body_sha256(row.body)
-        record_header = header(
-            seq=seq,
-            at=row.at,
-            session_id=row.session_id,
-            kind=row.kind,
-            actor=row.actor,
-            tool=row.tool,
-            decision=row.decision,
-            body_sha256=digest,
-            key_id=key_id,
-        )
-        hashed = chain_hash(prev, record_header)
-        records.append(
-            ChainedRecord(
-                seq=seq,
-                at=row.at,
-                session_id=row.session_id,
-                kind=row.kind,
-                actor=row.actor,
-                tool=row.tool,
-                decision=row.decision,
-                body_text=row.body,
-                body_sha256=digest,
-                prev_hash=prev,
-                hash=hashed,
-                key_id=key_id,
-                signature=signer.sign(bytes.fromhex(hashed)),
-            )
-        )
-        prev = hashed
+    for offset, row in enumerate(rows, start=1):
+        record = ChainedRecord.from_row(row, seq + offset).signed(prev, signer.key_id, signer.sign)
+        records.append(record)
+        prev = record.hash
     return records
 
 

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker import cli as broker_cli
-from broker.audit.records import Actor, AuditEntry, AuditKind, chain_hash, header
+from broker.audit.records import Actor, AuditEntry, AuditKind, ChainedRecord
 from broker.audit.signing import AuditSigner
 from broker.audit.trail import AuditTrail, append
 from broker.db.engine import create_engine, make_sessionmaker
@@ -126,21 +126,8 @@ async def resign(url: str, seq: int, signer: AuditSigner, *, key_id: str | None 
     default the signer's own): what someone holding another key can do."""
     (row,) = await execute(url, f"SELECT * FROM audit_records WHERE seq = {seq}")
     named = key_id or signer.key_id
-    digest = chain_hash(
-        row.prev_hash,
-        header(
-            seq=row.seq,
-            at=row.at,
-            session_id=row.session_id,
-            kind=row.kind,
-            actor=row.actor,
-            tool=row.tool,
-            decision=row.decision,
-            body_sha256=row.body_sha256,
-            key_id=named,
-        ),
-    )
-    signature = signer.sign(bytes.fromhex(digest))
+    record = ChainedRecord.from_row(row).signed(row.prev_hash, named, signer.sign)
+    digest, signature = record.hash, record.signature
     await execute(
         url,
         f"UPDATE audit_records SET hash = '{digest}', signature = '{signature}',"
@@ -154,27 +141,14 @@ async def rechain_from(url: str, seq: int, signer: AuditSigner) -> None:
     (prev,) = await execute(url, f"SELECT hash FROM audit_records WHERE seq = {seq - 1}")
     prev_hash = prev.hash
     for row in await execute(url, f"SELECT * FROM audit_records WHERE seq >= {seq} ORDER BY seq"):
-        digest = chain_hash(
-            prev_hash,
-            header(
-                seq=row.seq,
-                at=row.at,
-                session_id=row.session_id,
-                kind=row.kind,
-                actor=row.actor,
-                tool=row.tool,
-                decision=row.decision,
-                body_sha256=row.body_sha256,
-                key_id=signer.key_id,
-            ),
-        )
+        record = ChainedRecord.from_row(row).signed(prev_hash, signer.key_id, signer.sign)
         await execute(
             url,
-            f"UPDATE audit_records SET prev_hash = '{prev_hash}', hash = '{digest}',"
-            f" signature = '{signer.sign(bytes.fromhex(digest))}', key_id = '{signer.key_id}'"
+            f"UPDATE audit_records SET prev_hash = '{prev_hash}', hash = '{record.hash}',"
+            f" signature = '{record.signature}', key_id = '{signer.key_id}'"
             f" WHERE seq = {row.seq}",
         )
-        prev_hash = digest
+        prev_hash = record.hash
     pem = signer.public_pem
     await execute(
         url,

@@ -88,21 +88,7 @@ async def store_chained(
 
 
 def chained_record(row: Any) -> ChainedRecord:
-    return ChainedRecord(
-        seq=int(row.seq),
-        at=row.at,
-        session_id=row.session_id,
-        kind=row.kind,
-        actor=row.actor,
-        tool=row.tool,
-        decision=row.decision,
-        body_text=row.body,
-        body_sha256=row.body_sha256,
-        prev_hash=row.prev_hash,
-        hash=row.hash,
-        key_id=row.key_id,
-        signature=row.signature,
-    )
+    return ChainedRecord.from_row(row)
 
 
 @dataclass(frozen=True)
