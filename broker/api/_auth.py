@@ -30,7 +30,10 @@ async def api_principal(request: web.Request) -> ApiPrincipal:
     token = bearer_token(request.headers.get(hdrs.AUTHORIZATION))
     settings = request.app[app_state.SETTINGS]
     if is_admin_key(token, settings.admin_key):
-        principal = ApiPrincipal(key_id=ADMIN_KEY_ID, name="admin", scopes=frozenset(ALL_SCOPES))
+        # The operator's own key: every tenant, every tool.
+        principal = ApiPrincipal(
+            key_id=ADMIN_KEY_ID, name="admin", scopes=frozenset(ALL_SCOPES), tenant_id=None
+        )
     else:
         # Looked up on every request, so a revoked key fails from its next request on.
         async with request.app[app_state.SESSIONMAKER]() as s:
@@ -38,7 +41,13 @@ async def api_principal(request: web.Request) -> ApiPrincipal:
         if row is None or row.revoked_at is not None:
             # One code for unknown and revoked: the client's fix is the same (a new key).
             raise UnauthorizedError("invalid_api_key", "the API key is not valid")
-        principal = ApiPrincipal(key_id=row.id, name=row.name, scopes=frozenset(row.scopes))
+        principal = ApiPrincipal(
+            key_id=row.id,
+            name=row.name,
+            scopes=frozenset(row.scopes),
+            tenant_id=row.tenant_id,
+            tool_grants=frozenset(row.tool_grants),
+        )
     request[API_PRINCIPAL] = principal
     return principal
 

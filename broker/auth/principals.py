@@ -18,6 +18,7 @@ from typing import Any, Final
 from jose import jwt
 from jose.exceptions import ExpiredSignatureError, JWTError
 
+from broker.db.models import ALL_TOOLS, DEFAULT_TENANT
 from broker.errors import ForbiddenError, UnauthorizedError
 from broker.settings import Secret
 
@@ -63,6 +64,22 @@ class ApiPrincipal:
     key_id: str
     name: str
     scopes: frozenset[str]
+    tenant_id: str | None = DEFAULT_TENANT
+    """The tenant whose sessions it sees and acts on; ``None``: every tenant's (the admin
+    key, or a key made cross-tenant explicitly)."""
+    tool_grants: frozenset[str] = frozenset({ALL_TOOLS})
+    """The tools it may put in a session's allowlist (:data:`ALL_TOOLS`: any)."""
+
+    @property
+    def cross_tenant(self) -> bool:
+        return self.tenant_id is None
+
+    def sees_tenant(self, tenant_id: str) -> bool:
+        """Whether a session of ``tenant_id`` exists for this key (else: 404, never 403)."""
+        return self.tenant_id is None or self.tenant_id == tenant_id
+
+    def may_grant(self, tool: str) -> bool:
+        return ALL_TOOLS in self.tool_grants or tool in self.tool_grants
 
     def require(self, scope: Scope) -> None:
         """Raises ForbiddenError unless the key has ``scope`` (``admin`` implies every scope)."""

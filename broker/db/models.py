@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import (
     JSON,
@@ -117,6 +117,28 @@ class Base(AsyncAttrs, DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, datetime: _tz()}
 
 
+DEFAULT_TENANT: Final = "default"
+"""The tenant of single-team use: every key and session before tenants existed is its."""
+ALL_TOOLS: Final = "*"
+"""A tool grant that allows every tool in the registry (the development key's, and keys made
+before grants existed)."""
+
+
+class Tenant(Base):
+    """A team sharing the broker: its keys see only its own sessions, within its caps."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    retention_days: Mapped[int | None]
+    """Ended sessions' content is erased after this many days (``None``: the broker's
+    ``BROKER_RETENTION_DAYS``)."""
+    quotas: Mapped[dict[str, Any] | None]
+    """Spend caps over all the tenant's keys (``None``: none); see :mod:`broker.auth.quotas`."""
+
+
 class ApiKey(Base):
     """An app backend's credential; only the SHA-256 of the key is stored."""
 
@@ -128,6 +150,17 @@ class ApiKey(Base):
     scopes: Mapped[list[str]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+    tenant_id: Mapped[str | None] = mapped_column(
+        String(40), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT
+    )
+    """Its tenant; ``None``: a cross-tenant key (made so explicitly, by a cross-tenant key)."""
+    tool_grants: Mapped[list[str]] = mapped_column(
+        JSON, default=list, server_default=f'["{ALL_TOOLS}"]'
+    )
+    """The tools it may put in a session's allowlist (:data:`ALL_TOOLS`: any). New keys get
+    none unless given; keys made before grants existed keep every tool."""
+    quotas: Mapped[dict[str, Any] | None]
+    """Spend caps of this key alone (``None``: none); see :mod:`broker.auth.quotas`."""
 
 
 class SessionRow(Base):
@@ -137,6 +170,10 @@ class SessionRow(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner_key_id: Mapped[str] = mapped_column(String(40))
+    tenant_id: Mapped[str] = mapped_column(
+        String(40), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT
+    )
+    """The owner key's tenant when the session was made: what every read is scoped by."""
     state: Mapped[str] = mapped_column(String(16), default=SessionState.CREATED)
     provider: Mapped[str] = mapped_column(String(40))
     model: Mapped[str] = mapped_column(String(100))
@@ -205,12 +242,17 @@ class SessionRow(Base):
     """Provider ``error`` events stored (always kept)."""
     last_event_at: Mapped[datetime | None]
     """When the newest stored event was recorded."""
+    erased_at: Mapped[datetime | None]
+    """When its content (events, transcript, tool arguments and outputs, audit bodies) was
+    erased, by retention or ``DELETE /api/v1/sessions/{id}``; the row stays, as a tombstone."""
 
     __table_args__ = (
         Index("ix_sessions_state_created_at", "state", "created_at"),
         Index("ix_sessions_state_sideband", "state", "sideband_enabled"),
         # Usage per API key sums the key's sessions.
         Index("ix_sessions_owner_key_id", "owner_key_id"),
+        # Every tenant's reads, and its quotas (sessions and tokens since a day's start).
+        Index("ix_sessions_tenant_created_at", "tenant_id", "created_at"),
     )
 
 
