@@ -43,6 +43,7 @@ from broker.record.event_log import EventCaps, EventLog
 from broker.record.event_writer import grown_elsewhere
 from broker.record.redaction import ToolFields
 from broker.session.reaper import SessionReaper
+from broker.session.retention import RetentionSweeper
 from broker.session.service import SessionService
 from broker.settings import Settings
 from broker.tools.breaker import CircuitBreakers
@@ -447,10 +448,16 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[app_state.REAPER] = reaper
     sweeping = asyncio.create_task(reaper.run(), name="session-reaper")
+    retention = RetentionSweeper(
+        app[app_state.SESSIONMAKER], app[app_state.AUDIT], settings.retention_days
+    )
+    app[app_state.RETENTION] = retention
+    # Runs with no period set too: a tenant may set one of its own.
+    erasing = asyncio.create_task(retention.run(), name="retention-sweeper")
     try:
         yield
     finally:
-        for task in (sweeping, watching_load, owning):
+        for task in (erasing, sweeping, watching_load, owning):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

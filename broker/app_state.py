@@ -20,6 +20,7 @@ from broker.metrics import BrokerMetrics
 from broker.overload import OverloadGuard
 from broker.record.event_log import EventLog
 from broker.session.reaper import SessionReaper
+from broker.session.retention import RetentionSweeper
 from broker.session.service import SessionService
 from broker.settings import Settings
 from broker.tools.dispatch import ToolDispatcher
@@ -60,6 +61,8 @@ OVERLOAD = web.AppKey("overload", OverloadGuard)
 """The overload signal: new sessions and offers are refused while it holds."""
 REAPER = web.AppKey("reaper", SessionReaper)
 """Ends stranded sessions (``created`` past their secret, ``offered`` past any offer)."""
+RETENTION = web.AppKey("retention", RetentionSweeper)
+"""Erases ended sessions' content past their tenant's retention period."""
 AUDIT = web.AppKey("audit", AuditTrail)
 """This instance's audit chainer, signing key and checkpoint publisher."""
 REDACTOR = web.AppKey("redactor", FieldRedactor)

@@ -22,7 +22,9 @@ from pydantic.json_schema import models_json_schema
 
 from broker.api import audit, schemas
 from broker.api.api_keys import CreateKeyRequest
+from broker.api.erasure import SessionErased
 from broker.api.ops_actions import HangupRequest, InstructionsRequest
+from broker.api.retention import RetentionRequest, RetentionSet
 from broker.api.session_list import DEFAULT_LIMIT, MAX_LIMIT
 from broker.api.tools import DisableToolRequest
 from broker.session.service import CreateSessionRequest
@@ -208,6 +210,16 @@ OPERATIONS: Final = (
         "A session with its tool calls, transcript and usage (owner, or monitor:read)",
         _ok(schemas.SessionDetail),
         errors=(_SCOPED, {404: ("session_not_found",)}),
+    ),
+    Operation(
+        "delete",
+        "/api/v1/sessions/{session_id}",
+        "eraseSession",
+        "Erase an ended session's content now: events, transcript, tool arguments and"
+        " outputs, instructions, metadata, audit bodies (admin; idempotent; audited)",
+        _ok(SessionErased),
+        errors=(_SCOPED, {404: ("session_not_found",), 409: ("session_live",)}),
+        tags=("ops",),
     ),
     Operation(
         "get",
@@ -462,6 +474,17 @@ OPERATIONS: Final = (
         _ok(schemas.AuditCheckpoint),
         errors=(_SCOPED, {404: ("audit_empty",)}),
         tags=("audit",),
+    ),
+    Operation(
+        "put",
+        "/api/v1/tenants/{tenant_id}/retention",
+        "setTenantRetention",
+        "Set a tenant's own retention period; null: BROKER_RETENTION_DAYS (admin; audited"
+        " tenant.retention_changed)",
+        _ok(RetentionSet),
+        request=RetentionRequest,
+        errors=(_SCOPED, _JSON_BODY, {404: ("tenant_not_found",)}),
+        tags=("ops",),
     ),
     # The browser endpoints' CORS preflights (broker.api.cors).
     _preflight("/api/v1/sessions/{session_id}/realtime-offer", "realtimeOffer"),

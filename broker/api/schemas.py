@@ -161,6 +161,10 @@ class SessionDetail(_Out):
     created_at: str | None
     live_at: str | None
     ended_at: str | None
+    erased_at: str | None = Field(
+        description="When its content (events, transcript, tool arguments and outputs,"
+        " instructions, metadata, audit bodies) was erased; ``null``: not erased."
+    )
     usage: UsageOut
     tool_calls: list[ToolCallRecord]
     transcript: list[TranscriptTurn | TranscriptToolCall]

@@ -56,6 +56,7 @@ def _session_json(row: SessionRow) -> dict[str, Any]:
         "created_at": iso(row.created_at),
         "live_at": iso(row.live_at),
         "ended_at": iso(row.ended_at),
+        "erased_at": iso(row.erased_at),
         "usage": Usage.from_columns(row).as_json(),
     }
 

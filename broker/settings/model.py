@@ -461,6 +461,17 @@ class Settings(BaseSettings):
         " they are dropped too",
     )
 
+    # --- retention ------------------------------------------------------------------------
+    retention_days: int | None = Field(
+        None,
+        ge=1,
+        le=36_500,
+        description="days after its end a session's content (event log, transcript, tool"
+        " arguments and outputs, instructions, metadata, audit bodies) is erased; a tenant's"
+        " own `retention_days` overrides it; unset: kept until erased by `DELETE"
+        " /api/v1/sessions/{id}`",
+    )
+
     # --- overload -------------------------------------------------------------------------
     max_live_calls: int = Field(
         1000,
