@@ -42,6 +42,7 @@ from broker.overload import OverloadGuard, OverloadLimits
 from broker.record.event_log import EventCaps, EventLog
 from broker.record.event_writer import grown_elsewhere
 from broker.record.redaction import ToolFields
+from broker.session.quota_watch import QuotaWatch
 from broker.session.reaper import SessionReaper
 from broker.session.retention import RetentionSweeper
 from broker.session.service import SessionService
@@ -448,6 +449,9 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[app_state.REAPER] = reaper
     sweeping = asyncio.create_task(reaper.run(), name="session-reaper")
+    quota_watch = QuotaWatch(app[app_state.SESSIONMAKER], app[app_state.SESSIONS].hang_up)
+    app[app_state.QUOTA_WATCH] = quota_watch
+    watching_quotas = asyncio.create_task(quota_watch.run(), name="quota-watch")
     retention = RetentionSweeper(
         app[app_state.SESSIONMAKER], app[app_state.AUDIT], settings.retention_days
     )
@@ -457,7 +461,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in (erasing, sweeping, watching_load, owning):
+        for task in (erasing, sweeping, watching_quotas, watching_load, owning):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

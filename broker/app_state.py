@@ -19,6 +19,7 @@ from broker.call.supervisor import SidebandSupervisor
 from broker.metrics import BrokerMetrics
 from broker.overload import OverloadGuard
 from broker.record.event_log import EventLog
+from broker.session.quota_watch import QuotaWatch
 from broker.session.reaper import SessionReaper
 from broker.session.retention import RetentionSweeper
 from broker.session.service import SessionService
@@ -60,6 +61,8 @@ SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 OVERLOAD = web.AppKey("overload", OverloadGuard)
 """The overload signal: new sessions and offers are refused while it holds."""
 REAPER = web.AppKey("reaper", SessionReaper)
+QUOTA_WATCH = web.AppKey("quota_watch", QuotaWatch)
+"""Ends live calls past a hard spend cap (tests sweep it directly)."""
 """Ends stranded sessions (``created`` past their secret, ``offered`` past any offer)."""
 RETENTION = web.AppKey("retention", RetentionSweeper)
 """Erases ended sessions' content past their tenant's retention period."""

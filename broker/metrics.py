@@ -148,6 +148,12 @@ TRANSCRIPTION_TOKEN_LABELS: Final = (
 """``(direction, modality)`` of ``broker_transcription_tokens_total`` (its output is text)."""
 
 
+QUOTA_CAPS: Final = tuple(
+    f"{scope}.max_{limit}"
+    for scope in ("key", "tenant")
+    for limit in ("live_calls", "sessions_per_day", "tokens_per_day", "tokens_per_month")
+)
+"""The ``cap`` labels of ``broker_quota_refusals_total`` (:mod:`broker.auth.quotas`)."""
 TOOL_OUTCOMES: Final = frozenset({"succeeded", "failed", "denied", "cancelled"})
 """The settled statuses of a tool call (``ToolCallStatus``), the ``outcome`` label's values."""
 
@@ -441,6 +447,13 @@ class BrokerMetrics:
             namespace=NAMESPACE,
             registry=registry,
         )
+        self._quota_refusals = Counter(
+            "quota_refusals_total",
+            "Sessions refused with 429 quota_exceeded, by the cap (key. or tenant., the limit).",
+            ["cap"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self._audit = _AuditReadings()
         registry.register(self._audit)
         # Known label values start at zero, so a rate() over them works from the first event.
@@ -460,6 +473,8 @@ class BrokerMetrics:
             self._sessions_ended.labels(label.value)
         for kind in SidebandKind:
             self._sideband_connects.labels(kind.value)
+        for quota_cap in QUOTA_CAPS:
+            self._quota_refusals.labels(quota_cap)
         for failure in SidebandFailure:
             self._sideband_failures.labels(failure.value)
 
@@ -636,6 +651,10 @@ class BrokerMetrics:
     def overload_refused(self, reason: str) -> None:
         """Count one session creation or offer refused with 503 ``overloaded``."""
         self._overload_refusals.labels(reason).inc()
+
+    def quota_refused(self, cap: str) -> None:
+        """Count one session refused with 429 ``quota_exceeded`` (``cap``: ``key.max_…``)."""
+        self._quota_refusals.labels(cap if cap in QUOTA_CAPS else OTHER).inc()
 
     def track_audit(self, chained: Callable[[], float], pending: Callable[[], float]) -> None:
         """Read the audit chainer's count of records chained and of records pending."""

@@ -24,6 +24,7 @@ from broker.api import audit, schemas
 from broker.api.api_keys import CreateKeyRequest
 from broker.api.erasure import SessionErased
 from broker.api.ops_actions import HangupRequest, InstructionsRequest
+from broker.api.quotas import QuotasBody, QuotasSet, UsageReport
 from broker.api.retention import RetentionRequest, RetentionSet
 from broker.api.session_list import DEFAULT_LIMIT, MAX_LIMIT
 from broker.api.tools import DisableToolRequest
@@ -178,7 +179,7 @@ OPERATIONS: Final = (
                     "transcription_model_required",
                     "provider_lacks_capability",
                 ),
-                429: ("rate_limited",),
+                429: ("rate_limited", "quota_exceeded"),
             },
         ),
     ),
@@ -485,6 +486,43 @@ OPERATIONS: Final = (
         request=RetentionRequest,
         errors=(_SCOPED, _JSON_BODY, {404: ("tenant_not_found",)}),
         tags=("ops",),
+    ),
+    Operation(
+        "put",
+        "/api/v1/keys/{key_id}/quotas",
+        "setKeyQuotas",
+        "Replace an API key's spend caps; null clears them (admin; audited quota.changed)",
+        _ok(QuotasSet),
+        request=QuotasBody,
+        errors=(
+            _SCOPED,
+            _JSON_BODY,
+            {404: ("key_not_found",), 422: ("invalid_quotas", "hard_cap_without_token_cap")},
+        ),
+        tags=("quotas",),
+    ),
+    Operation(
+        "put",
+        "/api/v1/tenants/{tenant_id}/quotas",
+        "setTenantQuotas",
+        "Replace a tenant's spend caps; null clears them (admin; audited quota.changed)",
+        _ok(QuotasSet),
+        request=QuotasBody,
+        errors=(
+            _SCOPED,
+            _JSON_BODY,
+            {404: ("tenant_not_found",), 422: ("invalid_quotas", "hard_cap_without_token_cap")},
+        ),
+        tags=("quotas",),
+    ),
+    Operation(
+        "get",
+        "/api/v1/usage",
+        "getUsage",
+        "What the caller's key and its tenant spent, their caps, what remains and when it resets",
+        _ok(UsageReport),
+        errors=(_API_KEY_ERRORS,),
+        tags=("quotas",),
     ),
     # The browser endpoints' CORS preflights (broker.api.cors).
     _preflight("/api/v1/sessions/{session_id}/realtime-offer", "realtimeOffer"),

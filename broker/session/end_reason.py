@@ -31,6 +31,9 @@ class EndReason(enum.StrEnum):
     """An operator hung the call up (``POST /api/v1/sessions/{id}/hangup``)."""
     CALL_GONE = "call_gone"
     """The provider no longer knew the call the sideband had attached (404)."""
+    QUOTA_EXCEEDED = "quota_exceeded"
+    """A token cap of the key or its tenant was reached under ``hard_cap``
+    (:mod:`broker.auth.quotas`)."""
     EXPIRED = "expired"
     """Never offered before its client secret expired (the session reaper ended it)."""
     OFFER_FAILED = "offer_failed"

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.audit import trail as audit
 from broker.auth.principals import ApiPrincipal, BrowserPrincipal, Scope, mint_client_secret
+from broker.auth.quotas import QuotaGuard
 from broker.auth.shared_ratelimit import RateLimits
 from broker.call.ownership import CallOwnership, StandbyConnection, acting_for
 from broker.call.supervisor import SidebandSupervisor
@@ -50,6 +51,7 @@ from broker.metrics import BrokerMetrics
 from broker.session import audit_entries
 from broker.session.call_actions import CallActions
 from broker.session.deadline import CallDeadlines
+from broker.session.end_reason import EndReason
 from broker.session.limits import LimitsRequest, SessionLimits
 from broker.session.offer import Offers, provider_session_config
 from broker.session.transcription import TranscriptionRequest, choose
@@ -155,6 +157,8 @@ class SessionService:
             page_sees_function_calls=provider.capabilities.page_sees_function_calls,
         )
         self._calls = CallActions(sessionmaker, provider, supervisor, metrics, ownership)
+        self.quotas = QuotaGuard(sessionmaker, metrics)
+        """The spend caps of keys and tenants (:mod:`broker.auth.quotas`)."""
         ownership.bind(self)
         # The supervisor's audit records name the instance watching the call.
         supervisor.instance_id = ownership.instance_id
@@ -258,7 +262,8 @@ class SessionService:
 
         Raises:
             ForbiddenError: the key lacks ``sessions:create``.
-            RateLimitedError: ``rate_limited``: this key created too many sessions just now.
+            RateLimitedError: ``rate_limited``: this key created too many sessions just now;
+                ``quota_exceeded``: a spend cap of the key or its tenant is reached.
             ValidationFailedError: ``unknown_tool``, ``limit_exceeds_ceiling``,
                 ``transcription_model_required``, ``provider_lacks_capability``.
         """
@@ -271,6 +276,7 @@ class SessionService:
                 "this API key is creating sessions too fast; retry later",
                 retry_after=retry_after,
             )
+        await self.quotas.check(principal)
         unknown = [name for name in request.tools if name not in self._registry]
         if unknown:
             raise ValidationFailedError(
@@ -457,6 +463,14 @@ class SessionService:
             UpstreamError (``provider_error``: the provider did not hang up).
         """
         await self._calls.end_by_operator(await self.get_row(session_id), by_key, why)
+
+    async def hang_up(self, row: SessionRow, reason: EndReason) -> None:
+        """Hang a running call up for a broker decision (a hard spend cap).
+
+        Raises:
+            UpstreamError, UnavailableError: as :meth:`CallActions.hang_up`.
+        """
+        await self._calls.hang_up(row, reason)
 
     async def update_instructions(self, session_id: str, by_key: str, instructions: str) -> None:
         """An operator changes a live call's instructions; the caller checked ``admin``.

@@ -35,6 +35,7 @@ const ui = {
   stateFilter: $("state-filter"),
   refreshed: $("refreshed"),
   counts: $("counts"),
+  usage: $("usage"),
   sessions: $("sessions"),
   sessionsEmpty: $("sessions-empty"),
   loadMore: $("load-more"),
@@ -365,6 +366,7 @@ async function refreshList(signal) {
   if (signal.aborted) return;
   show(ui.error, null);
   renderList(rows, Boolean(cursor), counts);
+  await refreshUsage(signal);
   ui.refreshed.dataset.state = "ok";
   ui.refreshed.textContent = `updated ${clock(new Date().toISOString()).slice(0, 8)}`;
 }
@@ -437,6 +439,44 @@ function renderList(rows, more, counts) {
   ui.loadMore.hidden = !more;
   renderCounts(rows, counts);
   tickTimes();
+}
+
+/** The key's and its tenant's spend: "used / cap" per cap set, plain counts otherwise. */
+async function refreshUsage(signal) {
+  let usage;
+  try {
+    usage = await apiJson("/usage", { signal });
+  } catch {
+    ui.usage.hidden = true; // the list matters more: a usage failure is not an error here
+    return;
+  }
+  const items = [];
+  for (const scope of ["tenant", "key"]) {
+    const owner = usage?.[scope];
+    if (!owner) continue;
+    const caps = owner.caps ?? {};
+    const shown = [
+      ["live calls", "max_live_calls", owner.used?.live_calls],
+      ["sessions today", "max_sessions_per_day", owner.used?.sessions_today],
+      ["tokens today", "max_tokens_per_day", owner.used?.tokens_today],
+      ["tokens this month", "max_tokens_per_month", owner.used?.tokens_this_month],
+    ];
+    for (const [label, cap, used] of shown) {
+      const limit = caps[cap];
+      const text = limit ? `${limit.used} / ${limit.allowed}` : String(used ?? 0);
+      const title = limit?.resets_at ? `resets ${new Date(limit.resets_at).toLocaleString()}` : undefined;
+      items.push(
+        h(
+          "li",
+          { data: { usage: `${scope}.${cap}`, reached: limit ? limit.remaining === 0 : undefined }, title },
+          h("span", { class: "n", text }),
+          h("span", { class: "label", text: `${scope} ${label}` }),
+        ),
+      );
+    }
+  }
+  ui.usage.replaceChildren(...items);
+  ui.usage.hidden = items.length === 0;
 }
 
 function renderCounts(rows, counts) {
