@@ -319,6 +319,39 @@ async def test_racing_sweepers_erase_each_session_once(
     await verify_chain(broker, db_url, tmp_path, monkeypatch, capsys)
 
 
+async def test_two_instances_on_postgresql_erase_each_session_once(
+    make_broker: BrokerFactory,
+    pg_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two broker instances sharing PostgreSQL sweep at once (each chaining its own audit
+    records under the head's lock): every session is erased and recorded once, the chain
+    still verifies."""
+    one = await make_broker(database_url=pg_url, retention_days=30)
+    two = await make_broker(database_url=pg_url, retention_days=30)
+    now = utcnow()
+    ids = []
+    for broker in (one, two, one, two):
+        made = await broker.create_session(metadata={"user": "someone"})
+        ended_at = now - timedelta(days=40)
+        await set_session(broker, made["id"], state="ended", created_at=ended_at, ended_at=ended_at)
+        ids.append(made["id"])
+    for broker in (one, two):
+        broker.app[app_state.RETENTION].now = clock(now)
+
+    counts = await asyncio.gather(*(b.app[app_state.RETENTION].sweep() for b in (one, two)))
+
+    assert sum(counts) == len(ids)
+    for session_id in ids:
+        assert (await session_row(one, session_id)).erased_at is not None
+        kinds = [r["kind"] for r in await audit_records(one, session_id)]
+        assert kinds.count("session.erased") == 1
+    await two.app[app_state.AUDIT].chain_pending()
+    await verify_chain(one, pg_url, tmp_path, monkeypatch, capsys)
+
+
 async def test_without_a_period_nothing_is_erased(make_broker: BrokerFactory) -> None:
     unset = await make_broker()
     made = await unset.create_session()
