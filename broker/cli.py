@@ -26,9 +26,12 @@ from broker.auth.api_keys import (
 )
 from broker.auth.dev_keys import APP_KEY, OPS_KEY, dev_keys_file, ensure_dev_keys
 from broker.auth.principals import describe_scopes
+from broker.auth.tenants import CROSS_TENANT, require_known_tenant
+from broker.auth.tenants_cli import add_tenants_parser, tenants_command
 from broker.db.engine import create_engine, make_sessionmaker
 from broker.db.migrate import upgrade_database
-from broker.db.models import ApiKey
+from broker.db.models import DEFAULT_TENANT, ApiKey
+from broker.errors import ValidationFailedError
 from broker.logs import LogFormat, configure_logging
 from broker.settings import Secret, Settings, SettingsError
 from broker.version import VERSION
@@ -41,10 +44,21 @@ def _out(line: str = "") -> None:
     sys.stdout.flush()
 
 
-async def _new_key(database_url: str, name: str, scopes: Sequence[str]) -> tuple[str, str]:
+async def _new_key(
+    database_url: str, name: str, scopes: Sequence[str], tenant: str
+) -> tuple[str, str]:
     engine = create_engine(database_url)
     try:
-        row, key = await create_api_key(make_sessionmaker(engine), name, scopes, actor=CLI)
+        sessionmaker = make_sessionmaker(engine)
+        if tenant != CROSS_TENANT:
+            await require_known_tenant(sessionmaker, tenant)
+        row, key = await create_api_key(
+            sessionmaker,
+            name,
+            scopes,
+            actor=CLI,
+            tenant_id=None if tenant == CROSS_TENANT else tenant,
+        )
     finally:
         await engine.dispose()
     return row.id, key
@@ -86,9 +100,14 @@ def _keys_command(command: str, args: argparse.Namespace, settings: Settings) ->
     if command == "create":
         scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
         try:
-            key_id, key = asyncio.run(_new_key(settings.database_url, args.name, scopes))
+            key_id, key = asyncio.run(
+                _new_key(settings.database_url, args.name, scopes, args.tenant)
+            )
         except UnknownScopeError as exc:
             sys.stderr.write(f"broker: {exc}; use: {describe_scopes()}\n")
+            return 2
+        except ValidationFailedError as exc:
+            sys.stderr.write(f"broker: {exc.code}: {exc.detail}\n")
             return 2
         _out(f"created {key_id} ({args.name}); the key is shown only once:")
         _out(key)
@@ -257,9 +276,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         required=True,
         help=f"comma-separated, among: {describe_scopes()}",
     )
+    create.add_argument(
+        "--tenant",
+        default=DEFAULT_TENANT,
+        help=f"its tenant (default: {DEFAULT_TENANT}); '{CROSS_TENANT}' for a cross-tenant key",
+    )
     keys_sub.add_parser("list", help="list keys: id, name, scopes, created, revoked (no secrets)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key: refused from its next request")
     revoke.add_argument("key_id", metavar="KEY_ID")
+    add_tenants_parser(sub)
     add_audit_parser(sub)
     emu = sub.add_parser("emulator", help="run the local OpenAI-compatible provider alone")
     emu.add_argument("--host", default="127.0.0.1")
@@ -319,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _out("database is up to date")
     elif args.command == "keys":
         return _keys_command(args.keys_command, args, settings)
+    elif args.command == "tenants":
+        return tenants_command(args, settings)
     elif args.command == "audit":
         return audit_command(args, settings)
     elif args.command == "emulator" and emulator_key is not None:

@@ -15,6 +15,7 @@ from broker.api.schemas import KeyCreated, KeyList, KeyRecord, UsageOut, respond
 from broker.audit.records import Actor
 from broker.auth.api_keys import UnknownScopeError, create_api_key, list_api_keys, revoke_api_key
 from broker.auth.principals import ALL_SCOPES, RESERVED_SCOPES, Scope, describe_scopes
+from broker.auth.tenants import tenant_for_new_key
 from broker.db import queries
 from broker.db.models import ApiKey
 from broker.errors import BadRequestError, NotFoundError, ValidationFailedError
@@ -34,6 +35,13 @@ class CreateKeyRequest(BaseModel):
     scopes: list[
         Annotated[str, WithJsonSchema({"type": "string", "enum": sorted(map(str, ALL_SCOPES))})]
     ] = Field(min_length=1, max_length=len(ALL_SCOPES))
+    tenant: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=40,
+        description="Its tenant: the creator's own by default (``default`` for a cross-tenant"
+        " creator); another tenant, or ``*`` for a cross-tenant key, only by a cross-tenant key.",
+    )
 
 
 def key_record(row: ApiKey, usage: Usage | None = None) -> KeyRecord:
@@ -42,6 +50,7 @@ def key_record(row: ApiKey, usage: Usage | None = None) -> KeyRecord:
         id=row.id,
         name=row.name,
         scopes=row.scopes,
+        tenant=row.tenant_id,
         created_at=iso(row.created_at),
         revoked_at=iso(row.revoked_at),
     )
@@ -59,12 +68,14 @@ async def list_keys(request: web.Request) -> web.Response:
     Raises:
         BadRequestError: ``invalid_query``: another ``include`` than ``usage``.
     """
-    (await api_principal(request)).require(Scope.ADMIN)
+    principal = await api_principal(request)
+    principal.require(Scope.ADMIN)
     include = request.query.get("include")
     if include not in (None, "usage"):
         raise BadRequestError("invalid_query", "include may only be 'usage'", param="include")
     sessionmaker = request.app[app_state.SESSIONMAKER]
-    rows = await list_api_keys(sessionmaker)
+    # A tenant's admin lists its tenant's keys; a cross-tenant one, every key.
+    rows = await list_api_keys(sessionmaker, principal.tenant_id)
     if include is None:
         return respond(KeyList(keys=[key_record(row) for row in rows]))
     async with sessionmaker() as s:
@@ -76,12 +87,15 @@ async def create_key(request: web.Request) -> web.Response:
     principal = await api_principal(request)
     principal.require(Scope.ADMIN)
     body = await read_json(request, CreateKeyRequest)
+    sessionmaker = request.app[app_state.SESSIONMAKER]
+    tenant_id = await tenant_for_new_key(sessionmaker, principal, body.tenant)
     try:
         row, key = await create_api_key(
-            request.app[app_state.SESSIONMAKER],
+            sessionmaker,
             body.name,
             body.scopes,
             actor=Actor.key(principal.key_id),
+            tenant_id=tenant_id,
         )
     except UnknownScopeError:
         # The known scopes, not the unknown ones: input is never echoed (it could be a secret).
@@ -96,6 +110,7 @@ async def create_key(request: web.Request) -> web.Response:
         id=row.id,
         name=row.name,
         scopes=row.scopes,
+        tenant=row.tenant_id,
         created_at=iso(row.created_at),
         revoked_at=iso(row.revoked_at),
         key=key,
@@ -110,6 +125,8 @@ async def revoke_key(request: web.Request) -> web.Response:
         request.app[app_state.SESSIONMAKER],
         request.match_info["key_id"],
         actor=Actor.key(principal.key_id),
+        # Another tenant's key is not found, as if it did not exist.
+        tenant_id=principal.tenant_id,
     )
     if row is None:
         # The BROKER_ADMIN_KEY bootstrap key is configuration, not a row: it is not found here.

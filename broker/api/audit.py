@@ -10,6 +10,11 @@
 - ``GET /api/v1/audit/head``: the chain's signed head as a checkpoint (``verify
   --expect-head`` takes it); ``404 audit_empty`` while nothing is chained.
 
+Tenants: a tenant's key reads only its tenant's sessions' records and the session-less
+records its own keys made; a cross-tenant key reads every record. The keys and the head stay
+global (they are the chain's, whose every record a verifier needs, and carry no session's
+content): the head names the newest record's ``seq`` and hash, nothing of what it says.
+
 The records and the head are read once what is pending is chained
 (:meth:`AuditTrail.chain_pending`), so the records of an action that already returned are
 there. The keys are public by nature but sit behind the same
@@ -23,6 +28,7 @@ import base64
 import binascii
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import quote
@@ -159,8 +165,12 @@ def parse_query(query: Any) -> tuple[AuditFilter, int, int]:
 
 
 async def list_audit(request: web.Request) -> web.Response:
-    (await api_principal(request)).require(Scope.AUDIT_READ)
+    principal = await api_principal(request)
+    principal.require(Scope.AUDIT_READ)
     where, after, limit = parse_query(request.query)
+    # A tenant's key reads its own tenant's records (AuditFilter.tenant_id); a cross-tenant
+    # key, all of them.
+    where = replace(where, tenant_id=principal.tenant_id)
     await request.app[app_state.AUDIT].chain_pending()
     async with request.app[app_state.SESSIONMAKER]() as s:
         # One more than the page: whether there is a next page, without a count.

@@ -237,7 +237,7 @@ async def session_events(request: web.Request) -> web.StreamResponse:
         ForbiddenError: ``insufficient_scope`` (no ``monitor:read``).
         BadRequestError: ``invalid_last_event_id``, ``invalid_since``.
         RateLimitedError: ``too_many_streams`` (the key holds its most open streams).
-        NotFoundError: ``session_not_found``.
+        NotFoundError: ``session_not_found`` (unknown, or another tenant's).
     """
     principal = await api_principal(request)
     principal.require(Scope.MONITOR_READ)
@@ -245,7 +245,8 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     session_id = request.match_info["session_id"]
     # The slot before the session's look-up: a key at its cap costs no more database work.
     with request.app[app_state.STREAM_SLOTS].hold(principal.key_id):
-        await request.app[app_state.SESSIONS].get_row(session_id)
+        # Another tenant's session is not found, as an unknown one.
+        await request.app[app_state.SESSIONS].visible_row(principal, session_id)
         with request.app[app_state.EVENT_LOG].wakeups.watch(session_id) as watch:
             return await _stream(request, session_id, cursor, watch)
 

@@ -1,4 +1,10 @@
-"""``GET /metrics``: the Prometheus exposition, for keys with ``monitor:read`` (or ``admin``)."""
+"""``GET /metrics``: the Prometheus exposition, for keys with ``monitor:read`` (or ``admin``).
+
+Global, for any tenant's ``monitor:read`` key: it holds the deployment's counts and gauges
+only (no session id, no tenant label, nothing a session said), so it shows a tenant no other
+tenant's session; and Prometheus's scrape keys, all of the default tenant after the upgrade,
+keep working. It has no per-tenant series: a tenant label would grow with the tenants.
+"""
 
 from __future__ import annotations
 

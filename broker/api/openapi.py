@@ -27,6 +27,7 @@ from broker.api.ops_actions import HangupRequest, InstructionsRequest
 from broker.api.quotas import QuotasBody, QuotasSet, UsageReport
 from broker.api.retention import RetentionRequest, RetentionSet
 from broker.api.session_list import DEFAULT_LIMIT, MAX_LIMIT
+from broker.api.tenants import CreateTenantRequest
 from broker.api.tools import DisableToolRequest
 from broker.session.service import CreateSessionRequest
 from broker.tools.bridge import BridgeCallRequest
@@ -62,6 +63,8 @@ _JSON_BODY: Final[Errors] = {
     415: ("unsupported_media_type",),
     422: ("invalid_request",),
 }
+_CROSS_TENANT: Final[Errors] = {403: ("cross_tenant_required",)}
+"""What acts on every tenant: refused to a tenant's key (:mod:`broker.auth.tenants`)."""
 _ALWAYS: Final[Errors] = {413: ("payload_too_large",), 503: ("overloaded",)}
 
 
@@ -181,6 +184,7 @@ OPERATIONS: Final = (
                 ),
                 429: ("rate_limited", "quota_exceeded"),
             },
+            {403: ("cross_tenant_required",), 422: ("unknown_tenant",)},
         ),
     ),
     Operation(
@@ -383,17 +387,46 @@ OPERATIONS: Final = (
         "Create an API key (admin); the only time the key is shown",
         {201: Response("Created", schemas.KeyCreated)},
         request=CreateKeyRequest,
-        errors=(_SCOPED, _JSON_BODY, {422: ("unknown_scope",)}),
+        errors=(
+            _SCOPED,
+            _JSON_BODY,
+            {422: ("unknown_scope",)},
+            {403: ("cross_tenant_required",), 422: ("unknown_tenant",)},
+        ),
         tags=("keys",),
     ),
     Operation(
         "delete",
         "/api/v1/keys/{key_id}",
         "revokeKey",
-        "Revoke an API key (admin; idempotent)",
+        "Revoke an API key (admin; idempotent; another tenant's key is not found)",
         _ok(schemas.KeyRecord),
         errors=(_SCOPED, {404: ("key_not_found",)}),
         tags=("keys",),
+    ),
+    Operation(
+        "get",
+        "/api/v1/tenants",
+        "listTenants",
+        "Tenants (cross-tenant admin)",
+        _ok(schemas.TenantList),
+        errors=(_SCOPED, _CROSS_TENANT),
+        tags=("tenants",),
+    ),
+    Operation(
+        "post",
+        "/api/v1/tenants",
+        "createTenant",
+        "Create a tenant (cross-tenant admin; audited tenant.created)",
+        {201: Response("Created", schemas.TenantOut)},
+        request=CreateTenantRequest,
+        errors=(
+            _SCOPED,
+            _JSON_BODY,
+            _CROSS_TENANT,
+            {409: ("tenant_exists",), 422: ("invalid_tenant_id",)},
+        ),
+        tags=("tenants",),
     ),
     Operation(
         "get",
@@ -408,20 +441,20 @@ OPERATIONS: Final = (
         "post",
         "/api/v1/tools/{tool}/disable",
         "disableTool",
-        "Switch a tool off for every session (admin)",
+        "Switch a tool off for every session (admin; cross-tenant with several tenants)",
         _ok(schemas.ToolSwitch),
         request=DisableToolRequest,
         request_required=False,
-        errors=(_SCOPED, _JSON_BODY, {404: ("unknown_tool",)}),
+        errors=(_SCOPED, _JSON_BODY, {404: ("unknown_tool",)}, _CROSS_TENANT),
         tags=("ops",),
     ),
     Operation(
         "post",
         "/api/v1/tools/{tool}/enable",
         "enableTool",
-        "Switch a tool back on (admin)",
+        "Switch a tool back on (admin; cross-tenant with several tenants)",
         _ok(schemas.ToolSwitch),
-        errors=(_SCOPED, {404: ("unknown_tool",)}),
+        errors=(_SCOPED, {404: ("unknown_tool",)}, _CROSS_TENANT),
         tags=("ops",),
     ),
     Operation(

@@ -1,4 +1,7 @@
-"""Operators act on a live call (``admin``): hang it up, or change its instructions; audited."""
+"""Operators act on a live call (``admin``): hang it up, or change its instructions; audited.
+
+A tenant's admin acts on its own tenant's sessions only: another tenant's is not found (404).
+"""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ async def hangup_session(request: web.Request) -> web.Response:
     """Hang the call up at the provider and end the session as ``ops_hangup``.
 
     Raises:
-        NotFoundError: ``session_not_found``.
+        NotFoundError: ``session_not_found`` (unknown, or another tenant's).
         ConflictError: ``session_not_live``: no call is running.
         UpstreamError: ``provider_error``: the provider did not hang up; the call goes on.
     """
@@ -32,7 +35,7 @@ async def hangup_session(request: web.Request) -> web.Response:
     principal.require(Scope.ADMIN)
     body = await read_json(request, HangupRequest) if request.body_exists else HangupRequest()
     session_id = request.match_info["session_id"]
-    await request.app[app_state.SESSIONS].end_by_operator(session_id, principal.key_id, body.reason)
+    await request.app[app_state.SESSIONS].end_by_operator(principal, session_id, body.reason)
     return respond(HungUp(id=session_id, hung_up=True))
 
 
@@ -48,7 +51,7 @@ async def update_instructions(request: web.Request) -> web.Response:
     """Change a live call's instructions over its sideband; stored and audited.
 
     Raises:
-        NotFoundError: ``session_not_found``.
+        NotFoundError: ``session_not_found`` (unknown, or another tenant's).
         ConflictError: ``sideband_not_connected``: no sideband of this process can send it.
     """
     principal = await api_principal(request)
@@ -56,6 +59,6 @@ async def update_instructions(request: web.Request) -> web.Response:
     body = await read_json(request, InstructionsRequest)
     session_id = request.match_info["session_id"]
     await request.app[app_state.SESSIONS].update_instructions(
-        session_id, principal.key_id, body.instructions
+        principal, session_id, body.instructions
     )
     return respond(InstructionsUpdated(id=session_id, updated=True))

@@ -24,6 +24,7 @@ from broker.api import (
     retention,
     session_list,
     sessions,
+    tenants,
     tools,
 )
 from broker.api._bodies import MAX_JSON_BYTES, NO_BODY, bounded
@@ -104,6 +105,8 @@ ROUTES: Final = (
         MAX_JSON_BYTES,
     ),
     Route(hdrs.METH_GET, "/api/v1/usage", quotas.usage, NO_BODY),
+    Route(hdrs.METH_GET, "/api/v1/tenants", tenants.list_tenants_route, NO_BODY),
+    Route(hdrs.METH_POST, "/api/v1/tenants", tenants.create_tenant_route, MAX_JSON_BYTES),
     Route(hdrs.METH_GET, "/api/v1/tools", tools.list_tools, NO_BODY),
     Route(hdrs.METH_GET, "/api/v1/audit", audit.list_audit, NO_BODY),
     Route(hdrs.METH_GET, "/api/v1/audit/keys", audit.list_audit_keys, NO_BODY),

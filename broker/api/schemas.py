@@ -148,6 +148,7 @@ class SessionDetail(_Out):
     """``200`` of ``GET /api/v1/sessions/{session_id}``."""
 
     id: str
+    tenant: str
     state: SessionState
     model: str
     voice: str
@@ -180,6 +181,7 @@ class EventCounts(_Out):
 
 class SessionSummaryOut(_Out):
     id: str
+    tenant: str
     state: SessionState
     model: str
     sideband: SidebandInfo
@@ -233,6 +235,9 @@ class KeyRecord(_Out):
     scopes: list[str]
     created_at: str | None
     revoked_at: str | None
+    tenant: str | None = Field(
+        description="Its tenant; ``null``: a cross-tenant key (sees every tenant)."
+    )
     usage: UsageOut | None = Field(default=None, description="Only with ``?include=usage``.")
 
 
@@ -246,7 +251,22 @@ class KeyCreated(_Out):
     scopes: list[str]
     created_at: str | None
     revoked_at: str | None
+    tenant: str | None = Field(
+        description="Its tenant; ``null``: a cross-tenant key (sees every tenant)."
+    )
     key: str = Field(description="The key itself: shown this once, stored only as a hash.")
+
+
+class TenantOut(_Out):
+    """A team sharing the broker (``POST /api/v1/tenants``, ``GET /api/v1/tenants``)."""
+
+    id: str
+    name: str
+    created_at: str | None
+
+
+class TenantList(_Out):
+    tenants: list[TenantOut]
 
 
 class ToolSwitch(_Out):

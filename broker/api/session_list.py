@@ -4,6 +4,8 @@ Filters: ``state`` (comma-separated), ``model``, ``tool`` (sessions that called 
 ``created_after`` / ``created_before`` (ISO 8601). Newest first, ``limit`` rows a page (1-200,
 default 50); ``next_cursor`` (opaque) asks for the next page and is stable while new sessions
 arrive. Each row carries the session's token ``usage`` so far (:mod:`broker.record.usage`).
+A tenant's key lists its tenant's sessions only; a cross-tenant key, every tenant's (each row
+names its ``tenant``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -99,6 +102,7 @@ def summary_json(summary: SessionSummary, now: datetime) -> dict[str, Any]:
     created = as_utc(row.created_at)
     return {
         "id": row.id,
+        "tenant": row.tenant_id,
         "state": row.state,
         "model": row.model,
         "sideband": {"enabled": row.sideband_enabled, "state": row.sideband_state},
@@ -118,8 +122,10 @@ def summary_json(summary: SessionSummary, now: datetime) -> dict[str, Any]:
 
 
 async def list_sessions_route(request: web.Request) -> web.Response:
-    (await api_principal(request)).require(Scope.MONITOR_READ)
+    principal = await api_principal(request)
+    principal.require(Scope.MONITOR_READ)
     where, cursor, limit = parse_query(request.query)
+    where = replace(where, tenant_id=principal.tenant_id)
     async with request.app[app_state.SESSIONMAKER]() as s:
         page, more = await list_sessions(s, where, cursor, limit)
     now = utcnow()

@@ -34,6 +34,7 @@ from broker.tools.bridge import BridgeCallRequest
 def _session_json(row: SessionRow) -> dict[str, Any]:
     return {
         "id": row.id,
+        "tenant": row.tenant_id,
         "state": row.state,
         "model": row.model,
         "voice": row.voice,

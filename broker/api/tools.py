@@ -3,6 +3,10 @@
 A switched-off tool's new calls are denied with ``tool_disabled`` (the model gets an output
 saying so) from the next call on, in sessions already live and in every broker process: the
 dispatcher reads the switch from the database for each call. Calls already running finish.
+
+The switch acts on every tenant's sessions, so only a cross-tenant ``admin`` throws it: a
+tenant's admin gets ``403 cross_tenant_required`` once another tenant exists (on a
+single-team broker its admin keys keep the switch). The list is readable by any tenant.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from broker.api._bodies import read_json
 from broker.api._times import iso
 from broker.api.schemas import ToolList, ToolSwitch, respond
 from broker.auth.principals import Scope
+from broker.auth.tenants import require_every_tenants_admin
 from broker.db import queries
 from broker.errors import NotFoundError
 from broker.tools import kill_switch
@@ -62,9 +67,12 @@ async def list_tools(request: web.Request) -> web.Response:
 
 
 async def disable_tool(request: web.Request) -> web.Response:
-    """``POST /api/v1/tools/{tool}/disable`` (``admin``)."""
+    """``POST /api/v1/tools/{tool}/disable`` (``admin``; cross-tenant, with several tenants)."""
     principal = await api_principal(request)
     principal.require(Scope.ADMIN)
+    await require_every_tenants_admin(
+        request.app[app_state.SESSIONMAKER], principal, "the kill switch"
+    )
     tool = _known_tool(request)
     body = await read_json(request, DisableToolRequest) if request.body_exists else None
     row = await kill_switch.switch_off(
@@ -83,9 +91,12 @@ async def disable_tool(request: web.Request) -> web.Response:
 
 
 async def enable_tool(request: web.Request) -> web.Response:
-    """``POST /api/v1/tools/{tool}/enable`` (``admin``)."""
+    """``POST /api/v1/tools/{tool}/enable`` (``admin``; cross-tenant, with several tenants)."""
     principal = await api_principal(request)
     principal.require(Scope.ADMIN)
+    await require_every_tenants_admin(
+        request.app[app_state.SESSIONMAKER], principal, "the kill switch"
+    )
     tool = _known_tool(request)
     was_off = await kill_switch.switch_on(
         request.app[app_state.SESSIONMAKER], tool, principal.key_id

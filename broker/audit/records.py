@@ -42,6 +42,8 @@ GENESIS_HASH: Final = "0" * 64
 
 
 class AuditKind(enum.StrEnum):
+    TENANT_CREATED = "tenant.created"
+    """A team sharing the broker was added: ``{tenant, name}`` (:mod:`broker.auth.tenants`)."""
     SESSION_CREATED = "session.created"
     SESSION_OFFERED = "session.offered"
     SESSION_ENDED = "session.ended"

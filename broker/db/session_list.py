@@ -18,13 +18,18 @@ from broker.db.models import SessionRow, ToolCall
 
 @dataclass(frozen=True)
 class SessionFilter:
-    """Every field that is set must match (``tool``: the session called that tool)."""
+    """Every field that is set must match.
+
+    ``tool``: the session called that tool; ``tenant_id``: the caller's tenant (``None``
+    for a cross-tenant caller: every tenant's).
+    """
 
     states: frozenset[str] = frozenset()
     model: str | None = None
     tool: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    tenant_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,9 @@ async def list_sessions(
 ) -> tuple[list[SessionSummary], bool]:
     """One page, newest first; and whether more rows follow it."""
     query = select(SessionRow)
+    if where.tenant_id is not None:
+        # ix_sessions_tenant_created_at serves this and the newest-first order together.
+        query = query.where(SessionRow.tenant_id == where.tenant_id)
     if where.states:
         query = query.where(SessionRow.state.in_(sorted(where.states)))
     if where.model is not None:

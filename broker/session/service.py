@@ -26,6 +26,7 @@ from broker.audit import trail as audit
 from broker.auth.principals import ApiPrincipal, BrowserPrincipal, Scope, mint_client_secret
 from broker.auth.quotas import QuotaGuard
 from broker.auth.shared_ratelimit import RateLimits
+from broker.auth.tenants import tenant_for_new_session
 from broker.call.ownership import CallOwnership, StandbyConnection, acting_for
 from broker.call.supervisor import SidebandSupervisor
 from broker.db import queries
@@ -84,6 +85,9 @@ class CreateSessionRequest(BaseModel):
     input_transcription: TranscriptionRequest | None = None
     """What the user says, written down (:mod:`broker.session.transcription`); absent: the
     setting's model; ``null``: none."""
+    tenant: str | None = Field(default=None, min_length=1, max_length=40)
+    """A cross-tenant key's choice of the session's tenant (default: ``default``); a
+    tenant's key may name only its own (:func:`broker.auth.tenants.tenant_for_new_session`)."""
 
     @field_validator("tools")
     @classmethod
@@ -316,6 +320,8 @@ class SessionService:
             given="input_transcription" in request.model_fields_set,
             default_model=self._settings.input_transcription_model,
         )
+        # Every read of the session is scoped by it: the key's tenant, fixed at creation.
+        row.tenant_id = await tenant_for_new_session(self._sessionmaker, principal, request.tenant)
         async with self._sessionmaker.begin() as s:
             s.add(row)
             await audit.add(s, audit_entries.session_created(row))
@@ -399,15 +405,30 @@ class SessionService:
             raise NotFoundError("session_not_found", "no such session")
         return row
 
+    async def visible_row(self, principal: ApiPrincipal, session_id: str) -> SessionRow:
+        """The session, if it is of a tenant ``principal`` sees.
+
+        Raises:
+            NotFoundError: ``session_not_found``: unknown, or another tenant's (whatever the
+                key's scopes: a tenant's keys cannot tell another tenant's sessions exist).
+        """
+        row = await self.get_row(session_id)
+        if not principal.sees_tenant(row.tenant_id):
+            raise NotFoundError("session_not_found", "no such session")
+        return row
+
     async def detail(
         self, principal: ApiPrincipal, session_id: str
     ) -> tuple[SessionRow, Sequence[ToolCall]]:
         """The session and its tool calls; for the owning key or ``monitor:read``.
 
+        Only of the key's tenant (any tenant's for a cross-tenant key).
+
         Raises:
-            NotFoundError: unknown, or owned by another key without monitor scope (no oracle).
+            NotFoundError: unknown, another tenant's, or owned by another key without monitor
+                scope (no oracle).
         """
-        row = await self.get_row(session_id)
+        row = await self.visible_row(principal, session_id)
         if row.owner_key_id != principal.key_id:
             try:
                 principal.require(Scope.MONITOR_READ)
@@ -455,14 +476,16 @@ class SessionService:
             )
         return await self._calls.end_by_browser(row)
 
-    async def end_by_operator(self, session_id: str, by_key: str, why: str) -> None:
+    async def end_by_operator(self, principal: ApiPrincipal, session_id: str, why: str) -> None:
         """An operator hangs the call up (``ops_hangup``); the caller checked ``admin``.
 
         Raises:
-            NotFoundError (``session_not_found``), ConflictError (``session_not_live``),
-            UpstreamError (``provider_error``: the provider did not hang up).
+            NotFoundError (``session_not_found``: unknown or another tenant's), ConflictError
+            (``session_not_live``), UpstreamError (``provider_error``: the provider did not
+            hang up).
         """
-        await self._calls.end_by_operator(await self.get_row(session_id), by_key, why)
+        row = await self.visible_row(principal, session_id)
+        await self._calls.end_by_operator(row, principal.key_id, why)
 
     async def hang_up(self, row: SessionRow, reason: EndReason) -> None:
         """Hang a running call up for a broker decision (a hard spend cap).
@@ -472,11 +495,14 @@ class SessionService:
         """
         await self._calls.hang_up(row, reason)
 
-    async def update_instructions(self, session_id: str, by_key: str, instructions: str) -> None:
+    async def update_instructions(
+        self, principal: ApiPrincipal, session_id: str, instructions: str
+    ) -> None:
         """An operator changes a live call's instructions; the caller checked ``admin``.
 
         Raises:
-            NotFoundError (``session_not_found``), ConflictError (``sideband_not_connected``).
+            NotFoundError (``session_not_found``: unknown or another tenant's), ConflictError
+            (``sideband_not_connected``).
         """
-        row = await self.get_row(session_id)
-        await self._calls.update_instructions(row, by_key, instructions)
+        row = await self.visible_row(principal, session_id)
+        await self._calls.update_instructions(row, principal.key_id, instructions)

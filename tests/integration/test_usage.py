@@ -37,7 +37,7 @@ async def key_usage(broker: RunningBroker, key_id: str) -> dict[str, Any]:
     reply = await broker.request("GET", "/api/v1/keys?include=usage")
     assert reply.status == 200, reply.text
     [row] = [k for k in reply.json()["keys"] if k["id"] == key_id]
-    assert set(row) == {"id", "name", "scopes", "created_at", "revoked_at", "usage"}
+    assert set(row) == {"id", "name", "scopes", "tenant", "created_at", "revoked_at", "usage"}
     usage: dict[str, Any] = row["usage"]
     return usage
 

@@ -60,7 +60,7 @@ async def test_key_lifecycle_over_http(broker: RunningBroker) -> None:
 
     listed = await broker.request("GET", "/api/v1/keys")
     [entry] = listed.json()["keys"]
-    assert set(entry) == {"id", "name", "scopes", "created_at", "revoked_at"}
+    assert set(entry) == {"id", "name", "scopes", "tenant", "created_at", "revoked_at"}
     assert key not in listed.text and hash_api_key(key) not in listed.text
 
     revoked = await broker.request("DELETE", f"/api/v1/keys/{created['id']}")

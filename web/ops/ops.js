@@ -414,9 +414,12 @@ function renderList(rows, more, counts) {
       tr.dataset.signature = signature;
       tr.dataset.sessionId = row.id;
       tr.dataset.state = row.state;
+      tr.dataset.tenant = row.tenant;
       const link = h("a", { href: `#/sessions/${encodeURIComponent(row.id)}`, class: "mono", text: row.id });
+      // The session's tenant beside it: a cross-tenant key's list mixes tenants.
+      const tenant = h("span", { class: "tenant", title: "tenant", text: row.tenant });
       tr.replaceChildren(
-        h("td", {}, link),
+        h("td", {}, link, " ", tenant),
         h("td", {}, badge("state", row.state), row.end_reason ? h("span", { class: "reason", text: row.end_reason }) : null),
         h("td", { class: "mono", text: row.model }),
         h("td", { class: "num age", title: row.created_at }),

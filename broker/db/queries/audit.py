@@ -6,11 +6,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    Table,
+    and_,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 
 from broker.audit.records import GENESIS_HASH, AuditEntry, ChainedRecord
 from broker.db.dialect import conflict_insert, dialect_name
-from broker.db.models import AuditHead, AuditKey, AuditPending, AuditRecord, utcnow
+from broker.db.models import (
+    ApiKey,
+    AuditHead,
+    AuditKey,
+    AuditPending,
+    AuditRecord,
+    SessionRow,
+    utcnow,
+)
 from broker.db.queries._common import Executor
 
 AUDIT_PENDING: Final = cast(Table, AuditPending.__table__)
@@ -104,6 +124,9 @@ class AuditFilter:
     """An ``at`` text (inclusive)."""
     until: str | None = None
     """An ``at`` text (exclusive)."""
+    tenant_id: str | None = None
+    """Only what a tenant's keys may read: its sessions' records, and the records with no
+    session its own keys are the actor of (``key.*`` they made); ``None``: every record."""
 
     @property
     def empty(self) -> bool:
@@ -130,8 +153,18 @@ async def audit_records(
         statement = statement.where(t.c.at >= where.since)
     if where.until is not None:
         statement = statement.where(t.c.at < where.until)
+    if where.tenant_id is not None:
+        statement = statement.where(_of_tenant(where.tenant_id))
     rows = (await s.execute(statement.order_by(t.c.seq).limit(limit))).all()
     return [chained_record(row) for row in rows]
+
+
+def _of_tenant(tenant_id: str) -> ColumnElement[bool]:
+    t = AUDIT_RECORDS
+    sessions = select(SessionRow.id).where(SessionRow.tenant_id == tenant_id)
+    # An actor is "key:<id>" (Actor.key); `+` on strings is SQL's `||` on both databases.
+    keys = select(literal("key:", String) + ApiKey.id).where(ApiKey.tenant_id == tenant_id)
+    return or_(t.c.session_id.in_(sessions), and_(t.c.session_id.is_(None), t.c.actor.in_(keys)))
 
 
 async def audit_head(s: Executor) -> ChainedRecord | None:
