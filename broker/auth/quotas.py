@@ -198,9 +198,16 @@ class Standing:
         return [cap for cap in self.caps if cap.limit in TOKEN_LIMITS and cap.reached]
 
 
-def session_tenant(principal: ApiPrincipal) -> str:
-    """The tenant a principal's new sessions belong to (a cross-tenant key's: the default)."""
-    return principal.tenant_id if principal.tenant_id is not None else DEFAULT_TENANT
+def session_tenant(principal: ApiPrincipal, requested: str | None = None) -> str:
+    """The tenant whose caps a principal's new session counts against.
+
+    A tenant's key's own; a cross-tenant key's, the one it names (``requested``), else the
+    default. A tenant's key naming another tenant is refused later (``cross_tenant_required``): its
+    caps are its own tenant's here, so a 429 never tells it of another tenant's spending.
+    """
+    if principal.tenant_id is not None:
+        return principal.tenant_id
+    return requested or DEFAULT_TENANT
 
 
 async def standing(
@@ -325,18 +332,27 @@ class QuotaGuard:
         """What time it is (a test sets another, to see a cap reset)."""
 
     async def standings(
-        self, principal: ApiPrincipal, now: datetime | None = None, *, capped_only: bool = False
+        self,
+        principal: ApiPrincipal,
+        now: datetime | None = None,
+        *,
+        tenant: str | None = None,
+        capped_only: bool = False,
     ) -> tuple[Standing, Standing]:
-        """The key's and its sessions' tenant's caps and spending (see :func:`standing`)."""
+        """The key's and its sessions' tenant's caps and spending (see :func:`standing`).
+
+        ``tenant``: the one a cross-tenant key names (:func:`session_tenant`).
+        """
         now = now or self.clock()
+        owner = session_tenant(principal, tenant)
         async with self._sessionmaker() as s:
             key = await standing(s, "key", principal.key_id, now, capped_only=capped_only)
-            tenant = await standing(
-                s, "tenant", session_tenant(principal), now, capped_only=capped_only
-            )
-        return key, tenant
+            of_tenant = await standing(s, "tenant", owner, now, capped_only=capped_only)
+        return key, of_tenant
 
-    async def check(self, principal: ApiPrincipal, now: datetime | None = None) -> None:
+    async def check(
+        self, principal: ApiPrincipal, now: datetime | None = None, *, tenant: str | None = None
+    ) -> None:
         """Refuse a new session of ``principal`` over a cap; the refusal is audited, counted.
 
         Of several caps reached, the one that frees up last is named: retrying earlier would
@@ -349,7 +365,7 @@ class QuotaGuard:
         now = now or self.clock()
         reached = [
             (owner, cap)
-            for owner in await self.standings(principal, now, capped_only=True)
+            for owner in await self.standings(principal, now, tenant=tenant, capped_only=True)
             for cap in owner.caps
             if cap.reached
         ]

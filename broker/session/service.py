@@ -280,7 +280,7 @@ class SessionService:
                 "this API key is creating sessions too fast; retry later",
                 retry_after=retry_after,
             )
-        await self.quotas.check(principal)
+        await self.quotas.check(principal, tenant=request.tenant)
         unknown = [name for name in request.tools if name not in self._registry]
         if unknown:
             raise ValidationFailedError(

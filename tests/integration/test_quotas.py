@@ -352,3 +352,20 @@ async def test_setting_quotas_is_validated_audited_and_scoped_to_the_tenant(
     assert usage["tenant"]["id"] == "acme"
     assert usage["tenant"]["caps"]["max_live_calls"]["allowed"] == 3
     assert usage["key"]["caps"]["max_live_calls"]["allowed"] == 1
+
+
+async def test_a_cross_tenant_keys_session_counts_against_the_tenant_it_names(
+    broker: RunningBroker,
+) -> None:
+    """The admin key names a session's tenant: that tenant's caps refuse it, not the default's;
+    a session of another tenant is not held by them."""
+    made = await broker.request("POST", "/api/v1/tenants", json_body={"id": "acme", "name": "A"})
+    assert made.status == 201, made.text
+    await put_quotas(broker, "/api/v1/tenants/acme/quotas", {"max_sessions_per_day": 1})
+    await broker.create_session(tools=[], tenant="acme")
+    refused = await broker.request(
+        "POST", "/api/v1/sessions", json_body={"tools": [], "tenant": "acme"}
+    )
+    assert refused.status == 429, refused.text
+    assert (refused.json()["cap"], refused.json()["used"]) == ("tenant", 1)
+    await broker.create_session(tools=[])  # the default tenant's: no caps
