@@ -259,3 +259,18 @@ async def test_tenants_and_tenant_keys_on_the_command_line(
     assert [(r["actor"], r["body"]) for r in records] == [
         ("cli", {"tenant": "shop", "name": "Shop team"})
     ]
+
+
+async def test_the_kill_switch_stays_with_a_single_teams_admin_until_a_second_tenant(
+    broker: RunningBroker,
+) -> None:
+    """The switch acts on every tenant's calls: the only tenant's admin keeps it; once
+    another tenant exists, only a cross-tenant key throws it."""
+    ops = await make_key(broker, "admin", tenant=None)
+    assert ops["tenant"] == "default"
+    path = "/api/v1/tools/lookup_order/disable"
+    assert (await broker.request("POST", path, token=ops["key"])).status == 200
+    await make_tenant(broker, "b")
+    refused = await broker.request("POST", path, token=ops["key"])
+    assert (refused.status, refused.code) == (403, "cross_tenant_required")
+    assert (await broker.request("POST", "/api/v1/tools/lookup_order/enable")).status == 200
