@@ -1,4 +1,4 @@
-"""The ``broker`` command: serve, migrate, keys create|list|revoke, audit, emulator."""
+"""The ``broker`` command: serve, migrate, keys create|list|revoke|grant, audit, emulator."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+import tomllib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Final, Literal
@@ -20,9 +21,12 @@ from broker.audit.cli import add_audit_parser, audit_command, is_offline
 from broker.auth.api_keys import (
     CLI,
     UnknownScopeError,
+    UnknownToolError,
     create_api_key,
     list_api_keys,
     revoke_api_key,
+    set_tool_grants,
+    tool_grant_list,
 )
 from broker.auth.dev_keys import APP_KEY, OPS_KEY, dev_keys_file, ensure_dev_keys
 from broker.auth.principals import describe_scopes
@@ -45,7 +49,7 @@ def _out(line: str = "") -> None:
 
 
 async def _new_key(
-    database_url: str, name: str, scopes: Sequence[str], tenant: str
+    database_url: str, name: str, scopes: Sequence[str], tools: Sequence[str], tenant: str
 ) -> tuple[str, str]:
     engine = create_engine(database_url)
     try:
@@ -57,11 +61,44 @@ async def _new_key(
             name,
             scopes,
             actor=CLI,
+            tool_grants=tools,
             tenant_id=None if tenant == CROSS_TENANT else tenant,
         )
     finally:
         await engine.dispose()
     return row.id, key
+
+
+async def _grant(
+    database_url: str, key_id: str, tools: Sequence[str]
+) -> tuple[ApiKey, list[str]] | None:
+    engine = create_engine(database_url)
+    try:
+        return await set_tool_grants(make_sessionmaker(engine), key_id, tools, actor=CLI)
+    finally:
+        await engine.dispose()
+
+
+def _tool_grants(text: str, settings: Settings) -> list[str]:
+    """``--tools a,b`` (or ``*``) as grants, checked against the configured tools' names.
+
+    Only the names are read from the tools file: the command needs none of the tools'
+    secrets, which the broker's environment may hold and this shell may not.
+
+    Raises:
+        UnknownToolError: a name is not a configured tool.
+        SettingsError: the tools file cannot be read.
+    """
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        tools = tomllib.loads(settings.tools_config.read_text()).get("tools", {})
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"{settings.tools_config}: cannot read tools config: {exc}") from exc
+    return tool_grant_list(names, known=tools if isinstance(tools, dict) else {})
+
+
+def _tools_column(grants: Sequence[str]) -> str:
+    return ",".join(grants) or "-"
 
 
 async def _dev_keys(settings: Settings) -> tuple[str, str]:
@@ -96,12 +133,22 @@ def _when(value: datetime | None) -> str:
 
 
 def _keys_command(command: str, args: argparse.Namespace, settings: Settings) -> int:
-    """``broker keys create|list|revoke``; never prints a stored hash, only a new key once."""
+    """``broker keys create|list|revoke|grant``; never prints a stored hash, only a new key once."""
+    tools: list[str] = []
+    if command in ("create", "grant"):
+        try:
+            tools = _tool_grants(args.tools, settings)
+        except UnknownToolError as exc:
+            sys.stderr.write(f"broker: {exc}; use configured tools, or '*' for any\n")
+            return 2
+        except SettingsError as exc:
+            sys.stderr.write(f"broker: configuration error: {exc}\n")
+            return 2
     if command == "create":
         scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
         try:
             key_id, key = asyncio.run(
-                _new_key(settings.database_url, args.name, scopes, args.tenant)
+                _new_key(settings.database_url, args.name, scopes, tools, args.tenant)
             )
         except UnknownScopeError as exc:
             sys.stderr.write(f"broker: {exc}; use: {describe_scopes()}\n")
@@ -111,10 +158,27 @@ def _keys_command(command: str, args: argparse.Namespace, settings: Settings) ->
             return 2
         _out(f"created {key_id} ({args.name}); the key is shown only once:")
         _out(key)
+    elif command == "grant":
+        changed = asyncio.run(_grant(settings.database_url, args.key_id, tools))
+        if changed is None:
+            sys.stderr.write(f"broker: no API key with id {args.key_id!r}\n")
+            return 2
+        granted, before = changed
+        _out(
+            f"{granted.id} ({granted.name}) may grant: {_tools_column(granted.tool_grants)}"
+            f" (was: {_tools_column(before)})"
+        )
     elif command == "list":
         rows = asyncio.run(_list_keys(settings.database_url))
-        table = [("ID", "NAME", "SCOPES", "CREATED", "REVOKED")] + [
-            (r.id, r.name, ",".join(r.scopes), _when(r.created_at), _when(r.revoked_at))
+        table = [("ID", "NAME", "SCOPES", "TOOLS", "CREATED", "REVOKED")] + [
+            (
+                r.id,
+                r.name,
+                ",".join(r.scopes),
+                _tools_column(r.tool_grants),
+                _when(r.created_at),
+                _when(r.revoked_at),
+            )
             for r in rows
         ]
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -225,7 +289,7 @@ examples:
                                 and development keys (what `make run` does)
   broker serve                  serve as configured (JSON logs)
   broker migrate                bring the database schema up to date
-  broker keys create --name app --scopes sessions:create
+  broker keys create --name app --scopes sessions:create --tools lookup_order
   broker audit verify --public-key audit.pub
                                 recompute the audit chain and its signatures
   broker emulator --port 8090   run the local provider alone
@@ -277,13 +341,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"comma-separated, among: {describe_scopes()}",
     )
     create.add_argument(
+        "--tools",
+        default="",
+        help="comma-separated tools it may put in a session's allowlist, or '*' for any"
+        " (default: none)",
+    )
+    create.add_argument(
         "--tenant",
         default=DEFAULT_TENANT,
         help=f"its tenant (default: {DEFAULT_TENANT}); '{CROSS_TENANT}' for a cross-tenant key",
     )
-    keys_sub.add_parser("list", help="list keys: id, name, scopes, created, revoked (no secrets)")
+    keys_sub.add_parser(
+        "list", help="list keys: id, name, scopes, tools, created, revoked (no secrets)"
+    )
     revoke = keys_sub.add_parser("revoke", help="revoke a key: refused from its next request")
     revoke.add_argument("key_id", metavar="KEY_ID")
+    grant = keys_sub.add_parser(
+        "grant",
+        help="replace the tools a key may grant (audited); its next session is checked",
+    )
+    grant.add_argument("key_id", metavar="KEY_ID")
+    grant.add_argument(
+        "--tools",
+        required=True,
+        help="comma-separated tools, '*' for any, '' for none",
+    )
     add_tenants_parser(sub)
     add_audit_parser(sub)
     emu = sub.add_parser("emulator", help="run the local OpenAI-compatible provider alone")

@@ -1,4 +1,7 @@
-"""API key administration (``admin`` scope): list (usage on request), create, revoke."""
+"""API key administration (``admin`` scope): list (usage on request), create, revoke, grant.
+
+Granting replaces the tools a key may put in a session's allowlist (``PATCH``).
+"""
 
 from __future__ import annotations
 
@@ -13,15 +16,34 @@ from broker.api._bodies import read_json
 from broker.api._times import iso
 from broker.api.schemas import KeyCreated, KeyList, KeyRecord, UsageOut, respond
 from broker.audit.records import Actor
-from broker.auth.api_keys import UnknownScopeError, create_api_key, list_api_keys, revoke_api_key
-from broker.auth.principals import ALL_SCOPES, RESERVED_SCOPES, Scope, describe_scopes
+from broker.auth.api_keys import (
+    UnknownScopeError,
+    UnknownToolError,
+    create_api_key,
+    list_api_keys,
+    revoke_api_key,
+    set_tool_grants,
+    tool_grant_list,
+)
+from broker.auth.principals import (
+    ALL_SCOPES,
+    RESERVED_SCOPES,
+    ApiPrincipal,
+    Scope,
+    describe_scopes,
+)
 from broker.auth.tenants import tenant_for_new_key
 from broker.db import queries
 from broker.db.models import ApiKey
-from broker.errors import BadRequestError, NotFoundError, ValidationFailedError
+from broker.errors import BadRequestError, ForbiddenError, NotFoundError, ValidationFailedError
 from broker.record.usage import Usage
 
 NO_STORE = {"Cache-Control": "no-store"}
+MAX_TOOL_GRANTS = 256
+
+# A registry tool's name or ``*``; checked against the registry by the handler (422
+# unknown_tool). The bounds are the registry's own rule for names.
+ToolGrant = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class CreateKeyRequest(BaseModel):
@@ -35,6 +57,12 @@ class CreateKeyRequest(BaseModel):
     scopes: list[
         Annotated[str, WithJsonSchema({"type": "string", "enum": sorted(map(str, ALL_SCOPES))})]
     ] = Field(min_length=1, max_length=len(ALL_SCOPES))
+    tools: list[ToolGrant] = Field(
+        default_factory=list,
+        max_length=MAX_TOOL_GRANTS,
+        description="The tools it may put in a session's allowlist: registry tool names, or"
+        " ``*`` for any tool. Default: none.",
+    )
     tenant: str | None = Field(
         default=None,
         min_length=1,
@@ -44,12 +72,25 @@ class CreateKeyRequest(BaseModel):
     )
 
 
+class GrantToolsRequest(BaseModel):
+    """Body of ``PATCH /api/v1/keys/{key_id}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tools: list[ToolGrant] = Field(
+        max_length=MAX_TOOL_GRANTS,
+        description="Replaces the key's tool grants: registry tool names, ``*`` for any tool,"
+        " ``[]`` for none.",
+    )
+
+
 def key_record(row: ApiKey, usage: Usage | None = None) -> KeyRecord:
     """A key's public record: never the key, never its hash; its ``usage`` when given."""
     record = KeyRecord(
         id=row.id,
         name=row.name,
         scopes=row.scopes,
+        tools=row.tool_grants,
         tenant=row.tenant_id,
         created_at=iso(row.created_at),
         revoked_at=iso(row.revoked_at),
@@ -83,10 +124,40 @@ async def list_keys(request: web.Request) -> web.Response:
     return respond(KeyList(keys=[key_record(row, usage.get(row.id, Usage())) for row in rows]))
 
 
+def _grants(request: web.Request, principal: ApiPrincipal, tools: list[str]) -> list[str]:
+    """``tools`` as a key's grants, checked: known tools, and only what the granter has.
+
+    A key gives no more than it may grant itself, so grants never widen by way of a new key.
+
+    Raises:
+        ValidationFailedError: ``unknown_tool``, listing the registry's tools (the request's
+            names are not echoed).
+        ForbiddenError: ``tool_not_granted``, naming the tools the acting key lacks.
+    """
+    registry = request.app[app_state.TOOLS]
+    try:
+        grants = tool_grant_list(tools, known=registry)
+    except UnknownToolError:
+        raise ValidationFailedError(
+            "unknown_tool",
+            "tools must be configured tools, or '*' for any tool",
+            tools=sorted(registry),
+        ) from None
+    lacking = [t for t in grants if not principal.may_grant(t)]
+    if lacking:
+        raise ForbiddenError(
+            "tool_not_granted",
+            f"this API key may not grant tool(s): {', '.join(lacking)}",
+            tools=lacking,
+        )
+    return grants
+
+
 async def create_key(request: web.Request) -> web.Response:
     principal = await api_principal(request)
     principal.require(Scope.ADMIN)
     body = await read_json(request, CreateKeyRequest)
+    grants = _grants(request, principal, body.tools)
     sessionmaker = request.app[app_state.SESSIONMAKER]
     tenant_id = await tenant_for_new_key(sessionmaker, principal, body.tenant)
     try:
@@ -95,6 +166,7 @@ async def create_key(request: web.Request) -> web.Response:
             body.name,
             body.scopes,
             actor=Actor.key(principal.key_id),
+            tool_grants=grants,
             tenant_id=tenant_id,
         )
     except UnknownScopeError:
@@ -110,6 +182,7 @@ async def create_key(request: web.Request) -> web.Response:
         id=row.id,
         name=row.name,
         scopes=row.scopes,
+        tools=row.tool_grants,
         tenant=row.tenant_id,
         created_at=iso(row.created_at),
         revoked_at=iso(row.revoked_at),
@@ -131,4 +204,30 @@ async def revoke_key(request: web.Request) -> web.Response:
     if row is None:
         # The BROKER_ADMIN_KEY bootstrap key is configuration, not a row: it is not found here.
         raise NotFoundError("key_not_found", "no such API key")
+    return respond(key_record(row))
+
+
+async def grant_tools(request: web.Request) -> web.Response:
+    """Replace a key's tool grants (audited ``key.grants_changed``); the key's record.
+
+    Sessions it already made keep their tools; its next session is checked against these.
+
+    Raises:
+        NotFoundError: ``key_not_found`` (the BROKER_ADMIN_KEY is configuration, not a row).
+    """
+    principal = await api_principal(request)
+    principal.require(Scope.ADMIN)
+    body = await read_json(request, GrantToolsRequest)
+    grants = _grants(request, principal, body.tools)
+    changed = await set_tool_grants(
+        request.app[app_state.SESSIONMAKER],
+        request.match_info["key_id"],
+        grants,
+        actor=Actor.key(principal.key_id),
+        # Another tenant's key is not found, as if it did not exist.
+        tenant_id=principal.tenant_id,
+    )
+    if changed is None:
+        raise NotFoundError("key_not_found", "no such API key")
+    row, _ = changed
     return respond(key_record(row))

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from broker.api import audit, schemas
-from broker.api.api_keys import CreateKeyRequest
+from broker.api.api_keys import CreateKeyRequest, GrantToolsRequest
 from broker.api.erasure import SessionErased
 from broker.api.ops_actions import HangupRequest, InstructionsRequest
 from broker.api.quotas import QuotasBody, QuotasSet, UsageReport
@@ -182,6 +182,7 @@ OPERATIONS: Final = (
                     "transcription_model_required",
                     "provider_lacks_capability",
                 ),
+                403: ("tool_not_granted",),
                 429: ("rate_limited", "quota_exceeded"),
             },
             {403: ("cross_tenant_required",), 422: ("unknown_tenant",)},
@@ -390,7 +391,7 @@ OPERATIONS: Final = (
         errors=(
             _SCOPED,
             _JSON_BODY,
-            {422: ("unknown_scope",)},
+            {403: ("tool_not_granted",), 422: ("unknown_scope", "unknown_tool")},
             {403: ("cross_tenant_required",), 422: ("unknown_tenant",)},
         ),
         tags=("keys",),
@@ -402,6 +403,20 @@ OPERATIONS: Final = (
         "Revoke an API key (admin; idempotent; another tenant's key is not found)",
         _ok(schemas.KeyRecord),
         errors=(_SCOPED, {404: ("key_not_found",)}),
+        tags=("keys",),
+    ),
+    Operation(
+        "patch",
+        "/api/v1/keys/{key_id}",
+        "grantTools",
+        "Replace the tools an API key may grant (admin; audited key.grants_changed)",
+        _ok(schemas.KeyRecord),
+        request=GrantToolsRequest,
+        errors=(
+            _SCOPED,
+            _JSON_BODY,
+            {403: ("tool_not_granted",), 404: ("key_not_found",), 422: ("unknown_tool",)},
+        ),
         tags=("keys",),
     ),
     Operation(

@@ -79,6 +79,7 @@ ROUTES: Final = (
     Route(hdrs.METH_GET, "/api/v1/keys", api_keys.list_keys, NO_BODY),
     Route(hdrs.METH_POST, "/api/v1/keys", api_keys.create_key, MAX_JSON_BYTES),
     Route(hdrs.METH_DELETE, "/api/v1/keys/{key_id}", api_keys.revoke_key, NO_BODY),
+    Route(hdrs.METH_PATCH, "/api/v1/keys/{key_id}", api_keys.grant_tools, MAX_JSON_BYTES),
     Route(
         hdrs.METH_POST,
         "/api/v1/sessions/{session_id}/hangup",

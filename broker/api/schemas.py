@@ -233,6 +233,9 @@ class KeyRecord(_Out):
     id: str
     name: str
     scopes: list[str]
+    tools: list[str] = Field(
+        description="The tools it may put in a session's allowlist (``*``: any; ``[]``: none)."
+    )
     created_at: str | None
     revoked_at: str | None
     tenant: str | None = Field(
@@ -249,6 +252,9 @@ class KeyCreated(_Out):
     id: str
     name: str
     scopes: list[str]
+    tools: list[str] = Field(
+        description="The tools it may put in a session's allowlist (``*``: any; ``[]``: none)."
+    )
     created_at: str | None
     revoked_at: str | None
     tenant: str | None = Field(

@@ -71,6 +71,8 @@ class AuditKind(enum.StrEnum):
     """A key's or a tenant's spend caps were set or cleared."""
     QUOTA_EXCEEDED = "quota.exceeded"
     """A spend cap refused a session, or ended a live call at a hard cap."""
+    KEY_GRANTS_CHANGED = "key.grants_changed"
+    """A key's tool grants replaced: ``{key_id, before, after}``."""
     AUDIT_KEY_ADDED = "audit.key_added"
     """A signing key's first record: its public key, so rotation is in the trail itself."""
     AUDIT_ERASED = "audit.erased"

@@ -2,9 +2,10 @@
 
 The keys themselves are kept in a private file beside the signing key (only their hashes are in
 the database, so they could not be shown again otherwise). At each start a stored key is reused
-while its row is still active with the same scopes; otherwise a new one is made. Either way
-every other active key with a development name and scopes is revoked, so the keys of earlier
-starts (or of a lost key file) never pile up and stay valid.
+while its row is still active with the same scopes and tool grants (every tool: a development
+broker's tools are all there to try); otherwise a new one is made. Either way every other
+active key with a development name and scopes is revoked, so the keys of earlier starts (or of
+a lost key file) never pile up and stay valid.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker.audit.records import Actor
 from broker.auth.api_keys import create_api_key, revoke_api_key
 from broker.auth.principals import Scope, hash_api_key
-from broker.db.models import ApiKey
+from broker.db.models import ALL_TOOLS, ApiKey
 from broker.settings import SettingsError
 from broker.settings.key_file import read_private_file, write_private_file
 
@@ -33,10 +34,11 @@ DEV_KEYS_FILE_NAME: Final = "dev-keys.json"
 
 @dataclass(frozen=True)
 class DevKey:
-    """One development key: its name in ``broker keys list`` and its scopes."""
+    """One development key: its name in ``broker keys list``, its scopes and tool grants."""
 
     name: str
     scopes: tuple[Scope, ...]
+    tools: tuple[str, ...] = (ALL_TOOLS,)
 
 
 APP_KEY: Final = DevKey("development", (Scope.SESSIONS_CREATE, Scope.MONITOR_READ))
@@ -72,6 +74,11 @@ def _is_dev_row(row: ApiKey, spec: DevKey) -> bool:
     return row.name == spec.name and sorted(row.scopes) == sorted(spec.scopes)
 
 
+def _is_current(row: ApiKey, spec: DevKey) -> bool:
+    """A development row to keep: also its grants are the spec's (older ones may lack them)."""
+    return _is_dev_row(row, spec) and sorted(row.tool_grants) == sorted(spec.tools)
+
+
 async def ensure_dev_keys(
     sessionmaker: async_sessionmaker[AsyncSession], path: Path
 ) -> Mapping[DevKey, str]:
@@ -99,13 +106,13 @@ async def ensure_dev_keys(
             (
                 r
                 for r in active
-                if key is not None and _is_dev_row(r, spec) and r.key_hash == hash_api_key(key)
+                if key is not None and _is_current(r, spec) and r.key_hash == hash_api_key(key)
             ),
             None,
         )
         if row is None or key is None:
             row, key = await create_api_key(
-                sessionmaker, spec.name, spec.scopes, actor=Actor.BROKER
+                sessionmaker, spec.name, spec.scopes, actor=Actor.BROKER, tool_grants=spec.tools
             )
         keys[spec] = key
         kept.add(row.id)

@@ -265,7 +265,8 @@ class SessionService:
         """Store a new session and mint its client secret.
 
         Raises:
-            ForbiddenError: the key lacks ``sessions:create``.
+            ForbiddenError: the key lacks ``sessions:create`` (``insufficient_scope``), or a
+                tool outside its grants (``tool_not_granted``, naming them).
             RateLimitedError: ``rate_limited``: this key created too many sessions just now;
                 ``quota_exceeded``: a spend cap of the key or its tenant is reached.
             ValidationFailedError: ``unknown_tool``, ``limit_exceeds_ceiling``,
@@ -285,6 +286,18 @@ class SessionService:
         if unknown:
             raise ValidationFailedError(
                 "unknown_tool", f"unknown tool(s): {', '.join(sorted(unknown))}", tools=unknown
+            )
+        not_granted = sorted(name for name in request.tools if not principal.may_grant(name))
+        if not_granted:
+            logger.warning(
+                "session create refused: tools not granted key_id=%s tools=%s",
+                principal.key_id,
+                ",".join(not_granted),
+            )
+            raise ForbiddenError(
+                "tool_not_granted",
+                f"this API key may not grant tool(s): {', '.join(not_granted)}",
+                tools=not_granted,
             )
         self._check_capabilities(request)
         row = SessionRow(

@@ -104,7 +104,7 @@ class ExampleBroker:
     broker: RunningBroker
     public_url: str
     key: str
-    """An API key with ``sessions:create``, for the example backend."""
+    """An API key with ``sessions:create`` granting ``lookup_order``, for the example backend."""
 
     def backend_env(self) -> dict[str, str]:
         return {
@@ -124,7 +124,8 @@ async def example_broker(
     public_url = f"http://localhost:{port}"
     cors_origins = frozenset({origin if allowed else "http://127.0.0.1:9"})
     broker = await make_broker(listen_port=port, cors_origins=cors_origins, public_url=public_url)
-    key = await broker.new_key("sessions:create", name="example backend")
+    # What an operator gives such a backend: the one tool its sessions use.
+    key = await broker.new_key("sessions:create", name="example backend", tools=["lookup_order"])
     return ExampleBroker(broker, public_url, key)
 
 

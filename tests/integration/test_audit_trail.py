@@ -293,7 +293,12 @@ async def test_keys_made_and_revoked_over_http_name_the_admin_key(broker: Runnin
         ("key.created", "key:admin"),
         ("key.revoked", f"key:{ops_key['id']}"),
     ]
-    assert body(mine[0]) == {"key_id": made["id"], "name": "billing", "scopes": ["sessions:create"]}
+    assert body(mine[0]) == {
+        "key_id": made["id"],
+        "name": "billing",
+        "scopes": ["sessions:create"],
+        "tools": [],
+    }
     no_secret_in(records, made["key"], hash_api_key(made["key"]), maker, ADMIN_KEY)
     verify_whole_chain(await chained(broker))
 
@@ -330,7 +335,11 @@ async def test_keys_made_and_revoked_on_the_command_line_name_the_cli(
 
     records = await chained(broker, kinds=("key.created", "key.revoked"))
     assert [(r.kind, r.actor, body(r)) for r in records] == [
-        ("key.created", "cli", {"key_id": key_id, "name": "nightly", "scopes": ["monitor:read"]}),
+        (
+            "key.created",
+            "cli",
+            {"key_id": key_id, "name": "nightly", "scopes": ["monitor:read"], "tools": []},
+        ),
         ("key.revoked", "cli", {"key_id": key_id, "name": "nightly", "scopes": ["monitor:read"]}),
     ]
     no_secret_in(records, key, hash_api_key(key))

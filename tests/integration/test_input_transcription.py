@@ -220,7 +220,9 @@ async def test_a_voice_turn_shows_the_users_words_and_bills_its_transcription(
     The words so far (the deltas) are stored too."""
     broker = await make_broker(**webhook_settings(receiver.url))
     made = await broker.request(
-        "POST", "/api/v1/keys", json_body={"name": "voice", "scopes": ["sessions:create"]}
+        "POST",
+        "/api/v1/keys",
+        json_body={"name": "voice", "scopes": ["sessions:create"], "tools": ["*"]},
     )
     key_id, token = made.json()["id"], made.json()["key"]
     before = await scrape(broker)

@@ -37,7 +37,16 @@ async def key_usage(broker: RunningBroker, key_id: str) -> dict[str, Any]:
     reply = await broker.request("GET", "/api/v1/keys?include=usage")
     assert reply.status == 200, reply.text
     [row] = [k for k in reply.json()["keys"] if k["id"] == key_id]
-    assert set(row) == {"id", "name", "scopes", "tenant", "created_at", "revoked_at", "usage"}
+    assert set(row) == {
+        "id",
+        "name",
+        "scopes",
+        "tools",
+        "tenant",
+        "created_at",
+        "revoked_at",
+        "usage",
+    }
     usage: dict[str, Any] = row["usage"]
     return usage
 
@@ -87,7 +96,9 @@ async def test_usage_is_summed_per_session_per_key_and_in_metrics(
     same in the detail, the list and the owning key; the metrics moved by the same counts."""
     broker = await make_broker()
     made = await broker.request(
-        "POST", "/api/v1/keys", json_body={"name": "metered", "scopes": ["sessions:create"]}
+        "POST",
+        "/api/v1/keys",
+        json_body={"name": "metered", "scopes": ["sessions:create"], "tools": ["lookup_order"]},
     )
     key_id, token = made.json()["id"], made.json()["key"]
     assert (await key_usage(broker, key_id))["responses"] == 0
@@ -123,7 +134,9 @@ async def test_a_keys_usage_adds_up_its_sessions_and_no_other_keys(
     keys = []
     for name in ("one", "two"):
         made = await broker.request(
-            "POST", "/api/v1/keys", json_body={"name": name, "scopes": ["sessions:create"]}
+            "POST",
+            "/api/v1/keys",
+            json_body={"name": name, "scopes": ["sessions:create"], "tools": ["lookup_order"]},
         )
         keys.append((made.json()["id"], made.json()["key"]))
     (first_id, first_token), (second_id, second_token) = keys
@@ -142,7 +155,9 @@ async def test_a_keys_usage_adds_up_its_sessions_and_no_other_keys(
 async def test_usage_on_postgres(pg_url: str, make_broker: BrokerFactory) -> None:
     broker = await make_broker(database_url=pg_url)
     made = await broker.request(
-        "POST", "/api/v1/keys", json_body={"name": "pg", "scopes": ["sessions:create"]}
+        "POST",
+        "/api/v1/keys",
+        json_body={"name": "pg", "scopes": ["sessions:create"], "tools": ["lookup_order"]},
     )
     session, browser = await run_call(broker, made.json()["key"])
     detail = await wait_session_ended(broker, session["id"], timeout=15)

@@ -77,7 +77,9 @@ def status_is(status: str) -> Callable[[WebhookDelivery], bool]:
 async def create_with_key(broker: RunningBroker, **body: Any) -> tuple[dict[str, Any], str]:
     """A session created by a fresh ``sessions:create`` key; the session and the key's id."""
     made = await broker.request(
-        "POST", "/api/v1/keys", json_body={"name": "billing test", "scopes": ["sessions:create"]}
+        "POST",
+        "/api/v1/keys",
+        json_body={"name": "billing test", "scopes": ["sessions:create"], "tools": ["*"]},
     )
     assert made.status == 201, made.text
     body.setdefault("tools", ["lookup_order"])

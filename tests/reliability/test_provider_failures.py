@@ -26,7 +26,9 @@ EMULATOR_FAULT_MESSAGE = "emulator fault injection"
 
 async def create_key(broker: RunningBroker, *scopes: str) -> str:
     reply = await broker.request(
-        "POST", "/api/v1/keys", json_body={"name": "-".join(scopes), "scopes": list(scopes)}
+        "POST",
+        "/api/v1/keys",
+        json_body={"name": "-".join(scopes), "scopes": list(scopes), "tools": ["*"]},
     )
     assert reply.status == 201, reply.text
     key: str = reply.json()["key"]

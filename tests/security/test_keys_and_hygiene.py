@@ -60,7 +60,7 @@ async def test_key_lifecycle_over_http(broker: RunningBroker) -> None:
 
     listed = await broker.request("GET", "/api/v1/keys")
     [entry] = listed.json()["keys"]
-    assert set(entry) == {"id", "name", "scopes", "tenant", "created_at", "revoked_at"}
+    assert set(entry) == {"id", "name", "scopes", "tools", "tenant", "created_at", "revoked_at"}
     assert key not in listed.text and hash_api_key(key) not in listed.text
 
     revoked = await broker.request("DELETE", f"/api/v1/keys/{created['id']}")
@@ -153,7 +153,7 @@ async def test_cli_keys_create_list_revoke_against_a_running_broker(
     code, out, _ = await _cli(capsys, "keys", "list")
     assert code == 0
     header, row = out.strip().splitlines()
-    assert header.split() == ["ID", "NAME", "SCOPES", "CREATED", "REVOKED"]
+    assert header.split() == ["ID", "NAME", "SCOPES", "TOOLS", "CREATED", "REVOKED"]
     assert row.split()[:3] == [key_id.group(1), "billing", "sessions:create"]
     assert row.split()[-1] == "-"
     assert key not in out and hash_api_key(key) not in out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +14,7 @@ from aiohttp import web
 
 from broker import Secret, Settings, app_state, create_app
 from broker.audit.signing import AuditSigner
+from broker.db.models import ALL_TOOLS
 
 ADMIN_KEY = "admin-key-for-tests-0123456789"
 PROVIDER_KEY = "sk-test-provider-key-5f3a9c1e7b2d4086"
@@ -116,10 +117,18 @@ class RunningBroker:
         self.replies.append(reply)
         return reply
 
-    async def new_key(self, *scopes: str, name: str = "test key") -> str:
-        """A new API key with ``scopes`` (made with the admin key); the key itself."""
+    async def new_key(
+        self, *scopes: str, name: str = "test key", tools: Sequence[str] = (ALL_TOOLS,)
+    ) -> str:
+        """A new API key with ``scopes`` (made with the admin key); the key itself.
+
+        ``tools``: its tool grants, every tool unless a test says otherwise (a new key's
+        default is none; the tests that are not about grants create sessions with tools).
+        """
         reply = await self.request(
-            "POST", "/api/v1/keys", json_body={"name": name, "scopes": list(scopes)}
+            "POST",
+            "/api/v1/keys",
+            json_body={"name": name, "scopes": list(scopes), "tools": list(tools)},
         )
         assert reply.status == 201, reply.text
         key: str = reply.json()["key"]

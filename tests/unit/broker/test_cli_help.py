@@ -33,6 +33,7 @@ def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[st
         ("migrate", "--help"),
         ("keys", "--help"),
         ("keys", "create", "--help"),
+        ("keys", "grant", "--help"),
         ("emulator", "--help"),
     ],
 )

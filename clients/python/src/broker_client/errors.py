@@ -58,7 +58,10 @@ class AuthenticationError(BrokerError):
 
 
 class PermissionDeniedError(BrokerError):
-    """403: a valid key without the scope (``insufficient_scope``), or the wrong session."""
+    """403: a valid key without the scope or the tool grant, or the wrong session.
+
+    ``insufficient_scope``; ``tool_not_granted`` (with ``tools``); ``token_session_mismatch``.
+    """
 
 
 class NotFoundError(BrokerError):
