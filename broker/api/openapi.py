@@ -276,7 +276,7 @@ OPERATIONS: Final = (
                 413: ("payload_too_large",),
                 415: ("unsupported_media_type",),
                 422: ("provider_lacks_capability",),
-                429: ("rate_limited",),
+                429: ("rate_limited", "quota_exceeded"),
                 502: ("provider_error", "provider_unreachable"),
                 503: ("shutting_down",),
                 504: ("provider_timeout",),

@@ -350,6 +350,43 @@ class QuotaGuard:
             of_tenant = await standing(s, "tenant", owner, now, capped_only=capped_only)
         return key, of_tenant
 
+    async def check_live(self, key_id: str, tenant_id: str, now: datetime | None = None) -> None:
+        """Refuse an offer that would put its key or tenant over ``max_live_calls``.
+
+        A call counts as live from its offer, so the cap is checked again there: otherwise a
+        key could make several sessions under its cap and then offer them all at once. (On
+        several instances, count-then-offer can let two racing offers pass by one.)
+
+        Raises:
+            RateLimitedError: ``quota_exceeded`` (429), as :meth:`check`.
+        """
+        now = now or self.clock()
+        async with self._sessionmaker() as s:
+            owners = (
+                await standing(s, "key", key_id, now, capped_only=True),
+                await standing(s, "tenant", tenant_id, now, capped_only=True),
+            )
+        reached = [
+            (owner, cap)
+            for owner in owners
+            for cap in owner.caps
+            if cap.limit == "max_live_calls" and cap.reached
+        ]
+        if not reached:
+            return
+        owner, cap = reached[0]
+        self._metrics.quota_refused(f"{owner.scope}.{cap.limit}")
+        await audit.append(self._sessionmaker, exceeded_entry(owner, cap))
+        logger.warning(
+            "offer refused over quota key_id=%s cap=%s.%s used=%d allowed=%d",
+            key_id,
+            owner.scope,
+            cap.limit,
+            cap.used,
+            cap.allowed,
+        )
+        raise refusal_of(owner, cap, now)
+
     async def check(
         self, principal: ApiPrincipal, now: datetime | None = None, *, tenant: str | None = None
     ) -> None:

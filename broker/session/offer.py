@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker import tracing
 from broker.audit import trail as audit
 from broker.auth.principals import BrowserPrincipal
+from broker.auth.quotas import QuotaGuard
 from broker.call.hangup import hang_up
 from broker.call.ownership import CallOwnership, acting_for
 from broker.call.supervisor import SidebandSupervisor
@@ -120,8 +121,10 @@ class Offers:
         writes: ShieldedWrites,
         deadlines: CallDeadlines,
         ownership: CallOwnership,
+        quotas: QuotaGuard | None = None,
     ) -> None:
         self._settings = settings
+        self._quotas = quotas
         self._ownership = ownership
         self._sessionmaker = sessionmaker
         self._provider = provider
@@ -199,6 +202,9 @@ class Offers:
         check_offer(sdp)
         if row is None:
             raise NotFoundError("session_not_found", "no such session")
+        if self._quotas is not None and row.state == SessionState.CREATED:
+            # Before anything is spent: a refused offer may be retried once a call ends.
+            await self._quotas.check_live(row.owner_key_id, row.tenant_id)
         prune = self._prune_due()
         async with self._sessionmaker.begin() as s:
             # Raising inside the block rolls the spend back with the failed claim.

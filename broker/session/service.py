@@ -143,6 +143,8 @@ class SessionService:
         self._create_limiter = (rate_limits or RateLimits()).limiter(
             "create", settings.session_create_rate, settings.session_create_burst
         )
+        self.quotas = QuotaGuard(sessionmaker, metrics)
+        """The spend caps of keys and tenants (:mod:`broker.auth.quotas`)."""
         self._offers = Offers(
             settings,
             sessionmaker,
@@ -153,6 +155,7 @@ class SessionService:
             self._writes,
             self._deadlines,
             ownership,
+            self.quotas,
         )
         self._bridge = Bridge(
             dispatcher,
@@ -161,8 +164,6 @@ class SessionService:
             page_sees_function_calls=provider.capabilities.page_sees_function_calls,
         )
         self._calls = CallActions(sessionmaker, provider, supervisor, metrics, ownership)
-        self.quotas = QuotaGuard(sessionmaker, metrics)
-        """The spend caps of keys and tenants (:mod:`broker.auth.quotas`)."""
         ownership.bind(self)
         # The supervisor's audit records name the instance watching the call.
         supervisor.instance_id = ownership.instance_id

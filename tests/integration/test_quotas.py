@@ -251,6 +251,42 @@ async def test_sessions_per_day_and_live_calls_are_capped_per_key(
         await browser.close()
 
 
+async def test_live_calls_are_capped_at_the_offer_too(
+    broker: RunningBroker, emulator: RunningEmulator
+) -> None:
+    """Sessions made while under max_live_calls cannot all be offered: a call counts from its
+    offer, so the second offer is 429 quota_exceeded (nothing spent, the session still
+    offerable) and goes through once the first call ended."""
+    key_id, key = await new_key(broker, "sessions:create")
+    await put_quotas(broker, f"/api/v1/keys/{key_id}/quotas", {"max_live_calls": 1})
+    first = await created(broker, key)
+    second = await created(broker, key)
+    browser = await connect_browser(broker, first)
+    waiting = FakeBrowser()
+    try:
+        refused = await broker.offer(second, await waiting.create_offer())
+        assert refused.status == 429, refused.text
+        problem = refused.json()
+        assert (problem["code"], problem["cap"], problem["limit"]) == (
+            "quota_exceeded",
+            "key",
+            "max_live_calls",
+        )
+        detail = (await broker.request("GET", f"/api/v1/sessions/{second['id']}")).json()
+        assert detail["state"] == "created"
+        ended = await broker.request(
+            "POST", f"/api/v1/sessions/{first['id']}/end", token=first["client_secret"]["value"]
+        )
+        assert ended.status == 200, ended.text
+        await wait_session_ended(broker, first["id"])
+        # The same client secret: the refusal spent nothing.
+        later = await connect_browser(broker, second, waiting)
+        await later.close()
+    finally:
+        await waiting.close()
+        await browser.close()
+
+
 async def test_a_live_call_past_a_hard_cap_is_ended_with_its_reason(
     broker: RunningBroker, emulator: RunningEmulator
 ) -> None:
