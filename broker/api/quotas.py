@@ -163,20 +163,7 @@ async def put_key_quotas(request: web.Request) -> web.Response:
         NotFoundError: ``key_not_found``: no such key, or another tenant's (or a cross-tenant
             key, for a tenant's admin).
     """
-    principal = await api_principal(request)
-    principal.require(Scope.ADMIN)
-    quotas = await _read_quotas(request)
-    key_id = request.match_info["key_id"]
-    if not await set_quotas(
-        request.app[app_state.SESSIONMAKER],
-        "key",
-        key_id,
-        quotas,
-        actor=Actor.key(principal.key_id),
-        sees=principal_sees(principal),
-    ):
-        raise NotFoundError("key_not_found", "no such API key")
-    return respond(QuotasSet(scope="key", id=key_id, quotas=quotas))
+    return await _put_quotas(request, "key", request.match_info["key_id"], "key_not_found")
 
 
 async def put_tenant_quotas(request: web.Request) -> web.Response:
@@ -185,17 +172,22 @@ async def put_tenant_quotas(request: web.Request) -> web.Response:
     Raises:
         NotFoundError: ``tenant_not_found``: no such tenant, or another than the caller's.
     """
+    return await _put_quotas(request, "tenant", request.match_info["tenant_id"], "tenant_not_found")
+
+
+async def _put_quotas(
+    request: web.Request, scope: Literal["key", "tenant"], owner: str, not_found: str
+) -> web.Response:
     principal = await api_principal(request)
     principal.require(Scope.ADMIN)
     quotas = await _read_quotas(request)
-    tenant_id = request.match_info["tenant_id"]
     if not await set_quotas(
         request.app[app_state.SESSIONMAKER],
-        "tenant",
-        tenant_id,
+        scope,
+        owner,
         quotas,
         actor=Actor.key(principal.key_id),
         sees=principal_sees(principal),
     ):
-        raise NotFoundError("tenant_not_found", "no such tenant")
-    return respond(QuotasSet(scope="tenant", id=tenant_id, quotas=quotas))
+        raise NotFoundError(not_found, f"no such {'API key' if scope == 'key' else 'tenant'}")
+    return respond(QuotasSet(scope=scope, id=owner, quotas=quotas))

@@ -234,24 +234,14 @@ class ChainedRecord:
         One from the outbox (``audit_pending``) is unsigned: only :meth:`signed` gives it
         its link, hash and signature.
         """
-        if seq is not None:
-            return cls(
-                seq=seq,
-                at=row.at,
-                session_id=row.session_id,
-                kind=row.kind,
-                actor=row.actor,
-                tool=row.tool,
-                decision=row.decision,
-                body_text=row.body,
-                body_sha256=body_sha256(row.body),
-                prev_hash="",
-                hash="",
-                key_id="",
-                signature="",
-            )
+        if seq is None:
+            chained = (int(row.seq), row.body_sha256, row.prev_hash, row.hash, row.key_id)
+            signature = row.signature
+        else:
+            chained, signature = (seq, body_sha256(row.body), "", "", ""), ""
+        number, digest, prev_hash, hashed, key_id = chained
         return cls(
-            seq=int(row.seq),
+            seq=number,
             at=row.at,
             session_id=row.session_id,
             kind=row.kind,
@@ -259,11 +249,11 @@ class ChainedRecord:
             tool=row.tool,
             decision=row.decision,
             body_text=row.body,
-            body_sha256=row.body_sha256,
-            prev_hash=row.prev_hash,
-            hash=row.hash,
-            key_id=row.key_id,
-            signature=row.signature,
+            body_sha256=digest,
+            prev_hash=prev_hash,
+            hash=hashed,
+            key_id=key_id,
+            signature=signature,
         )
 
     def signed(self, prev_hash: str, key_id: str, sign: Callable[[bytes], str]) -> ChainedRecord:
