@@ -5,7 +5,7 @@ Granting replaces the tools a key may put in a session's allowlist (``PATCH``).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
@@ -84,17 +84,22 @@ class GrantToolsRequest(BaseModel):
     )
 
 
+def _key_fields(row: ApiKey) -> dict[str, Any]:
+    """The fields a key's record and its creation answer share."""
+    return {
+        "id": row.id,
+        "name": row.name,
+        "scopes": row.scopes,
+        "tools": row.tool_grants,
+        "tenant": row.tenant_id,
+        "created_at": iso(row.created_at),
+        "revoked_at": iso(row.revoked_at),
+    }
+
+
 def key_record(row: ApiKey, usage: Usage | None = None) -> KeyRecord:
     """A key's public record: never the key, never its hash; its ``usage`` when given."""
-    record = KeyRecord(
-        id=row.id,
-        name=row.name,
-        scopes=row.scopes,
-        tools=row.tool_grants,
-        tenant=row.tenant_id,
-        created_at=iso(row.created_at),
-        revoked_at=iso(row.revoked_at),
-    )
+    record = KeyRecord(**_key_fields(row))
     if usage is not None:
         record.usage = UsageOut.model_validate(usage.as_json())
     return record
@@ -178,16 +183,7 @@ async def create_key(request: web.Request) -> web.Response:
             scopes=known,
             reserved=sorted(str(s) for s in RESERVED_SCOPES),
         ) from None
-    created = KeyCreated(
-        id=row.id,
-        name=row.name,
-        scopes=row.scopes,
-        tools=row.tool_grants,
-        tenant=row.tenant_id,
-        created_at=iso(row.created_at),
-        revoked_at=iso(row.revoked_at),
-        key=key,
-    )
+    created = KeyCreated(**_key_fields(row), key=key)
     return respond(created, status=201, headers=NO_STORE)
 
 

@@ -227,8 +227,8 @@ class InstructionsUpdated(_Out):
     updated: bool
 
 
-class KeyRecord(_Out):
-    """An API key's public record: never the key, never its hash."""
+class _KeyFields(_Out):
+    """What every answer about an API key says of it: never the key, never its hash."""
 
     id: str
     name: str
@@ -241,6 +241,11 @@ class KeyRecord(_Out):
     tenant: str | None = Field(
         description="Its tenant; ``null``: a cross-tenant key (sees every tenant)."
     )
+
+
+class KeyRecord(_KeyFields):
+    """An API key's public record: never the key, never its hash."""
+
     usage: UsageOut | None = Field(default=None, description="Only with ``?include=usage``.")
 
 
@@ -248,18 +253,7 @@ class KeyList(_Out):
     keys: list[KeyRecord]
 
 
-class KeyCreated(_Out):
-    id: str
-    name: str
-    scopes: list[str]
-    tools: list[str] = Field(
-        description="The tools it may put in a session's allowlist (``*``: any; ``[]``: none)."
-    )
-    created_at: str | None
-    revoked_at: str | None
-    tenant: str | None = Field(
-        description="Its tenant; ``null``: a cross-tenant key (sees every tenant)."
-    )
+class KeyCreated(_KeyFields):
     key: str = Field(description="The key itself: shown this once, stored only as a hash.")
 
 
