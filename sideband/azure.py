@@ -176,7 +176,11 @@ def _token_in(output: bytes) -> str | None:
 def azure_capabilities(webrtc_filter: bool) -> ProviderCapabilities:
     """Azure's: a two-step offer, and with ``webrtcfilter=on`` no function calls on the page."""
     return ProviderCapabilities(
-        page_sees_function_calls=not webrtc_filter, offer_needs_client_secret=True
+        page_sees_function_calls=not webrtc_filter,
+        offer_needs_client_secret=True,
+        # Azure serves WebSocket sessions too, but at its own deployment path, which this
+        # adapter does not build yet: trusted sessions are refused with a clear error.
+        websocket_sessions=False,
     )
 
 

@@ -64,12 +64,18 @@ class ProviderCapabilities:
         offer_needs_client_secret: the offer is two provider requests, an ephemeral client
             secret minted with the session config and then the SDP posted with it (Azure),
             instead of one.
+        websocket_sessions: the provider serves a realtime session over a WebSocket of its
+            own (``/v1/realtime?model=…``, no WebRTC call): trusted server sessions use it.
+        out_of_band_responses: ``response.create`` takes ``conversation: "none"`` (a response
+            outside the conversation): a long-running tool's acknowledgement uses it.
     """
 
     sideband: bool = True
     hangup: bool = True
     page_sees_function_calls: bool = True
     offer_needs_client_secret: bool = False
+    websocket_sessions: bool = True
+    out_of_band_responses: bool = True
 
 
 OPENAI_CAPABILITIES: Final = ProviderCapabilities()

@@ -79,10 +79,14 @@ class ToolCallStatus(enum.StrEnum):
     FAILED = "failed"
     DENIED = "denied"
     CANCELLED = "cancelled"
+    HELD = "held"
+    """An approval-gated call waiting for an operator (``approval = "required"``): the model
+    already has a pending output; approval moves it on to ``running``, a denial or an expiry
+    to ``denied``."""
 
     @property
     def settled(self) -> bool:
-        return self not in (ToolCallStatus.PENDING, ToolCallStatus.RUNNING)
+        return self not in (ToolCallStatus.PENDING, ToolCallStatus.RUNNING, ToolCallStatus.HELD)
 
 
 class ToolPath(enum.StrEnum):
@@ -161,6 +165,16 @@ class ApiKey(Base):
     none unless given; keys made before grants existed keep every tool."""
     quotas: Mapped[dict[str, Any] | None]
     """Spend caps of this key alone (``None``: none); see :mod:`broker.auth.quotas`."""
+
+
+class ConnectionType(enum.StrEnum):
+    """How the session's audio reaches the provider."""
+
+    WEBRTC = "webrtc"
+    """A browser's WebRTC call; the broker watches it over the sideband."""
+    TRUSTED_SERVER = "trusted_server"
+    """An app backend's WebSocket through the broker to a provider WebSocket session (no
+    browser): the one kind whose media crosses the broker."""
 
 
 class SessionRow(Base):
@@ -245,6 +259,14 @@ class SessionRow(Base):
     erased_at: Mapped[datetime | None]
     """When its content (events, transcript, tool arguments and outputs, audit bodies) was
     erased, by retention or ``DELETE /api/v1/sessions/{id}``; the row stays, as a tombstone."""
+    connection_type: Mapped[str] = mapped_column(
+        String(16), default=ConnectionType.WEBRTC, server_default=ConnectionType.WEBRTC.value
+    )
+    service_id: Mapped[str | None] = mapped_column(String(128))
+    """A trusted session's backend service (for logs and the ops view)."""
+    server_tools: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    """A trusted session's own tools (``{name, description, parameters}``), run by its backend
+    over its WebSocket; ``None`` for browser sessions."""
 
     __table_args__ = (
         Index("ix_sessions_state_created_at", "state", "created_at"),
@@ -308,6 +330,62 @@ class ToolCall(Base):
         UniqueConstraint("session_id", "call_id", name="uq_tool_calls_session_call"),
         Index("ix_tool_calls_session_status", "session_id", "status"),
     )
+
+
+class ApprovalStatus(enum.StrEnum):
+    """``pending → approved | denied | expired``; only ``pending`` changes."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+
+
+class Approval(Base):
+    """An operator's decision on one approval-gated tool call (``approval = "required"``)."""
+
+    __tablename__ = "approvals"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    call_id: Mapped[str] = mapped_column(String(128))
+    tool: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16), default=ApprovalStatus.PENDING)
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    decided_at: Mapped[datetime | None]
+    decided_by: Mapped[str | None] = mapped_column(String(40))
+    """The operator's API key id (``None``: undecided, or expired)."""
+    reason: Mapped[str | None] = mapped_column(String(500))
+
+    __table_args__ = (
+        UniqueConstraint("session_id", "call_id", name="uq_approvals_session_call"),
+        Index("ix_approvals_status_expires_at", "status", "expires_at"),
+        Index("ix_approvals_tenant_requested_at", "tenant_id", "requested_at"),
+    )
+
+
+class ToolCallback(Base):
+    """Where a long-running (``http-async``) tool's backend posts its result, once.
+
+    ``id`` is the unguessable part of the signed callback URL; the waiting instance polls the
+    row, so the callback may land on any instance.
+    """
+
+    __tablename__ = "tool_callbacks"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    call_id: Mapped[str] = mapped_column(String(128))
+    tool: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    received_at: Mapped[datetime | None]
+    result: Mapped[str | None] = mapped_column(Text)
+    result_status: Mapped[str | None] = mapped_column(String(16))
+
+    __table_args__ = (Index("ix_tool_callbacks_session_call", "session_id", "call_id"),)
 
 
 class SessionEvent(Base):

@@ -23,6 +23,12 @@ event log and the audit trail hold a keyed hash (``{"redacted": "hmac-sha256:…
 The raw arguments (and output), which a restarted broker needs to run (or re-send) the call,
 are stored sealed and opened only to run it; the tool itself always gets the raw arguments.
 
+``approval = "required"`` holds every call for an operator's decision
+(``POST /api/v1/approvals/{id}/approve|deny``) within ``approval_timeout`` seconds (default
+300); the model is told at once that the call waits for approval. ``ack_after_ms`` (default
+1500 for ``http_async`` tools, off for others) and ``ack_instructions``: a call still running
+after that long makes the broker ask the model to tell the user it is working on it.
+
 ``idempotent = true`` declares that running a call twice does no more than running it once
 (a lookup, or a backend that dedupes on ``Idempotency-Key``). Only such a tool may be run
 again after a broker crash interrupted it; a non-idempotent one that was running then is
@@ -71,7 +77,21 @@ _KEYS: Final = frozenset(
         "secret_env",
         "unsigned",
         "redact",
+        "approval",
+        "approval_timeout",
+        "ack_after_ms",
+        "ack_instructions",
     }
+)
+DEFAULT_APPROVAL_TIMEOUT: Final = 300.0
+"""Seconds an approval-gated call waits for an operator before it is denied as expired."""
+MAX_APPROVAL_TIMEOUT: Final = 3600.0
+DEFAULT_ACK_AFTER_MS: Final = 1500
+"""Milliseconds a long-running (``http-async``) call runs before the model is asked to tell
+the user it is working on it."""
+DEFAULT_ACK_INSTRUCTIONS: Final = (
+    "In one short sentence, tell the user you are working on their request and will have the"
+    " answer in a moment. Do not call any tool and do not guess the answer."
 )
 CHECKED_FORMATS: Final = ("date", "email", "idn-email", "ipv4", "ipv6", "uuid")
 """``format`` values that are enforced. jsonschema checks some formats only when optional
@@ -106,6 +126,14 @@ class ToolSpec:
     validator: Draft202012Validator = field(repr=False, compare=False)
     idempotent: bool = False
     redact: frozenset[str] = frozenset()
+    approval: bool = False
+    """``approval = "required"``: a call waits for an operator (the model gets a pending
+    output at once; the decision is injected when it comes)."""
+    approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT
+    ack_after_ms: int | None = None
+    """After this long still running, the model is asked to say it is working on it
+    (``None``: never; ``http-async`` tools default to :data:`DEFAULT_ACK_AFTER_MS`)."""
+    ack_instructions: str = DEFAULT_ACK_INSTRUCTIONS
 
     def provider_definition(self) -> dict[str, Any]:
         """The ``tools[]`` entry of a realtime session config."""
@@ -184,6 +212,26 @@ def _tool(
     if not isinstance(redact, list) or not all(isinstance(x, str) and x for x in redact):
         raise ToolConfigError(f"{where}: redact must be a list of non-empty field names")
     validator = _validator(where, parameters)
+    approval = entry.get("approval", "none")
+    if approval not in ("none", "required"):
+        raise ToolConfigError(f"{where}: approval must be 'none' or 'required'")
+    approval_timeout = entry.get("approval_timeout", DEFAULT_APPROVAL_TIMEOUT)
+    if (
+        not isinstance(approval_timeout, int | float)
+        or isinstance(approval_timeout, bool)
+        or not 0 < approval_timeout <= MAX_APPROVAL_TIMEOUT
+    ):
+        raise ToolConfigError(
+            f"{where}: approval_timeout must be in (0, {MAX_APPROVAL_TIMEOUT:g}] seconds"
+        )
+    ack_after_ms = entry.get("ack_after_ms", _default_ack_after_ms(entry))
+    if ack_after_ms is not None and (
+        not isinstance(ack_after_ms, int) or isinstance(ack_after_ms, bool) or ack_after_ms < 0
+    ):
+        raise ToolConfigError(f"{where}: ack_after_ms must be a whole number of milliseconds")
+    ack_instructions = entry.get("ack_instructions", DEFAULT_ACK_INSTRUCTIONS)
+    if not isinstance(ack_instructions, str) or not ack_instructions.strip():
+        raise ToolConfigError(f"{where}: ack_instructions must be a non-empty string")
     return ToolSpec(
         name=name,
         description=description,
@@ -193,7 +241,16 @@ def _tool(
         validator=validator,
         idempotent=idempotent,
         redact=frozenset(redact),
+        approval=approval == "required",
+        approval_timeout=float(approval_timeout),
+        ack_after_ms=ack_after_ms,
+        ack_instructions=ack_instructions,
     )
+
+
+def _default_ack_after_ms(entry: dict[str, Any]) -> int | None:
+    """Long-running tools acknowledge by default; others only when they ask to."""
+    return DEFAULT_ACK_AFTER_MS if "http_async" in entry else None
 
 
 def _validator(where: str, parameters: Any) -> Draft202012Validator:
