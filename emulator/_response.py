@@ -61,7 +61,10 @@ class ResponseRun:
         plans: what the scripted model decided to say.
         output_modalities: ``["audio"]`` streams transcript deltas, ``["text"]`` text deltas.
         audio_output: the session's ``audio.output`` (format and voice are echoed).
-        conversation_id: the call's conversation id.
+        conversation_id: the call's conversation id; ``None`` for an out-of-band response.
+        in_conversation: ``False`` for an out-of-band response (``response.conversation:
+            "none"``): its items never enter the conversation and no ``conversation.item.*``
+            event tells of them; only the ``response.*`` events do.
         metadata: ``response.metadata`` from the request, echoed back.
         input_tokens: what the response reads, for ``usage`` (:mod:`emulator._usage`).
         token_interval: pause before each delta, in seconds.
@@ -78,8 +81,10 @@ class ResponseRun:
         metadata: dict[str, str] | None,
         input_tokens: InputTokens,
         token_interval: float,
+        in_conversation: bool = True,
     ) -> None:
         self.response_id = new_response_id()
+        self.in_conversation = in_conversation
         self.finished = False
         self._host = host
         self._plans = list(plans)
@@ -163,7 +168,7 @@ class ResponseRun:
     def _open_item(self, item: dict[str, Any]) -> _InProgress:
         output_index = len(self._output)
         self._output.append(item)
-        previous = self._host.append_item(item)
+        previous = self._host.append_item(item) if self.in_conversation else None
         self._current = _InProgress(item, output_index)
         self._emit(
             "response.output_item.added",
@@ -171,7 +176,8 @@ class ResponseRun:
             output_index=output_index,
             item=dict(item),
         )
-        self._host.broadcast(item_event("conversation.item.added", item, previous))
+        if self.in_conversation:
+            self._host.broadcast(item_event("conversation.item.added", item, previous))
         return self._current
 
     def _close_item(self, status: str) -> None:
@@ -179,8 +185,9 @@ class ResponseRun:
         if current is None:
             return
         current.item["status"] = status
-        # Recorded traffic: .done of a model item names no predecessor; only .added does.
-        self._host.broadcast(item_event("conversation.item.done", current.item, None))
+        if self.in_conversation:
+            # Recorded traffic: .done of a model item names no predecessor; only .added does.
+            self._host.broadcast(item_event("conversation.item.done", current.item, None))
         self._emit(
             "response.output_item.done",
             response_id=self.response_id,

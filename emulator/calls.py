@@ -43,7 +43,7 @@ from ._usage import InputTokens, input_tokens
 from .audio import SpeechStarted, SpeechStopped, VadEvent
 from .errors import ClientEventError
 from .faults import FaultConfig, Faults
-from .model import plan_response
+from .model import plan_out_of_band, plan_response
 from .peer import Peer
 from .settings import EmulatorSettings
 
@@ -130,6 +130,9 @@ class Call:
         self._inbox: asyncio.Queue[tuple[Source, str, dict[str, Any] | None]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: tuple[ResponseRun, asyncio.Task[None]] | None = None
+        # Out-of-band responses (response.conversation "none") by response id: they run
+        # beside the conversation's one response, never blocking or blocked by it.
+        self._out_of_band: dict[str, tuple[ResponseRun, asyncio.Task[None]]] = {}
         self._end_done = asyncio.Event()
         self._close_code = 1000
 
@@ -195,6 +198,7 @@ class Call:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._active = None
+            self._out_of_band.clear()
         finally:
             self._end_done.set()
 
@@ -405,6 +409,19 @@ class Call:
         return previous
 
     def _response_create(self, event: dict[str, Any]) -> None:
+        params = event.get("response") or {}
+        if not isinstance(params, dict):
+            raise ClientEventError("invalid_type", "Invalid type for 'response'.", param="response")
+        conversation = params.get("conversation", "auto")
+        if conversation not in ("auto", "none"):
+            raise ClientEventError(
+                "invalid_value",
+                "Invalid value for 'response.conversation': expected 'auto' or 'none'.",
+                param="response.conversation",
+            )
+        if conversation == "none":
+            self._start_out_of_band(params)
+            return
         if self._active is not None:
             active_id = self._active[0].response_id
             raise ClientEventError(
@@ -412,10 +429,31 @@ class Call:
                 f"Conversation already has an active response in progress: {active_id}. "
                 "Wait until the response is finished before creating a new one.",
             )
-        params = event.get("response") or {}
-        if not isinstance(params, dict):
-            raise ClientEventError("invalid_type", "Invalid type for 'response'.", param="response")
         self._start_response(params)
+
+    def _start_out_of_band(self, params: dict[str, Any]) -> None:
+        """Start a response outside the conversation (model rule 5).
+
+        It reads the conversation, adds nothing to it, calls no tool, and may run beside the
+        conversation's response.
+        """
+        tools = params.get("tools", self.session.get("tools") or [])
+        modalities = params.get("output_modalities", self.session.get("output_modalities"))
+        metadata = params.get("metadata")
+        run = ResponseRun(
+            self,
+            plans=plan_out_of_band(self.conversation, params.get("instructions")),
+            output_modalities=modalities or ["audio"],
+            audio_output=_audio_side(self.session, "output"),
+            conversation_id=None,
+            metadata=metadata if isinstance(metadata, dict) else None,
+            input_tokens=self._input_tokens(tools),
+            token_interval=self._settings.token_interval,
+            in_conversation=False,
+        )
+        run.start()
+        task = self._spawn(run.stream(), f"response:{self.call_id}:{run.response_id}")
+        self._out_of_band[run.response_id] = (run, task)
 
     def _start_response(self, params: dict[str, Any]) -> None:
         tools = params.get("tools", self.session.get("tools") or [])
@@ -447,6 +485,11 @@ class Call:
 
     def _response_cancel(self, event: dict[str, Any]) -> None:
         requested = event.get("response_id")
+        if requested and requested in self._out_of_band:
+            run, task = self._out_of_band[requested]
+            run.cancel()  # emits the final events and forgets it via response_finished
+            task.cancel()
+            return
         if self._active is None or (requested and requested != self._active[0].response_id):
             raise ClientEventError(
                 "response_cancel_not_active",
@@ -460,6 +503,7 @@ class Call:
     def response_finished(self, run: ResponseRun) -> None:
         if self._active is not None and self._active[0] is run:
             self._active = None
+        self._out_of_band.pop(run.response_id, None)
         # The real service reports the updated limits right after each response.done.
         limits = self._rate_limits.record(run.total_tokens)
         self.broadcast(server_event("rate_limits.updated", rate_limits=limits))
@@ -497,8 +541,8 @@ class Call:
         )
         if self._input.interrupt_response:
             # Barge-in: the user talking over the model stops the response and its audio.
-            if self._active is not None:
-                run, task = self._active
+            running = [self._active] if self._active is not None else []
+            for run, task in [*running, *self._out_of_band.values()]:
                 run.cancel("turn_detected")
                 task.cancel()
             self._speaker.clear()

@@ -40,6 +40,12 @@ with the conversation and the tools in effect. The rules, in order:
    the emulator does no speech recognition) gets ``I heard you.``.
 4. **Echo.** Otherwise ``You said: <text>``; with no user message at all,
    ``Hello! How can I help you today?``.
+5. **Out-of-band responses.** A ``response.create`` with ``response.conversation: "none"``
+   (docs/protocol.md §3.2) reads the conversation but adds nothing to it, and never calls
+   a tool (its ``tool_choice`` is treated as ``"none"``; rule 0 does not apply). With
+   ``instructions`` it says the fixed acknowledgement :data:`ACK_TEXT` (``One moment, I'm
+   working on that.``): the broker asks for one while a long-running tool works. Without
+   instructions it follows rules 1, 3 and 4.
 
 Everything here is pure: no I/O, no clock, no randomness.
 """
@@ -54,6 +60,7 @@ from typing import Any, Final
 
 GREETING: Final = "Hello! How can I help you today?"
 HEARD_AUDIO: Final = "I heard you."
+ACK_TEXT: Final = "One moment, I'm working on that."
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,22 @@ def plan_response(
     if calls:
         return list(calls if parallel_tool_calls else calls[:1])
     return [MessagePlan(f"You said: {turn.text}")]
+
+
+def plan_out_of_band(
+    conversation: Sequence[Mapping[str, Any]], instructions: Any = None
+) -> list[Plan]:
+    """Decide what an out-of-band response says (rule 5): never a function call.
+
+    Args:
+        conversation: the conversation items in order (read, never changed).
+        instructions: ``response.instructions`` of the request; a non-empty string makes
+            the model answer :data:`ACK_TEXT`.
+    """
+    if isinstance(instructions, str) and instructions.strip():
+        return [MessagePlan(ACK_TEXT)]
+    plans = plan_response(conversation, (), "none")
+    return [plan for plan in plans if isinstance(plan, MessagePlan)] or [MessagePlan(GREETING)]
 
 
 UNVERIFIED_CODE: Final = "call_unverified"
