@@ -4,6 +4,7 @@ Never imports ``broker``: the broker injects what the controller needs.
 """
 
 from sideband.azure import ApiKeyCredential, AzureOpenAIProvider, TokenCommand
+from sideband.config_watch import ConfigOutcome
 from sideband.connection import SidebandConnection
 from sideband.contracts import (
     AnswerGate,
@@ -64,6 +65,7 @@ __all__ = [
     "CallEndedError",
     "CallNotFoundError",
     "CallObserver",
+    "ConfigOutcome",
     "CredentialError",
     "CredentialSource",
     "Direction",

@@ -10,21 +10,38 @@ Drift is restored and reported.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final
 
 from sideband.contracts import Wiring
 from sideband.events import SessionCreated, SessionUpdated
-from sideband.session_guard import SessionGuard
+from sideband.session_guard import ConfigChange, SessionGuard
 from sideband.tamper import OwnedSession
 
 logger = logging.getLogger(__name__)
 
+CONFIG_UPDATE_TIMEOUT: Final = 5.0
+"""Seconds to wait for the provider's ``session.updated`` answering a config change."""
 SESSION_PROBE_TIMEOUT: Final = 2.0
 """Seconds to wait for the answer to the session probe before a ``response.create``; with no
 answer the owned config is asserted blind (the provider applies it before the response)."""
+
+
+class ConfigOutcome(enum.StrEnum):
+    """How a change of the owned config ended (:meth:`ConfigWatch.update_config`)."""
+
+    APPLIED = "applied"
+    """The provider's ``session.updated`` answering it carries the new config."""
+    UNSENT = "unsent"
+    """No sideband could send it: nothing changed."""
+    REFUSED = "refused"
+    """The provider refused it (an ``error`` for its event), or answered without the new
+    config: reverted."""
+    TIMEOUT = "timeout"
+    """No answer in time (or the sideband was lost meanwhile): reverted."""
 
 
 class ConfigWatch:
@@ -56,6 +73,12 @@ class ConfigWatch:
         """Tasks waiting for the next ``session.updated`` (True) or its refusal (False)."""
         self._probe_events: set[str] = set()
         self._prober: asyncio.Task[None] | None = None
+        self._change: tuple[ConfigChange, asyncio.Future[ConfigOutcome]] | None = None
+        """The config change awaiting its answer, and who waits for it."""
+        self.update_timeout = CONFIG_UPDATE_TIMEOUT
+        """Seconds a config change waits for the provider's answer."""
+        self._changing = asyncio.Lock()
+        """One config change at a time: each is answered, or reverted, before the next."""
 
     async def attached(self) -> None:
         """A sideband attached: check the config now, and start the periodic probes."""
@@ -83,7 +106,12 @@ class ConfigWatch:
             # answers none of our updates, so it is judged without taking a pending answer.
             verdict = self.guard.judge(event.session)
         else:
-            verdict = self.guard.updated(event.session)
+            change = self._change[0] if self._change is not None else None
+            verdict = self.guard.updated(event.session, change)
+            if change is not None and verdict.answered == change.update["event_id"]:
+                self._settle_change(
+                    ConfigOutcome.APPLIED if verdict.change_applied else ConfigOutcome.REFUSED
+                )
         reapplied = False
         for restore in verdict.restores:
             reapplied = await self.send(restore) or reapplied
@@ -134,22 +162,60 @@ class ConfigWatch:
         logger.warning("session probe unanswered call_id=%s; asserting", self._call_id)
         await self.send(self.guard.assertion())
 
-    async def update_instructions(self, instructions: str) -> bool:
-        """Change the owned instructions on the provider; whether the update was sent.
+    async def update_config(
+        self,
+        *,
+        instructions: str | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> ConfigOutcome:
+        """Change the owned instructions and/or tools on the provider, and wait for its answer.
 
         The owned config (and the baseline) change before the send, so the provider's answer
-        is not taken for tampering; a send that fails puts the old config back, so "not
-        sent" leaves nothing changed.
+        is not taken for tampering, and a page putting the old config back afterwards is.
+        Anything but an answer carrying the new config puts the old one back (and, unless
+        nothing was sent, asserts it again: an unanswered change may have been applied).
         """
-        previous, update = self.guard.instructions_changed(instructions)
-        if not await self._send(update):
-            self.guard.unsent(update)
-            self.guard.revert_instructions(previous)
-            return False
-        return True
+        async with self._changing:
+            change = self.guard.config_changed(instructions=instructions, tools=tools)
+            waiter: asyncio.Future[ConfigOutcome] = asyncio.get_running_loop().create_future()
+            self._change = (change, waiter)
+            try:
+                if not await self._send(change.update):
+                    self.guard.unsent(change.update)
+                    # Nothing went out, so nothing is asserted back either.
+                    self.guard.unsent(self.guard.revert(change))
+                    return ConfigOutcome.UNSENT
+                try:
+                    async with asyncio.timeout(self.update_timeout):
+                        outcome = await waiter
+                except TimeoutError:
+                    outcome = ConfigOutcome.TIMEOUT
+            finally:
+                self._change = None
+            if outcome is not ConfigOutcome.APPLIED:
+                logger.warning(
+                    "config change not applied call_id=%s outcome=%s", self._call_id, outcome
+                )
+                await self.send(self.guard.revert(change))
+            return outcome
+
+    async def update_instructions(self, instructions: str) -> bool:
+        """Change the owned instructions (:meth:`update_config`); whether the provider took it."""
+        return await self.update_config(instructions=instructions) is ConfigOutcome.APPLIED
+
+    def _settle_change(self, outcome: ConfigOutcome) -> None:
+        if self._change is not None and not self._change[1].done():
+            self._change[1].set_result(outcome)
 
     def refused(self, event_id: str, code: str | None) -> bool:
         """The provider's ``error`` for ``event_id``; ``True`` if it refused one of ours."""
+        if self._change is not None and self._change[0].update["event_id"] == event_id:
+            self.guard.refused(event_id)
+            logger.warning(
+                "provider refused a config change call_id=%s code=%s", self._call_id, code
+            )
+            self._settle_change(ConfigOutcome.REFUSED)
+            return True
         if event_id in self._probe_events:
             self._probe_events.discard(event_id)
             self.guard.refused(event_id)
@@ -177,8 +243,9 @@ class ConfigWatch:
         self.fail_waiters()
 
     def fail_waiters(self) -> None:
-        """Every task waiting for a probe's answer is told none came."""
+        """Every task waiting for a probe's (or a change's) answer is told none came."""
         self._wake(False)
+        self._settle_change(ConfigOutcome.TIMEOUT)
 
     def _wake(self, answered: bool) -> None:
         waiters, self._waiters = self._waiters, []

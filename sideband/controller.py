@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from sideband import events as ev
 from sideband.answers import AnswerLedger
-from sideband.config_watch import ConfigWatch
+from sideband.config_watch import ConfigOutcome, ConfigWatch
 from sideband.connection import SidebandConnection
 from sideband.contracts import (
     AnswerGate,
@@ -54,6 +54,7 @@ from sideband.errors import (
     SidebandError,
 )
 from sideband.lookups import Lookups
+from sideband.notes import new_note_id, note_item_create
 from sideband.page_watch import PageWatch
 from sideband.responder import Responder
 from sideband.resync import Resync
@@ -413,16 +414,40 @@ class CallController:
     def attached(self) -> bool:
         return self._conn is not None
 
-    async def update_instructions(self, instructions: str) -> bool:
-        """Change the server-owned instructions of the live call; whether it was sent.
+    async def update_config(
+        self,
+        *,
+        instructions: str | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> ConfigOutcome:
+        """Change the live call's owned instructions and/or tools; waits for the provider.
 
-        The owned config (and the baseline) change before the send, so the provider's answer
-        is not taken for tampering; a send that fails puts the old config back, so "not
-        sent" leaves nothing changed.
+        See :meth:`ConfigWatch.update_config`: the owned config switches before the send, and
+        anything but the provider's answer carrying it puts the old one back.
         """
         if self._config is None or self._conn is None:
+            return ConfigOutcome.UNSENT
+        return await self._config.update_config(instructions=instructions, tools=tools)
+
+    async def update_instructions(self, instructions: str) -> bool:
+        """Change the owned instructions (:meth:`update_config`); whether the provider took it."""
+        return await self.update_config(instructions=instructions) is ConfigOutcome.APPLIED
+
+    async def inject_note(self, text: str) -> bool:
+        """Add a system message of the broker's, then ask for a response; whether it was sent.
+
+        Its id is registered as ours before the send (:mod:`sideband.notes`).
+        """
+        if self._conn is None or self._stopping:
             return False
-        return await self._config.update_instructions(instructions)
+        item_id = new_note_id()
+        self._page.ours(item_id)
+        self._lookups.known_items.add(item_id)
+        if not await self._send(note_item_create(item_id, text)):
+            return False
+        self._answers.note_sent(item_id)
+        await self._respond()
+        return True
 
     def condemn(self) -> None:
         """The call is being ended: from now on no tool call is executed (it is abandoned)."""

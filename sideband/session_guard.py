@@ -27,7 +27,7 @@ import copy
 import json
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
@@ -57,7 +57,12 @@ SEPARATE_FIELDS: Final = ("audio.output.voice", "tracing")
 has spoken, and tracing once it is on; such a refusal must not take the rest of a restore
 down with it."""
 
-UpdateKind = Literal["assert", "reapply", "probe"]
+UpdateKind = Literal["assert", "reapply", "probe", "change", "abandoned"]
+"""What one of our ``session.update`` events was: the first assertion, a restore, a probe, a
+change of the owned config (:meth:`SessionGuard.config_changed`), or a change given up on
+(refused or unanswered in time, and reverted) whose late answer is ours, not the page's."""
+CHANGEABLE_FIELDS: Final = ("instructions", "tools")
+"""The owned fields the broker may change on a live call (:meth:`SessionGuard.config_changed`)."""
 
 
 def _canonical(value: Any) -> str:
@@ -150,11 +155,33 @@ class GuardVerdict:
         restores: ``session.update`` events to send now, in order (empty: nothing to do).
         repeated: the drift is what our own restore left behind (the provider normalises
             something, or refuses a field): reported once already, not restored again.
+        answered: the event id of our update this ``session.updated`` was paired with.
+        change_applied: for the answer to a config change, whether it carries the new config
+            (``None``: not such an answer). One that does not is neither drift nor restored
+            here: the change is reverted by whoever made it.
     """
 
     drift: SessionDrift | None = None
     restores: tuple[dict[str, Any], ...] = ()
     repeated: bool = False
+    answered: str | None = None
+    change_applied: bool | None = None
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """One change of the owned config: the update to send, and what to put back without it.
+
+    Attributes:
+        update: the tracked ``session.update`` carrying only the changed fields.
+        previous: the owned config before the change.
+        previous_baseline: the changed fields' baseline values before the change (empty: no
+            baseline then).
+    """
+
+    update: dict[str, Any]
+    previous: OwnedSession
+    previous_baseline: dict[str, Any]
 
 
 class SessionGuard:
@@ -185,22 +212,72 @@ class SessionGuard:
         """A ``session.update`` that changes nothing; its answer is the full session."""
         return self._track(session_probe(), "probe")
 
-    def instructions_changed(self, instructions: str) -> tuple[OwnedSession, dict[str, Any]]:
-        """The broker changes the owned instructions; returns the old config and the update.
+    def config_changed(
+        self,
+        *,
+        instructions: str | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> ConfigChange:
+        """The broker changes the owned instructions and/or tools (their provider definitions).
 
-        The baseline follows, so the provider's answer is not taken for drift.
+        The owned config and the baseline switch now, before the update is sent, so neither
+        the provider's answer nor a page's later attempt to put the old config back is taken
+        for the new config: the latter is drift, restored to the new one. The update carries
+        only the changed fields (the tool choice stays as it is).
         """
+        changes: dict[str, Any] = {}
+        if instructions is not None:
+            changes["instructions"] = instructions
+        if tools is not None:
+            changes["tools"] = tuple(dict(tool) for tool in tools)
+        if not changes:
+            raise ValueError("a config change changes instructions, tools or both")
         previous = self.owned
-        self.owned = replace(previous, instructions=instructions)
+        previous_baseline: dict[str, Any] = {}
+        self.owned = replace(previous, **changes)
         if self.baseline is not None:
-            self.baseline["instructions"] = instructions
-        return previous, self._track(session_update(self.owned.as_update()), "reapply")
+            for name, value in changes.items():
+                previous_baseline[name] = copy.deepcopy(self.baseline.get(name))
+                self.baseline[name] = [dict(t) for t in value] if name == "tools" else value
+        payload = {
+            name: [dict(t) for t in value] if name == "tools" else value
+            for name, value in changes.items()
+        }
+        update = self._track(session_update(payload), "change")
+        return ConfigChange(update=update, previous=previous, previous_baseline=previous_baseline)
 
-    def revert_instructions(self, previous: OwnedSession) -> None:
-        """An instructions change did not go out: back to the config before it."""
-        self.owned = previous
+    def revert(self, change: ConfigChange) -> dict[str, Any]:
+        """A change was refused or went unanswered: the owned config and baseline go back.
+
+        Returns the ``session.update`` that asserts the old config again (to send: an
+        unanswered change may have been applied). Its late answer, if any, is the broker's
+        own, neither drift nor a restore's echo.
+        """
+        self.owned = change.previous
         if self.baseline is not None:
-            self.baseline["instructions"] = previous.instructions
+            for name, value in change.previous_baseline.items():
+                self.baseline[name] = value
+        event_id = change.update["event_id"]
+        for index, entry in enumerate(self._waiting):
+            if entry[0] == event_id:
+                self._waiting[index] = (event_id, "abandoned")
+                break
+        payload: dict[str, Any] = {}
+        if "instructions" in change.update["session"]:
+            payload["instructions"] = self._restorable_instructions()
+        if "tools" in change.update["session"]:
+            payload["tools"] = [dict(tool) for tool in self.owned.tools]
+        return self._track(session_update(payload), "reapply")
+
+    def carries(self, session: Mapping[str, Any], change: ConfigChange) -> bool:
+        """Whether a session view holds every field ``change`` set (as the owned config)."""
+        changed = [name for name in CHANGEABLE_FIELDS if name in change.update["session"]]
+        if any(name not in session for name in changed):
+            return False
+        drift = session_drift(
+            replace(self.owned, tool_choice=None), {name: session[name] for name in changed}
+        )
+        return drift is None
 
     def unsent(self, event: dict[str, Any]) -> None:
         """One of our updates never left (the socket was gone): no answer will come."""
@@ -215,10 +292,29 @@ class SessionGuard:
         self._waiting.clear()
         self._last_restored = None
 
-    def updated(self, session: Mapping[str, Any]) -> GuardVerdict:
-        """Judge one ``session.updated``; returns the drift and the restores to send."""
-        kind = self._waiting.popleft()[1] if self._waiting else None
-        return self._judge(session, kind)
+    def updated(
+        self, session: Mapping[str, Any], change: ConfigChange | None = None
+    ) -> GuardVerdict:
+        """Judge one ``session.updated``; returns the drift and the restores to send.
+
+        ``change``: the config change awaiting its answer, if any (see :class:`GuardVerdict`).
+        """
+        event_id, kind = self._waiting.popleft() if self._waiting else (None, None)
+        if kind == "abandoned":
+            # The late answer to a change given up on: the revert sent after it is answered
+            # next and judged then.
+            return GuardVerdict(answered=event_id)
+        if kind == "change" and change is not None and change.update["event_id"] == event_id:
+            if not self.carries(session, change):
+                return GuardVerdict(answered=event_id, change_applied=False)
+            if self.baseline is not None:
+                # The provider's own view of the new fields, as the first baseline is taken.
+                view = owned_view(session)
+                for name in change.update["session"]:
+                    if name in CHANGEABLE_FIELDS and name in view:
+                        self.baseline[name] = view[name]
+            return replace(self._judge(session, kind), answered=event_id, change_applied=True)
+        return replace(self._judge(session, kind), answered=event_id)
 
     def judge(self, session: Mapping[str, Any]) -> GuardVerdict:
         """Judge a session view that answers none of our updates (``session.created``)."""
@@ -252,13 +348,17 @@ class SessionGuard:
             effective.pop("instructions", None)
         return session_drift(self.owned, effective)
 
+    def _restorable_instructions(self) -> str:
+        if self.baseline is not None and isinstance(self.baseline.get("instructions"), str):
+            # What the provider made of ours (it keeps its default for "", say): restoring
+            # that, not our request, is what puts the session back as it was.
+            return str(self.baseline["instructions"])
+        return self.owned.instructions
+
     def _restores(self, drift: SessionDrift) -> tuple[dict[str, Any], ...]:
         assert self.baseline is not None
         main: dict[str, Any] = dict(self.owned.as_update())
-        if isinstance(self.baseline.get("instructions"), str):
-            # What the provider made of ours (it keeps its default for "", say): restoring
-            # that, not our request, is what puts the session back as it was.
-            main["instructions"] = self.baseline["instructions"]
+        main["instructions"] = self._restorable_instructions()
         separate: list[dict[str, Any]] = []
         flat: dict[str, Any] = {}
         for path in drift.fields:

@@ -108,8 +108,10 @@ async def test_an_instructions_change_that_is_not_sent_changes_nothing() -> None
     assert not await config.update_instructions("Be verbose.")
     assert config.guard.owned == OWNED
     wire.up = True
-    assert await config.update_instructions("Be verbose.")
+    change = asyncio.create_task(config.update_instructions("Be verbose."))
+    await wire.wait_sent(2)
     await config.check(updated(instructions="Be verbose."))
+    assert await change
     assert wire.reports == []
 
 

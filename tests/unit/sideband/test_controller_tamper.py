@@ -248,6 +248,16 @@ async def test_an_instructions_change_that_was_not_sent_changes_nothing() -> Non
     conn.inbox.put_nowait(updated(instructions="browser's"))
     await conn.wait_sent(1)
     assert conn.sent[0]["session"]["instructions"] == CONFIG["instructions"]
-    assert await controller.update_instructions("NEW BY OPS") is True
+    # The restore is answered before the change goes out (answers pair first-in, first-out).
+    conn.inbox.put_nowait(updated())
+    assert controller._config is not None
+    async with asyncio.timeout(5):
+        # The guard signals nothing when an answer is consumed: poll its queue (bounded).
+        while controller._config.guard._waiting:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    change = asyncio.create_task(controller.update_instructions("NEW BY OPS"))
+    await conn.wait_sent(2)
     assert conn.sent[-1]["session"]["instructions"] == "NEW BY OPS"
+    conn.inbox.put_nowait(updated(instructions="NEW BY OPS"))
+    assert await change is True
     await finish(conn, task)
