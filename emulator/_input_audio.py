@@ -112,9 +112,9 @@ def decode_appended_audio(payload: Any, audio_format: Any) -> tuple[NDArray[np.i
         ) from exc
     kind = audio_format.get("type") if isinstance(audio_format, Mapping) else "audio/pcm"
     if kind == "audio/pcmu":
-        return _g711(raw, mu_law=True), 8000
+        return g711_expand(raw, mu_law=True), 8000
     if kind == "audio/pcma":
-        return _g711(raw, mu_law=False), 8000
+        return g711_expand(raw, mu_law=False), 8000
     if len(raw) % 2:
         raise ClientEventError(
             "invalid_value",
@@ -124,7 +124,8 @@ def decode_appended_audio(payload: Any, audio_format: Any) -> tuple[NDArray[np.i
     return np.frombuffer(raw, dtype="<i2").astype(np.int16), 24000
 
 
-def _g711(raw: bytes, *, mu_law: bool) -> NDArray[np.int16]:
+def g711_expand(raw: bytes, *, mu_law: bool) -> NDArray[np.int16]:
+    """G.711 codes (μ-law or A-law) → linear 16-bit samples."""
     # ITU-T G.711 expansion; only the energy matters here, but decoding keeps the VAD honest.
     codes = np.frombuffer(raw, dtype=np.uint8).astype(np.int32)
     if mu_law:

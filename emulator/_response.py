@@ -40,8 +40,13 @@ class ResponseHost(Protocol):
 
     def response_finished(self, run: ResponseRun) -> None: ...
 
-    async def speak(self, response_id: str, item_id: str, text: str) -> None:
-        """Start playing ``text`` as audio; return once it plays (or cannot)."""
+    async def speak(self, response_id: str, item_id: str, text: str) -> list[str] | None:
+        """Voice ``text``; return its audio chunks when the response must stream them.
+
+        Over WebRTC: start playing it and return ``None`` once it plays (or cannot). In a
+        WebSocket session: return the audio as base64 chunks for the response to stream as
+        ``response.output_audio.delta``.
+        """
         ...
 
 
@@ -244,25 +249,40 @@ class ResponseRun:
         current.part = part
         fields = {**self._item_fields(current), "content_index": 0}
         self._emit("response.content_part.added", **fields, part=self._part_event(current))
+        audio: list[str] | None = None
         if self._audio:
             # The service streams the transcript alongside audio that is already playing.
-            await self._host.speak(self.response_id, current.item["id"], plan.text)
+            audio = await self._host.speak(self.response_id, current.item["id"], plan.text)
         delta_type = (
             "response.output_audio_transcript.delta"
             if self._audio
             else "response.output_text.delta"
         )
-        for delta in chunk_text(plan.text):
+        deltas = chunk_text(plan.text)
+        sent_audio = 0
+        for index, delta in enumerate(deltas):
             await asyncio.sleep(self._interval)
+            if audio is not None:
+                # Audio as events (a WebSocket session): its share up to this word first.
+                upto = len(audio) * (index + 1) // len(deltas)
+                sent_audio = self._emit_audio(fields, audio, sent_audio, upto)
             part[key] += delta
             self._text_chars += len(delta)
             if self._audio:
                 self._spoken_chars += len(delta)
             self._emit(delta_type, **fields, delta=delta)
+        if audio is not None:
+            self._emit_audio(fields, audio, sent_audio, len(audio))
+            self._emit("response.output_audio.done", **fields)
         done_type = delta_type.removesuffix(".delta") + ".done"
         self._emit(done_type, **fields, **{key: part[key]})
         self._emit("response.content_part.done", **fields, part=self._part_event(current))
         self._close_item("completed")
+
+    def _emit_audio(self, fields: dict[str, Any], audio: list[str], start: int, end: int) -> int:
+        for chunk in audio[start:end]:
+            self._emit("response.output_audio.delta", **fields, delta=chunk)
+        return max(start, end)
 
     def cancel(self, reason: str = "client_cancelled") -> None:
         """End the response now with status ``cancelled``; a no-op once finished.

@@ -1,6 +1,7 @@
 """Calls: per-call state, client-event processing, fan-out and the recorder.
 
-A :class:`Call` owns one :class:`~emulator.peer.Peer`, the attached sidebands, a worker
+A :class:`Call` owns one :class:`~emulator.peer.Peer` (none for a WebSocket session,
+:mod:`emulator.sessions`), the attached sidebands, a worker
 task that processes client events one at a time, and at most one running response. Every
 server event goes, in one synchronous step, to the data channel and to every sideband's
 outbound queue, so all connections see the same order (docs/protocol.md §2.3). ``error`` events
@@ -31,7 +32,8 @@ from ._links import SidebandLink
 from ._rate_limits import RateLimits
 from ._response import ResponseRun
 from ._session import check_session_fields, merge_session
-from ._speaker import Speaker
+from ._speaker import Speaker, Voice
+from ._streamed_audio import StreamedVoice
 from ._transcription import (
     HeardQueue,
     TranscriptionJob,
@@ -49,7 +51,8 @@ from .settings import EmulatorSettings
 
 logger = logging.getLogger(__name__)
 
-Source = Literal["datachannel", "sideband"]
+Source = Literal["datachannel", "sideband", "websocket"]
+Media = Literal["webrtc", "websocket"]
 SIDEBAND_CLOSE_WAIT_S: Final = 2.0  # bound on waiting for sidebands to finish closing
 MAX_SENT_RECORDED: Final = 50_000  # the recorder keeps the newest server events of a call
 MAX_RECEIVED_RECORDED: Final = 50_000  # ... and the newest client events
@@ -61,7 +64,8 @@ class ReceivedClientEvent:
     """One client event as it arrived, before any validation.
 
     Attributes:
-        source: ``"datachannel"`` (the browser) or ``"sideband"``.
+        source: ``"datachannel"`` (the browser), ``"sideband"``, or ``"websocket"`` (the
+            socket of a WebSocket session).
         connection_id: emulator-local id of the connection (``dc_…`` / ``sb_…``).
         event: the parsed JSON object.
         at: arrival time, ``time.time()`` seconds.
@@ -85,6 +89,10 @@ class Call:
 
     ``page_events``, when given, is the only server event types the data channel receives
     (Azure's ``?webrtcfilter=on``); sidebands always receive every event.
+
+    ``media="websocket"`` makes a call without a peer (a WebSocket session): no data
+    channel, and responses carry their audio as ``response.output_audio.delta`` events
+    (:class:`~emulator._streamed_audio.StreamedVoice`) instead of RTP.
     """
 
     def __init__(
@@ -95,8 +103,10 @@ class Call:
         faults: Faults | None = None,
         *,
         page_events: frozenset[str] | None = None,
+        media: Media = "webrtc",
     ) -> None:
         self.call_id = call_id
+        self.media = media
         self.location = f"/v1/realtime/calls/{call_id}"
         self.session = session
         self.received: deque[ReceivedClientEvent] = deque(maxlen=MAX_RECEIVED_RECORDED)
@@ -111,15 +121,20 @@ class Call:
         self._faults = faults or Faults(FaultConfig())
         self._dc_connection_id = new_connection_id("datachannel")
         self._page_events = page_events
-        self._peer = Peer(
-            call_id,
-            on_channel_open=self._on_channel_open,
-            on_channel_message=self._on_dc_message,
-            on_audio=self._on_audio,
-        )
+        self._peer: Peer | None = None
+        self._speaker: Voice
+        if media == "webrtc":
+            self._peer = Peer(
+                call_id,
+                on_channel_open=self._on_channel_open,
+                on_channel_message=self._on_dc_message,
+                on_audio=self._on_audio,
+            )
+            self._speaker = Speaker(self._peer, self.broadcast, settings.speech)
+        else:
+            self._speaker = StreamedVoice(settings.speech)
         self._input = InputAudio(_turn_detection(session))
         self._speech_item_id: str | None = None
-        self._speaker = Speaker(self._peer, self.broadcast, settings.speech)
         self._rate_limits = RateLimits()
         self._model_calls: set[str] = set()  # function calls the model made (model rule 0)
         self._input_audio_ms: dict[str, float] = {}  # user audio item id -> committed length
@@ -144,6 +159,8 @@ class Call:
         Raises:
             InvalidSdpError: the offer is unusable (the caller must then :meth:`end` the call).
         """
+        if self._peer is None:
+            raise RuntimeError("a call without a peer takes no offer")
         answer = await self._peer.answer(offer_sdp)
         self._spawn(self._work(), f"call-worker:{self.call_id}")
         self._spawn(self._watch_peer(), f"call-peer-watch:{self.call_id}")
@@ -163,6 +180,7 @@ class Call:
             )
 
     async def _watch_peer(self) -> None:
+        assert self._peer is not None
         await self._peer.wait_ended()
         await self.end("peer_closed")
 
@@ -191,7 +209,8 @@ class Call:
                             await link.detached.wait()
                 except TimeoutError:
                     logger.warning("call %s: sidebands slow to close", self.call_id)
-            await self._peer.close()
+            if self._peer is not None:
+                await self._peer.close()
             current = asyncio.current_task()
             tasks = [t for t in self._tasks if t is not current]
             for task in tasks:
@@ -201,6 +220,10 @@ class Call:
             self._out_of_band.clear()
         finally:
             self._end_done.set()
+
+    async def wait_ended(self) -> None:
+        """Return once the call has ended (:meth:`end` finished), whoever ended it."""
+        await self._end_done.wait()
 
     def sideband_ready(self) -> bool:
         """Whether a sideband may attach now (``sideband_ready_delay`` has passed)."""
@@ -274,7 +297,9 @@ class Call:
         self._to_page(event["type"], json.dumps(event))
 
     def _to_page(self, event_type: str, text: str) -> None:
-        if self._page_events is None or event_type in self._page_events:
+        if self._peer is not None and (
+            self._page_events is None or event_type in self._page_events
+        ):
             self._peer.send(text)
 
     # ---- client events ---------------------------------------------------------------
@@ -509,11 +534,20 @@ class Call:
         self.broadcast(server_event("rate_limits.updated", rate_limits=limits))
         self._speaker.response_done(run.response_id)
 
-    async def speak(self, response_id: str, item_id: str, text: str) -> None:
-        """Play ``text`` as the model's voice; returns once it started (or cannot)."""
-        speed = _audio_side(self.session, "output").get("speed", 1.0)
-        await self._speaker.speak(
-            response_id, item_id, text, speed if isinstance(speed, int | float) else 1.0
+    async def speak(self, response_id: str, item_id: str, text: str) -> list[str] | None:
+        """Voice ``text``: play it, or return its audio chunks for the response to stream.
+
+        A call plays it (returning once it started, or cannot); a WebSocket session returns
+        the chunks.
+        """
+        output = _audio_side(self.session, "output")
+        speed = output.get("speed", 1.0)
+        return await self._speaker.speak(
+            response_id,
+            item_id,
+            text,
+            speed if isinstance(speed, int | float) else 1.0,
+            output.get("format"),
         )
 
     # ---- audio in ----------------------------------------------------------------------
@@ -758,6 +792,14 @@ class CallRegistry:
         self._forget_old_calls()
         logger.info("call %s created model=%s", call.call_id, session.get("model"))
         return call, answer
+
+    def add(self, call: Call) -> None:
+        """Register a call this registry did not negotiate (a WebSocket session).
+
+        It is inspected and forgotten like the others.
+        """
+        self._calls[call.call_id] = call
+        self._forget_old_calls()
 
     def _forget_old_calls(self) -> None:
         ended = [call_id for call_id, call in self._calls.items() if call.ended]

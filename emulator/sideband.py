@@ -18,7 +18,7 @@ from aiohttp import WSMsgType, web
 from ._auth import bearer_is_client_secret, require_api_key
 from ._keys import CALL_REGISTRY, FAULTS, SETTINGS
 from ._links import AbortRequest, CloseRequest, Outgoing, SidebandLink
-from .calls import Call
+from .calls import Call, Source
 from .errors import EmulatorError, call_not_found, injected_failure
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ async def sideband_handler(request: web.Request) -> web.StreamResponse:
     call = request.app[CALL_REGISTRY].get(call_id) if call_id else None
     if (
         call is None
+        or call.media != "webrtc"  # a WebSocket session is no call: nothing attaches to it
         or not call.sideband_ready()
         or faults.sideband_unavailable(time.monotonic() - call.created_at)
     ):
@@ -75,11 +76,11 @@ async def sideband_handler(request: web.Request) -> web.StreamResponse:
     try:
         async with asyncio.TaskGroup() as tasks:
             writer = tasks.create_task(
-                _write_loop(ws, link, request.transport),
+                write_loop(ws, link, request.transport),
                 name=f"sideband-writer:{link.connection_id}",
             )
             try:
-                await _read_loop(ws, call, link)
+                await read_loop(ws, call, link)
             except SidebandSocketError as exc:
                 logger.info(
                     "call %s: sideband %s failed: %s", call.call_id, link.connection_id, exc
@@ -92,14 +93,21 @@ async def sideband_handler(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _read_loop(ws: web.WebSocketResponse, call: Call, link: SidebandLink) -> None:
+async def read_loop(
+    ws: web.WebSocketResponse, call: Call, link: SidebandLink, source: Source = "sideband"
+) -> None:
+    """Submit every text frame to ``call`` as a client event from ``source``; return on close.
+
+    Raises:
+        SidebandSocketError: the socket failed.
+    """
     while True:
         msg = await ws.receive()
         match msg.type:
             case WSMsgType.TEXT:
-                call.submit("sideband", link.connection_id, msg.data)
+                call.submit(source, link.connection_id, msg.data)
             case WSMsgType.BINARY:
-                call.submit("sideband", link.connection_id, msg.data.decode("utf-8", "replace"))
+                call.submit(source, link.connection_id, msg.data.decode("utf-8", "replace"))
             case WSMsgType.PING | WSMsgType.PONG | WSMsgType.CONTINUATION:
                 continue  # autoping answers pings; aiohttp reassembles continuations
             case WSMsgType.CLOSE | WSMsgType.CLOSING | WSMsgType.CLOSED:
@@ -112,10 +120,13 @@ async def _read_loop(ws: web.WebSocketResponse, call: Call, link: SidebandLink) 
                 logger.warning("sideband %s: unexpected frame %r", link.connection_id, msg.type)
 
 
-async def _write_loop(
+async def write_loop(
     ws: web.WebSocketResponse, link: SidebandLink, transport: asyncio.Transport | None
 ) -> None:
-    """Drain ``link.outbox`` into the socket, applying the link's fault switches."""
+    """Drain ``link.outbox`` into the socket, applying the link's fault switches.
+
+    Also the writer of a WebSocket session's socket (:mod:`emulator.sessions`).
+    """
     if link.drop_after_events == 0:
         _abort(link, transport)
         return

@@ -26,7 +26,7 @@ from typing import Any, Final
 import aiohttp
 from yarl import URL
 
-from sideband.errors import CredentialError, ProviderError
+from sideband.errors import CredentialError, ProviderCapabilityError, ProviderError
 from sideband.provider import (
     CallAnswer,
     CredentialSource,
@@ -291,3 +291,11 @@ class AzureOpenAIProvider:
 
         # No api-version and no model on the v1 path (docs/protocol.md §0).
         return SidebandTarget(url=_sideband_url(self._base, call_id), credential=dial)
+
+    def session_target(self, model: str) -> SidebandTarget:
+        """Refused: this provider's sessions are WebRTC calls only.
+
+        Raises:
+            ProviderCapabilityError: always (``websocket_sessions`` is False).
+        """
+        raise ProviderCapabilityError(self.name, "websocket_sessions", "session_connect")

@@ -37,6 +37,24 @@ class ProviderError(SidebandError):
         super().__init__(f"provider {operation} failed with HTTP {status} ({code or 'no code'})")
 
 
+class ProviderCapabilityError(ProviderError):
+    """The provider cannot do what was asked: it lacks the capability (no request was made).
+
+    Attributes:
+        capability: the :class:`~sideband.provider.ProviderCapabilities` flag it lacks.
+        status: 501 (nothing was asked of the provider; the broker maps capabilities to
+            its own 422 ``provider_lacks_capability`` before it gets here).
+        code: ``"provider_lacks_capability"``.
+    """
+
+    def __init__(self, provider: str, capability: str, operation: str) -> None:
+        self.status = 501
+        self.code = "provider_lacks_capability"
+        self.operation = operation
+        self.capability = capability
+        SidebandError.__init__(self, f"provider {provider} has no {capability} ({operation})")
+
+
 class CallNotFoundError(ProviderError):
     """The provider does not know the call (``404 call_id_not_found``)."""
 

@@ -23,6 +23,7 @@ from yarl import URL
 
 from sideband.errors import (
     CallNotFoundError,
+    ProviderCapabilityError,
     ProviderError,
     ProviderTimeoutError,
     ProviderUnreachableError,
@@ -151,6 +152,18 @@ class Provider(Protocol):
         """
         ...
 
+    def session_target(self, model: str) -> SidebandTarget:
+        """The WebSocket URL and headers of a new realtime session of ``model`` (no WebRTC).
+
+        ``{base}/realtime?model=…`` with the sideband's credentials: the socket is the
+        session; its first server event is ``session.created``.
+
+        Raises:
+            ProviderCapabilityError: the provider has no WebSocket sessions
+                (``capabilities.websocket_sessions`` is False).
+        """
+        ...
+
 
 def call_id_from_location(location: str) -> str | None:
     """The call id in a ``Location`` header (relative or absolute), or ``None`` if it has none."""
@@ -240,6 +253,12 @@ def _sideband_url(base: URL, call_id: str) -> URL:
     return (base / "realtime").with_scheme(scheme).with_query(call_id=call_id)
 
 
+def _session_url(base: URL, model: str) -> URL:
+    """``{base}/realtime?model=…`` over ``ws``/``wss``: a WebSocket session of ``model``."""
+    scheme = {"http": "ws", "https": "wss"}.get(base.scheme, base.scheme)
+    return (base / "realtime").with_scheme(scheme).with_query(model=model)
+
+
 class OpenAICompatibleProvider:
     """OpenAI Realtime (GA) over the unified interface, or anything that speaks it.
 
@@ -303,3 +322,8 @@ class OpenAICompatibleProvider:
 
     def sideband_target(self, call_id: str) -> SidebandTarget:
         return SidebandTarget(url=_sideband_url(self._base, call_id), headers=self._auth())
+
+    def session_target(self, model: str) -> SidebandTarget:
+        if not self._capabilities.websocket_sessions:
+            raise ProviderCapabilityError(self._name, "websocket_sessions", "session_connect")
+        return SidebandTarget(url=_session_url(self._base, model), headers=self._auth())
