@@ -264,7 +264,11 @@ async def hangup_call(request: web.Request) -> web.StreamResponse:
     require_api_key(request)
     call_id = request.match_info["call_id"]
     call = request.app[CALL_REGISTRY].get(call_id)
-    if call is None or (call.ended and call.end_reason != "hangup"):
+    if (
+        call is None
+        or call.media != "webrtc"  # a WebSocket session is no call: its socket ends it
+        or (call.ended and call.end_reason != "hangup")
+    ):
         raise call_not_found(call_id)
     faults = request.app[FAULTS]
     failure = faults.take_hangup_error()

@@ -145,6 +145,11 @@ async def test_closing_the_socket_ends_the_session_and_ending_it_closes_the_sock
             emulator.ws_url, params={"call_id": session.call_id}, headers=emulator.auth()
         )
         assert response.status == 404
+        hangup = await http.post(
+            f"{emulator.base_url}/realtime/calls/{session.call_id}/hangup", headers=emulator.auth()
+        )
+        assert hangup.status == 404
+        assert not session.ended
     await first.close()
     async with asyncio.timeout(5):
         await session.wait_ended()
