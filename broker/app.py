@@ -42,6 +42,7 @@ from broker.overload import OverloadGuard, OverloadLimits
 from broker.record.event_log import EventCaps, EventLog
 from broker.record.event_writer import grown_elsewhere
 from broker.record.redaction import ToolFields
+from broker.session.approvals import ApprovalService
 from broker.session.quota_watch import QuotaWatch
 from broker.session.reaper import SessionReaper
 from broker.session.retention import RetentionSweeper
@@ -411,6 +412,14 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         ownership,
         rate_limits=app[app_state.RATE_LIMITS],
     )
+    approvals = ApprovalService(
+        app[app_state.SESSIONMAKER],
+        app[app_state.DISPATCHER],
+        supervisor,
+        app[app_state.SESSIONS].call_actions,
+        app[app_state.PROVIDER],
+    )
+    app[app_state.APPROVALS] = approvals
     app[app_state.METRICS].track_live_sessions(lambda: supervisor.live_count)
     overload = OverloadGuard(
         OverloadLimits(
@@ -458,10 +467,11 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[app_state.RETENTION] = retention
     # Runs with no period set too: a tenant may set one of its own.
     erasing = asyncio.create_task(retention.run(), name="retention-sweeper")
+    expiring = asyncio.create_task(approvals.run(), name="approval-sweeper")
     try:
         yield
     finally:
-        for task in (erasing, sweeping, watching_quotas, watching_load, owning):
+        for task in (expiring, erasing, sweeping, watching_quotas, watching_load, owning):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

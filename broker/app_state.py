@@ -19,6 +19,7 @@ from broker.call.supervisor import SidebandSupervisor
 from broker.metrics import BrokerMetrics
 from broker.overload import OverloadGuard
 from broker.record.event_log import EventLog
+from broker.session.approvals import ApprovalService
 from broker.session.quota_watch import QuotaWatch
 from broker.session.reaper import SessionReaper
 from broker.session.retention import RetentionSweeper
@@ -69,4 +70,6 @@ RETENTION = web.AppKey("retention", RetentionSweeper)
 AUDIT = web.AppKey("audit", AuditTrail)
 """This instance's audit chainer, signing key and checkpoint publisher."""
 REDACTOR = web.AppKey("redactor", FieldRedactor)
+APPROVALS = web.AppKey("approvals", ApprovalService)
+"""Operators' decisions on approval-gated tool calls, and their expiry sweep."""
 """Keyed hashes and sealing of the fields tools name in ``redact``."""

@@ -16,6 +16,9 @@ with the conversation and the tools in effect. The rules, in order:
    ``lookup_order returned: {"order_id":"42","status":"shipped"}`` (the tool name comes from
    the matching ``function_call``; an output whose ``call_id`` matches none is attributed
    to its ``call_id``).
+   **1a. Notes.** A ``system`` message that is the conversation's last item, after a
+   ``function_call_output`` (the broker's note on an earlier call, e.g. an operator's
+   decision on an approval-gated call), is answered first: ``Update: <its text>``.
 2. **Tool calls.** Otherwise look at the *last* user message. Its text is its
    ``input_text`` parts and the ``transcript`` of its ``input_audio`` parts, joined by a
    space. Every *mention* in the text becomes one function call, in text order:
@@ -61,6 +64,7 @@ from typing import Any, Final
 GREETING: Final = "Hello! How can I help you today?"
 HEARD_AUDIO: Final = "I heard you."
 ACK_TEXT: Final = "One moment, I'm working on that."
+NOTE_PREFIX: Final = "Update: "
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,9 @@ def plan_response(
     retries = _retry_unverified(conversation, own_item_ids)
     if retries:
         return list(retries if parallel_tool_calls else retries[:1])
+    note = _note_after_outputs(conversation)
+    if note is not None:
+        return [MessagePlan(f"{NOTE_PREFIX}{note}")]
     quoted = _quote_tool_outputs(conversation)
     if quoted is not None:
         return [MessagePlan(quoted)]
@@ -208,6 +215,26 @@ def _quote_tool_outputs(conversation: Sequence[Mapping[str, Any]]) -> str | None
             # The user spoke after the results: answer the user instead (rule 2/3).
             return None
     return "\n".join(lines) if lines else None
+
+
+def _note_after_outputs(conversation: Sequence[Mapping[str, Any]]) -> str | None:
+    """Rule 1a: the text of a system message that ends the conversation after an output."""
+    if not conversation:
+        return None
+    last = conversation[-1]
+    if last.get("type") != "message" or last.get("role") != "system":
+        return None
+    if not any(item.get("type") == "function_call_output" for item in conversation):
+        return None
+    content = last.get("content")
+    texts = [
+        str(part.get("text"))
+        for part in (content if isinstance(content, list) else [])
+        if isinstance(part, Mapping) and isinstance(part.get("text"), str)
+    ]
+    text = " ".join(texts)
+    # A broker's resync probe is a system message too: never a note.
+    return text if text and not text.startswith("(sideband resync") else None
 
 
 def _is_user_message(item: Mapping[str, Any]) -> bool:

@@ -87,6 +87,16 @@ class AnswerLedger:
         """``output`` went out on this connection: it needs an answer once echoed."""
         self.unanswered.add(output.call.call_id)
 
+    def note_sent(self, item_id: str) -> None:
+        """A note of ours (a system message) went out: the next response is to read it.
+
+        Counted as echoed at once: the provider handles one socket's events in order, so the
+        note is in the conversation before any ``response.create`` sent after it.
+        """
+        self.own_output_ids.add(item_id)
+        self.unanswered.add(item_id)
+        self.echoed.add(item_id)
+
     def unsent(self, output: Undelivered) -> None:
         """``output`` could not be sent: the next connection's resync has it."""
         self.unconfirmed.pop(output.call.call_id, None)

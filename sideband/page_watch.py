@@ -69,6 +69,10 @@ class PageWatch:
         self._model_items.add(item_id)
         self._suspects.pop(item_id, None)
 
+    def ours(self, item_id: str) -> None:
+        """The broker itself adds ``item_id`` (a note, :mod:`sideband.notes`): never the page's."""
+        self._model_items.add(item_id)
+
     async def judge(self, item: Item, *, idle: bool) -> None:
         """An item entered the conversation; ``idle``: no response is (known to be) under way."""
         if item.id is None or item.id in self._model_items or item.id in self._judged:

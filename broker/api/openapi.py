@@ -22,6 +22,7 @@ from pydantic.json_schema import models_json_schema
 
 from broker.api import audit, schemas
 from broker.api.api_keys import CreateKeyRequest, GrantToolsRequest
+from broker.api.approvals import ApprovalDecision, ApprovalList, ApprovalRecord, DecisionRequest
 from broker.api.erasure import SessionErased
 from broker.api.ops_actions import HangupRequest, InstructionsRequest
 from broker.api.quotas import QuotasBody, QuotasSet, UsageReport
@@ -471,6 +472,73 @@ OPERATIONS: Final = (
         _ok(schemas.ToolSwitch),
         errors=(_SCOPED, {404: ("unknown_tool",)}, _CROSS_TENANT),
         tags=("ops",),
+    ),
+    Operation(
+        "get",
+        "/api/v1/approvals",
+        "listApprovals",
+        "Approval-gated tool calls of the key's tenant, newest first (monitor:read or admin)",
+        _ok(ApprovalList),
+        errors=(_SCOPED, {400: ("invalid_query",)}),
+        query=(
+            _q("status", "pending, approved, denied or expired"),
+            _q("limit", "1-200 (default 50)", {"type": "integer", "minimum": 1, "maximum": 200}),
+        ),
+        tags=("ops",),
+    ),
+    Operation(
+        "get",
+        "/api/v1/approvals/{approval_id}",
+        "getApproval",
+        "One approval-gated tool call (monitor:read or admin)",
+        _ok(ApprovalRecord),
+        errors=(_SCOPED, {404: ("approval_not_found",)}),
+        tags=("ops",),
+    ),
+    *(
+        Operation(
+            "post",
+            f"/api/v1/approvals/{{approval_id}}/{verb}",
+            f"{verb}Approval",
+            summary,
+            _ok(ApprovalDecision),
+            request=DecisionRequest,
+            request_required=False,
+            errors=(
+                _SCOPED,
+                _JSON_BODY,
+                {
+                    404: ("approval_not_found",),
+                    409: ("approval_decided", "session_not_live", "sideband_not_connected"),
+                    503: ("owner_unavailable",),
+                },
+            ),
+            tags=("ops",),
+        )
+        for verb, summary in (
+            ("approve", "Approve a held tool call: it runs and the model is told (admin)"),
+            ("deny", "Deny a held tool call: the model is told (admin)"),
+        )
+    ),
+    Operation(
+        "post",
+        "/api/v1/tool-callbacks/{callback_id}",
+        "receiveToolCallback",
+        "A long-running (http_async) tool's backend posts its output (signed; taken once)",
+        {204: Response("Received; the waiting call reads it", media_type=None)},
+        security=None,
+        request_media_type="application/json",
+        errors=(
+            {
+                401: ("invalid_signature",),
+                404: ("callback_not_found",),
+                408: ("body_timeout",),
+                409: ("callback_already_received",),
+                413: ("payload_too_large",),
+                422: ("invalid_tool_output",),
+            },
+        ),
+        tags=("tools",),
     ),
     Operation(
         "get",

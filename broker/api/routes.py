@@ -10,6 +10,7 @@ from aiohttp.typedefs import Handler
 
 from broker.api import (
     api_keys,
+    approvals,
     audit,
     client_package,
     cors,
@@ -114,6 +115,12 @@ ROUTES: Final = (
     Route(hdrs.METH_GET, "/api/v1/audit/head", audit.audit_head, NO_BODY),
     Route(hdrs.METH_POST, "/api/v1/tools/{tool}/disable", tools.disable_tool, MAX_JSON_BYTES),
     Route(hdrs.METH_POST, "/api/v1/tools/{tool}/enable", tools.enable_tool, NO_BODY),
+    Route(hdrs.METH_GET, "/api/v1/approvals", approvals.list_approvals, NO_BODY),
+    Route(hdrs.METH_GET, "/api/v1/approvals/{approval_id}", approvals.get_approval, NO_BODY),
+    Route(
+        hdrs.METH_POST, "/api/v1/approvals/{approval_id}/approve", approvals.approve, MAX_JSON_BYTES
+    ),
+    Route(hdrs.METH_POST, "/api/v1/approvals/{approval_id}/deny", approvals.deny, MAX_JSON_BYTES),
     Route(
         hdrs.METH_GET,
         client_package.PREFIX + "{name}",

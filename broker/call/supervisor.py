@@ -527,6 +527,16 @@ class SidebandSupervisor:
         """
         return await self._controllers[session_id].update_instructions(instructions)
 
+    async def inject_note(self, session_id: str, text: str) -> bool:
+        """Add a system message of the broker's to a supervised call, then a response.
+
+        Whether it went out (:meth:`sideband.CallController.inject_note`).
+
+        Raises:
+            KeyError: this process does not supervise the session's sideband.
+        """
+        return await self._controllers[session_id].inject_note(text)
+
     async def end_call(
         self, session_id: str, call_id: str, reason: EndReason, actor: str | None = None
     ) -> bool:

@@ -12,6 +12,7 @@ audit.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -44,6 +45,8 @@ OPS_HANGUP_EVENT: Final = "broker.ops_hangup"
 INSTRUCTIONS_EVENT: Final = "broker.instructions_updated"
 HANGUP_COMMAND: Final = "hangup"
 INSTRUCTIONS_COMMAND: Final = "instructions"
+APPROVAL_COMMAND: Final = "approval"
+"""An operator's decision on a held tool call (:mod:`broker.session.approvals`)."""
 
 
 class CallActions:
@@ -61,6 +64,8 @@ class CallActions:
         self._provider = provider
         self._supervisor = supervisor
         self._metrics = metrics
+        self.approvals: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
+        """Carries out an approval decision here, the call's owner (set by the approvals)."""
         self._ownership = ownership
 
     async def owner_elsewhere(self, session_id: str) -> str | None:
@@ -119,6 +124,8 @@ class CallActions:
                 row, str(command.payload["by"]), str(command.payload["instructions"])
             )
             return {}
+        if command.kind == APPROVAL_COMMAND and self.approvals is not None:
+            return await self.approvals(command.payload)
         raise ValueError(f"unknown command {command.kind!r}")
 
     async def hang_up(self, row: SessionRow, reason: EndReason, actor: str | None = None) -> None:

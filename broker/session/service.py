@@ -215,6 +215,11 @@ class SessionService:
         assert row.call_id is not None
         return await self._supervisor.open_standby(row.id, row.call_id)
 
+    @property
+    def call_actions(self) -> CallActions:
+        """Hangups, instructions and other actions on running calls (for the approvals)."""
+        return self._calls
+
     async def run_command(self, command: CallCommand) -> dict[str, Any]:
         """An action another instance asked of this one, the call's owner."""
         if command.kind == BRIDGE_COMMAND:

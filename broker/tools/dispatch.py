@@ -33,8 +33,8 @@ from broker.audit.records import AuditEntry
 from broker.audit.redaction import FieldRedactor, SealError
 from broker.db import queries
 from broker.db.models import ToolCallStatus, ToolPath
-from broker.tools import audit
-from broker.tools.breaker import CircuitBreakers
+from broker.tools import approvals, audit
+from broker.tools.breaker import CircuitBreakers, Refusal
 from broker.tools.budget import DENIED
 from broker.tools.call_ids import is_valid_call_id, printable, recorded_call_id
 from broker.tools.codes import ToolErrorCode
@@ -52,7 +52,7 @@ from broker.tools.outcome import (
     CallRejectedError,
     arguments_equal,
 )
-from broker.tools.policy import error_output
+from broker.tools.policy import error_output, strict_json_loads
 from broker.tools.registry import ToolRegistry
 from broker.tools.verdict import Denied, Granted, Verdict, decide_call
 from broker.tracing import SpanHandle
@@ -193,6 +193,7 @@ class ToolDispatcher(CallLedger):
         # the output later (this process or a restarted one) can ask the provider for it.
         output_item_id = new_item_id() if path is ToolPath.SIDEBAND else None
         verdict: Verdict | None = None
+        held: tuple[str, str, AuditEntry] | None = None
         try:
             async with self._begin() as s:
                 verdict = await decide_call(
@@ -231,6 +232,18 @@ class ToolDispatcher(CallLedger):
                         verdict.allowlist,
                     )
                     await self._audit(s, verdict.requested, denial)
+                elif verdict is not None and verdict.spec.approval:
+                    # Held, never run now: the model gets its pending output at once.
+                    held = await approvals.hold(
+                        s,
+                        session_id=session_id,
+                        call_id=call_id,
+                        tool=verdict.tool,
+                        path=path,
+                        wait_s=verdict.spec.approval_timeout,
+                        output_item_id=output_item_id,
+                    )
+                    await self._audit(s, verdict.requested, held[2])
                 elif verdict is not None:
                     await self._audit(s, verdict.requested)
         except BaseException as exc:
@@ -260,6 +273,26 @@ class ToolDispatcher(CallLedger):
                 claimed_at,
                 output_item_id,
                 verdict.budget_spent,
+            )
+        if held is not None:
+            verdict.permit.release()  # the tool did not run; an approval admits it afresh
+            self._waiters.notify(session_id, call_id)
+            logger.info(
+                "tool call held for approval session_id=%s call_id=%s tool=%s approval_id=%s",
+                session_id,
+                call_id,
+                verdict.tool,
+                held[0],
+            )
+            return CallOutcome(
+                call_id,
+                verdict.tool,
+                ToolCallStatus.HELD,
+                held[1],
+                path,
+                executed_now=True,
+                output_item_id=output_item_id,
+                budget_spent=verdict.budget_spent,
             )
         status: ToolCallStatus = ToolCallStatus.FAILED
         output: str | None = None
@@ -392,3 +425,76 @@ class ToolDispatcher(CallLedger):
             output_item_id=output_item_id,
             budget_spent=budget_spent,
         )
+
+    async def run_approved(self, session_id: str, call_id: str) -> CallOutcome | None:
+        """Run a held call an operator approved (:mod:`broker.tools.approvals`).
+
+        ``held → running`` once (``None``: the call is not held, e.g. already run or denied),
+        then the normal execution: the kill switch and the breaker as they are now, the
+        tool's deadline, redaction, and ``tool.succeeded``/``tool.failed`` in the trail. The
+        row keeps its pending output (the one the model got for this call id); the outcome
+        carries the tool's output for the decision's note.
+        """
+        started = time.perf_counter()
+        async with self._begin() as s:
+            claimed = await approvals.release_held(s, session_id, call_id)
+        if claimed is None:
+            return None
+        tool, path = str(claimed.tool), ToolPath(claimed.path or ToolPath.SIDEBAND)
+        spec = self._registry.get(tool)
+        status, output = ToolCallStatus.FAILED, ""
+        error: str | None = None
+        refusal: tuple[ToolErrorCode, str] | None = None
+        if spec is None:
+            refusal = (ToolErrorCode.TOOL_UNKNOWN, f"the {tool} tool is no longer configured")
+        elif claimed.disabled:
+            refusal = (
+                ToolErrorCode.TOOL_DISABLED,
+                f"the {tool} tool has been switched off by an operator; it cannot be used now",
+            )
+        else:
+            permit = self._breakers.admit(tool)
+            if isinstance(permit, Refusal):
+                refusal = (ToolErrorCode.TOOL_CIRCUIT_OPEN, permit.message)
+        try:
+            if refusal is not None:
+                error, output = refusal[0], error_output(*refusal)
+            else:
+                assert spec is not None and not isinstance(permit, Refusal)
+                arguments = self._redaction.opened(
+                    session_id, call_id, claimed.arguments, claimed.arguments_sealed
+                )
+                status, output, error = await execute_granted(
+                    session_id, call_id, tool, spec, strict_json_loads(arguments), permit
+                )
+        finally:
+            if not output:
+                error = ToolErrorCode.OUTCOME_UNKNOWN
+                output = error_output(error, "the broker stopped while running this tool")
+            await self._writes.run(
+                self._finish_approved(session_id, call_id, tool, path, status, output, error),
+                name=f"tool-settle:{call_id}",
+            )
+            if self._on_finished is not None:
+                self._on_finished(tool, status.value, time.perf_counter() - started)
+        return CallOutcome(call_id, tool, status, output, path, executed_now=True)
+
+    async def _finish_approved(
+        self,
+        session_id: str,
+        call_id: str,
+        tool: str,
+        path: ToolPath,
+        status: ToolCallStatus,
+        output: str,
+        error: str | None,
+    ) -> None:
+        shown, _sealed = self._redaction.stored(session_id, call_id, tool, output)
+        async with self._begin() as s:
+            if await approvals.finish_approved(
+                s, session_id, call_id, status, None if error is None else str(error)
+            ):
+                await trail.add(
+                    s, audit.settled(session_id, call_id, tool, path, status, shown, error, None)
+                )
+        self._waiters.notify(session_id, call_id)

@@ -320,6 +320,31 @@ class CallLedger:
         async with self._sessionmaker.begin() as s:
             for row in await queries.running_tool_calls(s, session_id):
                 spec = self._registry.get(row.tool)
+                if row.output is not None:
+                    # An approved call (held before: its pending output is the model's, and
+                    # may be delivered already): failed, never run again, its output kept.
+                    if await queries.settle_tool_call(
+                        s,
+                        session_id,
+                        row.call_id,
+                        status=ToolCallStatus.FAILED,
+                        from_statuses=[ToolCallStatus.RUNNING],
+                        error=str(code),
+                    ):
+                        recovered.append((row.call_id, ToolCallStatus.FAILED))
+                        entries.append(
+                            audit.settled(
+                                session_id,
+                                row.call_id,
+                                row.tool,
+                                row.path,
+                                ToolCallStatus.FAILED,
+                                output,
+                                str(code),
+                                None,
+                            )
+                        )
+                    continue
                 if spec is not None and spec.idempotent:
                     await queries.reset_tool_call(s, session_id, row.call_id)
                     recovered.append((row.call_id, ToolCallStatus.PENDING))

@@ -306,7 +306,13 @@ async def mark_injected(
 
 # ---- after a crash or a reconnect, and for the ops views ------------------------------------
 
-_OUTCOMES_TO_DELIVER = (ToolCallStatus.SUCCEEDED, ToolCallStatus.FAILED, ToolCallStatus.DENIED)
+_OUTCOMES_TO_DELIVER = (
+    ToolCallStatus.SUCCEEDED,
+    ToolCallStatus.FAILED,
+    ToolCallStatus.DENIED,
+    # An approval-gated call's pending output is its one output, delivered like any other.
+    ToolCallStatus.HELD,
+)
 
 
 async def unfinished_tool_calls(
@@ -378,13 +384,7 @@ async def delivered_outputs(s: AsyncSession, session_id: str) -> list[tuple[str,
             ToolCall.output.is_not(None),
             # Delivered: an undelivered one is the resync's to look up and send.
             ToolCall.injected_at.is_not(None),
-            ToolCall.status.in_(
-                [
-                    str(ToolCallStatus.SUCCEEDED),
-                    str(ToolCallStatus.FAILED),
-                    str(ToolCallStatus.DENIED),
-                ]
-            ),
+            ToolCall.status.in_([str(x) for x in _OUTCOMES_TO_DELIVER]),
         )
     )
     return [(row.call_id, row.output, row.output_sealed) for row in rows if row.output is not None]
