@@ -48,6 +48,7 @@ from broker.session.reaper import SessionReaper
 from broker.session.retention import RetentionSweeper
 from broker.session.service import SessionService
 from broker.settings import Settings
+from broker.tools.async_executor import CallbackStore
 from broker.tools.breaker import CircuitBreakers
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.registry import load_registry
@@ -339,7 +340,14 @@ async def tools_ctx(app: web.Application) -> AsyncIterator[None]:
         trust_env=False,
     ) as http:
         app[app_state.TOOL_HTTP] = http
-        registry = load_registry(app[app_state.SETTINGS].tools_config, http)
+        # http_async tools' backends call back to BROKER_PUBLIC_URL (none set: no callbacks).
+        callbacks = CallbackStore(app[app_state.SESSIONMAKER], app[app_state.SETTINGS].public_url)
+        registry = load_registry(
+            app[app_state.SETTINGS].tools_config,
+            http,
+            callbacks=callbacks,
+            out_of_band_responses=app[app_state.PROVIDER].capabilities.out_of_band_responses,
+        )
         app[app_state.TOOLS] = registry
         app[app_state.METRICS].set_tools(registry)
         # Before any session's log records a call: the tools' redacted fields are hashed in

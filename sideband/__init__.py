@@ -7,6 +7,8 @@ from sideband.azure import ApiKeyCredential, AzureOpenAIProvider, TokenCommand
 from sideband.config_watch import ConfigOutcome
 from sideband.connection import SidebandConnection
 from sideband.contracts import (
+    Acknowledging,
+    AckPlan,
     AnswerGate,
     AttachKind,
     Backlog,
@@ -55,6 +57,8 @@ from sideband.tamper import (
 )
 
 __all__ = [
+    "AckPlan",
+    "Acknowledging",
     "AnswerGate",
     "ApiKeyCredential",
     "AttachKind",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from sideband.events import Item
 from sideband.tamper import Tamper
@@ -129,6 +129,30 @@ class ToolCallHandler(Protocol):
 
     async def backlog(self) -> Backlog:
         """Calls recorded as unfinished; read at every resync, so it must be cheap."""
+
+
+@dataclass(frozen=True)
+class AckPlan:
+    """How to acknowledge a call whose tool takes long (:mod:`sideband.acks`).
+
+    Attributes:
+        after_s: seconds the call may run before the model is asked to say it is on it.
+        instructions: the out-of-band response's instructions.
+    """
+
+    after_s: float
+    instructions: str
+
+
+@runtime_checkable
+class Acknowledging(Protocol):
+    """What a :class:`ToolCallHandler` adds to have long calls acknowledged (optional)."""
+
+    def ack_plan(self, call: FunctionCall) -> AckPlan | None:
+        """The acknowledgement for ``call``, or ``None``: none (cheap, no I/O)."""
+
+    async def acknowledged(self, call: FunctionCall, response_id: str | None) -> None:
+        """The acknowledgement for ``call`` was asked for (``response_id``: once it began)."""
 
 
 class CallObserver(Protocol):

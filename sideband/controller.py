@@ -36,10 +36,12 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from typing import Any, Final
 
 from sideband import events as ev
+from sideband.acks import Acks
 from sideband.answers import AnswerLedger
 from sideband.config_watch import ConfigOutcome, ConfigWatch
 from sideband.connection import SidebandConnection
 from sideband.contracts import (
+    Acknowledging,
     AnswerGate,
     AttachKind,
     CallObserver,
@@ -157,8 +159,16 @@ class CallController:
         self._answers = AnswerLedger()
         self._page = PageWatch(page or PagePolicy(), wiring)
         self._lookups = Lookups(wiring)
+        # Long calls are acknowledged out of band (sideband/acks.py) if the broker plans it.
+        acknowledging = tools if isinstance(tools, Acknowledging) else None
+        self._acks = Acks(wiring, self._answers, acknowledging, stopping=stopping)
         self._calls = ToolCalls(
-            wiring, tools, outputs=self._outputs, answers=self._answers, respond=self._respond
+            wiring,
+            tools,
+            outputs=self._outputs,
+            answers=self._answers,
+            respond=self._respond,
+            acks=self._acks,
         )
         for call_id, output in known_outputs:
             self._outputs.expect(call_id, output)
@@ -171,7 +181,9 @@ class CallController:
         self._responder = Responder(
             wiring,
             self._answers,
-            blocked=lambda: self._outputs.tainted or bool(self._page.planted_pending),
+            blocked=lambda: (
+                self._outputs.tainted or bool(self._page.planted_pending) or self._acks.busy
+            ),
             config=self._config,
             connection=lambda: self._conn,
             stopping=stopping,
@@ -409,6 +421,7 @@ class CallController:
         self._lookups.connection_lost()
         self._answers.connection_lost()
         self._page.connection_lost()
+        self._acks.connection_lost()
 
     @property
     def attached(self) -> bool:
@@ -576,6 +589,7 @@ class CallController:
                 self._lookups.refused(event_id)
                 or (self._config is not None and self._config.refused(event_id, code))
                 or self._responder.refused(event_id, code)
+                or self._acks.refused(event_id, code)
             ):
                 return
         logger.warning(
@@ -583,6 +597,8 @@ class CallController:
         )
 
     async def _on_response_created(self, event: ev.ResponseCreated) -> None:
+        if self._acks.started(event.response):
+            return  # our acknowledgement: reads no output, and is never the page's
         response_id = event.response.id
         # Items the page added before this response began cannot be the model's.
         await self._page.plant_suspects()
@@ -607,6 +623,9 @@ class CallController:
 
     async def _on_response_done(self, event: ev.ResponseDone) -> None:
         response = event.response
+        if self._acks.done(response):
+            await self._respond()  # the output's response.create waited for it to end
+            return
         for item in response.output:
             if item.id is not None:
                 self._model_made(item.id)

@@ -48,6 +48,8 @@ class Response(_Wire):
     """``in_progress`` on created; ``completed|cancelled|failed|incomplete`` on done."""
     output: list[Item] = Field(default_factory=list)
     usage: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    """What the ``response.create`` set (echoed); the broker's acknowledgements are marked."""
 
 
 class ErrorDetail(_Wire):

@@ -18,8 +18,16 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
+from sideband.acks import Acks
 from sideband.answers import AnswerLedger
-from sideband.contracts import FunctionCall, ToolCallHandler, Undelivered, Wiring, call_of
+from sideband.contracts import (
+    FunctionCall,
+    ToolCallHandler,
+    ToolResult,
+    Undelivered,
+    Wiring,
+    call_of,
+)
 from sideband.events import Item, Response, function_call_output, new_item_id
 from sideband.tamper import OutputLedger, UnprovenCall, cut
 
@@ -49,6 +57,7 @@ class ToolCalls:
         outputs: recognises our outputs when the provider echoes them.
         answers: the answer ledger.
         respond: asks for a response if one is wanted.
+        acks: acknowledges calls that run long (:mod:`sideband.acks`); ``None``: never.
     """
 
     def __init__(
@@ -59,8 +68,10 @@ class ToolCalls:
         outputs: OutputLedger,
         answers: AnswerLedger,
         respond: Callable[[], Awaitable[None]],
+        acks: Acks | None = None,
     ) -> None:
         self._call_id = wiring.call_id
+        self._acks = acks
         self._send = wiring.send
         self._spawn = wiring.spawn
         self._report = wiring.report
@@ -178,7 +189,7 @@ class ToolCalls:
                 await self._await_seen(call)
             async with asyncio.TaskGroup() as group:
                 runs = [
-                    group.create_task(self._tools.execute(call), name=f"tool:{call.call_id}")
+                    group.create_task(self._execute(call), name=f"tool:{call.call_id}")
                     for call in calls
                 ]
             due: list[Undelivered] = []
@@ -195,6 +206,15 @@ class ToolCalls:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self.idle.set()
+
+    async def _execute(self, call: FunctionCall) -> ToolResult:
+        """Run one call, acknowledged if it runs long (its timer stops when it finishes)."""
+        finished = self._acks.arm(call) if self._acks is not None else None
+        try:
+            return await self._tools.execute(call)
+        finally:
+            if finished is not None:
+                finished()
 
     async def _answer_unproven(self, found: list[tuple[FunctionCall, str]]) -> None:
         due: list[Undelivered] = []

@@ -541,6 +541,26 @@ OPERATIONS: Final = (
         tags=("tools",),
     ),
     Operation(
+        "post",
+        "/api/v1/tool-callbacks/{callback_id}",
+        "receiveToolCallback",
+        "A long-running (http_async) tool's backend posts its output (signed; taken once)",
+        {204: Response("Received; the waiting call reads it", media_type=None)},
+        security=None,
+        request_media_type="application/json",
+        errors=(
+            {
+                401: ("invalid_signature",),
+                404: ("callback_not_found",),
+                408: ("body_timeout",),
+                409: ("callback_already_received",),
+                413: ("payload_too_large",),
+                422: ("invalid_tool_output",),
+            },
+        ),
+        tags=("tools",),
+    ),
+    Operation(
         "get",
         "/api/v1/audit",
         "listAudit",

@@ -26,6 +26,7 @@ from broker.api import (
     session_list,
     sessions,
     tenants,
+    tool_callbacks,
     tools,
 )
 from broker.api._bodies import MAX_JSON_BYTES, NO_BODY, bounded
@@ -115,6 +116,12 @@ ROUTES: Final = (
     Route(hdrs.METH_GET, "/api/v1/audit/head", audit.audit_head, NO_BODY),
     Route(hdrs.METH_POST, "/api/v1/tools/{tool}/disable", tools.disable_tool, MAX_JSON_BYTES),
     Route(hdrs.METH_POST, "/api/v1/tools/{tool}/enable", tools.enable_tool, NO_BODY),
+    Route(
+        hdrs.METH_POST,
+        "/api/v1/tool-callbacks/{callback_id}",
+        tool_callbacks.receive_tool_callback,
+        tool_callbacks.MAX_CALLBACK_BYTES,
+    ),
     Route(hdrs.METH_GET, "/api/v1/approvals", approvals.list_approvals, NO_BODY),
     Route(hdrs.METH_GET, "/api/v1/approvals/{approval_id}", approvals.get_approval, NO_BODY),
     Route(

@@ -24,6 +24,7 @@ from broker.tools.codes import ToolErrorCode
 
 __all__ = [
     "GRANTED_CHECKS",
+    "acknowledged",
     "cancelled",
     "check_of",
     "denied",
@@ -245,4 +246,18 @@ def output_injected(
         session_id,
         tool,
         {"call_id": call_id, "tool": tool, "output_item_id": output_item_id},
+    )
+
+
+def acknowledged(session_id: str, call_id: str, tool: str, response_id: str | None) -> AuditEntry:
+    """The model was asked (out of band) to say a long call is under way.
+
+    The call ran past its ``ack_after_ms``; its real output still comes, once.
+    """
+    return _entry(
+        AuditKind.TOOL_ACKNOWLEDGED,
+        Actor.BROKER,
+        session_id,
+        tool,
+        {"call_id": call_id, "tool": tool, "response_id": response_id},
     )

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import httpx
 
@@ -25,6 +25,7 @@ MAX_OUTPUT_BYTES: Final = 64 * 1024
 _HTTPX_GRACE_S: Final = 1.0
 _HEADER_VALUE: Final = re.compile(r"[\x20-\x7e]*")
 """What a header value we send may hold: printable ASCII (no CR/LF, no obs-text)."""
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,14 @@ class HttpExecutor:
         # Serialized here (not by httpx) so the signature covers exactly the bytes sent, and
         # re-serialized from the validated object so the backend reads what policy checked.
         body = json.dumps(arguments, separators=(",", ":")).encode("ascii")
+        return await self._exchange(
+            "POST", self.url, body, self._headers(body, context), _read_output
+        )
+
+    def _headers(
+        self, body: bytes, context: ToolContext, extra: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        """The request's headers: who is asking, the call's key, the signature over ``body``."""
         idempotency_key = f"{context.session_id}:{context.call_id}"
         headers = {
             "Content-Type": "application/json",
@@ -139,6 +148,7 @@ class HttpExecutor:
             # The call's identity, under the name backends' dedupe middleware looks for; it
             # is signed as the Webhook-Id (see docs/tool-webhooks.md).
             "Idempotency-Key": idempotency_key,
+            **(extra or {}),
         }
         if self._secret is not None:
             # The Webhook-Id is the call's key, not a fresh id: a re-sent call (an idempotent
@@ -146,12 +156,23 @@ class HttpExecutor:
             headers.update(signature_headers(self._secret, body, idempotency_key))
         # The tool call's trace goes on to the backend (W3C trace context; broker/tracing.py).
         tracing.inject(headers)
-        request = self._request(body, headers)
+        return headers
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        read: Callable[[httpx.Response], Awaitable[_T]],
+    ) -> _T:
+        """One request to the backend, its answer handed to ``read``; transport failures mapped."""
+        request = self._request(method, url, body, headers)
         try:
             # A redirect could send the signed call (and the user's data) anywhere.
             resp = await self._http.send(request, stream=True, follow_redirects=False)
             try:
-                return await _read_output(resp)
+                return await read(resp)
             finally:
                 await resp.aclose()
         except httpx.LocalProtocolError as exc:
@@ -167,7 +188,9 @@ class HttpExecutor:
                 ToolErrorCode.TOOL_UNREACHABLE, "the tool backend is unreachable"
             ) from exc
 
-    def _request(self, body: bytes, headers: dict[str, str]) -> httpx.Request:
+    def _request(
+        self, method: str, url: str, body: bytes, headers: dict[str, str]
+    ) -> httpx.Request:
         """The request, or ``tool_request_invalid`` if the call's values cannot make one.
 
         Checked here, before any connection, so that a call whose own input (an id with a
@@ -178,7 +201,7 @@ class HttpExecutor:
             raise _unsendable()
         try:
             return self._http.build_request(
-                "POST", self.url, content=body, headers=headers, timeout=self._timeout
+                method, url, content=body, headers=headers, timeout=self._timeout
             )
         except (UnicodeError, ValueError) as exc:
             raise _unsendable() from exc

@@ -36,7 +36,7 @@ from broker.tools.codes import ToolErrorCode
 from broker.tools.outcome import BROKER_ERROR, BROKER_ERROR_OUTPUT, CallOutcome, CallRejectedError
 from broker.tools.policy import error_output
 from broker.tools.redaction import CallRedaction
-from broker.tools.registry import ToolRegistry
+from broker.tools.registry import ToolRegistry, ToolSpec
 from broker.tools.waiters import SettledWaiters
 from sideband.events import new_item_id
 
@@ -128,6 +128,18 @@ class CallLedger:
         # is bound to an engine: an ORM session adds nothing to them but its own upkeep.
         bind = sessionmaker.kw.get("bind")
         self._engine = bind if isinstance(bind, AsyncEngine) else None
+
+    def spec(self, tool: str) -> ToolSpec | None:
+        """The registry's tool of that name, if any (an acknowledgement is planned from it)."""
+        return self._registry.get(tool)
+
+    async def acknowledged(
+        self, session_id: str, call_id: str, tool: str, response_id: str | None
+    ) -> None:
+        """Audit that the model was asked to say a long call is under way."""
+        await trail.append(
+            self._sessionmaker, audit.acknowledged(session_id, call_id, tool, response_id)
+        )
 
     @contextlib.asynccontextmanager
     async def _begin(self) -> AsyncIterator[queries.Executor]:

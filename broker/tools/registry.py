@@ -29,6 +29,14 @@ are stored sealed and opened only to run it; the tool itself always gets the raw
 1500 for ``http_async`` tools, off for others) and ``ack_instructions``: a call still running
 after that long makes the broker ask the model to tell the user it is working on it.
 
+``http_async = "https://…"`` instead of ``http`` makes a long-running tool
+(:mod:`broker.tools.async_executor`): the backend may answer ``200`` at once, or ``202`` with
+a status URL (``Location`` or ``{"status_url": …}``) the broker polls every
+``poll_interval`` seconds (default 0.5, within [0.05, 30]), or ``202`` and later POST the
+output to the ``X-Callback-URL`` it was given (``/api/v1/tool-callbacks/{id}``, signed with
+the tool's secret); all within ``timeout``. It signs (``secret``/``secret_env``/``unsigned``)
+as an ``http`` tool does.
+
 ``idempotent = true`` declares that running a call twice does no more than running it once
 (a lookup, or a backend that dedupes on ``Idempotency-Key``). Only such a tool may be run
 again after a broker crash interrupted it; a non-idempotent one that was running then is
@@ -43,11 +51,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import os
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -56,9 +65,18 @@ from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import SchemaError
 
 from broker.settings import Secret
+from broker.tools.async_executor import (
+    DEFAULT_POLL_INTERVAL,
+    MAX_POLL_INTERVAL,
+    MIN_POLL_INTERVAL,
+    CallbackStore,
+    HttpAsyncExecutor,
+)
 from broker.tools.executors import Executor, HttpExecutor, PythonExecutor, PythonTool
 from broker.tools.signing import MIN_SECRET_CHARS
 from broker.webhooks.signature import MIN_KEY_BYTES, SECRET_PREFIX, signing_key
+
+logger = logging.getLogger(__name__)
 
 _NAME_RE: Final = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _ENV_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -73,6 +91,8 @@ _KEYS: Final = frozenset(
         "idempotent",
         "python",
         "http",
+        "http_async",
+        "poll_interval",
         "secret",
         "secret_env",
         "unsigned",
@@ -162,7 +182,11 @@ class ToolRegistry(Mapping[str, ToolSpec]):
 
 
 def load_registry(
-    path: Path, http: httpx.AsyncClient, env: Mapping[str, str] | None = None
+    path: Path,
+    http: httpx.AsyncClient,
+    env: Mapping[str, str] | None = None,
+    callbacks: CallbackStore | None = None,
+    out_of_band_responses: bool = True,
 ) -> ToolRegistry:
     """Load and validate a tools file; every problem is reported before the broker starts.
 
@@ -170,6 +194,9 @@ def load_registry(
         path: the TOML file (``BROKER_CONFIG``).
         http: the client HTTP tools send with (owned by the caller).
         env: where ``secret_env`` names are looked up (default: the process environment).
+        callbacks: where ``http_async`` tools' callbacks are kept (``None``: they offer none).
+        out_of_band_responses: the provider's capability; without it no call is acknowledged
+            (every ``ack_after_ms`` is off, logged once here).
 
     Raises:
         ToolConfigError: unreadable file, bad TOML, or an invalid tool entry.
@@ -182,13 +209,26 @@ def load_registry(
     tools = data.get("tools", {})
     if not isinstance(tools, dict):
         raise ToolConfigError(f"{path}: [tools] must be a table")
-    return ToolRegistry(
-        {name: _tool(path, name, entry, http, env) for name, entry in tools.items()}
-    )
+    specs = {name: _tool(path, name, entry, http, env, callbacks) for name, entry in tools.items()}
+    acked = sorted(name for name, spec in specs.items() if spec.ack_after_ms is not None)
+    if acked and not out_of_band_responses:
+        # Not an error: the call still runs and is answered; the model just says nothing
+        # while it does.
+        logger.warning(
+            "the provider lacks out_of_band_responses: tools are not acknowledged: %s",
+            ", ".join(acked),
+        )
+        specs = {name: replace(spec, ack_after_ms=None) for name, spec in specs.items()}
+    return ToolRegistry(specs)
 
 
 def _tool(
-    path: Path, name: str, entry: Any, http: httpx.AsyncClient, env: Mapping[str, str]
+    path: Path,
+    name: str,
+    entry: Any,
+    http: httpx.AsyncClient,
+    env: Mapping[str, str],
+    callbacks: CallbackStore | None = None,
 ) -> ToolSpec:
     where = f"{path}: tool {name!r}"
     if not _NAME_RE.match(name):
@@ -237,7 +277,7 @@ def _tool(
         description=description,
         parameters=parameters,
         timeout=float(timeout),
-        executor=_executor(where, entry, http, float(timeout), env),
+        executor=_executor(where, entry, http, float(timeout), env, callbacks),
         validator=validator,
         idempotent=idempotent,
         redact=frozenset(redact),
@@ -293,16 +333,36 @@ def _executor(
     http: httpx.AsyncClient,
     timeout: float,
     env: Mapping[str, str],
+    callbacks: CallbackStore | None = None,
 ) -> Executor:
-    target, url = entry.get("python"), entry.get("http")
-    if (target is None) == (url is None):
-        raise ToolConfigError(f"{where}: set exactly one of 'python' or 'http'")
+    target, url, async_url = entry.get("python"), entry.get("http"), entry.get("http_async")
+    if sum(value is not None for value in (target, url, async_url)) != 1:
+        raise ToolConfigError(f"{where}: set exactly one of 'python', 'http' or 'http_async'")
+    if "poll_interval" in entry and async_url is None:
+        raise ToolConfigError(f"{where}: poll_interval is for http_async tools")
+    if async_url is not None:
+        if not isinstance(async_url, str) or not async_url.startswith(("http://", "https://")):
+            raise ToolConfigError(f"{where}: http_async must be an http(s) URL")
+        poll = entry.get("poll_interval", DEFAULT_POLL_INTERVAL)
+        if (
+            not isinstance(poll, int | float)
+            or isinstance(poll, bool)
+            or not MIN_POLL_INTERVAL <= poll <= MAX_POLL_INTERVAL
+        ):
+            raise ToolConfigError(
+                f"{where}: poll_interval must be in [{MIN_POLL_INTERVAL:g},"
+                f" {MAX_POLL_INTERVAL:g}] seconds"
+            )
+        secret = _secret(where, entry, env)
+        return HttpAsyncExecutor(async_url, http, secret, timeout, float(poll), callbacks)
     if url is not None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ToolConfigError(f"{where}: http must be an http(s) URL")
         return HttpExecutor(url, http, _secret(where, entry, env), timeout)
     if any(key in entry for key in ("secret", "secret_env", "unsigned")):
-        raise ToolConfigError(f"{where}: secret, secret_env and unsigned are for http tools")
+        raise ToolConfigError(
+            f"{where}: secret, secret_env and unsigned are for http tools (http, http_async)"
+        )
     if not isinstance(target, str) or ":" not in target:
         raise ToolConfigError(f"{where}: python must be 'module:function'")
     module_name, _, attr = target.partition(":")
@@ -331,7 +391,7 @@ def _secret(where: str, entry: dict[str, Any], env: Mapping[str, str]) -> Secret
     chosen = sum((inline is not None, variable is not None, unsigned))
     if chosen != 1:
         raise ToolConfigError(
-            f"{where}: http tools set exactly one of secret_env, secret, or unsigned = true"
+            f"{where}: http(_async) tools set exactly one of secret_env, secret, or unsigned = true"
         )
     if unsigned:
         return None
@@ -357,3 +417,15 @@ def _secret(where: str, entry: dict[str, Any], env: Mapping[str, str]) -> Secret
                 f"{where}: a whsec_ secret must hold at least {MIN_KEY_BYTES} bytes"
             )
     return inline
+
+
+def parameters_validator(where: str, parameters: Any) -> Draft202012Validator:
+    """The validator of a tool's ``parameters``, checked as a tools file's are.
+
+    For tools defined elsewhere than the tools file (a trusted session's server tools).
+
+    Raises:
+        ToolConfigError: as at load (not an object schema, another draft, invalid, a
+            ``$ref`` that leaves the schema).
+    """
+    return _validator(where, parameters)

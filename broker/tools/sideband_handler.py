@@ -18,7 +18,7 @@ from broker.tools.dispatch import (
     ToolDispatcher,
 )
 from broker.tools.policy import error_output
-from sideband import Backlog, FunctionCall, ToolResult, Undelivered
+from sideband import AckPlan, Backlog, FunctionCall, ToolResult, Undelivered
 
 logger = logging.getLogger(__name__)
 
@@ -159,3 +159,29 @@ class SessionToolHandler:
             await self._dispatcher.mark_injected(self._session_id, call.call_id)
         except Exception:
             logger.exception("could not mark output sent session_id=%s", self._session_id)
+
+    def ack_plan(self, call: FunctionCall) -> AckPlan | None:
+        """From the registry: a tool with ``ack_after_ms`` is acknowledged when it runs long.
+
+        (A provider without out-of-band responses has every ``ack_after_ms`` off at load.)
+        """
+        spec = self._dispatcher.spec(call.name)
+        if spec is None or spec.ack_after_ms is None:
+            return None
+        return AckPlan(after_s=spec.ack_after_ms / 1000, instructions=spec.ack_instructions)
+
+    async def acknowledged(self, call: FunctionCall, response_id: str | None) -> None:
+        call_id = recorded_call_id(call.call_id)
+        self._recorder.record(
+            "broker",
+            {
+                "type": "broker.tool_acknowledged",
+                "call_id": call_id,
+                "tool": call.name,
+                "response_id": response_id,
+            },
+        )
+        try:
+            await self._dispatcher.acknowledged(self._session_id, call_id, call.name, response_id)
+        except Exception:
+            logger.exception("could not audit an acknowledgement session_id=%s", self._session_id)

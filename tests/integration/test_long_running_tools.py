@@ -1,0 +1,318 @@
+"""Long-running (``http_async``) tools and their acknowledgement, through the real stack:
+broker + emulator + an aiortc page + a real HTTP tool backend (202 + status URL, or callback).
+
+Must-show 3: a tool that takes 4 s with ``ack_after_ms = 1000``: about a second in, the
+broker asks the model (out of band) to say it is working on it; that response runs and ends
+before the output goes in; then exactly one ``function_call_output`` carries the real result,
+and the model's answer quotes it. The acknowledgement never entered the conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from broker import app_state
+from broker.audit.records import AuditKind
+from broker.db.queries.audit import AuditFilter, audit_records
+from broker.tools.async_executor import CallbackStore
+from broker.tools.executors import ToolContext
+from broker.tools.policy import error_output
+from emulator import Call
+from emulator.model import ACK_TEXT
+from tests.support.async_tool_backend import AsyncToolBackend, report, sign_callback
+from tests.support.broker_server import BrokerFactory, RunningBroker
+from tests.support.browser import FakeBrowser
+from tests.support.flow import (
+    ask,
+    assistant_text,
+    connect_browser,
+    outputs_received,
+    session_events,
+)
+from tests.support.servers import RunningEmulator
+from tests.support.tool_backend import ToolBackend
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def async_backend() -> AsyncIterator[AsyncToolBackend]:
+    backend = AsyncToolBackend()
+    await backend.start()
+    yield backend
+    await backend.close()
+
+
+@pytest.fixture
+async def async_broker(
+    make_broker: BrokerFactory,
+    tool_backend: ToolBackend,
+    async_backend: AsyncToolBackend,
+    tmp_path: Path,
+) -> RunningBroker:
+    """A broker with the long-running tools, public at its own loopback port (the callback
+    URL it hands the backend must reach it)."""
+    tools = tmp_path / "async-tools.toml"
+    tools.write_text(tool_backend.config_toml() + async_backend.config_toml(ack_after_ms=1000))
+    port = _free_port()
+    return await make_broker(
+        listen_port=port, public_url=f"http://127.0.0.1:{port}", tools_config=tools
+    )
+
+
+def _is_ack(event: dict[str, Any]) -> bool:
+    response = event.get("response") or {}
+    metadata = response.get("metadata") or {}
+    return metadata.get("broker") == "ack"
+
+
+async def _answer(browser: FakeBrowser, tool: str, report_id: str) -> tuple[str, float]:
+    """Ask for ``tool``; return the model's answer quoting its output, and when it was asked."""
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    ask(browser, f"{tool} {report_id}")
+    done = await browser.wait_for(
+        "response.done", lambda e: f"{tool} returned:" in assistant_text(e), timeout=20
+    )
+    return assistant_text(done), asked
+
+
+async def _call(broker: RunningBroker, emulator: RunningEmulator, session_id: str) -> Call:
+    call = emulator.registry.get((await broker.get_session(session_id))["call_id"])
+    assert call is not None
+    return call
+
+
+def _ack_requests(call: Call) -> list[dict[str, Any]]:
+    return [
+        r.event
+        for r in call.received
+        if r.source == "sideband" and r.event.get("type") == "response.create" and _is_ack(r.event)
+    ]
+
+
+async def _acknowledged_records(broker: RunningBroker, session_id: str) -> list[Any]:
+    await broker.app[app_state.AUDIT].chain_pending()
+    async with broker.app[app_state.SESSIONMAKER]() as s:
+        records = await audit_records(
+            s,
+            AuditFilter(session_id=session_id, kinds=(AuditKind.TOOL_ACKNOWLEDGED.value,)),
+            after_seq=0,
+            limit=50,
+        )
+    return list(records)
+
+
+async def _wait_acknowledged(broker: RunningBroker, session_id: str) -> list[Any]:
+    async with asyncio.timeout(10):
+        while not (records := await _acknowledged_records(broker, session_id)):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    return records
+
+
+async def test_a_long_tool_is_acknowledged_then_answered_once_with_its_real_result(
+    async_broker: RunningBroker, emulator: RunningEmulator, async_backend: AsyncToolBackend
+) -> None:
+    """Must-show 3 (202 + status URL, 4 s, ack after 1 s): the out-of-band acknowledgement
+    is asked for about a second in, says ACK_TEXT, and ends before the output is sent; the
+    output goes in once, with the real result, the model quotes it, and nothing of the
+    acknowledgement is in the conversation. Recorded: the event log and the audit trail."""
+    broker = async_broker
+    session = await broker.create_session(tools=["slow_report"])
+    browser = await connect_browser(broker, session)
+    try:
+        answer, _ = await _answer(browser, "slow_report", "R-1")
+        expected = report("R-1")
+        assert answer == f"slow_report returned: {expected}"
+        call = await _call(broker, emulator, session["id"])
+        [row] = (await broker.get_session(session["id"]))["tool_calls"]
+        call_id = row["call_id"]
+        assert (row["tool"], row["status"], row["output"]) == ("slow_report", "succeeded", expected)
+
+        # Exactly one output, with the real result.
+        assert outputs_received(call) == [
+            ("sideband", {"type": "function_call_output", "call_id": call_id, "output": expected})
+        ]
+        # One acknowledgement, out of band, for this call, about a second after the tool began.
+        [ack] = _ack_requests(call)
+        assert ack["response"] == {
+            "conversation": "none",
+            "instructions": ack["response"]["instructions"],
+            "tool_choice": "none",
+            "metadata": {"broker": "ack", "call_id": call_id},
+        }
+        [post] = async_backend.posts_to("slow_report")
+        assert post.verified
+        assert post.headers["X-Session-ID"] == session["id"]
+        assert post.headers["Idempotency-Key"] == f"{session['id']}:{call_id}"
+        ack_at = next(r.at for r in call.received if r.event is ack)
+        assert 0.8 <= ack_at - post.at < async_backend.work_seconds, ack_at - post.at
+        assert async_backend.polls() and all(p.verified for p in async_backend.polls())
+
+        # The page heard the acknowledgement; it never entered the conversation.
+        acks = [e for e in browser.events if e["type"] == "response.done" and _is_ack(e)]
+        assert [assistant_text(e) for e in acks] == [ACK_TEXT]
+        assert acks[0]["response"]["status"] == "completed"
+        assert not any(ACK_TEXT in json.dumps(item) for item in call.conversation)
+
+        # In the session's log: ack asked, ack done, then the output, then our response.create.
+        events = await session_events(broker, session["id"])
+        order = [
+            (e["direction"], e["type"], _is_ack(e["payload"]))
+            for e in events
+            if (e["type"] in ("response.create", "response.done") and _is_ack(e["payload"]))
+            or (
+                e["direction"] == "out"
+                and e["type"] == "conversation.item.create"
+                and e["payload"]["item"].get("call_id") == call_id
+            )
+        ]
+        assert order == [
+            ("out", "response.create", True),
+            ("in", "response.done", True),
+            ("out", "conversation.item.create", False),
+        ]
+        [logged] = [e for e in events if e["type"] == "broker.tool_acknowledged"]
+        assert logged["payload"]["call_id"] == call_id
+        assert logged["payload"]["tool"] == "slow_report"
+        [record] = await _wait_acknowledged(broker, session["id"])
+        assert (record.actor, record.tool) == ("broker", "slow_report")
+        assert record.body["call_id"] == call_id
+    finally:
+        await browser.close()
+
+
+async def test_a_callback_tool_is_acknowledged_and_answered_from_its_callback(
+    async_broker: RunningBroker, emulator: RunningEmulator, async_backend: AsyncToolBackend
+) -> None:
+    """The backend answers 202 with no status URL and later POSTs the result to the signed
+    callback URL: the broker takes it (204), the waiting call reads it, one output goes in."""
+    async_backend.work_seconds = 2.5
+    broker = async_broker
+    session = await broker.create_session(tools=["callback_report"])
+    browser = await connect_browser(broker, session)
+    try:
+        answer, _ = await _answer(browser, "callback_report", "R-2")
+        expected = report("R-2")
+        assert answer == f"callback_report returned: {expected}"
+        call = await _call(broker, emulator, session["id"])
+        [row] = (await broker.get_session(session["id"]))["tool_calls"]
+        assert outputs_received(call) == [
+            (
+                "sideband",
+                {"type": "function_call_output", "call_id": row["call_id"], "output": expected},
+            )
+        ]
+        [post] = async_backend.posts_to("callback_report")
+        url = post.headers["X-Callback-URL"]
+        assert url.startswith(f"{broker.settings.public_url}/api/v1/tool-callbacks/")
+        assert async_backend.callbacks_sent == [(url, 204)]
+        assert async_backend.polls() == []
+        assert len(_ack_requests(call)) == 1
+    finally:
+        await browser.close()
+
+
+async def test_a_tool_past_its_deadline_gets_tool_timeout_once(
+    async_broker: RunningBroker, emulator: RunningEmulator, async_backend: AsyncToolBackend
+) -> None:
+    """A job that never finishes: the whole call (POST + polls) is bounded by the tool's
+    timeout (2 s); the model gets tool_timeout once, and no poll follows the deadline."""
+    broker = async_broker
+    session = await broker.create_session(tools=["stuck_report"])
+    browser = await connect_browser(broker, session)
+    try:
+        answer, _ = await _answer(browser, "stuck_report", "R-3")
+        expected = error_output("tool_timeout", "the tool did not finish in 2s")
+        assert answer == f"stuck_report returned: {expected}"
+        call = await _call(broker, emulator, session["id"])
+        [row] = (await broker.get_session(session["id"]))["tool_calls"]
+        assert (row["status"], row["error"]) == ("failed", "tool_timeout")
+        assert outputs_received(call) == [
+            (
+                "sideband",
+                {"type": "function_call_output", "call_id": row["call_id"], "output": expected},
+            )
+        ]
+        polls = len(async_backend.polls())
+        await asyncio.sleep(0.5)  # a poll loop that outlived the deadline would show here
+        assert len(async_backend.polls()) == polls
+    finally:
+        await browser.close()
+
+
+async def test_a_tool_answering_at_once_is_never_acknowledged(
+    async_broker: RunningBroker, emulator: RunningEmulator, async_backend: AsyncToolBackend
+) -> None:
+    """200 at once: the output goes in, and no acknowledgement is ever asked for."""
+    broker = async_broker
+    session = await broker.create_session(tools=["quick_report"])
+    browser = await connect_browser(broker, session)
+    try:
+        answer, _ = await _answer(browser, "quick_report", "R-4")
+        assert answer == f"quick_report returned: {report('R-4')}"
+        call = await _call(broker, emulator, session["id"])
+        assert len(outputs_received(call)) == 1
+        assert _ack_requests(call) == []
+        assert async_backend.polls() == []
+        assert await _acknowledged_records(broker, session["id"]) == []
+    finally:
+        await browser.close()
+
+
+async def test_the_callback_route_refuses_unknown_replayed_unsigned_and_oversized_posts(
+    async_broker: RunningBroker, http: aiohttp.ClientSession
+) -> None:
+    """``POST /api/v1/tool-callbacks/{id}``: no API key, but an unknown id is 404, a bad
+    signature 401, a body over 64 KiB 413, a valid one 204 (stored), and the same again 409;
+    each refusal is problem+json."""
+    broker = async_broker
+    session = await broker.create_session(tools=["callback_report"])
+    store = CallbackStore(broker.app[app_state.SESSIONMAKER], broker.settings.public_url)
+    callback_id = await store.open(ToolContext(session["id"], "call_cb", "callback_report"), 30)
+    url = store.url(callback_id)
+    body = report("R-5").encode()
+    json_type = {"Content-Type": "application/json"}
+
+    async def post(target: str, data: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+        async with http.post(target, data=data, headers=headers) as resp:
+            content_type = resp.headers.get("Content-Type", "")
+            payload = await resp.json(content_type=None) if resp.status != 204 else None
+            if resp.status >= 400:
+                assert content_type.startswith("application/problem+json")
+            return resp.status, payload
+
+    status, problem = await post(
+        f"{broker.base_url}/api/v1/tool-callbacks/nope",
+        body,
+        {**json_type, **sign_callback(url, body)},
+    )
+    assert (status, problem["code"]) == (404, "callback_not_found")
+    status, problem = await post(url, body, json_type)
+    assert (status, problem["code"]) == (401, "invalid_signature")
+    forged = {**json_type, **sign_callback(url, body, secret="another-secret-0123456789abcdef-xyz")}
+    status, problem = await post(url, body, forged)
+    assert (status, problem["code"]) == (401, "invalid_signature")
+    huge = b'"' + b"x" * (64 * 1024) + b'"'
+    status, problem = await post(url, huge, {**json_type, **sign_callback(url, huge)})
+    assert (status, problem["code"]) == (413, "payload_too_large")
+    assert await store.result(callback_id) is None
+
+    assert (await post(url, body, {**json_type, **sign_callback(url, body)}))[0] == 204
+    assert await store.result(callback_id) == report("R-5")
+    status, problem = await post(url, body, {**json_type, **sign_callback(url, body)})
+    assert (status, problem["code"]) == (409, "callback_already_received")
+    assert await store.result(callback_id) == report("R-5")
