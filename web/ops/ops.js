@@ -19,7 +19,7 @@ const MAX_AUDIT = 2000; // audit records shown on a session's page (its newest a
 const RUNNING = new Set(["live", "degraded"]);
 const ENDED = new Set(["ended", "failed"]);
 const STATES = ["created", "offered", "live", "degraded", "ended", "failed"];
-const OUTCOMES = ["succeeded", "failed", "denied", "cancelled", "running", "pending"];
+const OUTCOMES = ["succeeded", "failed", "denied", "cancelled", "running", "held", "pending"];
 const TRANSCRIPTION_EVENTS = "conversation.item.input_audio_transcription.";
 
 const $ = (id) => document.getElementById(id);
@@ -63,6 +63,9 @@ const ui = {
   auditRecords: $("audit-records"),
   auditEmpty: $("audit-empty"),
   auditError: $("audit-error"),
+  approvalsCard: $("approvals-card"),
+  approvals: $("approvals"),
+  approvalError: $("approval-error"),
 };
 
 // ---------------------------------------------------------------- small helpers
@@ -366,6 +369,7 @@ async function refreshList(signal) {
   if (signal.aborted) return;
   show(ui.error, null);
   renderList(rows, Boolean(cursor), counts);
+  await refreshApprovals(signal);
   await refreshUsage(signal);
   ui.refreshed.dataset.state = "ok";
   ui.refreshed.textContent = `updated ${clock(new Date().toISOString()).slice(0, 8)}`;
@@ -443,6 +447,83 @@ function renderList(rows, more, counts) {
   renderCounts(rows, counts);
   tickTimes();
 }
+
+// ---------------------------------------------------------------- approvals
+
+/** Approval-gated tool calls waiting for an operator: listed above the sessions. */
+async function refreshApprovals(signal) {
+  let page;
+  try {
+    page = await apiJson("/approvals?status=pending", { signal });
+  } catch (err) {
+    if (err?.name === "AbortError") throw err;
+    ui.approvalsCard.hidden = true; // a broker without approvals, or a key that may not read them
+    return;
+  }
+  if (signal.aborted) return;
+  renderApprovals(page.approvals);
+}
+
+function renderApprovals(approvals) {
+  ui.approvalsCard.hidden = approvals.length === 0 && ui.approvalError.hidden;
+  const existing = new Map([...ui.approvals.children].map((tr) => [tr.dataset.approvalId, tr]));
+  const rows = approvals.map((a) => {
+    const kept = existing.get(a.id);
+    if (kept) return kept; // rebuilt never: a rebuild under the pointer would eat a click
+    const session = h("a", { href: `#/sessions/${encodeURIComponent(a.session_id)}`, class: "mono", text: a.session_id });
+    return h(
+      "tr",
+      { class: "approval-row", data: { approvalId: a.id, tool: a.tool, sessionId: a.session_id } },
+      h("td", { class: "mono", text: a.tool }),
+      h("td", {}, session, " ", h("span", { class: "tenant", title: "tenant", text: a.tenant })),
+      h("td", { class: "mono small", text: a.call_id }),
+      h("td", { title: a.requested_at, text: clock(a.requested_at).slice(0, 8) }),
+      h("td", { class: "expires", title: a.expires_at, data: { at: a.expires_at } }),
+      h(
+        "td",
+        { class: "decide" },
+        h("button", { type: "button", class: "approve", data: { approval: a.id, action: "approve" }, text: "Approve" }),
+        h("button", { type: "button", class: "danger-quiet deny", data: { approval: a.id, action: "deny" }, text: "Deny" }),
+      ),
+    );
+  });
+  const current = [...ui.approvals.children];
+  if (current.length !== rows.length || rows.some((tr, i) => tr !== current[i])) ui.approvals.replaceChildren(...rows);
+  tickExpiries();
+}
+
+function tickExpiries() {
+  for (const td of ui.approvals.querySelectorAll("td.expires")) {
+    const left = (new Date(td.dataset.at).getTime() - Date.now()) / 1000;
+    td.textContent = left > 0 ? `in ${duration(left)}` : "expiring…";
+  }
+}
+
+async function decideApproval(button) {
+  const { approval, action } = button.dataset;
+  show(ui.approvalError, null);
+  for (const b of button.parentElement.querySelectorAll("button")) b.disabled = true;
+  button.dataset.busy = "true";
+  try {
+    await api(`/approvals/${encodeURIComponent(approval)}/${action}`, {
+      method: "POST",
+      body: { reason: `${action === "approve" ? "approved" : "denied"} from the ops dashboard` },
+    });
+    button.closest("tr")?.remove();
+  } catch (err) {
+    for (const b of button.parentElement.querySelectorAll("button")) b.disabled = false;
+    report(err, ui.approvalError);
+    ui.approvalsCard.hidden = false;
+  } finally {
+    delete button.dataset.busy;
+    listLoop?.kick();
+  }
+}
+
+ui.approvals.addEventListener("click", (event) => {
+  const button = event.target.closest("button[data-approval]");
+  if (button && !button.disabled) decideApproval(button);
+});
 
 /** The key's and its tenant's spend: "used / cap" per cap set, plain counts otherwise. */
 async function refreshUsage(signal) {
@@ -522,6 +603,7 @@ function tickTimes() {
 }
 
 setInterval(tickTimes, 1000);
+setInterval(tickExpiries, 1000);
 
 ui.sessions.addEventListener("click", (event) => {
   const tr = event.target.closest("tr[data-session-id]");
@@ -782,6 +864,7 @@ class SessionWatch {
             { class: "tool-call-head" },
             h("span", { class: "name mono", text: call.tool }),
             badge("status", call.status),
+            call.status === "held" ? h("span", { class: "awaiting", text: "pending approval" }) : null,
             h("span", { class: "muted small", text: [call.path, took, clock(call.created_at)].filter(Boolean).join(" · ") }),
           ),
           h("div", { class: "label", text: "arguments" }),
