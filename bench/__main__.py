@@ -17,7 +17,15 @@ import traceback
 from pathlib import Path
 from typing import Any, Final
 
-from . import audit_append, capacity, dispatch_latency, instances, offer_overhead, talking
+from . import (
+    audit_append,
+    capacity,
+    dispatch_latency,
+    instances,
+    offer_overhead,
+    talking,
+    trusted,
+)
 from .context import add_common_args, context_from_args
 from .report import DEFAULT_PLOT, DEFAULT_RESULTS_MD, write_report
 
@@ -28,6 +36,7 @@ MODULES: Final[dict[str, Any]] = {
     "audit_append": audit_append,
     "talking": talking,
     "instances": instances,
+    "trusted": trusted,
 }
 
 

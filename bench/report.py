@@ -16,6 +16,7 @@ from typing import Any, Final
 from .context import BENCH_DIR, DEFAULT_OUT
 from .instances_report import instances_section
 from .stack import ROOT
+from .trusted_report import trusted_section
 
 BENCHMARKS: Final = (
     "offer_overhead",
@@ -24,6 +25,7 @@ BENCHMARKS: Final = (
     "audit_append",
     "talking",
     "instances",
+    "trusted",
 )
 DEFAULT_RESULTS_MD: Final = BENCH_DIR / "RESULTS.md"
 DEFAULT_PLOT: Final = BENCH_DIR / "dispatch.png"
@@ -950,6 +952,7 @@ def render(
         "audit_append": _audit_section,
         "talking": _talking_section,
         "instances": instances_section,
+        "trusted": trusted_section,
     }
     for name, section in sections.items():
         if name == "talking" and name in results:
@@ -976,7 +979,7 @@ def render(
     lines += [
         "## Running them",
         "",
-        "- `make bench`: all six at full size with the broker profiled (about twenty minutes "
+        "- `make bench`: all seven at full size with the broker profiled (about twenty minutes "
         "on two cores; run it on a quiet machine), then this file, `dispatch.png`, "
         "`talking.png`, `results/*.json` and `profiles/*.txt`.",
         "- `.venv/bin/python -m bench --preset medium|smoke [--only capacity,...] "
