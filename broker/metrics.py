@@ -477,6 +477,8 @@ class BrokerMetrics:
             self._quota_refusals.labels(quota_cap)
         for failure in SidebandFailure:
             self._sideband_failures.labels(failure.value)
+        self.trusted = TrustedMetrics(registry)
+        """The trusted sessions' relay (the one place media crosses the broker)."""
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -664,3 +666,65 @@ class BrokerMetrics:
     def webhook_attempt(self, outcome: str) -> None:
         """Count one webhook delivery attempt (``delivered``, ``retry`` or ``failed``)."""
         self._webhook_attempts.labels(outcome if outcome in WEBHOOK_OUTCOMES else OTHER).inc()
+
+
+class RelayDirection(enum.StrEnum):
+    """Which way a trusted session's relay carried a frame (label ``direction``)."""
+
+    TO_PROVIDER = "to_provider"
+    """From the backend, forwarded on the provider's WebSocket."""
+    TO_BACKEND = "to_backend"
+    """From the provider (or the broker: ``broker.tool_call``), sent to the backend."""
+
+
+class TrustedMetrics:
+    """The trusted sessions' relay: frames, bytes and audio through the broker.
+
+    And how many backends are connected. Audio is counted as the PCM bytes the base64
+    carries (``input_audio_buffer.append`` to the provider, ``response.output_audio.delta``
+    to the backend).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._frames = Counter(
+            "trusted_relay_frames_total",
+            "Frames relayed for trusted server sessions, by direction.",
+            ["direction"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._bytes = Counter(
+            "trusted_relay_bytes_total",
+            "Bytes (JSON text) relayed for trusted server sessions, by direction.",
+            ["direction"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._audio = Counter(
+            "trusted_relay_audio_bytes_total",
+            "Audio (PCM bytes, decoded size) relayed for trusted server sessions, by direction.",
+            ["direction"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._connected = Gauge(
+            "trusted_sessions_connected",
+            "Trusted server sessions whose backend is connected to this instance now.",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        for direction in RelayDirection:
+            self._frames.labels(direction.value)
+            self._bytes.labels(direction.value)
+            self._audio.labels(direction.value)
+
+    def relayed(self, direction: RelayDirection, size: int, audio_bytes: int = 0) -> None:
+        """One frame of ``size`` bytes relayed, carrying ``audio_bytes`` of audio."""
+        self._frames.labels(direction.value).inc()
+        self._bytes.labels(direction.value).inc(size)
+        if audio_bytes:
+            self._audio.labels(direction.value).inc(audio_bytes)
+
+    def connected(self, delta: int) -> None:
+        """A backend connected (``1``) or went (``-1``)."""
+        self._connected.inc(delta)

@@ -462,6 +462,16 @@ class CallController:
         await self._respond()
         return True
 
+    async def send_client_event(self, event: dict[str, Any]) -> bool:
+        """Send a client event someone else wrote (a trusted backend's, relayed).
+
+        Recorded like the controller's own. ``False`` if no sideband is connected (or it is
+        gone).
+        """
+        if self._conn is None or self._stopping:
+            return False
+        return await self._send(event)
+
     def condemn(self) -> None:
         """The call is being ended: from now on no tool call is executed (it is abandoned)."""
         self._stopping = True

@@ -48,3 +48,9 @@ def session_urls(request: web.Request, session_id: str) -> dict[str, str]:
         "bridge_url": f"{base}/tools/",
         "end_url": f"{base}/end",
     }
+
+
+def connect_url(request: web.Request, session_id: str) -> str:
+    """A trusted session's WebSocket for its backend (``ws:``/``wss:`` as the base is)."""
+    base = public_base_url(request) + API_PREFIX + quote(session_id, safe="")
+    return "ws" + base.removeprefix("http") + "/connect"

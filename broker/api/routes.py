@@ -28,6 +28,7 @@ from broker.api import (
     tenants,
     tool_callbacks,
     tools,
+    trusted_connect,
 )
 from broker.api._bodies import MAX_JSON_BYTES, NO_BODY, bounded
 from broker.session.sdp import MAX_SDP_BYTES
@@ -71,6 +72,7 @@ ROUTES: Final = (
         MAX_JSON_BYTES,
         name=cors.BRIDGE_RESOURCE,
     ),
+    Route(hdrs.METH_GET, "/api/v1/sessions/{session_id}/connect", trusted_connect.connect, NO_BODY),
     Route(
         hdrs.METH_POST,
         "/api/v1/sessions/{session_id}/end",

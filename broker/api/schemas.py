@@ -56,6 +56,35 @@ class SessionCreated(_Out):
     end_url: str
 
 
+class ServerToolOut(_Out):
+    """One of a trusted session's ``server_tools``, as given at creation."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any]
+    timeout: float | None = None
+
+
+class TrustedSessionCreated(_Out):
+    """``201`` of ``POST /api/v1/sessions`` for ``"connection_type": "trusted_server"``."""
+
+    id: str
+    state: SessionState
+    connection_type: Literal["trusted_server"]
+    service_id: str
+    model: str
+    tools: list[str]
+    server_tools: list[ServerToolOut]
+    input_transcription: dict[str, Any] | None
+    connect_token: str = Field(
+        description="Single use, for `connect_url` (`Authorization: Bearer`); never a browser's."
+    )
+    connect_expires_at: int = Field(
+        description="Unix time (seconds) after which it connects nothing."
+    )
+    connect_url: str = Field(description="The session's WebSocket (`ws:`/`wss:`) for the backend.")
+
+
 class SidebandInfo(_Out):
     enabled: bool
     state: SidebandState

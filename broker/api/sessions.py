@@ -12,17 +12,19 @@ from broker.api._auth import api_principal, browser_principal
 from broker.api._bodies import read_body, read_json, require_content_type
 from broker.api._times import iso
 from broker.api.audit import session_audit_url
-from broker.api.public_urls import session_urls
+from broker.api.public_urls import connect_url, session_urls
 from broker.api.schemas import (
     BridgeResult,
     ClientSecret,
     Ended,
+    ServerToolOut,
     SessionCreated,
     SessionDetail,
+    TrustedSessionCreated,
     respond,
 )
 from broker.auth.browser_limits import BrowserRoute
-from broker.db.models import SessionRow, SessionState, ToolCall
+from broker.db.models import ConnectionType, SessionRow, SessionState, ToolCall
 from broker.errors import BadRequestError
 from broker.record import transcript
 from broker.record.usage import Usage
@@ -92,6 +94,8 @@ def created_response(request: web.Request, created: CreatedSession) -> web.Respo
     One shape for ``broker-client.js``, whether a backend passes it through or the demo made it.
     """
     row = created.row
+    if row.connection_type == ConnectionType.TRUSTED_SERVER:
+        return _trusted_created(request, created)
     # Absolute: the page that uses them is on another origin than the broker.
     urls = session_urls(request, row.id)
     return respond(
@@ -109,6 +113,29 @@ def created_response(request: web.Request, created: CreatedSession) -> web.Respo
         ),
         status=201,
         # The reply carries a live credential: no cache may keep a copy.
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _trusted_created(request: web.Request, created: CreatedSession) -> web.Response:
+    """A trusted session's create reply: its backend's connect token, not a client secret."""
+    row = created.row
+    assert row.service_id is not None
+    return respond(
+        TrustedSessionCreated(
+            id=row.id,
+            state=SessionState(row.state),
+            connection_type="trusted_server",
+            service_id=row.service_id,
+            model=row.model,
+            tools=row.tools,
+            server_tools=[ServerToolOut.model_validate(t) for t in row.server_tools or ()],
+            input_transcription=row.input_transcription,
+            connect_token=created.client_secret,
+            connect_expires_at=created.expires_at,
+            connect_url=connect_url(request, row.id),
+        ),
+        status=201,
         headers={"Cache-Control": "no-store"},
     )
 

@@ -23,6 +23,9 @@ from broker.errors import ForbiddenError, UnauthorizedError
 from broker.settings import Secret
 
 CLIENT_SECRET_AUDIENCE: Final = "browser"
+CONNECT_TOKEN_AUDIENCE: Final = "trusted-connect"
+"""A trusted session's connect token: the client secret's machinery, another audience, so
+neither is accepted where the other is expected."""
 CLIENT_SECRET_ISSUER: Final = "sideband-broker"
 _ALGORITHM: Final = "HS256"
 _MAX_JTI_CHARS: Final = 64  # the width of used_client_secrets.jti and sessions.offer_jti
@@ -36,7 +39,8 @@ class Scope(enum.StrEnum):
 
     SESSIONS_CREATE = "sessions:create"
     SESSIONS_TRUSTED = "sessions:trusted"
-    """Reserved: grants nothing yet (trusted sessions will use it)."""
+    """Create trusted server sessions (``"connection_type": "trusted_server"``): a backend
+    speaks the realtime events through the broker's WebSocket, no browser involved."""
     MONITOR_READ = "monitor:read"
     AUDIT_READ = "audit:read"
     """Read the audit trail: ``GET /api/v1/audit``, its keys and its signed head."""
@@ -44,8 +48,9 @@ class Scope(enum.StrEnum):
 
 
 ALL_SCOPES: Final = frozenset(Scope)
-RESERVED_SCOPES: Final = frozenset({Scope.SESSIONS_TRUSTED})
-"""Scopes a key may hold that grant nothing yet (trusted sessions will)."""
+RESERVED_SCOPES: Final[frozenset[Scope]] = frozenset()
+"""Scopes a key may hold that grant nothing yet (none today; kept so a scope can be named
+before the feature it grants ships)."""
 
 
 def describe_scopes() -> str:
@@ -133,14 +138,22 @@ def is_admin_key(candidate: str, admin_key: Secret | None) -> bool:
 
 
 def mint_client_secret(
-    session_id: str, signing_key: Secret, ttl: int, now: float | None = None
+    session_id: str,
+    signing_key: Secret,
+    ttl: int,
+    now: float | None = None,
+    *,
+    audience: str = CLIENT_SECRET_AUDIENCE,
 ) -> tuple[str, int]:
-    """A client secret for ``session_id``; returns ``(token, expires_at)`` (unix seconds)."""
+    """A client secret for ``session_id``; returns ``(token, expires_at)`` (unix seconds).
+
+    ``audience``: :data:`CONNECT_TOKEN_AUDIENCE` for a trusted session's connect token.
+    """
     issued = int(now if now is not None else time.time())
     expires_at = issued + ttl
     claims: dict[str, Any] = {
         "iss": CLIENT_SECRET_ISSUER,
-        "aud": CLIENT_SECRET_AUDIENCE,
+        "aud": audience,
         "sub": session_id,
         "iat": issued,
         "nbf": issued,
@@ -152,7 +165,12 @@ def mint_client_secret(
 
 
 def verify_client_secret(
-    token: str, signing_key: Secret, session_id: str, *, check_expiry: bool = True
+    token: str,
+    signing_key: Secret,
+    session_id: str,
+    *,
+    check_expiry: bool = True,
+    audience: str = CLIENT_SECRET_AUDIENCE,
 ) -> BrowserPrincipal:
     """Check a client secret for ``session_id``.
 
@@ -166,6 +184,7 @@ def verify_client_secret(
         check_expiry: ``False`` only for the bridge, which still accepts the offer's token
             after ``exp`` while that call is live; the caller must then decide on
             :attr:`BrowserPrincipal.expires_at` itself (see ``SessionService.bridge_call``).
+        audience: the token kind expected (a connect token: :data:`CONNECT_TOKEN_AUDIENCE`).
 
     Raises:
         UnauthorizedError: ``token_expired``, ``token_invalid`` (bad signature, malformed,
@@ -189,7 +208,7 @@ def verify_client_secret(
         raise UnauthorizedError("token_invalid", "the client secret is not valid") from None
     if not _REQUIRED_CLAIMS <= claims.keys():
         raise UnauthorizedError("token_invalid", "the client secret is not valid")
-    if claims["aud"] != CLIENT_SECRET_AUDIENCE or claims["iss"] != CLIENT_SECRET_ISSUER:
+    if claims["aud"] != audience or claims["iss"] != CLIENT_SECRET_ISSUER:
         raise UnauthorizedError(
             "token_wrong_audience", "the token is not a browser client secret of this broker"
         )

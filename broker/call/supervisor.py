@@ -36,6 +36,7 @@ from broker.call.leash import Leash, LeashTerms
 from broker.call.observer import SessionObserver
 from broker.call.ownership import StandbyConnection, may_act_now
 from broker.call.tamper_policy import TamperResponder
+from broker.call.trusted_relay import TrustedLink
 from broker.db import queries
 from broker.db.fence import LeaseLostError
 from broker.db.models import SessionState, SidebandState
@@ -53,6 +54,7 @@ from sideband import (
     CallController,
     CallEndedError,
     CallNotFoundError,
+    CallObserver,
     OwnedSession,
     PageItems,
     PagePolicy,
@@ -121,6 +123,9 @@ class SidebandSupervisor:
         self.instance_id: str | None = None
         """This broker instance's id, named in the sideband's audit records (set by the
         session service, which holds the call ownership)."""
+        self._trusted: dict[str, TrustedLink] = {}
+        """Trusted server sessions' calls: their provider WebSocket session is the sideband
+        (never re-attached, no provider hangup: closing it ends the call)."""
         self.handoff_pending: Callable[[str], bool] = lambda _session_id: False
         """Whether the call is being offered to another instance (set by the app's wiring):
         a sideband lost meanwhile is not re-attached."""
@@ -167,6 +172,43 @@ class SidebandSupervisor:
         self._tasks[session_id] = task
         task.add_done_callback(lambda t: self._finished(session_id, t))
 
+    def start_trusted(
+        self,
+        session_id: str,
+        call_id: str,
+        allowed_tools: Collection[str],
+        session_config: Mapping[str, Any],
+        link: TrustedLink,
+    ) -> None:
+        """Supervise a trusted session's call on the provider WebSocket session ``link`` holds.
+
+        As :meth:`start`, with its backend relayed (:mod:`broker.call.trusted_relay`). When the
+        call ends, for whatever reason, the session ends with it.
+        """
+        if session_id in self._tasks or self._stopping:
+            return
+        self._trusted[session_id] = link
+        self.start(session_id, call_id, allowed_tools, session_config)
+
+    async def dial_trusted(self, session_id: str, model: str, call_id: str) -> SidebandConnection:
+        """Open the provider's WebSocket session of a trusted session (``/v1/realtime?model=…``).
+
+        Raises:
+            SidebandError: it could not be opened within the attach bound.
+        """
+        return await _attach(
+            session_id,
+            self._http,
+            self._provider.session_target(model),
+            call_id,
+            "trusted",
+            attach_timeout=self._attach_timeout,
+        )
+
+    def task_of(self, session_id: str) -> asyncio.Task[None] | None:
+        """The task supervising the session's call, while it runs."""
+        return self._tasks.get(session_id)
+
     async def hold_answer(self, session_id: str, wait: float) -> bool:
         """Hold a new call's SDP answer until its sideband attached, at most ``wait`` s.
 
@@ -194,6 +236,7 @@ class SidebandSupervisor:
 
     def _finished(self, session_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.pop(session_id, None)
+        self._trusted.pop(session_id, None)
         self._gates.pop(session_id, None)
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("sideband supervisor crashed session_id=%s", session_id, exc_info=exc)
@@ -246,6 +289,8 @@ class SidebandSupervisor:
         """
         task = self._tasks.get(session_id)
         controller = self._controllers.get(session_id)
+        if session_id in self._trusted:
+            return False  # its sockets are this instance's: no other can take them over
         if task is None or controller is None:
             return task is None  # bridge-only (nothing to drain) or still setting up
         self._handing[session_id] = successor_id
@@ -362,13 +407,18 @@ class SidebandSupervisor:
         recorder = EventRecorder(self._sessionmaker, session_id)
         replay: list[dict[str, Any]] = []
         first: SidebandConnection | None = None
+        trusted = self._trusted.get(session_id)
         if standby is not None:
             first, replay = await standby.take()
+        elif trusted is not None:
+            first = trusted.connection
         close_code: int | None = None
         failure: BaseException | None = None
         controller: CallController | None = None
         try:
             await recorder.start()
+            for direction, frame in trusted.preamble if trusted is not None else ():
+                recorder.record(direction, frame)
             async with self._sessionmaker() as s:
                 row = await queries.get_session_row(s, session_id)
             if row is None:
@@ -438,6 +488,14 @@ class SidebandSupervisor:
             leash = Leash(
                 session_id, LeashTerms.from_row(row), self._sessionmaker, recorder, end_call
             )
+            observer: CallObserver = SessionObserver(
+                session_id,
+                recorder,
+                leash,
+                self.metrics,
+                set_sideband_state,
+                instance_id=self.instance_id,
+            )
             controller = CallController(
                 call_id,
                 connect,
@@ -447,15 +505,9 @@ class SidebandSupervisor:
                     allowed_tools,
                     recorder,
                     on_settled=leash.tool_call_settled,
+                    session_tools=trusted.tools if trusted is not None else None,
                 ),
-                SessionObserver(
-                    session_id,
-                    recorder,
-                    leash,
-                    self.metrics,
-                    set_sideband_state,
-                    instance_id=self.instance_id,
-                ),
+                trusted.observe(observer) if trusted is not None else observer,
                 owned_session=owned,
                 tamper=TamperResponder(
                     session_id,
@@ -465,7 +517,8 @@ class SidebandSupervisor:
                     self.metrics.tamper_seen,
                     audit=self._audit,
                 ),
-                reconnect=reconnect,
+                # A trusted session's provider socket is its call: lost, it is over.
+                reconnect=reconnect if trusted is None else None,
                 resume=resume,
                 page=PagePolicy(
                     items=PageItems(row.page_items), responses=PageResponses(row.page_responses)
@@ -480,6 +533,8 @@ class SidebandSupervisor:
             if self._stopping:
                 return  # the broker began stopping while this sideband was being set up
             self._controllers[session_id] = controller
+            if trusted is not None:
+                trusted.relay.bind(controller.send_client_event)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(recorder.run(), name=f"sideband-recorder:{session_id}")
                 # The leash lives exactly as long as the sideband: a call that ended for
@@ -549,7 +604,14 @@ class SidebandSupervisor:
             KeyError: this process does not supervise the session's sideband.
         """
         if session_id not in self._controllers:
-            raise KeyError(session_id)
+            task = self._tasks.get(session_id)
+            if session_id not in self._trusted or task is None:
+                raise KeyError(session_id)
+            # A trusted session's call still setting up: stopped before it runs, its end is
+            # recorded for this reason (its provider socket closes with the task).
+            self._ending.setdefault(session_id, (reason, actor))
+            task.cancel()
+            return True
         return await self._end_call(session_id, call_id, reason, actor)
 
     async def _end_call(
@@ -572,7 +634,8 @@ class SidebandSupervisor:
         if controller is not None:
             # Decided now: a call the model makes while the hangup is in flight never runs.
             controller.condemn()
-        hung_up = await self._writes.run(
+        # A trusted session's call is its provider socket: closing it (below) ends it.
+        hung_up = session_id in self._trusted or await self._writes.run(
             hang_up(self._provider, call_id), name=f"hangup:{session_id}"
         )
         if not hung_up:
@@ -636,6 +699,7 @@ class SidebandSupervisor:
                 {"type": HANDED_OVER_EVENT, "to": successor, "last_event_id": last_event_id},
             )
             return
+        trusted = self._trusted.pop(session_id, None) is not None
         ending = self._ending.pop(session_id, None)
         if ending is not None:
             # The broker ended this call itself; how the sideband closed is a consequence.
@@ -649,6 +713,9 @@ class SidebandSupervisor:
                 sideband_state=SidebandState.CLOSED,
                 actor=actor,
             )
+            return
+        if trusted:
+            await self._end_trusted(session_id, close_code)
             return
         if self._stopping and (failure is None or isinstance(failure, asyncio.CancelledError)):
             # This broker is stopping; the call goes on at the provider.
@@ -713,6 +780,29 @@ class SidebandSupervisor:
             )
         if degraded:
             self.metrics.session_degraded()
+
+    async def _end_trusted(self, session_id: str, close_code: int | None) -> None:
+        """A trusted session's provider socket closed, not at the broker's word: it is over.
+
+        Its call lives only as long as the sockets this instance holds, so whatever closed
+        it (the provider, the broker stopping) ends the session.
+        """
+        if self._stopping:
+            reason, detail = EndReason.BROKER_STOPPED, None
+        elif close_code in (1000, 1001):
+            reason, detail = EndReason.PROVIDER_CLOSED, str(close_code)
+        else:
+            reason, detail = EndReason.CALL_GONE, None
+        logger.info("trusted session ended session_id=%s reason=%s", session_id, reason)
+        await end_session(
+            self._sessionmaker,
+            self.metrics,
+            session_id,
+            reason,
+            detail=detail,
+            event={"type": "broker.call_ended", "reason": reason.text(detail)},
+            sideband_state=SidebandState.CLOSED,
+        )
 
 
 async def _attach(

@@ -31,6 +31,14 @@ class EndReason(enum.StrEnum):
     """An operator hung the call up (``POST /api/v1/sessions/{id}/hangup``)."""
     CALL_GONE = "call_gone"
     """The provider no longer knew the call the sideband had attached (404)."""
+    BACKEND_CLOSED = "backend_closed"
+    """A trusted session's backend closed its WebSocket to the broker (or lost it)."""
+    BACKEND_TOO_SLOW = "backend_too_slow"
+    """A trusted session's backend fell too far behind the events relayed to it: it was
+    disconnected rather than let it hold the call's controller up."""
+    BROKER_STOPPED = "broker_stopped"
+    """The broker instance holding a trusted session's WebSockets stopped: without it the
+    session cannot go on (no other instance can take a WebSocket over)."""
     QUOTA_EXCEEDED = "quota_exceeded"
     """A token cap of the key or its tenant was reached under ``hard_cap``
     (:mod:`broker.auth.quotas`)."""

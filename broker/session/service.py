@@ -23,7 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.audit import trail as audit
-from broker.auth.principals import ApiPrincipal, BrowserPrincipal, Scope, mint_client_secret
+from broker.auth.principals import (
+    CONNECT_TOKEN_AUDIENCE,
+    ApiPrincipal,
+    BrowserPrincipal,
+    Scope,
+    mint_client_secret,
+)
 from broker.auth.quotas import QuotaGuard
 from broker.auth.shared_ratelimit import RateLimits
 from broker.auth.tenants import tenant_for_new_session
@@ -33,6 +39,7 @@ from broker.db import queries
 from broker.db.fence import Fence, fenced
 from broker.db.models import (
     CallCommand,
+    ConnectionType,
     SessionRow,
     SessionState,
     SidebandState,
@@ -53,13 +60,22 @@ from broker.session import audit_entries
 from broker.session.call_actions import CallActions
 from broker.session.deadline import CallDeadlines
 from broker.session.end_reason import EndReason
+from broker.session.ending import end_session
 from broker.session.limits import LimitsRequest, SessionLimits
 from broker.session.offer import Offers, provider_session_config
 from broker.session.transcription import TranscriptionRequest, choose
+from broker.session.trusted import (
+    SERVICE_ID_PATTERN,
+    ServerTool,
+    TrustedConnects,
+    check_trusted_fields,
+    unique_names,
+)
 from broker.settings import Settings
 from broker.tools.bridge import Bridge, BridgeCallRequest
 from broker.tools.dispatch import CallOutcome, ToolDispatcher
 from broker.tools.registry import ToolRegistry
+from broker.tools.server_tools import MAX_SERVER_TOOLS
 from sideband import PageItems, PageResponses, Provider
 
 logger = logging.getLogger(__name__)
@@ -88,6 +104,24 @@ class CreateSessionRequest(BaseModel):
     tenant: str | None = Field(default=None, min_length=1, max_length=40)
     """A cross-tenant key's choice of the session's tenant (default: ``default``); a
     tenant's key may name only its own (:func:`broker.auth.tenants.tenant_for_new_session`)."""
+    connection_type: ConnectionType = ConnectionType.WEBRTC
+    """``trusted_server``: no browser, the backend connects (:mod:`broker.session.trusted`);
+    the key needs ``sessions:trusted``."""
+    service_id: str | None = Field(
+        default=None, min_length=1, max_length=128, pattern=SERVICE_ID_PATTERN
+    )
+    """The backend service a trusted session is for (required for one, refused otherwise)."""
+    server_tools: list[ServerTool] | None = Field(default=None, max_length=MAX_SERVER_TOOLS)
+    """A trusted session's own tools, run by its backend (``broker.tool_call``)."""
+
+    @property
+    def trusted(self) -> bool:
+        return self.connection_type is ConnectionType.TRUSTED_SERVER
+
+    @field_validator("server_tools")
+    @classmethod
+    def _unique_server_tools(cls, tools: list[ServerTool] | None) -> list[ServerTool] | None:
+        return None if tools is None else unique_names(tools)
 
     @field_validator("tools")
     @classmethod
@@ -163,6 +197,17 @@ class SessionService:
             self._bridge_at_owner,
             page_sees_function_calls=provider.capabilities.page_sees_function_calls,
         )
+        self.trusted = TrustedConnects(
+            settings,
+            sessionmaker,
+            registry,
+            supervisor,
+            metrics,
+            self._writes,
+            ownership,
+            self.quotas,
+        )
+        """Trusted server sessions' connects (:mod:`broker.session.trusted`)."""
         self._calls = CallActions(sessionmaker, provider, supervisor, metrics, ownership)
         ownership.bind(self)
         # The supervisor's audit records name the instance watching the call.
@@ -184,6 +229,10 @@ class SessionService:
             fenced(self._ownership.fence_of_writes(fence)),
             acting_for(self._ownership.action_check(fence)),
         ):
+            if row.connection_type == ConnectionType.TRUSTED_SERVER:
+                # Its sockets were the lost instance's: no other instance can take them over.
+                await end_session(self._sessionmaker, self._metrics, row.id, EndReason.CALL_GONE)
+                return
             self._deadlines.watch(row.id, row.call_id, row.max_duration_s, row.live_at)
             if row.state == SessionState.LIVE and row.sideband_enabled:
                 logger.info("resuming sideband session_id=%s call_id=%s", row.id, row.call_id)
@@ -278,7 +327,8 @@ class SessionService:
             ValidationFailedError: ``unknown_tool``, ``limit_exceeds_ceiling``,
                 ``transcription_model_required``, ``provider_lacks_capability``.
         """
-        principal.require(Scope.SESSIONS_CREATE)
+        # A trusted session is a capability of its own: a browser-session key cannot make one.
+        principal.require(Scope.SESSIONS_TRUSTED if request.trusted else Scope.SESSIONS_CREATE)
         retry_after = await self._create_limiter.take(principal.key_id)
         if retry_after is not None:
             logger.warning("session create rate limited key_id=%s", principal.key_id)
@@ -306,6 +356,14 @@ class SessionService:
                 tools=not_granted,
             )
         self._check_capabilities(request)
+        check_trusted_fields(
+            request.trusted,
+            service_id=request.service_id,
+            server_tools=request.server_tools,
+            tools=request.tools,
+            sideband=request.sideband,
+            provider=self._provider,
+        )
         row = SessionRow(
             id=new_session_id(),
             owner_key_id=principal.key_id,
@@ -324,6 +382,13 @@ class SessionService:
             metadata_=request.metadata,
             # Decided now, so the end is announced whichever broker process records it.
             notify_ended=self._settings.webhook_url is not None,
+            connection_type=request.connection_type,
+            service_id=request.service_id,
+            server_tools=(
+                None
+                if request.server_tools is None
+                else [tool.stored() for tool in request.server_tools]
+            ),
         )
         limits = self._resolve_limits(request.limits)
         row.max_duration_s = limits.max_duration_s
@@ -345,9 +410,18 @@ class SessionService:
             s.add(row)
             await audit.add(s, audit_entries.session_created(row))
         self._metrics.session_created()
-        token, expires_at = mint_client_secret(
-            row.id, self._settings.signing_key, self._settings.client_secret_ttl
-        )
+        if request.trusted:
+            # The connect token: the client secret's machinery, its own audience and life.
+            token, expires_at = mint_client_secret(
+                row.id,
+                self._settings.signing_key,
+                self._settings.trusted_token_ttl_s,
+                audience=CONNECT_TOKEN_AUDIENCE,
+            )
+        else:
+            token, expires_at = mint_client_secret(
+                row.id, self._settings.signing_key, self._settings.client_secret_ttl
+            )
         logger.info(
             "session created session_id=%s key_id=%s tools=%s sideband=%s",
             row.id,

@@ -210,6 +210,27 @@ class Settings(BaseSettings):
     client_secret_ttl: int = Field(
         300, ge=30, le=3600, description="seconds a browser's client secret is valid"
     )
+    trusted_token_ttl_s: int = Field(
+        300,
+        ge=30,
+        le=3600,
+        description="seconds a trusted session's connect token is valid (it is single use)",
+    )
+    trusted_tool_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=300,
+        allow_inf_nan=False,
+        description="seconds the broker waits for a trusted backend's `broker.tool_result`"
+        " (a server tool's own `timeout` wins)",
+    )
+    trusted_relay_queue: int = Field(
+        1024,
+        ge=16,
+        le=65536,
+        description="events queued for a trusted backend's WebSocket; a backend that falls"
+        " this far behind is disconnected (its session ends)",
+    )
 
     # --- audit trail ----------------------------------------------------------------------
     audit_signing_key_file: Path = Field(

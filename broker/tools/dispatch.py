@@ -54,6 +54,7 @@ from broker.tools.outcome import (
 )
 from broker.tools.policy import error_output, strict_json_loads
 from broker.tools.registry import ToolRegistry
+from broker.tools.server_tools import SessionTools
 from broker.tools.verdict import Denied, Granted, Verdict, decide_call
 from broker.tracing import SpanHandle
 from sideband.events import new_item_id
@@ -108,8 +109,12 @@ class ToolDispatcher(CallLedger):
         *,
         item_id: str | None = None,
         loser_wait: float = 0.0,
+        session_tools: SessionTools | None = None,
     ) -> CallOutcome:
         """Run the call if nobody has; otherwise return the other claimant's result.
+
+        ``session_tools``: a trusted session's tools, its server tools over the registry
+        (:mod:`broker.tools.server_tools`).
 
         If another request owns the call, this waits up to ``loser_wait`` seconds for its
         result (0: return the current state at once). A tool's failure or a denial is an
@@ -160,6 +165,7 @@ class ToolDispatcher(CallLedger):
                 item_id=item_id,
                 loser_wait=loser_wait,
                 span=span,
+                session_tools=session_tools,
             )
             span.set("broker.call_id", outcome.call_id)
             span.set("broker.tool", outcome.tool)
@@ -181,6 +187,7 @@ class ToolDispatcher(CallLedger):
         item_id: str | None,
         loser_wait: float,
         span: SpanHandle,
+        session_tools: SessionTools | None = None,
     ) -> CallOutcome:
         """:meth:`run`, in its span."""
         if not is_valid_call_id(call_id):
@@ -209,6 +216,7 @@ class ToolDispatcher(CallLedger):
                     path=path,
                     response_id=response_id,
                     item_id=item_id,
+                    session_tools=session_tools,
                 )
                 if isinstance(verdict, Denied):
                     await queries.settle_tool_call_fast(

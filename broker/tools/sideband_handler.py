@@ -18,6 +18,7 @@ from broker.tools.dispatch import (
     ToolDispatcher,
 )
 from broker.tools.policy import error_output
+from broker.tools.server_tools import SessionTools
 from sideband import AckPlan, Backlog, FunctionCall, ToolResult, Undelivered
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class SessionToolHandler:
 
     ``on_settled`` is told after each call the dispatcher decided, with whether the session's
     tool budget is now spent when the dispatcher knows it (``None``: the leash counts).
+    ``session_tools``: a trusted session's tools (its server tools over the registry).
     """
 
     def __init__(
@@ -37,7 +39,9 @@ class SessionToolHandler:
         allowed_tools: Collection[str],
         recorder: EventRecorder,
         on_settled: Callable[[bool | None], None] | None = None,
+        session_tools: SessionTools | None = None,
     ) -> None:
+        self._session_tools = session_tools
         self._dispatcher = dispatcher
         self._session_id = session_id
         self._allowed = frozenset(allowed_tools)
@@ -96,6 +100,7 @@ class SessionToolHandler:
                 ToolPath.SIDEBAND,
                 call.response_id or None,
                 item_id=call.item_id,
+                session_tools=self._session_tools,
             )
         except CallRejectedError as exc:
             logger.warning(

@@ -25,6 +25,7 @@ from broker.tools.ledger import MAX_TOOL_NAME, record_call
 from broker.tools.policy import decide, error_output
 from broker.tools.redaction import CallRedaction
 from broker.tools.registry import ToolRegistry, ToolSpec
+from broker.tools.server_tools import SessionTools
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +76,16 @@ async def decide_call(
     path: ToolPath,
     response_id: str | None,
     item_id: str | None,
+    session_tools: SessionTools | None = None,
 ) -> Verdict | None:
     """Record, claim and decide the call in ``s``; ``None`` if another claimant has it.
 
     A :class:`Denied` call is still ``running`` in ``s``: the caller settles it in the same
     transaction, and adds the audit records there (:attr:`Denied.requested`, when this
     transaction recorded the call; a :class:`Granted` call's, likewise).
+
+    ``session_tools``: a trusted session's registry (:mod:`broker.tools.server_tools`): its
+    server tools join the session's allowlist and are run with their own breakers.
     """
     # First, so that every grant of the session serializes behind it (broker.tools.budget).
     session = await queries.lock_session_for_tools(s, session_id)
@@ -106,7 +111,12 @@ async def decide_call(
         return _denial(
             log_extra, tool, ToolErrorCode.SESSION_NOT_FOUND, "the session is gone", requested
         )
-    allowlist = frozenset(session.tools).intersection(allowed_tools)
+    own = session_tools.own if session_tools is not None else frozenset()
+    allowlist = (frozenset(session.tools) | own).intersection(allowed_tools)
+    if session_tools is not None:
+        registry = session_tools
+        if tool in own:
+            breakers = session_tools.breakers
     verdict = await _checked(
         s,
         registry,

@@ -1,6 +1,6 @@
 """Hygiene on the real stack (issue 14, items 13-17): edge-of-calendar query times, log lines
 a page cannot forge, SQL parameters kept out of logs, key files only the broker can read,
-and reserved scopes that say so."""
+and scopes that say what they grant."""
 
 from __future__ import annotations
 
@@ -237,22 +237,21 @@ def test_a_key_file_another_user_owns_is_refused(tmp_path: Path) -> None:
     assert "k" * 40 not in str(raised.value)
 
 
-# --- item 17: reserved scopes say so wherever scopes are listed -------------------------------
-
-RESERVED_NOTE = "reserved, grants nothing yet"
+# --- item 17: scopes say what they grant wherever scopes are listed --------------------------
 
 
-async def test_reserved_scopes_are_named_as_such_and_grant_nothing(broker: RunningBroker) -> None:
-    """``sessions:trusted`` may be held but grants nothing; the API's unknown-scope refusal
-    marks it reserved. ``audit:read`` is no longer reserved: it reads the audit trail."""
+async def test_the_trusted_scope_grants_trusted_sessions_only(broker: RunningBroker) -> None:
+    """``sessions:trusted`` is no longer reserved (trusted server sessions use it), and grants
+    nothing else: a browser session, the session list and the audit trail stay refused. The
+    API's unknown-scope refusal lists no reserved scope."""
     reply = await broker.request(
         "POST", "/api/v1/keys", json_body={"name": "x", "scopes": ["root"]}
     )
     assert (reply.status, reply.code) == (422, "unknown_scope")
     body = reply.json()
-    assert RESERVED_NOTE in body["detail"]
-    assert body["reserved"] == ["sessions:trusted"]
-    assert "audit:read" in body["scopes"]
+    assert "reserved" not in body["detail"]
+    assert body["reserved"] == []
+    assert {"audit:read", "sessions:trusted"} <= set(body["scopes"])
     held = await broker.new_key("sessions:trusted")
     create = await broker.request("POST", "/api/v1/sessions", token=held, json_body={})
     assert (create.status, create.code) == (403, "insufficient_scope")
@@ -262,20 +261,21 @@ async def test_reserved_scopes_are_named_as_such_and_grant_nothing(broker: Runni
     assert (audit.status, audit.code) == (403, "insufficient_scope")
 
 
-def test_keys_create_help_marks_the_reserved_scopes(capsys: pytest.CaptureFixture[str]) -> None:
-    """``broker keys create --help`` lists every scope and says which grant nothing yet."""
+def test_keys_create_help_lists_every_scope(capsys: pytest.CaptureFixture[str]) -> None:
+    """``broker keys create --help`` lists every scope, none of them reserved."""
     with pytest.raises(SystemExit):
         main(["keys", "create", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "sessions:trusted: " + RESERVED_NOTE in text
+    assert "sessions:trusted" in text
     assert "audit:read, " in text
-    assert "audit:read: " not in text
+    assert "reserved" not in text
 
 
-def test_the_readme_marks_the_reserved_scopes() -> None:
-    """The README's scope list says the reserved scope grants nothing yet."""
+def test_the_readme_says_what_the_trusted_scope_grants() -> None:
+    """The README's scope list names ``sessions:trusted`` and what it is for."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     credentials = readme.split("### Credentials", 1)[1].split("###", 1)[0]
     flat = " ".join(credentials.split())
-    assert re.search(r"`sessions:trusted` is \*\*reserved, grants nothing yet", flat)
+    assert "reserved" not in flat
+    assert re.search(r"`sessions:trusted` creates \[trusted server sessions\]", flat)
     assert "`audit:read`" in flat
