@@ -175,8 +175,9 @@ async def bridge_tool_call(request: web.Request) -> web.Response:
             output=outcome.output,
             handled_by=outcome.handled_by,
         ),
-        # 202: recorded and owned by the sideband, but not finished within the wait.
-        status=200 if outcome.status.settled else 202,
+        # 202: recorded and owned by the sideband, but not finished within the wait. A held
+        # (approval-gated) call's pending output is its answer: 200.
+        status=200 if outcome.answered else 202,
     )
 
 

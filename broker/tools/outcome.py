@@ -46,6 +46,11 @@ class CallOutcome:
     than it allows). ``None``: not known here (the call was decided before the budget was
     counted, or by another request); count the rows to know."""
 
+    @property
+    def answered(self) -> bool:
+        """Settled, or held for approval: either way the output the model gets is final."""
+        return self.status.settled or self.status is ToolCallStatus.HELD
+
     @classmethod
     def from_row(cls, row: ToolCall) -> CallOutcome:
         return cls(

@@ -32,7 +32,7 @@ class SettledWaiters:
         try:
             while True:
                 outcome = await self._read(session_id, call_id)
-                if outcome is not None and outcome.status.settled:
+                if outcome is not None and outcome.answered:
                     return outcome
                 wait = POLL_INTERVAL
                 if deadline is not None:

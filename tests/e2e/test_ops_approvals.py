@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BrokerFactory
 from tests.e2e.conftest import screenshot
 from tests.e2e.test_ops_dashboard import assert_no_page_errors, sign_in, wait_visible
 from tests.integration import test_approvals as gate
-from tests.support.broker_server import RunningBroker
+from tests.support.broker_server import BrokerFactory, RunningBroker
 from tests.support.flow import assistant_text, says
 from tests.support.servers import RunningEmulator
 from tests.support.tool_backend import ToolBackend

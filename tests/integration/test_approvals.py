@@ -316,3 +316,65 @@ async def test_an_approval_of_an_ended_call_expires(
     got = await broker.request("GET", f"/api/v1/approvals/{approval['id']}")
     assert got.json()["status"] == "expired"
     assert RAN == []
+
+
+async def test_a_bridge_only_session_records_the_approval_but_cannot_be_told(
+    gated: RunningBroker, emulator: RunningEmulator
+) -> None:
+    """No sideband to inject on: the held call answers the page pending (200), the approval is
+    listed, and a decision is refused ``sideband_not_connected``; the tool never runs."""
+    broker = gated
+    session = await broker.create_session(tools=["refund_order"], sideband=False)
+    browser = await connect_browser(broker, session)
+    try:
+        ask(browser, "refund_order 42")
+        call = await browser.wait_for("response.function_call_arguments.done")
+        reply = await broker.bridge(session, call["name"], call["call_id"], call["arguments"])
+        assert reply.status == 200, reply.text
+        assert (reply.json()["status"], reply.json()["handled_by"]) == ("held", "bridge")
+        pending = json.loads(reply.json()["output"])
+        assert pending["status"] == "pending_approval"
+        listed = await broker.request("GET", "/api/v1/approvals?status=pending")
+        [approval] = [a for a in listed.json()["approvals"] if a["session_id"] == session["id"]]
+        assert approval["id"] == pending["approval_id"]
+        refused = await broker.request("POST", f"/api/v1/approvals/{approval['id']}/approve")
+        assert (refused.status, refused.code) == (409, "sideband_not_connected")
+        got = await broker.request("GET", f"/api/v1/approvals/{approval['id']}")
+        assert got.json()["status"] == "pending"
+        # Reported again (a page retrying): the same pending answer, nothing runs.
+        again = await broker.bridge(session, call["name"], call["call_id"], call["arguments"])
+        assert (again.status, again.json()["output"]) == (200, reply.json()["output"])
+        assert RAN == []
+        [requested] = await records_of(broker, session["id"], "approval.requested")
+        assert requested.actor == "page"
+    finally:
+        await browser.close()
+
+
+async def test_an_approval_on_another_instance_is_carried_out_by_the_calls_owner(
+    make_broker: BrokerFactory,
+    tool_backend: ToolBackend,
+    tmp_path: Path,
+    pg_url: str,
+    emulator: RunningEmulator,
+) -> None:
+    """Two instances on one PostgreSQL: the one that does not own the call records nothing
+    itself; it asks the owner (an ``approval`` call command), which runs the tool and tells
+    the model. Its answer comes back through the other instance."""
+    tools = tmp_path / "approval-tools.toml"
+    tools.write_text(tool_backend.config_toml() + APPROVAL_TOOLS)
+    RAN.clear()
+    owner = await make_broker(tools_config=tools, database_url=pg_url, instance_id="apr-owner")
+    other = await make_broker(tools_config=tools, database_url=pg_url, instance_id="apr-other")
+    session, browser, approval = await held_call(owner)
+    try:
+        reply = await other.request("POST", f"/api/v1/approvals/{approval['id']}/approve")
+        assert reply.status == 200, reply.text
+        assert (reply.json()["status"], reply.json()["injected"]) == ("approved", True)
+        done = await browser.wait_for("response.done", says("(refund_order): approved."))
+        assert "r-7781" in assistant_text(done)
+        assert len(RAN) == 1
+        again = await other.request("POST", f"/api/v1/approvals/{approval['id']}/deny")
+        assert (again.status, again.code) == (409, "approval_decided")
+    finally:
+        await browser.close()
