@@ -24,7 +24,7 @@ from broker.api import audit, schemas
 from broker.api.api_keys import CreateKeyRequest, GrantToolsRequest
 from broker.api.approvals import ApprovalDecision, ApprovalList, ApprovalRecord, DecisionRequest
 from broker.api.erasure import SessionErased
-from broker.api.ops_actions import HangupRequest, InstructionsRequest
+from broker.api.ops_actions import ConfigRequest, HangupRequest, InstructionsRequest
 from broker.api.quotas import QuotasBody, QuotasSet, UsageReport
 from broker.api.retention import RetentionRequest, RetentionSet
 from broker.api.session_list import DEFAULT_LIMIT, MAX_LIMIT
@@ -36,6 +36,7 @@ from broker.tools.bridge import BridgeCallRequest
 OPENAPI_PATH: Final = "/api/v1/openapi.json"
 API_KEY: Final = "apiKey"
 CLIENT_SECRET: Final = "clientSecret"
+CONNECT_TOKEN: Final = "connectToken"
 _REF_TEMPLATE: Final = "#/components/schemas/{model}"
 
 Errors = Mapping[int, tuple[str, ...]]
@@ -56,6 +57,14 @@ _CLIENT_SECRET_ERRORS: Final[Errors] = {
         "token_wrong_audience",
     ),
     403: ("token_session_mismatch",),
+}
+_RECONFIGURE_ERRORS: Final[Errors] = {
+    404: ("session_not_found",),
+    409: ("session_not_live", "sideband_not_connected"),
+    422: ("provider_lacks_capability",),
+    502: ("provider_refused_update",),
+    503: ("owner_unavailable",),
+    504: ("provider_timeout",),
 }
 _JSON_BODY: Final[Errors] = {
     400: ("invalid_json",),
@@ -170,8 +179,13 @@ OPERATIONS: Final = (
         "post",
         "/api/v1/sessions",
         "createSession",
-        "Create a session and mint its browser client secret (sessions:create)",
-        {201: Response("Created; the reply carries a live credential", schemas.SessionCreated)},
+        "Create a session and mint its browser client secret (sessions:create), or a trusted"
+        " server session and its backend's connect token (sessions:trusted)",
+        {
+            201: Response(
+                "Created; the reply carries a live credential", schemas.SessionCreatedReply
+            )
+        },
         request=CreateSessionRequest,
         errors=(
             _SCOPED,
@@ -182,6 +196,10 @@ OPERATIONS: Final = (
                     "limit_exceeds_ceiling",
                     "transcription_model_required",
                     "provider_lacks_capability",
+                    "trusted_fields_on_webrtc",
+                    "service_id_required",
+                    "sideband_required",
+                    "server_tool_name_clash",
                 ),
                 403: ("tool_not_granted",),
                 429: ("rate_limited", "quota_exceeded"),
@@ -316,6 +334,44 @@ OPERATIONS: Final = (
         tags=("browser",),
     ),
     Operation(
+        "get",
+        "/api/v1/sessions/{session_id}/connect",
+        "connectTrustedSession",
+        "A trusted session's backend opens its WebSocket (connect token; no Origin header)",
+        {
+            101: Response(
+                "Switching to the WebSocket: the realtime events, relayed", media_type=None
+            )
+        },
+        security=CONNECT_TOKEN,
+        errors=(
+            {
+                400: ("websocket_required",),
+                401: (
+                    "missing_credentials",
+                    "invalid_authorization",
+                    "token_invalid",
+                    "token_expired",
+                    "token_wrong_audience",
+                    "token_session_mismatch",
+                    "token_replayed",
+                ),
+                403: ("browser_origin_refused",),
+                404: ("session_not_found",),
+                409: (
+                    "not_trusted_session",
+                    "session_already_connected",
+                    "session_ended",
+                    "session_not_offered",
+                ),
+                429: ("quota_exceeded",),
+                502: ("provider_error",),
+                503: ("shutting_down",),
+            },
+        ),
+        tags=("trusted",),
+    ),
+    Operation(
         "post",
         "/api/v1/sessions/{session_id}/end",
         "endCall",
@@ -358,17 +414,24 @@ OPERATIONS: Final = (
         "post",
         "/api/v1/sessions/{session_id}/instructions",
         "updateInstructions",
-        "Change a live call's instructions (admin)",
+        "Change a live call's instructions (alias of /config; its key or admin)",
         _ok(schemas.InstructionsUpdated),
         request=InstructionsRequest,
+        errors=(_SCOPED, _JSON_BODY, _RECONFIGURE_ERRORS),
+        tags=("ops",),
+    ),
+    Operation(
+        "post",
+        "/api/v1/sessions/{session_id}/config",
+        "reconfigureSession",
+        "Change a live call's instructions and/or tools (its key or admin)",
+        _ok(schemas.SessionReconfigured),
+        request=ConfigRequest,
         errors=(
             _SCOPED,
             _JSON_BODY,
-            {
-                404: ("session_not_found",),
-                409: ("session_not_live", "sideband_not_connected"),
-                503: ("owner_unavailable",),
-            },
+            _RECONFIGURE_ERRORS,
+            {403: ("tool_not_granted",), 422: ("unknown_tool",)},
         ),
         tags=("ops",),
     ),
@@ -519,26 +582,6 @@ OPERATIONS: Final = (
             ("approve", "Approve a held tool call: it runs and the model is told (admin)"),
             ("deny", "Deny a held tool call: the model is told (admin)"),
         )
-    ),
-    Operation(
-        "post",
-        "/api/v1/tool-callbacks/{callback_id}",
-        "receiveToolCallback",
-        "A long-running (http_async) tool's backend posts its output (signed; taken once)",
-        {204: Response("Received; the waiting call reads it", media_type=None)},
-        security=None,
-        request_media_type="application/json",
-        errors=(
-            {
-                401: ("invalid_signature",),
-                404: ("callback_not_found",),
-                408: ("body_timeout",),
-                409: ("callback_already_received",),
-                413: ("payload_too_large",),
-                422: ("invalid_tool_output",),
-            },
-        ),
-        tags=("tools",),
     ),
     Operation(
         "post",
@@ -805,6 +848,13 @@ def document() -> dict[str, Any]:
                     "scheme": "bearer",
                     "bearerFormat": "JWT",
                     "description": "The session's client secret, from its create response",
+                },
+                CONNECT_TOKEN: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "A trusted session's connect token (single use), from its"
+                    " create response",
                 },
             },
         },

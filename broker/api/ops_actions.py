@@ -1,18 +1,24 @@
-"""Operators act on a live call (``admin``): hang it up, or change its instructions; audited.
+"""Acting on a live call: an operator hangs it up; its key or an operator reconfigures it.
+
+Hanging up takes ``admin``. Audited.
 
 A tenant's admin acts on its own tenant's sessions only: another tenant's is not found (404).
+Reconfiguring (``POST /api/v1/sessions/{id}/config``, and ``/instructions``, its alias for
+the instructions alone) is for the key that created the session or an ``admin`` key of its
+tenant (:meth:`broker.session.service.SessionService.reconfigure`).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from broker import app_state
 from broker.api._auth import api_principal
 from broker.api._bodies import read_json
-from broker.api.schemas import HungUp, InstructionsUpdated, respond
+from broker.api.schemas import HungUp, InstructionsUpdated, SessionReconfigured, respond
 from broker.auth.principals import Scope
+from broker.session.service import MAX_TOOLS_PER_SESSION
 
 
 class HangupRequest(BaseModel):
@@ -39,6 +45,58 @@ async def hangup_session(request: web.Request) -> web.Response:
     return respond(HungUp(id=session_id, hung_up=True))
 
 
+class ConfigRequest(BaseModel):
+    """Body of ``POST /api/v1/sessions/{id}/config``: at least one of the two."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instructions: str | None = Field(default=None, min_length=1, max_length=32_000)
+    tools: list[str] | None = Field(default=None, max_length=MAX_TOOLS_PER_SESSION)
+    """The session's whole new tool set (names in the registry); ``[]``: none."""
+
+    @field_validator("tools")
+    @classmethod
+    def _unique(cls, tools: list[str] | None) -> list[str] | None:
+        return None if tools is None else list(dict.fromkeys(tools))
+
+    @model_validator(mode="after")
+    def _something(self) -> ConfigRequest:
+        if self.instructions is None and self.tools is None:
+            raise ValueError("give instructions, tools or both")
+        return self
+
+
+async def reconfigure_session(request: web.Request) -> web.Response:
+    """Change a live call's instructions and/or tools.
+
+    Once the provider took them they are stored and audited (``session.reconfigured``), and
+    the new tools are the call's allowlist.
+
+    Raises:
+        NotFoundError: ``session_not_found`` (unknown, or another tenant's).
+        ForbiddenError: ``insufficient_scope`` (neither the session's key nor an admin),
+            ``tool_not_granted`` (outside the acting key's grants).
+        ValidationFailedError: ``unknown_tool``, ``provider_lacks_capability``.
+        ConflictError: ``session_not_live``, ``sideband_not_connected``.
+        UpstreamError: ``provider_refused_update`` (502), ``provider_timeout`` (504).
+    """
+    principal = await api_principal(request)
+    body = await read_json(request, ConfigRequest)
+    session_id = request.match_info["session_id"]
+    before = await request.app[app_state.SESSIONS].reconfigure(
+        principal, session_id, instructions=body.instructions, tools=body.tools
+    )
+    tools = list(before.tools) if body.tools is None else body.tools
+    return respond(
+        SessionReconfigured(
+            id=session_id,
+            updated=True,
+            tools=tools,
+            instructions_changed=body.instructions is not None,
+        )
+    )
+
+
 class InstructionsRequest(BaseModel):
     """Body of ``POST /api/v1/sessions/{id}/instructions``."""
 
@@ -48,17 +106,17 @@ class InstructionsRequest(BaseModel):
 
 
 async def update_instructions(request: web.Request) -> web.Response:
-    """Change a live call's instructions over its sideband; stored and audited.
+    """Change a live call's instructions: ``/config`` with instructions alone.
+
+    The same path, and the same rule of who may.
 
     Raises:
-        NotFoundError: ``session_not_found`` (unknown, or another tenant's).
-        ConflictError: ``sideband_not_connected``: no sideband of this process can send it.
+        As :func:`reconfigure_session`.
     """
     principal = await api_principal(request)
-    principal.require(Scope.ADMIN)
     body = await read_json(request, InstructionsRequest)
     session_id = request.match_info["session_id"]
-    await request.app[app_state.SESSIONS].update_instructions(
-        principal, session_id, body.instructions
+    await request.app[app_state.SESSIONS].reconfigure(
+        principal, session_id, instructions=body.instructions
     )
     return respond(InstructionsUpdated(id=session_id, updated=True))

@@ -97,6 +97,12 @@ ROUTES: Final = (
         MAX_JSON_BYTES,
     ),
     Route(
+        hdrs.METH_POST,
+        "/api/v1/sessions/{session_id}/config",
+        ops_actions.reconfigure_session,
+        MAX_JSON_BYTES,
+    ),
+    Route(
         hdrs.METH_PUT,
         "/api/v1/tenants/{tenant_id}/retention",
         retention.put_tenant_retention,
@@ -118,18 +124,18 @@ ROUTES: Final = (
     Route(hdrs.METH_GET, "/api/v1/audit/head", audit.audit_head, NO_BODY),
     Route(hdrs.METH_POST, "/api/v1/tools/{tool}/disable", tools.disable_tool, MAX_JSON_BYTES),
     Route(hdrs.METH_POST, "/api/v1/tools/{tool}/enable", tools.enable_tool, NO_BODY),
-    Route(
-        hdrs.METH_POST,
-        "/api/v1/tool-callbacks/{callback_id}",
-        tool_callbacks.receive_tool_callback,
-        tool_callbacks.MAX_CALLBACK_BYTES,
-    ),
     Route(hdrs.METH_GET, "/api/v1/approvals", approvals.list_approvals, NO_BODY),
     Route(hdrs.METH_GET, "/api/v1/approvals/{approval_id}", approvals.get_approval, NO_BODY),
     Route(
         hdrs.METH_POST, "/api/v1/approvals/{approval_id}/approve", approvals.approve, MAX_JSON_BYTES
     ),
     Route(hdrs.METH_POST, "/api/v1/approvals/{approval_id}/deny", approvals.deny, MAX_JSON_BYTES),
+    Route(
+        hdrs.METH_POST,
+        "/api/v1/tool-callbacks/{callback_id}",
+        tool_callbacks.receive_tool_callback,
+        tool_callbacks.MAX_CALLBACK_BYTES,
+    ),
     Route(
         hdrs.METH_GET,
         client_package.PREFIX + "{name}",

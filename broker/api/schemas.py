@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from broker.db.models import SessionState, SidebandState, ToolCallStatus, ToolPath
 from broker.session.limits import PageItems, PageResponses, TamperPolicy
@@ -83,6 +83,10 @@ class TrustedSessionCreated(_Out):
         description="Unix time (seconds) after which it connects nothing."
     )
     connect_url: str = Field(description="The session's WebSocket (`ws:`/`wss:`) for the backend.")
+
+
+class SessionCreatedReply(RootModel[SessionCreated | TrustedSessionCreated]):
+    """``201`` of ``POST /api/v1/sessions``: a browser session's, or a trusted session's."""
 
 
 class SidebandInfo(_Out):
@@ -254,6 +258,16 @@ class HungUp(_Out):
 class InstructionsUpdated(_Out):
     id: str
     updated: bool
+
+
+class SessionReconfigured(_Out):
+    """A live call's new config took (``POST /api/v1/sessions/{id}/config``)."""
+
+    id: str
+    updated: bool
+    tools: list[str]
+    """The session's tool set now."""
+    instructions_changed: bool
 
 
 class _KeyFields(_Out):

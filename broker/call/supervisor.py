@@ -55,6 +55,7 @@ from sideband import (
     CallEndedError,
     CallNotFoundError,
     CallObserver,
+    ConfigOutcome,
     OwnedSession,
     PageItems,
     PagePolicy,
@@ -108,6 +109,8 @@ class SidebandSupervisor:
         self.metrics = metrics if metrics is not None else BrokerMetrics()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._controllers: dict[str, CallController] = {}
+        self._tool_handlers: dict[str, SessionToolHandler] = {}
+        """Each supervised call's tool handler, whose allowlist a reconfiguration changes."""
         self._ending: dict[str, tuple[EndReason, str | None]] = {}
         """Calls the broker is ending, with the end reason to record (leash, tamper) and who
         ended it (an operator's key; ``None``: as the reason says)."""
@@ -488,6 +491,14 @@ class SidebandSupervisor:
             leash = Leash(
                 session_id, LeashTerms.from_row(row), self._sessionmaker, recorder, end_call
             )
+            tool_handler = SessionToolHandler(
+                self._dispatcher,
+                session_id,
+                allowed_tools,
+                recorder,
+                on_settled=leash.tool_call_settled,
+                session_tools=trusted.tools if trusted is not None else None,
+            )
             observer: CallObserver = SessionObserver(
                 session_id,
                 recorder,
@@ -499,14 +510,7 @@ class SidebandSupervisor:
             controller = CallController(
                 call_id,
                 connect,
-                SessionToolHandler(
-                    self._dispatcher,
-                    session_id,
-                    allowed_tools,
-                    recorder,
-                    on_settled=leash.tool_call_settled,
-                    session_tools=trusted.tools if trusted is not None else None,
-                ),
+                tool_handler,
                 trusted.observe(observer) if trusted is not None else observer,
                 owned_session=owned,
                 tamper=TamperResponder(
@@ -535,6 +539,7 @@ class SidebandSupervisor:
             self._controllers[session_id] = controller
             if trusted is not None:
                 trusted.relay.bind(controller.send_client_event)
+            self._tool_handlers[session_id] = tool_handler
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(recorder.run(), name=f"sideband-recorder:{session_id}")
                 # The leash lives exactly as long as the sideband: a call that ended for
@@ -556,6 +561,7 @@ class SidebandSupervisor:
                 logger.exception("sideband supervisor failed session_id=%s", session_id)
         finally:
             self._controllers.pop(session_id, None)
+            self._tool_handlers.pop(session_id, None)
             if first is not None:
                 await first.close()
             if session_id in self._lost:
@@ -574,13 +580,29 @@ class SidebandSupervisor:
                     name=f"sideband-finish:{session_id}",
                 )
 
-    async def update_instructions(self, session_id: str, instructions: str) -> bool:
-        """Send new instructions on a supervised call's sideband; whether they went out.
+    async def update_config(
+        self,
+        session_id: str,
+        *,
+        instructions: str | None = None,
+        tools: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> ConfigOutcome:
+        """Change a supervised call's instructions and/or tools (name -> provider definition).
+
+        Waits for the provider's answer (:meth:`sideband.CallController.update_config`); once
+        it carries the new tools, the call's tool handler judges calls by them.
 
         Raises:
             KeyError: this process does not supervise the session's sideband.
         """
-        return await self._controllers[session_id].update_instructions(instructions)
+        controller = self._controllers[session_id]
+        outcome = await controller.update_config(
+            instructions=instructions, tools=None if tools is None else list(tools.values())
+        )
+        handler = self._tool_handlers.get(session_id)
+        if outcome is ConfigOutcome.APPLIED and tools is not None and handler is not None:
+            handler.allow(tools)
+        return outcome
 
     async def inject_note(self, session_id: str, text: str) -> bool:
         """Add a system message of the broker's to a supervised call, then a response.

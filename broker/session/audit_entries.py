@@ -13,6 +13,9 @@ chosen here, in one place, so a reviewer reading one finds every session record'
 - ``session.offered``: the provider call the offer created.
 - ``session.ended``: how it ended and the usage the provider reported, once per session.
 - ``ops.hangup`` / ``ops.instructions_updated``: the operator's key is the actor.
+- ``session.reconfigured``: a live call's new config (``POST /api/v1/sessions/{id}/config``
+  or its ``/instructions`` alias), by the key that changed it: the tool names before and
+  after, and the instructions before and after as digests.
 
 No body holds a secret: not the client secret, not an API key, not a hash of one.
 """
@@ -20,6 +23,7 @@ No body holds a secret: not the client secret, not an API key, not a hash of one
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from broker.audit.records import Actor, AuditEntry, AuditKind
@@ -35,6 +39,7 @@ __all__ = [
     "session_created",
     "session_ended",
     "session_offered",
+    "session_reconfigured",
 ]
 
 
@@ -135,5 +140,27 @@ def ops_instructions(session_id: str, by_key: str, instructions: str) -> AuditEn
         AuditKind.OPS_INSTRUCTIONS,
         Actor.key(by_key),
         {"instructions": instructions_digest(instructions)},
+        session_id=session_id,
+    )
+
+
+def session_reconfigured(
+    session_id: str,
+    by_key: str,
+    *,
+    tools: tuple[Sequence[str], Sequence[str]],
+    instructions: tuple[str, str],
+) -> AuditEntry:
+    """``session.reconfigured``: the (before, after) tool names and instructions' digests."""
+    return AuditEntry(
+        AuditKind.SESSION_RECONFIGURED,
+        Actor.key(by_key),
+        {
+            "tools": {"before": list(tools[0]), "after": list(tools[1])},
+            "instructions": {
+                "before": instructions_digest(instructions[0]),
+                "after": instructions_digest(instructions[1]),
+            },
+        },
         session_id=session_id,
     )

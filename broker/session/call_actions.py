@@ -1,4 +1,4 @@
-"""Acting on a running call from outside: the page hangs up, an operator hangs up or re-instructs.
+"""Acting on a running call from outside: the page hangs up, an operator hangs up or reconfigures.
 
 Both hangups take one path (:meth:`CallActions.hang_up`): a call this process supervises is
 ended by its supervisor, like a leash decision (no tool call runs from then on, and the
@@ -7,12 +7,16 @@ with no instance holding it) is hung up here and its session ended at once. A ca
 broker instance owns is asked of that instance (:class:`~broker.call.ownership.CallOwnership`),
 which does the same there. Each action is then written to the session's event log for the
 audit.
+
+A reconfiguration (new instructions and/or tools, :meth:`CallActions.reconfigure`) is sent on
+the call's sideband by the instance that supervises it, which waits for the provider's answer;
+only a change the provider took is stored, with its event and audit record.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -29,6 +33,7 @@ from broker.errors import (
     RelayedError,
     UnavailableError,
     UpstreamError,
+    ValidationFailedError,
 )
 from broker.metrics import BrokerMetrics
 from broker.record.event_classes import EventClass
@@ -36,21 +41,25 @@ from broker.record.event_log import append_event
 from broker.session import audit_entries
 from broker.session.end_reason import EndReason
 from broker.session.ending import end_unwatched_call
-from sideband import Provider
+from broker.tools.registry import ToolRegistry
+from sideband import ConfigOutcome, Provider
 
 logger = logging.getLogger(__name__)
 
 BROWSER_HANGUP_EVENT: Final = "broker.browser_hangup"
 OPS_HANGUP_EVENT: Final = "broker.ops_hangup"
-INSTRUCTIONS_EVENT: Final = "broker.instructions_updated"
+CONFIG_EVENT: Final = "broker.config_updated"
 HANGUP_COMMAND: Final = "hangup"
+CONFIG_COMMAND: Final = "config"
 INSTRUCTIONS_COMMAND: Final = "instructions"
+"""What an instance of before reconfiguration asks for instead of :data:`CONFIG_COMMAND`
+(instructions only); still honoured."""
 APPROVAL_COMMAND: Final = "approval"
 """An operator's decision on a held tool call (:mod:`broker.session.approvals`)."""
 
 
 class CallActions:
-    """Hangups and instruction changes of running calls (one per app, in the session service)."""
+    """Hangups and reconfigurations of running calls (one per app, in the session service)."""
 
     def __init__(
         self,
@@ -59,14 +68,16 @@ class CallActions:
         supervisor: SidebandSupervisor,
         metrics: BrokerMetrics,
         ownership: CallOwnership,
+        registry: ToolRegistry,
     ) -> None:
+        self._registry = registry
         self._sessionmaker = sessionmaker
         self._provider = provider
         self._supervisor = supervisor
         self._metrics = metrics
+        self._ownership = ownership
         self.approvals: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
         """Carries out an approval decision here, the call's owner (set by the approvals)."""
-        self._ownership = ownership
 
     async def owner_elsewhere(self, session_id: str) -> str | None:
         """The other instance that owns the call now (``None``: this one, or none does)."""
@@ -119,9 +130,15 @@ class CallActions:
                 row, EndReason(command.payload["reason"]), None if actor is None else str(actor)
             )
             return {"ended": True}
-        if command.kind == INSTRUCTIONS_COMMAND:
-            await self._update_instructions_here(
-                row, str(command.payload["by"]), str(command.payload["instructions"])
+        if command.kind in (CONFIG_COMMAND, INSTRUCTIONS_COMMAND):
+            payload = command.payload
+            tools = payload.get("tools")
+            instructions = payload.get("instructions")
+            await self._reconfigure_here(
+                row,
+                str(payload["by"]),
+                instructions=None if instructions is None else str(instructions),
+                tools=None if tools is None else [str(name) for name in tools],
             )
             return {}
         if command.kind == APPROVAL_COMMAND and self.approvals is not None:
@@ -208,51 +225,114 @@ class CallActions:
             by_key,
         )
 
-    async def update_instructions(self, row: SessionRow, by_key: str, instructions: str) -> None:
-        """Send an operator's new instructions on the call's sideband; then store and audit them.
+    async def reconfigure(
+        self,
+        row: SessionRow,
+        by_key: str,
+        *,
+        instructions: str | None = None,
+        tools: Sequence[str] | None = None,
+    ) -> None:
+        """Send a live call's new instructions and/or tools on its sideband; store and audit.
+
+        The instance supervising the call does it (another instance's is asked). Nothing is
+        stored unless the provider's ``session.updated`` carries the new config.
 
         Raises:
-            ConflictError: ``sideband_not_connected``: no sideband of this process can send it.
+            ConflictError: ``session_not_live``; ``sideband_not_connected``: no sideband
+                can send it.
+            UpstreamError: ``provider_refused_update`` (502): the provider refused it or
+                answered without it; ``provider_timeout`` (504): no answer in time. Either
+                way the call keeps its old config.
         """
+        _require_live(row)
         owner = await self.owner_elsewhere(row.id)
         if owner is not None:
             await self.ask_owner(
                 row.id,
                 owner,
-                INSTRUCTIONS_COMMAND,
-                {"by": by_key, "instructions": instructions},
+                CONFIG_COMMAND,
+                {
+                    "by": by_key,
+                    "instructions": instructions,
+                    "tools": None if tools is None else list(tools),
+                },
             )
             return
-        await self._update_instructions_here(row, by_key, instructions)
+        await self._reconfigure_here(row, by_key, instructions=instructions, tools=tools)
 
-    async def _update_instructions_here(
-        self, row: SessionRow, by_key: str, instructions: str
+    async def _reconfigure_here(
+        self,
+        row: SessionRow,
+        by_key: str,
+        *,
+        instructions: str | None,
+        tools: Sequence[str] | None,
     ) -> None:
+        _require_live(row)
+        definitions: dict[str, Mapping[str, Any]] | None = None
+        if tools is not None:
+            unknown = sorted(name for name in tools if name not in self._registry)
+            if unknown:
+                # This instance's registry (another instance's asked it) lacks one.
+                raise ValidationFailedError(
+                    "unknown_tool", f"unknown tool(s): {', '.join(unknown)}", tools=unknown
+                )
+            definitions = {name: self._registry[name].provider_definition() for name in tools}
         try:
-            sent = await self._supervisor.update_instructions(row.id, instructions)
+            outcome = await self._supervisor.update_config(
+                row.id, instructions=instructions, tools=definitions
+            )
         except KeyError:
-            sent = False
-        if not sent:
+            outcome = ConfigOutcome.UNSENT
+        if outcome is ConfigOutcome.UNSENT:
             raise ConflictError(
                 "sideband_not_connected", "the call has no connected sideband to send this on"
             )
-
-        async def store(s: AsyncSession) -> None:
-            await queries.set_instructions(s, row.id, instructions)
-            await audit.add(s, audit_entries.ops_instructions(row.id, by_key, instructions))
-
-        # The change, its audit event and its audit record in one transaction: none without
-        # the others.
-        await append_event(
-            self._sessionmaker,
-            row.id,
-            {"type": INSTRUCTIONS_EVENT, "by": by_key, "instructions": instructions},
-            EventClass.KEPT,
-            alongside=store,
-        )
-        logger.warning(
-            "instructions changed by an operator session_id=%s by_key=%s chars=%d",
+        if outcome is ConfigOutcome.REFUSED:
+            raise UpstreamError(
+                "provider_refused_update",
+                "the provider did not apply the new config; the call keeps its old one",
+            )
+        if outcome is ConfigOutcome.TIMEOUT:
+            raise UpstreamError(
+                "provider_timeout",
+                "the provider did not confirm the new config in time; the call keeps its old one",
+                timeout=True,
+            )
+        new_instructions = row.instructions if instructions is None else instructions
+        new_tools = list(row.tools) if tools is None else list(tools)
+        entry = audit_entries.session_reconfigured(
             row.id,
             by_key,
-            len(instructions),
+            tools=(list(row.tools), new_tools),
+            instructions=(row.instructions, new_instructions),
+        )
+
+        async def store(s: AsyncSession) -> None:
+            await queries.set_config(s, row.id, new_instructions, new_tools)
+            await audit.add(s, entry)
+
+        event: dict[str, Any] = {"type": CONFIG_EVENT, "by": by_key}
+        if instructions is not None:
+            event["instructions"] = instructions
+        if tools is not None:
+            event["tools"] = new_tools
+            event["tools_before"] = list(row.tools)
+        # The change, its audit event and its audit record in one transaction: none without
+        # the others.
+        await append_event(self._sessionmaker, row.id, event, EventClass.KEPT, alongside=store)
+        logger.warning(
+            "call reconfigured session_id=%s by_key=%s instructions_chars=%s tools=%s",
+            row.id,
+            by_key,
+            "-" if instructions is None else len(instructions),
+            "-" if tools is None else ",".join(new_tools),
+        )
+
+
+def _require_live(row: SessionRow) -> None:
+    if row.state not in CALL_RUNNING_STATES or row.call_id is None:
+        raise ConflictError(
+            "session_not_live", f"the session is {row.state}, not in a call", state=row.state
         )

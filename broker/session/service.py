@@ -208,7 +208,7 @@ class SessionService:
             self.quotas,
         )
         """Trusted server sessions' connects (:mod:`broker.session.trusted`)."""
-        self._calls = CallActions(sessionmaker, provider, supervisor, metrics, ownership)
+        self._calls = CallActions(sessionmaker, provider, supervisor, metrics, ownership, registry)
         ownership.bind(self)
         # The supervisor's audit records name the instance watching the call.
         supervisor.instance_id = ownership.instance_id
@@ -338,23 +338,7 @@ class SessionService:
                 retry_after=retry_after,
             )
         await self.quotas.check(principal, tenant=request.tenant)
-        unknown = [name for name in request.tools if name not in self._registry]
-        if unknown:
-            raise ValidationFailedError(
-                "unknown_tool", f"unknown tool(s): {', '.join(sorted(unknown))}", tools=unknown
-            )
-        not_granted = sorted(name for name in request.tools if not principal.may_grant(name))
-        if not_granted:
-            logger.warning(
-                "session create refused: tools not granted key_id=%s tools=%s",
-                principal.key_id,
-                ",".join(not_granted),
-            )
-            raise ForbiddenError(
-                "tool_not_granted",
-                f"this API key may not grant tool(s): {', '.join(not_granted)}",
-                tools=not_granted,
-            )
+        self._check_tools(principal, request.tools)
         self._check_capabilities(request)
         check_trusted_fields(
             request.trusted,
@@ -430,6 +414,31 @@ class SessionService:
             row.sideband_enabled,
         )
         return CreatedSession(row=row, client_secret=token, expires_at=expires_at)
+
+    def _check_tools(self, principal: ApiPrincipal, tools: Sequence[str]) -> None:
+        """The tools a key gives a session (at creation, or a live call's new set).
+
+        Raises:
+            ValidationFailedError: ``unknown_tool``: not in the registry.
+            ForbiddenError: ``tool_not_granted``: outside the acting key's grants.
+        """
+        unknown = [name for name in tools if name not in self._registry]
+        if unknown:
+            raise ValidationFailedError(
+                "unknown_tool", f"unknown tool(s): {', '.join(sorted(unknown))}", tools=unknown
+            )
+        not_granted = sorted(name for name in tools if not principal.may_grant(name))
+        if not_granted:
+            logger.warning(
+                "session tools refused: not granted key_id=%s tools=%s",
+                principal.key_id,
+                ",".join(not_granted),
+            )
+            raise ForbiddenError(
+                "tool_not_granted",
+                f"this API key may not grant tool(s): {', '.join(not_granted)}",
+                tools=not_granted,
+            )
 
     def _check_capabilities(self, request: CreateSessionRequest) -> None:
         """Refuse a session that relies on what the provider cannot do.
@@ -588,14 +597,39 @@ class SessionService:
         """
         await self._calls.hang_up(row, reason)
 
-    async def update_instructions(
-        self, principal: ApiPrincipal, session_id: str, instructions: str
-    ) -> None:
-        """An operator changes a live call's instructions; the caller checked ``admin``.
+    async def reconfigure(
+        self,
+        principal: ApiPrincipal,
+        session_id: str,
+        *,
+        instructions: str | None = None,
+        tools: Sequence[str] | None = None,
+    ) -> SessionRow:
+        """Change a live call's instructions and/or tools; returns the row as it was before.
+
+        **Who may** (one rule, for ``/config`` and its ``/instructions`` alias): the key that
+        created the session, or an ``admin`` key that sees its tenant. New tools must be in
+        the registry and within the *acting* key's grants, as at creation; a kill-switched
+        tool may be given (the kill switch denies its calls, as for any session).
 
         Raises:
-            NotFoundError (``session_not_found``: unknown or another tenant's), ConflictError
-            (``sideband_not_connected``).
+            NotFoundError (``session_not_found``: unknown or another tenant's), ForbiddenError
+            (``insufficient_scope``: neither the owner nor an admin; ``tool_not_granted``),
+            ValidationFailedError (``unknown_tool``, ``provider_lacks_capability``),
+            ConflictError (``session_not_live``, ``sideband_not_connected``), UpstreamError
+            (``provider_refused_update`` 502, ``provider_timeout`` 504).
         """
         row = await self.visible_row(principal, session_id)
-        await self._calls.update_instructions(row, principal.key_id, instructions)
+        if row.owner_key_id != principal.key_id:
+            principal.require(Scope.ADMIN)
+        if tools is not None:
+            self._check_tools(principal, tools)
+        if not self._provider.capabilities.sideband:
+            raise ValidationFailedError(
+                "provider_lacks_capability",
+                f"provider {self._provider.name} has no sideband to change a live call on",
+                capability="sideband",
+                provider=self._provider.name,
+            )
+        await self._calls.reconfigure(row, principal.key_id, instructions=instructions, tools=tools)
+        return row

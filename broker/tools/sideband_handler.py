@@ -48,6 +48,14 @@ class SessionToolHandler:
         self._recorder = recorder
         self._on_settled = on_settled
 
+    def allow(self, tools: Collection[str]) -> None:
+        """The session's allowlist changed mid-call (a reconfiguration).
+
+        Calls from now on are judged by ``tools`` (the dispatcher still intersects them with
+        the stored row's).
+        """
+        self._allowed = frozenset(tools)
+
     async def call_seen(self, call: FunctionCall) -> None:
         # Recording early only lets the bridge find the call sooner (and a restarted broker
         # ask after it); execute() records it if this failed, so a failure here is logged,

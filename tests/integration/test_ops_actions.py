@@ -1,4 +1,8 @@
-"""Ops actions on a live call: hang it up (reason kept), change its instructions (audited)."""
+"""Ops actions on a live call: hang it up (reason kept), change its instructions (audited).
+
+Changing instructions is the ``/config`` path's alias (tests/integration/test_reconfiguration.py
+covers who may, since the session's own key may too).
+"""
 
 from __future__ import annotations
 
@@ -79,7 +83,7 @@ async def test_an_operator_changes_a_live_calls_instructions_without_a_tamper_re
         async with asyncio.timeout(5):
             while call.session.get("instructions") != "Answer in one short sentence.":  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
-        [event] = await wait_events(broker, session["id"], "broker.instructions_updated")
+        [event] = await wait_events(broker, session["id"], "broker.config_updated")
         assert event["payload"]["by"] == "admin"
         await asyncio.sleep(0.3)  # a tamper revert, were the echo taken for one, comes now
         assert call.session.get("instructions") == "Answer in one short sentence."
@@ -88,12 +92,25 @@ async def test_an_operator_changes_a_live_calls_instructions_without_a_tamper_re
         await browser.close()
 
 
-async def test_instructions_need_a_connected_sideband(broker: RunningBroker) -> None:
+async def test_instructions_need_a_live_call_with_a_connected_sideband(
+    broker: RunningBroker,
+) -> None:
     session = await broker.create_session(tools=["lookup_order"])
     reply = await broker.request(
         "POST", f"/api/v1/sessions/{session['id']}/instructions", json_body={"instructions": "x"}
     )
-    assert (reply.status, reply.code) == (409, "sideband_not_connected")
+    assert (reply.status, reply.code) == (409, "session_not_live")
+    unwatched = await broker.create_session(tools=[], sideband=False)
+    browser = await connect_browser(broker, unwatched)
+    try:
+        reply = await broker.request(
+            "POST",
+            f"/api/v1/sessions/{unwatched['id']}/instructions",
+            json_body={"instructions": "x"},
+        )
+        assert (reply.status, reply.code) == (409, "sideband_not_connected")
+    finally:
+        await browser.close()
     empty = await broker.request(
         "POST", f"/api/v1/sessions/{session['id']}/instructions", json_body={"instructions": ""}
     )

@@ -112,6 +112,21 @@ async def set_instructions(s: AsyncSession, session_id: str, instructions: str) 
     )
 
 
+async def set_config(
+    s: AsyncSession, session_id: str, instructions: str, tools: Sequence[str]
+) -> None:
+    """Store a live call's new instructions and tool allowlist (a reconfiguration).
+
+    From then on the dispatcher and the bridge judge calls by these tools, and a resumed or
+    re-attached sideband asserts this config.
+    """
+    await s.execute(
+        update(SessionRow)
+        .where(SessionRow.id == session_id)
+        .values(instructions=instructions, tools=list(tools))
+    )
+
+
 async def stale_sessions(
     s: AsyncSession, state: SessionState, before: datetime, limit: int
 ) -> Sequence[str]:

@@ -1,0 +1,269 @@
+"""Must-show 2: a live call's tool set changes mid-call (``POST /api/v1/sessions/{id}/config``).
+
+Real broker, emulator and an aiortc page over loopback. The session starts with
+``lookup_order``; its owner's key switches it to ``get_time``. The provider's session then
+holds only ``get_time``; the model's call to ``lookup_order`` is denied (``tool_not_allowed``)
+and its call to ``get_time`` runs; the page putting ``lookup_order`` back is tampering
+(``session_config``), restored to the new set. Refusals: a tool outside the key's grants, an
+unknown tool, another tenant's session, a key that neither made the session nor is an admin,
+a session not in a call, a provider that never confirms. The instructions route is an alias
+of the same path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+from broker import app_state
+from broker.audit.records import ChainedRecord
+from broker.audit.signing import PublicKeys
+from broker.audit.verify import verify_records
+from broker.db.queries.audit import AuditFilter, audit_records
+from emulator import Call
+from tests.support.broker_server import AUDIT_SIGNER, RunningBroker
+from tests.support.flow import ask, connect_browser, says, wait_events
+from tests.support.servers import RunningEmulator
+from tests.support.tenants import make_team
+from tests.support.tool_backend import ToolBackend
+
+LOOKUP_ORDER_DEFINITION = {
+    "type": "function",
+    "name": "lookup_order",
+    "description": "Look up an order.",
+    "parameters": {
+        "type": "object",
+        "required": ["order_id"],
+        "additionalProperties": False,
+        "properties": {"order_id": {"type": "string"}},
+    },
+}
+
+
+async def chained(broker: RunningBroker, **where: Any) -> list[ChainedRecord]:
+    """Every chained record matching ``where`` (pending ones chained first)."""
+    await broker.app[app_state.AUDIT].chain_pending()
+    records: list[ChainedRecord] = []
+    after = 0
+    while True:
+        async with broker.app[app_state.SESSIONMAKER]() as s:
+            page = await audit_records(s, AuditFilter(**where), after_seq=after, limit=500)
+        if not page:
+            return records
+        records += page
+        after = page[-1].seq
+
+
+async def wait_record(broker: RunningBroker, kind: str, session_id: str) -> ChainedRecord:
+    async with asyncio.timeout(5):
+        while not (found := await chained(broker, kinds=(kind,), session_id=session_id)):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    return found[0]
+
+
+async def session_tools_become(call: Call, names: list[str]) -> None:
+    """Poll the emulator's session (in-process) until its tools are ``names`` (bounded)."""
+    async with asyncio.timeout(5):
+        while [tool.get("name") for tool in call.session.get("tools") or []] != names:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+def digest(text: str) -> dict[str, Any]:
+    return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "chars": len(text)}
+
+
+async def app_key(broker: RunningBroker, tools: list[str]) -> tuple[str, str]:
+    """A new app key (``sessions:create`` only) granting ``tools``: the key and its id."""
+    reply = await broker.request(
+        "POST",
+        "/api/v1/keys",
+        json_body={"name": "app", "scopes": ["sessions:create"], "tools": tools},
+    )
+    assert reply.status == 201, reply.text
+    return reply.json()["key"], reply.json()["id"]
+
+
+async def test_a_mid_call_tool_change_is_enforced_and_tamper_guarded(
+    broker: RunningBroker, emulator: RunningEmulator, tool_backend: ToolBackend
+) -> None:
+    """Must-show 2."""
+    key, key_id = await app_key(broker, ["lookup_order", "get_time"])
+    created = await broker.request(
+        "POST",
+        "/api/v1/sessions",
+        json_body={"tools": ["lookup_order"], "instructions": "Be brief."},
+        token=key,
+    )
+    assert created.status == 201, created.text
+    session = created.json()
+    sid = session["id"]
+    browser = await connect_browser(broker, session)
+    try:
+        call = emulator.registry.get((await broker.get_session(sid))["call_id"])
+        assert call is not None
+        reply = await broker.request(
+            "POST", f"/api/v1/sessions/{sid}/config", json_body={"tools": ["get_time"]}, token=key
+        )
+        assert reply.status == 200, reply.text
+        assert reply.json() == {
+            "id": sid,
+            "updated": True,
+            "tools": ["get_time"],
+            "instructions_changed": False,
+        }
+        # Confirmed by the provider before the answer: its session holds the new set now.
+        assert [tool["name"] for tool in call.session["tools"]] == ["get_time"]
+        assert call.session["instructions"] == "Be brief."
+        assert (await broker.get_session(sid))["tools"] == ["get_time"]
+        [event] = await wait_events(broker, sid, "broker.config_updated")
+        assert event["payload"] == {
+            "type": "broker.config_updated",
+            "by": key_id,
+            "tools": ["get_time"],
+            "tools_before": ["lookup_order"],
+        }
+
+        # The removed tool: the model calls it anyway (a mention outside its tools), denied.
+        ask(browser, 'tool:lookup_order {"order_id": "42"}')
+        await browser.wait_for("response.done", says("tool_not_allowed"))
+        # The added tool runs.
+        ask(browser, "get_time")
+        await browser.wait_for("response.done", says("get_time returned"))
+        assert tool_backend.calls_to("lookup_order") == []
+        calls = {row["tool"]: row for row in (await broker.get_session(sid))["tool_calls"]}
+        assert calls["lookup_order"]["status"] == "denied"
+        assert calls["get_time"]["status"] == "succeeded"
+
+        # The page puts the old tool set back: drift, reported and restored to the NEW set.
+        browser.send(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "tools": [LOOKUP_ORDER_DEFINITION]},
+            }
+        )
+        [tamper] = await wait_events(broker, sid, "broker.tamper")
+        assert tamper["payload"]["kind"] == "session_config"
+        assert "tools" in tamper["payload"]["fields"]
+        detected = await wait_record(broker, "tamper.detected", sid)
+        assert detected.actor == "page"
+        assert detected.body is not None and detected.body["kind"] == "session_config"
+        await session_tools_become(call, ["get_time"])
+        assert (await broker.get_session(sid))["tools"] == ["get_time"]
+    finally:
+        await browser.close()
+
+    record = await wait_record(broker, "session.reconfigured", sid)
+    assert record.actor == f"key:{key_id}"
+    assert record.body == {
+        "tools": {"before": ["lookup_order"], "after": ["get_time"]},
+        "instructions": {"before": digest("Be brief."), "after": digest("Be brief.")},
+    }
+    denied = [r for r in await chained(broker, session_id=sid) if r.kind == "tool.denied"]
+    assert denied and denied[0].body is not None and denied[0].body["code"] == "tool_not_allowed"
+    everything = await chained(broker)
+    report = verify_records(everything, PublicKeys([AUDIT_SIGNER.public_key]))
+    assert report.ok, report.failure
+
+
+async def test_refused_reconfigurations(broker: RunningBroker) -> None:
+    key, _ = await app_key(broker, ["lookup_order", "get_time"])
+    created = await broker.request(
+        "POST", "/api/v1/sessions", json_body={"tools": ["lookup_order"]}, token=key
+    )
+    assert created.status == 201, created.text
+    sid = created.json()["id"]
+    path = f"/api/v1/sessions/{sid}/config"
+
+    not_granted = await broker.request(
+        "POST", path, json_body={"tools": ["delete_account"]}, token=key
+    )
+    assert (not_granted.status, not_granted.code) == (403, "tool_not_granted")
+    unknown = await broker.request("POST", path, json_body={"tools": ["no_such_tool"]}, token=key)
+    assert (unknown.status, unknown.code) == (422, "unknown_tool")
+    other_team = await make_team(broker, "reconfig-other")
+    foreign = await broker.request(
+        "POST", path, json_body={"tools": ["get_time"]}, token=other_team.ops
+    )
+    assert (foreign.status, foreign.code) == (404, "session_not_found")
+    stranger, _ = await app_key(broker, ["*"])
+    not_owner = await broker.request(
+        "POST", path, json_body={"tools": ["get_time"]}, token=stranger
+    )
+    assert (not_owner.status, not_owner.code) == (403, "insufficient_scope")
+    # The alias follows the same rule.
+    alias = await broker.request(
+        "POST",
+        f"/api/v1/sessions/{sid}/instructions",
+        json_body={"instructions": "x"},
+        token=stranger,
+    )
+    assert (alias.status, alias.code) == (403, "insufficient_scope")
+    not_live = await broker.request("POST", path, json_body={"tools": ["get_time"]}, token=key)
+    assert (not_live.status, not_live.code) == (409, "session_not_live")
+    for bad in ({}, {"tools": ["get_time"], "voice": "x"}, {"instructions": ""}):
+        invalid = await broker.request("POST", path, json_body=bad, token=key)
+        assert (invalid.status, invalid.code) == (422, "invalid_request"), bad
+    assert (await broker.get_session(sid))["tools"] == ["lookup_order"]
+
+
+async def test_the_instructions_alias_takes_the_same_path(
+    broker: RunningBroker, emulator: RunningEmulator
+) -> None:
+    """The session's own key (no admin scope) may change its instructions now; audited as a
+    reconfiguration."""
+    key, key_id = await app_key(broker, ["lookup_order"])
+    created = await broker.request(
+        "POST", "/api/v1/sessions", json_body={"tools": ["lookup_order"]}, token=key
+    )
+    session = created.json()
+    sid = session["id"]
+    browser = await connect_browser(broker, session)
+    new = "Answer in one short sentence."
+    try:
+        before = (await broker.get_session(sid))["call_id"]
+        call = emulator.registry.get(before)
+        assert call is not None
+        reply = await broker.request(
+            "POST",
+            f"/api/v1/sessions/{sid}/instructions",
+            json_body={"instructions": new},
+            token=key,
+        )
+        assert reply.status == 200, reply.text
+        assert reply.json() == {"id": sid, "updated": True}
+        assert call.session["instructions"] == new
+        assert [tool["name"] for tool in call.session["tools"]] == ["lookup_order"]
+    finally:
+        await browser.close()
+    record = await wait_record(broker, "session.reconfigured", sid)
+    assert record.actor == f"key:{key_id}"
+    assert record.body is not None
+    assert record.body["tools"] == {"before": ["lookup_order"], "after": ["lookup_order"]}
+    assert record.body["instructions"]["after"] == digest(new)
+    assert new not in record.line()
+
+
+async def test_an_unconfirmed_change_is_reverted_and_not_stored(
+    broker: RunningBroker, emulator: RunningEmulator
+) -> None:
+    """The provider's answer never reaches the sideband: 504 ``provider_timeout``, the old
+    tools are asserted again, nothing is stored or audited."""
+    session = await broker.create_session(tools=["lookup_order"])
+    sid = session["id"]
+    browser = await connect_browser(broker, session)
+    try:
+        call = emulator.registry.get((await broker.get_session(sid))["call_id"])
+        assert call is not None
+        emulator.faults.update(
+            {"sideband_drop_event_types": ["session.updated"], "sideband_drop_event_count": 1}
+        )
+        reply = await broker.request(
+            "POST", f"/api/v1/sessions/{sid}/config", json_body={"tools": ["get_time"]}
+        )
+        assert (reply.status, reply.code) == (504, "provider_timeout")
+        await session_tools_become(call, ["lookup_order"])
+        assert (await broker.get_session(sid))["tools"] == ["lookup_order"]
+    finally:
+        await browser.close()
+    assert await chained(broker, kinds=("session.reconfigured",), session_id=sid) == []
