@@ -21,8 +21,9 @@ from broker.audit.records import ChainedRecord
 from broker.audit.signing import PublicKeys
 from broker.audit.verify import verify_records
 from broker.db.queries.audit import AuditFilter, audit_records
+from broker.session.call_actions import INSTRUCTIONS_COMMAND
 from emulator import Call
-from tests.support.broker_server import AUDIT_SIGNER, RunningBroker
+from tests.support.broker_server import AUDIT_SIGNER, BrokerFactory, RunningBroker
 from tests.support.flow import ask, connect_browser, says, wait_events
 from tests.support.servers import RunningEmulator
 from tests.support.tenants import make_team
@@ -267,3 +268,43 @@ async def test_an_unconfirmed_change_is_reverted_and_not_stored(
     finally:
         await browser.close()
     assert await chained(broker, kinds=("session.reconfigured",), session_id=sid) == []
+
+
+async def test_another_instance_has_the_calls_owner_reconfigure_it(
+    make_broker: BrokerFactory, pg_url: str, emulator: RunningEmulator
+) -> None:
+    """Two instances on one PostgreSQL: the one that does not own the call asks its owner (a
+    ``config`` call command); an ``instructions`` command, what an instance from before this
+    release sends, is still carried out."""
+    owner = await make_broker(database_url=pg_url, instance_id="cfg-owner")
+    other = await make_broker(database_url=pg_url, instance_id="cfg-other")
+    session = await owner.create_session(tools=["lookup_order"])
+    sid = session["id"]
+    browser = await connect_browser(owner, session)
+    try:
+        call = emulator.registry.get((await owner.get_session(sid))["call_id"])
+        assert call is not None
+        reply = await other.request(
+            "POST", f"/api/v1/sessions/{sid}/config", json_body={"tools": ["get_time"]}
+        )
+        assert reply.status == 200, reply.text
+        assert [tool["name"] for tool in call.session["tools"]] == ["get_time"]
+        ask(browser, "get_time")
+        await browser.wait_for("response.done", says("get_time returned"))
+        row = await other.get_session(sid)
+        assert row["tools"] == ["get_time"]
+        assert [c["status"] for c in row["tool_calls"]] == ["succeeded"]
+        # An instance of before reconfiguration asks with the old command kind.
+        actions = other.app[app_state.SESSIONS]._calls
+        await actions.ask_owner(
+            sid, "cfg-owner", INSTRUCTIONS_COMMAND, {"by": "admin", "instructions": "Be terse."}
+        )
+        assert call.session["instructions"] == "Be terse."
+        assert [tool["name"] for tool in call.session["tools"]] == ["get_time"]
+    finally:
+        await browser.close()
+    records = await chained(other, kinds=("session.reconfigured",), session_id=sid)
+    assert [r.body["tools"]["after"] for r in records if r.body is not None] == [
+        ["get_time"],
+        ["get_time"],
+    ]
