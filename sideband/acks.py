@@ -19,14 +19,16 @@ response, and the user is hearing something anyway). It never swallows the real 
   blocked), so the provider does not refuse it as ``conversation_already_has_active_response``;
   its ``response.done`` asks again.
 
-A refused acknowledgement is logged and not retried: it is a courtesy, never an error.
+A refused acknowledgement is logged and not retried: it is a courtesy, never an error. One
+the provider never starts (no ``response.created`` within :data:`ACK_START_TIMEOUT_S`) is given
+up the same way, so it cannot hold the real answer back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from sideband.answers import AnswerLedger
@@ -37,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 ACK_MARK: Final = "ack"
 """``metadata.broker`` of an acknowledgement response."""
+ACK_START_TIMEOUT_S: Final = 5.0
+"""How long a request of ours may go unanswered (no ``response.created``, no ``error``)
+before it is given up: while it is pending the output's ``response.create`` waits."""
 
 
 def ack_create(call_id: str, instructions: str, event_id: str | None = None) -> dict[str, Any]:
@@ -61,6 +66,7 @@ class Acks:
         answers: the answer ledger (whether a response is under way).
         handler: the broker's handler, if it acknowledges (``None``: never).
         stopping: whether the controller is stopping.
+        respond: asks for the outputs' response once nothing of ours is in the way.
     """
 
     def __init__(
@@ -70,6 +76,7 @@ class Acks:
         handler: Acknowledging | None,
         *,
         stopping: Callable[[], bool],
+        respond: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._call_id = wiring.call_id
         self._send = wiring.send
@@ -77,6 +84,7 @@ class Acks:
         self._answers = answers
         self._handler = handler
         self._stopping = stopping
+        self._respond = respond
         self._requested: dict[str, FunctionCall] = {}
         """Our acknowledgement requests by event id, not yet started or refused."""
         self._active: dict[str, FunctionCall] = {}
@@ -119,10 +127,32 @@ class Acks:
         if finished.is_set() or self._stopping():
             return
         event = ack_create(call.call_id, plan.instructions)
-        self._requested[event["event_id"]] = call
+        event_id = event["event_id"]
+        self._requested[event_id] = call
         if not await self._send(event):
-            self._requested.pop(event["event_id"], None)
+            self._requested.pop(event_id, None)
             self._changed.set()
+            return
+        await self._watch_start(event_id)
+
+    async def _watch_start(self, event_id: str) -> None:
+        """Give the request up if the provider neither starts nor refuses it in time."""
+        try:
+            async with asyncio.timeout(ACK_START_TIMEOUT_S):
+                while event_id in self._requested:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            if self._requested.pop(event_id, None) is None:
+                return
+            logger.warning(
+                "acknowledgement not started in %.0fs call_id=%s; given up",
+                ACK_START_TIMEOUT_S,
+                self._call_id,
+            )
+            self._changed.set()
+            if self._respond is not None:
+                await self._respond()
 
     def _may_ack(self) -> bool:
         return (
@@ -142,6 +172,7 @@ class Acks:
             if call.call_id == meta.get("call_id"):
                 del self._requested[event_id]
                 self._active[response.id] = call
+                self._changed.set()
                 if self._handler is not None:
                     self._spawn(
                         self._handler.acknowledged(call, response.id), f"tool-acked:{call.call_id}"

@@ -161,7 +161,9 @@ class CallController:
         self._lookups = Lookups(wiring)
         # Long calls are acknowledged out of band (sideband/acks.py) if the broker plans it.
         acknowledging = tools if isinstance(tools, Acknowledging) else None
-        self._acks = Acks(wiring, self._answers, acknowledging, stopping=stopping)
+        self._acks = Acks(
+            wiring, self._answers, acknowledging, stopping=stopping, respond=self._respond
+        )
         self._calls = ToolCalls(
             wiring,
             tools,

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sideband import AckPlan, CallController, FunctionCall, PagePolicy, PageResponses
+import pytest
+
+from sideband import AckPlan, CallController, FunctionCall, PagePolicy, PageResponses, acks
 from tests.unit.sideband.test_controller import (
     Observer,
     QueueConnection,
@@ -221,3 +223,20 @@ async def test_a_page_response_marked_as_an_ack_is_still_the_pages() -> None:
     assert conn.sent[0] == {**conn.sent[0], "type": "response.cancel", "response_id": "r_forged"}
     await stop(conn, task)
     assert len(reports.seen) == 1
+
+
+async def test_an_acknowledgement_the_provider_never_starts_holds_nothing_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No response.created and no error for our request: given up after the start timeout,
+    and the output's response.create goes out."""
+    monkeypatch.setattr(acks, "ACK_START_TIMEOUT_S", 0.2)
+    tools = AckingTools()
+    conn, task, _ = await start(tools)
+    model_calls(conn)
+    await conn.wait_sent(1)
+    tools.release.set()
+    await conn.wait_sent(3)
+    assert kinds(conn) == ["ack", "output", "response.create"]
+    await stop(conn, task)
+    assert tools.acknowledged_calls == []
