@@ -186,6 +186,13 @@ class SessionDetail(_Out):
     model: str
     voice: str
     tools: list[str]
+    connection_type: Literal["webrtc", "trusted_server"] = Field(
+        description="``trusted_server``: a backend's session, no browser."
+    )
+    service_id: str | None = Field(description="A trusted session's service.")
+    server_tools: list[ServerToolOut] | None = Field(
+        description="A trusted session's own tools, run by its backend."
+    )
     call_id: str | None
     sideband: SidebandInfo
     metadata: dict[str, Any]

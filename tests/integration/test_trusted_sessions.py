@@ -27,7 +27,7 @@ from broker import app_state
 from broker.audit.records import ChainedRecord
 from broker.auth.principals import CONNECT_TOKEN_AUDIENCE, mint_client_secret
 from broker.db.queries.audit import AuditFilter, audit_records
-from tests.support.broker_server import Reply, RunningBroker
+from tests.support.broker_server import BrokerFactory, Reply, RunningBroker
 from tests.support.servers import RunningEmulator
 from tests.support.tool_backend import ToolBackend
 
@@ -231,6 +231,9 @@ async def test_a_backend_runs_its_server_tool_and_hears_the_answer(broker: Runni
     assert f"check_stock returned: {STOCK_RESULT}" in answer_text(answer)
 
     detail = await session_row(broker, session["id"])
+    assert (detail["connection_type"], detail["service_id"]) == ("trusted_server", "order-service")
+    assert detail["server_tools"] == [STOCK_TOOL]
+    assert detail["call_id"].startswith("ws_")
     [row] = detail["tool_calls"]
     assert (row["call_id"], row["tool"], row["status"]) == (
         call["call_id"],
@@ -486,4 +489,40 @@ async def test_the_backends_disconnect_ends_the_session(broker: RunningBroker) -
     assert detail["end_reason"] == "backend_closed"
     kinds = [r.kind for r in await records(broker, session["id"])]
     assert kinds.index("trusted.connected") < kinds.index("session.ended")
+    assert "trusted.disconnected" in kinds
+
+
+# ---- PostgreSQL -------------------------------------------------------------------------------
+
+
+async def test_a_server_tool_round_trip_on_postgres(
+    pg_url: str, make_broker: BrokerFactory
+) -> None:
+    """The must-show's round trip with the broker on PostgreSQL: spent tokens, the tool call's
+    row, its audit records and the end, written there."""
+    broker = await make_broker(database_url=pg_url)
+    session = await created(broker)
+    backend = await connect(broker, session)
+    await backend.next(of_type("session.updated"))
+    await backend.say("check_stock ABC-1")
+    call = await backend.next(of_type("broker.tool_call"))
+    await backend.send(
+        {"type": "broker.tool_result", "call_id": call["call_id"], "output": STOCK_RESULT}
+    )
+
+    def quotes_result(event: Event) -> bool:
+        return event.get("type") == "response.done" and STOCK_RESULT in answer_text(event)
+
+    await backend.next(quotes_result)
+    status, problem = await refused_connect(
+        broker, session["id"], {"Authorization": f"Bearer {session['connect_token']}"}
+    )
+    assert (status, problem["code"]) == (401, "token_replayed")
+    await backend.ws.close()
+    detail = await until_ended(broker, session["id"])
+    assert detail["end_reason"] == "backend_closed"
+    [row] = detail["tool_calls"]
+    assert (row["tool"], row["status"], row["output"]) == ("check_stock", "succeeded", STOCK_RESULT)
+    kinds = [r.kind for r in await records(broker, session["id"])]
+    assert kinds.count("tool.forwarded") == 1
     assert "trusted.disconnected" in kinds
