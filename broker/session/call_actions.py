@@ -41,6 +41,7 @@ from broker.record.event_log import append_event
 from broker.session import audit_entries
 from broker.session.end_reason import EndReason
 from broker.session.ending import end_unwatched_call
+from broker.session.trusted import trusted_session_config
 from broker.tools.registry import ToolRegistry
 from sideband import ConfigOutcome, Provider
 
@@ -279,6 +280,13 @@ class CallActions:
                     "unknown_tool", f"unknown tool(s): {', '.join(unknown)}", tools=unknown
                 )
             definitions = {name: self._registry[name].provider_definition() for name in tools}
+            if row.server_tools:
+                # A trusted session's own tools are not the registry's to change: they stay
+                # offered (and allowed) whatever the new set.
+                own = {str(tool["name"]) for tool in row.server_tools}
+                for definition in trusted_session_config(self._registry, row)["tools"]:
+                    if definition["name"] in own:
+                        definitions[definition["name"]] = definition
         try:
             outcome = await self._supervisor.update_config(
                 row.id, instructions=instructions, tools=definitions

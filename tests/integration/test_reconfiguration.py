@@ -23,6 +23,8 @@ from broker.audit.verify import verify_records
 from broker.db.queries.audit import AuditFilter, audit_records
 from broker.session.call_actions import INSTRUCTIONS_COMMAND
 from emulator import Call
+from tests.integration import test_trusted_sessions as trusted
+from tests.integration.test_trusted_sessions import STOCK_TOOL
 from tests.support.broker_server import AUDIT_SIGNER, BrokerFactory, RunningBroker
 from tests.support.flow import ask, connect_browser, says, wait_events
 from tests.support.servers import RunningEmulator
@@ -308,3 +310,46 @@ async def test_another_instance_has_the_calls_owner_reconfigure_it(
         ["get_time"],
         ["get_time"],
     ]
+
+
+async def test_a_trusted_sessions_server_tools_stay_through_a_tool_change(
+    broker: RunningBroker,
+) -> None:
+    """The registry tools change; the session's own server tools are not the registry's: they
+    stay offered, and their calls still go to the backend."""
+    key = await broker.new_key("sessions:trusted", name="order-service")
+    reply = await broker.request(
+        "POST",
+        "/api/v1/sessions",
+        token=key,
+        json_body={
+            "connection_type": "trusted_server",
+            "service_id": "order-service",
+            "server_tools": [STOCK_TOOL],
+            "tools": ["lookup_order"],
+        },
+    )
+    assert reply.status == 201, reply.text
+    session = reply.json()
+    backend = await trusted.connect(broker, session)
+    try:
+        await backend.next(trusted.of_type("session.updated"))
+        changed = await broker.request(
+            "POST",
+            f"/api/v1/sessions/{session['id']}/config",
+            json_body={"tools": ["get_time"]},
+            token=key,
+        )
+        assert changed.status == 200, changed.text
+
+        def new_tools(event: dict[str, Any]) -> bool:
+            return event.get("type") == "session.updated" and {
+                tool["name"] for tool in event["session"].get("tools") or ()
+            } == {"get_time", "check_stock"}
+
+        await backend.next(new_tools)
+        await backend.say("check_stock ABC-1")
+        call = await backend.next(trusted.of_type("broker.tool_call"))
+        assert call["name"] == "check_stock"
+    finally:
+        await backend.ws.close()
