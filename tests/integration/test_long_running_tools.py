@@ -226,6 +226,30 @@ async def test_a_callback_tool_is_acknowledged_and_answered_from_its_callback(
         await browser.close()
 
 
+async def test_a_callback_landing_on_another_instance_reaches_the_waiting_call(
+    async_broker: RunningBroker,
+    make_broker: BrokerFactory,
+    emulator: RunningEmulator,
+    async_backend: AsyncToolBackend,
+) -> None:
+    """Two brokers on one database: the call runs on the first, the backend's callback
+    lands on the second; the first reads it from ``tool_callbacks`` and answers once."""
+    other = await make_broker(tools_config=async_broker.settings.tools_config)
+    async_backend.callback_origin = other.base_url
+    async_backend.work_seconds = 1.5
+    session = await async_broker.create_session(tools=["callback_report"])
+    browser = await connect_browser(async_broker, session)
+    try:
+        answer, _ = await _answer(browser, "callback_report", "R-6")
+        assert answer == f"callback_report returned: {report('R-6')}"
+        [(url, status)] = async_backend.callbacks_sent
+        assert (url.startswith(other.base_url), status) == (True, 204)
+        call = await _call(async_broker, emulator, session["id"])
+        assert len(outputs_received(call)) == 1
+    finally:
+        await browser.close()
+
+
 async def test_a_tool_past_its_deadline_gets_tool_timeout_once(
     async_broker: RunningBroker, emulator: RunningEmulator, async_backend: AsyncToolBackend
 ) -> None:

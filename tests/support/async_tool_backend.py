@@ -61,6 +61,8 @@ class AsyncToolBackend:
     requests: list[Received] = field(default_factory=list)
     callbacks_sent: list[tuple[str, int]] = field(default_factory=list)
     """``(callback URL, the broker's status)`` of every callback posted."""
+    callback_origin: str | None = None
+    """Post callbacks here instead of the URL's own origin (another broker instance)."""
     _jobs: dict[str, tuple[float, str]] = field(default_factory=dict)
     _ids: Any = field(default_factory=itertools.count)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -118,6 +120,8 @@ class AsyncToolBackend:
         await asyncio.sleep(min(self.work_seconds, WORK_MAX_S))
         assert self._http is not None
         headers = {"Content-Type": "application/json", **sign_callback(url, body, self.secret)}
+        if self.callback_origin is not None:
+            url = self.callback_origin + url[url.index("/api/v1/") :]
         async with self._http.post(url, data=body, headers=headers) as resp:
             self.callbacks_sent.append((url, resp.status))
 
