@@ -433,7 +433,9 @@ async def run_phase(
     backends: list[Backend] = []
     steps: list[dict[str, Any]] = []
     stopped_by = "nothing (every step ran)"
-    connector = aiohttp.TCPConnector(limit=options.setup_concurrency * 2)
+    # No pool limit: every session's socket holds a connection for the whole phase (the
+    # semaphore in _open_backends bounds the set-up instead).
+    connector = aiohttp.TCPConnector(limit=0)
     # The broker's RSS before any session: what a session adds is measured from it.
     rss_base = rss_kb(broker_pid) if broker_pid is not None else None
     async with aiohttp.ClientSession(connector=connector) as http:
