@@ -350,6 +350,56 @@ async def test_a_registry_tool_of_the_session_runs_in_the_broker(
     await backend.ws.close()
 
 
+async def test_a_backend_that_does_not_answer_or_answers_badly_fails_the_call(
+    broker: RunningBroker,
+) -> None:
+    """The server tool's timeout bounds the wait; a non-string output is refused (the backend
+    is told, the model gets an error output). Both settle ``failed``, audited."""
+    quick = {**STOCK_TOOL, "timeout": 0.5}
+    session = await created(broker, server_tools=[quick])
+    backend = await connect(broker, session)
+    await backend.next(of_type("session.updated"))
+    await backend.say("check_stock SLOW-1")
+    slow = await backend.next(of_type("broker.tool_call"))
+
+    def read_out(code: str) -> Callable[[Event], bool]:
+        return lambda e: e.get("type") == "response.done" and code in answer_text(e)
+
+    await backend.next(read_out("tool_timeout"))
+    # Too late: no call waits for it any more.
+    await backend.send({"type": "broker.tool_result", "call_id": slow["call_id"], "output": "x"})
+    late = await backend.next(of_type("error"))
+    assert late["error"]["code"] == "invalid_tool_result"
+
+    await backend.say("check_stock BAD-1")
+    bad = await backend.next(of_type("broker.tool_call"))
+    await backend.send(
+        {"type": "broker.tool_result", "call_id": bad["call_id"], "output": {"n": 1}}
+    )
+    refused = await backend.next(of_type("error"))
+    assert refused["error"]["code"] == "invalid_tool_result"
+    await backend.next(read_out("tool_bad_response"))
+
+    calls = {
+        row["call_id"]: row for row in (await session_row(broker, session["id"]))["tool_calls"]
+    }
+    assert (calls[slow["call_id"]]["status"], calls[slow["call_id"]]["error"]) == (
+        "failed",
+        "tool_timeout",
+    )
+    assert (calls[bad["call_id"]]["status"], calls[bad["call_id"]]["error"]) == (
+        "failed",
+        "tool_bad_response",
+    )
+    kinds = [
+        r.kind
+        for r in await records(broker, session["id"])
+        if (r.body or {}).get("call_id") == bad["call_id"]
+    ]
+    assert kinds == ["tool.requested", "tool.forwarded", "tool.failed", "tool.output_injected"]
+    await backend.ws.close()
+
+
 async def test_a_registry_tool_outside_the_keys_grants_is_refused(broker: RunningBroker) -> None:
     key = await broker.new_key("sessions:trusted", tools=["get_time"])
     reply = await create(broker, key, tools=["lookup_order"])
