@@ -458,7 +458,8 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     reaper = SessionReaper(
         app[app_state.SESSIONMAKER],
         app[app_state.METRICS],
-        client_secret_ttl_s=settings.client_secret_ttl,
+        # A trusted session's connect token may outlive a browser's client secret.
+        client_secret_ttl_s=max(settings.client_secret_ttl, settings.trusted_token_ttl_s),
         # An offer is its provider requests (each bounded by the timeout; two, and a token
         # command's run, when the provider mints a client secret first) plus two transactions.
         offer_bound_s=(5 if app[app_state.PROVIDER].capabilities.offer_needs_client_secret else 3)
