@@ -61,8 +61,10 @@ from .stack import (
     ADMIN_KEY,
     PROVIDER_KEY,
     ROOT,
+    BrokerApi,
     BrokerProcess,
     free_port,
+    read_metrics,
     start_broker,
     taskset_prefix,
 )
@@ -86,7 +88,7 @@ class Options:
     ``max_seconds`` bounds the whole run; ``setup_max_s`` one step's set-up.
     """
 
-    steps: tuple[int, ...] = (25, 50, 100, 200)
+    steps: tuple[int, ...] = (10, 25, 50, 100, 200)
     modes: tuple[str, ...] = ("direct", "relayed")
     chunk_ms: int = 100
     speech_s: float = 1.0
@@ -380,6 +382,23 @@ class Meters:
         return meters
 
 
+RELAY_METRICS: Final = (
+    "broker_trusted_relay_frames_total",
+    "broker_trusted_relay_bytes_total",
+    "broker_trusted_relay_audio_bytes_total",
+)
+
+
+def relay_meters(metrics_text: str | None) -> dict[str, float]:
+    """The broker's own relay meters (``name{direction="…"}`` → value) in a ``/metrics`` text."""
+    found: dict[str, float] = {}
+    for line in (metrics_text or "").splitlines():
+        if line.startswith(RELAY_METRICS):
+            name, _, value = line.rpartition(" ")
+            found[name] = float(value)
+    return found
+
+
 def _per_event_us(cpu_s: float, events: int) -> float | None:
     return round(cpu_s / events * 1e6, 1) if events else None
 
@@ -425,8 +444,12 @@ async def run_phase(
     meters: Meters,
     deadline: float,
     broker_pid: int | None = None,
+    broker_api: BrokerApi | None = None,
 ) -> dict[str, Any]:
-    """Step the sessions up under ``connect``; measure a window at each step."""
+    """Step the sessions up under ``connect``; measure a window at each step.
+
+    ``broker_api`` (relayed): the broker's own relay meters are read around each window.
+    """
     cycle = talking_cycle(options)
     tally = Tally()
     rng = random.Random(options.seed)
@@ -454,7 +477,13 @@ async def run_phase(
                     steps.append({"sessions": count, "setup_errors": len(failures)})
                     break
                 await asyncio.sleep(options.warmup_s)
+                before = relay_meters(await read_metrics(broker_api)) if broker_api else {}
                 step = await _window(options, tally, meters, len(backends), broker_pid, rss_base)
+                if broker_api is not None:
+                    after = relay_meters(await read_metrics(broker_api))
+                    step["relay_meters"] = {
+                        name: after[name] - before.get(name, 0.0) for name in sorted(after)
+                    }
                 step["setup_errors"] = len(failures)
                 step["setup_error_samples"] = failures[:3]
                 steps.append(step)
@@ -586,14 +615,19 @@ async def relayed_phase(
             meters = Meters(
                 {"backends": os.getpid(), "emulator": emulator.pid, "broker": broker.pid}
             )
-            phase = await run_phase(
-                "relayed",
-                options,
-                relayed_connector(broker.base_url, key),
-                meters,
-                deadline,
-                broker_pid=broker.pid,
-            )
+            api = BrokerApi(broker.base_url)
+            try:
+                phase = await run_phase(
+                    "relayed",
+                    options,
+                    relayed_connector(broker.base_url, key),
+                    meters,
+                    deadline,
+                    broker_pid=broker.pid,
+                    broker_api=api,
+                )
+            finally:
+                await api.close()
             phase["broker_log_errors"] = _log_errors(broker)
             return phase
         finally:

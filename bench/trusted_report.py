@@ -29,6 +29,16 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def relay_rates(step: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """Frames per second and audio KiB per second the broker's own meters counted relayed."""
+    meters = step.get("relay_meters")
+    if not meters or not step.get("window_s"):
+        return None, None
+    frames = sum(v for k, v in meters.items() if k.startswith("broker_trusted_relay_frames"))
+    audio = sum(v for k, v in meters.items() if k.startswith("broker_trusted_relay_audio_bytes"))
+    return frames / step["window_s"], audio / 1024 / step["window_s"]
+
+
 def _role_cells(step: Mapping[str, Any], key: str, digits: int) -> list[str]:
     values = step.get(key, {})
     return [_num(values.get(role), digits) if role in values else "–" for role in ROLES]
@@ -120,6 +130,31 @@ def trusted_section(payload: Mapping[str, Any]) -> list[str]:
         ],
         rows,
     )
+    metered = [s for s in r["phases"].get("relayed", {}).get("steps", []) if "relay_meters" in s]
+    if metered:
+        lines += [
+            "",
+            "**The broker's own meters** (`broker_trusted_relay_frames_total`, "
+            "`broker_trusted_relay_audio_bytes_total`, both directions) over the same windows:",
+            "",
+        ]
+        meter_rows = []
+        for step in metered:
+            frames, audio_kib = relay_rates(step)
+            cpu = step["cpu_share"].get("broker")
+            per_frame = cpu * 1e6 / frames if frames and cpu is not None else None
+            meter_rows.append(
+                [
+                    _num(step["sessions"]),
+                    _num(frames),
+                    _num(audio_kib),
+                    _num(per_frame),
+                ]
+            )
+        lines += _table(
+            ["sessions", "frames relayed/s", "audio KiB relayed/s", "broker µs per relayed frame"],
+            meter_rows,
+        )
     if r["ratios"]:
         lines += ["", "**Relay over floor**, at the same number of sessions:", ""]
         lines += _table(

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bench.trusted import PRESETS, ratios, talking_cycle
-from bench.trusted_report import TITLE, trusted_section
+from bench.trusted_report import TITLE, relay_rates, trusted_section
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -46,6 +46,9 @@ def test_both_paths_carry_audio_both_ways_without_errors(smoke_run: Path) -> Non
         # Every turn is answered (but those cut off by the end of the run).
         assert totals["errors"] == 0 and totals["responses"] >= totals["turns"] - step["sessions"]
     assert phases["relayed"]["broker_log_errors"] == 0
+    # The broker metered what it relayed: frames both ways, audio bytes both ways.
+    frames, audio_kib = relay_rates(phases["relayed"]["steps"][0])
+    assert frames and frames > 0 and audio_kib and audio_kib > 0
 
 
 def test_the_relay_is_compared_with_the_floor_and_the_section_renders(smoke_run: Path) -> None:
