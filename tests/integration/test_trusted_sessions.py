@@ -259,7 +259,10 @@ async def test_a_backend_runs_its_server_tool_and_hears_the_answer(broker: Runni
         assert metric(broker, "broker_trusted_relay_audio_bytes_total", direction="to_backend") > 0
     assert metric(broker, "broker_trusted_sessions_connected") == 1
     await backend.ws.close()
-    await until_ended(broker, session["id"])
+    ended = await until_ended(broker, session["id"])
+    # Usage is counted as for a call: the response that called the tool, and the answer.
+    assert ended["usage"]["responses"] == 2
+    assert ended["usage"]["total_tokens"] > 0
 
 
 async def test_a_browser_session_key_cannot_create_a_trusted_session(broker: RunningBroker) -> None:
