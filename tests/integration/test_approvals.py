@@ -14,12 +14,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from broker import app_state
 from broker.audit.signing import PublicKeys
 from broker.audit.verify import verify_records
+from broker.db.engine import create_engine, make_sessionmaker
+from broker.db.models import ToolCallStatus, ToolPath
+from broker.tools import approvals
+from broker.tools.dispatch import ToolDispatcher
 from broker.tools.executors import ToolContext
+from broker.tools.registry import load_registry
 from emulator import Call
 from tests.integration.test_audit_tool_calls import chained
 from tests.support.broker_server import ADMIN_KEY, AUDIT_SIGNER, BrokerFactory, RunningBroker
@@ -32,6 +38,7 @@ from tests.support.flow import (
     says,
     session_events,
 )
+from tests.support.rows import session_row
 from tests.support.servers import RunningEmulator
 from tests.support.tenants import make_team
 from tests.support.tool_backend import ToolBackend
@@ -378,3 +385,76 @@ async def test_an_approval_on_another_instance_is_carried_out_by_the_calls_owner
         assert (again.status, again.code) == (409, "approval_decided")
     finally:
         await browser.close()
+
+
+async def test_recovery_delivers_a_held_calls_pending_output_and_never_reruns_it(
+    sqlite_db_url: str, tmp_path: Path
+) -> None:
+    """At the dispatcher, as a restarted broker sees it: a held call is in the backlog's
+    undelivered outputs (its pending output), never among the calls to run; once delivered,
+    its echo is a known output. An approved call a restart found running ends failed
+    (``outcome_unknown``) and keeps its pending output: nothing new is sent for it."""
+    tools = tmp_path / "tools.toml"
+    tools.write_text(APPROVAL_TOOLS)
+    RAN.clear()
+    engine = create_engine(sqlite_db_url)
+    try:
+        sessionmaker = make_sessionmaker(engine)
+        async with sessionmaker.begin() as s:
+            s.add(session_row("sess_r", ["refund_order"], sideband_enabled=True))
+        async with httpx.AsyncClient() as http:
+            dispatcher = ToolDispatcher(sessionmaker, load_registry(tools, http))
+            for call_id in ("held", "approved"):
+                await dispatcher.record_seen(
+                    "sess_r",
+                    call_id,
+                    "refund_order",
+                    '{"order_id":"42"}',
+                    ToolPath.SIDEBAND,
+                    "resp",
+                    f"item_{call_id}",
+                )
+                outcome = await dispatcher.run(
+                    "sess_r",
+                    ["refund_order"],
+                    call_id,
+                    "refund_order",
+                    '{"order_id":"42"}',
+                    ToolPath.SIDEBAND,
+                )
+                assert (outcome.status, outcome.executed_now) == (ToolCallStatus.HELD, True)
+            seen, undelivered = await dispatcher.unfinished("sess_r")
+            assert seen == []
+            assert sorted(row.call_id for row in undelivered) == ["approved", "held"]
+            pending = {row.call_id: row.output for row in undelivered}
+            # "approved": its output delivered, then approved, and the broker died mid-run.
+            await dispatcher.mark_injected("sess_r", "approved")
+            async with sessionmaker.begin() as s:
+                assert await approvals.release_held(s, "sess_r", "approved") is not None
+            assert await dispatcher.recover_interrupted("sess_r") == [
+                ("approved", ToolCallStatus.FAILED)
+            ]
+            seen, undelivered = await dispatcher.unfinished("sess_r")
+            assert (seen, [row.call_id for row in undelivered]) == ([], ["held"])
+            row = await dispatcher.get_record("sess_r", "approved")
+            assert row is not None
+            assert (row.status, row.error, row.output) == (
+                "failed",
+                "outcome_unknown",
+                pending["approved"],
+            )
+            assert ("approved", pending["approved"]) in await dispatcher.answered_outputs("sess_r")
+            # A later report of the held call (a resync) answers it again, runs nothing.
+            again = await dispatcher.run(
+                "sess_r",
+                ["refund_order"],
+                "held",
+                "refund_order",
+                '{"order_id":"42"}',
+                ToolPath.SIDEBAND,
+            )
+            assert (again.status, again.executed_now) == (ToolCallStatus.HELD, False)
+            await dispatcher.drain()
+        assert RAN == []
+    finally:
+        await engine.dispose()
