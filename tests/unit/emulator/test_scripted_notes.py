@@ -11,7 +11,7 @@ def _system(text: str) -> dict[str, Any]:
     return {"type": "message", "role": "system", "content": [{"type": "input_text", "text": text}]}
 
 
-CALLED = [
+CALLED: list[dict[str, Any]] = [
     {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "refund 42"}]},
     {"type": "function_call", "call_id": "c1", "name": "refund_order", "arguments": "{}"},
     {"type": "function_call_output", "call_id": "c1", "output": '{"status":"pending_approval"}'},
