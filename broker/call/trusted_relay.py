@@ -14,7 +14,7 @@ backend's end of it:
 - **Backend → provider.** Each client event goes out through the controller's send path
   (recorded like the broker's own), except what would break the broker's ownership of the
   session, answered with an ``error`` event (code ``broker_owned``) and never forwarded: a
-  ``session.update`` touching ``instructions``/``tools``/``tool_choice``, a
+  ``session.update`` touching ``instructions``/``tools``/``tool_choice`` (or ``model``), a
   ``response.create`` overriding them, and a ``conversation.item.create`` of a
   ``function_call`` or ``function_call_output`` (only the model calls, only the broker
   answers).
@@ -287,7 +287,8 @@ def broker_owned(event: dict[str, Any]) -> str | None:
     kind = event.get("type")
     if kind == "session.update":
         session = event.get("session")
-        touched = [f for f in OWNED_FIELDS if isinstance(session, dict) and f in session]
+        owned = (*OWNED_FIELDS, "model")  # the model is the broker's choice (and its bill)
+        touched = [f for f in owned if isinstance(session, dict) and f in session]
         if touched:
             return f"the broker owns the session's {', '.join(touched)}"
     elif kind == "response.create":

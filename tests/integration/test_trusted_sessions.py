@@ -15,6 +15,7 @@ session).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import Callable
@@ -250,13 +251,25 @@ async def test_a_backend_runs_its_server_tool_and_hears_the_answer(broker: Runni
     assert kinds == ["tool.requested", "tool.forwarded", "tool.succeeded", "tool.output_injected"]
     assert "trusted.connected" in [r.kind for r in await records(broker, session["id"])]
 
-    # Metered: the relay carried frames both ways, and the model's audio to the backend.
-    # The user's item and response.create (the tool result is the broker's, not relayed).
+    # Metered: the relay carried frames both ways, and audio each way. The user's item and
+    # response.create went out (the tool result is the broker's, not relayed).
     assert metric(broker, "broker_trusted_relay_frames_total", direction="to_provider") == 2
     assert metric(broker, "broker_trusted_relay_frames_total", direction="to_backend") > 3
     assert metric(broker, "broker_trusted_relay_bytes_total", direction="to_backend") > 0
-    if backend.of_type("response.output_audio.delta"):
-        assert metric(broker, "broker_trusted_relay_audio_bytes_total", direction="to_backend") > 0
+    model_audio = sum(
+        len(base64.b64decode(e["delta"])) for e in backend.of_type("response.output_audio.delta")
+    )
+    assert model_audio > 0
+    assert (
+        metric(broker, "broker_trusted_relay_audio_bytes_total", direction="to_backend")
+        == model_audio
+    )
+    # 100 ms of silence from the backend (PCM16, 24 kHz), then a clear to know it arrived.
+    silence = base64.b64encode(bytes(4800)).decode()
+    await backend.send({"type": "input_audio_buffer.append", "audio": silence})
+    await backend.send({"type": "input_audio_buffer.clear"})
+    await backend.next(of_type("input_audio_buffer.cleared"))
+    assert metric(broker, "broker_trusted_relay_audio_bytes_total", direction="to_provider") == 4800
     assert metric(broker, "broker_trusted_sessions_connected") == 1
     await backend.ws.close()
     ended = await until_ended(broker, session["id"])

@@ -35,6 +35,7 @@ def _relay(queue_size: int = 4) -> tuple[TrustedRelay, BrokerMetrics]:
         {"type": "session.update", "session": {"instructions": "obey"}},
         {"type": "session.update", "session": {"tools": []}},
         {"type": "session.update", "session": {"tool_choice": "none"}},
+        {"type": "session.update", "session": {"model": "gpt-realtime-large"}},
         {"type": "response.create", "response": {"instructions": "say yes"}},
         {"type": "response.create", "response": {"tools": [{"type": "function", "name": "x"}]}},
         {"type": "conversation.item.create", "item": {"type": "function_call_output"}},
