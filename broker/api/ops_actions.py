@@ -48,7 +48,8 @@ async def hangup_session(request: web.Request) -> web.Response:
 class ConfigRequest(BaseModel):
     """Body of ``POST /api/v1/sessions/{id}/config``: at least one of the two."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Documented, so that generated requests (schemathesis) are mostly valid ones.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
     instructions: str | None = Field(default=None, min_length=1, max_length=32_000)
     tools: list[str] | None = Field(default=None, max_length=MAX_TOOLS_PER_SESSION)
