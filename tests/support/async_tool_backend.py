@@ -12,6 +12,9 @@ Tools (``POST /async/{tool}``, arguments ``{"report_id": …}``):
   POSTed to the request's ``X-Callback-URL``, signed with the tool secret (``Webhook-Id`` =
   the callback id), as docs/tool-webhooks.md tells a backend to.
 * ``stuck_report``: ``202`` + a status URL that never finishes.
+* ``json_report``: as ``slow_report``, the status URL in a JSON body ``{"status_url": …}``.
+* ``failing_report``: as ``slow_report``, but the job's status URL answers ``503``.
+* ``elsewhere_report``: ``202`` + a ``Location`` on another origin (never polled).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class AsyncToolBackend:
     callback_origin: str | None = None
     """Post callbacks here instead of the URL's own origin (another broker instance)."""
     _jobs: dict[str, tuple[float, str]] = field(default_factory=dict)
+    _failing: set[str] = field(default_factory=set)
     _ids: Any = field(default_factory=itertools.count)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _runner: web.AppRunner | None = None
@@ -88,17 +92,23 @@ class AsyncToolBackend:
         if tool == "quick_report":
             return web.Response(text=output, content_type="application/json")
         if tool == "callback_report":
-            task = asyncio.create_task(
-                self._call_back(request.headers["X-Callback-URL"], output.encode())
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            callback_url = request.headers.get("X-Callback-URL")
+            if callback_url is not None:  # none offered: nobody hears of the result
+                task = asyncio.create_task(self._call_back(callback_url, output.encode()))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             return web.Response(status=202)
+        if tool == "elsewhere_report":
+            return web.Response(status=202, headers={"Location": "http://127.0.0.2:9/jobs/1"})
         job = f"job{next(self._ids)}"
         ready = time.monotonic() + (
             WORK_MAX_S * 10 if tool == "stuck_report" else self.work_seconds
         )
         self._jobs[job] = (ready, output)
+        if tool == "failing_report":
+            self._failing.add(job)
+        if tool == "json_report":
+            return web.json_response({"status_url": f"/async/jobs/{job}"}, status=202)
         return web.Response(status=202, headers={"Location": f"/async/jobs/{job}"})
 
     async def _poll(self, request: web.Request) -> web.Response:
@@ -108,6 +118,8 @@ class AsyncToolBackend:
         )
         if not verified:
             return web.json_response({"error": "bad signature"}, status=401)
+        if request.match_info["job"] in self._failing:
+            return web.json_response({"error": "worker crashed"}, status=503)
         job = self._jobs.get(request.match_info["job"])
         if job is None:
             return web.json_response({"error": "no such job"}, status=404)
@@ -146,7 +158,7 @@ class AsyncToolBackend:
             await self._runner.cleanup()
 
     def config_toml(self, ack_after_ms: int = 1000) -> str:
-        """The four tools (signed with :data:`TOOL_SECRET`); ``stuck_report`` times out in 2 s."""
+        """The tools (signed with :data:`TOOL_SECRET`); ``stuck_report`` times out in 2 s."""
         return "".join(
             f"""
 [tools.{name}]
@@ -166,5 +178,8 @@ properties.report_id = {{ type = "string" }}
                 ("slow_report", 10),
                 ("callback_report", 10),
                 ("stuck_report", 2),
+                ("json_report", 10),
+                ("failing_report", 10),
+                ("elsewhere_report", 10),
             )
         )
