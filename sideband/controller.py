@@ -325,6 +325,8 @@ class CallController:
         finally:
             if self._config is not None:
                 self._config.detached()
+            # Acknowledgements are the socket's: none waits on an answer it will not bring.
+            self._acks.connection_lost()
         await conn.close()
         return conn.close_code, None
 

@@ -240,3 +240,16 @@ async def test_an_acknowledgement_the_provider_never_starts_holds_nothing_back(
     assert kinds(conn) == ["ack", "output", "response.create"]
     await stop(conn, task)
     assert tools.acknowledged_calls == []
+
+
+async def test_a_closing_sideband_waits_for_no_acknowledgement() -> None:
+    """Our request is pending when the socket closes: the controller ends at once (its
+    tool still finishing), not after the start timeout."""
+    tools = AckingTools()
+    conn, task, _ = await start(tools)
+    model_calls(conn)
+    await conn.wait_sent(1)
+    tools.release.set()
+    conn.inbox.put_nowait(None)
+    async with asyncio.timeout(1):  # well under ACK_START_TIMEOUT_S
+        await task
