@@ -106,6 +106,9 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _shutting_down(app: web.Application) -> None:
     app[app_state.SHUTTING_DOWN].set()
+    if app_state.SESSIONS in app:
+        # Trusted sessions' backends hold sockets open: their sessions end now.
+        await app[app_state.SESSIONS].trusted.close()
     if app_state.EVENT_LOG in app:
         # Event streams sleep until their session's log changes: wake them to see the flag.
         app[app_state.EVENT_LOG].wakeups.notify_all()

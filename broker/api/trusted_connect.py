@@ -19,6 +19,9 @@ from broker.call.trusted_relay import MAX_BACKEND_FRAME
 from broker.errors import BadRequestError, ForbiddenError, UnauthorizedError
 
 HEARTBEAT_S = 20.0
+CLOSE_TIMEOUT_S = 2.0
+"""How long closing waits for the backend's close frame (a backend that stopped reading must
+not hold a shutdown up)."""
 
 
 async def connect(request: web.Request) -> web.StreamResponse:
@@ -39,7 +42,9 @@ async def connect(request: web.Request) -> web.StreamResponse:
     except ForbiddenError as exc:
         # Another session's token is as good as none here.
         raise UnauthorizedError(exc.code, "the connect token is for another session") from None
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_BACKEND_FRAME)
+    ws = web.WebSocketResponse(
+        heartbeat=HEARTBEAT_S, max_msg_size=MAX_BACKEND_FRAME, timeout=CLOSE_TIMEOUT_S
+    )
     if not ws.can_prepare(request).ok:
         raise BadRequestError("websocket_required", "this route is a WebSocket upgrade")
     trusted = request.app[app_state.SESSIONS].trusted

@@ -170,6 +170,8 @@ class TrustedConnects:
         self._writes = writes
         self._ownership = ownership
         self._quotas = quotas
+        self._live: dict[str, tuple[str, asyncio.Event]] = {}
+        """Sessions whose backend is connected here: their call id, set once relayed out."""
 
     async def open(self, token: BrowserPrincipal) -> Opened:
         """Spend the connect token, open the provider's session and configure it.
@@ -289,6 +291,8 @@ class TrustedConnects:
                 row.id, opened.call_id, [*row.tools, *tools.own], opened.config, link
             )
         call = self._supervisor.task_of(row.id)
+        relayed = asyncio.Event()
+        self._live[row.id] = (opened.call_id, relayed)
         self._metrics.trusted.connected(1)
         writer = asyncio.create_task(relay.write(), name=f"trusted-writer:{row.id}")
         reader = asyncio.create_task(relay.read(), name=f"trusted-reader:{row.id}")
@@ -309,12 +313,34 @@ class TrustedConnects:
             relay.finish()
             await asyncio.wait({writer}, timeout=WRITER_FLUSH_S)
         finally:
+            self._live.pop(row.id, None)
+            relayed.set()
             self._metrics.trusted.connected(-1)
             for task in (writer, reader):
                 task.cancel()
             await asyncio.gather(writer, reader, return_exceptions=True)
             await ws.close(code=1008 if relay.too_slow else 1000, message=why.encode()[:120])
             await self._writes.run(self._disconnected(row.id, why), "trusted-disconnected")
+
+    async def close(self, wait: float = CALL_END_WAIT_S) -> None:
+        """The broker is stopping: end every trusted session connected here.
+
+        And wait (up to ``wait`` s) for their sockets to close. Called as the app shuts down,
+        before the server waits for its handlers: a backend's socket is a handler that would
+        otherwise hold the shutdown up until it is cancelled.
+        """
+        live = list(self._live.items())
+        if live:
+            logger.info("ending %d trusted session(s): the broker is stopping", len(live))
+        for session_id, (call_id, _) in live:
+            try:
+                await self._supervisor.end_call(session_id, call_id, EndReason.BROKER_STOPPED)
+            except KeyError:
+                continue  # its call already ended: its relay is closing
+        if live:
+            await asyncio.wait(
+                [asyncio.ensure_future(done.wait()) for _, (_, done) in live], timeout=wait
+            )
 
     async def _end_call(
         self, session_id: str, call_id: str, call: asyncio.Task[None], too_slow: bool

@@ -592,3 +592,17 @@ async def test_a_server_tool_round_trip_on_postgres(
     kinds = [r.kind for r in await records(broker, session["id"])]
     assert kinds.count("tool.forwarded") == 1
     assert "trusted.disconnected" in kinds
+
+
+async def test_a_broker_stopping_ends_its_trusted_sessions(make_broker: BrokerFactory) -> None:
+    """No other instance can take a backend's socket over: the session ends with the broker."""
+    broker = await make_broker()
+    session = await created(broker)
+    backend = await connect(broker, session)
+    await backend.next(of_type("session.updated"))
+    await broker.close()
+    closing = await backend.closed()
+    assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    reopened = await make_broker()
+    detail = await reopened.get_session(session["id"])
+    assert (detail["state"], detail["end_reason"]) == ("ended", "broker_stopped")
