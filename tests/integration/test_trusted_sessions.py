@@ -344,6 +344,34 @@ async def test_an_undeclared_tool_is_refused_and_never_reaches_the_backend(
     await backend.ws.close()
 
 
+async def test_a_server_tools_arguments_are_checked_against_its_schema(
+    broker: RunningBroker,
+) -> None:
+    """Arguments that fail the server tool's schema are denied in the broker: the backend is
+    never asked."""
+    counted = {
+        "name": "reserve",
+        "parameters": {
+            "type": "object",
+            "required": ["quantity"],
+            "properties": {"quantity": {"type": "integer", "minimum": 1}},
+        },
+    }
+    session = await created(broker, server_tools=[counted])
+    backend = await connect(broker, session)
+    await backend.next(of_type("session.updated"))
+    await backend.say("reserve many")
+
+    def denial_read_out(event: Event) -> bool:
+        return event.get("type") == "response.done" and "arguments_invalid" in answer_text(event)
+
+    await backend.next(denial_read_out)
+    assert backend.of_type("broker.tool_call") == []
+    [row] = (await session_row(broker, session["id"]))["tool_calls"]
+    assert (row["tool"], row["status"], row["error"]) == ("reserve", "denied", "arguments_invalid")
+    await backend.ws.close()
+
+
 async def test_a_registry_tool_of_the_session_runs_in_the_broker(
     broker: RunningBroker, tool_backend: ToolBackend
 ) -> None:
