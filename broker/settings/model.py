@@ -115,7 +115,8 @@ class Settings(BaseSettings):
         None,
         description="the broker's absolute public base URL (`https://broker.example.com`, an"
         " optional path prefix; no query or fragment): the create response's `offer_url`,"
-        " `bridge_url` and `end_url` start with it, since pages on other origins call them",
+        " `bridge_url` and `end_url` start with it, since pages on other origins call them;"
+        " so do the callback URLs of `http_async` tools (none are offered without it)",
         json_schema_extra=_shown_default(
             "for development: `http://` and the address and port the request reached"
         ),
