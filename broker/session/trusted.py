@@ -305,7 +305,13 @@ class TrustedConnects:
                     self._sessionmaker, self._metrics, row.id, EndReason.BROKER_STOPPED
                 )
             else:
-                await asyncio.wait({call, reader}, return_when=asyncio.FIRST_COMPLETED)
+                # The backend is gone when its socket closed (the reader ends) or when it can
+                # be sent nothing more (too slow, or a failed send) while it still sends.
+                gone = asyncio.ensure_future(relay.gone.wait())
+                try:
+                    await asyncio.wait({call, reader, gone}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    gone.cancel()
                 if not call.done():
                     why = "backend_too_slow" if relay.too_slow else "backend_closed"
                     await self._end_call(row.id, opened.call_id, call, relay.too_slow)
