@@ -574,6 +574,19 @@ async def test_an_operators_hangup_closes_both_sockets(
     assert metric(broker, "broker_trusted_sessions_connected") == 0
 
 
+async def test_the_leash_ends_a_trusted_session_and_closes_its_backends_socket(
+    broker: RunningBroker,
+) -> None:
+    """A limit of the session (here its idle timeout) ends it as any call: both sockets close."""
+    session = await created(broker, limits={"idle_timeout_s": 1})
+    backend = await connect(broker, session)
+    await backend.next(of_type("session.updated"))
+    closing = await backend.closed()
+    assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    detail = await until_ended(broker, session["id"])
+    assert detail["end_reason"] == "idle_timeout"
+
+
 async def test_the_backends_disconnect_ends_the_session(broker: RunningBroker) -> None:
     session = await created(broker)
     backend = await connect(broker, session)
