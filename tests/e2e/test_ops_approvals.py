@@ -63,3 +63,25 @@ async def test_an_operator_approves_a_held_tool_call_from_the_dashboard(
         assert_no_page_errors(page)
     finally:
         await browser.close()
+
+
+async def test_a_watch_only_key_sees_the_approval_but_may_not_decide_it(
+    gated: RunningBroker, emulator: RunningEmulator, page: Any
+) -> None:
+    broker = gated
+    key = await broker.new_key("monitor:read", name="ops watcher")
+    _, browser, approval = await gate.held_call(broker)
+    try:
+        await sign_in(page, broker, key)
+        row = await wait_visible(page, f'#approvals tr[data-approval-id="{approval["id"]}"]')
+        await row.locator("button.deny").click()
+        banner = await wait_visible(page, '#approval-error[data-code="insufficient_scope"]')
+        assert "may not do that" in (await banner.text_content() or "")
+        # Still pending, and still listed with its buttons usable again.
+        got = await broker.request("GET", f"/api/v1/approvals/{approval['id']}")
+        assert got.json()["status"] == "pending"
+        assert await row.locator("button.deny").is_enabled()
+        assert gate.RAN == []
+        assert_no_page_errors(page)
+    finally:
+        await browser.close()
