@@ -647,3 +647,15 @@ async def test_a_broker_stopping_ends_its_trusted_sessions(make_broker: BrokerFa
     reopened = await make_broker()
     detail = await reopened.get_session(session["id"])
     assert (detail["state"], detail["end_reason"]) == ("ended", "broker_stopped")
+
+
+async def test_a_provider_without_websocket_sessions_refuses_them(
+    make_broker: BrokerFactory,
+) -> None:
+    """Azure serves no WebSocket sessions: the create says so, before anything is stored."""
+    broker = await make_broker(
+        provider="azure", provider_base_url="https://example.openai.azure.com"
+    )
+    reply = await create(broker, await trusted_key(broker))
+    assert (reply.status, reply.code) == (422, "provider_lacks_capability")
+    assert reply.json()["capability"] == "websocket_sessions"
