@@ -193,21 +193,28 @@ async def test_approval_runs_the_tool_once_and_the_model_quotes_its_result(
             session["id"],
             "tool.requested",
             "approval.requested",
+            "tool.output_injected",
             "approval.approved",
             "tool.succeeded",
         )
-        kinds = [r.kind for r in records]
-        assert kinds == [
+        # The pending output is the call's one output: injected once (recorded by a task of
+        # its own when the echo comes, so its place among the others is not fixed).
+        assert [r.kind for r in records].count("tool.output_injected") == 1
+        records = [r for r in records if r.kind != "tool.output_injected"]
+        assert [r.kind for r in records] == [
             "tool.requested",
             "approval.requested",
             "approval.approved",
             "tool.succeeded",
         ]
+        assert records[1].actor == "sideband"
         assert records[2].actor.startswith("key:")
         assert records[3].body["output"]["refund"] == "r-7781"
         detail = await broker.get_session(session["id"])
         [ran] = detail["tool_calls"]
         assert ran["status"] == "succeeded"
+        assert ran["injected_at"] is not None
+        assert json.loads(ran["output"])["status"] == "pending_approval"
     finally:
         await browser.close()
 
