@@ -56,7 +56,7 @@ from sideband.errors import (
     SidebandError,
 )
 from sideband.lookups import Lookups
-from sideband.notes import new_note_id, note_item_create
+from sideband.notes import Notes
 from sideband.page_watch import PageWatch
 from sideband.responder import Responder
 from sideband.resync import Resync
@@ -159,6 +159,9 @@ class CallController:
         self._answers = AnswerLedger()
         self._page = PageWatch(page or PagePolicy(), wiring)
         self._lookups = Lookups(wiring)
+        self._notes = Notes(
+            wiring, ours=self._note_is_ours, sent=self._answers.note_sent, respond=self._respond
+        )
         # Long calls are acknowledged out of band (sideband/acks.py) if the broker plans it.
         acknowledging = tools if isinstance(tools, Acknowledging) else None
         self._acks = Acks(
@@ -304,6 +307,7 @@ class CallController:
             if self._config is not None:
                 await self._config.attached()
             await self._page.redelete()
+            await self._notes.resend()
             if kind != "attach" or late:
                 if late:
                     logger.info(
@@ -453,18 +457,12 @@ class CallController:
     async def inject_note(self, text: str) -> bool:
         """Add a system message of the broker's, then ask for a response; whether it was sent.
 
-        Its id is registered as ours before the send (:mod:`sideband.notes`).
+        Its id is registered as ours before the send (:mod:`sideband.notes`). Not sent now
+        (the sideband is away): kept for the next connection, unless the controller stops.
         """
-        if self._conn is None or self._stopping:
+        if self._stopping:
             return False
-        item_id = new_note_id()
-        self._page.ours(item_id)
-        self._lookups.known_items.add(item_id)
-        if not await self._send(note_item_create(item_id, text)):
-            return False
-        self._answers.note_sent(item_id)
-        await self._respond()
-        return True
+        return await self._notes.add(text, connected=self._conn is not None)
 
     async def send_client_event(self, event: dict[str, Any]) -> bool:
         """Send a client event someone else wrote (a trusted backend's, relayed).
@@ -475,6 +473,10 @@ class CallController:
         if self._conn is None or self._stopping:
             return False
         return await self._send(event)
+
+    def _note_is_ours(self, item_id: str) -> None:
+        self._page.ours(item_id)
+        self._lookups.known_items.add(item_id)
 
     def condemn(self) -> None:
         """The call is being ended: from now on no tool call is executed (it is abandoned)."""

@@ -76,7 +76,8 @@ class ApprovalDecision(BaseModel):
     """An approved call's tool output, as the audit trail shows it (redacted fields hashed)."""
     injected: bool
     """The decision went to the model on the call's sideband (a system message naming the
-    call id, then ``response.create``); ``false``: the sideband was lost meanwhile."""
+    call id, then ``response.create``); ``false``: the sideband is away (reconnecting) and the
+    note waits for its next connection, or the call is ending."""
 
 
 def _record(row: Row[Any]) -> ApprovalRecord:

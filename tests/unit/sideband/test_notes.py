@@ -118,3 +118,23 @@ async def test_no_note_without_a_sideband() -> None:
 
     controller = CallController("rtc_test", never, RecordingTools(), Observer())
     assert await controller.inject_note("anything") is False
+
+
+async def test_a_note_the_sideband_cannot_take_now_goes_out_on_the_next_connection() -> None:
+    conn = QueueConnection()
+
+    async def connect() -> Any:
+        return conn
+
+    controller = CallController("rtc_test", connect, RecordingTools(), Observer())
+    # Not attached yet (as while reconnecting): kept, not lost.
+    assert await controller.inject_note("Approval decision for call c (t): expired.") is False
+    task = asyncio.create_task(controller.run())
+    await conn.wait_sent(2)
+    create, respond = conn.sent[:2]
+    assert create["type"] == "conversation.item.create"
+    assert create["item"]["content"][0]["text"] == "Approval decision for call c (t): expired."
+    assert respond["type"] == "response.create"
+    conn.inbox.put_nowait(None)
+    await asyncio.wait_for(task, 5)
+    assert len(conn.sent) == 2
