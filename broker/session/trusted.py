@@ -314,11 +314,17 @@ class TrustedConnects:
                     gone.cancel()
                 if not call.done():
                     why = "backend_too_slow" if relay.too_slow else "backend_closed"
-                    await self._end_call(row.id, opened.call_id, call, relay.too_slow)
+                    await self._end_call(row.id, opened.call_id, call, too_slow=relay.too_slow)
             # What the call said last still goes out, briefly; then the backend's socket shuts.
             relay.finish()
             await asyncio.wait({writer}, timeout=WRITER_FLUSH_S)
         finally:
+            if call is not None and not call.done():
+                # This handler was cancelled (a shutdown past its bound): the call must not
+                # outlive the backend's socket.
+                await self._writes.run(
+                    self._end_call(row.id, opened.call_id, call, too_slow=False), "trusted-end"
+                )
             self._live.pop(row.id, None)
             relayed.set()
             self._metrics.trusted.connected(-1)
@@ -349,7 +355,7 @@ class TrustedConnects:
             )
 
     async def _end_call(
-        self, session_id: str, call_id: str, call: asyncio.Task[None], too_slow: bool
+        self, session_id: str, call_id: str, call: asyncio.Task[None], *, too_slow: bool
     ) -> None:
         """The backend went: end the call (the provider socket closes) and wait for it."""
         reason = EndReason.BACKEND_TOO_SLOW if too_slow else EndReason.BACKEND_CLOSED
