@@ -488,6 +488,13 @@ async def run_phase(
                 step["setup_error_samples"] = failures[:3]
                 steps.append(step)
                 busiest = max(step["cpu_share"].values())
+                lost = step["closed_early"] + step["errors"]
+                if lost > options.max_setup_error_share * count:
+                    stopped_by = (
+                        f"sessions failing at {count} sessions ({step['closed_early']} sockets "
+                        f"closed by the far end, {step['errors']} error events)"
+                    )
+                    break
                 if busiest >= options.saturated_cpu:
                     step["saturated"] = True
                     stopped_by = f"saturation at {count} sessions ({busiest:.0%} of a core)"
@@ -628,7 +635,9 @@ async def relayed_phase(
                 )
             finally:
                 await api.close()
-            phase["broker_log_errors"] = _log_errors(broker)
+            counts = _log_counts(broker)
+            phase["broker_log_errors"] = counts["errors"]
+            phase["broker_leases_lost"] = counts["leases_lost"]
             return phase
         finally:
             phase_exit = await broker.stop()
@@ -636,12 +645,22 @@ async def relayed_phase(
                 raise RuntimeError(f"the broker exited {phase_exit}:\n{broker.log_tail()}")
 
 
-def _log_errors(broker: BrokerProcess) -> int:
+def _log_counts(broker: BrokerProcess) -> dict[str, int]:
+    """Error lines in the broker's log (JSON or text), and the calls it let go."""
     try:
         text = broker.log.read_text(errors="replace")
     except OSError:
-        return 0
-    return sum(1 for line in text.splitlines() if " ERROR " in line or "Traceback" in line)
+        return {"errors": 0, "leases_lost": 0}
+    lines = text.splitlines()
+    return {
+        "errors": sum(
+            1
+            for line in lines
+            if '"level": "error"' in line or " ERROR " in line or "Traceback" in line
+        ),
+        # The call's lease was not renewed in time: the broker stopped relaying it.
+        "leases_lost": sum(1 for line in lines if "lease not renewed in time" in line),
+    }
 
 
 async def run(options: Options, ctx: BenchContext) -> dict[str, Any]:

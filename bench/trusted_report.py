@@ -87,7 +87,8 @@ def trusted_section(payload: Mapping[str, Any]) -> list[str]:
         "per relayed audio event over the backends' own in the direct phase (a client that "
         "encodes every append and parses every event: the least an endpoint pays); *system "
         "over direct*: every process's CPU per audio event, relayed over direct. "
-        f"Machine: {where}.",
+        f"Machine: {where}; load average at the start "
+        f"{payload['machine']['load_average_at_start']} (other work shared the machine).",
         "",
     ]
     rows = []
@@ -196,6 +197,11 @@ def trusted_section(payload: Mapping[str, Any]) -> list[str]:
         )
         if "broker_log_errors" in phase:
             line += f", broker log errors {phase['broker_log_errors']}"
+        if phase.get("broker_leases_lost"):
+            line += (
+                f", calls the broker let go for want of a lease renewal "
+                f"{phase['broker_leases_lost']}"
+            )
         lines.append(line + ".")
     lines.append("")
     return lines
