@@ -19,6 +19,7 @@ from openai import AsyncOpenAI
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
 
 from emulator import EmulatorSettings
+from emulator.model import ACK_TEXT
 from emulator.sessions import RealtimeSession
 from sideband.azure import ApiKeyCredential, AzureOpenAIProvider
 from sideband.errors import ProviderCapabilityError, ProviderError
@@ -456,3 +457,38 @@ async def test_the_providers_session_target_dials_a_session(
         assert isinstance(info.value, ProviderCapabilityError)
         assert info.value.capability == "websocket_sessions"
         assert "websocket_sessions" in str(info.value)
+
+
+async def test_an_out_of_band_acknowledgement_in_a_session_speaks_as_audio_deltas(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Out of band in a WebSocket session: the acknowledgement's audio and transcript stream
+    as events, with a null conversation id, and the conversation stays as it was."""
+    emulator = await start_emulator(EmulatorSettings(api_key=PROVIDER_KEY, speech="tone"))
+    probe = await open_session(http, emulator)
+    try:
+        await probe.wait_for("session.created")
+        await say(probe, "hello")
+        await probe.wait_for("conversation.item.done")
+        await probe.send(
+            {
+                "type": "response.create",
+                "response": {
+                    "conversation": "none",
+                    "instructions": "Say you are on it.",
+                    "metadata": {"broker": "ack"},
+                },
+            }
+        )
+        done = await probe.wait_for("response.done", timeout=10)
+        assert done["response"]["conversation_id"] is None
+        assert done["response"]["metadata"] == {"broker": "ack"}
+        transcript = await probe.wait_for("response.output_audio_transcript.done")
+        assert transcript["transcript"] == ACK_TEXT
+        assert decoded_audio(probe.events, done["response"]["id"]).size > 0
+        session = session_of(emulator, probe)
+        assert [item["role"] for item in session.conversation] == ["user"]
+    finally:
+        await probe.close()
+        await emulator.close()
+    assert_conformant(emulator)
