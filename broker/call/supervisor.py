@@ -36,6 +36,7 @@ from broker.call.leash import Leash, LeashTerms
 from broker.call.observer import SessionObserver
 from broker.call.ownership import StandbyConnection, may_act_now
 from broker.call.tamper_policy import TamperResponder
+from broker.call.trusted_dial import Preamble, ProviderSocket, configure
 from broker.call.trusted_relay import TrustedLink
 from broker.db import queries
 from broker.db.fence import LeaseLostError
@@ -193,13 +194,20 @@ class SidebandSupervisor:
         self._trusted[session_id] = link
         self.start(session_id, call_id, allowed_tools, session_config)
 
-    async def dial_trusted(self, session_id: str, model: str, call_id: str) -> SidebandConnection:
-        """Open the provider's WebSocket session of a trusted session (``/v1/realtime?model=…``).
+    async def dial_trusted(
+        self, session_id: str, model: str, call_id: str, config: Mapping[str, Any]
+    ) -> tuple[ProviderSocket, Preamble]:
+        """Open a trusted session's provider WebSocket session and hand it ``config``.
+
+        Returns the socket (``/v1/realtime?model=…``) and the frames until the provider
+        answered the server-owned config.
 
         Raises:
-            SidebandError: it could not be opened within the attach bound.
+            SidebandError: it could not be opened within the attach bound, or the provider
+                refused the config (the socket is closed).
+            TimeoutError: no answer to the config in time (the socket is closed).
         """
-        return await _attach(
+        connection = await _attach(
             session_id,
             self._http,
             self._provider.session_target(model),
@@ -207,6 +215,11 @@ class SidebandSupervisor:
             "trusted",
             attach_timeout=self._attach_timeout,
         )
+        try:
+            return connection, await configure(connection, config)
+        except BaseException:
+            await connection.close()
+            raise
 
     def task_of(self, session_id: str) -> asyncio.Task[None] | None:
         """The task supervising the session's call, while it runs."""

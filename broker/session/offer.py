@@ -71,11 +71,11 @@ def provider_session_config(registry: ToolRegistry, row: SessionRow) -> dict[str
     }
 
 
-async def _secret_spent(s: AsyncSession, jti: str) -> bool:
+async def secret_spent(s: AsyncSession, jti: str) -> bool:
     return await s.get(UsedClientSecret, jti) is not None
 
 
-async def _spend_secret(s: AsyncSession, browser: BrowserPrincipal, *, prune: bool) -> bool:
+async def spend_secret(s: AsyncSession, browser: BrowserPrincipal, *, prune: bool) -> bool:
     """Record the offer's client secret as used; ``False`` if it already was (a replay).
 
     ON CONFLICT DO NOTHING: two offers racing with one token must not turn into an
@@ -195,7 +195,7 @@ class Offers:
         # One read for both (an offer's latency is mostly round trips to the database); the
         # replay check still comes first, whatever the SDP or the session's state.
         async with self._sessionmaker() as s:
-            replayed = await _secret_spent(s, browser.token_id)
+            replayed = await secret_spent(s, browser.token_id)
             row = None if replayed else await queries.get_session_row(s, session_id)
         if replayed:
             raise _replayed(session_id)
@@ -208,7 +208,7 @@ class Offers:
         prune = self._prune_due()
         async with self._sessionmaker.begin() as s:
             # Raising inside the block rolls the spend back with the failed claim.
-            if not await _spend_secret(s, browser, prune=prune):
+            if not await spend_secret(s, browser, prune=prune):
                 raise _replayed(session_id)
             claimed = await queries.transition_session(
                 s,

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -34,6 +33,7 @@ from broker.auth.principals import BrowserPrincipal
 from broker.auth.quotas import QuotaGuard
 from broker.call.ownership import CallOwnership, acting_for
 from broker.call.supervisor import SidebandSupervisor
+from broker.call.trusted_dial import Preamble, ProviderSocket
 from broker.call.trusted_relay import ServerToolExecutor, TrustedLink, TrustedRelay
 from broker.db import queries
 from broker.db.fence import LeaseLostError, fenced
@@ -50,7 +50,7 @@ from broker.errors import (
 from broker.metrics import BrokerMetrics
 from broker.session.end_reason import EndReason
 from broker.session.ending import end_session
-from broker.session.offer import _secret_spent, _spend_secret, provider_session_config
+from broker.session.offer import provider_session_config, secret_spent, spend_secret
 from broker.settings import Settings
 from broker.tools.registry import ToolConfigError, ToolRegistry, parameters_validator
 from broker.tools.server_tools import (
@@ -59,12 +59,10 @@ from broker.tools.server_tools import (
     server_tool_specs,
 )
 from sideband import (
-    Direction,
     Provider,
     ProviderError,
     ProviderTimeoutError,
     ProviderUnreachableError,
-    SidebandConnection,
     SidebandError,
 )
 
@@ -72,8 +70,6 @@ logger = logging.getLogger(__name__)
 
 SERVICE_ID_PATTERN: Final = r"^[A-Za-z0-9._:-]+$"
 TOOL_NAME_PATTERN: Final = r"^[a-zA-Z0-9_-]{1,64}$"
-HANDSHAKE_TIMEOUT_S: Final = 10.0
-"""How long the provider's WebSocket session has to answer the broker's config."""
 WRITER_FLUSH_S: Final = 2.0
 """How long the events queued for the backend may take to go out once the call ended."""
 CALL_END_WAIT_S: Final = 15.0
@@ -141,9 +137,9 @@ class Opened:
 
     row: SessionRow
     call_id: str
-    connection: SidebandConnection
+    connection: ProviderSocket
     config: dict[str, Any]
-    preamble: list[tuple[Direction, dict[str, Any]]]
+    preamble: Preamble
     lease_token: int
     granted_at: float
 
@@ -190,7 +186,7 @@ class TrustedConnects:
         if self._supervisor.stopping:
             raise UnavailableError("shutting_down", "this broker is shutting down; retry")
         async with self._sessionmaker() as s:
-            replayed = await _secret_spent(s, token.token_id)
+            replayed = await secret_spent(s, token.token_id)
             row = None if replayed else await queries.get_session_row(s, session_id)
         if replayed:
             logger.warning("connect token replayed session_id=%s", session_id)
@@ -200,7 +196,7 @@ class TrustedConnects:
         _check_connectable(row)
         await self._quotas.check_live(row.owner_key_id, row.tenant_id)
         async with self._sessionmaker.begin() as s:
-            if not await _spend_secret(s, token, prune=False):
+            if not await spend_secret(s, token, prune=False):
                 raise UnauthorizedError("token_replayed", "this connect token was already used")
             claimed = await queries.transition_session(
                 s,
@@ -214,8 +210,9 @@ class TrustedConnects:
         call_id = CALL_ID_PREFIX + secrets.token_hex(12)
         config = trusted_session_config(self._registry, row)
         try:
-            connection = await self._supervisor.dial_trusted(session_id, row.model, call_id)
-            preamble = await _configure(connection, config)
+            connection, preamble = await self._supervisor.dial_trusted(
+                session_id, row.model, call_id, config
+            )
         except (SidebandError, TimeoutError) as exc:
             detail = _dial_failure(exc)
             logger.warning("trusted session not opened session_id=%s: %s", session_id, detail)
@@ -407,37 +404,6 @@ def _check_connectable(row: SessionRow) -> None:
         raise ConflictError(
             "session_already_connected", "the session is already connected", state=row.state
         )
-
-
-async def _configure(
-    connection: SidebandConnection, config: Mapping[str, Any]
-) -> list[tuple[Direction, dict[str, Any]]]:
-    """Send the server-owned config on a new provider session; the frames until its answer.
-
-    Raises:
-        TimeoutError: no ``session.updated`` within :data:`HANDSHAKE_TIMEOUT_S`.
-        ProviderError: the provider refused the config (an ``error`` event) or closed.
-    """
-    update: dict[str, Any] = {
-        "type": "session.update",
-        "event_id": "event_broker_" + secrets.token_hex(8),
-        "session": dict(config),
-    }
-    await connection.send(update)
-    preamble: list[tuple[Direction, dict[str, Any]]] = [("out", update)]
-    async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-        async for frame in connection.frames():
-            preamble.append(("in", frame))
-            if frame.get("type") == "session.updated":
-                return preamble
-            if frame.get("type") == "error":
-                code = (
-                    frame.get("error", {}).get("code")
-                    if isinstance(frame.get("error"), dict)
-                    else None
-                )
-                raise ProviderError(400, code if isinstance(code, str) else None, "session_update")
-    raise ProviderError(502, None, "session_update")
 
 
 def _dial_failure(exc: BaseException) -> str:
