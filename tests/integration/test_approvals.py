@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from broker import app_state
+from broker.api.approvals import ApprovalDecision, ApprovalList, ApprovalRecord
 from broker.audit.signing import PublicKeys
 from broker.audit.verify import verify_records
 from broker.db.engine import create_engine, make_sessionmaker
@@ -152,6 +153,7 @@ async def test_approval_runs_the_tool_once_and_the_model_quotes_its_result(
         )
         assert reply.status == 200, reply.text
         answer = reply.json()
+        ApprovalDecision.model_validate(answer)  # as the OpenAPI document says
         assert answer["status"] == "approved"
         assert answer["tool_status"] == "succeeded"
         assert answer["injected"] is True
@@ -170,8 +172,13 @@ async def test_approval_runs_the_tool_once_and_the_model_quotes_its_result(
         assert (deny.status, deny.code) == (409, "approval_decided")
         assert len(RAN) == 1
         got = await broker.request("GET", f"/api/v1/approvals/{approval['id']}")
+        ApprovalRecord.model_validate(got.json())
         assert got.json()["status"] == "approved"
         assert got.json()["decided_by"] is not None
+        assert got.json()["reason"] == "ok"
+        listed = await broker.request("GET", "/api/v1/approvals?status=approved&limit=5")
+        ApprovalList.model_validate(listed.json())
+        assert [a["id"] for a in listed.json()["approvals"]] == [approval["id"]]
 
         # The note is the broker's: still in the conversation (not deleted as a page item),
         # a message and not an output (the call has exactly one function_call_output), and
