@@ -472,3 +472,24 @@ async def test_recovery_delivers_a_held_calls_pending_output_and_never_reruns_it
         assert RAN == []
     finally:
         await engine.dispose()
+
+
+async def test_two_operators_deciding_at_once_one_decision_wins(
+    gated: RunningBroker, emulator: RunningEmulator
+) -> None:
+    broker = gated
+    _, browser, approval = await held_call(broker)
+    try:
+        path = f"/api/v1/approvals/{approval['id']}"
+        replies = await asyncio.gather(
+            broker.request("POST", path + "/approve"),
+            broker.request("POST", path + "/deny"),
+            broker.request("POST", path + "/approve"),
+        )
+        assert sorted(r.status for r in replies) == [200, 409, 409], [r.text for r in replies]
+        assert {r.code for r in replies if r.status == 409} == {"approval_decided"}
+        [won] = [r.json() for r in replies if r.status == 200]
+        assert len(RAN) == (1 if won["status"] == "approved" else 0)
+        await browser.wait_for("response.done", says(f"(refund_order): {won['status']}."))
+    finally:
+        await browser.close()
