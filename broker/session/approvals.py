@@ -169,12 +169,15 @@ class ApprovalService:
                     row.call_id, row.tool, "approved", "The call was no longer waiting to run."
                 )
             else:
+                # As the trail shows it: a redacting tool's fields as keyed hashes. The note
+                # carries the same: it is a message, which the event log keeps as it is (only a
+                # function_call_output's fields are redacted there).
+                shown = self._dispatcher.shown_arguments(row.tool, outcome.output or "")
                 text = approvals.decision_note(
-                    row.call_id, row.tool, "approved", f"Result: {outcome.output}"
+                    row.call_id, row.tool, "approved", f"Result: {shown}"
                 )
                 answer["tool_status"] = outcome.status.value
-                # As the trail shows it: a redacting tool's fields as keyed hashes.
-                answer["result"] = self._dispatcher.shown_arguments(row.tool, outcome.output or "")
+                answer["result"] = shown
         else:
             answer["tool_status"] = ToolCallStatus.DENIED.value
             text = approvals.decision_note(

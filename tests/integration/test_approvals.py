@@ -54,12 +54,36 @@ async def refund_order(arguments: dict[str, Any], context: ToolContext) -> dict[
     return {"order_id": str(arguments["order_id"]), "refund": "r-7781", "status": "refunded"}
 
 
-APPROVAL_TOOLS = """
+CARD = "4111111111111111"
+
+
+async def card_refund(arguments: dict[str, Any], context: ToolContext) -> dict[str, Any]:
+    """An approval-gated tool whose output carries a redacted field."""
+    RAN.append((context.call_id, str(arguments["order_id"])))
+    return {"order_id": str(arguments["order_id"]), "card": CARD, "status": "refunded"}
+
+
+REFUND_TOOL = """
 [tools.refund_order]
 description = "Refund an order (each refund waits for an operator's approval)."
 python = "tests.integration.test_approvals:refund_order"
 approval = "required"
 [tools.refund_order.parameters]
+type = "object"
+required = ["order_id"]
+additionalProperties = false
+properties.order_id = { type = "string" }
+"""
+
+APPROVAL_TOOLS = (
+    REFUND_TOOL
+    + """
+[tools.card_refund]
+description = "Refund an order to the card it was paid with."
+python = "tests.integration.test_approvals:card_refund"
+approval = "required"
+redact = ["card"]
+[tools.card_refund.parameters]
 type = "object"
 required = ["order_id"]
 additionalProperties = false
@@ -76,6 +100,7 @@ required = ["order_id"]
 additionalProperties = false
 properties.order_id = { type = "string" }
 """
+)
 
 
 @pytest.fixture
@@ -409,7 +434,7 @@ async def test_recovery_delivers_a_held_calls_pending_output_and_never_reruns_it
     its echo is a known output. An approved call a restart found running ends failed
     (``outcome_unknown``) and keeps its pending output: nothing new is sent for it."""
     tools = tmp_path / "tools.toml"
-    tools.write_text(APPROVAL_TOOLS)
+    tools.write_text(REFUND_TOOL)
     RAN.clear()
     engine = create_engine(sqlite_db_url)
     try:
@@ -491,5 +516,27 @@ async def test_two_operators_deciding_at_once_one_decision_wins(
         [won] = [r.json() for r in replies if r.status == 200]
         assert len(RAN) == (1 if won["status"] == "approved" else 0)
         await browser.wait_for("response.done", says(f"(refund_order): {won['status']}."))
+    finally:
+        await browser.close()
+
+
+async def test_a_redacting_tools_result_goes_to_the_model_with_its_fields_hashed(
+    gated: RunningBroker, emulator: RunningEmulator
+) -> None:
+    """The note is a message, kept in the event log as it is: a ``redact`` field's value is
+    in it (and in the answer's ``result``) only as its keyed hash, never in clear."""
+    broker = gated
+    session, browser, approval = await held_call(broker, "card_refund")
+    try:
+        reply = await broker.request("POST", f"/api/v1/approvals/{approval['id']}/approve")
+        assert reply.status == 200, reply.text
+        result = json.loads(reply.json()["result"])
+        assert result["card"]["redacted"].startswith("hmac-sha256:")
+        done = await browser.wait_for("response.done", says("(card_refund): approved."))
+        assert "hmac-sha256:" in assistant_text(done)
+        assert CARD not in assistant_text(done)
+        assert len(RAN) == 1
+        events = await session_events(broker, session["id"])
+        assert CARD not in json.dumps(events)
     finally:
         await browser.close()
