@@ -210,8 +210,9 @@ async def decide(
 async def release_held(s: queries.Executor, session_id: str, call_id: str) -> Row[Any] | None:
     """``held → running`` for the approved call, once.
 
-    Returns ``(tool, arguments, arguments_sealed, path, disabled)`` if this moved it (the kill
-    switch read with it), else ``None``.
+    Returns ``(tool, arguments, arguments_sealed, path, disabled, allowlist)`` if this moved
+    it (the kill switch and the session's allowlist as they are now, read with it), else
+    ``None``.
     """
     result = await s.execute(
         update(TOOL_CALLS)
@@ -230,6 +231,11 @@ async def release_held(s: queries.Executor, session_id: str, call_id: str) -> Ro
             .where(DISABLED_TOOLS.c.tool == TOOL_CALLS.c.tool)
             .exists()
             .label("disabled"),
+            # A reconfiguration may have taken the tool off the session while it was held.
+            select(SESSIONS.c.tools)
+            .where(SESSIONS.c.id == TOOL_CALLS.c.session_id)
+            .scalar_subquery()
+            .label("allowlist"),
         )
     )
     return result.first()

@@ -20,9 +20,11 @@ The pipeline's parts: :mod:`broker.tools.ledger` (the rows: record, settle, reco
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Collection
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -460,6 +462,11 @@ class ToolDispatcher(CallLedger):
                 ToolErrorCode.TOOL_DISABLED,
                 f"the {tool} tool has been switched off by an operator; it cannot be used now",
             )
+        elif tool not in _allowlist(claimed.allowlist):
+            refusal = (
+                ToolErrorCode.TOOL_NOT_ALLOWED,
+                f"the {tool} tool was taken off this session while it waited for approval",
+            )
         else:
             permit = self._breakers.admit(tool)
             if isinstance(permit, Refusal):
@@ -506,3 +513,10 @@ class ToolDispatcher(CallLedger):
                     s, audit.settled(session_id, call_id, tool, path, status, shown, error, None)
                 )
         self._waiters.notify(session_id, call_id)
+
+
+def _allowlist(value: Any) -> frozenset[str]:
+    """A session's ``tools`` column as read in a subquery (JSON text on some drivers)."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    return frozenset(str(name) for name in value or ())

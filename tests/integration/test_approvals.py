@@ -540,3 +540,25 @@ async def test_a_redacting_tools_result_goes_to_the_model_with_its_fields_hashed
         assert CARD not in json.dumps(events)
     finally:
         await browser.close()
+
+
+async def test_a_tool_taken_off_the_session_while_held_is_not_run_when_approved(
+    gated: RunningBroker, emulator: RunningEmulator
+) -> None:
+    """Approval does not outrank the session's allowlist as it is at the decision."""
+    broker = gated
+    session, browser, approval = await held_call(broker)
+    try:
+        reconfigured = await broker.request(
+            "POST", f"/api/v1/sessions/{session['id']}/config", json_body={"tools": []}
+        )
+        assert reconfigured.status == 200, reconfigured.text
+        reply = await broker.request("POST", f"/api/v1/approvals/{approval['id']}/approve")
+        assert reply.status == 200, reply.text
+        assert reply.json()["tool_status"] == "failed"
+        assert json.loads(reply.json()["result"])["error"]["code"] == "tool_not_allowed"
+        assert RAN == []
+        done = await browser.wait_for("response.done", says("tool_not_allowed"))
+        assert approval["call_id"] in assistant_text(done)
+    finally:
+        await browser.close()
