@@ -18,7 +18,6 @@ live call this instance owns, the model is told.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any, Final
@@ -41,6 +40,7 @@ from broker.db.models import (
 from broker.db.times import as_utc
 from broker.errors import ConflictError, NotFoundError
 from broker.session.call_actions import APPROVAL_COMMAND, CallActions
+from broker.session.sweeps import sweep_forever
 from broker.tools import approvals
 from broker.tools.dispatch import ToolDispatcher
 from sideband import Provider
@@ -238,13 +238,8 @@ class ApprovalService:
     # ---- expiry ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Sweep until cancelled; a failed sweep is logged and the next one tries again."""
-        while True:
-            await asyncio.sleep(SWEEP_EVERY_S)
-            try:
-                await self.sweep()
-            except Exception:
-                logger.exception("approval sweep failed; retrying in %.0f s", SWEEP_EVERY_S)
+        """Sweep every :data:`SWEEP_EVERY_S` seconds until cancelled."""
+        await sweep_forever(self.sweep, SWEEP_EVERY_S, "approval")
 
     async def sweep(self) -> int:
         """Expire overdue approvals (and those of ended calls); returns how many this did.

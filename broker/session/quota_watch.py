@@ -15,7 +15,6 @@ instances may sweep at once, and the end succeeds once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -40,6 +39,7 @@ from broker.errors import BrokerError
 from broker.record.event_classes import EventClass
 from broker.record.event_log import append_event
 from broker.session.end_reason import EndReason
+from broker.session.sweeps import sweep_forever
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +66,8 @@ class QuotaWatch:
         self._hang_up = hang_up
 
     async def run(self) -> None:
-        """Sweep until cancelled; a failed sweep is logged and the next one tries again."""
-        while True:
-            await asyncio.sleep(SWEEP_EVERY_S)
-            try:
-                await self.sweep()
-            except Exception:
-                logger.exception("quota sweep failed; retrying in %.0f s", SWEEP_EVERY_S)
+        """Sweep every :data:`SWEEP_EVERY_S` seconds until cancelled."""
+        await sweep_forever(self.sweep, SWEEP_EVERY_S, "quota")
 
     async def sweep(self, now: datetime | None = None) -> int:
         """End the live calls past a hard cap now; returns how many this process ended."""

@@ -12,7 +12,6 @@ processes may sweep at once: the end succeeds for one of them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -25,6 +24,7 @@ from broker.db.models import SessionState, utcnow
 from broker.metrics import BrokerMetrics
 from broker.session.end_reason import EndReason
 from broker.session.ending import end_session
+from broker.session.sweeps import sweep_forever
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +60,8 @@ class SessionReaper:
         self._offered_for = timedelta(seconds=offer_bound_s) + GRACE
 
     async def run(self) -> None:
-        """Sweep until cancelled; a failed sweep is logged and the next one tries again."""
-        while True:
-            await asyncio.sleep(SWEEP_EVERY_S)
-            try:
-                await self.sweep()
-            except Exception:
-                logger.exception("session sweep failed; retrying in %.0f s", SWEEP_EVERY_S)
+        """Sweep every :data:`SWEEP_EVERY_S` seconds until cancelled."""
+        await sweep_forever(self.sweep, SWEEP_EVERY_S, "session")
 
     async def sweep(self) -> int:
         """End what is stranded now; returns how many sessions this process ended."""
