@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -332,35 +332,21 @@ class CallLedger:
         async with self._sessionmaker.begin() as s:
             for row in await queries.running_tool_calls(s, session_id):
                 spec = self._registry.get(row.tool)
-                if row.output is not None:
-                    # An approved call (held before: its pending output is the model's, and
-                    # may be delivered already): failed, never run again, its output kept.
-                    if await queries.settle_tool_call(
-                        s,
-                        session_id,
-                        row.call_id,
-                        status=ToolCallStatus.FAILED,
-                        from_statuses=[ToolCallStatus.RUNNING],
-                        error=str(code),
-                    ):
-                        recovered.append((row.call_id, ToolCallStatus.FAILED))
-                        entries.append(
-                            audit.settled(
-                                session_id,
-                                row.call_id,
-                                row.tool,
-                                row.path,
-                                ToolCallStatus.FAILED,
-                                output,
-                                str(code),
-                                None,
-                            )
-                        )
-                    continue
-                if spec is not None and spec.idempotent:
+                approved = row.output is not None
+                if not approved and spec is not None and spec.idempotent:
                     await queries.reset_tool_call(s, session_id, row.call_id)
                     recovered.append((row.call_id, ToolCallStatus.PENDING))
                     continue
+                # An approved call (held before) keeps its pending output: that is what the
+                # model got for its call id, and it may be delivered already.
+                new_output: dict[str, Any] = {}
+                if not approved:
+                    new_output = {
+                        "output": output,
+                        "output_item_id": (
+                            new_item_id() if row.path == ToolPath.SIDEBAND else None
+                        ),
+                    }
                 if await queries.settle_tool_call(
                     s,
                     session_id,
@@ -368,8 +354,7 @@ class CallLedger:
                     status=ToolCallStatus.FAILED,
                     from_statuses=[ToolCallStatus.RUNNING],
                     error=str(code),
-                    output=output,
-                    output_item_id=new_item_id() if row.path == ToolPath.SIDEBAND else None,
+                    **new_output,
                 ):
                     recovered.append((row.call_id, ToolCallStatus.FAILED))
                     entries.append(
