@@ -181,6 +181,8 @@ def azure_capabilities(webrtc_filter: bool) -> ProviderCapabilities:
         # Azure serves WebSocket sessions too, but at its own deployment path, which this
         # adapter does not build yet: trusted sessions are refused with a clear error.
         websocket_sessions=False,
+        # Azure answers SIP too, at its own paths, which this adapter does not build yet.
+        sip_calls=False,
     )
 
 

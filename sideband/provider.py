@@ -69,6 +69,8 @@ class ProviderCapabilities:
             own (``/v1/realtime?model=…``, no WebRTC call): trusted server sessions use it.
         out_of_band_responses: ``response.create`` takes ``conversation: "none"`` (a response
             outside the conversation): a long-running tool's acknowledgement uses it.
+        sip_calls: the provider answers phone calls on a SIP trunk: it posts
+            ``realtime.call.incoming`` and takes ``accept``/``reject``/``refer`` for the call.
     """
 
     sideband: bool = True
@@ -77,6 +79,7 @@ class ProviderCapabilities:
     offer_needs_client_secret: bool = False
     websocket_sessions: bool = True
     out_of_band_responses: bool = True
+    sip_calls: bool = True
 
 
 OPENAI_CAPABILITIES: Final = ProviderCapabilities()

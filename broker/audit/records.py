@@ -79,6 +79,13 @@ class AuditKind(enum.StrEnum):
     APPROVAL_APPROVED = "approval.approved"
     APPROVAL_DENIED = "approval.denied"
     APPROVAL_EXPIRED = "approval.expired"
+    SIP_INCOMING = "sip.incoming"
+    """A phone call rang (a verified ``realtime.call.incoming``): ``{call_id, line, action}``,
+    the caller as the line's redaction says."""
+    CALL_ACCEPTED = "call.accepted"
+    CALL_REJECTED = "call.rejected"
+    CALL_REFERRED = "call.referred"
+    """A phone call handed elsewhere (``refer``): by a line's rule or an operator's transfer."""
     KEY_CREATED = "key.created"
     KEY_REVOKED = "key.revoked"
     QUOTA_CHANGED = "quota.changed"

@@ -175,6 +175,9 @@ class ConnectionType(enum.StrEnum):
     TRUSTED_SERVER = "trusted_server"
     """An app backend's WebSocket through the broker to a provider WebSocket session (no
     browser): the one kind whose media crosses the broker."""
+    SIP = "sip"
+    """A phone call the provider answered on its SIP trunk (``realtime.call.incoming``): no
+    browser; the caller is as untrusted as a page and the sideband is the only tool path."""
 
 
 class SessionRow(Base):
@@ -267,6 +270,13 @@ class SessionRow(Base):
     server_tools: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     """A trusted session's own tools (``{name, description, parameters}``), run by its backend
     over its WebSocket; ``None`` for browser sessions."""
+    sip_line: Mapped[str | None] = mapped_column(String(64))
+    """A phone call's configured line (picked by the dialled number)."""
+    caller: Mapped[str | None] = mapped_column(String(128))
+    """A phone call's caller (the ``From`` number, redacted if the line says so)."""
+    sip_headers: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    """A phone call's SIP headers as delivered (``[{name, value}]``, redacted as configured):
+    the caller's own, untrusted."""
 
     __table_args__ = (
         Index("ix_sessions_state_created_at", "state", "created_at"),
@@ -386,6 +396,26 @@ class ToolCallback(Base):
     result_status: Mapped[str | None] = mapped_column(String(16))
 
     __table_args__ = (Index("ix_tool_callbacks_session_call", "session_id", "call_id"),)
+
+
+class SipDelivery(Base):
+    """One ``realtime.call.incoming`` delivery taken.
+
+    ``webhook-id`` is unique: a repeat, to this instance or another, is answered without
+    acting twice.
+    """
+
+    __tablename__ = "sip_deliveries"
+
+    webhook_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    call_id: Mapped[str] = mapped_column(String(128))
+    line: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))
+    """``accept``, ``reject`` or ``refer`` (what the line said), or ``unknown`` (no line)."""
+    session_id: Mapped[str | None] = mapped_column(String(40))
+
+    __table_args__ = (Index("ix_sip_deliveries_received_at", "received_at"),)
 
 
 class SessionEvent(Base):
