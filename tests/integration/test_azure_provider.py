@@ -43,10 +43,23 @@ async def test_every_provider_says_what_it_allows() -> None:
             AZURE_BASE, ApiKeyCredential("k"), http, webrtc_filter=False
         )
     assert openai.capabilities == ProviderCapabilities(
-        sideband=True, hangup=True, page_sees_function_calls=True, offer_needs_client_secret=False
+        sideband=True,
+        hangup=True,
+        page_sees_function_calls=True,
+        offer_needs_client_secret=False,
+        websocket_sessions=True,
+        out_of_band_responses=True,
+        sip_calls=True,
     )
+    # Azure serves WebSocket sessions and SIP at paths of its own this adapter does not build.
     assert filtered.capabilities == ProviderCapabilities(
-        sideband=True, hangup=True, page_sees_function_calls=False, offer_needs_client_secret=True
+        sideband=True,
+        hangup=True,
+        page_sees_function_calls=False,
+        offer_needs_client_secret=True,
+        websocket_sessions=False,
+        out_of_band_responses=True,
+        sip_calls=False,
     )
     assert unfiltered.capabilities.page_sees_function_calls
     assert unfiltered.capabilities.offer_needs_client_secret
