@@ -57,6 +57,16 @@ class Heard:
 
 
 @dataclass(frozen=True)
+class Spoken(Heard):
+    """A turn a phone caller said (``POST /_emulator/calls/{id}/say``).
+
+    Unlike a plain :class:`Heard` turn, the model understands its words whether or not the
+    session transcribes input audio, as the real model hears speech (the scripted model
+    otherwise reads only transcripts).
+    """
+
+
+@dataclass(frozen=True)
 class Misheard:
     """A turn whose transcription fails; ``code`` is the ``error.code`` sent (may be null).
 

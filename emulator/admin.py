@@ -15,6 +15,7 @@ from collections import deque
 from typing import Any, Final
 
 from aiohttp import web
+from yarl import URL
 
 from ._auth import require_api_key
 from ._ids import new_call_id
@@ -30,6 +31,7 @@ from .sideband import sideband_handler
 
 # The /v1 route's multipart parser: the bench route takes the same parts with the same checks.
 from .signaling import _read_multipart, hangup_call, read_json_object, sdp_answer
+from .sip import DTMF_DIGITS, SipCall, signing_key, sip_headers
 
 logger = logging.getLogger(__name__)
 
@@ -260,6 +262,7 @@ def add_admin_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/_emulator/faults", get_faults)
     router.add_post("/_emulator/faults", update_faults)
     router.add_delete("/_emulator/faults", reset_faults)
+    add_sip_routes(router)
     add_bench_routes(router)
 
 
@@ -387,3 +390,288 @@ def add_bench_routes(router: web.UrlDispatcher) -> None:
     router.add_post(f"{BENCH_BASE_PATH}/realtime/calls", create_bench_call)
     router.add_post(f"{BENCH_BASE_PATH}/realtime/calls/{{call_id}}/hangup", hangup_call)
     router.add_get(f"{BENCH_BASE_PATH}/realtime", sideband_handler)
+
+
+# ---- phone calls (SIP) -----------------------------------------------------------------
+
+MAX_NUMBER_CHARS: Final = 64
+MAX_SIP_HEADERS: Final = 32
+MAX_SIP_HEADER_CHARS: Final = 1024
+MAX_SAY_CHARS: Final = 2000
+MAX_DTMF_DIGITS: Final = 32
+
+
+def _number(body: dict[str, Any], param: str) -> str:
+    value = body.get(param)
+    if param not in body:
+        raise ApiError(
+            400,
+            "missing_required_parameter",
+            f"Missing required parameter: '{param}'.",
+            param=param,
+        )
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= MAX_NUMBER_CHARS
+        or any(ch in value for ch in '<>"@;\r\n ')
+    ):
+        raise ApiError(
+            400,
+            "invalid_value",
+            f"'{param}' must be a phone number or SIP user part of 1 to {MAX_NUMBER_CHARS} "
+            "characters.",
+            param=param,
+        )
+    return value
+
+
+def _extra_headers(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or len(value) > MAX_SIP_HEADERS:
+        raise ApiError(
+            400,
+            "invalid_type",
+            f"'headers' must be a list of at most {MAX_SIP_HEADERS} {{name, value}} objects.",
+            param="headers",
+        )
+    headers: list[dict[str, str]] = []
+    for index, header in enumerate(value):
+        param = f"headers[{index}]"
+        if (
+            not isinstance(header, dict)
+            or set(header) != {"name", "value"}
+            or not all(
+                isinstance(header[key], str)
+                and 0 < len(header[key]) <= MAX_SIP_HEADER_CHARS
+                and "\r" not in header[key]
+                and "\n" not in header[key]
+                for key in ("name", "value")
+            )
+        ):
+            raise ApiError(
+                400,
+                "invalid_value",
+                f'\'{param}\' must be {{"name": str, "value": str}} (one line each).',
+                param=param,
+            )
+        headers.append({"name": header["name"], "value": header["value"]})
+    return headers
+
+
+def _webhook_url(value: Any, param: str) -> str:
+    url = URL(value) if isinstance(value, str) else None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise ApiError(400, "invalid_value", f"'{param}' must be an http(s) URL.", param=param)
+    return str(value)
+
+
+def _sip_call_of(request: web.Request) -> SipCall:
+    call = _call(request)
+    if not isinstance(call, SipCall):
+        raise ApiError(404, "call_id_not_found", "No such phone call.")
+    return call
+
+
+def _live_sip_call(request: web.Request) -> SipCall:
+    call = _sip_call_of(request)
+    if call.state != "live":
+        raise ApiError(
+            409, "call_not_live", f"The phone call is {call.state}, not live (answered)."
+        )
+    return call
+
+
+async def ring_sip_call(request: web.Request) -> web.Response:
+    """``POST /_emulator/sip/ring``: a phone call rings; its webhook is delivered.
+
+    Body ``{"to": "+15551234567", "from": "+14445550000", "headers"?: [{"name", "value"}],
+    "webhook_url"?: "http://…", "webhook_secret"?: "whsec_…"}``. Creates a ringing
+    :class:`~emulator.sip.SipCall` (``rtc_u2_…``) whose SIP headers are ``From``, ``To``
+    (``<sip:{to}@sip.api.openai.com>``), ``Call-ID``, ``CSeq``, ``Contact`` and then
+    ``headers``; posts its signed ``realtime.call.incoming`` to ``webhook_url`` (default
+    ``EmulatorSettings.sip_webhook_url``) with ``webhook_secret`` (default the setting) and
+    answers once the receiver did: ``{"call_id", "webhook_id", "delivery_status",
+    "sip_headers"}``, ``delivery_status`` being the receiver's HTTP status, or
+    ``"not_configured"`` (no URL), ``"timeout"``, ``"unreachable"``. Unanswered, the call
+    stops ringing after ``sip_ring_timeout``.
+
+    Raises:
+        ApiError: 401; 400 for a bad body, or a URL without a secret.
+    """
+    require_api_key(request)
+    settings = request.app[SETTINGS]
+    body = await read_json_object(request)
+    _check_keys(body, {"to", "from", "headers", "webhook_url", "webhook_secret"})
+    to = _number(body, "to")
+    from_ = _number(body, "from")
+    extra = _extra_headers(body["headers"]) if "headers" in body else []
+    url = settings.sip_webhook_url
+    if body.get("webhook_url") is not None:
+        url = _webhook_url(body["webhook_url"], "webhook_url")
+    secret = settings.sip_webhook_secret
+    if body.get("webhook_secret") is not None:
+        secret = body["webhook_secret"]
+        try:
+            signing_key(secret if isinstance(secret, str) else "")
+        except ValueError:
+            raise ApiError(
+                400,
+                "invalid_value",
+                "'webhook_secret' must be whsec_ followed by base64.",
+                param="webhook_secret",
+            ) from None
+    if url is not None and secret is None:
+        raise ApiError(
+            400,
+            "invalid_request",
+            "No webhook secret: set sip_webhook_secret or give 'webhook_secret'.",
+            param="webhook_secret",
+        )
+    call = SipCall(
+        new_call_id(settings.flavor),
+        sip_headers(to, from_, extra),
+        settings,
+        request.app[FAULTS],
+        webhook_url=url,
+        webhook_secret=secret,
+    )
+    request.app[CALL_REGISTRY].add(call)
+    call.ring(settings.sip_ring_timeout)
+    logger.info("call %s: ringing", call.call_id)
+    status = await call.webhook.send()
+    return web.json_response(
+        {
+            "call_id": call.call_id,
+            "webhook_id": call.webhook.webhook_id,
+            "delivery_status": status,
+            "sip_headers": call.sip_headers,
+        }
+    )
+
+
+async def redeliver_sip_webhook(request: web.Request) -> web.Response:
+    """``POST /_emulator/sip/calls/{call_id}/redeliver``: post the call's webhook again.
+
+    The same ``webhook-id`` and body (a repeated delivery, as the real service may send),
+    signed anew at ``timestamp`` (optional Unix seconds; default now: an old one makes a
+    stale delivery) to ``webhook_url`` (optional; default the ring's). Works in any state.
+    Answers ``{"call_id", "webhook_id", "delivery_status"}``.
+
+    Raises:
+        ApiError: 401; 404 ``call_id_not_found`` (also for a call that is no phone call);
+            400 for a bad body.
+    """
+    require_api_key(request)
+    call = _sip_call_of(request)
+    body = await read_json_object(request)
+    _check_keys(body, {"timestamp", "webhook_url"})
+    timestamp = body.get("timestamp")
+    if timestamp is not None and (isinstance(timestamp, bool) or not isinstance(timestamp, int)):
+        raise ApiError(
+            400,
+            "invalid_type",
+            "Invalid type for 'timestamp': expected an integer.",
+            param="timestamp",
+        )
+    url = None
+    if body.get("webhook_url") is not None:
+        url = _webhook_url(body["webhook_url"], "webhook_url")
+    if call.webhook.secret is None:
+        raise ApiError(400, "invalid_request", "The call's webhook has no secret.")
+    status = await call.webhook.send(timestamp=timestamp, url=url)
+    return web.json_response(
+        {"call_id": call.call_id, "webhook_id": call.webhook.webhook_id, "delivery_status": status}
+    )
+
+
+async def say_on_call(request: web.Request) -> web.Response:
+    """``POST /_emulator/calls/{call_id}/say``: the phone caller says ``text``.
+
+    Body ``{"text": "..."}``. Speech-like audio and then a pause enter the live call's input
+    path (:meth:`~emulator.sip.SipCall.say`): under server VAD a committed user audio turn
+    (``speech_started``/``stopped``, ``committed``, the item; its transcription is ``text``
+    when the session transcribes) answered as ``turn_detection`` says; without turn
+    detection the audio waits in the input buffer. The model understands ``text`` either
+    way. Answers ``{"call_id", "queued"}`` (turns still waiting for a commit).
+
+    Raises:
+        ApiError: 401; 404 ``call_id_not_found`` (or no phone call); 409 ``call_not_live``;
+            400 for a bad body.
+    """
+    require_api_key(request)
+    call = _live_sip_call(request)
+    body = await read_json_object(request)
+    _check_keys(body, {"text"})
+    text = body.get("text")
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_SAY_CHARS:
+        raise ApiError(
+            400,
+            "invalid_value",
+            f"'text' must be a non-blank string of at most {MAX_SAY_CHARS} characters.",
+            param="text",
+        )
+    if len(call.heard) >= MAX_HEARD_QUEUED:
+        raise ApiError(400, "invalid_value", "Too many turns wait for a commit.", param="text")
+    call.say(text)
+    return web.json_response({"call_id": call.call_id, "queued": len(call.heard)})
+
+
+async def press_dtmf(request: web.Request) -> web.Response:
+    """``POST /_emulator/calls/{call_id}/dtmf``: the phone caller presses keys.
+
+    Body ``{"digits": "12#"}`` (``0-9``, ``*``, ``#``, ``A-D``; up to 32): one
+    ``input_audio_buffer.dtmf_event_received`` ``{type, event, received_at}`` (no
+    ``event_id``) per digit, in order, to the call's sidebands. Answers
+    ``{"call_id", "sent": N}``.
+
+    Raises:
+        ApiError: 401; 404; 409 ``call_not_live``; 400 for a bad body.
+    """
+    require_api_key(request)
+    call = _live_sip_call(request)
+    body = await read_json_object(request)
+    _check_keys(body, {"digits"})
+    digits = body.get("digits")
+    if (
+        not isinstance(digits, str)
+        or not 0 < len(digits) <= MAX_DTMF_DIGITS
+        or not set(digits) <= DTMF_DIGITS
+    ):
+        raise ApiError(
+            400,
+            "invalid_value",
+            f"'digits' must be 1 to {MAX_DTMF_DIGITS} of 0-9, *, #, A-D.",
+            param="digits",
+        )
+    call.press(digits)
+    return web.json_response({"call_id": call.call_id, "sent": len(digits)})
+
+
+async def caller_hangup(request: web.Request) -> web.Response:
+    """``POST /_emulator/calls/{call_id}/caller_hangup``: the phone caller hangs up.
+
+    The call ends (``end_reason`` ``"caller_hangup"``; a ringing one too) and its sidebands'
+    transports are cut without a close frame (clients see 1006), as a SIP caller's hangup
+    has been seen to close the sideband (docs/protocol.md §0). Answers
+    ``{"call_id", "ended": true, "end_reason"}`` once it ended.
+
+    Raises:
+        ApiError: 401; 404 ``call_id_not_found`` (or no phone call); 409 ``call_not_live``
+            for an ended call.
+    """
+    require_api_key(request)
+    call = _sip_call_of(request)
+    if call.ended:
+        raise ApiError(409, "call_not_live", "The phone call has ended.")
+    await call.end("caller_hangup", abort=True)
+    return web.json_response(
+        {"call_id": call.call_id, "ended": True, "end_reason": call.end_reason}
+    )
+
+
+def add_sip_routes(router: web.UrlDispatcher) -> None:
+    """Register the phone-call admin routes."""
+    router.add_post("/_emulator/sip/ring", ring_sip_call)
+    router.add_post("/_emulator/sip/calls/{call_id}/redeliver", redeliver_sip_webhook)
+    router.add_post("/_emulator/calls/{call_id}/say", say_on_call)
+    router.add_post("/_emulator/calls/{call_id}/dtmf", press_dtmf)
+    router.add_post("/_emulator/calls/{call_id}/caller_hangup", caller_hangup)

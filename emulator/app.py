@@ -16,7 +16,14 @@ from .faults import Faults
 from .secrets import ClientSecretStore
 from .sessions import realtime_handler
 from .settings import EmulatorSettings
-from .signaling import create_call, create_client_secret, hangup_call
+from .signaling import (
+    accept_call,
+    create_call,
+    create_client_secret,
+    hangup_call,
+    refer_call,
+    reject_call,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +73,8 @@ def create_app(settings: EmulatorSettings) -> web.Application:
     """Build the emulator app for ``settings``.
 
     Routes: ``POST /v1/realtime/client_secrets``, ``POST /v1/realtime/calls``,
-    ``POST /v1/realtime/calls/{call_id}/hangup``, ``GET /v1/realtime`` (sideband WebSocket
+    ``POST /v1/realtime/calls/{call_id}/hangup`` (and ``…/accept``, ``…/reject``,
+    ``…/refer`` for phone calls, :mod:`emulator.sip`), ``GET /v1/realtime`` (sideband WebSocket
     with ``?call_id=``, a WebSocket session with only ``?model=``: :mod:`emulator.sessions`)
     and the ``/_emulator/…`` admin routes (see :mod:`emulator.admin`). The ``azure`` flavour
     mounts the first four under ``/openai/v1`` instead. The app's cleanup ends every call
@@ -81,6 +89,9 @@ def create_app(settings: EmulatorSettings) -> web.Application:
     app.router.add_post(f"{prefix}/realtime/client_secrets", create_client_secret)
     app.router.add_post(f"{prefix}/realtime/calls", create_call)
     app.router.add_post(f"{prefix}/realtime/calls/{{call_id}}/hangup", hangup_call)
+    app.router.add_post(f"{prefix}/realtime/calls/{{call_id}}/accept", accept_call)
+    app.router.add_post(f"{prefix}/realtime/calls/{{call_id}}/reject", reject_call)
+    app.router.add_post(f"{prefix}/realtime/calls/{{call_id}}/refer", refer_call)
     app.router.add_get(f"{prefix}/realtime", realtime_handler)
     add_admin_routes(app.router)
     app.cleanup_ctx.append(_call_registry_ctx)

@@ -36,6 +36,7 @@ from ._speaker import Speaker, Voice
 from ._streamed_audio import StreamedVoice
 from ._transcription import (
     HeardQueue,
+    Spoken,
     TranscriptionJob,
     run_transcription,
     transcription_config,
@@ -52,7 +53,7 @@ from .settings import EmulatorSettings
 logger = logging.getLogger(__name__)
 
 Source = Literal["datachannel", "sideband", "websocket"]
-Media = Literal["webrtc", "websocket"]
+Media = Literal["webrtc", "websocket", "sip"]
 SIDEBAND_CLOSE_WAIT_S: Final = 2.0  # bound on waiting for sidebands to finish closing
 MAX_SENT_RECORDED: Final = 50_000  # the recorder keeps the newest server events of a call
 MAX_RECEIVED_RECORDED: Final = 50_000  # ... and the newest client events
@@ -140,6 +141,9 @@ class Call:
         self._input_audio_ms: dict[str, float] = {}  # user audio item id -> committed length
         # What the next committed audio turns say (POST /_emulator/calls/{id}/heard).
         self.heard = HeardQueue(settings.heard_default)
+        # Audio items whose words the model understands untranscribed (a phone caller's
+        # spoken turn, :class:`~emulator._transcription.Spoken`): item id -> words.
+        self._understood: dict[str, str] = {}
         self._previous_input_tokens = 0  # the last response's input: the cached prefix
         self._sidebands: dict[str, SidebandLink] = {}
         self._inbox: asyncio.Queue[tuple[Source, str, dict[str, Any] | None]] = asyncio.Queue()
@@ -184,11 +188,13 @@ class Call:
         await self._peer.wait_ended()
         await self.end("peer_closed")
 
-    async def end(self, reason: str, *, close_code: int = 1000) -> None:
+    async def end(self, reason: str, *, close_code: int = 1000, abort: bool = False) -> None:
         """End the call: close sidebands (``close_code``), the peer and every task; idempotent.
 
-        A second caller waits for the first to finish. Safe to call from one of the call's
-        own tasks (that task is not cancelled).
+        ``abort`` cuts the sidebands' transports instead, without a close frame (clients see
+        1006): how a phone caller's hangup has been seen to end a sideband (docs/protocol.md
+        §0). A second caller waits for the first to finish. Safe to call from one of the
+        call's own tasks (that task is not cancelled).
         """
         if self.ended:
             if asyncio.current_task() not in self._tasks:
@@ -201,7 +207,10 @@ class Call:
         try:
             links = list(self._sidebands.values())
             for link in links:
-                link.request_close(close_code)
+                if abort:
+                    link.request_abort()
+                else:
+                    link.request_close(close_code)
             if links:
                 try:
                     async with asyncio.timeout(SIDEBAND_CLOSE_WAIT_S):
@@ -467,7 +476,7 @@ class Call:
         metadata = params.get("metadata")
         run = ResponseRun(
             self,
-            plans=plan_out_of_band(self.conversation, params.get("instructions")),
+            plans=plan_out_of_band(self._model_view(), params.get("instructions")),
             output_modalities=modalities or ["audio"],
             audio_output=_audio_side(self.session, "output"),
             conversation_id=None,
@@ -480,6 +489,24 @@ class Call:
         task = self._spawn(run.stream(), f"response:{self.call_id}:{run.response_id}")
         self._out_of_band[run.response_id] = (run, task)
 
+    def _model_view(self) -> list[dict[str, Any]]:
+        """The conversation as the model reads it: a spoken turn's words in its transcript."""
+        if not self._understood:
+            return self.conversation
+        view: list[dict[str, Any]] = []
+        for item in self.conversation:
+            words = self._understood.get(item.get("id", ""))
+            if words is not None:
+                content = [
+                    {**part, "transcript": part.get("transcript") or words}
+                    if part.get("type") == "input_audio"
+                    else part
+                    for part in item.get("content") or []
+                ]
+                item = {**item, "content": content}
+            view.append(item)
+        return view
+
     def _start_response(self, params: dict[str, Any]) -> None:
         tools = params.get("tools", self.session.get("tools") or [])
         tool_choice = params.get("tool_choice", self.session.get("tool_choice", "auto"))
@@ -490,7 +517,7 @@ class Call:
         run = ResponseRun(
             self,
             plans=plan_response(
-                self.conversation,
+                self._model_view(),
                 tools,
                 tool_choice,
                 parallel_tool_calls=parallel,
@@ -608,6 +635,8 @@ class Call:
         # Every audio turn takes its words from the queue; only a transcribing session
         # reports them, later, from a task of its own (the response does not wait for them).
         hearing = self.heard.take()
+        if isinstance(hearing, Spoken):
+            self._understood[item_id] = hearing.text
         config = transcription_config(self.session)
         if config is None:
             return

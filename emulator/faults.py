@@ -22,6 +22,7 @@ _BOOL_SWITCHES: Final = (
     "keep_instructions_on_empty",
     "single_sideband",
     "hangup_answers_after_close",
+    "accept_not_found",
 )
 MAX_DELAY_MS: Final = 600_000  # ten minutes: longer only hides a typo until a test times out
 
@@ -143,6 +144,10 @@ class FaultConfig:
         hangup_answers_after_close: a hangup's ``200`` comes only once the sidebands and the
             peer are closed, instead of as termination begins (the spec's "returns 200 OK
             when OpenAI begins terminating", docs/protocol.md §0, unseen in traffic).
+        accept_delay_ms: a phone call's ``/accept`` waits this long before answering (the
+            real one was reported to take about 5 s, docs/protocol.md §0 "SIP").
+        accept_not_found: ``/accept`` answers ``404 call_id_not_found`` (after
+            ``accept_delay_ms``) and the call keeps ringing, as reported at the real service.
 
     Raises:
         FaultValueError: a value has the wrong type or is out of range.
@@ -164,6 +169,8 @@ class FaultConfig:
     keep_instructions_on_empty: bool = False
     single_sideband: bool = False
     hangup_answers_after_close: bool = False
+    accept_delay_ms: int = 0
+    accept_not_found: bool = False
 
     def __post_init__(self) -> None:
         for name in _BOOL_SWITCHES:
@@ -178,7 +185,12 @@ class FaultConfig:
                 "Invalid type for 'missing_item_error_code': expected a short string.",
                 "missing_item_error_code",
             )
-        for name in ("create_call_delay_ms", "sideband_unavailable_ms", "sideband_event_delay_ms"):
+        for name in (
+            "create_call_delay_ms",
+            "sideband_unavailable_ms",
+            "sideband_event_delay_ms",
+            "accept_delay_ms",
+        ):
             _int(getattr(self, name), name, low=0, high=MAX_DELAY_MS)
         for name in _ERROR_SWITCHES:
             value = getattr(self, name)
@@ -229,6 +241,8 @@ class FaultConfig:
             "keep_instructions_on_empty": self.keep_instructions_on_empty,
             "single_sideband": self.single_sideband,
             "hangup_answers_after_close": self.hangup_answers_after_close,
+            "accept_delay_ms": self.accept_delay_ms,
+            "accept_not_found": self.accept_not_found,
         }
 
     def merged(self, changes: Mapping[str, Any]) -> FaultConfig:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -41,6 +43,12 @@ class EmulatorSettings:
         transcription_delay: seconds between a turn's commit and its first transcription
             event (the real words arrive after the user item, often after the response
             started); later deltas are ``token_interval`` apart.
+        sip_webhook_url: where ``POST /_emulator/sip/ring`` posts ``realtime.call.incoming``
+            (the ring request may name another); ``None``: nowhere unless it does.
+        sip_webhook_secret: the ``whsec_<base64>`` secret those deliveries are signed with.
+            Excluded from ``repr``.
+        sip_ring_timeout: seconds a phone call rings unanswered before it ends
+            (``ring_timeout``); accepting it later gets 404 ``call_id_not_found``.
     """
 
     api_key: str = field(repr=False)
@@ -53,7 +61,24 @@ class EmulatorSettings:
     heard_default: str = "Hello, can you help me?"
     transcription_delay: float = 0.05
     flavor: Flavor = "openai"
+    sip_webhook_url: str | None = None
+    sip_webhook_secret: str | None = field(default=None, repr=False)
+    sip_ring_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.flavor not in API_PREFIX:
             raise ValueError(f"flavor must be one of {sorted(API_PREFIX)}, not {self.flavor!r}")
+        if self.sip_webhook_secret is not None and not _is_webhook_secret(self.sip_webhook_secret):
+            raise ValueError("sip_webhook_secret must be whsec_ followed by base64")
+        if self.sip_ring_timeout <= 0:
+            raise ValueError("sip_ring_timeout must be positive")
+
+
+def _is_webhook_secret(secret: str) -> bool:
+    prefix = "whsec_"
+    if not secret.startswith(prefix):
+        return False
+    try:
+        return bool(base64.b64decode(secret.removeprefix(prefix), validate=True))
+    except binascii.Error:
+        return False

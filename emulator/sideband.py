@@ -60,7 +60,7 @@ async def sideband_handler(request: web.Request) -> web.StreamResponse:
     call = request.app[CALL_REGISTRY].get(call_id) if call_id else None
     if (
         call is None
-        or call.media != "webrtc"  # a WebSocket session is no call: nothing attaches to it
+        or call.media == "websocket"  # a WebSocket session is no call: nothing attaches to it
         or not call.sideband_ready()
         or faults.sideband_unavailable(time.monotonic() - call.created_at)
     ):

@@ -1,7 +1,8 @@
-"""HTTP control plane (docs/protocol.md §1): client secrets, call creation and hangup.
+"""HTTP control plane (docs/protocol.md §1): client secrets, call creation and call control.
 
-``POST /v1/realtime/client_secrets``, ``POST /v1/realtime/calls`` and
-``POST /v1/realtime/calls/{call_id}/hangup`` (under ``/openai/v1`` in the ``azure`` flavour).
+``POST /v1/realtime/client_secrets``, ``POST /v1/realtime/calls``,
+``POST /v1/realtime/calls/{call_id}/hangup`` (under ``/openai/v1`` in the ``azure`` flavour)
+and, for phone calls (:mod:`emulator.sip`), ``…/accept``, ``…/reject`` and ``…/refer``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ._keys import CALL_REGISTRY, CLIENT_SECRETS, FAULTS, SETTINGS
 from ._session import check_session_fields, initial_session
 from .errors import ApiError, ClientEventError, InvalidSdpError, call_not_found, injected_failure
 from .peer import MAX_SDP_BYTES
+from .sip import SipCall
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +268,7 @@ async def hangup_call(request: web.Request) -> web.StreamResponse:
     call = request.app[CALL_REGISTRY].get(call_id)
     if (
         call is None
-        or call.media != "webrtc"  # a WebSocket session is no call: its socket ends it
+        or call.media == "websocket"  # a WebSocket session is no call: its socket ends it
         or (call.ended and call.end_reason != "hangup")
     ):
         raise call_not_found(call_id)
@@ -287,4 +289,137 @@ async def hangup_call(request: web.Request) -> web.StreamResponse:
         await call.end("hangup")
     except Exception:
         logger.exception("call %s: ending after hangup failed", call.call_id)
+    return response
+
+
+# ---- phone calls (SIP) ------------------------------------------------------------------
+
+SIP_STATUS_MIN: Final = 400
+SIP_STATUS_MAX: Final = 699
+MAX_TARGET_URI_CHARS: Final = 2048
+
+
+def _sip_call(request: web.Request, *, ringing_only: bool) -> SipCall:
+    """The phone call named by the path: ringing (``ringing_only``) or live, else the 404."""
+    call_id = request.match_info["call_id"]
+    call = request.app[CALL_REGISTRY].get(call_id)
+    if not isinstance(call, SipCall) or call.ended or (ringing_only and call.accepted):
+        raise call_not_found(call_id)
+    return call
+
+
+async def accept_call(request: web.Request) -> web.Response:
+    """``POST /v1/realtime/calls/{call_id}/accept``: answer a ringing phone call.
+
+    The body is the session config (``type: "realtime"`` required), checked as the
+    ``session`` part of ``/calls``; the call becomes live with it and sidebands may attach
+    with ``?call_id=``. Answers ``200`` with no body. The ``accept_delay_ms`` fault delays
+    the answer; ``accept_not_found`` then answers the 404 instead (as reported at the real
+    service, docs/protocol.md §0 "SIP").
+
+    Raises:
+        ApiError: 401; 400 ``invalid_json``/``missing_required_parameter``/
+            ``invalid_value``/``unknown_parameter``/``invalid_type``; 404
+            ``call_id_not_found`` for an unknown call, one that is no phone call, no longer
+            rings (answered, rejected, given up on) or ended.
+    """
+    require_api_key(request)
+    body = await read_json_object(request)
+    session = initial_session(_posted_session(body), None)
+    faults = request.app[FAULTS]
+    delay_ms = faults.current.accept_delay_ms
+    if delay_ms:
+        await asyncio.sleep(delay_ms / 1000)
+    if faults.current.accept_not_found:
+        raise call_not_found(request.match_info["call_id"])
+    # Looked up after the delay: the call may have stopped ringing meanwhile.
+    call = _sip_call(request, ringing_only=True)
+    call.accept(session)
+    return web.Response(status=200)
+
+
+async def reject_call(request: web.Request) -> web.Response:
+    """``POST /v1/realtime/calls/{call_id}/reject``: decline a ringing phone call.
+
+    Body ``{"status_code": 486}`` (optional; 400–699, default 603 Decline). The call ends
+    (``end_reason`` ``"rejected"``, ``reject_status_code`` recorded). Answers ``200``, no body.
+
+    Raises:
+        ApiError: 401; 400 for a bad body; 404 ``call_id_not_found`` unless the call rings.
+    """
+    require_api_key(request)
+    body = await read_json_object(request)
+    for key in body:
+        if key != "status_code":
+            raise _unknown_parameter(key)
+    status_code = body.get("status_code", 603)
+    if isinstance(status_code, bool) or not isinstance(status_code, int):
+        raise ApiError(
+            400,
+            "invalid_type",
+            "Invalid type for 'status_code': expected an integer.",
+            param="status_code",
+        )
+    if not SIP_STATUS_MIN <= status_code <= SIP_STATUS_MAX:
+        raise ApiError(
+            400,
+            "invalid_value",
+            f"Invalid value for 'status_code': expected a SIP final failure status "
+            f"({SIP_STATUS_MIN}-{SIP_STATUS_MAX}).",
+            param="status_code",
+        )
+    call = _sip_call(request, ringing_only=True)
+    call.reject_status_code = status_code
+    await call.end("rejected")
+    logger.info("call %s: rejected status=%s", call.call_id, status_code)
+    return web.Response(status=200)
+
+
+async def refer_call(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/realtime/calls/{call_id}/refer``: transfer a phone call.
+
+    Body ``{"target_uri": "tel:+1…" | "sip:…" | "sips:…"}``, ringing or live call. The
+    target is recorded (``referred_to``) and, as the real service hands the SIP leg to the
+    trunk and is out of the call, the call then ends (``end_reason`` ``"referred"``,
+    sidebands closed with 1000), after the ``200`` (no body) is sent, as hangup does.
+
+    Raises:
+        ApiError: 401; 400 for a missing or malformed ``target_uri``; 404
+            ``call_id_not_found`` for an unknown or ended call, or one that is no phone call.
+    """
+    require_api_key(request)
+    body = await read_json_object(request)
+    for key in body:
+        if key != "target_uri":
+            raise _unknown_parameter(key)
+    if "target_uri" not in body:
+        raise ApiError(
+            400,
+            "missing_required_parameter",
+            "Missing required parameter: 'target_uri'.",
+            param="target_uri",
+        )
+    target = body["target_uri"]
+    if (
+        not isinstance(target, str)
+        or not target.startswith(("tel:", "sip:", "sips:"))
+        or len(target) > MAX_TARGET_URI_CHARS
+        or any(ch in target for ch in "\r\n<> ")
+    ):
+        raise ApiError(
+            400,
+            "invalid_value",
+            "Invalid value for 'target_uri': expected a tel:, sip: or sips: URI.",
+            param="target_uri",
+        )
+    call = _sip_call(request, ringing_only=False)
+    call.referred_to = target
+    response = web.Response(status=200)
+    await response.prepare(request)
+    await response.write_eof()
+    logger.info("call %s: referred", call.call_id)
+    try:
+        await call.end("referred")
+    except Exception:
+        logger.exception("call %s: ending after refer failed", call.call_id)
     return response

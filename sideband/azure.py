@@ -287,6 +287,32 @@ class AzureOpenAIProvider:
         headers = await self._auth("hangup")
         await _post_hangup(self._http, self._base, call_id, headers, self._timeout)
 
+    # Azure answers phone calls too (its SIP how-to), but this adapter does not speak its
+    # call control yet: ``sip_calls`` is False, so each refuses before any request.
+    async def accept_call(self, call_id: str, session: Mapping[str, Any]) -> None:
+        """Refused: this adapter answers no phone calls.
+
+        Raises:
+            ProviderCapabilityError: always (``sip_calls`` is False).
+        """
+        raise ProviderCapabilityError(self.name, "sip_calls", "accept")
+
+    async def reject_call(self, call_id: str, status_code: int | None = None) -> None:
+        """Refused: this adapter answers no phone calls.
+
+        Raises:
+            ProviderCapabilityError: always (``sip_calls`` is False).
+        """
+        raise ProviderCapabilityError(self.name, "sip_calls", "reject")
+
+    async def refer_call(self, call_id: str, target_uri: str) -> None:
+        """Refused: this adapter answers no phone calls.
+
+        Raises:
+            ProviderCapabilityError: always (``sip_calls`` is False).
+        """
+        raise ProviderCapabilityError(self.name, "sip_calls", "refer")
+
     def sideband_target(self, call_id: str) -> SidebandTarget:
         async def dial() -> Mapping[str, str]:
             return await self._auth("sideband_attach")

@@ -147,6 +147,44 @@ class Provider(Protocol):
         """
         ...
 
+    async def accept_call(self, call_id: str, session: Mapping[str, Any]) -> None:
+        """Answer a ringing phone call (SIP) with the server-owned session config.
+
+        ``session`` must carry ``type: "realtime"``. The call id comes from the provider's
+        ``realtime.call.incoming`` webhook; afterwards a sideband attaches with it as for a
+        WebRTC call. The provider has been reported to take ~5 s and then answer 404
+        (docs/protocol.md §0, "SIP").
+
+        Raises:
+            ProviderCapabilityError: the provider answers no phone calls
+                (``capabilities.sip_calls`` is False); nothing was sent.
+            CallNotFoundError: the call is unknown, or stopped ringing.
+            ProviderError, ProviderTimeoutError, ProviderUnreachableError: as for create_call.
+        """
+        ...
+
+    async def reject_call(self, call_id: str, status_code: int | None = None) -> None:
+        """Decline a ringing phone call with the SIP ``status_code``.
+
+        ``None`` sends no status: the provider's default, 603 Decline, applies.
+
+        Raises:
+            ProviderCapabilityError, CallNotFoundError, ProviderError, ProviderTimeoutError,
+                ProviderUnreachableError: as for :meth:`accept_call`.
+        """
+        ...
+
+    async def refer_call(self, call_id: str, target_uri: str) -> None:
+        """Transfer a phone call to ``target_uri`` (``tel:+1…`` or ``sip:…``).
+
+        The provider hands a SIP REFER to the trunk; the realtime session then ends.
+
+        Raises:
+            ProviderCapabilityError, CallNotFoundError, ProviderError, ProviderTimeoutError,
+                ProviderUnreachableError: as for :meth:`accept_call`.
+        """
+        ...
+
     def sideband_target(self, call_id: str) -> SidebandTarget:
         """The WebSocket URL and headers that attach a sideband to ``call_id``.
 
@@ -240,14 +278,35 @@ async def _post_hangup(
         CallNotFoundError, ProviderError, ProviderTimeoutError, ProviderUnreachableError: as
             for :meth:`Provider.hangup`.
     """
-    url = base / "realtime" / "calls" / call_id / "hangup"
-    with _provider_errors("hangup", seconds):
+    await _post_call_control(http, base, call_id, "hangup", None, headers, seconds)
+
+
+async def _post_call_control(
+    http: aiohttp.ClientSession,
+    base: URL,
+    call_id: str,
+    action: str,
+    body: Mapping[str, Any] | None,
+    headers: Mapping[str, str],
+    seconds: float,
+) -> None:
+    """``POST {base}/realtime/calls/{call_id}/{action}`` (JSON ``body``, if any) in ``seconds``.
+
+    Any 2xx body is ignored, as the SDK does (docs/protocol.md §1.3).
+
+    Raises:
+        CallNotFoundError: 404 (the call is gone, or a SIP call stopped ringing).
+        ProviderError, ProviderTimeoutError, ProviderUnreachableError: as for
+            :meth:`Provider.hangup`.
+    """
+    url = base / "realtime" / "calls" / call_id / action
+    with _provider_errors(action, seconds):
         async with asyncio.timeout(seconds):
-            async with http.post(url, headers=headers) as resp:
+            async with http.post(url, json=body, headers=headers) as resp:
                 if resp.status == 404:
-                    raise CallNotFoundError(404, await _error_code(resp), "hangup")
+                    raise CallNotFoundError(404, await _error_code(resp), action)
                 if resp.status >= 300:
-                    raise ProviderError(resp.status, await _error_code(resp), "hangup")
+                    raise ProviderError(resp.status, await _error_code(resp), action)
 
 
 def _sideband_url(base: URL, call_id: str) -> URL:
@@ -322,6 +381,28 @@ class OpenAICompatibleProvider:
 
     async def hangup(self, call_id: str) -> None:
         await _post_hangup(self._http, self._base, call_id, self._auth(), self._timeout)
+
+    async def _sip_control(self, call_id: str, action: str, body: Mapping[str, Any]) -> None:
+        if not self._capabilities.sip_calls:
+            raise ProviderCapabilityError(self._name, "sip_calls", action)
+        if not _CALL_ID_RE.match(call_id):
+            # The id comes from a webhook: a value that would change the URL's meaning is no
+            # call the provider could know.
+            raise CallNotFoundError(404, "call_id_not_found", action)
+        await _post_call_control(
+            self._http, self._base, call_id, action, body, self._auth(), self._timeout
+        )
+
+    async def accept_call(self, call_id: str, session: Mapping[str, Any]) -> None:
+        await self._sip_control(call_id, "accept", session)
+
+    async def reject_call(self, call_id: str, status_code: int | None = None) -> None:
+        # No status: an empty object, so the provider's own default (603) applies.
+        body = {} if status_code is None else {"status_code": status_code}
+        await self._sip_control(call_id, "reject", body)
+
+    async def refer_call(self, call_id: str, target_uri: str) -> None:
+        await self._sip_control(call_id, "refer", {"target_uri": target_uri})
 
     def sideband_target(self, call_id: str) -> SidebandTarget:
         return SidebandTarget(url=_sideband_url(self._base, call_id), headers=self._auth())

@@ -50,6 +50,8 @@ FAULTS_OFF: dict[str, Any] = {
     "keep_instructions_on_empty": False,
     "single_sideband": False,
     "hangup_answers_after_close": False,
+    "accept_delay_ms": 0,
+    "accept_not_found": False,
 }
 
 
