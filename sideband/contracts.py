@@ -167,6 +167,21 @@ class CallObserver(Protocol):
         """The sideband was lost while the call goes on; a reconnect starts now."""
 
 
+@runtime_checkable
+class KeypadObserver(Protocol):
+    """What a :class:`CallObserver` adds to hear a phone caller's keypad (optional).
+
+    Runs on the reader's path (``input_audio_buffer.dtmf_event_received``): must not block.
+    """
+
+    def dtmf(self, digit: str) -> str | None:
+        """The caller pressed ``digit``; a user message for the model to answer, or ``None``.
+
+        A message is a keypad turn: the controller adds it as the broker's and asks for a
+        response.
+        """
+
+
 class AnswerGate:
     """Orders a call's first sideband attach against the browser's SDP answer.
 

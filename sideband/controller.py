@@ -46,6 +46,7 @@ from sideband.contracts import (
     AttachKind,
     CallObserver,
     FunctionCall,
+    KeypadObserver,
     ToolCallHandler,
     Wiring,
 )
@@ -56,7 +57,7 @@ from sideband.errors import (
     SidebandError,
 )
 from sideband.lookups import Lookups
-from sideband.notes import Notes
+from sideband.notes import NoteRole, Notes
 from sideband.page_watch import PageWatch
 from sideband.responder import Responder
 from sideband.resync import Resync
@@ -220,6 +221,7 @@ class CallController:
             ev.FunctionCallArgumentsDone: self._on_arguments_done,
             ev.InputAudioBufferSpeechStopped: self._on_speech_stopped,
             ev.InputAudioBufferCommitted: self._on_committed,
+            ev.InputAudioBufferDtmfEventReceived: self._on_dtmf,
             ev.ResponseDone: self._on_response_done,
             ev.ErrorEvent: self._on_error,
         }
@@ -454,15 +456,16 @@ class CallController:
         """Change the owned instructions (:meth:`update_config`); whether the provider took it."""
         return await self.update_config(instructions=instructions) is ConfigOutcome.APPLIED
 
-    async def inject_note(self, text: str) -> bool:
-        """Add a system message of the broker's, then ask for a response; whether it was sent.
+    async def inject_note(self, text: str, role: NoteRole = "system") -> bool:
+        """Add a message of the broker's, then ask for a response; whether it was sent.
 
+        A ``system`` note by default; a ``user`` one for a phone caller's keypad turn.
         Its id is registered as ours before the send (:mod:`sideband.notes`). Not sent now
         (the sideband is away): kept for the next connection, unless the controller stops.
         """
         if self._stopping:
             return False
-        return await self._notes.add(text, connected=self._conn is not None)
+        return await self._notes.add(text, connected=self._conn is not None, role=role)
 
     async def send_client_event(self, event: dict[str, Any]) -> bool:
         """Send a client event someone else wrote (a trusted backend's, relayed).
@@ -594,6 +597,15 @@ class CallController:
 
     async def _on_committed(self, event: ev.InputAudioBufferCommitted) -> None:
         self._page.committed(event.item_id)
+
+    async def _on_dtmf(self, event: ev.InputAudioBufferDtmfEventReceived) -> None:
+        # A phone caller's key: the broker records it; a finished keypad turn comes back as
+        # a user message of ours for the model to answer.
+        if not isinstance(self._observer, KeypadObserver):
+            return
+        text = self._observer.dtmf(event.event)
+        if text is not None:
+            await self.inject_note(text, role="user")
 
     async def _on_error(self, event: ev.ErrorEvent) -> None:
         event_id, code = event.error.event_id, event.error.code

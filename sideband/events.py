@@ -156,6 +156,18 @@ class InputAudioBufferCommitted(_ServerEvent):
     previous_item_id: str | None = None
 
 
+class InputAudioBufferDtmfEventReceived(_ServerEvent):
+    """A phone caller pressed a key (SIP calls only); ``event`` is the key.
+
+    ``0``-``9``, ``*``, ``#``, ``A``-``D``. The one server event without an ``event_id``
+    (docs/protocol.md §0, "SIP").
+    """
+
+    type: Literal["input_audio_buffer.dtmf_event_received"]
+    event: str
+    received_at: int | float | None = None
+
+
 class ConversationItemDone(_ServerEvent):
     type: Literal["conversation.item.done"]
     item: Item
@@ -230,6 +242,7 @@ KnownServerEvent = Annotated[
     | InputAudioBufferCommitted
     | InputAudioBufferSpeechStarted
     | InputAudioBufferSpeechStopped
+    | InputAudioBufferDtmfEventReceived
     | ConversationItemDone
     | ConversationItemDeleted
     | ConversationItemRetrieved
@@ -255,6 +268,7 @@ _KNOWN_TYPES = frozenset(
         "input_audio_buffer.committed",
         "input_audio_buffer.speech_started",
         "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.dtmf_event_received",
         "conversation.item.done",
         "conversation.item.deleted",
         "conversation.item.retrieved",

@@ -8,32 +8,37 @@ before it is sent: the page watch never takes it for a page item (it deletes pag
 message, not an output). The ``response.create`` that follows goes through the responder, so it
 waits for any response under way. A note the sideband cannot take now (it is reconnecting) is
 kept and sent first thing on the next connection.
+
+A phone caller's keypad turn (digits ended by the line's terminator) goes in the same way, as
+a ``user`` message of the broker's: the caller spoke through the keypad, and the model is to
+answer it as a turn (:meth:`sideband.CallController.inject_note` with ``role="user"``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from sideband.contracts import Wiring
 from sideband.events import new_event_id, new_item_id
 
 NOTE_ITEM_PREFIX: Final = "item_nt"
+NoteRole = Literal["system", "user"]
 
 
 def new_note_id() -> str:
     return new_item_id(NOTE_ITEM_PREFIX)
 
 
-def note_item_create(item_id: str, text: str) -> dict[str, Any]:
-    """``conversation.item.create`` for a system message with a broker-chosen id."""
+def note_item_create(item_id: str, text: str, role: NoteRole = "system") -> dict[str, Any]:
+    """``conversation.item.create`` for a message (system by default) with a broker-chosen id."""
     return {
         "type": "conversation.item.create",
         "event_id": new_event_id(),
         "item": {
             "id": item_id,
             "type": "message",
-            "role": "system",
+            "role": role,
             "content": [{"type": "input_text", "text": text}],
         },
     }
@@ -61,27 +66,27 @@ class Notes:
         self._ours = ours
         self._sent = sent
         self._respond = respond
-        self.queued: dict[str, str] = {}
-        """Notes not sent on any connection yet (item id → text), oldest first."""
+        self.queued: dict[str, tuple[str, NoteRole]] = {}
+        """Notes not sent on any connection yet (item id → text, role), oldest first."""
 
-    async def add(self, text: str, *, connected: bool) -> bool:
+    async def add(self, text: str, *, connected: bool, role: NoteRole = "system") -> bool:
         """Send a note now (``True``), or keep it for the next connection (``False``)."""
         item_id = new_note_id()
         self._ours(item_id)
-        if connected and await self._deliver(item_id, text):
+        if connected and await self._deliver(item_id, text, role):
             return True
-        self.queued[item_id] = text
+        self.queued[item_id] = (text, role)
         return False
 
     async def resend(self) -> None:
         """On a new connection: the notes a lost (or absent) one could not take."""
-        for item_id, text in list(self.queued.items()):
-            if not await self._deliver(item_id, text):
+        for item_id, (text, role) in list(self.queued.items()):
+            if not await self._deliver(item_id, text, role):
                 return
             del self.queued[item_id]
 
-    async def _deliver(self, item_id: str, text: str) -> bool:
-        if not await self._send(note_item_create(item_id, text)):
+    async def _deliver(self, item_id: str, text: str, role: NoteRole) -> bool:
+        if not await self._send(note_item_create(item_id, text, role)):
             return False
         self._sent(item_id)
         await self._respond()

@@ -24,7 +24,12 @@ from broker.api import audit, schemas
 from broker.api.api_keys import CreateKeyRequest, GrantToolsRequest
 from broker.api.approvals import ApprovalDecision, ApprovalList, ApprovalRecord, DecisionRequest
 from broker.api.erasure import SessionErased
-from broker.api.ops_actions import ConfigRequest, HangupRequest, InstructionsRequest
+from broker.api.ops_actions import (
+    ConfigRequest,
+    HangupRequest,
+    InstructionsRequest,
+    TransferRequest,
+)
 from broker.api.quotas import QuotasBody, QuotasSet, UsageReport
 from broker.api.retention import RetentionRequest, RetentionSet
 from broker.api.session_list import DEFAULT_LIMIT, MAX_LIMIT
@@ -411,6 +416,27 @@ OPERATIONS: Final = (
         tags=("ops",),
     ),
     Operation(
+    Operation(
+        "post",
+        "/api/v1/sessions/{session_id}/transfer",
+        "transferSession",
+        "Transfer a live phone call to a tel: or sip: URI (SIP refer; admin)",
+        _ok(schemas.Transferred),
+        request=TransferRequest,
+        errors=(
+            _SCOPED,
+            _JSON_BODY,
+            {
+                404: ("session_not_found",),
+                409: ("not_a_phone_call", "session_not_live"),
+                422: ("provider_lacks_capability",),
+                502: ("provider_error",),
+                503: ("owner_unavailable",),
+                504: ("provider_timeout",),
+            },
+        ),
+        tags=("ops",),
+    ),
         "post",
         "/api/v1/sessions/{session_id}/instructions",
         "updateInstructions",

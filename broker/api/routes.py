@@ -91,6 +91,12 @@ ROUTES: Final = (
         MAX_JSON_BYTES,
     ),
     Route(
+    Route(
+        hdrs.METH_POST,
+        "/api/v1/sessions/{session_id}/transfer",
+        ops_actions.transfer_session,
+        MAX_JSON_BYTES,
+    ),
         hdrs.METH_POST,
         "/api/v1/sessions/{session_id}/instructions",
         ops_actions.update_instructions,

@@ -186,10 +186,15 @@ class SessionDetail(_Out):
     model: str
     voice: str
     tools: list[str]
-    connection_type: Literal["webrtc", "trusted_server"] = Field(
-        description="``trusted_server``: a backend's session, no browser."
+    connection_type: Literal["webrtc", "trusted_server", "sip"] = Field(
+        description="``trusted_server``: a backend's session, no browser; ``sip``: a phone call."
     )
     service_id: str | None = Field(description="A trusted session's service.")
+    sip_line: str | None = Field(description="A phone call's line (the lines file's name).")
+    caller: str | None = Field(
+        description="A phone call's caller number, as stored (a keyed hash if its line redacts"
+        " the caller)."
+    )
     server_tools: list[ServerToolOut] | None = Field(
         description="A trusted session's own tools, run by its backend."
     )
@@ -224,6 +229,9 @@ class SessionSummaryOut(_Out):
     tenant: str
     state: SessionState
     model: str
+    connection_type: Literal["webrtc", "trusted_server", "sip"]
+    sip_line: str | None = Field(description="A phone call's line.")
+    caller: str | None = Field(description="A phone call's caller, as stored.")
     sideband: SidebandInfo
     call_id: str | None
     end_reason: str | None
@@ -260,6 +268,17 @@ class Ended(_Out):
 class HungUp(_Out):
     id: str
     hung_up: bool
+
+
+class Transferred(_Out):
+    """A phone call transferred (``POST /api/v1/sessions/{id}/transfer``).
+
+    The provider took the refer, and the session ended as ``transferred``.
+    """
+
+    id: str
+    transferred: bool
+    target_uri: str
 
 
 class InstructionsUpdated(_Out):

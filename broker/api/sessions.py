@@ -43,6 +43,8 @@ def _session_json(row: SessionRow) -> dict[str, Any]:
         "tools": row.tools,
         "connection_type": row.connection_type,
         "service_id": row.service_id,
+        "sip_line": row.sip_line,
+        "caller": row.caller,
         "server_tools": row.server_tools,
         "call_id": row.call_id,
         "sideband": {"enabled": row.sideband_enabled, "state": row.sideband_state},

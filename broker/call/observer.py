@@ -4,7 +4,8 @@ Every event is recorded in the session's event log; the provider's feed the call
 (activity), the dispatch clock and the usage metrics; the broker's own are timed (a tool
 output going out) and counted (a config probe). Attaching and losing the sideband are
 written on the session row, where the bridge reads who runs the session's tools, with their
-audit records (``sideband.attached``, ``sideband.lost``) in the same transaction.
+audit records (``sideband.attached``, ``sideband.lost``) in the same transaction. A phone
+call's keys go to its keypad (:mod:`broker.call.keypad`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Final, Protocol
 
 from broker.audit.records import Actor, AuditEntry, AuditKind
 from broker.call.dispatch_clock import DispatchClock
+from broker.call.keypad import Keypad
 from broker.call.leash import Leash
 from broker.db.models import SidebandState
 from broker.metrics import BrokerMetrics, SidebandFailure, SidebandKind
@@ -45,6 +47,7 @@ class SessionObserver:
         set_sideband_state: records the sideband's state on the session row, with the audit
             entries given (in one transaction).
         instance_id: this broker instance, named in the audit records.
+        keypad: a phone call's keypad; ``None``: keys are only recorded as they came.
     """
 
     def __init__(
@@ -56,8 +59,10 @@ class SessionObserver:
         set_sideband_state: SidebandStateWriter,
         *,
         instance_id: str | None = None,
+        keypad: Keypad | None = None,
     ) -> None:
         self._session_id = session_id
+        self._keypad = keypad
         self._instance_id = instance_id
         self._recorder = recorder
         self._leash = leash
@@ -84,6 +89,10 @@ class SessionObserver:
                 self._metrics.dispatch_finished(*timed)
             if is_session_probe(event):
                 self._metrics.session_probed()
+
+    def dtmf(self, digit: str) -> str | None:
+        """The caller pressed ``digit`` (``sideband.KeypadObserver``)."""
+        return None if self._keypad is None else self._keypad.pressed(digit)
 
     def _audit(self, kind: AuditKind, body: dict[str, Any]) -> AuditEntry:
         return AuditEntry(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Final
 
 import aiohttp
@@ -32,6 +32,7 @@ from broker import tracing
 from broker.audit import trail as audit
 from broker.audit.records import Actor, AuditEntry, AuditKind
 from broker.call.hangup import hang_up
+from broker.call.keypad import Keypad, KeypadTurn
 from broker.call.leash import Leash, LeashTerms
 from broker.call.observer import SessionObserver
 from broker.call.ownership import StandbyConnection, may_act_now
@@ -40,7 +41,7 @@ from broker.call.trusted_dial import Preamble, ProviderSocket, configure
 from broker.call.trusted_relay import TrustedLink
 from broker.db import queries
 from broker.db.fence import LeaseLostError
-from broker.db.models import SessionState, SidebandState
+from broker.db.models import ConnectionType, SessionState, SidebandState
 from broker.db.shielded import ShieldedWrites
 from broker.logs import bind_call
 from broker.metrics import BrokerMetrics, SidebandFailure
@@ -133,6 +134,9 @@ class SidebandSupervisor:
         self.handoff_pending: Callable[[str], bool] = lambda _session_id: False
         """Whether the call is being offered to another instance (set by the app's wiring):
         a sideband lost meanwhile is not re-attached."""
+        self.keypad_turn: Callable[[str], KeypadTurn | None] = lambda _line: None
+        """A phone line's keypad turn, by the line's name (set by the app's wiring from the
+        lines file); ``None``: the line has none."""
 
     def start(
         self,
@@ -431,6 +435,7 @@ class SidebandSupervisor:
         close_code: int | None = None
         failure: BaseException | None = None
         controller: CallController | None = None
+        keypad: Keypad | None = None
         try:
             await recorder.start()
             for direction, frame in trusted.preamble if trusted is not None else ():
@@ -512,6 +517,13 @@ class SidebandSupervisor:
                 on_settled=leash.tool_call_settled,
                 session_tools=trusted.tools if trusted is not None else None,
             )
+            if row.connection_type == ConnectionType.SIP:
+                keypad = Keypad(
+                    session_id,
+                    recorder,
+                    self._dispatcher.dtmf,
+                    self.keypad_turn(row.sip_line) if row.sip_line else None,
+                )
             observer: CallObserver = SessionObserver(
                 session_id,
                 recorder,
@@ -519,6 +531,7 @@ class SidebandSupervisor:
                 self.metrics,
                 set_sideband_state,
                 instance_id=self.instance_id,
+                keypad=keypad,
             )
             controller = CallController(
                 call_id,
@@ -575,6 +588,8 @@ class SidebandSupervisor:
         finally:
             self._controllers.pop(session_id, None)
             self._tool_handlers.pop(session_id, None)
+            if keypad is not None:
+                keypad.forget()
             if first is not None:
                 await first.close()
             if session_id in self._lost:
@@ -659,6 +674,48 @@ class SidebandSupervisor:
         shielded: the leash task that asks for it is cancelled as soon as the sideband
         closes, which on the emulator happens before the hangup request is even answered.
         """
+    async def transfer_call(
+        self,
+        session_id: str,
+        call_id: str,
+        target_uri: str,
+        actor: str,
+        record: Callable[[], Awaitable[None]],
+    ) -> bool:
+        """Transfer a supervised phone call to ``target_uri`` (``refer``), then let it go.
+
+        The end reason (``transferred``) is noted before the refer, so however the sideband
+        then closes (the provider may close it at once) the session ends as transferred, not
+        as a lost call. Once the provider took the refer, ``record`` runs (the audit record
+        and event, before the end) and the sideband is closed: the call is no longer the
+        model's. Returns ``False`` if the broker is already ending the call.
+
+        Raises:
+            KeyError: this process does not supervise the session's sideband.
+            ProviderError, CallNotFoundError, ProviderTimeoutError, ProviderUnreachableError,
+                ProviderCapabilityError: the provider did not take the refer; the call goes
+                on, watched as before.
+        """
+        controller = self._controllers[session_id]
+        if session_id in self._ending:
+            return False
+        self._ending[session_id] = (EndReason.TRANSFERRED, actor)
+        try:
+            # Shielded: a request cancelled mid-refer must not leave the outcome unknown here.
+            await self._writes.run(
+                self._provider.refer_call(call_id, target_uri), name=f"refer:{session_id}"
+            )
+        except BaseException:
+            self._ending.pop(session_id, None)
+            raise
+        controller.condemn()
+        logger.warning("call transferred session_id=%s call_id=%s", session_id, call_id)
+        try:
+            await record()
+        finally:
+            await controller.stop()
+        return True
+
         if session_id in self._ending:
             return True
         self._ending[session_id] = (reason, actor)

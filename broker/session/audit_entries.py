@@ -13,6 +13,8 @@ chosen here, in one place, so a reviewer reading one finds every session record'
 - ``session.offered``: the provider call the offer created.
 - ``session.ended``: how it ended and the usage the provider reported, once per session.
 - ``ops.hangup`` / ``ops.instructions_updated``: the operator's key is the actor.
+- ``call.referred``: a phone call transferred (SIP ``refer``) by an operator's key: the
+  provider's call id and the target URI.
 - ``session.reconfigured``: a live call's new config (``POST /api/v1/sessions/{id}/config``
   or its ``/instructions`` alias), by the key that changed it: the tool names before and
   after, and the instructions before and after as digests.
@@ -32,6 +34,7 @@ from broker.db.usage import Usage
 from broker.session.end_reason import EndReason
 
 __all__ = [
+    "call_referred",
     "end_actor",
     "instructions_digest",
     "ops_hangup",
@@ -162,5 +165,15 @@ def session_reconfigured(
                 "after": instructions_digest(instructions[1]),
             },
         },
+        session_id=session_id,
+    )
+
+
+def call_referred(session_id: str, by_key: str, call_id: str, target_uri: str) -> AuditEntry:
+    """``call.referred``: an operator transferred the phone call and the provider took it."""
+    return AuditEntry(
+        AuditKind.CALL_REFERRED,
+        Actor.key(by_key),
+        {"call_id": call_id, "target_uri": target_uri},
         session_id=session_id,
     )

@@ -11,6 +11,12 @@ audit.
 A reconfiguration (new instructions and/or tools, :meth:`CallActions.reconfigure`) is sent on
 the call's sideband by the instance that supervises it, which waits for the provider's answer;
 only a change the provider took is stored, with its event and audit record.
+
+A phone call's transfer (:meth:`CallActions.transfer`, SIP ``refer``) is asked of the provider
+by the instance that supervises the call; once the provider took it, the operator's
+``call.referred`` record and the ``broker.transfer`` event are written and the session ends as
+``transferred`` (the provider ends the call; the sideband's close that follows is its
+consequence, not a failure).
 """
 
 from __future__ import annotations
@@ -26,7 +32,13 @@ from broker.audit.records import Actor
 from broker.call.ownership import CallOwnership
 from broker.call.supervisor import SidebandSupervisor
 from broker.db import queries
-from broker.db.models import CALL_RUNNING_STATES, CallCommand, CallCommandStatus, SessionRow
+from broker.db.models import (
+    CALL_RUNNING_STATES,
+    CallCommand,
+    CallCommandStatus,
+    ConnectionType,
+    SessionRow,
+)
 from broker.errors import (
     ConflictError,
     NotFoundError,
@@ -40,21 +52,29 @@ from broker.record.event_classes import EventClass
 from broker.record.event_log import append_event
 from broker.session import audit_entries
 from broker.session.end_reason import EndReason
-from broker.session.ending import end_unwatched_call
+from broker.session.ending import end_session, end_unwatched_call
 from broker.session.trusted import trusted_session_config
 from broker.tools.registry import ToolRegistry
-from sideband import ConfigOutcome, Provider
+from sideband import (
+    ConfigOutcome,
+    Provider,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnreachableError,
+)
 
 logger = logging.getLogger(__name__)
 
 BROWSER_HANGUP_EVENT: Final = "broker.browser_hangup"
 OPS_HANGUP_EVENT: Final = "broker.ops_hangup"
 CONFIG_EVENT: Final = "broker.config_updated"
+TRANSFER_EVENT: Final = "broker.transfer"
 HANGUP_COMMAND: Final = "hangup"
 CONFIG_COMMAND: Final = "config"
 INSTRUCTIONS_COMMAND: Final = "instructions"
 """What an instance of before reconfiguration asks for instead of :data:`CONFIG_COMMAND`
 (instructions only); still honoured."""
+TRANSFER_COMMAND: Final = "transfer"
 APPROVAL_COMMAND: Final = "approval"
 """An operator's decision on a held tool call (:mod:`broker.session.approvals`)."""
 
@@ -140,6 +160,11 @@ class CallActions:
                 str(payload["by"]),
                 instructions=None if instructions is None else str(instructions),
                 tools=None if tools is None else [str(name) for name in tools],
+            )
+            return {}
+        if command.kind == TRANSFER_COMMAND:
+            await self._transfer_here(
+                row, str(command.payload["by"]), str(command.payload["target_uri"])
             )
             return {}
         if command.kind == APPROVAL_COMMAND and self.approvals is not None:
@@ -336,6 +361,93 @@ class CallActions:
             by_key,
             "-" if instructions is None else len(instructions),
             "-" if tools is None else ",".join(new_tools),
+        )
+
+    async def transfer(self, row: SessionRow, by_key: str, target_uri: str) -> None:
+        """Transfer a live phone call to ``target_uri`` (SIP ``refer``) for key ``by_key``.
+
+        The instance supervising the call asks the provider (another instance's is asked to).
+        Only once the provider took the refer are ``call.referred`` and the ``broker.transfer``
+        event written and the session ended as ``transferred``.
+
+        Raises:
+            ConflictError: ``not_a_phone_call``; ``session_not_live``.
+            UpstreamError: ``provider_error`` (502): the provider refused the refer;
+                ``provider_timeout`` (504). Either way the call goes on, unchanged.
+        """
+        _require_phone_call(row)
+        _require_live(row)
+        owner = await self.owner_elsewhere(row.id)
+        if owner is not None:
+            await self.ask_owner(
+                row.id, owner, TRANSFER_COMMAND, {"by": by_key, "target_uri": target_uri}
+            )
+            return
+        await self._transfer_here(row, by_key, target_uri)
+
+    async def _transfer_here(self, row: SessionRow, by_key: str, target_uri: str) -> None:
+        _require_phone_call(row)
+        _require_live(row)
+        call_id = row.call_id
+        assert call_id is not None
+        actor = Actor.key(by_key)
+
+        async def record() -> None:
+            entry = audit_entries.call_referred(row.id, by_key, call_id, target_uri)
+
+            async def store(s: AsyncSession) -> None:
+                await audit.add(s, entry)
+
+            # The record and its event in one transaction: neither without the other.
+            await append_event(
+                self._sessionmaker,
+                row.id,
+                {"type": TRANSFER_EVENT, "target_uri": target_uri, "by": by_key},
+                EventClass.KEPT,
+                alongside=store,
+            )
+
+        try:
+            try:
+                transferred = await self._supervisor.transfer_call(
+                    row.id, call_id, target_uri, actor, record
+                )
+            except KeyError:
+                # No sideband of this process watches it (degraded): refer, record, end here.
+                await self._provider.refer_call(call_id, target_uri)
+                await record()
+                await end_session(
+                    self._sessionmaker, self._metrics, row.id, EndReason.TRANSFERRED, actor=actor
+                )
+                transferred = True
+        except ProviderTimeoutError:
+            raise UpstreamError(
+                "provider_timeout",
+                "the provider did not answer the transfer in time; the call goes on",
+                timeout=True,
+            ) from None
+        except (ProviderError, ProviderUnreachableError) as exc:
+            # A refusal (4xx, the call gone: 404), a 5xx, no capability, or no connection.
+            logger.warning("transfer refused session_id=%s call_id=%s: %s", row.id, call_id, exc)
+            raise UpstreamError(
+                "provider_error", "the provider did not transfer the call; the call goes on"
+            ) from None
+        if not transferred:
+            raise ConflictError("session_not_live", "the call is already ending")
+        logger.warning(
+            "call transferred by an operator session_id=%s call_id=%s by_key=%s",
+            row.id,
+            call_id,
+            by_key,
+        )
+
+
+def _require_phone_call(row: SessionRow) -> None:
+    if row.connection_type != ConnectionType.SIP:
+        raise ConflictError(
+            "not_a_phone_call",
+            "only a phone call (connection_type sip) can be transferred",
+            connection_type=row.connection_type,
         )
 
 

@@ -29,6 +29,8 @@ class EndReason(enum.StrEnum):
     """The page hung up through the broker (``POST /api/v1/sessions/{id}/end``)."""
     OPS_HANGUP = "ops_hangup"
     """An operator hung the call up (``POST /api/v1/sessions/{id}/hangup``)."""
+    TRANSFERRED = "transferred"
+    """An operator transferred the phone call (SIP ``refer``): it left for another number."""
     CALL_GONE = "call_gone"
     """The provider no longer knew the call the sideband had attached (404)."""
     BACKEND_CLOSED = "backend_closed"

@@ -594,6 +594,25 @@ class SessionService:
 
         Raises:
             UpstreamError, UnavailableError: as :meth:`CallActions.hang_up`.
+    async def transfer(self, principal: ApiPrincipal, session_id: str, target_uri: str) -> None:
+        """An operator transfers a phone call (SIP ``refer``); the caller checked ``admin``.
+
+        Raises:
+            NotFoundError (``session_not_found``: unknown or another tenant's),
+            ValidationFailedError (``provider_lacks_capability``: no ``sip_calls``),
+            ConflictError (``not_a_phone_call``, ``session_not_live``), UpstreamError
+            (``provider_error`` 502, ``provider_timeout`` 504: the call goes on).
+        """
+        row = await self.visible_row(principal, session_id)
+        if not self._provider.capabilities.sip_calls:
+            raise ValidationFailedError(
+                "provider_lacks_capability",
+                f"provider {self._provider.name} has no phone calls to transfer",
+                capability="sip_calls",
+                provider=self._provider.name,
+            )
+        await self._calls.transfer(row, principal.key_id, target_uri)
+
         """
         await self._calls.hang_up(row, reason)
 

@@ -40,6 +40,7 @@ from broker.tools.breaker import CircuitBreakers, Refusal
 from broker.tools.budget import DENIED
 from broker.tools.call_ids import is_valid_call_id, printable, recorded_call_id
 from broker.tools.codes import ToolErrorCode
+from broker.tools.dtmf import DtmfDigits
 from broker.tools.execute import execute_granted
 from broker.tools.ledger import (
     CALL_ID_RULE,
@@ -98,6 +99,8 @@ class ToolDispatcher(CallLedger):
         self._on_finished = on_finished
         # Per process: each broker process pauses a failing tool on its own evidence.
         self._breakers = CircuitBreakers() if breakers is None else breakers
+        self.dtmf = DtmfDigits()
+        """Each phone call's keys so far (:mod:`broker.tools.dtmf`), for ``dtmf`` tools."""
 
     async def run(
         self,
@@ -309,7 +312,13 @@ class ToolDispatcher(CallLedger):
         error: str | None = None
         try:
             status, output, error = await execute_granted(
-                session_id, call_id, verdict.tool, verdict.spec, verdict.arguments, verdict.permit
+                session_id,
+                call_id,
+                verdict.tool,
+                verdict.spec,
+                verdict.arguments,
+                verdict.permit,
+                dtmf=self.dtmf.of(session_id) if verdict.spec.dtmf else None,
             )
         finally:
             if output is None:
@@ -480,7 +489,13 @@ class ToolDispatcher(CallLedger):
                     session_id, call_id, claimed.arguments, claimed.arguments_sealed
                 )
                 status, output, error = await execute_granted(
-                    session_id, call_id, tool, spec, strict_json_loads(arguments), permit
+                    session_id,
+                    call_id,
+                    tool,
+                    spec,
+                    strict_json_loads(arguments),
+                    permit,
+                    dtmf=self.dtmf.of(session_id) if spec.dtmf else None,
                 )
         finally:
             if not output:

@@ -24,8 +24,13 @@ async def execute_granted(
     spec: ToolSpec,
     args: dict[str, Any],
     permit: Permit,
+    *,
+    dtmf: str | None = None,
 ) -> tuple[ToolCallStatus, str, str | None]:
     """Run a granted call's tool; ``(status, output, error)``.
+
+    ``dtmf``: the phone caller's keys so far, for a tool that declares ``dtmf = true``
+    (``None``: the tool gets none).
 
     A tool's failure is an outcome with an error output for the model, never an exception;
     only a cancellation (or a crash) propagates.
@@ -36,7 +41,7 @@ async def execute_granted(
     try:
         # One deadline for every executor kind (httpx only backs it up).
         async with asyncio.timeout(spec.timeout):
-            output = await spec.executor(args, ToolContext(session_id, call_id, tool))
+            output = await spec.executor(args, ToolContext(session_id, call_id, tool, dtmf))
     except TimeoutError:
         failure: tuple[ToolErrorCode, str] = (
             ToolErrorCode.TOOL_TIMEOUT,

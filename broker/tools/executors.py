@@ -35,6 +35,9 @@ class ToolContext:
     session_id: str
     call_id: str
     tool: str
+    dtmf: str | None = None
+    """The phone caller's keys so far (``0``-``9``, ``*``, ``#``, ``A``-``D``, oldest first)
+    for a tool that declares ``dtmf = true``; ``None`` for any other tool."""
 
 
 class ToolExecutionError(Exception):
@@ -93,6 +96,7 @@ class HttpExecutor:
 
     Headers: ``X-Session-ID``, ``X-Call-ID`` and ``X-Tool-Name`` say who is asking;
     ``Idempotency-Key: <session_id>:<call_id>`` names the call for a backend that dedupes;
+    ``X-DTMF-Digits``: the phone caller's keys so far, for a tool that declares ``dtmf``;
     the Standard Webhooks headers (``Webhook-Id``, the same key, signed; ``Webhook-Timestamp``;
     ``Webhook-Signature``) and the deprecated ``X-Broker-Timestamp`` and
     ``X-Broker-Signature`` prove the broker sent it (unless the tool is configured
@@ -150,6 +154,8 @@ class HttpExecutor:
             "Idempotency-Key": idempotency_key,
             **(extra or {}),
         }
+        if context.dtmf is not None:
+            headers["X-DTMF-Digits"] = context.dtmf
         if self._secret is not None:
             # The Webhook-Id is the call's key, not a fresh id: a re-sent call (an idempotent
             # tool after a crash) is the same message to a receiver that dedupes on it.

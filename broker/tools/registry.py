@@ -29,6 +29,11 @@ are stored sealed and opened only to run it; the tool itself always gets the raw
 1500 for ``http_async`` tools, off for others) and ``ack_instructions``: a call still running
 after that long makes the broker ask the model to tell the user it is working on it.
 
+``dtmf = true`` (default false): on a phone call, the tool gets the keys the caller pressed so
+far (``ToolContext.dtmf``; the ``X-DTMF-Digits`` header for HTTP tools;
+:mod:`broker.tools.dtmf`). A tool that does not declare it never sees them: the keys may be
+a PIN.
+
 ``http_async = "https://…"`` instead of ``http`` makes a long-running tool
 (:mod:`broker.tools.async_executor`): the backend may answer ``200`` at once, or ``202`` with
 a status URL (``Location`` or ``{"status_url": …}``) the broker polls every
@@ -101,6 +106,7 @@ _KEYS: Final = frozenset(
         "approval_timeout",
         "ack_after_ms",
         "ack_instructions",
+        "dtmf",
     }
 )
 DEFAULT_APPROVAL_TIMEOUT: Final = 300.0
@@ -154,6 +160,8 @@ class ToolSpec:
     """After this long still running, the model is asked to say it is working on it
     (``None``: never; ``http-async`` tools default to :data:`DEFAULT_ACK_AFTER_MS`)."""
     ack_instructions: str = DEFAULT_ACK_INSTRUCTIONS
+    dtmf: bool = False
+    """``dtmf = true``: a phone call's keys so far go with each call (see the module docstring)."""
 
     def provider_definition(self) -> dict[str, Any]:
         """The ``tools[]`` entry of a realtime session config."""
@@ -272,6 +280,9 @@ def _tool(
     ack_instructions = entry.get("ack_instructions", DEFAULT_ACK_INSTRUCTIONS)
     if not isinstance(ack_instructions, str) or not ack_instructions.strip():
         raise ToolConfigError(f"{where}: ack_instructions must be a non-empty string")
+    dtmf = entry.get("dtmf", False)
+    if not isinstance(dtmf, bool):
+        raise ToolConfigError(f"{where}: dtmf must be true or false")
     return ToolSpec(
         name=name,
         description=description,
@@ -285,6 +296,7 @@ def _tool(
         approval_timeout=float(approval_timeout),
         ack_after_ms=ack_after_ms,
         ack_instructions=ack_instructions,
+        dtmf=dtmf,
     )
 
 
