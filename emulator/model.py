@@ -40,7 +40,9 @@ with the conversation and the tools in effect. The rules, in order:
    "name": X}`` keeps only calls to X (or makes one from the whole text).
    ``parallel_tool_calls: false`` keeps only the first call.
 3. **Heard audio.** A last user message with audio but no text (server VAD committed it;
-   the emulator does no speech recognition) gets ``I heard you.``.
+   the emulator does no speech recognition) gets ``I heard you.``. (A phone caller's
+   spoken turn reaches the planner with its words as the transcript:
+   :meth:`emulator.calls.Call._model_view`.)
 4. **Echo.** Otherwise ``You said: <text>``; with no user message at all,
    ``Hello! How can I help you today?``.
 5. **Out-of-band responses.** A ``response.create`` with ``response.conversation: "none"``
