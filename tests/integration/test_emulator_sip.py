@@ -472,3 +472,27 @@ async def test_admin_routes_refuse_bad_bodies_and_other_calls(
     snapshot = sip_call(emulator, call_id).snapshot()
     assert snapshot["media"] == "sip"
     assert json.dumps(snapshot)  # inspectable as JSON
+
+
+async def test_the_models_speech_plays_to_the_phone_not_into_events(
+    http: aiohttp.ClientSession,
+) -> None:
+    """A phone call's audio is RTP at the real service: the sideband sees
+    output_audio_buffer.started/stopped around a spoken response, never audio deltas."""
+    emulator = await start_emulator(EmulatorSettings(api_key=KEY, speech="tone"))
+    try:
+        call_id = (await ring(http, emulator))["call_id"]
+        async with AsyncOpenAI(api_key=KEY, base_url=emulator.base_url, max_retries=0) as sdk:
+            await sdk.realtime.calls.accept(call_id, **session_config(turn_detection=None))
+        probe = await SidebandProbe.connect(http, emulator, call_id)
+        await probe.send({"type": "response.create"})
+        done = await probe.wait_for("response.done")
+        started = await probe.wait_for("output_audio_buffer.started")
+        stopped = await probe.wait_for("output_audio_buffer.stopped")
+        assert started["response_id"] == stopped["response_id"] == done["response"]["id"]
+        assert not any(e["type"] == "response.output_audio.delta" for e in probe.events)
+        [played] = sip_call(emulator, call_id).snapshot()["model_audio_ms"]
+        assert played > 0
+        await probe.close()
+    finally:
+        await emulator.close()
