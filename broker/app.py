@@ -48,6 +48,7 @@ from broker.session.reaper import SessionReaper
 from broker.session.retention import RetentionSweeper
 from broker.session.service import SessionService
 from broker.settings import Settings
+from broker.sip.service import sip_ctx
 from broker.tools.async_executor import CallbackStore
 from broker.tools.breaker import CircuitBreakers
 from broker.tools.dispatch import ToolDispatcher
@@ -98,6 +99,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(provider_ctx)
     app.cleanup_ctx.append(tools_ctx)
     app.cleanup_ctx.append(services_ctx)
+    # Stopped before the supervisor: calls still being answered end first.
+    app.cleanup_ctx.append(sip_ctx)
     setup_routes(app)
     if settings.demo:
         setup_demo(app)

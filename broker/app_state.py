@@ -25,6 +25,7 @@ from broker.session.reaper import SessionReaper
 from broker.session.retention import RetentionSweeper
 from broker.session.service import SessionService
 from broker.settings import Settings
+from broker.sip.calls import SipCalls
 from broker.tools.dispatch import ToolDispatcher
 from broker.tools.registry import ToolRegistry
 from broker.webhooks.sender import WebhookSender
@@ -73,3 +74,5 @@ REDACTOR = web.AppKey("redactor", FieldRedactor)
 APPROVALS = web.AppKey("approvals", ApprovalService)
 """Operators' decisions on approval-gated tool calls, and their expiry sweep."""
 """Keyed hashes and sealing of the fields tools name in ``redact``."""
+SIP = web.AppKey("sip", SipCalls)
+"""Phone calls (:mod:`broker.sip.calls`); absent when they are off."""

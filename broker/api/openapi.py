@@ -33,6 +33,7 @@ from broker.api.ops_actions import (
 from broker.api.quotas import QuotasBody, QuotasSet, UsageReport
 from broker.api.retention import RetentionRequest, RetentionSet
 from broker.api.session_list import DEFAULT_LIMIT, MAX_LIMIT
+from broker.api.sip_incoming import SipIncomingAnswer
 from broker.api.tenants import CreateTenantRequest
 from broker.api.tools import DisableToolRequest
 from broker.session.service import CreateSessionRequest
@@ -416,7 +417,6 @@ OPERATIONS: Final = (
         tags=("ops",),
     ),
     Operation(
-    Operation(
         "post",
         "/api/v1/sessions/{session_id}/transfer",
         "transferSession",
@@ -437,6 +437,7 @@ OPERATIONS: Final = (
         ),
         tags=("ops",),
     ),
+    Operation(
         "post",
         "/api/v1/sessions/{session_id}/instructions",
         "updateInstructions",
@@ -608,6 +609,32 @@ OPERATIONS: Final = (
             ("approve", "Approve a held tool call: it runs and the model is told (admin)"),
             ("deny", "Deny a held tool call: the model is told (admin)"),
         )
+    ),
+    Operation(
+        "post",
+        "/api/v1/sip/incoming",
+        "sipIncoming",
+        "The provider's realtime.call.incoming webhook (Standard-Webhooks-signed with"
+        " BROKER_SIP_WEBHOOK_SECRET): the call is accepted, rejected or referred as its line"
+        " says, by a task after the answer; a repeated webhook-id is answered, not acted on",
+        _ok(SipIncomingAnswer, "Received"),
+        security=None,
+        request_media_type="application/json",
+        errors=(
+            {
+                400: ("invalid_webhook",),
+                401: ("invalid_signature",),
+                404: ("sip_not_configured",),
+                408: ("body_timeout",),
+                413: ("payload_too_large",),
+            },
+        ),
+        headers=tuple(
+            # Checked by the route (401 ``invalid_signature`` without them), not by the schema.
+            {"name": name, "in": "header", "required": False, "schema": {"type": "string"}}
+            for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
+        ),
+        tags=("phone",),
     ),
     Operation(
         "post",

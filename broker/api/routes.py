@@ -25,6 +25,7 @@ from broker.api import (
     retention,
     session_list,
     sessions,
+    sip_incoming,
     tenants,
     tool_callbacks,
     tools,
@@ -91,12 +92,12 @@ ROUTES: Final = (
         MAX_JSON_BYTES,
     ),
     Route(
-    Route(
         hdrs.METH_POST,
         "/api/v1/sessions/{session_id}/transfer",
         ops_actions.transfer_session,
         MAX_JSON_BYTES,
     ),
+    Route(
         hdrs.METH_POST,
         "/api/v1/sessions/{session_id}/instructions",
         ops_actions.update_instructions,
@@ -136,6 +137,12 @@ ROUTES: Final = (
         hdrs.METH_POST, "/api/v1/approvals/{approval_id}/approve", approvals.approve, MAX_JSON_BYTES
     ),
     Route(hdrs.METH_POST, "/api/v1/approvals/{approval_id}/deny", approvals.deny, MAX_JSON_BYTES),
+    Route(
+        hdrs.METH_POST,
+        "/api/v1/sip/incoming",
+        sip_incoming.sip_incoming,
+        sip_incoming.MAX_WEBHOOK_BYTES,
+    ),
     Route(
         hdrs.METH_POST,
         "/api/v1/tool-callbacks/{callback_id}",

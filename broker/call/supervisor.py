@@ -642,6 +642,16 @@ class SidebandSupervisor:
         """
         return await self._controllers[session_id].inject_note(text)
 
+    async def send_client_event(self, session_id: str, event: dict[str, Any]) -> bool:
+        """Send a client event of the broker's own on a supervised call; whether it went out.
+
+        A phone call's turn detection and greeting: recorded like the controller's own.
+
+        Raises:
+            KeyError: this process does not supervise the session's sideband.
+        """
+        return await self._controllers[session_id].send_client_event(event)
+
     async def end_call(
         self, session_id: str, call_id: str, reason: EndReason, actor: str | None = None
     ) -> bool:
@@ -664,16 +674,6 @@ class SidebandSupervisor:
             return True
         return await self._end_call(session_id, call_id, reason, actor)
 
-    async def _end_call(
-        self, session_id: str, call_id: str, reason: EndReason, actor: str | None = None
-    ) -> bool:
-        """End the call for a broker decision (leash limit, tamper policy); idempotent.
-
-        The reason is noted first, so however the sideband then ends (the provider closes it
-        on hangup, or we close it here) the session records this reason. The hangup is
-        shielded: the leash task that asks for it is cancelled as soon as the sideband
-        closes, which on the emulator happens before the hangup request is even answered.
-        """
     async def transfer_call(
         self,
         session_id: str,
@@ -716,6 +716,16 @@ class SidebandSupervisor:
             await controller.stop()
         return True
 
+    async def _end_call(
+        self, session_id: str, call_id: str, reason: EndReason, actor: str | None = None
+    ) -> bool:
+        """End the call for a broker decision (leash limit, tamper policy); idempotent.
+
+        The reason is noted first, so however the sideband then ends (the provider closes it
+        on hangup, or we close it here) the session records this reason. The hangup is
+        shielded: the leash task that asks for it is cancelled as soon as the sideband
+        closes, which on the emulator happens before the hangup request is even answered.
+        """
         if session_id in self._ending:
             return True
         self._ending[session_id] = (reason, actor)

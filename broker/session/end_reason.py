@@ -48,6 +48,9 @@ class EndReason(enum.StrEnum):
     """Never offered before its client secret expired (the session reaper ended it)."""
     OFFER_FAILED = "offer_failed"
     """The offer failed after it claimed the session (detail: why); the session ``failed``."""
+    ACCEPT_FAILED = "accept_failed"
+    """A phone call could not be answered (detail: why, e.g. ``call_id_not_found``,
+    ``timeout``); the session ``failed`` (:mod:`broker.sip.calls`)."""
     FAILED = "failed"
     """Stored by older brokers only (``sideband: …``); kept so their rows still read."""
     OTHER = "other"
@@ -91,7 +94,8 @@ class EndReason(enum.StrEnum):
 _PREFIXES: Final = {
     EndReason.PROVIDER_CLOSED: "provider_closed:",
     EndReason.OFFER_FAILED: "offer: ",
+    EndReason.ACCEPT_FAILED: "accept_failed: ",
 }
-"""How detail follows the two reasons that carry it (the offer's predates this enum)."""
+"""How detail follows the reasons that carry it (the offer's predates this enum)."""
 _VALUES: Final = frozenset(reason.value for reason in EndReason)
 _LEGACY_SIDEBAND: Final = "sideband:"

@@ -68,7 +68,11 @@ async def end_session(
         actor: who ended it, for its ``session.ended`` audit record (default: as the reason
             says, :func:`broker.session.audit_entries.end_actor`); an operator's key.
     """
-    state = SessionState.FAILED if reason is EndReason.OFFER_FAILED else SessionState.ENDED
+    state = (
+        SessionState.FAILED
+        if reason in (EndReason.OFFER_FAILED, EndReason.ACCEPT_FAILED)
+        else SessionState.ENDED
+    )
     text = reason.text(detail)[:END_REASON_CHARS]
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         try:

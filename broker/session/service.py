@@ -265,6 +265,11 @@ class SessionService:
         return await self._supervisor.open_standby(row.id, row.call_id)
 
     @property
+    def deadlines(self) -> CallDeadlines:
+        """The calls' duration backstops (a phone call's is armed by :mod:`broker.sip.calls`)."""
+        return self._deadlines
+
+    @property
     def call_actions(self) -> CallActions:
         """Hangups, instructions and other actions on running calls (for the approvals)."""
         return self._calls
@@ -589,11 +594,6 @@ class SessionService:
         row = await self.visible_row(principal, session_id)
         await self._calls.end_by_operator(row, principal.key_id, why)
 
-    async def hang_up(self, row: SessionRow, reason: EndReason) -> None:
-        """Hang a running call up for a broker decision (a hard spend cap).
-
-        Raises:
-            UpstreamError, UnavailableError: as :meth:`CallActions.hang_up`.
     async def transfer(self, principal: ApiPrincipal, session_id: str, target_uri: str) -> None:
         """An operator transfers a phone call (SIP ``refer``); the caller checked ``admin``.
 
@@ -613,6 +613,11 @@ class SessionService:
             )
         await self._calls.transfer(row, principal.key_id, target_uri)
 
+    async def hang_up(self, row: SessionRow, reason: EndReason) -> None:
+        """Hang a running call up for a broker decision (a hard spend cap).
+
+        Raises:
+            UpstreamError, UnavailableError: as :meth:`CallActions.hang_up`.
         """
         await self._calls.hang_up(row, reason)
 

@@ -565,6 +565,27 @@ class Settings(BaseSettings):
         " `Retry-After` is honoured); at least `BROKER_WEBHOOK_BACKOFF_S`",
     )
 
+    # --- phone calls (SIP) -----------------------------------------------------------------
+    sip_webhook_secret: Secret | None = Field(
+        None,
+        description="the `whsec_` secret the provider signs its `realtime.call.incoming`"
+        " webhooks with (`POST /api/v1/sip/incoming`); phone calls are off unless this and"
+        " `BROKER_SIP_LINES` are both set",
+    )
+    sip_lines: Path | None = Field(
+        None,
+        description="the phone lines file (TOML, see Phone calls (SIP) below): which dialled"
+        " numbers are accepted, rejected or referred, and with what session",
+    )
+    sip_accept_timeout_s: float = Field(
+        8.0,
+        gt=0,
+        le=60,
+        allow_inf_nan=False,
+        description="seconds an incoming call's accept (or reject, refer) may take at the"
+        " provider before the call's session fails",
+    )
+
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)
@@ -765,6 +786,20 @@ class Settings(BaseSettings):
         if value is not None:
             rules.webhook_secret(value.reveal())
         return value
+
+    @field_validator("sip_webhook_secret")
+    @classmethod
+    def _sip_webhook_secret(cls, value: Secret | None) -> Secret | None:
+        if value is not None:
+            if not value.reveal().startswith("whsec_"):
+                raise ValueError("must be a whsec_ secret (the provider's webhook secret)")
+            rules.webhook_secret(value.reveal())
+        return value
+
+    @property
+    def sip_enabled(self) -> bool:
+        """Phone calls are taken only with both the webhook secret and the lines file."""
+        return self.sip_webhook_secret is not None and self.sip_lines is not None
 
     @model_validator(mode="after")
     def _webhook_rules(self) -> Self:
