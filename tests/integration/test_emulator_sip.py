@@ -181,6 +181,7 @@ async def test_configured_webhook_url_and_secret_and_unreachable_receiver(
         await emulator.close()
     with pytest.raises(ValueError, match="whsec_"):
         EmulatorSettings(api_key=KEY, sip_webhook_secret="not-a-whsec-secret")
+    assert SECRET not in repr(emulator.settings)
 
 
 async def test_accept_with_the_sdk_then_a_spoken_turn_calls_a_tool_dtmf_and_caller_hangup(
