@@ -170,7 +170,8 @@ class SipCall(Call):
     events (none can arrive). :meth:`accept` makes it live with the accepted session; from
     then on it is a call like any other, its media a :class:`PhoneLine`.
 
-    Attributes (for inspection): ``sip_headers``, ``webhook``, ``accepted``,
+    Attributes (for inspection): ``sip_headers``, ``webhook``, ``accepted`` (and the event
+    ``answered``),
     ``reject_status_code``, ``referred_to``, ``phone`` (what the model said, as durations).
     """
 
@@ -187,6 +188,7 @@ class SipCall(Call):
         super().__init__(call_id, initial_session(None, None), settings, faults, media="sip")
         self.sip_headers = headers
         self.accepted = False
+        self.answered = asyncio.Event()  # set by accept (tests wait on it)
         self.reject_status_code: int | None = None
         self.referred_to: str | None = None
         self.phone = PhoneLine()
@@ -225,6 +227,7 @@ class SipCall(Call):
         self.session = session
         self._input.configure(_turn_detection(session))
         self.accepted = True
+        self.answered.set()
         self.created_at = time.monotonic()
         if self._ring_task is not None:
             self._ring_task.cancel()

@@ -25,7 +25,7 @@ from sideband import (
     CallNotFoundError,
     OpenAICompatibleProvider,
 )
-from sideband.errors import ProviderCapabilityError
+from sideband.errors import ProviderCapabilityError, ProviderTimeoutError
 from tests.support.broker_server import PROVIDER_KEY
 from tests.support.servers import (
     LOOKUP_ORDER,
@@ -392,6 +392,17 @@ async def test_provider_adapter_accept_reject_refer_and_the_accept_faults(
     ):
         with pytest.raises(CallNotFoundError):
             await attempt
+
+    # A client that gives up on a slow accept does not stop it: the call goes live anyway.
+    await set_faults(http, emulator, accept_delay_ms=300)
+    impatient = OpenAICompatibleProvider(emulator.base_url, KEY, http, timeout=0.05)
+    slow = (await ring(http, emulator))["call_id"]
+    with pytest.raises(ProviderTimeoutError):
+        await impatient.accept_call(slow, session_config())
+    async with asyncio.timeout(5):
+        await sip_call(emulator, slow).answered.wait()
+    assert sip_call(emulator, slow).state == "live"
+    await set_faults(http, emulator, accept_delay_ms=0)
 
     azure = AzureOpenAIProvider(emulator.base_url, ApiKeyCredential(KEY), http)
     ringing = (await ring(http, emulator))["call_id"]
