@@ -49,6 +49,11 @@ const ui = {
   sessionEndReason: $("session-end-reason"),
   sessionAuditLink: $("session-audit-link"),
   hangup: $("hangup"),
+  transfer: $("transfer"),
+  sessionPhone: $("session-phone"),
+  sessionPhoneFacts: $("session-phone-facts"),
+  sessionLine: $("session-line"),
+  sessionCaller: $("session-caller"),
   actionError: $("action-error"),
   hideDeltas: $("hide-deltas"),
   streamStatus: $("stream-status"),
@@ -389,6 +394,20 @@ function badge(kind, value) {
   return h("span", { class: "badge", data: { [kind]: value ?? "" }, text: value ?? "—" });
 }
 
+/** A phone call's mark in the list: the badge, its line and its caller (as stored). */
+function phoneMark(row) {
+  if (row.connection_type !== "sip") return null;
+  return h(
+    "span",
+    { class: "phone-call", data: { line: row.sip_line ?? "" } },
+    h("span", { class: "badge phone", data: { connection: "sip" }, title: "a phone call (SIP)", text: "☎ phone" }),
+    " ",
+    h("span", { class: "line mono", title: "line", text: row.sip_line ?? "—" }),
+    " ",
+    h("span", { class: "caller mono", title: "caller", text: row.caller ?? "—" }),
+  );
+}
+
 function sidebandBadge(sideband) {
   if (!sideband?.enabled) return h("span", { class: "badge", data: { sideband: "disabled" }, text: "off (bridge)" });
   return badge("sideband", sideband.state);
@@ -422,8 +441,10 @@ function renderList(rows, more, counts) {
       const link = h("a", { href: `#/sessions/${encodeURIComponent(row.id)}`, class: "mono", text: row.id });
       // The session's tenant beside it: a cross-tenant key's list mixes tenants.
       const tenant = h("span", { class: "tenant", title: "tenant", text: row.tenant });
+      const phone = phoneMark(row);
+      tr.dataset.connection = row.connection_type ?? "";
       tr.replaceChildren(
-        h("td", {}, link, " ", tenant),
+        h("td", {}, link, " ", tenant, phone ? " " : null, phone),
         h("td", {}, badge("state", row.state), row.end_reason ? h("span", { class: "reason", text: row.end_reason }) : null),
         h("td", { class: "mono", text: row.model }),
         h("td", { class: "num age", title: row.created_at }),
@@ -650,6 +671,10 @@ function summarize(type, p) {
       return `${p.tool} → ${p.status}${p.handled_by ? ` (by ${p.handled_by})` : ""} · ${p.call_id}`;
     case "broker.ops_hangup":
       return `hung up by ${p.by}: ${p.reason}`;
+    case "broker.transfer":
+      return `transferred by ${p.by} to ${p.target_uri}`;
+    case "broker.dtmf":
+      return `caller pressed ${p.digit}`;
     case "broker.call_ended":
       return `call ended: ${p.reason}`;
     case "response.function_call_arguments.done":
@@ -730,6 +755,10 @@ class SessionWatch {
     ui.sessionSideband.dataset.sideband = "";
     ui.sessionSideband.textContent = "…";
     ui.hangup.disabled = true;
+    ui.transfer.disabled = true;
+    ui.transfer.hidden = true;
+    ui.sessionPhone.hidden = true;
+    ui.sessionPhoneFacts.hidden = true;
     ui.sessionAuditLink.href = `#${sessionPath(this.id)}/audit`;
     ui.auditRecords.replaceChildren();
     ui.auditEmpty.hidden = false;
@@ -834,6 +863,13 @@ class SessionWatch {
     ui.sessionCall.textContent = d.call_id ?? "—";
     ui.sessionEndReason.textContent = d.end_reason ?? "—";
     if (!ui.hangup.dataset.busy) ui.hangup.disabled = !(RUNNING.has(d.state) && d.call_id);
+    const phone = d.connection_type === "sip";
+    ui.sessionPhone.hidden = !phone;
+    ui.sessionPhoneFacts.hidden = !phone;
+    ui.sessionLine.textContent = d.sip_line ?? "—";
+    ui.sessionCaller.textContent = d.caller ?? "—";
+    ui.transfer.hidden = !phone;
+    if (!ui.transfer.dataset.busy) ui.transfer.disabled = !(phone && RUNNING.has(d.state) && d.call_id);
     // Redrawn only when changed: a redraw under the pointer or a text selection loses it.
     const switches = (d.tools ?? []).map((name) => [name, this.tools?.get(name) ?? null]);
     this.redraw("toolCalls", d.tool_calls ?? [], (calls) => this.renderToolCalls(calls));
@@ -1089,6 +1125,33 @@ class SessionWatch {
     }
   }
 
+  async transfer() {
+    const d = this.detail;
+    if (!d) return;
+    const target = window.prompt(
+      `Transfer ${this.id} to where?\n\ntel:+<number> (E.164) or a sip: URI. The call leaves the model now.`,
+      "tel:+",
+    );
+    if (target === null || !target.trim() || target.trim() === "tel:+") return;
+    show(ui.actionError, null);
+    ui.transfer.dataset.busy = "true";
+    ui.transfer.disabled = true;
+    ui.transfer.textContent = "Transferring…";
+    try {
+      await api(`${sessionPath(this.id)}/transfer`, {
+        method: "POST",
+        body: { target_uri: target.trim() },
+        signal: this.signal,
+      });
+    } catch (err) {
+      report(err, ui.actionError);
+    } finally {
+      delete ui.transfer.dataset.busy;
+      ui.transfer.textContent = "Transfer";
+      this.detailLoop?.kick();
+    }
+  }
+
   async toggleTool(name, action) {
     const question =
       action === "disable"
@@ -1118,6 +1181,7 @@ const DIRECTIONS = {
 };
 
 ui.hangup.addEventListener("click", () => watch?.hangup());
+ui.transfer.addEventListener("click", () => watch?.transfer());
 
 ui.toolSwitches.addEventListener("click", (event) => {
   const button = event.target.closest("button[data-tool]");
