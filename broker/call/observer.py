@@ -11,6 +11,7 @@ call's keys go to its keypad (:mod:`broker.call.keypad`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from broker.audit.records import Actor, AuditEntry, AuditKind
@@ -60,9 +61,12 @@ class SessionObserver:
         *,
         instance_id: str | None = None,
         keypad: Keypad | None = None,
+        on_attached: Callable[[], None] | None = None,
     ) -> None:
         self._session_id = session_id
         self._keypad = keypad
+        self._on_attached = on_attached
+        """Told once each attach is recorded (a phone call's greeting waits for it)."""
         self._instance_id = instance_id
         self._recorder = recorder
         self._leash = leash
@@ -107,6 +111,8 @@ class SessionObserver:
             SidebandState.CONNECTED, self._audit(AuditKind.SIDEBAND_ATTACHED, {"kind": kind})
         )
         self._recorder.record("broker", {"type": "broker.sideband_attached", "kind": kind})
+        if self._on_attached is not None:
+            self._on_attached()
         self._metrics.sideband_connected(SidebandKind(kind))
         if kind != "reconnect":
             # A reconnect does not reset the idle clock: a flapping socket is not activity.

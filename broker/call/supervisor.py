@@ -120,6 +120,8 @@ class SidebandSupervisor:
         self._writes = ShieldedWrites()
         self._probe_interval = probe_interval
         self._gates: dict[str, AnswerGate] = {}
+        self._watching: dict[str, asyncio.Event] = {}
+        """Set once the call's sideband attached and that is recorded (:meth:`watching`)."""
         """Calls whose SDP answer may still wait for their first attach."""
         self._lost: set[str] = set()
         """Calls another instance took: they stop writing and sending at once."""
@@ -258,6 +260,7 @@ class SidebandSupervisor:
         self._tasks.pop(session_id, None)
         self._trusted.pop(session_id, None)
         self._gates.pop(session_id, None)
+        self._watching.pop(session_id, None)
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("sideband supervisor crashed session_id=%s", session_id, exc_info=exc)
 
@@ -532,6 +535,7 @@ class SidebandSupervisor:
                 set_sideband_state,
                 instance_id=self.instance_id,
                 keypad=keypad,
+                on_attached=self._watching.setdefault(session_id, asyncio.Event()).set,
             )
             controller = CallController(
                 call_id,
@@ -641,6 +645,22 @@ class SidebandSupervisor:
             KeyError: this process does not supervise the session's sideband.
         """
         return await self._controllers[session_id].inject_note(text)
+
+    async def watching(self, session_id: str, wait: float) -> bool:
+        """Wait (at most ``wait`` s) until the call's sideband attached and it is recorded.
+
+        What the broker sends from then on (a phone call's turn detection and greeting) comes
+        after the attach in the session's event log, and the controller reads every answer.
+        """
+        if session_id not in self._tasks:
+            return False
+        event = self._watching.setdefault(session_id, asyncio.Event())
+        try:
+            async with asyncio.timeout(wait):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return session_id in self._tasks
 
     async def send_client_event(self, session_id: str, event: dict[str, Any]) -> bool:
         """Send a client event of the broker's own on a supervised call; whether it went out.

@@ -512,7 +512,9 @@ class SipCalls:
         ):
             self._sessions.deadlines.watch(row.id, call_id, row.max_duration_s)
             self._supervisor.start(row.id, call_id, row.tools, owned)
-            attached = await self._supervisor.hold_answer(
+            # No answer to hold (the provider answered the caller): nothing happened before
+            # the attach, so the first attach needs no resync.
+            attached = await self._supervisor.watching(
                 row.id, self._settings.sideband_attach_timeout + ATTACH_MARGIN_S
             )
             if not attached:
