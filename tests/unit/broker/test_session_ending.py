@@ -248,7 +248,7 @@ async def test_a_transition_cannot_end_a_session(
 @pytest.mark.parametrize("reason", list(EndReason))
 def test_every_reason_reads_back_from_what_is_stored(reason: EndReason) -> None:
     assert EndReason.of(reason.text()) is reason
-    if reason in (EndReason.PROVIDER_CLOSED, EndReason.OFFER_FAILED):
+    if reason in (EndReason.PROVIDER_CLOSED, EndReason.OFFER_FAILED, EndReason.ACCEPT_FAILED):
         assert EndReason.of(reason.text("some detail")) is reason
     else:
         with pytest.raises(ValueError, match="no detail"):
@@ -259,5 +259,6 @@ def test_the_two_reasons_with_detail_keep_their_stored_form() -> None:
     assert EndReason.PROVIDER_CLOSED.text("1001") == "provider_closed:1001"
     assert EndReason.OFFER_FAILED.text("interrupted") == "offer: interrupted"
     assert EndReason.of("offer:interrupted") is EndReason.OFFER_FAILED
+    assert EndReason.ACCEPT_FAILED.text("call_id_not_found") == "accept_failed: call_id_not_found"
     assert EndReason.of("made up") is EndReason.OTHER
     assert EndReason.of(None) is EndReason.OTHER
