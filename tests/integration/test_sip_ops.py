@@ -12,30 +12,37 @@ supervisor and the emulator alone, not on the incoming-webhook path (tested on i
   no ``admin`` (403), a bad target (422), an ended call (409), a refer the provider refuses
   (502, the call goes on).
 - DTMF: the caller's keys reach the timeline (``broker.dtmf``), a ``dtmf = true`` tool gets
-  them (``X-DTMF-Digits``), and a keypad turn makes the scripted model call a tool.
+  them (``X-DTMF-Digits``), and a keypad turn makes the scripted model call a tool; also
+  through the whole incoming path (the emulator rings a line with ``dtmf_turn``, the broker
+  accepts from the signed webhook), with the ops API showing a phone call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy import select
 
 from broker import app_state
 from broker.api.ops_actions import TARGET_URI
 from broker.call.keypad import KeypadTurn
 from broker.db import queries
-from broker.db.models import ConnectionType, SessionState
+from broker.db.models import ConnectionType, SessionRow, SessionState
 from broker.session.offer import provider_session_config
+from broker.settings.secret import Secret
 from tests.support.broker_server import BrokerFactory, RunningBroker
 from tests.support.flow import connect_browser, session_events, wait_events, wait_session_ended
 from tests.support.servers import RunningEmulator
 from tests.support.tenants import make_team
 from tests.support.tool_backend import ToolBackend
 
+SIP_SECRET = "whsec_" + base64.b64encode(b"sip-ops-webhook-secret-32-bytes!").decode()
+KEYPAD_LINE = "+15551237777"
 DIALLED = "+15551230000"
 CALLER = "+14445550000"
 TARGET = "tel:+14155550123"
@@ -288,3 +295,87 @@ async def test_keys_reach_the_timeline_and_a_dtmf_tool(
     hangup = await broker.request("POST", f"/api/v1/sessions/{session_id}/hangup")
     assert hangup.status == 200, hangup.text
     await wait_session_ended(broker, session_id)
+
+
+KEYPAD_PROMPT = "The caller keyed in an order number: order_by_phone {digits}"
+KEYPAD_LINES = f"""
+[lines.keypad]
+numbers = ["{KEYPAD_LINE}"]
+instructions = "You are the order line. A number the caller keys in is an order number."
+tools = ["order_by_phone"]
+greeting = "Greet the caller and ask them to key in their order number, then the hash key."
+dtmf_turn = {{terminator = "#", prompt = "{KEYPAD_PROMPT}"}}
+"""
+
+
+async def test_a_keypad_turn_through_the_incoming_path_runs_a_dtmf_tool(
+    make_broker: BrokerFactory,
+    emulator: RunningEmulator,
+    tool_backend: ToolBackend,
+    tmp_path: Path,
+) -> None:
+    """Must-show 1's keypad turn: ring → signed webhook → accept → sideband; ``1234#`` is a
+    turn, the model calls the allowlisted ``dtmf`` tool, which runs once with
+    ``X-Session-ID`` and the keys, and the model answers; the ops API shows a phone call."""
+    tools = tmp_path / "keyed-tools.toml"
+    tools.write_text(keyed_tools_toml(tool_backend))
+    lines = tmp_path / "lines.toml"
+    lines.write_text(KEYPAD_LINES)
+    broker = await make_broker(
+        tools_config=tools, sip_webhook_secret=Secret(SIP_SECRET), sip_lines=lines
+    )
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{emulator.root_url}/_emulator/sip/ring",
+            json={
+                "to": KEYPAD_LINE,
+                "from": CALLER,
+                "webhook_url": broker.base_url + "/api/v1/sip/incoming",
+                "webhook_secret": SIP_SECRET,
+            },
+            headers=emulator.auth(),
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        rung = await resp.json()
+    assert rung["delivery_status"] == 200
+    call_id = rung["call_id"]
+    async with asyncio.timeout(10):
+        while True:
+            async with broker.app[app_state.SESSIONMAKER]() as s:
+                session_id = await s.scalar(
+                    select(SessionRow.id).where(SessionRow.call_id == call_id)
+                )
+            if session_id is not None:
+                break
+            await asyncio.sleep(0.05)
+    detail = await wait_sideband(broker, session_id)
+    assert (detail["connection_type"], detail["sip_line"], detail["caller"]) == (
+        "sip",
+        "keypad",
+        CALLER,
+    )
+    # The greeting was asked for once the sideband watched; then the caller keys in.
+    await wait_events(broker, session_id, "response.done")
+    await press(emulator, call_id, "1234#")
+    [request] = await tool_backend.wait_calls_to("order_by_phone")
+    assert request.arguments == {"order_id": "1234"}
+    assert request.headers["X-DTMF-Digits"] == "1234#"
+    assert request.headers["X-Session-ID"] == session_id
+    await wait_events(
+        broker,
+        session_id,
+        "response.done",
+        predicate=lambda payload: "order_by_phone returned" in str(payload),
+    )
+    events = await session_events(broker, session_id, "broker.dtmf")
+    assert [e["payload"]["digit"] for e in events] == list("1234#")
+    listed = await broker.request("GET", "/api/v1/sessions?state=live")
+    [row] = [r for r in listed.json()["sessions"] if r["id"] == session_id]
+    assert (row["connection_type"], row["sip_line"], row["caller"]) == ("sip", "keypad", CALLER)
+    hangup = await broker.request("POST", f"/api/v1/sessions/{session_id}/hangup")
+    assert hangup.status == 200, hangup.text
+    ended = await wait_session_ended(broker, session_id)
+    assert ended["end_reason"] == "ops_hangup"
+    assert len(tool_backend.calls_to("order_by_phone")) == 1
