@@ -627,6 +627,7 @@ OPERATIONS: Final = (
                 404: ("sip_not_configured",),
                 408: ("body_timeout",),
                 413: ("payload_too_large",),
+                503: ("shutting_down",),
             },
         ),
         headers=tuple(

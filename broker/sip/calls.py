@@ -51,7 +51,7 @@ from broker.db.models import (
     utcnow,
 )
 from broker.db.shielded import ShieldedWrites
-from broker.errors import BadRequestError, BrokerError, UnauthorizedError
+from broker.errors import BadRequestError, BrokerError, UnauthorizedError, UnavailableError
 from broker.metrics import BrokerMetrics
 from broker.session import audit_entries
 from broker.session.end_reason import EndReason
@@ -208,12 +208,16 @@ class SipCalls:
 
         Raises:
             UnauthorizedError, BadRequestError: as :meth:`verified` (nothing was done).
+            UnavailableError: ``shutting_down`` (nothing was recorded: a retry may be taken).
         """
         started = time.perf_counter()
         delivery = self.verified(headers, body)
         if delivery is None:
             # Acknowledged so the provider does not retry; this route acts on calls only.
             return Received("ignored")
+        if self._closing or self._supervisor.stopping:
+            # Not recorded: the provider's retry may reach an instance that can answer it.
+            raise UnavailableError("shutting_down", "this broker is shutting down; retry")
         dialled = dialled_number(delivery.sip_headers)
         line = self.lines.for_number(dialled)
         action = line.action.value if line is not None else "unknown"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
+from typing import cast
 
 import pytest
 
+from broker import Settings, SettingsError
 from broker.call.keypad import KeypadTurn
 from broker.sip.lines import (
     LineAction,
@@ -15,6 +18,10 @@ from broker.sip.lines import (
     load_lines,
     parse_lines,
 )
+from broker.sip.service import check_sip
+from broker.tools.registry import ToolRegistry
+from sideband import Provider
+from sideband.provider import ProviderCapabilities
 
 CEILINGS = {"max_duration_s": 1800, "max_tool_calls": 50}
 TOOLS = ["lookup_order", "get_weather"]
@@ -118,3 +125,47 @@ def test_numbers_come_from_the_uri_user_parts() -> None:
     assert caller_number(headers) == "+15559870000"
     assert dialled_number([{"name": "To", "value": "nonsense"}]) is None
     assert dialled_number([]) is None
+
+
+SIP_SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
+
+
+def _settings(tmp_path: Path, **extra: str) -> Settings:
+    return Settings.from_env({"BROKER_SIGNING_KEY_FILE": str(tmp_path / "key"), **extra})
+
+
+def test_the_sip_settings_go_together_and_the_secret_is_whsec(tmp_path: Path) -> None:
+    assert not _settings(tmp_path).sip_enabled
+    assert _settings(tmp_path).sip_accept_timeout_s == 8.0
+    assert not _settings(tmp_path, BROKER_SIP_WEBHOOK_SECRET=SIP_SECRET).sip_enabled
+    both = _settings(
+        tmp_path, BROKER_SIP_WEBHOOK_SECRET=SIP_SECRET, BROKER_SIP_LINES=str(tmp_path / "l")
+    )
+    assert both.sip_enabled and SIP_SECRET not in repr(both)
+    with pytest.raises(SettingsError, match="BROKER_SIP_WEBHOOK_SECRET") as raised:
+        _settings(tmp_path, BROKER_SIP_WEBHOOK_SECRET="plain-secret-that-is-long-enough-0123")
+    assert "plain-secret" not in str(raised.value)
+
+
+class _Provider:
+    name = "azure"
+    capabilities = ProviderCapabilities(sip_calls=False)
+
+
+async def test_a_provider_without_sip_refuses_to_start_and_bad_lines_are_reported(
+    tmp_path: Path,
+) -> None:
+    lines = tmp_path / "lines.toml"
+    lines.write_text('[lines.a]\nnumbers = ["+1555"]\ntools = ["nope"]\ncolour = 1\n')
+    settings = _settings(
+        tmp_path, BROKER_SIP_WEBHOOK_SECRET=SIP_SECRET, BROKER_SIP_LINES=str(lines)
+    )
+    with pytest.raises(LinesConfigError, match="lacks the sip_calls capability"):
+        check_sip(settings, cast(Provider, _Provider()), cast(ToolRegistry, {}))
+    openai = _Provider()
+    openai.capabilities = ProviderCapabilities()
+    with pytest.raises(LinesConfigError) as caught:
+        check_sip(settings, cast(Provider, openai), cast(ToolRegistry, {"lookup_order": None}))
+    assert "unknown key(s): colour" in str(caught.value)
+    assert "not in the tools file: nope" in str(caught.value)
+    assert check_sip(_settings(tmp_path), cast(Provider, openai), cast(ToolRegistry, {})) is None
