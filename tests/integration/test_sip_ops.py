@@ -129,6 +129,41 @@ async def phone_call(
     return session["id"], call_id
 
 
+async def incoming_call(
+    broker: RunningBroker, emulator: RunningEmulator, to: str
+) -> tuple[str, str]:
+    """The emulator rings ``to`` with the broker's webhook: ``(session_id, call_id)`` once the
+    broker accepted the call and its sideband attached."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{emulator.root_url}/_emulator/sip/ring",
+            json={
+                "to": to,
+                "from": CALLER,
+                "webhook_url": broker.base_url + "/api/v1/sip/incoming",
+                "webhook_secret": SIP_SECRET,
+            },
+            headers=emulator.auth(),
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        rung = await resp.json()
+    assert rung["delivery_status"] == 200
+    call_id = str(rung["call_id"])
+    async with asyncio.timeout(10):
+        while True:
+            async with broker.app[app_state.SESSIONMAKER]() as s:
+                session_id = await s.scalar(
+                    select(SessionRow.id).where(SessionRow.call_id == call_id)
+                )
+            if session_id is not None:
+                break
+            await asyncio.sleep(0.05)
+    await wait_sideband(broker, session_id)
+    return session_id, call_id
+
+
 async def press(emulator: RunningEmulator, call_id: str, digits: str) -> None:
     async with (
         aiohttp.ClientSession() as http,
@@ -324,33 +359,8 @@ async def test_a_keypad_turn_through_the_incoming_path_runs_a_dtmf_tool(
     broker = await make_broker(
         tools_config=tools, sip_webhook_secret=Secret(SIP_SECRET), sip_lines=lines
     )
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"{emulator.root_url}/_emulator/sip/ring",
-            json={
-                "to": KEYPAD_LINE,
-                "from": CALLER,
-                "webhook_url": broker.base_url + "/api/v1/sip/incoming",
-                "webhook_secret": SIP_SECRET,
-            },
-            headers=emulator.auth(),
-        ) as resp,
-    ):
-        assert resp.status == 200, await resp.text()
-        rung = await resp.json()
-    assert rung["delivery_status"] == 200
-    call_id = rung["call_id"]
-    async with asyncio.timeout(10):
-        while True:
-            async with broker.app[app_state.SESSIONMAKER]() as s:
-                session_id = await s.scalar(
-                    select(SessionRow.id).where(SessionRow.call_id == call_id)
-                )
-            if session_id is not None:
-                break
-            await asyncio.sleep(0.05)
-    detail = await wait_sideband(broker, session_id)
+    session_id, call_id = await incoming_call(broker, emulator, KEYPAD_LINE)
+    detail = await broker.get_session(session_id)
     assert (detail["connection_type"], detail["sip_line"], detail["caller"]) == (
         "sip",
         "keypad",
@@ -379,3 +389,40 @@ async def test_a_keypad_turn_through_the_incoming_path_runs_a_dtmf_tool(
     ended = await wait_session_ended(broker, session_id)
     assert ended["end_reason"] == "ops_hangup"
     assert len(tool_backend.calls_to("order_by_phone")) == 1
+
+
+async def test_a_transfer_through_the_incoming_path(
+    make_broker: BrokerFactory,
+    emulator: RunningEmulator,
+    tool_backend: ToolBackend,
+    tmp_path: Path,
+) -> None:
+    """Must-show 3 on a call the broker answered from the webhook: refer sent, recorded, ended."""
+    tools = tmp_path / "keyed-tools.toml"
+    tools.write_text(keyed_tools_toml(tool_backend))
+    lines = tmp_path / "lines.toml"
+    lines.write_text(KEYPAD_LINES)
+    broker = await make_broker(
+        tools_config=tools, sip_webhook_secret=Secret(SIP_SECRET), sip_lines=lines
+    )
+    ops = await broker.new_key("admin", name="phone ops")
+    session_id, call_id = await incoming_call(broker, emulator, KEYPAD_LINE)
+    target = "sip:desk@pbx.example.com"
+    reply = await broker.request(
+        "POST",
+        f"/api/v1/sessions/{session_id}/transfer",
+        json_body={"target_uri": target},
+        token=ops,
+    )
+    assert reply.status == 200, reply.text
+    call = emulator.registry.get(call_id)
+    assert call is not None and getattr(call, "referred_to", None) == target
+    ended = await wait_session_ended(broker, session_id)
+    assert (ended["state"], ended["end_reason"]) == ("ended", "transferred")
+    keys = (await broker.request("GET", "/api/v1/keys")).json()["keys"]
+    [key] = [k for k in keys if k["name"] == "phone ops"]
+    [referred] = await audit_records(broker, session_id, "call.referred")
+    assert referred["actor"] == f"key:{key['id']}"
+    assert referred["body"] == {"call_id": call_id, "target_uri": target}
+    [event] = await wait_events(broker, session_id, "broker.transfer")
+    assert event["payload"]["by"] == key["id"]
