@@ -1,7 +1,7 @@
 """The ops dashboard in Chromium: a phone call is shown as one, and Transfer sends the refer.
 
-The phone call is one the emulator rang and the broker's provider accepted, watched by the
-broker's supervisor (``tests/integration/test_sip_ops.py``'s :func:`phone_call`). The list
+The phone call is one the emulator rang and the broker answered from the signed webhook
+(``tests/integration/test_sip_ops.py``'s :func:`incoming_call`, a line ``keypad``). The list
 marks it (a phone badge, its line, its caller); its page shows the line and caller and a
 **Transfer** button, whose prompt takes the target URI: the emulator records the ``refer``
 and the session ends ``transferred``. A browser call has neither mark nor button.
@@ -9,14 +9,40 @@ and the session ends ``transferred``. A browser call has neither mark nor button
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from broker.settings.secret import Secret
 from tests.e2e.conftest import screenshot
 from tests.e2e.test_ops_dashboard import assert_no_page_errors, sign_in, wait_visible
-from tests.integration.test_sip_ops import CALLER, TARGET, phone_call
-from tests.support.broker_server import RunningBroker
+from tests.integration.test_sip_ops import (
+    CALLER,
+    KEYPAD_LINE,
+    KEYPAD_LINES,
+    SIP_SECRET,
+    TARGET,
+    incoming_call,
+    keyed_tools_toml,
+)
+from tests.support.broker_server import BrokerFactory, RunningBroker
 from tests.support.flow import connect_browser, wait_events, wait_session_ended
 from tests.support.servers import RunningEmulator
+from tests.support.tool_backend import ToolBackend
+
+
+@pytest.fixture
+async def phone_broker(
+    make_broker: BrokerFactory, tool_backend: ToolBackend, tmp_path: Path
+) -> RunningBroker:
+    tools = tmp_path / "keyed-tools.toml"
+    tools.write_text(keyed_tools_toml(tool_backend))
+    lines = tmp_path / "lines.toml"
+    lines.write_text(KEYPAD_LINES)
+    return await make_broker(
+        tools_config=tools, sip_webhook_secret=Secret(SIP_SECRET), sip_lines=lines
+    )
 
 
 def answer_prompts(page: Any, answer: str, seen: list[str]) -> None:
@@ -30,10 +56,11 @@ def answer_prompts(page: Any, answer: str, seen: list[str]) -> None:
 
 
 async def test_a_phone_call_is_shown_as_one_and_transferred_from_its_page(
-    broker: RunningBroker, emulator: RunningEmulator, page: Any
+    phone_broker: RunningBroker, emulator: RunningEmulator, page: Any
 ) -> None:
+    broker = phone_broker
     key = await broker.new_key("monitor:read", "admin", name="ops phone")
-    session_id, call_id = await phone_call(broker, emulator, ["lookup_order"])
+    session_id, call_id = await incoming_call(broker, emulator, KEYPAD_LINE)
     web = await broker.create_session(tools=["lookup_order"])
     browser = await connect_browser(broker, web)
     try:
@@ -41,7 +68,7 @@ async def test_a_phone_call_is_shown_as_one_and_transferred_from_its_page(
         row = await wait_visible(page, f'#sessions tr[data-session-id="{session_id}"]')
         assert await row.get_attribute("data-connection") == "sip"
         mark = row.locator(".phone-call")
-        assert await mark.get_attribute("data-line") == "support"
+        assert await mark.get_attribute("data-line") == "keypad"
         assert "phone" in (await mark.locator(".badge.phone").text_content() or "")
         assert await mark.locator(".caller").text_content() == CALLER
         other = await wait_visible(page, f'#sessions tr[data-session-id="{web["id"]}"]')
@@ -50,7 +77,7 @@ async def test_a_phone_call_is_shown_as_one_and_transferred_from_its_page(
         # Its page: the phone badge, line and caller, and Transfer beside Hang up.
         await page.click(f'#sessions a[href="#/sessions/{session_id}"]')
         await wait_visible(page, "#session-phone")
-        await wait_visible(page, "#session-line", has_text="support")
+        await wait_visible(page, "#session-line", has_text="keypad")
         await wait_visible(page, "#session-caller", has_text=CALLER)
         transfer = await wait_visible(page, "#transfer:not([disabled])")
         assert not await page.locator("#hangup").is_disabled()
