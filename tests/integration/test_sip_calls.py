@@ -48,6 +48,7 @@ SUPPORT = "+15551230000"
 CLOSED = "+15551230001"
 MOVED = "+15551239999"
 UNKNOWN = "+15550000000"
+PRIVATE = "+15551230005"
 CALLER = "+14445550000"
 GREETING = "Greet the caller as the support line."
 LINES = f"""
@@ -61,6 +62,11 @@ tools = ["lookup_order"]
 greeting = "{GREETING}"
 turn_detection = "server_vad"
 redact_headers = ["Contact"]
+
+[lines.private]
+numbers = ["{PRIVATE}"]
+tools = ["lookup_order"]
+redact_caller = true
 
 [lines.closed]
 numbers = ["{CLOSED}"]
@@ -422,6 +428,25 @@ async def test_a_caller_hanging_up_ends_the_session(
     await emulator_post(emulator, f"/_emulator/calls/{rung['call_id']}/caller_hangup")
     ended = await wait_session_ended(broker, session_id, timeout=15)
     assert (ended["state"], ended["end_reason"]) == ("ended", "call_gone")
+
+
+async def test_a_line_that_redacts_the_caller_stores_keyed_hashes(
+    phone_broker: RunningBroker, emulator: RunningEmulator
+) -> None:
+    broker = phone_broker
+    rung = await ring(broker, emulator, PRIVATE)
+    session_id = await session_of(broker, rung["call_id"])
+    detail = await wait_sideband(broker, session_id)
+    assert detail["sip_line"] == "private"
+    assert detail["caller"].startswith("hmac-sha256:") and CALLER not in detail["caller"]
+    async with broker.app[app_state.SESSIONMAKER]() as s:
+        stored = await s.scalar(select(SessionRow.sip_headers).where(SessionRow.id == session_id))
+    headers = {h["name"]: h["value"] for h in stored or ()}
+    assert headers["From"].startswith("hmac-sha256:")
+    assert PRIVATE in headers["To"]
+    [incoming] = await audit_records(broker, "sip.incoming")
+    assert incoming["body"]["caller"] == detail["caller"]
+    assert CALLER not in json.dumps(await audit_records(broker, "sip.incoming"))
 
 
 async def test_phone_calls_off_answers_404(broker: RunningBroker) -> None:
