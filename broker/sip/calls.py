@@ -28,9 +28,10 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Final
 
-from sqlalchemy import CursorResult, update
+from sqlalchemy import CursorResult, delete, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.audit import trail as audit
@@ -92,6 +93,11 @@ CALL_ID: Final = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 MAX_WEBHOOK_ID_CHARS: Final = 128
 ACCEPT_FAILED_EVENT: Final = "broker.accept_failed"
 GREETED_EVENT: Final = "broker.sip_greeted"
+DELIVERIES_KEPT: Final = timedelta(days=7)
+"""How long a delivery's ``webhook-id`` is remembered: past the provider's retries (three
+days for OpenAI's webhooks), a repeat is no longer possible."""
+PRUNE_EVERY_S: Final = 300.0
+"""Old deliveries are pruned at most this often per process, not on every webhook."""
 ATTACH_MARGIN_S: Final = 2.0
 """How much longer than the attach bound the accept task waits for the first attach."""
 
@@ -152,6 +158,7 @@ class SipCalls:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writes = ShieldedWrites()
         self._closing = False
+        self._pruned_at = float("-inf")
 
     # ---- the webhook -------------------------------------------------------------------------
 
@@ -235,6 +242,11 @@ class SipCalls:
             )
             assert isinstance(inserted, CursorResult)
             first = bool(inserted.rowcount)
+            if first and time.monotonic() - self._pruned_at >= PRUNE_EVERY_S:
+                self._pruned_at = time.monotonic()
+                await s.execute(
+                    delete(SipDelivery).where(SipDelivery.received_at < utcnow() - DELIVERIES_KEPT)
+                )
             if first:
                 await audit.add(
                     s,
