@@ -401,9 +401,11 @@ class SipCalls:
         try:
             await self._answer(row, delivery, line)
         except BaseException as exc:
-            # Never leave the session stuck before its call ran: failed, with why.
-            why = "cancelled" if isinstance(exc, asyncio.CancelledError) else type(exc).__name__
-            await self._writes.run(self._fail(row.id, delivery, line, why), "sip-accept-fail")
+            if row.state is not SessionState.LIVE:
+                # Never leave the session stuck before its call ran: failed, with why. (A live
+                # one is the supervisor's: it goes on, watched.)
+                why = "cancelled" if isinstance(exc, asyncio.CancelledError) else type(exc).__name__
+                await self._writes.run(self._fail(row.id, delivery, line, why), "sip-accept-fail")
             raise
 
     def _new_row(self, delivery: Delivery, line: Line) -> SessionRow:
