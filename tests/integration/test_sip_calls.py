@@ -351,6 +351,32 @@ async def test_unsigned_bad_stale_and_replayed_deliveries_do_nothing(
     assert len(await audit_records(broker, "call.accepted", session_id=session_id)) == 1
 
 
+async def test_a_delivery_repeated_to_another_instance_is_not_acted_on_again(
+    make_broker: BrokerFactory, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    lines = tmp_path / "lines.toml"
+    lines.write_text(LINES)
+    first, second = [
+        await make_broker(sip_webhook_secret=Secret(SIP_SECRET), sip_lines=lines) for _ in range(2)
+    ]
+    rung = await ring(first, emulator, SUPPORT)
+    call_id = rung["call_id"]
+    session_id = await session_of(first, call_id)
+    again = await emulator_post(
+        emulator,
+        f"/_emulator/sip/calls/{call_id}/redeliver",
+        {"webhook_url": incoming_url(second)},
+    )
+    assert again["delivery_status"] == 200
+    await wait_sideband(first, session_id)
+    [delivery] = await deliveries(second, call_id)
+    assert delivery.session_id == session_id
+    async with second.app[app_state.SESSIONMAKER]() as s:
+        sessions = list(await s.scalars(select(SessionRow.id).where(SessionRow.call_id == call_id)))
+    assert sessions == [session_id]
+    assert len(await audit_records(second, "call.accepted")) == 1
+
+
 @pytest.mark.parametrize(
     ("number", "key", "expected", "kind"),
     [
