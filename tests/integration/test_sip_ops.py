@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from broker_client import AsyncBrokerClient, ConflictError
 from sqlalchemy import select
 
 from broker import app_state
@@ -35,7 +36,7 @@ from broker.db import queries
 from broker.db.models import ConnectionType, SessionRow, SessionState
 from broker.session.offer import provider_session_config
 from broker.settings.secret import Secret
-from tests.support.broker_server import BrokerFactory, RunningBroker
+from tests.support.broker_server import ADMIN_KEY, BrokerFactory, RunningBroker
 from tests.support.flow import connect_browser, session_events, wait_events, wait_session_ended
 from tests.support.servers import RunningEmulator
 from tests.support.tenants import make_team
@@ -426,3 +427,16 @@ async def test_a_transfer_through_the_incoming_path(
     assert referred["body"] == {"call_id": call_id, "target_uri": target}
     [event] = await wait_events(broker, session_id, "broker.transfer")
     assert event["payload"]["by"] == key["id"]
+
+
+async def test_the_python_client_transfers_a_phone_call(
+    broker: RunningBroker, emulator: RunningEmulator
+) -> None:
+    session_id, call_id = await phone_call(broker, emulator, ["lookup_order"])
+    async with AsyncBrokerClient(broker.base_url, ADMIN_KEY) as client:
+        assert await client.transfer(session_id, TARGET) is True
+        with pytest.raises(ConflictError) as again:
+            await client.transfer(session_id, TARGET)
+    assert again.value.code == "session_not_live"
+    call = emulator.registry.get(call_id)
+    assert call is not None and getattr(call, "referred_to", None) == TARGET

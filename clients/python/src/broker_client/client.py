@@ -108,6 +108,10 @@ def _hang_up_call(session_id: str, reason: str | None) -> _Call:
     return _Call("POST", f"{_session_path(session_id)}/hangup", json=body)
 
 
+def _transfer_call(session_id: str, target_uri: str) -> _Call:
+    return _Call("POST", f"{_session_path(session_id)}/transfer", json={"target_uri": target_uri})
+
+
 def _headers(api_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
 
@@ -251,6 +255,13 @@ class BrokerClient:
         """End a live call at the provider (``admin``); ``session_not_live`` when none runs."""
         return bool(self._send(_hang_up_call(session_id, reason)).get("hung_up"))
 
+    def transfer(self, session_id: str, target_uri: str) -> bool:
+        """Transfer a live phone call to ``tel:+…`` or a ``sip:`` URI (SIP refer; ``admin``).
+
+        ``not_a_phone_call`` for a session that is no phone call.
+        """
+        return bool(self._send(_transfer_call(session_id, target_uri)).get("transferred"))
+
     def close(self) -> None:
         if self._own_http:
             self._http.close()
@@ -360,6 +371,9 @@ class AsyncBrokerClient:
 
     async def hang_up(self, session_id: str, *, reason: str | None = None) -> bool:
         return bool((await self._send(_hang_up_call(session_id, reason))).get("hung_up"))
+
+    async def transfer(self, session_id: str, target_uri: str) -> bool:
+        return bool((await self._send(_transfer_call(session_id, target_uri))).get("transferred"))
 
     async def aclose(self) -> None:
         if self._own_http:
