@@ -263,6 +263,8 @@ async def test_a_phone_call_is_accepted_watched_greeted_runs_a_tool_and_is_hung_
                 break
             await asyncio.sleep(0.05)
     assert len(tool_backend.calls_to("lookup_order")) == 1
+    # The broker's own turn detection change and greeting are no tampering.
+    assert await session_events(broker, session_id, "broker.tamper") == []
 
     listed = await broker.request("GET", "/api/v1/sessions")
     assert listed.status == 200, listed.text
