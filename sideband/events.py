@@ -503,15 +503,21 @@ def response_cancel(response_id: str, event_id: str | None = None) -> dict[str, 
 
 
 USER_SPEECH: Final = frozenset(
-    {"input_audio_buffer.speech_started", "input_audio_buffer.committed"}
+    {
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.committed",
+        # A phone caller's key press: the caller is there, whether or not a turn follows.
+        "input_audio_buffer.dtmf_event_received",
+    }
 )
 
 
 def is_user_activity(event: ServerEvent) -> bool:
-    """Whether a server event shows the user speaking or typing.
+    """Whether a server event shows the user speaking, typing or pressing a phone key.
 
     Speech counts by its type alone (server VAD's ``speech_started``/``committed``, whatever
-    their fields); so does a user message entering the conversation. Nothing the model
+    their fields), and so does a phone key (``dtmf_event_received``); so does a user message
+    entering the conversation. Nothing the model
     produces does, so a call where only the model talks is idle.
     """
     if event.type in USER_SPEECH:

@@ -181,6 +181,7 @@ def test_a_malformed_response_done_counts_alike_in_the_metric_and_the_stored_tot
             False,
         ),
         ({"type": "conversation.item.added", "item": "junk"}, False),
+        ({"type": "input_audio_buffer.dtmf_event_received", "event": "5"}, True),
         ({"type": "response.output_audio_transcript.delta"}, False),
         ({"type": "response.created", "response": {"id": "r", "status": "in_progress"}}, False),
     ],
