@@ -399,13 +399,24 @@ class QuotaGuard:
             RateLimitedError: ``quota_exceeded`` (429) with ``cap`` (``key`` or ``tenant``),
                 ``limit``, ``allowed``, ``used``, ``resets_at`` and ``retry_after``.
         """
+        await self.check_owner(principal.key_id, session_tenant(principal, tenant), now)
+
+    async def check_owner(self, key_id: str, tenant_id: str, now: datetime | None = None) -> None:
+        """:meth:`check` for a session owned by ``key_id`` in ``tenant_id``.
+
+        ``key_id`` is an API key's, or a phone line's ``line:<name>`` (no caps of its own: its
+        tenant's apply).
+
+        Raises:
+            RateLimitedError: as :meth:`check`.
+        """
         now = now or self.clock()
-        reached = [
-            (owner, cap)
-            for owner in await self.standings(principal, now, tenant=tenant, capped_only=True)
-            for cap in owner.caps
-            if cap.reached
-        ]
+        async with self._sessionmaker() as s:
+            owners = (
+                await standing(s, "key", key_id, now, capped_only=True),
+                await standing(s, "tenant", tenant_id, now, capped_only=True),
+            )
+        reached = [(owner, cap) for owner in owners for cap in owner.caps if cap.reached]
         if not reached:
             return
         soon = now + timedelta(seconds=LIVE_RETRY_AFTER_S)
@@ -414,7 +425,7 @@ class QuotaGuard:
         await audit.append(self._sessionmaker, exceeded_entry(owner, cap))
         logger.warning(
             "session refused over quota key_id=%s cap=%s.%s used=%d allowed=%d",
-            principal.key_id,
+            key_id,
             owner.scope,
             cap.limit,
             cap.used,

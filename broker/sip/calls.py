@@ -52,7 +52,13 @@ from broker.db.models import (
     utcnow,
 )
 from broker.db.shielded import ShieldedWrites
-from broker.errors import BadRequestError, BrokerError, UnauthorizedError, UnavailableError
+from broker.errors import (
+    BadRequestError,
+    BrokerError,
+    RateLimitedError,
+    UnauthorizedError,
+    UnavailableError,
+)
 from broker.metrics import BrokerMetrics
 from broker.session import audit_entries
 from broker.session.end_reason import EndReason
@@ -94,6 +100,8 @@ MAX_WEBHOOK_ID_CHARS: Final = 128
 ACCEPT_FAILED_EVENT: Final = "broker.accept_failed"
 GREETED_EVENT: Final = "broker.sip_greeted"
 DELIVERIES_KEPT: Final = timedelta(days=7)
+BUSY_STATUS: Final = 486
+"""SIP "Busy Here": what a caller hears when the line's tenant is at a spend cap."""
 """How long a delivery's ``webhook-id`` is remembered: past the provider's retries (three
 days for OpenAI's webhooks), a repeat is no longer possible."""
 PRUNE_EVERY_S: Final = 300.0
@@ -308,10 +316,22 @@ class SipCalls:
         elif line.action is LineAction.REFER:
             assert line.refer_to is not None
             await self._refer(delivery, line, line.refer_to)
+        elif await self._over_quota(line):
+            await self._reject(delivery, line, BUSY_STATUS, reason="quota_exceeded")
         else:
             await self._accept(delivery, line)
 
-    async def _reject(self, delivery: Delivery, line: Line | None, status: int) -> None:
+    async def _over_quota(self, line: Line) -> bool:
+        """Whether the line's tenant is at a spend cap (a phone call is a session as any)."""
+        try:
+            await self._sessions.quotas.check_owner(line.owner, line.tenant)
+        except RateLimitedError:
+            return True
+        return False
+
+    async def _reject(
+        self, delivery: Delivery, line: Line | None, status: int, *, reason: str | None = None
+    ) -> None:
         error = await self._at_provider(
             self._provider.reject_call(delivery.call_id, status), "reject", delivery.call_id
         )
@@ -319,7 +339,7 @@ class SipCalls:
             AuditKind.CALL_REJECTED,
             delivery,
             line,
-            {"status_code": status},
+            {"status_code": status, **({"reason": reason} if reason is not None else {})},
             error,
         )
 

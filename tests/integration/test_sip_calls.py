@@ -480,3 +480,27 @@ async def test_a_line_that_redacts_the_caller_stores_keyed_hashes(
 async def test_phone_calls_off_answers_404(broker: RunningBroker) -> None:
     reply = await broker.request("POST", "/api/v1/sip/incoming", json_body={}, token=None)
     assert (reply.status, reply.code) == (404, "sip_not_configured")
+
+
+async def test_a_line_whose_tenant_is_at_a_spend_cap_answers_busy(
+    phone_broker: RunningBroker, emulator: RunningEmulator
+) -> None:
+    """A phone call is a session of the line's tenant: its caps apply as to any session."""
+    broker = phone_broker
+    reply = await broker.request(
+        "PUT", "/api/v1/tenants/default/quotas", json_body={"max_sessions_per_day": 1}
+    )
+    assert reply.status == 200, reply.text
+    await broker.create_session()  # the tenant's one session of the day
+    rung = await ring(broker, emulator, SUPPORT)
+    assert rung["delivery_status"] == 200
+    call = await wait_emulator_call(emulator, rung["call_id"], "reject_status_code")
+    assert call["reject_status_code"] == 486
+    async with asyncio.timeout(5):
+        while not (records := await audit_records(broker, "call.rejected")):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    assert records[0]["body"]["reason"] == "quota_exceeded"
+    assert await audit_records(broker, "quota.exceeded")
+    async with broker.app[app_state.SESSIONMAKER]() as s:
+        made = await s.scalar(select(SessionRow.id).where(SessionRow.call_id == rung["call_id"]))
+    assert made is None
