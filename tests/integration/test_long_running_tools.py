@@ -172,26 +172,38 @@ async def test_a_long_tool_is_acknowledged_then_answered_once_with_its_real_resu
         # and the response that reads the output is asked for only once the acknowledgement
         # ended. (The output item itself may go in while the acknowledgement still speaks: a
         # slow machine stretches its audio past the tool's four seconds.)
-        events = await session_events(broker, session["id"])
-
-        def at(direction: str, kind: str, ack: bool, after: int = -1) -> int:
-            return next(
-                i
-                for i, e in enumerate(events)
-                if i > after
-                and (e["direction"], e["type"]) == (direction, kind)
-                and _is_ack(e["payload"]) == ack
-                and (kind != "conversation.item.create" or _output_of(e) == call_id)
-            )
-
         def _output_of(event: dict[str, Any]) -> str | None:
             item = event["payload"].get("item") or {}
             return item.get("call_id") if item.get("type") == "function_call_output" else None
 
-        ack_asked = at("out", "response.create", True)
-        ack_done = at("in", "response.done", True)
-        output_sent = at("out", "conversation.item.create", False)
-        answer_asked = at("out", "response.create", False, after=output_sent)
+        def at(
+            events: list[dict[str, Any]], direction: str, kind: str, ack: bool, after: int = -1
+        ) -> int | None:
+            return next(
+                (
+                    i
+                    for i, e in enumerate(events)
+                    if i > after
+                    and (e["direction"], e["type"]) == (direction, kind)
+                    and _is_ack(e["payload"]) == ack
+                    and (kind != "conversation.item.create" or _output_of(e) == call_id)
+                ),
+                None,
+            )
+
+        # The event log is written in batches: wait until what is looked at is stored.
+        async with asyncio.timeout(5):
+            while True:
+                events = await session_events(broker, session["id"])
+                output_sent = at(events, "out", "conversation.item.create", False)
+                if output_sent is not None:
+                    answer_asked = at(events, "out", "response.create", False, after=output_sent)
+                    if answer_asked is not None:
+                        break
+                await asyncio.sleep(0.05)
+        ack_asked = at(events, "out", "response.create", True)
+        ack_done = at(events, "in", "response.done", True)
+        assert ack_asked is not None and ack_done is not None
         assert ack_asked < output_sent
         assert ack_done < answer_asked
         assert [e for e in events if _output_of(e) == call_id and e["direction"] == "out"] == [
