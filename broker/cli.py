@@ -15,7 +15,7 @@ from typing import Final, Literal
 from aiohttp import web
 from sqlalchemy.engine import make_url
 
-from broker import app_state
+from broker import app_state, stack_dump
 from broker.app import create_app
 from broker.audit.cli import add_audit_parser, audit_command, is_offline
 from broker.auth.api_keys import (
@@ -245,8 +245,15 @@ def _serve(settings: Settings, dev: bool, log_format: LogFormat) -> None:
             )
         _out()
 
+    async def watch_stacks(app: web.Application) -> None:
+        stack_dump.watch_loop(asyncio.get_running_loop())
+
+    app.on_startup.append(watch_stacks)
     app.on_startup.append(listening if log_format is LogFormat.JSON else banner)
+    stack_dump.install()
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    # After every cleanup: a process that logged this and still runs is held by a thread.
+    logger.info("broker stopped")
 
 
 def _emulator_key(cli_key: str | None, environ: Mapping[str, str]) -> str | None:

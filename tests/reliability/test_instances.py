@@ -117,15 +117,22 @@ async def close_all(calls: list[tuple[BrokerProcess, FakeBrowser, dict[str, Any]
     await asyncio.gather(*(browser.close() for _, browser, _ in calls), return_exceptions=True)
 
 
-async def wait_until(predicate: Any, timeout: float, what: str) -> float:  # noqa: ASYNC109
-    """Poll an async predicate; returns how long it took."""
+async def wait_until(
+    predicate: Any,
+    timeout: float,  # noqa: ASYNC109
+    what: str,
+    *brokers: BrokerProcess,
+) -> float:
+    """Poll an async predicate; returns how long it took. On a timeout the failure carries
+    the log tails of ``brokers`` (what they were doing instead)."""
     started = time.monotonic()
     try:
         async with asyncio.timeout(timeout):
             while not await predicate():  # noqa: ASYNC110 - polling the database
                 await asyncio.sleep(0.05)
     except TimeoutError:
-        raise AssertionError(f"{what} not within {timeout}s") from None
+        tails = "\n".join(b.log_tail(120) for b in brokers)
+        raise AssertionError(f"{what} not within {timeout}s\n{tails}") from None
     return time.monotonic() - started
 
 
@@ -173,7 +180,7 @@ async def test_sigkill_an_owner_the_other_instance_takes_over_every_call(
             async def all_on_b() -> bool:
                 return set((await leases.owners()).values()) == {b_id}
 
-            took = await wait_until(all_on_b, TTL_S + 10, "every call owned by the survivor")
+            took = await wait_until(all_on_b, TTL_S + 10, "every call owned by the survivor", b)
             for _, browser, s in calls:
                 await browser.wait_for("response.done", says("hold returned"), timeout=30)
                 await b.wait_session(s["id"], lambda d: d["sideband"]["state"] == "connected")
@@ -187,7 +194,7 @@ async def test_sigkill_an_owner_the_other_instance_takes_over_every_call(
                         return False
                 return True
 
-            await wait_until(usage_settled, 15, "usage recorded")
+            await wait_until(usage_settled, 15, "usage recorded", b)
             details = {s["id"]: await b.get_session(s["id"]) for _, _, s in calls}
     finally:
         await close_all(calls)
@@ -243,7 +250,7 @@ async def test_sigterm_hands_every_call_over_at_once(
                 owners = await leases.owners()
                 return all(owners.get(s["id"]) == b_id for _, _, s in calls)
 
-            took = await wait_until(all_on_b, 10, "every call handed over")
+            took = await wait_until(all_on_b, 10, "every call handed over", a, b)
             async with asyncio.timeout(15):
                 assert await a.process.wait() == 0, a.log_tail()
             for _, browser, _ in calls:
@@ -296,7 +303,7 @@ async def test_a_paused_owner_writes_nothing_about_calls_it_lost(
             async def on_b() -> bool:
                 return (await leases.owners()).get(session["id"]) == b_id
 
-            await wait_until(on_b, TTL_S + 10, "the call taken over")
+            await wait_until(on_b, TTL_S + 10, "the call taken over", a, b)
             await b.wait_session(session["id"], lambda d: d["sideband"]["state"] == "connected")
 
             async def resynced() -> bool:
@@ -304,7 +311,7 @@ async def test_a_paused_owner_writes_nothing_about_calls_it_lost(
 
             # Asked only once the new owner's resync is over: a turn begun during it is another
             # test's subject (the resync may find the model's call as an unproven tail).
-            await wait_until(resynced, 10, "the new owner's resync")
+            await wait_until(resynced, 10, "the new owner's resync", b)
             ask(browser, "please lookup_order 42")
             await browser.wait_for("response.done", says("42"), timeout=20)
             detail = await b.get_session(session["id"])

@@ -32,6 +32,8 @@ SIGNING_KEY: Final = "test-signing-key-" + "x" * 32
 START_TIMEOUT_S: Final = 30.0
 """Import, migrations and the first /healthz on a loaded two-core machine."""
 REAP_TIMEOUT_S: Final = 10.0
+STACK_DUMP_WAIT_S: Final = 1.0
+"""How long a stuck broker gets to write its stack dump before the test reads its log."""
 
 
 def _free_port() -> int:
@@ -176,8 +178,11 @@ class BrokerProcess:
             async with asyncio.timeout(timeout):
                 code = await self.process.wait()
         except TimeoutError:
+            # Where it is stuck (broker/stack_dump.py), for the failure message.
+            self.process.send_signal(signal.SIGUSR1)
+            await asyncio.sleep(STACK_DUMP_WAIT_S)
             raise AssertionError(
-                f"{self.name} still running {timeout}s after SIGTERM\n{self.log_tail()}"
+                f"{self.name} still running {timeout}s after SIGTERM\n{self.log_tail(400)}"
             ) from None
         return code, time.monotonic() - started
 

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from broker import app_state
 from broker.db.models import SessionEvent
 from emulator import Call
+from sideband.events import is_probe_item_id
 from tests.support.broker_server import RunningBroker
 from tests.support.browser import FakeBrowser
 from tests.support.tool_backend import ToolBackend, ToolRequest
@@ -99,6 +100,29 @@ def outputs_received(call: Call) -> list[tuple[str, dict[str, Any]]]:
         for r in call.received
         if r.event.get("type") == "conversation.item.create"
         and r.event.get("item", {}).get("type") == "function_call_output"
+    ]
+
+
+def sideband_sent(call: Call) -> list[str]:
+    """The types of the events the broker sent on ``call``'s sideband, less a resync's probes.
+
+    A first sideband that attaches after the browser had its SDP answer (a loaded machine)
+    resyncs: it probes the conversation's tail with an item it deletes again. That pair is
+    the broker looking, not acting, so it is left out; anything else it sent stays.
+    """
+    probes = {
+        r.event["item"]["id"]
+        for r in call.received
+        if r.source == "sideband"
+        and r.event.get("type") == "conversation.item.create"
+        and is_probe_item_id(str(r.event.get("item", {}).get("id", "")))
+    }
+    return [
+        r.event["type"]
+        for r in call.received
+        if r.source == "sideband"
+        and r.event.get("item", {}).get("id") not in probes
+        and r.event.get("item_id") not in probes
     ]
 
 

@@ -1,0 +1,48 @@
+"""``kill -USR1 <pid>``: a stuck broker writes where every thread and task is, to stderr.
+
+A process that does not exit after SIGTERM, or a call that stops moving, is otherwise a black
+box in production: the thread stacks say which blocking call holds a thread (a database
+driver's, say), the task stacks which ``await`` never returns. The dump names code locations
+only; it holds no locals, so no secret reaches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import io
+import signal
+import sys
+from types import FrameType
+
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def install() -> None:
+    """Answer SIGUSR1 with a stack dump (thread stacks, then the event loop's tasks)."""
+    signal.signal(signal.SIGUSR1, _dump)
+
+
+def watch_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Include ``loop``'s tasks in later dumps (the serving loop, once it runs)."""
+    global _loop
+    _loop = loop
+
+
+def _dump(signum: int, frame: FrameType | None) -> None:
+    sys.stderr.write("--- stack dump (SIGUSR1): threads ---\n")
+    sys.stderr.flush()
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    loop = _loop
+    if loop is None or loop.is_closed():
+        sys.stderr.write("--- no event loop running ---\n")
+        sys.stderr.flush()
+        return
+    out = io.StringIO()
+    tasks = asyncio.all_tasks(loop)
+    out.write(f"--- stack dump: {len(tasks)} task(s) ---\n")
+    for task in sorted(tasks, key=lambda t: t.get_name()):
+        out.write(f"task {task.get_name()} {task.get_coro()!r}\n")
+        task.print_stack(limit=12, file=out)
+    sys.stderr.write(out.getvalue())
+    sys.stderr.flush()
