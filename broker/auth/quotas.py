@@ -25,7 +25,7 @@ spend bounds, not exact counters; the rate limit bounds how far a burst can over
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
@@ -360,32 +360,7 @@ class QuotaGuard:
         Raises:
             RateLimitedError: ``quota_exceeded`` (429), as :meth:`check`.
         """
-        now = now or self.clock()
-        async with self._sessionmaker() as s:
-            owners = (
-                await standing(s, "key", key_id, now, capped_only=True),
-                await standing(s, "tenant", tenant_id, now, capped_only=True),
-            )
-        reached = [
-            (owner, cap)
-            for owner in owners
-            for cap in owner.caps
-            if cap.limit == "max_live_calls" and cap.reached
-        ]
-        if not reached:
-            return
-        owner, cap = reached[0]
-        self._metrics.quota_refused(f"{owner.scope}.{cap.limit}")
-        await audit.append(self._sessionmaker, exceeded_entry(owner, cap))
-        logger.warning(
-            "offer refused over quota key_id=%s cap=%s.%s used=%d allowed=%d",
-            key_id,
-            owner.scope,
-            cap.limit,
-            cap.used,
-            cap.allowed,
-        )
-        raise refusal_of(owner, cap, now)
+        await self._capped(key_id, tenant_id, now, limits=("max_live_calls",), refused="offer")
 
     async def check(
         self, principal: ApiPrincipal, now: datetime | None = None, *, tenant: str | None = None
@@ -410,21 +385,46 @@ class QuotaGuard:
         Raises:
             RateLimitedError: as :meth:`check`.
         """
+        await self._capped(key_id, tenant_id, now, limits=LIMITS, refused="session")
+
+    async def _capped(
+        self,
+        key_id: str,
+        tenant_id: str,
+        now: datetime | None,
+        *,
+        limits: Collection[str],
+        refused: Literal["offer", "session"],
+    ) -> None:
+        """Refuse if a cap among ``limits`` of the key or the tenant is reached.
+
+        The refusal is audited, counted and logged (``refused``: what is refused).
+
+        Of several reached, the one that frees up last is named (a live-call cap, which frees
+        up at no known time, counts as freeing up soon; among equals, the key's comes first).
+        """
         now = now or self.clock()
         async with self._sessionmaker() as s:
             owners = (
                 await standing(s, "key", key_id, now, capped_only=True),
                 await standing(s, "tenant", tenant_id, now, capped_only=True),
             )
-        reached = [(owner, cap) for owner in owners for cap in owner.caps if cap.reached]
+        reached = [
+            (owner, cap)
+            for owner in owners
+            for cap in owner.caps
+            if cap.limit in limits and cap.reached
+        ]
         if not reached:
             return
         soon = now + timedelta(seconds=LIVE_RETRY_AFTER_S)
+        # max() keeps the first of equal keys: of two live-call caps, the key's is named.
         owner, cap = max(reached, key=lambda pair: pair[1].resets_at or soon)
         self._metrics.quota_refused(f"{owner.scope}.{cap.limit}")
         await audit.append(self._sessionmaker, exceeded_entry(owner, cap))
         logger.warning(
-            "session refused over quota key_id=%s cap=%s.%s used=%d allowed=%d",
+            "%s refused over quota key_id=%s cap=%s.%s used=%d allowed=%d",
+            refused,
             key_id,
             owner.scope,
             cap.limit,
