@@ -117,14 +117,26 @@ class CallbackStore:
             )
         return callback_id
 
-    async def result(self, callback_id: str) -> str | None:
-        """The output the backend posted, or ``None`` while none came."""
-        async with self._sessionmaker() as s:
-            return await s.scalar(
+    async def take(self, callback_id: str) -> str | None:
+        """The output the backend posted, or ``None`` while none came; taken once.
+
+        The row keeps that a result came (``received_at``: a repeat is ``replayed``) but not
+        the result: it is the tool's raw output, whose redacted fields only the tool call's
+        own record keeps sealed, so it must not sit in this table for the session's life.
+        Nothing reads it twice: one executor waits for each callback, and a restarted broker
+        does not resume the wait (the call is settled ``outcome_unknown`` instead).
+        """
+        async with self._sessionmaker.begin() as s:
+            output = await s.scalar(
                 select(ToolCallback.result).where(
                     ToolCallback.id == callback_id, ToolCallback.received_at.is_not(None)
                 )
             )
+            if output is not None:
+                await s.execute(
+                    update(ToolCallback).where(ToolCallback.id == callback_id).values(result=None)
+                )
+        return output
 
     async def tool_of(self, callback_id: str) -> str:
         """The tool of a live (unexpired) callback.
@@ -262,7 +274,7 @@ class HttpAsyncExecutor(HttpExecutor):
             await asyncio.sleep(self.poll_interval)
             if callback_id is not None:
                 assert self.callbacks is not None
-                output = await self.callbacks.result(callback_id)
+                output = await self.callbacks.take(callback_id)
                 if output is not None:
                     return output
             if status_url is not None:

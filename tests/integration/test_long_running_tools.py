@@ -21,6 +21,7 @@ import pytest
 
 from broker import app_state
 from broker.audit.records import AuditKind
+from broker.db.models import ToolCallback
 from broker.db.queries.audit import AuditFilter, audit_records
 from broker.tools.async_executor import CallbackStore
 from broker.tools.executors import ToolContext
@@ -357,10 +358,16 @@ async def test_the_callback_route_refuses_unknown_replayed_unsigned_and_oversize
     huge = b'"' + b"x" * (64 * 1024) + b'"'
     status, problem = await post(url, huge, {**json_type, **sign_callback(url, huge)})
     assert (status, problem["code"]) == (413, "payload_too_large")
-    assert await store.result(callback_id) is None
+    assert await store.take(callback_id) is None
 
     assert (await post(url, body, {**json_type, **sign_callback(url, body)}))[0] == 204
-    assert await store.result(callback_id) == report("R-5")
     status, problem = await post(url, body, {**json_type, **sign_callback(url, body)})
     assert (status, problem["code"]) == (409, "callback_already_received")
-    assert await store.result(callback_id) == report("R-5")
+    assert await store.take(callback_id) == report("R-5")
+    # Taken once: the raw output does not stay in the table, yet a repeat is still a replay.
+    assert await store.take(callback_id) is None
+    async with broker.app[app_state.SESSIONMAKER]() as s:
+        row = await s.get(ToolCallback, callback_id)
+    assert row is not None and row.result is None and row.received_at is not None
+    status, problem = await post(url, body, {**json_type, **sign_callback(url, body)})
+    assert (status, problem["code"]) == (409, "callback_already_received")
