@@ -10,27 +10,24 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Final
 
-from sqlalchemy import CursorResult, delete
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker import tracing
-from broker.audit import trail as audit
 from broker.auth.principals import BrowserPrincipal
 from broker.auth.quotas import QuotaGuard
 from broker.call.hangup import hang_up
 from broker.call.ownership import CallOwnership, acting_for
 from broker.call.supervisor import SidebandSupervisor
-from broker.db import queries
-from broker.db.dialect import conflict_insert, dialect_name
 from broker.db.fence import fenced
-from broker.db.models import CALL_RUNNING_STATES, SessionRow, SessionState, UsedClientSecret, utcnow
+from broker.db.models import CALL_RUNNING_STATES, SessionRow, SessionState
 from broker.db.shielded import ShieldedWrites
 from broker.errors import ConflictError, NotFoundError, UnauthorizedError, UnavailableError
 from broker.metrics import BrokerMetrics
 from broker.session import audit_entries
+from broker.session.claim import claim_session, record_live, unspent_session
 from broker.session.deadline import CallDeadlines
 from broker.session.end_reason import EndReason
 from broker.session.ending import end_session
@@ -43,9 +40,6 @@ from sideband import Provider, ProviderError, ProviderTimeoutError, ProviderUnre
 
 logger = logging.getLogger(__name__)
 
-_SPENT_SECRET_GRACE: Final = timedelta(minutes=1)
-"""How long a spent secret is kept past ``exp``: python-jose accepts a token during the second
-after ``exp``, and replicas' clocks drift; pruning at ``exp`` would reopen a replay window."""
 _PRUNE_EVERY_S: Final = 30.0
 """Spent secrets are pruned at most this often per process, not on every offer's path."""
 _FAILS_FROM: Final = (SessionState.CREATED, SessionState.OFFERED, *CALL_RUNNING_STATES)
@@ -69,37 +63,6 @@ def provider_session_config(registry: ToolRegistry, row: SessionRow) -> dict[str
         "tools": [registry[name].provider_definition() for name in row.tools],
         "tool_choice": "auto",
     }
-
-
-async def secret_spent(s: AsyncSession, jti: str) -> bool:
-    return await s.get(UsedClientSecret, jti) is not None
-
-
-async def spend_secret(s: AsyncSession, browser: BrowserPrincipal, *, prune: bool) -> bool:
-    """Record the offer's client secret as used; ``False`` if it already was (a replay).
-
-    ON CONFLICT DO NOTHING: two offers racing with one token must not turn into an
-    IntegrityError; the loser sees no row inserted. With ``prune``, spent secrets well past
-    their ``exp`` are deleted too: verification refuses them as expired before this table
-    is consulted, so keeping them a while longer changes nothing.
-    """
-    now = utcnow()
-    result = await s.execute(
-        conflict_insert(UsedClientSecret, dialect_name(s))
-        .values(
-            jti=browser.token_id,
-            session_id=browser.session_id,
-            used_at=now,
-            expires_at=datetime.fromtimestamp(browser.expires_at, UTC),
-        )
-        .on_conflict_do_nothing(index_elements=["jti"])
-    )
-    if prune:
-        await s.execute(
-            delete(UsedClientSecret).where(UsedClientSecret.expires_at < now - _SPENT_SECRET_GRACE)
-        )
-    assert isinstance(result, CursorResult)
-    return bool(result.rowcount)
 
 
 class Offers:
@@ -192,37 +155,25 @@ class Offers:
             # (or this one, restarted) takes it.
             raise UnavailableError("shutting_down", "this broker is shutting down; retry")
         session_id = browser.session_id
-        # One read for both (an offer's latency is mostly round trips to the database); the
-        # replay check still comes first, whatever the SDP or the session's state.
-        async with self._sessionmaker() as s:
-            replayed = await secret_spent(s, browser.token_id)
-            row = None if replayed else await queries.get_session_row(s, session_id)
-        if replayed:
-            raise _replayed(session_id)
+        replayed = partial(_replayed, session_id)
+        # The replay check comes first, whatever the SDP or the session's state.
+        row = await unspent_session(self._sessionmaker, browser, replayed)
         check_offer(sdp)
         if row is None:
             raise NotFoundError("session_not_found", "no such session")
         if self._quotas is not None and row.state == SessionState.CREATED:
             # Before anything is spent: a refused offer may be retried once a call ends.
             await self._quotas.check_live(row.owner_key_id, row.tenant_id)
-        prune = self._prune_due()
-        async with self._sessionmaker.begin() as s:
-            # Raising inside the block rolls the spend back with the failed claim.
-            if not await spend_secret(s, browser, prune=prune):
-                raise _replayed(session_id)
-            claimed = await queries.transition_session(
-                s,
-                session_id,
-                [SessionState.CREATED],
-                SessionState.OFFERED,
-                offer_jti=browser.token_id,
-            )
-            if not claimed:
-                raise ConflictError(
-                    "session_already_offered",
-                    f"the session is already {row.state}",
-                    state=row.state,
-                )
+        state = row.state
+        await claim_session(
+            self._sessionmaker,
+            browser,
+            replayed=replayed,
+            taken=lambda: ConflictError(
+                "session_already_offered", f"the session is already {state}", state=state
+            ),
+            prune=self._prune_due(),
+        )
         try:
             config = provider_session_config(self._registry, row)
             answer = await self._provider.create_call(sdp, config)
@@ -246,26 +197,16 @@ class Offers:
             raise
         try:
             granted_at = time.monotonic()
-            async with self._sessionmaker.begin() as s:
-                live = await queries.transition_session(
-                    s, session_id, [SessionState.OFFERED], SessionState.LIVE, call_id=answer.call_id
-                )
-                # Owned from its first moment: the call and its lease commit together.
-                token = await queries.grant_lease(
-                    s, session_id, self._ownership.instance_id, self._ownership.ttl_s
-                )
-                if live:
-                    await audit.add(
-                        s,
-                        audit_entries.session_offered(
-                            session_id,
-                            answer.call_id,
-                            self._provider.name,
-                            self._ownership.instance_id,
-                        ),
-                    )
-            if not live:
-                raise ConflictError("session_not_offered", "the session changed during the offer")
+            token = await record_live(
+                self._sessionmaker,
+                self._ownership,
+                session_id,
+                answer.call_id,
+                audit_entries.session_offered(
+                    session_id, answer.call_id, self._provider.name, self._ownership.instance_id
+                ),
+                "offer",
+            )
         except BaseException as exc:
             # The provider has a call nobody controls: end it rather than leave it running.
             logger.warning(

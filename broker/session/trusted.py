@@ -20,6 +20,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 from aiohttp import web
@@ -35,7 +36,6 @@ from broker.call.ownership import CallOwnership, acting_for
 from broker.call.supervisor import SidebandSupervisor
 from broker.call.trusted_dial import Preamble, ProviderSocket
 from broker.call.trusted_relay import ServerToolExecutor, TrustedLink, TrustedRelay
-from broker.db import queries
 from broker.db.fence import LeaseLostError, fenced
 from broker.db.models import ConnectionType, SessionRow, SessionState
 from broker.db.shielded import ShieldedWrites
@@ -48,9 +48,10 @@ from broker.errors import (
     ValidationFailedError,
 )
 from broker.metrics import BrokerMetrics
+from broker.session.claim import claim_session, record_live, unspent_session
 from broker.session.end_reason import EndReason
 from broker.session.ending import end_session
-from broker.session.offer import provider_session_config, secret_spent, spend_secret
+from broker.session.offer import provider_session_config
 from broker.settings import Settings
 from broker.tools.registry import ToolConfigError, ToolRegistry, parameters_validator
 from broker.tools.server_tools import (
@@ -185,28 +186,20 @@ class TrustedConnects:
         session_id = token.session_id
         if self._supervisor.stopping:
             raise UnavailableError("shutting_down", "this broker is shutting down; retry")
-        async with self._sessionmaker() as s:
-            replayed = await secret_spent(s, token.token_id)
-            row = None if replayed else await queries.get_session_row(s, session_id)
-        if replayed:
-            logger.warning("connect token replayed session_id=%s", session_id)
-            raise UnauthorizedError("token_replayed", "this connect token was already used")
+        replayed = partial(_replayed, session_id)
+        row = await unspent_session(self._sessionmaker, token, replayed)
         if row is None:
             raise NotFoundError("session_not_found", "no such session")
         _check_connectable(row)
         await self._quotas.check_live(row.owner_key_id, row.tenant_id)
-        async with self._sessionmaker.begin() as s:
-            if not await spend_secret(s, token, prune=False):
-                raise UnauthorizedError("token_replayed", "this connect token was already used")
-            claimed = await queries.transition_session(
-                s,
-                session_id,
-                [SessionState.CREATED],
-                SessionState.OFFERED,
-                offer_jti=token.token_id,
-            )
-            if not claimed:
-                raise ConflictError("session_already_connected", "the session is already connected")
+        await claim_session(
+            self._sessionmaker,
+            token,
+            replayed=replayed,
+            taken=lambda: ConflictError(
+                "session_already_connected", "the session is already connected"
+            ),
+        )
         call_id = CALL_ID_PREFIX + secrets.token_hex(12)
         config = trusted_session_config(self._registry, row)
         try:
@@ -225,31 +218,25 @@ class TrustedConnects:
             raise
         try:
             granted_at = time.monotonic()
-            async with self._sessionmaker.begin() as s:
-                live = await queries.transition_session(
-                    s, session_id, [SessionState.OFFERED], SessionState.LIVE, call_id=call_id
-                )
-                lease = await queries.grant_lease(
-                    s, session_id, self._ownership.instance_id, self._ownership.ttl_s
-                )
-                if live:
-                    await audit.add(
-                        s,
-                        AuditEntry(
-                            AuditKind.TRUSTED_CONNECTED,
-                            Actor.key(row.owner_key_id),
-                            {
-                                "call_id": call_id,
-                                "service_id": row.service_id,
-                                "provider": row.provider,
-                                "server_tools": [t["name"] for t in row.server_tools or ()],
-                                "instance_id": self._ownership.instance_id,
-                            },
-                            session_id=session_id,
-                        ),
-                    )
-            if not live:
-                raise ConflictError("session_not_offered", "the session changed during the connect")
+            lease = await record_live(
+                self._sessionmaker,
+                self._ownership,
+                session_id,
+                call_id,
+                AuditEntry(
+                    AuditKind.TRUSTED_CONNECTED,
+                    Actor.key(row.owner_key_id),
+                    {
+                        "call_id": call_id,
+                        "service_id": row.service_id,
+                        "provider": row.provider,
+                        "server_tools": [t["name"] for t in row.server_tools or ()],
+                        "instance_id": self._ownership.instance_id,
+                    },
+                    session_id=session_id,
+                ),
+                "connect",
+            )
         except BaseException:
             await connection.close()
             await self._writes.run(self._fail(session_id, "not recorded"), "trusted-fail")
@@ -390,6 +377,11 @@ class TrustedConnects:
             detail=f"trusted connect: {detail}",
             from_states=(SessionState.OFFERED, SessionState.LIVE),
         )
+
+
+def _replayed(session_id: str) -> UnauthorizedError:
+    logger.warning("connect token replayed session_id=%s", session_id)
+    return UnauthorizedError("token_replayed", "this connect token was already used")
 
 
 def _check_connectable(row: SessionRow) -> None:
