@@ -17,12 +17,17 @@ for a browser call, and only once it attached does the broker switch the line's 
 detection on and ask for the greeting, both on the sideband. No response, and so no tool
 call, starts before the sideband watches. From then on the call is under exactly a browser
 call's policy: allowlist, schemas, tamper guard, leash, audit, ops view, webhook, usage.
+
+An accept cut short (the broker stopping, a failure) ends the call at the provider as far as
+it got (:class:`AcceptStage`): rejected (603) if the accept never went out, else hung up, and
+the session fails (``accept_failed: broker_stopped`` when the broker stops).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import enum
 import logging
 import re
 import time
@@ -108,6 +113,27 @@ PRUNE_EVERY_S: Final = 300.0
 """Old deliveries are pruned at most this often per process, not on every webhook."""
 ATTACH_MARGIN_S: Final = 2.0
 """How much longer than the attach bound the accept task waits for the first attach."""
+ABORT_REJECT_STATUS: Final = 603
+"""SIP "Decline": a call whose accept was cut short before it went out."""
+
+
+class AcceptStage(enum.Enum):
+    """How far a call's accept got: what ending it takes if the accept is cut short."""
+
+    NOT_SENT = "not_sent"
+    """The provider was not asked to accept: the call still rings."""
+    SENT = "sent"
+    """The accept went out: the call may be live now, or become live late."""
+    ACCEPTED = "accepted"
+    """Accepted, not yet watched and greeted: live, unwatched or without turn detection."""
+    SETTLED = "settled"
+    """Nothing left to do at the provider: greeted (the supervisor's from now on), or the
+    accept's own failure path already ended the call."""
+
+
+@dataclass
+class _Accepting:
+    stage: AcceptStage = AcceptStage.NOT_SENT
 
 
 @dataclass(frozen=True)
@@ -299,7 +325,10 @@ class SipCalls:
             logger.error("sip call task failed: %s", type(exc).__name__, exc_info=exc)
 
     async def close(self) -> None:
-        """The broker stops: calls still being answered are cancelled (their sessions fail)."""
+        """The broker stops: calls still being answered are cancelled; their sessions fail.
+
+        Each such call is ended at the provider (:meth:`_abort`), a write drained here.
+        """
         self._closing = True
         for task in list(self._tasks):
             task.cancel()
@@ -398,6 +427,24 @@ class SipCalls:
     # ---- accepting -----------------------------------------------------------------------
 
     async def _accept(self, delivery: Delivery, line: Line) -> None:
+        accepting = _Accepting()
+        row: SessionRow | None = None
+        try:
+            row = await self._store_row(delivery, line)
+            await self._answer(row, delivery, line, accepting)
+        except BaseException as exc:
+            if accepting.stage is not AcceptStage.SETTLED:
+                if isinstance(exc, asyncio.CancelledError):
+                    why = "broker_stopped" if self._closing else "cancelled"
+                else:
+                    why = type(exc).__name__
+                await self._writes.run(
+                    self._abort(row, delivery, line, accepting.stage, why), "sip-accept-abort"
+                )
+            raise
+
+    async def _store_row(self, delivery: Delivery, line: Line) -> SessionRow:
+        """The call's session row, stored ``offered`` (and its delivery pointed at it)."""
         row = self._new_row(delivery, line)
         async with self._sessionmaker.begin() as s:
             s.add(row)
@@ -418,15 +465,59 @@ class SipCalls:
             delivery.call_id,
             line.name,
         )
-        try:
-            await self._answer(row, delivery, line)
-        except BaseException as exc:
-            if row.state is not SessionState.LIVE:
-                # Never leave the session stuck before its call ran: failed, with why. (A live
-                # one is the supervisor's: it goes on, watched.)
-                why = "cancelled" if isinstance(exc, asyncio.CancelledError) else type(exc).__name__
-                await self._writes.run(self._fail(row.id, delivery, line, why), "sip-accept-fail")
-            raise
+        return row
+
+    async def _abort(
+        self,
+        row: SessionRow | None,
+        delivery: Delivery,
+        line: Line,
+        stage: AcceptStage,
+        why: str,
+    ) -> None:
+        """End a call whose accept was cut short (the broker stopping, a failure), bounded.
+
+        Where it stopped decides how: never asked to accept, the call still rings, and a
+        reject (603) is the answer (a hangup is for calls that were answered). Once the
+        accept went out it may be answered at any moment (the provider goes on with a
+        request its client gave up on), and accepted but not yet watched and greeted, the
+        caller would hold a line nobody watches (no turn detection yet, and no other
+        instance greets it): a hangup ends it either way (a call that never went live
+        answers 404, which counts as gone). The session fails with why.
+        """
+        call_id = delivery.call_id
+        if stage is AcceptStage.NOT_SENT:
+            logger.warning(
+                "phone call accept aborted before it was sent (%s): rejecting call_id=%s "
+                "status=%d session_id=%s",
+                why,
+                call_id,
+                ABORT_REJECT_STATUS,
+                row.id if row is not None else "-",
+            )
+            error = await self._at_provider(
+                self._provider.reject_call(call_id, ABORT_REJECT_STATUS), "reject", call_id
+            )
+            await self._audit_action(
+                AuditKind.CALL_REJECTED,
+                delivery,
+                line,
+                {"status_code": ABORT_REJECT_STATUS, "reason": why},
+                error,
+                session_id=row.id if row is not None else None,
+            )
+        else:
+            logger.warning(
+                "phone call accept aborted after it was sent (%s): hanging up call_id=%s "
+                "session_id=%s stage=%s",
+                why,
+                call_id,
+                row.id if row is not None else "-",
+                stage.value,
+            )
+            await hang_up(self._provider, call_id, attempts=1)
+        if row is not None:
+            await self._fail(row.id, delivery, line, why)
 
     def _new_row(self, delivery: Delivery, line: Line) -> SessionRow:
         settings = self._settings
@@ -501,17 +592,20 @@ class SipCalls:
         audio.setdefault("input", {})["turn_detection"] = None
         return config
 
-    async def _answer(self, row: SessionRow, delivery: Delivery, line: Line) -> None:
+    async def _answer(
+        self, row: SessionRow, delivery: Delivery, line: Line, accepting: _Accepting
+    ) -> None:
         call_id = delivery.call_id
         owned = provider_session_config(self._registry, row)
+        accepting.stage = AcceptStage.SENT
         error = await self._at_provider(
             self._provider.accept_call(call_id, self.accept_config(row)), "accept", call_id
         )
+        accepting.stage = AcceptStage.ACCEPTED
         if error is not None:
-            if error == "timeout":
-                # It may still be accepted, late: a call nobody watches must not run.
-                await self._writes.run(hang_up(self._provider, call_id, attempts=1), "sip-hangup")
-            await self._fail(row.id, delivery, line, error)
+            # Shielded as one: a stop landing here must not skip the failed session's write.
+            accepting.stage = AcceptStage.SETTLED
+            await self._writes.run(self._refused(row, delivery, line, error), "sip-accept-fail")
             return
         granted_at = time.monotonic()
         async with self._sessionmaker.begin() as s:
@@ -538,6 +632,7 @@ class SipCalls:
                     ),
                 )
         if not live:
+            accepting.stage = AcceptStage.SETTLED
             logger.warning("phone call session changed during the accept session_id=%s", row.id)
             await self._writes.run(hang_up(self._provider, call_id, attempts=1), "sip-hangup")
             return
@@ -556,6 +651,7 @@ class SipCalls:
                 row.id, self._settings.sideband_attach_timeout + ATTACH_MARGIN_S
             )
             if not attached:
+                accepting.stage = AcceptStage.SETTLED
                 # No sideband, no watch: the caller must not talk to an unwatched model.
                 logger.error("phone call not watched: hanging up session_id=%s", row.id)
                 try:
@@ -564,6 +660,7 @@ class SipCalls:
                     logger.error("phone call not hung up session_id=%s: %s", row.id, exc.code)
                 return
             await self._go(row, line)
+            accepting.stage = AcceptStage.SETTLED
 
     async def _go(self, row: SessionRow, line: Line) -> None:
         """The sideband watches: turn detection on, then the greeting, both on the sideband."""
@@ -589,6 +686,12 @@ class SipCalls:
         else:
             logger.warning("phone call not greeted: no sideband session_id=%s", row.id)
 
+    async def _refused(self, row: SessionRow, delivery: Delivery, line: Line, error: str) -> None:
+        if error == "timeout":
+            # It may still be accepted, late: a call nobody watches must not run.
+            await hang_up(self._provider, delivery.call_id, attempts=1)
+        await self._fail(row.id, delivery, line, error)
+
     async def _fail(self, session_id: str, delivery: Delivery, line: Line, why: str) -> None:
         logger.warning(
             "phone call not accepted session_id=%s call_id=%s: %s",
@@ -605,6 +708,7 @@ class SipCalls:
             session_id,
             EndReason.ACCEPT_FAILED,
             detail=why,
-            from_states=(SessionState.CREATED, SessionState.OFFERED),
+            # Live too: an accept cut short after the call was accepted, before it was greeted.
+            from_states=(SessionState.CREATED, SessionState.OFFERED, SessionState.LIVE),
             event={"type": ACCEPT_FAILED_EVENT, "reason": why, "call_id": delivery.call_id},
         )

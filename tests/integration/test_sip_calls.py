@@ -17,6 +17,9 @@ the broker did); the broker's lines file says what happens to each number.
   second, the session ends ``failed`` with ``accept_failed: call_id_not_found``; an accept
   past ``BROKER_SIP_ACCEPT_TIMEOUT_S`` fails ``accept_failed: timeout``.
 - A caller's hangup (the sideband cut without a close frame) ends the session.
+- The broker stopping while a call is being answered ends the call at the provider (a hangup
+  once the accept went out, or before the sideband watches), and the session fails
+  ``accept_failed: broker_stopped``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ import pytest
 from sqlalchemy import select
 
 from broker import app_state
-from broker.db.models import SessionRow, SipDelivery
+from broker.db.engine import create_engine, make_sessionmaker
+from broker.db.models import SessionEvent, SessionRow, SipDelivery
 from broker.settings.secret import Secret
 from broker.webhooks.signature import sign, signed_headers
 from tests.support.broker_server import BrokerFactory, RunningBroker
@@ -504,3 +508,71 @@ async def test_a_line_whose_tenant_is_at_a_spend_cap_answers_busy(
     async with broker.app[app_state.SESSIONMAKER]() as s:
         made = await s.scalar(select(SessionRow.id).where(SessionRow.call_id == rung["call_id"]))
     assert made is None
+
+
+async def stored_session(broker: RunningBroker, session_id: str) -> tuple[SessionRow, list[Any]]:
+    """A stopped broker's session row and its ``broker.accept_failed`` events, from its database."""
+    engine = create_engine(broker.settings.database_url)
+    try:
+        async with make_sessionmaker(engine)() as s:
+            row = await s.get(SessionRow, session_id)
+            events = list(
+                await s.scalars(
+                    select(SessionEvent.payload).where(
+                        SessionEvent.session_id == session_id,
+                        SessionEvent.type == "broker.accept_failed",
+                    )
+                )
+            )
+    finally:
+        await engine.dispose()
+    assert row is not None
+    return row, events
+
+
+async def test_a_broker_stopping_during_the_accept_hangs_the_call_up(
+    phone_broker: RunningBroker, emulator: RunningEmulator
+) -> None:
+    """The accept is in flight (slow at the provider) when the broker stops: the call is hung
+    up rather than left to go live late with nobody watching, and the session fails."""
+    broker = phone_broker
+    async with aiohttp.ClientSession() as http:
+        await set_faults(http, emulator, accept_delay_ms=3000)
+    rung = await ring(broker, emulator, SUPPORT)
+    call_id = rung["call_id"]
+    session_id = await session_of(broker, call_id)
+    accept_sent = time.monotonic()
+    await asyncio.sleep(0.5)  # the accept went out as the row was stored; it waits 3 s there
+    await asyncio.wait_for(broker.close(), timeout=2.0)
+    call = await emulator_call(emulator, call_id)
+    assert (call["state"], call["end_reason"]) == ("ended", "hangup")
+    row, [event] = await stored_session(broker, session_id)
+    assert (row.state, row.end_reason) == ("failed", "accept_failed: broker_stopped")
+    assert event["reason"] == "broker_stopped"
+    # The provider's late accept finds the call gone: it never goes live, watched or not.
+    await asyncio.sleep(max(0.0, accept_sent + 3.5 - time.monotonic()))
+    sip_call = emulator.registry.get(call_id)
+    assert sip_call is not None and not getattr(sip_call, "accepted", True)
+
+
+async def test_a_broker_stopping_before_the_sideband_watches_hangs_the_call_up(
+    phone_broker: RunningBroker, emulator: RunningEmulator
+) -> None:
+    """Accepted, its sideband not attached yet (no turn detection, no greeting): stopping the
+    broker ends the call at the provider instead of leaving a caller on an unwatched line."""
+    broker = phone_broker
+    async with aiohttp.ClientSession() as http:
+        await set_faults(http, emulator, sideband_unavailable_ms=10_000)
+    rung = await ring(broker, emulator, SUPPORT)
+    call_id = rung["call_id"]
+    session_id = await session_of(broker, call_id)
+    async with asyncio.timeout(10):
+        while (await broker.get_session(session_id))["state"] != "live":  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    assert (await emulator_call(emulator, call_id))["state"] == "live"
+    await asyncio.wait_for(broker.close(), timeout=5.0)
+    call = await emulator_call(emulator, call_id)
+    assert (call["state"], call["end_reason"]) == ("ended", "hangup")
+    row, [event] = await stored_session(broker, session_id)
+    assert (row.state, row.end_reason) == ("failed", "accept_failed: broker_stopped")
+    assert event["reason"] == "broker_stopped"
