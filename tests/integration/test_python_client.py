@@ -23,6 +23,7 @@ from broker_client import (
     ConflictError,
     NotFoundError,
     PermissionDeniedError,
+    UpstreamError,
     ValidationError,
     WebhookVerificationError,
     verify,
@@ -41,6 +42,7 @@ from tests.support.flow import (
     says,
     wait_session_ended,
 )
+from tests.support.servers import RunningEmulator
 from tests.support.tool_backend import TOOL_SECRET, ToolBackend
 from tests.support.webhook_receiver import WebhookReceiver, quick_webhooks
 
@@ -90,6 +92,65 @@ async def test_a_session_is_created_read_listed_and_hung_up_through_the_client(
         detail = await client.get_session(created.id)
         assert detail.state == "ended" and detail.ended_at is not None
         assert detail.usage["responses"] >= 1
+
+
+async def test_a_live_calls_instructions_and_tools_change_through_the_client(
+    broker: RunningBroker, emulator: RunningEmulator
+) -> None:
+    """``reconfigure`` returns once the provider's session holds the change (the session's
+    own key, no admin scope); each refusal comes back as its status's exception with the
+    broker's code, and a call left out nothing is sent."""
+    key = await broker.new_key("sessions:create", tools=["lookup_order", "get_time"])
+    async with AsyncBrokerClient(broker.base_url, key) as client:
+        created = await client.create_session(tools=["lookup_order"], instructions="Be brief.")
+        with pytest.raises(ValueError, match="instructions, tools or both"):
+            await client.reconfigure(created.id)
+        with pytest.raises(TypeError):
+            await client.reconfigure(created.id, tools="get_time")
+        with pytest.raises(ConflictError) as not_live:
+            await client.reconfigure(created.id, tools=["get_time"])
+        assert (not_live.value.status, not_live.value.code) == (409, "session_not_live")
+        with pytest.raises(PermissionDeniedError) as not_granted:
+            await client.reconfigure(created.id, tools=["delete_account"])
+        assert (not_granted.value.status, not_granted.value.code) == (403, "tool_not_granted")
+        with pytest.raises(ValidationError) as unknown:
+            await client.reconfigure(created.id, tools=["no_such_tool"])
+        assert (unknown.value.status, unknown.value.code) == (422, "unknown_tool")
+
+        browser = await connect_browser(broker, created.raw)
+        try:
+            live = await client.get_session(created.id)
+            call = emulator.registry.get(live.call_id or "")
+            assert call is not None
+            tools = await client.reconfigure(created.id, tools=["get_time"])
+            assert (tools.id, tools.tools, tools.instructions_changed) == (
+                created.id,
+                ["get_time"],
+                False,
+            )
+            # Confirmed by the provider before the answer.
+            assert [tool["name"] for tool in call.session["tools"]] == ["get_time"]
+            assert call.session["instructions"] == "Be brief."
+
+            def blocking() -> tuple[list[str], bool]:
+                with BrokerClient(broker.base_url, key) as sync:
+                    done = sync.reconfigure(created.id, instructions="Answer in one word.")
+                    return done.tools, done.instructions_changed
+
+            assert await asyncio.to_thread(blocking) == (["get_time"], True)
+            assert call.session["instructions"] == "Answer in one word."
+            assert (await client.get_session(created.id)).tools == ["get_time"]
+
+            # The provider never confirms: 504, and the call keeps its config.
+            emulator.faults.update(
+                {"sideband_drop_event_types": ["session.updated"], "sideband_drop_event_count": 1}
+            )
+            with pytest.raises(UpstreamError) as unconfirmed:
+                await client.reconfigure(created.id, tools=["lookup_order"])
+            assert (unconfirmed.value.status, unconfirmed.value.code) == (504, "provider_timeout")
+            assert (await client.get_session(created.id)).tools == ["get_time"]
+        finally:
+            await browser.close()
 
 
 async def test_the_list_pages_through_next_cursor(broker: RunningBroker) -> None:

@@ -1,7 +1,7 @@
 """A light client for the sideband broker's API, for app backends: ``httpx`` only.
 
-``BrokerClient`` (blocking) and ``AsyncBrokerClient`` create, read, list and hang up
-sessions; :mod:`broker_client.webhooks` verifies the broker's webhooks and tool calls with
+``BrokerClient`` (blocking) and ``AsyncBrokerClient`` create, read, list, reconfigure and
+hang up sessions; :mod:`broker_client.webhooks` verifies the broker's webhooks and tool calls with
 the standard library alone.
 """
 
@@ -24,6 +24,7 @@ from broker_client.models import (
     CreatedSession,
     Session,
     SessionPage,
+    SessionReconfigured,
     SessionSummary,
     Sideband,
     ToolCallRecord,
@@ -51,6 +52,7 @@ __all__ = [
     "RateLimitedError",
     "Session",
     "SessionPage",
+    "SessionReconfigured",
     "SessionSummary",
     "Sideband",
     "ToolCallRecord",

@@ -18,7 +18,13 @@ from urllib.parse import quote
 import httpx
 
 from broker_client.errors import BrokerUnreachableError, error_from_response
-from broker_client.models import CreatedSession, Session, SessionPage, SessionSummary
+from broker_client.models import (
+    CreatedSession,
+    Session,
+    SessionPage,
+    SessionReconfigured,
+    SessionSummary,
+)
 
 DEFAULT_TIMEOUT_S: Final = 30.0
 """Long enough for a hang-up, which waits for the provider."""
@@ -108,6 +114,22 @@ def _hang_up_call(session_id: str, reason: str | None) -> _Call:
     return _Call("POST", f"{_session_path(session_id)}/hangup", json=body)
 
 
+def _reconfigure_call(
+    session_id: str, instructions: str | None, tools: Iterable[str] | None
+) -> _Call:
+    if instructions is None and tools is None:
+        raise ValueError("give instructions, tools or both")
+    if isinstance(tools, str):
+        # A lone name would be sent as its letters: the set is a list of names.
+        raise TypeError("tools is a list of tool names, not one name")
+    body: dict[str, Any] = {}
+    if instructions is not None:
+        body["instructions"] = instructions
+    if tools is not None:
+        body["tools"] = list(tools)
+    return _Call("POST", f"{_session_path(session_id)}/config", json=body)
+
+
 def _transfer_call(session_id: str, target_uri: str) -> _Call:
     return _Call("POST", f"{_session_path(session_id)}/transfer", json={"target_uri": target_uri})
 
@@ -154,8 +176,8 @@ class BrokerClient:
     Args:
         base_url: the broker's root, e.g. ``https://broker.internal:8080``.
         api_key: an API key (``bk_…``) with the scopes the calls need: ``sessions:create``
-            to create (and read your own sessions), ``monitor:read`` to list, ``admin`` to
-            hang up.
+            to create (and read and reconfigure your own sessions), ``monitor:read`` to list,
+            ``admin`` to hang up.
         timeout: seconds per request.
         http: an ``httpx.Client`` of your own (proxies, TLS); closed by you, not here.
     """
@@ -254,6 +276,35 @@ class BrokerClient:
     def hang_up(self, session_id: str, *, reason: str | None = None) -> bool:
         """End a live call at the provider (``admin``); ``session_not_live`` when none runs."""
         return bool(self._send(_hang_up_call(session_id, reason)).get("hung_up"))
+
+    def reconfigure(
+        self,
+        session_id: str,
+        *,
+        instructions: str | None = None,
+        tools: Iterable[str] | None = None,
+    ) -> SessionReconfigured:
+        """Change a live call's instructions and/or tools; returns once the provider took them.
+
+        For the key that created the session, or an ``admin`` key of its tenant. ``tools`` is
+        the whole new set (registry names; ``[]``: none); ``None`` leaves a field as it is.
+        A refused or unconfirmed change leaves the call's config as it was.
+
+        Raises:
+            ValueError: neither ``instructions`` nor ``tools`` given (nothing is sent).
+            TypeError: ``tools`` is a string, not a list of names.
+            PermissionDeniedError: ``insufficient_scope`` (neither the session's key nor an
+                admin), ``tool_not_granted`` (outside the key's grants).
+            NotFoundError: ``session_not_found`` (unknown, or another tenant's).
+            ConflictError: ``session_not_live``, ``sideband_not_connected``.
+            ValidationError: ``unknown_tool``, ``provider_lacks_capability``,
+                ``invalid_request`` (say, empty instructions).
+            UpstreamError: ``provider_refused_update`` (502), ``provider_timeout`` (504).
+            UnavailableError: ``owner_unavailable`` (the instance running the call did not
+                answer).
+        """
+        call = _reconfigure_call(session_id, instructions, tools)
+        return SessionReconfigured.from_json(self._send(call))
 
     def transfer(self, session_id: str, target_uri: str) -> bool:
         """Transfer a live phone call to ``tel:+…`` or a ``sip:`` URI (SIP refer; ``admin``).
@@ -371,6 +422,17 @@ class AsyncBrokerClient:
 
     async def hang_up(self, session_id: str, *, reason: str | None = None) -> bool:
         return bool((await self._send(_hang_up_call(session_id, reason))).get("hung_up"))
+
+    async def reconfigure(
+        self,
+        session_id: str,
+        *,
+        instructions: str | None = None,
+        tools: Iterable[str] | None = None,
+    ) -> SessionReconfigured:
+        """See :meth:`BrokerClient.reconfigure`."""
+        call = _reconfigure_call(session_id, instructions, tools)
+        return SessionReconfigured.from_json(await self._send(call))
 
     async def transfer(self, session_id: str, target_uri: str) -> bool:
         return bool((await self._send(_transfer_call(session_id, target_uri))).get("transferred"))

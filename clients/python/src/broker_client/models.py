@@ -204,6 +204,26 @@ class SessionSummary:
 
 
 @dataclass(frozen=True)
+class SessionReconfigured:
+    """``POST /api/v1/sessions/{id}/config``'s answer: the live call took the new config."""
+
+    id: str
+    tools: list[str]
+    """The session's tool set now (the new one, or the unchanged one if only instructions)."""
+    instructions_changed: bool
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SessionReconfigured:
+        return cls(
+            id=data["id"],
+            tools=list(data.get("tools", [])),
+            instructions_changed=bool(data.get("instructions_changed")),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
 class SessionPage:
     """One page of the session list, newest first; ``next_cursor`` asks for the next one."""
 
