@@ -4,8 +4,10 @@ See ``emulator/README.md`` for what is emulated and every [inferred] choice.
 """
 
 from ._keys import CALL_REGISTRY, CLIENT_SECRETS, FAULTS
+from ._recorder import ReceivedClientEvent
 from .app import create_app
-from .calls import Call, CallRegistry, ReceivedClientEvent
+from .call_registry import CallRegistry
+from .calls import Call
 from .faults import CallErrorFault, FaultConfig, Faults
 from .secrets import ClientSecret, ClientSecretStore
 from .settings import EmulatorSettings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .calls import CallRegistry
+from .call_registry import CallRegistry
 from .faults import Faults
 from .secrets import ClientSecretStore
 from .settings import EmulatorSettings

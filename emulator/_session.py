@@ -197,3 +197,16 @@ def initial_session(posted: Mapping[str, Any] | None, query_model: str | None) -
     if posted:
         merge_session(session, posted)
     return session
+
+
+def audio_side(session: Mapping[str, Any], side: str) -> dict[str, Any]:
+    """The session's ``audio.input`` or ``audio.output`` config; ``{}`` when unset."""
+    # A client may set audio or one of its sides to null; treat that as "defaults".
+    audio = session.get("audio")
+    found = audio.get(side) if isinstance(audio, Mapping) else None
+    return found if isinstance(found, dict) else {}
+
+
+def turn_detection(session: Mapping[str, Any]) -> Any:
+    """The session's ``audio.input.turn_detection``; ``None`` when unset."""
+    return audio_side(session, "input").get("turn_detection")

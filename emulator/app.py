@@ -10,7 +10,7 @@ from aiohttp import web
 from ._flavors import API_PREFIX
 from ._keys import CALL_REGISTRY, CLIENT_SECRETS, FAULTS, SETTINGS
 from .admin import add_admin_routes
-from .calls import CallRegistry
+from .call_registry import CallRegistry
 from .errors import ApiError, error_envelope
 from .faults import Faults
 from .secrets import ClientSecretStore

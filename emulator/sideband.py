@@ -18,7 +18,8 @@ from aiohttp import WSMsgType, web
 from ._auth import bearer_is_client_secret, require_api_key
 from ._keys import CALL_REGISTRY, FAULTS, SETTINGS
 from ._links import AbortRequest, CloseRequest, Outgoing, SidebandLink
-from .calls import Call, Source
+from ._recorder import Source
+from .calls import Call
 from .errors import EmulatorError, call_not_found, injected_failure
 
 logger = logging.getLogger(__name__)

@@ -31,11 +31,11 @@ from typing import Any, Final, Literal
 import aiohttp
 
 from ._phone_line import PhoneLine, spoken_turn
-from ._session import initial_session
+from ._session import initial_session, turn_detection
 from ._speaker import Speaker
 from ._transcription import Spoken
 from .audio import SAMPLE_RATE, VadConfig
-from .calls import Call, _turn_detection
+from .calls import Call
 from .faults import Faults
 from .settings import EmulatorSettings
 
@@ -225,7 +225,7 @@ class SipCall(Call):
         ``sideband_unavailable_ms`` fault) counts from now.
         """
         self.session = session
-        self._input.configure(_turn_detection(session))
+        self._input.configure(turn_detection(session))
         self.accepted = True
         self.answered.set()
         self.created_at = time.monotonic()
@@ -247,7 +247,7 @@ class SipCall(Call):
         ``text`` (:class:`~emulator._transcription.Spoken`).
         """
         self.heard.extend([Spoken(text)])
-        config = VadConfig.from_turn_detection(_turn_detection(self.session)) or VadConfig()
+        config = VadConfig.from_turn_detection(turn_detection(self.session)) or VadConfig()
         for chunk in spoken_turn(text, config.silence_duration_ms):
             self._on_audio(chunk, SAMPLE_RATE)
 
