@@ -7,13 +7,24 @@ up to its terminator; the terminator makes them a turn: a user message of the br
 (``dtmf_prompt``, default "The caller pressed 1234 on the keypad.") that the model answers,
 so a caller can reach a tool without speaking. The message is the broker's: the controller
 adds it as a note (:mod:`sideband.notes`), never mistaken for a page item.
+
+Keys often carry PINs and card numbers, so a line may keep them out of the record
+(``dtmf_record = "masked"``, :class:`DtmfRecord`): the ``broker.dtmf`` event and the stored
+``input_audio_buffer.dtmf_event_received`` then carry ``"*"`` and ``masked: true`` in place of
+the key (how many keys, and when, stay on the timeline), and the stored copies of a keypad
+turn's message (the note sent, the provider's echoes of it) carry ``*`` per digit. The call's
+``dtmf = true`` tools still get the real keys, and the model the real message: both need them.
+What the model says or passes to a tool is the model's, and is recorded as it is.
 """
 
 from __future__ import annotations
 
+import collections
+import enum
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from broker.record.event_classes import EventClass
 from broker.record.event_log import EventRecorder
@@ -27,6 +38,20 @@ DIGITS_PLACEHOLDER: Final = "{digits}"
 MAX_KEPT_EVENTS: Final = 1000
 """``broker.dtmf`` events kept per call; past it they are coalescible (capped): a caller
 holding keys down must not grow the log without bound."""
+PROVIDER_DTMF_EVENT: Final = "input_audio_buffer.dtmf_event_received"
+MASK: Final = "*"
+"""What a masked key is recorded as (with ``masked: true``: a real ``*`` key has none)."""
+MASKED_TURNS_KEPT: Final = 16
+"""A masking keypad's latest turn messages, whose echoes it masks in the stored log."""
+
+
+class DtmfRecord(enum.StrEnum):
+    """What a phone line's event log keeps of the caller's keys (the line's ``dtmf_record``)."""
+
+    DIGITS = "digits"
+    """Every key as pressed."""
+    MASKED = "masked"
+    """Each key as ``"*"`` with ``masked: true``; a keypad turn's stored message masked too."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +79,7 @@ class Keypad:
         recorder: the session's event log.
         digits: where tools read the call's keys.
         turn: the line's keypad turn; ``None``: keys are recorded and kept only.
+        record: what the event log keeps of the keys (the line's ``dtmf_record``).
     """
 
     def __init__(
@@ -62,11 +88,17 @@ class Keypad:
         recorder: EventRecorder,
         digits: DtmfDigits,
         turn: KeypadTurn | None = None,
+        record: DtmfRecord = DtmfRecord.DIGITS,
     ) -> None:
         self._session_id = session_id
         self._recorder = recorder
         self._digits = digits
         self._turn = turn
+        self._masked = record is DtmfRecord.MASKED
+        self._masked_turns: collections.deque[tuple[str, str]] = collections.deque(
+            maxlen=MASKED_TURNS_KEPT
+        )
+        """The latest turn messages sent, each with its masked copy (masking only)."""
         self._pending = ""
         """Keys of the turn under way (since the last terminator)."""
         self._recorded = 0
@@ -80,7 +112,9 @@ class Keypad:
         self._recorded += 1
         self._recorder.record(
             "broker",
-            {"type": DTMF_EVENT, "digit": digit},
+            {"type": DTMF_EVENT, "digit": MASK, "masked": True}
+            if self._masked
+            else {"type": DTMF_EVENT, "digit": digit},
             None if self._recorded <= MAX_KEPT_EVENTS else EventClass.COALESCIBLE,
         )
         self._digits.pressed(self._session_id, digit)
@@ -93,7 +127,40 @@ class Keypad:
         if not pending:
             return None  # the terminator alone says nothing
         logger.info("keypad turn session_id=%s digits=%d", self._session_id, len(pending))
-        return self._turn.message(pending)
+        message = self._turn.message(pending)
+        if self._masked:
+            self._masked_turns.append((message, self._turn.message(MASK * len(pending))))
+        return message
+
+    def stored(self, event: dict[str, Any]) -> dict[str, Any]:
+        """What the event log keeps of a sideband ``event``: itself, unless keys are masked.
+
+        Masking, the provider's key event carries ``"*"`` (``masked: true``), and an item
+        holding a keypad turn's message (the note sent, the provider's echoes) its masked
+        copy. A copy when changed: the event itself goes on to be read as it came.
+        """
+        if not self._masked:
+            return event
+        if event.get("type") == PROVIDER_DTMF_EVENT:
+            return {**event, "event": MASK, "masked": True}
+        item = event.get("item")
+        if not self._masked_turns or not isinstance(item, Mapping):
+            return event
+        content = item.get("content")
+        if not isinstance(content, list):
+            return event
+        masked = dict(self._masked_turns)
+        parts = [
+            {**part, "text": masked[part["text"]]}
+            if isinstance(part, Mapping)
+            and isinstance(part.get("text"), str)
+            and part["text"] in masked
+            else part
+            for part in content
+        ]
+        if all(new is old for new, old in zip(parts, content, strict=True)):
+            return event
+        return {**event, "item": {**item, "content": parts}}
 
     def forget(self) -> None:
         """The call's sideband here ended: its keys are no longer any tool's."""

@@ -75,7 +75,10 @@ class SessionObserver:
         self._dispatch = DispatchClock()
 
     def record(self, direction: Direction, event: dict[str, Any]) -> None:
-        self._recorder.record(direction, event)
+        # A phone line may keep the caller's keys out of the log (its keypad masks them).
+        self._recorder.record(
+            direction, event if self._keypad is None else self._keypad.stored(event)
+        )
         if direction == "in" and event.get("type") in OBSERVED:
             seen = parse_observed_event(event)
             self._leash.saw(seen)

@@ -32,7 +32,7 @@ from broker import tracing
 from broker.audit import trail as audit
 from broker.audit.records import Actor, AuditEntry, AuditKind
 from broker.call.hangup import hang_up
-from broker.call.keypad import Keypad, KeypadTurn
+from broker.call.keypad import DtmfRecord, Keypad, KeypadTurn
 from broker.call.leash import Leash, LeashTerms
 from broker.call.observer import SessionObserver
 from broker.call.ownership import StandbyConnection, may_act_now
@@ -139,6 +139,8 @@ class SidebandSupervisor:
         self.keypad_turn: Callable[[str], KeypadTurn | None] = lambda _line: None
         """A phone line's keypad turn, by the line's name (set by the app's wiring from the
         lines file); ``None``: the line has none."""
+        self.dtmf_record: Callable[[str], DtmfRecord] = lambda _line: DtmfRecord.DIGITS
+        """What a phone line's event log keeps of the caller's keys, by the line's name."""
 
     def start(
         self,
@@ -526,6 +528,7 @@ class SidebandSupervisor:
                     recorder,
                     self._dispatcher.dtmf,
                     self.keypad_turn(row.sip_line) if row.sip_line else None,
+                    self.dtmf_record(row.sip_line) if row.sip_line else DtmfRecord.DIGITS,
                 )
             observer: CallObserver = SessionObserver(
                 session_id,

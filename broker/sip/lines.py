@@ -18,6 +18,7 @@ Format (``BROKER_SIP_LINES``)::
     redact_caller = true            # the caller's number is stored as a keyed hash
     redact_headers = ["Contact"]    # these SIP headers' values are stored as keyed hashes
     dtmf_turn = "#"                 # keys up to # make a turn (or {terminator, prompt})
+    dtmf_record = "masked"          # keys kept out of the event log ("*"); default "digits"
     max_duration_s = 600            # limits as a session's (never above the ceilings)
     idle_timeout_s = 120
     max_tool_calls = 20
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from broker.call.keypad import DEFAULT_PROMPT, DIGITS_PLACEHOLDER, KeypadTurn
+from broker.call.keypad import DEFAULT_PROMPT, DIGITS_PLACEHOLDER, DtmfRecord, KeypadTurn
 from broker.db.models import DEFAULT_TENANT
 from broker.session.limits import PROVIDER_MAX_CALL_S, TamperPolicy
 
@@ -94,6 +95,8 @@ class Line:
     """Lower-cased header names whose values are stored as keyed hashes."""
     dtmf_turn: KeypadTurn | None = None
     """Keys the caller presses up to a terminator become a turn (:mod:`broker.call.keypad`)."""
+    dtmf_record: DtmfRecord = DtmfRecord.DIGITS
+    """What the event log keeps of the caller's keys: each one, or ``*`` (masked)."""
     limits: Mapping[str, Any] = field(default_factory=dict)
     """Given limits only (``max_duration_s`` …, ``on_tamper``); the rest default."""
 
@@ -227,6 +230,15 @@ def _dtmf_turn(value: Any) -> KeypadTurn:
     return KeypadTurn(value["terminator"], prompt)
 
 
+def _dtmf_record(value: Any) -> DtmfRecord:
+    try:
+        return DtmfRecord(value)
+    except ValueError:
+        raise ValueError(
+            "must be 'digits' (every key in the event log) or 'masked' (each key as '*')"
+        ) from None
+
+
 def _seconds(value: Any) -> int:
     if (
         isinstance(value, bool)
@@ -277,6 +289,7 @@ LINE_KEYS: Final[Mapping[str, Callable[[Any], Any]]] = {
     "redact_caller": _bool,
     "redact_headers": _headers,
     "dtmf_turn": _dtmf_turn,
+    "dtmf_record": _dtmf_record,
 }
 """Every key of a ``[lines.<name>]`` table but the limits (:data:`LIMIT_KEYS`), parsed."""
 

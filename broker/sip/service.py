@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from broker import app_state
-from broker.call.keypad import KeypadTurn
+from broker.call.keypad import DtmfRecord, KeypadTurn
 from broker.settings import Settings
 from broker.sip.calls import SipCalls
 from broker.sip.lines import Lines, LinesConfigError, load_lines
@@ -75,7 +75,12 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
         line = lines.lines.get(name)
         return line.dtmf_turn if line is not None else None
 
+    def dtmf_record(name: str) -> DtmfRecord:
+        line = lines.lines.get(name)
+        return line.dtmf_record if line is not None else DtmfRecord.DIGITS
+
     app[app_state.SUPERVISOR].keypad_turn = keypad_turn
+    app[app_state.SUPERVISOR].dtmf_record = dtmf_record
     logger.info("phone lines loaded: %s", ", ".join(sorted(lines.lines)) or "(none)")
     try:
         yield

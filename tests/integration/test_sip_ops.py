@@ -14,13 +14,16 @@ supervisor and the emulator alone, not on the incoming-webhook path (tested on i
 - DTMF: the caller's keys reach the timeline (``broker.dtmf``), a ``dtmf = true`` tool gets
   them (``X-DTMF-Digits``), and a keypad turn makes the scripted model call a tool; also
   through the whole incoming path (the emulator rings a line with ``dtmf_turn``, the broker
-  accepts from the signed webhook), with the ops API showing a phone call.
+  accepts from the signed webhook), with the ops API showing a phone call. A line with
+  ``dtmf_record = "masked"`` keeps the keys out of the event log (streamed by the events API)
+  while its ``dtmf`` tool still gets them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -440,3 +443,68 @@ async def test_the_python_client_transfers_a_phone_call(
     assert again.value.code == "session_not_live"
     call = emulator.registry.get(call_id)
     assert call is not None and getattr(call, "referred_to", None) == TARGET
+
+
+PIN = "4711"
+MASKED_LINES = KEYPAD_LINES + '\ndtmf_record = "masked"\n'
+
+
+async def stream_of(broker: RunningBroker, session_id: str) -> list[dict[str, Any]]:
+    """Every event of an ended session, as ``GET /api/v1/sessions/{id}/events`` streams it."""
+    reply = await broker.request("GET", f"/api/v1/sessions/{session_id}/events")
+    assert reply.status == 200, reply.text
+    return [
+        json.loads(line.removeprefix("data: "))
+        for line in reply.text.splitlines()
+        if line.startswith("data: ")
+    ]
+
+
+async def test_a_masking_line_keeps_the_keys_out_of_the_record_but_not_from_its_tool(
+    make_broker: BrokerFactory,
+    emulator: RunningEmulator,
+    tool_backend: ToolBackend,
+    tmp_path: Path,
+) -> None:
+    """``dtmf_record = "masked"``: the timeline's keys, the provider's key events and the stored
+    keypad turn carry ``*``; the ``dtmf = true`` tool gets the real keys, and the model the
+    real turn (it calls the tool with them)."""
+    tools = tmp_path / "keyed-tools.toml"
+    tools.write_text(keyed_tools_toml(tool_backend))
+    lines = tmp_path / "lines.toml"
+    lines.write_text(MASKED_LINES)
+    broker = await make_broker(
+        tools_config=tools, sip_webhook_secret=Secret(SIP_SECRET), sip_lines=lines
+    )
+    session_id, call_id = await incoming_call(broker, emulator, KEYPAD_LINE)
+    await wait_events(broker, session_id, "response.done")
+    await press(emulator, call_id, PIN + "#")
+    [request] = await tool_backend.wait_calls_to("order_by_phone")
+    assert request.headers["X-DTMF-Digits"] == PIN + "#"
+    assert request.arguments == {"order_id": PIN}
+    await wait_events(
+        broker,
+        session_id,
+        "response.done",
+        predicate=lambda payload: "order_by_phone returned" in str(payload),
+    )
+    hangup = await broker.request("POST", f"/api/v1/sessions/{session_id}/hangup")
+    assert hangup.status == 200, hangup.text
+    await wait_session_ended(broker, session_id)
+    events = await stream_of(broker, session_id)
+    keys = [e["payload"] for e in events if e["type"] == "broker.dtmf"]
+    assert keys == [{"type": "broker.dtmf", "digit": "*", "masked": True}] * 5
+    pressed = [
+        e["payload"] for e in events if e["type"] == "input_audio_buffer.dtmf_event_received"
+    ]
+    assert len(pressed) == 5
+    assert all(p["event"] == "*" and p["masked"] is True for p in pressed)
+    masked_turn = KEYPAD_PROMPT.replace("{digits}", "****")
+    turn = [e for e in events if masked_turn in json.dumps(e["payload"])]
+    # The note sent and the provider's echoes of it (added, done): each stored masked.
+    assert {e["type"] for e in turn} >= {"conversation.item.create", "conversation.item.done"}
+    # What the model said and passed to its tool is its own, recorded as it is (README's
+    # known limit); nothing the caller's keys put in the log carries them.
+    of_the_keys = [*keys, *pressed, *(e["payload"] for e in turn)]
+    assert PIN not in json.dumps(of_the_keys)
+    assert KEYPAD_PROMPT.replace("{digits}", PIN) not in json.dumps(events)

@@ -13,11 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.call.keypad import DTMF_EVENT, Keypad, KeypadTurn
+from broker.call.keypad import DTMF_EVENT, DtmfRecord, Keypad, KeypadTurn
 from broker.record.event_classes import EventClass
 from broker.tools.dtmf import MAX_DIGITS, DtmfDigits
 from broker.tools.executors import HttpExecutor, ToolContext
 from broker.tools.registry import ToolConfigError, load_registry
+from sideband.notes import note_item_create
 
 
 class Recorder:
@@ -30,9 +31,12 @@ class Recorder:
         self.events.append((direction, event, event_class))
 
 
-def keypad(turn: KeypadTurn | None = None) -> tuple[Keypad, Recorder, DtmfDigits]:
+def keypad(
+    turn: KeypadTurn | None = None, record: DtmfRecord = DtmfRecord.DIGITS
+) -> tuple[Keypad, Recorder, DtmfDigits]:
     recorder, digits = Recorder(), DtmfDigits()
-    return Keypad("sess_1", recorder, digits, turn), recorder, digits  # type: ignore[arg-type]
+    pad = Keypad("sess_1", recorder, digits, turn, record)  # type: ignore[arg-type]
+    return pad, recorder, digits
 
 
 def test_every_key_is_recorded_and_kept_for_the_call() -> None:
@@ -64,6 +68,36 @@ def test_keys_up_to_the_terminator_make_a_turn() -> None:
     assert pad.pressed("9") is None
     assert pad.pressed("#") == "Order 9: lookup_order 9"
     assert digits.of("sess_1") == "1234##9#"
+
+
+def test_a_masking_keypad_records_no_key_but_tools_and_the_model_get_them() -> None:
+    pad, recorder, digits = keypad(KeypadTurn("#", "Order {digits}"), DtmfRecord.MASKED)
+    assert [pad.pressed(key) for key in "4711#"] == [None] * 4 + ["Order 4711"]
+    assert [e for _, e, _ in recorder.events] == [
+        {"type": DTMF_EVENT, "digit": "*", "masked": True}
+    ] * 5
+    assert digits.of("sess_1") == "4711#"
+    raw = {"type": "input_audio_buffer.dtmf_event_received", "event": "4", "received_at": 1}
+    assert pad.stored(raw) == {**raw, "event": "*", "masked": True}
+    assert raw["event"] == "4"  # the event itself goes on as it came
+    # The turn's message: the note sent, and the provider's echo of its item, are masked.
+    note = note_item_create("item_nt1", "Order 4711", role="user")
+    stored = pad.stored(note)
+    assert stored["item"]["content"] == [{"type": "input_text", "text": "Order ****"}]
+    assert note["item"]["content"][0]["text"] == "Order 4711"
+    echo = {"type": "conversation.item.done", "item": note["item"]}
+    assert "4711" not in str(pad.stored(echo))
+    other = note_item_create("item_nt2", "Order 4711 is late.", role="system")
+    assert pad.stored(other) is other  # not the turn's message: the model's own is kept
+
+
+def test_a_keypad_keeping_the_digits_stores_events_as_they_came() -> None:
+    pad, _, _ = keypad(KeypadTurn("#"))
+    pad.pressed("1")
+    pad.pressed("#")
+    raw = {"type": "input_audio_buffer.dtmf_event_received", "event": "1"}
+    note = note_item_create("item_nt1", "The caller pressed 1 on the keypad.", role="user")
+    assert pad.stored(raw) is raw and pad.stored(note) is note
 
 
 def test_the_default_prompt() -> None:

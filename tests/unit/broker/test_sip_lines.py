@@ -9,7 +9,7 @@ from typing import cast
 import pytest
 
 from broker import Settings, SettingsError
-from broker.call.keypad import KeypadTurn
+from broker.call.keypad import DtmfRecord, KeypadTurn
 from broker.sip.lines import (
     LineAction,
     LinesConfigError,
@@ -169,3 +169,35 @@ async def test_a_provider_without_sip_refuses_to_start_and_bad_lines_are_reporte
     assert "unknown key(s): colour" in str(caught.value)
     assert "not in the tools file: nope" in str(caught.value)
     assert check_sip(_settings(tmp_path), cast(Provider, openai), cast(ToolRegistry, {})) is None
+
+
+@pytest.mark.parametrize("value", ['"hidden"', "true", '["masked"]'])
+def test_a_bad_dtmf_record_is_refused_with_what_it_may_be(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "lines.toml"
+    path.write_text(f'[lines.pins]\nnumbers = ["+1555"]\ndtmf_record = {value}\n')
+    with pytest.raises(LinesConfigError) as caught:
+        load_lines(path, tools=TOOLS, ceilings=CEILINGS)
+    assert (
+        "[lines.pins]: dtmf_record must be 'digits' (every key in the event log) or 'masked'"
+        in str(caught.value)
+    )
+
+
+def test_dtmf_record_defaults_to_the_digits() -> None:
+    lines = parse_lines(
+        {
+            "lines": {
+                "plain": {"numbers": ["+1555"]},
+                "pins": {"numbers": ["+1556"], "dtmf_record": "masked"},
+                "said": {"numbers": ["+1557"], "dtmf_record": "digits"},
+            }
+        },
+        tools=TOOLS,
+        ceilings=CEILINGS,
+    )
+    records = {name: line.dtmf_record for name, line in lines.lines.items()}
+    assert records == {
+        "plain": DtmfRecord.DIGITS,
+        "pins": DtmfRecord.MASKED,
+        "said": DtmfRecord.DIGITS,
+    }
