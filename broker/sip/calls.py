@@ -345,8 +345,6 @@ class SipCalls:
         elif line.action is LineAction.REFER:
             assert line.refer_to is not None
             await self._refer(delivery, line, line.refer_to)
-        elif await self._over_quota(line):
-            await self._reject(delivery, line, BUSY_STATUS, reason="quota_exceeded")
         else:
             await self._accept(delivery, line)
 
@@ -430,6 +428,10 @@ class SipCalls:
         accepting = _Accepting()
         row: SessionRow | None = None
         try:
+            if await self._over_quota(line):
+                accepting.stage = AcceptStage.SETTLED
+                await self._reject(delivery, line, BUSY_STATUS, reason="quota_exceeded")
+                return
             row = await self._store_row(delivery, line)
             await self._answer(row, delivery, line, accepting)
         except BaseException as exc:
@@ -517,7 +519,7 @@ class SipCalls:
             )
             await hang_up(self._provider, call_id, attempts=1)
         if row is not None:
-            await self._fail(row.id, delivery, line, why)
+            await self._fail(row.id, delivery, line, why, logged=True)
 
     def _new_row(self, delivery: Delivery, line: Line) -> SessionRow:
         settings = self._settings
@@ -692,13 +694,16 @@ class SipCalls:
             await hang_up(self._provider, delivery.call_id, attempts=1)
         await self._fail(row.id, delivery, line, error)
 
-    async def _fail(self, session_id: str, delivery: Delivery, line: Line, why: str) -> None:
-        logger.warning(
-            "phone call not accepted session_id=%s call_id=%s: %s",
-            session_id,
-            delivery.call_id,
-            why,
-        )
+    async def _fail(
+        self, session_id: str, delivery: Delivery, line: Line, why: str, *, logged: bool = False
+    ) -> None:
+        if not logged:  # an aborted accept said so already, with what it did to the call
+            logger.warning(
+                "phone call not accepted session_id=%s call_id=%s: %s",
+                session_id,
+                delivery.call_id,
+                why,
+            )
         await self._audit_action(
             AuditKind.CALL_ACCEPTED, delivery, line, {}, why, session_id=session_id
         )

@@ -576,3 +576,39 @@ async def test_a_broker_stopping_before_the_sideband_watches_hangs_the_call_up(
     row, [event] = await stored_session(broker, session_id)
     assert (row.state, row.end_reason) == ("failed", "accept_failed: broker_stopped")
     assert event["reason"] == "broker_stopped"
+
+
+async def test_a_broker_stopping_before_the_accept_went_out_rejects_the_call(
+    phone_broker: RunningBroker, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped while the line's spend caps are still being checked (held here, so the stop
+    lands there): nothing was accepted, so the call is declined (603), not left ringing."""
+    broker = phone_broker
+    quotas = broker.app[app_state.SESSIONS].quotas
+    checking, held = asyncio.Event(), asyncio.Event()
+    check_owner = quotas.check_owner
+
+    async def held_check(owner: str, tenant: str) -> None:
+        checking.set()
+        await held.wait()
+        await check_owner(owner, tenant)
+
+    monkeypatch.setattr(quotas, "check_owner", held_check)
+    rung = await ring(broker, emulator, SUPPORT)
+    await asyncio.wait_for(checking.wait(), timeout=5)
+    await asyncio.wait_for(broker.close(), timeout=5.0)
+    call = await emulator_call(emulator, rung["call_id"])
+    assert (call["state"], call["end_reason"], call["reject_status_code"]) == (
+        "ended",
+        "rejected",
+        603,
+    )
+    engine = create_engine(broker.settings.database_url)
+    try:
+        async with make_sessionmaker(engine)() as s:
+            made = await s.scalar(
+                select(SessionRow.id).where(SessionRow.call_id == rung["call_id"])
+            )
+    finally:
+        await engine.dispose()
+    assert made is None  # stopped before its session was stored
