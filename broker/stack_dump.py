@@ -16,6 +16,7 @@ import sys
 from types import FrameType
 
 _loop: asyncio.AbstractEventLoop | None = None
+MAX_AWAIT_DEPTH = 40
 
 
 def install() -> None:
@@ -43,6 +44,34 @@ def _dump(signum: int, frame: FrameType | None) -> None:
     out.write(f"--- stack dump: {len(tasks)} task(s) ---\n")
     for task in sorted(tasks, key=lambda t: t.get_name()):
         out.write(f"task {task.get_name()} {task.get_coro()!r}\n")
-        task.print_stack(limit=12, file=out)
+        # Task.print_stack shows a suspended coroutine's outermost frame only; the await
+        # chain below it is where the wait is.
+        awaited: object = task.get_coro()
+        for _ in range(MAX_AWAIT_DEPTH):
+            frame = _frame_of(awaited)
+            if frame is None:
+                out.write(f"    awaiting {type(awaited).__name__}\n")
+                break
+            code = frame.f_code
+            out.write(f"    {code.co_filename}:{frame.f_lineno} in {code.co_name}\n")
+            awaited = _awaits(awaited)
+            if awaited is None:
+                break
     sys.stderr.write(out.getvalue())
     sys.stderr.flush()
+
+
+def _frame_of(awaitable: object) -> FrameType | None:
+    for name in ("cr_frame", "ag_frame", "gi_frame"):
+        frame = getattr(awaitable, name, None)
+        if isinstance(frame, FrameType):
+            return frame
+    return None
+
+
+def _awaits(awaitable: object) -> object | None:
+    for name in ("cr_await", "ag_await", "gi_yieldfrom"):
+        inner: object = getattr(awaitable, name, None)
+        if inner is not None:
+            return inner
+    return None

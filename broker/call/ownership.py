@@ -199,6 +199,8 @@ class CallOwnership:
         self._command_waiters: dict[int, asyncio.Event] = {}
         self._busy: set[str] = set()
         """Sessions a handoff or activation is under way for (never two at once)."""
+        self._late_since: float | None = None
+        """When renewals last fell behind on SQLite (warned once per episode)."""
 
     def bind(self, host: CallHost) -> None:
         self._host = host
@@ -227,9 +229,16 @@ class CallOwnership:
         return self.draining and session_id in self._held
 
     def may_act(self, session_id: str) -> bool:
-        """Whether this instance may act on the call now, by its own clock (no I/O)."""
+        """Whether this instance may act on the call now, by its own clock (no I/O).
+
+        On SQLite the clock is not asked: this process is the only one, so a late renewal
+        (a busy event loop, a slow disk) lets nobody else act, and refusing would only leave
+        the call unserved.
+        """
         held = self._held.get(session_id)
-        return held is not None and time.monotonic() < held.valid_until
+        if held is None:
+            return False
+        return self._single_process or time.monotonic() < held.valid_until
 
     async def check(self, fence: Fence) -> bool:
         """Whether a provider action on the call may go out now: a fenced read, then the clock.
@@ -417,14 +426,33 @@ class CallOwnership:
                 self._lost(session_id)
 
     def _expire_by_clock(self) -> None:
-        """Stop acting on calls whose lease may run out before it can be renewed."""
+        """Stop acting on calls whose lease may run out before it can be renewed.
+
+        Not on SQLite: no other instance could take such a call over, so letting it go would
+        end it for nothing (a loaded single process once let 100 calls go this way). A late
+        renewal is still worth a warning there: it is how an overloaded broker shows.
+        """
         now = time.monotonic()
-        for session_id, held in list(self._held.items()):
-            if now >= held.valid_until and session_id not in self._busy:
-                logger.error(
-                    "lease not renewed in time; letting the call go session_id=%s", session_id
+        late = [
+            session_id
+            for session_id, held in self._held.items()
+            if now >= held.valid_until and session_id not in self._busy
+        ]
+        if not late:
+            self._late_since = None
+            return
+        if self._single_process:
+            if self._late_since is None:
+                self._late_since = now
+                logger.warning(
+                    "lease renewal late for %d call(s) (the event loop or the database is"
+                    " slow); on SQLite no other instance can take them, so they are kept",
+                    len(late),
                 )
-                self._lost(session_id)
+            return
+        for session_id in late:
+            logger.error("lease not renewed in time; letting the call go session_id=%s", session_id)
+            self._lost(session_id)
 
     async def _take_orphans(self) -> None:
         assert self._host is not None
