@@ -36,6 +36,7 @@ from broker.call.ownership import CallOwnership, acting_for
 from broker.call.supervisor import SidebandSupervisor
 from broker.call.trusted_dial import Preamble, ProviderSocket
 from broker.call.trusted_relay import ServerToolExecutor, TrustedLink, TrustedRelay
+from broker.db import queries
 from broker.db.fence import LeaseLostError, fenced
 from broker.db.models import ConnectionType, SessionRow, SessionState
 from broker.db.shielded import ShieldedWrites
@@ -351,13 +352,20 @@ class TrustedConnects:
         await asyncio.wait({call}, timeout=CALL_END_WAIT_S)
 
     async def _disconnected(self, session_id: str, why: str) -> None:
+        body: dict[str, Any] = {"reason": why}
         try:
+            if why == "session_ended":
+                # The call ended first: a reviewer wants to know why (an operator, the leash,
+                # the provider), which the session's end already says.
+                async with self._sessionmaker() as s:
+                    row = await queries.get_session_row(s, session_id)
+                body["end_reason"] = row.end_reason if row is not None else None
             await audit.append(
                 self._sessionmaker,
                 AuditEntry(
                     AuditKind.TRUSTED_DISCONNECTED,
                     Actor.BROKER,
-                    {"reason": why},
+                    body,
                     session_id=session_id,
                 ),
             )

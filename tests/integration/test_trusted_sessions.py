@@ -569,8 +569,11 @@ async def test_an_operators_hangup_closes_both_sockets(
     assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     detail = await until_ended(broker, session["id"])
     assert detail["end_reason"] == "ops_hangup"
-    kinds = [r.kind for r in await records(broker, session["id"])]
+    kept = await records(broker, session["id"])
+    kinds = [r.kind for r in kept]
     assert "ops.hangup" in kinds and "session.ended" in kinds and "trusted.disconnected" in kinds
+    [gone] = [r.body for r in kept if r.kind == "trusted.disconnected"]
+    assert gone == {"reason": "session_ended", "end_reason": "ops_hangup"}
     assert metric(broker, "broker_trusted_sessions_connected") == 0
 
 
@@ -594,9 +597,11 @@ async def test_the_backends_disconnect_ends_the_session(broker: RunningBroker) -
     await backend.ws.close()
     detail = await until_ended(broker, session["id"])
     assert detail["end_reason"] == "backend_closed"
-    kinds = [r.kind for r in await records(broker, session["id"])]
+    kept = await records(broker, session["id"])
+    kinds = [r.kind for r in kept]
     assert kinds.index("trusted.connected") < kinds.index("session.ended")
-    assert "trusted.disconnected" in kinds
+    [gone] = [r.body for r in kept if r.kind == "trusted.disconnected"]
+    assert gone == {"reason": "backend_closed"}
 
 
 # ---- PostgreSQL -------------------------------------------------------------------------------
