@@ -19,15 +19,14 @@ What the model says or passes to a tool is the model's, and is recorded as it is
 
 from __future__ import annotations
 
-import collections
 import enum
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from broker.record.event_classes import EventClass
 from broker.record.event_log import EventRecorder
+from broker.record.stored_texts import StoredTexts
 from broker.tools.dtmf import KEYS, MAX_DIGITS, DtmfDigits
 
 logger = logging.getLogger(__name__)
@@ -95,9 +94,7 @@ class Keypad:
         self._digits = digits
         self._turn = turn
         self._masked = record is DtmfRecord.MASKED
-        self._masked_turns: collections.deque[tuple[str, str]] = collections.deque(
-            maxlen=MASKED_TURNS_KEPT
-        )
+        self._masked_turns = StoredTexts(MASKED_TURNS_KEPT)
         """The latest turn messages sent, each with its masked copy (masking only)."""
         self._pending = ""
         """Keys of the turn under way (since the last terminator)."""
@@ -129,7 +126,7 @@ class Keypad:
         logger.info("keypad turn session_id=%s digits=%d", self._session_id, len(pending))
         message = self._turn.message(pending)
         if self._masked:
-            self._masked_turns.append((message, self._turn.message(MASK * len(pending))))
+            self._masked_turns.keep_as(message, self._turn.message(MASK * len(pending)))
         return message
 
     def stored(self, event: dict[str, Any]) -> dict[str, Any]:
@@ -143,24 +140,7 @@ class Keypad:
             return event
         if event.get("type") == PROVIDER_DTMF_EVENT:
             return {**event, "event": MASK, "masked": True}
-        item = event.get("item")
-        if not self._masked_turns or not isinstance(item, Mapping):
-            return event
-        content = item.get("content")
-        if not isinstance(content, list):
-            return event
-        masked = dict(self._masked_turns)
-        parts = [
-            {**part, "text": masked[part["text"]]}
-            if isinstance(part, Mapping)
-            and isinstance(part.get("text"), str)
-            and part["text"] in masked
-            else part
-            for part in content
-        ]
-        if all(new is old for new, old in zip(parts, content, strict=True)):
-            return event
-        return {**event, "item": {**item, "content": parts}}
+        return self._masked_turns.apply(event)
 
     def forget(self) -> None:
         """The call's sideband here ended: its keys are no longer any tool's."""

@@ -22,6 +22,7 @@ from broker.db.models import SidebandState
 from broker.metrics import BrokerMetrics, SidebandFailure, SidebandKind
 from broker.record import usage
 from broker.record.event_log import EventRecorder
+from broker.record.stored_texts import StoredTexts
 from sideband import AttachKind, Direction, is_session_probe
 from sideband.events import parse_item_create, parse_observed_event
 
@@ -73,12 +74,17 @@ class SessionObserver:
         self._metrics = metrics
         self._set_sideband_state = set_sideband_state
         self._dispatch = DispatchClock()
+        self._texts = StoredTexts()
+
+    def keep_as(self, text: str, stored: str) -> None:
+        """A message of the broker's holding ``text`` is logged holding ``stored``."""
+        self._texts.keep_as(text, stored)
 
     def record(self, direction: Direction, event: dict[str, Any]) -> None:
-        # A phone line may keep the caller's keys out of the log (its keypad masks them).
-        self._recorder.record(
-            direction, event if self._keypad is None else self._keypad.stored(event)
-        )
+        # A phone line may keep the caller's keys out of the log (its keypad masks them), and
+        # a note may carry what only its substitute may show (an approved result's fields).
+        stored = event if self._keypad is None else self._keypad.stored(event)
+        self._recorder.record(direction, self._texts.apply(stored))
         if direction == "in" and event.get("type") in OBSERVED:
             seen = parse_observed_event(event)
             self._leash.saw(seen)

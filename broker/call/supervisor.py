@@ -112,6 +112,7 @@ class SidebandSupervisor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._controllers: dict[str, CallController] = {}
         self._tool_handlers: dict[str, SessionToolHandler] = {}
+        self._observers: dict[str, SessionObserver] = {}
         """Each supervised call's tool handler, whose allowlist a reconfiguration changes."""
         self._ending: dict[str, tuple[EndReason, str | None]] = {}
         """Calls the broker is ending, with the end reason to record (leash, tamper) and who
@@ -530,7 +531,7 @@ class SidebandSupervisor:
                     self.keypad_turn(row.sip_line) if row.sip_line else None,
                     self.dtmf_record(row.sip_line) if row.sip_line else DtmfRecord.DIGITS,
                 )
-            observer: CallObserver = SessionObserver(
+            session_observer = SessionObserver(
                 session_id,
                 recorder,
                 leash,
@@ -540,6 +541,7 @@ class SidebandSupervisor:
                 keypad=keypad,
                 on_attached=self._watching.setdefault(session_id, asyncio.Event()).set,
             )
+            observer: CallObserver = session_observer
             controller = CallController(
                 call_id,
                 connect,
@@ -573,6 +575,7 @@ class SidebandSupervisor:
             if trusted is not None:
                 trusted.relay.bind(controller.send_client_event)
             self._tool_handlers[session_id] = tool_handler
+            self._observers[session_id] = session_observer
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(recorder.run(), name=f"sideband-recorder:{session_id}")
                 # The leash lives exactly as long as the sideband: a call that ended for
@@ -595,6 +598,7 @@ class SidebandSupervisor:
         finally:
             self._controllers.pop(session_id, None)
             self._tool_handlers.pop(session_id, None)
+            self._observers.pop(session_id, None)
             if keypad is not None:
                 keypad.forget()
             if first is not None:
@@ -639,15 +643,20 @@ class SidebandSupervisor:
             handler.allow(tools)
         return outcome
 
-    async def inject_note(self, session_id: str, text: str) -> bool:
+    async def inject_note(self, session_id: str, text: str, stored: str | None = None) -> bool:
         """Add a system message of the broker's to a supervised call, then a response.
 
-        Whether it went out (:meth:`sideband.CallController.inject_note`).
+        Whether it went out (:meth:`sideband.CallController.inject_note`). ``stored``: what
+        the event log keeps instead of ``text`` (the model gets ``text``), in every event
+        holding the message (the item sent, the provider's echoes, a resend).
 
         Raises:
             KeyError: this process does not supervise the session's sideband.
         """
-        return await self._controllers[session_id].inject_note(text)
+        controller = self._controllers[session_id]
+        if stored is not None:
+            self._observers[session_id].keep_as(text, stored)
+        return await controller.inject_note(text)
 
     async def watching(self, session_id: str, wait: float) -> bool:
         """Wait (at most ``wait`` s) until the call's sideband attached and it is recorded.

@@ -162,6 +162,7 @@ class ApprovalService:
             by,
         )
         answer: dict[str, Any] = {"id": approval_id, "status": str(status)}
+        stored: str | None = None
         if approve:
             outcome = await self._dispatcher.run_approved(row.session_id, row.call_id)
             if outcome is None:
@@ -169,11 +170,14 @@ class ApprovalService:
                     row.call_id, row.tool, "approved", "The call was no longer waiting to run."
                 )
             else:
-                # As the trail shows it: a redacting tool's fields as keyed hashes. The note
-                # carries the same: it is a message, which the event log keeps as it is (only a
-                # function_call_output's fields are redacted there).
+                # The model gets the result as a function_call_output would carry it; the
+                # operator's answer and the event log get it as the trail shows it (a
+                # redacting tool's fields as keyed hashes), as for any call's output.
                 shown = self._dispatcher.shown_arguments(row.tool, outcome.output or "")
                 text = approvals.decision_note(
+                    row.call_id, row.tool, "approved", f"Result: {outcome.output or ''}"
+                )
+                stored = approvals.decision_note(
                     row.call_id, row.tool, "approved", f"Result: {shown}"
                 )
                 answer["tool_status"] = outcome.status.value
@@ -186,12 +190,12 @@ class ApprovalService:
                 "denied",
                 f"Reason: {reason or 'none given'}. The action was not carried out.",
             )
-        answer["injected"] = await self._inject(row.session_id, text)
+        answer["injected"] = await self._inject(row.session_id, text, stored)
         return answer
 
-    async def _inject(self, session_id: str, text: str) -> bool:
+    async def _inject(self, session_id: str, text: str, stored: str | None = None) -> bool:
         try:
-            sent = await self._supervisor.inject_note(session_id, text)
+            sent = await self._supervisor.inject_note(session_id, text, stored)
         except KeyError:
             sent = False
         if not sent:

@@ -39,6 +39,7 @@ from tests.support.flow import (
     says,
     session_events,
 )
+from tests.support.model_speech import without_model_speech
 from tests.support.rows import session_row
 from tests.support.servers import RunningEmulator
 from tests.support.tenants import make_team
@@ -520,11 +521,13 @@ async def test_two_operators_deciding_at_once_one_decision_wins(
         await browser.close()
 
 
-async def test_a_redacting_tools_result_goes_to_the_model_with_its_fields_hashed(
+async def test_a_redacting_tools_result_reaches_the_model_in_clear_and_the_log_hashed(
     gated: RunningBroker, emulator: RunningEmulator
 ) -> None:
-    """The note is a message, kept in the event log as it is: a ``redact`` field's value is
-    in it (and in the answer's ``result``) only as its keyed hash, never in clear."""
+    """As for any call's output: the model gets the approved result as the tool answered it;
+    the operator's answer and the event log (the note sent, the provider's echoes of it) have
+    a ``redact`` field's value only as its keyed hash. (The model's own words are not
+    redacted, for any call: it may repeat what it was told.)"""
     broker = gated
     session, browser, approval = await held_call(broker, "card_refund")
     try:
@@ -533,11 +536,32 @@ async def test_a_redacting_tools_result_goes_to_the_model_with_its_fields_hashed
         result = json.loads(reply.json()["result"])
         assert result["card"]["redacted"].startswith("hmac-sha256:")
         done = await browser.wait_for("response.done", says("(card_refund): approved."))
-        assert "hmac-sha256:" in assistant_text(done)
-        assert CARD not in assistant_text(done)
+        assert CARD in assistant_text(done)
         assert len(RAN) == 1
-        events = await session_events(broker, session["id"])
-        assert CARD not in json.dumps(events)
+        [call] = emulator.registry.calls.values()
+        [note] = [
+            r.event["item"]["content"][0]["text"]
+            for r in call.received
+            if r.event.get("type") == "conversation.item.create"
+            and r.event["item"].get("role") == "system"
+        ]
+        assert CARD in note
+        async with asyncio.timeout(5):
+            while True:
+                events = await session_events(broker, session["id"])
+                notes = [
+                    e
+                    for e in events
+                    if e["type"] in ("conversation.item.create", "conversation.item.done")
+                    and e["payload"]["item"].get("role") == "system"
+                ]
+                if len(notes) >= 2:  # the note sent, and the provider's echo of it
+                    break
+                await asyncio.sleep(0.05)
+        for stored in notes:
+            text = stored["payload"]["item"]["content"][0]["text"]
+            assert "hmac-sha256:" in text and CARD not in text
+        assert CARD not in json.dumps(without_model_speech([e["payload"] for e in events]))
     finally:
         await browser.close()
 

@@ -31,6 +31,7 @@ from tests.conftest import BrokerFactory
 from tests.integration.test_audit_tool_calls import body, by_call, chained_with, tool_records
 from tests.support.broker_server import AUDIT_SIGNER, RunningBroker
 from tests.support.flow import ask, connect_browser, says, wait_session_ended
+from tests.support.model_speech import without_model_speech
 from tests.support.tool_backend import ToolBackend
 
 CARD: Final = "4111111111111111"
@@ -70,25 +71,6 @@ async def card_broker(
     tools = tmp_path / "card-tools.toml"
     tools.write_text(tool_backend.config_toml() + CHARGE_CARD_TOML)
     return await make_broker(tools_config=tools)
-
-
-def _model_speech(event_type: str) -> bool:
-    return event_type.startswith(
-        ("response.output_audio_transcript.", "response.output_text.", "response.content_part.")
-    )
-
-
-def without_model_speech(value: Any) -> Any:
-    """``value`` without anything the model said (assistant messages and turns)."""
-    if isinstance(value, dict):
-        if value.get("role") == "assistant":
-            return None
-        if isinstance(value.get("type"), str) and _model_speech(value["type"]):
-            return None
-        return {key: without_model_speech(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [without_model_speech(item) for item in value]
-    return value
 
 
 def assert_no_card(where: str, value: Any) -> None:
