@@ -508,3 +508,48 @@ async def test_a_masking_line_keeps_the_keys_out_of_the_record_but_not_from_its_
     of_the_keys = [*keys, *pressed, *(e["payload"] for e in turn)]
     assert PIN not in json.dumps(of_the_keys)
     assert KEYPAD_PROMPT.replace("{digits}", PIN) not in json.dumps(events)
+
+
+async def test_a_transfer_asked_of_another_instance_is_carried_out_by_the_calls_owner(
+    make_broker: BrokerFactory,
+    emulator: RunningEmulator,
+    tool_backend: ToolBackend,
+    tmp_path: Path,
+    pg_url: str,
+) -> None:
+    """Two instances on one PostgreSQL: the one that answered the phone owns the call; the
+    other, asked to transfer it, has the owner send the refer (a call command), and answers
+    with the owner's outcome."""
+    tools = tmp_path / "keyed-tools.toml"
+    tools.write_text(keyed_tools_toml(tool_backend))
+    lines = tmp_path / "lines.toml"
+    lines.write_text(KEYPAD_LINES)
+    phone = {"sip_webhook_secret": Secret(SIP_SECRET), "sip_lines": lines}
+    owner = await make_broker(
+        tools_config=tools, database_url=pg_url, instance_id="sip-owner", **phone
+    )
+    other = await make_broker(
+        tools_config=tools, database_url=pg_url, instance_id="sip-other", **phone
+    )
+    session_id, call_id = await incoming_call(owner, emulator, KEYPAD_LINE)
+    target = "sip:desk@pbx.example.com"
+    reply = await other.request(
+        "POST", f"/api/v1/sessions/{session_id}/transfer", json_body={"target_uri": target}
+    )
+    assert reply.status == 200, reply.text
+    assert reply.json() == {"id": session_id, "transferred": True, "target_uri": target}
+    call = emulator.registry.get(call_id)
+    assert call is not None and getattr(call, "referred_to", None) == target
+    ended = await wait_session_ended(other, session_id)
+    assert (ended["state"], ended["end_reason"]) == ("ended", "transferred")
+    [referred] = await audit_records(other, session_id, "call.referred")
+    assert (referred["actor"], referred["body"]) == (
+        "key:admin",
+        {"call_id": call_id, "target_uri": target},
+    )
+    [event] = await wait_events(owner, session_id, "broker.transfer")
+    assert event["payload"] == {"type": "broker.transfer", "target_uri": target, "by": "admin"}
+    again = await other.request(
+        "POST", f"/api/v1/sessions/{session_id}/transfer", json_body={"target_uri": target}
+    )
+    assert (again.status, again.code) == (409, "session_not_live")
