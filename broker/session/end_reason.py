@@ -50,7 +50,7 @@ class EndReason(enum.StrEnum):
     """The offer failed after it claimed the session (detail: why); the session ``failed``."""
     ACCEPT_FAILED = "accept_failed"
     """A phone call could not be answered (detail: why, e.g. ``call_id_not_found``,
-    ``timeout``); the session ``failed`` (:mod:`broker.sip.calls`)."""
+    ``timeout``); the session ``failed`` (:mod:`broker.sip.accept`)."""
     FAILED = "failed"
     """Stored by older brokers only (``sideband: …``); kept so their rows still read."""
     OTHER = "other"

@@ -266,7 +266,7 @@ class SessionService:
 
     @property
     def deadlines(self) -> CallDeadlines:
-        """The calls' duration backstops (a phone call's is armed by :mod:`broker.sip.calls`)."""
+        """The calls' duration backstops (a phone call's is armed by :mod:`broker.sip.accept`)."""
         return self._deadlines
 
     @property

@@ -64,7 +64,6 @@ from sideband.events import new_event_id
 logger = logging.getLogger(__name__)
 
 ACCEPT_FAILED_EVENT: Final = "broker.accept_failed"
-GREETED_EVENT: Final = "broker.sip_greeted"
 BUSY_STATUS: Final = 486
 """SIP "Busy Here": what a caller hears when the line's tenant is at a spend cap."""
 ATTACH_MARGIN_S: Final = 2.0
