@@ -180,6 +180,16 @@ async def press(emulator: RunningEmulator, call_id: str, digits: str) -> None:
         assert resp.status == 200, await resp.text()
 
 
+async def heard_the_tools_answer(broker: RunningBroker, session_id: str) -> None:
+    """Wait until the model answered with the keypad tool's result."""
+    await wait_events(
+        broker,
+        session_id,
+        "response.done",
+        predicate=lambda payload: "order_by_phone returned" in str(payload),
+    )
+
+
 async def audit_records(broker: RunningBroker, session_id: str, kind: str) -> list[Any]:
     reply = await broker.request("GET", f"/api/v1/audit?session_id={session_id}&kind={kind}")
     assert reply.status == 200, reply.text
@@ -325,12 +335,7 @@ async def test_keys_reach_the_timeline_and_a_dtmf_tool(
     assert request.arguments == {"order_id": "1234"}
     assert request.headers["X-DTMF-Digits"] == "1234#"
     assert request.headers["X-Session-ID"] == session_id
-    await wait_events(
-        broker,
-        session_id,
-        "response.done",
-        predicate=lambda payload: "order_by_phone returned" in str(payload),
-    )
+    await heard_the_tools_answer(broker, session_id)
     hangup = await broker.request("POST", f"/api/v1/sessions/{session_id}/hangup")
     assert hangup.status == 200, hangup.text
     await wait_session_ended(broker, session_id)
@@ -377,12 +382,7 @@ async def test_a_keypad_turn_through_the_incoming_path_runs_a_dtmf_tool(
     assert request.arguments == {"order_id": "1234"}
     assert request.headers["X-DTMF-Digits"] == "1234#"
     assert request.headers["X-Session-ID"] == session_id
-    await wait_events(
-        broker,
-        session_id,
-        "response.done",
-        predicate=lambda payload: "order_by_phone returned" in str(payload),
-    )
+    await heard_the_tools_answer(broker, session_id)
     events = await session_events(broker, session_id, "broker.dtmf")
     assert [e["payload"]["digit"] for e in events] == list("1234#")
     listed = await broker.request("GET", "/api/v1/sessions?state=live")
@@ -482,12 +482,7 @@ async def test_a_masking_line_keeps_the_keys_out_of_the_record_but_not_from_its_
     [request] = await tool_backend.wait_calls_to("order_by_phone")
     assert request.headers["X-DTMF-Digits"] == PIN + "#"
     assert request.arguments == {"order_id": PIN}
-    await wait_events(
-        broker,
-        session_id,
-        "response.done",
-        predicate=lambda payload: "order_by_phone returned" in str(payload),
-    )
+    await heard_the_tools_answer(broker, session_id)
     hangup = await broker.request("POST", f"/api/v1/sessions/{session_id}/hangup")
     assert hangup.status == 200, hangup.text
     await wait_session_ended(broker, session_id)
