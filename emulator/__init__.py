@@ -8,7 +8,7 @@ from ._recorder import ReceivedClientEvent
 from .app import create_app
 from .call_registry import CallRegistry
 from .calls import Call
-from .faults import CallErrorFault, FaultConfig, Faults
+from .faults import CallErrorFault, FaultConfig, Faults, SessionUpdateErrorFault
 from .secrets import ClientSecret, ClientSecretStore
 from .settings import EmulatorSettings
 
@@ -25,5 +25,6 @@ __all__ = [
     "FaultConfig",
     "Faults",
     "ReceivedClientEvent",
+    "SessionUpdateErrorFault",
     "create_app",
 ]

@@ -257,6 +257,12 @@ class Call(CallConversation, CallResponses, CallAudioInput):
                 param="session",
             )
         update = check_session_fields(event["session"])
+        # Only a valid update is refused: an invalid one gets its own error and keeps the count.
+        refusal = None if source == "datachannel" else self._faults.take_session_update_error()
+        if refusal is not None:
+            raise ClientEventError(
+                refusal.code, "The session update could not be applied.", param="session"
+            )
         faults = self._faults.current
         if faults.keep_instructions_on_empty and update.get("instructions") == "":
             update = {k: v for k, v in update.items() if k != "instructions"}

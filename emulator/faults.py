@@ -3,7 +3,8 @@
 :class:`FaultConfig` is a frozen set of switch values (the app's initial ones come from
 ``EmulatorSettings.faults``); :class:`Faults` is the app's live state, changed at runtime
 through the ``/_emulator/faults`` admin routes and consulted by ``/calls`` (delay, 5xx) and by
-the sideband layer (404 window, drops, delay, type filter). Every switch is off by default.
+the sideband layer (404 window, drops, delay, type filter, refused ``session.update``). Every
+switch is off by default.
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ def _optional_int(value: object, param: str, *, low: int) -> int | None:
     return None if value is None else _int(value, param, low=low)
 
 
+def _code(value: object, param: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 64:
+        raise FaultValueError(
+            "invalid_type", f"Invalid type for '{param}': expected a short string.", param
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class CallErrorFault:
     """Answer the next ``count`` requests (``/calls``, or hangups) with HTTP ``status``.
@@ -106,6 +115,51 @@ class CallErrorFault:
 
 
 @dataclass(frozen=True)
+class SessionUpdateErrorFault:
+    """Refuse the next ``count`` (``None``: every) ``session.update`` of a sideband.
+
+    The refused update is not applied; its sender gets an ``error`` event (type
+    ``invalid_request_error``, this ``code``, ``param`` ``"session"``) naming its ``event_id``.
+
+    Attributes:
+        code: the ``error.code`` (1 to 64 characters).
+        count: how many updates are still refused (at least 1), or ``None`` for every one.
+
+    Raises:
+        FaultValueError: a value is out of range.
+    """
+
+    code: str = "invalid_value"
+    count: int | None = 1
+
+    def __post_init__(self) -> None:
+        _code(self.code, "sideband_session_update_error.code")
+        _optional_int(self.count, "sideband_session_update_error.count", low=1)
+
+    @classmethod
+    def from_json(cls, raw: object, param: str) -> SessionUpdateErrorFault:
+        """Parse ``{"code": "invalid_value", "count": 2}`` (both optional) for switch ``param``.
+
+        ``count`` defaults to 1; ``count: null`` refuses every update until switched off.
+
+        Raises:
+            FaultValueError: not an object, an unknown key, or a bad value.
+        """
+        if not isinstance(raw, dict):
+            raise FaultValueError(
+                "invalid_type", f"Invalid type for '{param}': expected an object or null.", param
+            )
+        for key in raw:
+            if key not in {"code", "count"}:
+                raise FaultValueError(
+                    "unknown_parameter", f"Unknown parameter: '{param}.{key}'.", f"{param}.{key}"
+                )
+        code = _code(raw.get("code", "invalid_value"), f"{param}.code")
+        count = _optional_int(raw.get("count", 1), f"{param}.count", low=1)
+        return cls(code=code, count=count)
+
+
+@dataclass(frozen=True)
 class FaultConfig:
     """One set of fault switch values; the default is every switch off.
 
@@ -148,6 +202,10 @@ class FaultConfig:
             real one was reported to take about 5 s, docs/protocol.md §0 "SIP").
         accept_not_found: ``/accept`` answers ``404 call_id_not_found`` (after
             ``accept_delay_ms``) and the call keeps ringing, as reported at the real service.
+        sideband_session_update_error: the next ``session.update`` events of a sideband (or
+            of a WebSocket session's socket; never the page's) are refused with an ``error``
+            and not applied, or ``None``. The spec lets the service refuse an update; which
+            ones it refuses, and with which code, is not documented.
 
     Raises:
         FaultValueError: a value has the wrong type or is out of range.
@@ -171,6 +229,7 @@ class FaultConfig:
     hangup_answers_after_close: bool = False
     accept_delay_ms: int = 0
     accept_not_found: bool = False
+    sideband_session_update_error: SessionUpdateErrorFault | None = None
 
     def __post_init__(self) -> None:
         for name in _BOOL_SWITCHES:
@@ -178,12 +237,14 @@ class FaultConfig:
                 raise FaultValueError(
                     "invalid_type", f"Invalid type for '{name}': expected a boolean.", name
                 )
-        code = self.missing_item_error_code
-        if not isinstance(code, str) or not 0 < len(code) <= 64:
+        _code(self.missing_item_error_code, "missing_item_error_code")
+        refusal = self.sideband_session_update_error
+        if refusal is not None and not isinstance(refusal, SessionUpdateErrorFault):
             raise FaultValueError(
                 "invalid_type",
-                "Invalid type for 'missing_item_error_code': expected a short string.",
-                "missing_item_error_code",
+                "Invalid type for 'sideband_session_update_error': expected a"
+                " SessionUpdateErrorFault or None.",
+                "sideband_session_update_error",
             )
         for name in (
             "create_call_delay_ms",
@@ -243,6 +304,14 @@ class FaultConfig:
             "hangup_answers_after_close": self.hangup_answers_after_close,
             "accept_delay_ms": self.accept_delay_ms,
             "accept_not_found": self.accept_not_found,
+            "sideband_session_update_error": (
+                None
+                if self.sideband_session_update_error is None
+                else {
+                    "code": self.sideband_session_update_error.code,
+                    "count": self.sideband_session_update_error.count,
+                }
+            ),
         }
 
     def merged(self, changes: Mapping[str, Any]) -> FaultConfig:
@@ -268,6 +337,8 @@ class FaultConfig:
                         name,
                     )
                 values[name] = tuple(raw or ())
+            elif name == "sideband_session_update_error":
+                values[name] = None if raw is None else SessionUpdateErrorFault.from_json(raw, name)
             else:
                 values[name] = raw
         return dataclasses.replace(self, **values)
@@ -316,6 +387,20 @@ class Faults:
     def take_sideband_attach_error(self) -> CallErrorFault | None:
         """Consume one injected sideband handshake failure; ``None`` when the switch is off."""
         return self._take_error("sideband_attach_error")
+
+    def take_session_update_error(self) -> SessionUpdateErrorFault | None:
+        """Consume one injected ``session.update`` refusal; ``None`` when the switch is off.
+
+        A ``count`` of ``None`` refuses every update and never runs out.
+        """
+        refusal = self.current.sideband_session_update_error
+        if refusal is None or refusal.count is None:
+            return refusal
+        remaining = (
+            None if refusal.count <= 1 else dataclasses.replace(refusal, count=refusal.count - 1)
+        )
+        self.current = dataclasses.replace(self.current, sideband_session_update_error=remaining)
+        return refusal
 
     def _take_error(self, name: str) -> CallErrorFault | None:
         error: CallErrorFault | None = getattr(self.current, name)

@@ -17,7 +17,7 @@ import pytest
 from openai import AsyncOpenAI
 from websockets.exceptions import ConnectionClosedError
 
-from emulator import CallErrorFault, EmulatorSettings, FaultConfig
+from emulator import CallErrorFault, EmulatorSettings, FaultConfig, SessionUpdateErrorFault
 from tests.support.broker_server import PROVIDER_KEY
 from tests.support.browser import FakeBrowser
 from tests.support.servers import (
@@ -52,6 +52,7 @@ FAULTS_OFF: dict[str, Any] = {
     "hangup_answers_after_close": False,
     "accept_delay_ms": 0,
     "accept_not_found": False,
+    "sideband_session_update_error": None,
 }
 
 
@@ -165,6 +166,26 @@ async def test_fault_routes_get_merge_reset_and_validate(http: aiohttp.ClientSes
             ({"sideband_drop_event_count": 0}, "invalid_value", "sideband_drop_event_count"),
             ({"provider_item_ids": 1}, "invalid_type", "provider_item_ids"),
             ({"missing_item_error_code": ""}, "invalid_type", "missing_item_error_code"),
+            (
+                {"sideband_session_update_error": {"code": ""}},
+                "invalid_type",
+                "sideband_session_update_error.code",
+            ),
+            (
+                {"sideband_session_update_error": {"count": 0}},
+                "invalid_value",
+                "sideband_session_update_error.count",
+            ),
+            (
+                {"sideband_session_update_error": {"status": 500}},
+                "unknown_parameter",
+                "sideband_session_update_error.status",
+            ),
+            (
+                {"sideband_session_update_error": True},
+                "invalid_type",
+                "sideband_session_update_error",
+            ),
             # One bad switch spoils the whole request: the good one is not applied either.
             (
                 {"create_call_delay_ms": 9, "sideband_unavailable_ms": -5},
@@ -206,6 +227,9 @@ def test_fault_config_validates_in_code() -> None:
             FaultConfig(**bad)
     with pytest.raises(ValueError):
         CallErrorFault(status=429)
+    for refusal in ({"code": ""}, {"count": 0}, {"code": "x" * 65}):
+        with pytest.raises(ValueError):
+            SessionUpdateErrorFault(**refusal)  # type: ignore[arg-type]
     config = FaultConfig(sideband_drop_event_types=["error"])  # type: ignore[arg-type]
     assert config.sideband_drop_event_types == ("error",)
     assert FaultConfig() == EmulatorSettings(api_key="k").faults
@@ -478,6 +502,90 @@ async def test_dropped_event_types_skip_sidebands_only(
     assert [e["type"] for e in sideband.events].count("conversation.item.done") == 1
     faults = await get_faults(http, emulator)
     assert (faults["sideband_drop_event_types"], faults["sideband_drop_event_count"]) == ([], None)
+
+
+def tool_names(session: dict[str, Any]) -> list[str]:
+    return [tool["name"] for tool in session.get("tools") or []]
+
+
+async def test_sideband_session_update_error_refuses_n_updates_unapplied(
+    emulator: RunningEmulator,
+    http: aiohttp.ClientSession,
+    browser: FakeBrowser,
+    sideband_factory: SidebandFactory,
+) -> None:
+    """sideband_session_update_error: the next N valid sideband ``session.update`` events are
+    answered (to the sender only) with an ``error`` naming their ``event_id`` and change
+    nothing; an invalid update keeps the count; the page is never refused; then the switch is
+    off and updates apply again. ``count: null`` refuses every one."""
+    call_id = await open_call(http, emulator, browser)
+    call = emulator.registry.get(call_id)
+    assert call is not None
+    sideband = await sideband_factory(call_id)
+    before = json.loads(json.dumps(call.session))
+    faults = await set_faults(
+        http, emulator, sideband_session_update_error={"code": "invalid_value", "count": 2}
+    )
+    assert faults["sideband_session_update_error"] == {"code": "invalid_value", "count": 2}
+    weather = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+
+    def update(event_id: str, **session: Any) -> dict[str, Any]:
+        return {
+            "type": "session.update",
+            "event_id": event_id,
+            "session": {"type": "realtime", **session},
+        }
+
+    # An invalid update gets its own error and does not use up the count.
+    await sideband.send(update("evt_bad", tool_choice=7))
+    bad = await sideband.wait_for("error", lambda e: e["error"]["event_id"] == "evt_bad")
+    assert bad["error"]["code"] == "invalid_type"
+    for event_id in ("evt_one", "evt_two"):
+        await sideband.send(update(event_id, instructions="Refused.", tools=[weather]))
+        refused = await sideband.wait_for(
+            "error", lambda e, i=event_id: e["error"]["event_id"] == i
+        )
+        assert refused["error"] == {
+            "type": "invalid_request_error",
+            "code": "invalid_value",
+            "message": "The session update could not be applied.",
+            "param": "session",
+            "event_id": event_id,
+        }
+        assert call.session == before
+    # The page's own update is never refused, and the count is used up: off now.
+    browser.send(update("evt_page", instructions="From the page."))
+    await browser.wait_for(
+        "session.updated", lambda e: e["session"]["instructions"] == "From the page."
+    )
+    assert (await get_faults(http, emulator))["sideband_session_update_error"] is None
+    await sideband.send(update("evt_three", tools=[weather]))
+    applied = await sideband.wait_for(
+        "session.updated", lambda e: tool_names(e["session"]) == ["get_weather"]
+    )
+    assert applied["session"]["instructions"] == "From the page."
+    errors = [e["error"]["event_id"] for e in sideband.events if e["type"] == "error"]
+    assert errors == ["evt_bad", "evt_one", "evt_two"]
+    # The refusals went to their sender alone, and no session ever held the refused config.
+    assert not [e for e in browser.events if e["type"] == "error"]
+    assert "Refused." not in [e["session"]["instructions"] for e in call.sent if "session" in e]
+
+    # count: null refuses every update until switched off.
+    await set_faults(
+        http, emulator, sideband_session_update_error={"code": "not_allowed", "count": None}
+    )
+    for event_id in ("evt_four", "evt_five", "evt_six"):
+        await sideband.send(update(event_id, tools=[]))
+        refused = await sideband.wait_for(
+            "error", lambda e, i=event_id: e["error"]["event_id"] == i
+        )
+        assert refused["error"]["code"] == "not_allowed"
+    assert tool_names(call.session) == ["get_weather"]
+    faults = await get_faults(http, emulator)
+    assert faults["sideband_session_update_error"] == {"code": "not_allowed", "count": None}
+    await set_faults(http, emulator, sideband_session_update_error=None)
+    await sideband.send(update("evt_seven", tools=[]))
+    await sideband.wait_for("session.updated", lambda e: tool_names(e["session"]) == [])
 
 
 # ---- per-call actions ----------------------------------------------------------------------

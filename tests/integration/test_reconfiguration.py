@@ -6,28 +6,40 @@ holds only ``get_time``; the model's call to ``lookup_order`` is denied (``tool_
 and its call to ``get_time`` runs; the page putting ``lookup_order`` back is tampering
 (``session_config``), restored to the new set. Refusals: a tool outside the key's grants, an
 unknown tool, another tenant's session, a key that neither made the session nor is an admin,
-a session not in a call, a provider that never confirms. The instructions route is an alias
-of the same path.
+a session not in a call, a provider that never confirms, a provider that refuses the update
+(the emulator's ``sideband_session_update_error``). The instructions route is an alias of the
+same path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 from typing import Any
+
+import aiohttp
 
 from broker import app_state
 from broker.audit.records import ChainedRecord
 from broker.audit.signing import PublicKeys
 from broker.audit.verify import verify_records
+from broker.db.models import SessionRow
 from broker.db.queries.audit import AuditFilter, audit_records
 from broker.session.call_actions import INSTRUCTIONS_COMMAND
 from emulator import Call
 from tests.integration import test_trusted_sessions as trusted
 from tests.integration.test_trusted_sessions import STOCK_TOOL
 from tests.support.broker_server import AUDIT_SIGNER, BrokerFactory, RunningBroker
-from tests.support.flow import ask, connect_browser, says, wait_events
-from tests.support.servers import RunningEmulator
+from tests.support.flow import (
+    LOOKUP_42_OUTPUT,
+    ask,
+    connect_browser,
+    says,
+    session_events,
+    wait_events,
+)
+from tests.support.servers import RunningEmulator, request_json, set_faults
 from tests.support.tenants import make_team
 from tests.support.tool_backend import ToolBackend
 
@@ -70,6 +82,32 @@ async def session_tools_become(call: Call, names: list[str]) -> None:
     async with asyncio.timeout(5):
         while [tool.get("name") for tool in call.session.get("tools") or []] != names:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
+
+
+async def updates_answered(call: Call) -> None:
+    """Wait until the emulator has answered every ``session.update`` it received (bounded)."""
+    async with asyncio.timeout(5):
+        while True:
+            asked = sum(1 for r in call.received if r.event.get("type") == "session.update")
+            answered = sum(
+                1 for e in call.sent if e["type"] == "session.updated" or e["type"] == "error"
+            )
+            if asked and answered >= asked:
+                return
+            await asyncio.sleep(0.02)
+
+
+def sideband_updates(call: Call, after: int) -> list[dict[str, Any]]:
+    """The ``session.update`` events the call's sidebands sent after its first ``after`` events."""
+    return [
+        r.event
+        for r in list(call.received)[after:]
+        if r.source == "sideband" and r.event.get("type") == "session.update"
+    ]
+
+
+def tool_names(session: dict[str, Any]) -> list[str]:
+    return [str(tool.get("name")) for tool in session.get("tools") or []]
 
 
 def digest(text: str) -> dict[str, Any]:
@@ -269,6 +307,102 @@ async def test_an_unconfirmed_change_is_reverted_and_not_stored(
         assert (await broker.get_session(sid))["tools"] == ["lookup_order"]
     finally:
         await browser.close()
+    assert await chained(broker, kinds=("session.reconfigured",), session_id=sid) == []
+
+
+async def test_a_refused_change_is_reverted_reasserted_and_not_stored(
+    broker: RunningBroker,
+    emulator: RunningEmulator,
+    tool_backend: ToolBackend,
+    http: aiohttp.ClientSession,
+) -> None:
+    """The provider answers the change with an ``error`` for its event (emulator switch
+    ``sideband_session_update_error``): 502 ``provider_refused_update``; the stored config,
+    the provider's session and the tool allowlist stay the old ones, and the old config is
+    asserted again; the event log holds the change, the refusal and the re-assertion, and
+    nothing records a reconfiguration."""
+    session = await broker.create_session(tools=["lookup_order"], instructions="Be brief.")
+    sid = session["id"]
+    browser = await connect_browser(broker, session)
+    try:
+        call = emulator.registry.get((await broker.get_session(sid))["call_id"])
+        assert call is not None
+        # The sideband's first assertion answered first, so the refusal meets the change.
+        await updates_answered(call)
+        before = copy.deepcopy(call.session)
+        assert tool_names(before) == ["lookup_order"]
+        received_before = len(call.received)
+        await set_faults(
+            http, emulator, sideband_session_update_error={"code": "invalid_value", "count": 1}
+        )
+
+        reply = await broker.request(
+            "POST",
+            f"/api/v1/sessions/{sid}/config",
+            json_body={"tools": ["get_time"], "instructions": "Answer in French."},
+        )
+        assert (reply.status, reply.code) == (502, "provider_refused_update"), reply.text
+
+        # Nothing stored.
+        assert (await broker.get_session(sid))["tools"] == ["lookup_order"]
+        async with broker.app[app_state.SESSIONMAKER]() as s:
+            row = await s.get(SessionRow, sid)
+        assert row is not None
+        assert (row.tools, row.instructions) == (["lookup_order"], "Be brief.")
+        # The switch refused exactly the change, which the provider never applied; the broker
+        # then put its old config back on the sideband, and the provider took that.
+        status, faults = await request_json(http, emulator, "GET", "/_emulator/faults")
+        assert (status, faults["sideband_session_update_error"]) == (200, None)
+        updates = sideband_updates(call, received_before)
+        change = updates[0]
+        assert tool_names(change["session"]) == ["get_time"]
+        assert change["session"]["instructions"] == "Answer in French."
+        [refusal] = [e for e in call.sent if e["type"] == "error"]
+        assert refusal["error"]["event_id"] == change["event_id"]
+        async with asyncio.timeout(5):
+            while len(updates) < 2 or call.sent[-1]["type"] != "session.updated":
+                await asyncio.sleep(0.02)
+                updates = sideband_updates(call, received_before)
+        reassertion = updates[1]
+        assert tool_names(reassertion["session"]) == ["lookup_order"]
+        assert reassertion["session"]["instructions"] == before["instructions"]
+        assert call.session == before
+
+        # The old tool still runs; the one the refused change would have added is denied.
+        ask(browser, "lookup_order 42")
+        await browser.wait_for("response.done", says(LOOKUP_42_OUTPUT))
+        ask(browser, "tool:get_time")
+        await browser.wait_for("response.done", says("tool_not_allowed"))
+        assert tool_backend.calls_to("get_time") == []
+        assert len(tool_backend.calls_to("lookup_order")) == 1
+        calls = {row["tool"]: row for row in (await broker.get_session(sid))["tool_calls"]}
+        assert calls["lookup_order"]["status"] == "succeeded"
+        assert calls["get_time"]["status"] == "denied"
+        assert calls["get_time"]["error"] == "tool_not_allowed"
+    finally:
+        await browser.close()
+
+    # The event log: the change went out, the provider's error for it came in, the old config
+    # went out again; no config_updated decision. The audit log: no reconfiguration.
+    [stored_refusal] = await wait_events(broker, sid, "error")
+    assert stored_refusal["direction"] == "in"
+    assert stored_refusal["payload"]["error"]["event_id"] == change["event_id"]
+    assert stored_refusal["payload"]["error"]["code"] == "invalid_value"
+    events = await session_events(broker, sid)
+    sent = [
+        e["payload"] for e in events if (e["direction"], e["type"]) == ("out", "session.update")
+    ]
+    at = [p["event_id"] for p in sent].index(change["event_id"])
+    assert sent[at + 1]["event_id"] == reassertion["event_id"]
+    assert tool_names(sent[at + 1]["session"]) == ["lookup_order"]
+    order = [
+        (e["direction"], e["type"])
+        for e in events
+        if e["payload"].get("event_id") in (change["event_id"], reassertion["event_id"])
+        or e["payload"].get("error", {}).get("event_id") == change["event_id"]
+    ]
+    assert order == [("out", "session.update"), ("in", "error"), ("out", "session.update")]
+    assert [e for e in events if e["type"] == "broker.config_updated"] == []
     assert await chained(broker, kinds=("session.reconfigured",), session_id=sid) == []
 
 

@@ -25,6 +25,7 @@ def test_all_is_sorted_and_exact() -> None:
         "FaultConfig",
         "Faults",
         "ReceivedClientEvent",
+        "SessionUpdateErrorFault",
         "create_app",
     }
     for name in emulator.__all__:
