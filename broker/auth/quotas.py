@@ -17,15 +17,35 @@ refused with 429 ``quota_exceeded`` (:meth:`QuotaGuard.check`), naming the cap a
 resets. Tokens are known only as calls report them, so a running call may overshoot a token
 cap by what it spends before the refusal of the next session (or before the hard cap's sweep).
 
-**Several instances.** The check counts, then the session is inserted: two instances
-creating sessions for one key at the same moment may both pass a cap by one. Caps are
-spend bounds, not exact counters; the rate limit bounds how far a burst can overshoot.
+**Exact under concurrency.** The count-based caps (``max_live_calls``,
+``max_sessions_per_day``) are exact, whichever instance a request reaches: the write that
+spends a cap (a session's insert, a claim moving it ``created → offered``, a phone call's
+row) runs in :meth:`QuotaGuard.consuming`, one short transaction that counts again and
+writes, serialised per owner with every other such transaction of the same key or tenant.
+Without that, two requests could both count 2 of 3 and both insert.
+
+- PostgreSQL (several instances): the transaction takes a transaction-scoped advisory lock
+  (``pg_advisory_xact_lock``, :mod:`broker.auth.quota_locks`) on each owner with such a
+  cap, the key's before the tenant's, then counts: every transaction takes at most one of
+  each, in that order, so two never wait on each other crosswise. The lock is released at
+  commit, so the next holder's count (READ COMMITTED: a snapshot per statement) sees the
+  row just written. An owner without such a cap is not locked: its sessions never wait.
+- SQLite (one process): an ``asyncio.Lock`` per owner, in the same order, held from before
+  the transaction begins until it commits (a new transaction's reads see every commit).
+
+The transaction holds only the count and the write (never provider I/O): a second request
+for the owner waits that long. The quick checks (:meth:`QuotaGuard.check`,
+:meth:`~QuotaGuard.check_live`) still run first, so a refusal comes before any other work,
+as it always has; the count in the transaction is the one no race gets past. Tokens are known
+only as calls report them: token caps stay spend bounds (above), not exact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
@@ -36,6 +56,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker.audit import trail as audit
 from broker.audit.records import Actor, AuditEntry, AuditKind
 from broker.auth.principals import ApiPrincipal
+from broker.auth.quota_locks import OwnerLocks, lock_owner
+from broker.db.dialect import dialect_name
 from broker.db.models import DEFAULT_TENANT, ApiKey, Tenant
 from broker.db.queries import quota_usage
 from broker.db.queries.quota_usage import Spent
@@ -56,6 +78,8 @@ LIMITS: Final = (
     "max_tokens_per_month",
 )
 TOKEN_LIMITS: Final = ("max_tokens_per_day", "max_tokens_per_month")
+LIVE_LIMITS: Final = ("max_live_calls",)
+"""The caps an offer (a call made live) spends."""
 HARD_CAP_ALONE: Final = "hard_cap_without_token_cap"
 """The code of caps whose ``hard_cap`` has no token cap to act on."""
 
@@ -328,6 +352,7 @@ class QuotaGuard:
     ) -> None:
         self._sessionmaker = sessionmaker
         self._metrics = metrics
+        self._locks = OwnerLocks()  # SQLite only (:meth:`_serialised`)
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         """What time it is (a test sets another, to see a cap reset)."""
 
@@ -354,13 +379,19 @@ class QuotaGuard:
         """Refuse an offer that would put its key or tenant over ``max_live_calls``.
 
         A call counts as live from its offer, so the cap is checked again there: otherwise a
-        key could make several sessions under its cap and then offer them all at once. (On
-        several instances, count-then-offer can let two racing offers pass by one.)
+        key could make several sessions under its cap and then offer them all at once. The
+        quick check: the claim's transaction counts again, exactly (:meth:`consuming`).
 
         Raises:
             RateLimitedError: ``quota_exceeded`` (429), as :meth:`check`.
         """
-        await self._capped(key_id, tenant_id, now, limits=("max_live_calls",), refused="offer")
+        await self._capped(key_id, tenant_id, now, limits=LIVE_LIMITS, refused="offer")
+
+    def consuming_live(
+        self, key_id: str, tenant_id: str
+    ) -> AbstractAsyncContextManager[AsyncSession]:
+        """:meth:`consuming` for the claim that makes a call live (``max_live_calls``)."""
+        return self.consuming(key_id, tenant_id, limits=LIVE_LIMITS, refused="offer")
 
     async def check(
         self, principal: ApiPrincipal, now: datetime | None = None, *, tenant: str | None = None
@@ -387,6 +418,92 @@ class QuotaGuard:
         """
         await self._capped(key_id, tenant_id, now, limits=LIMITS, refused="session")
 
+    @contextlib.asynccontextmanager
+    async def consuming(
+        self,
+        key_id: str,
+        tenant_id: str,
+        *,
+        limits: Collection[str] = LIMITS,
+        refused: Literal["offer", "session"] = "session",
+        now: datetime | None = None,
+    ) -> AsyncIterator[AsyncSession]:
+        """A transaction for the write that spends a cap among ``limits``, counted exactly.
+
+        The caps are counted again inside it, serialised with every other such transaction
+        of the key or the tenant (module docstring): the caller's write there cannot be
+        raced past a cap. It commits when the block ends; the block does no provider I/O.
+
+        Raises:
+            RateLimitedError: ``quota_exceeded``, as :meth:`check` (audited, counted), before
+                the block runs; nothing is written.
+        """
+        now = now or self.clock()
+        async with self._serialised(key_id, tenant_id):
+            async with self._sessionmaker.begin() as s:
+                reached = await self._reached(s, key_id, tenant_id, now, limits, lock=True)
+                if not reached:
+                    yield s
+                    return
+        # Out of the (read-only) transaction and the locks: the audit write waits on neither.
+        await self._refuse(reached, key_id, now, refused)
+
+    def _serialised(self, key_id: str, tenant_id: str) -> AbstractAsyncContextManager[None]:
+        """On SQLite (one process), each owner's in-process lock, around the transaction.
+
+        PostgreSQL's advisory locks serialise across instances instead (:meth:`_reached`).
+        """
+        if self._dialect() != "sqlite":
+            return contextlib.nullcontext()
+        return self._locks.held((f"key:{key_id}", f"tenant:{tenant_id}"))
+
+    def _dialect(self) -> str:
+        bind = self._sessionmaker.kw.get("bind")
+        return "" if bind is None else str(bind.dialect.name)
+
+    async def _reached(
+        self,
+        s: AsyncSession,
+        key_id: str,
+        tenant_id: str,
+        now: datetime,
+        limits: Collection[str],
+        *,
+        lock: bool = False,
+    ) -> list[tuple[Standing, CapStanding]]:
+        """The caps among ``limits`` of the key and the tenant that are reached.
+
+        ``lock`` (PostgreSQL): each owner with such a cap is locked for the rest of the
+        transaction before its spending is counted, the key's first.
+        """
+        owners: list[Standing] = []
+        scopes: tuple[tuple[Scope, str], ...] = (("key", key_id), ("tenant", tenant_id))
+        for scope, owner in scopes:
+            stored = await (
+                quota_usage.key_quotas(s, owner)
+                if scope == "key"
+                else quota_usage.tenant_quotas(s, owner)
+            )
+            quotas = Quotas.of(stored)
+            if quotas is None or all(getattr(quotas, limit) is None for limit in limits):
+                continue  # nothing to count, nor to wait for
+            if lock and dialect_name(s) == "postgresql":
+                await lock_owner(s, f"{scope}:{owner}")
+            spent = await quota_usage.spent(
+                s,
+                day_start=day_start(now),
+                month_start=month_start(now),
+                key_id=owner if scope == "key" else None,
+                tenant_id=owner if scope == "tenant" else None,
+            )
+            owners.append(Standing.of(scope, owner, quotas, spent, now))
+        return [
+            (owner, cap)
+            for owner in owners
+            for cap in owner.caps
+            if cap.limit in limits and cap.reached
+        ]
+
     async def _capped(
         self,
         key_id: str,
@@ -398,25 +515,30 @@ class QuotaGuard:
     ) -> None:
         """Refuse if a cap among ``limits`` of the key or the tenant is reached.
 
-        The refusal is audited, counted and logged (``refused``: what is refused).
-
-        Of several reached, the one that frees up last is named (a live-call cap, which frees
-        up at no known time, counts as freeing up soon; among equals, the key's comes first).
+        A quick check, before any other work: :meth:`consuming` is the exact one.
         """
         now = now or self.clock()
         async with self._sessionmaker() as s:
-            owners = (
-                await standing(s, "key", key_id, now, capped_only=True),
-                await standing(s, "tenant", tenant_id, now, capped_only=True),
-            )
-        reached = [
-            (owner, cap)
-            for owner in owners
-            for cap in owner.caps
-            if cap.limit in limits and cap.reached
-        ]
-        if not reached:
-            return
+            reached = await self._reached(s, key_id, tenant_id, now, limits)
+        if reached:
+            await self._refuse(reached, key_id, now, refused)
+
+    async def _refuse(
+        self,
+        reached: Sequence[tuple[Standing, CapStanding]],
+        key_id: str,
+        now: datetime,
+        refused: Literal["offer", "session"],
+    ) -> None:
+        """Audit, count and log the refusal, and raise it (``refused``: what is refused).
+
+        Of several caps reached, the one that frees up last is named (a live-call cap, which
+        frees up at no known time, counts as freeing up soon; among equals, the key's comes
+        first).
+
+        Raises:
+            RateLimitedError: always.
+        """
         soon = now + timedelta(seconds=LIVE_RETRY_AFTER_S)
         # max() keeps the first of equal keys: of two live-call caps, the key's is named.
         owner, cap = max(reached, key=lambda pair: pair[1].resets_at or soon)

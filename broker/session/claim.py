@@ -18,6 +18,7 @@ told of their own token.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -97,17 +98,21 @@ async def claim_session(
     replayed: Callable[[], UnauthorizedError],
     taken: Callable[[], ConflictError],
     prune: bool = False,
+    transaction: Callable[[], AbstractAsyncContextManager[AsyncSession]] | None = None,
 ) -> None:
     """Spend ``token`` and move its session ``created → offered`` (``offer_jti``: the token).
 
     One transaction: a refusal rolls the spend back with the failed claim. ``prune``: see
-    :func:`spend_secret`.
+    :func:`spend_secret`. ``transaction``: opens it (default: ``sessionmaker.begin``); the
+    live-call cap's :meth:`~broker.auth.quotas.QuotaGuard.consuming`, since the claim makes
+    the call count as live.
 
     Raises:
         UnauthorizedError: ``replayed()``, the token was spent meanwhile.
         ConflictError: ``taken()``, the session is no longer ``created``.
+        RateLimitedError: ``quota_exceeded``, from ``transaction`` (nothing is spent).
     """
-    async with sessionmaker.begin() as s:
+    async with (transaction or sessionmaker.begin)() as s:
         if not await spend_secret(s, token, prune=prune):
             raise replayed()
         claimed = await queries.transition_session(

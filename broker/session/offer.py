@@ -173,6 +173,12 @@ class Offers:
                 "session_already_offered", f"the session is already {state}", state=state
             ),
             prune=self._prune_due(),
+            # Counted again with the claim, exactly: racing offers cannot both pass the cap.
+            transaction=(
+                partial(self._quotas.consuming_live, row.owner_key_id, row.tenant_id)
+                if self._quotas is not None and state == SessionState.CREATED
+                else None
+            ),
         )
         try:
             config = provider_session_config(self._registry, row)

@@ -395,7 +395,8 @@ class SessionService:
         )
         # Every read of the session is scoped by it: the key's tenant, fixed at creation.
         row.tenant_id = await tenant_for_new_session(self._sessionmaker, principal, request.tenant)
-        async with self._sessionmaker.begin() as s:
+        # Counted again with the insert, exactly: racing creations cannot both pass a cap.
+        async with self.quotas.consuming(principal.key_id, row.tenant_id) as s:
             s.add(row)
             await audit.add(s, audit_entries.session_created(row))
         self._metrics.session_created()

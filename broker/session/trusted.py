@@ -200,6 +200,8 @@ class TrustedConnects:
             taken=lambda: ConflictError(
                 "session_already_connected", "the session is already connected"
             ),
+            # Counted again with the claim, exactly: racing connects cannot both pass the cap.
+            transaction=partial(self._quotas.consuming_live, row.owner_key_id, row.tenant_id),
         )
         call_id = CALL_ID_PREFIX + secrets.token_hex(12)
         config = trusted_session_config(self._registry, row)

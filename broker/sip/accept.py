@@ -141,6 +141,10 @@ class CallAcceptor:
                 await self._actions.reject(delivery, line, BUSY_STATUS, reason="quota_exceeded")
                 return
             row = await self._store_row(delivery, line)
+            if row is None:  # a racing call took the cap meanwhile (counted again, exactly)
+                accepting.stage = AcceptStage.SETTLED
+                await self._actions.reject(delivery, line, BUSY_STATUS, reason="quota_exceeded")
+                return
             await self._answer(row, delivery, line, accepting)
         except BaseException as exc:
             if accepting.stage is not AcceptStage.SETTLED:
@@ -161,21 +165,28 @@ class CallAcceptor:
             return True
         return False
 
-    async def _store_row(self, delivery: Delivery, line: Line) -> SessionRow:
-        """The call's session row, stored ``offered`` (and its delivery pointed at it)."""
+    async def _store_row(self, delivery: Delivery, line: Line) -> SessionRow | None:
+        """The call's session row, stored ``offered`` (and its delivery pointed at it).
+
+        ``None``: a spend cap is reached, counted again with the write (the refusal is
+        audited as :meth:`_over_quota`'s).
+        """
         row = self._new_row(delivery, line)
-        async with self._sessionmaker.begin() as s:
-            s.add(row)
-            await s.flush()
-            await audit.add(s, audit_entries.session_created(row))
-            await queries.transition_session(
-                s, row.id, [SessionState.CREATED], SessionState.OFFERED
-            )
-            await s.execute(
-                update(SipDelivery)
-                .where(SipDelivery.webhook_id == delivery.webhook_id)
-                .values(session_id=row.id)
-            )
+        try:
+            async with self._sessions.quotas.consuming(line.owner, line.tenant) as s:
+                s.add(row)
+                await s.flush()
+                await audit.add(s, audit_entries.session_created(row))
+                await queries.transition_session(
+                    s, row.id, [SessionState.CREATED], SessionState.OFFERED
+                )
+                await s.execute(
+                    update(SipDelivery)
+                    .where(SipDelivery.webhook_id == delivery.webhook_id)
+                    .values(session_id=row.id)
+                )
+        except RateLimitedError:
+            return None
         self._metrics.session_created()
         logger.info(
             "phone call session created session_id=%s call_id=%s line=%s",
