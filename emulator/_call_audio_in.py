@@ -65,7 +65,7 @@ class CallAudioInput(CallBase):
             )
         )
         self._commit_input(item_id, by_client=False)
-        if self._input.create_response and self._active is None:
+        if self._input.create_response and self._blocking_response_id() is None:
             self._start_response({})
 
     def _commit_input(self, item_id: str, *, by_client: bool) -> None:

@@ -104,7 +104,8 @@ class CallBase(ABC):
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: tuple[ResponseRun, asyncio.Task[None]] | None = None
         # Out-of-band responses (response.conversation "none") by response id: they run
-        # beside the conversation's one response, never blocking or blocked by it.
+        # beside the conversation's one response, never blocking or blocked by it (unless
+        # the single_active_response switch is on: see _blocking_response_id).
         self._out_of_band: dict[str, tuple[ResponseRun, asyncio.Task[None]]] = {}
         self._end_done = asyncio.Event()
         self._close_code = 1000
@@ -156,6 +157,18 @@ class CallBase(ABC):
             self._page_events is None or event_type in self._page_events
         ):
             self._peer.send(text)
+
+    def _blocking_response_id(self) -> str | None:
+        """The running response a new one may not start beside, or ``None``.
+
+        That is the conversation's response; with ``single_active_response`` any out-of-band
+        one too (whether the real service lets them overlap is undocumented).
+        """
+        if self._active is not None:
+            return self._active[0].response_id
+        if self._faults.current.single_active_response:
+            return next(iter(self._out_of_band), None)
+        return None
 
     def append_item(self, item: dict[str, Any]) -> str | None:
         """Append a model-generated item; return the id of the item before it."""

@@ -1,7 +1,8 @@
 """A call's responses: ``response.create``/``response.cancel``, and what a response needs.
 
 A call runs at most one response in its conversation at a time, and any number of
-out-of-band ones (``response.conversation: "none"``) beside it. Each is a
+out-of-band ones (``response.conversation: "none"``) beside it; with the
+``single_active_response`` switch, one response of either kind at a time. Each is a
 :class:`~emulator._response.ResponseRun` whose host is the call.
 """
 
@@ -32,23 +33,25 @@ class CallResponses(CallBase):
                 "Invalid value for 'response.conversation': expected 'auto' or 'none'.",
                 param="response.conversation",
             )
-        if conversation == "none":
-            self._start_out_of_band(params)
-            return
-        if self._active is not None:
-            active_id = self._active[0].response_id
+        # Without the switch an out-of-band response never waits for the conversation's.
+        single = self._faults.current.single_active_response
+        active_id = self._blocking_response_id() if conversation == "auto" or single else None
+        if active_id is not None:
             raise ClientEventError(
                 "conversation_already_has_active_response",
                 f"Conversation already has an active response in progress: {active_id}. "
                 "Wait until the response is finished before creating a new one.",
             )
-        self._start_response(params)
+        if conversation == "none":
+            self._start_out_of_band(params)
+        else:
+            self._start_response(params)
 
     def _start_out_of_band(self, params: dict[str, Any]) -> None:
         """Start a response outside the conversation (model rule 5).
 
         It reads the conversation, adds nothing to it, calls no tool, and may run beside the
-        conversation's response.
+        conversation's response (unless ``single_active_response`` is on).
         """
         tools = params.get("tools", self.session.get("tools") or [])
         modalities = params.get("output_modalities", self.session.get("output_modalities"))

@@ -24,6 +24,7 @@ _BOOL_SWITCHES: Final = (
     "single_sideband",
     "hangup_answers_after_close",
     "accept_not_found",
+    "single_active_response",
 )
 MAX_DELAY_MS: Final = 600_000  # ten minutes: longer only hides a typo until a test times out
 
@@ -206,6 +207,11 @@ class FaultConfig:
             of a WebSocket session's socket; never the page's) are refused with an ``error``
             and not applied, or ``None``. The spec lets the service refuse an update; which
             ones it refuses, and with which code, is not documented.
+        single_active_response: a call runs one response at a time, out-of-band ones
+            included: a ``response.create`` while any response runs is refused with
+            ``conversation_already_has_active_response`` (as a second in-band one always is).
+            By default an out-of-band response runs beside others; whether the real service
+            allows that is undocumented (emulator/README.md [inferred]).
 
     Raises:
         FaultValueError: a value has the wrong type or is out of range.
@@ -230,6 +236,7 @@ class FaultConfig:
     accept_delay_ms: int = 0
     accept_not_found: bool = False
     sideband_session_update_error: SessionUpdateErrorFault | None = None
+    single_active_response: bool = False
 
     def __post_init__(self) -> None:
         for name in _BOOL_SWITCHES:
@@ -312,6 +319,7 @@ class FaultConfig:
                     "count": self.sideband_session_update_error.count,
                 }
             ),
+            "single_active_response": self.single_active_response,
         }
 
     def merged(self, changes: Mapping[str, Any]) -> FaultConfig:

@@ -53,6 +53,7 @@ FAULTS_OFF: dict[str, Any] = {
     "accept_delay_ms": 0,
     "accept_not_found": False,
     "sideband_session_update_error": None,
+    "single_active_response": False,
 }
 
 

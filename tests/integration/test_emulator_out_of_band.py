@@ -14,7 +14,13 @@ from emulator.model import ACK_TEXT
 from tests.conftest import assert_conformant
 from tests.support.broker_server import PROVIDER_KEY
 from tests.support.browser import FakeBrowser
-from tests.support.servers import RunningEmulator, SidebandProbe, open_call, start_emulator
+from tests.support.servers import (
+    RunningEmulator,
+    SidebandProbe,
+    open_call,
+    set_faults,
+    start_emulator,
+)
 
 LOOKUP = {
     "type": "function",
@@ -216,6 +222,55 @@ async def test_an_out_of_band_response_runs_beside_the_conversations_response(
         assert error["error"]["code"] == "invalid_value"
         assert error["error"]["param"] == "response.conversation"
         assert not [e for e in sideband.events if e["type"] == "error" and e is not error]
+    finally:
+        await sideband.close()
+        await emulator.close()
+    assert_conformant(emulator)
+
+
+async def test_single_active_response_refuses_any_second_response_by_its_event_id(
+    http: aiohttp.ClientSession, browser: FakeBrowser
+) -> None:
+    """single_active_response on: an out-of-band response.create while the conversation's
+    response runs, and an in-band or out-of-band one while an out-of-band one runs, each get
+    conversation_already_has_active_response naming their event_id, and start nothing; once
+    the running response is done, the next one is accepted."""
+    emulator = await start_emulator(EmulatorSettings(api_key=PROVIDER_KEY, token_interval=0.05))
+    _, sideband = await text_call(http, emulator, browser)
+
+    async def refused(response: dict[str, Any], event_id: str, running: str) -> None:
+        await sideband.send({"type": "response.create", "response": response, "event_id": event_id})
+        error = await sideband.wait_for("error", lambda e: e["error"]["event_id"] == event_id)
+        assert error["error"]["code"] == "conversation_already_has_active_response"
+        assert running in error["error"]["message"]
+
+    def created() -> list[str]:
+        return [e["response"]["id"] for e in sideband.events if e["type"] == "response.created"]
+
+    try:
+        switches = await set_faults(http, emulator, single_active_response=True)
+        assert switches["single_active_response"] is True
+        await say(sideband, " ".join(["word"] * 40))  # each response streams for about 2 s
+        await sideband.send({"type": "response.create"})
+        normal = (await sideband.wait_for("response.created"))["response"]["id"]
+        await refused({"conversation": "none", "instructions": "x"}, "ev_oob_1", normal)
+        done = await sideband.wait_for("response.done", lambda e: e["response"]["id"] == normal)
+        assert done["response"]["status"] == "completed"
+
+        await sideband.send({"type": "response.create", "response": {"conversation": "none"}})
+        oob = (
+            await sideband.wait_for("response.created", lambda e: e["response"]["id"] != normal)
+        )["response"]["id"]
+        await refused({}, "ev_in_1", oob)
+        await refused({"conversation": "none"}, "ev_oob_2", oob)
+        done = await sideband.wait_for("response.done", lambda e: e["response"]["id"] == oob)
+        assert done["response"]["status"] == "completed"
+        assert created() == [normal, oob]  # nothing refused ever started
+
+        following = await run_response(sideband, {"conversation": "none", "instructions": "x"})
+        assert texts(following) == [ACK_TEXT]
+        errors = [e["error"]["event_id"] for e in sideband.events if e["type"] == "error"]
+        assert errors == ["ev_oob_1", "ev_in_1", "ev_oob_2"]
     finally:
         await sideband.close()
         await emulator.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,11 +27,13 @@ from broker.db.queries.audit import AuditFilter, audit_records
 from broker.tools.async_executor import CallbackStore
 from broker.tools.executors import ToolContext
 from broker.tools.policy import error_output
-from emulator import Call
+from emulator import Call, EmulatorSettings, FaultConfig
 from emulator.model import ACK_TEXT
+from tests.conftest import assert_conformant
 from tests.support.async_tool_backend import AsyncToolBackend, report, sign_callback
-from tests.support.broker_server import BrokerFactory, RunningBroker
+from tests.support.broker_server import PROVIDER_KEY, BrokerFactory, RunningBroker
 from tests.support.browser import FakeBrowser
+from tests.support.conformance import sideband_client_event_failures
 from tests.support.flow import (
     ask,
     assistant_text,
@@ -38,7 +41,7 @@ from tests.support.flow import (
     outputs_received,
     session_events,
 )
-from tests.support.servers import RunningEmulator
+from tests.support.servers import RunningEmulator, start_emulator
 from tests.support.tool_backend import ToolBackend
 
 
@@ -57,6 +60,21 @@ async def async_backend() -> AsyncIterator[AsyncToolBackend]:
     await backend.close()
 
 
+async def _start_async_broker(
+    make_broker: BrokerFactory,
+    tool_backend: ToolBackend,
+    async_backend: AsyncToolBackend,
+    tmp_path: Path,
+    **overrides: Any,
+) -> RunningBroker:
+    tools = tmp_path / "async-tools.toml"
+    tools.write_text(tool_backend.config_toml() + async_backend.config_toml(ack_after_ms=1000))
+    port = _free_port()
+    return await make_broker(
+        listen_port=port, public_url=f"http://127.0.0.1:{port}", tools_config=tools, **overrides
+    )
+
+
 @pytest.fixture
 async def async_broker(
     make_broker: BrokerFactory,
@@ -66,12 +84,7 @@ async def async_broker(
 ) -> RunningBroker:
     """A broker with the long-running tools, public at its own loopback port (the callback
     URL it hands the backend must reach it)."""
-    tools = tmp_path / "async-tools.toml"
-    tools.write_text(tool_backend.config_toml() + async_backend.config_toml(ack_after_ms=1000))
-    port = _free_port()
-    return await make_broker(
-        listen_port=port, public_url=f"http://127.0.0.1:{port}", tools_config=tools
-    )
+    return await _start_async_broker(make_broker, tool_backend, async_backend, tmp_path)
 
 
 def _is_ack(event: dict[str, Any]) -> bool:
@@ -124,13 +137,38 @@ async def _wait_acknowledged(broker: RunningBroker, session_id: str) -> list[Any
     return records
 
 
+def _most_responses_at_once(call: Call) -> int:
+    """How many responses the provider ran at the same time, at most."""
+    running: set[str] = set()
+    most = 0
+    for event in call.sent:
+        if event["type"] == "response.created":
+            running.add(event["response"]["id"])
+            most = max(most, len(running))
+        elif event["type"] == "response.done":
+            running.discard(event["response"]["id"])
+    return most
+
+
+@pytest.mark.parametrize(
+    "single_active_response", [False, True], ids=["out-of-band-beside", "one-response-at-a-time"]
+)
 async def test_a_long_tool_is_acknowledged_then_answered_once_with_its_real_result(
-    async_broker: RunningBroker, emulator: RunningEmulator, async_backend: AsyncToolBackend
+    async_broker: RunningBroker,
+    emulator: RunningEmulator,
+    async_backend: AsyncToolBackend,
+    single_active_response: bool,
 ) -> None:
     """Must-show 3 (202 + status URL, 4 s, ack after 1 s): the out-of-band acknowledgement
     is asked for about a second in, says ACK_TEXT, and ends before the output is sent; the
     output goes in once, with the real result, the model quotes it, and nothing of the
-    acknowledgement is in the conversation. Recorded: the event log and the audit trail."""
+    acknowledgement is in the conversation. Recorded: the event log and the audit trail.
+
+    Under both readings of the provider (an out-of-band response may run beside another, or
+    is refused like a second in-band one: ``single_active_response``) the broker asks for
+    the acknowledgement only while no response runs, so it is never refused and no two
+    responses ever overlap."""
+    emulator.faults.update({"single_active_response": single_active_response})
     broker = async_broker
     session = await broker.create_session(tools=["slow_report"])
     browser = await connect_browser(broker, session)
@@ -168,6 +206,10 @@ async def test_a_long_tool_is_acknowledged_then_answered_once_with_its_real_resu
         assert [assistant_text(e) for e in acks] == [ACK_TEXT]
         assert acks[0]["response"]["status"] == "completed"
         assert not any(ACK_TEXT in json.dumps(item) for item in call.conversation)
+        # Nothing of ours was refused (conversation_already_has_active_response least of
+        # all), and the provider never ran two responses at once.
+        assert [e for e in call.sent if e["type"] == "error"] == []
+        assert _most_responses_at_once(call) == 1
 
         # In the session's log: the acknowledgement is asked for before the output goes in,
         # and the response that reads the output is asked for only once the acknowledgement
@@ -218,6 +260,83 @@ async def test_a_long_tool_is_acknowledged_then_answered_once_with_its_real_resu
         assert record.body["call_id"] == call_id
     finally:
         await browser.close()
+
+
+async def test_a_refused_acknowledgement_is_given_up_and_the_real_output_still_goes_in_once(
+    make_broker: BrokerFactory,
+    tool_backend: ToolBackend,
+    async_backend: AsyncToolBackend,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One response at a time (``single_active_response``), and the acknowledgement collides:
+    the page started an out-of-band response of its own whose ``response.created`` never
+    reached the sideband, so the broker thought nothing ran. The provider refuses the
+    acknowledgement (``conversation_already_has_active_response``, its event_id); the broker
+    takes that as a refused courtesy: not retried, not recorded as acknowledged, and the
+    real output still goes in exactly once and is quoted."""
+    caplog.set_level(logging.INFO, logger="sideband.acks")
+    # 0.5 s a delta: the page's response (a few words) still runs when the acknowledgement
+    # is due, a second after the tool began.
+    emulator = await start_emulator(
+        EmulatorSettings(
+            api_key=PROVIDER_KEY,
+            token_interval=0.5,
+            faults=FaultConfig(single_active_response=True),
+        )
+    )
+    broker = await _start_async_broker(
+        make_broker, tool_backend, async_backend, tmp_path, provider_base_url=emulator.base_url
+    )
+    session = await broker.create_session(tools=["slow_report"])
+    browser = await connect_browser(broker, session)
+    try:
+        ask(browser, "slow_report R-7")
+        async with asyncio.timeout(10):
+            while not async_backend.posts_to("slow_report"):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        emulator.faults.update(
+            {"sideband_drop_event_types": ["response.created"], "sideband_drop_event_count": 1}
+        )
+        browser.send(
+            {
+                "type": "response.create",
+                "event_id": "ev_page_oob",
+                "response": {"conversation": "none", "metadata": {"by": "page"}},
+            }
+        )
+        done = await browser.wait_for(
+            "response.done", lambda e: "slow_report returned:" in assistant_text(e), timeout=30
+        )
+        expected = report("R-7")
+        assert assistant_text(done) == f"slow_report returned: {expected}"
+        call = await _call(broker, emulator, session["id"])
+        [row] = (await broker.get_session(session["id"]))["tool_calls"]
+        assert (row["status"], row["output"]) == ("succeeded", expected)
+        assert outputs_received(call) == [
+            (
+                "sideband",
+                {"type": "function_call_output", "call_id": row["call_id"], "output": expected},
+            )
+        ]
+        # Asked for once, refused by its event id, never retried and never started.
+        [ack] = _ack_requests(call)
+        [error] = [e["error"] for e in call.sent if e["type"] == "error"]
+        assert (error["code"], error["event_id"]) == (
+            "conversation_already_has_active_response",
+            ack["event_id"],
+        )
+        assert not [e for e in call.sent if e["type"] == "response.created" and _is_ack(e)]
+        assert "provider refused an acknowledgement" in caplog.text
+        events = await session_events(broker, session["id"])
+        assert not [e for e in events if e["type"] == "broker.tool_acknowledged"]
+        assert await _acknowledged_records(broker, session["id"]) == []
+    finally:
+        await browser.close()
+        await broker.close()
+        await emulator.close()
+    assert_conformant(emulator)
+    assert not sideband_client_event_failures(emulator.registry)
 
 
 async def test_a_callback_tool_is_acknowledged_and_answered_from_its_callback(

@@ -25,6 +25,7 @@ ALL_PROVIDER_SWITCHES: Final[dict[str, Any]] = {
     "keep_instructions_on_empty": True,
     "single_sideband": True,
     "hangup_answers_after_close": True,
+    "single_active_response": True,
 }
 """Every provider behaviour the emulator can switch (docs/protocol.md §0), each the other way."""
 
