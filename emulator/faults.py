@@ -69,6 +69,24 @@ def _code(value: object, param: str) -> str:
     return value
 
 
+def _object_of(raw: object, param: str, keys: set[str]) -> dict[str, Any]:
+    """``raw`` as a switch's JSON object holding only ``keys``.
+
+    Raises:
+        FaultValueError: not an object, or an unknown key (named as ``param.key``).
+    """
+    if not isinstance(raw, dict):
+        raise FaultValueError(
+            "invalid_type", f"Invalid type for '{param}': expected an object or null.", param
+        )
+    for key in raw:
+        if key not in keys:
+            raise FaultValueError(
+                "unknown_parameter", f"Unknown parameter: '{param}.{key}'.", f"{param}.{key}"
+            )
+    return raw
+
+
 @dataclass(frozen=True)
 class CallErrorFault:
     """Answer the next ``count`` requests (``/calls``, or hangups) with HTTP ``status``.
@@ -95,15 +113,7 @@ class CallErrorFault:
         Raises:
             FaultValueError: not an object, an unknown key, or a bad value.
         """
-        if not isinstance(raw, dict):
-            raise FaultValueError(
-                "invalid_type", f"Invalid type for '{param}': expected an object or null.", param
-            )
-        for key in raw:
-            if key not in {"status", "count"}:
-                raise FaultValueError(
-                    "unknown_parameter", f"Unknown parameter: '{param}.{key}'.", f"{param}.{key}"
-                )
+        raw = _object_of(raw, param, {"status", "count"})
         if "status" not in raw:
             raise FaultValueError(
                 "missing_required_parameter",
@@ -146,15 +156,7 @@ class SessionUpdateErrorFault:
         Raises:
             FaultValueError: not an object, an unknown key, or a bad value.
         """
-        if not isinstance(raw, dict):
-            raise FaultValueError(
-                "invalid_type", f"Invalid type for '{param}': expected an object or null.", param
-            )
-        for key in raw:
-            if key not in {"code", "count"}:
-                raise FaultValueError(
-                    "unknown_parameter", f"Unknown parameter: '{param}.{key}'.", f"{param}.{key}"
-                )
+        raw = _object_of(raw, param, {"code", "count"})
         code = _code(raw.get("code", "invalid_value"), f"{param}.code")
         count = _optional_int(raw.get("count", 1), f"{param}.count", low=1)
         return cls(code=code, count=count)
