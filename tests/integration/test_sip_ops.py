@@ -79,6 +79,19 @@ async def keyed_broker(
     return await make_broker(tools_config=tools)
 
 
+def phone_settings(tool_backend: ToolBackend, tmp_path: Path, lines: str) -> dict[str, Any]:
+    """A broker's settings for answering phone calls on ``lines`` with the keypad tools."""
+    tools = tmp_path / "keyed-tools.toml"
+    tools.write_text(keyed_tools_toml(tool_backend))
+    lines_file = tmp_path / "lines.toml"
+    lines_file.write_text(lines)
+    return {
+        "tools_config": tools,
+        "sip_webhook_secret": Secret(SIP_SECRET),
+        "sip_lines": lines_file,
+    }
+
+
 async def ring(emulator: RunningEmulator) -> str:
     """A phone call rings at the emulator (no webhook is posted); its call id."""
     async with (
@@ -361,13 +374,7 @@ async def test_a_keypad_turn_through_the_incoming_path_runs_a_dtmf_tool(
     """Must-show 1's keypad turn: ring → signed webhook → accept → sideband; ``1234#`` is a
     turn, the model calls the allowlisted ``dtmf`` tool, which runs once with
     ``X-Session-ID`` and the keys, and the model answers; the ops API shows a phone call."""
-    tools = tmp_path / "keyed-tools.toml"
-    tools.write_text(keyed_tools_toml(tool_backend))
-    lines = tmp_path / "lines.toml"
-    lines.write_text(KEYPAD_LINES)
-    broker = await make_broker(
-        tools_config=tools, sip_webhook_secret=Secret(SIP_SECRET), sip_lines=lines
-    )
+    broker = await make_broker(**phone_settings(tool_backend, tmp_path, KEYPAD_LINES))
     session_id, call_id = await incoming_call(broker, emulator, KEYPAD_LINE)
     detail = await broker.get_session(session_id)
     assert (detail["connection_type"], detail["sip_line"], detail["caller"]) == (
@@ -402,13 +409,7 @@ async def test_a_transfer_through_the_incoming_path(
     tmp_path: Path,
 ) -> None:
     """Must-show 3 on a call the broker answered from the webhook: refer sent, recorded, ended."""
-    tools = tmp_path / "keyed-tools.toml"
-    tools.write_text(keyed_tools_toml(tool_backend))
-    lines = tmp_path / "lines.toml"
-    lines.write_text(KEYPAD_LINES)
-    broker = await make_broker(
-        tools_config=tools, sip_webhook_secret=Secret(SIP_SECRET), sip_lines=lines
-    )
+    broker = await make_broker(**phone_settings(tool_backend, tmp_path, KEYPAD_LINES))
     ops = await broker.new_key("admin", name="phone ops")
     session_id, call_id = await incoming_call(broker, emulator, KEYPAD_LINE)
     target = "sip:desk@pbx.example.com"
@@ -469,13 +470,7 @@ async def test_a_masking_line_keeps_the_keys_out_of_the_record_but_not_from_its_
     """``dtmf_record = "masked"``: the timeline's keys, the provider's key events and the stored
     keypad turn carry ``*``; the ``dtmf = true`` tool gets the real keys, and the model the
     real turn (it calls the tool with them)."""
-    tools = tmp_path / "keyed-tools.toml"
-    tools.write_text(keyed_tools_toml(tool_backend))
-    lines = tmp_path / "lines.toml"
-    lines.write_text(MASKED_LINES)
-    broker = await make_broker(
-        tools_config=tools, sip_webhook_secret=Secret(SIP_SECRET), sip_lines=lines
-    )
+    broker = await make_broker(**phone_settings(tool_backend, tmp_path, MASKED_LINES))
     session_id, call_id = await incoming_call(broker, emulator, KEYPAD_LINE)
     await wait_events(broker, session_id, "response.done")
     await press(emulator, call_id, PIN + "#")
@@ -515,17 +510,9 @@ async def test_a_transfer_asked_of_another_instance_is_carried_out_by_the_calls_
     """Two instances on one PostgreSQL: the one that answered the phone owns the call; the
     other, asked to transfer it, has the owner send the refer (a call command), and answers
     with the owner's outcome."""
-    tools = tmp_path / "keyed-tools.toml"
-    tools.write_text(keyed_tools_toml(tool_backend))
-    lines = tmp_path / "lines.toml"
-    lines.write_text(KEYPAD_LINES)
-    phone = {"sip_webhook_secret": Secret(SIP_SECRET), "sip_lines": lines}
-    owner = await make_broker(
-        tools_config=tools, database_url=pg_url, instance_id="sip-owner", **phone
-    )
-    other = await make_broker(
-        tools_config=tools, database_url=pg_url, instance_id="sip-other", **phone
-    )
+    phone = phone_settings(tool_backend, tmp_path, KEYPAD_LINES)
+    owner = await make_broker(database_url=pg_url, instance_id="sip-owner", **phone)
+    other = await make_broker(database_url=pg_url, instance_id="sip-other", **phone)
     session_id, call_id = await incoming_call(owner, emulator, KEYPAD_LINE)
     target = "sip:desk@pbx.example.com"
     reply = await other.request(
