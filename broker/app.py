@@ -82,7 +82,9 @@ def create_app(settings: Settings) -> web.Application:
     app[app_state.SETTINGS] = settings
     # Metrics hold no resource, so they need no cleanup_ctx; created first, every context
     # below may count.
-    app[app_state.METRICS] = BrokerMetrics()
+    app[app_state.METRICS] = BrokerMetrics(
+        tenant_labels=settings.metrics_tenant_labels, max_tenants=settings.metrics_max_tenants
+    )
     app[app_state.SHUTTING_DOWN] = asyncio.Event()
     app[app_state.STREAM_SLOTS] = StreamSlots(settings.event_streams_per_key)
     app.on_shutdown.append(_shutting_down)

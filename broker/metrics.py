@@ -31,6 +31,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from broker.session.end_reason import EndReason
+from broker.tenant_metrics import DEFAULT_MAX_TENANTS, TenantMetrics
 from broker.version import VERSION
 from sideband import ProviderError, ProviderTimeoutError, ProviderUnreachableError
 
@@ -235,7 +236,14 @@ class BrokerMetrics:
     ``other`` rather than an error: instrumentation must not be able to fail a request.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, tenant_labels: bool = True, max_tenants: int = DEFAULT_MAX_TENANTS
+    ) -> None:
+        """Register every metric in a registry of this instance's own.
+
+        ``tenant_labels`` and ``max_tenants``: the ``broker_tenant_*`` series
+        (``BROKER_METRICS_TENANT_LABELS``, ``BROKER_METRICS_MAX_TENANTS``).
+        """
         self._registry = CollectorRegistry(auto_describe=True)
         self._tools: frozenset[str] = frozenset()
         registry = self._registry
@@ -479,6 +487,10 @@ class BrokerMetrics:
             self._sideband_failures.labels(failure.value)
         self.trusted = TrustedMetrics(registry)
         """The trusted sessions' relay (the one place media crosses the broker)."""
+        self.tenants = TenantMetrics(
+            registry, NAMESPACE, enabled=tenant_labels, max_tenants=max_tenants
+        )
+        """Sessions and quota refusals by tenant (a capped label; see its module)."""
 
     @property
     def registry(self) -> CollectorRegistry:

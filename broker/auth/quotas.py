@@ -444,9 +444,14 @@ class QuotaGuard:
                 reached = await self._reached(s, key_id, tenant_id, now, limits, lock=True)
                 if not reached:
                     yield s
-                    return
+        if not reached:
+            # Committed. Every new session (API and phone line) is written here and only
+            # here, with its tenant at hand: the one place its tenant's count can move.
+            if refused == "session":
+                self._metrics.tenants.session_created(tenant_id)
+            return
         # Out of the (read-only) transaction and the locks: the audit write waits on neither.
-        await self._refuse(reached, key_id, now, refused)
+        await self._refuse(reached, key_id, tenant_id, now, refused)
 
     def _serialised(self, key_id: str, tenant_id: str) -> AbstractAsyncContextManager[None]:
         """On SQLite (one process), each owner's in-process lock, around the transaction.
@@ -521,12 +526,13 @@ class QuotaGuard:
         async with self._sessionmaker() as s:
             reached = await self._reached(s, key_id, tenant_id, now, limits)
         if reached:
-            await self._refuse(reached, key_id, now, refused)
+            await self._refuse(reached, key_id, tenant_id, now, refused)
 
     async def _refuse(
         self,
         reached: Sequence[tuple[Standing, CapStanding]],
         key_id: str,
+        tenant_id: str,
         now: datetime,
         refused: Literal["offer", "session"],
     ) -> None:
@@ -543,6 +549,7 @@ class QuotaGuard:
         # max() keeps the first of equal keys: of two live-call caps, the key's is named.
         owner, cap = max(reached, key=lambda pair: pair[1].resets_at or soon)
         self._metrics.quota_refused(f"{owner.scope}.{cap.limit}")
+        self._metrics.tenants.quota_refused(tenant_id)
         await audit.append(self._sessionmaker, exceeded_entry(owner, cap))
         logger.warning(
             "%s refused over quota key_id=%s cap=%s.%s used=%d allowed=%d",

@@ -34,6 +34,7 @@ from broker.settings.key_file import load_or_create_key_file
 from broker.settings.rules import MIN_WEBHOOK_KEY_BYTES, MIN_WEBHOOK_SECRET_CHARS, SettingsError
 from broker.settings.secret import Secret
 from broker.settings.sources import ENV_FILE, ENV_PREFIX, read
+from broker.tenant_metrics import DEFAULT_MAX_TENANTS
 
 DEFAULT_DATABASE_URL: Final = "sqlite+aiosqlite:///./broker.db"
 DEFAULT_TOOLS_CONFIG: Final = Path(__file__).parents[1] / "tools" / "demo_tools.toml"
@@ -524,6 +525,21 @@ class Settings(BaseSettings):
         ge=1,
         le=3600,
         description="the `Retry-After` (seconds) of a 503 `overloaded`",
+    )
+
+    # --- metrics --------------------------------------------------------------------------
+    # On by default: tenants are made by an admin, not by requests, and the label is capped.
+    metrics_tenant_labels: bool = Field(
+        True,
+        description="export the `broker_tenant_*` metrics (sessions created and quota"
+        ' refusals by `tenant`); `false`: none of them (README "Metrics")',
+    )
+    metrics_max_tenants: int = Field(
+        DEFAULT_MAX_TENANTS,
+        ge=1,
+        le=10_000,
+        description="distinct `tenant` label values a process reports, first seen first kept;"
+        " sessions of any further tenant count as `other`",
     )
 
     # --- the session.ended webhook --------------------------------------------------------
