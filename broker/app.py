@@ -376,8 +376,8 @@ async def tools_ctx(app: web.Application) -> AsyncIterator[None]:
             registry,
             breakers,
             # Denied calls never ran: counted, not timed.
-            on_finished=lambda tool, status, seconds: metrics.tool_finished(
-                tool, status, None if status == "denied" else seconds
+            on_finished=lambda tool, status, seconds, tenant: metrics.tool_finished(
+                tool, status, None if status == "denied" else seconds, tenant
             ),
             # audit_ctx (registered before) made it: redacted fields' keyed hashes and seals.
             redactor=app[app_state.REDACTOR],

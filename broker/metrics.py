@@ -490,7 +490,7 @@ class BrokerMetrics:
         self.tenants = TenantMetrics(
             registry, NAMESPACE, enabled=tenant_labels, max_tenants=max_tenants
         )
-        """Sessions and quota refusals by tenant (a capped label; see its module)."""
+        """Sessions, quota refusals and tool calls by tenant (a capped label; see its module)."""
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -583,16 +583,22 @@ class BrokerMetrics:
     def _tool(self, name: str) -> str:
         return name if name in self._tools else OTHER
 
-    def tool_finished(self, tool: str, outcome: str, seconds: float | None = None) -> None:
+    def tool_finished(
+        self, tool: str, outcome: str, seconds: float | None = None, tenant: str | None = None
+    ) -> None:
         """Count one settled tool call.
 
         Args:
             tool: the tool's name (outside the registry: counted as ``other``).
             outcome: its settled status: ``succeeded``, ``failed``, ``denied``, ``cancelled``.
             seconds: how long it ran; ``None`` for a call that never ran (denied).
+            tenant: its session's tenant; ``None`` (not known): not counted by tenant.
         """
         label = self._tool(tool)
-        self._tool_calls.labels(label, outcome if outcome in TOOL_OUTCOMES else OTHER).inc()
+        outcome_label = outcome if outcome in TOOL_OUTCOMES else OTHER
+        self._tool_calls.labels(label, outcome_label).inc()
+        if tenant is not None:
+            self.tenants.tool_finished(tenant, outcome_label)
         if seconds is not None:
             self._tool_seconds.labels(label).observe(seconds)
 

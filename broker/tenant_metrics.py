@@ -54,6 +54,7 @@ class TenantMetrics:
         self._labels = TenantLabels(max_tenants)
         self._sessions_created: Counter | None = None
         self._quota_refusals: Counter | None = None
+        self._tool_calls: Counter | None = None
         if not enabled:
             return  # not registered: /metrics shows no tenant series, not even empty ones
         self._sessions_created = Counter(
@@ -70,6 +71,13 @@ class TenantMetrics:
             namespace=namespace,
             registry=registry,
         )
+        self._tool_calls = Counter(
+            "tenant_tool_calls_total",
+            "Settled tool calls, by their session's tenant and outcome.",
+            ["tenant", "outcome"],
+            namespace=namespace,
+            registry=registry,
+        )
 
     def session_created(self, tenant_id: str) -> None:
         """Count one session created in ``tenant_id``."""
@@ -80,3 +88,11 @@ class TenantMetrics:
         """Count one session or offer of ``tenant_id`` refused over a cap (key's or tenant's)."""
         if self._quota_refusals is not None:
             self._quota_refusals.labels(self._labels.of(tenant_id)).inc()
+
+    def tool_finished(self, tenant_id: str, outcome: str) -> None:
+        """Count one settled tool call of a session of ``tenant_id``.
+
+        ``outcome``: already one of ``broker_tool_calls_total``'s values (or ``other``).
+        """
+        if self._tool_calls is not None:
+            self._tool_calls.labels(self._labels.of(tenant_id), outcome).inc()

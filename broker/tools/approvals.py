@@ -236,6 +236,11 @@ async def release_held(s: queries.Executor, session_id: str, call_id: str) -> Ro
             .where(SESSIONS.c.id == TOOL_CALLS.c.session_id)
             .scalar_subquery()
             .label("allowlist"),
+            # For the per-tenant metrics only.
+            select(SESSIONS.c.tenant_id)
+            .where(SESSIONS.c.id == TOOL_CALLS.c.session_id)
+            .scalar_subquery()
+            .label("tenant_id"),
         )
     )
     return result.first()

@@ -90,12 +90,13 @@ class ToolDispatcher(CallLedger):
         sessionmaker: async_sessionmaker[AsyncSession],
         registry: ToolRegistry,
         breakers: CircuitBreakers | None = None,
-        on_finished: Callable[[str, str, float], None] | None = None,
+        on_finished: Callable[[str, str, float, str | None], None] | None = None,
         redactor: FieldRedactor | None = None,
     ) -> None:
         super().__init__(sessionmaker, registry, redactor)
-        # on_finished(tool, status, seconds) hears of every call this process settled (ran,
-        # denied or cut off), e.g. for metrics; it must not block.
+        # on_finished(tool, status, seconds, tenant) hears of every call this process settled
+        # (ran, denied or cut off), e.g. for metrics; it must not block. The session's tenant
+        # is None when the call was refused before its session was read (a bad call id).
         self._on_finished = on_finished
         # Per process: each broker process pauses a failing tool on its own evidence.
         self._breakers = CircuitBreakers() if breakers is None else breakers
@@ -286,6 +287,7 @@ class ToolDispatcher(CallLedger):
                 claimed_at,
                 output_item_id,
                 verdict.budget_spent,
+                verdict.tenant,
             )
         if held is not None:
             verdict.permit.release()  # the tool did not run; an approval admits it afresh
@@ -343,7 +345,9 @@ class ToolDispatcher(CallLedger):
                 name=f"tool-settle:{call_id}",
             )
             if self._on_finished is not None:
-                self._on_finished(verdict.tool, status.value, time.perf_counter() - claimed_at)
+                self._on_finished(
+                    verdict.tool, status.value, time.perf_counter() - claimed_at, verdict.tenant
+                )
         if error is not None:
             span.fail(str(error))
         return CallOutcome(
@@ -429,11 +433,14 @@ class ToolDispatcher(CallLedger):
         started: float,
         output_item_id: str | None,
         budget_spent: bool | None = None,
+        tenant: str | None = None,
     ) -> CallOutcome:
         """A denial this request decided: wake the waiters, report it, answer it."""
         self._waiters.notify(session_id, call_id)
         if self._on_finished is not None:
-            self._on_finished(tool, ToolCallStatus.DENIED.value, time.perf_counter() - started)
+            self._on_finished(
+                tool, ToolCallStatus.DENIED.value, time.perf_counter() - started, tenant
+            )
         return CallOutcome(
             call_id,
             tool,
@@ -506,7 +513,9 @@ class ToolDispatcher(CallLedger):
                 name=f"tool-settle:{call_id}",
             )
             if self._on_finished is not None:
-                self._on_finished(tool, status.value, time.perf_counter() - started)
+                self._on_finished(
+                    tool, status.value, time.perf_counter() - started, claimed.tenant_id
+                )
         return CallOutcome(call_id, tool, status, output, path, executed_now=True)
 
     async def _finish_approved(

@@ -41,6 +41,8 @@ class Denied:
     """The session's allowlist as applied (``None``: the session is gone)."""
     requested: AuditEntry | None = None
     """The call's ``tool.requested`` record when this transaction recorded it."""
+    tenant: str | None = None
+    """The session's tenant (``None``: the session is gone), for the per-tenant metrics."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class Granted:
     """The session's allowlist as applied (the grant's policy, in its audit record)."""
     requested: AuditEntry | None = None
     """The call's ``tool.requested`` record when this transaction recorded it."""
+    tenant: str | None = None
+    """The session's tenant, for the per-tenant metrics."""
 
 
 Verdict = Denied | Granted
@@ -132,7 +136,7 @@ async def decide_call(
         allowlist=allowlist,
         log_extra=log_extra,
     )
-    return replace(verdict, allowlist=allowlist, requested=requested)
+    return replace(verdict, allowlist=allowlist, requested=requested, tenant=session.tenant_id)
 
 
 async def _checked(

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 
 from tests.support.broker_server import BrokerFactory, RunningBroker
-from tests.support.metrics import moved, scrape, value
-from tests.support.tenants import make_team, new_session
+from tests.support.flow import LOOKUP_42_OUTPUT, ask, connect_browser, says
+from tests.support.metrics import Samples, moved, scrape, value
+from tests.support.servers import RunningEmulator
+from tests.support.tenants import Team, make_team, new_session
 
 CREATED = "broker_tenant_sessions_created_total"
 REFUSED = "broker_tenant_quota_refusals_total"
+TOOL_CALLS = "broker_tenant_tool_calls_total"
 
 
 async def cap_sessions_per_day(broker: RunningBroker, tenant: str, cap: int) -> None:
@@ -62,6 +65,37 @@ async def test_two_tenants_sessions_and_refusals_split_by_tenant(
         for (name, labels) in after
         if not name.startswith("broker_tenant_") and any(key == "tenant" for key, _ in labels)
     ]
+
+
+async def run_lookup(broker: RunningBroker, team: Team) -> Samples:
+    """One call of ``team``'s: the model calls ``lookup_order``, the sideband runs it; then
+    a scrape."""
+    browser = await connect_browser(broker, await new_session(broker, team))
+    try:
+        ask(browser, "lookup_order 42")
+        await browser.wait_for("response.done", says(LOOKUP_42_OUTPUT), timeout=10)
+    finally:
+        await browser.close()
+    return await scrape(broker)
+
+
+async def test_tool_calls_are_counted_in_their_sessions_tenant(
+    broker: RunningBroker, emulator: RunningEmulator
+) -> None:
+    """A tool call run on one tenant's call moves that tenant's series only."""
+    alpha = await make_team(broker, "alpha")
+    beta = await make_team(broker, "beta")
+    before = await scrape(broker)
+
+    after_alpha = await run_lookup(broker, alpha)
+    assert moved(before, after_alpha, TOOL_CALLS, tenant="alpha", outcome="succeeded") == 1
+    assert moved(before, after_alpha, TOOL_CALLS, tenant="beta", outcome="succeeded") == 0
+
+    after_beta = await run_lookup(broker, beta)
+    assert moved(after_alpha, after_beta, TOOL_CALLS, tenant="beta", outcome="succeeded") == 1
+    assert moved(after_alpha, after_beta, TOOL_CALLS, tenant="alpha", outcome="succeeded") == 0
+    total = {"tool": "lookup_order", "outcome": "succeeded"}
+    assert moved(before, after_beta, "broker_tool_calls_total", **total) == 2
 
 
 async def test_tenants_past_the_cap_are_counted_as_other(make_broker: BrokerFactory) -> None:

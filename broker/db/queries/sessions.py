@@ -169,6 +169,7 @@ _LOCK_SESSION_FOR_TOOLS: Final = (
         SESSIONS.c.max_concurrent_tools,
         SESSIONS.c.max_argument_bytes,
         SESSIONS.c.tools,
+        SESSIONS.c.tenant_id,
     )
 )
 
@@ -176,7 +177,8 @@ _LOCK_SESSION_FOR_TOOLS: Final = (
 async def lock_session_for_tools(s: Executor, session_id: str) -> Row[Any] | None:
     """Take the session's tool lock and return its tool limits and allowlist.
 
-    The row is ``(max_tool_calls, max_concurrent_tools, max_argument_bytes, tools)``, or
+    The row is ``(max_tool_calls, max_concurrent_tools, max_argument_bytes, tools,
+    tenant_id)`` (the tenant: for the per-tenant metrics), or
     ``None`` if the session is gone. Every grant of the session's budget serializes on this
     write until the transaction ends (see :mod:`broker.tools.budget`).
     """

@@ -32,8 +32,24 @@ def test_counts_by_tenant_with_the_cap() -> None:
     assert "globex" not in metrics.render()[0].decode()
 
 
+def test_tool_calls_by_tenant_take_the_tool_outcome_labels() -> None:
+    """The outcome is reduced as ``broker_tool_calls_total``'s; no tenant: not counted."""
+    metrics = BrokerMetrics()
+    metrics.set_tools(["lookup_order"])
+    metrics.tool_finished("lookup_order", "succeeded", 0.1, "acme")
+    metrics.tool_finished("lookup_order", "exploded", 0.1, "acme")
+    metrics.tool_finished("lookup_order", "denied", None, None)
+    get = metrics.registry.get_sample_value
+    labels = {"tenant": "acme"}
+    assert get("broker_tenant_tool_calls_total", labels | {"outcome": "succeeded"}) == 1
+    assert get("broker_tenant_tool_calls_total", labels | {"outcome": "other"}) == 1
+    assert get("broker_tool_calls_total", {"tool": "lookup_order", "outcome": "denied"}) == 1
+    assert 'outcome="denied",tenant' not in metrics.render()[0].decode()
+
+
 def test_switched_off_registers_nothing() -> None:
     metrics = BrokerMetrics(tenant_labels=False)
     metrics.tenants.session_created("acme")
     metrics.tenants.quota_refused("acme")
+    metrics.tool_finished("lookup_order", "succeeded", 0.1, "acme")
     assert "broker_tenant_" not in metrics.render()[0].decode()
