@@ -13,10 +13,23 @@ backend::
             └── (tool backend)        an HTTP tool's request carries ``traceparent``
 
 A call the broker takes up again after a restart or a handoff starts its own trace at
-``broker.call`` (``broker.resumed``). A tool call that arrives on the bridge (an HTTP request of
-the page's) starts its own trace, linked to the call's span when this process runs the call
-(to the offer's for a bridge-only call). ``broker.webhook.deliver`` (one per attempt) is a root: a
-delivery is sent from the outbox, possibly by another process, long after the call.
+``broker.call`` (``broker.resumed``).
+
+An app backend that creates the session inside a trace of its own sends W3C ``traceparent``
+(and ``tracestate``) with ``POST /api/v1/sessions``: its ``broker.session.create`` span is a
+child of it, and that span's context is kept on the session (``sessions.trace_parent``) for
+the call's ``broker.offer`` and ``broker.call`` to carry a *link* to. A link, not a parent: the
+call may live hours after the app's request has ended, and its trace is the call's, sampled
+on its own. Only a request made with an API key is read that way; the browser's offer is
+untrusted and may neither choose the trace nor force its sampling. The row keeps the
+``traceparent`` (55 characters, no ``tracestate``), so a call taken up after a restart or by
+another instance is linked too; it is stored only when the create span is recorded: with
+tracing off, nothing is kept.
+
+A tool call that arrives on the bridge (an HTTP request of the page's) starts its own trace,
+linked to the call's span when this process runs the call (to the offer's for a bridge-only
+call). ``broker.webhook.deliver`` (one per attempt) is a root: a delivery is sent from the
+outbox, possibly by another process, long after the call.
 
 Span attributes are ids, names and outcomes only: never a secret, a tool's arguments or its
 output.
@@ -27,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
@@ -35,14 +49,23 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 try:
     from opentelemetry import propagate, trace
-    from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+    from opentelemetry.trace import (
+        Link,
+        SpanContext,
+        SpanKind,
+        Status,
+        StatusCode,
+        TraceFlags,
+    )
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError:  # the otel extra is not installed: tracing is off, at no cost
     trace = None  # type: ignore[assignment]
 
 from broker.settings import SettingsError
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span, SpanContext, TracerProvider
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span, TracerProvider
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +75,11 @@ TRACER_NAME: Final = "broker"
 SERVICE_NAME: Final = "sideband-broker"
 """The ``service.name`` when neither ``OTEL_SERVICE_NAME`` nor ``OTEL_RESOURCE_ATTRIBUTES``
 names one."""
+
+TRACE_PARENT_LENGTH: Final = 55
+"""A stored ``traceparent``'s length: ``00-<32 hex>-<16 hex>-<2 hex>``."""
+_TRACE_PARENT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_TRACE_CONTEXT_HEADERS: Final = ("traceparent", "tracestate")
 
 AttributeValue = str | int | float | bool
 Kind = Literal["internal", "client", "server"]
@@ -73,6 +101,15 @@ class SpanHandle(Protocol):
 
     def context(self) -> SpanContext | None: ...
 
+    def trace_parent(self) -> str | None:
+        """This span as a W3C ``traceparent``, for a later span of another trace to link to.
+
+        Only if it is recorded and continues a caller's trace (``remote_parent``).
+        """
+
+    def link(self, trace_parent: str | None) -> None:
+        """Link this span to a stored ``traceparent`` (nothing if ``None`` or malformed)."""
+
 
 class _NoSpan:
     def set(self, key: str, value: AttributeValue | None) -> None:
@@ -87,15 +124,22 @@ class _NoSpan:
     def context(self) -> SpanContext | None:
         return None
 
+    def trace_parent(self) -> str | None:
+        return None
+
+    def link(self, trace_parent: str | None) -> None:
+        pass
+
 
 _NO_SPAN: Final = _NoSpan()
 
 
 class _Span:
-    def __init__(self, span: Span) -> None:
+    def __init__(self, span: Span, *, joined: bool = False) -> None:
         self._span = span
         self.failed = False
         self.settled = False
+        self._joined = joined
 
     def set(self, key: str, value: AttributeValue | None) -> None:
         if value is not None:
@@ -113,6 +157,22 @@ class _Span:
 
     def context(self) -> SpanContext | None:
         return self._span.get_span_context()
+
+    def trace_parent(self) -> str | None:
+        # Not a span that is not recorded (tracing off, or not sampled): nothing would be
+        # exported for a link to find. Nor one of the broker's own root: a link to it would
+        # lead to no caller's trace.
+        if not (self._joined and self._span.is_recording()):
+            return None
+        found = self._span.get_span_context()
+        if not found.is_valid:
+            return None
+        return f"00-{found.trace_id:032x}-{found.span_id:016x}-{int(found.trace_flags):02x}"
+
+    def link(self, trace_parent: str | None) -> None:
+        found = linked_context(trace_parent)
+        if found is not None:
+            self._span.add_link(found)
 
 
 _provider: TracerProvider | None = None
@@ -142,18 +202,25 @@ def span(
     *,
     kind: Kind = "internal",
     links: tuple[SpanContext | None, ...] = (),
+    remote_parent: Mapping[str, str] | None = None,
 ) -> Iterator[SpanHandle]:
     """A span current for the block; an exception leaving it marks it failed with its code.
 
     A cancellation is recorded as ``broker.outcome = cancelled``, not as an error: a shutdown
     or a call's end cancels work that did nothing wrong.
+
+    ``remote_parent``: a *trusted* request's headers, whose W3C trace context (if valid) is
+    the span's parent instead of the current span; a malformed one is ignored (logged at
+    debug). Never an untrusted request's: it would choose the trace and its sampling.
     """
     if trace is None:
         yield _NO_SPAN
         return
     tracer = (_provider or trace.get_tracer_provider()).get_tracer(TRACER_NAME)
+    parent = _extracted(remote_parent) if remote_parent is not None else None
     with tracer.start_as_current_span(
         name,
+        context=parent,
         kind={"internal": SpanKind.INTERNAL, "client": SpanKind.CLIENT, "server": SpanKind.SERVER}[
             kind
         ],
@@ -163,7 +230,7 @@ def span(
         record_exception=False,
         set_status_on_exception=False,
     ) as current:
-        handle = _Span(current)
+        handle = _Span(current, joined=parent is not None)
         try:
             yield handle
         except BaseException as exc:
@@ -172,6 +239,40 @@ def span(
             elif not (handle.failed or handle.settled):
                 handle.fail(_code_of(exc))
             raise
+
+
+def _extracted(headers: Mapping[str, str]) -> Context | None:
+    """The W3C trace context of ``headers`` as a parent; ``None`` (a root) if it has none.
+
+    W3C only, whatever ``OTEL_PROPAGATORS`` says: the header named in our API contract, read
+    by the one propagator that reads it, and no baggage.
+    """
+    carrier = {n: headers[n] for n in _TRACE_CONTEXT_HEADERS if headers.get(n) is not None}
+    if "traceparent" not in carrier:
+        return None
+    context = TraceContextTextMapPropagator().extract(carrier)
+    if not trace.get_current_span(context).get_span_context().is_valid:
+        # Logged, never refused: a caller's tracing bug must not cost it the session.
+        logger.debug("malformed traceparent ignored: %.64r", carrier["traceparent"])
+        return None
+    return context
+
+
+def linked_context(trace_parent: str | None) -> SpanContext | None:
+    """The span context a stored ``traceparent`` names, for a link; ``None`` if malformed."""
+    if trace is None or trace_parent is None:
+        return None
+    match = _TRACE_PARENT.fullmatch(trace_parent)
+    if match is None:
+        logger.debug("stored traceparent malformed, not linked: %.64r", trace_parent)
+        return None
+    found = SpanContext(
+        trace_id=int(match[1], 16),
+        span_id=int(match[2], 16),
+        is_remote=True,
+        trace_flags=TraceFlags(int(match[3], 16)),
+    )
+    return found if found.is_valid else None
 
 
 def inject(headers: MutableMapping[str, str]) -> None:

@@ -212,6 +212,18 @@ OPERATIONS: Final = (
             },
             {403: ("cross_tenant_required",), 422: ("unknown_tenant",)},
         ),
+        headers=tuple(
+            # Ignored when malformed, never refused: a caller's tracing must not cost it the call.
+            {
+                "name": name,
+                "in": "header",
+                "required": False,
+                "description": "W3C trace context: the session's creation joins the caller's"
+                " trace and its call's spans link to it (when the broker traces)",
+                "schema": {"type": "string"},
+            }
+            for name in ("traceparent", "tracestate")
+        ),
     ),
     Operation(
         "get",

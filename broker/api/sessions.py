@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from broker import app_state
+from broker import app_state, tracing
 from broker.api._auth import api_principal, browser_principal
 from broker.api._bodies import read_body, read_json, require_content_type
 from broker.api._times import iso
@@ -87,9 +87,21 @@ def _tool_call_json(call: ToolCall) -> dict[str, Any]:
 
 async def create_session(request: web.Request) -> web.Response:
     principal = await api_principal(request)
-    request.app[app_state.OVERLOAD].check("a new session")
-    body = await read_json(request, CreateSessionRequest)
-    created = await request.app[app_state.SESSIONS].create(principal, body)
+    # Only now, with the API key checked: a trusted backend may make this a span of its own
+    # trace (W3C ``traceparent``); an unauthenticated request chooses nothing.
+    with tracing.span(
+        "broker.session.create",
+        {"broker.key_id": principal.key_id},
+        kind="server",
+        remote_parent=request.headers,
+    ) as span:
+        request.app[app_state.OVERLOAD].check("a new session")
+        body = await read_json(request, CreateSessionRequest)
+        created = await request.app[app_state.SESSIONS].create(
+            principal, body, trace_parent=span.trace_parent()
+        )
+        span.set("broker.session_id", created.row.id)
+        span.set("broker.outcome", "created")
     return created_response(request, created)
 
 

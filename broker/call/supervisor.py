@@ -152,6 +152,7 @@ class SidebandSupervisor:
         *,
         resume: bool = False,
         standby: StandbyConnection | None = None,
+        trace_link: str | None = None,
     ) -> None:
         """Start supervising ``call_id``; returns at once (the SDP answer must not wait).
 
@@ -167,6 +168,8 @@ class SidebandSupervisor:
                 and the controller resyncs right after attaching.
             standby: the sideband this instance opened ahead of a handoff, with the frames
                 it kept: the first connection (``resume`` implied).
+            trace_link: the ``traceparent`` the session was created under
+                (``sessions.trace_parent``): the call's span links to it.
 
         Called under the call's fence (:func:`broker.db.fence.fenced`): the task it starts
         inherits it, and so does every task the call's controller starts.
@@ -179,7 +182,9 @@ class SidebandSupervisor:
         if not resume:
             self._gates[session_id] = gate
         task = asyncio.create_task(
-            self._traced(session_id, call_id, allowed_tools, owned, resume, gate, standby),
+            self._traced(
+                session_id, call_id, allowed_tools, owned, resume, gate, standby, trace_link
+            ),
             name=f"sideband:{session_id}",
         )
         self._tasks[session_id] = task
@@ -397,11 +402,13 @@ class SidebandSupervisor:
         resume: bool,
         gate: AnswerGate,
         standby: StandbyConnection | None,
+        trace_link: str | None = None,
     ) -> None:
         """:meth:`_supervise` in the call's span, which lives as long as its sideband task.
 
         A child of the offer's span when the offer started it; the root of its own trace when
-        this process took the call up again (``broker.resumed``).
+        this process took the call up again (``broker.resumed``). Linked, either way, to the
+        span that created the session (``trace_link``), which may be in the app's trace.
         """
         with tracing.span(
             "broker.call",
@@ -410,6 +417,7 @@ class SidebandSupervisor:
                 "broker.call_id": call_id,
                 "broker.resumed": resume or standby is not None,
             },
+            links=(tracing.linked_context(trace_link),),
         ) as span:
             tracing.register_call(session_id, span.context())
             try:

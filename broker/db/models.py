@@ -215,6 +215,10 @@ class SessionRow(Base):
     input_transcription: Mapped[dict[str, Any] | None]
     """The call's ``audio.input.transcription`` (``{model, language?, prompt?}``); ``NULL``:
     not transcribed (:mod:`broker.session.transcription`)."""
+    trace_parent: Mapped[str | None] = mapped_column(String(55))
+    """The W3C ``traceparent`` of the span that created the session, when its creator's
+    request carried a trace and the broker traced it: the call's spans link to it
+    (:mod:`broker.tracing`). An id, never a secret."""
     offer_jti: Mapped[str | None] = mapped_column(String(64))
     """The ``jti`` of the client secret that made the offer: it stays valid for this
     session's bridge while the call is live, and for nothing else."""

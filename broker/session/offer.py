@@ -161,6 +161,11 @@ class Offers:
         check_offer(sdp)
         if row is None:
             raise NotFoundError("session_not_found", "no such session")
+        # The app's trace that created the session, stored with it: a link, not the parent
+        # (broker/tracing.py). The call may live long after the app's request ended, and its
+        # trace stays the call's own, sampled on its own. Nothing of this request's headers is
+        # read: the browser must not choose the trace or its sampling.
+        span.link(row.trace_parent)
         if self._quotas is not None and row.state == SessionState.CREATED:
             # Before anything is spent: a refused offer may be retried once a call ends.
             await self._quotas.check_live(row.owner_key_id, row.tenant_id)
@@ -231,7 +236,9 @@ class Offers:
         ):
             self._deadlines.watch(session_id, answer.call_id, row.max_duration_s)
             if row.sideband_enabled:
-                self._supervisor.start(session_id, answer.call_id, row.tools, config)
+                self._supervisor.start(
+                    session_id, answer.call_id, row.tools, config, trace_link=row.trace_parent
+                )
             else:
                 # No call span: the page's bridge reports link to the offer's instead.
                 tracing.register_call(session_id, span.context())

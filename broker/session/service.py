@@ -243,6 +243,7 @@ class SessionService:
                     provider_session_config(self._registry, row),
                     resume=True,
                     standby=standby,
+                    trace_link=row.trace_parent,
                 )
                 return
         if standby is not None:
@@ -320,9 +321,16 @@ class SessionService:
         await self._writes.drain()
 
     async def create(
-        self, principal: ApiPrincipal, request: CreateSessionRequest
+        self,
+        principal: ApiPrincipal,
+        request: CreateSessionRequest,
+        *,
+        trace_parent: str | None = None,
     ) -> CreatedSession:
         """Store a new session and mint its client secret.
+
+        ``trace_parent``: the ``traceparent`` of the span creating it, kept for its call's
+        spans to link to (:mod:`broker.tracing`).
 
         Raises:
             ForbiddenError: the key lacks ``sessions:create`` (``insufficient_scope``), or a
@@ -378,6 +386,7 @@ class SessionService:
                 if request.server_tools is None
                 else [tool.stored() for tool in request.server_tools]
             ),
+            trace_parent=trace_parent,
         )
         limits = self._resolve_limits(request.limits)
         row.max_duration_s = limits.max_duration_s

@@ -46,6 +46,11 @@ WITHOUT_OTEL = textwrap.dedent(
         pass
     else:
         raise AssertionError("the exception was swallowed")
+    remote = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    with tracing.span("broker.session.create", remote_parent=remote) as span:
+        assert span.trace_parent() is None  # nothing to keep on the session
+        span.link(remote["traceparent"])
+    assert tracing.linked_context(remote["traceparent"]) is None
     headers = {}
     tracing.inject(headers)
     assert headers == {}, headers
@@ -178,3 +183,57 @@ def test_an_exporter_that_is_not_installed_is_a_configuration_error(
         tracing.start_sdk()
     with tracing.span("broker.offer") as span:
         assert not span.context().is_valid  # type: ignore[union-attr]  # nothing was left on
+
+
+APP_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_a_remote_parent_is_the_spans_parent_and_what_it_keeps_is_its_own_context(
+    exported: InMemorySpanExporter,
+) -> None:
+    with tracing.span(
+        "broker.session.create", remote_parent={"traceparent": APP_TRACEPARENT}
+    ) as span:
+        kept = span.trace_parent()
+    [created] = exported.get_finished_spans()
+    assert created.parent is not None and created.context is not None
+    assert created.parent.trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736
+    assert kept is not None and len(kept) == tracing.TRACE_PARENT_LENGTH
+    assert kept.startswith(f"00-{created.context.trace_id:032x}-{created.context.span_id:016x}-")
+    linked = tracing.linked_context(kept)
+    assert linked is not None and linked.is_remote
+    assert (linked.trace_id, linked.span_id) == (
+        created.context.trace_id,
+        created.context.span_id,
+    )
+    assert linked.trace_flags.sampled
+
+
+def test_a_span_of_the_brokers_own_trace_keeps_nothing(exported: InMemorySpanExporter) -> None:
+    """Without a caller's trace there is nothing to link a call to."""
+    with tracing.span("broker.session.create", remote_parent={}) as span:
+        assert span.trace_parent() is None
+    with tracing.span("broker.offer") as span:
+        assert span.trace_parent() is None
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        None,
+        "",
+        APP_TRACEPARENT.upper(),  # W3C: lowercase hex only
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # another version
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # invalid trace id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  # invalid span id
+        APP_TRACEPARENT + " ",
+    ],
+)
+def test_a_malformed_stored_traceparent_links_nothing(
+    exported: InMemorySpanExporter, stored: str | None
+) -> None:
+    assert tracing.linked_context(stored) is None
+    with tracing.span("broker.offer") as span:
+        span.link(stored)
+    [offer] = exported.get_finished_spans()
+    assert offer.links == ()
