@@ -531,15 +531,15 @@ class Settings(BaseSettings):
     # On by default: tenants are made by an admin, not by requests, and the label is capped.
     metrics_tenant_labels: bool = Field(
         True,
-        description="export the `broker_tenant_*` metrics (sessions created and quota"
-        ' refusals by `tenant`); `false`: none of them (README "Metrics")',
+        description="export the `broker_tenant_*` metrics (sessions created, quota refusals"
+        ' and tool calls by `tenant`); `false`: none of them (README "Metrics")',
     )
     metrics_max_tenants: int = Field(
         DEFAULT_MAX_TENANTS,
         ge=1,
         le=10_000,
         description="distinct `tenant` label values a process reports, first seen first kept;"
-        " sessions of any further tenant count as `other`",
+        " any further tenant is counted as `other`",
     )
 
     # --- the session.ended webhook --------------------------------------------------------
