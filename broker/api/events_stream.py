@@ -119,12 +119,10 @@ def _message(event: SessionEvent | Mapping[str, Any]) -> bytes:
 def _handed_after(watch: Watch, cursor: int) -> list[Mapping[str, Any]] | None:
     """The rows the writer handed over that follow ``cursor`` with no gap.
 
-    ``None`` if there are none, or if a row another writer stored is missing (the database
-    has it).
+    ``[]`` if there are none; ``None`` if a row another writer stored is missing (the
+    database has it).
     """
     rows = [r for r in watch.take() if r["seq"] > cursor]
-    if not rows:
-        return None
     for expected, row in enumerate(rows, start=cursor + 1):
         if row["seq"] != expected:
             return None
@@ -176,7 +174,8 @@ async def _pump(
         # sleep below at once, so no event waits for the fallback poll.
         watch.arm()
         handed = _handed_after(watch, cursor)
-        if handed is not None and read_at is not None and supervisor.running(session_id):
+        live = read_at is not None and supervisor.running(session_id)
+        if handed and live and read_at is not None:
             # Live, from memory: the rows this process's writer just committed. While the
             # sideband is watched here the log cannot be complete, so the row need not be
             # read; the fallback poll (read_at) still reads the database.
@@ -185,6 +184,19 @@ async def _pump(
             last_write = loop.time()
             last_write = await _sleep(request, response, watch, read_at, last_write)
             continue
+        if (
+            live
+            and handed == []
+            and not watch.unseen
+            and read_at is not None
+            and loop.time() < read_at
+        ):
+            # Woken early (by a publish whose rows the last turn already took): nothing is
+            # new, in memory or elsewhere; reading would only cost the database a query.
+            last_write = await _sleep(request, response, watch, read_at, last_write)
+            continue
+        # Cleared before the read: a row another writer stores meanwhile sets it again.
+        watch.unseen = False
         async with sessionmaker() as s:
             # The row before the events: whatever was written before the row said the log is
             # complete is in this page, so ending below loses nothing.

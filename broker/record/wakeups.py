@@ -39,10 +39,13 @@ class EventWakeups:
         self._watches: dict[str, set[Watch]] = {}
 
     def notify(self, session_id: str) -> None:
-        """Wake every watcher of ``session_id``: new events are committed. Never blocks."""
-        event = self._current.pop(session_id, None)
-        if event is not None:
-            event.set()
+        """Wake every watcher of ``session_id``: events they were not handed are committed.
+
+        By a writer other than the process's event-log writer (or a shutdown). Never blocks.
+        """
+        for watch in self._watches.get(session_id, ()):
+            watch.unseen = True
+        self._wake(session_id)
 
     def publish(self, session_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Hand the rows just committed (in ``seq`` order) to the session's watchers.
@@ -51,12 +54,17 @@ class EventWakeups:
         """
         for watch in self._watches.get(session_id, ()):
             watch.hand(rows)
-        self.notify(session_id)
+        self._wake(session_id)
 
     def notify_all(self) -> None:
         """Wake every watcher (shutdown: streams must notice it at once)."""
         for session_id in list(self._current):
             self.notify(session_id)
+
+    def _wake(self, session_id: str) -> None:
+        event = self._current.pop(session_id, None)
+        if event is not None:
+            event.set()
 
     @contextlib.contextmanager
     def watch(self, session_id: str) -> Iterator[Watch]:
@@ -91,11 +99,16 @@ class Watch:
         self._session_id = session_id
         self._ticket: asyncio.Event | None = None
         self._handed: list[Mapping[str, Any]] = []
+        self.unseen = False
+        """Rows were committed that this watch was not handed: the reader must read the
+        database (it clears this before it does). A wake-up without it and without new rows
+        is only an early one (a publish it already took), and needs no read."""
 
     def hand(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Rows committed by this process's writer, for :meth:`take`."""
         if len(self._handed) + len(rows) > MAX_HANDED_ROWS:
             self._handed.clear()  # the reader reads the database: nothing is lost
+            self.unseen = True
             return
         self._handed.extend(rows)
 
