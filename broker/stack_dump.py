@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import gc
 import io
 import signal
 import sys
+import types
 from types import FrameType
 
 _loop: asyncio.AbstractEventLoop | None = None
@@ -46,19 +48,33 @@ def _dump(signum: int, frame: FrameType | None) -> None:
         out.write(f"task {task.get_name()} {task.get_coro()!r}\n")
         # Task.print_stack shows a suspended coroutine's outermost frame only; the await
         # chain below it is where the wait is.
-        awaited: object = task.get_coro()
-        for _ in range(MAX_AWAIT_DEPTH):
-            frame = _frame_of(awaited)
-            if frame is None:
-                out.write(f"    awaiting {type(awaited).__name__}\n")
-                break
-            code = frame.f_code
-            out.write(f"    {code.co_filename}:{frame.f_lineno} in {code.co_name}\n")
-            awaited = _awaits(awaited)
-            if awaited is None:
-                break
+        _write_chain(out, task.get_coro())
+    # A task awaiting inside an async generator (a cleanup context, say) shows only
+    # "async_generator_asend": the generator itself is found among the live objects.
+    running = [
+        obj
+        for obj in gc.get_objects()
+        if isinstance(obj, types.AsyncGeneratorType) and obj.ag_running
+    ]
+    out.write(f"--- {len(running)} async generator(s) running ---\n")
+    for agen in running:
+        _write_chain(out, agen)
     sys.stderr.write(out.getvalue())
     sys.stderr.flush()
+
+
+def _write_chain(out: io.StringIO, awaited: object) -> None:
+    for _ in range(MAX_AWAIT_DEPTH):
+        frame = _frame_of(awaited)
+        if frame is None:
+            out.write(f"    awaiting {type(awaited).__name__}\n")
+            return
+        code = frame.f_code
+        out.write(f"    {code.co_filename}:{frame.f_lineno} in {code.co_name}\n")
+        inner = _awaits(awaited)
+        if inner is None:
+            return
+        awaited = inner
 
 
 def _frame_of(awaitable: object) -> FrameType | None:
