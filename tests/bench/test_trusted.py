@@ -41,7 +41,10 @@ def test_both_paths_carry_audio_both_ways_without_errors(smoke_run: Path) -> Non
         assert step["turns"] > 0 and step["answer_latency_ms"]["count"] > 0
         roles = {"backends", "emulator"} | ({"broker"} if mode == "relayed" else set())
         assert set(step["cpu_us_per_audio_event"]) == roles
-        assert all(v and v > 0 for v in step["cpu_us_per_audio_event"].values())
+        # /proc counts CPU in clock ticks (10 ms): in the smoke run's short window a side
+        # that did little may have used less than one. Measured, never negative, not all nil.
+        used = step["cpu_us_per_audio_event"].values()
+        assert all(v is not None and v >= 0 for v in used) and any(v > 0 for v in used)
         totals = phase["totals"]
         # Every turn is answered (but those cut off by the end of the run).
         assert totals["errors"] == 0 and totals["responses"] >= totals["turns"] - step["sessions"]
@@ -55,7 +58,12 @@ def test_the_relay_is_compared_with_the_floor_and_the_section_renders(smoke_run:
     payload = _payload(smoke_run)
     [row] = payload["results"]["ratios"]
     assert row["sessions"] == 2
-    assert row["relay_over_floor"] and row["relay_over_floor"] > 0
+    if row["floor_us_per_audio_event"]:
+        assert row["relay_over_floor"] and row["relay_over_floor"] > 0
+    else:
+        # The floor used under one clock tick in the smoke window: no ratio, rather than a
+        # division by zero or a made-up one.
+        assert row["relay_over_floor"] is None
     assert row["system_over_direct"] and row["system_over_direct"] > 0
     lines = trusted_section(payload)
     assert lines[0] == TITLE
