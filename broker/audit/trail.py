@@ -46,6 +46,7 @@ from broker.audit.signing import AuditSigner
 from broker.audit.verify import Checkpoint, checkpoint_of
 from broker.db.queries import audit as audit_queries
 from broker.db.queries._common import Executor
+from broker.db.shielded import finish_step
 from broker.db.write_gate import WriteGate
 
 __all__ = ["AuditTrail", "add", "append"]
@@ -133,7 +134,9 @@ class AuditTrail:
         """Chain what is pending, forever; publish checkpoints as the head moves."""
         while True:
             try:
-                chained = await self.chain_pending()
+                # Cancelled at shutdown, a batch under way still commits (close() chains the
+                # rest): cut mid-statement, it would hold SQLite's write lock.
+                chained = await finish_step(self.chain_pending())
             except SQLAlchemyError as exc:
                 logger.warning("audit chaining failed, retrying error=%s", type(exc).__name__)
                 await asyncio.sleep(RETRY_S)

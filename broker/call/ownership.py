@@ -54,6 +54,7 @@ from broker.audit.records import Actor, AuditEntry, AuditKind
 from broker.db import queries
 from broker.db.fence import Fence, LeaseLostError, check_fence
 from broker.db.models import CallCommand, CallCommandStatus, SessionRow
+from broker.db.shielded import finish_step
 from broker.settings import SettingsError
 from sideband import SidebandConnection
 
@@ -320,7 +321,8 @@ class CallOwnership:
         """Renew, take orphans, succeed, hand over and serve commands, until cancelled."""
         while True:
             try:
-                await self.tick()
+                # Cancelled at shutdown, a tick under way still commits or rolls back.
+                await finish_step(self.tick())
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -24,6 +24,7 @@ from broker.audit.records import Actor, AuditEntry, AuditKind
 from broker.audit.trail import AuditTrail
 from broker.db.models import utcnow
 from broker.db.queries import erasure as erasure_queries
+from broker.db.shielded import finish_step
 from broker.errors import BrokerError
 from broker.session.erasure import erase_session_content
 
@@ -73,7 +74,7 @@ class RetentionSweeper:
         await asyncio.sleep(FIRST_SWEEP_S)
         while True:
             try:
-                erased = await self.sweep()
+                erased = await finish_step(self.sweep())
             except Exception:
                 logger.exception("retention sweep failed; retrying in %.0f s", SWEEP_EVERY_S)
                 erased = 0

@@ -6,6 +6,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from broker.db.shielded import finish_step
+
 logger = logging.getLogger(__name__)
 
 
@@ -18,6 +20,7 @@ async def sweep_forever(sweep: Callable[[], Awaitable[object]], every_s: float, 
     while True:
         await asyncio.sleep(every_s)
         try:
-            await sweep()
+            # Cancelled (the broker stopping), a sweep under way still commits or rolls back.
+            await finish_step(sweep())
         except Exception:
             logger.exception("%s sweep failed; retrying in %.0f s", what, every_s)
