@@ -23,6 +23,7 @@ from tests.support.broker_server import (
 )
 from tests.support.browser import FakeBrowser
 from tests.support.conformance import server_event_failures, sideband_client_event_failures
+from tests.support.migrations import migrated_sqlite
 from tests.support.postgres import PgTemplate, fresh_pg_database, pg_template
 from tests.support.servers import RunningEmulator, start_emulator
 from tests.support.tool_backend import ToolBackend
@@ -105,6 +106,16 @@ async def late_emulator() -> AsyncIterator[RunningEmulator]:
 @pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
     """A fresh, migrated PostgreSQL database, dropped afterwards (skips, or fails in CI)."""
+    async with fresh_pg_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def migrated_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A new database at the head revision: SQLite, then PostgreSQL (a migration's checks)."""
+    if request.param == "sqlite":
+        yield await migrated_sqlite(tmp_path)
+        return
     async with fresh_pg_database() as url:
         yield url
 

@@ -7,13 +7,11 @@ matches the models exactly, and the revision downgrades and upgrades again clean
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
-import pytest
 from alembic import command
 
 from broker.db.migrate import alembic_config, upgrade_database
-from tests.support.migrations import execute, migrated_sqlite, schema_diff
+from tests.support.migrations import execute, schema_diff
 
 _SESSION = (
     "INSERT INTO sessions (id, owner_key_id, state, provider, model, instructions, voice,"
@@ -57,11 +55,5 @@ async def check_backfill(url: str) -> None:
     assert bool(rows[0][6])
 
 
-async def test_sqlite(tmp_path: Path) -> None:
-    url = await migrated_sqlite(tmp_path)
-    await check_backfill(url)
-
-
-@pytest.mark.postgres
-async def test_postgres(pg_url: str) -> None:
-    await check_backfill(pg_url)
+async def test_the_backfill(migrated_url: str) -> None:
+    await check_backfill(migrated_url)
