@@ -547,8 +547,10 @@ class BrokerMetrics:
 
     # ---- sessions ---------------------------------------------------------------------------
 
-    def session_created(self) -> None:
+    def session_created(self, tenant_id: str) -> None:
+        """Count a session written (by the API or a phone line), in all and by its tenant."""
         self._sessions_created.inc()
+        self.tenants.session_created(tenant_id)
 
     def session_ended(self, reason: EndReason) -> None:
         """Count a session reaching ``ended`` or ``failed``, by why."""

@@ -445,10 +445,6 @@ class QuotaGuard:
                 if not reached:
                     yield s
         if not reached:
-            # Committed. Every new session (API and phone line) is written here and only
-            # here, with its tenant at hand: the one place its tenant's count can move.
-            if refused == "session":
-                self._metrics.tenants.session_created(tenant_id)
             return
         # Out of the (read-only) transaction and the locks: the audit write waits on neither.
         await self._refuse(reached, key_id, tenant_id, now, refused)

@@ -408,7 +408,7 @@ class SessionService:
         async with self.quotas.consuming(principal.key_id, row.tenant_id) as s:
             s.add(row)
             await audit.add(s, audit_entries.session_created(row))
-        self._metrics.session_created()
+        self._metrics.session_created(row.tenant_id)
         if request.trusted:
             # The connect token: the client secret's machinery, its own audience and life.
             token, expires_at = mint_client_secret(

@@ -187,7 +187,7 @@ class CallAcceptor:
                 )
         except RateLimitedError:
             return None
-        self._metrics.session_created()
+        self._metrics.session_created(row.tenant_id)
         logger.info(
             "phone call session created session_id=%s call_id=%s line=%s",
             row.id,

@@ -17,7 +17,7 @@ def sample(metrics: BrokerMetrics, name: str, **labels: str) -> float | None:
 
 def test_two_instances_do_not_share_a_registry() -> None:
     first, second = BrokerMetrics(), BrokerMetrics()
-    first.session_created()
+    first.session_created("default")
     assert sample(first, "broker_sessions_created_total") == 1
     assert sample(second, "broker_sessions_created_total") == 0
 
