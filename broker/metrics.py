@@ -674,9 +674,13 @@ class BrokerMetrics:
         """Count one session creation or offer refused with 503 ``overloaded``."""
         self._overload_refusals.labels(reason).inc()
 
-    def quota_refused(self, cap: str) -> None:
-        """Count one session refused with 429 ``quota_exceeded`` (``cap``: ``key.max_…``)."""
+    def quota_refused(self, cap: str, tenant_id: str) -> None:
+        """Count one session refused with 429 ``quota_exceeded``, in all and by its tenant.
+
+        ``cap``: ``key.max_…`` or ``tenant.max_…``.
+        """
         self._quota_refusals.labels(cap if cap in QUOTA_CAPS else OTHER).inc()
+        self.tenants.quota_refused(tenant_id)
 
     def track_audit(self, chained: Callable[[], float], pending: Callable[[], float]) -> None:
         """Read the audit chainer's count of records chained and of records pending."""

@@ -544,8 +544,7 @@ class QuotaGuard:
         soon = now + timedelta(seconds=LIVE_RETRY_AFTER_S)
         # max() keeps the first of equal keys: of two live-call caps, the key's is named.
         owner, cap = max(reached, key=lambda pair: pair[1].resets_at or soon)
-        self._metrics.quota_refused(f"{owner.scope}.{cap.limit}")
-        self._metrics.tenants.quota_refused(tenant_id)
+        self._metrics.quota_refused(f"{owner.scope}.{cap.limit}", tenant_id)
         await audit.append(self._sessionmaker, exceeded_entry(owner, cap))
         logger.warning(
             "%s refused over quota key_id=%s cap=%s.%s used=%d allowed=%d",
